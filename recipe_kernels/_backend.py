@@ -1,0 +1,79 @@
+"""Backend choice: which implementation runs an op, and why another cannot.
+
+backend=None resolves to $RECIPE_KERNELS_BACKEND if set, else the op's default
+backend for CUDA tensors and "torch" for CPU tensors. Asking for a backend that
+cannot run raises a RuntimeError that says why.
+"""
+import contextlib
+import os
+
+import torch
+
+BACKENDS = ("triton", "cuda", "torch")
+
+# An op's default on CUDA stays "triton" until its CUDA kernel has passed the
+# whole suite on a GPU and measured at least as fast (benchmarks/results/results.csv).
+# Evidence so far: none of the CUDA kernels has run on a GPU yet.
+CUDA_DEFAULTS = {
+    "dropout": "triton",
+    "drop_path": "triton",
+}
+
+try:
+    from recipe_kernels import _C
+    CUDA_EXTENSION_ERROR = None
+except ImportError as exc:  # not built, or built for another Python
+    _C = None
+    CUDA_EXTENSION_ERROR = exc
+
+def triton_interpreting() -> bool:
+    """True when TRITON_INTERPRET=1: Triton kernels then run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def why_unavailable(backend: str, device: torch.device):
+    """The reason `backend` cannot run on `device`, or None when it can."""
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        if device.type == "cuda" or (device.type == "cpu" and triton_interpreting()):
+            return None
+        if device.type == "cpu":
+            return "Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 set before triton is imported)"
+        return f"Triton kernels do not run on {device.type} tensors"
+    if backend == "cuda":
+        if _C is None:
+            return (f"the CUDA extension recipe_kernels._C is not built ({CUDA_EXTENSION_ERROR}); "
+                    "reinstall with RECIPE_KERNELS_BUILD_CUDA=1")
+        if device.type != "cuda":
+            return f"the CUDA kernels need CUDA tensors, got a {device.type} tensor"
+        return None
+    return f"unknown backend {backend!r}; choose one of {BACKENDS}"
+
+
+def resolve(op: str, device: torch.device, backend=None) -> str:
+    """The backend that runs `op` on `device`, or a RuntimeError saying why it cannot."""
+    if backend is None:
+        backend = os.environ.get("RECIPE_KERNELS_BACKEND") or None
+    if backend is None:
+        backend = CUDA_DEFAULTS[op] if device.type == "cuda" else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    reason = why_unavailable(backend, device)
+    if reason is not None:
+        raise RuntimeError(f"recipe_kernels.{op}: backend {backend!r} is unavailable: {reason}")
+    return backend
+
+
+def device_guard(device: torch.device):
+    """Makes `device` current for a Triton launch (Triton launches on the current device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def cuda_stream(device: torch.device) -> int:
+    """The raw handle of the current CUDA stream on `device`, for the _C launchers."""
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+# The dtype codes that csrc/common.cuh dispatches on.
+CUDA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}

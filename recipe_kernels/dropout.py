@@ -1,0 +1,334 @@
+"""Inverted dropout, dropout fused with bias and residual, and stochastic depth (drop path).
+
+Top to bottom: Triton kernels, launchers (Triton and CUDA), torch.library registration
+with autograd, public functions. Each public call draws one seed on the device; the
+mask is regenerated from it in backward, so autograd saves 8 bytes, never a mask.
+
+Bytes moved per element (s = element size): dropout 2s each way; dropout_add 3s
+forward (x, residual, out) and 2s backward (grad in, grad_x out; grad_residual is the
+incoming grad itself); drop_path_add 3s forward for kept samples, 2s for dropped ones.
+"""
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from recipe_kernels import _backend, reference
+from recipe_kernels._philox import PHILOX_ROUNDS, KEEP_BITS, draw_seed, drop_threshold, keep_scale
+
+# Elements per Triton program: 8 warps x 32 threads x 8 elements (two Philox calls a thread).
+BLOCK = 2048
+NUM_WARPS = 8
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+
+@triton.jit
+def _philox_words_2d(seed, groups, PHILOX_ROUNDS: tl.constexpr):
+    """The four Philox words of each counter in `groups`, laid out as a [len(groups), 4] block.
+
+    Word j of counter g belongs to element 4*g + j (the RNG contract in _philox.py).
+    """
+    r0, r1, r2, r3 = tl.randint4x(seed, groups, PHILOX_ROUNDS)
+    lane = tl.arange(0, 4)[None, :]
+    return tl.where(lane == 0, r0[:, None],
+                    tl.where(lane == 1, r1[:, None], tl.where(lane == 2, r2[:, None], r3[:, None])))
+
+
+@triton.jit
+def _dropout_kernel(x_ptr, residual_ptr, bias_ptr, seed_ptr, out_ptr, n_elements, bias_numel,
+                    drop_threshold, scale,
+                    HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    BLOCK: tl.constexpr, KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
+    """out = residual + (x + bias) * keep / (1 - p) over n_elements contiguous elements.
+
+    Inputs: x (n), residual (n, optional), bias (its bias_numel elements repeat along x,
+    optional), seed (one int64). Bytes: reads x and residual, writes out once each; the
+    bias stays in cache. Per element: a quarter of a Philox call (7 rounds, about 16
+    integer ops), a shift, a compare and one multiply.
+    """
+    # 1. One Philox call per group of four consecutive elements; 64-bit counters.
+    pid = tl.program_id(0).to(tl.int64)
+    groups = pid * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+    seed = tl.load(seed_ptr)
+    words = _philox_words_2d(seed, groups, PHILOX_ROUNDS)
+    # 2. Keep decision: the top KEEP_BITS bits against round(p * 2^KEEP_BITS).
+    keep = (words >> (32 - KEEP_BITS)).to(tl.int32) >= drop_threshold
+    multiplier = tl.where(keep, scale, 0.0)
+    # 3. Load, scale, add, store in fp32; dropped elements are multiplied by 0 as in torch.
+    offsets = groups[:, None] * 4 + tl.arange(0, 4)[None, :]
+    in_bounds = offsets < n_elements
+    value = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        first_column = (pid * BLOCK) % bias_numel  # one 64-bit modulo per program
+        local = tl.arange(0, BLOCK // 4)[:, None] * 4 + tl.arange(0, 4)[None, :]
+        columns = (first_column + local) % bias_numel
+        value += tl.load(bias_ptr + columns, mask=in_bounds, other=0.0).to(tl.float32)
+    out = value * multiplier
+    if HAS_RESIDUAL:
+        out += tl.load(residual_ptr + offsets, mask=in_bounds, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=in_bounds)
+
+
+@triton.jit
+def _drop_path_kernel(x_ptr, residual_ptr, seed_ptr, out_ptr, row_size, blocks_per_row,
+                      drop_threshold, scale,
+                      HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+                      KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
+    """out = residual + x * keep[row] / (1 - p) for rows of row_size contiguous elements.
+
+    Inputs: x and residual (optional) as (rows, row_size), seed (one int64). keep[row] is
+    the dropout decision of element `row` of a (rows,) tensor. Bytes: a kept row reads x
+    and residual and writes out; a dropped row never reads x.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // blocks_per_row
+    columns = (pid % blocks_per_row) * BLOCK + tl.arange(0, BLOCK)
+    # 1. The row's Philox word: word row & 3 of the call with counter row >> 2.
+    r0, r1, r2, r3 = tl.randint4x(tl.load(seed_ptr), row >> 2, PHILOX_ROUNDS)
+    lane = row & 3
+    word = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
+    keep = (word >> (32 - KEEP_BITS)).to(tl.int32) >= drop_threshold
+    # 2. A dropped row's x is masked off the load entirely.
+    in_row = columns < row_size
+    offsets = row * row_size + columns
+    out = tl.load(x_ptr + offsets, mask=in_row & keep, other=0.0).to(tl.float32) * scale
+    if HAS_RESIDUAL:
+        out += tl.load(residual_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=in_row)
+
+
+# ----------------------------------------------------------------------------- launchers
+# Each takes contiguous tensors and an allocated contiguous `out`.
+
+
+def _dropout_triton(x, residual, bias, seed, out, p):
+    with _backend.device_guard(x.device):
+        _dropout_kernel[(triton.cdiv(x.numel(), BLOCK),)](
+            x, residual if residual is not None else x, bias if bias is not None else x, seed, out,
+            x.numel(), bias.numel() if bias is not None else 1, drop_threshold(p), keep_scale(p),
+            HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
+            BLOCK=BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS, num_warps=NUM_WARPS)
+
+
+def _dropout_cuda(x, residual, bias, seed, out, p):
+    _backend._C.dropout(
+        x.data_ptr(), residual.data_ptr() if residual is not None else 0,
+        bias.data_ptr() if bias is not None else 0, seed.data_ptr(), out.data_ptr(),
+        x.numel(), bias.numel() if bias is not None else 1, drop_threshold(p), keep_scale(p),
+        _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+
+
+def _drop_path_triton(x, residual, seed, out, p):
+    row_size = x.numel() // x.shape[0]
+    blocks_per_row = triton.cdiv(row_size, BLOCK)
+    with _backend.device_guard(x.device):
+        _drop_path_kernel[(x.shape[0] * blocks_per_row,)](
+            x, residual if residual is not None else x, seed, out, row_size, blocks_per_row,
+            drop_threshold(p), keep_scale(p), HAS_RESIDUAL=residual is not None,
+            BLOCK=BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS, num_warps=NUM_WARPS)
+
+
+def _drop_path_cuda(x, residual, seed, out, p):
+    _backend._C.drop_path(
+        x.data_ptr(), residual.data_ptr() if residual is not None else 0, seed.data_ptr(),
+        out.data_ptr(), x.shape[0], x.numel() // x.shape[0], drop_threshold(p), keep_scale(p),
+        _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+
+
+def _contiguous(tensor):
+    return None if tensor is None else tensor.contiguous()
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+@torch.library.custom_op("recipe_kernels::dropout", mutates_args=())
+def dropout_op(x: torch.Tensor, residual: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+               seed: torch.Tensor, p: float, backend: str) -> torch.Tensor:
+    """residual + (x + bias) * keep / (1 - p); residual and bias may be None. Output is contiguous."""
+    x, residual, bias = x.contiguous(), _contiguous(residual), _contiguous(bias)
+    if backend == "torch":
+        out = reference.dropout(x, seed, p, residual=residual, bias=bias)
+        return out.to(x.dtype).contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if x.numel() > 0:
+        (_dropout_triton if backend == "triton" else _dropout_cuda)(x, residual, bias, seed, out, p)
+    return out
+
+
+@dropout_op.register_fake
+def _(x, residual, bias, seed, p, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _dropout_setup_context(ctx, inputs, output):
+    x, residual, bias, seed, p, backend = inputs
+    ctx.save_for_backward(seed)  # the only thing saved: 8 bytes
+    ctx.p, ctx.backend = p, backend
+    ctx.has_residual = residual is not None
+    ctx.bias_shape = None if bias is None else bias.shape
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _dropout_backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    # d/dx of (x + bias) * keep * scale is the same mask and scale: regenerate it from the seed.
+    grad_x = dropout_op(grad, None, None, seed, ctx.p, ctx.backend)
+    grad_residual = grad if ctx.has_residual else None
+    grad_bias = None
+    if ctx.bias_shape is not None:
+        bias_numel = max(1, ctx.bias_shape.numel())
+        grad_bias = grad_x.reshape(-1, bias_numel).sum(0, dtype=torch.float32)
+        grad_bias = grad_bias.to(ctx.bias_dtype).reshape(ctx.bias_shape)
+    return grad_x, grad_residual, grad_bias, None, None, None
+
+
+dropout_op.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
+
+
+@torch.library.custom_op("recipe_kernels::drop_path", mutates_args=())
+def drop_path_op(x: torch.Tensor, residual: Optional[torch.Tensor], seed: torch.Tensor,
+                 p: float, backend: str) -> torch.Tensor:
+    """residual + x * keep[sample] / (1 - p), one keep per index along dim 0. Output is contiguous."""
+    x, residual = x.contiguous(), _contiguous(residual)
+    if backend == "torch":
+        return reference.drop_path(x, seed, p, residual=residual).to(x.dtype).contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if x.numel() > 0:
+        (_drop_path_triton if backend == "triton" else _drop_path_cuda)(x, residual, seed, out, p)
+    return out
+
+
+@drop_path_op.register_fake
+def _(x, residual, seed, p, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _drop_path_setup_context(ctx, inputs, output):
+    x, residual, seed, p, backend = inputs
+    ctx.save_for_backward(seed)
+    ctx.p, ctx.backend = p, backend
+    ctx.has_residual = residual is not None
+
+
+def _drop_path_backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    grad_x = drop_path_op(grad, None, seed, ctx.p, ctx.backend)
+    return grad_x, (grad if ctx.has_residual else None), None, None, None
+
+
+drop_path_op.register_autograd(_drop_path_backward, setup_context=_drop_path_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _check_p(p, name="p"):
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{name} must be a Python float, got {type(p).__name__}")
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
+    return float(p)
+
+
+def _check_floating(name, tensor):
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in _backend.CUDA_DTYPE_CODES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
+
+
+def _check_like_x(x, name, tensor):
+    _check_floating(name, tensor)
+    if tensor.device != x.device:
+        raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+    if tensor.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {tensor.dtype} but x has {x.dtype}; they must match")
+
+
+def dropout(x, p=0.5, training=True, *, generator=None, backend=None):
+    """Inverted dropout: each element is zeroed with probability p, the rest scaled by 1/(1-p).
+
+    Same convention as torch.nn.functional.dropout. The mask comes from Philox keyed by a
+    seed drawn on x's device (torch.manual_seed reproduces it; see the RNG contract in
+    recipe_kernels._philox). Backward regenerates the mask; nothing of x's size is saved.
+    training=False or p=0 returns x itself. The result is contiguous.
+    """
+    _check_floating("x", x)
+    p = _check_p(p)
+    if not training or p == 0.0:
+        return x
+    backend = _backend.resolve("dropout", x.device, backend)
+    return dropout_op(x, None, None, draw_seed(x.device, generator), p, backend)
+
+
+def dropout_add(x, residual, p=0.5, training=True, *, bias=None, generator=None, backend=None):
+    """residual + dropout(x + bias, p) in one pass, rounded once from fp32.
+
+    residual has x's shape; bias has x's trailing shape (e.g. (hidden,)) and its gradient
+    is reduced over the leading dimensions. Under the same seed the mask equals dropout's
+    mask for a tensor of x's shape. training=False or p=0 adds without dropping.
+    """
+    _check_floating("x", x)
+    _check_like_x(x, "residual", residual)
+    if residual.shape != x.shape:
+        raise ValueError(f"residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}; they must match")
+    if bias is not None:
+        _check_like_x(x, "bias", bias)
+        if bias.dim() > x.dim() or tuple(x.shape[x.dim() - bias.dim():]) != tuple(bias.shape):
+            raise ValueError(f"bias has shape {tuple(bias.shape)}, which is not a trailing part of "
+                             f"x's shape {tuple(x.shape)}")
+    p = _check_p(p)
+    if not training:
+        p = 0.0
+    backend = _backend.resolve("dropout", x.device, backend)
+    seed = draw_seed(x.device, generator) if p > 0.0 else torch.zeros(1, dtype=torch.int64, device=x.device)
+    return dropout_op(x, residual, bias, seed, p, backend)
+
+
+def drop_path(x, p=0.1, training=True, *, generator=None, backend=None):
+    """Stochastic depth: x * keep[b] / (1 - p), keep drawn per sample b along dim 0 (timm's DropPath).
+
+    training=False or p=0 returns x itself.
+    """
+    _check_floating("x", x)
+    p = _check_p(p)
+    if not training or p == 0.0:
+        return x
+    if x.dim() == 0:
+        raise ValueError("drop_path needs at least one dimension (the samples), got a 0-d tensor")
+    backend = _backend.resolve("drop_path", x.device, backend)
+    return drop_path_op(x, None, draw_seed(x.device, generator), p, backend)
+
+
+def drop_path_add(x, residual, p=0.1, training=True, *, generator=None, backend=None):
+    """residual + x * keep[b] / (1 - p) in one kernel; a dropped sample never reads x.
+
+    keep is drawn per sample along dim 0, the same draw as drop_path. training=False or
+    p=0 returns residual + x.
+    """
+    _check_floating("x", x)
+    _check_like_x(x, "residual", residual)
+    if residual.shape != x.shape:
+        raise ValueError(f"residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}; they must match")
+    p = _check_p(p)
+    if not training or p == 0.0:
+        return residual + x
+    if x.dim() == 0:
+        raise ValueError("drop_path_add needs at least one dimension (the samples), got a 0-d tensor")
+    backend = _backend.resolve("drop_path", x.device, backend)
+    return drop_path_op(x, residual, draw_seed(x.device, generator), p, backend)
+
+
+def drop_path_rates(num_blocks, final_rate):
+    """Linear stochastic-depth rule: block l of L (1-based) drops with rate l / L * final_rate.
+
+    The lecture's survival probability p_l = 1 - l/L (1 - p_L), written as drop rates.
+    """
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 0:
+        raise ValueError(f"num_blocks must be a non-negative int, got {num_blocks!r}")
+    final_rate = _check_p(final_rate, "final_rate")
+    return [block / num_blocks * final_rate for block in range(1, num_blocks + 1)]
