@@ -39,8 +39,8 @@ def draw_seed(device, generator=None) -> torch.Tensor:
     Drawn on the device itself: no host sync, and each replay of a captured CUDA graph
     draws anew. Never pass seeds as Python ints (a graph would freeze them).
     """
-    seed = torch.empty(1, dtype=torch.int64, device=device)
-    return seed.random_(-(1 << 63), None, generator=generator)
+    # [-2^63, 2^63 - 1): every 64-bit key but one. Out of place, so that dynamo can trace it.
+    return torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64, device=device, generator=generator)
 
 
 def _mulhilo32(a: int, b: torch.Tensor):

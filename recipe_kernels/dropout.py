@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from recipe_kernels import _backend, reference
+from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
 from recipe_kernels._philox import PHILOX_ROUNDS, KEEP_BITS, draw_seed, drop_threshold, keep_scale
 
 # Elements per Triton program: 8 warps x 32 threads x 8 elements (two Philox calls a thread).
@@ -41,7 +42,8 @@ def _philox_words_2d(seed, groups, PHILOX_ROUNDS: tl.constexpr):
 def _dropout_kernel(x_ptr, residual_ptr, bias_ptr, seed_ptr, out_ptr, n_elements, bias_numel,
                     drop_threshold, scale,
                     HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    BLOCK: tl.constexpr, KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
+                    BLOCK: tl.constexpr, KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr,
+                    EMULATE_BF16_RTNE: tl.constexpr):
     """out = residual + (x + bias) * keep / (1 - p) over n_elements contiguous elements.
 
     Inputs: x (n), residual (n, optional), bias (its bias_numel elements repeat along x,
@@ -69,14 +71,15 @@ def _dropout_kernel(x_ptr, residual_ptr, bias_ptr, seed_ptr, out_ptr, n_elements
     out = value * multiplier
     if HAS_RESIDUAL:
         out += tl.load(residual_ptr + offsets, mask=in_bounds, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=in_bounds)
+    tl.store(out_ptr + offsets, cast_to(out, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_bounds)
 
 
 @triton.jit
 def _drop_path_kernel(x_ptr, residual_ptr, seed_ptr, out_ptr, row_size, blocks_per_row,
                       drop_threshold, scale,
                       HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
-                      KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
+                      KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr,
+                      EMULATE_BF16_RTNE: tl.constexpr):
     """out = residual + x * keep[row] / (1 - p) for rows of row_size contiguous elements.
 
     Inputs: x and residual (optional) as (rows, row_size), seed (one int64). keep[row] is
@@ -97,7 +100,7 @@ def _drop_path_kernel(x_ptr, residual_ptr, seed_ptr, out_ptr, row_size, blocks_p
     out = tl.load(x_ptr + offsets, mask=in_row & keep, other=0.0).to(tl.float32) * scale
     if HAS_RESIDUAL:
         out += tl.load(residual_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=in_row)
+    tl.store(out_ptr + offsets, cast_to(out, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_row)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -110,7 +113,9 @@ def _dropout_triton(x, residual, bias, seed, out, p):
             x, residual if residual is not None else x, bias if bias is not None else x, seed, out,
             x.numel(), bias.numel() if bias is not None else 1, drop_threshold(p), keep_scale(p),
             HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-            BLOCK=BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS, num_warps=NUM_WARPS)
+            BLOCK=BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS,
+            EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
+            enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
 
 
 def _dropout_cuda(x, residual, bias, seed, out, p):
@@ -128,7 +133,9 @@ def _drop_path_triton(x, residual, seed, out, p):
         _drop_path_kernel[(x.shape[0] * blocks_per_row,)](
             x, residual if residual is not None else x, seed, out, row_size, blocks_per_row,
             drop_threshold(p), keep_scale(p), HAS_RESIDUAL=residual is not None,
-            BLOCK=BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS, num_warps=NUM_WARPS)
+            BLOCK=BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS,
+            EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
+            enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
 
 
 def _drop_path_cuda(x, residual, seed, out, p):

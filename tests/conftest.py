@@ -1,0 +1,36 @@
+"""Test setup: where the tests run and over which backends.
+
+By default the tests run on the CPU with TRITON_INTERPRET=1 (set here, before triton is
+imported), so the real Triton kernels run through the interpreter. With
+RECIPE_KERNELS_TEST_DEVICE=cuda (scripts/gpu_check.sh) they run on the GPU over all
+three backends.
+"""
+import os
+
+if os.environ.get("RECIPE_KERNELS_TEST_DEVICE", "cpu") != "cuda":
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from recipe_kernels import _backend  # noqa: E402
+
+DEVICE = torch.device("cuda" if os.environ.get("RECIPE_KERNELS_TEST_DEVICE") == "cuda" else "cpu")
+BACKENDS = ["torch", "triton"] + (["cuda"] if DEVICE.type == "cuda" else [])
+if DEVICE.type == "cuda" and _backend._C is None:
+    raise RuntimeError(f"GPU tests need the CUDA extension: {_backend.CUDA_EXTENSION_ERROR}")
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_override(monkeypatch):
+    monkeypatch.delenv("RECIPE_KERNELS_BACKEND", raising=False)

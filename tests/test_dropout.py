@@ -1,0 +1,380 @@
+"""dropout, dropout_add, drop_path, drop_path_add: against the float64 oracle and across backends."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import recipe_kernels as rk
+from recipe_kernels import _backend, reference
+from recipe_kernels._philox import drop_threshold, draw_seed, keep_mask, keep_scale
+from recipe_kernels.dropout import BLOCK, dropout_op, drop_path_op
+
+from conftest import BACKENDS, DEVICE
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# Tolerance of one rounding to the output dtype after exact fp32 arithmetic.
+TOLERANCE = {torch.float32: dict(rtol=1e-6, atol=1e-6), torch.float16: dict(rtol=1e-3, atol=1e-3),
+             torch.bfloat16: dict(rtol=8e-3, atol=8e-3)}
+# 3 x 1000: not a multiple of 4 (a partial Philox group) nor of BLOCK (a partial program).
+SHAPE = (3, 1000)
+
+
+def sample_inputs(shape=SHAPE, dtype=torch.float32, bias_shape=None, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=generator).to(DEVICE, dtype)
+    residual = torch.randn(shape, generator=generator).to(DEVICE, dtype)
+    bias = None if bias_shape is None else torch.randn(bias_shape, generator=generator).to(DEVICE, dtype)
+    return x, residual, bias
+
+
+def with_seed(fn, seed=1234):
+    torch.manual_seed(seed)
+    return fn()
+
+
+def oracle_seed(seed=1234):
+    """The seed the next public call draws after torch.manual_seed(seed)."""
+    torch.manual_seed(seed)
+    return draw_seed(DEVICE)
+
+
+# ----------------------------------------------------------------------------- values against the oracle
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_matches_float64_oracle(backend, dtype, p):
+    x, _, _ = sample_inputs(dtype=dtype)
+    out = with_seed(lambda: rk.dropout(x, p, backend=backend))
+    expected = reference.dropout(x.double(), oracle_seed(), p, math_dtype=torch.float64)
+    assert out.dtype == dtype and out.shape == x.shape
+    torch.testing.assert_close(out.double(), expected, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias_shape", [None, (1000,), (3, 1000)])
+def test_dropout_add_matches_float64_oracle(backend, dtype, bias_shape):
+    x, residual, bias = sample_inputs(dtype=dtype, bias_shape=bias_shape)
+    out = with_seed(lambda: rk.dropout_add(x, residual, 0.3, bias=bias, backend=backend))
+    expected = reference.dropout(x.double(), oracle_seed(), 0.3, residual=residual.double(),
+                                 bias=None if bias is None else bias.double(), math_dtype=torch.float64)
+    torch.testing.assert_close(out.double(), expected, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_drop_path_add_matches_float64_oracle(backend, dtype):
+    # 64 samples so that both outcomes occur; rows of 37 elements, not a multiple of anything.
+    x, residual, _ = sample_inputs(shape=(64, 37), dtype=dtype)
+    out = with_seed(lambda: rk.drop_path_add(x, residual, 0.5, backend=backend))
+    expected = reference.drop_path(x.double(), oracle_seed(), 0.5, residual=residual.double(), math_dtype=torch.float64)
+    torch.testing.assert_close(out.double(), expected, **TOLERANCE[dtype])
+    dropped = (out == residual).all(dim=1)
+    assert 0 < dropped.sum() < 64
+
+
+def test_dropout_add_equals_residual_plus_dropout_under_same_seed(backend):
+    x, residual, bias = sample_inputs(bias_shape=(1000,))
+    fused = with_seed(lambda: rk.dropout_add(x, residual, 0.25, bias=bias, backend=backend))
+    unfused = residual + with_seed(lambda: rk.dropout(x + bias, 0.25, backend=backend))
+    torch.testing.assert_close(fused, unfused, rtol=1e-6, atol=1e-6)
+    assert torch.equal(fused == residual, unfused == residual)
+
+
+def test_drop_path_is_one_decision_per_sample(backend):
+    x = torch.rand(64, 5, 7, device=DEVICE) + 1.0  # no zeros in x
+    out = with_seed(lambda: rk.drop_path(x, 0.5, backend=backend))
+    zero_rows = (out == 0).flatten(1)
+    assert torch.equal(zero_rows.all(1), zero_rows.any(1))
+    kept = ~zero_rows.any(1)
+    assert torch.equal(out[kept], x[kept] * keep_scale(0.5))
+    # Its decision for sample b is dropout's decision for element b of a (64,) tensor.
+    element_mask = with_seed(lambda: rk.dropout(torch.ones(64, device=DEVICE), 0.5, backend=backend)) != 0
+    assert torch.equal(kept, element_mask)
+
+
+# ----------------------------------------------------------------------------- the mask
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_rate_within_five_sigma_and_exact_scale(backend, p):
+    n = 1 << 15
+    x = torch.rand(n, device=DEVICE) + 0.5
+    out = with_seed(lambda: rk.dropout(x, p, backend=backend))
+    kept = out != 0
+    sigma = math.sqrt(n * p * (1 - p))
+    assert abs(kept.sum().item() - n * (1 - p)) < 5 * sigma
+    scale = torch.tensor(1.0 / (1.0 - p), dtype=torch.float32)  # 1/(1-p) rounded to fp32
+    assert torch.equal(out[kept], x[kept] * scale.to(DEVICE))
+
+
+@pytest.mark.parametrize("op", ["dropout", "dropout_add", "drop_path_add"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_outputs_bit_identical_across_backends(op, dtype):
+    x, residual, bias = sample_inputs(shape=(8, 513), dtype=dtype, bias_shape=(513,))
+    calls = {
+        "dropout": lambda b: rk.dropout(x, 0.4, backend=b),
+        "dropout_add": lambda b: rk.dropout_add(x, residual, 0.4, bias=bias, backend=b),
+        "drop_path_add": lambda b: rk.drop_path_add(x, residual, 0.4, backend=b),
+    }
+    outputs = [with_seed(lambda: calls[op](b)) for b in BACKENDS]
+    for backend, out in zip(BACKENDS[1:], outputs[1:]):
+        assert torch.equal(out, outputs[0]), backend
+
+
+@pytest.mark.skipif(_backend._C is None, reason="CUDA extension not built")
+def test_mask_equals_cuda_host_code(backend):
+    p = 0.3
+    out = with_seed(lambda: rk.dropout(torch.ones(5000, device=DEVICE), p, backend=backend))
+    seed = int(oracle_seed().item())
+    host = _backend._C.keep_mask_host(seed, 0, 5000, drop_threshold(p))
+    assert np.array_equal((out != 0).cpu().numpy(), host)
+
+
+def test_deterministic_under_manual_seed_and_fresh_each_call(backend):
+    x = torch.randn(4096, device=DEVICE)
+    first = with_seed(lambda: rk.dropout(x, 0.5, backend=backend), seed=3)
+    again = with_seed(lambda: rk.dropout(x, 0.5, backend=backend), seed=3)
+    assert torch.equal(first, again)
+    torch.manual_seed(3)
+    a, b = rk.dropout(x, 0.5, backend=backend), rk.dropout(x, 0.5, backend=backend)
+    assert not torch.equal(a != 0, b != 0)
+    generator = torch.Generator(device=DEVICE).manual_seed(5)
+    with_generator = rk.dropout(x, 0.5, generator=generator, backend=backend)
+    generator.manual_seed(5)
+    assert torch.equal(rk.dropout(x, 0.5, generator=generator, backend=backend), with_generator)
+
+
+def test_no_mask_pattern_repeats_across_rows_or_blocks(backend):
+    # 2 x BLOCK elements: distinct rows of 64, distinct Triton blocks, distinct Philox groups.
+    mask = with_seed(lambda: rk.dropout(torch.ones(2 * BLOCK, device=DEVICE), 0.5, backend=backend)) != 0
+    rows = mask.reshape(-1, 64).cpu()
+    assert torch.unique(rows, dim=0).shape[0] == rows.shape[0]
+    assert not torch.equal(mask[:BLOCK], mask[BLOCK:])
+    groups = mask.reshape(-1, 4).cpu().to(torch.int64) @ torch.tensor([1, 2, 4, 8])
+    assert torch.unique(groups).numel() == 16  # all 16 patterns of four appear
+    assert abs(mask.reshape(-1, 4).float().mean(0) - 0.5).max() < 0.05  # no word of a call is biased
+
+
+def test_mask_follows_logical_index_not_strides(backend):
+    x = torch.randn(40, 30, device=DEVICE)
+    transposed = x.t()  # non-contiguous
+    out = with_seed(lambda: rk.dropout(transposed, 0.5, backend=backend))
+    expected = with_seed(lambda: rk.dropout(transposed.contiguous(), 0.5, backend=backend))
+    assert torch.equal(out, expected)
+    expanded = torch.randn(1, 30, device=DEVICE).expand(40, 30)  # stride 0
+    out = with_seed(lambda: rk.dropout(expanded, 0.5, backend=backend))
+    assert torch.equal(out, with_seed(lambda: rk.dropout(expanded.contiguous(), 0.5, backend=backend)))
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+def test_backward_uses_forward_mask(backend):
+    x = torch.randn(3, 1000, device=DEVICE, requires_grad=True)
+    out = with_seed(lambda: rk.dropout(x, 0.4, backend=backend))
+    out.sum().backward()  # an expanded (stride 0) gradient reaches backward
+    expected = (out != 0).float() * keep_scale(0.4)
+    assert torch.equal(x.grad, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_add_gradients_match_float64_oracle(backend, dtype):
+    x, residual, bias = (t.requires_grad_() for t in sample_inputs(dtype=dtype, bias_shape=(1000,)))
+    grad_out = torch.randn(SHAPE, device=DEVICE).to(dtype)
+    out = with_seed(lambda: rk.dropout_add(x, residual, 0.3, bias=bias, backend=backend))
+    grads = torch.autograd.grad(out, (x, residual, bias), grad_out)
+    inputs64 = [t.detach().double().requires_grad_() for t in (x, residual, bias)]
+    expected = reference.dropout(inputs64[0], oracle_seed(), 0.3, residual=inputs64[1], bias=inputs64[2],
+                                 math_dtype=torch.float64)
+    expected_grads = torch.autograd.grad(expected, inputs64, grad_out.double())
+    tolerance = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)
+    for name, got, want in zip(("x", "residual", "bias"), grads, expected_grads):
+        assert got.dtype == dtype, name
+        torch.testing.assert_close(got.double(), want, **tolerance, msg=name)
+
+
+def test_drop_path_add_gradients(backend):
+    x = torch.randn(32, 9, device=DEVICE, requires_grad=True)
+    residual = torch.randn(32, 9, device=DEVICE, requires_grad=True)
+    out = with_seed(lambda: rk.drop_path_add(x, residual, 0.5, backend=backend))
+    out.backward(torch.ones_like(out))
+    kept = (out != residual).any(1, keepdim=True).float()
+    assert torch.equal(x.grad, kept.expand(32, 9) * keep_scale(0.5))
+    assert torch.equal(residual.grad, torch.ones_like(residual))
+
+
+def test_autograd_saves_only_the_seed(backend):
+    saved_bytes = []
+
+    def pack(tensor):
+        saved_bytes.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    x = torch.randn(64, 64, device=DEVICE, requires_grad=True)
+    residual = torch.randn(64, 64, device=DEVICE, requires_grad=True)
+    bias = torch.randn(64, device=DEVICE, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        outs = [rk.dropout(x, 0.5, backend=backend), rk.dropout_add(x, residual, 0.5, bias=bias, backend=backend),
+                rk.drop_path_add(x, residual, 0.5, backend=backend)]
+    assert len(saved_bytes) == 3 and max(saved_bytes) <= 8
+    sum(o.sum() for o in outs).backward()
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+
+def test_eval_and_zero_p_return_x_itself(backend):
+    x = torch.randn(10, device=DEVICE)
+    assert rk.dropout(x, 0.5, training=False, backend=backend) is x
+    assert rk.dropout(x, 0.0, backend=backend) is x
+    assert rk.drop_path(x, 0.5, training=False, backend=backend) is x
+    residual = torch.randn(10, device=DEVICE)
+    torch.testing.assert_close(rk.dropout_add(x, residual, 0.5, training=False, backend=backend), x + residual)
+    torch.testing.assert_close(rk.drop_path_add(x, residual, 0.0, backend=backend), x + residual)
+
+
+def test_p_one_gives_zeros_without_nan(backend):
+    x = torch.randn(5, 7, device=DEVICE, requires_grad=True)
+    out = rk.dropout(x, 1.0, backend=backend)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    residual = torch.randn(5, 7, device=DEVICE)
+    assert torch.equal(rk.drop_path_add(x.detach(), residual, 1.0, backend=backend), residual)
+
+
+def test_nan_propagates_like_torch(backend):
+    x = torch.full((4096,), float("nan"), device=DEVICE)
+    assert torch.isnan(rk.dropout(x, 0.5, backend=backend)).all()  # torch multiplies dropped NaN by 0
+    assert torch.isnan(torch.nn.functional.dropout(x, 0.5)).all()
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (5, 0)])
+def test_empty_tensors(backend, shape):
+    x = torch.empty(shape, device=DEVICE, requires_grad=True)
+    residual = torch.empty(shape, device=DEVICE)
+    assert rk.dropout(x, 0.5, backend=backend).shape == shape
+    assert rk.dropout_add(x, residual, 0.5, backend=backend).shape == shape
+    out = rk.drop_path_add(x, residual, 0.5, backend=backend)
+    assert out.shape == shape
+    out.sum().backward()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_p_raises_value_error():
+    x = torch.randn(4, device=DEVICE)
+    for p in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="p must be in"):
+            rk.dropout(x, p)
+    with pytest.raises(TypeError, match="p must be a Python float"):
+        rk.dropout(x, torch.tensor(0.5))
+
+
+def test_non_floating_dtype_raises_type_error():
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        rk.dropout(torch.arange(4, device=DEVICE), 0.5)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        rk.drop_path_add(torch.ones(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64), 0.5)
+
+
+def test_shape_mismatch_names_the_shapes():
+    x = torch.randn(4, 6, device=DEVICE)
+    with pytest.raises(ValueError, match=r"residual has shape \(4, 5\) but x has \(4, 6\)"):
+        rk.dropout_add(x, torch.randn(4, 5, device=DEVICE), 0.5)
+    with pytest.raises(ValueError, match=r"bias has shape \(4,\).*\(4, 6\)"):
+        rk.dropout_add(x, x, 0.5, bias=torch.randn(4, device=DEVICE))
+    with pytest.raises(ValueError, match=r"residual has shape"):
+        rk.drop_path_add(x, torch.randn(6, 4, device=DEVICE), 0.5)
+
+
+def test_device_and_dtype_mismatch():
+    x = torch.randn(4, 6, device=DEVICE)
+    with pytest.raises(ValueError, match="residual is on meta"):
+        rk.dropout_add(x, torch.empty(4, 6, device="meta"), 0.5)
+    with pytest.raises(TypeError, match="residual has dtype torch.float16"):
+        rk.dropout_add(x, x.half(), 0.5)
+
+
+def test_unavailable_backend_says_why(monkeypatch):
+    x = torch.randn(4)
+    with pytest.raises(ValueError, match="unknown backend"):
+        rk.dropout(x, 0.5, backend="tpu")
+    with pytest.raises(RuntimeError, match="backend 'cuda' is unavailable: .*CUDA tensors|not built"):
+        rk.dropout(x, 0.5, backend="cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="Triton kernels need a CUDA tensor"):
+        rk.dropout(x, 0.5, backend="triton")
+
+
+def test_environment_variable_chooses_the_backend(monkeypatch):
+    assert _backend.resolve("dropout", torch.device("cpu")) == "torch"
+    assert _backend.resolve("dropout", torch.device("cuda")) == _backend.CUDA_DEFAULTS["dropout"]
+    monkeypatch.setenv("RECIPE_KERNELS_BACKEND", "triton")
+    assert _backend.resolve("dropout", torch.device("cpu")) == "triton"
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+@pytest.mark.parametrize("with_extras", [False, True])
+def test_opcheck(backend, with_extras):
+    x, residual, bias = sample_inputs(shape=(4, 24), bias_shape=(24,))
+    x.requires_grad_()
+    seed = torch.tensor([42], device=DEVICE)
+    torch.library.opcheck(dropout_op, (x, residual if with_extras else None, bias if with_extras else None,
+                                       seed, 0.3, backend))
+    torch.library.opcheck(drop_path_op, (x, residual if with_extras else None, seed, 0.3, backend))
+
+
+def test_compile_fullgraph(backend):
+    def block(x, residual, bias):
+        hidden = rk.dropout_add(x, residual, 0.1, bias=bias, backend=backend)
+        hidden = rk.drop_path_add(rk.dropout(hidden, 0.2, backend=backend), hidden, 0.3, backend=backend)
+        return hidden.square().mean()
+
+    compiled = torch.compile(block, fullgraph=True)
+    x, residual, bias = (t.requires_grad_() for t in sample_inputs(shape=(8, 32), bias_shape=(32,)))
+    compiled(x, residual, bias).backward()
+    assert x.grad is not None and bias.grad.shape == (32,)
+    with_seed(lambda: compiled(x, residual, bias))  # runs again without recompiling
+
+
+# ----------------------------------------------------------------------------- modules and rates
+
+
+def test_modules(backend):
+    x = torch.randn(16, 8, device=DEVICE)
+    dropout, drop_path = rk.nn.Dropout(0.5), rk.nn.DropPath(0.5)
+    assert dropout(x).shape == x.shape and not torch.equal(dropout(x), x)
+    assert drop_path(x).shape == x.shape
+    dropout.eval(), drop_path.eval()
+    assert dropout(x) is x and drop_path(x) is x
+    with pytest.raises(ValueError):
+        rk.nn.Dropout(1.5)
+
+
+def test_drop_path_rates_linear_rule():
+    rates = rk.drop_path_rates(4, 0.2)
+    assert rates == pytest.approx([0.05, 0.1, 0.15, 0.2])
+    # the lecture's survival probability p_l = 1 - l/L (1 - p_L), with p_L = 0.8
+    assert [1 - r for r in rates] == pytest.approx([1 - l / 4 * (1 - 0.8) for l in range(1, 5)])
+    assert rk.drop_path_rates(0, 0.1) == []
+    with pytest.raises(ValueError):
+        rk.drop_path_rates(4, 1.5)
+
+
+# ----------------------------------------------------------------------------- GPU only
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a GPU with 10 GB free")
+def test_more_than_2_to_31_elements(backend):
+    if backend == "torch":
+        pytest.skip("the torch reference materialises int64 indices: 40 GB")
+    n = (1 << 31) + 4099
+    x = torch.ones(n, device=DEVICE, dtype=torch.bfloat16)
+    out = with_seed(lambda: rk.dropout(x, 0.5, backend=backend))
+    tail = torch.arange(n - 5000, n, device=DEVICE)  # indices past 2^31: 64-bit counters and offsets
+    assert torch.equal(out[-5000:] != 0, keep_mask(oracle_seed(), tail, 0.5))
