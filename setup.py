@@ -10,6 +10,7 @@ Environment:
 _C uses nvcc and pybind11 only: no torch headers, no libtorch, the CUDA runtime linked
 statically. It compiles without a GPU and imports on a machine without a driver.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from setuptools.command.build_ext import build_ext
 
 BUILD_CUDA = os.environ.get("RECIPE_KERNELS_BUILD_CUDA", "")
 CUDA_ARCHS = [a.strip() for a in os.environ.get("RECIPE_KERNELS_CUDA_ARCHS", "80;90").split(";") if a.strip()]
-SOURCES = ["csrc/dropout.cu", "csrc/bindings.cpp"]
+SOURCES = sorted(glob.glob("csrc/*.cu")) + ["csrc/bindings.cpp"]  # one .cu per op family
 
 
 def find_nvcc():

@@ -15,6 +15,9 @@ void dropout(uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t seed, ui
              int64_t bias_numel, uint32_t drop_threshold, float scale, int dtype, uintptr_t stream);
 void drop_path(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t out, int64_t rows, int64_t row_size,
                uint32_t drop_threshold, float scale, int dtype, uintptr_t stream);
+// csrc/cross_entropy.cu (declarations)
+// csrc/mixing.cu (declarations)
+// csrc/ema.cu (declarations)
 }  // namespace recipe_kernels
 
 namespace {
@@ -54,6 +57,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("drop_path", &recipe_kernels::drop_path, "residual + x * keep[row] / (1 - p)", py::arg("x"),
         py::arg("residual"), py::arg("seed"), py::arg("out"), py::arg("rows"), py::arg("row_size"),
         py::arg("drop_threshold"), py::arg("scale"), py::arg("dtype"), py::arg("stream"));
+  // cross_entropy (bindings)
+  // mixing (bindings)
+  // ema (bindings)
   m.def("philox4x32_host", &philox4x32_host, "Philox4x32 words on the CPU, from csrc/philox.cuh",
         py::arg("seed"), py::arg("counters"));
   m.def("keep_mask_host", &keep_mask_host, "dropout keep decisions on the CPU, from csrc/philox.cuh",

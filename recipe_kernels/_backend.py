@@ -17,6 +17,9 @@ BACKENDS = ("triton", "cuda", "torch")
 CUDA_DEFAULTS = {
     "dropout": "triton",
     "drop_path": "triton",
+    "cross_entropy": "triton",
+    "mixing": "triton",
+    "ema": "triton",
 }
 
 try:

@@ -35,3 +35,9 @@ class DropPath(torch.nn.Module):
 
     def extra_repr(self):
         return f"drop_prob={self.drop_prob:.3f}"
+
+
+# ----------------------------------------------------------------------------- cross-entropy modules
+
+
+# ----------------------------------------------------------------------------- mixing modules

@@ -43,3 +43,12 @@ def drop_path(x, seed, p, *, residual=None, math_dtype=torch.float32):
     if residual is not None:
         out = out + residual.to(math_dtype)
     return out
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+
+
+# ----------------------------------------------------------------------------- mixing (CutMix, MixUp, random erasing)
+
+
+# ----------------------------------------------------------------------------- EMA
