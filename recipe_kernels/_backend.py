@@ -49,7 +49,8 @@ def why_unavailable(backend: str, device: torch.device):
             return (f"the CUDA extension recipe_kernels._C is not built ({CUDA_EXTENSION_ERROR}); "
                     "reinstall with RECIPE_KERNELS_BUILD_CUDA=1")
         if device.type != "cuda":
-            return f"the CUDA kernels need CUDA tensors, got a {device.type} tensor"
+            no_gpu = "" if torch.cuda.is_available() else " (no GPU is visible)"
+            return f"the CUDA kernels need CUDA tensors, got a {device.type} tensor{no_gpu}"
         return None
     return f"unknown backend {backend!r}; choose one of {BACKENDS}"
 

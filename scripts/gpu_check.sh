@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one command, on a machine with nvcc, torch and triton but no network.
+#   scripts/gpu_check.sh OUTDIR              build (sm_90), self-check, the whole test suite on the GPU
+#                                            over triton, cuda and torch, then the quick benchmarks
+#   scripts/gpu_check.sh OUTDIR --sanitize   also the cuda-backend tests under compute-sanitizer
+# Logs and CSV rows land in OUTDIR; the rows are also appended to benchmarks/results/results.csv.
+# Wheels of pure-Python peers (e.g. liger-kernel) placed in wheels/ are installed first.
+set -uo pipefail
+OUT=$(realpath -m "${1:?usage: scripts/gpu_check.sh OUTDIR [--sanitize]}")
+SANITIZE=${2:-}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+status=0
+step() { echo "== $1 ($(date +%T))" | tee -a "$OUT/summary.txt"; }
+
+step "environment"
+{ nvidia-smi; python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
+  > "$OUT/environment.txt" 2>&1
+for wheel in wheels/*.whl; do [ -e "$wheel" ] && pip install --no-deps --no-index "$wheel" >> "$OUT/install.log" 2>&1; done
+
+step "install (sm_90 only)"
+if ! RECIPE_KERNELS_CUDA_ARCHS=90 RECIPE_KERNELS_BUILD_CUDA=1 \
+     pip install --no-build-isolation --no-deps -e . >> "$OUT/install.log" 2>&1; then
+  tail -40 "$OUT/install.log"; echo "install failed" | tee -a "$OUT/summary.txt"; exit 1
+fi
+
+step "self-check"
+python -m recipe_kernels 2>&1 | tee "$OUT/selfcheck.log" || status=1
+
+step "tests on the GPU"
+RECIPE_KERNELS_TEST_DEVICE=cuda timeout 300 python -m pytest -q -rs tests > "$OUT/tests.log" 2>&1 || status=1
+tail -5 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
+
+if [ "$SANITIZE" = "--sanitize" ]; then
+  step "compute-sanitizer memcheck on the cuda-backend tests"
+  RECIPE_KERNELS_TEST_DEVICE=cuda timeout 300 compute-sanitizer --tool memcheck --target-processes all \
+    python -m pytest -q -x -k "cuda and not 2_to_31" tests > "$OUT/sanitizer.log" 2>&1 || status=1
+  tail -5 "$OUT/sanitizer.log" | tee -a "$OUT/summary.txt"
+fi
+
+step "quick benchmarks"
+for bench in benchmarks/bench_*.py; do
+  timeout 240 python "$bench" --quick --out "$OUT" > "$OUT/$(basename "$bench" .py).log" 2>&1 || status=1
+  tail -3 "$OUT/$(basename "$bench" .py).log" | tee -a "$OUT/summary.txt"
+done
+step "done, status $status"
+exit $status
