@@ -64,7 +64,8 @@ def _dropout_kernel(x_ptr, residual_ptr, bias_ptr, seed_ptr, out_ptr, n_elements
     in_bounds = offsets < n_elements
     value = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        first_column = (pid * BLOCK) % bias_numel  # one 64-bit modulo per program
+        # One 64-bit modulo per program, then 32-bit ones per element (bias_numel < 2^31).
+        first_column = ((pid * BLOCK) % bias_numel).to(tl.int32)
         local = tl.arange(0, BLOCK // 4)[:, None] * 4 + tl.arange(0, 4)[None, :]
         columns = (first_column + local) % bias_numel
         value += tl.load(bias_ptr + columns, mask=in_bounds, other=0.0).to(tl.float32)

@@ -378,3 +378,37 @@ def test_more_than_2_to_31_elements(backend):
     out = with_seed(lambda: rk.dropout(x, 0.5, backend=backend))
     tail = torch.arange(n - 5000, n, device=DEVICE)  # indices past 2^31: 64-bit counters and offsets
     assert torch.equal(out[-5000:] != 0, keep_mask(oracle_seed(), tail, 0.5))
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a GPU")
+def test_no_host_sync(backend):
+    if backend == "torch":
+        pytest.skip("the reference is not a hot path")
+    x = torch.randn(4096, device=DEVICE, requires_grad=True)
+    residual = torch.randn(4096, device=DEVICE)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = rk.dropout_add(rk.dropout(x, 0.3, backend=backend), residual, 0.2, backend=backend)
+        rk.drop_path_add(out.reshape(64, 64), residual.reshape(64, 64), 0.5, backend=backend).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a GPU")
+def test_cuda_graph_replays_draw_fresh_masks(backend):
+    if backend == "torch":
+        pytest.skip("the reference's gather is not what this checks")
+    x = torch.ones(1 << 14, device=DEVICE)
+    residual = torch.zeros(64, 256, device=DEVICE)
+    rk.dropout(x, 0.5, backend=backend)  # compile the kernel outside capture
+    rk.drop_path_add(residual, residual, 0.5, backend=backend)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = rk.dropout(x, 0.5, backend=backend)
+        rows = rk.drop_path_add(x.reshape(64, 256), residual, 0.5, backend=backend)
+    graph.replay()
+    first, first_rows = out.clone(), rows.clone()
+    graph.replay()
+    assert not torch.equal(first, out)
+    assert not torch.equal(first_rows, rows)
+    assert abs((out != 0).float().mean().item() - 0.5) < 0.05
