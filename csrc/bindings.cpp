@@ -15,6 +15,9 @@ void dropout(uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t seed, ui
              int64_t bias_numel, uint32_t drop_threshold, float scale, int dtype, uintptr_t stream);
 void drop_path(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t out, int64_t rows, int64_t row_size,
                uint32_t drop_threshold, float scale, int dtype, uintptr_t stream);
+void dropout_bias_backward(uintptr_t grad, uintptr_t seed, uintptr_t grad_x, uintptr_t partial, int64_t rows,
+                           int64_t columns, int64_t rows_per_block, int64_t row_blocks, uint32_t drop_threshold,
+                           float scale, int dtype, uintptr_t stream);
 // csrc/cross_entropy.cu (declarations)
 // csrc/mixing.cu (declarations)
 // csrc/ema.cu (declarations)
@@ -57,6 +60,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("drop_path", &recipe_kernels::drop_path, "residual + x * keep[row] / (1 - p)", py::arg("x"),
         py::arg("residual"), py::arg("seed"), py::arg("out"), py::arg("rows"), py::arg("row_size"),
         py::arg("drop_threshold"), py::arg("scale"), py::arg("dtype"), py::arg("stream"));
+  m.def("dropout_bias_backward", &recipe_kernels::dropout_bias_backward,
+        "grad_x = grad * keep / (1 - p) and its per-row-block column sums", py::arg("grad"), py::arg("seed"),
+        py::arg("grad_x"), py::arg("partial"), py::arg("rows"), py::arg("columns"), py::arg("rows_per_block"),
+        py::arg("row_blocks"), py::arg("drop_threshold"), py::arg("scale"), py::arg("dtype"), py::arg("stream"));
   // cross_entropy (bindings)
   // mixing (bindings)
   // ema (bindings)

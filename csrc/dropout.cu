@@ -7,6 +7,7 @@ namespace recipe_kernels {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kBiasBackwardColumns = kThreads * 4;  // must equal BIAS_BACKWARD_COLUMNS in dropout.py
 constexpr int64_t kMaxBlocks = int64_t{1} << 30;  // larger inputs loop (grid stride)
 
 // out = residual + (x + bias) * keep / (1 - p) over n contiguous elements.
@@ -83,6 +84,46 @@ __global__ void drop_path_kernel(const T* __restrict__ x, const T* __restrict__ 
   }
 }
 
+// Backward of dropout_add with a bias, in one pass: grad_x = grad * keep / (1 - p) and its column sums.
+// Inputs: grad as (rows, columns) with columns % 4 == 0 (a Philox group never straddles two rows),
+// seed. Block (i, j) covers kBiasBackwardColumns columns of rows [i * rows_per_block, ...) and writes
+// fp32 column sums to partial[j][columns] (j = blockIdx.y). Bytes: reads grad, writes grad_x once.
+template <typename T>
+__global__ void dropout_bias_backward_kernel(const T* __restrict__ grad, const int64_t* __restrict__ seed_ptr,
+                                             T* __restrict__ grad_x, float* __restrict__ partial, int64_t rows,
+                                             int64_t columns, int64_t rows_per_block, uint32_t drop_threshold,
+                                             float scale, bool vectorized) {
+  const int64_t column = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (column >= columns) return;  // columns % 4 == 0: a thread's four columns are all in range
+  const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
+  const int64_t row_begin = static_cast<int64_t>(blockIdx.y) * rows_per_block;
+  const int64_t row_end = row_begin + rows_per_block < rows ? row_begin + rows_per_block : rows;
+  float column_sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t first = row * columns + column;
+    const PhiloxWords words = philox4x32(seed, static_cast<uint64_t>(first >> 2));
+    Vec4<T> grad_in;
+    if (vectorized) {
+      grad_in = *reinterpret_cast<const Vec4<T>*>(grad + first);
+    } else {
+      for (int j = 0; j < 4; ++j) grad_in.v[j] = grad[first + j];
+    }
+    Vec4<T> result;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float value = __fmul_rn(to_float(grad_in.v[j]), keep_element(words.word[j], drop_threshold) ? scale : 0.0f);
+      column_sums[j] += value;
+      result.v[j] = from_float<T>(value);
+    }
+    if (vectorized) {
+      *reinterpret_cast<Vec4<T>*>(grad_x + first) = result;
+    } else {
+      for (int j = 0; j < 4; ++j) grad_x[first + j] = result.v[j];
+    }
+  }
+  for (int j = 0; j < 4; ++j) partial[blockIdx.y * columns + column + j] = column_sums[j];
+}
+
 }  // namespace
 
 void dropout(uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t seed, uintptr_t out, int64_t n,
@@ -123,6 +164,24 @@ void drop_path(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t out, i
     if (residual) launch(drop_path_kernel<T, true>);
     else launch(drop_path_kernel<T, false>);
     check_launch("drop_path");
+  });
+}
+
+void dropout_bias_backward(uintptr_t grad, uintptr_t seed, uintptr_t grad_x, uintptr_t partial, int64_t rows,
+                           int64_t columns, int64_t rows_per_block, int64_t row_blocks, uint32_t drop_threshold,
+                           float scale, int dtype, uintptr_t stream) {
+  if (rows <= 0 || columns <= 0) return;
+  if (columns % 4 != 0) throw std::invalid_argument("recipe_kernels._C.dropout_bias_backward: columns % 4 != 0");
+  if (row_blocks > 65535 || row_blocks * rows_per_block < rows)
+    throw std::invalid_argument("recipe_kernels._C.dropout_bias_backward: bad row blocking");
+  dispatch_float_dtype(dtype, [&](auto type_tag) {
+    using T = decltype(type_tag);
+    const bool vectorized = aligned_for_vec4(grad, sizeof(T)) && aligned_for_vec4(grad_x, sizeof(T));
+    const dim3 grid(static_cast<unsigned>(ceil_div(columns, kBiasBackwardColumns)), static_cast<unsigned>(row_blocks));
+    dropout_bias_backward_kernel<T><<<grid, kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+        reinterpret_cast<const T*>(grad), reinterpret_cast<const int64_t*>(seed), reinterpret_cast<T*>(grad_x),
+        reinterpret_cast<float*>(partial), rows, columns, rows_per_block, drop_threshold, scale, vectorized);
+    check_launch("dropout_bias_backward");
   });
 }
 

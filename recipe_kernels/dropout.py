@@ -21,6 +21,8 @@ from recipe_kernels._philox import PHILOX_ROUNDS, KEEP_BITS, draw_seed, drop_thr
 # Elements per Triton program: 8 warps x 32 threads x 8 elements (two Philox calls a thread).
 BLOCK = 2048
 NUM_WARPS = 8
+# Columns per program of the fused bias backward; must equal kBiasBackwardColumns in csrc/dropout.cu.
+BIAS_BACKWARD_COLUMNS = 1024
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -104,6 +106,37 @@ def _drop_path_kernel(x_ptr, residual_ptr, seed_ptr, out_ptr, row_size, blocks_p
     tl.store(out_ptr + offsets, cast_to(out, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_row)
 
 
+@triton.jit
+def _dropout_bias_backward_kernel(grad_ptr, seed_ptr, grad_x_ptr, partial_ptr, rows, columns,
+                                  drop_threshold, scale, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_COLUMNS: tl.constexpr,
+                                  KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr,
+                                  EMULATE_BF16_RTNE: tl.constexpr):
+    """Backward of dropout_add with a bias, in one pass: grad_x = grad * keep / (1 - p) and its column sums.
+
+    Inputs: grad as (rows, columns) with columns % 4 == 0 (so a Philox group never straddles
+    two rows), seed (one int64). Program (i, j) takes ROWS_PER_PROGRAM rows of column block j
+    and writes its fp32 column sums to partial[i, columns]. Bytes: reads grad and writes
+    grad_x once; partial is (rows / ROWS_PER_PROGRAM) x columns fp32, a few % of grad.
+    """
+    row_block = tl.program_id(0).to(tl.int64)
+    # Philox groups of this program's columns, counted within a row.
+    group_in_row = tl.program_id(1) * (BLOCK_COLUMNS // 4) + tl.arange(0, BLOCK_COLUMNS // 4)
+    column = group_in_row[:, None] * 4 + tl.arange(0, 4)[None, :]
+    in_columns = column < columns
+    seed = tl.load(seed_ptr)
+    column_sums = tl.zeros([BLOCK_COLUMNS // 4, 4], dtype=tl.float32)
+    for step in range(ROWS_PER_PROGRAM):
+        row = row_block * ROWS_PER_PROGRAM + step
+        groups = row * (columns // 4) + group_in_row
+        keep = (_philox_words_2d(seed, groups, PHILOX_ROUNDS) >> (32 - KEEP_BITS)).to(tl.int32) >= drop_threshold
+        offsets = row * columns + column
+        mask = in_columns & (row < rows)
+        grad_x = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32) * tl.where(keep, scale, 0.0)
+        tl.store(grad_x_ptr + offsets, cast_to(grad_x, grad_x_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=mask)
+        column_sums += grad_x
+    tl.store(partial_ptr + row_block * columns + column, column_sums, mask=in_columns)
+
+
 # ----------------------------------------------------------------------------- launchers
 # Each takes contiguous tensors and an allocated contiguous `out`.
 
@@ -146,6 +179,39 @@ def _drop_path_cuda(x, residual, seed, out, p):
         _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
 
 
+def _bias_backward_row_blocks(rows, columns):
+    """(row blocks, rows per block) for the bias backward: about 1024 programs in all, so the GPU
+    is full while the fp32 partial sums stay small; at most 65535 row blocks (CUDA's grid y).
+
+    Rows per block is a power of two because the Triton kernel takes it as a constexpr
+    (few variants to compile; and the interpreter cannot loop to a runtime bound with numpy 2.4).
+    """
+    column_blocks = triton.cdiv(columns, BIAS_BACKWARD_COLUMNS)
+    rows_per_block = max(triton.cdiv(rows, max(1, 1024 // column_blocks)), triton.cdiv(rows, 65535), 1)
+    rows_per_block = triton.next_power_of_2(rows_per_block)
+    return triton.cdiv(rows, rows_per_block), rows_per_block
+
+
+def _dropout_bias_backward_triton(grad, seed, grad_x, partial, rows_per_block, p):
+    columns = partial.shape[1]
+    grid = (partial.shape[0], triton.cdiv(columns, BIAS_BACKWARD_COLUMNS))
+    with _backend.device_guard(grad.device):
+        _dropout_bias_backward_kernel[grid](
+            grad, seed, grad_x, partial, grad.numel() // columns, columns,
+            drop_threshold(p), keep_scale(p), ROWS_PER_PROGRAM=rows_per_block,
+            BLOCK_COLUMNS=BIAS_BACKWARD_COLUMNS, KEEP_BITS=KEEP_BITS,
+            PHILOX_ROUNDS=PHILOX_ROUNDS, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=4,
+            enable_fp_fusion=False)
+
+
+def _dropout_bias_backward_cuda(grad, seed, grad_x, partial, rows_per_block, p):
+    columns = partial.shape[1]
+    _backend._C.dropout_bias_backward(
+        grad.data_ptr(), seed.data_ptr(), grad_x.data_ptr(), partial.data_ptr(), grad.numel() // columns,
+        columns, rows_per_block, partial.shape[0], drop_threshold(p), keep_scale(p),
+        _backend.CUDA_DTYPE_CODES[grad.dtype], _backend.cuda_stream(grad.device))
+
+
 def _contiguous(tensor):
     return None if tensor is None else tensor.contiguous()
 
@@ -172,6 +238,32 @@ def _(x, residual, bias, seed, p, backend):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+@torch.library.custom_op("recipe_kernels::dropout_bias_backward", mutates_args=())
+def dropout_bias_backward_op(grad: torch.Tensor, seed: torch.Tensor, p: float, bias_numel: int,
+                             backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_bias): grad_x = grad * keep / (1 - p), and its fp32 sums over every
+    bias_numel-sized row, from one pass over grad when bias_numel % 4 == 0."""
+    grad = grad.contiguous()
+    if backend == "torch" or bias_numel % 4 != 0 or grad.numel() == 0:
+        grad_x = (reference.dropout(grad, seed, p) if backend == "torch"
+                  else dropout_op(grad, None, None, seed, p, backend))
+        rows = grad.numel() // bias_numel if bias_numel else 0
+        grad_bias = grad_x.reshape(rows, bias_numel).sum(0, dtype=torch.float32)
+        return grad_x.to(grad.dtype), grad_bias
+    row_blocks, rows_per_block = _bias_backward_row_blocks(grad.numel() // bias_numel, bias_numel)
+    grad_x = torch.empty_like(grad)
+    partial = torch.empty(row_blocks, bias_numel, dtype=torch.float32, device=grad.device)
+    launch = _dropout_bias_backward_triton if backend == "triton" else _dropout_bias_backward_cuda
+    launch(grad, seed, grad_x, partial, rows_per_block, p)
+    return grad_x, partial.sum(0)
+
+
+@dropout_bias_backward_op.register_fake
+def _(grad, seed, p, bias_numel, backend):
+    return (torch.empty_like(grad, memory_format=torch.contiguous_format),
+            grad.new_empty(bias_numel, dtype=torch.float32))
+
+
 def _dropout_setup_context(ctx, inputs, output):
     x, residual, bias, seed, p, backend = inputs
     ctx.save_for_backward(seed)  # the only thing saved: 8 bytes
@@ -184,14 +276,13 @@ def _dropout_setup_context(ctx, inputs, output):
 def _dropout_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
     # d/dx of (x + bias) * keep * scale is the same mask and scale: regenerate it from the seed.
-    grad_x = dropout_op(grad, None, None, seed, ctx.p, ctx.backend)
-    grad_residual = grad if ctx.has_residual else None
     grad_bias = None
-    if ctx.bias_shape is not None:
-        bias_numel = max(1, ctx.bias_shape.numel())
-        grad_bias = grad_x.reshape(-1, bias_numel).sum(0, dtype=torch.float32)
+    if ctx.bias_shape is None:
+        grad_x = dropout_op(grad, None, None, seed, ctx.p, ctx.backend)
+    else:
+        grad_x, grad_bias = dropout_bias_backward_op(grad, seed, ctx.p, ctx.bias_shape.numel(), ctx.backend)
         grad_bias = grad_bias.to(ctx.bias_dtype).reshape(ctx.bias_shape)
-    return grad_x, grad_residual, grad_bias, None, None, None
+    return grad_x, (grad if ctx.has_residual else None), grad_bias, None, None, None
 
 
 dropout_op.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)

@@ -8,7 +8,7 @@ import torch
 import recipe_kernels as rk
 from recipe_kernels import _backend, reference
 from recipe_kernels._philox import drop_threshold, draw_seed, keep_mask, keep_scale
-from recipe_kernels.dropout import BLOCK, dropout_op, drop_path_op
+from recipe_kernels.dropout import BLOCK, dropout_bias_backward_op, dropout_op, drop_path_op
 
 from conftest import BACKENDS, DEVICE
 
@@ -178,10 +178,14 @@ def test_backward_uses_forward_mask(backend):
     assert torch.equal(x.grad, expected)
 
 
+# Bias gradients: fused one-pass path (bias size % 4 == 0, one or many rows per program, a
+# 2-d bias) and the unfused fallback (37 columns).
+@pytest.mark.parametrize("shape,bias_shape", [(SHAPE, (1000,)), ((300, 8), (8,)), ((2, 3, 8), (3, 8)),
+                                              ((6, 37), (37,))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dropout_add_gradients_match_float64_oracle(backend, dtype):
-    x, residual, bias = (t.requires_grad_() for t in sample_inputs(dtype=dtype, bias_shape=(1000,)))
-    grad_out = torch.randn(SHAPE, device=DEVICE).to(dtype)
+def test_dropout_add_gradients_match_float64_oracle(backend, dtype, shape, bias_shape):
+    x, residual, bias = (t.requires_grad_() for t in sample_inputs(shape, dtype=dtype, bias_shape=bias_shape))
+    grad_out = torch.randn(shape, device=DEVICE).to(dtype)
     out = with_seed(lambda: rk.dropout_add(x, residual, 0.3, bias=bias, backend=backend))
     grads = torch.autograd.grad(out, (x, residual, bias), grad_out)
     inputs64 = [t.detach().double().requires_grad_() for t in (x, residual, bias)]
@@ -327,6 +331,7 @@ def test_opcheck(backend, with_extras):
     torch.library.opcheck(dropout_op, (x, residual if with_extras else None, bias if with_extras else None,
                                        seed, 0.3, backend))
     torch.library.opcheck(drop_path_op, (x, residual if with_extras else None, seed, 0.3, backend))
+    torch.library.opcheck(dropout_bias_backward_op, (x.detach(), seed, 0.3, 24 if with_extras else 6, backend))
 
 
 def test_compile_fullgraph(backend):
