@@ -37,6 +37,28 @@ class DropPath(torch.nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
+def replace_modules(model: torch.nn.Module) -> int:
+    """Swaps torch.nn.Dropout and timm-style DropPath modules inside `model` for this package's.
+
+    A timm-style DropPath is any module class named DropPath with a `drop_prob` attribute
+    (timm.layers.DropPath and its copies) that scales by keep (scale_by_keep is True or
+    absent). Returns how many modules were replaced.
+    """
+    replaced = 0
+    for name, child in model.named_children():
+        if type(child) is torch.nn.Dropout:
+            setattr(model, name, Dropout(child.p))
+        elif (type(child).__name__ == "DropPath" and not isinstance(child, DropPath)
+              and hasattr(child, "drop_prob") and getattr(child, "scale_by_keep", True)):
+            setattr(model, name, DropPath(child.drop_prob))
+        else:
+            replaced += replace_modules(child)
+            continue
+        getattr(model, name).train(child.training)
+        replaced += 1
+    return replaced
+
+
 # ----------------------------------------------------------------------------- cross-entropy modules
 
 
