@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one command, on a machine with nvcc, torch and triton but no network.
 #   scripts/gpu_check.sh OUTDIR              build (sm_90), self-check, the whole test suite on the GPU
-#                                            over triton, cuda and torch, then the quick benchmarks
+#                                            over triton, cuda and torch, then benchmarks/run_all.py --quick
 #   scripts/gpu_check.sh OUTDIR --sanitize   also the cuda-backend tests under compute-sanitizer
 # Logs and CSV rows land in OUTDIR; the rows are also appended to benchmarks/results/results.csv.
 # Wheels of pure-Python peers (e.g. liger-kernel) placed in wheels/ are installed first.
@@ -39,9 +39,7 @@ if [ "$SANITIZE" = "--sanitize" ]; then
 fi
 
 step "quick benchmarks"
-for bench in benchmarks/bench_*.py; do
-  timeout 240 python "$bench" --quick --out "$OUT" > "$OUT/$(basename "$bench" .py).log" 2>&1 || status=1
-  tail -3 "$OUT/$(basename "$bench" .py).log" | tee -a "$OUT/summary.txt"
-done
+timeout 330 python benchmarks/run_all.py --quick --out "$OUT" > "$OUT/benchmarks.log" 2>&1 || status=1
+grep -E "^(failed|wrote|skipping)" "$OUT/benchmarks.log" | tee -a "$OUT/summary.txt"
 step "done, status $status"
 exit $status
