@@ -18,6 +18,13 @@ void drop_path(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t out, i
 void dropout_bias_backward(uintptr_t grad, uintptr_t seed, uintptr_t grad_x, uintptr_t partial, int64_t rows,
                            int64_t columns, int64_t rows_per_block, int64_t row_blocks, uint32_t drop_threshold,
                            float scale, int dtype, uintptr_t stream);
+void dropout_host(uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t seed, uintptr_t out, int64_t n,
+                  int64_t bias_numel, uint32_t drop_threshold, float scale, int dtype, int64_t blocks);
+void drop_path_host(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t out, int64_t rows, int64_t row_size,
+                    uint32_t drop_threshold, float scale, int dtype);
+void dropout_bias_backward_host(uintptr_t grad, uintptr_t seed, uintptr_t grad_x, uintptr_t partial, int64_t rows,
+                                int64_t columns, int64_t rows_per_block, int64_t row_blocks, uint32_t drop_threshold,
+                                float scale, int dtype);
 // csrc/cross_entropy.cu (declarations)
 // csrc/mixing.cu (declarations)
 // csrc/ema.cu (declarations)
@@ -64,6 +71,10 @@ PYBIND11_MODULE(_C, m) {
         "grad_x = grad * keep / (1 - p) and its per-row-block column sums", py::arg("grad"), py::arg("seed"),
         py::arg("grad_x"), py::arg("partial"), py::arg("rows"), py::arg("columns"), py::arg("rows_per_block"),
         py::arg("row_blocks"), py::arg("drop_threshold"), py::arg("scale"), py::arg("dtype"), py::arg("stream"));
+  m.def("dropout_host", &recipe_kernels::dropout_host, "dropout's CUDA code run on the CPU over `blocks` blocks");
+  m.def("drop_path_host", &recipe_kernels::drop_path_host, "drop_path's CUDA code run on the CPU");
+  m.def("dropout_bias_backward_host", &recipe_kernels::dropout_bias_backward_host,
+        "dropout_bias_backward's CUDA code run on the CPU");
   // cross_entropy (bindings)
   // mixing (bindings)
   // ema (bindings)

@@ -8,23 +8,43 @@
 #include <stdexcept>
 #include <string>
 
+#include "philox.cuh"  // RK_HOST_DEVICE
+
 namespace recipe_kernels {
 
 // Must equal recipe_kernels._backend.CUDA_DTYPE_CODES.
 enum DtypeCode : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+// Conversions and IEEE-rounded fp32 arithmetic, on the device and on the host alike: kernels written
+// with them can also run in _C's *_host entry points, which the CPU tests compare with the reference.
+RK_HOST_DEVICE float to_float(float v) { return v; }
+RK_HOST_DEVICE float to_float(__half v) { return __half2float(v); }
+RK_HOST_DEVICE float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 template <typename T>
-__device__ __forceinline__ T from_float(float v);
+RK_HOST_DEVICE T from_float(float v);
 template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
+RK_HOST_DEVICE float from_float<float>(float v) { return v; }
 template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+RK_HOST_DEVICE __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+RK_HOST_DEVICE __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// a * b and a + b rounded once, never contracted into an FMA (bit-equal to the other backends).
+RK_HOST_DEVICE float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+RK_HOST_DEVICE float add_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
 
 // Four consecutive elements moved as one aligned vector (16 bytes for fp32, 8 for 16-bit types).
 template <typename T>
