@@ -89,21 +89,28 @@ class Recorder:
             base = torch_ms.get((row["case"], row["dtype"], row["pass"]))
             row["speedup_vs_torch"] = base / row["ms_p50"] if base else float("nan")
             row.update(self.context)
-        paths = [RESULTS_CSV] + ([os.path.join(out_dir, "results.csv")] if out_dir else [])
-        for path in paths:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            new_file = not os.path.exists(path)
-            with open(path, "a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=COLUMNS)
-                if new_file:
-                    writer.writeheader()
-                for row in self.rows:
-                    writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+        append_rows("results.csv", COLUMNS, self.rows, out_dir)
         for row in self.rows:
             print(f"{row['case']:>14} {row['dtype']:>8} {row['pass']:>7} {row['provider']:>22} "
                   f"{row['ms_p50']:8.3f} ms {row['gbps']:7.0f} GB/s {row['pct_copy_bw']:5.1f}% "
                   f"x{row['speedup_vs_torch']:.2f} vs torch")
         return self.rows
+
+
+def append_rows(file_name, columns, rows, out_dir=None):
+    """Appends rows to benchmarks/results/<file_name> and, with out_dir, to out_dir/<file_name>."""
+    paths = [os.path.join(os.path.dirname(RESULTS_CSV), file_name)]
+    if out_dir:
+        paths.append(os.path.join(out_dir, file_name))
+    for path in paths:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        new_file = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            if new_file:
+                writer.writeheader()
+            for row in rows:
+                writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def optional_peer(module_name):

@@ -25,9 +25,34 @@ void drop_path_host(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t o
 void dropout_bias_backward_host(uintptr_t grad, uintptr_t seed, uintptr_t grad_x, uintptr_t partial, int64_t rows,
                                 int64_t columns, int64_t rows_per_block, int64_t row_blocks, uint32_t drop_threshold,
                                 float scale, int dtype);
-// csrc/cross_entropy.cu (declarations)
+// csrc/cross_entropy.cu
+void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
+                       uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
+                       int64_t num_classes, int64_t inner_size, int64_t splits, int64_t ignore_index,
+                       float label_smoothing, int kind, int dtype, uintptr_t stream);
+void cross_entropy_scale_grad(uintptr_t grad, uintptr_t factor, int64_t n, int64_t num_classes, int64_t inner_size,
+                              bool per_row, int dtype, uintptr_t stream);
+void cross_entropy_host(const float* x, const int64_t* target, const int64_t* target_b, const float* lam,
+                        const float* weight, const float* q, int64_t rows, int64_t num_classes, int64_t ignore_index,
+                        float label_smoothing, int kind, int64_t chunk, float* loss, float* grad);
 // csrc/mixing.cu (declarations)
+void composite_batch(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t lam, uintptr_t partner, uintptr_t mode,
+                     uintptr_t fill, uintptr_t mean, uintptr_t std_dev, uintptr_t seed, int64_t n, int64_t c,
+                     int64_t h, int64_t w, bool channels_last, bool visit_flip_pairs, int in_dtype, int out_dtype,
+                     uintptr_t stream);
+void cutmix_swap(uintptr_t x, uintptr_t box, int64_t n, int64_t c, int64_t h, int64_t w, bool channels_last,
+                 int dtype, uintptr_t stream);
+void composite_values_host(uintptr_t own, uintptr_t other, uintptr_t inside, uintptr_t out, int64_t count, int mode,
+                           float lam, float fill, bool round_uint8);
+void erase_noise_host(int64_t seed, uintptr_t index, uintptr_t out, int64_t count);
 // csrc/ema.cu (declarations)
+void ema_update(uintptr_t table, int64_t num_chunks, uintptr_t decays, int64_t chunk, int threads, uintptr_t stream);
+void ema_schedule(uintptr_t num_updates, uintptr_t decays, double decay, bool warmup, double warmup_gamma,
+                  double warmup_power, double min_decay, int64_t update_after_step, int64_t update_every,
+                  uintptr_t stream);
+void ema_blend_host(const float* ema, const float* param, float* out, int64_t n, float decay);
+void ema_decays_host(int64_t t, double decay, bool warmup, double warmup_gamma, double warmup_power,
+                     double min_decay, int64_t update_after_step, int64_t update_every, float* out);
 }  // namespace recipe_kernels
 
 namespace {
@@ -75,9 +100,81 @@ PYBIND11_MODULE(_C, m) {
   m.def("drop_path_host", &recipe_kernels::drop_path_host, "drop_path's CUDA code run on the CPU");
   m.def("dropout_bias_backward_host", &recipe_kernels::dropout_bias_backward_host,
         "dropout_bias_backward's CUDA code run on the CPU");
-  // cross_entropy (bindings)
+  m.def("cross_entropy_fwd", &recipe_kernels::cross_entropy_fwd,
+        "cross-entropy loss per row and, when grad != 0, its gradient (one pass over the logits)", py::arg("x"),
+        py::arg("target"), py::arg("target_b"), py::arg("lam"), py::arg("weight"), py::arg("grad_scale"),
+        py::arg("loss"), py::arg("grad"), py::arg("partial"), py::arg("rows"), py::arg("num_classes"),
+        py::arg("inner_size"), py::arg("splits"), py::arg("ignore_index"), py::arg("label_smoothing"),
+        py::arg("kind"), py::arg("dtype"), py::arg("stream"));
+  m.def("cross_entropy_scale_grad", &recipe_kernels::cross_entropy_scale_grad,
+        "grad *= factor in place (scalar or per row), skipping factors of exactly 1", py::arg("grad"),
+        py::arg("factor"), py::arg("n"), py::arg("num_classes"), py::arg("inner_size"), py::arg("per_row"),
+        py::arg("dtype"), py::arg("stream"));
+  // The CUDA kernels' per-row arithmetic on the CPU (fp32 (rows, C) logits), for tests without a GPU.
+  // Empty arrays stand for absent inputs; returns (loss (rows,), gradient (rows, C)) for grad_scale 1.
+  m.def(
+      "cross_entropy_host",
+      [](py::array_t<float, py::array::c_style> x, py::array_t<int64_t, py::array::c_style> target,
+         py::array_t<int64_t, py::array::c_style> target_b, py::array_t<float, py::array::c_style> lam,
+         py::array_t<float, py::array::c_style> weight, py::array_t<float, py::array::c_style> q, int64_t ignore_index,
+         float label_smoothing, int kind, int64_t chunk) {
+        const int64_t rows = x.shape(0), num_classes = x.shape(1);
+        py::array_t<float> loss(rows);
+        py::array_t<float> grad({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(num_classes)});
+        auto data = [](auto& array) { return array.size() > 0 ? array.data() : nullptr; };
+        recipe_kernels::cross_entropy_host(x.data(), data(target), data(target_b), data(lam), data(weight), data(q),
+                                           rows, num_classes, ignore_index, label_smoothing, kind, chunk,
+                                           loss.mutable_data(), grad.mutable_data());
+        return py::make_tuple(loss, grad);
+      },
+      py::arg("x"), py::arg("target"), py::arg("target_b"), py::arg("lam"), py::arg("weight"), py::arg("q"),
+      py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("kind"), py::arg("chunk"));
   // mixing (bindings)
+  m.def("composite_batch", &recipe_kernels::composite_batch, "CutMix / MixUp / erase per sample, optional normalization",
+        py::arg("x"), py::arg("out"), py::arg("box"), py::arg("lam"), py::arg("partner"), py::arg("mode"),
+        py::arg("fill"), py::arg("mean"), py::arg("std"), py::arg("seed"), py::arg("n"), py::arg("c"), py::arg("h"),
+        py::arg("w"), py::arg("channels_last"), py::arg("visit_flip_pairs"), py::arg("in_dtype"),
+        py::arg("out_dtype"), py::arg("stream"));
+  m.def("cutmix_swap", &recipe_kernels::cutmix_swap, "in place: samples i and N-1-i swap their box", py::arg("x"),
+        py::arg("box"), py::arg("n"), py::arg("c"), py::arg("h"), py::arg("w"), py::arg("channels_last"),
+        py::arg("dtype"), py::arg("stream"));
+  m.def("composite_values_host", &recipe_kernels::composite_values_host,
+        "composite_batch's per-element arithmetic on CPU float32 buffers, from csrc/mixing.cu", py::arg("own"),
+        py::arg("other"), py::arg("inside"), py::arg("out"), py::arg("count"), py::arg("mode"), py::arg("lam"),
+        py::arg("fill"), py::arg("round_uint8"));
+  m.def("erase_noise_host", &recipe_kernels::erase_noise_host,
+        "random-erasing normal noise on the CPU (int64 indices in, float32 out), from csrc/mixing.cu",
+        py::arg("seed"), py::arg("index"), py::arg("out"), py::arg("count"));
   // ema (bindings)
+  m.def("ema_update", &recipe_kernels::ema_update, "e <- d*e + (1-d)*p over every row of a chunk table",
+        py::arg("table"), py::arg("num_chunks"), py::arg("decays"), py::arg("chunk"), py::arg("threads"),
+        py::arg("stream"));
+  m.def("ema_schedule", &recipe_kernels::ema_schedule, "num_updates += 1; decays = ModelEMA's decays for it",
+        py::arg("num_updates"), py::arg("decays"), py::arg("decay"), py::arg("warmup"), py::arg("warmup_gamma"),
+        py::arg("warmup_power"), py::arg("min_decay"), py::arg("update_after_step"), py::arg("update_every"),
+        py::arg("stream"));
+  m.def(
+      "ema_blend_host",
+      [](py::array_t<float, py::array::c_style | py::array::forcecast> ema,
+         py::array_t<float, py::array::c_style | py::array::forcecast> param, float decay) {
+        if (ema.size() != param.size()) throw std::invalid_argument("ema_blend_host: sizes differ");
+        py::array_t<float> out(ema.size());
+        recipe_kernels::ema_blend_host(ema.data(), param.data(), out.mutable_data(), ema.size(), decay);
+        return out;
+      },
+      "the EMA kernel's fp32 blend on the CPU, from csrc/ema.cu", py::arg("ema"), py::arg("param"), py::arg("decay"));
+  m.def(
+      "ema_decays_host",
+      [](int64_t t, double decay, bool warmup, double warmup_gamma, double warmup_power, double min_decay,
+         int64_t update_after_step, int64_t update_every) {
+        float out[2];
+        recipe_kernels::ema_decays_host(t, decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step,
+                                        update_every, out);
+        return py::make_tuple(out[0], out[1]);
+      },
+      "ModelEMA's (average, copy) decays of update t on the CPU, from csrc/ema.cu", py::arg("t"), py::arg("decay"),
+      py::arg("warmup"), py::arg("warmup_gamma"), py::arg("warmup_power"), py::arg("min_decay"),
+      py::arg("update_after_step"), py::arg("update_every"));
   m.def("philox4x32_host", &philox4x32_host, "Philox4x32 words on the CPU, from csrc/philox.cuh",
         py::arg("seed"), py::arg("counters"));
   m.def("keep_mask_host", &keep_mask_host, "dropout keep decisions on the CPU, from csrc/philox.cuh",

@@ -62,4 +62,76 @@ def replace_modules(model: torch.nn.Module) -> int:
 # ----------------------------------------------------------------------------- cross-entropy modules
 
 
+class CrossEntropyLoss(torch.nn.Module):
+    """Drop-in for torch.nn.CrossEntropyLoss that also takes a MixedTarget (CutMix/MixUp) as target.
+
+    `weight` is a buffer, as in torch. The loss is float32 whatever the logits' dtype.
+    """
+
+    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0, inplace_backward: bool = False):
+        super().__init__()
+        from recipe_kernels.cross_entropy import REDUCTIONS
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.inplace_backward = inplace_backward
+
+    def forward(self, logits, target):
+        from recipe_kernels.cross_entropy import cross_entropy
+        return cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index,
+                             reduction=self.reduction, label_smoothing=self.label_smoothing,
+                             inplace_backward=self.inplace_backward)
+
+    def extra_repr(self):
+        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing}")
+
+
 # ----------------------------------------------------------------------------- mixing modules
+
+
+class CutMixUp(torch.nn.Module):
+    """Like timm's Mixup: CutMix or MixUp per sample (or per batch), returning (x, MixedTarget).
+
+    In per-sample mode each sample is mixed with probability prob, then chooses CutMix
+    (probability switch_prob, lambda ~ Beta(cutmix_alpha)) or MixUp (lambda ~ Beta(mixup_alpha))
+    with its own lambda and box, all in one kernel launch; unmixed samples get lam = 1.
+    Partner "flip" pairs sample i with N-1-i as in timm. mean/std/out_dtype normalize in the
+    same pass. Identity (with lam = 1) in eval mode. The target is a MixedTarget of class
+    indices, not timm's dense soft targets: recipe_kernels' cross-entropy consumes it directly.
+    """
+
+    def __init__(self, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0,
+                 switch_prob: float = 0.5, per_sample: bool = True, correct_lam: bool = True, *,
+                 partner: str = "flip", mean=None, std=None, out_dtype=None):
+        super().__init__()
+        from recipe_kernels import mixing
+        mixing._check_alpha(mixup_alpha, "mixup_alpha", allow_zero=True)
+        mixing._check_alpha(cutmix_alpha, "cutmix_alpha", allow_zero=True)
+        if mixup_alpha == 0.0 and cutmix_alpha == 0.0:
+            raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix")
+        mixing._check_probability(prob, "prob")
+        mixing._check_probability(switch_prob, "switch_prob")
+        mixing._check_partner(partner)
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.prob, self.switch_prob = prob, switch_prob
+        self.per_sample, self.correct_lam, self.partner = per_sample, correct_lam, partner
+        self.mean, self.std, self.out_dtype = mean, std, out_dtype
+
+    def forward(self, x, target):
+        from recipe_kernels import mixing
+        prob = self.prob if self.training else 0.0  # eval: keep (and still normalize)
+        return mixing.cutmix_or_mixup(
+            x, target, mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha, prob=prob,
+            switch_prob=self.switch_prob, per_sample=self.per_sample, correct_lam=self.correct_lam,
+            partner=self.partner, mean=self.mean, std=self.std, out_dtype=self.out_dtype)
+
+    def extra_repr(self):
+        return (f"mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, prob={self.prob}, "
+                f"switch_prob={self.switch_prob}, per_sample={self.per_sample}, correct_lam={self.correct_lam}")

@@ -85,8 +85,9 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
             alpha = share * (1.0 - eps) * w[y]
             losses = losses - alpha * logp.gather(1, y[:, None])[:, 0]
             grad = grad + alpha[:, None] * (p - torch.nn.functional.one_hot(y, num_classes).to(math_dtype))
-        losses = losses + eps / num_classes * smooth_loss
-        grad = grad + eps / num_classes * (p * w.sum() - w)
+        if eps > 0:  # skipped at 0 so that a -inf logit does not turn 0 * inf into NaN
+            losses = losses + eps / num_classes * smooth_loss
+            grad = grad + eps / num_classes * (p * w.sum() - w)
         denominator = torch.tensor(float(rows), dtype=math_dtype, device=x.device)
     elif target.is_floating_point():  # class probabilities
         q = (1.0 - eps) * _classes_last(target).to(math_dtype) + eps / num_classes
@@ -101,9 +102,12 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
         w_y = torch.where(counted, w[safe_y], 0.0)  # raises for an index out of range
         alpha = (1.0 - eps) * w_y
         beta = torch.where(counted, eps / num_classes, 0.0).to(math_dtype)
-        losses = -alpha * logp.gather(1, safe_y[:, None])[:, 0] + beta * smooth_loss
+        losses = -alpha * logp.gather(1, safe_y[:, None])[:, 0]
         one_hot = torch.nn.functional.one_hot(safe_y, num_classes).to(math_dtype)
-        grad = alpha[:, None] * (p - one_hot) + beta[:, None] * (p * w.sum() - w)
+        grad = alpha[:, None] * (p - one_hot)
+        if eps > 0:
+            losses = losses + beta * smooth_loss
+            grad = grad + beta[:, None] * (p * w.sum() - w)
         denominator = w_y.sum()
     if logits.dim() > 2:
         grad = grad.reshape(logits.shape[0], *logits.shape[2:], num_classes).movedim(-1, 1)
@@ -113,5 +117,113 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
 
 # ----------------------------------------------------------------------------- mixing (CutMix, MixUp, random erasing)
 
+# The codes of recipe_kernels.mixing.MixMode (kept here as ints: mixing imports this module).
+_MIX_MIXUP, _MIX_CUTMIX, _MIX_ERASE = 1, 2, 3
+_TWO_PI_F32 = 6.2831855  # 2*pi rounded to fp32, as in the kernels
+_TWO_POW_MINUS_24 = 5.9604644775390625e-08
+
+
+def erase_noise(seed, index):
+    """Standard normal fp32 noise per logical element index: Box-Muller on words 0 and 1 of Philox(seed, index).
+
+    u1 = (top 24 bits of word 0 + 1) * 2^-24 in (0, 1], u2 = top 24 bits of word 1 * 2^-24;
+    z = sqrt(-2 log u1) * cos(2 pi u2), every step in fp32 in the kernels' order.
+    """
+    from recipe_kernels._philox import philox4x32 as philox_words
+    word0, word1, _, _ = philox_words(seed, index)
+    u1 = ((word0 >> 8) + 1).to(torch.float32) * _TWO_POW_MINUS_24
+    u2 = (word1 >> 8).to(torch.float32) * _TWO_POW_MINUS_24
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(u2 * _TWO_PI_F32)
+
+
+def _round_to_dtype(value, dtype):
+    """value rounded to what `dtype` stores, kept in value's dtype: uint8 rounds half up and saturates."""
+    if dtype == torch.uint8:
+        return torch.floor(value + 0.5).clamp(0.0, 255.0)
+    if dtype == torch.float64:
+        return value
+    return value.to(dtype).to(value.dtype)
+
+
+def composite_batch(x, box, lam, partner, mode, *, fill=None, mean=None, std=None, noise_seed=None,
+                    math_dtype=torch.float32):
+    """The compositing oracle: per sample n with partner m = partner[n] (clamped to [0, N)),
+
+        mode 1 (MixUp)   lam[n] * x[n] + (1 - lam[n]) * x[m]
+        mode 2 (CutMix)  x[m] inside box[n] = (x0, y0, x1, y1) (half-open), x[n] outside
+        mode 3 (erase)   fill[c] (or erase_noise at the NCHW index when noise_seed is given) inside, x[n] outside
+        otherwise        x[n]
+
+    rounded to x's dtype (uint8 half up), then (v - mean[c]) / std[c] when mean is given.
+    Returns (N, C, H, W) in math_dtype; callers round it to the output dtype.
+    """
+    n, channels, height, width = x.shape
+    own = x.to(math_dtype)
+    other = own[partner.long().clamp(0, n - 1)]
+    as_sample = lambda t: t.reshape(n, 1, 1, 1)  # noqa: E731
+    box = box.long()
+    rows = torch.arange(height, device=x.device).reshape(1, 1, height, 1)
+    cols = torch.arange(width, device=x.device).reshape(1, 1, 1, width)
+    inside = ((rows >= as_sample(box[:, 1])) & (rows < as_sample(box[:, 3])) &
+              (cols >= as_sample(box[:, 0])) & (cols < as_sample(box[:, 2])))
+    mode = as_sample(mode)
+    weight = as_sample(lam.to(math_dtype))
+    mixed = weight * own + (1 - weight) * other
+    value = torch.where(mode == _MIX_MIXUP, mixed, own)
+    value = torch.where((mode == _MIX_CUTMIX) & inside, other, value)
+    if noise_seed is not None:
+        index = torch.arange(x.numel(), device=x.device, dtype=torch.int64).reshape(x.shape)
+        fill_value = erase_noise(noise_seed, index).to(math_dtype)
+    else:
+        fill_value = (fill if fill is not None else torch.zeros(channels)).to(x.device, math_dtype)
+        fill_value = fill_value.reshape(1, channels, 1, 1)
+    value = torch.where((mode == _MIX_ERASE) & inside, fill_value, value)
+    value = _round_to_dtype(value, x.dtype)  # the value an unfused op would store
+    if mean is not None:
+        value = (value - mean.to(math_dtype).reshape(1, channels, 1, 1)) / std.to(math_dtype).reshape(1, channels, 1, 1)
+    return value
+
+
+def cutmix_swap_(x, box):
+    """In place: sample i and sample N-1-i exchange their pixels inside the batch's box (box[i], all equal)."""
+    n, _, height, width = x.shape
+    box = box.long().reshape(n, 4, 1, 1, 1)
+    rows = torch.arange(height, device=x.device).reshape(1, 1, height, 1)
+    cols = torch.arange(width, device=x.device).reshape(1, 1, 1, width)
+    inside = (rows >= box[:, 1]) & (rows < box[:, 3]) & (cols >= box[:, 0]) & (cols < box[:, 2])
+    x.copy_(torch.where(inside, x.flip(0), x))  # the middle sample of an odd batch is its own partner
+    return x
+
 
 # ----------------------------------------------------------------------------- EMA
+
+
+def ema_blend(ema, param, decay, *, math_dtype=torch.float32):
+    """d*e + (1-d)*p, each product and the sum rounded to math_dtype; d == 0 gives p, d == 1 gives e.
+
+    decay is a Python float or a 0-d tensor. The kernels compute this in fp32 (math_dtype=float32
+    reproduces them bit for bit) and round the result to e's dtype; float64 is the test oracle.
+    """
+    e, p = ema.to(math_dtype), param.to(math_dtype)
+    d = torch.as_tensor(decay, device=e.device).to(math_dtype)
+    blended = d * e + (1.0 - d) * p
+    return torch.where(d == 0.0, p, torch.where(d == 1.0, e, blended))
+
+
+def ema_decays(t, decay, *, warmup=False, warmup_gamma=1.0, warmup_power=2 / 3, min_decay=0.0,
+               update_after_step=0, update_every=1):
+    """ModelEMA's decays for update number t (1-based), in float64: (parameter decay, copy decay).
+
+    Skipped update (update_every > 1, t % update_every != 0): (1, 1), nothing changes. Copy
+    phase (t <= update_after_step): (0, 0). Else (d, 0) with d = decay or, with warmup,
+    min(decay, max(min_decay, 1 - (1 + s/warmup_gamma)^(-warmup_power))), s = t - update_after_step.
+    The kernels compute the same in fp64, with the power as exp(-power * log(base)), and round to fp32.
+    """
+    if t % update_every != 0:
+        return 1.0, 1.0
+    if t <= update_after_step:
+        return 0.0, 0.0
+    if warmup:
+        s = t - update_after_step
+        return min(decay, max(min_decay, 1.0 - (1.0 + s / warmup_gamma) ** (-warmup_power))), 0.0
+    return decay, 0.0

@@ -1,6 +1,5 @@
 """Property-based tests (hypothesis): the dropout family against its float64 oracle, across
 random shapes, dtypes, strides, probabilities and backends."""
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -1,0 +1,397 @@
+// Label-smoothed cross-entropy over class indices, MixedTarget or class probabilities: the CUDA kernels.
+// Same design and formulas as recipe_kernels/cross_entropy.py (its module docstring has the math):
+// per row, one sweep for the online max / sum of exp and the sums smoothing and targets need, then a
+// second sweep of the same row (from L1/L2) that writes the gradient for grad_output = 1, already
+// divided by the `mean` denominator. Few long rows are split over several blocks: partial statistics,
+// then a finishing kernel that merges them and writes loss and gradient. The Python side passes
+// contiguous tensors as raw pointers; the per-element logic is __host__ __device__ so that
+// cross_entropy_host can run it on the CPU in tests.
+#include <algorithm>
+#include <cmath>
+
+#include "common.cuh"
+
+namespace recipe_kernels {
+
+// Target kinds: must equal INDEX, MIXED, PROBABILITIES in recipe_kernels/cross_entropy.py.
+enum TargetKind : int { kIndexTarget = 0, kMixedTarget = 1, kProbabilityTarget = 2 };
+constexpr int kPartialFields = 8;  // max, sum exp, sum w x, sum w, sum w q, sum w q x, x[y_a], x[y_b]
+
+__host__ __device__ inline float exp_approx(float x) {
+#ifdef __CUDA_ARCH__
+  return __expf(x);
+#else
+  return std::exp(x);
+#endif
+}
+
+__host__ __device__ inline float log_approx(float x) {
+#ifdef __CUDA_ARCH__
+  return __logf(x);
+#else
+  return std::log(x);
+#endif
+}
+
+// Running statistics of (part of) a row, mergeable in any order.
+struct RowStats {
+  float max;      // running maximum
+  float sum_exp;  // sum of exp(x - max)
+  float sum_wx;   // sum of w_c x_c (label smoothing)
+  float sum_w;    // sum of w_c (label smoothing with weights)
+  float sum_wq;   // sum of w_c q_c (probability targets)
+  float sum_wqx;  // sum of w_c q_c x_c (probability targets)
+};
+
+__host__ __device__ inline RowStats empty_stats() { return RowStats{-INFINITY, 0.f, 0.f, 0.f, 0.f, 0.f}; }
+
+// Both sums of exp rescaled to the larger max; a max of -inf (nothing finite yet) shifts by 0, not NaN.
+__host__ __device__ inline RowStats merge_stats(const RowStats& a, const RowStats& b) {
+  const float max = fmaxf(a.max, b.max);
+  const float shift = max == -INFINITY ? 0.f : max;
+  return RowStats{max, a.sum_exp * exp_approx(a.max - shift) + b.sum_exp * exp_approx(b.max - shift),
+                  a.sum_wx + b.sum_wx, a.sum_w + b.sum_w, a.sum_wq + b.sum_wq, a.sum_wqx + b.sum_wqx};
+}
+
+// Adds kGroup elements at once: one rescale of the running sum per group, one exp per element.
+template <int kGroup>
+__host__ __device__ inline void add_group(RowStats& stats, const float (&x)[kGroup], const bool (&present)[kGroup],
+                                          const float (&w)[kGroup], const float (&q)[kGroup], bool smoothing,
+                                          bool probabilities) {
+  float group_max = -INFINITY;
+  for (int j = 0; j < kGroup; ++j) group_max = present[j] ? fmaxf(group_max, x[j]) : group_max;
+  const float max = fmaxf(stats.max, group_max);
+  const float shift = max == -INFINITY ? 0.f : max;
+  float sum_exp = stats.sum_exp * exp_approx(stats.max - shift);
+  for (int j = 0; j < kGroup; ++j) {
+    if (!present[j]) continue;
+    sum_exp += exp_approx(x[j] - shift);
+    if (smoothing) {
+      stats.sum_wx += w[j] * x[j];
+      stats.sum_w += w[j];
+    }
+    if (probabilities) {
+      stats.sum_wq += w[j] * q[j];
+      stats.sum_wqx += w[j] * q[j] * x[j];
+    }
+  }
+  stats.max = max;
+  stats.sum_exp = sum_exp;
+}
+
+// What the target asks of one row: loss = a_a (lse - x[y_a]) + a_b (lse - x[y_b]) + beta (W lse - sum w x)
+// + (1 - e)(sum w q lse - sum w q x). y_a/y_b are -1 where no class matches; an index outside [0, C)
+// (other than an ignored one) is never used as an address and makes a_a NaN.
+struct RowCoefficients {
+  float a_a, a_b, beta;
+  int64_t y_a, y_b;
+  bool active;
+};
+
+__host__ __device__ inline RowCoefficients row_coefficients(int kind, const int64_t* target, const int64_t* target_b,
+                                                            const float* lam, const float* weight, int64_t row,
+                                                            int64_t sample, int64_t num_classes, int64_t ignore_index,
+                                                            float label_smoothing) {
+  const float one_minus_eps = 1.f - label_smoothing;
+  const float beta = label_smoothing / static_cast<float>(num_classes);
+  if (kind == kProbabilityTarget) return RowCoefficients{0.f, 0.f, beta, -1, -1, true};
+  const int64_t y_a = target[row];
+  const bool in_range_a = y_a >= 0 && y_a < num_classes;
+  const float w_a = weight == nullptr ? 1.f : (in_range_a ? weight[y_a] : 0.f);
+  if (kind == kIndexTarget) {
+    if (y_a == ignore_index) return RowCoefficients{0.f, 0.f, 0.f, -1, -1, false};
+    return RowCoefficients{in_range_a ? one_minus_eps * w_a : NAN, 0.f, beta, y_a, -1, true};
+  }
+  const int64_t y_b = target_b[row];
+  const bool in_range_b = y_b >= 0 && y_b < num_classes;
+  const float w_b = weight == nullptr ? 1.f : (in_range_b ? weight[y_b] : 0.f);
+  const float share = lam[sample];
+  return RowCoefficients{in_range_a && in_range_b ? share * one_minus_eps * w_a : NAN,
+                         (1.f - share) * one_minus_eps * w_b, beta, y_a, y_b, true};
+}
+
+// The row's loss and K, the factor of p_c in its gradient. sum_w must already be C without weights.
+__host__ __device__ inline void row_loss_and_factor(const RowStats& stats, const RowCoefficients& k, float x_a,
+                                                    float x_b, float label_smoothing, float lse, float* loss,
+                                                    float* factor) {
+  const float one_minus_eps = 1.f - label_smoothing;
+  float value = k.a_a * (lse - x_a) + k.a_b * (lse - x_b) + k.beta * (stats.sum_w * lse - stats.sum_wx) +
+                one_minus_eps * (stats.sum_wq * lse - stats.sum_wqx);
+  *loss = k.active ? value : 0.f;
+  *factor = k.a_a + k.a_b + k.beta * stats.sum_w + one_minus_eps * stats.sum_wq;
+}
+
+// grad_c for grad_output = 1, times grad_scale, in fp32 (the target-class term included) before rounding.
+__host__ __device__ inline float gradient_element(int64_t c, float x, float w, float q, float lse, float factor,
+                                                  const RowCoefficients& k, float label_smoothing, float grad_scale) {
+  if (!k.active) return 0.f;
+  float grad = exp_approx(x - lse) * factor - k.beta * w - (1.f - label_smoothing) * w * q;
+  if (c == k.y_a) grad -= k.a_a;
+  if (c == k.y_b) grad -= k.a_b;
+  return grad * grad_scale;
+}
+
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kGroup = 4;  // elements per thread per step: independent loads in flight
+
+struct CrossEntropyArgs {
+  const void* x;
+  const int64_t* target;
+  const int64_t* target_b;
+  const float* lam;
+  const float* weight;
+  const float* grad_scale;
+  float* loss;
+  void* grad;
+  float* partial;
+  int64_t num_classes, inner_size, chunk_size, num_splits, ignore_index;
+  float label_smoothing;
+};
+
+__device__ inline RowStats shuffle_stats(const RowStats& s, int lane_mask) {
+  return RowStats{__shfl_xor_sync(0xffffffffu, s.max, lane_mask), __shfl_xor_sync(0xffffffffu, s.sum_exp, lane_mask),
+                  __shfl_xor_sync(0xffffffffu, s.sum_wx, lane_mask), __shfl_xor_sync(0xffffffffu, s.sum_w, lane_mask),
+                  __shfl_xor_sync(0xffffffffu, s.sum_wq, lane_mask),
+                  __shfl_xor_sync(0xffffffffu, s.sum_wqx, lane_mask)};
+}
+
+// Every thread gets the merge of the whole block's statistics.
+__device__ RowStats block_merge(RowStats stats) {
+  __shared__ RowStats per_warp[kWarps];
+  __shared__ RowStats total;
+  for (int mask = 16; mask > 0; mask >>= 1) stats = merge_stats(stats, shuffle_stats(stats, mask));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) per_warp[warp] = stats;
+  __syncthreads();
+  if (warp == 0) {
+    stats = lane < kWarps ? per_warp[lane] : empty_stats();
+    for (int mask = 16; mask > 0; mask >>= 1) stats = merge_stats(stats, shuffle_stats(stats, mask));
+    if (lane == 0) total = stats;
+  }
+  __syncthreads();
+  return total;
+}
+
+// Sweep 1 over classes [start, end) of one row, by the whole block.
+template <typename T, int kKind>
+__device__ RowStats chunk_statistics(const CrossEntropyArgs& a, int64_t row_offset, int64_t start, int64_t end) {
+  const T* x = static_cast<const T*>(a.x);
+  const T* q = reinterpret_cast<const T*>(a.target);  // probability targets have the logits' dtype and layout
+  const bool smoothing = a.label_smoothing > 0.f;
+  RowStats stats = empty_stats();
+  for (int64_t base = start + threadIdx.x; base < end; base += int64_t{kThreads} * kGroup) {
+    float xs[kGroup], ws[kGroup], qs[kGroup];
+    bool present[kGroup];
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j) {
+      const int64_t c = base + int64_t{j} * kThreads;
+      present[j] = c < end;
+      const int64_t offset = row_offset + c * a.inner_size;
+      xs[j] = present[j] ? to_float(x[offset]) : 0.f;
+      ws[j] = (present[j] && a.weight != nullptr) ? a.weight[c] : 1.f;
+      qs[j] = (kKind == kProbabilityTarget && present[j]) ? to_float(q[offset]) : 0.f;
+    }
+    add_group<kGroup>(stats, xs, present, ws, qs, smoothing, kKind == kProbabilityTarget);
+  }
+  return block_merge(stats);
+}
+
+// Sweep 2: the gradient of classes [start, end) of one row.
+template <typename T, int kKind>
+__device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row_offset, int64_t start, int64_t end,
+                                     float lse, float factor, const RowCoefficients& k) {
+  const T* x = static_cast<const T*>(a.x);
+  const T* q = reinterpret_cast<const T*>(a.target);
+  T* grad = static_cast<T*>(a.grad);
+  const float grad_scale = *a.grad_scale;
+  for (int64_t c = start + threadIdx.x; c < end; c += kThreads) {
+    const int64_t offset = row_offset + c * a.inner_size;
+    const float w = a.weight != nullptr ? a.weight[c] : 1.f;
+    const float qc = kKind == kProbabilityTarget ? to_float(q[offset]) : 0.f;
+    // Read before written: with inplace_backward grad and x share storage, element by element.
+    grad[offset] = from_float<T>(gradient_element(c, to_float(x[offset]), w, qc, lse, factor, k, a.label_smoothing,
+                                                  grad_scale));
+  }
+}
+
+// Cross-entropy of one row, or of one chunk of it when num_splits > 1; grid (rows, splits).
+// Inputs: logits as (N, C, inner_size), targets (int64 (rows,) indices; two of them and lam (N,) for
+// MixedTarget; or probabilities in the logits' dtype and layout), weight (fp32 (C,), optional),
+// grad_scale (one fp32). Outputs: loss (fp32 (rows,)), grad (logits' layout, optional, may be x).
+// Bytes: one DRAM read of the row for sweep 1; sweep 2 re-reads it (from L2 while a block's row fits:
+// 512 threads work on one row at a time) and writes the gradient once; 8 B of target and 4 B of loss
+// per row. Split rows write 32 B of partials per block instead and leave the rest to the finisher.
+template <typename T, int kKind>
+__global__ void __launch_bounds__(kThreads) cross_entropy_fwd_kernel(CrossEntropyArgs a) {
+  const int64_t row = blockIdx.x;
+  const int64_t split = blockIdx.y;
+  const int64_t sample = row / a.inner_size;
+  const int64_t row_offset = sample * a.num_classes * a.inner_size + row % a.inner_size;
+  const T* x = static_cast<const T*>(a.x);
+  const RowCoefficients k = row_coefficients(kKind, a.target, a.target_b, a.lam, a.weight, row, sample,
+                                             a.num_classes, a.ignore_index, a.label_smoothing);
+  // The target logits are read before any gradient overwrites them.
+  const bool has_a = k.y_a >= 0 && k.y_a < a.num_classes, has_b = k.y_b >= 0 && k.y_b < a.num_classes;
+  const float x_a = has_a ? to_float(x[row_offset + k.y_a * a.inner_size]) : 0.f;
+  const float x_b = has_b ? to_float(x[row_offset + k.y_b * a.inner_size]) : 0.f;
+  const int64_t start = split * a.chunk_size;
+  const int64_t end = start + a.chunk_size < a.num_classes ? start + a.chunk_size : a.num_classes;
+  RowStats stats = chunk_statistics<T, kKind>(a, row_offset, start, end);
+  if (a.num_splits > 1) {
+    if (threadIdx.x == 0) {
+      float* fields = a.partial + (row * a.num_splits + split) * kPartialFields;
+      fields[0] = stats.max, fields[1] = stats.sum_exp, fields[2] = stats.sum_wx, fields[3] = stats.sum_w;
+      fields[4] = stats.sum_wq, fields[5] = stats.sum_wqx, fields[6] = x_a, fields[7] = x_b;
+    }
+    return;
+  }
+  if (a.weight == nullptr) stats.sum_w = static_cast<float>(a.num_classes);
+  const float lse = stats.max + log_approx(stats.sum_exp);
+  float loss, factor;
+  row_loss_and_factor(stats, k, x_a, x_b, a.label_smoothing, lse, &loss, &factor);
+  if (threadIdx.x == 0) a.loss[row] = loss;
+  if (a.grad != nullptr) write_chunk_gradient<T, kKind>(a, row_offset, start, end, lse, factor, k);
+}
+
+// Second kernel of split rows, grid (rows, splits): merges the row's partials, writes the loss (split 0)
+// and the gradient of this block's chunk. Bytes: 32 B of partials per split, the chunk re-read (rows are
+// split only when few, so mostly from L2) and the gradient written once.
+template <typename T, int kKind>
+__global__ void __launch_bounds__(kThreads) cross_entropy_split_finish_kernel(CrossEntropyArgs a) {
+  const int64_t row = blockIdx.x;
+  const int64_t split = blockIdx.y;
+  const int64_t sample = row / a.inner_size;
+  const int64_t row_offset = sample * a.num_classes * a.inner_size + row % a.inner_size;
+  const RowCoefficients k = row_coefficients(kKind, a.target, a.target_b, a.lam, a.weight, row, sample,
+                                             a.num_classes, a.ignore_index, a.label_smoothing);
+  const float* partial = a.partial + row * a.num_splits * kPartialFields;
+  RowStats stats = empty_stats();
+  for (int64_t s = 0; s < a.num_splits; ++s) {  // a few dozen at most: every thread merges them itself
+    const float* f = partial + s * kPartialFields;
+    stats = merge_stats(stats, RowStats{f[0], f[1], f[2], f[3], f[4], f[5]});
+  }
+  if (a.weight == nullptr) stats.sum_w = static_cast<float>(a.num_classes);
+  const float lse = stats.max + log_approx(stats.sum_exp);
+  float loss, factor;
+  row_loss_and_factor(stats, k, partial[6], partial[7], a.label_smoothing, lse, &loss, &factor);
+  if (split == 0 && threadIdx.x == 0) a.loss[row] = loss;
+  if (a.grad != nullptr) {
+    const int64_t start = split * a.chunk_size;
+    const int64_t end = start + a.chunk_size < a.num_classes ? start + a.chunk_size : a.num_classes;
+    write_chunk_gradient<T, kKind>(a, row_offset, start, end, lse, factor, k);
+  }
+}
+
+// grad *= factor in place; factor is one fp32 or one per row. Where it is exactly 1 nothing is read or
+// written. Bytes otherwise: one read and one write of the gradient.
+template <typename T>
+__global__ void scale_gradient_kernel(T* grad, const float* factor, int64_t n, int64_t num_classes,
+                                      int64_t inner_size, bool per_row) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const float scalar = per_row ? 1.f : *factor;
+  if (!per_row && scalar == 1.f) return;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float f = per_row ? factor[(i / (num_classes * inner_size)) * inner_size + i % inner_size] : scalar;
+    if (f != 1.f) grad[i] = from_float<T>(to_float(grad[i]) * f);
+  }
+}
+
+}  // namespace
+
+void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
+                       uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
+                       int64_t num_classes, int64_t inner_size, int64_t splits, int64_t ignore_index,
+                       float label_smoothing, int kind, int dtype, uintptr_t stream) {
+  if (rows <= 0 || num_classes <= 0) return;
+  if (rows > INT32_MAX) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: more than 2^31 rows");
+  if (splits < 1 || splits > 65535) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: bad split count");
+  CrossEntropyArgs a{reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(target),
+                     reinterpret_cast<const int64_t*>(target_b), reinterpret_cast<const float*>(lam),
+                     reinterpret_cast<const float*>(weight), reinterpret_cast<const float*>(grad_scale),
+                     reinterpret_cast<float*>(loss), reinterpret_cast<void*>(grad), reinterpret_cast<float*>(partial),
+                     num_classes, inner_size, ceil_div(num_classes, splits), splits, ignore_index, label_smoothing};
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
+  const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+  dispatch_float_dtype(dtype, [&](auto type_tag) {
+    using T = decltype(type_tag);
+    auto launch = [&](auto fwd, auto finish) {
+      fwd<<<grid, kThreads, 0, cuda_stream>>>(a);
+      if (splits > 1) finish<<<grid, kThreads, 0, cuda_stream>>>(a);
+    };
+    switch (kind) {
+      case kIndexTarget:
+        launch(cross_entropy_fwd_kernel<T, kIndexTarget>, cross_entropy_split_finish_kernel<T, kIndexTarget>);
+        break;
+      case kMixedTarget:
+        launch(cross_entropy_fwd_kernel<T, kMixedTarget>, cross_entropy_split_finish_kernel<T, kMixedTarget>);
+        break;
+      case kProbabilityTarget:
+        launch(cross_entropy_fwd_kernel<T, kProbabilityTarget>,
+               cross_entropy_split_finish_kernel<T, kProbabilityTarget>);
+        break;
+      default: throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: unknown target kind");
+    }
+    check_launch("cross_entropy_fwd");
+  });
+}
+
+void cross_entropy_scale_grad(uintptr_t grad, uintptr_t factor, int64_t n, int64_t num_classes, int64_t inner_size,
+                              bool per_row, int dtype, uintptr_t stream) {
+  if (n <= 0) return;
+  constexpr int kScaleThreads = 256;
+  const int64_t blocks = std::min<int64_t>(ceil_div(n, kScaleThreads * 4), int64_t{1} << 20);
+  dispatch_float_dtype(dtype, [&](auto type_tag) {
+    using T = decltype(type_tag);
+    const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+    scale_gradient_kernel<T><<<static_cast<unsigned>(blocks), kScaleThreads, 0, cuda_stream>>>(
+        reinterpret_cast<T*>(grad), reinterpret_cast<const float*>(factor), n, num_classes, inner_size, per_row);
+    check_launch("cross_entropy_scale_grad");
+  });
+}
+
+// The kernels' arithmetic on the CPU for fp32 (rows, C) logits: losses and gradients for grad_scale 1,
+// with each row's statistics gathered in chunks of `chunk` classes and groups of kGroup, then merged,
+// as the split and unsplit kernels do. For tests without a GPU.
+void cross_entropy_host(const float* x, const int64_t* target, const int64_t* target_b, const float* lam,
+                        const float* weight, const float* q, int64_t rows, int64_t num_classes, int64_t ignore_index,
+                        float label_smoothing, int kind, int64_t chunk, float* loss, float* grad) {
+  const bool smoothing = label_smoothing > 0.f;
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* xr = x + row * num_classes;
+    const float* qr = q == nullptr ? nullptr : q + row * num_classes;
+    const RowCoefficients k = row_coefficients(kind, target, target_b, lam, weight, row, row, num_classes,
+                                               ignore_index, label_smoothing);
+    RowStats stats = empty_stats();
+    for (int64_t start = 0; start < num_classes; start += chunk) {
+      RowStats part = empty_stats();
+      for (int64_t base = start; base < start + chunk && base < num_classes; base += kGroup) {
+        float xs[kGroup], ws[kGroup], qs[kGroup];
+        bool present[kGroup];
+        for (int j = 0; j < kGroup; ++j) {
+          const int64_t c = base + j;
+          present[j] = c < start + chunk && c < num_classes;
+          xs[j] = present[j] ? xr[c] : 0.f;
+          ws[j] = present[j] && weight != nullptr ? weight[c] : 1.f;
+          qs[j] = present[j] && qr != nullptr ? qr[c] : 0.f;
+        }
+        add_group<kGroup>(part, xs, present, ws, qs, smoothing, kind == kProbabilityTarget);
+      }
+      stats = merge_stats(stats, part);
+    }
+    if (weight == nullptr) stats.sum_w = static_cast<float>(num_classes);
+    const float lse = stats.max + log_approx(stats.sum_exp);
+    const float x_a = k.y_a >= 0 && k.y_a < num_classes ? xr[k.y_a] : 0.f;
+    const float x_b = k.y_b >= 0 && k.y_b < num_classes ? xr[k.y_b] : 0.f;
+    float factor;
+    row_loss_and_factor(stats, k, x_a, x_b, label_smoothing, lse, &loss[row], &factor);
+    for (int64_t c = 0; c < num_classes; ++c) {
+      grad[row * num_classes + c] = gradient_element(c, xr[c], weight != nullptr ? weight[c] : 1.f,
+                                                     qr != nullptr ? qr[c] : 0.f, lse, factor, k, label_smoothing, 1.f);
+    }
+  }
+}
+
+}  // namespace recipe_kernels

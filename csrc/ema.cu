@@ -1,0 +1,172 @@
+// Multi-tensor EMA of model weights: e <- d*e + (1-d)*p for every tensor pair in one launch,
+// and ModelEMA's one-thread decay schedule. The Python side (recipe_kernels/ema.py) builds the
+// chunk table: one row of four int64 per chunk of at most `chunk` elements,
+//   [e address, p address, element count, codes = e code | p code << 4 | decay slot << 8],
+// with dtype codes 0 fp32, 1 fp16, 2 bf16, 3 fp64, and 4 for rows copied byte for byte.
+#include <cmath>
+
+#include "common.cuh"
+
+namespace recipe_kernels {
+
+// fp64 tensors are read and written here too (the math stays fp32, as in the other backends).
+__device__ __forceinline__ float to_float(double v) { return static_cast<float>(v); }
+template <>
+__device__ __forceinline__ double from_float<double>(float v) { return static_cast<double>(v); }
+
+constexpr int kEmaFloat64 = 3;
+constexpr int kEmaRawBytes = 4;
+constexpr int kParamCodeShift = 4;
+constexpr int kDecaySlotShift = 8;
+
+struct EmaChunk {
+  int64_t ema_address;
+  int64_t param_address;
+  int64_t count;
+  int64_t codes;
+};
+
+// d*e + (1-d)*p with each product and the sum rounded to fp32 (no FMA), d == 0 giving p exactly.
+// d == 1 never gets here: the kernel skips such chunks, leaving e untouched.
+__host__ __device__ inline float ema_blend(float e, float p, float d, float one_minus_d) {
+#ifdef __CUDA_ARCH__
+  const float blended = __fadd_rn(__fmul_rn(d, e), __fmul_rn(one_minus_d, p));
+#else
+  const float decayed = d * e;  // separate statements: host code does not contract these
+  const float added = one_minus_d * p;
+  const float blended = decayed + added;
+#endif
+  return d == 0.0f ? p : blended;
+}
+
+// ModelEMA's schedule for update t (1-based), in fp64, as recipe_kernels.reference.ema_decays.
+struct EmaSchedule {
+  double decay;
+  bool warmup;
+  double warmup_gamma;
+  double warmup_power;
+  double min_decay;
+  int64_t update_after_step;
+  int64_t update_every;
+};
+
+struct EmaDecays {
+  float average;  // parameters and averaged buffers
+  float copy;     // copied buffers: 0 copies, 1 skips
+};
+
+__host__ __device__ inline EmaDecays ema_decays(int64_t t, const EmaSchedule& s) {
+  double average = s.decay;
+  if (s.warmup) {
+    const double steps_after = static_cast<double>(t - s.update_after_step);
+    const double warm = 1.0 - exp(-s.warmup_power * log(1.0 + steps_after / s.warmup_gamma));
+    average = fmin(average, fmax(s.min_decay, warm));
+  }
+  if (t <= s.update_after_step) average = 0.0;
+  const bool skipped = t % s.update_every != 0;
+  if (skipped) average = 1.0;
+  return EmaDecays{static_cast<float>(average), skipped ? 1.0f : 0.0f};
+}
+
+namespace {
+
+// One chunk of one pair: count elements of E at ema and of P at param. Each thread moves four
+// consecutive elements per step, as one vector when both addresses allow it.
+template <typename E, typename P>
+__device__ void blend_chunk(E* __restrict__ ema, const P* __restrict__ param, int64_t count, float d) {
+  const float one_minus_d = __fsub_rn(1.0f, d);
+  const bool vectorized = reinterpret_cast<uintptr_t>(ema) % sizeof(Vec4<E>) == 0 &&
+                          reinterpret_cast<uintptr_t>(param) % sizeof(Vec4<P>) == 0;
+  for (int64_t first = static_cast<int64_t>(threadIdx.x) * 4; first < count;
+       first += static_cast<int64_t>(blockDim.x) * 4) {
+    if (vectorized && first + 4 <= count) {
+      const Vec4<P> p = *reinterpret_cast<const Vec4<P>*>(param + first);
+      Vec4<E> e = *reinterpret_cast<const Vec4<E>*>(ema + first);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) e.v[j] = from_float<E>(ema_blend(to_float(e.v[j]), to_float(p.v[j]), d, one_minus_d));
+      *reinterpret_cast<Vec4<E>*>(ema + first) = e;
+    } else {
+      for (int64_t i = first; i < first + 4 && i < count; ++i) {
+        ema[i] = from_float<E>(ema_blend(to_float(ema[i]), to_float(param[i]), d, one_minus_d));
+      }
+    }
+  }
+}
+
+template <typename E>
+__device__ void blend_chunk_for_param(int param_code, E* ema, int64_t param_address, int64_t count, float d) {
+  switch (param_code) {
+    case kFloat32: blend_chunk(ema, reinterpret_cast<const float*>(param_address), count, d); break;
+    case kFloat16: blend_chunk(ema, reinterpret_cast<const __half*>(param_address), count, d); break;
+    case kBFloat16: blend_chunk(ema, reinterpret_cast<const __nv_bfloat16*>(param_address), count, d); break;
+    default: blend_chunk(ema, reinterpret_cast<const double*>(param_address), count, d); break;
+  }
+}
+
+// e <- d*e + (1-d)*p over the chunk of table row blockIdx.x, with d = decays[slot of the row].
+// Inputs: table (EmaChunk rows), decays (fp32). Bytes: reads p and e and writes e once each, plus
+// 32 table bytes and 4 decay bytes per block. A decay of exactly 1 skips the chunk, reading nothing.
+__global__ void ema_update_kernel(const EmaChunk* __restrict__ table, const float* __restrict__ decays) {
+  const EmaChunk row = table[blockIdx.x];
+  const int ema_code = static_cast<int>(row.codes & ((1 << kParamCodeShift) - 1));
+  const int param_code = static_cast<int>((row.codes >> kParamCodeShift) & ((1 << kParamCodeShift) - 1));
+  const float d = decays[row.codes >> kDecaySlotShift];
+  if (d == 1.0f) return;
+  switch (ema_code) {
+    case kFloat32: blend_chunk_for_param(param_code, reinterpret_cast<float*>(row.ema_address), row.param_address, row.count, d); break;
+    case kFloat16: blend_chunk_for_param(param_code, reinterpret_cast<__half*>(row.ema_address), row.param_address, row.count, d); break;
+    case kBFloat16: blend_chunk_for_param(param_code, reinterpret_cast<__nv_bfloat16*>(row.ema_address), row.param_address, row.count, d); break;
+    case kEmaFloat64: blend_chunk_for_param(param_code, reinterpret_cast<double*>(row.ema_address), row.param_address, row.count, d); break;
+    case kEmaRawBytes: {  // an integer buffer, copied
+      auto* ema = reinterpret_cast<unsigned char*>(row.ema_address);
+      const auto* param = reinterpret_cast<const unsigned char*>(row.param_address);
+      for (int64_t i = threadIdx.x; i < row.count; i += blockDim.x) ema[i] = param[i];
+      break;
+    }
+    default: break;  // no other codes are written by recipe_kernels/ema.py
+  }
+}
+
+// One thread: t = ++num_updates; decays = ema_decays(t). 20 bytes.
+__global__ void ema_schedule_kernel(int64_t* num_updates, float* decays, EmaSchedule schedule) {
+  const int64_t t = *num_updates + 1;
+  *num_updates = t;
+  const EmaDecays result = ema_decays(t, schedule);
+  decays[0] = result.average;
+  decays[1] = result.copy;
+}
+
+}  // namespace
+
+void ema_update(uintptr_t table, int64_t num_chunks, uintptr_t decays, int64_t chunk, int threads, uintptr_t stream) {
+  if (num_chunks <= 0) return;
+  if (num_chunks > INT32_MAX) throw std::invalid_argument("recipe_kernels._C.ema_update: more than 2^31 chunks");
+  if (chunk <= 0 || threads <= 0) throw std::invalid_argument("recipe_kernels._C.ema_update: bad chunk or threads");
+  ema_update_kernel<<<static_cast<unsigned>(num_chunks), threads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+      reinterpret_cast<const EmaChunk*>(table), reinterpret_cast<const float*>(decays));
+  check_launch("ema_update");
+}
+
+void ema_schedule(uintptr_t num_updates, uintptr_t decays, double decay, bool warmup, double warmup_gamma,
+                  double warmup_power, double min_decay, int64_t update_after_step, int64_t update_every,
+                  uintptr_t stream) {
+  const EmaSchedule schedule{decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step, update_every};
+  ema_schedule_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+      reinterpret_cast<int64_t*>(num_updates), reinterpret_cast<float*>(decays), schedule);
+  check_launch("ema_schedule");
+}
+
+void ema_blend_host(const float* ema, const float* param, float* out, int64_t n, float decay) {
+  const float one_minus_d = 1.0f - decay;
+  for (int64_t i = 0; i < n; ++i) out[i] = decay == 1.0f ? ema[i] : ema_blend(ema[i], param[i], decay, one_minus_d);
+}
+
+void ema_decays_host(int64_t t, double decay, bool warmup, double warmup_gamma, double warmup_power,
+                     double min_decay, int64_t update_after_step, int64_t update_every, float* out) {
+  const EmaDecays result =
+      ema_decays(t, EmaSchedule{decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step, update_every});
+  out[0] = result.average;
+  out[1] = result.copy;
+}
+
+}  // namespace recipe_kernels

@@ -1,0 +1,251 @@
+// CutMix, MixUp and random erasing: per-sample batch compositing, and in-place CutMix by box swap.
+// The Python side (recipe_kernels/mixing.py) samples the per-sample parameters with torch ops on the
+// device and passes raw pointers; boxes are therefore not computed here. The per-element arithmetic
+// (compositing, uint8 rounding, erase noise) is __host__ __device__ and has host entry points, so the
+// CPU tests check it against the torch reference.
+#include <cmath>
+
+#include "common.cuh"
+#include "philox.cuh"
+
+namespace recipe_kernels {
+namespace {  // everything but the entry points declared in bindings.cpp is local to this file
+
+// Must equal recipe_kernels.mixing.MixMode and MIXING_DTYPE_CODES (uint8 is a mixing-only input).
+enum MixMode : int { kKeep = 0, kMixUp = 1, kCutMix = 2, kErase = 3 };
+constexpr int kUInt8 = 3;
+
+// The composited value of one element before rounding: own = x[n], other = x[partner], fill = the
+// erase value; `inside` says whether the element lies in the sample's box.
+RK_HOST_DEVICE float composite_value(int mode, bool inside, float own, float other, float lam, float fill) {
+  // mul_rn / add_rn (common.cuh): rounded once each, never contracted into an FMA, as in the other backends.
+  if (mode == kMixUp) return add_rn(mul_rn(lam, own), mul_rn(add_rn(1.0f, -lam), other));
+  if (inside && mode == kCutMix) return other;
+  if (inside && mode == kErase) return fill;
+  return own;
+}
+
+// What a uint8 stores for a fp32 value: rounded half up, saturated to [0, 255].
+RK_HOST_DEVICE float round_half_up_uint8(float value) {
+  return fminf(fmaxf(floorf(value + 0.5f), 0.0f), 255.0f);
+}
+
+// Standard normal noise of the element with logical NCHW index `index`: Box-Muller on words 0 and 1
+// of Philox(seed, index). Same steps as recipe_kernels.reference.erase_noise; logf and cosf are the
+// only steps that may differ from other math libraries (by an ulp).
+RK_HOST_DEVICE float erase_noise(uint64_t seed, uint64_t index) {
+  const PhiloxWords words = philox4x32(seed, index);
+  const float two_pow_minus_24 = 5.9604644775390625e-08f;
+  const float u1 = static_cast<float>((words.word[0] >> 8) + 1) * two_pow_minus_24;  // (0, 1]
+  const float u2 = static_cast<float>(words.word[1] >> 8) * two_pow_minus_24;        // [0, 1)
+  return sqrtf(-2.0f * logf(u1)) * cosf(u2 * 6.2831855f);
+}
+
+constexpr int kThreads = 256;
+constexpr int kRowsPerBlock = 8;
+
+__device__ __forceinline__ float load_float(const uint8_t* p) { return static_cast<float>(*p); }
+template <typename T>
+__device__ __forceinline__ float load_float(const T* p) { return to_float(*p); }
+
+template <typename T>
+__device__ __forceinline__ T store_value(float v) { return from_float<T>(v); }
+template <>
+__device__ __forceinline__ uint8_t store_value<uint8_t>(float v) { return static_cast<uint8_t>(v); }
+
+// The fp32 value rounded to what x's dtype T stores (the value an unfused op would write).
+template <typename T>
+__device__ __forceinline__ float round_to_input(float v) { return to_float(from_float<T>(v)); }
+template <>
+__device__ __forceinline__ float round_to_input<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float round_to_input<uint8_t>(float v) { return round_half_up_uint8(v); }
+
+struct Geometry {
+  int64_t num_samples, channels, height, width;
+  int64_t sample_stride;  // C*H*W
+  int64_t plane_stride;   // H*W (contiguous) or 0 (channels_last: one plane holds all channels)
+  int64_t row_stride;     // W (contiguous) or W*C (channels_last)
+  int64_t pixel_stride;   // 1 (contiguous) or C (channels_last)
+  int64_t channels_per_pixel;  // 1 (contiguous: the plane is the channel) or C
+  int64_t planes;         // C or 1
+  int64_t row_blocks;     // ceil(H / kRowsPerBlock)
+  bool channels_last;
+};
+
+Geometry make_geometry(int64_t n, int64_t c, int64_t h, int64_t w, bool channels_last) {
+  Geometry g{n, c, h, w, c * h * w, 0, 0, 0, 0, 0, ceil_div(h, kRowsPerBlock), channels_last};
+  g.plane_stride = channels_last ? 0 : h * w;
+  g.row_stride = channels_last ? w * c : w;
+  g.pixel_stride = channels_last ? c : 1;
+  g.channels_per_pixel = channels_last ? c : 1;
+  g.planes = channels_last ? 1 : c;
+  return g;
+}
+
+// Block coordinates, the same visit order as the Triton kernel: (slot, plane, row block), row blocks fastest.
+// With visit_flip_pairs, slots 0, 1, 2, 3, ... are samples 0, N-1, 1, N-2, ... so that a sample and its
+// flip partner are read by neighbouring blocks (the partner's read hits L2).
+__device__ __forceinline__ void block_coordinates(const Geometry& g, bool visit_flip_pairs, int64_t& sample,
+                                                  int64_t& plane, int64_t& row_block) {
+  const int64_t block = blockIdx.x;
+  row_block = block % g.row_blocks;
+  plane = (block / g.row_blocks) % g.planes;
+  const int64_t slot = block / (g.row_blocks * g.planes);
+  sample = visit_flip_pairs ? ((slot % 2 == 0) ? slot / 2 : g.num_samples - 1 - slot / 2) : slot;
+}
+
+// out[n] = KEEP / MIXUP / CUTMIX / ERASE of x[n] with x[partner[n]], then optionally (v - mean[c]) / std[c].
+// Inputs: x (N, C, H, W) contiguous or channels_last; box (N, 4) int32 (x0, y0, x1, y1), lam (N,) fp32,
+// partner (N,) int32, mode (N,) int32, fill (C,) fp32, mean and std (C,) fp32 or null, seed (one int64) or
+// null (then ERASE writes fill). out has x's layout. A block covers kRowsPerBlock rows of one (sample, plane);
+// a thread walks pixels of a row and, for channels_last, the C channels of each pixel.
+// Bytes: each output element's source is read once (MixUp: both sources), out is written once.
+template <typename TIn, typename TOut>
+__global__ void composite_kernel(const TIn* __restrict__ x, TOut* __restrict__ out, const int32_t* __restrict__ box,
+                                 const float* __restrict__ lam_ptr, const int32_t* __restrict__ partner_ptr,
+                                 const int32_t* __restrict__ mode_ptr, const float* __restrict__ fill,
+                                 const float* __restrict__ mean, const float* __restrict__ std_dev,
+                                 const int64_t* __restrict__ seed_ptr, Geometry g, bool visit_flip_pairs) {
+  // 1. The block's sample and its parameters.
+  int64_t sample, plane, row_block;
+  block_coordinates(g, visit_flip_pairs, sample, plane, row_block);
+  const int mode = mode_ptr[sample];
+  int64_t partner = partner_ptr[sample];
+  partner = partner < 0 ? 0 : (partner >= g.num_samples ? g.num_samples - 1 : partner);
+  const float lam = lam_ptr[sample];
+  const int64_t x0 = box[sample * 4], y0 = box[sample * 4 + 1], x1 = box[sample * 4 + 2], y1 = box[sample * 4 + 3];
+  const uint64_t seed = seed_ptr != nullptr ? static_cast<uint64_t>(*seed_ptr) : 0;
+  const int64_t partner_shift = (partner - sample) * g.sample_stride;
+  const bool cuts = mode == kCutMix || mode == kErase;
+
+  const int64_t row_end = (row_block + 1) * kRowsPerBlock < g.height ? (row_block + 1) * kRowsPerBlock : g.height;
+  for (int64_t row = row_block * kRowsPerBlock; row < row_end; ++row) {
+    const bool row_in_box = row >= y0 && row < y1;
+    const int64_t row_base = sample * g.sample_stride + plane * g.plane_stride + row * g.row_stride;
+    for (int64_t pixel = threadIdx.x; pixel < g.width; pixel += blockDim.x) {
+      const bool inside = row_in_box && pixel >= x0 && pixel < x1;
+      // 2. Load only the source each element takes: CutMix reads one input per element.
+      const bool takes_partner = mode == kMixUp || (mode == kCutMix && inside);
+      const bool takes_own = !(cuts && inside);
+      for (int64_t k = 0; k < g.channels_per_pixel; ++k) {
+        const int64_t offset = row_base + pixel * g.pixel_stride + k;
+        const int64_t channel = g.channels_last ? k : plane;
+        const float own = takes_own ? load_float(x + offset) : 0.0f;
+        const float other = takes_partner ? load_float(x + offset + partner_shift) : 0.0f;
+        float fill_value = 0.0f;
+        if (mode == kErase && inside) {
+          const int64_t logical = ((sample * g.channels + channel) * g.height + row) * g.width + pixel;
+          fill_value = seed_ptr != nullptr ? erase_noise(seed, static_cast<uint64_t>(logical)) : fill[channel];
+        }
+        // 3. Composite in fp32, round to x's dtype, normalize (correctly rounded, as torch), store.
+        float value = round_to_input<TIn>(composite_value(mode, inside, own, other, lam, fill_value));
+        if (mean != nullptr) value = __fdiv_rn(__fsub_rn(value, mean[channel]), std_dev[channel]);
+        out[offset] = store_value<TOut>(value);
+      }
+    }
+  }
+}
+
+// In place: sample i and sample N-1-i exchange the pixels inside box[i], for i < N / 2.
+// Inputs: x (N, C, H, W) contiguous or channels_last, box (N, 4) int32 (the batch's box). Bytes: reads and
+// writes the box of every sample once; blocks whose rows miss the box return at once.
+template <typename T>
+__global__ void cutmix_swap_kernel(T* __restrict__ x, const int32_t* __restrict__ box, Geometry g) {
+  int64_t first, plane, row_block;
+  block_coordinates(g, false, first, plane, row_block);
+  const int64_t second = g.num_samples - 1 - first;
+  const int64_t x0 = box[first * 4], y0 = box[first * 4 + 1], x1 = box[first * 4 + 2], y1 = box[first * 4 + 3];
+  const int64_t row_begin = row_block * kRowsPerBlock;
+  const int64_t row_end = row_begin + kRowsPerBlock < g.height ? row_begin + kRowsPerBlock : g.height;
+  for (int64_t row = row_begin > y0 ? row_begin : y0; row < row_end && row < y1; ++row) {
+    const int64_t local = plane * g.plane_stride + row * g.row_stride;
+    const int64_t begin = x0 * g.channels_per_pixel, end = x1 * g.channels_per_pixel;  // the box's span of the row
+    for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+      T* a = x + first * g.sample_stride + local + j;
+      T* b = x + second * g.sample_stride + local + j;
+      const T saved = *a;
+      *a = *b;
+      *b = saved;
+    }
+  }
+}
+
+// Calls fn(T{}) with T the C++ type of a mixing dtype code (the float codes plus uint8).
+template <typename Fn>
+void dispatch_mixing_dtype(int dtype, Fn&& fn) {
+  if (dtype == kUInt8) {
+    fn(uint8_t{});
+  } else {
+    dispatch_float_dtype(dtype, fn);
+  }
+}
+
+int64_t checked_blocks(const Geometry& g, int64_t samples, const char* name) {
+  const int64_t blocks = samples * g.planes * g.row_blocks;
+  if (blocks > INT32_MAX) {
+    throw std::invalid_argument(std::string("recipe_kernels._C.") + name + ": more than 2^31 blocks");
+  }
+  return blocks;
+}
+
+}  // namespace
+
+void composite_batch(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t lam, uintptr_t partner, uintptr_t mode,
+                     uintptr_t fill, uintptr_t mean, uintptr_t std_dev, uintptr_t seed, int64_t n, int64_t c,
+                     int64_t h, int64_t w, bool channels_last, bool visit_flip_pairs, int in_dtype, int out_dtype,
+                     uintptr_t stream) {
+  if (n <= 0 || c <= 0 || h <= 0 || w <= 0) return;
+  const Geometry g = make_geometry(n, c, h, w, channels_last);
+  const int64_t blocks = checked_blocks(g, n, "composite_batch");
+  dispatch_mixing_dtype(in_dtype, [&](auto in_tag) {
+    using TIn = decltype(in_tag);
+    dispatch_mixing_dtype(out_dtype, [&](auto out_tag) {
+      using TOut = decltype(out_tag);
+      const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+      composite_kernel<TIn, TOut><<<static_cast<unsigned>(blocks), kThreads, 0, cuda_stream>>>(
+          reinterpret_cast<const TIn*>(x), reinterpret_cast<TOut*>(out), reinterpret_cast<const int32_t*>(box),
+          reinterpret_cast<const float*>(lam), reinterpret_cast<const int32_t*>(partner),
+          reinterpret_cast<const int32_t*>(mode), reinterpret_cast<const float*>(fill),
+          reinterpret_cast<const float*>(mean), reinterpret_cast<const float*>(std_dev),
+          reinterpret_cast<const int64_t*>(seed), g, visit_flip_pairs);
+      check_launch("composite_batch");
+    });
+  });
+}
+
+void cutmix_swap(uintptr_t x, uintptr_t box, int64_t n, int64_t c, int64_t h, int64_t w, bool channels_last,
+                 int dtype, uintptr_t stream) {
+  if (n < 2 || c <= 0 || h <= 0 || w <= 0) return;
+  const Geometry g = make_geometry(n, c, h, w, channels_last);
+  const int64_t blocks = checked_blocks(g, n / 2, "cutmix_swap");
+  dispatch_mixing_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    cutmix_swap_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+        reinterpret_cast<T*>(x), reinterpret_cast<const int32_t*>(box), g);
+    check_launch("cutmix_swap");
+  });
+}
+
+// Host entry points: the kernels' per-element arithmetic on CPU buffers (raw pointers of CPU tensors).
+void composite_values_host(uintptr_t own, uintptr_t other, uintptr_t inside, uintptr_t out, int64_t count, int mode,
+                           float lam, float fill, bool round_uint8) {
+  const float* own_values = reinterpret_cast<const float*>(own);
+  const float* other_values = reinterpret_cast<const float*>(other);
+  const bool* inside_flags = reinterpret_cast<const bool*>(inside);
+  float* result = reinterpret_cast<float*>(out);
+  for (int64_t i = 0; i < count; ++i) {
+    const float value = composite_value(mode, inside_flags[i], own_values[i], other_values[i], lam, fill);
+    result[i] = round_uint8 ? round_half_up_uint8(value) : value;
+  }
+}
+
+void erase_noise_host(int64_t seed, uintptr_t index, uintptr_t out, int64_t count) {
+  const int64_t* indices = reinterpret_cast<const int64_t*>(index);
+  float* result = reinterpret_cast<float*>(out);
+  for (int64_t i = 0; i < count; ++i) {
+    result[i] = erase_noise(static_cast<uint64_t>(seed), static_cast<uint64_t>(indices[i]));
+  }
+}
+
+}  // namespace recipe_kernels

@@ -1,0 +1,708 @@
+"""Label-smoothed cross-entropy over class indices, class probabilities or MixedTarget, in one pass.
+
+Top to bottom: Triton kernels, launchers (Triton and CUDA), torch.library registration
+with autograd, public functions. Semantics are torch's F.cross_entropy (weights,
+ignore_index, label smoothing, the `mean` denominator); reference.cross_entropy_rows
+spells them out.
+
+How the gradient reaches autograd. When the logits need a gradient, the forward kernel
+writes d(loss)/d(logits) for grad_output = 1 in the same pass that computes the loss
+(the `mean` denominator, computed on the device from the targets beforehand, is already
+folded in). Backward multiplies that buffer in place by grad_output; where grad_output
+is exactly 1 (loss.backward() on a scalar loss, the usual case) the scaling kernel's
+loads and stores are masked off, so it moves no bytes. No host sync anywhere.
+
+Per row r with logits x (C classes), lse = log sum_c exp(x_c), class weights w (ones by
+default), e = label_smoothing and q the probability target (zero for index targets):
+  loss_r = a_a (lse - x[y_a]) + a_b (lse - x[y_b]) + beta (W lse - sum_c w_c x_c)
+           + (1 - e)(sum_c w_c q_c lse - sum_c w_c q_c x_c)
+  grad_c = p_c K - a_a [c == y_a] - a_b [c == y_b] - beta w_c - (1 - e) w_c q_c
+with p_c = exp(x_c - lse), W = sum_c w_c, K = a_a + a_b + beta W + (1 - e) sum_c w_c q_c and
+  index target y: a_a = (1 - e) w_y, a_b = 0, beta = e / C (all zero where y == ignore_index);
+  MixedTarget:    a_a = lam (1 - e) w[y_a], a_b = (1 - lam)(1 - e) w[y_b], beta = e / C;
+  probabilities:  a_a = a_b = 0, beta = e / C.
+A class index outside [0, C) (other than ignore_index) is never used as an address: it
+turns a_a into NaN, so that row's loss and gradient are NaN.
+"""
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from recipe_kernels import _backend, reference
+from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
+from recipe_kernels.targets import MixedTarget
+
+# Target kinds (a constexpr of the kernels, an int of the CUDA launcher).
+INDEX, MIXED, PROBABILITIES = 0, 1, 2
+REDUCTIONS = ("none", "mean", "sum")
+# Classes per Triton block (a row longer than this loops); rows split over programs in
+# chunks of at least SPLIT_CHUNK classes when there are too few rows to fill the GPU.
+# 1024 classes over 4 warps: 8 per thread (16-byte loads in bf16), 72 registers for the
+# heaviest variant on sm_90 (ptxas, no spills), so several programs share an SM; 4096 per
+# program took 244 registers. Untuned: no GPU has run these kernels yet.
+MAX_BLOCK = 1024
+SPLIT_CHUNK = 16384
+# Per (row, split) partial statistics: max, sum exp(x - max), sum w x, sum w, sum w q,
+# sum w q x, x[y_a], x[y_b].
+PARTIAL_FIELDS = 8
+SCALE_BLOCK = 2048
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+
+@triton.jit
+def _row_coefficients(target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes,
+                      ignore_index, label_smoothing,
+                      TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+    """(a_a, a_b, beta, y_a, y_b, active) of one row; see the module docstring.
+
+    An index outside [0, C) is masked off the weight load and makes a_a NaN. y_a and y_b
+    come back as -1 where they must never match a class (probabilities, ignored rows).
+    """
+    one_minus_eps = 1.0 - label_smoothing
+    beta = tl.zeros([], tl.float32) + label_smoothing / num_classes
+    no_class = tl.full([], -1, tl.int64)
+    a_a = tl.zeros([], tl.float32)
+    a_b = tl.zeros([], tl.float32)
+    y_a = no_class
+    y_b = no_class
+    active = no_class == -1
+    if TARGET_KIND != 2:  # probabilities have no per-row class
+        y_a = tl.load(target_ptr + row)
+        in_range_a = (y_a >= 0) & (y_a < num_classes)
+        if HAS_WEIGHT:
+            w_a = tl.load(weight_ptr + y_a, mask=in_range_a, other=0.0)
+        else:
+            w_a = 1.0
+        if TARGET_KIND == 0:
+            active = y_a != ignore_index
+            a_a = tl.where(active, tl.where(in_range_a, one_minus_eps * w_a, float("nan")), 0.0)
+            beta = tl.where(active, beta, 0.0)
+            y_a = tl.where(active, y_a, no_class)
+        else:  # MixedTarget
+            y_b = tl.load(target_b_ptr + row)
+            in_range_b = (y_b >= 0) & (y_b < num_classes)
+            if HAS_WEIGHT:
+                w_b = tl.load(weight_ptr + y_b, mask=in_range_b, other=0.0)
+            else:
+                w_b = 1.0
+            lam = tl.load(lam_ptr + sample)
+            a_a = tl.where(in_range_a & in_range_b, lam * one_minus_eps * w_a, float("nan"))
+            a_b = (1.0 - lam) * one_minus_eps * w_b
+    return a_a, a_b, beta, y_a, y_b, active
+
+
+@triton.jit
+def _chunk_statistics(x_ptr, q_ptr, weight_ptr, row_offset, class_stride, start, end,
+                      BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
+                      HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr):
+    """One sweep over classes [start, end) of a row: online max and sum of exp, plus the sums
+    smoothing and probability targets need: sum w x, sum w, sum w q, sum w q x (fp32)."""
+    row_max = tl.full([], -float("inf"), tl.float32)
+    sum_exp = tl.zeros([], tl.float32)
+    sum_wx = tl.zeros([], tl.float32)
+    sum_w = tl.zeros([], tl.float32)
+    sum_wq = tl.zeros([], tl.float32)
+    sum_wqx = tl.zeros([], tl.float32)
+    lanes = tl.arange(0, BLOCK).to(tl.int64)
+    # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
+    for block in range(BLOCKS_PER_CHUNK):
+        classes = start + block * BLOCK + lanes
+        in_row = classes < end
+        offsets = row_offset + classes * class_stride
+        x = tl.load(x_ptr + offsets, mask=in_row, other=-float("inf")).to(tl.float32)
+        new_max = tl.maximum(row_max, tl.max(x, 0))
+        # A row that is -inf so far keeps a zero sum instead of exp(-inf - -inf) = NaN.
+        shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+        sum_exp = sum_exp * tl.exp(row_max - shift) + tl.sum(tl.exp(x - shift), 0)
+        row_max = new_max
+        if HAS_SMOOTHING or IS_PROB:
+            x_in_row = tl.where(in_row, x, 0.0)
+            if HAS_WEIGHT:
+                w = tl.load(weight_ptr + classes, mask=in_row, other=0.0)
+            else:
+                w = tl.where(in_row, 1.0, 0.0)
+            if HAS_SMOOTHING:
+                sum_wx += tl.sum(w * x_in_row, 0)
+                sum_w += tl.sum(w, 0)
+            if IS_PROB:
+                wq = w * tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
+                sum_wq += tl.sum(wq, 0)
+                sum_wqx += tl.sum(wq * x_in_row, 0)
+    return row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx
+
+
+@triton.jit
+def _row_loss_and_factor(lse, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, a_a, a_b, beta, active,
+                         label_smoothing, IS_PROB: tl.constexpr):
+    """The row's loss and K, the factor of p_c in its gradient (module docstring)."""
+    loss = a_a * (lse - x_a) + a_b * (lse - x_b) + beta * (sum_w * lse - sum_wx)
+    factor = a_a + a_b + beta * sum_w
+    if IS_PROB:
+        one_minus_eps = 1.0 - label_smoothing
+        loss += one_minus_eps * (sum_wq * lse - sum_wqx)
+        factor += one_minus_eps * sum_wq
+    return tl.where(active, loss, 0.0), factor
+
+
+@triton.jit
+def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_stride, start, end,
+                          lse, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing, grad_scale,
+                          BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
+                          HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """grad_c = grad_scale (p_c K - a_a [c == y_a] - a_b [c == y_b] - beta w_c - (1-e) w_c q_c)
+    over classes [start, end), all in fp32 and rounded once; zero for an inactive row."""
+    lanes = tl.arange(0, BLOCK).to(tl.int64)
+    # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
+    for block in range(BLOCKS_PER_CHUNK):
+        classes = start + block * BLOCK + lanes
+        in_row = classes < end
+        offsets = row_offset + classes * class_stride
+        x = tl.load(x_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
+        grad = tl.exp(x - lse) * factor
+        grad -= tl.where(classes == y_a, a_a, 0.0) + tl.where(classes == y_b, a_b, 0.0)
+        if HAS_SMOOTHING or IS_PROB:
+            if HAS_WEIGHT:
+                w = tl.load(weight_ptr + classes, mask=in_row, other=0.0)
+            else:
+                w = 1.0
+            if HAS_SMOOTHING:
+                grad -= beta * w
+            if IS_PROB:
+                q = tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
+                grad -= (1.0 - label_smoothing) * w * q
+        grad = tl.where(active, grad * grad_scale, 0.0)
+        tl.store(grad_ptr + offsets, cast_to(grad, grad_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_row)
+
+
+@triton.jit
+def _cross_entropy_fwd_kernel(
+        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
+        partial_ptr, num_classes, inner_size, chunk_size, ignore_index, label_smoothing,
+        TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+        WRITE_GRAD: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
+        BLOCKS_PER_CHUNK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """Cross-entropy of one row (or of one chunk of it when SPLIT), grid (rows, splits).
+
+    Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
+    apart), the target (int64 (rows,) indices, two of them and lam (N,) for MixedTarget, or
+    probabilities of x's layout), class weights (fp32 (C,), optional), grad_scale (one fp32:
+    1 / mean denominator or 1). Outputs: loss (fp32 (rows,)) and, when WRITE_GRAD, grad in
+    x's layout (may be x itself: each block is read before it is overwritten).
+
+    Without SPLIT, one program per row: sweep 1 reads the row once for the statistics,
+    sweep 2 reads it again to write the gradient. While a program works on one row the row
+    (at most C * itemsize bytes, e.g. 64 KiB at C = 32000 in bf16) is still in L1/L2 for
+    sweep 2, so DRAM sees about one read of the logits and one write of the gradient:
+    N * C * itemsize each way, plus 8 bytes of target and 4 of loss per row (probability
+    targets add one read of q per sweep). The minimum is that read and that write; rows too
+    long to stay in L2 while every resident program holds one (roughly C * itemsize * resident
+    programs > L2 size, e.g. a few hundred thousand fp32 classes on an H100) re-read from
+    DRAM in sweep 2: up to 2 reads + 1 write. Without WRITE_GRAD, sweep 2 is skipped.
+    With SPLIT, programs write PARTIAL_FIELDS partial statistics of their chunk and
+    _cross_entropy_split_finish_kernel merges them and writes loss and gradient.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    sample = row // inner_size
+    row_offset = sample * num_classes * inner_size + row % inner_size
+    # 1. What the target asks of this row.
+    a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
+        target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
+        label_smoothing, TARGET_KIND, HAS_WEIGHT)
+    # The target logits are read before any gradient overwrites them (inplace_backward).
+    x_a = tl.load(x_ptr + row_offset + y_a * inner_size, mask=(y_a >= 0) & (y_a < num_classes),
+                  other=0.0).to(tl.float32)
+    x_b = tl.load(x_ptr + row_offset + y_b * inner_size, mask=(y_b >= 0) & (y_b < num_classes),
+                  other=0.0).to(tl.float32)
+    start = split * chunk_size
+    end = tl.minimum(start + chunk_size, num_classes)
+    # 2. Sweep 1: statistics of the row (or chunk).
+    row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx = _chunk_statistics(
+        x_ptr, target_ptr, weight_ptr, row_offset, inner_size, start, end,
+        BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING)
+    if SPLIT:
+        fields = partial_ptr + (row * tl.num_programs(1) + split) * 8
+        tl.store(fields + 0, row_max)
+        tl.store(fields + 1, sum_exp)
+        tl.store(fields + 2, sum_wx)
+        tl.store(fields + 3, sum_w)
+        tl.store(fields + 4, sum_wq)
+        tl.store(fields + 5, sum_wqx)
+        tl.store(fields + 6, x_a)
+        tl.store(fields + 7, x_b)
+    else:
+        if not HAS_WEIGHT:
+            sum_w = tl.zeros([], tl.float32) + num_classes
+        lse = row_max + tl.log(sum_exp)
+        # 3. Loss of the row, then sweep 2: its gradient.
+        loss, factor = _row_loss_and_factor(lse, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, a_a, a_b,
+                                            beta, active, label_smoothing, TARGET_KIND == 2)
+        tl.store(loss_ptr + row, loss)
+        if WRITE_GRAD:
+            _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
+                                  lse, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
+                                  tl.load(grad_scale_ptr), BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT,
+                                  HAS_SMOOTHING, EMULATE_BF16_RTNE)
+
+
+@triton.jit
+def _cross_entropy_split_finish_kernel(
+        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
+        partial_ptr, num_classes, inner_size, chunk_size, num_splits, ignore_index, label_smoothing,
+        TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+        WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr,
+        SPLITS_BLOCK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """Second kernel of a split row, grid (rows, splits): merge the row's partial statistics,
+    write its loss (split 0) and the gradient of this program's chunk.
+
+    Inputs: as _cross_entropy_fwd_kernel, plus partial (rows, splits, PARTIAL_FIELDS) fp32.
+    Bytes: reads the partials (32 * splits per program) and, for the gradient, the chunk of
+    logits again: rows are split only when they are few (rows * C * itemsize is then a few
+    MB), so this re-read mostly hits L2. Writes the chunk's gradient once.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    sample = row // inner_size
+    row_offset = sample * num_classes * inner_size + row % inner_size
+    a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
+        target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
+        label_smoothing, TARGET_KIND, HAS_WEIGHT)
+    # 1. Merge: max over chunks, sums of exp rescaled to it, plain sums of the rest.
+    splits = tl.arange(0, SPLITS_BLOCK)
+    in_use = splits < num_splits
+    fields = partial_ptr + (row * num_splits + splits) * 8
+    chunk_max = tl.load(fields + 0, mask=in_use, other=-float("inf"))
+    row_max = tl.max(chunk_max, 0)
+    shift = tl.where(row_max == -float("inf"), 0.0, row_max)
+    sum_exp = tl.sum(tl.load(fields + 1, mask=in_use, other=0.0) * tl.exp(chunk_max - shift), 0)
+    sum_wx = tl.sum(tl.load(fields + 2, mask=in_use, other=0.0), 0)
+    if HAS_WEIGHT:
+        sum_w = tl.sum(tl.load(fields + 3, mask=in_use, other=0.0), 0)
+    else:
+        sum_w = tl.zeros([], tl.float32) + num_classes
+    sum_wq = tl.sum(tl.load(fields + 4, mask=in_use, other=0.0), 0)
+    sum_wqx = tl.sum(tl.load(fields + 5, mask=in_use, other=0.0), 0)
+    first = partial_ptr + row * num_splits * 8  # split 0 read the target logits
+    x_a = tl.load(first + 6)
+    x_b = tl.load(first + 7)
+    lse = row_max + tl.log(sum_exp)
+    loss, factor = _row_loss_and_factor(lse, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, a_a, a_b,
+                                        beta, active, label_smoothing, TARGET_KIND == 2)
+    if split == 0:
+        tl.store(loss_ptr + row, loss)
+    # 2. The gradient of this program's chunk.
+    if WRITE_GRAD:
+        start = split * chunk_size
+        end = tl.minimum(start + chunk_size, num_classes)
+        _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
+                              lse, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
+                              tl.load(grad_scale_ptr), BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT,
+                              HAS_SMOOTHING, EMULATE_BF16_RTNE)
+
+
+@triton.jit
+def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_size,
+                           PER_ROW: tl.constexpr, BLOCK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """grad *= factor in place, factor one fp32 (PER_ROW=False) or one per row (rows,).
+
+    Inputs: grad (N, C, inner_size) contiguous, factor. Bytes: where the factor is exactly 1
+    the loads and stores are masked off and nothing moves (loss.backward() on a scalar loss);
+    elsewhere one read and one write of the gradient, plus the factors (cached).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    offsets = pid * BLOCK + tl.arange(0, BLOCK)
+    in_bounds = offsets < n_elements
+    if PER_ROW:
+        rows = (offsets // (num_classes * inner_size)) * inner_size + offsets % inner_size
+        factor = tl.load(factor_ptr + rows, mask=in_bounds, other=1.0)
+    else:
+        factor = tl.full([BLOCK], 1.0, tl.float32) * tl.load(factor_ptr)  # a block: bool ops need one
+    needed = in_bounds & (factor != 1.0)
+    grad = tl.load(grad_ptr + offsets, mask=needed, other=0.0).to(tl.float32)
+    tl.store(grad_ptr + offsets, cast_to(grad * factor, grad_ptr.dtype.element_ty, EMULATE_BF16_RTNE),
+             mask=needed)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _sm_count(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter: small, so that test shapes exercise split rows
+
+
+def split_count(rows, num_classes, device):
+    """How many programs share one row: 1 unless rows are too few to fill the GPU and C is long."""
+    if num_classes < 2 * SPLIT_CHUNK:
+        return 1
+    wanted = triton.cdiv(2 * _sm_count(device), max(rows, 1))
+    return max(1, min(wanted, triton.cdiv(num_classes, SPLIT_CHUNK)))
+
+
+def _block_and_warps(num_classes):
+    block = max(16, min(MAX_BLOCK, triton.next_power_of_2(num_classes)))
+    return block, 4
+
+
+def _cross_entropy_triton(x, target, target_b, lam, weight, grad_scale, loss, grad, ignore_index,
+                          label_smoothing, target_kind, splits):
+    num_classes = x.shape[1]
+    rows = loss.numel()
+    inner_size = x.numel() // (x.shape[0] * num_classes)
+    block, num_warps = _block_and_warps(num_classes)
+    chunk = triton.cdiv(triton.cdiv(num_classes, splits), block) * block
+    splits = triton.cdiv(num_classes, chunk)
+    partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=torch.float32,
+                          device=x.device)
+    args = (x, target, target_b if target_b is not None else target, lam if lam is not None else grad_scale,
+            weight if weight is not None else grad_scale, grad_scale, loss,
+            grad if grad is not None else x, partial, num_classes, inner_size, chunk)
+    flags = dict(TARGET_KIND=target_kind, HAS_WEIGHT=weight is not None, HAS_SMOOTHING=label_smoothing > 0.0,
+                 WRITE_GRAD=grad is not None, BLOCK=block, BLOCKS_PER_CHUNK=chunk // block,
+                 EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=num_warps)
+    with _backend.device_guard(x.device):
+        _cross_entropy_fwd_kernel[(rows, splits)](*args, ignore_index, label_smoothing, SPLIT=splits > 1, **flags)
+        if splits > 1:
+            _cross_entropy_split_finish_kernel[(rows, splits)](
+                *args, splits, ignore_index, label_smoothing,
+                SPLITS_BLOCK=max(2, triton.next_power_of_2(splits)), **flags)
+
+
+def _cross_entropy_cuda(x, target, target_b, lam, weight, grad_scale, loss, grad, ignore_index,
+                        label_smoothing, target_kind, splits):
+    num_classes = x.shape[1]
+    rows = loss.numel()
+    partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=torch.float32,
+                          device=x.device)
+
+    def pointer(tensor):
+        return 0 if tensor is None else tensor.data_ptr()
+
+    if target_kind == PROBABILITIES:
+        target = target.to(x.dtype)  # the CUDA kernels read probabilities in the logits' dtype
+    _backend._C.cross_entropy_fwd(
+        x.data_ptr(), target.data_ptr(), pointer(target_b), pointer(lam), pointer(weight),
+        grad_scale.data_ptr(), loss.data_ptr(), pointer(grad), partial.data_ptr(), rows, num_classes,
+        x.numel() // (x.shape[0] * num_classes), splits, ignore_index, label_smoothing, target_kind,
+        _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+
+
+def _scale_gradient_triton(grad, factor, per_row):
+    num_classes = grad.shape[1]
+    inner_size = grad.numel() // (grad.shape[0] * num_classes)
+    with _backend.device_guard(grad.device):
+        _scale_gradient_kernel[(triton.cdiv(grad.numel(), SCALE_BLOCK),)](
+            grad, factor, grad.numel(), num_classes, inner_size, PER_ROW=per_row, BLOCK=SCALE_BLOCK,
+            EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=8)
+
+
+def _scale_gradient_cuda(grad, factor, per_row):
+    num_classes = grad.shape[1]
+    _backend._C.cross_entropy_scale_grad(
+        grad.data_ptr(), factor.data_ptr(), grad.numel(), num_classes,
+        grad.numel() // (grad.shape[0] * num_classes), per_row, _backend.CUDA_DTYPE_CODES[grad.dtype],
+        _backend.cuda_stream(grad.device))
+
+
+def _target_kind(target, target_b):
+    if target_b is not None:
+        return MIXED
+    return PROBABILITIES if target.is_floating_point() else INDEX
+
+
+def _row_shape(logits):
+    return (logits.shape[0],) + tuple(logits.shape[2:])
+
+
+def _denominator(logits, target, target_b, weight, ignore_index):
+    """The `mean` denominator on the device: the summed weight of counted index targets, else rows."""
+    if target_b is not None or target.is_floating_point():
+        return torch.full((), float(target.numel() // (target.shape[1] if target.is_floating_point() else 1)),
+                          dtype=torch.float32, device=logits.device)
+    counted = (target != ignore_index) & (target >= 0) & (target < logits.shape[1])
+    if weight is None:
+        return counted.sum(dtype=torch.float32)
+    return torch.where(counted, weight[target.clamp(0, logits.shape[1] - 1)], 0.0).sum(dtype=torch.float32)
+
+
+def _reduce(row_loss, denominator, reduction):
+    if reduction == "none":
+        return row_loss
+    total = row_loss.sum()
+    return total / denominator if reduction == "mean" else total
+
+
+def _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
+             backend, grad, splits):
+    """Reduced loss; writes the scaled gradient into `grad` when it is not None."""
+    if backend == "torch":
+        row_loss, row_grad, denominator = reference.cross_entropy_rows(
+            logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+            target_b=target_b, lam=lam)
+        denominator = denominator.float()
+        if grad is not None:
+            scale = 1.0 / denominator if reduction == "mean" else 1.0
+            # Ignored rows stay exactly zero when everything is ignored (0 * inf), as in torch.
+            grad.copy_(torch.where(row_grad == 0, 0.0, row_grad * scale))
+        return _reduce(row_loss.float(), denominator, reduction)
+    denominator = _denominator(logits, target, target_b, weight, ignore_index)
+    grad_scale = (1.0 / denominator if reduction == "mean" else torch.ones((), device=logits.device)).float()
+    row_loss = torch.empty(_row_shape(logits), dtype=torch.float32, device=logits.device)
+    if row_loss.numel() > 0 and logits.shape[1] > 0:
+        launcher = _cross_entropy_triton if backend == "triton" else _cross_entropy_cuda
+        if splits <= 0:
+            splits = split_count(row_loss.numel(), logits.shape[1], logits.device)
+        launcher(logits, target, target_b, lam, weight, grad_scale.reshape(1), row_loss, grad, ignore_index,
+                 label_smoothing, _target_kind(target, target_b), splits)
+    return _reduce(row_loss, denominator, reduction)
+
+
+def _contiguous_inputs(logits, target, target_b, lam, weight):
+    return (logits.contiguous(), target.contiguous(), None if target_b is None else target_b.contiguous(),
+            None if lam is None else lam.float().contiguous(), None if weight is None else weight.float().contiguous())
+
+
+# ----------------------------------------------------------------------------- registration
+# Three ops: the loss alone (no gradient wanted); the loss writing the gradient into a given
+# buffer; the loss writing the gradient over the logits. The gradient-writing ops mutate a
+# tensor, which register_autograd does not accept, so CrossEntropyFunction carries the
+# autograd formula (torch.compile traces it). `splits` <= 0 picks the split count.
+
+
+@torch.library.custom_op("recipe_kernels::cross_entropy", mutates_args=())
+def cross_entropy_op(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
+                     lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
+                     reduction: str, label_smoothing: float, backend: str, splits: int = 0) -> torch.Tensor:
+    """The loss, float32: a scalar, or the target's row shape for reduction="none"."""
+    logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
+    return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
+                    None, splits)
+
+
+@cross_entropy_op.register_fake
+def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0):
+    return logits.new_empty(_row_shape(logits) if reduction == "none" else (), dtype=torch.float32)
+
+
+@torch.library.custom_op("recipe_kernels::cross_entropy_with_grad_", mutates_args=("grad",))
+def cross_entropy_with_grad_op(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor,
+                               target_b: Optional[torch.Tensor], lam: Optional[torch.Tensor],
+                               weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
+                               label_smoothing: float, backend: str, splits: int = 0) -> torch.Tensor:
+    """The loss; writes d loss / d logits for grad_output = 1 into `grad` (contiguous, logits' shape)."""
+    logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
+    return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
+                    grad, splits)
+
+
+@cross_entropy_with_grad_op.register_fake
+def _(logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0):
+    return logits.new_empty(_row_shape(logits) if reduction == "none" else (), dtype=torch.float32)
+
+
+@torch.library.custom_op("recipe_kernels::cross_entropy_inplace_", mutates_args=("logits",))
+def cross_entropy_inplace_op(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
+                             lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
+                             reduction: str, label_smoothing: float, backend: str,
+                             splits: int = 0) -> torch.Tensor:
+    """The loss; overwrites the (contiguous) logits with d loss / d logits for grad_output = 1."""
+    _, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
+    return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
+                    logits, splits)
+
+
+@cross_entropy_inplace_op.register_fake
+def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0):
+    return logits.new_empty(_row_shape(logits) if reduction == "none" else (), dtype=torch.float32)
+
+
+@torch.library.custom_op("recipe_kernels::cross_entropy_scale_grad_", mutates_args=("grad",))
+def scale_grad_op(grad: torch.Tensor, grad_output: torch.Tensor, backend: str) -> None:
+    """grad *= grad_output in place: a scalar, or one value per row (reduction="none")."""
+    per_row = grad_output.dim() > 0
+    factor = grad_output.float().contiguous()
+    if backend == "torch" or grad.numel() == 0:
+        shape = (grad.shape[0], 1) + tuple(grad.shape[2:]) if per_row else ()
+        grad.copy_(grad.float() * factor.reshape(shape))
+    elif backend == "triton":
+        _scale_gradient_triton(grad, factor, per_row)
+    else:
+        _scale_gradient_cuda(grad, factor, per_row)
+
+
+@scale_grad_op.register_fake
+def _(grad, grad_output, backend):
+    return None
+
+
+class CrossEntropyFunction(torch.autograd.Function):
+    """The loss, with the gradient written by the forward into a new contiguous buffer.
+
+    Backward scales that buffer in place by grad_output and hands it on: no second N x C
+    allocation. Scaling bumps its version, so a second backward through the same graph
+    (retain_graph) raises instead of scaling twice.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
+        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
+                                          label_smoothing, backend)
+        ctx.save_for_backward(grad)
+        ctx.backend = backend
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        scale_grad_op(grad, grad_loss, ctx.backend)
+        return grad, None, None, None, None, None, None, None, None
+
+
+class CrossEntropyInplaceFunction(torch.autograd.Function):
+    """inplace_backward=True: the logits' storage receives the gradient in the forward.
+
+    The logits are marked dirty, so autograd raises if anything else saved them for its
+    backward, instead of handing it a gradient where it expects logits.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
+        loss = cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction,
+                                        label_smoothing, backend)
+        ctx.mark_dirty(logits)
+        ctx.save_for_backward(logits)
+        ctx.backend = backend
+        return loss, logits  # autograd wants the dirty tensor among the outputs
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_of_overwritten_logits):
+        (grad,) = ctx.saved_tensors
+        scale_grad_op(grad, grad_loss, ctx.backend)
+        return grad, None, None, None, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _check_label_smoothing(label_smoothing):
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        raise TypeError(f"label_smoothing must be a Python float, got {type(label_smoothing).__name__}")
+    if not 0.0 <= label_smoothing <= 1.0:  # also rejects NaN
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    return float(label_smoothing)
+
+
+def _check_logits(logits):
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dtype not in _backend.CUDA_DTYPE_CODES:
+        raise TypeError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
+    if logits.dim() < 2:
+        raise ValueError(f"logits must have shape (N, C) or (N, C, d1, ..., dk), got {tuple(logits.shape)}; "
+                         "for a single sample use logits[None]")
+
+
+def _index_shape_error(logits, target):
+    return ValueError(f"target has shape {tuple(target.shape)} but logits {tuple(logits.shape)} need class "
+                      f"indices of shape {_row_shape(logits)} or probabilities of shape {tuple(logits.shape)}")
+
+
+def _check_target(logits, target):
+    """(y_a, y_b, lam) with y_b and lam None unless target is a MixedTarget."""
+    if isinstance(target, MixedTarget):
+        if tuple(target.shape) != _row_shape(logits):
+            raise ValueError(f"MixedTarget has shape {tuple(target.shape)} but logits {tuple(logits.shape)} "
+                             f"need {_row_shape(logits)}")
+        if target.device != logits.device:
+            raise ValueError(f"MixedTarget is on {target.device} but logits are on {logits.device}")
+        return target.y_a, target.y_b, target.per_sample_lam()
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a tensor or a MixedTarget, got {type(target).__name__}")
+    if target.device != logits.device:
+        raise ValueError(f"target is on {target.device} but logits are on {logits.device}")
+    if target.is_floating_point():
+        if target.dim() != logits.dim() or target.shape[0] != logits.shape[0] or \
+                tuple(target.shape[2:]) != tuple(logits.shape[2:]):
+            raise _index_shape_error(logits, target)
+        if target.shape[1] != logits.shape[1]:
+            raise ValueError(f"probability target has {target.shape[1]} classes but logits have "
+                             f"{logits.shape[1]}")
+        if target.dtype not in _backend.CUDA_DTYPE_CODES:
+            raise TypeError(f"probability target must be float32, float16 or bfloat16, got {target.dtype}")
+        if target.requires_grad and torch.is_grad_enabled():
+            raise ValueError("gradients with respect to probability targets are not supported; pass "
+                             "target.detach()")
+        return target, None, None
+    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"class-index target must be an integer tensor, got {target.dtype}")
+    if tuple(target.shape) != _row_shape(logits):
+        raise _index_shape_error(logits, target)
+    return target.to(torch.int64), None, None
+
+
+def _validate_indices(num_classes, indices, ignore_index):
+    """Host-side range check (syncs the device): only with validate=True."""
+    for y, allowed_ignore in indices:
+        bad = (y < 0) | (y >= num_classes)
+        if allowed_ignore:
+            bad &= y != ignore_index
+        if bool(bad.any()):
+            value = int(y[bad].flatten()[0])
+            raise ValueError(f"target holds class index {value}, outside [0, {num_classes})"
+                             + (f" and not ignore_index={ignore_index}" if allowed_ignore else ""))
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                  inplace_backward=False, validate=False, backend=None):
+    """F.cross_entropy(logits, target, ...) in one pass over the logits, gradient included.
+
+    logits: (N, C) or (N, C, d1, ..., dk), float32/float16/bfloat16; the loss is float32.
+    target: int64 class indices (N, d1, ...), class probabilities of logits' shape, or a
+    MixedTarget (per row lam CE(y_a) + (1 - lam) CE(y_b), equal to CE against
+    target.dense(C, label_smoothing) with `mean` over rows, and never building it).
+    Semantics of weight, ignore_index, reduction and label_smoothing are torch's.
+
+    A class index outside [0, C) (and not ignore_index) gives NaN for its row on the GPU
+    backends (no out-of-bounds access); the torch backend raises as torch does; with
+    validate=True (one host sync) every backend raises ValueError.
+    inplace_backward=True writes the gradient into the logits' storage (they must not be a
+    leaf and nothing else may need them: autograd raises if something does); non-contiguous
+    logits fall back to a separate gradient buffer.
+    Backward through the same loss twice (retain_graph) raises: its buffer is scaled in place.
+    """
+    _check_logits(logits)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    label_smoothing = _check_label_smoothing(label_smoothing)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    num_classes = logits.shape[1]
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or weight.shape[0] != num_classes:
+            shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise ValueError(f"weight must be a 1-D tensor of {num_classes} class weights, got {shape}")
+        if weight.device != logits.device:
+            raise ValueError(f"weight is on {weight.device} but logits are on {logits.device}")
+    y_a, y_b, lam = _check_target(logits, target)
+    if validate and not y_a.is_floating_point():
+        if y_b is None:
+            _validate_indices(num_classes, [(y_a, True)], ignore_index)
+        else:
+            _validate_indices(num_classes, [(y_a, False), (y_b, False)], ignore_index)
+    backend = _backend.resolve("cross_entropy", logits.device, backend)
+    weight = None if weight is None else weight.float()
+    lam = None if lam is None else lam.float()
+    if not (torch.is_grad_enabled() and logits.requires_grad):
+        return cross_entropy_op(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, backend)
+    if inplace_backward and logits.is_contiguous():
+        loss, _ = CrossEntropyInplaceFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
+                                                    label_smoothing, backend)
+        return loss
+    return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing,
+                                      backend)

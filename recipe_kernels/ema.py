@@ -1,0 +1,781 @@
+"""Exponential moving average (EMA) of model weights: one kernel launch for the whole model.
+
+Top to bottom: Triton kernels, the chunk table, launchers (Triton and CUDA), torch.library
+registration, the public function `ema_update_` and the `ModelEMA` class.
+
+Formula, identical in every backend and in the oracle (recipe_kernels.reference):
+
+    e <- d*e + (1-d)*p      in fp32: d*e, (1-d)*p and their sum each rounded to fp32, no FMA,
+                            then one rounding to e's dtype
+
+with two exact cases: d == 0 stores p (converted to e's dtype) and d == 1 leaves e untouched,
+bit for bit, even when e or p holds inf or NaN. ModelEMA uses d == 0 for "copy" steps and
+d == 1 for "skip" steps, so its schedule needs no branch on the host.
+
+Multi-tensor apply: every (e, p) pair is cut into chunks of CHUNK elements, and one row of an
+int64 table per chunk holds [e address, p address, element count, codes]; the kernel runs one
+program (Triton) or block (CUDA) per row. Mixed dtypes travel as dtype codes in the row, so a
+single launch covers any mix of fp32, fp16, bf16 and fp64 on either side (the math is fp32 for
+all of them). The table depends only on the tensors' addresses, sizes and dtypes; it is built
+once, cached under exactly that key and rebuilt when any of them changes (a re-allocated
+tensor has a new address).
+
+Bytes moved per element: read p, read e, write e; 12 bytes for an fp32 pair, 10 for a bf16
+model with an fp32 EMA. The table adds 32 bytes per chunk (under 0.02% for fp32).
+"""
+import collections
+import copy
+import math
+import operator
+import warnings
+from typing import List
+
+import torch
+import triton
+import triton.language as tl
+
+from recipe_kernels import _backend, reference
+from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
+
+# Elements per table row (bytes for RAW_BYTES rows). Large enough that the table is noise,
+# small enough that a 25M-parameter model still gives every SM many programs.
+CHUNK = 16384
+# Elements per loop step of a Triton program: 8 warps x 32 threads x 16 elements.
+BLOCK = 4096
+NUM_WARPS = 8
+# CUDA threads per block (each moves 4 elements per step, vectorized when aligned).
+CUDA_THREADS = 256
+
+# Dtype codes of the table (the first three equal _backend.CUDA_DTYPE_CODES and csrc/common.cuh).
+EMA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+# A row copied byte for byte (integer buffers of ModelEMA; e and p then share a dtype).
+RAW_BYTES = 4
+# Bits of the codes column: e's code, p's code, then the index of the row's decay in `decays`.
+PARAM_CODE_SHIFT = 4
+DECAY_SLOT_SHIFT = 8
+
+# Decay slots of ModelEMA's two-element decay tensor.
+AVERAGE_SLOT = 0  # parameters and averaged buffers: the schedule's decay
+COPY_SLOT = 1  # copied buffers: 0 on an update step, 1 on a skipped one
+
+BUFFER_MODES = ("average", "copy", "ignore")
+NUM_UPDATES_KEY = "_ema_num_updates"
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+
+@triton.jit
+def _typed_pointer(address, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """A byte address as a pointer to dtype; ALIGNED (checked on the host) says it is 16-byte
+    aligned, which lets whole blocks load and store as vectors."""
+    pointer = address.to(tl.pointer_type(dtype))
+    if ALIGNED:
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+@triton.jit
+def _load(pointers, mask, FULL: tl.constexpr):
+    if FULL:
+        value = tl.load(pointers)
+    else:
+        value = tl.load(pointers, mask=mask, other=0.0)
+    return value.to(tl.float32)
+
+
+@triton.jit
+def _load_as_fp32(address, offsets, mask, code, FULL: tl.constexpr, ALIGNED: tl.constexpr):
+    """The elements at byte address `address` + offsets of the dtype with table code `code`, in fp32.
+
+    Only fp32 values leave the branches: pointers of different element types cannot.
+    """
+    if code == 0:
+        value = _load(_typed_pointer(address, tl.float32, ALIGNED) + offsets, mask, FULL)
+    elif code == 1:
+        value = _load(_typed_pointer(address, tl.float16, ALIGNED) + offsets, mask, FULL)
+    elif code == 2:
+        value = _load(_typed_pointer(address, tl.bfloat16, ALIGNED) + offsets, mask, FULL)
+    else:
+        value = _load(_typed_pointer(address, tl.float64, ALIGNED) + offsets, mask, FULL)
+    return value
+
+
+@triton.jit
+def _store(pointers, value, mask, FULL: tl.constexpr):
+    if FULL:
+        tl.store(pointers, value)
+    else:
+        tl.store(pointers, value, mask=mask)
+
+
+@triton.jit
+def _store_from_fp32(address, offsets, mask, value, code, FULL: tl.constexpr, ALIGNED: tl.constexpr,
+                     EMULATE_BF16_RTNE: tl.constexpr):
+    """Stores fp32 `value` rounded to nearest even into the dtype with table code `code`.
+
+    Each branch stores itself: pointers of different element types cannot leave an if.
+    """
+    if code == 0:
+        _store(_typed_pointer(address, tl.float32, ALIGNED) + offsets, value, mask, FULL)
+    elif code == 1:
+        rounded = cast_to(value, tl.float16, EMULATE_BF16_RTNE)
+        _store(_typed_pointer(address, tl.float16, ALIGNED) + offsets, rounded, mask, FULL)
+    elif code == 2:
+        rounded_bf16 = cast_to(value, tl.bfloat16, EMULATE_BF16_RTNE)
+        _store(_typed_pointer(address, tl.bfloat16, ALIGNED) + offsets, rounded_bf16, mask, FULL)
+    else:
+        _store(_typed_pointer(address, tl.float64, ALIGNED) + offsets, value.to(tl.float64), mask, FULL)
+
+
+@triton.jit
+def _blend_block(ema_address, param_address, offsets, mask, ema_code, param_code, decay, one_minus_decay,
+                 FULL: tl.constexpr, ALIGNED: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """e <- d*e + (1-d)*p on one block; d == 0 stores p exactly."""
+    param = _load_as_fp32(param_address, offsets, mask, param_code, FULL, ALIGNED)
+    ema = _load_as_fp32(ema_address, offsets, mask, ema_code, FULL, ALIGNED)
+    blended = decay * ema + one_minus_decay * param
+    blended = tl.where(decay == 0.0, param, blended)
+    _store_from_fp32(ema_address, offsets, mask, blended, ema_code, FULL, ALIGNED, EMULATE_BF16_RTNE)
+
+
+@triton.jit
+def _ema_update_kernel(table_ptr, decays_ptr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
+                       RAW_BYTES: tl.constexpr, PARAM_CODE_SHIFT: tl.constexpr,
+                       DECAY_SLOT_SHIFT: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """e <- d*e + (1-d)*p in fp32 over the chunk of table row `program_id`.
+
+    Inputs: table (rows of 4 int64: e address, p address, count, codes = e code | p code << 4 |
+    decay slot << 8), decays (fp32, indexed by the slot). Bytes: reads p and e and writes e once
+    each (count * (2 * size(e) + size(p))), plus 32 table bytes and a 4-byte decay per program.
+    A decay of exactly 1 skips the chunk without touching memory. RAW_BYTES rows copy count
+    bytes from p to e unless their decay is 1.
+    """
+    # 1. The row: where, how many, which dtypes, which decay. One scalar load each.
+    row = table_ptr + tl.program_id(0).to(tl.int64) * 4
+    ema_address = tl.load(row)
+    param_address = tl.load(row + 1)
+    count = tl.load(row + 2)
+    codes = tl.load(row + 3)
+    ema_code = codes & ((1 << PARAM_CODE_SHIFT) - 1)
+    param_code = (codes >> PARAM_CODE_SHIFT) & ((1 << PARAM_CODE_SHIFT) - 1)
+    decay = tl.load(decays_ptr + (codes >> DECAY_SLOT_SHIFT))
+    block = tl.arange(0, BLOCK)
+    # 2. Skipped chunks (decay 1) read nothing.
+    if decay != 1.0:
+        if ema_code == RAW_BYTES:
+            for start in tl.static_range(0, CHUNK, BLOCK):
+                if start < count:
+                    offsets = start + block
+                    raw = tl.load(param_address.to(tl.pointer_type(tl.int8)) + offsets, mask=offsets < count)
+                    tl.store(ema_address.to(tl.pointer_type(tl.int8)) + offsets, raw, mask=offsets < count)
+        else:
+            one_minus_decay = 1.0 - decay
+            # 3. Whole blocks unmasked (vector loads), then the tail masked; blocks past count do nothing.
+            for start in tl.static_range(0, CHUNK, BLOCK):
+                offsets = start + block
+                if start + BLOCK <= count:
+                    _blend_block(ema_address, param_address, offsets, None, ema_code, param_code, decay,
+                                 one_minus_decay, True, ALIGNED, EMULATE_BF16_RTNE)
+                elif start < count:
+                    _blend_block(ema_address, param_address, offsets, offsets < count, ema_code, param_code,
+                                 decay, one_minus_decay, False, ALIGNED, EMULATE_BF16_RTNE)
+
+
+@triton.jit
+def _ema_schedule_kernel(num_updates_ptr, decays_ptr, decay: tl.float64, warmup_gamma: tl.float64,
+                         warmup_power: tl.float64, min_decay: tl.float64, update_after_step: tl.int64,
+                         update_every: tl.int64, WARMUP: tl.constexpr):
+    """One program: t = ++num_updates, then decays = [d(t), copy decay(t)] (see reference.ema_decays).
+
+    Inputs: num_updates (one int64, incremented in place), decays (two fp32, written). The
+    schedule is computed in fp64 and rounded once to fp32. 20 bytes.
+    """
+    t = tl.load(num_updates_ptr) + 1
+    tl.store(num_updates_ptr, t)
+    average = decay
+    if WARMUP:
+        steps_after = (t - update_after_step).to(tl.float64)
+        warm = 1.0 - tl.exp(-warmup_power * tl.log(1.0 + steps_after / warmup_gamma))
+        average = tl.minimum(average, tl.maximum(min_decay, warm))
+    average = tl.where(t <= update_after_step, 0.0, average)
+    skipped = (t % update_every) != 0
+    average = tl.where(skipped, 1.0, average)
+    copy_decay = tl.where(skipped, 1.0, 0.0)
+    tl.store(decays_ptr, average.to(tl.float32))
+    tl.store(decays_ptr + 1, copy_decay.to(tl.float32))
+
+
+# ----------------------------------------------------------------------------- the chunk table
+
+# Tables by (device, addresses, sizes, dtypes, slots). Bounded; tables used by a CUDA graph
+# capture are pinned, because the captured kernel keeps reading them on every replay.
+_TABLES = collections.OrderedDict()
+_TABLES_MAX = 64
+_PINNED_TABLES = {}
+
+# C-level accessors: the per-call checks below walk every tensor, so they avoid Python loops.
+_data_ptr = torch.Tensor.data_ptr
+_numel = torch.Tensor.numel
+_is_contiguous = torch.Tensor.is_contiguous
+_dtype = operator.attrgetter("dtype")
+_shape = operator.attrgetter("shape")
+_device = operator.attrgetter("device")
+
+
+def _table_key(ema, params, slots):
+    """Everything the table depends on: addresses, sizes, dtypes and decay slots of every pair."""
+    return (ema[0].device, tuple(map(_data_ptr, ema)), tuple(map(_data_ptr, params)), tuple(map(_numel, ema)),
+            tuple(map(_dtype, ema)), tuple(map(_dtype, params)), tuple(slots))
+
+
+def _row_code(ema, param, slot):
+    if ema.dtype in EMA_DTYPE_CODES:
+        code = EMA_DTYPE_CODES[ema.dtype] | EMA_DTYPE_CODES[param.dtype] << PARAM_CODE_SHIFT
+    else:
+        code = RAW_BYTES | RAW_BYTES << PARAM_CODE_SHIFT
+    return code | slot << DECAY_SLOT_SHIFT
+
+
+def build_chunk_table(ema, params, slots):
+    """The (chunks, 4) int64 table of the pairs, on CPU, and whether every address is 16-byte aligned.
+
+    A pair of n elements gives ceil(n / CHUNK) rows; RAW_BYTES pairs are counted in bytes.
+    """
+    raw = [e.dtype not in EMA_DTYPE_CODES for e in ema]
+    counts = torch.tensor([e.numel() * (e.element_size() if r else 1) for e, r in zip(ema, raw)], dtype=torch.int64)
+    ema_sizes = torch.tensor([1 if r else e.element_size() for e, r in zip(ema, raw)], dtype=torch.int64)
+    param_sizes = torch.tensor([1 if r else p.element_size() for p, r in zip(params, raw)], dtype=torch.int64)
+    ema_bases = torch.tensor([e.data_ptr() for e in ema], dtype=torch.int64)
+    param_bases = torch.tensor([p.data_ptr() for p in params], dtype=torch.int64)
+    codes = torch.tensor([_row_code(e, p, s) for e, p, s in zip(ema, params, slots)], dtype=torch.int64)
+    chunks = (counts + CHUNK - 1) // CHUNK
+    pair = torch.repeat_interleave(torch.arange(len(ema)), chunks)
+    first_chunk = torch.cumsum(chunks, 0) - chunks
+    start = (torch.arange(pair.numel()) - first_chunk[pair]) * CHUNK
+    table = torch.stack([ema_bases[pair] + start * ema_sizes[pair], param_bases[pair] + start * param_sizes[pair],
+                         torch.minimum(counts[pair] - start, torch.tensor(CHUNK)), codes[pair]], dim=1)
+    aligned = bool(((ema_bases % 16 == 0) & (param_bases % 16 == 0)).all())
+    return table.contiguous(), aligned
+
+
+def chunk_table(ema, params, slots, memo=None):
+    """The cached device table for the pairs: (table, aligned). Built (one host-to-device copy) on a miss.
+
+    memo (ModelEMA's pairs, whose tensor objects and slots are fixed) remembers the last table
+    under the addresses and model sizes alone: re-allocation moves an address, so this is
+    enough there, and it is about three times cheaper than the full key.
+    """
+    if memo is not None:
+        addresses = (tuple(map(_data_ptr, ema)), tuple(map(_data_ptr, params)), tuple(map(_numel, params)))
+        if memo.table_addresses == addresses:
+            entry = memo.table_entry
+            if entry[0].is_cuda and torch.cuda.is_current_stream_capturing():
+                _PINNED_TABLES[id(entry[0])] = entry
+            return entry
+    key = _table_key(ema, params, slots)
+    entry = _TABLES.get(key) or _PINNED_TABLES.get(key)
+    if entry is None:
+        table, aligned = build_chunk_table(ema, params, slots)
+        if ema[0].is_cuda:  # from pinned memory, asynchronously: not even the first update syncs
+            table = table.pin_memory().to(ema[0].device, non_blocking=True)
+        entry = (table.to(ema[0].device), aligned)
+        _TABLES[key] = entry
+        while len(_TABLES) > _TABLES_MAX:
+            _TABLES.popitem(last=False)
+    elif key in _TABLES:
+        _TABLES.move_to_end(key)
+    if entry[0].is_cuda and torch.cuda.is_current_stream_capturing():
+        _PINNED_TABLES[key] = entry
+    if memo is not None:
+        memo.table_addresses, memo.table_entry = addresses, entry
+    return entry
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _ema_update_triton(ema, params, decays, slots, memo=None):
+    table, aligned = chunk_table(ema, params, slots, memo)
+    if table.shape[0] == 0:
+        return
+    with _backend.device_guard(table.device):
+        _ema_update_kernel[(table.shape[0],)](
+            table, decays, CHUNK=CHUNK, BLOCK=BLOCK, ALIGNED=aligned, RAW_BYTES=RAW_BYTES,
+            PARAM_CODE_SHIFT=PARAM_CODE_SHIFT, DECAY_SLOT_SHIFT=DECAY_SLOT_SHIFT,
+            EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
+            enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
+
+
+def _ema_update_cuda(ema, params, decays, slots, memo=None):
+    table, _ = chunk_table(ema, params, slots, memo)
+    if table.shape[0] == 0:
+        return
+    _backend._C.ema_update(table.data_ptr(), table.shape[0], decays.data_ptr(), CHUNK, CUDA_THREADS,
+                           _backend.cuda_stream(table.device))
+
+
+def _ema_update_torch(ema, params, decays, slots):
+    """The reference in fp32, one pair at a time (the CPU path and the oracle of the kernels)."""
+    for e, p, slot in zip(ema, params, slots):
+        if e.numel() == 0:
+            continue
+        decay = decays[slot]
+        if e.dtype in EMA_DTYPE_CODES:
+            e.copy_(reference.ema_blend(e, p, decay, math_dtype=torch.float32))
+        else:  # integer buffer: copied unless skipped
+            e.copy_(torch.where(decay == 1.0, e, p))
+
+
+def _schedule_torch(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
+                    update_after_step, update_every):
+    """The schedule with torch ops on the device (fp64, rounded once to fp32), no host sync."""
+    num_updates.add_(1)
+    t = num_updates.to(torch.float64)
+    average = torch.full_like(t, decay)
+    if warmup:
+        warm = 1.0 - torch.exp(-warmup_power * torch.log(1.0 + (t - update_after_step) / warmup_gamma))
+        average = torch.minimum(average, torch.clamp(warm, min=min_decay))
+    average = torch.where(t <= update_after_step, 0.0, average)
+    skipped = torch.remainder(num_updates, update_every) != 0
+    decays.copy_(torch.stack([torch.where(skipped, 1.0, average), skipped.to(torch.float64)]))
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def _ema_update(ema, params, decays, slots, backend, memo=None):
+    """ema[i] <- d*ema[i] + (1-d)*params[i] with d = decays[slots[i]], one launch for all pairs.
+
+    Expects what ema_update_ checks: equal sizes per pair, one device, e and p laid out alike
+    in memory (same strides, dense), fp32 decays. Integer pairs are copied unless d == 1.
+    """
+    if not ema:
+        return
+    if backend == "torch":
+        _ema_update_torch(ema, params, decays, slots)
+    elif backend == "triton":
+        _ema_update_triton(ema, params, decays, slots, memo)
+    else:
+        _ema_update_cuda(ema, params, decays, slots, memo)
+
+
+@torch.library.custom_op("recipe_kernels::ema_update_", mutates_args=("ema",))
+def ema_update_op(ema: List[torch.Tensor], params: List[torch.Tensor], decays: torch.Tensor,
+                  slots: List[int], backend: str) -> None:
+    """The registered form of _ema_update: what torch.compile traces and CUDA-graph trees see."""
+    _ema_update(ema, params, decays, slots, backend)
+
+
+def _dispatch_ema_update(ema, params, decays, slots, backend):
+    """Eager calls skip the dispatcher, whose per-tensor bookkeeping for a list argument (alias
+    checks and the like) costs about 2.5 us per tensor, over 2 ms for a 1,000-tensor model; the
+    version counters it would bump are bumped here in one C++ loop (about 65 us for 1,000
+    tensors), so autograd still sees the in-place write. Traced calls go through the registered op."""
+    if torch.compiler.is_compiling():
+        ema_update_op(ema, params, decays, slots, backend)
+    else:
+        _ema_update(ema, params, decays, slots, backend)
+        torch.autograd.graph.increment_version(ema)
+
+
+@ema_update_op.register_fake
+def _(ema, params, decays, slots, backend):
+    return None
+
+
+def _ema_schedule(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step,
+                  update_every, backend):
+    """num_updates += 1; decays <- [average decay, copy decay] for that update (ModelEMA's schedule)."""
+    if backend == "torch":
+        _schedule_torch(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
+                        update_after_step, update_every)
+    elif backend == "triton":
+        with _backend.device_guard(num_updates.device):
+            _ema_schedule_kernel[(1,)](num_updates, decays, decay, warmup_gamma, warmup_power, min_decay,
+                                       update_after_step, update_every, WARMUP=warmup)
+    else:
+        _backend._C.ema_schedule(num_updates.data_ptr(), decays.data_ptr(), decay, warmup, warmup_gamma,
+                                 warmup_power, min_decay, update_after_step, update_every,
+                                 _backend.cuda_stream(num_updates.device))
+
+
+@torch.library.custom_op("recipe_kernels::ema_schedule_", mutates_args=("num_updates", "decays"))
+def ema_schedule_op(num_updates: torch.Tensor, decays: torch.Tensor, decay: float, warmup: bool,
+                    warmup_gamma: float, warmup_power: float, min_decay: float, update_after_step: int,
+                    update_every: int, backend: str) -> None:
+    """The registered form of _ema_schedule."""
+    _ema_schedule(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step,
+                  update_every, backend)
+
+
+@ema_schedule_op.register_fake
+def _(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step,
+      update_every, backend):
+    return None
+
+
+# ----------------------------------------------------------------------------- public function
+
+# 0-d fp32 decay tensors made from Python floats, one per (value, device): converted once.
+_DECAY_TENSORS = {}
+
+
+def _decay_tensor(decay, device):
+    key = (decay, device)
+    tensor = _DECAY_TENSORS.get(key)
+    if tensor is None:
+        if len(_DECAY_TENSORS) > 256:  # a schedule of Python floats: do not grow without bound
+            _DECAY_TENSORS.clear()
+        tensor = _DECAY_TENSORS[key] = torch.full((1,), decay, dtype=torch.float32, device=device)
+    return tensor
+
+
+def _check_decay(decay):
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)):
+        raise TypeError(f"decay must be a Python float or a 0-d tensor, got {type(decay).__name__}")
+    if not 0.0 <= decay <= 1.0:  # also rejects NaN
+        raise ValueError(f"decay must be in [0, 1], got {decay}")
+    return float(decay)
+
+
+def _local(tensor):
+    """A DTensor's local shard (each rank averages its own shard); any other tensor as it is."""
+    return tensor.to_local() if _is_dtensor(tensor) else tensor
+
+
+def _is_dtensor(tensor):
+    return type(tensor).__name__ == "DTensor" and hasattr(tensor, "to_local")
+
+
+def _dense_layout(tensor):
+    return (tensor.is_contiguous() or (tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last))
+            or (tensor.dim() == 5 and tensor.is_contiguous(memory_format=torch.channels_last_3d)))
+
+
+_PLAIN_TENSOR_TYPES = {torch.Tensor, torch.nn.Parameter, torch.nn.Buffer}
+_FLOATING = set(EMA_DTYPE_CODES)
+
+
+def _pairs_are_plain(ema, params):
+    """True when the pairs need no per-pair work: plain contiguous floating tensors on one device,
+    equal shapes. Every check is one C-level pass over a list (a Python loop costs ~3 us a pair)."""
+    return (isinstance(ema, (list, tuple)) and isinstance(params, (list, tuple)) and len(ema) == len(params) > 0
+            and set(map(type, ema)) | set(map(type, params)) <= _PLAIN_TENSOR_TYPES
+            and set(map(_dtype, ema)) | set(map(_dtype, params)) <= _FLOATING
+            and len(set(map(_device, ema)) | set(map(_device, params))) == 1
+            and list(map(_shape, ema)) == list(map(_shape, params))
+            and all(map(_is_contiguous, ema)) and all(map(_is_contiguous, params)))
+
+
+def _check_pairs(ema_tensors, model_tensors):
+    """Validated (ema, params) lists of local tensors, laid out alike; raises on bad input."""
+    if not torch.compiler.is_compiling() and _pairs_are_plain(ema_tensors, model_tensors):  # dynamo: loop below
+        return list(ema_tensors), list(model_tensors), ema_tensors[0].device
+    for name, tensors in (("ema_tensors", ema_tensors), ("model_tensors", model_tensors)):
+        if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
+            raise TypeError(f"{name} must be a list or tuple of tensors, got {type(tensors).__name__}")
+    if len(ema_tensors) != len(model_tensors):
+        raise ValueError(f"ema_tensors has {len(ema_tensors)} tensors but model_tensors has {len(model_tensors)}; "
+                         "they must pair up one to one")
+    ema, params = [], []
+    device = None
+    for index, (e, p) in enumerate(zip(ema_tensors, model_tensors)):
+        for name, tensor in (("ema_tensors", e), ("model_tensors", p)):
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"{name}[{index}] must be a torch.Tensor, got {type(tensor).__name__}")
+            if tensor.dtype not in EMA_DTYPE_CODES:
+                raise ValueError(f"{name}[{index}] has dtype {tensor.dtype}; the EMA needs floating tensors "
+                                 "(float32, float16, bfloat16 or float64)")
+        if e.shape != p.shape:
+            raise ValueError(f"pair {index}: ema tensor has shape {tuple(e.shape)} but model tensor has "
+                             f"{tuple(p.shape)}; they must match")
+        e, p = _local(e), _local(p)
+        if e.shape != p.shape:
+            raise ValueError(f"pair {index}: the local shards have shapes {tuple(e.shape)} and {tuple(p.shape)}; "
+                             "shard the EMA like the model")
+        device = device or e.device
+        if e.device != device or p.device != device:
+            raise ValueError(f"pair {index}: tensors on {e.device} and {p.device}, but pair 0 is on {device}; "
+                             "all tensors must be on one device")
+        if e.stride() != p.stride() or not _dense_layout(e):
+            if not e.is_contiguous():
+                raise ValueError(f"pair {index}: the ema tensor must be contiguous (or dense with the model "
+                                 f"tensor's strides), got strides {e.stride()}")
+            p = p.contiguous()  # a copy, read once
+        ema.append(e.detach())
+        params.append(p.detach())
+    return ema, params, device
+
+
+@torch.no_grad()
+def ema_update_(ema_tensors, model_tensors, decay, *, backend=None):
+    """e <- decay*e + (1-decay)*p for every pair (e, p), in place, in one kernel launch.
+
+    ema_tensors and model_tensors are equally long lists; each pair has one shape, any floating
+    dtypes (e.g. a bf16 model with an fp32 EMA; the math is fp32). decay is a Python float in
+    [0, 1] (made a device tensor once per value) or a 0-d floating tensor on the tensors' device,
+    which is used as is: its range is not checked, because that would sync the host. decay 1
+    leaves e exactly as it was, decay 0 stores p exactly. DTensors update their local shards.
+    """
+    ema, params, device = _check_pairs(ema_tensors, model_tensors)
+    if isinstance(decay, torch.Tensor):
+        if decay.numel() != 1 or not decay.is_floating_point():
+            raise ValueError(f"a decay tensor must be a 0-d floating tensor, got shape {tuple(decay.shape)} "
+                             f"and dtype {decay.dtype}")
+        if device is not None and decay.device != device:
+            raise ValueError(f"decay is on {decay.device} but the tensors are on {device}")
+        decays = decay.detach().reshape(1).to(torch.float32)
+    else:
+        decay = _check_decay(decay)
+        if 0.999 <= decay < 1.0 and any(e.dtype in (torch.bfloat16, torch.float16) for e in ema):
+            _warn_low_precision_ema(decay)
+        if not ema:
+            return
+        decays = _decay_tensor(decay, device)
+    if not ema:
+        return
+    backend = _backend.resolve("ema", device, backend)
+    _dispatch_ema_update(ema, params, decays, [AVERAGE_SLOT] * len(ema), backend)
+
+
+def _warn_low_precision_ema(decay):
+    warnings.warn(f"an EMA held in bfloat16 or float16 with decay {decay} barely moves: (1 - decay) * (p - e) is "
+                  "mostly below half a unit in the last place of e, so it rounds away. Keep the EMA in float32 "
+                  "(ModelEMA(..., ema_dtype=torch.float32)).", UserWarning, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------- ModelEMA
+
+# Bumped whenever any module registers a parameter, buffer or submodule (assignment,
+# load_state_dict(assign=True), ...): ModelEMA then re-pairs its tensors. In-place re-allocation
+# (model.to(), .data = ...) keeps the objects and is caught by the table's address key.
+_REGISTRATIONS = [0]
+_HOOKS_INSTALLED = [False]
+
+
+def _count_registration(module, name, value):
+    _REGISTRATIONS[0] += 1
+
+
+def _install_registration_hooks():
+    if not _HOOKS_INSTALLED[0]:
+        from torch.nn.modules import module as module_module
+        module_module.register_module_parameter_registration_hook(_count_registration)
+        module_module.register_module_buffer_registration_hook(_count_registration)
+        module_module.register_module_module_registration_hook(_count_registration)
+        _HOOKS_INSTALLED[0] = True
+
+
+def _unwrap(model):
+    """The module inside DistributedDataParallel (each rank holds a replicated copy)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.module
+    return model
+
+
+def _fsdp_module_class():
+    try:
+        from torch.distributed.fsdp import FSDPModule
+        return FSDPModule
+    except ImportError:
+        return None
+
+
+def _copy_module(model):
+    """copy.deepcopy(model); for FSDP2 (fully_shard) models, which refuse deepcopy, a copy of the
+    module tree as plain modules whose parameters and buffers are clones (DTensors stay DTensors
+    with their placements) and which carry no hooks or FSDP state."""
+    fsdp_module = _fsdp_module_class()
+    if fsdp_module is None or not any(isinstance(m, fsdp_module) for m in model.modules()):
+        return copy.deepcopy(model)
+    copies = {}
+
+    def copy_tensor(tensor):
+        if tensor is None:
+            return None
+        if id(tensor) not in copies:  # tied weights stay tied
+            clone = tensor.detach().clone()
+            copies[id(tensor)] = torch.nn.Parameter(clone, False) if isinstance(tensor, torch.nn.Parameter) else clone
+        return copies[id(tensor)]
+
+    def copy_tree(module):
+        if id(module) in copies:
+            return copies[id(module)]
+        cls = type(module)
+        if isinstance(module, fsdp_module):  # fully_shard made a class FSDP<Original>(FSDPModule, Original)
+            cls = next(base for base in cls.__mro__[1:] if not issubclass(base, fsdp_module))
+        new = copies[id(module)] = cls.__new__(cls)
+        state = {k: v for k, v in module.__dict__.items() if not k.startswith("__composable_api_state_key")}
+        for key, value in state.items():
+            if key.endswith("_hooks") or key.endswith("_hooks_with_kwargs") or key.endswith("_hooks_always_called"):
+                state[key] = type(value)()
+        state["_parameters"] = {k: copy_tensor(v) for k, v in module._parameters.items()}
+        state["_buffers"] = {k: copy_tensor(v) for k, v in module._buffers.items()}
+        state["_modules"] = {k: None if v is None else copy_tree(v) for k, v in module._modules.items()}
+        new.__dict__.update(state)
+        return new
+
+    return copy_tree(model)
+
+
+class _Pairs:
+    """The (ema, model) tensor pairs of one model and their decay slots, made once per model structure."""
+
+    def __init__(self, ema_module, model, buffer_mode):
+        self.model = model
+        self.generation = _REGISTRATIONS[0]
+        self.table_addresses, self.table_entry = None, None  # chunk_table's memo
+        ema_tensors, model_tensors, self.slots = [], [], []
+        ema_params, model_params = dict(ema_module.named_parameters()), dict(model.named_parameters())
+        if ema_params.keys() != model_params.keys():
+            raise ValueError("the model's parameters do not match the EMA's: "
+                             f"missing {sorted(ema_params.keys() - model_params.keys())[:5]}, "
+                             f"unexpected {sorted(model_params.keys() - ema_params.keys())[:5]}")
+        for name, e in ema_params.items():
+            ema_tensors.append(e)
+            model_tensors.append(model_params[name])
+            self.slots.append(AVERAGE_SLOT)
+        if buffer_mode != "ignore":
+            ema_buffers, model_buffers = dict(ema_module.named_buffers()), dict(model.named_buffers())
+            if ema_buffers.keys() != model_buffers.keys():
+                raise ValueError("the model's buffers do not match the EMA's: "
+                                 f"{sorted(ema_buffers.keys() ^ model_buffers.keys())[:5]}")
+            for name, e in ema_buffers.items():
+                floating = e.dtype in EMA_DTYPE_CODES
+                average = buffer_mode == "average" and floating
+                p = model_buffers[name]
+                if not floating and e.dtype != p.dtype:
+                    raise ValueError(f"buffer {name}: the EMA holds {e.dtype} but the model {p.dtype}")
+                ema_tensors.append(e)
+                model_tensors.append(p)
+                self.slots.append(AVERAGE_SLOT if average else COPY_SLOT)
+        self.has_dtensors = any(_is_dtensor(t) for t in ema_tensors + model_tensors)
+        self._check(ema_tensors, model_tensors)
+        self.ema, self.params = ema_tensors, model_tensors
+
+    def _check(self, ema_tensors, model_tensors):
+        floating = [i for i, e in enumerate(ema_tensors) if e.dtype in EMA_DTYPE_CODES]
+        _check_pairs([ema_tensors[i] for i in floating], [model_tensors[i] for i in floating])
+        for e, p in zip(ema_tensors, model_tensors):
+            e, p = _local(e), _local(p)
+            if e.shape != p.shape or e.device != p.device:
+                raise ValueError(f"an EMA tensor {tuple(e.shape)} on {e.device} pairs with a model tensor "
+                                 f"{tuple(p.shape)} on {p.device}")
+            if e.stride() != p.stride() or not _dense_layout(e):
+                raise ValueError("the model's memory layout changed (e.g. channels_last) after the EMA was "
+                                 "made; make the EMA from the model in its final layout")
+
+    def local_tensors(self):
+        """The tensors the kernel sees: local shards of DTensors, detached (no autograd)."""
+        if self.has_dtensors:
+            return [_local(e).detach() for e in self.ema], [_local(p).detach() for p in self.params]
+        return self.ema, self.params
+
+
+class ModelEMA:
+    """An exponential moving average of a model's weights, updated in one kernel launch.
+
+    `.module` is a deep copy of the model (cast to ema_dtype if given, in eval mode, without
+    grads) that holds the averaged weights and is ready to evaluate. Each `.update(model)`
+    counts t = 1, 2, ... on the device and, without a host sync:
+
+    - skips the update when update_every > 1 and t % update_every != 0;
+    - else copies the parameters when t <= update_after_step;
+    - else blends EMA <- d*EMA + (1-d)*param with d = decay, or with warmup
+      d = min(decay, max(min_decay, 1 - (1 + s/warmup_gamma)^(-warmup_power))), s = t - update_after_step.
+
+    buffers: "average" averages floating buffers like parameters and copies integer ones (timm's
+    default), "copy" copies them all, "ignore" leaves them alone. Parameters and buffers go in
+    one kernel; the schedule is a second, one-program kernel (the "torch" backend runs torch ops).
+    Under DistributedDataParallel pass the model or its .module (each rank averages its replica);
+    with DTensor/FSDP2 parameters each rank averages its local shards, without communication.
+    """
+
+    def __init__(self, model, decay=0.9999, *, warmup=False, warmup_gamma=1.0, warmup_power=2 / 3,
+                 min_decay=0.0, update_after_step=0, update_every=1, ema_dtype=None, buffers="average",
+                 backend=None):
+        self.decay = _check_decay(decay)
+        self.min_decay = _check_decay(min_decay)
+        for name, value in (("warmup_gamma", warmup_gamma), ("warmup_power", warmup_power)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        for name, value, least in (("update_after_step", update_after_step, 0), ("update_every", update_every, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+        if buffers not in BUFFER_MODES:
+            raise ValueError(f"buffers must be one of {BUFFER_MODES}, got {buffers!r}")
+        if ema_dtype is not None and ema_dtype not in EMA_DTYPE_CODES:
+            raise ValueError("ema_dtype must be a floating dtype (float32, float16, bfloat16, float64), "
+                             f"got {ema_dtype}")
+        self.warmup, self.warmup_gamma, self.warmup_power = bool(warmup), float(warmup_gamma), float(warmup_power)
+        self.update_after_step, self.update_every, self.buffers = update_after_step, update_every, buffers
+
+        model = _unwrap(model)
+        self.module = _copy_module(model)
+        if ema_dtype is not None:
+            self.module.to(ema_dtype)  # floating parameters and buffers only
+        self.module.eval()
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)
+            parameter.grad = None
+        first = next(iter(self.module.parameters()), None)
+        first = next(iter(self.module.buffers()), None) if first is None else first
+        device = _local(first).device if first is not None else torch.device("cpu")
+        self.backend = _backend.resolve("ema", device, backend)
+        self.num_updates = torch.zeros((), dtype=torch.int64, device=device)
+        self._decays = torch.zeros(2, dtype=torch.float32, device=device)  # [average, copy]
+        low_precision = (torch.bfloat16, torch.float16)
+        if 0.999 <= self.decay < 1.0 and any(p.dtype in low_precision for p in self.module.parameters()):
+            _warn_low_precision_ema(self.decay)
+        _install_registration_hooks()
+        self._pairs = None
+
+    def _pairs_for(self, model):
+        pairs = self._pairs
+        if pairs is None or pairs.model is not model or pairs.generation != _REGISTRATIONS[0]:
+            pairs = self._pairs = _Pairs(self.module, model, self.buffers)
+        return pairs
+
+    @torch.no_grad()
+    def update(self, model):
+        """One update from `model`'s current weights: two launches, no host sync."""
+        pairs = self._pairs_for(_unwrap(model))
+        schedule = (self.num_updates, self._decays, self.decay, self.warmup, self.warmup_gamma, self.warmup_power,
+                    self.min_decay, self.update_after_step, self.update_every, self.backend)
+        ema, params = pairs.local_tensors()
+        if torch.compiler.is_compiling():
+            ema_schedule_op(*schedule)
+            ema_update_op(ema, params, self._decays, pairs.slots, self.backend)
+        else:  # eager: straight to the launchers (see _dispatch_ema_update)
+            _ema_schedule(*schedule)
+            _ema_update(ema, params, self._decays, pairs.slots, self.backend, memo=pairs)
+
+    def state_dict(self):
+        """The averaged weights keyed as in model.state_dict() (DTensors stay DTensors), plus the counter."""
+        state = self.module.state_dict()
+        state[NUM_UPDATES_KEY] = self.num_updates
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Loads weights and the update counter in place; updates then continue bit for bit."""
+        state = dict(state_dict)
+        if NUM_UPDATES_KEY not in state:
+            raise ValueError(f"state_dict has no {NUM_UPDATES_KEY!r}: it was not made by ModelEMA.state_dict()")
+        num_updates = state.pop(NUM_UPDATES_KEY)
+        result = self.module.load_state_dict(state, strict=strict)
+        with torch.no_grad():
+            self.num_updates.copy_(num_updates)
+        return result
+
+    @torch.no_grad()
+    def copy_to(self, model):
+        """Writes the EMA weights (and buffers, unless buffers="ignore") into `model`, cast to its dtypes."""
+        model = _unwrap(model)
+        targets = dict(model.named_parameters())
+        if self.buffers != "ignore":
+            targets.update(model.named_buffers())
+        sources = dict(self.module.named_parameters())
+        sources.update(self.module.named_buffers())
+        for name, target in targets.items():
+            target.copy_(sources[name])

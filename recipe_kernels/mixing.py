@@ -1,0 +1,735 @@
+"""CutMix, MixUp and random erasing: per-sample batch compositing in one pass.
+
+Top to bottom: Triton kernels, launchers (Triton and CUDA), torch.library registration,
+sampling on the device, public functions.
+
+Every public function works in two steps:
+1. Sampling, with torch ops on x's device from torch's generator (no host sync, nothing
+   baked into a graph): lambda ~ Beta(alpha, alpha) as the first coordinate of a
+   Dirichlet(alpha, alpha) draw, box centres and erasing boxes from torch.rand. The result
+   is one set of explicit per-sample parameters: box (N, 4) int32 as (x0, y0, x1, y1),
+   half-open; lam (N,) float32; partner (N,) int32; mode (N,) int32 (MixMode).
+   Boxes are computed with torch ops on the device, not in a kernel, so every backend
+   composites exactly the same parameters.
+2. Compositing, one kernel launch (composite_batch): for sample n with partner m,
+       KEEP    out = x[n]
+       MIXUP   out = lam * x[n] + (1 - lam) * x[m]        (fp32, no FMA; uint8 rounds half up)
+       CUTMIX  out = x[m] inside the box, x[n] outside
+       ERASE   out = fill inside the box, x[n] outside    (fill per channel, or normal noise)
+   then, optionally, (out - mean[c]) / std[c] written as out_dtype in the same pass.
+
+Bytes moved (s_in, s_out element sizes, E = N*C*H*W): CutMix, erasing and keep read
+each output element's single source once, E*s_in, and write E*s_out; MixUp reads two
+sources, but partner pairs are visited next to each other so the second read mostly
+hits L2. In-place CutMix (per-batch box, flip partner) reads and writes only the box
+of every sample: 2 * N * C * box_area * s.
+"""
+import enum
+import math
+import numbers
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from recipe_kernels import _backend, reference
+from recipe_kernels._philox import PHILOX_ROUNDS, draw_seed
+from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
+from recipe_kernels.targets import MixedTarget
+
+
+class MixMode(enum.IntEnum):
+    """What composite_batch does with each sample (the values of its `mode` tensor)."""
+    KEEP = 0
+    MIXUP = 1
+    CUTMIX = 2
+    ERASE = 3
+
+
+# dtype codes for csrc/mixing.cu. Kept apart from _backend.CUDA_DTYPE_CODES, whose
+# membership means "floating dtype dropout accepts"; uint8 is a mixing-only input.
+MIXING_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.uint8: 3}
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TWO_PI_F32 = 6.2831855  # 2*pi rounded to fp32: the same constant in every backend
+
+# About 2048 elements per Triton program: a [ROWS, BLOCK_J] tile of image rows.
+TILE_ELEMENTS = 2048
+MAX_BLOCK_J = 256  # bounds the masked-off tail of a row's last block (12.5% for 224 and 672)
+NUM_WARPS = 4
+# Load masks that depend on the box are decided per CHUNK consecutive elements of a row, so
+# that they stay constant over a 16-byte vector and the loads stay vectorized; a chunk
+# that straddles the box edge loads both sources and selects per element.
+CHUNK = 16
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+
+@triton.jit
+def _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks, VISIT_FLIP_PAIRS: tl.constexpr):
+    """(sample, plane, row block, column block) of a program; column blocks vary fastest.
+
+    With VISIT_FLIP_PAIRS the samples are visited 0, N-1, 1, N-2, ... so that a sample and
+    its flip partner are read by neighbouring programs and the partner's read hits L2.
+    """
+    col_block = pid % col_blocks
+    rest = pid // col_blocks
+    row_block = rest % row_blocks
+    rest = rest // row_blocks
+    plane = rest % planes
+    slot = rest // planes
+    if VISIT_FLIP_PAIRS:
+        half = slot // 2
+        sample = tl.where(slot % 2 == 0, half, num_samples - 1 - half)
+    else:
+        sample = slot
+    return sample, plane, row_block, col_block
+
+
+@triton.jit
+def _round_to_input(value, IN_DTYPE: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """fp32 value rounded to what x's dtype stores: uint8 rounds half up and saturates."""
+    if IN_DTYPE == tl.uint8:
+        return tl.minimum(tl.maximum(tl.floor(value + 0.5), 0.0), 255.0)
+    elif IN_DTYPE == tl.float32:
+        return value
+    else:
+        return cast_to(value, IN_DTYPE, EMULATE_BF16_RTNE).to(tl.float32)
+
+
+@triton.jit
+def _erase_noise(seed, logical_index, PHILOX_ROUNDS: tl.constexpr):
+    """Standard normal noise per element: Box-Muller on words 0 and 1 of Philox(seed, index)."""
+    w0, w1, _, _ = tl.randint4x(seed, logical_index, PHILOX_ROUNDS)
+    u1 = ((w0 >> 8).to(tl.int32) + 1).to(tl.float32) * 5.9604644775390625e-08  # (0, 1], 2^-24 steps
+    u2 = (w1 >> 8).to(tl.int32).to(tl.float32) * 5.9604644775390625e-08        # [0, 1)
+    return tl.sqrt_rn(-2.0 * tl.log(u1)) * tl.cos(u2 * 6.2831855)
+
+
+@triton.jit
+def _box_chunks(rows, j, y0, y1, x0, x1, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr,
+                CHUNK: tl.constexpr):
+    """Per element: (its whole CHUNK of the row lies in the box, some of its CHUNK lies in the box).
+
+    Both are constant over each chunk (a function of j // CHUNK), unlike the per-element test.
+    """
+    chunk_first = (j // CHUNK) * CHUNK
+    chunk_last = chunk_first + (CHUNK - 1)
+    if CHANNELS_LAST:
+        chunk_first = chunk_first // PIXEL_STRIDE
+        chunk_last = chunk_last // PIXEL_STRIDE
+    row_in_box = (rows >= y0) & (rows < y1)
+    whole = row_in_box & (chunk_first >= x0) & (chunk_last < x1)
+    some = row_in_box & (chunk_last >= x0) & (chunk_first < x1)
+    return whole, some
+
+
+@triton.jit
+def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, fill_ptr, mean_ptr, std_ptr,
+                      seed_ptr, num_samples, channels, height, width, sample_stride, plane_stride, row_stride,
+                      row_len, planes, row_blocks, col_blocks,
+                      CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, HAS_NORM: tl.constexpr,
+                      RANDOM_FILL: tl.constexpr, VISIT_FLIP_PAIRS: tl.constexpr,
+                      ROWS: tl.constexpr, BLOCK_J: tl.constexpr, CHUNK: tl.constexpr,
+                      PHILOX_ROUNDS: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """out[n] = KEEP / MIXUP / CUTMIX / ERASE of x[n] with x[partner[n]], then optionally normalized.
+
+    Inputs: x (N, C, H, W) contiguous or channels_last; box (N, 4) int32 (x0, y0, x1, y1);
+    lam (N,) fp32; partner (N,) int32; mode (N,) int32; fill (C,) fp32; mean, std (C,) fp32
+    when HAS_NORM; seed (one int64) when RANDOM_FILL. out has x's layout, any dtype.
+    A program is a [ROWS, BLOCK_J] tile of rows of one (sample, plane): a row is W
+    elements of one channel (contiguous) or W*C interleaved elements (channels_last).
+    Bytes: each output element's source is read once (MixUp: both sources), out written once;
+    CutMix also reads both sources of the CHUNK-element pieces that straddle a box edge.
+    """
+    # 1. Which tile, and the sample's parameters (a few scalar loads per program).
+    pid = tl.program_id(0).to(tl.int64)
+    sample, plane, row_block, col_block = _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks,
+                                                            VISIT_FLIP_PAIRS)
+    mode = tl.load(mode_ptr + sample)
+    partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
+    lam = tl.load(lam_ptr + sample)
+    x0 = tl.load(box_ptr + sample * 4)
+    y0 = tl.load(box_ptr + sample * 4 + 1)
+    x1 = tl.load(box_ptr + sample * 4 + 2)
+    y1 = tl.load(box_ptr + sample * 4 + 3)
+    is_mixup = mode == 1
+    is_cutmix = mode == 2
+    is_erase = mode == 3
+
+    # 2. Element coordinates: rows y from the program, j along the row; pixel and channel from j.
+    rows = row_block * ROWS + tl.arange(0, ROWS)[:, None]
+    j = col_block * BLOCK_J + tl.arange(0, BLOCK_J)[None, :]
+    in_bounds = (rows < height) & (j < row_len)
+    if CHANNELS_LAST:
+        pixel = j // PIXEL_STRIDE  # PIXEL_STRIDE == C: a division by a constant
+        channel = j % PIXEL_STRIDE  # always in [0, C): per-channel loads need no mask
+    else:
+        pixel = j
+        channel = plane  # one channel per program: per-channel values are scalar loads
+    inside = (rows >= y0) & (rows < y1) & (pixel >= x0) & (pixel < x1)
+    offsets = sample * sample_stride + plane * plane_stride + rows * row_stride + j
+
+    # 3. Load only the source each chunk takes: CutMix reads one input per element, except at box edges.
+    chunk_inside, chunk_touches = _box_chunks(rows, j, y0, y1, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
+    takes_partner = is_mixup | (is_cutmix & chunk_touches)
+    takes_own = ~((is_cutmix | is_erase) & chunk_inside)
+    own = tl.load(x_ptr + offsets, mask=in_bounds & takes_own, other=0).to(tl.float32)
+    other = tl.load(x_ptr + offsets + (partner - sample) * sample_stride, mask=in_bounds & takes_partner,
+                    other=0).to(tl.float32)
+
+    # 4. Composite in fp32, then round to x's dtype (the value an unfused op would store).
+    mixed = lam * own + (1.0 - lam) * other
+    value = tl.where(is_mixup, mixed, tl.where(is_cutmix & inside, other, own))
+    if RANDOM_FILL:
+        logical_index = ((sample * channels + channel) * height + rows) * width + pixel
+        fill = _erase_noise(tl.load(seed_ptr), logical_index, PHILOX_ROUNDS)
+    else:
+        fill = tl.load(fill_ptr + channel)
+    value = tl.where(is_erase & inside, fill, value)
+    value = _round_to_input(value, x_ptr.dtype.element_ty, EMULATE_BF16_RTNE)
+
+    # 5. Optional per-channel normalization, correctly rounded division as in torch.
+    if HAS_NORM:
+        mean = tl.load(mean_ptr + channel)
+        std = tl.load(std_ptr + channel)
+        value = tl.math.div_rn(value - mean, std)
+    tl.store(out_ptr + offsets, cast_to(value, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_bounds)
+
+
+@triton.jit
+def _cutmix_swap_kernel(x_ptr, box_ptr, num_samples, height, sample_stride, plane_stride, row_stride, row_len,
+                        planes, row_blocks, col_blocks,
+                        CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr,
+                        ROWS: tl.constexpr, BLOCK_J: tl.constexpr, CHUNK: tl.constexpr):
+    """In place: swaps the box of sample i with the box of sample N-1-i, for i < N // 2.
+
+    Inputs: x (N, C, H, W) contiguous or channels_last, box (N, 4) int32 (the batch's box,
+    read from sample i). Bytes: reads and writes the box of every sample once,
+    2 * N * C * area * s, plus the CHUNK-element pieces straddling its left and right edges
+    (written back unchanged outside the box: no other program touches them); tiles outside
+    the box mask off all their loads and stores.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    first, plane, row_block, col_block = _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks, False)
+    second = num_samples - 1 - first
+    x0 = tl.load(box_ptr + first * 4)
+    y0 = tl.load(box_ptr + first * 4 + 1)
+    x1 = tl.load(box_ptr + first * 4 + 2)
+    y1 = tl.load(box_ptr + first * 4 + 3)
+    rows = row_block * ROWS + tl.arange(0, ROWS)[:, None]
+    j = col_block * BLOCK_J + tl.arange(0, BLOCK_J)[None, :]
+    pixel = j // PIXEL_STRIDE if CHANNELS_LAST else j
+    inside = (rows >= y0) & (rows < y1) & (pixel >= x0) & (pixel < x1)
+    _, chunk_touches = _box_chunks(rows, j, y0, y1, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
+    touched = (rows < height) & (j < row_len) & chunk_touches
+    local = plane * plane_stride + rows * row_stride + j
+    a = tl.load(x_ptr + first * sample_stride + local, mask=touched)
+    b = tl.load(x_ptr + second * sample_stride + local, mask=touched)
+    tl.store(x_ptr + first * sample_stride + local, tl.where(inside, b, a), mask=touched)
+    tl.store(x_ptr + second * sample_stride + local, tl.where(inside, a, b), mask=touched)
+
+
+# ----------------------------------------------------------------------------- launchers
+# x is contiguous or channels_last (see _dense_layout); out has x's layout.
+
+
+def _geometry(x, channels_last):
+    """Strides of the row decomposition shared by the kernels: (sample, plane, row, row length, planes)."""
+    n, c, h, w = x.shape
+    if channels_last:
+        return c * h * w, 0, w * c, w * c, 1
+    return c * h * w, h * w, w, w, c
+
+
+def _tiling(row_len, height):
+    block_j = min(triton.next_power_of_2(max(row_len, 1)), MAX_BLOCK_J)
+    rows = max(1, min(TILE_ELEMENTS // block_j, triton.next_power_of_2(max(height, 1))))
+    return rows, block_j
+
+
+def _composite_triton(x, out, box, lam, partner, mode, fill, mean, std, seed, channels_last, visit_flip_pairs):
+    n, c, h, w = x.shape
+    sample_stride, plane_stride, row_stride, row_len, planes = _geometry(x, channels_last)
+    rows, block_j = _tiling(row_len, h)
+    row_blocks, col_blocks = triton.cdiv(h, rows), triton.cdiv(row_len, block_j)
+    grid = (n * planes * row_blocks * col_blocks,)
+    with _backend.device_guard(x.device):
+        _composite_kernel[grid](
+            x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
+            std if std is not None else fill, seed if seed is not None else box,
+            n, c, h, w, sample_stride, plane_stride, row_stride, row_len, planes, row_blocks, col_blocks,
+            CHANNELS_LAST=channels_last, PIXEL_STRIDE=c if channels_last else 1, HAS_NORM=mean is not None,
+            RANDOM_FILL=seed is not None, VISIT_FLIP_PAIRS=visit_flip_pairs, ROWS=rows, BLOCK_J=block_j,
+            CHUNK=CHUNK, PHILOX_ROUNDS=PHILOX_ROUNDS, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
+            enable_fp_fusion=False)  # no FMA contraction: MixUp equals the other backends bit for bit
+
+
+def _composite_cuda(x, out, box, lam, partner, mode, fill, mean, std, seed, channels_last, visit_flip_pairs):
+    n, c, h, w = x.shape
+    _backend._C.composite_batch(
+        x.data_ptr(), out.data_ptr(), box.data_ptr(), lam.data_ptr(), partner.data_ptr(), mode.data_ptr(),
+        fill.data_ptr(), mean.data_ptr() if mean is not None else 0, std.data_ptr() if std is not None else 0,
+        seed.data_ptr() if seed is not None else 0, n, c, h, w, channels_last, visit_flip_pairs,
+        MIXING_DTYPE_CODES[x.dtype], MIXING_DTYPE_CODES[out.dtype], _backend.cuda_stream(x.device))
+
+
+def _cutmix_swap_triton(x, box, channels_last):
+    n, c, h, w = x.shape
+    sample_stride, plane_stride, row_stride, row_len, planes = _geometry(x, channels_last)
+    rows, block_j = _tiling(row_len, h)
+    row_blocks, col_blocks = triton.cdiv(h, rows), triton.cdiv(row_len, block_j)
+    grid = ((n // 2) * planes * row_blocks * col_blocks,)
+    if grid[0] == 0:
+        return
+    with _backend.device_guard(x.device):
+        _cutmix_swap_kernel[grid](
+            x, box, n, h, sample_stride, plane_stride, row_stride, row_len, planes, row_blocks, col_blocks,
+            CHANNELS_LAST=channels_last, PIXEL_STRIDE=c if channels_last else 1, ROWS=rows, BLOCK_J=block_j,
+            CHUNK=CHUNK, num_warps=NUM_WARPS)
+
+
+def _cutmix_swap_cuda(x, box, channels_last):
+    n, c, h, w = x.shape
+    _backend._C.cutmix_swap(x.data_ptr(), box.data_ptr(), n, c, h, w, channels_last,
+                            MIXING_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+
+
+def _dense_layout(x):
+    """x as a tensor the kernels can walk, and whether it is channels_last.
+
+    Contiguous wins when a tensor is both (C == 1 or H == W == 1); any other layout is
+    copied to contiguous.
+    """
+    if x.is_contiguous():
+        return x, False
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x, True
+    return x.contiguous(), False
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+@torch.library.custom_op("recipe_kernels::composite_batch", mutates_args=())
+def composite_batch_op(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor,
+                       mode: torch.Tensor, fill: torch.Tensor, mean: Optional[torch.Tensor],
+                       std: Optional[torch.Tensor], noise_seed: Optional[torch.Tensor], out_dtype: torch.dtype,
+                       visit_flip_pairs: bool, backend: str) -> torch.Tensor:
+    """Composites every sample of x with its partner per `mode`; the output keeps x's layout.
+
+    box (N, 4) int32, lam (N,) fp32, partner (N,) int32, mode (N,) int32, fill (C,) fp32,
+    mean/std (C,) fp32 or None, noise_seed (1,) int64 or None (then ERASE writes fill).
+    """
+    x, channels_last = _dense_layout(x)
+    out = torch.empty_like(x, dtype=out_dtype)
+    if x.numel() == 0:
+        return out
+    if backend == "torch":
+        value = reference.composite_batch(x, box, lam, partner, mode, fill=fill, mean=mean, std=std,
+                                          noise_seed=noise_seed)
+        out.copy_(value)  # float outputs round to nearest even; uint8 values are already integers
+        return out
+    launch = _composite_triton if backend == "triton" else _composite_cuda
+    launch(x, out, box, lam, partner, mode, fill, mean, std, noise_seed, channels_last, visit_flip_pairs)
+    return out
+
+
+@composite_batch_op.register_fake
+def _(x, box, lam, partner, mode, fill, mean, std, noise_seed, out_dtype, visit_flip_pairs, backend):
+    x, _ = _dense_layout(x)
+    return torch.empty_like(x, dtype=out_dtype)
+
+
+@torch.library.custom_op("recipe_kernels::cutmix_swap_", mutates_args=("x",))
+def cutmix_swap_op(x: torch.Tensor, box: torch.Tensor, backend: str) -> None:
+    """In place: sample i and sample N-1-i exchange the pixels inside box[i] (all boxes equal)."""
+    if x.numel() == 0 or x.shape[0] < 2:
+        return
+    channels_last = not x.is_contiguous()  # the caller checked that x is contiguous or channels_last
+    if backend == "torch":
+        reference.cutmix_swap_(x, box)
+    elif backend == "triton":
+        _cutmix_swap_triton(x, box, channels_last)
+    else:
+        _cutmix_swap_cuda(x, box, channels_last)
+
+
+@cutmix_swap_op.register_fake
+def _(x, box, backend):
+    return None
+
+
+# ----------------------------------------------------------------------------- sampling on the device
+
+
+def _sample_beta(alpha, generator):
+    """Beta(alpha, alpha) per element of the fp32 tensor alpha: the first coordinate of a Dirichlet draw.
+
+    torch's Dirichlet sampler draws two gammas on the device and clamps away 0 and 1.
+    """
+    concentration = torch.stack([alpha, alpha], dim=-1)
+    return torch._sample_dirichlet(concentration, generator=generator)[..., 0]
+
+
+def _cutmix_boxes(lam, height, width, generator):
+    """CutMix boxes (the paper's rule) for lam (N,) fp32, and the kept fraction of each image.
+
+    Centre uniform over the pixels; sides r_h = H*sqrt(1-lam), r_w = W*sqrt(1-lam), taken
+    as centre -/+ floor(r/2) and clipped to the image (timm's and torchvision's convention).
+    """
+    centre = torch.rand((2,) + lam.shape, generator=generator, device=lam.device)
+    centre_y = (centre[0] * height).floor().clamp(max=height - 1)
+    centre_x = (centre[1] * width).floor().clamp(max=width - 1)
+    side = torch.sqrt(1.0 - lam)
+    half_h = (side * height * 0.5).floor()
+    half_w = (side * width * 0.5).floor()
+    y0, y1 = (centre_y - half_h).clamp(min=0), (centre_y + half_h).clamp(max=height)
+    x0, x1 = (centre_x - half_w).clamp(min=0), (centre_x + half_w).clamp(max=width)
+    box = torch.stack([x0, y0, x1, y1], dim=-1).to(torch.int32)
+    kept = 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
+    return box, kept
+
+
+def _erasing_boxes(n, height, width, p, scale, ratio, device, generator, attempts=10):
+    """Random-erasing boxes (torchvision's and timm's rule) and whether each sample is erased.
+
+    Per sample, with probability p: area ~ U(scale) * H * W, log aspect ~ U(log ratio),
+    h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect)); the first of `attempts`
+    candidates that fits the image is placed uniformly. All attempts are drawn at once.
+    """
+    u = torch.rand((5, attempts, n), generator=generator, device=device)
+    area = (scale[0] + (scale[1] - scale[0]) * u[0]) * (height * width)
+    log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]
+    aspect = torch.exp(log_ratio)
+    box_h = torch.round(torch.sqrt(area * aspect))
+    box_w = torch.round(torch.sqrt(area / aspect))
+    fits = (box_h >= 1) & (box_w >= 1) & (box_h < height) & (box_w < width)
+    top = (u[2] * (height - box_h + 1)).floor().clamp(max=height - box_h)
+    left = (u[3] * (width - box_w + 1)).floor().clamp(max=width - box_w)
+    first_fit = fits.to(torch.int8).argmax(dim=0, keepdim=True)  # the first fitting attempt
+    pick = lambda t: t.gather(0, first_fit).squeeze(0)  # noqa: E731
+    top, left, box_h, box_w = pick(top), pick(left), pick(box_h), pick(box_w)
+    erase = fits.any(dim=0) & (u[4, 0] < p)
+    box = torch.stack([left, top, left + box_w, top + box_h], dim=-1).to(torch.int32)
+    return box, erase
+
+
+def _partner_index(n, partner, device):
+    """flip: i pairs with N-1-i (timm); roll: i pairs with i-1 (torchvision)."""
+    index = torch.arange(n, device=device, dtype=torch.int32)
+    return index.flip(0) if partner == "flip" else index.roll(1)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_image(x):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in MIXING_DTYPE_CODES:
+        raise TypeError(f"x must be float32, float16, bfloat16 or uint8, got {x.dtype}")
+
+
+def _check_target(x, target):
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.dim() == 0 or target.shape[0] != x.shape[0]:
+        raise ValueError(f"target has shape {tuple(target.shape)} but x has {x.shape[0]} samples; "
+                         "its first dimension must match")
+    if target.dtype != torch.int64:
+        raise TypeError(f"target must hold int64 class indices (MixedTarget), got {target.dtype}")
+
+
+def _check_alpha(alpha, name="alpha", allow_zero=False):
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"{name} must be a Python float, got {type(alpha).__name__}")
+    if not (alpha >= 0.0 if allow_zero else alpha > 0.0) or math.isinf(alpha):  # also rejects NaN
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {alpha}")
+    return float(alpha)
+
+
+def _check_probability(p, name):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} must be a Python float, got {type(p).__name__}")
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
+    return float(p)
+
+
+def _check_partner(partner):
+    if partner not in ("flip", "roll"):
+        raise ValueError(f"partner must be 'flip' or 'roll', got {partner!r}")
+
+
+def _check_range(name, pair, upper=None):
+    try:
+        low, high = (float(v) for v in pair)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of numbers (low, high), got {pair!r}") from None
+    if not (0.0 < low <= high) or (upper is not None and high > upper) or math.isinf(high):
+        bound = f" <= {upper}" if upper is not None else ""
+        raise ValueError(f"{name} must satisfy 0 < low <= high{bound}, got {pair!r}")
+    return low, high
+
+
+# (values, device) -> (C,) fp32 tensor: building it from a Python list is a host-to-device copy,
+# which waits on the host and cannot be captured in a CUDA graph, so it happens once per values.
+_CHANNEL_VALUES_CACHE = {}
+_CHANNEL_VALUES_CACHE_SIZE = 64
+
+
+def _channel_tensor(values, device):
+    if all(v == values[0] for v in values):  # one value: a fill kernel, no copy at all
+        return torch.full((len(values),), values[0], dtype=torch.float32, device=device)
+    if torch.compiler.is_compiling():  # traced: a constant of the graph
+        return torch.tensor(values, dtype=torch.float32, device=device)
+    key = (tuple(values), str(device))
+    tensor = _CHANNEL_VALUES_CACHE.get(key)
+    if tensor is None:
+        if len(_CHANNEL_VALUES_CACHE) >= _CHANNEL_VALUES_CACHE_SIZE:
+            _CHANNEL_VALUES_CACHE.clear()
+        tensor = _CHANNEL_VALUES_CACHE[key] = torch.tensor(values, dtype=torch.float32, device=device)
+    return tensor
+
+
+def _per_channel(name, values, channels, device):
+    """A number or a length-C sequence/tensor as a (C,) fp32 tensor on device (not to be written to).
+
+    Sequences of distinct values are copied to the device once and cached, so that later
+    calls neither wait on the host nor break CUDA-graph capture.
+    """
+    if isinstance(values, torch.Tensor):
+        if values.numel() not in (1, channels) or values.dim() > 1:
+            raise ValueError(f"{name} must have 1 or {channels} values (one per channel), got shape "
+                             f"{tuple(values.shape)}")
+        return values.to(device=device, dtype=torch.float32).expand(channels).contiguous()
+    if isinstance(values, numbers.Real) and not isinstance(values, bool):
+        return torch.full((channels,), float(values), dtype=torch.float32, device=device)
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a sequence of {channels} numbers, got {values!r}") from None
+    if len(values) != channels:
+        raise ValueError(f"{name} has {len(values)} values but x has {channels} channels")
+    return _channel_tensor(values, device)
+
+
+def _normalization(x, mean, std, out_dtype):
+    """(mean, std, out_dtype) as the op wants them.
+
+    out_dtype defaults to x's dtype, or float32 when a uint8 x is normalized.
+    """
+    if (mean is None) != (std is None):
+        raise ValueError("mean and std must be given together")
+    channels = x.shape[1]
+    if mean is not None:
+        if not isinstance(std, torch.Tensor):
+            stds = [std] if isinstance(std, numbers.Real) else list(std)
+            if any(float(s) == 0.0 for s in stds):
+                raise ValueError(f"std must not contain zeros, got {std!r}")
+        mean = _per_channel("mean", mean, channels, x.device)
+        std = _per_channel("std", std, channels, x.device)
+    if out_dtype is None:
+        out_dtype = torch.float32 if (mean is not None and x.dtype == torch.uint8) else x.dtype
+    if out_dtype not in MIXING_DTYPE_CODES:
+        raise TypeError(f"out_dtype must be float32, float16, bfloat16 or uint8, got {out_dtype}")
+    if out_dtype == torch.uint8 and (x.dtype != torch.uint8 or mean is not None):
+        raise ValueError("out_dtype=torch.uint8 needs a uint8 x and no normalization")
+    return mean, std, out_dtype
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def composite_batch(x, box, lam, partner, mode, *, fill=0.0, noise_seed=None, mean=None, std=None,
+                    out_dtype=None, flip_pairs_hint=False, backend=None):
+    """The compositing kernel on explicit per-sample parameters: bring your own sampling.
+
+    x: (N, C, H, W), contiguous or channels_last, float32/float16/bfloat16/uint8.
+    box: (N, 4) integers (x0, y0, x1, y1), half-open, in pixels (used by CUTMIX and ERASE).
+    lam: (N,) weight of x[n] in MIXUP. partner: (N,) sample indices (clamped to [0, N)).
+    mode: (N,) MixMode codes; any other value keeps the sample. fill: what ERASE writes,
+    a number or one value per channel, in x's units (uint8 rounds half up). noise_seed: a
+    (1,) int64 tensor; when given, ERASE writes standard normal noise from Philox instead.
+    mean, std, out_dtype: write (out - mean[c]) / std[c] as out_dtype in the same pass.
+    flip_pairs_hint: say True when partner[i] == N-1-i; the kernel then visits each pair
+    together so the partner's read hits L2 (speed only: results never depend on it).
+    Returns a new tensor in x's layout. No host sync; parameters are not range-checked
+    on the host (that would need one).
+    """
+    _check_image(x)
+    n, channels = x.shape[0], x.shape[1]
+    expected = {"box": (n, 4), "lam": (n,), "partner": (n,), "mode": (n,)}
+    given = {"box": box, "lam": lam, "partner": partner, "mode": mode}
+    for name, tensor in given.items():
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected[name]:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(f"{name} must be a tensor of shape {expected[name]}, got {shape}")
+        if tensor.device != x.device:
+            raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+    if noise_seed is not None and x.dtype == torch.uint8:
+        raise ValueError("normal-noise erasing needs a floating x, not uint8")
+    mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
+    backend = _backend.resolve("mixing", x.device, backend)
+    return composite_batch_op(
+        x, box.to(torch.int32).contiguous(), lam.to(torch.float32).contiguous(),
+        partner.to(torch.int32).contiguous(), mode.to(torch.int32).contiguous(),
+        _per_channel("fill", fill, channels, x.device), mean, std,
+        None if noise_seed is None else noise_seed.reshape(1).to(torch.int64), out_dtype, bool(flip_pairs_hint),
+        backend)
+
+
+def _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, backend):
+    """Runs the compositing op and builds the MixedTarget (y_b = target[partner])."""
+    n = x.shape[0]
+    partner_index = _partner_index(n, partner, x.device)
+    y_b = target.flip(0) if partner == "flip" else target.roll(1, 0)
+    if inplace:
+        cutmix_swap_op(x, box, backend)
+        out = x
+    else:
+        zeros = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
+        out = composite_batch_op(x, box, lam.expand(n).contiguous(), partner_index, mode, zeros, mean, std, None,
+                                 out_dtype, partner == "flip", backend)
+    return out, y_b
+
+
+def _check_inplace(x, per_sample, partner, mean, out_dtype):
+    if per_sample or partner != "flip":
+        raise ValueError("inplace=True is exact only for a per-batch box with the flip partner "
+                         "(per_sample=False, partner='flip')")
+    if mean is not None or (out_dtype is not None and out_dtype != x.dtype):
+        raise ValueError("inplace=True cannot normalize or change the dtype")
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError("inplace=True needs a contiguous or channels_last x")
+
+
+def cutmix(x, target, *, alpha=1.0, per_sample=False, partner="flip", correct_lam=True, mean=None, std=None,
+           out_dtype=None, generator=None, inplace=False, backend=None):
+    """CutMix: each sample takes its partner's pixels inside a box; returns (x_mixed, MixedTarget).
+
+    lambda ~ Beta(alpha, alpha), one per batch or one per sample (per_sample=True), drawn
+    on x's device. Box per the CutMix paper (see _cutmix_boxes); with correct_lam, lambda
+    becomes the kept fraction 1 - box area / (H*W). partner: "flip" (i with N-1-i, timm)
+    or "roll" (i with i-1, torchvision). mean/std/out_dtype normalize in the same pass.
+    inplace=True (per-batch box, flip partner only) swaps the boxes of each pair and
+    touches nothing else. lam in the target is a 0-d tensor per batch, (N,) per sample.
+    """
+    _check_image(x)
+    _check_target(x, target)
+    alpha = _check_alpha(alpha)
+    _check_partner(partner)
+    if inplace:
+        _check_inplace(x, per_sample, partner, mean, out_dtype)
+    mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
+    backend = _backend.resolve("mixing", x.device, backend)
+    n, _, height, width = x.shape
+    draws = n if per_sample else 1
+    lam = _sample_beta(torch.full((draws,), alpha, dtype=torch.float32, device=x.device), generator)
+    box, kept = _cutmix_boxes(lam, height, width, generator)
+    if correct_lam:
+        lam = kept
+    mode = torch.full((n,), int(MixMode.CUTMIX), dtype=torch.int32, device=x.device)
+    box = box.expand(n, 4).contiguous()
+    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, backend)
+    return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
+
+
+def mixup(x, target, *, alpha=0.2, per_sample=False, partner="flip", mean=None, std=None, out_dtype=None,
+          generator=None, inplace=False, backend=None):
+    """MixUp: lam * x[i] + (1 - lam) * x[partner(i)]; returns (x_mixed, MixedTarget).
+
+    lambda ~ Beta(alpha, alpha) per batch or per sample, drawn on x's device. uint8 rounds
+    half up. In-place MixUp is not exact (every pixel depends on a partner that may already
+    be overwritten), so inplace=True raises ValueError.
+    """
+    _check_image(x)
+    _check_target(x, target)
+    alpha = _check_alpha(alpha)
+    _check_partner(partner)
+    if inplace:
+        raise ValueError("inplace=True is exact only for CutMix with a per-batch box and the flip partner; "
+                         "MixUp rewrites every pixel from its partner")
+    mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
+    backend = _backend.resolve("mixing", x.device, backend)
+    n = x.shape[0]
+    lam = _sample_beta(torch.full((n if per_sample else 1,), alpha, dtype=torch.float32, device=x.device),
+                       generator)
+    mode = torch.full((n,), int(MixMode.MIXUP), dtype=torch.int32, device=x.device)
+    box = torch.zeros((n, 4), dtype=torch.int32, device=x.device)
+    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, False, backend)
+    return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
+
+
+def cutmix_or_mixup(x, target, *, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, per_sample=True,
+                    correct_lam=True, partner="flip", mean=None, std=None, out_dtype=None, generator=None,
+                    backend=None):
+    """timm's Mixup as one kernel launch: each sample (or the batch) picks CutMix or MixUp.
+
+    With probability prob a sample is mixed; then CutMix with probability switch_prob
+    (lambda ~ Beta(cutmix_alpha)) else MixUp (lambda ~ Beta(mixup_alpha)). An alpha of 0
+    disables that method. Unmixed samples keep their pixels and get lam = 1.
+    """
+    _check_image(x)
+    _check_target(x, target)
+    mixup_alpha = _check_alpha(mixup_alpha, "mixup_alpha", allow_zero=True)
+    cutmix_alpha = _check_alpha(cutmix_alpha, "cutmix_alpha", allow_zero=True)
+    if mixup_alpha == 0.0 and cutmix_alpha == 0.0:
+        raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix")
+    prob = _check_probability(prob, "prob")
+    switch_prob = _check_probability(switch_prob, "switch_prob")
+    if mixup_alpha == 0.0:
+        switch_prob = 1.0
+    elif cutmix_alpha == 0.0:
+        switch_prob = 0.0
+    _check_partner(partner)
+    mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
+    backend = _backend.resolve("mixing", x.device, backend)
+    n, _, height, width = x.shape
+    draws = n if per_sample else 1
+    decisions = torch.rand((2, draws), generator=generator, device=x.device)
+    use_cutmix = decisions[0] < switch_prob
+    applied = decisions[1] < prob
+    alpha = torch.where(use_cutmix, max(cutmix_alpha, 1e-3), max(mixup_alpha, 1e-3))  # 1e-3 never used
+    lam = _sample_beta(alpha.to(torch.float32), generator)
+    box, kept = _cutmix_boxes(lam, height, width, generator)
+    if correct_lam:
+        lam = torch.where(use_cutmix, kept, lam)
+    lam = torch.where(applied, lam, 1.0)
+    mode = torch.where(use_cutmix, int(MixMode.CUTMIX), int(MixMode.MIXUP))
+    mode = torch.where(applied, mode, int(MixMode.KEEP)).to(torch.int32).expand(n).contiguous()
+    out, y_b = _mix(x, target, lam, box.expand(n, 4).contiguous(), mode, partner, mean, std, out_dtype, False,
+                    backend)
+    return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
+
+
+def random_erasing(x, *, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0, generator=None, backend=None):
+    """Random erasing (cutout) per sample: with probability p a random box is overwritten.
+
+    Box as torchvision's RandomErasing (area fraction ~ U(scale), log aspect ~ U(log ratio),
+    up to 10 attempts to fit). value: a number, one number per channel, or "random" for
+    per-pixel standard normal noise from Philox (floating x only). Returns a new tensor.
+    """
+    _check_image(x)
+    p = _check_probability(p, "p")
+    scale = _check_range("scale", scale, upper=1.0)
+    ratio = _check_range("ratio", ratio)
+    n, channels, height, width = x.shape
+    random_fill = isinstance(value, str)
+    if random_fill and value != "random":
+        raise ValueError(f"value must be a number, a per-channel sequence or 'random', got {value!r}")
+    if random_fill and x.dtype == torch.uint8:
+        raise ValueError("value='random' (normal noise) needs a floating x, not uint8")
+    fill = torch.zeros(channels, dtype=torch.float32, device=x.device) if random_fill else \
+        _per_channel("value", value, channels, x.device)
+    backend = _backend.resolve("mixing", x.device, backend)
+    box, erase = _erasing_boxes(n, height, width, p, scale, ratio, x.device, generator)
+    mode = torch.where(erase, int(MixMode.ERASE), int(MixMode.KEEP)).to(torch.int32)
+    seed = draw_seed(x.device, generator) if random_fill else None
+    lam = torch.ones(n, dtype=torch.float32, device=x.device)
+    partner = torch.arange(n, dtype=torch.int32, device=x.device)
+    return composite_batch_op(x, box, lam, partner, mode, fill, None, None, seed, x.dtype, False, backend)

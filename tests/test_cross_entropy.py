@@ -1,0 +1,501 @@
+"""cross_entropy and MixedTarget: against torch's F.cross_entropy in float64, across backends."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import recipe_kernels as rk
+from recipe_kernels import _backend, reference
+from recipe_kernels.cross_entropy import (MAX_BLOCK, cross_entropy_inplace_op, cross_entropy_op,
+                                          cross_entropy_with_grad_op, scale_grad_op, split_count)
+
+from conftest import DEVICE
+
+# Tolerances against float64 on the same (rounded) logits: fp32 math, the gradient rounded once
+# to the logits' dtype.
+LOSS_TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+GRAD_TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=1e-3, atol=1e-5),
+                  torch.bfloat16: dict(rtol=8e-3, atol=1e-4)}
+WIDE = 70_001  # more classes than one block (MAX_BLOCK) and than one split chunk: rows split over programs
+
+
+def sample_inputs(shape, dtype=torch.float32, ignored=(), weighted=False, seed=0):
+    """logits of `shape` (classes on dim 1), int64 targets with `ignored` rows set to -100, weights."""
+    generator = torch.Generator().manual_seed(seed)
+    num_classes = shape[1]
+    logits = (3 * torch.randn(shape, generator=generator)).to(DEVICE, dtype)
+    target = torch.randint(0, num_classes, (shape[0],) + tuple(shape[2:]), generator=generator)
+    target.view(-1)[list(ignored)] = -100
+    weight = torch.rand(num_classes, generator=generator) + 0.5 if weighted else None
+    return logits, target.to(DEVICE), None if weight is None else weight.to(DEVICE)
+
+
+def torch_loss_and_grad(logits, target, grad_output=None, **options):
+    """F.cross_entropy in float64 and its gradient with respect to the logits."""
+    x = logits.detach().double().requires_grad_()
+    if isinstance(options.get("weight"), torch.Tensor):
+        options["weight"] = options["weight"].double()
+    if isinstance(target, torch.Tensor) and target.is_floating_point():
+        target = target.double()
+    loss = F.cross_entropy(x, target, **options)
+    (grad,) = torch.autograd.grad(loss, x, torch.ones_like(loss) if grad_output is None else grad_output.double())
+    return loss.detach(), grad
+
+
+def our_loss_and_grad(logits, target, grad_output=None, **options):
+    x = logits.detach().clone().requires_grad_()
+    loss = rk.cross_entropy(x, target, **options)
+    (grad,) = torch.autograd.grad(loss, x, torch.ones_like(loss) if grad_output is None else grad_output)
+    return loss.detach(), grad
+
+
+def assert_matches_torch(logits, target, backend, reduction="mean", torch_target=None, **options):
+    """Our loss and gradient against torch's; a torch_target from MixedTarget.dense() is already smoothed."""
+    grad_output = None
+    if reduction == "none":  # random per-row grad_output
+        grad_output = torch.randn(torch_target.shape if torch_target is not None and
+                                  not torch_target.is_floating_point() else target_rows(logits),
+                                  generator=torch.Generator().manual_seed(7)).to(DEVICE)
+    loss, grad = our_loss_and_grad(logits, target, grad_output, reduction=reduction, backend=backend, **options)
+    torch_options = dict(options)
+    if isinstance(target, rk.MixedTarget):
+        torch_options["label_smoothing"] = 0.0
+    expected_loss, expected_grad = torch_loss_and_grad(
+        logits, target if torch_target is None else torch_target, grad_output, reduction=reduction, **torch_options)
+    assert loss.dtype == torch.float32 and loss.shape == expected_loss.shape
+    torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE, equal_nan=True)
+    assert grad.dtype == logits.dtype and grad.shape == logits.shape
+    torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[logits.dtype], equal_nan=True)
+
+
+def target_rows(logits):
+    return (logits.shape[0],) + tuple(logits.shape[2:])
+
+
+# ----------------------------------------------------------------------------- index targets
+
+
+# (6, 7): small C, not a power of two; (3, 5, 2, 2): the (N, C, d1, d2) layout, classes strided.
+@pytest.mark.parametrize("shape", [(6, 7), (3, 5, 2, 2)])
+@pytest.mark.parametrize("weighted, label_smoothing, reduction",
+                         list(itertools.product([False, True], [0.0, 0.1], ["none", "mean", "sum"])))
+def test_every_option_matches_torch(backend, shape, weighted, label_smoothing, reduction):
+    logits, target, weight = sample_inputs(shape, ignored=(1,), weighted=weighted)
+    assert_matches_torch(logits, target, backend, reduction, weight=weight, label_smoothing=label_smoothing)
+
+
+@pytest.mark.parametrize("shape, reason", [
+    ((4, 1), "C = 1: the loss and gradient are exactly zero"),
+    ((3, 1000), "one block, masked tail"),
+    ((2, MAX_BLOCK + 3), "a row longer than one block"),
+])
+def test_class_counts(backend, shape, reason):
+    logits, target, weight = sample_inputs(shape, ignored=(0,), weighted=True)
+    assert_matches_torch(logits, target, backend, "mean", weight=weight, label_smoothing=0.2)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_wide_rows_split_over_programs(backend, reduction):
+    logits, target, weight = sample_inputs((2, WIDE), weighted=True)
+    assert split_count(2, WIDE, DEVICE) > 1  # the split path is what runs
+    assert_matches_torch(logits, target, backend, reduction, weight=weight, label_smoothing=0.1)
+
+
+def test_wide_rows_split_with_spatial_dims(backend):
+    # (1, C, 2): two rows whose classes are 2 apart, each split over programs.
+    from recipe_kernels.cross_entropy import SPLIT_CHUNK
+    logits, target, weight = sample_inputs((1, 2 * SPLIT_CHUNK + 5, 2), dtype=torch.bfloat16, weighted=True)
+    assert split_count(2, 2 * SPLIT_CHUNK + 5, DEVICE) > 1
+    assert_matches_torch(logits, target, backend, "sum", weight=weight, label_smoothing=0.1)
+
+
+def test_wide_rows_one_program_per_row(backend):
+    # The same 70,001 classes without splitting: many blocks swept twice by one program.
+    logits, target, _ = sample_inputs((2, WIDE))
+    grad = torch.empty_like(logits)
+    loss = cross_entropy_with_grad_op(logits, grad, target, None, None, None, -100, "sum", 0.1, backend, 1)
+    expected_loss, expected_grad = torch_loss_and_grad(logits, target, reduction="sum", label_smoothing=0.1)
+    torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_half_precision_logits(backend, dtype, weighted):
+    logits, target, weight = sample_inputs((5, 300), dtype=dtype, ignored=(2,), weighted=weighted)
+    assert_matches_torch(logits, target, backend, "mean", weight=weight, label_smoothing=0.1)
+    assert_matches_torch(logits, target, backend, "none", weight=weight, label_smoothing=0.0)
+
+
+def test_large_logits_are_stable(backend):
+    logits, target, _ = sample_inputs((4, 50))
+    logits = logits * 1000  # exp would overflow without the running max
+    assert_matches_torch(logits, target, backend, "mean", label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_all_ignored_mean_is_nan_like_torch(backend, label_smoothing, weighted):
+    logits, target, weight = sample_inputs((3, 6), ignored=(0, 1, 2), weighted=weighted)
+    loss, grad = our_loss_and_grad(logits, target, weight=weight, label_smoothing=label_smoothing, backend=backend)
+    expected_loss, expected_grad = torch_loss_and_grad(logits, target, weight=weight, label_smoothing=label_smoothing)
+    assert torch.isnan(loss) and torch.isnan(expected_loss)
+    torch.testing.assert_close(grad.double(), expected_grad, equal_nan=True)
+    summed = rk.cross_entropy(logits, target, reduction="sum", backend=backend)
+    assert summed.item() == 0.0
+
+
+def test_ignore_index_inside_the_class_range(backend):
+    logits, target, weight = sample_inputs((8, 5), weighted=True)
+    assert_matches_torch(logits, target, backend, "mean", weight=weight, ignore_index=2, label_smoothing=0.1)
+
+
+def test_minus_infinity_logits(backend):
+    logits, target, _ = sample_inputs((3, 9))
+    logits[:, 4] = float("-inf")  # a masked-out class (target never 4 here)
+    target = torch.where(target == 4, 0, target)
+    assert_matches_torch(logits, target, backend, "none")
+
+
+# ----------------------------------------------------------------------------- probability targets
+
+
+@pytest.mark.parametrize("shape", [(5, 11), (2, 4, 3)])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_probability_targets(backend, shape, label_smoothing, reduction):
+    logits, _, weight = sample_inputs(shape, weighted=True)
+    probabilities = torch.softmax(torch.randn(shape, generator=torch.Generator().manual_seed(3)), 1).to(DEVICE)
+    assert_matches_torch(logits, probabilities, backend, reduction, torch_target=probabilities,
+                         weight=weight, label_smoothing=label_smoothing)
+
+
+def test_probability_target_wide_rows(backend):
+    logits, _, _ = sample_inputs((1, WIDE))
+    probabilities = torch.softmax(torch.randn(1, WIDE), 1).to(DEVICE)
+    assert_matches_torch(logits, probabilities, backend, "sum", torch_target=probabilities, label_smoothing=0.1)
+
+
+# ----------------------------------------------------------------------------- MixedTarget
+
+
+def mixed_sample(rows=6, num_classes=9, lam_kind="per_sample", seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    y_a = torch.randint(0, num_classes, (rows,), generator=generator).to(DEVICE)
+    y_b = torch.randint(0, num_classes, (rows,), generator=generator).to(DEVICE)
+    lam = {"float": 0.35, "scalar": torch.tensor(0.7), "per_sample": torch.rand(rows, generator=generator)}[lam_kind]
+    return rk.MixedTarget(y_a, y_b, lam.to(DEVICE) if isinstance(lam, torch.Tensor) else lam)
+
+
+@pytest.mark.parametrize("lam_kind", ["float", "scalar", "per_sample"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_mixed_target_equals_dense_soft_target(backend, lam_kind, weighted, reduction):
+    target = mixed_sample(lam_kind=lam_kind)
+    logits, _, weight = sample_inputs((6, 9), weighted=weighted)
+    assert_matches_torch(logits, target, backend, reduction, torch_target=target.dense(9, 0.1, dtype=torch.float64),
+                         weight=weight, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_mixed_target_equals_lam_weighted_sum(backend, label_smoothing):
+    target = mixed_sample()
+    logits, _, _ = sample_inputs((6, 9))
+    loss = rk.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing, backend=backend)
+    x = logits.double()
+    lam = target.lam.double()
+    expected = (lam * F.cross_entropy(x, target.y_a, reduction="none", label_smoothing=label_smoothing)
+                + (1 - lam) * F.cross_entropy(x, target.y_b, reduction="none", label_smoothing=label_smoothing))
+    torch.testing.assert_close(loss.double(), expected, **LOSS_TOLERANCE)
+    mean = rk.cross_entropy(logits, target, label_smoothing=label_smoothing, backend=backend)
+    torch.testing.assert_close(mean.double(), expected.mean(), **LOSS_TOLERANCE)
+
+
+def test_mixed_target_wide_rows_bf16(backend):
+    target = mixed_sample(rows=2, num_classes=WIDE)
+    logits, _, _ = sample_inputs((2, WIDE), dtype=torch.bfloat16)
+    assert_matches_torch(logits, target, backend, "mean", torch_target=target.dense(WIDE, 0.1, dtype=torch.float64),
+                         label_smoothing=0.1)
+
+
+def test_mixed_target_with_spatial_dims(backend):
+    # (N, C, d): lam is per sample n, shared by its d positions.
+    generator = torch.Generator().manual_seed(4)
+    y_a, y_b = (torch.randint(0, 5, (3, 4), generator=generator).to(DEVICE) for _ in range(2))
+    target = rk.MixedTarget(y_a, y_b, torch.rand(3, generator=generator).to(DEVICE))
+    logits, _, weight = sample_inputs((3, 5, 4), weighted=True)
+    assert_matches_torch(logits, target, backend, "mean", torch_target=target.dense(5, 0.2, dtype=torch.float64),
+                         weight=weight, label_smoothing=0.2)
+
+
+def test_mixed_target_dense_is_timm_mixup_target():
+    target = rk.MixedTarget(torch.tensor([0, 2]), torch.tensor([1, 2]), 0.25)
+    dense = target.dense(3, label_smoothing=0.3)
+    off, on = 0.1, 0.8  # timm: off = smoothing / C, on = 1 - smoothing + off
+    expected = torch.tensor([[0.25 * on + 0.75 * off, 0.25 * off + 0.75 * on, off],
+                             [off, off, on]])
+    torch.testing.assert_close(dense, expected)
+    torch.testing.assert_close(dense.sum(1), torch.ones(2))
+
+
+def test_mixed_target_validation():
+    y = torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match="y_a has shape"):
+        rk.MixedTarget(y, y[:2], 0.5)
+    with pytest.raises(ValueError, match="lam must be 0-d or have shape"):
+        rk.MixedTarget(y, y, torch.rand(2))
+    with pytest.raises(TypeError, match="int64"):
+        rk.MixedTarget(y.float(), y, 0.5)
+    with pytest.raises(TypeError, match="lam must be"):
+        rk.MixedTarget(y, y, "half")
+    logits = torch.randn(4, 3, device=DEVICE)
+    with pytest.raises(ValueError, match=r"MixedTarget has shape \(3,\)"):
+        rk.cross_entropy(logits, rk.MixedTarget(y, y, 0.5).to(DEVICE))
+
+
+# ----------------------------------------------------------------------------- autograd details
+
+
+def test_backward_scales_by_grad_output_without_sync(backend):
+    logits, target, _ = sample_inputs((4, 10))
+    x = logits.clone().requires_grad_()
+    (rk.cross_entropy(x, target, label_smoothing=0.1, backend=backend) * 3.0).backward()
+    _, expected = torch_loss_and_grad(logits, target, label_smoothing=0.1)
+    torch.testing.assert_close(x.grad.double(), 3.0 * expected, **GRAD_TOLERANCE[torch.float32])
+    y = logits.clone().requires_grad_()
+    rk.cross_entropy(y, target, reduction="none", backend=backend).sum().backward()  # expanded grad_output
+    torch.testing.assert_close(y.grad.double(), torch_loss_and_grad(logits, target, reduction="sum")[1],
+                               **GRAD_TOLERANCE[torch.float32])
+
+
+def test_no_gradient_work_without_grad(backend):
+    logits, target, _ = sample_inputs((4, 10))
+    with torch.no_grad():
+        loss = rk.cross_entropy(logits.requires_grad_(), target, backend=backend)
+    assert loss.grad_fn is None
+
+
+def test_backward_twice_raises_instead_of_double_scaling(backend):
+    logits, target, _ = sample_inputs((4, 10))
+    x = logits.clone().requires_grad_()
+    loss = rk.cross_entropy(x, target, backend=backend)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("target_kind", ["index", "mixed", "probabilities"])
+def test_inplace_backward_writes_gradient_into_logits(backend, target_kind):
+    logits, target, weight = sample_inputs((5, 12), ignored=(1,), weighted=True)
+    if target_kind == "mixed":
+        target = mixed_sample(rows=5, num_classes=12)
+    elif target_kind == "probabilities":
+        target = torch.softmax(torch.randn(5, 12), 1).to(DEVICE)
+    leaf = logits.clone().requires_grad_()
+    hidden = leaf * 1.0  # a non-leaf, as the output of a model's last layer is
+    storage = hidden.data_ptr()
+    loss = rk.cross_entropy(hidden, target, weight=weight, label_smoothing=0.1, inplace_backward=True,
+                            backend=backend)
+    (2.0 * loss).backward()
+    expected_loss, expected_grad = torch_loss_and_grad(
+        logits, target.dense(12, 0.1, dtype=torch.float64) if target_kind == "mixed" else target,
+        weight=weight, label_smoothing=0.0 if target_kind == "mixed" else 0.1)
+    torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(leaf.grad.double(), 2.0 * expected_grad, **GRAD_TOLERANCE[torch.float32])
+    assert hidden.data_ptr() == storage  # no N x C buffer: the logits' storage holds the gradient
+    torch.testing.assert_close(hidden.detach().double(), 2.0 * expected_grad, **GRAD_TOLERANCE[torch.float32])
+
+
+def test_inplace_backward_raises_when_logits_are_needed_elsewhere(backend):
+    logits, target, _ = sample_inputs((4, 6))
+    leaf = logits.clone().requires_grad_()
+    hidden = leaf * 1.0
+    penalty = hidden.pow(2).sum()  # saves hidden for its backward
+    loss = rk.cross_entropy(hidden, target, inplace_backward=True, backend=backend)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + penalty).backward()
+
+
+def test_module_is_a_drop_in(backend, monkeypatch):
+    monkeypatch.setenv("RECIPE_KERNELS_BACKEND", backend)
+    logits, target, weight = sample_inputs((6, 9), ignored=(3,), weighted=True)
+    ours = rk.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1, reduction="sum")
+    theirs = torch.nn.CrossEntropyLoss(weight=weight.double(), label_smoothing=0.1, reduction="sum")
+    torch.testing.assert_close(ours(logits, target).double(), theirs(logits.double(), target), **LOSS_TOLERANCE)
+    mixed = mixed_sample()
+    theirs.label_smoothing = 0.0  # the dense target is smoothed already
+    torch.testing.assert_close(ours(logits, mixed).double(),
+                               theirs(logits.double(), mixed.dense(9, 0.1, dtype=torch.float64)), **LOSS_TOLERANCE)
+    with pytest.raises(ValueError):
+        rk.nn.CrossEntropyLoss(reduction="avg")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_out_of_range_class_index(backend):
+    logits, target, weight = sample_inputs((4, 7), weighted=True)
+    target[2] = 7
+    if backend == "torch":
+        with pytest.raises((IndexError, RuntimeError)):
+            rk.cross_entropy(logits, target, weight=weight, backend=backend)
+        with pytest.raises((IndexError, RuntimeError)):
+            F.cross_entropy(logits, target)  # torch raises too
+    else:  # the row is NaN, the others are untouched, nothing is read out of bounds
+        x = logits.clone().requires_grad_()
+        loss = rk.cross_entropy(x, target, weight=weight, reduction="none", label_smoothing=0.1, backend=backend)
+        assert torch.isnan(loss[2]) and not torch.isnan(loss[[0, 1, 3]]).any()
+        loss.sum().backward()
+        assert torch.isnan(x.grad[2]).all() and not torch.isnan(x.grad[[0, 1, 3]]).any()
+        mixed = rk.MixedTarget(target.clamp(max=6), torch.tensor([0, 1, -1, 3], device=DEVICE), 0.5)
+        mixed_loss = rk.cross_entropy(logits, mixed, reduction="none", backend=backend)
+        assert torch.isnan(mixed_loss[2]) and not torch.isnan(mixed_loss[[0, 1, 3]]).any()
+    with pytest.raises(ValueError, match="class index 7, outside"):
+        rk.cross_entropy(logits, target, validate=True, backend=backend)
+    bad_mixed = rk.MixedTarget(target.clamp(0, 6), torch.tensor([0, -100, 1, 2], device=DEVICE), 0.5)
+    with pytest.raises(ValueError, match="class index -100, outside"):  # no ignore_index for mixed targets
+        rk.cross_entropy(logits, bad_mixed, validate=True, backend=backend)
+    target[2] = -100
+    rk.cross_entropy(logits, target, validate=True, backend=backend)  # ignore_index is allowed
+
+
+def test_bad_input_raises_value_error():
+    logits = torch.randn(4, 5, device=DEVICE)
+    target = torch.tensor([0, 1, 2, 3], device=DEVICE)
+    with pytest.raises(ValueError, match=r"target has shape \(3,\)"):
+        rk.cross_entropy(logits, target[:3])
+    with pytest.raises(ValueError, match="probability target has 6 classes but logits have 5"):
+        rk.cross_entropy(logits, torch.rand(4, 6, device=DEVICE))
+    with pytest.raises(ValueError, match=r"target has shape \(4, 5, 1\)"):
+        rk.cross_entropy(logits, torch.rand(4, 5, 1, device=DEVICE))
+    for label_smoothing in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="label_smoothing must be in"):
+            rk.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        rk.cross_entropy(logits, target, reduction="avg")
+    with pytest.raises(ValueError, match="weight must be a 1-D tensor of 5"):
+        rk.cross_entropy(logits, target, weight=torch.ones(4, device=DEVICE))
+    with pytest.raises(ValueError, match="logits must have shape"):
+        rk.cross_entropy(logits[0], target[0])
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        rk.cross_entropy(logits.double(), target)
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+@pytest.mark.parametrize("target_kind", ["index", "mixed", "probabilities"])
+def test_opcheck(backend, target_kind):
+    logits, target, weight = sample_inputs((4, 6), ignored=(1,), weighted=True)
+    target_b = lam = None
+    if target_kind == "mixed":
+        mixed = mixed_sample(rows=4, num_classes=6)
+        target, target_b, lam = mixed.y_a, mixed.y_b, mixed.per_sample_lam()
+    elif target_kind == "probabilities":
+        target = torch.softmax(torch.randn(4, 6), 1).to(DEVICE)
+    for reduction in ("mean", "none"):
+        torch.library.opcheck(cross_entropy_with_grad_op, (logits, torch.empty_like(logits), target, target_b, lam,
+                                                           weight, -100, reduction, 0.1, backend))
+    torch.library.opcheck(cross_entropy_op, (logits, target, target_b, lam, None, -100, "sum", 0.0, backend))
+    torch.library.opcheck(cross_entropy_inplace_op, (logits.clone(), target, target_b, lam, weight, -100,
+                                                     "mean", 0.1, backend))
+    torch.library.opcheck(scale_grad_op, (torch.randn(4, 6, device=DEVICE), torch.randn(4, device=DEVICE), backend))
+
+
+def test_compile_fullgraph(backend):
+    layer = torch.nn.Linear(8, 10).to(DEVICE)
+
+    def step(features, target, mixed):
+        logits = layer(features)
+        return (rk.cross_entropy(logits, target, label_smoothing=0.1, backend=backend)
+                + rk.cross_entropy(logits, mixed, label_smoothing=0.1, backend=backend))
+
+    compiled = torch.compile(step, fullgraph=True)
+    features = torch.randn(6, 8, device=DEVICE)
+    _, target, _ = sample_inputs((6, 10), ignored=(2,))
+    mixed = mixed_sample(rows=6, num_classes=10)
+    loss = compiled(features, target, mixed)
+    loss.backward()
+    compiled_grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    logits = layer(features).double()
+    expected = (F.cross_entropy(logits, target, label_smoothing=0.1)
+                + F.cross_entropy(logits, mixed.dense(10, 0.1, dtype=torch.float64), label_smoothing=0.0))
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected.detach(), **LOSS_TOLERANCE)
+    torch.testing.assert_close(compiled_grad.double(), layer.weight.grad.double(), rtol=1e-5, atol=1e-6)
+
+
+def test_compile_fullgraph_inplace_backward(backend):
+    layer = torch.nn.Linear(8, 10).to(DEVICE)
+
+    def step(features, target):
+        return rk.cross_entropy(layer(features), target, label_smoothing=0.1, inplace_backward=True,
+                                backend=backend)
+
+    features = torch.randn(6, 8, device=DEVICE)
+    _, target, _ = sample_inputs((6, 10))
+    loss = torch.compile(step, fullgraph=True)(features, target)
+    (2.0 * loss).backward()
+    compiled_grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    (2.0 * F.cross_entropy(layer(features).double(), target, label_smoothing=0.1)).backward()
+    torch.testing.assert_close(compiled_grad.double(), layer.weight.grad.double(), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the reference itself
+
+
+def test_reference_matches_torch_in_float64():
+    logits, target, weight = sample_inputs((5, 4, 3), ignored=(2,), weighted=True)
+    losses, grad, denominator = reference.cross_entropy_rows(
+        logits.double(), target, weight=weight, label_smoothing=0.2, math_dtype=torch.float64)
+    expected_loss, expected_grad = torch_loss_and_grad(logits, target, weight=weight, label_smoothing=0.2)
+    torch.testing.assert_close(losses.sum() / denominator, expected_loss)
+    torch.testing.assert_close(grad / denominator, expected_grad)
+
+
+# ----------------------------------------------------------------------------- the CUDA kernels' arithmetic
+
+
+@pytest.mark.skipif(not hasattr(_backend._C, "cross_entropy_host"), reason="CUDA extension not built")
+@pytest.mark.parametrize("target_kind", ["index", "mixed", "probabilities"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("chunk", [5, 64], ids=["split-chunks", "whole-rows"])
+def test_cuda_arithmetic_on_host(target_kind, weighted, chunk):
+    # csrc/cross_entropy.cu's __host__ __device__ row logic run on the CPU: online statistics in groups
+    # of four merged over chunks (as split rows are), loss and gradient, against float64.
+    logits, target, weight = sample_inputs((6, 23), ignored=(1,), weighted=weighted)
+    logits, target = logits.cpu(), target.cpu()
+    weight = None if weight is None else weight.cpu()
+    empty_i, empty_f = torch.empty(0, dtype=torch.int64), torch.empty(0)
+    target_b = lam = q = None
+    kind = {"index": 0, "mixed": 1, "probabilities": 2}[target_kind]
+    if target_kind == "mixed":
+        target = torch.where(target < 0, 0, target)
+        target_b, lam = torch.roll(target, 1), torch.rand(6)
+    elif target_kind == "probabilities":
+        q = torch.softmax(torch.randn(6, 23), 1)
+    loss, grad = _backend._C.cross_entropy_host(
+        logits.numpy(), (target if q is None else empty_i).numpy(), (empty_i if target_b is None else target_b).numpy(),
+        (empty_f if lam is None else lam).numpy(), (empty_f if weight is None else weight).numpy(),
+        (empty_f if q is None else q).numpy(), -100, 0.1, kind, chunk)
+    expected_loss, expected_grad, _ = reference.cross_entropy_rows(
+        logits.double(), target if q is None else q, weight=weight, label_smoothing=0.1, target_b=target_b, lam=lam,
+        math_dtype=torch.float64)
+    torch.testing.assert_close(torch.from_numpy(loss).double(), expected_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(torch.from_numpy(grad).double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
+
+
+@pytest.mark.skipif(not hasattr(_backend._C, "cross_entropy_host"), reason="CUDA extension not built")
+def test_cuda_arithmetic_out_of_range_row_is_nan():
+    logits = torch.randn(3, 5)
+    target = torch.tensor([0, 5, -100])  # in range, out of range, ignored
+    empty_i, empty_f = torch.empty(0, dtype=torch.int64).numpy(), torch.empty(0).numpy()
+    loss, grad = _backend._C.cross_entropy_host(logits.numpy(), target.numpy(), empty_i, empty_f, empty_f, empty_f,
+                                                -100, 0.1, 0, 64)
+    loss, grad = torch.from_numpy(loss), torch.from_numpy(grad)
+    assert not torch.isnan(loss[0]) and not torch.isnan(grad[0]).any()
+    assert torch.isnan(loss[1]) and torch.isnan(grad[1]).all()
+    assert loss[2] == 0 and (grad[2] == 0).all()

@@ -1,0 +1,570 @@
+"""ema_update_ and ModelEMA: against the float64 oracle, across backends, schedule, resume, registration."""
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import recipe_kernels as rk
+from recipe_kernels import _backend, ema as ema_module, reference
+from recipe_kernels.ema import CHUNK, ema_schedule_op, ema_update_op
+
+from conftest import BACKENDS, DEVICE
+
+# (ema dtype, model dtype): plain fp32, the common bf16 model with an fp32 EMA, and the other mixes.
+DTYPE_PAIRS = [(torch.float32, torch.float32), (torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16),
+               (torch.float16, torch.float32), (torch.float64, torch.float16)]
+# One rounding to e's dtype after fp32 math (fp64 EMAs still have fp32 math).
+TOLERANCE = {torch.float32: dict(rtol=2e-6, atol=2e-6), torch.float64: dict(rtol=2e-6, atol=2e-6),
+             torch.float16: dict(rtol=1e-3, atol=1e-3), torch.bfloat16: dict(rtol=8e-3, atol=8e-3)}
+# 1, 3: below a vector; 127, 129: around a power of two; 4097: a partial Triton block;
+# CHUNK + 1 and 65537: a chunk boundary plus one element (a one-element chunk).
+AWKWARD_SIZES = [1, 3, 127, 129, 4097, CHUNK + 1, 65537]
+
+
+def sample_pairs(sizes=AWKWARD_SIZES, ema_dtype=torch.float32, model_dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ema = [torch.randn(n, generator=generator).to(DEVICE, ema_dtype) for n in sizes]
+    params = [torch.randn(n, generator=generator).to(DEVICE, model_dtype) for n in sizes]
+    return ema, params
+
+
+def fp32(value):
+    """value rounded to fp32, as the kernels receive a decay."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+def oracle(ema, params, decay):
+    return [reference.ema_blend(e.double(), p.double(), fp32(decay), math_dtype=torch.float64)
+            for e, p in zip(ema, params)]
+
+
+# ----------------------------------------------------------------------------- ema_update_
+
+
+@pytest.mark.parametrize("ema_dtype,model_dtype", DTYPE_PAIRS)
+def test_ema_update_matches_float64_oracle(backend, ema_dtype, model_dtype):
+    ema, params = sample_pairs(ema_dtype=ema_dtype, model_dtype=model_dtype)
+    expected = oracle(ema, params, 0.9)
+    rk.ema_update_(ema, params, 0.9, backend=backend)
+    for e, want in zip(ema, expected):
+        assert e.dtype == ema_dtype
+        torch.testing.assert_close(e.double(), want, **TOLERANCE[ema_dtype])
+
+
+def test_backends_bit_identical_on_mixed_lists():
+    # One list mixing every dtype pair: still one launch, still bit-equal to the fp32 reference.
+    pairs = [sample_pairs([n], e, m, seed=n) for n, (e, m) in zip(AWKWARD_SIZES, DTYPE_PAIRS * 2)]
+    results = []
+    for backend in BACKENDS:
+        ema = [e[0].clone() for e, _ in pairs]
+        rk.ema_update_(ema, [p[0] for _, p in pairs], 0.75, backend=backend)
+        results.append(ema)
+    for backend, result in zip(BACKENDS[1:], results[1:]):
+        assert all(torch.equal(a, b) for a, b in zip(result, results[0])), backend
+
+
+def test_many_tensors_in_one_launch(backend, monkeypatch):
+    # 300 tensors of awkward sizes (every fifth one bf16) in one call, one launch.
+    rng = np.random.default_rng(0)
+    sizes = [int(s) for s in rng.choice([1, 2, 3, 5, 7, 127, 129, 255, 257, 1000, 1023], size=300)]
+    ema, params = sample_pairs(sizes)
+    params = [p.bfloat16() if i % 5 == 0 else p for i, p in enumerate(params)]
+    expected = oracle(ema, params, 0.99)
+    launches = count_launches(monkeypatch)
+    rk.ema_update_(ema, params, 0.99, backend=backend)
+    for e, want in zip(ema, expected):
+        torch.testing.assert_close(e.double(), want, **TOLERANCE[torch.float32])
+    if backend != "torch":
+        assert launches == {"update": 1}
+
+
+def test_decay_one_keeps_and_zero_copies_exactly(backend):
+    special = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, 1e-30, 3.0])
+    ema = [special.clone().to(DEVICE), torch.randn(37, device=DEVICE).bfloat16()]
+    params = [special.flip(0).to(DEVICE), torch.randn(37, device=DEVICE)]
+    before = [e.clone() for e in ema]
+    rk.ema_update_(ema, params, 1.0, backend=backend)
+    assert all(torch.equal(e.view(torch.int16 if e.dtype == torch.bfloat16 else torch.int32),
+                           b.view(torch.int16 if b.dtype == torch.bfloat16 else torch.int32))
+               for e, b in zip(ema, before))
+    rk.ema_update_(ema, params, 0.0, backend=backend)
+    assert torch.equal(ema[0].nan_to_num(), params[0].nan_to_num()) and ema[0].isnan()[3]
+    assert torch.equal(ema[1], params[1].bfloat16())
+
+
+def test_decay_as_device_tensor_equals_float(backend):
+    ema, params = sample_pairs([1000, 5])
+    ema_tensor_decay = [e.clone() for e in ema]
+    rk.ema_update_(ema, params, 0.875, backend=backend)
+    rk.ema_update_(ema_tensor_decay, params, torch.tensor(0.875, device=DEVICE), backend=backend)
+    assert all(torch.equal(a, b) for a, b in zip(ema, ema_tensor_decay))
+    rk.ema_update_(ema_tensor_decay, params, torch.tensor(0.5, device=DEVICE, dtype=torch.float64), backend=backend)
+    torch.testing.assert_close(ema_tensor_decay[1], 0.5 * ema[1] + 0.5 * params[1])
+
+
+def test_non_contiguous_model_tensor_and_channels_last_pairs(backend):
+    ema = [torch.randn(6, 5, device=DEVICE), torch.randn(2, 3, 4, 5, device=DEVICE)]
+    params = [torch.randn(5, 6, device=DEVICE).t(), torch.randn(2, 3, 4, 5, device=DEVICE)]
+    ema[1] = ema[1].contiguous(memory_format=torch.channels_last)
+    params[1] = params[1].contiguous(memory_format=torch.channels_last)
+    expected = oracle(ema, params, 0.5)
+    rk.ema_update_(ema, params, 0.5, backend=backend)
+    for e, want in zip(ema, expected):
+        torch.testing.assert_close(e.double(), want, **TOLERANCE[torch.float32])
+    assert ema[1].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_empty_lists_and_empty_tensors(backend):
+    rk.ema_update_([], [], 0.5, backend=backend)
+    ema, params = [torch.empty(0, device=DEVICE), torch.ones(3, device=DEVICE)], [torch.empty(0, device=DEVICE),
+                                                                                    torch.zeros(3, device=DEVICE)]
+    rk.ema_update_(ema, params, 0.5, backend=backend)
+    assert torch.equal(ema[1], torch.full((3,), 0.5, device=DEVICE))
+
+
+# ----------------------------------------------------------------------------- the chunk table
+
+
+def count_launches(monkeypatch):
+    """Counts Triton launches of the EMA kernels into the returned dict."""
+    launches = {}
+    for name, kernel_name in (("update", "_ema_update_kernel"), ("schedule", "_ema_schedule_kernel")):
+        kernel = getattr(ema_module, kernel_name)
+
+        class Counting:
+            def __getitem__(self, grid, kernel=kernel, name=name):
+                launches[name] = launches.get(name, 0) + 1
+                return kernel[grid]
+
+        monkeypatch.setattr(ema_module, kernel_name, Counting())
+    return launches
+
+
+def test_table_rows_cover_every_element_once():
+    ema, params = sample_pairs([1, CHUNK, CHUNK + 1, 3 * CHUNK - 1], model_dtype=torch.bfloat16)
+    table, aligned = ema_module.build_chunk_table(ema, params, [0] * 4)
+    assert table.shape == (1 + 1 + 2 + 3, 4) and aligned
+    counts = table[:, 2].tolist()
+    assert counts == [1, CHUNK, CHUNK, 1, CHUNK, CHUNK, CHUNK - 1]
+    # Chunk k of a pair starts k * CHUNK elements in: 4 bytes per fp32 EMA element, 2 per bf16 one.
+    assert table[3, 0].item() == ema[2].data_ptr() + CHUNK * 4
+    assert table[3, 1].item() == params[2].data_ptr() + CHUNK * 2
+    assert (table[:, 3] == (0 | 2 << ema_module.PARAM_CODE_SHIFT)).all()
+
+
+def test_table_cached_and_rebuilt_when_tensors_move(backend):
+    ema, params = sample_pairs([100, 7])
+    first, _ = ema_module.chunk_table(ema, params, [0, 0])
+    assert ema_module.chunk_table(ema, params, [0, 0])[0] is first
+    # A re-allocated tensor (as model.to() or .data = ... do) gets a new table, never a stale one.
+    params[0].data = params[0].data.clone().mul_(2)
+    ema[1].data = ema[1].data.double()
+    assert ema_module.chunk_table(ema, params, [0, 0])[0] is not first
+    expected = oracle(ema, params, 0.5)
+    rk.ema_update_(ema, params, 0.5, backend=backend)
+    for e, want in zip(ema, expected):
+        torch.testing.assert_close(e.double(), want, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.skipif(_backend._C is None, reason="CUDA extension not built")
+def test_cuda_blend_host_code_equals_reference():
+    e, p = torch.randn(5000), torch.randn(5000)
+    e[:4] = torch.tensor([float("inf"), float("nan"), 0.0, 1e38])
+    for decay in (0.0, 0.3, 0.9999, 1.0):
+        host = torch.from_numpy(_backend._C.ema_blend_host(e.numpy(), p.numpy(), decay))
+        expected = reference.ema_blend(e, p, torch.tensor(decay, dtype=torch.float32))
+        assert torch.equal(host.nan_to_num(), expected.nan_to_num()) and torch.equal(host.isnan(), expected.isnan())
+
+
+# ----------------------------------------------------------------------------- the schedule
+
+SCHEDULES = [dict(decay=0.9), dict(decay=0.9999, warmup=True),
+             dict(decay=0.999, warmup=True, warmup_gamma=10.0, warmup_power=0.75, min_decay=0.5,
+                  update_after_step=3, update_every=2),
+             dict(decay=0.99, update_after_step=4, update_every=3)]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_schedule_kernel_matches_reference(backend, schedule):
+    full = {**dict(warmup=False, warmup_gamma=1.0, warmup_power=2 / 3, min_decay=0.0, update_after_step=0,
+                   update_every=1), **schedule}
+    num_updates = torch.zeros((), dtype=torch.int64, device=DEVICE)
+    decays = torch.zeros(2, device=DEVICE)
+    for t in range(1, 13):
+        ema_schedule_op(num_updates, decays, full["decay"], full["warmup"], full["warmup_gamma"],
+                        full["warmup_power"], full["min_decay"], full["update_after_step"], full["update_every"],
+                        backend)
+        expected = [fp32(d) for d in reference.ema_decays(t, **schedule)]
+        assert num_updates.item() == t
+        assert decays.tolist() == pytest.approx(expected, rel=1e-6, abs=0), t
+        if _backend._C is not None:
+            host = _backend._C.ema_decays_host(t, full["decay"], full["warmup"], full["warmup_gamma"],
+                                               full["warmup_power"], full["min_decay"], full["update_after_step"],
+                                               full["update_every"])
+            assert list(host) == pytest.approx(expected, rel=1e-6, abs=0), t
+
+
+# ----------------------------------------------------------------------------- ModelEMA
+
+
+class SmallNet(torch.nn.Module):
+    """Linear + BatchNorm (floating and integer buffers) + a bias-free Linear of an odd size."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(5, 7)
+        self.norm = torch.nn.BatchNorm1d(7)
+        self.fc2 = torch.nn.Linear(7, 3, bias=False)
+
+    def forward(self, x):
+        return self.fc2(self.norm(self.fc1(x)).relu())
+
+
+def make_model(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return SmallNet().to(DEVICE, dtype)
+
+
+@torch.no_grad()
+def train_step(model, step):
+    """Moves every parameter and buffer, as an optimizer step and a forward in train mode would."""
+    generator = torch.Generator().manual_seed(100 + step)
+    for p in model.parameters():
+        p.add_(torch.randn(p.shape, generator=generator).to(p.device, p.dtype) * 0.1)
+    model.train()
+    model(torch.randn(4, 5, generator=generator).to(DEVICE, next(model.parameters()).dtype))
+
+
+def simulate(model, steps, buffers="average", ema_dtype=None, **schedule):
+    """The float64 oracle of ModelEMA: the state dict after `steps` updates."""
+    ema = {k: v.double() if v.is_floating_point() else v.clone() for k, v in model.state_dict().items()}
+    param_names = {name for name, _ in model.named_parameters()}
+    for t in range(1, steps + 1):
+        train_step(model, t)
+        average, copy_decay = (fp32(d) for d in reference.ema_decays(t, **schedule))
+        for name, value in model.state_dict().items():
+            if name not in param_names and buffers == "ignore":
+                continue
+            if not value.is_floating_point():
+                ema[name] = value.clone() if copy_decay == 0 else ema[name]
+                continue
+            decay = average if name in param_names or buffers == "average" else copy_decay
+            ema[name] = reference.ema_blend(ema[name], value.double(), decay, math_dtype=torch.float64)
+    return ema
+
+
+def run_model_ema(model, steps, backend, **kwargs):
+    ema = rk.ModelEMA(model, backend=backend, **kwargs)
+    for t in range(1, steps + 1):
+        train_step(model, t)
+        ema.update(model)
+    return ema
+
+
+@pytest.mark.parametrize("buffers", ["average", "copy", "ignore"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_model_ema_matches_float64_oracle(backend, buffers, schedule):
+    steps = 7
+    ema = run_model_ema(make_model(), steps, backend, buffers=buffers, **schedule)
+    expected = simulate(make_model(), steps, buffers=buffers, **schedule)
+    state = ema.state_dict()
+    assert state.pop(ema_module.NUM_UPDATES_KEY).item() == steps
+    assert state.keys() == expected.keys()
+    for name, value in state.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value.double(), expected[name], rtol=1e-5, atol=1e-5, msg=name)
+        else:
+            assert torch.equal(value, expected[name]), name
+
+
+def test_bf16_model_with_fp32_ema(backend, monkeypatch):
+    model = make_model(torch.bfloat16)
+    launches = count_launches(monkeypatch)
+    ema = run_model_ema(model, 5, backend, decay=0.9, warmup=True, ema_dtype=torch.float32)
+    expected = simulate(make_model(torch.bfloat16), 5, decay=0.9, warmup=True)
+    for name, value in ema.module.state_dict().items():
+        if value.is_floating_point():
+            assert value.dtype == torch.float32, name
+            torch.testing.assert_close(value.double(), expected[name], rtol=1e-5, atol=1e-5, msg=name)
+    if backend != "torch":  # per update: the parameters and buffers in one kernel, the schedule in another
+        assert launches == {"update": 5, "schedule": 5}
+
+
+def test_module_is_an_evaluation_copy(backend):
+    model = make_model()
+    model(torch.randn(3, 5, device=DEVICE)).sum().backward()
+    ema = rk.ModelEMA(model, ema_dtype=torch.float64, backend=backend)
+    assert not ema.module.training and model.training
+    assert all(not p.requires_grad and p.grad is None for p in ema.module.parameters())
+    assert all(p.dtype == torch.float64 for p in ema.module.parameters())
+    assert ema.module.norm.num_batches_tracked.dtype == torch.int64
+    assert ema.module.fc1.weight.data_ptr() != model.fc1.weight.data_ptr()
+
+
+def test_resume_through_state_dict_is_bit_identical(backend):
+    schedule = dict(decay=0.99, warmup=True, update_after_step=2, update_every=2)
+    straight = run_model_ema(make_model(), 9, backend, **schedule)
+
+    model = make_model()
+    first = run_model_ema(model, 5, backend, **schedule)
+    saved = {k: v.clone() for k, v in first.state_dict().items()}
+    resumed = rk.ModelEMA(make_model(seed=1), backend=backend, **schedule)  # other weights, replaced by load
+    resumed.load_state_dict(saved)
+    for t in range(6, 10):
+        train_step(model, t)
+        resumed.update(model)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_copy_to_casts_to_the_model_dtype(backend):
+    model = make_model(torch.bfloat16)
+    ema = run_model_ema(model, 2, backend, decay=0.5, ema_dtype=torch.float32)
+    target = make_model(torch.bfloat16, seed=3)
+    ema.copy_to(target)
+    for (name, value), source in zip(target.state_dict().items(), ema.module.state_dict().values()):
+        assert value.dtype == (torch.bfloat16 if source.is_floating_point() else source.dtype)
+        assert torch.equal(value, source.to(value.dtype)), name
+
+
+def test_reallocated_and_replaced_parameters_are_followed(backend):
+    model = make_model()
+    ema = rk.ModelEMA(model, decay=0.5, backend=backend)
+    ema.update(model)
+    # In place re-allocation: same Parameter objects, new storage (and a new dtype).
+    model.to(torch.float64)
+    with torch.no_grad():
+        model.fc1.weight.fill_(2.0)
+    before = ema.module.fc1.weight.clone()
+    ema.update(model)
+    torch.testing.assert_close(ema.module.fc1.weight, 0.5 * before + 1.0)
+    # Replaced Parameter objects (load_state_dict(assign=True) does this): the pairs are made anew.
+    model.fc2.weight = torch.nn.Parameter(torch.full((3, 7), 4.0, device=DEVICE, dtype=torch.float64))
+    before = ema.module.fc2.weight.clone()
+    ema.update(model)
+    torch.testing.assert_close(ema.module.fc2.weight, 0.5 * before + 2.0)
+
+
+def test_ddp_wrapper_is_unwrapped_without_a_process_group():
+    model = make_model()
+    # DistributedDataParallel needs a process group; the unwrapping only looks at .module.
+    wrapper = torch.nn.parallel.DistributedDataParallel.__new__(torch.nn.parallel.DistributedDataParallel)
+    torch.nn.Module.__init__(wrapper)
+    wrapper.module = model
+    ema = rk.ModelEMA(wrapper, decay=0.0)
+    assert set(ema.state_dict()) == set(model.state_dict()) | {ema_module.NUM_UPDATES_KEY}
+    ema.update(wrapper)
+
+
+# ----------------------------------------------------------------------------- warnings and bad input
+
+
+def test_warns_for_low_precision_ema_with_high_decay():
+    with pytest.warns(UserWarning, match="float32"):
+        rk.ModelEMA(make_model(torch.bfloat16), decay=0.9999)
+    with pytest.warns(UserWarning, match="barely moves"):
+        rk.ema_update_([torch.zeros(3, dtype=torch.bfloat16)], [torch.ones(3)], 0.999)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rk.ModelEMA(make_model(torch.bfloat16), decay=0.9999, ema_dtype=torch.float32)
+        rk.ModelEMA(make_model(torch.bfloat16), decay=0.99)
+        rk.ema_update_([torch.zeros(3)], [torch.ones(3, dtype=torch.bfloat16)], 0.9999)
+
+
+def test_bad_input_raises_clear_errors():
+    e, p = [torch.zeros(4)], [torch.ones(4)]
+    with pytest.raises(ValueError, match="ema_tensors has 1 tensors but model_tensors has 2"):
+        rk.ema_update_(e, p * 2, 0.5)
+    with pytest.raises(ValueError, match=r"pair 0: ema tensor has shape \(4,\) but model tensor has \(2, 2\)"):
+        rk.ema_update_(e, [torch.ones(2, 2)], 0.5)
+    for decay in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="decay must be in"):
+            rk.ema_update_(e, p, decay)
+    with pytest.raises(ValueError, match="all tensors must be on one device"):
+        rk.ema_update_(e, [torch.ones(4, device="meta")], 0.5)
+    with pytest.raises(ValueError, match=r"model_tensors\[0\] has dtype torch.int64; the EMA needs floating"):
+        rk.ema_update_(e, [torch.ones(4, dtype=torch.int64)], 0.5)
+    with pytest.raises(ValueError, match=r"ema_tensors\[0\] has dtype torch.int32"):
+        rk.ema_update_([torch.ones(4, dtype=torch.int32)], p, 0.5)
+    with pytest.raises(TypeError, match="decay must be a Python float or a 0-d tensor"):
+        rk.ema_update_(e, p, True)
+    with pytest.raises(ValueError, match="a decay tensor must be a 0-d floating tensor"):
+        rk.ema_update_(e, p, torch.tensor([0.5, 0.5]))
+    with pytest.raises(TypeError, match="must be a list or tuple"):
+        rk.ema_update_(e[0], p[0], 0.5)
+    with pytest.raises(ValueError, match="the ema tensor must be contiguous"):
+        rk.ema_update_([torch.zeros(4, 3).t()], [torch.ones(3, 4)], 0.5)
+
+
+def test_model_ema_bad_arguments():
+    model = make_model()
+    for kwargs, message in [(dict(decay=1.5), "decay must be in"), (dict(buffers="mean"), "buffers must be one of"),
+                            (dict(update_every=0), "update_every must be an int >= 1"),
+                            (dict(update_after_step=-1), "update_after_step must be an int >= 0"),
+                            (dict(warmup_gamma=0.0), "warmup_gamma must be a positive"),
+                            (dict(ema_dtype=torch.int32), "ema_dtype must be a floating dtype")]:
+        with pytest.raises(ValueError, match=message):
+            rk.ModelEMA(model, **kwargs)
+    ema = rk.ModelEMA(model)
+    with pytest.raises(ValueError, match="do not match"):
+        ema.update(torch.nn.Linear(5, 7).to(DEVICE))
+    with pytest.raises(ValueError, match="no '_ema_num_updates'"):
+        ema.load_state_dict(model.state_dict())
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def test_opcheck(backend):
+    ema, params = sample_pairs([5, 130], model_dtype=torch.bfloat16)
+    torch.library.opcheck(ema_update_op, (ema, params, torch.tensor([0.25, 0.0], device=DEVICE), [0, 1], backend))
+    num_updates = torch.zeros((), dtype=torch.int64, device=DEVICE)
+    torch.library.opcheck(ema_schedule_op, (num_updates, torch.zeros(2, device=DEVICE), 0.999, True, 1.0, 2 / 3,
+                                            0.0, 1, 2, backend))
+
+
+def test_compile_fullgraph_update(backend):
+    model = make_model()
+    eager = rk.ModelEMA(model, decay=0.9, warmup=True, update_every=2, backend=backend)
+    compiled_ema = rk.ModelEMA(model, decay=0.9, warmup=True, update_every=2, backend=backend)
+    compiled_update = torch.compile(lambda m: compiled_ema.update(m), fullgraph=True)
+    for t in range(1, 4):
+        train_step(model, t)
+        eager.update(model)
+        compiled_update(model)
+    for (name, a), b in zip(eager.state_dict().items(), compiled_ema.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+    decay = torch.tensor(0.5, device=DEVICE)
+    ema, params = sample_pairs([10, 3])
+    expected = oracle(ema, params, 0.5)
+    torch.compile(lambda e, p, d: rk.ema_update_(e, p, d, backend=backend), fullgraph=True)(ema, params, decay)
+    for e, want in zip(ema, expected):
+        torch.testing.assert_close(e.double(), want, **TOLERANCE[torch.float32])
+
+
+# ----------------------------------------------------------------------------- GPU only
+
+gpu_only = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a GPU")
+
+
+def wide_model(tensors=400):
+    """A model of `tensors` parameters of awkward sizes, plus BatchNorm buffers."""
+    layers = [torch.nn.Linear(37, 37) for _ in range((tensors - 3) // 2)] + [torch.nn.BatchNorm1d(37)]
+    return torch.nn.Sequential(*layers).to(DEVICE)
+
+
+@gpu_only
+def test_update_makes_no_host_sync(backend):
+    model = wide_model()
+    ema = rk.ModelEMA(model, warmup=True, update_after_step=2, update_every=2, backend=backend)
+    ema.update(model)  # compiles the kernels and builds the tables
+    rk.ema_update_(list(ema.module.parameters()), list(model.parameters()), 0.999, backend=backend)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            ema.update(model)
+        rk.ema_update_(list(ema.module.parameters()), list(model.parameters()), 0.999, backend=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@gpu_only
+def test_at_most_two_kernels_per_update(backend):
+    if backend == "torch":
+        pytest.skip("the torch backend is the per-tensor reference")
+    model = wide_model(400)
+    assert len(list(model.parameters())) + len(list(model.buffers())) >= 400
+    ema = rk.ModelEMA(model, warmup=True, backend=backend)
+    ema.update(model)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        ema.update(model)
+        torch.cuda.synchronize()
+    kernels = [e for e in profiler.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert 1 <= len(kernels) <= 2, [e.name for e in kernels]
+
+
+@gpu_only
+def test_cuda_graph_capture_and_replay(backend):
+    model = wide_model(40)
+    ema = rk.ModelEMA(model, decay=0.5, update_every=2, backend=backend)
+    reference_ema = rk.ModelEMA(model, decay=0.5, update_every=2, backend=backend)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        ema.update(model)  # warm-up outside the capture: compiles kernels, builds tables
+    torch.cuda.current_stream().wait_stream(stream)
+    reference_ema.update(model)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ema.update(model)
+    for t in range(2, 6):
+        train_step_wide(model, t)
+        graph.replay()
+        reference_ema.update(model)
+    torch.cuda.synchronize()
+    assert ema.num_updates.item() == 5
+    for (name, a), b in zip(ema.state_dict().items(), reference_ema.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@torch.no_grad()
+def train_step_wide(model, step):
+    for p in model.parameters():
+        p.add_(0.01 * step)
+
+
+# ----------------------------------------------------------------------------- GPU code generation, checked on the CPU
+
+_COMPILE_FOR_SM90 = r"""
+import os, json
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from recipe_kernels import ema
+counts = {}
+constants = dict(CHUNK=ema.CHUNK, BLOCK=ema.BLOCK, RAW_BYTES=ema.RAW_BYTES, PARAM_CODE_SHIFT=ema.PARAM_CODE_SHIFT,
+                 DECAY_SLOT_SHIFT=ema.DECAY_SLOT_SHIFT, EMULATE_BF16_RTNE=False)
+for aligned in (True, False):
+    signature = dict(table_ptr="*i64", decays_ptr="*fp32", **{name: "constexpr" for name in list(constants) + ["ALIGNED"]})
+    source = ASTSource(fn=ema._ema_update_kernel, signature=signature, constexprs=dict(constants, ALIGNED=aligned))
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                         options=dict(num_warps=ema.NUM_WARPS, enable_fp_fusion=False)).asm["ptx"]
+    counts[str(aligned)] = dict(vector_loads=ptx.count("ld.global.v4") + ptx.count("ld.global.v2"),
+                                fma=ptx.count("fma.rn.f32"))
+signature = dict(num_updates_ptr="*i64", decays_ptr="*fp32", decay="fp64", warmup_gamma="fp64", warmup_power="fp64",
+                 min_decay="fp64", update_after_step="i64", update_every="i64", WARMUP="constexpr")
+triton.compile(ASTSource(fn=ema._ema_schedule_kernel, signature=signature, constexprs=dict(WARMUP=True)),
+               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1))
+print(json.dumps(counts))
+"""
+
+
+def test_triton_kernels_compile_for_sm90_with_vector_loads_and_no_fma():
+    # The interpreter accepts code that the compiler rejects (e.g. values of different types leaving
+    # an if); compile for an H100 ahead of time, without a GPU, in a process without TRITON_INTERPRET.
+    import json
+    import subprocess
+    import sys
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True,
+                            env=environment, timeout=300)
+    if result.returncode != 0 and "ptxas" in result.stderr and "not found" in result.stderr:
+        pytest.skip("Triton's ptxas is not available")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["True"]["vector_loads"] > 0  # 16-byte aligned tables: whole blocks load as vectors
+    assert counts["True"]["fma"] == 0 and counts["False"]["fma"] == 0  # bit-equal to the other backends
+
+
+def test_eager_update_of_tensors_that_require_grad(backend):
+    ema_model, model = torch.nn.Linear(3, 4).to(DEVICE), torch.nn.Linear(3, 4).to(DEVICE)  # both require grad
+    expected = oracle(list(ema_model.parameters()), list(model.parameters()), 0.25)
+    rk.ema_update_(list(ema_model.parameters()), list(model.parameters()), 0.25, backend=backend)
+    for e, want in zip(ema_model.parameters(), expected):
+        torch.testing.assert_close(e.detach().double(), want, **TOLERANCE[torch.float32])
