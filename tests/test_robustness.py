@@ -139,6 +139,15 @@ case("random_erasing", "'random' value on uint8", ValueError, "uint8")(
 case("random_erasing", "2-D x", ValueError, "must be 4-D")(lambda b: rk.random_erasing(t(8, 8), backend=b))
 
 
+# ----------------------------------------------------------------------------- cross-entropy and MixedTarget
+
+
+# ----------------------------------------------------------------------------- mixing (more)
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
 # ----------------------------------------------------------------------------- running the cases
 
 
