@@ -5,12 +5,13 @@ Minimal bytes per element (s = element size): dropout fwd 2s, bwd 2s; dropout_ad
 no x (forward) and no gradient (backward).
 
 Why the Philox cost stays under the memory time: one Philox4x32-7 call serves four
-elements. A call is 7 rounds of 2 mul.hi + 2 mul.lo + 2 three-input xors + 2 key adds,
-about 60 integer instructions, so about 15 per element, plus about 5 for the keep
-compare, select and scale: about 20 integer instructions per element. An H100 SXM
-issues about 132 SMs x 4 schedulers x 32 lanes x 1.7 GHz = 29 T lane-instructions/s,
-while bf16 dropout at 3 TB/s (4 bytes per element) streams 750 G elements/s, which
-needs about 15 T/s: half the issue rate, so the kernel remains memory-bound.
+elements, and the kernels use all four words. scripts/triton_codegen_check.py compiles the
+Triton kernels for sm_90 and counts, per element: 3.25 mul.hi and about 25 PTX instructions
+for bf16 dropout (39 for dropout_add with bias; 16-byte loads and stores throughout). An
+H100 SXM issues about 132 SMs x 4 schedulers x 32 lanes x 1.75 GHz = 30 T thread-instructions/s;
+bf16 dropout at 3 TB/s (4 bytes per element) streams 750 G elements/s and so needs about
+18 T/s (60% of the issue rate), dropout_add about 19 T/s (500 G elements/s x 39): memory-bound,
+with a margin that only a GPU run can confirm (PTX counts are not SASS counts).
 
 Usage: python benchmarks/bench_dropout.py [--quick] [--out DIR]
 """
