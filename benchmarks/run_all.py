@@ -20,6 +20,8 @@ import sys
 from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from common import require_cuda  # noqa: E402
 OURS = ("recipe_kernels/triton", "recipe_kernels/cuda")
 
 
@@ -108,6 +110,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer cases, for scripts/gpu_check.sh")
     parser.add_argument("--out", required=True, help="folder for results.csv, summary.md and plots")
     args = parser.parse_args(argv)
+    require_cuda()  # one clear line on a machine without a GPU, instead of four failures
     os.makedirs(args.out, exist_ok=True)
     failed = []
     for script in sorted(glob.glob(os.path.join(HERE, "bench_*.py"))):
