@@ -9,7 +9,8 @@ From DIR/results.csv this writes:
     bandwidth and speedup against torch eager;
   - DIR/<op>_bandwidth.png: % of copy bandwidth against size, one line per provider;
   - DIR/<op>_speedup.png: speedup of recipe_kernels against each peer.
---quick fits inside scripts/gpu_check.sh's time budget.
+--quick fits inside scripts/gpu_check.sh's time budget: each op's script gets at most
+QUICK_SECONDS_PER_SCRIPT seconds.
 """
 import argparse
 import csv
@@ -23,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import require_cuda  # noqa: E402
 OURS = ("recipe_kernels/triton", "recipe_kernels/cuda")
+QUICK_SECONDS_PER_SCRIPT = 75
 
 
 def read_rows(path):
@@ -116,8 +118,12 @@ def main(argv=None):
     for script in sorted(glob.glob(os.path.join(HERE, "bench_*.py"))):
         command = [sys.executable, script, "--out", args.out] + (["--quick"] if args.quick else [])
         print("$", " ".join(command), flush=True)
-        if subprocess.run(command).returncode != 0:
-            failed.append(os.path.basename(script))
+        try:
+            # --quick gives each op a share of gpu_check.sh's budget; rows already written stay.
+            if subprocess.run(command, timeout=QUICK_SECONDS_PER_SCRIPT if args.quick else None).returncode != 0:
+                failed.append(os.path.basename(script))
+        except subprocess.TimeoutExpired:
+            failed.append(f"{os.path.basename(script)} (stopped after {QUICK_SECONDS_PER_SCRIPT} s)")
     results = os.path.join(args.out, "results.csv")
     if os.path.exists(results):
         rows = read_rows(results)

@@ -28,7 +28,7 @@ step "self-check"
 python -m recipe_kernels 2>&1 | tee "$OUT/selfcheck.log" || status=1
 
 step "tests on the GPU"
-RECIPE_KERNELS_TEST_DEVICE=cuda timeout 300 python -m pytest -q -rs tests > "$OUT/tests.log" 2>&1 || status=1
+RECIPE_KERNELS_TEST_DEVICE=cuda timeout 240 python -m pytest -q -rs tests > "$OUT/tests.log" 2>&1 || status=1
 tail -5 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
 
 if [ "$SANITIZE" = "--sanitize" ]; then
@@ -39,7 +39,7 @@ if [ "$SANITIZE" = "--sanitize" ]; then
 fi
 
 step "quick benchmarks"
-timeout 330 python benchmarks/run_all.py --quick --out "$OUT" > "$OUT/benchmarks.log" 2>&1 || status=1
+timeout 320 python benchmarks/run_all.py --quick --out "$OUT" > "$OUT/benchmarks.log" 2>&1 || status=1
 grep -E "^(failed|wrote|skipping)" "$OUT/benchmarks.log" | tee -a "$OUT/summary.txt"
 step "done, status $status"
 exit $status
