@@ -50,8 +50,8 @@ def _philox_words_x8(seed, pairs, PHILOX_ROUNDS: tl.constexpr):
 
 @triton.jit
 def _dropout_kernel(x_ptr, residual_ptr, bias_ptr, seed_ptr, out_ptr, n_elements, bias_numel,
-                    drop_threshold, scale,
-                    HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    inverse_bias_numel, drop_threshold, scale,
+                    HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_MULTIPLE_OF_8: tl.constexpr,
                     BLOCK: tl.constexpr, KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr,
                     EMULATE_BF16_RTNE: tl.constexpr):
     """out = residual + (x + bias) * keep / (1 - p) over n_elements contiguous elements.
@@ -74,10 +74,20 @@ def _dropout_kernel(x_ptr, residual_ptr, bias_ptr, seed_ptr, out_ptr, n_elements
     in_bounds = offsets < n_elements
     value = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        # One 64-bit modulo per program, then 32-bit ones per element (bias_numel < 2^31).
+        # The bias column, column = (first_column + local) mod bias_numel: one 64-bit modulo per
+        # program; per element, a quotient from the fp32 reciprocal, off by at most one and
+        # corrected (exact while first_column + local < 2^24; the launcher checks). An integer
+        # modulo per element would cost about 30 instructions and make the kernel compute-bound.
         first_column = ((pid * BLOCK) % bias_numel).to(tl.int32)
-        local = tl.arange(0, BLOCK // 8)[:, None] * 8 + tl.arange(0, 8)[None, :]
-        columns = (first_column + local) % bias_numel
+        if BIAS_MULTIPLE_OF_8:  # a row of eight never wraps: one column per row, 16-byte loads
+            position = first_column + tl.arange(0, BLOCK // 8) * 8
+        else:
+            position = first_column + tl.arange(0, BLOCK // 8)[:, None] * 8 + tl.arange(0, 8)[None, :]
+        columns = position - (position.to(tl.float32) * inverse_bias_numel).to(tl.int32) * bias_numel
+        columns = tl.where(columns < 0, columns + bias_numel, columns)
+        columns = tl.where(columns >= bias_numel, columns - bias_numel, columns)
+        if BIAS_MULTIPLE_OF_8:
+            columns = tl.multiple_of(columns, 8)[:, None] + tl.arange(0, 8)[None, :]
         value += tl.load(bias_ptr + columns, mask=in_bounds, other=0.0).to(tl.float32)
     out = value * multiplier
     if HAS_RESIDUAL:
@@ -150,13 +160,16 @@ def _dropout_bias_backward_kernel(grad_ptr, seed_ptr, grad_x_ptr, partial_ptr, r
 
 
 def _dropout_triton(x, residual, bias, seed, out, p):
+    bias_numel = bias.numel() if bias is not None else 1
+    if bias_numel + BLOCK >= 1 << 24:  # the kernel's fp32 column arithmetic would not be exact
+        raise ValueError(f"dropout_add: a bias of {bias_numel} elements is too large (at most 2^24 - {BLOCK + 1})")
     with _backend.device_guard(x.device):
         _dropout_kernel[(triton.cdiv(x.numel(), BLOCK),)](
             x, residual if residual is not None else x, bias if bias is not None else x, seed, out,
-            x.numel(), bias.numel() if bias is not None else 1, drop_threshold(p), keep_scale(p),
+            x.numel(), bias_numel, 1.0 / bias_numel, drop_threshold(p), keep_scale(p),
             HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-            BLOCK=BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS,
-            EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
+            BIAS_MULTIPLE_OF_8=bias_numel % 8 == 0, BLOCK=BLOCK, KEEP_BITS=KEEP_BITS,
+            PHILOX_ROUNDS=PHILOX_ROUNDS, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
             enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
 
 
