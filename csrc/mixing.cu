@@ -160,7 +160,9 @@ __global__ void cutmix_swap_kernel(T* __restrict__ x, const int32_t* __restrict_
   const int64_t row_end = row_begin + kRowsPerBlock < g.height ? row_begin + kRowsPerBlock : g.height;
   for (int64_t row = row_begin > y0 ? row_begin : y0; row < row_end && row < y1; ++row) {
     const int64_t local = plane * g.plane_stride + row * g.row_stride;
-    const int64_t begin = x0 * g.channels_per_pixel, end = x1 * g.channels_per_pixel;  // the box's span of the row
+    // The box's span of the row, clipped to the image: a box partly outside selects only what is inside.
+    const int64_t begin = (x0 > 0 ? x0 : 0) * g.channels_per_pixel;
+    const int64_t end = (x1 < g.width ? x1 : g.width) * g.channels_per_pixel;
     for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
       T* a = x + first * g.sample_stride + local + j;
       T* b = x + second * g.sample_stride + local + j;

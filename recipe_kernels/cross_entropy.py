@@ -24,6 +24,7 @@ with p_c = exp(x_c - lse), W = sum_c w_c, K = a_a + a_b + beta W + (1 - e) sum_c
 A class index outside [0, C) (other than ignore_index) is never used as an address: it
 turns a_a into NaN, so that row's loss and gradient are NaN.
 """
+import struct
 from typing import Optional
 
 import torch
@@ -317,7 +318,8 @@ def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_
     offsets = pid * BLOCK + tl.arange(0, BLOCK)
     in_bounds = offsets < n_elements
     if PER_ROW:
-        rows = (offsets // (num_classes * inner_size)) * inner_size + offsets % inner_size
+        # Divided one factor at a time: num_classes * inner_size can pass 2^31 while each is an int32.
+        rows = (offsets // inner_size // num_classes) * inner_size + offsets % inner_size
         factor = tl.load(factor_ptr + rows, mask=in_bounds, other=1.0)
     else:
         factor = tl.full([BLOCK], 1.0, tl.float32) * tl.load(factor_ptr)  # a block: bool ops need one
@@ -355,6 +357,9 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, grad_scale, loss, gr
     rows = loss.numel()
     inner_size = x.numel() // (x.shape[0] * num_classes)
     block, num_warps = _block_and_warps(num_classes)
+    # The kernel takes it as an fp32, as the GPU launcher does (the interpreter would keep a value
+    # below fp32's range, say 1e-100, as an fp64 and then fail to round the gradient).
+    label_smoothing = struct.unpack("f", struct.pack("f", label_smoothing))[0]
     chunk = triton.cdiv(triton.cdiv(num_classes, splits), block) * block
     splits = triton.cdiv(num_classes, chunk)
     partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=torch.float32,
@@ -447,8 +452,12 @@ def _forward(logits, target, target_b, lam, weight, ignore_index, reduction, lab
         denominator = denominator.float()
         if grad is not None:
             scale = 1.0 / denominator if reduction == "mean" else 1.0
-            # Ignored rows stay exactly zero when everything is ignored (0 * inf), as in torch.
-            grad.copy_(torch.where(row_grad == 0, 0.0, row_grad * scale))
+            row_grad = row_grad * scale
+            if target_b is None and not target.is_floating_point():
+                # Ignored rows stay exactly zero when everything is ignored (0 * inf), as in torch;
+                # rows that count keep 0 * inf = NaN (all-zero class weights), as in torch.
+                row_grad = torch.where((target == ignore_index).unsqueeze(1), 0.0, row_grad)
+            grad.copy_(row_grad)
         return _reduce(row_loss.float(), denominator, reduction)
     denominator = _denominator(logits, target, target_b, weight, ignore_index)
     grad_scale = (1.0 / denominator if reduction == "mean" else torch.ones((), device=logits.device)).float()
@@ -587,6 +596,30 @@ class CrossEntropyInplaceFunction(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None, None
 
 
+class CrossEntropyInplaceViewFunction(torch.autograd.Function):
+    """inplace_backward=True for logits that are a view (say logits.view(-1, C) of a model's output).
+
+    Autograd refuses a Function that modifies a view in place and returns two tensors, and
+    mark_dirty needs the modified tensor among the outputs; so this one returns the loss alone
+    and leaves the logits unmarked. The op's write still bumps their version counter: anything
+    that saved the logits (or their base) for its backward raises, as with the other Function.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
+        loss = cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction,
+                                        label_smoothing, backend)
+        ctx.save_for_backward(logits)
+        ctx.backend = backend
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        scale_grad_op(grad, grad_loss, ctx.backend)
+        return grad, None, None, None, None, None, None, None, None
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -606,6 +639,8 @@ def _check_logits(logits):
     if logits.dim() < 2:
         raise ValueError(f"logits must have shape (N, C) or (N, C, d1, ..., dk), got {tuple(logits.shape)}; "
                          "for a single sample use logits[None]")
+    if logits.shape[1] == 0:
+        raise ValueError(f"logits have no classes (shape {tuple(logits.shape)}, C = 0); cross-entropy needs C >= 1")
 
 
 def _index_shape_error(logits, target):
@@ -658,6 +693,13 @@ def _validate_indices(num_classes, indices, ignore_index):
                              + (f" and not ignore_index={ignore_index}" if allowed_ignore else ""))
 
 
+def _validate_lam(lam):
+    """Host-side check that a MixedTarget's lam lies in [0, 1] (syncs the device): only with validate=True."""
+    bad = ~((lam >= 0) & (lam <= 1))  # NaN is bad too
+    if bool(bad.any()):
+        raise ValueError(f"MixedTarget: lam holds {float(lam[bad].flatten()[0])}, outside [0, 1]")
+
+
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
                   inplace_backward=False, validate=False, backend=None):
     """F.cross_entropy(logits, target, ...) in one pass over the logits, gradient included.
@@ -670,10 +712,13 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
 
     A class index outside [0, C) (and not ignore_index) gives NaN for its row on the GPU
     backends (no out-of-bounds access); the torch backend raises as torch does; with
-    validate=True (one host sync) every backend raises ValueError.
-    inplace_backward=True writes the gradient into the logits' storage (they must not be a
-    leaf and nothing else may need them: autograd raises if something does); non-contiguous
-    logits fall back to a separate gradient buffer.
+    validate=True (one host sync) every backend raises ValueError, as it does for a tensor
+    lam of a MixedTarget outside [0, 1]. A row whose target is ignore_index has loss and
+    gradient exactly 0 even if its logits hold NaN or inf (torch's gradient is NaN there).
+    inplace_backward=True writes the gradient into the logits' storage (they may be a view,
+    such as logits.view(-1, C), but neither a leaf nor a view of one: ValueError; nothing else
+    may need them: autograd raises if something does); non-contiguous logits fall back to a
+    separate gradient buffer.
     Backward through the same loss twice (retain_graph) raises: its buffer is scaled in place.
     """
     _check_logits(logits)
@@ -682,6 +727,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     label_smoothing = _check_label_smoothing(label_smoothing)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
     num_classes = logits.shape[1]
     if weight is not None:
         if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or weight.shape[0] != num_classes:
@@ -689,18 +736,28 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
             raise ValueError(f"weight must be a 1-D tensor of {num_classes} class weights, got {shape}")
         if weight.device != logits.device:
             raise ValueError(f"weight is on {weight.device} but logits are on {logits.device}")
+        if weight.requires_grad and torch.is_grad_enabled():
+            raise ValueError("gradients with respect to weight are not supported (torch has none either); "
+                             "pass weight.detach()")
     y_a, y_b, lam = _check_target(logits, target)
     if validate and not y_a.is_floating_point():
         if y_b is None:
             _validate_indices(num_classes, [(y_a, True)], ignore_index)
         else:
             _validate_indices(num_classes, [(y_a, False), (y_b, False)], ignore_index)
+            _validate_lam(lam)
     backend = _backend.resolve("cross_entropy", logits.device, backend)
     weight = None if weight is None else weight.float()
     lam = None if lam is None else lam.float()
     if not (torch.is_grad_enabled() and logits.requires_grad):
         return cross_entropy_op(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, backend)
     if inplace_backward and logits.is_contiguous():
+        if (logits if logits._base is None else logits._base).is_leaf:  # torch refuses in-place writes to leaves
+            raise ValueError("inplace_backward=True would overwrite a leaf tensor that requires grad (the logits "
+                             "or the tensor they view); pass logits computed from it, or inplace_backward=False")
+        if logits._base is not None:
+            return CrossEntropyInplaceViewFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
+                                                         label_smoothing, backend)
         loss, _ = CrossEntropyInplaceFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
                                                     label_smoothing, backend)
         return loss

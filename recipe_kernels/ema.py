@@ -23,6 +23,7 @@ tensor has a new address).
 Bytes moved per element: read p, read e, write e; 12 bytes for an fp32 pair, 10 for a bf16
 model with an fp32 EMA. The table adds 32 bytes per chunk (under 0.02% for fp32).
 """
+import bisect
 import collections
 import copy
 import math
@@ -213,6 +214,8 @@ def _ema_schedule_kernel(num_updates_ptr, decays_ptr, decay: tl.float64, warmup_
 _TABLES = collections.OrderedDict()
 _TABLES_MAX = 64
 _PINNED_TABLES = {}
+# The torch backend has no table; it remembers the pair sets it has checked under the same key.
+_CHECKED_PAIRS = collections.OrderedDict()
 
 # C-level accessors: the per-call checks below walk every tensor, so they avoid Python loops.
 _data_ptr = torch.Tensor.data_ptr
@@ -241,7 +244,11 @@ def build_chunk_table(ema, params, slots):
     """The (chunks, 4) int64 table of the pairs, on CPU, and whether every address is 16-byte aligned.
 
     A pair of n elements gives ceil(n / CHUNK) rows; RAW_BYTES pairs are counted in bytes.
+    Runs only when the cached table misses, so it re-checks here what the kernel trusts the table
+    for (see _check_table_pairs): a model changed behind ModelEMA's back raises instead of making
+    the kernel read past a tensor or write to another device.
     """
+    _check_table_pairs(ema, params)
     raw = [e.dtype not in EMA_DTYPE_CODES for e in ema]
     counts = torch.tensor([e.numel() * (e.element_size() if r else 1) for e, r in zip(ema, raw)], dtype=torch.int64)
     ema_sizes = torch.tensor([1 if r else e.element_size() for e, r in zip(ema, raw)], dtype=torch.int64)
@@ -257,6 +264,60 @@ def build_chunk_table(ema, params, slots):
                          torch.minimum(counts[pair] - start, torch.tensor(CHUNK)), codes[pair]], dim=1)
     aligned = bool(((ema_bases % 16 == 0) & (param_bases % 16 == 0)).all())
     return table.contiguous(), aligned
+
+
+def _span(tensor):
+    """The byte range [start, end) that a tensor's elements occupy (its extent for any strides)."""
+    if tensor.numel() == 0:
+        return 0, 0
+    start = tensor.data_ptr()
+    if tensor.is_contiguous():
+        return start, start + tensor.numel() * tensor.element_size()
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
+    return start, start + extent * tensor.element_size()
+
+
+def _check_no_overlap(ema, params):
+    """Raises unless the EMA tensors are pairwise disjoint in memory and each model tensor is
+    disjoint from all of them or is exactly its own pair's EMA tensor. The pairs are updated in
+    parallel, so an overlap would race (and the torch backend's per-pair order would differ)."""
+    if not ema or ema[0].device.type == "meta":  # no memory
+        return
+    spans = sorted((*_span(e), index) for index, e in enumerate(ema) if e.numel())
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            first, second = sorted((first, second))
+            raise ValueError(f"ema_tensors[{first}] and ema_tensors[{second}] overlap in memory; every EMA "
+                             "tensor must have memory of its own (the pairs are updated in parallel)")
+    starts = [start for start, _, _ in spans]
+    for index, p in enumerate(params):
+        if p.numel() == 0:
+            continue
+        start, end = _span(p)
+        last = bisect.bisect_left(starts, end) - 1  # the last EMA tensor starting before p ends
+        if last >= 0 and spans[last][1] > start and spans[last] != (start, end, index):
+            raise ValueError(f"model_tensors[{index}] overlaps ema_tensors[{spans[last][2]}] in memory; a model "
+                             "tensor may only be its own pair's EMA tensor itself, or disjoint from every EMA tensor")
+
+
+def _check_table_pairs(ema, params):
+    """What the kernels trust a table row for: one device, equal element counts, equal dtypes for
+    byte copies, e and p laid out alike and densely, and no overlapping writes."""
+    device = ema[0].device if ema else None
+    for index, (e, p) in enumerate(zip(ema, params)):
+        if e.device != device or p.device != device:
+            raise ValueError(f"pair {index}: tensors on {e.device} and {p.device}, but pair 0 is on {device}; all "
+                             "tensors must be on one device (was the model moved after the EMA was made?)")
+        if e.shape != p.shape:
+            raise ValueError(f"pair {index}: ema tensor has shape {tuple(e.shape)} but model tensor has "
+                             f"{tuple(p.shape)} (was the model changed after the EMA was made?)")
+        if (e.dtype in EMA_DTYPE_CODES) != (p.dtype in EMA_DTYPE_CODES) or (
+                e.dtype not in EMA_DTYPE_CODES and e.dtype != p.dtype):
+            raise ValueError(f"pair {index}: an ema tensor of {e.dtype} cannot follow a model tensor of {p.dtype}")
+        if not _dense_layout(e) or (e.stride() != p.stride() and not (e.is_contiguous() and p.is_contiguous())):
+            raise ValueError(f"pair {index}: ema strides {e.stride()} and model strides {p.stride()} differ or are "
+                             "not dense (was the model's memory layout changed after the EMA was made?)")
+    _check_no_overlap(ema, params)
 
 
 def chunk_table(ema, params, slots, memo=None):
@@ -278,13 +339,19 @@ def chunk_table(ema, params, slots, memo=None):
     if entry is None:
         table, aligned = build_chunk_table(ema, params, slots)
         if ema[0].is_cuda:  # from pinned memory, asynchronously: not even the first update syncs
-            table = table.pin_memory().to(ema[0].device, non_blocking=True)
+            host = table.pin_memory()
+            table = host.to(ema[0].device, non_blocking=True)
+            if torch.cuda.is_current_stream_capturing():  # a captured copy reads host on every replay
+                _PINNED_TABLES[(key, "host")] = host
         entry = (table.to(ema[0].device), aligned)
         _TABLES[key] = entry
         while len(_TABLES) > _TABLES_MAX:
             _TABLES.popitem(last=False)
-    elif key in _TABLES:
-        _TABLES.move_to_end(key)
+    else:
+        if memo is not None:  # ModelEMA's model changed (its memo missed) but matches a known table:
+            _check_table_pairs(ema, params)  # e.g. a .data view at the same address, of other sizes
+        if key in _TABLES:
+            _TABLES.move_to_end(key)
     if entry[0].is_cuda and torch.cuda.is_current_stream_capturing():
         _PINNED_TABLES[key] = entry
     if memo is not None:
@@ -316,13 +383,25 @@ def _ema_update_cuda(ema, params, decays, slots, memo=None):
 
 
 def _ema_update_torch(ema, params, decays, slots):
-    """The reference in fp32, one pair at a time (the CPU path and the oracle of the kernels)."""
+    """The reference in fp32, one pair at a time (the CPU path and the oracle of the kernels).
+
+    Checks the pairs as a table build does (the same input is refused by every backend), once per
+    set of addresses, sizes and dtypes, as the tables are cached."""
+    key = _table_key(ema, params, slots) + (tuple(map(_shape, params)),)
+    if key not in _CHECKED_PAIRS:
+        _check_table_pairs(ema, params)
+        _CHECKED_PAIRS[key] = True
+        while len(_CHECKED_PAIRS) > _TABLES_MAX:
+            _CHECKED_PAIRS.popitem(last=False)
     for e, p, slot in zip(ema, params, slots):
         if e.numel() == 0:
             continue
         decay = decays[slot]
         if e.dtype in EMA_DTYPE_CODES:
-            e.copy_(reference.ema_blend(e, p, decay, math_dtype=torch.float32))
+            blended = reference.ema_blend(e, p, decay, math_dtype=torch.float32)
+            if e.dtype == torch.float64:  # d == 1 keeps e itself, not e rounded to fp32 (as the kernels skip)
+                blended = torch.where(decay == 1.0, e, blended.to(e.dtype))
+            e.copy_(blended)
         else:  # integer buffer: copied unless skipped
             e.copy_(torch.where(decay == 1.0, e, p))
 
@@ -387,6 +466,9 @@ def _(ema, params, decays, slots, backend):
 def _ema_schedule(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step,
                   update_every, backend):
     """num_updates += 1; decays <- [average decay, copy decay] for that update (ModelEMA's schedule)."""
+    if update_every < 1 or update_after_step < 0:  # t % 0 on the device: undefined, not an error
+        raise ValueError(f"update_every must be >= 1 and update_after_step >= 0, got {update_every} and "
+                         f"{update_after_step}")
     if backend == "torch":
         _schedule_torch(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
                         update_after_step, update_every)
@@ -425,17 +507,21 @@ def _decay_tensor(decay, device):
     key = (decay, device)
     tensor = _DECAY_TENSORS.get(key)
     if tensor is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            # Made inside a CUDA graph capture, the fill is only recorded: the tensor holds the value
+            # during replays, but not yet, so it must not be cached for eager calls.
+            return torch.full((1,), decay, dtype=torch.float32, device=device)
         if len(_DECAY_TENSORS) > 256:  # a schedule of Python floats: do not grow without bound
             _DECAY_TENSORS.clear()
         tensor = _DECAY_TENSORS[key] = torch.full((1,), decay, dtype=torch.float32, device=device)
     return tensor
 
 
-def _check_decay(decay):
+def _check_decay(decay, name="decay", kinds="a Python float or a 0-d tensor"):
     if isinstance(decay, bool) or not isinstance(decay, (int, float)):
-        raise TypeError(f"decay must be a Python float or a 0-d tensor, got {type(decay).__name__}")
+        raise TypeError(f"{name} must be {kinds}, got {type(decay).__name__}")
     if not 0.0 <= decay <= 1.0:  # also rejects NaN
-        raise ValueError(f"decay must be in [0, 1], got {decay}")
+        raise ValueError(f"{name} must be in [0, 1], got {decay}")
     return float(decay)
 
 
@@ -449,8 +535,17 @@ def _is_dtensor(tensor):
 
 
 def _dense_layout(tensor):
-    return (tensor.is_contiguous() or (tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last))
-            or (tensor.dim() == 5 and tensor.is_contiguous(memory_format=torch.channels_last_3d)))
+    """True when the elements fill their span once each, in any dimension order (contiguous,
+    channels_last, transposed, ...): the kernels can then walk a pair in memory order."""
+    if tensor.is_contiguous():
+        return True
+    expected = 1
+    for size, stride in sorted(((size, stride) for size, stride in zip(tensor.shape, tensor.stride()) if size != 1),
+                               key=operator.itemgetter(1)):
+        if stride != expected:  # a gap (slicing) or a repeat (expand: stride 0)
+            return False
+        expected *= size
+    return True
 
 
 _PLAIN_TENSOR_TYPES = {torch.Tensor, torch.nn.Parameter, torch.nn.Buffer}
@@ -499,10 +594,10 @@ def _check_pairs(ema_tensors, model_tensors):
             raise ValueError(f"pair {index}: tensors on {e.device} and {p.device}, but pair 0 is on {device}; "
                              "all tensors must be on one device")
         if e.stride() != p.stride() or not _dense_layout(e):
-            if not e.is_contiguous():
-                raise ValueError(f"pair {index}: the ema tensor must be contiguous (or dense with the model "
-                                 f"tensor's strides), got strides {e.stride()}")
-            p = p.contiguous()  # a copy, read once
+            if not _dense_layout(e):  # e.g. expanded (stride 0): one element would take several updates
+                raise ValueError(f"pair {index}: the ema tensor must be dense (contiguous, channels_last or "
+                                 f"another order of its dimensions; not sliced or expanded), got strides {e.stride()}")
+            p = torch.empty_like(e, dtype=p.dtype).copy_(p)  # a copy in e's memory order, read once
         ema.append(e.detach())
         params.append(p.detach())
     return ema, params, device
@@ -548,8 +643,10 @@ def _warn_low_precision_ema(decay):
 # ----------------------------------------------------------------------------- ModelEMA
 
 # Bumped whenever any module registers a parameter, buffer or submodule (assignment,
-# load_state_dict(assign=True), ...): ModelEMA then re-pairs its tensors. In-place re-allocation
-# (model.to(), .data = ...) keeps the objects and is caught by the table's address key.
+# load_state_dict(assign=True), ...) or Module._apply replaces one without registering it
+# (model.to() makes new buffer objects, and new parameters for a move to meta): ModelEMA then
+# re-pairs its tensors. In-place re-allocation (.data = ..., model.to() of parameters) keeps the
+# objects and is caught by the table's address key.
 _REGISTRATIONS = [0]
 _HOOKS_INSTALLED = [False]
 
@@ -558,12 +655,27 @@ def _count_registration(module, name, value):
     _REGISTRATIONS[0] += 1
 
 
+def _counting_apply(apply):
+    """Module._apply that bumps _REGISTRATIONS when it replaced one of the module's own tensors
+    (each submodule's _apply checks its own; a no-op model.to() bumps nothing)."""
+    def _apply(module, *args, **kwargs):
+        before = [*module._parameters.values(), *module._buffers.values()]
+        result = apply(module, *args, **kwargs)
+        after = [*module._parameters.values(), *module._buffers.values()]
+        if len(before) != len(after) or any(a is not b for a, b in zip(before, after)):
+            _REGISTRATIONS[0] += 1
+        return result
+    _apply.__wrapped__ = apply
+    return _apply
+
+
 def _install_registration_hooks():
     if not _HOOKS_INSTALLED[0]:
         from torch.nn.modules import module as module_module
         module_module.register_module_parameter_registration_hook(_count_registration)
         module_module.register_module_buffer_registration_hook(_count_registration)
         module_module.register_module_module_registration_hook(_count_registration)
+        torch.nn.Module._apply = _counting_apply(torch.nn.Module._apply)
         _HOOKS_INSTALLED[0] = True
 
 
@@ -626,7 +738,7 @@ class _Pairs:
         self.model = model
         self.generation = _REGISTRATIONS[0]
         self.table_addresses, self.table_entry = None, None  # chunk_table's memo
-        ema_tensors, model_tensors, self.slots = [], [], []
+        ema_tensors, model_tensors, self.slots, names = [], [], [], []
         ema_params, model_params = dict(ema_module.named_parameters()), dict(model.named_parameters())
         if ema_params.keys() != model_params.keys():
             raise ValueError("the model's parameters do not match the EMA's: "
@@ -636,6 +748,7 @@ class _Pairs:
             ema_tensors.append(e)
             model_tensors.append(model_params[name])
             self.slots.append(AVERAGE_SLOT)
+            names.append(name)
         if buffer_mode != "ignore":
             ema_buffers, model_buffers = dict(ema_module.named_buffers()), dict(model.named_buffers())
             if ema_buffers.keys() != model_buffers.keys():
@@ -643,13 +756,20 @@ class _Pairs:
                                  f"{sorted(ema_buffers.keys() ^ model_buffers.keys())[:5]}")
             for name, e in ema_buffers.items():
                 floating = e.dtype in EMA_DTYPE_CODES
-                average = buffer_mode == "average" and floating
+                average = buffer_mode == "average" and (e.is_floating_point() or e.is_complex())
                 p = model_buffers[name]
                 if not floating and e.dtype != p.dtype:
                     raise ValueError(f"buffer {name}: the EMA holds {e.dtype} but the model {p.dtype}")
                 ema_tensors.append(e)
                 model_tensors.append(p)
                 self.slots.append(AVERAGE_SLOT if average else COPY_SLOT)
+                names.append(name)
+        for name, e, p, slot in zip(names, ema_tensors, model_tensors, self.slots):
+            if e.dtype not in EMA_DTYPE_CODES and (slot == AVERAGE_SLOT and (e.is_floating_point() or e.is_complex())
+                                                    or e.dtype != p.dtype):  # else a byte copy: same dtype
+                raise ValueError(f"{name}: the EMA cannot follow a model tensor of {p.dtype} with one of {e.dtype}; "
+                                 "it averages float32, float16, bfloat16 and float64 tensors and copies others "
+                                 "(integer parameters and buffers, buffers='copy') between equal dtypes")
         self.has_dtensors = any(_is_dtensor(t) for t in ema_tensors + model_tensors)
         self._check(ema_tensors, model_tensors)
         self.ema, self.params = ema_tensors, model_tensors
@@ -695,8 +815,8 @@ class ModelEMA:
     def __init__(self, model, decay=0.9999, *, warmup=False, warmup_gamma=1.0, warmup_power=2 / 3,
                  min_decay=0.0, update_after_step=0, update_every=1, ema_dtype=None, buffers="average",
                  backend=None):
-        self.decay = _check_decay(decay)
-        self.min_decay = _check_decay(min_decay)
+        self.decay = _check_decay(decay, kinds="a Python float")
+        self.min_decay = _check_decay(min_decay, "min_decay", "a Python float")
         for name, value in (("warmup_gamma", warmup_gamma), ("warmup_power", warmup_power)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
@@ -777,5 +897,8 @@ class ModelEMA:
             targets.update(model.named_buffers())
         sources = dict(self.module.named_parameters())
         sources.update(self.module.named_buffers())
+        if not targets.keys() <= sources.keys():
+            raise ValueError("the model has tensors that the EMA does not: "
+                             f"{sorted(targets.keys() - sources.keys())[:5]}")
         for name, target in targets.items():
             target.copy_(sources[name])

@@ -89,9 +89,12 @@ def _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks, VISIT_FL
 
 @triton.jit
 def _round_to_input(value, IN_DTYPE: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """fp32 value rounded to what x's dtype stores: uint8 rounds half up and saturates."""
+    """fp32 value rounded to what x's dtype stores: uint8 rounds half up and saturates (NaN gives 0)."""
     if IN_DTYPE == tl.uint8:
-        return tl.minimum(tl.maximum(tl.floor(value + 0.5), 0.0), 255.0)
+        rounded = tl.floor(value + 0.5)
+        # where, not maximum: NaN > 0 is false, so NaN becomes 0 as with CUDA's fmaxf (the
+        # interpreter's maximum propagates NaN, and a NaN cast to uint8 is undefined)
+        return tl.minimum(tl.where(rounded > 0.0, rounded, 0.0), 255.0)
     elif IN_DTYPE == tl.float32:
         return value
     else:
@@ -388,6 +391,8 @@ def _cutmix_boxes(lam, height, width, generator):
     y0, y1 = (centre_y - half_h).clamp(min=0), (centre_y + half_h).clamp(max=height)
     x0, x1 = (centre_x - half_w).clamp(min=0), (centre_x + half_w).clamp(max=width)
     box = torch.stack([x0, y0, x1, y1], dim=-1).to(torch.int32)
+    if height * width == 0:  # an empty image: nothing is pasted, everything (nothing) is kept
+        return box, torch.ones_like(lam)
     kept = 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
     return box, kept
 
@@ -442,6 +447,8 @@ def _check_target(x, target):
                          "its first dimension must match")
     if target.dtype != torch.int64:
         raise TypeError(f"target must hold int64 class indices (MixedTarget), got {target.dtype}")
+    if target.device != x.device:
+        raise ValueError(f"target is on {target.device} but x is on {x.device}")
 
 
 def _check_alpha(alpha, name="alpha", allow_zero=False):
@@ -483,8 +490,9 @@ _CHANNEL_VALUES_CACHE_SIZE = 64
 
 
 def _channel_tensor(values, device):
-    if all(v == values[0] for v in values):  # one value: a fill kernel, no copy at all
-        return torch.full((len(values),), values[0], dtype=torch.float32, device=device)
+    same = lambda v: v == values[0] or (math.isnan(v) and math.isnan(values[0]))  # noqa: E731
+    if all(map(same, values[1:])):  # one value (or none): a fill kernel, no copy at all
+        return torch.full((len(values),), values[0] if values else 0.0, dtype=torch.float32, device=device)
     if torch.compiler.is_compiling():  # traced: a constant of the graph
         return torch.tensor(values, dtype=torch.float32, device=device)
     key = (tuple(values), str(device))
@@ -496,25 +504,34 @@ def _channel_tensor(values, device):
     return tensor
 
 
-def _per_channel(name, values, channels, device):
+def _per_channel(name, values, channels, device, finite=False, allow_nan=True):
     """A number or a length-C sequence/tensor as a (C,) fp32 tensor on device (not to be written to).
 
     Sequences of distinct values are copied to the device once and cached, so that later
-    calls neither wait on the host nor break CUDA-graph capture.
+    calls neither wait on the host nor break CUDA-graph capture. Python numbers are checked
+    (finite: no NaN or inf; allow_nan=False: no NaN); tensor values are not (a host sync).
+    A tensor must be on x's device or on the CPU (then copied).
     """
     if isinstance(values, torch.Tensor):
         if values.numel() not in (1, channels) or values.dim() > 1:
             raise ValueError(f"{name} must have 1 or {channels} values (one per channel), got shape "
                              f"{tuple(values.shape)}")
+        if values.device != device and values.device.type != "cpu":
+            raise ValueError(f"{name} is on {values.device} but x is on {device}")
+        if values.is_complex():
+            raise TypeError(f"{name} must hold real numbers, got {values.dtype}")
         return values.to(device=device, dtype=torch.float32).expand(channels).contiguous()
     if isinstance(values, numbers.Real) and not isinstance(values, bool):
-        return torch.full((channels,), float(values), dtype=torch.float32, device=device)
-    try:
-        values = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number or a sequence of {channels} numbers, got {values!r}") from None
-    if len(values) != channels:
-        raise ValueError(f"{name} has {len(values)} values but x has {channels} channels")
+        values = [float(values)] * channels
+    else:
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number or a sequence of {channels} numbers, got {values!r}") from None
+        if len(values) != channels:
+            raise ValueError(f"{name} has {len(values)} values but x has {channels} channels")
+    if (finite and not all(math.isfinite(v) for v in values)) or (not allow_nan and any(map(math.isnan, values))):
+        raise ValueError(f"{name} must be {'finite' if finite else 'a number, not NaN'}, got {values}")
     return _channel_tensor(values, device)
 
 
@@ -531,8 +548,8 @@ def _normalization(x, mean, std, out_dtype):
             stds = [std] if isinstance(std, numbers.Real) else list(std)
             if any(float(s) == 0.0 for s in stds):
                 raise ValueError(f"std must not contain zeros, got {std!r}")
-        mean = _per_channel("mean", mean, channels, x.device)
-        std = _per_channel("std", std, channels, x.device)
+        mean = _per_channel("mean", mean, channels, x.device, finite=True)
+        std = _per_channel("std", std, channels, x.device, finite=True)
     if out_dtype is None:
         out_dtype = torch.float32 if (mean is not None and x.dtype == torch.uint8) else x.dtype
     if out_dtype not in MIXING_DTYPE_CODES:
@@ -551,10 +568,13 @@ def composite_batch(x, box, lam, partner, mode, *, fill=0.0, noise_seed=None, me
 
     x: (N, C, H, W), contiguous or channels_last, float32/float16/bfloat16/uint8.
     box: (N, 4) integers (x0, y0, x1, y1), half-open, in pixels (used by CUTMIX and ERASE).
-    lam: (N,) weight of x[n] in MIXUP. partner: (N,) sample indices (clamped to [0, N)).
-    mode: (N,) MixMode codes; any other value keeps the sample. fill: what ERASE writes,
-    a number or one value per channel, in x's units (uint8 rounds half up). noise_seed: a
-    (1,) int64 tensor; when given, ERASE writes standard normal noise from Philox instead.
+    lam: (N,) floating, the weight of x[n] in MIXUP. partner: (N,) sample indices (clamped to
+    [0, N)). mode: (N,) MixMode codes; any other value keeps the sample. box, partner and mode
+    are integer tensors (int64 values beyond int32 are clamped to its range, which keeps
+    their meaning). fill: what ERASE writes, a number or one value per channel, in x's units
+    (uint8 rounds half up and saturates; a NaN fill raises for uint8 when given as numbers,
+    and becomes 0 when given as a tensor). noise_seed: a one-element integer tensor on x's
+    device; when given, ERASE writes standard normal noise from Philox instead.
     mean, std, out_dtype: write (out - mean[c]) / std[c] as out_dtype in the same pass.
     flip_pairs_hint: say True when partner[i] == N-1-i; the kernel then visits each pair
     together so the partner's read hits L2 (speed only: results never depend on it).
@@ -571,16 +591,37 @@ def composite_batch(x, box, lam, partner, mode, *, fill=0.0, noise_seed=None, me
             raise ValueError(f"{name} must be a tensor of shape {expected[name]}, got {shape}")
         if tensor.device != x.device:
             raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
-    if noise_seed is not None and x.dtype == torch.uint8:
-        raise ValueError("normal-noise erasing needs a floating x, not uint8")
+        if name == "lam" and not tensor.is_floating_point():
+            raise TypeError(f"lam must be a floating tensor, got {tensor.dtype}")
+        if name != "lam" and tensor.dtype not in _INDEX_DTYPES:
+            raise TypeError(f"{name} must be an integer tensor, got {tensor.dtype}")
+    if noise_seed is not None:
+        if x.dtype == torch.uint8:
+            raise ValueError("normal-noise erasing needs a floating x, not uint8")
+        if not isinstance(noise_seed, torch.Tensor) or noise_seed.numel() != 1:
+            shape = tuple(noise_seed.shape) if isinstance(noise_seed, torch.Tensor) else type(noise_seed).__name__
+            raise ValueError(f"noise_seed must be a tensor with one element, got {shape}")
+        if noise_seed.dtype not in _INDEX_DTYPES:
+            raise TypeError(f"noise_seed must be an integer tensor, got {noise_seed.dtype}")
+        if noise_seed.device != x.device:
+            raise ValueError(f"noise_seed is on {noise_seed.device} but x is on {x.device}")
+    fill = _per_channel("fill", fill, channels, x.device, allow_nan=x.dtype != torch.uint8)
     mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
     return composite_batch_op(
-        x, box.to(torch.int32).contiguous(), lam.to(torch.float32).contiguous(),
-        partner.to(torch.int32).contiguous(), mode.to(torch.int32).contiguous(),
-        _per_channel("fill", fill, channels, x.device), mean, std,
+        x, _as_int32(box), lam.to(torch.float32).contiguous(), _as_int32(partner), _as_int32(mode), fill, mean, std,
         None if noise_seed is None else noise_seed.reshape(1).to(torch.int64), out_dtype, bool(flip_pairs_hint),
         backend)
+
+
+_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _as_int32(tensor):
+    """An integer tensor as contiguous int32; int64 values beyond int32 are clamped (not wrapped) to its range."""
+    if tensor.dtype == torch.int64:
+        tensor = tensor.clamp(-2**31, 2**31 - 1)
+    return tensor.to(torch.int32).contiguous()
 
 
 def _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, backend):
@@ -712,7 +753,8 @@ def random_erasing(x, *, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0,
 
     Box as torchvision's RandomErasing (area fraction ~ U(scale), log aspect ~ U(log ratio),
     up to 10 attempts to fit). value: a number, one number per channel, or "random" for
-    per-pixel standard normal noise from Philox (floating x only). Returns a new tensor.
+    per-pixel standard normal noise from Philox (floating x only); for uint8 x it rounds half
+    up and saturates to [0, 255] (NaN raises). Returns a new tensor.
     """
     _check_image(x)
     p = _check_probability(p, "p")
@@ -725,7 +767,7 @@ def random_erasing(x, *, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0,
     if random_fill and x.dtype == torch.uint8:
         raise ValueError("value='random' (normal noise) needs a floating x, not uint8")
     fill = torch.zeros(channels, dtype=torch.float32, device=x.device) if random_fill else \
-        _per_channel("value", value, channels, x.device)
+        _per_channel("value", value, channels, x.device, allow_nan=x.dtype != torch.uint8)
     backend = _backend.resolve("mixing", x.device, backend)
     box, erase = _erasing_boxes(n, height, width, p, scale, ratio, x.device, generator)
     mode = torch.where(erase, int(MixMode.ERASE), int(MixMode.KEEP)).to(torch.int32)

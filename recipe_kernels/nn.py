@@ -71,11 +71,10 @@ class CrossEntropyLoss(torch.nn.Module):
     def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0, inplace_backward: bool = False):
         super().__init__()
-        from recipe_kernels.cross_entropy import REDUCTIONS
+        from recipe_kernels.cross_entropy import REDUCTIONS, _check_label_smoothing
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        label_smoothing = _check_label_smoothing(label_smoothing)  # a Python float in [0, 1] (NaN refused)
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction

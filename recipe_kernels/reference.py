@@ -62,7 +62,8 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
     or class probabilities of logits' shape, or (with target_b and lam) the two index
     tensors and the per-sample (N,) weight of a MixedTarget. With e = label_smoothing, w the
     class weights (ones by default) and logp = log_softmax(logits):
-      index target y: loss = -(1-e) w_y logp_y - e/C sum_c w_c logp_c, 0 where y == ignore_index;
+      index target y: loss = -(1-e) w_y logp_y - e/C sum_c w_c logp_c; loss and gradient exactly 0
+                      where y == ignore_index, whatever the row's logits (torch: NaN gradient there);
                       denominator = sum of w_y over the rows not ignored (torch's convention);
       probabilities q: loss = -sum_c w_c ((1-e) q_c + e/C) logp_c; denominator = rows;
       mixed:         loss = lam loss(y_a) + (1-lam) loss(y_b); denominator = rows (as CE against
@@ -108,6 +109,9 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
         if eps > 0:
             losses = losses + beta * smooth_loss
             grad = grad + beta[:, None] * (p * w.sum() - w)
+        # An ignored row is exactly zero even when its logits hold NaN or inf (0 * NaN would not be).
+        losses = torch.where(counted, losses, 0.0)
+        grad = torch.where(counted[:, None], grad, 0.0)
         denominator = w_y.sum()
     if logits.dim() > 2:
         grad = grad.reshape(logits.shape[0], *logits.shape[2:], num_classes).movedim(-1, 1)
@@ -137,9 +141,10 @@ def erase_noise(seed, index):
 
 
 def _round_to_dtype(value, dtype):
-    """value rounded to what `dtype` stores, kept in value's dtype: uint8 rounds half up and saturates."""
+    """value rounded to what `dtype` stores, kept in value's dtype: uint8 rounds half up and saturates (NaN gives 0)."""
     if dtype == torch.uint8:
-        return torch.floor(value + 0.5).clamp(0.0, 255.0)
+        rounded = torch.floor(value + 0.5)
+        return torch.where(rounded > 0.0, rounded, 0.0).clamp(max=255.0)  # NaN > 0 is false: 0, as the kernels
     if dtype == torch.float64:
         return value
     return value.to(dtype).to(value.dtype)

@@ -12,7 +12,8 @@ class MixedTarget:
     """Per sample n: the soft target lam[n] * LS(y_a[n]) + (1 - lam[n]) * LS(y_b[n]).
 
     y_a, y_b: int64 class indices of the same shape, (N,) or (N, d1, ..., dk).
-    lam: a Python float, a 0-d tensor, or a per-sample (N,) tensor (any floating dtype).
+    lam: a Python float in [0, 1], a 0-d tensor, or a per-sample (N,) tensor (any floating dtype;
+    its values are not checked here, which would sync the device: cross_entropy(validate=True) does).
     LS is label smoothing with epsilon = the loss's label_smoothing:
     LS(y) = (1 - epsilon) * onehot(y) + epsilon / C (timm's mixup_target convention).
     Cross-entropy against a MixedTarget is lam * CE(y_a) + (1 - lam) * CE(y_b) per sample,
@@ -44,6 +45,8 @@ class MixedTarget:
                 raise ValueError(f"MixedTarget: lam is on {lam.device} but y_a is on {y_a.device}")
         elif isinstance(lam, numbers.Real) and not isinstance(lam, bool):
             lam = float(lam)
+            if not 0.0 <= lam <= 1.0:  # also rejects NaN; a tensor lam is checked by validate=True (a sync)
+                raise ValueError(f"MixedTarget: lam must be in [0, 1], got {lam}")
         else:
             raise TypeError(f"MixedTarget: lam must be a float or a tensor, got {type(lam).__name__}")
         self.y_a, self.y_b, self.lam = y_a, y_b, lam

@@ -307,6 +307,33 @@ def test_inplace_backward_writes_gradient_into_logits(backend, target_kind):
     torch.testing.assert_close(hidden.detach().double(), 2.0 * expected_grad, **GRAD_TOLERANCE[torch.float32])
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_inplace_backward_on_a_view(backend, compiled):
+    # logits.view(-1, C) of a (B, T, C) output, as language models compute the loss: autograd forbids
+    # the two-output Function on a view, so a one-output Function without mark_dirty takes it.
+    layer = torch.nn.Linear(8, 10).to(DEVICE)
+    features = torch.randn(2, 3, 8, device=DEVICE)
+    _, target, _ = sample_inputs((6, 10), ignored=(2,))
+
+    def step(features, target):
+        logits = layer(features).view(-1, 10)
+        return rk.cross_entropy(logits, target, label_smoothing=0.1, inplace_backward=True, backend=backend)
+
+    loss = (torch.compile(step, fullgraph=True) if compiled else step)(features, target)
+    (2.0 * loss).backward()
+    grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    expected = F.cross_entropy(layer(features).view(-1, 10).double(), target, label_smoothing=0.1)
+    (2.0 * expected).backward()
+    torch.testing.assert_close(loss.double(), expected.detach(), **LOSS_TOLERANCE)
+    torch.testing.assert_close(grad.double(), layer.weight.grad.double(), rtol=1e-5, atol=1e-6)
+    leaf = torch.randn(2, 3, 10, device=DEVICE, requires_grad=True)
+    with pytest.raises(ValueError, match="would overwrite a leaf tensor"):
+        rk.cross_entropy(leaf.view(-1, 10), target, inplace_backward=True, backend=backend)
+    with pytest.raises(ValueError, match="would overwrite a leaf tensor"):
+        rk.cross_entropy(leaf[0], target[:3], inplace_backward=True, backend=backend)
+
+
 def test_inplace_backward_raises_when_logits_are_needed_elsewhere(backend):
     logits, target, _ = sample_inputs((4, 6))
     leaf = logits.clone().requires_grad_()
@@ -499,3 +526,133 @@ def test_cuda_arithmetic_out_of_range_row_is_nan():
     assert not torch.isnan(loss[0]) and not torch.isnan(grad[0]).any()
     assert torch.isnan(loss[1]) and torch.isnan(grad[1]).all()
     assert loss[2] == 0 and (grad[2] == 0).all()
+
+
+# ----------------------------------------------------------------------------- GPU only
+
+gpu_only = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a GPU")
+
+
+def rows_against_torch(logits, target, grad_output, rows, label_smoothing):
+    """Reference loss and gradient of a few rows (N, C) in float64, for grad_output per row."""
+    x = logits.detach()[rows].double().requires_grad_()
+    loss = F.cross_entropy(x, target[rows], reduction="none", label_smoothing=label_smoothing)
+    (grad,) = torch.autograd.grad(loss, x, grad_output[rows].double())
+    return loss.detach(), grad
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a GPU with 10 GB free")
+def test_more_than_2_to_31_logits(backend):
+    # 16386 rows x 131072 classes in bf16: 2^31 + 2^18 elements, so the last rows start past 2^31.
+    # Per-row grad_output makes backward scale the whole gradient too (its offsets pass 2^31).
+    if backend == "torch":
+        pytest.skip("the reference works in fp32 copies of the logits: tens of GB")
+    rows, num_classes = (1 << 14) + 2, 1 << 17
+    logits = torch.randn(rows, num_classes, device=DEVICE, dtype=torch.bfloat16).requires_grad_()
+    target = torch.randint(0, num_classes, (rows,), device=DEVICE)
+    target[-1] = num_classes - 1  # the very last element is the target logit
+    grad_output = torch.rand(rows, device=DEVICE) + 0.5
+    loss = rk.cross_entropy(logits, target, reduction="none", label_smoothing=0.1, backend=backend)
+    loss.backward(grad_output)
+    check = torch.tensor([0, 1, rows - 2, rows - 1], device=DEVICE)
+    expected_loss, expected_grad = rows_against_torch(logits, target, grad_output, check, 0.1)
+    torch.testing.assert_close(loss.detach()[check].double(), expected_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(logits.grad[check].double(), expected_grad, **GRAD_TOLERANCE[torch.bfloat16])
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a GPU with 10 GB free")
+def test_more_than_2_to_31_elements_in_one_sample(backend):
+    # (1, 64, 2^25 + 1) in bf16: one sample whose classes lie 2^25 + 1 apart, so C * d1 > 2^31 while C
+    # and d1 each fit an int32 (the per-row scaling of backward divides by them one at a time).
+    if backend == "torch":
+        pytest.skip("the reference works in fp32 copies of the logits: tens of GB")
+    num_classes, inner = 64, (1 << 25) + 1
+    logits = torch.randn(1, num_classes, inner, device=DEVICE, dtype=torch.bfloat16).requires_grad_()
+    target = torch.randint(0, num_classes, (1, inner), device=DEVICE)
+    grad_output = torch.rand(1, inner, device=DEVICE) + 0.5
+    loss = rk.cross_entropy(logits, target, reduction="none", label_smoothing=0.1, backend=backend)
+    loss.backward(grad_output)
+    positions = torch.tensor([0, 1, inner - 2, inner - 1], device=DEVICE)
+    expected_loss, expected_grad = rows_against_torch(logits[0].t(), target[0], grad_output[0], positions, 0.1)
+    torch.testing.assert_close(loss.detach()[0, positions].double(), expected_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(logits.grad[0][:, positions].t().double(), expected_grad,
+                               **GRAD_TOLERANCE[torch.bfloat16])
+
+
+def graph_inputs(seed):
+    """Logits and the three kinds of targets of one step (values change with seed, shapes do not)."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(64, 1000, generator=generator)).to(DEVICE)
+    target = torch.randint(0, 1000, (64,), generator=generator).to(DEVICE)
+    target[::7] = -100
+    y_b = torch.randint(0, 1000, (64,), generator=generator).to(DEVICE)
+    lam = torch.rand(64, generator=generator).to(DEVICE)
+    probabilities = torch.softmax(torch.randn(64, 1000, generator=generator), 1).to(DEVICE)
+    return logits, target, y_b, lam, probabilities
+
+
+def graph_step(x, target, y_b, lam, probabilities, weight, backend):
+    """Loss over index (weighted, mean over counted), mixed and probability targets, then backward."""
+    loss = (rk.cross_entropy(x, target, weight=weight, label_smoothing=0.1, backend=backend)
+            + rk.cross_entropy(x, rk.MixedTarget(torch.where(target < 0, 0, target), y_b, lam), label_smoothing=0.1,
+                               backend=backend)
+            + 0.5 * rk.cross_entropy(x, probabilities, reduction="sum", backend=backend))
+    loss.backward()
+    return loss
+
+
+@gpu_only
+def test_cuda_graph_capture_and_replay_match_eager(backend):
+    if backend == "torch":
+        pytest.skip("the reference is not what this checks")
+    weight = torch.rand(1000, device=DEVICE) + 0.5
+    static = [tensor.clone() for tensor in graph_inputs(0)]
+    x = static[0].requires_grad_()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: compile the kernels outside capture
+        for _ in range(2):
+            x.grad = None
+            graph_step(x, *static[1:], weight, backend)
+    torch.cuda.current_stream().wait_stream(side)
+    x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = graph_step(x, *static[1:], weight, backend)
+    for seed in (1, 2):  # new values in the static inputs, then replay
+        fresh = graph_inputs(seed)
+        with torch.no_grad():
+            for tensor, value in zip(static, fresh):
+                tensor.copy_(value)
+        graph.replay()
+        eager_x = fresh[0].clone().requires_grad_()
+        eager_loss = graph_step(eager_x, *fresh[1:], weight, backend)
+        torch.testing.assert_close(static_loss, eager_loss.detach(), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(x.grad, eager_x.grad, rtol=1e-6, atol=1e-7)
+
+
+@gpu_only
+def test_no_host_sync(backend, monkeypatch):
+    if backend == "torch":
+        pytest.skip("the reference is not a hot path")
+    monkeypatch.setenv("RECIPE_KERNELS_BACKEND", backend)  # for the module
+    logits, target, y_b, lam, probabilities = graph_inputs(0)
+    weight = torch.rand(1000, device=DEVICE) + 0.5
+    module = rk.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1, inplace_backward=True)
+
+    def step():
+        x = logits.clone().requires_grad_()
+        graph_step(x, target, y_b, lam, probabilities, weight, backend)
+        hidden = x * 1.0
+        rk.cross_entropy(hidden, rk.MixedTarget(y_b, y_b, 0.3), reduction="none", inplace_backward=True,
+                         backend=backend).backward(torch.rand(64, device=DEVICE))
+        with torch.no_grad():
+            rk.cross_entropy(x, target, backend=backend)
+        return module(x * 1.0, target)
+
+    step()  # compile outside the check
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

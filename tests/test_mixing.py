@@ -484,3 +484,154 @@ def test_compile_fullgraph_has_no_graph_breaks(backend):
     assert erased.dtype == torch.bfloat16 and lam.shape == (4,) and cut.dtype == torch.uint8
     assert swapped.shape == up.shape == x.shape
     compiled(x, target)  # runs again without recompiling
+
+
+# ----------------------------------------------------------------------------- GPU only: graphs, syncs, > 2^31 elements
+
+gpu_only = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a GPU (RECIPE_KERNELS_TEST_DEVICE=cuda)")
+KERNEL_BACKENDS = [b for b in BACKENDS if b != "torch"]
+
+
+def augment_all(x, xf, target, backend):
+    """Every sampler once, per sample where it applies: the outputs and lambdas a graph replay must redraw."""
+    cut, cut_target = rk.cutmix(x, target, per_sample=True, backend=backend)
+    up, up_target = rk.mixup(x, target, per_sample=True, backend=backend)
+    both, both_target = rk.cutmix_or_mixup(x, target, mean=MEAN, std=STD, out_dtype=torch.bfloat16, backend=backend)
+    erased = rk.random_erasing(x, p=1.0, value=(1, 2, 3), backend=backend)
+    noise = rk.random_erasing(xf, p=1.0, value="random", backend=backend)
+    return cut, cut_target.lam, up, up_target.lam, both, both_target.lam, erased, noise
+
+
+@gpu_only
+@pytest.mark.parametrize("kernel_backend", KERNEL_BACKENDS)
+def test_cuda_graph_replays_draw_fresh_boxes_and_lambdas(kernel_backend):
+    x, target = sample_inputs(shape=(4, 3, 32, 32), dtype=torch.uint8)
+    xf = x.float()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up outside the capture: compile kernels, cache per-channel values
+        for _ in range(2):
+            augment_all(x, xf, target, kernel_backend)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = augment_all(x, xf, target, kernel_backend)
+    replays = []
+    for _ in range(3):
+        graph.replay()
+        replays.append([t.clone() for t in static])
+    torch.cuda.synchronize()
+    names = ["cutmix", "cutmix lam", "mixup", "mixup lam", "cutmix_or_mixup", "cutmix_or_mixup lam", "erasing",
+             "erasing noise"]
+    for first, second in zip(replays, replays[1:]):
+        for name, a, b in zip(names, first, second):
+            assert not torch.equal(a, b), f"{name}: a replay repeated the previous draw"
+    for replay in replays:  # and each replay is a valid CutMix: one rectangle per sample, lam = the kept area
+        cut, lam = replay[0], replay[1]
+        for i in range(4):
+            box = pasted_rectangle(cut[i], x[i], x[3 - i])
+            area = 0 if box is None else (box[2] - box[0]) * (box[3] - box[1])
+            assert lam[i].item() == pytest.approx(1 - area / (32 * 32), abs=1e-6)
+
+
+@gpu_only
+@pytest.mark.parametrize("kernel_backend", KERNEL_BACKENDS)
+def test_no_host_sync_per_sample(kernel_backend):
+    x, target = sample_inputs(shape=(4, 3, 32, 32), dtype=torch.uint8)
+    xf = x.float()
+    calls = [
+        lambda: rk.cutmix(x, target, per_sample=True, backend=kernel_backend),
+        lambda: rk.cutmix(x.clone(), target, inplace=True, backend=kernel_backend),
+        lambda: rk.mixup(x, target, per_sample=True, mean=MEAN, std=STD, out_dtype=torch.bfloat16,
+                         backend=kernel_backend),
+        lambda: rk.cutmix_or_mixup(x, target, per_sample=True, backend=kernel_backend),
+        lambda: rk.random_erasing(x, p=0.5, value=(1, 2, 3), backend=kernel_backend),
+        lambda: rk.random_erasing(xf, p=0.5, value="random", backend=kernel_backend),
+        lambda: rk.composite_batch(x[:4], *all_modes_params(n=4, height=32, width=32), fill=[7.0, 8.0, 9.0],
+                                   backend=kernel_backend),
+    ]
+    for call in calls:  # warm up: compile the kernels, cache the per-channel values
+        call()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for call in calls:
+            call()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
+# (N, 3, 224, 224) with N = 14268: 2,147,733,504 elements, past 2^31; sample N-1 starts past 2^31 and its flip
+# partner is sample 0, so its partner reads step back by more than 2^31 elements.
+BIG_N = 14268
+assert BIG_N * 3 * 224 * 224 > 2**31
+
+
+def reference_samples(x, box, lam, partner, mode, fill, samples):
+    """The float32 reference for a few samples of a big batch: each sample computed beside its partner only."""
+    rows = []
+    for i in samples:
+        pair = torch.stack([x[i], x[int(partner[i])]])
+        pick = [i, i]
+        rows.append(reference.composite_batch(pair, box[pick], lam[pick], torch.tensor([1, 1], device=x.device),
+                                              mode[pick], fill=fill)[0])
+    return torch.stack(rows)
+
+
+@gpu_only
+@pytest.mark.parametrize("kernel_backend", KERNEL_BACKENDS)
+def test_more_than_2_to_31_elements_uint8(kernel_backend):
+    n, c, h, w = BIG_N, 3, 224, 224
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
+    x = torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, device=DEVICE, generator=generator)
+    x[0] //= 2  # samples 0 and N-1 differ at every pixel, so that the in-place CutMix box can be read off
+    x[n - 1] = x[n - 1] // 2 + 128
+    corner = torch.randint(0, 200, (n, 2), device=DEVICE, generator=generator)
+    box = torch.cat([corner, corner + torch.randint(1, 60, (n, 2), device=DEVICE, generator=generator)], 1)
+    box = box.to(torch.int32)
+    lam = torch.rand(n, device=DEVICE, generator=generator)
+    partner = torch.arange(n, device=DEVICE).flip(0).to(torch.int32)
+    mode = (torch.arange(n, device=DEVICE) % 4).to(torch.int32)  # KEEP, MIXUP, CUTMIX, ERASE in turn
+    samples = [0, 1, 2, 3, n // 2, n - 4, n - 3, n - 2, n - 1]
+    fill = torch.tensor([5.0, 6.0, 7.0], device=DEVICE)
+    out = rk.composite_batch(x, box, lam, partner, mode, fill=fill, flip_pairs_hint=True, backend=kernel_backend)
+    expected = reference_samples(x, box, lam, partner, mode, fill, samples)
+    assert torch.equal(out[samples], expected.to(torch.uint8))
+    del out
+
+    torch.manual_seed(0)  # the public functions at this size: MixUp (per sample), then in-place CutMix
+    mixed, mixed_target = rk.mixup(x, torch.zeros(n, dtype=torch.int64, device=DEVICE), per_sample=True,
+                                   backend=kernel_backend)
+    lam = mixed_target.lam[samples].reshape(-1, 1, 1, 1)
+    formula = torch.floor(lam * x[samples].float() + (1 - lam) * x[[n - 1 - i for i in samples]].float() + 0.5)
+    assert torch.equal(mixed[samples], formula.to(torch.uint8))
+    del mixed
+    first, last = x[0].clone(), x[n - 1].clone()
+    _, cut_target = rk.cutmix(x, torch.zeros(n, dtype=torch.int64, device=DEVICE), inplace=True,
+                              backend=kernel_backend)
+    box = pasted_rectangle(x[n - 1], last, first)
+    assert box is not None and box == pasted_rectangle(x[0], first, last)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    assert cut_target.lam.item() == pytest.approx(1 - area / (h * w), abs=1e-6)
+
+
+@gpu_only
+@pytest.mark.parametrize("kernel_backend", KERNEL_BACKENDS)
+def test_more_than_2_to_31_elements_erase_noise(kernel_backend):
+    # float16, so that the noise is keyed by logical indices past 2^31 (counter = the NCHW index).
+    n, c, h, w = BIG_N, 3, 224, 224
+    x = torch.zeros((n, c, h, w), dtype=torch.float16, device=DEVICE)
+    box = torch.tensor([0, 0, w, h], dtype=torch.int32, device=DEVICE).expand(n, 4).contiguous()
+    ones = torch.ones(n, device=DEVICE)
+    partner = torch.arange(n, dtype=torch.int32, device=DEVICE)
+    mode = torch.full((n,), int(MixMode.KEEP), dtype=torch.int32, device=DEVICE)
+    mode[[0, n - 1]] = int(MixMode.ERASE)
+    seed = torch.tensor([12345], device=DEVICE)
+    out = rk.composite_batch(x, box, ones, partner, mode, noise_seed=seed, backend=kernel_backend)
+    plane = c * h * w
+    for i in (0, n - 1):
+        index = torch.arange(i * plane, (i + 1) * plane, dtype=torch.int64, device=DEVICE).reshape(c, h, w)
+        expected = reference.erase_noise(seed, index).to(torch.float16)
+        torch.testing.assert_close(out[i].float(), expected.float(), rtol=2e-3, atol=1e-3)
+    assert torch.equal(out[1], x[1]) and torch.equal(out[n - 2], x[n - 2])
