@@ -6,12 +6,13 @@ bf16 model with an fp32 EMA. Minimal bytes per parameter: read p, read e, write 
 fp32/fp32, 10 for bf16/fp32).
 
 Providers:
-  ours_triton, ours_cuda   one launch with a device decay, by the path ModelEMA.update takes (the
+  recipe_kernels/triton, recipe_kernels/cuda
+                           one launch with a device decay, by the path ModelEMA.update takes (the
                            public ema_update_ also validates every pair on each call; its host
                            time is reported separately)
   torch                    torch._foreach_lerp_ as timm's ModelEmaV3 does; for a bf16 model with an
                            fp32 EMA (which _foreach_lerp_ refuses) _foreach_mul_ + _foreach_add_
-  timm_v2_loop             timm ModelEmaV2's per-tensor loop: ema.copy_(d * ema + (1 - d) * p)
+  timm-v2-loop (restated)  timm ModelEmaV2's per-tensor loop: ema.copy_(d * ema + (1 - d) * p)
                            (both timm rules are written out here, so timm need not be installed)
   swa_utils                torch.optim.swa_utils.AveragedModel with get_ema_multi_avg_fn (same dtypes only)
 Also the host time of one update (launch only, no sync) for 1,000 tensors, for ema_update_ and
@@ -178,10 +179,10 @@ def bench_host_time(recorder, backends):
     model = _ParameterHolder(params).cuda()
     for backend in backends:
         ms = host_time_ms(lambda: rk.ema_update_(ema, params, decay, backend=backend))
-        recorder.add("1000_tensors", "float32", "host", f"ours_{backend}:ema_update_", ms, 12 * numel)
+        recorder.add("1000_tensors", "float32", "host", f"recipe_kernels/{backend}+ema_update_", ms, 12 * numel)
         model_ema = rk.ModelEMA(model, decay=DECAY, warmup=True, backend=backend)
         ms = host_time_ms(lambda: model_ema.update(model))
-        recorder.add("1000_tensors", "float32", "host", f"ours_{backend}:ModelEMA.update", ms, 12 * numel)
+        recorder.add("1000_tensors", "float32", "host", f"recipe_kernels/{backend}+ModelEMA.update", ms, 12 * numel)
     recorder.add("1000_tensors", "float32", "host", "torch", host_time_ms(lambda: torch_foreach(ema, params)),
                  12 * numel)
 
@@ -197,10 +198,10 @@ def main():
     recorder = Recorder("ema")
     backends = ["triton"] + (["cuda"] if _backend._C is not None else [])
     if _backend._C is None:
-        print(f"skipping ours_cuda: {_backend.CUDA_EXTENSION_ERROR}")
-    providers = {f"ours_{backend}": ours(backend) for backend in backends}
+        print(f"skipping recipe_kernels/cuda: {_backend.CUDA_EXTENSION_ERROR}")
+    providers = {f"recipe_kernels/{backend}": ours(backend) for backend in backends}
     providers["torch"] = torch_foreach
-    providers["timm_v2_loop"] = timm_v2_loop
+    providers["timm-v2-loop (restated)"] = timm_v2_loop
     cases = {"resnet50": CASES["resnet50"]} if args.quick else CASES
     for case, shapes in cases.items():
         for model_dtype, ema_dtype in DTYPES:

@@ -8,14 +8,16 @@ Cases (each in uint8, bf16 and fp32; see benchmarks/common.py for the method):
       read of x and one bf16 write.
   cutmix_inplace: the in-place box swap with a fixed box of half the image; minimal bytes are
       a read and a write of the box of every sample.
-Providers:
-  torch          the package's pure-PyTorch reference (backend="torch"), the speedup baseline
-  ours           the public function: device-side sampling (about 15 small torch kernels) + one launch
-  ours_graph     the same call captured in a CUDA graph (sampling is launch-bound)
-  ours_kernel    composite_batch alone on fixed parameters: the compositing kernel's bandwidth
-  timm_batch, timm_elem         timm.data.Mixup(mode="batch" / "elem"), float inputs only
-  torchvision                   torchvision.transforms.v2.CutMix / MixUp
-  torch_separate (cutmix_norm)  reference CutMix, then the normalization as separate torch ops
+Providers (B = triton, and cuda when the extension is built):
+  torch                       the package's pure-PyTorch reference (backend="torch"), the speedup
+                              baseline; for cutmix_norm, the reference CutMix then separate torch ops
+  recipe_kernels/B            the public function: device-side sampling (about 15 small torch
+                              kernels) + one launch
+  recipe_kernels/B+graph      the same call captured in a CUDA graph (sampling is launch-bound)
+  recipe_kernels/B+kernel     composite_batch alone on fixed parameters: the kernel's bandwidth
+  timm                        timm.data.Mixup, mode="batch" in the *_batch cases and "elem" in the
+                              *_sample cases, float inputs only
+  torchvision                 torchvision.transforms.v2.CutMix / MixUp
 
 Usage: python benchmarks/bench_mixing.py [--quick] [--out DIR]
 """
@@ -64,8 +66,10 @@ class Bench:
 
     def __init__(self, recorder, dtype, batch):
         import recipe_kernels as rk
+        from recipe_kernels import _backend
         from recipe_kernels.mixing import MixMode
         self.rk, self.MixMode = rk, MixMode
+        self.backends = ["triton"] + (["cuda"] if _backend._C is not None else [])
         self.recorder, self.dtype = recorder, dtype
         self.shape = (batch, 3, 224, 224)
         element_size = torch.empty((), dtype=dtype).element_size()
@@ -103,20 +107,21 @@ class Bench:
             for per_sample in (False, True):
                 case = f"{method}_{'sample' if per_sample else 'batch'}"
                 self.run(case, "torch", lambda x, y: fn(x, y, per_sample=per_sample, backend="torch"), copy_bytes)
-                ours = lambda x, y: fn(x, y, per_sample=per_sample)  # noqa: E731
-                self.run(case, "ours", ours, copy_bytes)
-                self.run(case, "ours_graph", ours, copy_bytes, graph=True)
-                if not per_sample:
-                    fixed_mode = MixMode.CUTMIX if method == "cutmix" else MixMode.MIXUP
-                    box, lam, partner, mode, _ = self.fixed_params(fixed_mode)
-                    kernel = lambda x, y: rk.composite_batch(x, box, lam, partner, mode,  # noqa: E731
-                                                             flip_pairs_hint=True)
-                    self.run(case, "ours_kernel", kernel, copy_bytes)
+                for backend in self.backends:
+                    ours = lambda x, y, b=backend: fn(x, y, per_sample=per_sample, backend=b)  # noqa: E731
+                    self.run(case, f"recipe_kernels/{backend}", ours, copy_bytes)
+                    self.run(case, f"recipe_kernels/{backend}+graph", ours, copy_bytes, graph=True)
+                    if not per_sample:
+                        fixed_mode = MixMode.CUTMIX if method == "cutmix" else MixMode.MIXUP
+                        box, lam, partner, mode, _ = self.fixed_params(fixed_mode)
+                        kernel = lambda x, y, b=backend: rk.composite_batch(  # noqa: E731
+                            x, box, lam, partner, mode, flip_pairs_hint=True, backend=b)
+                        self.run(case, f"recipe_kernels/{backend}+kernel", kernel, copy_bytes)
                 if timm is not None and floating:
                     alphas = dict(mixup_alpha=0.0, cutmix_alpha=1.0) if method == "cutmix" else \
                         dict(mixup_alpha=0.2, cutmix_alpha=0.0)
                     peer = timm.data.Mixup(**alphas, mode="elem" if per_sample else "batch", num_classes=NUM_CLASSES)
-                    self.run(case, "timm_elem" if per_sample else "timm_batch", peer, copy_bytes)
+                    self.run(case, "timm", peer, copy_bytes)
                 if torchvision_v2 is not None and not per_sample:
                     peer = (torchvision_v2.CutMix if method == "cutmix" else torchvision_v2.MixUp)(
                         num_classes=NUM_CLASSES)
@@ -124,11 +129,12 @@ class Bench:
         # timm's Mixup defaults (elem mode): each sample CutMix or MixUp.
         case = "cutmixup_sample"
         self.run(case, "torch", lambda x, y: rk.cutmix_or_mixup(x, y, backend="torch"), copy_bytes)
-        module = rk.nn.CutMixUp()
-        self.run(case, "ours", module, copy_bytes)
-        self.run(case, "ours_graph", module, copy_bytes, graph=True)
+        for backend in self.backends:
+            ours = lambda x, y, b=backend: rk.cutmix_or_mixup(x, y, backend=b)  # noqa: E731  (nn.CutMixUp's call)
+            self.run(case, f"recipe_kernels/{backend}", ours, copy_bytes)
+            self.run(case, f"recipe_kernels/{backend}+graph", ours, copy_bytes, graph=True)
         if timm is not None and floating:
-            self.run(case, "timm_elem", timm.data.Mixup(mode="elem", num_classes=NUM_CLASSES), copy_bytes)
+            self.run(case, "timm", timm.data.Mixup(mode="elem", num_classes=NUM_CLASSES), copy_bytes)
 
     def normalization_case(self):
         """x -> CutMix per sample -> (x - mean) / std in bf16: fused against separate torch ops."""
@@ -141,12 +147,13 @@ class Bench:
             mixed, target = rk.cutmix(x, y, per_sample=True, backend="torch")
             return ((mixed.float() - mean) / std).to(torch.bfloat16), target
 
-        def fused(x, y):
-            return rk.cutmix(x, y, per_sample=True, mean=MEAN, std=STD, out_dtype=torch.bfloat16)
-
         self.run(case, "torch", separate, norm_bytes)
-        self.run(case, "ours", fused, norm_bytes)
-        self.run(case, "ours_graph", fused, norm_bytes, graph=True)
+        for backend in self.backends:
+            def fused(x, y, backend=backend):
+                return rk.cutmix(x, y, per_sample=True, mean=MEAN, std=STD, out_dtype=torch.bfloat16, backend=backend)
+
+            self.run(case, f"recipe_kernels/{backend}", fused, norm_bytes)
+            self.run(case, f"recipe_kernels/{backend}+graph", fused, norm_bytes, graph=True)
 
     def inplace_case(self):
         """The in-place box swap on a fixed box of half the image (bytes depend on the box, so it is fixed)."""
@@ -155,7 +162,9 @@ class Bench:
         element_size = self.batch_bytes // self.numel
         box_bytes = 2 * self.shape[0] * self.shape[1] * area * element_size
         self.run("cutmix_inplace", "torch", lambda x, y: cutmix_swap_op(x, box, "torch"), box_bytes)
-        self.run("cutmix_inplace", "ours_kernel", lambda x, y: cutmix_swap_op(x, box, "triton"), box_bytes)
+        for backend in self.backends:
+            self.run("cutmix_inplace", f"recipe_kernels/{backend}+kernel",
+                     lambda x, y, b=backend: cutmix_swap_op(x, box, b), box_bytes)
 
 
 def main():

@@ -17,6 +17,7 @@ def make_row(provider, ms, case="8192x8192"):
 
 def test_speedups_compare_our_best_backend_with_each_peer():
     rows = [make_row("recipe_kernels/triton", 2.0), make_row("recipe_kernels/cuda", 1.0),
+            make_row("recipe_kernels/triton+graph", 0.5),  # a variant of ours: neither ours nor a peer
             make_row("torch", 3.0), make_row("torch.compile", 1.5), make_row("torch", 9.0, case="other")]
     speedups = run_all.speedups_against_peers(rows)
     assert speedups == {("dropout", "8192x8192", "bfloat16", "fwd", "torch"): 3.0,
