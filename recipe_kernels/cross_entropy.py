@@ -493,9 +493,14 @@ def cross_entropy_op(logits: torch.Tensor, target: torch.Tensor, target_b: Optio
                     None, splits)
 
 
+def _fake_loss(logits, reduction):
+    """What the three loss ops return: float32, a scalar or one value per row."""
+    return logits.new_empty(_row_shape(logits) if reduction == "none" else (), dtype=torch.float32)
+
+
 @cross_entropy_op.register_fake
 def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0):
-    return logits.new_empty(_row_shape(logits) if reduction == "none" else (), dtype=torch.float32)
+    return _fake_loss(logits, reduction)
 
 
 @torch.library.custom_op("recipe_kernels::cross_entropy_with_grad_", mutates_args=("grad",))
@@ -511,7 +516,7 @@ def cross_entropy_with_grad_op(logits: torch.Tensor, grad: torch.Tensor, target:
 
 @cross_entropy_with_grad_op.register_fake
 def _(logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0):
-    return logits.new_empty(_row_shape(logits) if reduction == "none" else (), dtype=torch.float32)
+    return _fake_loss(logits, reduction)
 
 
 @torch.library.custom_op("recipe_kernels::cross_entropy_inplace_", mutates_args=("logits",))
@@ -527,7 +532,7 @@ def cross_entropy_inplace_op(logits: torch.Tensor, target: torch.Tensor, target_
 
 @cross_entropy_inplace_op.register_fake
 def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0):
-    return logits.new_empty(_row_shape(logits) if reduction == "none" else (), dtype=torch.float32)
+    return _fake_loss(logits, reduction)
 
 
 @torch.library.custom_op("recipe_kernels::cross_entropy_scale_grad_", mutates_args=("grad",))
