@@ -554,6 +554,14 @@ def _(grad, grad_output, backend):
     return None
 
 
+def _scaled_saved_gradient(ctx, grad_loss):
+    """The backward of the three Functions below: the gradient the forward wrote, scaled in place
+    by grad_output, for the logits (their other inputs get none)."""
+    (grad,) = ctx.saved_tensors
+    scale_grad_op(grad, grad_loss, ctx.backend)
+    return (grad,) + (None,) * 8
+
+
 class CrossEntropyFunction(torch.autograd.Function):
     """The loss, with the gradient written by the forward into a new contiguous buffer.
 
@@ -573,9 +581,7 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        (grad,) = ctx.saved_tensors
-        scale_grad_op(grad, grad_loss, ctx.backend)
-        return grad, None, None, None, None, None, None, None, None
+        return _scaled_saved_gradient(ctx, grad_loss)
 
 
 class CrossEntropyInplaceFunction(torch.autograd.Function):
@@ -596,9 +602,7 @@ class CrossEntropyInplaceFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_overwritten_logits):
-        (grad,) = ctx.saved_tensors
-        scale_grad_op(grad, grad_loss, ctx.backend)
-        return grad, None, None, None, None, None, None, None, None
+        return _scaled_saved_gradient(ctx, grad_loss)
 
 
 class CrossEntropyInplaceViewFunction(torch.autograd.Function):
@@ -620,9 +624,7 @@ class CrossEntropyInplaceViewFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        (grad,) = ctx.saved_tensors
-        scale_grad_op(grad, grad_loss, ctx.backend)
-        return grad, None, None, None, None, None, None, None, None
+        return _scaled_saved_gradient(ctx, grad_loss)
 
 
 # ----------------------------------------------------------------------------- public API
