@@ -870,6 +870,7 @@ class ModelEMA:
         else:  # eager: straight to the launchers (see _dispatch_ema_update)
             _ema_schedule(*schedule)
             _ema_update(ema, params, self._decays, pairs.slots, self.backend, memo=pairs)
+            torch.autograd.graph.increment_version(ema)
 
     def state_dict(self):
         """The averaged weights keyed as in model.state_dict() (DTensors stay DTensors), plus the counter."""
