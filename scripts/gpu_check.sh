@@ -4,7 +4,8 @@
 #                                            over triton, cuda and torch, then benchmarks/run_all.py --quick
 #   scripts/gpu_check.sh OUTDIR --sanitize   also the cuda-backend tests under compute-sanitizer
 # Logs and CSV rows land in OUTDIR; the rows are also appended to benchmarks/results/results.csv.
-# Wheels of pure-Python peers (e.g. liger-kernel) placed in wheels/ are installed first.
+# Wheels of pure-Python peers placed in wheels/ (git-ignored; carry it) are put on PYTHONPATH first, e.g.
+#   pip download --no-deps --only-binary=:all: -d wheels liger-kernel
 set -uo pipefail
 OUT=$(realpath -m "${1:?usage: scripts/gpu_check.sh OUTDIR [--sanitize]}")
 SANITIZE=${2:-}
@@ -16,7 +17,10 @@ step() { echo "== $1 ($(date +%T))" | tee -a "$OUT/summary.txt"; }
 step "environment"
 { nvidia-smi; python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
   > "$OUT/environment.txt" 2>&1
-for wheel in wheels/*.whl; do [ -e "$wheel" ] && pip install --no-deps --no-index "$wheel" >> "$OUT/install.log" 2>&1; done
+if compgen -G "wheels/*.whl" > /dev/null; then  # pure-Python peers carried along (no network there)
+  python -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/peer-site wheels/*.whl \
+    >> "$OUT/install.log" 2>&1 && export PYTHONPATH="/tmp/peer-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 
 step "install (sm_90 only)"
 if ! RECIPE_KERNELS_CUDA_ARCHS=90 RECIPE_KERNELS_BUILD_CUDA=1 \
