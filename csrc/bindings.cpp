@@ -45,6 +45,12 @@ void cutmix_swap(uintptr_t x, uintptr_t box, int64_t n, int64_t c, int64_t h, in
 void composite_values_host(uintptr_t own, uintptr_t other, uintptr_t inside, uintptr_t out, int64_t count, int mode,
                            float lam, float fill, bool round_uint8);
 void erase_noise_host(int64_t seed, uintptr_t index, uintptr_t out, int64_t count);
+void composite_batch_host(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t lam, uintptr_t partner, uintptr_t mode,
+                          uintptr_t fill, uintptr_t mean, uintptr_t std_dev, uintptr_t seed, int64_t n, int64_t c,
+                          int64_t h, int64_t w, bool channels_last, bool visit_flip_pairs, int in_dtype,
+                          int out_dtype);
+void cutmix_swap_host(uintptr_t x, uintptr_t box, int64_t n, int64_t c, int64_t h, int64_t w, bool channels_last,
+                      int dtype);
 // csrc/ema.cu (declarations)
 void ema_update(uintptr_t table, int64_t num_chunks, uintptr_t decays, int64_t chunk, int threads, uintptr_t stream);
 void ema_schedule(uintptr_t num_updates, uintptr_t decays, double decay, bool warmup, double warmup_gamma,
@@ -53,6 +59,9 @@ void ema_schedule(uintptr_t num_updates, uintptr_t decays, double decay, bool wa
 void ema_blend_host(const float* ema, const float* param, float* out, int64_t n, float decay);
 void ema_decays_host(int64_t t, double decay, bool warmup, double warmup_gamma, double warmup_power,
                      double min_decay, int64_t update_after_step, int64_t update_every, float* out);
+void ema_update_host(uintptr_t table, int64_t num_chunks, uintptr_t decays, int64_t chunk, int threads);
+void ema_schedule_host(uintptr_t num_updates, uintptr_t decays, double decay, bool warmup, double warmup_gamma,
+                       double warmup_power, double min_decay, int64_t update_after_step, int64_t update_every);
 }  // namespace recipe_kernels
 
 namespace {
@@ -145,6 +154,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("erase_noise_host", &recipe_kernels::erase_noise_host,
         "random-erasing normal noise on the CPU (int64 indices in, float32 out), from csrc/mixing.cu",
         py::arg("seed"), py::arg("index"), py::arg("out"), py::arg("count"));
+  m.def("composite_batch_host", &recipe_kernels::composite_batch_host,
+        "composite_batch's CUDA code run on the CPU over the launcher's whole grid (CPU pointers)", py::arg("x"),
+        py::arg("out"), py::arg("box"), py::arg("lam"), py::arg("partner"), py::arg("mode"), py::arg("fill"),
+        py::arg("mean"), py::arg("std"), py::arg("seed"), py::arg("n"), py::arg("c"), py::arg("h"), py::arg("w"),
+        py::arg("channels_last"), py::arg("visit_flip_pairs"), py::arg("in_dtype"), py::arg("out_dtype"));
+  m.def("cutmix_swap_host", &recipe_kernels::cutmix_swap_host,
+        "cutmix_swap's CUDA code run on the CPU over the launcher's whole grid (CPU pointers)", py::arg("x"),
+        py::arg("box"), py::arg("n"), py::arg("c"), py::arg("h"), py::arg("w"), py::arg("channels_last"),
+        py::arg("dtype"));
   // ema (bindings)
   m.def("ema_update", &recipe_kernels::ema_update, "e <- d*e + (1-d)*p over every row of a chunk table",
         py::arg("table"), py::arg("num_chunks"), py::arg("decays"), py::arg("chunk"), py::arg("threads"),
@@ -175,6 +193,12 @@ PYBIND11_MODULE(_C, m) {
       "ModelEMA's (average, copy) decays of update t on the CPU, from csrc/ema.cu", py::arg("t"), py::arg("decay"),
       py::arg("warmup"), py::arg("warmup_gamma"), py::arg("warmup_power"), py::arg("min_decay"),
       py::arg("update_after_step"), py::arg("update_every"));
+  m.def("ema_update_host", &recipe_kernels::ema_update_host,
+        "ema_update's CUDA code run on the CPU over every block and thread of its grid (CPU addresses)",
+        py::arg("table"), py::arg("num_chunks"), py::arg("decays"), py::arg("chunk"), py::arg("threads"));
+  m.def("ema_schedule_host", &recipe_kernels::ema_schedule_host, "ema_schedule's CUDA code run on the CPU",
+        py::arg("num_updates"), py::arg("decays"), py::arg("decay"), py::arg("warmup"), py::arg("warmup_gamma"),
+        py::arg("warmup_power"), py::arg("min_decay"), py::arg("update_after_step"), py::arg("update_every"));
   m.def("philox4x32_host", &philox4x32_host, "Philox4x32 words on the CPU, from csrc/philox.cuh",
         py::arg("seed"), py::arg("counters"));
   m.def("keep_mask_host", &keep_mask_host, "dropout keep decisions on the CPU, from csrc/philox.cuh",

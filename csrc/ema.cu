@@ -3,6 +3,11 @@
 // chunk table: one row of four int64 per chunk of at most `chunk` elements,
 //   [e address, p address, element count, codes = e code | p code << 4 | decay slot << 8],
 // with dtype codes 0 fp32, 1 fp16, 2 bf16, 3 fp64, and 4 for rows copied byte for byte.
+//
+// As in dropout.cu, each kernel's body is a __host__ __device__ function of (block, thread, grid):
+// the __global__ kernel calls it once per GPU thread, and the *_host entry points call it for
+// every thread of the same grid on CPU memory (a table built for CPU tensors holds CPU addresses),
+// so the tests without a GPU run this very code against the torch backend.
 #include <cmath>
 
 #include "common.cuh"
@@ -10,9 +15,18 @@
 namespace recipe_kernels {
 
 // fp64 tensors are read and written here too (the math stays fp32, as in the other backends).
-__device__ __forceinline__ float to_float(double v) { return static_cast<float>(v); }
+RK_HOST_DEVICE float to_float(double v) {
+#ifdef __CUDA_ARCH__
+  return static_cast<float>(v);
+#else
+  // GCC 12's -O3 SLP vectorizer drops the rounding of (double)(float)v for two lanes of a Vec4<double>
+  // (an fp64 pair at decay 0 stored p unrounded); a volatile keeps the emulation honest.
+  const volatile float rounded = static_cast<float>(v);
+  return rounded;
+#endif
+}
 template <>
-__device__ __forceinline__ double from_float<double>(float v) { return static_cast<double>(v); }
+RK_HOST_DEVICE double from_float<double>(float v) { return static_cast<double>(v); }
 
 constexpr int kEmaFloat64 = 3;
 constexpr int kEmaRawBytes = 4;
@@ -70,15 +84,25 @@ __host__ __device__ inline EmaDecays ema_decays(int64_t t, const EmaSchedule& s)
 
 namespace {
 
-// One chunk of one pair: count elements of E at ema and of P at param. Each thread moves four
-// consecutive elements per step, as one vector when both addresses allow it.
+// 1 - d rounded once (a plain subtraction on the host, which rounds each operation alike).
+RK_HOST_DEVICE float one_minus(float d) {
+#ifdef __CUDA_ARCH__
+  return __fsub_rn(1.0f, d);
+#else
+  return 1.0f - d;
+#endif
+}
+
+// One chunk of one pair, for thread `thread` of a block of `threads`: count elements of E at ema
+// and of P at param. Each thread moves four consecutive elements per step, as one vector when
+// both addresses allow it.
 template <typename E, typename P>
-__device__ void blend_chunk(E* __restrict__ ema, const P* __restrict__ param, int64_t count, float d) {
-  const float one_minus_d = __fsub_rn(1.0f, d);
+RK_HOST_DEVICE void blend_chunk(E* __restrict__ ema, const P* __restrict__ param, int64_t count, float d,
+                                int64_t thread, int64_t threads) {
+  const float one_minus_d = one_minus(d);
   const bool vectorized = reinterpret_cast<uintptr_t>(ema) % sizeof(Vec4<E>) == 0 &&
                           reinterpret_cast<uintptr_t>(param) % sizeof(Vec4<P>) == 0;
-  for (int64_t first = static_cast<int64_t>(threadIdx.x) * 4; first < count;
-       first += static_cast<int64_t>(blockDim.x) * 4) {
+  for (int64_t first = thread * 4; first < count; first += threads * 4) {
     if (vectorized && first + 4 <= count) {
       const Vec4<P> p = *reinterpret_cast<const Vec4<P>*>(param + first);
       Vec4<E> e = *reinterpret_cast<const Vec4<E>*>(ema + first);
@@ -94,41 +118,58 @@ __device__ void blend_chunk(E* __restrict__ ema, const P* __restrict__ param, in
 }
 
 template <typename E>
-__device__ void blend_chunk_for_param(int param_code, E* ema, int64_t param_address, int64_t count, float d) {
+RK_HOST_DEVICE void blend_chunk_for_param(int param_code, E* ema, int64_t param_address, int64_t count, float d,
+                                          int64_t thread, int64_t threads) {
   switch (param_code) {
-    case kFloat32: blend_chunk(ema, reinterpret_cast<const float*>(param_address), count, d); break;
-    case kFloat16: blend_chunk(ema, reinterpret_cast<const __half*>(param_address), count, d); break;
-    case kBFloat16: blend_chunk(ema, reinterpret_cast<const __nv_bfloat16*>(param_address), count, d); break;
-    default: blend_chunk(ema, reinterpret_cast<const double*>(param_address), count, d); break;
+    case kFloat32: blend_chunk(ema, reinterpret_cast<const float*>(param_address), count, d, thread, threads); break;
+    case kFloat16: blend_chunk(ema, reinterpret_cast<const __half*>(param_address), count, d, thread, threads); break;
+    case kBFloat16:
+      blend_chunk(ema, reinterpret_cast<const __nv_bfloat16*>(param_address), count, d, thread, threads);
+      break;
+    default: blend_chunk(ema, reinterpret_cast<const double*>(param_address), count, d, thread, threads); break;
   }
 }
 
-// e <- d*e + (1-d)*p over the chunk of table row blockIdx.x, with d = decays[slot of the row].
-// Inputs: table (EmaChunk rows), decays (fp32). Bytes: reads p and e and writes e once each, plus
-// 32 table bytes and 4 decay bytes per block. A decay of exactly 1 skips the chunk, reading nothing.
-__global__ void ema_update_kernel(const EmaChunk* __restrict__ table, const float* __restrict__ decays) {
-  const EmaChunk row = table[blockIdx.x];
+// e <- d*e + (1-d)*p over the chunk of table row `block`, with d = decays[slot of the row], for
+// thread `thread` of a block of `threads`. Inputs: table (EmaChunk rows), decays (fp32). Bytes:
+// reads p and e and writes e once each, plus 32 table bytes and 4 decay bytes per block. A decay
+// of exactly 1 skips the chunk, reading nothing.
+RK_HOST_DEVICE void ema_update_thread(const EmaChunk* __restrict__ table, const float* __restrict__ decays,
+                                      int64_t block, int64_t thread, int64_t threads) {
+  const EmaChunk row = table[block];
   const int ema_code = static_cast<int>(row.codes & ((1 << kParamCodeShift) - 1));
   const int param_code = static_cast<int>((row.codes >> kParamCodeShift) & ((1 << kParamCodeShift) - 1));
   const float d = decays[row.codes >> kDecaySlotShift];
   if (d == 1.0f) return;
   switch (ema_code) {
-    case kFloat32: blend_chunk_for_param(param_code, reinterpret_cast<float*>(row.ema_address), row.param_address, row.count, d); break;
-    case kFloat16: blend_chunk_for_param(param_code, reinterpret_cast<__half*>(row.ema_address), row.param_address, row.count, d); break;
-    case kBFloat16: blend_chunk_for_param(param_code, reinterpret_cast<__nv_bfloat16*>(row.ema_address), row.param_address, row.count, d); break;
-    case kEmaFloat64: blend_chunk_for_param(param_code, reinterpret_cast<double*>(row.ema_address), row.param_address, row.count, d); break;
+    case kFloat32:
+      blend_chunk_for_param(param_code, reinterpret_cast<float*>(row.ema_address), row.param_address, row.count, d,
+                            thread, threads);
+      break;
+    case kFloat16:
+      blend_chunk_for_param(param_code, reinterpret_cast<__half*>(row.ema_address), row.param_address, row.count, d,
+                            thread, threads);
+      break;
+    case kBFloat16:
+      blend_chunk_for_param(param_code, reinterpret_cast<__nv_bfloat16*>(row.ema_address), row.param_address,
+                            row.count, d, thread, threads);
+      break;
+    case kEmaFloat64:
+      blend_chunk_for_param(param_code, reinterpret_cast<double*>(row.ema_address), row.param_address, row.count, d,
+                            thread, threads);
+      break;
     case kEmaRawBytes: {  // an integer buffer, copied
       auto* ema = reinterpret_cast<unsigned char*>(row.ema_address);
       const auto* param = reinterpret_cast<const unsigned char*>(row.param_address);
-      for (int64_t i = threadIdx.x; i < row.count; i += blockDim.x) ema[i] = param[i];
+      for (int64_t i = thread; i < row.count; i += threads) ema[i] = param[i];
       break;
     }
     default: break;  // no other codes are written by recipe_kernels/ema.py
   }
 }
 
-// One thread: t = ++num_updates; decays = ema_decays(t). 20 bytes.
-__global__ void ema_schedule_kernel(int64_t* num_updates, float* decays, EmaSchedule schedule) {
+// The one thread of the schedule: t = ++num_updates; decays = ema_decays(t). 20 bytes.
+RK_HOST_DEVICE void ema_schedule_thread(int64_t* num_updates, float* decays, const EmaSchedule& schedule) {
   const int64_t t = *num_updates + 1;
   *num_updates = t;
   const EmaDecays result = ema_decays(t, schedule);
@@ -136,12 +177,27 @@ __global__ void ema_schedule_kernel(int64_t* num_updates, float* decays, EmaSche
   decays[1] = result.copy;
 }
 
+__global__ void ema_update_kernel(const EmaChunk* __restrict__ table, const float* __restrict__ decays) {
+  ema_update_thread(table, decays, blockIdx.x, threadIdx.x, blockDim.x);
+}
+
+__global__ void ema_schedule_kernel(int64_t* num_updates, float* decays, EmaSchedule schedule) {
+  ema_schedule_thread(num_updates, decays, schedule);
+}
+
+// What the GPU launch and its emulation both refuse.
+void check_update_grid(int64_t num_chunks, int64_t chunk, int threads) {
+  if (num_chunks > INT32_MAX) throw std::invalid_argument("recipe_kernels._C.ema_update: more than 2^31 chunks");
+  if (chunk <= 0 || threads <= 0) throw std::invalid_argument("recipe_kernels._C.ema_update: bad chunk or threads");
+}
+
 }  // namespace
+
+// ----------------------------------------------------------------------------- GPU launchers
 
 void ema_update(uintptr_t table, int64_t num_chunks, uintptr_t decays, int64_t chunk, int threads, uintptr_t stream) {
   if (num_chunks <= 0) return;
-  if (num_chunks > INT32_MAX) throw std::invalid_argument("recipe_kernels._C.ema_update: more than 2^31 chunks");
-  if (chunk <= 0 || threads <= 0) throw std::invalid_argument("recipe_kernels._C.ema_update: bad chunk or threads");
+  check_update_grid(num_chunks, chunk, threads);
   ema_update_kernel<<<static_cast<unsigned>(num_chunks), threads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       reinterpret_cast<const EmaChunk*>(table), reinterpret_cast<const float*>(decays));
   check_launch("ema_update");
@@ -154,6 +210,26 @@ void ema_schedule(uintptr_t num_updates, uintptr_t decays, double decay, bool wa
   ema_schedule_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       reinterpret_cast<int64_t*>(num_updates), reinterpret_cast<float*>(decays), schedule);
   check_launch("ema_schedule");
+}
+
+// ----------------------------------------------------------------------------- CPU emulation of the same code
+// Pointers are to CPU memory (the table's addresses too); every thread of the GPU grid runs in turn.
+
+void ema_update_host(uintptr_t table, int64_t num_chunks, uintptr_t decays, int64_t chunk, int threads) {
+  if (num_chunks <= 0) return;
+  check_update_grid(num_chunks, chunk, threads);
+  for (int64_t block = 0; block < num_chunks; ++block) {
+    for (int64_t thread = 0; thread < threads; ++thread) {
+      ema_update_thread(reinterpret_cast<const EmaChunk*>(table), reinterpret_cast<const float*>(decays), block,
+                        thread, threads);
+    }
+  }
+}
+
+void ema_schedule_host(uintptr_t num_updates, uintptr_t decays, double decay, bool warmup, double warmup_gamma,
+                       double warmup_power, double min_decay, int64_t update_after_step, int64_t update_every) {
+  const EmaSchedule schedule{decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step, update_every};
+  ema_schedule_thread(reinterpret_cast<int64_t*>(num_updates), reinterpret_cast<float*>(decays), schedule);
 }
 
 void ema_blend_host(const float* ema, const float* param, float* out, int64_t n, float decay) {

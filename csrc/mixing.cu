@@ -1,8 +1,10 @@
 // CutMix, MixUp and random erasing: per-sample batch compositing, and in-place CutMix by box swap.
 // The Python side (recipe_kernels/mixing.py) samples the per-sample parameters with torch ops on the
-// device and passes raw pointers; boxes are therefore not computed here. The per-element arithmetic
-// (compositing, uint8 rounding, erase noise) is __host__ __device__ and has host entry points, so the
-// CPU tests check it against the torch reference.
+// device and passes raw pointers; boxes are therefore not computed here.
+//
+// As in dropout.cu, each kernel's body is a __host__ __device__ function of (block, thread): the
+// __global__ kernel calls it once per GPU thread, and the *_host entry points call it for every thread
+// of the same grid on CPU memory, so the tests without a GPU run this very code against the reference.
 #include <cmath>
 
 #include "common.cuh"
@@ -44,22 +46,31 @@ RK_HOST_DEVICE float erase_noise(uint64_t seed, uint64_t index) {
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = 8;
 
-__device__ __forceinline__ float load_float(const uint8_t* p) { return static_cast<float>(*p); }
+RK_HOST_DEVICE float load_float(const uint8_t* p) { return static_cast<float>(*p); }
 template <typename T>
-__device__ __forceinline__ float load_float(const T* p) { return to_float(*p); }
+RK_HOST_DEVICE float load_float(const T* p) { return to_float(*p); }
 
 template <typename T>
-__device__ __forceinline__ T store_value(float v) { return from_float<T>(v); }
+RK_HOST_DEVICE T store_value(float v) { return from_float<T>(v); }
 template <>
-__device__ __forceinline__ uint8_t store_value<uint8_t>(float v) { return static_cast<uint8_t>(v); }
+RK_HOST_DEVICE uint8_t store_value<uint8_t>(float v) { return static_cast<uint8_t>(v); }
 
 // The fp32 value rounded to what x's dtype T stores (the value an unfused op would write).
 template <typename T>
-__device__ __forceinline__ float round_to_input(float v) { return to_float(from_float<T>(v)); }
+RK_HOST_DEVICE float round_to_input(float v) { return to_float(from_float<T>(v)); }
 template <>
-__device__ __forceinline__ float round_to_input<float>(float v) { return v; }
+RK_HOST_DEVICE float round_to_input<float>(float v) { return v; }
 template <>
-__device__ __forceinline__ float round_to_input<uint8_t>(float v) { return round_half_up_uint8(v); }
+RK_HOST_DEVICE float round_to_input<uint8_t>(float v) { return round_half_up_uint8(v); }
+
+// (value - mean) / std correctly rounded, as torch computes it; the host's IEEE a - b and a / b are the same.
+RK_HOST_DEVICE float normalize_rn(float value, float mean, float std_dev) {
+#ifdef __CUDA_ARCH__
+  return __fdiv_rn(__fsub_rn(value, mean), std_dev);
+#else
+  return (value - mean) / std_dev;
+#endif
+}
 
 struct Geometry {
   int64_t num_samples, channels, height, width;
@@ -86,9 +97,8 @@ Geometry make_geometry(int64_t n, int64_t c, int64_t h, int64_t w, bool channels
 // Block coordinates, the same visit order as the Triton kernel: (slot, plane, row block), row blocks fastest.
 // With visit_flip_pairs, slots 0, 1, 2, 3, ... are samples 0, N-1, 1, N-2, ... so that a sample and its
 // flip partner are read by neighbouring blocks (the partner's read hits L2).
-__device__ __forceinline__ void block_coordinates(const Geometry& g, bool visit_flip_pairs, int64_t& sample,
-                                                  int64_t& plane, int64_t& row_block) {
-  const int64_t block = blockIdx.x;
+RK_HOST_DEVICE void block_coordinates(const Geometry& g, bool visit_flip_pairs, int64_t block, int64_t& sample,
+                                      int64_t& plane, int64_t& row_block) {
   row_block = block % g.row_blocks;
   plane = (block / g.row_blocks) % g.planes;
   const int64_t slot = block / (g.row_blocks * g.planes);
@@ -101,15 +111,17 @@ __device__ __forceinline__ void block_coordinates(const Geometry& g, bool visit_
 // null (then ERASE writes fill). out has x's layout. A block covers kRowsPerBlock rows of one (sample, plane);
 // a thread walks pixels of a row and, for channels_last, the C channels of each pixel.
 // Bytes: each output element's source is read once (MixUp: both sources), out is written once.
+// This is one thread's share: thread `thread` (of kThreads) of block `block`.
 template <typename TIn, typename TOut>
-__global__ void composite_kernel(const TIn* __restrict__ x, TOut* __restrict__ out, const int32_t* __restrict__ box,
-                                 const float* __restrict__ lam_ptr, const int32_t* __restrict__ partner_ptr,
-                                 const int32_t* __restrict__ mode_ptr, const float* __restrict__ fill,
-                                 const float* __restrict__ mean, const float* __restrict__ std_dev,
-                                 const int64_t* __restrict__ seed_ptr, Geometry g, bool visit_flip_pairs) {
+RK_HOST_DEVICE void composite_thread(const TIn* __restrict__ x, TOut* __restrict__ out,
+                                     const int32_t* __restrict__ box, const float* __restrict__ lam_ptr,
+                                     const int32_t* __restrict__ partner_ptr, const int32_t* __restrict__ mode_ptr,
+                                     const float* __restrict__ fill, const float* __restrict__ mean,
+                                     const float* __restrict__ std_dev, const int64_t* __restrict__ seed_ptr,
+                                     const Geometry& g, bool visit_flip_pairs, int64_t block, int64_t thread) {
   // 1. The block's sample and its parameters.
   int64_t sample, plane, row_block;
-  block_coordinates(g, visit_flip_pairs, sample, plane, row_block);
+  block_coordinates(g, visit_flip_pairs, block, sample, plane, row_block);
   const int mode = mode_ptr[sample];
   int64_t partner = partner_ptr[sample];
   partner = partner < 0 ? 0 : (partner >= g.num_samples ? g.num_samples - 1 : partner);
@@ -123,7 +135,7 @@ __global__ void composite_kernel(const TIn* __restrict__ x, TOut* __restrict__ o
   for (int64_t row = row_block * kRowsPerBlock; row < row_end; ++row) {
     const bool row_in_box = row >= y0 && row < y1;
     const int64_t row_base = sample * g.sample_stride + plane * g.plane_stride + row * g.row_stride;
-    for (int64_t pixel = threadIdx.x; pixel < g.width; pixel += blockDim.x) {
+    for (int64_t pixel = thread; pixel < g.width; pixel += kThreads) {  // the launch's blockDim.x
       const bool inside = row_in_box && pixel >= x0 && pixel < x1;
       // 2. Load only the source each element takes: CutMix reads one input per element.
       const bool takes_partner = mode == kMixUp || (mode == kCutMix && inside);
@@ -140,7 +152,7 @@ __global__ void composite_kernel(const TIn* __restrict__ x, TOut* __restrict__ o
         }
         // 3. Composite in fp32, round to x's dtype, normalize (correctly rounded, as torch), store.
         float value = round_to_input<TIn>(composite_value(mode, inside, own, other, lam, fill_value));
-        if (mean != nullptr) value = __fdiv_rn(__fsub_rn(value, mean[channel]), std_dev[channel]);
+        if (mean != nullptr) value = normalize_rn(value, mean[channel], std_dev[channel]);
         out[offset] = store_value<TOut>(value);
       }
     }
@@ -150,10 +162,12 @@ __global__ void composite_kernel(const TIn* __restrict__ x, TOut* __restrict__ o
 // In place: sample i and sample N-1-i exchange the pixels inside box[i], for i < N / 2.
 // Inputs: x (N, C, H, W) contiguous or channels_last, box (N, 4) int32 (the batch's box). Bytes: reads and
 // writes the box of every sample once; blocks whose rows miss the box return at once.
+// This is one thread's share: thread `thread` (of kThreads) of block `block`.
 template <typename T>
-__global__ void cutmix_swap_kernel(T* __restrict__ x, const int32_t* __restrict__ box, Geometry g) {
+RK_HOST_DEVICE void cutmix_swap_thread(T* __restrict__ x, const int32_t* __restrict__ box, const Geometry& g,
+                                       int64_t block, int64_t thread) {
   int64_t first, plane, row_block;
-  block_coordinates(g, false, first, plane, row_block);
+  block_coordinates(g, false, block, first, plane, row_block);
   const int64_t second = g.num_samples - 1 - first;
   const int64_t x0 = box[first * 4], y0 = box[first * 4 + 1], x1 = box[first * 4 + 2], y1 = box[first * 4 + 3];
   const int64_t row_begin = row_block * kRowsPerBlock;
@@ -163,7 +177,7 @@ __global__ void cutmix_swap_kernel(T* __restrict__ x, const int32_t* __restrict_
     // The box's span of the row, clipped to the image: a box partly outside selects only what is inside.
     const int64_t begin = (x0 > 0 ? x0 : 0) * g.channels_per_pixel;
     const int64_t end = (x1 < g.width ? x1 : g.width) * g.channels_per_pixel;
-    for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+    for (int64_t j = begin + thread; j < end; j += kThreads) {  // the launch's blockDim.x
       T* a = x + first * g.sample_stride + local + j;
       T* b = x + second * g.sample_stride + local + j;
       const T saved = *a;
@@ -171,6 +185,22 @@ __global__ void cutmix_swap_kernel(T* __restrict__ x, const int32_t* __restrict_
       *b = saved;
     }
   }
+}
+
+// __restrict__ here as well as on the thread functions: without it the loads of x lose ld.global.nc.
+template <typename TIn, typename TOut>
+__global__ void composite_kernel(const TIn* __restrict__ x, TOut* __restrict__ out, const int32_t* __restrict__ box,
+                                 const float* __restrict__ lam, const int32_t* __restrict__ partner,
+                                 const int32_t* __restrict__ mode, const float* __restrict__ fill,
+                                 const float* __restrict__ mean, const float* __restrict__ std_dev,
+                                 const int64_t* __restrict__ seed, Geometry g, bool visit_flip_pairs) {
+  composite_thread<TIn, TOut>(x, out, box, lam, partner, mode, fill, mean, std_dev, seed, g, visit_flip_pairs,
+                              blockIdx.x, threadIdx.x);
+}
+
+template <typename T>
+__global__ void cutmix_swap_kernel(T* __restrict__ x, const int32_t* __restrict__ box, Geometry g) {
+  cutmix_swap_thread<T>(x, box, g, blockIdx.x, threadIdx.x);
 }
 
 // Calls fn(T{}) with T the C++ type of a mixing dtype code (the float codes plus uint8).
@@ -229,7 +259,51 @@ void cutmix_swap(uintptr_t x, uintptr_t box, int64_t n, int64_t c, int64_t h, in
   });
 }
 
-// Host entry points: the kernels' per-element arithmetic on CPU buffers (raw pointers of CPU tensors).
+// ----------------------------------------------------------------------------- CPU emulation of the same code
+// Pointers are to CPU memory (CPU tensors' data_ptr()). The kernels have no grid-stride loop, so each
+// entry point runs every thread of every block of the launcher's grid, one after another.
+
+void composite_batch_host(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t lam, uintptr_t partner, uintptr_t mode,
+                          uintptr_t fill, uintptr_t mean, uintptr_t std_dev, uintptr_t seed, int64_t n, int64_t c,
+                          int64_t h, int64_t w, bool channels_last, bool visit_flip_pairs, int in_dtype,
+                          int out_dtype) {
+  if (n <= 0 || c <= 0 || h <= 0 || w <= 0) return;
+  const Geometry g = make_geometry(n, c, h, w, channels_last);
+  const int64_t blocks = checked_blocks(g, n, "composite_batch_host");
+  dispatch_mixing_dtype(in_dtype, [&](auto in_tag) {
+    using TIn = decltype(in_tag);
+    dispatch_mixing_dtype(out_dtype, [&](auto out_tag) {
+      using TOut = decltype(out_tag);
+      for (int64_t block = 0; block < blocks; ++block) {
+        for (int64_t thread = 0; thread < kThreads; ++thread) {
+          composite_thread<TIn, TOut>(
+              reinterpret_cast<const TIn*>(x), reinterpret_cast<TOut*>(out), reinterpret_cast<const int32_t*>(box),
+              reinterpret_cast<const float*>(lam), reinterpret_cast<const int32_t*>(partner),
+              reinterpret_cast<const int32_t*>(mode), reinterpret_cast<const float*>(fill),
+              reinterpret_cast<const float*>(mean), reinterpret_cast<const float*>(std_dev),
+              reinterpret_cast<const int64_t*>(seed), g, visit_flip_pairs, block, thread);
+        }
+      }
+    });
+  });
+}
+
+void cutmix_swap_host(uintptr_t x, uintptr_t box, int64_t n, int64_t c, int64_t h, int64_t w, bool channels_last,
+                      int dtype) {
+  if (n < 2 || c <= 0 || h <= 0 || w <= 0) return;
+  const Geometry g = make_geometry(n, c, h, w, channels_last);
+  const int64_t blocks = checked_blocks(g, n / 2, "cutmix_swap_host");
+  dispatch_mixing_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    for (int64_t block = 0; block < blocks; ++block) {
+      for (int64_t thread = 0; thread < kThreads; ++thread) {
+        cutmix_swap_thread<T>(reinterpret_cast<T*>(x), reinterpret_cast<const int32_t*>(box), g, block, thread);
+      }
+    }
+  });
+}
+
+// The kernels' per-element arithmetic alone on CPU buffers (raw pointers of CPU tensors).
 void composite_values_host(uintptr_t own, uintptr_t other, uintptr_t inside, uintptr_t out, int64_t count, int mode,
                            float lam, float fill, bool round_uint8) {
   const float* own_values = reinterpret_cast<const float*>(own);
