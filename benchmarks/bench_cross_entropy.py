@@ -22,7 +22,6 @@ DIR/cross_entropy_peak_memory.csv and benchmarks/results/cross_entropy_peak_memo
 
 Usage: python benchmarks/bench_cross_entropy.py [--quick] [--out DIR]
 """
-import argparse
 import os
 import sys
 
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Recorder, append_rows, optional_peer, require_cuda, rotating, time_rotating  # noqa: E402
+from common import Recorder, append_rows, optional_peer, parse_args, require_cuda, rotating, time_rotating  # noqa: E402
 
 CASES = [(8192, 32000), (8192, 131072), (4096, 262144), (65536, 1000), (1024, 21841), (256, 1000)]
 QUICK_CASES = [(8192, 32000), (256, 1000)]
@@ -192,8 +191,5 @@ def run(quick, out_dir):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="two shapes and one mixed shape, for scripts/gpu_check.sh")
-    parser.add_argument("--out", default=None, help="also write the rows to DIR/results.csv")
-    args = parser.parse_args()
+    args = parse_args(__doc__, "two shapes and one mixed shape, for scripts/gpu_check.sh")
     run(args.quick, args.out)

@@ -15,7 +15,6 @@ with a margin that only a GPU run can confirm (PTX counts are not SASS counts).
 
 Usage: python benchmarks/bench_dropout.py [--quick] [--out DIR]
 """
-import argparse
 import os
 import sys
 
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Recorder, optional_peer, require_cuda, rotating, time_rotating  # noqa: E402
+from common import Recorder, optional_peer, parse_args, require_cuda, rotating, time_rotating  # noqa: E402
 
 CASES = [(8192, 8192), (4096, 16384)]
 DTYPES = [torch.bfloat16, torch.float32]
@@ -103,8 +102,5 @@ def run(quick, out_dir):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one shape per op, for scripts/gpu_check.sh")
-    parser.add_argument("--out", default=None, help="also write the rows to DIR/results.csv")
-    args = parser.parse_args()
+    args = parse_args(__doc__, "one shape per op, for scripts/gpu_check.sh")
     run(args.quick, args.out)

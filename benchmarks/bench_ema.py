@@ -20,7 +20,6 @@ ModelEMA.update, as rows with pass "host".
 
 Usage: python benchmarks/bench_ema.py [--quick] [--out DIR]
 """
-import argparse
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ import types
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Recorder, require_cuda, rotating, time_rotating  # noqa: E402
+from common import Recorder, parse_args, require_cuda, rotating, time_rotating  # noqa: E402
 
 DECAY = 0.9998
 
@@ -188,10 +187,7 @@ def bench_host_time(recorder, backends):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="only the ResNet-50 case (both dtypes, all providers)")
-    parser.add_argument("--out", default=None, help="also append the rows to DIR/results.csv")
-    args = parser.parse_args()
+    args = parse_args(__doc__, "only the ResNet-50 case (both dtypes, all providers)")
     require_cuda()
     from recipe_kernels import _backend
 

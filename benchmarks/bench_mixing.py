@@ -21,14 +21,13 @@ Providers (B = triton, and cuda when the extension is built):
 
 Usage: python benchmarks/bench_mixing.py [--quick] [--out DIR]
 """
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Recorder, optional_peer, require_cuda, rotating, time_rotating  # noqa: E402
+from common import Recorder, optional_peer, parse_args, require_cuda, rotating, time_rotating  # noqa: E402
 
 NUM_CLASSES = 1000
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -168,10 +167,7 @@ class Bench:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="batch 64, uint8 and bf16 only")
-    parser.add_argument("--out", default=None, help="also append the rows to DIR/results.csv")
-    args = parser.parse_args()
+    args = parse_args(__doc__, "batch 64, uint8 and bf16 only")
     require_cuda()
     timm = optional_peer("timm")
     if timm is not None:

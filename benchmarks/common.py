@@ -7,6 +7,7 @@ the device's copy bandwidth in the same run, and append one row per (case, pass,
 provider) to benchmarks/results/results.csv. Peers that are not installed are skipped
 with a line saying so.
 """
+import argparse
 import csv
 import datetime
 import math
@@ -19,6 +20,14 @@ RESULTS_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 COLUMNS = ["op", "case", "dtype", "pass", "provider", "ms_p50", "gbps", "pct_copy_bw", "speedup_vs_torch",
            "device", "torch", "triton", "date", "commit"]
 ROTATION_BYTES = 512 << 20  # enough input sets to cycle through several times the L2 of an H100/H200
+
+
+def parse_args(doc, quick_help):
+    """The command line every benchmark takes: [--quick] [--out DIR]."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", default=None, help="also append the rows to DIR/results.csv")
+    return parser.parse_args()
 
 
 def require_cuda():

@@ -55,6 +55,16 @@ SCALE_BLOCK = 2048
 
 
 @triton.jit
+def _program_row(num_classes, inner_size):
+    """(row, split, sample, row_offset) of this program, grid (rows, splits): row r is position
+    r % inner_size of sample r // inner_size, whose classes start at row_offset, inner_size apart."""
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    sample = row // inner_size
+    return row, split, sample, sample * num_classes * inner_size + row % inner_size
+
+
+@triton.jit
 def _row_coefficients(target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes,
                       ignore_index, label_smoothing,
                       TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr):
@@ -206,10 +216,7 @@ def _cross_entropy_fwd_kernel(
     With SPLIT, programs write PARTIAL_FIELDS partial statistics of their chunk and
     _cross_entropy_split_finish_kernel merges them and writes loss and gradient.
     """
-    row = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
-    sample = row // inner_size
-    row_offset = sample * num_classes * inner_size + row % inner_size
+    row, split, sample, row_offset = _program_row(num_classes, inner_size)
     # 1. What the target asks of this row.
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
@@ -265,10 +272,7 @@ def _cross_entropy_split_finish_kernel(
     logits again: rows are split only when they are few (rows * C * itemsize is then a few
     MB), so this re-read mostly hits L2. Writes the chunk's gradient once.
     """
-    row = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
-    sample = row // inner_size
-    row_offset = sample * num_classes * inner_size + row % inner_size
+    row, split, sample, row_offset = _program_row(num_classes, inner_size)
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
         label_smoothing, TARGET_KIND, HAS_WEIGHT)
