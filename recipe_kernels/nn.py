@@ -3,6 +3,8 @@ import torch
 
 from recipe_kernels.dropout import dropout, drop_path
 
+__all__ = ["Dropout", "DropPath", "CrossEntropyLoss", "CutMixUp", "replace_modules"]
+
 
 class Dropout(torch.nn.Module):
     """Drop-in for torch.nn.Dropout(p). `inplace` is accepted for compatibility; the result is a new tensor."""
