@@ -1,6 +1,6 @@
 """Shared benchmark harness: copy bandwidth, rotated-input timing, result rows.
 
-Method (design.md section 5): count the minimal bytes of each op (every input read
+Method (docs/benchmark-method.md): count the minimal bytes of each op (every input read
 once, every output written once), time with triton.testing.do_bench medians after
 warm-up while rotating several input sets so that data is not L2-resident, measure
 the device's copy bandwidth in the same run, and append one row per (case, pass,

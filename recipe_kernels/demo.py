@@ -224,6 +224,7 @@ def curves_figure(runs):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for index, (label, history) in enumerate(runs.items()):
@@ -235,7 +236,9 @@ def curves_figure(runs):
     loss_axis.set(xlabel="epoch", ylabel="training loss (mixed targets)", title="loss")
     # No fixed lower limit: the first epochs, far below the final accuracy, stay in view.
     accuracy_axis.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
-    loss_axis.legend(), accuracy_axis.legend()
+    for axis in (loss_axis, accuracy_axis):
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    loss_axis.legend(), accuracy_axis.legend(loc="lower right")
     figure.tight_layout()
     return figure
 
