@@ -18,6 +18,8 @@ import importlib.util
 import math
 import os
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +31,17 @@ NUM_CLASSES = 10
 LABEL_SMOOTHING = 0.1
 EMA_DECAY = 0.998
 
+Split = tuple[torch.Tensor, torch.Tensor]  # images, labels
+History = dict[str, Any]  # per-epoch lists "loss", "val_model", "val_ema"; then "test_model", "test_ema", "ms_per_step"
+
+if TYPE_CHECKING:
+    import matplotlib.figure
+
 
 # ----------------------------------------------------------------------------- data
 
 
-def load_digits_split(device, seed=0):
+def load_digits_split(device: torch.device, seed: int = 0) -> tuple[Split, Split, Split]:
     """8x8 digits as (N, 1, 8, 8) float32 in [0, 1]: 1197 train, 300 validation, 300 test images."""
     from sklearn.datasets import load_digits
 
@@ -51,7 +59,7 @@ def load_digits_split(device, seed=0):
 class ResidualBlock(torch.nn.Module):
     """conv-bn-relu-conv-bn, added to the input with stochastic depth (drop_path_add)."""
 
-    def __init__(self, channels, drop_path_rate, use_package_ops):
+    def __init__(self, channels: int, drop_path_rate: float, use_package_ops: bool):
         super().__init__()
         self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn1 = torch.nn.BatchNorm2d(channels)
@@ -60,7 +68,7 @@ class ResidualBlock(torch.nn.Module):
         self.drop_path_rate = drop_path_rate
         self.use_package_ops = use_package_ops
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
         if self.use_package_ops:
             out = rk.drop_path_add(branch, x, self.drop_path_rate, self.training)
@@ -69,7 +77,7 @@ class ResidualBlock(torch.nn.Module):
         return F.relu(out)
 
 
-def _torch_drop_path(x, p, training):
+def _torch_drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if not training or p == 0.0:
         return x
     keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - p)
@@ -77,7 +85,8 @@ def _torch_drop_path(x, p, training):
 
 
 class DigitsNet(torch.nn.Module):
-    def __init__(self, use_package_ops, width=32, num_blocks=4, final_drop_path_rate=0.1, dropout=0.2):
+    def __init__(self, use_package_ops: bool, width: int = 32, num_blocks: int = 4, final_drop_path_rate: float = 0.1,
+                 dropout: float = 0.2):
         super().__init__()
         self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, width, 3, padding=1, bias=False),
                                         torch.nn.BatchNorm2d(width), torch.nn.ReLU())
@@ -86,7 +95,7 @@ class DigitsNet(torch.nn.Module):
         self.dropout = rk.nn.Dropout(dropout) if use_package_ops else torch.nn.Dropout(dropout)
         self.head = torch.nn.Linear(width, NUM_CLASSES)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.blocks(self.stem(x)).mean(dim=(2, 3))
         return self.head(self.dropout(features))
 
@@ -94,7 +103,8 @@ class DigitsNet(torch.nn.Module):
 # ----------------------------------------------------------------------------- plain torch equivalents (--compare)
 
 
-def torch_mix(x, target, generator, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5):
+def torch_mix(x: torch.Tensor, target: torch.Tensor, generator: torch.Generator, mixup_alpha: float = 0.8,
+              cutmix_alpha: float = 1.0, switch_prob: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample CutMix/MixUp as a Python loop over the batch, with dense smoothed soft targets (timm's elem mode)."""
     n, _, height, width = x.shape
     flipped = x.flip(0)
@@ -123,13 +133,13 @@ def torch_mix(x, target, generator, mixup_alpha=0.8, cutmix_alpha=1.0, switch_pr
 class TorchEMA:
     """ModelEmaV2-style: a per-tensor loop over the state dict."""
 
-    def __init__(self, model, decay):
+    def __init__(self, model: torch.nn.Module, decay: float):
         self.module = copy.deepcopy(model).eval()
         self.decay = decay
         self.updates = 0
 
     @torch.no_grad()
-    def update(self, model):
+    def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, 1 - (1 + self.updates) ** (-2 / 3))
         for ema_value, value in zip(self.module.state_dict().values(), model.state_dict().values()):
@@ -142,7 +152,7 @@ class TorchEMA:
 # ----------------------------------------------------------------------------- training
 
 
-def learning_rate(step, total_steps, warmup_steps, peak):
+def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
     """Linear warm-up to `peak`, then cosine decay to zero."""
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
@@ -151,13 +161,13 @@ def learning_rate(step, total_steps, warmup_steps, peak):
 
 
 @torch.no_grad()
-def accuracy(model, images, labels):
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     model.eval()
     correct = (model(images).argmax(1) == labels).float().mean().item()
     return correct
 
 
-def train(use_package_ops, args, device, label):
+def train(use_package_ops: bool, args: argparse.Namespace, device: torch.device, label: str) -> History:
     from tqdm import tqdm
 
     torch.manual_seed(args.seed)
@@ -219,7 +229,7 @@ def train(use_package_ops, args, device, label):
     return history
 
 
-def curves_figure(runs):
+def curves_figure(runs: dict[str, History]) -> "matplotlib.figure.Figure":
     """Training loss and validation accuracy per epoch; each run keeps one colour in both panels."""
     import matplotlib
     matplotlib.use("Agg")
@@ -243,7 +253,7 @@ def curves_figure(runs):
     return figure
 
 
-def plot(path, runs):
+def plot(path: str, runs: dict[str, History]) -> None:
     figure = curves_figure(runs)
     figure.savefig(path, dpi=100, format="png")
     print(f"wrote {path}")
@@ -262,7 +272,7 @@ The last line printed is `test accuracy: model=0.XXXX ema=0.XXXX`.
 """
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m recipe_kernels.demo", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -281,12 +291,12 @@ def build_parser():
     return parser
 
 
-def _fail(parser, message):
+def _fail(parser: argparse.ArgumentParser, message: str) -> NoReturn:
     """Exits with one line on stderr, as argparse does for a bad value, without the usage block."""
     parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
-def _check_writable(path):
+def _check_writable(path: str) -> str | None:
     """Whether `path` can be written, checked by opening it; a file created for the check is removed."""
     existed = os.path.exists(path)
     try:
@@ -299,7 +309,7 @@ def _check_writable(path):
     return None
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, checked before any training starts: a bad flag exits with one line on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -338,7 +348,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.backend is not None:
         os.environ["RECIPE_KERNELS_BACKEND"] = args.backend
