@@ -38,11 +38,16 @@ def source_files(*folders_and_patterns):
     return found
 
 
+def copy_of_the_source_tree(parent):
+    """Builds run in a copy, so that the tree gets no egg-info and a built _C in it is not seen."""
+    tree = parent / "src"
+    shutil.copytree(ROOT, tree, ignore=NOT_SOURCE)
+    return tree
+
+
 @pytest.fixture(scope="module")
 def sdist(tmp_path_factory):
-    """An sdist built from a copy of the source tree (so the tree gets no egg-info)."""
-    tree = tmp_path_factory.mktemp("tree") / "src"
-    shutil.copytree(ROOT, tree, ignore=NOT_SOURCE)
+    tree = copy_of_the_source_tree(tmp_path_factory.mktemp("tree"))
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(dist)], cwd=tree, check=True,
                    capture_output=True, env={**os.environ, "RECIPE_KERNELS_BUILD_CUDA": "0"})
@@ -91,6 +96,24 @@ def test_a_wheel_built_from_the_sdist_ships_the_package_its_license_and_py_typed
     assert sorted(package - names) == []
     assert f"{NAME_VERSION}.dist-info/licenses/LICENSE" in names
     assert not any(name.startswith(("tests/", "csrc/", "benchmarks/")) for name in names)
+
+
+@needs_source_tree
+def test_the_editable_install_builds_where_there_is_no_nvcc(tmp_path):
+    # The quick start's `pip install --no-build-isolation --no-deps -e .` on a machine without the CUDA toolkit,
+    # through the same build hook pip calls, without installing anything.
+    tree = copy_of_the_source_tree(tmp_path)
+    path = os.pathsep.join(entry for entry in os.environ.get("PATH", "").split(os.pathsep)
+                           if entry and not os.path.exists(os.path.join(entry, "nvcc")))
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("CUDA_HOME", "CUDA_PATH", "RECIPE_KERNELS_BUILD_CUDA")}
+    result = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                             "print(build_meta.build_editable(sys.argv[1]))", str(tmp_path / "out")],
+                            cwd=tree, env={**env, "PATH": path}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-1500:]
+    assert "nvcc not found, skipping the CUDA extension" in result.stderr
+    (wheel,) = (tmp_path / "out").glob("*.whl")
+    assert wheel.name.endswith("-py3-none-any.whl")  # nothing compiled, so nothing platform-specific
 
 
 @needs_source_tree
