@@ -149,6 +149,8 @@ class StandInDriver(DriverBase):
             return None if backend == "triton" else previous(backend, device)
 
         _backend.why_unavailable = why_unavailable
+        self._previous_sm_count = _backend.sm_count
+        _backend.sm_count = lambda device: self.sm_count
         triton_driver.set_active(self)
         self._watch_compiles()
         return self
@@ -156,6 +158,7 @@ class StandInDriver(DriverBase):
     def __exit__(self, *exc):
         triton_driver._active = None  # back to the default, created lazily (there may be none here)
         _backend.why_unavailable = self._previous_why_unavailable
+        _backend.sm_count = self._previous_sm_count
         import triton.compiler.compiler as compiler
         compiler.CompiledKernel._init_handles = self._previous_init_handles
         return False

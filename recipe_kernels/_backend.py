@@ -74,6 +74,17 @@ def device_guard(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+# What sm_count reports off a GPU (the interpreter): small, so test shapes exercise multi-program paths.
+INTERPRETER_SM_COUNT = 4
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device`'s GPU, for grid sizing."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return INTERPRETER_SM_COUNT
+
+
 def cuda_stream(device: torch.device) -> int:
     """The raw handle of the current CUDA stream on `device`, for the _C launchers."""
     return torch.cuda.current_stream(device).cuda_stream
