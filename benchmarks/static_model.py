@@ -24,6 +24,7 @@ beyond the residency rules written in the cases. Real GPU runs remain the truth
 import argparse
 import csv
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -233,9 +234,11 @@ def cases(quick=False):
     return result
 
 
-def run(quick=False):
+def run(quick=False, only=None):
     rows = []
     for case in cases(quick):
+        if only and not any(word in case.name for word in only):
+            continue
         with StandInDriver() as driver:
             case.run()
         kernels = [figures(launch) for launch in driver.launches if launch.name != "_ema_schedule_kernel"]
@@ -273,8 +276,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer and smaller cases")
     parser.add_argument("--csv", default=STATIC_CSV, help=f"where to write the rows (default {STATIC_CSV})")
+    parser.add_argument("--only", nargs="*", help="only the cases whose name contains one of these words")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON (for tests), write no CSV")
     args = parser.parse_args()
-    rows = run(args.quick)
+    rows = run(args.quick, args.only)
+    if args.json:
+        print(json.dumps(rows))
+        return
     print_table(rows)
     os.makedirs(os.path.dirname(args.csv), exist_ok=True)
     with open(args.csv, "w", newline="") as handle:
