@@ -30,6 +30,7 @@ from recipe_kernels import _backend
 H100_SM_COUNT = 132
 MAX_SHARED_PER_BLOCK = 232448
 MAX_THREADS_PER_BLOCK = 1024
+_KERNELS = {}  # id(metadata) -> CompiledKernel, for every kernel loaded under a stand-in driver
 
 
 @dataclasses.dataclass
@@ -81,6 +82,18 @@ class _Utils:
                 "max_num_regs": 65536, "warpSize": 32}
 
 
+class _Launcher:
+    """Records a launch in the stand-in driver active at the time (a compiled kernel keeps its
+    launcher across drivers)."""
+
+    def __init__(self, src, metadata):
+        self.name, self.metadata = src.fn.__name__ if hasattr(src, "fn") else str(src), metadata
+
+    def __call__(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata,
+                 enter_hook, exit_hook, *args):
+        triton_driver.active._record(self, (grid_x, grid_y, grid_z), args)
+
+
 class StandInDriver(DriverBase):
     """A Triton driver for a GPU that is not there; see the module docstring."""
 
@@ -91,18 +104,7 @@ class StandInDriver(DriverBase):
         self.capability, self.sm_count = capability, sm_count
         self.utils = _Utils(sm_count)
         self.launches: list[Launch] = []
-        driver = self
-
-        class Launcher:
-            def __init__(self, src, metadata):
-                self.name, self.metadata = src.fn.__name__ if hasattr(src, "fn") else str(src), metadata
-
-            def __call__(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata,
-                         enter_hook, exit_hook, *args):
-                driver._record(self, (grid_x, grid_y, grid_z), args)
-
-        self.launcher_cls = Launcher
-        self._kernels = {}
+        self.launcher_cls = _Launcher
 
     # Triton's driver interface ------------------------------------------------------------
     @staticmethod
@@ -138,7 +140,7 @@ class StandInDriver(DriverBase):
 
     # Recording ----------------------------------------------------------------------------
     def _record(self, launcher, grid, args):
-        kernel = self._kernels.get(id(launcher.metadata))
+        kernel = _KERNELS.get(id(launcher.metadata))
         self.launches.append(Launch(launcher.name, grid, launcher.metadata.num_warps, kernel, args))
 
     def __enter__(self):
@@ -167,7 +169,7 @@ class StandInDriver(DriverBase):
         """Remember each CompiledKernel by its metadata, so a launch record can name its code."""
         import triton.compiler.compiler as compiler
         self._previous_init_handles = compiler.CompiledKernel._init_handles
-        previous, kernels = self._previous_init_handles, self._kernels
+        previous, kernels = self._previous_init_handles, _KERNELS
 
         def init_handles(kernel):
             kernels[id(kernel.metadata)] = kernel
