@@ -46,6 +46,38 @@ def drop_path(x, seed, p, *, residual=None, math_dtype=torch.float32):
     return out
 
 
+def subset_keys(seed, num_samples):
+    """drop_path_residual's sort keys: (word(n) - 2^31) * 2^32 + n for n < N (< 2^32), int64.
+
+    word(n) is element n's Philox word (drop_path's per-sample word); ordering the keys
+    orders the (word, index) pairs, so ties between words are broken by the index.
+    """
+    from recipe_kernels._philox import element_words
+    samples = torch.arange(num_samples, device=seed.device, dtype=torch.int64)
+    return (element_words(seed, samples) - (1 << 31)) * (1 << 32) + samples
+
+
+def subset_from_keys(keys, kept):
+    """(rows, slot): the indices of the `kept` smallest keys in increasing order, and the map
+    slot[rows[j]] = j, -1 for the other samples (int64, on keys' device, no host sync)."""
+    rows = torch.sort(torch.topk(keys, kept, largest=False, sorted=False).indices).values
+    slot = torch.full_like(keys, -1).scatter_(0, rows, torch.arange(kept, device=keys.device))
+    return rows, slot
+
+
+def combine_rows(a, b, index, scale, *, math_dtype=torch.float32):
+    """Per row r of the result: a[r] + scale * b[index[r]], or a[r] where index[r] < 0 (a[r]
+    unchanged, even -0.0); without a (None): scale * b[index[r]]. Rows are flattened to
+    (rows, row size). drop_path_residual's gather (a = None, index = S) and residual add
+    (a = x, b = y, index = slot) are both this."""
+    b = b.reshape(b.shape[0], b.shape[1:].numel())
+    value = b[index.clamp(min=0)].to(math_dtype) * scale
+    if a is None:
+        return value
+    own = a.reshape(a.shape[0], a.shape[1:].numel()).to(math_dtype)
+    return torch.where((index >= 0)[:, None], own + value, own)
+
+
 # ----------------------------------------------------------------------------- cross-entropy
 
 
