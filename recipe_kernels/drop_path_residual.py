@@ -276,4 +276,4 @@ def drop_path_residual(x: torch.Tensor, branch: Callable[[torch.Tensor], torch.T
     xs, x_through = GatherSubsetFunction.apply(x, rows, slot, backend)
     y = branch(xs)
     _check_branch_output(xs, y)
-    return residual_add_op(x_through, y, rows, slot, True, torch.result_type(x, y), backend)
+    return residual_add_op(x_through, y, rows, slot, True, torch.promote_types(x.dtype, y.dtype), backend)
