@@ -115,11 +115,9 @@ def _combine_rows_cuda(a, b, index, out, scale):
 
 
 def _combine_rows(a, b, index, out_dtype, scale, backend):
-    """The rows pass on `backend`: a's shape (or, without a, index's length by b's row shape) in out_dtype."""
+    """The rows kernel on `backend` ("triton" or "cuda"): a's shape (or, without a, index's length
+    by b's row shape) in out_dtype."""
     shape = a.shape if a is not None else (index.shape[0],) + b.shape[1:]
-    if backend == "torch":
-        out = reference.combine_rows(a, b, index, scale)
-        return out.to(out_dtype).reshape(shape).contiguous()
     out = torch.empty(shape, dtype=out_dtype, device=b.device)
     if out.numel() > 0:
         (_combine_rows_triton if backend == "triton" else _combine_rows_cuda)(
@@ -168,6 +166,8 @@ def gather_op(x: torch.Tensor, rows: torch.Tensor, scaled: bool, out_dtype: torc
               backend: str) -> torch.Tensor:
     """x[rows] as a contiguous (k, ...) tensor in out_dtype, times N/k (N = len(x), k = len(rows)) when scaled."""
     scale = subset_scale(x.shape[0], rows.shape[0]) if scaled else 1.0
+    if backend == "torch":
+        return reference.gather_rows(x, rows, scale).to(out_dtype).reshape((rows.shape[0],) + x.shape[1:])
     return _combine_rows(None, x, rows, out_dtype, scale, backend)
 
 
@@ -181,10 +181,12 @@ def residual_add_op(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, slot: 
                     out_dtype: torch.dtype, backend: str) -> torch.Tensor:
     """out[n] = x[n] + c y[slot[n]] where slot[n] >= 0, x[n] elsewhere; c = N/k when scaled, else 1.
 
-    One pass over x's N rows, fp32 math rounded once to out_dtype; contiguous. rows (= S) is not
-    read here: autograd's backward gathers the gradient at it.
+    One pass over x's N rows, fp32 math rounded once to out_dtype; contiguous. The kernels read the
+    map slot; the torch reference, and autograd's gather of the gradient, read rows (= S).
     """
     scale = subset_scale(x.shape[0], y.shape[0]) if scaled else 1.0
+    if backend == "torch":
+        return reference.add_rows(x, y, rows, scale).to(out_dtype).reshape(x.shape)
     return _combine_rows(x, y, slot, out_dtype, scale, backend)
 
 

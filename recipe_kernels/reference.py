@@ -65,17 +65,23 @@ def subset_from_keys(keys, kept):
     return rows, slot
 
 
-def combine_rows(a, b, index, scale, *, math_dtype=torch.float32):
-    """Per row r of the result: a[r] + scale * b[index[r]], or a[r] where index[r] < 0 (a[r]
-    unchanged, even -0.0); without a (None): scale * b[index[r]]. Rows are flattened to
-    (rows, row size). drop_path_residual's gather (a = None, index = S) and residual add
-    (a = x, b = y, index = slot) are both this."""
-    b = b.reshape(b.shape[0], b.shape[1:].numel())
-    value = b[index.clamp(min=0)].to(math_dtype) * scale
-    if a is None:
-        return value
-    own = a.reshape(a.shape[0], a.shape[1:].numel()).to(math_dtype)
-    return torch.where((index >= 0)[:, None], own + value, own)
+def _scaled_rows(t, scale, math_dtype):
+    value = t.reshape(t.shape[0], t.shape[1:].numel()).to(math_dtype)
+    return value * scale if scale != 1.0 else value
+
+
+def gather_rows(x, rows, scale, *, math_dtype=torch.float32):
+    """scale * x[rows] as (len(rows), row size): drop_path_residual's gather (of x, scale 1; of the
+    output's gradient, scale N/k)."""
+    return _scaled_rows(x.index_select(0, rows), scale, math_dtype)
+
+
+def add_rows(x, y, rows, scale, *, math_dtype=torch.float32):
+    """x with scale * y[j] added to row rows[j], as (N, row size): drop_path_residual's residual add
+    (scale N/k) and its grad_x (the branch's input gradient added to grad_out, scale 1). The other
+    rows are x's, unchanged (even -0.0)."""
+    out = x.reshape(x.shape[0], x.shape[1:].numel()).to(math_dtype, copy=True)
+    return out.index_copy_(0, rows, out.index_select(0, rows) + _scaled_rows(y, scale, math_dtype))
 
 
 # ----------------------------------------------------------------------------- cross-entropy
