@@ -71,7 +71,7 @@ RK_HOST_DEVICE void subset_keys_thread(uint64_t seed, int64_t* __restrict__ keys
 // scale * b[index[r]]. Rows of row_size contiguous elements; block `block` covers kElementsPerBlock
 // elements of row block / blocks_per_row, eight per thread; fp32 math rounded once to TOut.
 // Bytes: reads a's row and, where index >= 0, b's row once; writes out's row once.
-template <typename TA, typename TB, typename TOut, bool kHasA>
+template <bool kHasA, typename TA, typename TB, typename TOut>
 RK_HOST_DEVICE void combine_rows_thread(const TA* __restrict__ a, const TB* __restrict__ b,
                                         const int64_t* __restrict__ index, TOut* __restrict__ out, int64_t row_size,
                                         int64_t blocks_per_row, float scale, bool vectorized, int64_t block,
@@ -104,28 +104,23 @@ __global__ void subset_keys_kernel(const int64_t* seed, int64_t* keys, int64_t n
                      static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
 
-template <typename TA, typename TB, typename TOut, bool kHasA>
-__global__ void combine_rows_kernel(const TA* a, const TB* b, const int64_t* index, TOut* out, int64_t row_size,
-                                    int64_t blocks_per_row, float scale, bool vectorized) {
-  combine_rows_thread<TA, TB, TOut, kHasA>(a, b, index, out, row_size, blocks_per_row, scale, vectorized, blockIdx.x,
-                                           threadIdx.x);
+// The rows kernel's four pointers, typed.
+template <typename TA, typename TB, typename TOut>
+struct RowsPointers {
+  const TA* a;
+  const TB* b;
+  const int64_t* index;
+  TOut* out;
+};
+
+template <bool kHasA, typename TA, typename TB, typename TOut>
+__global__ void combine_rows_kernel(RowsPointers<TA, TB, TOut> p, int64_t row_size, int64_t blocks_per_row, float scale,
+                                    bool vectorized) {
+  combine_rows_thread<kHasA>(p.a, p.b, p.index, p.out, row_size, blocks_per_row, scale, vectorized, blockIdx.x,
+                             threadIdx.x);
 }
 
 cudaStream_t as_stream(uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
-
-// Calls fn(TA{}, TB{}, TOut{}, std::integral_constant<bool, has_a>); without a, TA is float (unused).
-template <typename Fn>
-void dispatch_rows_types(bool has_a, int a_dtype, int b_dtype, int out_dtype, Fn&& fn) {
-  dispatch_float_dtype(b_dtype, [&](auto b_tag) {
-    dispatch_float_dtype(out_dtype, [&](auto out_tag) {
-      if (has_a) {
-        dispatch_float_dtype(a_dtype, [&](auto a_tag) { fn(a_tag, b_tag, out_tag, std::true_type{}); });
-      } else {
-        fn(float{}, b_tag, out_tag, std::false_type{});
-      }
-    });
-  });
-}
 
 // 16-byte vectors need every row to start on a 16-byte boundary: aligned bases, rows of 8k elements.
 bool rows_vectorized(uintptr_t a, uintptr_t b, uintptr_t out, int64_t row_size) {
@@ -137,6 +132,34 @@ int64_t blocks_per_row_checked(int64_t rows, int64_t row_size) {
   if (rows * blocks_per_row > INT32_MAX)
     throw std::invalid_argument("recipe_kernels._C.drop_path_residual_rows: more than 2^31 blocks");
   return blocks_per_row;
+}
+
+// For the rows kernel's launcher and its host emulation: checks the sizes, then calls
+// fn(RowsPointers<TA, TB, TOut>, std::integral_constant<bool, has_a>, blocks_per_row, vectorized)
+// with the C++ types of the dtype codes; without a, TA is float (unused).
+template <typename Fn>
+void with_rows_types(uintptr_t a, uintptr_t b, uintptr_t index, uintptr_t out, int64_t rows, int64_t row_size,
+                     int a_dtype, int b_dtype, int out_dtype, Fn&& fn) {
+  if (rows <= 0 || row_size <= 0) return;
+  const int64_t blocks_per_row = blocks_per_row_checked(rows, row_size);
+  const bool vectorized = rows_vectorized(a, b, out, row_size);
+  auto call = [&](auto a_tag, auto b_tag, auto out_tag, auto has_a) {
+    using TA = decltype(a_tag);
+    using TB = decltype(b_tag);
+    using TOut = decltype(out_tag);
+    fn(RowsPointers<TA, TB, TOut>{reinterpret_cast<const TA*>(a), reinterpret_cast<const TB*>(b),
+                                  reinterpret_cast<const int64_t*>(index), reinterpret_cast<TOut*>(out)},
+       has_a, blocks_per_row, vectorized);
+  };
+  dispatch_float_dtype(b_dtype, [&](auto b_tag) {
+    dispatch_float_dtype(out_dtype, [&](auto out_tag) {
+      if (a != 0) {
+        dispatch_float_dtype(a_dtype, [&](auto a_tag) { call(a_tag, b_tag, out_tag, std::true_type{}); });
+      } else {
+        call(float{}, b_tag, out_tag, std::false_type{});
+      }
+    });
+  });
 }
 
 }  // namespace
@@ -154,19 +177,13 @@ void drop_path_residual_keys(uintptr_t seed, uintptr_t keys, int64_t num_samples
 void drop_path_residual_rows(uintptr_t a, uintptr_t b, uintptr_t index, uintptr_t out, int64_t rows,
                              int64_t row_size, float scale, int a_dtype, int b_dtype, int out_dtype,
                              uintptr_t stream) {
-  if (rows <= 0 || row_size <= 0) return;
-  const int64_t blocks_per_row = blocks_per_row_checked(rows, row_size);
-  const bool vectorized = rows_vectorized(a, b, out, row_size);
-  dispatch_rows_types(a != 0, a_dtype, b_dtype, out_dtype, [&](auto a_tag, auto b_tag, auto out_tag, auto has_a) {
-    using TA = decltype(a_tag);
-    using TB = decltype(b_tag);
-    using TOut = decltype(out_tag);
-    combine_rows_kernel<TA, TB, TOut, decltype(has_a)::value>
-        <<<static_cast<unsigned>(rows * blocks_per_row), kThreads, 0, as_stream(stream)>>>(
-            reinterpret_cast<const TA*>(a), reinterpret_cast<const TB*>(b), reinterpret_cast<const int64_t*>(index),
-            reinterpret_cast<TOut*>(out), row_size, blocks_per_row, scale, vectorized);
-  });
-  check_launch("drop_path_residual_rows");
+  with_rows_types(a, b, index, out, rows, row_size, a_dtype, b_dtype, out_dtype,
+                  [&](auto pointers, auto has_a, int64_t blocks_per_row, bool vectorized) {
+                    combine_rows_kernel<decltype(has_a)::value>
+                        <<<static_cast<unsigned>(rows * blocks_per_row), kThreads, 0, as_stream(stream)>>>(
+                            pointers, row_size, blocks_per_row, scale, vectorized);
+                    check_launch("drop_path_residual_rows");
+                  });
 }
 
 // ----------------------------------------------------------------------------- CPU emulation of the same code
@@ -183,21 +200,15 @@ void drop_path_residual_keys_host(uintptr_t seed, uintptr_t keys, int64_t num_sa
 
 void drop_path_residual_rows_host(uintptr_t a, uintptr_t b, uintptr_t index, uintptr_t out, int64_t rows,
                                   int64_t row_size, float scale, int a_dtype, int b_dtype, int out_dtype) {
-  if (rows <= 0 || row_size <= 0) return;
-  const int64_t blocks_per_row = blocks_per_row_checked(rows, row_size);
-  const bool vectorized = rows_vectorized(a, b, out, row_size);
-  dispatch_rows_types(a != 0, a_dtype, b_dtype, out_dtype, [&](auto a_tag, auto b_tag, auto out_tag, auto has_a) {
-    using TA = decltype(a_tag);
-    using TB = decltype(b_tag);
-    using TOut = decltype(out_tag);
-    for (int64_t block = 0; block < rows * blocks_per_row; ++block) {
-      for (int64_t thread = 0; thread < kThreads; ++thread) {
-        combine_rows_thread<TA, TB, TOut, decltype(has_a)::value>(
-            reinterpret_cast<const TA*>(a), reinterpret_cast<const TB*>(b), reinterpret_cast<const int64_t*>(index),
-            reinterpret_cast<TOut*>(out), row_size, blocks_per_row, scale, vectorized, block, thread);
-      }
-    }
-  });
+  with_rows_types(a, b, index, out, rows, row_size, a_dtype, b_dtype, out_dtype,
+                  [&](auto p, auto has_a, int64_t blocks_per_row, bool vectorized) {
+                    for (int64_t block = 0; block < rows * blocks_per_row; ++block) {
+                      for (int64_t thread = 0; thread < kThreads; ++thread) {
+                        combine_rows_thread<decltype(has_a)::value>(p.a, p.b, p.index, p.out, row_size,
+                                                                    blocks_per_row, scale, vectorized, block, thread);
+                      }
+                    }
+                  });
 }
 
 }  // namespace recipe_kernels
