@@ -180,6 +180,17 @@ def test_backward_keeps_no_n_row_tensor_but_the_outputs():
     assert all(t.numel() <= 32 for t in saved), [t.shape for t in saved]
 
 
+def test_non_contiguous_x_and_x_without_gradient(backend):
+    base, branch = sample_inputs((6, 4, 4))
+    x = base.transpose(1, 2)  # not contiguous
+    out = run(x, branch, 0.5, backend)
+    assert torch.equal(out, run(x.contiguous(), branch, 0.5, backend))
+    out.sum().backward()  # x needs no gradient; the branch's weights get theirs
+    rows, kept = oracle_subset(6, 0.5)
+    expected = torch.autograd.grad(oracle_output(x, branch, rows, kept).sum(), branch.weight)[0]
+    torch.testing.assert_close(branch.weight.grad, expected, rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- the RNG across backends
 
 
@@ -375,3 +386,34 @@ def test_bad_branch_output_and_0d_x_raise():
         rk.drop_path_residual(x, 3, 0.5)
     with pytest.raises(TypeError, match="float64"):
         rk.drop_path_residual(x, lambda t: t.double(), 0.5)
+
+
+# ----------------------------------------------------------------------------- GPU only
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a GPU")
+def test_no_host_sync(backend):
+    if backend == "torch":
+        pytest.skip("the reference is not a hot path")
+    x, branch = sample_inputs((64, 8, 32))
+    x.requires_grad_()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rk.drop_path_residual(x, branch, 0.3, backend=backend).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a GPU")
+def test_cuda_graph_replays_draw_fresh_subsets(backend):
+    x = torch.zeros(64, 256, device=DEVICE)
+    ones = lambda t: torch.ones_like(t)  # noqa: E731
+    rk.drop_path_residual(x, ones, 0.5, backend=backend)  # compile the kernels outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = rk.drop_path_residual(x, ones, 0.5, backend=backend)
+    graph.replay()
+    first = out.clone()
+    graph.replay()
+    assert not torch.equal(first, out)
+    assert ((out != 0).any(1)).sum().item() == 32 and torch.all((out == 0) | (out == 2.0))
