@@ -125,7 +125,7 @@ def _combine_rows(a, b, index, out_dtype, scale, backend):
     return out
 
 
-def subset_size(num_samples, p: float):
+def subset_size(num_samples, p: float) -> int:
     """k = max(1, int(N (1 - p))), DINOv2's rule, in Python float math.
 
     num_samples may be a SymInt (torch.compile with a dynamic batch): the same expression
