@@ -25,6 +25,14 @@ void drop_path_host(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t o
 void dropout_bias_backward_host(uintptr_t grad, uintptr_t seed, uintptr_t grad_x, uintptr_t partial, int64_t rows,
                                 int64_t columns, int64_t rows_per_block, int64_t row_blocks, uint32_t drop_threshold,
                                 float scale, int dtype);
+// csrc/drop_path_residual.cu
+void drop_path_residual_keys(uintptr_t seed, uintptr_t keys, int64_t num_samples, uintptr_t stream);
+void drop_path_residual_rows(uintptr_t a, uintptr_t b, uintptr_t index, uintptr_t out, int64_t rows,
+                             int64_t row_size, float scale, int a_dtype, int b_dtype, int out_dtype,
+                             uintptr_t stream);
+void drop_path_residual_keys_host(uintptr_t seed, uintptr_t keys, int64_t num_samples);
+void drop_path_residual_rows_host(uintptr_t a, uintptr_t b, uintptr_t index, uintptr_t out, int64_t rows,
+                                  int64_t row_size, float scale, int a_dtype, int b_dtype, int out_dtype);
 // csrc/cross_entropy.cu
 void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
                        uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
@@ -109,6 +117,21 @@ PYBIND11_MODULE(_C, m) {
   m.def("drop_path_host", &recipe_kernels::drop_path_host, "drop_path's CUDA code run on the CPU");
   m.def("dropout_bias_backward_host", &recipe_kernels::dropout_bias_backward_host,
         "dropout_bias_backward's CUDA code run on the CPU");
+  // drop_path_residual (bindings)
+  m.def("drop_path_residual_keys", &recipe_kernels::drop_path_residual_keys,
+        "subset sort keys (word - 2^31) * 2^32 + n, one Philox word per sample", py::arg("seed"), py::arg("keys"),
+        py::arg("num_samples"), py::arg("stream"));
+  m.def("drop_path_residual_rows", &recipe_kernels::drop_path_residual_rows,
+        "out[r] = a[r] + scale * b[index[r]] (a[r] where index[r] < 0; without a, scale * b[index[r]])",
+        py::arg("a"), py::arg("b"), py::arg("index"), py::arg("out"), py::arg("rows"), py::arg("row_size"),
+        py::arg("scale"), py::arg("a_dtype"), py::arg("b_dtype"), py::arg("out_dtype"), py::arg("stream"));
+  m.def("drop_path_residual_keys_host", &recipe_kernels::drop_path_residual_keys_host,
+        "drop_path_residual_keys' CUDA code run on the CPU over its whole grid (CPU pointers)", py::arg("seed"),
+        py::arg("keys"), py::arg("num_samples"));
+  m.def("drop_path_residual_rows_host", &recipe_kernels::drop_path_residual_rows_host,
+        "drop_path_residual_rows' CUDA code run on the CPU over its whole grid (CPU pointers)", py::arg("a"),
+        py::arg("b"), py::arg("index"), py::arg("out"), py::arg("rows"), py::arg("row_size"), py::arg("scale"),
+        py::arg("a_dtype"), py::arg("b_dtype"), py::arg("out_dtype"));
   m.def("cross_entropy_fwd", &recipe_kernels::cross_entropy_fwd,
         "cross-entropy loss per row and, when grad != 0, its gradient (one pass over the logits)", py::arg("x"),
         py::arg("target"), py::arg("target_b"), py::arg("lam"), py::arg("weight"), py::arg("grad_scale"),

@@ -17,6 +17,7 @@ BACKENDS = ("triton", "cuda", "torch")
 CUDA_DEFAULTS = {
     "dropout": "triton",
     "drop_path": "triton",
+    "drop_path_residual": "triton",
     "cross_entropy": "triton",
     "mixing": "triton",
     "ema": "triton",

@@ -2,6 +2,7 @@
 import torch
 
 from recipe_kernels.dropout import dropout, drop_path
+from recipe_kernels.drop_path_residual import drop_path_residual
 
 
 class Dropout(torch.nn.Module):
@@ -35,6 +36,31 @@ class DropPath(torch.nn.Module):
 
     def extra_repr(self):
         return f"drop_prob={self.drop_prob:.3f}"
+
+
+class DropPathResidual(torch.nn.Module):
+    """x + branch(x) with stochastic depth that runs `branch` only on the kept samples.
+
+    forward(x) = drop_path_residual(x, self.branch, self.p, self.training): in training, branch
+    sees a random subset of k = max(1, int(N (1 - p))) samples and its output is scaled by N/k
+    (DINOv2's drop_add_residual_stochastic_depth); in eval, x + branch(x). replace_modules does
+    not create it: it needs the branch as a module, which a DropPath inside a block does not know.
+    """
+
+    def __init__(self, branch: torch.nn.Module, p: float = 0.1):
+        super().__init__()
+        if not callable(branch):
+            raise TypeError(f"branch must be callable, got {type(branch).__name__}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p has to be between 0 and 1, but got {p}")
+        self.branch = branch
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path_residual(x, self.branch, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def replace_modules(model: torch.nn.Module) -> int:

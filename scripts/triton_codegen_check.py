@@ -22,6 +22,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 import importlib  # noqa: E402
 
 dropout = importlib.import_module("recipe_kernels.dropout")
+drop_path_residual = importlib.import_module("recipe_kernels.drop_path_residual")
 
 
 def compile_for_sm90(kernel, signature, constexprs, num_warps):
@@ -71,6 +72,17 @@ def main():
         ptx = compile_for_sm90(dropout._dropout_bias_backward_kernel, signature, constexprs, 4)
         # Its row loop stays a loop: count one trip, 1024 columns over 128 threads.
         report(f"dropout bias backward {dtype} (one row)", ptx, dropout.BIAS_BACKWARD_COLUMNS // 128)
+    # drop_path_residual's rows kernel: the gather (no a), the residual add, and an fp32 stream with a bf16 branch.
+    rows_elements_per_thread = drop_path_residual.BLOCK // (drop_path_residual.NUM_WARPS * 32)
+    for a_dtype, b_dtype, out_dtype, has_a in (("bf16", "bf16", "bf16", False), ("bf16", "bf16", "bf16", True),
+                                               ("fp32", "bf16", "fp32", True)):
+        signature = {"a_ptr": f"*{a_dtype}", "b_ptr": f"*{b_dtype}", "index_ptr": "*i64", "out_ptr": f"*{out_dtype}",
+                     "row_size": "i64", "blocks_per_row": "i64", "scale": "fp32"}
+        constexprs = dict(HAS_A=has_a, BLOCK=drop_path_residual.BLOCK, EMULATE_BF16_RTNE=False)
+        ptx = compile_for_sm90(drop_path_residual._combine_rows_kernel, signature, constexprs,
+                               drop_path_residual.NUM_WARPS)
+        report(f"drop_path_residual rows a={a_dtype if has_a else None} b={b_dtype} out={out_dtype}", ptx,
+               rows_elements_per_thread)
 
 
 if __name__ == "__main__":
