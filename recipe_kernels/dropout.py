@@ -285,6 +285,27 @@ def _(grad, seed, p, bias_numel, backend):
             grad.new_empty(bias_numel, dtype=torch.float32))
 
 
+def _dropout_bias_backward_setup_context(ctx, inputs, output):
+    grad, seed, p, bias_numel, backend = inputs
+    ctx.save_for_backward(seed)
+    ctx.p, ctx.bias_numel, ctx.backend = p, bias_numel, backend
+
+
+def _dropout_bias_backward_backward(ctx, grad_of_grad_x, grad_of_grad_bias):
+    """Second order: grad_x = grad * m and grad_bias = the column sums of grad * m (m = keep / (1 - p))
+    are linear in grad, so d/d grad is m * (grad_of_grad_x + grad_of_grad_bias repeated along the
+    rows): the forward dropout op with grad_of_grad_bias as its bias, under the same seed. (Autograd
+    hands zeros, not None, for an output that got no gradient.)"""
+    (seed,) = ctx.saved_tensors
+    rows = grad_of_grad_x.reshape(-1, ctx.bias_numel) if ctx.bias_numel else grad_of_grad_x.reshape(0, 0)
+    grad_grad = dropout_op(rows, None, grad_of_grad_bias.to(rows.dtype), seed, ctx.p, ctx.backend)
+    return grad_grad.reshape(grad_of_grad_x.shape), None, None, None, None
+
+
+dropout_bias_backward_op.register_autograd(_dropout_bias_backward_backward,
+                                           setup_context=_dropout_bias_backward_setup_context)
+
+
 def _dropout_setup_context(ctx, inputs, output):
     x, residual, bias, seed, p, backend = inputs
     ctx.save_for_backward(seed)  # the only thing saved: 8 bytes

@@ -208,6 +208,53 @@ def test_drop_path_add_gradients(backend):
     assert torch.equal(residual.grad, torch.ones_like(residual))
 
 
+def torch_formula(op, x, residual, bias, p, seed):
+    """The op written in torch's own terms, residual + F.dropout-like(x + bias) or residual + x * keep[b]
+    / (1 - p), with the mask that `seed` gives: autograd differentiates it to any order by itself."""
+    if op.startswith("drop_path"):
+        keep = keep_mask(seed, torch.arange(x.shape[0], device=DEVICE), p).reshape((-1,) + (1,) * (x.dim() - 1))
+    else:
+        keep = keep_mask(seed, torch.arange(x.numel(), device=DEVICE), p).reshape(x.shape)
+    value = x if bias is None else x + bias
+    out = value * (keep.to(value.dtype) * keep_scale(p))
+    return out if residual is None else residual + out
+
+
+# (op, shape, bias shape): the fused bias backward (8 and 3 x 4 columns) and its fallback (37 columns).
+SECOND_ORDER_CASES = [("dropout", (6, 8), None), ("dropout_add", (6, 8), None), ("dropout_add", (6, 8), (8,)),
+                      ("dropout_add", (2, 3, 4), (3, 4)), ("dropout_add", (6, 37), (37,)),
+                      ("drop_path", (16, 5), None), ("drop_path_add", (16, 5), None)]
+
+
+def call_op(op, x, residual, bias, p, backend):
+    calls = {"dropout": lambda: rk.dropout(x, p, backend=backend),
+             "dropout_add": lambda: rk.dropout_add(x, residual, p, bias=bias, backend=backend),
+             "drop_path": lambda: rk.drop_path(x, p, backend=backend),
+             "drop_path_add": lambda: rk.drop_path_add(x, residual, p, backend=backend)}
+    return with_seed(calls[op])
+
+
+@pytest.mark.parametrize("op,shape,bias_shape", SECOND_ORDER_CASES)
+def test_second_order_gradients_match_torch_formula(backend, op, shape, bias_shape):
+    x, residual, bias = sample_inputs(shape, bias_shape=bias_shape)
+    residual = residual if op.endswith("_add") else None
+    leaves = [t.requires_grad_() for t in (x, residual, bias) if t is not None]
+    results = []
+    for formula in (lambda: call_op(op, x, residual, bias, 0.4, backend),
+                    lambda: torch_formula(op, x, residual, bias, 0.4, oracle_seed())):
+        out = formula()
+        # A gradient penalty: the first gradient depends on the inputs through grad_output = 2 out.
+        first = torch.autograd.grad(out.square().sum(), leaves, create_graph=True)
+        penalty = sum((g.square() * torch.linspace(0.5, 1.5, g.numel()).reshape(g.shape)).sum() for g in first)
+        results.append(torch.autograd.grad(penalty, leaves, retain_graph=True))
+        # The gradient of the first gradient with respect to grad_output (what gradgradcheck probes).
+        grad_output = torch.randn(shape, generator=torch.Generator().manual_seed(7)).requires_grad_()
+        first = torch.autograd.grad(out, leaves, grad_output, create_graph=True)
+        results.append(torch.autograd.grad(sum((g * g.detach().sign()).sum() for g in first), grad_output))
+    for got, want in zip(results[0] + results[1], results[2] + results[3]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_autograd_saves_only_the_seed(backend):
     saved_bytes = []
 
@@ -263,6 +310,10 @@ def test_empty_tensors(backend, shape):
     out = rk.drop_path_add(x, residual, 0.5, backend=backend)
     assert out.shape == shape
     out.sum().backward()
+    bias = torch.zeros(shape[-1:], device=DEVICE, requires_grad=True)
+    first = torch.autograd.grad(rk.dropout_add(x, residual, 0.5, bias=bias, backend=backend).square().sum(),
+                                (x, bias), create_graph=True)
+    torch.autograd.grad(sum(g.sum() for g in first), (x, bias), allow_unused=True)  # second order on nothing
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -331,7 +382,7 @@ def test_opcheck(backend, with_extras):
     torch.library.opcheck(dropout_op, (x, residual if with_extras else None, bias if with_extras else None,
                                        seed, 0.3, backend))
     torch.library.opcheck(drop_path_op, (x, residual if with_extras else None, seed, 0.3, backend))
-    torch.library.opcheck(dropout_bias_backward_op, (x.detach(), seed, 0.3, 24 if with_extras else 6, backend))
+    torch.library.opcheck(dropout_bias_backward_op, (x, seed, 0.3, 24 if with_extras else 6, backend))
 
 
 def test_compile_fullgraph(backend):
