@@ -21,6 +21,10 @@ from recipe_kernels._philox import PHILOX_ROUNDS, KEEP_BITS, draw_seed, drop_thr
 # Elements per Triton program: 8 warps x 32 threads x 8 elements (two Philox calls a thread).
 BLOCK = 2048
 NUM_WARPS = 8
+# From this many bias elements on, a program's BLOCK elements wrap around the bias at most once, and
+# the forward kernel finds each bias column with one conditional subtract (exact at any size);
+# smaller biases take the fp32-reciprocal quotient, exact below 2^24.
+WIDE_BIAS_NUMEL = BLOCK
 # Columns per program of the fused bias backward; must equal kBiasBackwardColumns in csrc/dropout.cu.
 BIAS_BACKWARD_COLUMNS = 1024
 
@@ -52,7 +56,7 @@ def _philox_words_x8(seed, pairs, PHILOX_ROUNDS: tl.constexpr):
 def _dropout_kernel(x_ptr, residual_ptr, bias_ptr, seed_ptr, out_ptr, n_elements, bias_numel,
                     inverse_bias_numel, drop_threshold, scale,
                     HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_MULTIPLE_OF_8: tl.constexpr,
-                    BLOCK: tl.constexpr, KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr,
+                    WIDE_BIAS: tl.constexpr, BLOCK: tl.constexpr, KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr,
                     EMULATE_BF16_RTNE: tl.constexpr):
     """out = residual + (x + bias) * keep / (1 - p) over n_elements contiguous elements.
 
@@ -75,17 +79,25 @@ def _dropout_kernel(x_ptr, residual_ptr, bias_ptr, seed_ptr, out_ptr, n_elements
     value = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(tl.float32)
     if HAS_BIAS:
         # The bias column, column = (first_column + local) mod bias_numel: one 64-bit modulo per
-        # program; per element, a quotient from the fp32 reciprocal, off by at most one and
-        # corrected (exact while first_column + local < 2^24; the launcher checks). An integer
-        # modulo per element would cost about 30 instructions and make the kernel compute-bound.
-        first_column = ((pid * BLOCK) % bias_numel).to(tl.int32)
+        # program, then per element (an integer modulo would cost about 30 instructions and make
+        # the kernel compute-bound) either
+        # - WIDE_BIAS (bias_numel >= BLOCK): position < 2 * bias_numel, so one conditional
+        #   subtract, exact at any size (64-bit: a bias may pass 2^31 elements); or
+        # - a quotient from the fp32 reciprocal, off by at most one and corrected: exact because
+        #   position < bias_numel + BLOCK < 2 * BLOCK < 2^24.
+        first_column = (pid * BLOCK) % bias_numel
+        if not WIDE_BIAS:
+            first_column = first_column.to(tl.int32)
         if BIAS_MULTIPLE_OF_8:  # a row of eight never wraps: one column per row, 16-byte loads
             position = first_column + tl.arange(0, BLOCK // 8) * 8
         else:
             position = first_column + tl.arange(0, BLOCK // 8)[:, None] * 8 + tl.arange(0, 8)[None, :]
-        columns = position - (position.to(tl.float32) * inverse_bias_numel).to(tl.int32) * bias_numel
-        columns = tl.where(columns < 0, columns + bias_numel, columns)
-        columns = tl.where(columns >= bias_numel, columns - bias_numel, columns)
+        if WIDE_BIAS:
+            columns = tl.where(position >= bias_numel, position - bias_numel, position)
+        else:
+            columns = position - (position.to(tl.float32) * inverse_bias_numel).to(tl.int32) * bias_numel
+            columns = tl.where(columns < 0, columns + bias_numel, columns)
+            columns = tl.where(columns >= bias_numel, columns - bias_numel, columns)
         if BIAS_MULTIPLE_OF_8:
             columns = tl.multiple_of(columns, 8)[:, None] + tl.arange(0, 8)[None, :]
         value += tl.load(bias_ptr + columns, mask=in_bounds, other=0.0).to(tl.float32)
@@ -161,14 +173,12 @@ def _dropout_bias_backward_kernel(grad_ptr, seed_ptr, grad_x_ptr, partial_ptr, r
 
 def _dropout_triton(x, residual, bias, seed, out, p):
     bias_numel = bias.numel() if bias is not None else 1
-    if bias_numel + BLOCK >= 1 << 24:  # the kernel's fp32 column arithmetic would not be exact
-        raise ValueError(f"dropout_add: a bias of {bias_numel} elements is too large (at most 2^24 - {BLOCK + 1})")
     with _backend.device_guard(x.device):
         _dropout_kernel[(triton.cdiv(x.numel(), BLOCK),)](
             x, residual if residual is not None else x, bias if bias is not None else x, seed, out,
             x.numel(), bias_numel, 1.0 / bias_numel, drop_threshold(p), keep_scale(p),
             HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-            BIAS_MULTIPLE_OF_8=bias_numel % 8 == 0, BLOCK=BLOCK, KEEP_BITS=KEEP_BITS,
+            BIAS_MULTIPLE_OF_8=bias_numel % 8 == 0, WIDE_BIAS=bias_numel >= WIDE_BIAS_NUMEL, BLOCK=BLOCK, KEEP_BITS=KEEP_BITS,
             PHILOX_ROUNDS=PHILOX_ROUNDS, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
             enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
 

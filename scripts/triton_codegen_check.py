@@ -54,8 +54,8 @@ def main():
             signature = {"x_ptr": f"*{dtype}", "residual_ptr": f"*{dtype}", "bias_ptr": f"*{dtype}",
                          "seed_ptr": "*i64", "out_ptr": f"*{dtype}", "n_elements": "i64", "bias_numel": "i32",
                          "inverse_bias_numel": "fp32", "drop_threshold": "i32", "scale": "fp32"}
-            constexprs = dict(HAS_RESIDUAL=has_residual, HAS_BIAS=has_bias, BIAS_MULTIPLE_OF_8=True, BLOCK=dropout.BLOCK,
-                              KEEP_BITS=24, PHILOX_ROUNDS=7, EMULATE_BF16_RTNE=False)
+            constexprs = dict(HAS_RESIDUAL=has_residual, HAS_BIAS=has_bias, BIAS_MULTIPLE_OF_8=True, WIDE_BIAS=False,
+                              BLOCK=dropout.BLOCK, KEEP_BITS=24, PHILOX_ROUNDS=7, EMULATE_BF16_RTNE=False)
             ptx = compile_for_sm90(dropout._dropout_kernel, signature, constexprs, dropout.NUM_WARPS)
             report(f"dropout {dtype} residual={has_residual} bias={has_bias}", ptx, elements_per_thread)
         signature = {"x_ptr": f"*{dtype}", "residual_ptr": f"*{dtype}", "seed_ptr": "*i64", "out_ptr": f"*{dtype}",

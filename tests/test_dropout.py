@@ -8,7 +8,8 @@ import torch
 import recipe_kernels as rk
 from recipe_kernels import _backend, reference
 from recipe_kernels._philox import drop_threshold, draw_seed, keep_mask, keep_scale
-from recipe_kernels.dropout import BLOCK, dropout_bias_backward_op, dropout_op, drop_path_op
+from recipe_kernels.dropout import (BLOCK, WIDE_BIAS_NUMEL, _dropout_triton, dropout_bias_backward_op, dropout_op,
+                                    drop_path_op)
 
 from conftest import BACKENDS, DEVICE
 
@@ -71,6 +72,29 @@ def test_drop_path_add_matches_float64_oracle(backend, dtype):
     torch.testing.assert_close(out.double(), expected, **TOLERANCE[dtype])
     dropped = (out == residual).all(dim=1)
     assert 0 < dropped.sum() < 64
+
+
+# Bias sizes on both sides of WIDE_BIAS_NUMEL, where the Triton kernel switches its column arithmetic
+# (fp32-reciprocal quotient below, one conditional subtract from there on); with and without
+# a multiple of 8. Three rows: programs start at many different columns.
+@pytest.mark.parametrize("bias_numel", [WIDE_BIAS_NUMEL - 8, WIDE_BIAS_NUMEL - 1, WIDE_BIAS_NUMEL,
+                                        WIDE_BIAS_NUMEL + 5, 2 * WIDE_BIAS_NUMEL + 8])
+def test_dropout_add_bias_columns_around_the_wide_bias_threshold(backend, bias_numel):
+    x, residual, bias = sample_inputs((3, bias_numel), bias_shape=(bias_numel,))
+    out = with_seed(lambda: rk.dropout_add(x, residual, 0.3, bias=bias, backend=backend))
+    expected = torch_formula("dropout_add", x.double(), residual.double(), bias.double(), 0.3, oracle_seed())
+    torch.testing.assert_close(out.double(), expected, **TOLERANCE[torch.float32])
+
+
+def test_triton_kernel_takes_a_bias_of_2_to_24_elements_and_more():
+    # The launcher alone, with x shorter than the bias (columns = indices): one program, not 2^24 / BLOCK.
+    bias = torch.randn((1 << 24) + 8, dtype=torch.bfloat16, device=DEVICE)
+    x = torch.randn(40, dtype=torch.bfloat16, device=DEVICE)
+    out = torch.empty_like(x)
+    seed = torch.tensor([99], device=DEVICE)
+    _dropout_triton(x, None, bias, seed, out, 0.3)
+    expected = torch_formula("dropout", x.double() + bias[:40].double(), None, None, 0.3, seed)
+    torch.testing.assert_close(out.double(), expected, **TOLERANCE[torch.bfloat16])
 
 
 def test_dropout_add_equals_residual_plus_dropout_under_same_seed(backend):
