@@ -13,7 +13,7 @@
 namespace recipe_kernels {
 
 // Must equal recipe_kernels._backend.CUDA_DTYPE_CODES.
-enum DtypeCode : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum DtypeCode : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
 // Conversions and IEEE-rounded fp32 arithmetic, on the device and on the host alike: kernels written
 // with them can also run in _C's *_host entry points, which the CPU tests compare with the reference.
@@ -41,6 +41,20 @@ RK_HOST_DEVICE float mul_rn(float a, float b) {
 RK_HOST_DEVICE float add_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+RK_HOST_DEVICE double mul_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+RK_HOST_DEVICE double add_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dadd_rn(a, b);
 #else
   return a + b;
 #endif

@@ -183,12 +183,27 @@ def _dropout_triton(x, residual, bias, seed, out, p):
             enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
 
 
+def _typed(name, tensor):
+    """{name: data pointer, name_dtype: dtype code} for the _C launchers; zeros for an absent tensor."""
+    if tensor is None:
+        return {name: 0, f"{name}_dtype": 0}
+    return {name: tensor.data_ptr(), f"{name}_dtype": _backend.CUDA_DTYPE_CODES[tensor.dtype]}
+
+
+# The *_cuda_arguments functions build every keyword argument of a _C launcher but the stream; the
+# tests hand the same arguments to the _C.*_host entry points, which run the kernels' thread code on
+# CPU tensors.
+
+
+def _dropout_cuda_arguments(x, residual, bias, seed, out, p):
+    return dict(**_typed("x", x), **_typed("residual", residual), **_typed("bias", bias), seed=seed.data_ptr(),
+                **_typed("out", out), n=x.numel(), bias_numel=bias.numel() if bias is not None else 1,
+                drop_threshold=drop_threshold(p), scale=keep_scale(p), fp64_math=False)
+
+
 def _dropout_cuda(x, residual, bias, seed, out, p):
-    _backend._C.dropout(
-        x.data_ptr(), residual.data_ptr() if residual is not None else 0,
-        bias.data_ptr() if bias is not None else 0, seed.data_ptr(), out.data_ptr(),
-        x.numel(), bias.numel() if bias is not None else 1, drop_threshold(p), keep_scale(p),
-        _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+    _backend._C.dropout(**_dropout_cuda_arguments(x, residual, bias, seed, out, p),
+                        stream=_backend.cuda_stream(x.device))
 
 
 def _drop_path_triton(x, residual, seed, out, p):
@@ -203,11 +218,14 @@ def _drop_path_triton(x, residual, seed, out, p):
             enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
 
 
+def _drop_path_cuda_arguments(x, residual, seed, out, p):
+    return dict(**_typed("x", x), **_typed("residual", residual), seed=seed.data_ptr(), **_typed("out", out),
+                rows=x.shape[0], row_size=x.numel() // x.shape[0], drop_threshold=drop_threshold(p),
+                scale=keep_scale(p), fp64_math=False)
+
+
 def _drop_path_cuda(x, residual, seed, out, p):
-    _backend._C.drop_path(
-        x.data_ptr(), residual.data_ptr() if residual is not None else 0, seed.data_ptr(),
-        out.data_ptr(), x.shape[0], x.numel() // x.shape[0], drop_threshold(p), keep_scale(p),
-        _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+    _backend._C.drop_path(**_drop_path_cuda_arguments(x, residual, seed, out, p), stream=_backend.cuda_stream(x.device))
 
 
 def _bias_backward_row_blocks(rows, columns):
@@ -235,12 +253,17 @@ def _dropout_bias_backward_triton(grad, seed, grad_x, partial, rows_per_block, p
             enable_fp_fusion=False)
 
 
-def _dropout_bias_backward_cuda(grad, seed, grad_x, partial, rows_per_block, p):
+def _dropout_bias_backward_cuda_arguments(grad, seed, grad_x, partial, rows_per_block, p):
     columns = partial.shape[1]
-    _backend._C.dropout_bias_backward(
-        grad.data_ptr(), seed.data_ptr(), grad_x.data_ptr(), partial.data_ptr(), grad.numel() // columns,
-        columns, rows_per_block, partial.shape[0], drop_threshold(p), keep_scale(p),
-        _backend.CUDA_DTYPE_CODES[grad.dtype], _backend.cuda_stream(grad.device))
+    return dict(**_typed("grad", grad), seed=seed.data_ptr(), **_typed("grad_x", grad_x), partial=partial.data_ptr(),
+                rows=grad.numel() // columns, columns=columns, rows_per_block=rows_per_block,
+                row_blocks=partial.shape[0], drop_threshold=drop_threshold(p), scale=keep_scale(p), fp64_math=False)
+
+
+def _dropout_bias_backward_cuda(grad, seed, grad_x, partial, rows_per_block, p):
+    _backend._C.dropout_bias_backward(**_dropout_bias_backward_cuda_arguments(grad, seed, grad_x, partial,
+                                                                              rows_per_block, p),
+                                      stream=_backend.cuda_stream(grad.device))
 
 
 def _contiguous(tensor):
@@ -252,37 +275,38 @@ def _contiguous(tensor):
 
 @torch.library.custom_op("recipe_kernels::dropout", mutates_args=())
 def dropout_op(x: torch.Tensor, residual: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-               seed: torch.Tensor, p: float, backend: str) -> torch.Tensor:
-    """residual + (x + bias) * keep / (1 - p); residual and bias may be None. Output is contiguous."""
+               seed: torch.Tensor, p: float, backend: str, out_dtype: torch.dtype) -> torch.Tensor:
+    """residual + (x + bias) * keep / (1 - p); residual and bias may be None. Each input is read in
+    its own dtype; the result is rounded once to out_dtype. Output is contiguous."""
     x, residual, bias = x.contiguous(), _contiguous(residual), _contiguous(bias)
     if backend == "torch":
         out = reference.dropout(x, seed, p, residual=residual, bias=bias)
-        return out.to(x.dtype).contiguous()
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        return out.to(out_dtype).contiguous()
+    out = torch.empty_like(x, dtype=out_dtype, memory_format=torch.contiguous_format)
     if x.numel() > 0:
         (_dropout_triton if backend == "triton" else _dropout_cuda)(x, residual, bias, seed, out, p)
     return out
 
 
 @dropout_op.register_fake
-def _(x, residual, bias, seed, p, backend):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _(x, residual, bias, seed, p, backend, out_dtype):
+    return torch.empty_like(x, dtype=out_dtype, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("recipe_kernels::dropout_bias_backward", mutates_args=())
 def dropout_bias_backward_op(grad: torch.Tensor, seed: torch.Tensor, p: float, bias_numel: int,
-                             backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_x, grad_bias): grad_x = grad * keep / (1 - p), and its fp32 sums over every
-    bias_numel-sized row, from one pass over grad when bias_numel % 4 == 0."""
+                             backend: str, grad_x_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_bias): grad_x = grad * keep / (1 - p) in grad_x_dtype, and its fp32 sums over
+    every bias_numel-sized row, from one pass over grad when bias_numel % 4 == 0."""
     grad = grad.contiguous()
     if backend == "torch" or bias_numel % 4 != 0 or grad.numel() == 0:
         grad_x = (reference.dropout(grad, seed, p) if backend == "torch"
-                  else dropout_op(grad, None, None, seed, p, backend))
+                  else dropout_op(grad, None, None, seed, p, backend, grad_x_dtype))
         rows = grad.numel() // bias_numel if bias_numel else 0
         grad_bias = grad_x.reshape(rows, bias_numel).sum(0, dtype=torch.float32)
-        return grad_x.to(grad.dtype), grad_bias
+        return grad_x.to(grad_x_dtype), grad_bias
     row_blocks, rows_per_block = _bias_backward_row_blocks(grad.numel() // bias_numel, bias_numel)
-    grad_x = torch.empty_like(grad)
+    grad_x = torch.empty_like(grad, dtype=grad_x_dtype)
     partial = torch.empty(row_blocks, bias_numel, dtype=torch.float32, device=grad.device)
     launch = _dropout_bias_backward_triton if backend == "triton" else _dropout_bias_backward_cuda
     launch(grad, seed, grad_x, partial, rows_per_block, p)
@@ -290,15 +314,15 @@ def dropout_bias_backward_op(grad: torch.Tensor, seed: torch.Tensor, p: float, b
 
 
 @dropout_bias_backward_op.register_fake
-def _(grad, seed, p, bias_numel, backend):
-    return (torch.empty_like(grad, memory_format=torch.contiguous_format),
+def _(grad, seed, p, bias_numel, backend, grad_x_dtype):
+    return (torch.empty_like(grad, dtype=grad_x_dtype, memory_format=torch.contiguous_format),
             grad.new_empty(bias_numel, dtype=torch.float32))
 
 
 def _dropout_bias_backward_setup_context(ctx, inputs, output):
-    grad, seed, p, bias_numel, backend = inputs
+    grad, seed, p, bias_numel, backend, grad_x_dtype = inputs
     ctx.save_for_backward(seed)
-    ctx.p, ctx.bias_numel, ctx.backend = p, bias_numel, backend
+    ctx.p, ctx.bias_numel, ctx.backend, ctx.grad_dtype = p, bias_numel, backend, grad.dtype
 
 
 def _dropout_bias_backward_backward(ctx, grad_of_grad_x, grad_of_grad_bias):
@@ -308,8 +332,8 @@ def _dropout_bias_backward_backward(ctx, grad_of_grad_x, grad_of_grad_bias):
     hands zeros, not None, for an output that got no gradient.)"""
     (seed,) = ctx.saved_tensors
     rows = grad_of_grad_x.reshape(-1, ctx.bias_numel) if ctx.bias_numel else grad_of_grad_x.reshape(0, 0)
-    grad_grad = dropout_op(rows, None, grad_of_grad_bias.to(rows.dtype), seed, ctx.p, ctx.backend)
-    return grad_grad.reshape(grad_of_grad_x.shape), None, None, None, None
+    grad_grad = dropout_op(rows, None, grad_of_grad_bias, seed, ctx.p, ctx.backend, ctx.grad_dtype)
+    return grad_grad.reshape(grad_of_grad_x.shape), None, None, None, None, None
 
 
 dropout_bias_backward_op.register_autograd(_dropout_bias_backward_backward,
@@ -317,10 +341,10 @@ dropout_bias_backward_op.register_autograd(_dropout_bias_backward_backward,
 
 
 def _dropout_setup_context(ctx, inputs, output):
-    x, residual, bias, seed, p, backend = inputs
+    x, residual, bias, seed, p, backend, out_dtype = inputs
     ctx.save_for_backward(seed)  # the only thing saved: 8 bytes
-    ctx.p, ctx.backend = p, backend
-    ctx.has_residual = residual is not None
+    ctx.p, ctx.backend, ctx.x_dtype = p, backend, x.dtype
+    ctx.residual_dtype = None if residual is None else residual.dtype
     ctx.bias_shape = None if bias is None else bias.shape
     ctx.bias_dtype = None if bias is None else bias.dtype
 
@@ -328,13 +352,16 @@ def _dropout_setup_context(ctx, inputs, output):
 def _dropout_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
     # d/dx of (x + bias) * keep * scale is the same mask and scale: regenerate it from the seed.
+    # Each input's gradient comes back in that input's dtype.
     grad_bias = None
     if ctx.bias_shape is None:
-        grad_x = dropout_op(grad, None, None, seed, ctx.p, ctx.backend)
+        grad_x = dropout_op(grad, None, None, seed, ctx.p, ctx.backend, ctx.x_dtype)
     else:
-        grad_x, grad_bias = dropout_bias_backward_op(grad, seed, ctx.p, ctx.bias_shape.numel(), ctx.backend)
+        grad_x, grad_bias = dropout_bias_backward_op(grad, seed, ctx.p, ctx.bias_shape.numel(), ctx.backend,
+                                                     ctx.x_dtype)
         grad_bias = grad_bias.to(ctx.bias_dtype).reshape(ctx.bias_shape)
-    return grad_x, (grad if ctx.has_residual else None), grad_bias, None, None, None
+    grad_residual = None if ctx.residual_dtype is None else grad.to(ctx.residual_dtype)
+    return grad_x, grad_residual, grad_bias, None, None, None, None
 
 
 dropout_op.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
@@ -342,33 +369,35 @@ dropout_op.register_autograd(_dropout_backward, setup_context=_dropout_setup_con
 
 @torch.library.custom_op("recipe_kernels::drop_path", mutates_args=())
 def drop_path_op(x: torch.Tensor, residual: Optional[torch.Tensor], seed: torch.Tensor,
-                 p: float, backend: str) -> torch.Tensor:
-    """residual + x * keep[sample] / (1 - p), one keep per index along dim 0. Output is contiguous."""
+                 p: float, backend: str, out_dtype: torch.dtype) -> torch.Tensor:
+    """residual + x * keep[sample] / (1 - p), one keep per index along dim 0, rounded once to
+    out_dtype. Output is contiguous."""
     x, residual = x.contiguous(), _contiguous(residual)
     if backend == "torch":
-        return reference.drop_path(x, seed, p, residual=residual).to(x.dtype).contiguous()
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        return reference.drop_path(x, seed, p, residual=residual).to(out_dtype).contiguous()
+    out = torch.empty_like(x, dtype=out_dtype, memory_format=torch.contiguous_format)
     if x.numel() > 0:
         (_drop_path_triton if backend == "triton" else _drop_path_cuda)(x, residual, seed, out, p)
     return out
 
 
 @drop_path_op.register_fake
-def _(x, residual, seed, p, backend):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _(x, residual, seed, p, backend, out_dtype):
+    return torch.empty_like(x, dtype=out_dtype, memory_format=torch.contiguous_format)
 
 
 def _drop_path_setup_context(ctx, inputs, output):
-    x, residual, seed, p, backend = inputs
+    x, residual, seed, p, backend, out_dtype = inputs
     ctx.save_for_backward(seed)
-    ctx.p, ctx.backend = p, backend
-    ctx.has_residual = residual is not None
+    ctx.p, ctx.backend, ctx.x_dtype = p, backend, x.dtype
+    ctx.residual_dtype = None if residual is None else residual.dtype
 
 
 def _drop_path_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
-    grad_x = drop_path_op(grad, None, seed, ctx.p, ctx.backend)
-    return grad_x, (grad if ctx.has_residual else None), None, None, None
+    grad_x = drop_path_op(grad, None, seed, ctx.p, ctx.backend, ctx.x_dtype)
+    grad_residual = None if ctx.residual_dtype is None else grad.to(ctx.residual_dtype)
+    return grad_x, grad_residual, None, None, None, None
 
 
 drop_path_op.register_autograd(_drop_path_backward, setup_context=_drop_path_setup_context)
@@ -392,12 +421,11 @@ def _check_floating(name, tensor):
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
 
 
-def _check_like_x(x, name, tensor):
+def _check_beside_x(x, name, tensor):
+    """A second input: floating, on x's device; its dtype may differ (torch's type promotion)."""
     _check_floating(name, tensor)
     if tensor.device != x.device:
         raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
-    if tensor.dtype != x.dtype:
-        raise TypeError(f"{name} has dtype {tensor.dtype} but x has {x.dtype}; they must match")
 
 
 def dropout(x, p=0.5, training=True, *, generator=None, backend=None):
@@ -413,22 +441,23 @@ def dropout(x, p=0.5, training=True, *, generator=None, backend=None):
     if not training or p == 0.0:
         return x
     backend = _backend.resolve("dropout", x.device, backend)
-    return dropout_op(x, None, None, draw_seed(x.device, generator), p, backend)
+    return dropout_op(x, None, None, draw_seed(x.device, generator), p, backend, x.dtype)
 
 
 def dropout_add(x, residual, p=0.5, training=True, *, bias=None, generator=None, backend=None):
     """residual + dropout(x + bias, p) in one pass, rounded once from fp32.
 
     residual has x's shape; bias has x's trailing shape (e.g. (hidden,)) and its gradient
-    is reduced over the leading dimensions. Under the same seed the mask equals dropout's
+    is reduced over the leading dimensions. The dtypes may differ: the result has torch's
+    promoted dtype (a bf16 x with an fp32 residual gives fp32), each gradient its input's dtype. Under the same seed the mask equals dropout's
     mask for a tensor of x's shape. training=False or p=0 adds without dropping.
     """
     _check_floating("x", x)
-    _check_like_x(x, "residual", residual)
+    _check_beside_x(x, "residual", residual)
     if residual.shape != x.shape:
         raise ValueError(f"residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}; they must match")
     if bias is not None:
-        _check_like_x(x, "bias", bias)
+        _check_beside_x(x, "bias", bias)
         if bias.dim() > x.dim() or tuple(x.shape[x.dim() - bias.dim():]) != tuple(bias.shape):
             raise ValueError(f"bias has shape {tuple(bias.shape)}, which is not a trailing part of "
                              f"x's shape {tuple(x.shape)}")
@@ -437,7 +466,13 @@ def dropout_add(x, residual, p=0.5, training=True, *, bias=None, generator=None,
         p = 0.0
     backend = _backend.resolve("dropout", x.device, backend)
     seed = draw_seed(x.device, generator) if p > 0.0 else torch.zeros(1, dtype=torch.int64, device=x.device)
-    return dropout_op(x, residual, bias, seed, p, backend)
+    # torch's promotion of residual + (x + bias), where a 0-d bias does not promote an n-d x
+    # (torch.result_type's rule, written out: dynamo cannot trace result_type).
+    branch_dtype = x.dtype
+    if bias is not None and (bias.dim() > 0 or x.dim() == 0):
+        branch_dtype = torch.promote_types(x.dtype, bias.dtype)
+    out_dtype = torch.promote_types(residual.dtype, branch_dtype)
+    return dropout_op(x, residual, bias, seed, p, backend, out_dtype)
 
 
 def drop_path(x, p=0.1, training=True, *, generator=None, backend=None):
@@ -452,17 +487,17 @@ def drop_path(x, p=0.1, training=True, *, generator=None, backend=None):
     if x.dim() == 0:
         raise ValueError("drop_path needs at least one dimension (the samples), got a 0-d tensor")
     backend = _backend.resolve("drop_path", x.device, backend)
-    return drop_path_op(x, None, draw_seed(x.device, generator), p, backend)
+    return drop_path_op(x, None, draw_seed(x.device, generator), p, backend, x.dtype)
 
 
 def drop_path_add(x, residual, p=0.1, training=True, *, generator=None, backend=None):
     """residual + x * keep[b] / (1 - p) in one kernel; a dropped sample never reads x.
 
-    keep is drawn per sample along dim 0, the same draw as drop_path. training=False or
-    p=0 returns residual + x.
+    keep is drawn per sample along dim 0, the same draw as drop_path. The result has torch's
+    promoted dtype of x and residual. training=False or p=0 returns residual + x.
     """
     _check_floating("x", x)
-    _check_like_x(x, "residual", residual)
+    _check_beside_x(x, "residual", residual)
     if residual.shape != x.shape:
         raise ValueError(f"residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}; they must match")
     p = _check_p(p)
@@ -471,7 +506,8 @@ def drop_path_add(x, residual, p=0.1, training=True, *, generator=None, backend=
     if x.dim() == 0:
         raise ValueError("drop_path_add needs at least one dimension (the samples), got a 0-d tensor")
     backend = _backend.resolve("drop_path", x.device, backend)
-    return drop_path_op(x, residual, draw_seed(x.device, generator), p, backend)
+    out_dtype = torch.promote_types(x.dtype, residual.dtype)
+    return drop_path_op(x, residual, draw_seed(x.device, generator), p, backend, out_dtype)
 
 
 def drop_path_rates(num_blocks, final_rate):

@@ -97,6 +97,67 @@ def test_triton_kernel_takes_a_bias_of_2_to_24_elements_and_more():
     torch.testing.assert_close(out.double(), expected, **TOLERANCE[torch.bfloat16])
 
 
+# ----------------------------------------------------------------------------- mixed dtypes
+
+
+def mixed_inputs(x_dtype, residual_dtype, bias_dtype, shape=(6, 40)):
+    x, residual, bias = sample_inputs(shape, bias_shape=shape[-1:])
+    return x.to(x_dtype), residual.to(residual_dtype), (None if bias_dtype is None else bias.to(bias_dtype))
+
+
+def assert_one_rounding(got, expected64, dtype, name):
+    """got equals the float64 value rounded once to `dtype` (within one rounding when the float64
+    value sits on a rounding boundary of fp32 arithmetic)."""
+    assert got.dtype == dtype, f"{name}: {got.dtype} != {dtype}"
+    torch.testing.assert_close(got, expected64.to(dtype), **TOLERANCE[dtype], msg=name)
+
+
+# An fp32 residual stream with a bf16 branch is the autocast pattern; every pair of the three dtypes.
+@pytest.mark.parametrize("x_dtype", DTYPES)
+@pytest.mark.parametrize("residual_dtype", DTYPES)
+@pytest.mark.parametrize("bias_dtype", [None] + DTYPES)
+def test_dropout_add_mixed_dtypes_follow_torch_promotion(backend, x_dtype, residual_dtype, bias_dtype):
+    x, residual, bias = mixed_inputs(x_dtype, residual_dtype, bias_dtype)
+    leaves = [t.requires_grad_() for t in (x, residual, bias) if t is not None]
+    out = with_seed(lambda: rk.dropout_add(x, residual, 0.3, bias=bias, backend=backend))
+    with torch.no_grad():  # torch's own promotion decides the result dtype
+        promoted = (residual + torch.nn.functional.dropout(x if bias is None else x + bias, 0.0)).dtype
+    inputs64 = [t.detach().double().requires_grad_() for t in leaves]
+    expected = torch_formula("dropout_add", inputs64[0], inputs64[1], inputs64[2] if bias is not None else None,
+                             0.3, oracle_seed())
+    assert_one_rounding(out.detach(), expected.detach(), promoted, "out")
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, promoted)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    expected_grads = torch.autograd.grad(expected, inputs64, grad_out.double())
+    for name, leaf, got, want in zip(("x", "residual", "bias"), leaves, grads, expected_grads):
+        assert_one_rounding(got, want, leaf.dtype, name)
+
+
+@pytest.mark.parametrize("x_dtype", DTYPES)
+@pytest.mark.parametrize("residual_dtype", DTYPES)
+def test_drop_path_add_mixed_dtypes_follow_torch_promotion(backend, x_dtype, residual_dtype):
+    x, residual, _ = mixed_inputs(x_dtype, residual_dtype, None, shape=(16, 5))
+    x.requires_grad_(), residual.requires_grad_()
+    out = with_seed(lambda: rk.drop_path_add(x, residual, 0.5, backend=backend))
+    promoted = torch.result_type(x, residual)
+    inputs64 = [t.detach().double().requires_grad_() for t in (x, residual)]
+    expected = torch_formula("drop_path_add", inputs64[0], inputs64[1], None, 0.5, oracle_seed())
+    assert_one_rounding(out.detach(), expected.detach(), promoted, "out")
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, promoted)
+    grads = torch.autograd.grad(out, (x, residual), grad_out)
+    expected_grads = torch.autograd.grad(expected, inputs64, grad_out.double())
+    for name, leaf, got, want in zip(("x", "residual"), (x, residual), grads, expected_grads):
+        assert_one_rounding(got, want, leaf.dtype, name)
+    assert rk.drop_path_add(x, residual, 0.0, backend=backend).dtype == promoted
+
+
+def test_a_zero_dim_bias_does_not_promote_like_in_torch(backend):
+    x, residual = (torch.randn(4, 8, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    bias = torch.tensor(0.5, device=DEVICE)  # fp32, 0-d: torch's x + bias stays bf16
+    out = rk.dropout_add(x, residual, 0.3, bias=bias, backend=backend)
+    assert out.dtype == (residual + (x + bias)).dtype == torch.bfloat16
+
+
 def test_dropout_add_equals_residual_plus_dropout_under_same_seed(backend):
     x, residual, bias = sample_inputs(bias_shape=(1000,))
     fused = with_seed(lambda: rk.dropout_add(x, residual, 0.25, bias=bias, backend=backend))
@@ -373,8 +434,6 @@ def test_device_and_dtype_mismatch():
     x = torch.randn(4, 6, device=DEVICE)
     with pytest.raises(ValueError, match="residual is on meta"):
         rk.dropout_add(x, torch.empty(4, 6, device="meta"), 0.5)
-    with pytest.raises(TypeError, match="residual has dtype torch.float16"):
-        rk.dropout_add(x, x.half(), 0.5)
 
 
 def test_unavailable_backend_says_why(monkeypatch):
@@ -399,19 +458,22 @@ def test_environment_variable_chooses_the_backend(monkeypatch):
 
 
 @pytest.mark.parametrize("with_extras", [False, True])
-def test_opcheck(backend, with_extras):
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])  # bf16 x with fp32 residual and bias: mixed
+def test_opcheck(backend, with_extras, x_dtype):
     x, residual, bias = sample_inputs(shape=(4, 24), bias_shape=(24,))
-    x.requires_grad_()
+    x = x.to(x_dtype).requires_grad_()
+    residual.requires_grad_(), bias.requires_grad_()
+    residual, bias = (residual, bias) if with_extras else (None, None)
+    out_dtype = torch.float32 if with_extras else x_dtype
     seed = torch.tensor([42], device=DEVICE)
-    torch.library.opcheck(dropout_op, (x, residual if with_extras else None, bias if with_extras else None,
-                                       seed, 0.3, backend))
-    torch.library.opcheck(drop_path_op, (x, residual if with_extras else None, seed, 0.3, backend))
-    torch.library.opcheck(dropout_bias_backward_op, (x, seed, 0.3, 24 if with_extras else 6, backend))
+    torch.library.opcheck(dropout_op, (x, residual, bias, seed, 0.3, backend, out_dtype))
+    torch.library.opcheck(drop_path_op, (x, residual, seed, 0.3, backend, out_dtype))
+    torch.library.opcheck(dropout_bias_backward_op, (x, seed, 0.3, 24 if with_extras else 6, backend, torch.float16))
 
 
 def test_compile_fullgraph(backend):
     def block(x, residual, bias):
-        hidden = rk.dropout_add(x, residual, 0.1, bias=bias, backend=backend)
+        hidden = rk.dropout_add(x.bfloat16(), residual, 0.1, bias=bias, backend=backend)  # fp32 stream, bf16 branch
         hidden = rk.drop_path_add(rk.dropout(hidden, 0.2, backend=backend), hidden, 0.3, backend=backend)
         return hidden.square().mean()
 

@@ -84,8 +84,12 @@ case("dropout_add", "bias not a trailing shape", ValueError, "bias has shape")(
     lambda b: rk.dropout_add(t(4, 6), t(4, 6), 0.5, bias=t(4), backend=b))
 case("dropout_add", "residual on another device (meta)", ValueError, "residual is on meta")(
     lambda b: rk.dropout_add(t(4, 6), t(4, 6, device="meta"), 0.5, backend=b))
-case("dropout_add", "residual of another dtype", TypeError, "residual has dtype torch.float16")(
+case("dropout_add", "residual of another dtype (fp32 x, fp16 residual)", check=lambda y: y.dtype == torch.float32,
+     check_text="torch's promoted dtype, float32")(
     lambda b: rk.dropout_add(t(4, 6), t(4, 6, dtype=torch.float16), 0.5, backend=b))
+case("drop_path_add", "residual of another dtype (bf16 x, fp32 residual)", check=lambda y: y.dtype == torch.float32,
+     check_text="torch's promoted dtype, float32")(
+    lambda b: rk.drop_path_add(t(4, 6, dtype=torch.bfloat16), t(4, 6), 0.5, backend=b))
 case("drop_path_add", "0-d x", ValueError, "at least one dimension")(
     lambda b: rk.drop_path_add(t(), t(), 0.5, backend=b))
 case("drop_path_add", "zero-batch x (0, 3)", check=lambda y: y.shape == (0, 3), check_text="empty result")(
