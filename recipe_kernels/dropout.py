@@ -8,6 +8,7 @@ Bytes moved per element (s = element size): dropout 2s each way; dropout_add 3s
 forward (x, residual, out) and 2s backward (grad in, grad_x out; grad_residual is the
 incoming grad itself); drop_path_add 3s forward for kept samples, 2s for dropped ones.
 """
+import struct
 from typing import Optional
 
 import torch
@@ -53,16 +54,31 @@ def _philox_words_x8(seed, pairs, PHILOX_ROUNDS: tl.constexpr):
 
 
 @triton.jit
+def _scale_from_bits(scale_bits, MATH_DTYPE: tl.constexpr):
+    """The scale 1/(1-p) in MATH_DTYPE, passed as the bits of a double (see _scale_bits)."""
+    return scale_bits.to(tl.int64).to(tl.float64, bitcast=True).to(MATH_DTYPE)
+
+
+@triton.jit
+def _round_to(value, dtype: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """An fp32 or fp64 value rounded to `dtype`; fp64 reaches the narrower dtypes through fp32, as torch's casts do."""
+    if dtype != tl.float64:
+        value = value.to(tl.float32)
+    return cast_to(value, dtype, EMULATE_BF16_RTNE)
+
+
+@triton.jit
 def _dropout_kernel(x_ptr, residual_ptr, bias_ptr, seed_ptr, out_ptr, n_elements, bias_numel,
-                    inverse_bias_numel, drop_threshold, scale,
+                    inverse_bias_numel, drop_threshold, scale_bits,
                     HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_MULTIPLE_OF_8: tl.constexpr,
-                    WIDE_BIAS: tl.constexpr, BLOCK: tl.constexpr, KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr,
-                    EMULATE_BF16_RTNE: tl.constexpr):
+                    WIDE_BIAS: tl.constexpr, MATH_DTYPE: tl.constexpr, BLOCK: tl.constexpr, KEEP_BITS: tl.constexpr,
+                    PHILOX_ROUNDS: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
     """out = residual + (x + bias) * keep / (1 - p) over n_elements contiguous elements.
 
     Inputs: x (n), residual (n, optional), bias (its bias_numel elements repeat along x,
-    optional), seed (one int64). Bytes: reads x and residual, writes out once each; the
-    bias stays in cache. Per element: a quarter of a Philox call (7 rounds: 3.25 mul.hi,
+    optional), seed (one int64), each in its own dtype; the math runs in MATH_DTYPE (fp32, or
+    fp64 for float64 ops) and out is rounded once. Bytes: reads x and residual, writes out
+    once each; the bias stays in cache. Per element: a quarter of a Philox call (7 rounds: 3.25 mul.hi,
     about 16 integer ops), a shift, a compare, a select and one multiply
     (scripts/triton_codegen_check.py counts them in the sm_90 code).
     """
@@ -72,11 +88,11 @@ def _dropout_kernel(x_ptr, residual_ptr, bias_ptr, seed_ptr, out_ptr, n_elements
     words = _philox_words_x8(tl.load(seed_ptr), pairs, PHILOX_ROUNDS)
     # 2. Keep decision: the top KEEP_BITS bits against round(p * 2^KEEP_BITS).
     keep = (words >> (32 - KEEP_BITS)).to(tl.int32) >= drop_threshold
-    multiplier = tl.where(keep, scale, 0.0)
-    # 3. Load, scale, add, store in fp32; dropped elements are multiplied by 0 as in torch.
+    multiplier = tl.where(keep, _scale_from_bits(scale_bits, MATH_DTYPE), 0.0)
+    # 3. Load, scale, add in MATH_DTYPE, store; dropped elements are multiplied by 0 as in torch.
     offsets = pairs[:, None] * 8 + tl.arange(0, 8)[None, :]
     in_bounds = offsets < n_elements
-    value = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(tl.float32)
+    value = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(MATH_DTYPE)
     if HAS_BIAS:
         # The bias column, column = (first_column + local) mod bias_numel: one 64-bit modulo per
         # program, then per element (an integer modulo would cost about 30 instructions and make
@@ -100,24 +116,25 @@ def _dropout_kernel(x_ptr, residual_ptr, bias_ptr, seed_ptr, out_ptr, n_elements
             columns = tl.where(columns >= bias_numel, columns - bias_numel, columns)
         if BIAS_MULTIPLE_OF_8:
             columns = tl.multiple_of(columns, 8)[:, None] + tl.arange(0, 8)[None, :]
-        value += tl.load(bias_ptr + columns, mask=in_bounds, other=0.0).to(tl.float32)
+        value += tl.load(bias_ptr + columns, mask=in_bounds, other=0.0).to(MATH_DTYPE)
     out = value * multiplier
     if HAS_RESIDUAL:
-        out += tl.load(residual_ptr + offsets, mask=in_bounds, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offsets, cast_to(out, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_bounds)
+        out += tl.load(residual_ptr + offsets, mask=in_bounds, other=0.0).to(MATH_DTYPE)
+    tl.store(out_ptr + offsets, _round_to(out, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_bounds)
 
 
 @triton.jit
 def _drop_path_kernel(x_ptr, residual_ptr, seed_ptr, out_ptr, row_size, blocks_per_row,
-                      drop_threshold, scale,
-                      HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+                      drop_threshold, scale_bits,
+                      HAS_RESIDUAL: tl.constexpr, MATH_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
                       KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr,
                       EMULATE_BF16_RTNE: tl.constexpr):
     """out = residual + x * keep[row] / (1 - p) for rows of row_size contiguous elements.
 
     Inputs: x and residual (optional) as (rows, row_size), seed (one int64). keep[row] is
-    the dropout decision of element `row` of a (rows,) tensor. Bytes: a kept row reads x
-    and residual and writes out; a dropped row never reads x.
+    the dropout decision of element `row` of a (rows,) tensor. Each tensor has its own dtype;
+    the math runs in MATH_DTYPE. Bytes: a kept row reads x and residual and writes out; a
+    dropped row never reads x.
     """
     pid = tl.program_id(0).to(tl.int64)
     row = pid // blocks_per_row
@@ -130,23 +147,26 @@ def _drop_path_kernel(x_ptr, residual_ptr, seed_ptr, out_ptr, row_size, blocks_p
     # 2. A dropped row's x is masked off the load entirely.
     in_row = columns < row_size
     offsets = row * row_size + columns
-    out = tl.load(x_ptr + offsets, mask=in_row & keep, other=0.0).to(tl.float32) * scale
+    scale = _scale_from_bits(scale_bits, MATH_DTYPE)
+    out = tl.load(x_ptr + offsets, mask=in_row & keep, other=0.0).to(MATH_DTYPE) * scale
     if HAS_RESIDUAL:
-        out += tl.load(residual_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offsets, cast_to(out, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_row)
+        out += tl.load(residual_ptr + offsets, mask=in_row, other=0.0).to(MATH_DTYPE)
+    tl.store(out_ptr + offsets, _round_to(out, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_row)
 
 
 @triton.jit
 def _dropout_bias_backward_kernel(grad_ptr, seed_ptr, grad_x_ptr, partial_ptr, rows, columns,
-                                  drop_threshold, scale, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_COLUMNS: tl.constexpr,
+                                  drop_threshold, scale_bits, MATH_DTYPE: tl.constexpr,
+                                  ROWS_PER_PROGRAM: tl.constexpr, BLOCK_COLUMNS: tl.constexpr,
                                   KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr,
                                   EMULATE_BF16_RTNE: tl.constexpr):
     """Backward of dropout_add with a bias, in one pass: grad_x = grad * keep / (1 - p) and its column sums.
 
     Inputs: grad as (rows, columns) with columns % 4 == 0 (so a Philox group never straddles
     two rows), seed (one int64). Program (i, j) takes ROWS_PER_PROGRAM rows of column block j
-    and writes its fp32 column sums to partial[i, columns]. Bytes: reads grad and writes
-    grad_x once; partial is (rows / ROWS_PER_PROGRAM) x columns fp32, a few % of grad.
+    and writes its column sums (MATH_DTYPE, the math's precision) to partial[i, columns]. Bytes:
+    reads grad and writes grad_x once; partial is (rows / ROWS_PER_PROGRAM) x columns, a few %
+    of grad.
     """
     row_block = tl.program_id(0).to(tl.int64)
     # Philox groups of this program's columns, counted within a row.
@@ -154,15 +174,17 @@ def _dropout_bias_backward_kernel(grad_ptr, seed_ptr, grad_x_ptr, partial_ptr, r
     column = group_in_row[:, None] * 4 + tl.arange(0, 4)[None, :]
     in_columns = column < columns
     seed = tl.load(seed_ptr)
-    column_sums = tl.zeros([BLOCK_COLUMNS // 4, 4], dtype=tl.float32)
+    column_sums = tl.zeros([BLOCK_COLUMNS // 4, 4], dtype=MATH_DTYPE)
+    multiplier_if_kept = _scale_from_bits(scale_bits, MATH_DTYPE)
     for step in range(ROWS_PER_PROGRAM):
         row = row_block * ROWS_PER_PROGRAM + step
         groups = row * (columns // 4) + group_in_row
         keep = (_philox_words_x4(seed, groups, PHILOX_ROUNDS) >> (32 - KEEP_BITS)).to(tl.int32) >= drop_threshold
         offsets = row * columns + column
         mask = in_columns & (row < rows)
-        grad_x = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32) * tl.where(keep, scale, 0.0)
-        tl.store(grad_x_ptr + offsets, cast_to(grad_x, grad_x_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=mask)
+        grad_x = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(MATH_DTYPE) * tl.where(keep, multiplier_if_kept,
+                                                                                             0.0)
+        tl.store(grad_x_ptr + offsets, _round_to(grad_x, grad_x_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=mask)
         column_sums += grad_x
     tl.store(partial_ptr + row_block * columns + column, column_sums, mask=in_columns)
 
@@ -171,15 +193,32 @@ def _dropout_bias_backward_kernel(grad_ptr, seed_ptr, grad_x_ptr, partial_ptr, r
 # Each takes contiguous tensors and an allocated contiguous `out`.
 
 
+def _math_dtype(*operands):
+    """float64 when any operand (a tensor or a dtype; None for an absent one) is float64, so that
+    float64 ops keep their precision; float32 otherwise."""
+    dtypes = [operand.dtype if isinstance(operand, torch.Tensor) else operand for operand in operands]
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+_TRITON_MATH_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def _scale_bits(p, math_dtype):
+    """keep_scale(p, math_dtype) as the int64 bit pattern of a double: Triton types a Python float
+    argument as fp32 (and its interpreter rounds one there), which float64 ops cannot afford."""
+    return struct.unpack("<q", struct.pack("<d", keep_scale(p, math_dtype)))[0]
+
+
 def _dropout_triton(x, residual, bias, seed, out, p):
     bias_numel = bias.numel() if bias is not None else 1
+    math_dtype = _math_dtype(x, residual, bias, out)
     with _backend.device_guard(x.device):
         _dropout_kernel[(triton.cdiv(x.numel(), BLOCK),)](
             x, residual if residual is not None else x, bias if bias is not None else x, seed, out,
-            x.numel(), bias_numel, 1.0 / bias_numel, drop_threshold(p), keep_scale(p),
+            x.numel(), bias_numel, 1.0 / bias_numel, drop_threshold(p), _scale_bits(p, math_dtype),
             HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-            BIAS_MULTIPLE_OF_8=bias_numel % 8 == 0, WIDE_BIAS=bias_numel >= WIDE_BIAS_NUMEL, BLOCK=BLOCK, KEEP_BITS=KEEP_BITS,
-            PHILOX_ROUNDS=PHILOX_ROUNDS, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
+            BIAS_MULTIPLE_OF_8=bias_numel % 8 == 0, WIDE_BIAS=bias_numel >= WIDE_BIAS_NUMEL,
+            MATH_DTYPE=_TRITON_MATH_DTYPES[math_dtype], BLOCK=BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
             enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
 
 
@@ -187,7 +226,7 @@ def _typed(name, tensor):
     """{name: data pointer, name_dtype: dtype code} for the _C launchers; zeros for an absent tensor."""
     if tensor is None:
         return {name: 0, f"{name}_dtype": 0}
-    return {name: tensor.data_ptr(), f"{name}_dtype": _backend.CUDA_DTYPE_CODES[tensor.dtype]}
+    return {name: tensor.data_ptr(), f"{name}_dtype": _backend.CUDA_DTYPE_CODES_WITH_FLOAT64[tensor.dtype]}
 
 
 # The *_cuda_arguments functions build every keyword argument of a _C launcher but the stream; the
@@ -196,9 +235,11 @@ def _typed(name, tensor):
 
 
 def _dropout_cuda_arguments(x, residual, bias, seed, out, p):
+    math_dtype = _math_dtype(x, residual, bias, out)
     return dict(**_typed("x", x), **_typed("residual", residual), **_typed("bias", bias), seed=seed.data_ptr(),
                 **_typed("out", out), n=x.numel(), bias_numel=bias.numel() if bias is not None else 1,
-                drop_threshold=drop_threshold(p), scale=keep_scale(p), fp64_math=False)
+                drop_threshold=drop_threshold(p), scale=keep_scale(p, math_dtype),
+                fp64_math=math_dtype == torch.float64)
 
 
 def _dropout_cuda(x, residual, bias, seed, out, p):
@@ -209,19 +250,21 @@ def _dropout_cuda(x, residual, bias, seed, out, p):
 def _drop_path_triton(x, residual, seed, out, p):
     row_size = x.numel() // x.shape[0]
     blocks_per_row = triton.cdiv(row_size, BLOCK)
+    math_dtype = _math_dtype(x, residual, out)
     with _backend.device_guard(x.device):
         _drop_path_kernel[(x.shape[0] * blocks_per_row,)](
             x, residual if residual is not None else x, seed, out, row_size, blocks_per_row,
-            drop_threshold(p), keep_scale(p), HAS_RESIDUAL=residual is not None,
-            BLOCK=BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS,
+            drop_threshold(p), _scale_bits(p, math_dtype), HAS_RESIDUAL=residual is not None,
+            MATH_DTYPE=_TRITON_MATH_DTYPES[math_dtype], BLOCK=BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS,
             EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
             enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
 
 
 def _drop_path_cuda_arguments(x, residual, seed, out, p):
+    math_dtype = _math_dtype(x, residual, out)
     return dict(**_typed("x", x), **_typed("residual", residual), seed=seed.data_ptr(), **_typed("out", out),
                 rows=x.shape[0], row_size=x.numel() // x.shape[0], drop_threshold=drop_threshold(p),
-                scale=keep_scale(p), fp64_math=False)
+                scale=keep_scale(p, math_dtype), fp64_math=math_dtype == torch.float64)
 
 
 def _drop_path_cuda(x, residual, seed, out, p):
@@ -230,7 +273,7 @@ def _drop_path_cuda(x, residual, seed, out, p):
 
 def _bias_backward_row_blocks(rows, columns):
     """(row blocks, rows per block) for the bias backward: about 1024 programs in all, so the GPU
-    is full while the fp32 partial sums stay small; at most 65535 row blocks (CUDA's grid y).
+    is full while the partial sums stay small; at most 65535 row blocks (CUDA's grid y).
 
     Rows per block is a power of two because the Triton kernel takes it as a constexpr
     (few variants to compile; and the interpreter cannot loop to a runtime bound with numpy 2.4).
@@ -247,7 +290,8 @@ def _dropout_bias_backward_triton(grad, seed, grad_x, partial, rows_per_block, p
     with _backend.device_guard(grad.device):
         _dropout_bias_backward_kernel[grid](
             grad, seed, grad_x, partial, grad.numel() // columns, columns,
-            drop_threshold(p), keep_scale(p), ROWS_PER_PROGRAM=rows_per_block,
+            drop_threshold(p), _scale_bits(p, partial.dtype), MATH_DTYPE=_TRITON_MATH_DTYPES[partial.dtype],
+            ROWS_PER_PROGRAM=rows_per_block,
             BLOCK_COLUMNS=BIAS_BACKWARD_COLUMNS, KEEP_BITS=KEEP_BITS,
             PHILOX_ROUNDS=PHILOX_ROUNDS, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=4,
             enable_fp_fusion=False)
@@ -257,7 +301,8 @@ def _dropout_bias_backward_cuda_arguments(grad, seed, grad_x, partial, rows_per_
     columns = partial.shape[1]
     return dict(**_typed("grad", grad), seed=seed.data_ptr(), **_typed("grad_x", grad_x), partial=partial.data_ptr(),
                 rows=grad.numel() // columns, columns=columns, rows_per_block=rows_per_block,
-                row_blocks=partial.shape[0], drop_threshold=drop_threshold(p), scale=keep_scale(p), fp64_math=False)
+                row_blocks=partial.shape[0], drop_threshold=drop_threshold(p), scale=keep_scale(p, partial.dtype),
+                fp64_math=partial.dtype == torch.float64)
 
 
 def _dropout_bias_backward_cuda(grad, seed, grad_x, partial, rows_per_block, p):
@@ -280,7 +325,8 @@ def dropout_op(x: torch.Tensor, residual: Optional[torch.Tensor], bias: Optional
     its own dtype; the result is rounded once to out_dtype. Output is contiguous."""
     x, residual, bias = x.contiguous(), _contiguous(residual), _contiguous(bias)
     if backend == "torch":
-        out = reference.dropout(x, seed, p, residual=residual, bias=bias)
+        out = reference.dropout(x, seed, p, residual=residual, bias=bias,
+                                math_dtype=_math_dtype(x, residual, bias, out_dtype))
         return out.to(out_dtype).contiguous()
     out = torch.empty_like(x, dtype=out_dtype, memory_format=torch.contiguous_format)
     if x.numel() > 0:
@@ -296,18 +342,20 @@ def _(x, residual, bias, seed, p, backend, out_dtype):
 @torch.library.custom_op("recipe_kernels::dropout_bias_backward", mutates_args=())
 def dropout_bias_backward_op(grad: torch.Tensor, seed: torch.Tensor, p: float, bias_numel: int,
                              backend: str, grad_x_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_x, grad_bias): grad_x = grad * keep / (1 - p) in grad_x_dtype, and its fp32 sums over
-    every bias_numel-sized row, from one pass over grad when bias_numel % 4 == 0."""
+    """(grad_x, grad_bias): grad_x = grad * keep / (1 - p) in grad_x_dtype, and its sums over every
+    bias_numel-sized row in the math's precision (fp32, fp64 for float64), from one pass over grad
+    when bias_numel % 4 == 0."""
     grad = grad.contiguous()
+    math_dtype = _math_dtype(grad, grad_x_dtype)
     if backend == "torch" or bias_numel % 4 != 0 or grad.numel() == 0:
-        grad_x = (reference.dropout(grad, seed, p) if backend == "torch"
+        grad_x = (reference.dropout(grad, seed, p, math_dtype=math_dtype) if backend == "torch"
                   else dropout_op(grad, None, None, seed, p, backend, grad_x_dtype))
         rows = grad.numel() // bias_numel if bias_numel else 0
-        grad_bias = grad_x.reshape(rows, bias_numel).sum(0, dtype=torch.float32)
+        grad_bias = grad_x.reshape(rows, bias_numel).sum(0, dtype=math_dtype)
         return grad_x.to(grad_x_dtype), grad_bias
     row_blocks, rows_per_block = _bias_backward_row_blocks(grad.numel() // bias_numel, bias_numel)
     grad_x = torch.empty_like(grad, dtype=grad_x_dtype)
-    partial = torch.empty(row_blocks, bias_numel, dtype=torch.float32, device=grad.device)
+    partial = torch.empty(row_blocks, bias_numel, dtype=math_dtype, device=grad.device)
     launch = _dropout_bias_backward_triton if backend == "triton" else _dropout_bias_backward_cuda
     launch(grad, seed, grad_x, partial, rows_per_block, p)
     return grad_x, partial.sum(0)
@@ -316,7 +364,7 @@ def dropout_bias_backward_op(grad: torch.Tensor, seed: torch.Tensor, p: float, b
 @dropout_bias_backward_op.register_fake
 def _(grad, seed, p, bias_numel, backend, grad_x_dtype):
     return (torch.empty_like(grad, dtype=grad_x_dtype, memory_format=torch.contiguous_format),
-            grad.new_empty(bias_numel, dtype=torch.float32))
+            grad.new_empty(bias_numel, dtype=_math_dtype(grad, grad_x_dtype)))
 
 
 def _dropout_bias_backward_setup_context(ctx, inputs, output):
@@ -374,7 +422,8 @@ def drop_path_op(x: torch.Tensor, residual: Optional[torch.Tensor], seed: torch.
     out_dtype. Output is contiguous."""
     x, residual = x.contiguous(), _contiguous(residual)
     if backend == "torch":
-        return reference.drop_path(x, seed, p, residual=residual).to(out_dtype).contiguous()
+        out = reference.drop_path(x, seed, p, residual=residual, math_dtype=_math_dtype(x, residual, out_dtype))
+        return out.to(out_dtype).contiguous()
     out = torch.empty_like(x, dtype=out_dtype, memory_format=torch.contiguous_format)
     if x.numel() > 0:
         (_drop_path_triton if backend == "triton" else _drop_path_cuda)(x, residual, seed, out, p)
@@ -417,8 +466,8 @@ def _check_p(p, name="p"):
 def _check_floating(name, tensor):
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.dtype not in _backend.CUDA_DTYPE_CODES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
+    if tensor.dtype not in _backend.CUDA_DTYPE_CODES_WITH_FLOAT64:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {tensor.dtype}")
 
 
 def _check_beside_x(x, name, tensor):

@@ -194,7 +194,7 @@ def test_keep_rate_within_five_sigma_and_exact_scale(backend, p):
 
 
 @pytest.mark.parametrize("op", ["dropout", "dropout_add", "drop_path_add"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_outputs_bit_identical_across_backends(op, dtype):
     x, residual, bias = sample_inputs(shape=(8, 513), dtype=dtype, bias_shape=(513,))
     calls = {
@@ -301,7 +301,7 @@ def torch_formula(op, x, residual, bias, p, seed):
     else:
         keep = keep_mask(seed, torch.arange(x.numel(), device=DEVICE), p).reshape(x.shape)
     value = x if bias is None else x + bias
-    out = value * (keep.to(value.dtype) * keep_scale(p))
+    out = value * (keep.to(value.dtype) * (1.0 / (1.0 - p)))
     return out if residual is None else residual + out
 
 
@@ -338,6 +338,40 @@ def test_second_order_gradients_match_torch_formula(backend, op, shape, bias_sha
         results.append(torch.autograd.grad(sum((g * g.detach().sign()).sum() for g in first), grad_output))
     for got, want in zip(results[0] + results[1], results[2] + results[3]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- float64
+
+
+@pytest.mark.parametrize("op,shape,bias_shape", SECOND_ORDER_CASES)
+def test_float64_computes_in_fp64(backend, op, shape, bias_shape):
+    x, residual, bias = (None if t is None else t.double() for t in sample_inputs(shape, bias_shape=bias_shape))
+    residual = residual if op.endswith("_add") else None
+    out = call_op(op, x, residual, bias, 0.4, backend)
+    assert out.dtype == torch.float64
+    # fp64 math, scale 1/(1-p) in full: torch's float64 formula to the last bit or so.
+    torch.testing.assert_close(out, torch_formula(op, x, residual, bias, 0.4, oracle_seed()), rtol=1e-15, atol=1e-15)
+
+
+# Tiny shapes: gradcheck perturbs every element. The fused bias backward (4 and 2 x 4 columns) and its fallback (3).
+GRADCHECK_CASES = [("dropout", (3, 4), None), ("dropout_add", (3, 4), (4,)), ("dropout_add", (2, 2, 4), (2, 4)),
+                   ("dropout_add", (4, 3), (3,)), ("drop_path", (6, 2), None), ("drop_path_add", (6, 2), None)]
+
+
+@pytest.mark.parametrize("op,shape,bias_shape", GRADCHECK_CASES)
+def test_float64_gradcheck_and_gradgradcheck(backend, op, shape, bias_shape):
+    x, residual, bias = (None if t is None else t.double() for t in sample_inputs(shape, bias_shape=bias_shape))
+    inputs = [t.requires_grad_() for t in (x, residual if op.endswith("_add") else None, bias) if t is not None]
+
+    def fn(*tensors):  # the same seed, so the same mask, on every call
+        tensors = list(tensors)
+        x = tensors.pop(0)
+        residual = tensors.pop(0) if op.endswith("_add") else None
+        return call_op(op, x, residual, tensors.pop(0) if tensors else None, 0.4, backend)
+
+    # fast_mode: a random projection of the Jacobian (the interpreter is slow); the torch backend checks all.
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=backend != "torch")
+    assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=backend != "torch")
 
 
 def test_autograd_saves_only_the_seed(backend):
@@ -414,10 +448,10 @@ def test_bad_p_raises_value_error():
 
 
 def test_non_floating_dtype_raises_type_error():
-    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+    with pytest.raises(TypeError, match="float32, float16, bfloat16 or float64"):
         rk.dropout(torch.arange(4, device=DEVICE), 0.5)
-    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
-        rk.drop_path_add(torch.ones(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64), 0.5)
+    with pytest.raises(TypeError, match="residual must be float32, float16, bfloat16 or float64"):
+        rk.drop_path_add(torch.ones(4, device=DEVICE), torch.ones(4, dtype=torch.complex64, device=DEVICE), 0.5)
 
 
 def test_shape_mismatch_names_the_shapes():

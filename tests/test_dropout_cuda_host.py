@@ -11,7 +11,7 @@ import torch
 import recipe_kernels  # noqa: F401  (registers the ops)
 from recipe_kernels import _backend
 from recipe_kernels._philox import drop_threshold, keep_scale
-from recipe_kernels.dropout import (_bias_backward_row_blocks, _dropout_bias_backward_cuda_arguments,
+from recipe_kernels.dropout import (_bias_backward_row_blocks, _math_dtype, _dropout_bias_backward_cuda_arguments,
                                     _dropout_cuda_arguments, _drop_path_cuda_arguments)
 
 pytestmark = pytest.mark.skipif(_backend._C is None, reason=f"CUDA extension not built: {_backend.CUDA_EXTENSION_ERROR}")
@@ -32,6 +32,10 @@ DTYPE_SETS = [(d, d, d, d) for d in DTYPES] + [
     (torch.bfloat16, torch.float32, torch.bfloat16, torch.float32),
     (torch.float16, torch.bfloat16, torch.float32, torch.float32),
     (torch.float32, torch.float16, torch.bfloat16, torch.bfloat16),
+    # float64 ops compute in fp64 (and so does anything that touches a float64 tensor).
+    (torch.float64, torch.float64, torch.float64, torch.float64),
+    (torch.float32, torch.float64, torch.bfloat16, torch.float64),
+    (torch.float64, None, None, torch.bfloat16),
 ]
 
 
@@ -44,8 +48,8 @@ def test_dropout_kernel_code_equals_torch_backend(dtypes, with_residual, bias_si
     if bias_size:
         n = (n // bias_size) * bias_size
     x = randn(n, dtype=x_dtype, offset=offset)
-    residual = randn(n, dtype=residual_dtype, offset=offset, seed=1) if with_residual else None
-    bias = randn(bias_size, dtype=bias_dtype, seed=2) if bias_size else None
+    residual = randn(n, dtype=residual_dtype or x_dtype, offset=offset, seed=1) if with_residual else None
+    bias = randn(bias_size, dtype=bias_dtype or x_dtype, seed=2) if bias_size else None
     out = torch.empty(n, dtype=out_dtype)
     _backend._C.dropout_host(**_dropout_cuda_arguments(x, residual, bias, SEED, out, 0.3), blocks=blocks)
     x2 = x.reshape(-1, bias_size) if bias_size else x
@@ -60,19 +64,20 @@ def test_drop_path_kernel_code_equals_torch_backend(dtypes, with_residual):
     x_dtype, residual_dtype, _, out_dtype = dtypes
     rows, row_size = 33, 2048 + 5  # two blocks per row, the second partial
     x = randn(rows, row_size, dtype=x_dtype)
-    residual = randn(rows, row_size, dtype=residual_dtype, seed=1) if with_residual else None
+    residual = randn(rows, row_size, dtype=residual_dtype or x_dtype, seed=1) if with_residual else None
     out = torch.empty(rows, row_size, dtype=out_dtype)
     _backend._C.drop_path_host(**_drop_path_cuda_arguments(x, residual, SEED, out, 0.5))
     assert torch.equal(out, torch.ops.recipe_kernels.drop_path(x, residual, SEED, 0.5, "torch", out_dtype))
 
 
-@pytest.mark.parametrize("grad_dtype,grad_x_dtype", [(d, d) for d in DTYPES] + [(torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("grad_dtype,grad_x_dtype", [(d, d) for d in DTYPES + [torch.float64]] + [
+    (torch.float32, torch.bfloat16), (torch.float64, torch.float32)])
 @pytest.mark.parametrize("rows,columns,offset", [(5, 8, 0), (700, 12, 1), (3, 1032, 0)])
 def test_bias_backward_kernel_code_equals_torch_backend(grad_dtype, grad_x_dtype, rows, columns, offset):
     grad = randn(rows, columns, dtype=grad_dtype, offset=offset)
     row_blocks, rows_per_block = _bias_backward_row_blocks(rows, columns)
     grad_x = torch.empty(rows, columns, dtype=grad_x_dtype)
-    partial = torch.empty(row_blocks, columns)
+    partial = torch.empty(row_blocks, columns, dtype=_math_dtype(grad, grad_x))  # as the op allocates it
     _backend._C.dropout_bias_backward_host(**_dropout_bias_backward_cuda_arguments(grad, SEED, grad_x, partial,
                                                                                    rows_per_block, 0.2))
     expected_grad_x, expected_bias = torch.ops.recipe_kernels.dropout_bias_backward(grad, SEED, 0.2, columns, "torch",
