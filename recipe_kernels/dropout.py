@@ -415,6 +415,42 @@ def _dropout_backward(ctx, grad):
 dropout_op.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
 
 
+@torch.library.custom_op("recipe_kernels::dropout_", mutates_args=("x",))
+def dropout_inplace_op(x: torch.Tensor, seed: torch.Tensor, p: float, backend: str) -> None:
+    """x = x * keep / (1 - p) in place: a contiguous x is read and written by the kernel itself, in
+    one pass; any other layout goes through a contiguous result copied back."""
+    if x.numel() == 0:
+        return
+    if backend == "torch" or not x.is_contiguous():
+        x.copy_(dropout_op(x, None, None, seed, p, backend, x.dtype))
+    else:  # each element is read, then written, by the same program or thread
+        (_dropout_triton if backend == "triton" else _dropout_cuda)(x, None, None, seed, x, p)
+
+
+@dropout_inplace_op.register_fake
+def _(x, seed, p, backend):
+    return None
+
+
+class DropoutInplaceFunction(torch.autograd.Function):
+    """rk.dropout(inplace=True): x is overwritten and marked dirty, so autograd rebases x's history
+    (views included) and refuses anyone who saved x's old value. Backward regenerates the mask
+    from the 8-byte seed, as the out-of-place op does."""
+
+    @staticmethod
+    def forward(ctx, x, seed, p, backend):
+        dropout_inplace_op(x, seed, p, backend)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(seed)
+        ctx.p, ctx.backend = p, backend
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (seed,) = ctx.saved_tensors
+        return dropout_op(grad, None, None, seed, ctx.p, ctx.backend, grad.dtype), None, None, None
+
+
 @torch.library.custom_op("recipe_kernels::drop_path", mutates_args=())
 def drop_path_op(x: torch.Tensor, residual: Optional[torch.Tensor], seed: torch.Tensor,
                  p: float, backend: str, out_dtype: torch.dtype) -> torch.Tensor:
@@ -477,23 +513,37 @@ def _check_beside_x(x, name, tensor):
         raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
 
 
-def dropout(x, p=0.5, training=True, *, generator=None, backend=None):
+def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+            generator: Optional[torch.Generator] = None, backend: Optional[str] = None) -> torch.Tensor:
     """Inverted dropout: each element is zeroed with probability p, the rest scaled by 1/(1-p).
 
-    Same convention as torch.nn.functional.dropout. The mask comes from Philox keyed by a
-    seed drawn on x's device (torch.manual_seed reproduces it; see the RNG contract in
-    recipe_kernels._philox). Backward regenerates the mask; nothing of x's size is saved.
-    training=False or p=0 returns x itself. The result is contiguous.
+    Same signature and convention as torch.nn.functional.dropout. The mask comes from Philox
+    keyed by a seed drawn on x's device (torch.manual_seed reproduces it; see the RNG contract
+    in recipe_kernels._philox). Backward regenerates the mask; nothing of x's size is saved.
+    training=False or p=0 returns x itself. Otherwise the result is contiguous, or, with
+    inplace=True, x itself overwritten (any layout; as in torch, refused for a leaf that
+    requires grad while autograd records).
     """
     _check_floating("x", x)
     p = _check_p(p)
     if not training or p == 0.0:
         return x
     backend = _backend.resolve("dropout", x.device, backend)
-    return dropout_op(x, None, None, draw_seed(x.device, generator), p, backend, x.dtype)
+    seed = draw_seed(x.device, generator)
+    if inplace:
+        if not (x.requires_grad and torch.is_grad_enabled()):  # nothing to record
+            dropout_inplace_op(x, seed, p, backend)
+            return x
+        if x.is_leaf:
+            raise RuntimeError("rk.dropout(inplace=True): a leaf Variable that requires grad is being used in an "
+                               "in-place operation (torch refuses it too); use inplace=False or a non-leaf x")
+        return DropoutInplaceFunction.apply(x, seed, p, backend)
+    return dropout_op(x, None, None, seed, p, backend, x.dtype)
 
 
-def dropout_add(x, residual, p=0.5, training=True, *, bias=None, generator=None, backend=None):
+def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float = 0.5, training: bool = True, *,
+                bias: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+                backend: Optional[str] = None) -> torch.Tensor:
     """residual + dropout(x + bias, p) in one pass, rounded once from fp32.
 
     residual has x's shape; bias has x's trailing shape (e.g. (hidden,)) and its gradient
@@ -524,10 +574,12 @@ def dropout_add(x, residual, p=0.5, training=True, *, bias=None, generator=None,
     return dropout_op(x, residual, bias, seed, p, backend, out_dtype)
 
 
-def drop_path(x, p=0.1, training=True, *, generator=None, backend=None):
+def drop_path(x: torch.Tensor, p: float = 0.1, training: bool = True, *, generator: Optional[torch.Generator] = None,
+              backend: Optional[str] = None) -> torch.Tensor:
     """Stochastic depth: x * keep[b] / (1 - p), keep drawn per sample b along dim 0 (timm's DropPath).
 
-    training=False or p=0 returns x itself.
+    training=False or p=0 returns x itself. training defaults to True (torch's convention);
+    timm's drop_path defaults to False.
     """
     _check_floating("x", x)
     p = _check_p(p)
@@ -539,7 +591,8 @@ def drop_path(x, p=0.1, training=True, *, generator=None, backend=None):
     return drop_path_op(x, None, draw_seed(x.device, generator), p, backend, x.dtype)
 
 
-def drop_path_add(x, residual, p=0.1, training=True, *, generator=None, backend=None):
+def drop_path_add(x: torch.Tensor, residual: torch.Tensor, p: float = 0.1, training: bool = True, *,
+                  generator: Optional[torch.Generator] = None, backend: Optional[str] = None) -> torch.Tensor:
     """residual + x * keep[b] / (1 - p) in one kernel; a dropped sample never reads x.
 
     keep is drawn per sample along dim 0, the same draw as drop_path. The result has torch's
@@ -559,7 +612,7 @@ def drop_path_add(x, residual, p=0.1, training=True, *, generator=None, backend=
     return drop_path_op(x, residual, draw_seed(x.device, generator), p, backend, out_dtype)
 
 
-def drop_path_rates(num_blocks, final_rate):
+def drop_path_rates(num_blocks: int, final_rate: float) -> list[float]:
     """Linear stochastic-depth rule: block l of L (1-based) drops with rate l / L * final_rate.
 
     The lecture's survival probability p_l = 1 - l/L (1 - p_L), written as drop rates.

@@ -8,8 +8,8 @@ import torch
 import recipe_kernels as rk
 from recipe_kernels import _backend, reference
 from recipe_kernels._philox import drop_threshold, draw_seed, keep_mask, keep_scale
-from recipe_kernels.dropout import (BLOCK, WIDE_BIAS_NUMEL, _dropout_triton, dropout_bias_backward_op, dropout_op,
-                                    drop_path_op)
+from recipe_kernels.dropout import (BLOCK, WIDE_BIAS_NUMEL, _dropout_triton, dropout_bias_backward_op,
+                                    dropout_inplace_op, dropout_op, drop_path_op)
 
 from conftest import BACKENDS, DEVICE
 
@@ -391,6 +391,94 @@ def test_autograd_saves_only_the_seed(backend):
     sum(o.sum() for o in outs).backward()
 
 
+# ----------------------------------------------------------------------------- in place
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_inplace_writes_into_x_and_returns_it(backend, dtype):
+    x, _, _ = sample_inputs(dtype=dtype)
+    original = x.clone()
+    storage = x.data_ptr()
+    out = with_seed(lambda: rk.dropout(x, 0.3, inplace=True, backend=backend))
+    assert out is x and x.data_ptr() == storage
+    expected = torch_formula("dropout", original.double(), None, None, 0.3, oracle_seed())
+    torch.testing.assert_close(x.double(), expected, **TOLERANCE.get(dtype, dict(rtol=1e-15, atol=1e-15)))
+    assert torch.equal(x, with_seed(lambda: rk.dropout(original, 0.3, backend=backend)))  # the out-of-place mask
+
+
+def test_inplace_on_a_non_contiguous_view_follows_the_logical_index(backend):
+    base = torch.randn(30, 40, device=DEVICE)
+    expected = with_seed(lambda: rk.dropout(base.t(), 0.5, backend=backend))
+    view = base.t()
+    assert with_seed(lambda: rk.dropout(view, 0.5, inplace=True, backend=backend)) is view
+    assert torch.equal(base.t(), expected)
+
+
+def test_inplace_gradients_like_torch(backend):
+    leaf = torch.randn(6, 40, device=DEVICE, requires_grad=True)
+    hidden = leaf * 2.0
+    out = with_seed(lambda: rk.dropout(hidden, 0.4, inplace=True, backend=backend))
+    assert out is hidden
+    (grad,) = torch.autograd.grad(out.square().sum(), leaf, create_graph=True)
+    hidden64 = leaf.detach().double() * 2.0
+    expected = torch_formula("dropout", hidden64, None, None, 0.4, oracle_seed())
+    expected_grad = 2.0 * 2.0 * expected * torch_formula("dropout", torch.ones_like(hidden64), None, None, 0.4,
+                                                          oracle_seed())
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-6, atol=1e-6)
+    (second,) = torch.autograd.grad(grad.sum(), leaf)  # second order through the in-place op
+    keep_scaled = torch_formula("dropout", torch.ones_like(hidden64), None, None, 0.4, oracle_seed())
+    torch.testing.assert_close(second.double(), 8.0 * keep_scaled.square(), rtol=1e-6, atol=1e-6)
+    # In place on a view of a non-leaf, as torch allows.
+    base = leaf * 1.0
+    rk.dropout(base[2:], 0.4, inplace=True, backend=backend)
+    (grad,) = torch.autograd.grad(base.sum(), leaf)
+    assert torch.equal(grad[:2], torch.ones(2, 40, device=DEVICE))
+    assert torch.equal(grad[2:] != 0, base[2:].detach() != 0)
+
+
+def test_inplace_saves_only_the_seed(backend):
+    saved_bytes = []
+    leaf = torch.randn(64, 64, device=DEVICE, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved_bytes.append(t.numel() * t.element_size()) or t,
+                                                  lambda t: t):
+        rk.dropout(leaf * 1.0, 0.5, inplace=True, backend=backend)
+    assert max(saved_bytes) <= 8  # the seed (the multiply saves a Python scalar)
+
+
+def test_inplace_refuses_a_leaf_that_requires_grad_like_torch(backend):
+    leaf = torch.randn(4, 8, device=DEVICE, requires_grad=True)
+    before = leaf.detach().clone()
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        torch.nn.functional.dropout(leaf, 0.5, inplace=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        rk.dropout(leaf, 0.5, inplace=True, backend=backend)
+    assert torch.equal(leaf.detach(), before)  # refused before anything was written
+    with torch.no_grad():  # as in torch, allowed without autograd
+        assert rk.dropout(leaf, 0.5, inplace=True, backend=backend) is leaf
+    assert not torch.equal(leaf.detach(), before)
+    assert rk.dropout(leaf, 0.5, training=False, inplace=True, backend=backend) is leaf  # nothing to do
+
+
+def test_inplace_opcheck(backend):
+    x = torch.randn(4, 24, device=DEVICE)
+    seed = torch.tensor([42], device=DEVICE)
+    torch.library.opcheck(dropout_inplace_op, (x, seed, 0.3, backend))
+    torch.library.opcheck(dropout_inplace_op, (x.t(), seed, 0.3, backend))  # non-contiguous
+
+
+def test_inplace_compiles_fullgraph(backend):
+    compiled = torch.compile(lambda x: rk.dropout(x * 2.0, 0.3, inplace=True, backend=backend).sum(), fullgraph=True)
+    for rows in (3, 5, 8):  # new sizes
+        leaf = torch.randn(rows, 16, device=DEVICE, requires_grad=True)
+        loss = with_seed(lambda: compiled(leaf))
+        loss.backward()
+        eager_leaf = leaf.detach().clone().requires_grad_()
+        eager = with_seed(lambda: rk.dropout(eager_leaf * 2.0, 0.3, inplace=True, backend=backend).sum())
+        eager.backward()
+        torch.testing.assert_close(loss, eager)
+        assert torch.equal(leaf.grad, eager_leaf.grad)
+
+
 # ----------------------------------------------------------------------------- edge cases
 
 
@@ -530,6 +618,15 @@ def test_modules(backend):
     assert dropout(x) is x and drop_path(x) is x
     with pytest.raises(ValueError):
         rk.nn.Dropout(1.5)
+
+
+def test_dropout_module_honours_inplace():
+    x = torch.randn(16, 8, device=DEVICE)
+    original = x.clone()
+    module = rk.nn.Dropout(0.5, inplace=True)
+    assert repr(module) == repr(torch.nn.Dropout(0.5, inplace=True)) == "Dropout(p=0.5, inplace=True)"
+    out = with_seed(lambda: module(x))
+    assert out is x and torch.equal(x, with_seed(lambda: rk.dropout(original, 0.5)))
 
 
 def test_drop_path_rates_linear_rule():

@@ -91,3 +91,13 @@ def test_unknown_dtype_code_raises():
     with pytest.raises(ValueError, match="unknown dtype code 9"):
         _backend._C.dropout_host(**{**_dropout_cuda_arguments(x, None, None, SEED, x.clone(), 0.3), "x_dtype": 9},
                                  blocks=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("offset", [0, 1])  # aligned vectors, then element by element
+def test_dropout_kernel_code_in_place(dtype, offset):
+    # rk.dropout(inplace=True) hands the kernel x as its own output.
+    x = randn(1003, dtype=dtype, offset=offset)
+    expected = torch.ops.recipe_kernels.dropout(x, None, None, SEED, 0.3, "torch", dtype)
+    _backend._C.dropout_host(**_dropout_cuda_arguments(x, None, None, SEED, x, 0.3), blocks=2)
+    assert torch.equal(x, expected)

@@ -78,6 +78,12 @@ case("dropout", "p = 1", check=lambda y: bool((y == 0).all()), check_text="all z
     lambda b: rk.dropout(t(5, 5), 1.0, backend=b))
 case("dropout", "not a tensor", TypeError, "must be a torch.Tensor")(lambda b: rk.dropout([1.0, 2.0], 0.5, backend=b))
 case("dropout", "unknown backend", ValueError, "unknown backend")(lambda b: rk.dropout(t(4), 0.5, backend="tpu"))
+case("dropout", "inplace on a leaf that requires grad", RuntimeError, "leaf Variable that requires grad")(
+    lambda b: rk.dropout(t(4, 6).requires_grad_(), 0.5, inplace=True, backend=b))
+case("dropout", "inplace on an expanded (stride 0) x", RuntimeError, "more than one element of the written-to")(
+    lambda b: rk.dropout(t(1, 6).expand(5, 6), 0.5, inplace=True, backend=b))
+case("dropout", "inplace on a transposed x", check=lambda y: y.stride() == (1, 4), check_text="x itself, its layout kept")(
+    lambda b: rk.dropout(t(6, 4).t(), 0.5, inplace=True, backend=b))
 case("dropout_add", "residual shape differs", ValueError, r"residual has shape \(4, 5\) but x has \(4, 6\)")(
     lambda b: rk.dropout_add(t(4, 6), t(4, 5), 0.5, backend=b))
 case("dropout_add", "bias not a trailing shape", ValueError, "bias has shape")(
