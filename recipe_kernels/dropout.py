@@ -4,9 +4,14 @@ Top to bottom: Triton kernels, launchers (Triton and CUDA), torch.library regist
 with autograd, public functions. Each public call draws one seed on the device; the
 mask is regenerated from it in backward, so autograd saves 8 bytes, never a mask.
 
-Bytes moved per element (s = element size): dropout 2s each way; dropout_add 3s
+Bytes moved per element (s = element size): dropout 2s each way, in place too; dropout_add 3s
 forward (x, residual, out) and 2s backward (grad in, grad_x out; grad_residual is the
-incoming grad itself); drop_path_add 3s forward for kept samples, 2s for dropped ones.
+incoming grad itself); drop_path_add 3s forward for kept samples, 2s for dropped ones. With
+mixed dtypes each tensor counts its own size (a residual of another dtype than the result
+gets its gradient through one cast).
+
+Each input is read in its own dtype; the math runs in fp32, or in fp64 when any operand is
+float64, and the result is rounded once.
 """
 import struct
 from typing import Optional
