@@ -93,3 +93,6 @@ def cuda_stream(device: torch.device) -> int:
 
 # The dtype codes that csrc/common.cuh dispatches on.
 CUDA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# With float64 (csrc/common.cuh's kFloat64), for the kernels that compute float64 in fp64 (the
+# dropout family). Apart from CUDA_DTYPE_CODES, which is also the dtypes other ops accept.
+CUDA_DTYPE_CODES_WITH_FLOAT64 = {**CUDA_DTYPE_CODES, torch.float64: 3}

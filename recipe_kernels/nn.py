@@ -6,35 +6,35 @@ from recipe_kernels.drop_path_residual import drop_path_residual
 
 
 class Dropout(torch.nn.Module):
-    """Drop-in for torch.nn.Dropout(p). `inplace` is accepted for compatibility; the result is a new tensor."""
+    """Drop-in for torch.nn.Dropout(p, inplace): with inplace=True, training overwrites x and returns it."""
 
-    def __init__(self, p: float = 0.5, inplace: bool = False):
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
         self.p = p
         self.inplace = inplace
 
-    def forward(self, x):
-        return dropout(x, self.p, self.training)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training, self.inplace)
 
-    def extra_repr(self):
-        return f"p={self.p}"
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
 
 
 class DropPath(torch.nn.Module):
     """Drop-in for timm's DropPath(drop_prob): x * keep[sample] / (1 - p) in training, identity in eval."""
 
-    def __init__(self, drop_prob: float = 0.0):
+    def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= drop_prob <= 1.0:
             raise ValueError(f"drop_prob has to be between 0 and 1, but got {drop_prob}")
         self.drop_prob = drop_prob
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return drop_path(x, self.drop_prob, self.training)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
 
 
@@ -73,7 +73,7 @@ def replace_modules(model: torch.nn.Module) -> int:
     replaced = 0
     for name, child in model.named_children():
         if type(child) is torch.nn.Dropout:
-            setattr(model, name, Dropout(child.p))
+            setattr(model, name, Dropout(child.p, child.inplace))
         elif (type(child).__name__ == "DropPath" and not isinstance(child, DropPath)
               and hasattr(child, "drop_prob") and getattr(child, "scale_by_keep", True)):
             setattr(model, name, DropPath(child.drop_prob))

@@ -13,7 +13,8 @@ from recipe_kernels._philox import KEEP_BITS, drop_threshold, keep_mask, keep_sc
 def dropout(x, seed, p, *, residual=None, bias=None, math_dtype=torch.float32):
     """residual + (x + bias) * keep / (1 - p), keep drawn per element by logical row-major index.
 
-    A dropped element is multiplied by zero (NaN and inf stay NaN, as in torch).
+    A dropped element is multiplied by zero (NaN and inf stay NaN, as in torch). The scale is
+    1/(1-p) rounded to math_dtype: float32 is the fp32 ops' arithmetic, float64 the float64 ops'.
     """
     value = x.to(math_dtype)
     if bias is not None:
@@ -25,7 +26,7 @@ def dropout(x, seed, p, *, residual=None, bias=None, math_dtype=torch.float32):
         calls = torch.arange((x.numel() + 3) // 4, device=x.device, dtype=torch.int64)
         words = torch.stack(philox4x32(seed, calls), dim=-1).reshape(-1)[:x.numel()].reshape(x.shape)
         keep = (words >> (32 - KEEP_BITS)) >= drop_threshold(p)
-        multiplier = keep.to(math_dtype) * keep_scale(p)
+        multiplier = keep.to(math_dtype) * keep_scale(p, math_dtype)
     out = value * multiplier
     if residual is not None:
         out = out + residual.to(math_dtype)
@@ -38,7 +39,7 @@ def drop_path(x, seed, p, *, residual=None, math_dtype=torch.float32):
     A dropped sample contributes exactly 0 (its x is never read, so NaN there does not spread).
     """
     samples = torch.arange(x.shape[0], device=x.device, dtype=torch.int64)
-    multiplier = keep_mask(seed, samples, p).to(math_dtype) * keep_scale(p)
+    multiplier = keep_mask(seed, samples, p).to(math_dtype) * keep_scale(p, math_dtype)
     multiplier = multiplier.reshape((-1,) + (1,) * (x.dim() - 1))
     out = torch.where(multiplier != 0, x.to(math_dtype) * multiplier, 0.0)
     if residual is not None:
