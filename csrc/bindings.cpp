@@ -11,20 +11,33 @@ namespace py = pybind11;
 
 namespace recipe_kernels {
 // csrc/dropout.cu
-void dropout(uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t seed, uintptr_t out, int64_t n,
-             int64_t bias_numel, uint32_t drop_threshold, float scale, int dtype, uintptr_t stream);
-void drop_path(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t out, int64_t rows, int64_t row_size,
-               uint32_t drop_threshold, float scale, int dtype, uintptr_t stream);
-void dropout_bias_backward(uintptr_t grad, uintptr_t seed, uintptr_t grad_x, uintptr_t partial, int64_t rows,
-                           int64_t columns, int64_t rows_per_block, int64_t row_blocks, uint32_t drop_threshold,
-                           float scale, int dtype, uintptr_t stream);
-void dropout_host(uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t seed, uintptr_t out, int64_t n,
-                  int64_t bias_numel, uint32_t drop_threshold, float scale, int dtype, int64_t blocks);
-void drop_path_host(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t out, int64_t rows, int64_t row_size,
-                    uint32_t drop_threshold, float scale, int dtype);
-void dropout_bias_backward_host(uintptr_t grad, uintptr_t seed, uintptr_t grad_x, uintptr_t partial, int64_t rows,
-                                int64_t columns, int64_t rows_per_block, int64_t row_blocks, uint32_t drop_threshold,
-                                float scale, int dtype);
+void dropout(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, uintptr_t bias, int bias_dtype,
+             uintptr_t seed, uintptr_t out, int out_dtype, int64_t n, int64_t bias_numel, uint32_t drop_threshold,
+             double scale, bool fp64_math, uintptr_t stream);
+void drop_path(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, uintptr_t seed, uintptr_t out,
+               int out_dtype, int64_t rows, int64_t row_size, uint32_t drop_threshold, double scale, bool fp64_math,
+               uintptr_t stream);
+void dropout_bias_backward(uintptr_t grad, int grad_dtype, uintptr_t seed, uintptr_t grad_x, int grad_x_dtype,
+                           uintptr_t partial, int64_t rows, int64_t columns, int64_t rows_per_block,
+                           int64_t row_blocks, uint32_t drop_threshold, double scale, bool fp64_math,
+                           uintptr_t stream);
+void dropout_host(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, uintptr_t bias, int bias_dtype,
+                  uintptr_t seed, uintptr_t out, int out_dtype, int64_t n, int64_t bias_numel,
+                  uint32_t drop_threshold, double scale, bool fp64_math, int64_t blocks);
+void drop_path_host(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, uintptr_t seed, uintptr_t out,
+                    int out_dtype, int64_t rows, int64_t row_size, uint32_t drop_threshold, double scale,
+                    bool fp64_math);
+void dropout_bias_backward_host(uintptr_t grad, int grad_dtype, uintptr_t seed, uintptr_t grad_x, int grad_x_dtype,
+                                uintptr_t partial, int64_t rows, int64_t columns, int64_t rows_per_block,
+                                int64_t row_blocks, uint32_t drop_threshold, double scale, bool fp64_math);
+// csrc/drop_path_residual.cu
+void drop_path_residual_keys(uintptr_t seed, uintptr_t keys, int64_t num_samples, uintptr_t stream);
+void drop_path_residual_rows(uintptr_t a, uintptr_t b, uintptr_t index, uintptr_t out, int64_t rows,
+                             int64_t row_size, float scale, int a_dtype, int b_dtype, int out_dtype,
+                             uintptr_t stream);
+void drop_path_residual_keys_host(uintptr_t seed, uintptr_t keys, int64_t num_samples);
+void drop_path_residual_rows_host(uintptr_t a, uintptr_t b, uintptr_t index, uintptr_t out, int64_t rows,
+                                  int64_t row_size, float scale, int a_dtype, int b_dtype, int out_dtype);
 // csrc/cross_entropy.cu
 void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
                        uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
@@ -95,20 +108,48 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "recipe_kernels CUDA kernels: raw device pointers, dtype codes and a stream handle from Python";
   m.attr("PHILOX_ROUNDS") = recipe_kernels::kPhiloxRounds;
   m.attr("KEEP_BITS") = recipe_kernels::kKeepBits;
+  // Each tensor comes with its own dtype code (mixed-dtype inputs); fp64_math runs the arithmetic in double.
   m.def("dropout", &recipe_kernels::dropout, "residual + (x + bias) * keep / (1 - p)", py::arg("x"),
-        py::arg("residual"), py::arg("bias"), py::arg("seed"), py::arg("out"), py::arg("n"), py::arg("bias_numel"),
-        py::arg("drop_threshold"), py::arg("scale"), py::arg("dtype"), py::arg("stream"));
+        py::arg("x_dtype"), py::arg("residual"), py::arg("residual_dtype"), py::arg("bias"), py::arg("bias_dtype"),
+        py::arg("seed"), py::arg("out"), py::arg("out_dtype"), py::arg("n"), py::arg("bias_numel"),
+        py::arg("drop_threshold"), py::arg("scale"), py::arg("fp64_math"), py::arg("stream"));
   m.def("drop_path", &recipe_kernels::drop_path, "residual + x * keep[row] / (1 - p)", py::arg("x"),
-        py::arg("residual"), py::arg("seed"), py::arg("out"), py::arg("rows"), py::arg("row_size"),
-        py::arg("drop_threshold"), py::arg("scale"), py::arg("dtype"), py::arg("stream"));
+        py::arg("x_dtype"), py::arg("residual"), py::arg("residual_dtype"), py::arg("seed"), py::arg("out"),
+        py::arg("out_dtype"), py::arg("rows"), py::arg("row_size"), py::arg("drop_threshold"), py::arg("scale"),
+        py::arg("fp64_math"), py::arg("stream"));
   m.def("dropout_bias_backward", &recipe_kernels::dropout_bias_backward,
-        "grad_x = grad * keep / (1 - p) and its per-row-block column sums", py::arg("grad"), py::arg("seed"),
-        py::arg("grad_x"), py::arg("partial"), py::arg("rows"), py::arg("columns"), py::arg("rows_per_block"),
-        py::arg("row_blocks"), py::arg("drop_threshold"), py::arg("scale"), py::arg("dtype"), py::arg("stream"));
-  m.def("dropout_host", &recipe_kernels::dropout_host, "dropout's CUDA code run on the CPU over `blocks` blocks");
-  m.def("drop_path_host", &recipe_kernels::drop_path_host, "drop_path's CUDA code run on the CPU");
+        "grad_x = grad * keep / (1 - p) and its per-row-block column sums", py::arg("grad"), py::arg("grad_dtype"),
+        py::arg("seed"), py::arg("grad_x"), py::arg("grad_x_dtype"), py::arg("partial"), py::arg("rows"),
+        py::arg("columns"), py::arg("rows_per_block"), py::arg("row_blocks"), py::arg("drop_threshold"),
+        py::arg("scale"), py::arg("fp64_math"), py::arg("stream"));
+  m.def("dropout_host", &recipe_kernels::dropout_host, "dropout's CUDA code run on the CPU over `blocks` blocks",
+        py::arg("x"), py::arg("x_dtype"), py::arg("residual"), py::arg("residual_dtype"), py::arg("bias"),
+        py::arg("bias_dtype"), py::arg("seed"), py::arg("out"), py::arg("out_dtype"), py::arg("n"),
+        py::arg("bias_numel"), py::arg("drop_threshold"), py::arg("scale"), py::arg("fp64_math"), py::arg("blocks"));
+  m.def("drop_path_host", &recipe_kernels::drop_path_host, "drop_path's CUDA code run on the CPU", py::arg("x"),
+        py::arg("x_dtype"), py::arg("residual"), py::arg("residual_dtype"), py::arg("seed"), py::arg("out"),
+        py::arg("out_dtype"), py::arg("rows"), py::arg("row_size"), py::arg("drop_threshold"), py::arg("scale"),
+        py::arg("fp64_math"));
   m.def("dropout_bias_backward_host", &recipe_kernels::dropout_bias_backward_host,
-        "dropout_bias_backward's CUDA code run on the CPU");
+        "dropout_bias_backward's CUDA code run on the CPU", py::arg("grad"), py::arg("grad_dtype"), py::arg("seed"),
+        py::arg("grad_x"), py::arg("grad_x_dtype"), py::arg("partial"), py::arg("rows"), py::arg("columns"),
+        py::arg("rows_per_block"), py::arg("row_blocks"), py::arg("drop_threshold"), py::arg("scale"),
+        py::arg("fp64_math"));
+  // drop_path_residual (bindings)
+  m.def("drop_path_residual_keys", &recipe_kernels::drop_path_residual_keys,
+        "subset sort keys (word - 2^31) * 2^32 + n, one Philox word per sample", py::arg("seed"), py::arg("keys"),
+        py::arg("num_samples"), py::arg("stream"));
+  m.def("drop_path_residual_rows", &recipe_kernels::drop_path_residual_rows,
+        "out[r] = a[r] + scale * b[index[r]] (a[r] where index[r] < 0; without a, scale * b[index[r]])",
+        py::arg("a"), py::arg("b"), py::arg("index"), py::arg("out"), py::arg("rows"), py::arg("row_size"),
+        py::arg("scale"), py::arg("a_dtype"), py::arg("b_dtype"), py::arg("out_dtype"), py::arg("stream"));
+  m.def("drop_path_residual_keys_host", &recipe_kernels::drop_path_residual_keys_host,
+        "drop_path_residual_keys' CUDA code run on the CPU over its whole grid (CPU pointers)", py::arg("seed"),
+        py::arg("keys"), py::arg("num_samples"));
+  m.def("drop_path_residual_rows_host", &recipe_kernels::drop_path_residual_rows_host,
+        "drop_path_residual_rows' CUDA code run on the CPU over its whole grid (CPU pointers)", py::arg("a"),
+        py::arg("b"), py::arg("index"), py::arg("out"), py::arg("rows"), py::arg("row_size"), py::arg("scale"),
+        py::arg("a_dtype"), py::arg("b_dtype"), py::arg("out_dtype"));
   m.def("cross_entropy_fwd", &recipe_kernels::cross_entropy_fwd,
         "cross-entropy loss per row and, when grad != 0, its gradient (one pass over the logits)", py::arg("x"),
         py::arg("target"), py::arg("target_b"), py::arg("lam"), py::arg("weight"), py::arg("grad_scale"),

@@ -22,6 +22,7 @@ BACKENDS = ("triton", "cuda", "torch")
 CUDA_DEFAULTS = {
     "dropout": "triton",
     "drop_path": "triton",
+    "drop_path_residual": "triton",
     "cross_entropy": "triton",
     "mixing": "triton",
     "ema": "triton",
@@ -111,6 +112,17 @@ def device_guard(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+# What sm_count reports off a GPU (the interpreter): small, so test shapes exercise multi-program paths.
+INTERPRETER_SM_COUNT = 4
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device`'s GPU, for grid sizing."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return INTERPRETER_SM_COUNT
+
+
 def cuda_stream(device: torch.device) -> int:
     """The raw handle of the current CUDA stream on `device`, for the _C launchers."""
     return torch.cuda.current_stream(device).cuda_stream
@@ -118,3 +130,6 @@ def cuda_stream(device: torch.device) -> int:
 
 # The dtype codes that csrc/common.cuh dispatches on.
 CUDA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# With float64 (csrc/common.cuh's kFloat64), for the kernels that compute float64 in fp64 (the
+# dropout family). Apart from CUDA_DTYPE_CODES, which is also the dtypes other ops accept.
+CUDA_DTYPE_CODES_WITH_FLOAT64 = {**CUDA_DTYPE_CODES, torch.float64: 3}

@@ -23,3 +23,18 @@ def cast_to(value, dtype: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
         rounded = tl.where(value != value, 0x7FC0, rounded)  # keep NaN a NaN
         return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return value.to(dtype)
+
+
+# Decided at import: True when Triton's interpreter runs the kernels (it truncates fp32 -> bf16).
+INTERPRETER_ROUNDS_BF16 = tl.constexpr(_backend.triton_interpreting())
+
+
+@triton.jit
+def round_to(value, dtype: tl.constexpr):
+    """fp32 `value` rounded to nearest even in `dtype`, on the GPU and in the interpreter alike."""
+    if INTERPRETER_ROUNDS_BF16 and dtype == tl.bfloat16:
+        bits = value.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(value != value, 0x7FC0, rounded)  # keep NaN a NaN
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return value.to(dtype)

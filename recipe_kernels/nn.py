@@ -2,41 +2,67 @@
 import torch
 
 from recipe_kernels.dropout import dropout, drop_path
+from recipe_kernels.drop_path_residual import drop_path_residual
 
 __all__ = ["Dropout", "DropPath", "CrossEntropyLoss", "CutMixUp", "replace_modules"]
 
 
 class Dropout(torch.nn.Module):
-    """Drop-in for torch.nn.Dropout(p). `inplace` is accepted for compatibility; the result is a new tensor."""
+    """Drop-in for torch.nn.Dropout(p, inplace): with inplace=True, training overwrites x and returns it."""
 
-    def __init__(self, p: float = 0.5, inplace: bool = False):
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
         self.p = p
         self.inplace = inplace
 
-    def forward(self, x):
-        return dropout(x, self.p, self.training)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training, self.inplace)
 
-    def extra_repr(self):
-        return f"p={self.p}"
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
 
 
 class DropPath(torch.nn.Module):
     """Drop-in for timm's DropPath(drop_prob): x * keep[sample] / (1 - p) in training, identity in eval."""
 
-    def __init__(self, drop_prob: float = 0.0):
+    def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= drop_prob <= 1.0:
             raise ValueError(f"drop_prob has to be between 0 and 1, but got {drop_prob}")
         self.drop_prob = drop_prob
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return drop_path(x, self.drop_prob, self.training)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
+
+
+class DropPathResidual(torch.nn.Module):
+    """x + branch(x) with stochastic depth that runs `branch` only on the kept samples.
+
+    forward(x) = drop_path_residual(x, self.branch, self.p, self.training): in training, branch
+    sees a random subset of k = max(1, int(N (1 - p))) samples and its output is scaled by N/k
+    (DINOv2's drop_add_residual_stochastic_depth); in eval, x + branch(x). replace_modules does
+    not create it: it needs the branch as a module, which a DropPath inside a block does not know.
+    """
+
+    def __init__(self, branch: torch.nn.Module, p: float = 0.1):
+        super().__init__()
+        if not callable(branch):
+            raise TypeError(f"branch must be callable, got {type(branch).__name__}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p has to be between 0 and 1, but got {p}")
+        self.branch = branch
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path_residual(x, self.branch, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def replace_modules(model: torch.nn.Module) -> int:
@@ -49,7 +75,7 @@ def replace_modules(model: torch.nn.Module) -> int:
     replaced = 0
     for name, child in model.named_children():
         if type(child) is torch.nn.Dropout:
-            setattr(model, name, Dropout(child.p))
+            setattr(model, name, Dropout(child.p, child.inplace))
         elif (type(child).__name__ == "DropPath" and not isinstance(child, DropPath)
               and hasattr(child, "drop_prob") and getattr(child, "scale_by_keep", True)):
             setattr(model, name, DropPath(child.drop_prob))

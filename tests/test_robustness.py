@@ -57,9 +57,9 @@ for name, call in [("dropout", lambda x, p, b: rk.dropout(x, p, backend=b)),
     case(name, "p = 1.5", ValueError, "must be in \\[0, 1\\]")(lambda b, call=call: call(t(4), 1.5, b))
     case(name, "p = NaN", ValueError, "must be in \\[0, 1\\]")(lambda b, call=call: call(t(4), math.nan, b))
     case(name, "p given as a tensor", TypeError, "Python float")(lambda b, call=call: call(t(4), torch.tensor(0.5), b))
-    case(name, "int64 input", TypeError, "float32, float16 or bfloat16")(
+    case(name, "int64 input", TypeError, "float32, float16, bfloat16 or float64")(
         lambda b, call=call: call(torch.arange(4, device=DEVICE), 0.5, b))
-    case(name, "float64 input", TypeError, "float32, float16 or bfloat16")(
+    case(name, "float64 input", check=lambda y: y.dtype == torch.float64, check_text="a float64 result (fp64 math)")(
         lambda b, call=call: call(t(4, dtype=torch.float64), 0.5, b))
     case(name, "empty tensor (0, 5)", check=lambda y: y.shape == (0, 5), check_text="empty result of the same shape")(
         lambda b, call=call: call(t(0, 5), 0.5, b))
@@ -78,14 +78,24 @@ case("dropout", "p = 1", check=lambda y: bool((y == 0).all()), check_text="all z
     lambda b: rk.dropout(t(5, 5), 1.0, backend=b))
 case("dropout", "not a tensor", TypeError, "must be a torch.Tensor")(lambda b: rk.dropout([1.0, 2.0], 0.5, backend=b))
 case("dropout", "unknown backend", ValueError, "unknown backend")(lambda b: rk.dropout(t(4), 0.5, backend="tpu"))
+case("dropout", "inplace on a leaf that requires grad", RuntimeError, "leaf Variable that requires grad")(
+    lambda b: rk.dropout(t(4, 6).requires_grad_(), 0.5, inplace=True, backend=b))
+case("dropout", "inplace on an expanded (stride 0) x", RuntimeError, "more than one element of the written-to")(
+    lambda b: rk.dropout(t(1, 6).expand(5, 6), 0.5, inplace=True, backend=b))
+case("dropout", "inplace on a transposed x", check=lambda y: y.stride() == (1, 4), check_text="x itself, its layout kept")(
+    lambda b: rk.dropout(t(6, 4).t(), 0.5, inplace=True, backend=b))
 case("dropout_add", "residual shape differs", ValueError, r"residual has shape \(4, 5\) but x has \(4, 6\)")(
     lambda b: rk.dropout_add(t(4, 6), t(4, 5), 0.5, backend=b))
 case("dropout_add", "bias not a trailing shape", ValueError, "bias has shape")(
     lambda b: rk.dropout_add(t(4, 6), t(4, 6), 0.5, bias=t(4), backend=b))
 case("dropout_add", "residual on another device (meta)", ValueError, "residual is on meta")(
     lambda b: rk.dropout_add(t(4, 6), t(4, 6, device="meta"), 0.5, backend=b))
-case("dropout_add", "residual of another dtype", TypeError, "residual has dtype torch.float16")(
+case("dropout_add", "residual of another dtype (fp32 x, fp16 residual)", check=lambda y: y.dtype == torch.float32,
+     check_text="torch's promoted dtype, float32")(
     lambda b: rk.dropout_add(t(4, 6), t(4, 6, dtype=torch.float16), 0.5, backend=b))
+case("drop_path_add", "residual of another dtype (bf16 x, fp32 residual)", check=lambda y: y.dtype == torch.float32,
+     check_text="torch's promoted dtype, float32")(
+    lambda b: rk.drop_path_add(t(4, 6, dtype=torch.bfloat16), t(4, 6), 0.5, backend=b))
 case("drop_path_add", "0-d x", ValueError, "at least one dimension")(
     lambda b: rk.drop_path_add(t(), t(), 0.5, backend=b))
 case("drop_path_add", "zero-batch x (0, 3)", check=lambda y: y.shape == (0, 3), check_text="empty result")(
