@@ -4,7 +4,7 @@ import torch
 from recipe_kernels.dropout import dropout, drop_path
 from recipe_kernels.drop_path_residual import drop_path_residual
 
-__all__ = ["Dropout", "DropPath", "CrossEntropyLoss", "CutMixUp", "replace_modules"]
+__all__ = ["Dropout", "DropPath", "DropPathResidual", "CrossEntropyLoss", "CutMixUp", "replace_modules"]
 
 
 class Dropout(torch.nn.Module):
