@@ -26,7 +26,7 @@ import triton.language as tl
 from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._ops import Op, launch
 from recipe_kernels._philox import PHILOX_ROUNDS, draw_seed
-from recipe_kernels._triton_common import round_to
+from recipe_kernels._triton_common import cdiv, round_to
 from recipe_kernels.dropout import _philox_words_x4
 
 # Elements per Triton program of the row kernels: 8 warps x 32 threads x 8 elements (16 bytes of bf16).
@@ -126,7 +126,7 @@ def _new_keys(seed, num_samples, kept):
 
 def _subset_triton(seed, num_samples, kept):
     keys = _new_keys(seed, num_samples, kept)
-    launch(_subset_keys_kernel, (triton.cdiv(num_samples, KEY_BLOCK),), seed, keys, num_samples,
+    launch(_subset_keys_kernel, (cdiv(num_samples, KEY_BLOCK),), seed, keys, num_samples,
            num_warps=KEY_NUM_WARPS, KEY_BLOCK=KEY_BLOCK, PHILOX_ROUNDS=PHILOX_ROUNDS)
     return reference.subset_from_keys(keys, kept)
 
@@ -161,7 +161,7 @@ def _combine_rows_triton(a, b, index, out_dtype, scale):
     a, b, index, out = _rows_operands(a, b, index, out_dtype)
     if out.numel() > 0:
         row_size = out.numel() // out.shape[0]
-        blocks_per_row = triton.cdiv(row_size, BLOCK)
+        blocks_per_row = cdiv(row_size, BLOCK)
         launch(_combine_rows_kernel, (out.shape[0] * blocks_per_row,),
                a if a is not None else out, b, index, out, row_size, blocks_per_row, scale,
                num_warps=NUM_WARPS, HAS_A=a is not None, BLOCK=BLOCK)

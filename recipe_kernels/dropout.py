@@ -30,7 +30,7 @@ import triton.language as tl
 from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._ops import Op, launch
 from recipe_kernels._philox import PHILOX_ROUNDS, KEEP_BITS, draw_seed, drop_threshold, keep_scale
-from recipe_kernels._triton_common import round_to
+from recipe_kernels._triton_common import cdiv, round_to
 
 # Elements per Triton program: 8 warps x 32 threads x 8 elements (two Philox calls a thread).
 BLOCK = 2048
@@ -212,13 +212,16 @@ def _dropout_bias_backward_kernel(grad_ptr, seed_ptr, grad_x_ptr, partial_ptr, r
 def _math_dtype(*operands):
     """float64 when any operand (a tensor or a dtype; None for an absent one) is float64, so that
     float64 ops keep their precision; float32 otherwise."""
-    dtypes = [operand.dtype if isinstance(operand, torch.Tensor) else operand for operand in operands]
-    return torch.float64 if torch.float64 in dtypes else torch.float32
+    for operand in operands:
+        if (operand.dtype if isinstance(operand, torch.Tensor) else operand) is torch.float64:
+            return torch.float64
+    return torch.float32
 
 
 _TRITON_MATH_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
+@functools.lru_cache(maxsize=256)  # a run uses a few p values; packing costs more than a cache hit
 def _scale_bits(p, math_dtype):
     """keep_scale(p, math_dtype) as the int64 bit pattern of a double: Triton types a Python float
     argument as fp32 (and its interpreter rounds one there), which float64 ops cannot afford."""
@@ -271,7 +274,7 @@ def _dropout_triton(x, residual, bias, seed, p, out_dtype, out=None):
     if x.numel() > 0:
         bias_numel = bias.numel() if bias is not None else 1
         math_dtype = _math_dtype(x, residual, bias, out)
-        launch(_dropout_kernel, (triton.cdiv(x.numel(), BLOCK),),
+        launch(_dropout_kernel, (cdiv(x.numel(), BLOCK),),
                x, residual if residual is not None else x, bias if bias is not None else x, seed, out,
                x.numel(), bias_numel, 1.0 / bias_numel, drop_threshold(p), _scale_bits(p, math_dtype),
                num_warps=NUM_WARPS, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
@@ -331,7 +334,7 @@ def _drop_path_triton(x, residual, seed, p, out_dtype):
     x, residual, _, out = _kernel_operands(x, residual, None, out_dtype)
     if x.numel() > 0:
         row_size = x.numel() // x.shape[0]
-        blocks_per_row = triton.cdiv(row_size, BLOCK)
+        blocks_per_row = cdiv(row_size, BLOCK)
         math_dtype = _math_dtype(x, residual, out)
         launch(_drop_path_kernel, (x.shape[0] * blocks_per_row,),
                x, residual if residual is not None else x, seed, out, row_size, blocks_per_row,
@@ -366,11 +369,11 @@ def _bias_backward_row_blocks(rows, columns):
     Rows per block is a power of two because the Triton kernel takes it as a constexpr
     (few variants to compile; and the interpreter cannot loop to a runtime bound with numpy 2.4).
     """
-    column_blocks = triton.cdiv(columns, BIAS_BACKWARD_COLUMNS)
-    rows_per_block = max(triton.cdiv(rows, max(1, BIAS_BACKWARD_PROGRAMS // column_blocks)),
-                         triton.cdiv(rows, MAX_GRID_Y), 1)
-    rows_per_block = triton.next_power_of_2(rows_per_block)
-    return triton.cdiv(rows, rows_per_block), rows_per_block
+    column_blocks = cdiv(columns, BIAS_BACKWARD_COLUMNS)
+    rows_per_block = max(cdiv(rows, max(1, BIAS_BACKWARD_PROGRAMS // column_blocks)),
+                         cdiv(rows, MAX_GRID_Y), 1)
+    rows_per_block = 1 << (rows_per_block - 1).bit_length()  # the next power of two
+    return cdiv(rows, rows_per_block), rows_per_block
 
 
 def _bias_backward_in_two_passes(dropout_implementation, grad, seed, p, bias_numel, grad_x_dtype):
@@ -410,7 +413,7 @@ def _dropout_bias_backward_triton(grad, seed, p, bias_numel, grad_x_dtype):
     if _fused_bias_backward_unfit(grad, bias_numel):
         return _bias_backward_in_two_passes(_dropout_triton, grad, seed, p, bias_numel, grad_x_dtype)
     grad, grad_x, partial, rows_per_block = _fused_bias_backward_buffers(grad, bias_numel, grad_x_dtype)
-    launch(_dropout_bias_backward_kernel, (partial.shape[0], triton.cdiv(bias_numel, BIAS_BACKWARD_COLUMNS)),
+    launch(_dropout_bias_backward_kernel, (partial.shape[0], cdiv(bias_numel, BIAS_BACKWARD_COLUMNS)),
            grad, seed, grad_x, partial, grad.numel() // bias_numel, bias_numel, drop_threshold(p),
            _scale_bits(p, partial.dtype), num_warps=BIAS_BACKWARD_NUM_WARPS,
            MATH_DTYPE=_TRITON_MATH_DTYPES[partial.dtype], ROWS_PER_PROGRAM=rows_per_block,

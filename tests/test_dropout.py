@@ -282,6 +282,19 @@ def test_dropout_add_gradients_match_float64_oracle(backend, dtype, shape, bias_
         torch.testing.assert_close(got.double(), want, **tolerance, msg=name)
 
 
+def test_unfused_bias_gradient_sums_unrounded_values_as_the_torch_backend_does():
+    # 37 columns take the two-pass fallback on the kernel backends; its bias gradient must be the
+    # column sums of grad * keep / (1 - p) before rounding to bf16, bit for bit as on "torch".
+    x, residual, bias = (t.requires_grad_() for t in sample_inputs((64, 37), torch.bfloat16, bias_shape=(37,)))
+    grad_out = torch.randn(64, 37, device=DEVICE).bfloat16()
+    grads = {}
+    for backend in ("torch", "triton"):
+        out = with_seed(lambda: rk.dropout_add(x, residual, 0.3, bias=bias, backend=backend))
+        grads[backend] = torch.autograd.grad(out, (x, bias), grad_out)
+    assert torch.equal(grads["triton"][0], grads["torch"][0])
+    assert torch.equal(grads["triton"][1], grads["torch"][1])
+
+
 def test_drop_path_add_gradients(backend):
     x = torch.randn(32, 9, device=DEVICE, requires_grad=True)
     residual = torch.randn(32, 9, device=DEVICE, requires_grad=True)
