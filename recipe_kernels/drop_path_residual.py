@@ -157,6 +157,14 @@ def _rows_operands(a, b, index, out_dtype):
     return None if a is None else a.contiguous(), b.contiguous(), index.contiguous(), out
 
 
+def _combine_rows_cuda_arguments(a, b, index, out, scale):
+    codes = _backend.CUDA_DTYPE_CODES
+    return dict(a=a.data_ptr() if a is not None else 0, b=b.data_ptr(), index=index.data_ptr(), out=out.data_ptr(),
+                rows=out.shape[0], row_size=out.numel() // out.shape[0], scale=scale,
+                a_dtype=codes[a.dtype] if a is not None else codes[out.dtype], b_dtype=codes[b.dtype],
+                out_dtype=codes[out.dtype])
+
+
 def _combine_rows_triton(a, b, index, out_dtype, scale):
     a, b, index, out = _rows_operands(a, b, index, out_dtype)
     if out.numel() > 0:
@@ -166,14 +174,6 @@ def _combine_rows_triton(a, b, index, out_dtype, scale):
                a if a is not None else out, b, index, out, row_size, blocks_per_row, scale,
                num_warps=NUM_WARPS, HAS_A=a is not None, BLOCK=BLOCK)
     return out
-
-
-def _combine_rows_cuda_arguments(a, b, index, out, scale):
-    codes = _backend.CUDA_DTYPE_CODES
-    return dict(a=a.data_ptr() if a is not None else 0, b=b.data_ptr(), index=index.data_ptr(), out=out.data_ptr(),
-                rows=out.shape[0], row_size=out.numel() // out.shape[0], scale=scale,
-                a_dtype=codes[a.dtype] if a is not None else codes[out.dtype], b_dtype=codes[b.dtype],
-                out_dtype=codes[out.dtype])
 
 
 def _combine_rows_cuda(a, b, index, out_dtype, scale):
