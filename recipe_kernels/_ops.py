@@ -28,6 +28,8 @@ from triton.runtime import driver as triton_driver
 from recipe_kernels import _backend
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+# Argument types a schema takes that no tensor subclass or mode can hide behind.
+_PLAIN_SCALARS = (int, float, str, bool, torch.dtype)
 # Decided once: TRITON_INTERPRET must be set before triton is imported anyway.
 INTERPRETING = _backend.triton_interpreting()
 
@@ -39,7 +41,7 @@ def is_eager(args) -> bool:
         return False
     for arg in args:
         kind = type(arg)
-        if kind in _PLAIN_TENSORS or arg is None or kind in (int, float, str, bool):
+        if kind in _PLAIN_TENSORS or arg is None or kind in _PLAIN_SCALARS:
             continue
         if kind is list or kind is tuple:
             if not {type(item) for item in arg} <= {*_PLAIN_TENSORS, int, float}:
@@ -127,8 +129,7 @@ class Op:
 
 # ----------------------------------------------------------------------------- Triton launches
 
-_COMPILED = {}  # (kernel, options, specialisation) -> CompiledKernel
-_ARGUMENT_ORDER = {}  # (kernel, number of runtime args) -> the constexprs' names in parameter order
+_COMPILED = {}  # (kernel, device, options, specialisation) -> (CompiledKernel, constexpr names in parameter order)
 
 
 def _specialisation(value):
@@ -145,8 +146,8 @@ def _specialisation(value):
 
 def _launch_hooks_set() -> bool:
     """Whether a profiler (proton, say) hooks launches: then Triton's own path runs them."""
-    hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
-    return any(hook is not None and getattr(hook, "calls", True) for hook in hooks)
+    enter, exit = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    return (enter is not None and getattr(enter, "calls", True)) or (exit is not None and getattr(exit, "calls", True))
 
 
 def _device_of(args):
@@ -165,16 +166,21 @@ def launch(kernel, grid, *args, num_warps, **constexprs):
         with _backend.device_guard(device):
             kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
         return
-    # id(kernel): hashing a JITFunction hashes its source.
-    key = (id(kernel), num_warps, tuple(constexprs.items()), tuple(map(_specialisation, args)))
-    compiled = _COMPILED.get(key)
-    with _backend.device_guard(device):
-        if compiled is None:
-            _COMPILED[key] = kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
-            return
-        order = _ARGUMENT_ORDER.get((id(kernel), len(args)))
-        if order is None:
-            order = _ARGUMENT_ORDER[(id(kernel), len(args))] = kernel.arg_names[len(args):]
-        stream = triton_driver.active.get_current_stream(device.index if device.type == "cuda" else 0)
-        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None,
-                     None, None, *args, *(constexprs[name] for name in order))
+    # id(kernel): hashing a JITFunction hashes its source. Tensors, the usual argument, inline.
+    key = (id(kernel), device.index, num_warps, *constexprs.items(),
+           *[(arg.dtype, arg.data_ptr() % 16 == 0) if type(arg) is torch.Tensor else _specialisation(arg)
+             for arg in args])
+    entry = _COMPILED.get(key)
+    if entry is None:
+        with _backend.device_guard(device):
+            compiled = kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
+        order = kernel.arg_names[len(args):]
+        _COMPILED[key] = compiled, (None if list(constexprs) == order else order)
+        return
+    if device.type == "cuda" and device.index != torch.cuda.current_device():
+        with _backend.device_guard(device):  # Triton launches on the current device
+            return launch(kernel, grid, *args, num_warps=num_warps, **constexprs)
+    compiled, order = entry
+    stream = triton_driver.active.get_current_stream(device.index if device.type == "cuda" else 0)
+    compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
+                 *args, *(constexprs.values() if order is None else [constexprs[name] for name in order]))

@@ -5,6 +5,11 @@ import triton.language as tl
 from recipe_kernels import _backend
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) on the host, for grids: triton.cdiv is a constexpr_function, several times slower to call."""
+    return -(-a // b)
+
+
 def emulate_bf16_rounding() -> bool:
     """The value of the EMULATE_BF16_RTNE constexpr: True under TRITON_INTERPRET=1.
 

@@ -1,8 +1,8 @@
 """Stochastic depth that runs the residual branch only on the kept samples (DINOv2's
 drop_add_residual_stochastic_depth, fused and graph-safe).
 
-Top to bottom: Triton kernels, launchers (Triton and CUDA), torch.library registration
-with autograd, public function. One call draws one seed on the device; from it every
+Top to bottom: Triton kernels; the implementations, one per backend (torch, Triton, CUDA) for
+each op; the ops (_ops.Op: the backend table, fakes, autograd); public function. One call draws one seed on the device; from it every
 backend picks the same subset S of k = max(1, int(N (1 - p))) samples: one Philox word per
 sample, S = the k smallest (word, index) pairs, in increasing index order.
 
@@ -23,16 +23,18 @@ import torch
 import triton
 import triton.language as tl
 
-from recipe_kernels import _backend, reference
+from recipe_kernels import _backend, _checks, reference
+from recipe_kernels._ops import Op, launch
 from recipe_kernels._philox import PHILOX_ROUNDS, draw_seed
-from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
-from recipe_kernels.dropout import _check_floating, _check_p, _philox_words_x4
+from recipe_kernels._triton_common import cdiv, round_to
+from recipe_kernels.dropout import _philox_words_x4
 
 # Elements per Triton program of the row kernels: 8 warps x 32 threads x 8 elements (16 bytes of bf16).
 BLOCK = 2048
 NUM_WARPS = 8
 # Samples per program of the subset-key kernel (a Philox call serves four).
 KEY_BLOCK = 1024
+KEY_NUM_WARPS = 4
 # The key packs (word, index) into one int64, so a sample index must fit in 32 bits.
 MAX_SAMPLES = 1 << 32
 
@@ -58,7 +60,7 @@ def _subset_keys_kernel(seed_ptr, keys_ptr, num_samples, KEY_BLOCK: tl.constexpr
 
 @triton.jit
 def _combine_rows_kernel(a_ptr, b_ptr, index_ptr, out_ptr, row_size, blocks_per_row, scale,
-                         HAS_A: tl.constexpr, BLOCK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+                         HAS_A: tl.constexpr, BLOCK: tl.constexpr):
     """out[r] = a[r] + scale * b[index[r]], or a[r] where index[r] < 0; without a: scale * b[index[r]].
 
     Rows of row_size contiguous elements; fp32 math rounded once to out's dtype, and a row with
@@ -77,52 +79,11 @@ def _combine_rows_kernel(a_ptr, b_ptr, index_ptr, out_ptr, row_size, blocks_per_
     if HAS_A:
         own = tl.load(a_ptr + row * row_size + columns, mask=in_row, other=0.0).to(tl.float32)
         value = tl.where(selected, own + value, own)
-    tl.store(out_ptr + row * row_size + columns, cast_to(value, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE),
-             mask=in_row)
+    tl.store(out_ptr + row * row_size + columns, round_to(value, out_ptr.dtype.element_ty), mask=in_row)
 
 
-# ----------------------------------------------------------------------------- launchers
-# Each takes contiguous tensors and an allocated contiguous output.
-
-
-def _subset_keys_triton(seed, keys):
-    with _backend.device_guard(keys.device):
-        _subset_keys_kernel[(triton.cdiv(keys.numel(), KEY_BLOCK),)](
-            seed, keys, keys.numel(), KEY_BLOCK=KEY_BLOCK, PHILOX_ROUNDS=PHILOX_ROUNDS)
-
-
-def _subset_keys_cuda(seed, keys):
-    _backend._C.drop_path_residual_keys(seed.data_ptr(), keys.data_ptr(), keys.numel(),
-                                        _backend.cuda_stream(keys.device))
-
-
-def _combine_rows_triton(a, b, index, out, scale):
-    row_size = out.numel() // out.shape[0]
-    blocks_per_row = triton.cdiv(row_size, BLOCK)
-    with _backend.device_guard(out.device):
-        _combine_rows_kernel[(out.shape[0] * blocks_per_row,)](
-            a if a is not None else out, b, index, out, row_size, blocks_per_row, scale, HAS_A=a is not None,
-            BLOCK=BLOCK, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
-            enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
-
-
-def _combine_rows_cuda(a, b, index, out, scale):
-    codes = _backend.CUDA_DTYPE_CODES
-    _backend._C.drop_path_residual_rows(
-        a.data_ptr() if a is not None else 0, b.data_ptr(), index.data_ptr(), out.data_ptr(), out.shape[0],
-        out.numel() // out.shape[0], scale, codes[a.dtype] if a is not None else codes[out.dtype], codes[b.dtype],
-        codes[out.dtype], _backend.cuda_stream(out.device))
-
-
-def _combine_rows(a, b, index, out_dtype, scale, backend):
-    """The rows kernel on `backend` ("triton" or "cuda"): a's shape (or, without a, index's length
-    by b's row shape) in out_dtype."""
-    shape = a.shape if a is not None else (index.shape[0],) + b.shape[1:]
-    out = torch.empty(shape, dtype=out_dtype, device=b.device)
-    if out.numel() > 0:
-        (_combine_rows_triton if backend == "triton" else _combine_rows_cuda)(
-            None if a is None else a.contiguous(), b.contiguous(), index.contiguous(), out, scale)
-    return out
+# ----------------------------------------------------------------------------- implementations
+# One per backend for each op, all taking the op's arguments; the torch one's type hints are the op's schema.
 
 
 def subset_size(num_samples, p: float) -> int:
@@ -139,21 +100,133 @@ def subset_scale(num_samples: int, kept: int) -> float:
     return struct.unpack("f", struct.pack("f", num_samples / kept))[0]
 
 
-# ----------------------------------------------------------------------------- registration
+def _branch_scale(num_samples, kept, scaled):
+    return subset_scale(num_samples, kept) if scaled else 1.0
 
 
-@torch.library.custom_op("recipe_kernels::drop_path_residual_subset", mutates_args=())
-def subset_op(seed: torch.Tensor, num_samples: int, kept: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, slot): rows = S, the kept samples in increasing order (k,), and the map slot (N,) with
-    slot[S[j]] = j and -1 elsewhere; int64 on seed's device."""
+# --- drop_path_residual_subset: S and the map n -> j
+
+
+def _check_subset(num_samples, kept):
     if not 1 <= kept <= num_samples < MAX_SAMPLES:
         raise ValueError(f"drop_path_residual: cannot keep {kept} of {num_samples} samples")
-    if backend == "torch":
-        keys = reference.subset_keys(seed, num_samples)
-    else:
-        keys = torch.empty(num_samples, dtype=torch.int64, device=seed.device)
-        (_subset_keys_triton if backend == "triton" else _subset_keys_cuda)(seed, keys)
+
+
+def _subset_torch(seed: torch.Tensor, num_samples: int, kept: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, slot): rows = S, the kept samples in increasing order (k,), and the map slot (N,) with
+    slot[S[j]] = j and -1 elsewhere; int64 on seed's device."""
+    _check_subset(num_samples, kept)
+    return reference.subset_from_keys(reference.subset_keys(seed, num_samples), kept)
+
+
+def _new_keys(seed, num_samples, kept):
+    _check_subset(num_samples, kept)
+    return torch.empty(num_samples, dtype=torch.int64, device=seed.device)
+
+
+def _subset_triton(seed, num_samples, kept):
+    keys = _new_keys(seed, num_samples, kept)
+    launch(_subset_keys_kernel, (cdiv(num_samples, KEY_BLOCK),), seed, keys, num_samples,
+           num_warps=KEY_NUM_WARPS, KEY_BLOCK=KEY_BLOCK, PHILOX_ROUNDS=PHILOX_ROUNDS)
     return reference.subset_from_keys(keys, kept)
+
+
+# The *_cuda_arguments functions build every keyword argument of a _C launcher but the stream; the
+# tests hand the same arguments to the _C.*_host entry points.
+
+
+def _subset_keys_cuda_arguments(seed, keys):
+    return dict(seed=seed.data_ptr(), keys=keys.data_ptr(), num_samples=keys.numel())
+
+
+def _subset_cuda(seed, num_samples, kept):
+    keys = _new_keys(seed, num_samples, kept)
+    _backend._C.drop_path_residual_keys(**_subset_keys_cuda_arguments(seed, keys),
+                                        stream=_backend.cuda_stream(keys.device))
+    return reference.subset_from_keys(keys, kept)
+
+
+# --- the rows kernel behind drop_path_residual_gather and drop_path_residual_add
+
+
+def _rows_operands(a, b, index, out_dtype):
+    """(a, b, index, out) for the rows kernel: the inputs contiguous, out new and contiguous: a's
+    shape or, without a, index's length by b's row shape."""
+    shape = a.shape if a is not None else (index.shape[0],) + b.shape[1:]
+    out = torch.empty(shape, dtype=out_dtype, device=b.device)
+    return None if a is None else a.contiguous(), b.contiguous(), index.contiguous(), out
+
+
+def _combine_rows_cuda_arguments(a, b, index, out, scale):
+    codes = _backend.CUDA_DTYPE_CODES
+    return dict(a=a.data_ptr() if a is not None else 0, b=b.data_ptr(), index=index.data_ptr(), out=out.data_ptr(),
+                rows=out.shape[0], row_size=out.numel() // out.shape[0], scale=scale,
+                a_dtype=codes[a.dtype] if a is not None else codes[out.dtype], b_dtype=codes[b.dtype],
+                out_dtype=codes[out.dtype])
+
+
+def _combine_rows_triton(a, b, index, out_dtype, scale):
+    a, b, index, out = _rows_operands(a, b, index, out_dtype)
+    if out.numel() > 0:
+        row_size = out.numel() // out.shape[0]
+        blocks_per_row = cdiv(row_size, BLOCK)
+        launch(_combine_rows_kernel, (out.shape[0] * blocks_per_row,),
+               a if a is not None else out, b, index, out, row_size, blocks_per_row, scale,
+               num_warps=NUM_WARPS, HAS_A=a is not None, BLOCK=BLOCK)
+    return out
+
+
+def _combine_rows_cuda(a, b, index, out_dtype, scale):
+    a, b, index, out = _rows_operands(a, b, index, out_dtype)
+    if out.numel() > 0:
+        _backend._C.drop_path_residual_rows(**_combine_rows_cuda_arguments(a, b, index, out, scale),
+                                            stream=_backend.cuda_stream(out.device))
+    return out
+
+
+# --- drop_path_residual_gather: c x[rows]
+
+
+def _gather_torch(x: torch.Tensor, rows: torch.Tensor, scaled: bool, out_dtype: torch.dtype) -> torch.Tensor:
+    """x[rows] as a contiguous (k, ...) tensor in out_dtype, times N/k (N = len(x), k = len(rows)) when scaled."""
+    scale = _branch_scale(x.shape[0], rows.shape[0], scaled)
+    return reference.gather_rows(x, rows, scale).to(out_dtype).reshape((rows.shape[0],) + x.shape[1:])
+
+
+def _gather_triton(x, rows, scaled, out_dtype):
+    return _combine_rows_triton(None, x, rows, out_dtype, _branch_scale(x.shape[0], rows.shape[0], scaled))
+
+
+def _gather_cuda(x, rows, scaled, out_dtype):
+    return _combine_rows_cuda(None, x, rows, out_dtype, _branch_scale(x.shape[0], rows.shape[0], scaled))
+
+
+# --- drop_path_residual_add: x + c y at the rows of S
+
+
+def _residual_add_torch(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor, scaled: bool,
+                        out_dtype: torch.dtype) -> torch.Tensor:
+    """out[n] = x[n] + c y[slot[n]] where slot[n] >= 0, x[n] elsewhere; c = N/k when scaled, else 1.
+
+    One pass over x's N rows, fp32 math rounded once to out_dtype; contiguous. The kernels read the
+    map slot; the torch reference, and autograd's gather of the gradient, read rows (= S).
+    """
+    scale = _branch_scale(x.shape[0], y.shape[0], scaled)
+    return reference.add_rows(x, y, rows, scale).to(out_dtype).reshape(x.shape)
+
+
+def _residual_add_triton(x, y, rows, slot, scaled, out_dtype):
+    return _combine_rows_triton(x, y, slot, out_dtype, _branch_scale(x.shape[0], y.shape[0], scaled))
+
+
+def _residual_add_cuda(x, y, rows, slot, scaled, out_dtype):
+    return _combine_rows_cuda(x, y, slot, out_dtype, _branch_scale(x.shape[0], y.shape[0], scaled))
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+subset_op = Op("drop_path_residual_subset", torch=_subset_torch, triton=_subset_triton, cuda=_subset_cuda)
 
 
 @subset_op.register_fake
@@ -161,14 +234,7 @@ def _(seed, num_samples, kept, backend):
     return seed.new_empty(kept, dtype=torch.int64), seed.new_empty(num_samples, dtype=torch.int64)
 
 
-@torch.library.custom_op("recipe_kernels::drop_path_residual_gather", mutates_args=())
-def gather_op(x: torch.Tensor, rows: torch.Tensor, scaled: bool, out_dtype: torch.dtype,
-              backend: str) -> torch.Tensor:
-    """x[rows] as a contiguous (k, ...) tensor in out_dtype, times N/k (N = len(x), k = len(rows)) when scaled."""
-    scale = subset_scale(x.shape[0], rows.shape[0]) if scaled else 1.0
-    if backend == "torch":
-        return reference.gather_rows(x, rows, scale).to(out_dtype).reshape((rows.shape[0],) + x.shape[1:])
-    return _combine_rows(None, x, rows, out_dtype, scale, backend)
+gather_op = Op("drop_path_residual_gather", torch=_gather_torch, triton=_gather_triton, cuda=_gather_cuda)
 
 
 @gather_op.register_fake
@@ -176,18 +242,8 @@ def _(x, rows, scaled, out_dtype, backend):
     return x.new_empty((rows.shape[0],) + x.shape[1:], dtype=out_dtype)
 
 
-@torch.library.custom_op("recipe_kernels::drop_path_residual_add", mutates_args=())
-def residual_add_op(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor, scaled: bool,
-                    out_dtype: torch.dtype, backend: str) -> torch.Tensor:
-    """out[n] = x[n] + c y[slot[n]] where slot[n] >= 0, x[n] elsewhere; c = N/k when scaled, else 1.
-
-    One pass over x's N rows, fp32 math rounded once to out_dtype; contiguous. The kernels read the
-    map slot; the torch reference, and autograd's gather of the gradient, read rows (= S).
-    """
-    scale = subset_scale(x.shape[0], y.shape[0]) if scaled else 1.0
-    if backend == "torch":
-        return reference.add_rows(x, y, rows, scale).to(out_dtype).reshape(x.shape)
-    return _combine_rows(x, y, slot, out_dtype, scale, backend)
+residual_add_op = Op("drop_path_residual_add", torch=_residual_add_torch, triton=_residual_add_triton,
+                     cuda=_residual_add_cuda)
 
 
 @residual_add_op.register_fake
@@ -237,15 +293,13 @@ class GatherSubsetFunction(torch.autograd.Function):
 
 
 def _check_branch_output(xs, y):
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"drop_path_residual: branch must return a torch.Tensor, got {type(y).__name__}")
+    name = "drop_path_residual: branch output"
+    _checks.tensor(y, name)
     if y.shape != xs.shape:
-        raise ValueError(f"drop_path_residual: branch output has shape {tuple(y.shape)}, but its input "
-                         f"x[S] has shape {tuple(xs.shape)}; they must match")
-    if y.device != xs.device:
-        raise ValueError(f"drop_path_residual: branch output is on {y.device} but x is on {xs.device}")
-    if y.dtype not in _backend.CUDA_DTYPE_CODES:
-        raise TypeError(f"drop_path_residual: branch output must be float32, float16 or bfloat16, got {y.dtype}")
+        raise ValueError(f"{name} has shape {tuple(y.shape)}, but its input x[S] has shape {tuple(xs.shape)}; "
+                         "they must match")
+    _checks.same_device(y, name, xs, "x")
+    _checks.floating(y, name, dtypes=tuple(_backend.CUDA_DTYPE_CODES))
 
 
 def drop_path_residual(x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor], p: float = 0.1,
@@ -260,10 +314,10 @@ def drop_path_residual(x: torch.Tensor, branch: Callable[[torch.Tensor], torch.T
     torch.result_type(x, y) (fp32 for an fp32 x with a bf16 branch), fp32 math rounded once.
     p = 0, training=False or N = 0: x + branch(x). p = 1 in training: x, without calling branch.
     """
-    _check_floating("x", x)
+    _checks.floating(x, "x")
     if not callable(branch):
         raise TypeError(f"drop_path_residual: branch must be callable, got {type(branch).__name__}")
-    p = _check_p(p)
+    p = _checks.probability(p, "p")
     if x.dim() == 0:
         raise ValueError("drop_path_residual needs at least one dimension (the samples), got a 0-d tensor")
     if training and p == 1.0:

@@ -57,19 +57,18 @@ def main():
                          "seed_ptr": "*i64", "out_ptr": f"*{dtype}", "n_elements": "i64", "bias_numel": "i32",
                          "inverse_bias_numel": "fp32", "drop_threshold": "i32", "scale_bits": "i64"}
             constexprs = dict(HAS_RESIDUAL=has_residual, HAS_BIAS=has_bias, BIAS_MULTIPLE_OF_8=True, WIDE_BIAS=False,
-                              MATH_DTYPE=tl.float32, BLOCK=dropout.BLOCK, KEEP_BITS=24, PHILOX_ROUNDS=7, EMULATE_BF16_RTNE=False)
+                              MATH_DTYPE=tl.float32, BLOCK=dropout.BLOCK, KEEP_BITS=24, PHILOX_ROUNDS=7)
             ptx = compile_for_sm90(dropout._dropout_kernel, signature, constexprs, dropout.NUM_WARPS)
             report(f"dropout {dtype} residual={has_residual} bias={has_bias}", ptx, elements_per_thread)
         signature = {"x_ptr": f"*{dtype}", "residual_ptr": f"*{dtype}", "seed_ptr": "*i64", "out_ptr": f"*{dtype}",
                      "row_size": "i64", "blocks_per_row": "i64", "drop_threshold": "i32", "scale_bits": "i64"}
-        constexprs = dict(HAS_RESIDUAL=True, MATH_DTYPE=tl.float32, BLOCK=dropout.BLOCK, KEEP_BITS=24, PHILOX_ROUNDS=7,
-                          EMULATE_BF16_RTNE=False)
+        constexprs = dict(HAS_RESIDUAL=True, MATH_DTYPE=tl.float32, BLOCK=dropout.BLOCK, KEEP_BITS=24, PHILOX_ROUNDS=7)
         ptx = compile_for_sm90(dropout._drop_path_kernel, signature, constexprs, dropout.NUM_WARPS)
         report(f"drop_path {dtype} residual=True", ptx, elements_per_thread)
         signature = {"grad_ptr": f"*{dtype}", "seed_ptr": "*i64", "grad_x_ptr": f"*{dtype}", "partial_ptr": "*fp32",
                      "rows": "i64", "columns": "i64", "drop_threshold": "i32", "scale_bits": "i64"}
         constexprs = dict(MATH_DTYPE=tl.float32, ROWS_PER_PROGRAM=64, BLOCK_COLUMNS=dropout.BIAS_BACKWARD_COLUMNS, KEEP_BITS=24,
-                          PHILOX_ROUNDS=7, EMULATE_BF16_RTNE=False)
+                          PHILOX_ROUNDS=7)
         ptx = compile_for_sm90(dropout._dropout_bias_backward_kernel, signature, constexprs, 4)
         # Its row loop stays a loop: count one trip, 1024 columns over 128 threads.
         report(f"dropout bias backward {dtype} (one row)", ptx, dropout.BIAS_BACKWARD_COLUMNS // 128)
@@ -79,7 +78,7 @@ def main():
                                                ("fp32", "bf16", "fp32", True)):
         signature = {"a_ptr": f"*{a_dtype}", "b_ptr": f"*{b_dtype}", "index_ptr": "*i64", "out_ptr": f"*{out_dtype}",
                      "row_size": "i64", "blocks_per_row": "i64", "scale": "fp32"}
-        constexprs = dict(HAS_A=has_a, BLOCK=drop_path_residual.BLOCK, EMULATE_BF16_RTNE=False)
+        constexprs = dict(HAS_A=has_a, BLOCK=drop_path_residual.BLOCK)
         ptx = compile_for_sm90(drop_path_residual._combine_rows_kernel, signature, constexprs,
                                drop_path_residual.NUM_WARPS)
         report(f"drop_path_residual rows a={a_dtype if has_a else None} b={b_dtype} out={out_dtype}", ptx,

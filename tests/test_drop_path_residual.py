@@ -13,8 +13,8 @@ import torch
 import recipe_kernels as rk
 from recipe_kernels import _backend, reference
 from recipe_kernels._philox import draw_seed
-from recipe_kernels.drop_path_residual import (gather_op, residual_add_op, subset_op, subset_scale,
-                                               subset_size)
+from recipe_kernels.drop_path_residual import (_combine_rows_cuda_arguments, _subset_keys_cuda_arguments, gather_op,
+                                               residual_add_op, subset_op, subset_scale, subset_size)
 
 from conftest import DEVICE
 
@@ -196,7 +196,7 @@ def test_non_contiguous_x_and_x_without_gradient(backend):
 
 def cuda_keys(seed, num_samples):
     keys = torch.empty(num_samples, dtype=torch.int64)
-    _backend._C.drop_path_residual_keys_host(seed.data_ptr(), keys.data_ptr(), num_samples)
+    _backend._C.drop_path_residual_keys_host(**_subset_keys_cuda_arguments(seed, keys))
     return keys
 
 
@@ -274,10 +274,6 @@ def test_triton_output_and_gradients_equal_torch_backend(x_dtype, branch_dtype):
 # ----------------------------------------------------------------------------- the CUDA code on the CPU
 
 
-def pointer(tensor):
-    return 0 if tensor is None else tensor.data_ptr()
-
-
 def offset_randn(*shape, dtype, offset):
     """A CPU tensor starting `offset` elements into its storage (1: the 16-byte vectors are off)."""
     flat = torch.randn(offset + math.prod(shape)).to(dtype)
@@ -302,11 +298,8 @@ def test_rows_kernel_code_equals_torch_backend(a_dtype, b_dtype, out_dtype, row_
     else:
         a, index = None, torch.tensor([2, 0, 1, 2, 0, 1])
     out = torch.empty(rows, row_size, dtype=out_dtype)
-    codes = _backend.CUDA_DTYPE_CODES
-    _backend._C.drop_path_residual_rows_host(pointer(a), b.data_ptr(), index.data_ptr(), out.data_ptr(), rows,
-                                             row_size, subset_scale(rows, kept), codes[a_dtype], codes[b_dtype],
-                                             codes[out_dtype])
     scale = subset_scale(rows, kept)
+    _backend._C.drop_path_residual_rows_host(**_combine_rows_cuda_arguments(a, b, index, out, scale))
     if has_a:
         expected = reference.add_rows(a, b, torch.tensor([1, 4, 5]), scale)
     else:
@@ -320,11 +313,11 @@ def test_rows_kernel_code_equals_torch_backend(a_dtype, b_dtype, out_dtype, row_
 def test_opcheck(backend):
     x = torch.randn(7, 3, 8, device=DEVICE, requires_grad=True)
     seed = torch.tensor([42], device=DEVICE)
-    torch.library.opcheck(subset_op, (seed, 7, 3, backend))
+    torch.library.opcheck(subset_op.custom_op, (seed, 7, 3, backend))
     rows, slot = subset_op(seed, 7, 3, backend)
-    torch.library.opcheck(gather_op, (x.detach(), rows, True, torch.bfloat16, backend))
+    torch.library.opcheck(gather_op.custom_op, (x.detach(), rows, True, torch.bfloat16, backend))
     y = torch.randn(3, 3, 8, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
-    torch.library.opcheck(residual_add_op, (x, y, rows, slot, True, torch.float32, backend))
+    torch.library.opcheck(residual_add_op.custom_op, (x, y, rows, slot, True, torch.float32, backend))
 
 
 def test_compile_fullgraph_three_batch_sizes(backend):

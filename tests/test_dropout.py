@@ -90,9 +90,8 @@ def test_triton_kernel_takes_a_bias_of_2_to_24_elements_and_more():
     # The launcher alone, with x shorter than the bias (columns = indices): one program, not 2^24 / BLOCK.
     bias = torch.randn((1 << 24) + 8, dtype=torch.bfloat16, device=DEVICE)
     x = torch.randn(40, dtype=torch.bfloat16, device=DEVICE)
-    out = torch.empty_like(x)
     seed = torch.tensor([99], device=DEVICE)
-    _dropout_triton(x, None, bias, seed, out, 0.3)
+    out = _dropout_triton(x, None, bias, seed, 0.3, x.dtype)
     expected = torch_formula("dropout", x.double() + bias[:40].double(), None, None, 0.3, seed)
     torch.testing.assert_close(out.double(), expected, **TOLERANCE[torch.bfloat16])
 
@@ -283,6 +282,19 @@ def test_dropout_add_gradients_match_float64_oracle(backend, dtype, shape, bias_
         torch.testing.assert_close(got.double(), want, **tolerance, msg=name)
 
 
+def test_unfused_bias_gradient_sums_unrounded_values_as_the_torch_backend_does():
+    # 37 columns take the two-pass fallback on the kernel backends; its bias gradient must be the
+    # column sums of grad * keep / (1 - p) before rounding to bf16, bit for bit as on "torch".
+    x, residual, bias = (t.requires_grad_() for t in sample_inputs((64, 37), torch.bfloat16, bias_shape=(37,)))
+    grad_out = torch.randn(64, 37, device=DEVICE).bfloat16()
+    grads = {}
+    for backend in ("torch", "triton"):
+        out = with_seed(lambda: rk.dropout_add(x, residual, 0.3, bias=bias, backend=backend))
+        grads[backend] = torch.autograd.grad(out, (x, bias), grad_out)
+    assert torch.equal(grads["triton"][0], grads["torch"][0])
+    assert torch.equal(grads["triton"][1], grads["torch"][1])
+
+
 def test_drop_path_add_gradients(backend):
     x = torch.randn(32, 9, device=DEVICE, requires_grad=True)
     residual = torch.randn(32, 9, device=DEVICE, requires_grad=True)
@@ -462,8 +474,8 @@ def test_inplace_refuses_a_leaf_that_requires_grad_like_torch(backend):
 def test_inplace_opcheck(backend):
     x = torch.randn(4, 24, device=DEVICE)
     seed = torch.tensor([42], device=DEVICE)
-    torch.library.opcheck(dropout_inplace_op, (x, seed, 0.3, backend))
-    torch.library.opcheck(dropout_inplace_op, (x.t(), seed, 0.3, backend))  # non-contiguous
+    torch.library.opcheck(dropout_inplace_op.custom_op, (x, seed, 0.3, backend))
+    torch.library.opcheck(dropout_inplace_op.custom_op, (x.t(), seed, 0.3, backend))  # non-contiguous
 
 
 def test_inplace_compiles_fullgraph(backend):
@@ -536,9 +548,9 @@ def test_bad_p_raises_value_error():
 
 
 def test_non_floating_dtype_raises_type_error():
-    with pytest.raises(TypeError, match="float32, float16, bfloat16 or float64"):
+    with pytest.raises(TypeError, match="float32, float16, bfloat16, float64"):
         rk.dropout(torch.arange(4, device=DEVICE), 0.5)
-    with pytest.raises(TypeError, match="residual must be float32, float16, bfloat16 or float64"):
+    with pytest.raises(TypeError, match="residual must be float32, float16, bfloat16, float64"):
         rk.drop_path_add(torch.ones(4, device=DEVICE), torch.ones(4, dtype=torch.complex64, device=DEVICE), 0.5)
 
 
@@ -588,9 +600,10 @@ def test_opcheck(backend, with_extras, x_dtype):
     residual, bias = (residual, bias) if with_extras else (None, None)
     out_dtype = torch.float32 if with_extras else x_dtype
     seed = torch.tensor([42], device=DEVICE)
-    torch.library.opcheck(dropout_op, (x, residual, bias, seed, 0.3, backend, out_dtype))
-    torch.library.opcheck(drop_path_op, (x, residual, seed, 0.3, backend, out_dtype))
-    torch.library.opcheck(dropout_bias_backward_op, (x, seed, 0.3, 24 if with_extras else 6, backend, torch.float16))
+    torch.library.opcheck(dropout_op.custom_op, (x, residual, bias, seed, 0.3, out_dtype, backend))
+    torch.library.opcheck(drop_path_op.custom_op, (x, residual, seed, 0.3, out_dtype, backend))
+    torch.library.opcheck(dropout_bias_backward_op.custom_op,
+                          (x, seed, 0.3, 24 if with_extras else 6, torch.float16, backend))
 
 
 def test_compile_fullgraph(backend):

@@ -54,7 +54,7 @@ def test_dropout_kernel_code_equals_torch_backend(dtypes, with_residual, bias_si
     _backend._C.dropout_host(**_dropout_cuda_arguments(x, residual, bias, SEED, out, 0.3), blocks=blocks)
     x2 = x.reshape(-1, bias_size) if bias_size else x
     expected = torch.ops.recipe_kernels.dropout(x2, None if residual is None else residual.reshape(x2.shape),
-                                                bias, SEED, 0.3, "torch", out_dtype).reshape(-1)
+                                                bias, SEED, 0.3, out_dtype, "torch").reshape(-1)
     assert torch.equal(out, expected)
 
 
@@ -67,7 +67,7 @@ def test_drop_path_kernel_code_equals_torch_backend(dtypes, with_residual):
     residual = randn(rows, row_size, dtype=residual_dtype or x_dtype, seed=1) if with_residual else None
     out = torch.empty(rows, row_size, dtype=out_dtype)
     _backend._C.drop_path_host(**_drop_path_cuda_arguments(x, residual, SEED, out, 0.5))
-    assert torch.equal(out, torch.ops.recipe_kernels.drop_path(x, residual, SEED, 0.5, "torch", out_dtype))
+    assert torch.equal(out, torch.ops.recipe_kernels.drop_path(x, residual, SEED, 0.5, out_dtype, "torch"))
 
 
 @pytest.mark.parametrize("grad_dtype,grad_x_dtype", [(d, d) for d in DTYPES + [torch.float64]] + [
@@ -80,8 +80,8 @@ def test_bias_backward_kernel_code_equals_torch_backend(grad_dtype, grad_x_dtype
     partial = torch.empty(row_blocks, columns, dtype=_math_dtype(grad, grad_x))  # as the op allocates it
     _backend._C.dropout_bias_backward_host(**_dropout_bias_backward_cuda_arguments(grad, SEED, grad_x, partial,
                                                                                    rows_per_block, 0.2))
-    expected_grad_x, expected_bias = torch.ops.recipe_kernels.dropout_bias_backward(grad, SEED, 0.2, columns, "torch",
-                                                                                    grad_x_dtype)
+    expected_grad_x, expected_bias = torch.ops.recipe_kernels.dropout_bias_backward(grad, SEED, 0.2, columns, grad_x_dtype,
+                                                                                    "torch")
     assert torch.equal(grad_x, expected_grad_x)
     torch.testing.assert_close(partial.sum(0), expected_bias, rtol=1e-5, atol=1e-5)
 
@@ -98,6 +98,6 @@ def test_unknown_dtype_code_raises():
 def test_dropout_kernel_code_in_place(dtype, offset):
     # rk.dropout(inplace=True) hands the kernel x as its own output.
     x = randn(1003, dtype=dtype, offset=offset)
-    expected = torch.ops.recipe_kernels.dropout(x, None, None, SEED, 0.3, "torch", dtype)
+    expected = torch.ops.recipe_kernels.dropout(x, None, None, SEED, 0.3, dtype, "torch")
     _backend._C.dropout_host(**_dropout_cuda_arguments(x, None, None, SEED, x, 0.3), blocks=2)
     assert torch.equal(x, expected)

@@ -86,3 +86,64 @@ def test_compiled_gradient():
 
 def test_opcheck():
     torch.library.opcheck(scale_op.custom_op, (torch.randn(3, requires_grad=True), 2.0, "torch"))
+
+
+# ----------------------------------------------------------------------------- tuple outputs, dtypes, in-place writes
+
+
+def _scale_pair_torch(x: torch.Tensor, factor: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    CALLS.append("torch")
+    return (x * factor).to(dtype), x.sum(0)
+
+
+pair_op = _ops.Op("test_scale_pair", torch=_scale_pair_torch, triton=_scale_pair_torch, cuda=_scale_pair_torch)
+pair_op.register_fake(lambda x, factor, dtype, backend: (torch.empty_like(x, dtype=dtype), x.new_empty(x.shape[1:])))
+
+
+def _pair_setup(ctx, inputs, output):
+    ctx.factor, ctx.shape = inputs[1], inputs[0].shape
+
+
+def _pair_backward(ctx, grad_scaled, grad_sum):
+    return grad_scaled * ctx.factor + grad_sum.expand(ctx.shape), None, None, None
+
+
+pair_op.register_autograd(_pair_backward, setup_context=_pair_setup)
+
+
+def test_a_dtype_argument_keeps_the_call_eager():
+    x = torch.randn(3, 2)
+    assert _ops.is_eager((x, 2.0, torch.float64, "torch"))
+    with OpNames() as mode:
+        pair_op(x, 2.0, torch.float64, "torch")
+    assert "recipe_kernels.test_scale_pair.default" in mode.names  # under a mode: the registered op
+    mode.names.clear()
+    CALLS.clear()
+    scaled, total = pair_op(x, 2.0, torch.float64, "torch")
+    assert CALLS == ["torch"] and scaled.dtype == torch.float64
+    torch.testing.assert_close(total, x.sum(0))
+
+
+@pytest.mark.parametrize("path", ["eager", "registered"])
+def test_tuple_output_gradients_match_between_paths(path):
+    x = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    op = pair_op if path == "eager" else pair_op.custom_op
+    scaled, total = op(x, 1.5, torch.float64, "torch")
+    (grad,) = torch.autograd.grad(scaled.sum() + 2 * total.sum(), x)
+    torch.testing.assert_close(grad, torch.full_like(x, 1.5 + 2))
+
+
+def _fill_torch(x: torch.Tensor, value: float) -> None:
+    x.fill_(value)
+
+
+fill_op = _ops.Op("test_fill_", torch=_fill_torch, triton=_fill_torch, cuda=_fill_torch, mutates_args=("x",))
+fill_op.register_fake(lambda x, value, backend: None)
+
+
+def test_in_place_op_bumps_the_version_on_the_eager_path():
+    x = torch.zeros(4)
+    version = x._version
+    assert fill_op(x, 3.0, "torch") is None
+    assert torch.equal(x, torch.full((4,), 3.0)) and x._version > version
+    torch.library.opcheck(fill_op.custom_op, (torch.zeros(4), 3.0, "torch"))

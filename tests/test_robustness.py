@@ -57,7 +57,7 @@ for name, call in [("dropout", lambda x, p, b: rk.dropout(x, p, backend=b)),
     case(name, "p = 1.5", ValueError, "must be in \\[0, 1\\]")(lambda b, call=call: call(t(4), 1.5, b))
     case(name, "p = NaN", ValueError, "must be in \\[0, 1\\]")(lambda b, call=call: call(t(4), math.nan, b))
     case(name, "p given as a tensor", TypeError, "Python float")(lambda b, call=call: call(t(4), torch.tensor(0.5), b))
-    case(name, "int64 input", TypeError, "float32, float16, bfloat16 or float64")(
+    case(name, "int64 input", TypeError, "float32, float16, bfloat16, float64")(
         lambda b, call=call: call(torch.arange(4, device=DEVICE), 0.5, b))
     case(name, "float64 input", check=lambda y: y.dtype == torch.float64, check_text="a float64 result (fp64 math)")(
         lambda b, call=call: call(t(4, dtype=torch.float64), 0.5, b))
