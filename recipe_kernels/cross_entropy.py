@@ -12,15 +12,21 @@ folded in). Backward multiplies that buffer in place by grad_output; where grad_
 is exactly 1 (loss.backward() on a scalar loss, the usual case) the scaling kernel's
 loads and stores are masked off, so it moves no bytes. No host sync anywhere.
 
-Per row r with logits x (C classes), lse = log sum_c exp(x_c), class weights w (ones by
-default), e = label_smoothing and q the probability target (zero for index targets):
-  loss_r = a_a (lse - x[y_a]) + a_b (lse - x[y_b]) + beta (W lse - sum_c w_c x_c)
-           + (1 - e)(sum_c w_c q_c lse - sum_c w_c q_c x_c)
+Per row r with logits x (C classes), m = max_c x_c, the shifted logits s_c = x_c - m,
+L = log sum_c exp(s_c) (so lse = m + L), class weights w (ones by default), e = label_smoothing
+and q the probability target (zero for index targets):
+  loss_r = a_a (L - s[y_a]) + a_b (L - s[y_b]) + beta (W L - sum_c w_c s_c)
+           + (1 - e)(sum_c w_c q_c L - sum_c w_c q_c s_c)
   grad_c = p_c K - a_a [c == y_a] - a_b [c == y_b] - beta w_c - (1 - e) w_c q_c
-with p_c = exp(x_c - lse), W = sum_c w_c, K = a_a + a_b + beta W + (1 - e) sum_c w_c q_c and
+with p_c = exp(s_c - L), W = sum_c w_c, K = a_a + a_b + beta W + (1 - e) sum_c w_c q_c and
   index target y: a_a = (1 - e) w_y, a_b = 0, beta = e / C (all zero where y == ignore_index);
   MixedTarget:    a_a = lam (1 - e) w[y_a], a_b = (1 - lam)(1 - e) w[y_b], beta = e / C;
   probabilities:  a_a = a_b = 0, beta = e / C.
+Everything is computed in the shifted domain: s_c is exact for logits within a factor of two of
+the max, so a loss never carries the rounding error of lse at the scale of the largest logit
+(softmax is shift-invariant; at logits of 1e4 the unshifted form lost three digits). The sums
+over s_c are kept relative to the running max while the row is swept, and moved onto a new max
+by adding (old max - new max) times the summed weight so far.
 A class index outside [0, C) (other than ignore_index) is never used as an address: it
 turns a_a into NaN, so that row's loss and gradient are NaN.
 """
@@ -45,8 +51,8 @@ REDUCTIONS = ("none", "mean", "sum")
 # program took 244 registers. Untuned: no GPU has run these kernels yet.
 MAX_BLOCK = 1024
 SPLIT_CHUNK = 16384
-# Per (row, split) partial statistics: max, sum exp(x - max), sum w x, sum w, sum w q,
-# sum w q x, x[y_a], x[y_b].
+# Per (row, split) partial statistics: max, sum exp(x - max), sum w (x - max), sum w, sum w q,
+# sum w q (x - max), x[y_a], x[y_b].
 PARTIAL_FIELDS = 8
 SCALE_BLOCK = 2048
 
@@ -107,11 +113,19 @@ def _row_coefficients(target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample
 
 
 @triton.jit
+def _rebase(sum_shifted, old_max, new_shift, sum_weights):
+    """A sum of w (x - old_max) moved onto new_shift: + (old_max - new_shift) * sum of w. Nothing
+    was seen (old_max = -inf, an empty sum) or only -inf (the sum is -inf already): unchanged."""
+    return sum_shifted + tl.where(old_max == -float("inf"), 0.0, old_max - new_shift) * sum_weights
+
+
+@triton.jit
 def _chunk_statistics(x_ptr, q_ptr, weight_ptr, row_offset, class_stride, start, end,
                       BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
                       HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr):
-    """One sweep over classes [start, end) of a row: online max and sum of exp, plus the sums
-    smoothing and probability targets need: sum w x, sum w, sum w q, sum w q x (fp32)."""
+    """One sweep over classes [start, end) of a row: online max m and sum of exp(x - m), plus the
+    sums smoothing and probability targets need, all relative to m: sum w (x - m), sum w,
+    sum w q, sum w q (x - m) (fp32)."""
     row_max = tl.full([], -float("inf"), tl.float32)
     sum_exp = tl.zeros([], tl.float32)
     sum_wx = tl.zeros([], tl.float32)
@@ -129,39 +143,40 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, row_offset, class_stride, start,
         # A row that is -inf so far keeps a zero sum instead of exp(-inf - -inf) = NaN.
         shift = tl.where(new_max == -float("inf"), 0.0, new_max)
         sum_exp = sum_exp * tl.exp(row_max - shift) + tl.sum(tl.exp(x - shift), 0)
-        row_max = new_max
         if HAS_SMOOTHING or IS_PROB:
-            x_in_row = tl.where(in_row, x, 0.0)
+            shifted = tl.where(in_row, x - shift, 0.0)
             if HAS_WEIGHT:
                 w = tl.load(weight_ptr + classes, mask=in_row, other=0.0)
             else:
                 w = tl.where(in_row, 1.0, 0.0)
             if HAS_SMOOTHING:
-                sum_wx += tl.sum(w * x_in_row, 0)
+                sum_wx = _rebase(sum_wx, row_max, shift, sum_w) + tl.sum(w * shifted, 0)
                 sum_w += tl.sum(w, 0)
             if IS_PROB:
                 wq = w * tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
+                sum_wqx = _rebase(sum_wqx, row_max, shift, sum_wq) + tl.sum(wq * shifted, 0)
                 sum_wq += tl.sum(wq, 0)
-                sum_wqx += tl.sum(wq * x_in_row, 0)
+        row_max = new_max
     return row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx
 
 
 @triton.jit
-def _row_loss_and_factor(lse, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, a_a, a_b, beta, active,
+def _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b, beta, active,
                          label_smoothing, IS_PROB: tl.constexpr):
-    """The row's loss and K, the factor of p_c in its gradient (module docstring)."""
-    loss = a_a * (lse - x_a) + a_b * (lse - x_b) + beta * (sum_w * lse - sum_wx)
+    """The row's loss and K, the factor of p_c in its gradient (module docstring), from the
+    shifted statistics: log_sum = L, sum_wx = sum w (x - m), sum_wqx = sum w q (x - m)."""
+    loss = a_a * (log_sum - (x_a - row_max)) + a_b * (log_sum - (x_b - row_max)) + beta * (sum_w * log_sum - sum_wx)
     factor = a_a + a_b + beta * sum_w
     if IS_PROB:
         one_minus_eps = 1.0 - label_smoothing
-        loss += one_minus_eps * (sum_wq * lse - sum_wqx)
+        loss += one_minus_eps * (sum_wq * log_sum - sum_wqx)
         factor += one_minus_eps * sum_wq
     return tl.where(active, loss, 0.0), factor
 
 
 @triton.jit
 def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_stride, start, end,
-                          lse, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing, grad_scale,
+                          row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing, grad_scale,
                           BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
                           HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
     """grad_c = grad_scale (p_c K - a_a [c == y_a] - a_b [c == y_b] - beta w_c - (1-e) w_c q_c)
@@ -173,7 +188,7 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_
         in_row = classes < end
         offsets = row_offset + classes * class_stride
         x = tl.load(x_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
-        grad = tl.exp(x - lse) * factor
+        grad = tl.exp((x - row_max) - log_sum) * factor
         grad -= tl.where(classes == y_a, a_a, 0.0) + tl.where(classes == y_b, a_b, 0.0)
         if HAS_SMOOTHING or IS_PROB:
             if HAS_WEIGHT:
@@ -245,14 +260,14 @@ def _cross_entropy_fwd_kernel(
     else:
         if not HAS_WEIGHT:
             sum_w = tl.zeros([], tl.float32) + num_classes
-        lse = row_max + tl.log(sum_exp)
+        log_sum = tl.log(sum_exp)
         # 3. Loss of the row, then sweep 2: its gradient.
-        loss, factor = _row_loss_and_factor(lse, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, a_a, a_b,
+        loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
                                             beta, active, label_smoothing, TARGET_KIND == 2)
         tl.store(loss_ptr + row, loss)
         if WRITE_GRAD:
             _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
-                                  lse, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
+                                  row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
                                   tl.load(grad_scale_ptr), BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT,
                                   HAS_SMOOTHING, EMULATE_BF16_RTNE)
 
@@ -276,7 +291,8 @@ def _cross_entropy_split_finish_kernel(
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
         label_smoothing, TARGET_KIND, HAS_WEIGHT)
-    # 1. Merge: max over chunks, sums of exp rescaled to it, plain sums of the rest.
+    # 1. Merge: max over chunks, sums of exp rescaled to it, shifted sums rebased onto it, plain sums
+    # of the rest.
     splits = tl.arange(0, SPLITS_BLOCK)
     in_use = splits < num_splits
     fields = partial_ptr + (row * num_splits + splits) * 8
@@ -284,18 +300,20 @@ def _cross_entropy_split_finish_kernel(
     row_max = tl.max(chunk_max, 0)
     shift = tl.where(row_max == -float("inf"), 0.0, row_max)
     sum_exp = tl.sum(tl.load(fields + 1, mask=in_use, other=0.0) * tl.exp(chunk_max - shift), 0)
-    sum_wx = tl.sum(tl.load(fields + 2, mask=in_use, other=0.0), 0)
+    chunk_w = tl.load(fields + 3, mask=in_use, other=0.0)
+    chunk_wq = tl.load(fields + 4, mask=in_use, other=0.0)
+    sum_wx = tl.sum(_rebase(tl.load(fields + 2, mask=in_use, other=0.0), chunk_max, shift, chunk_w), 0)
+    sum_wqx = tl.sum(_rebase(tl.load(fields + 5, mask=in_use, other=0.0), chunk_max, shift, chunk_wq), 0)
     if HAS_WEIGHT:
-        sum_w = tl.sum(tl.load(fields + 3, mask=in_use, other=0.0), 0)
+        sum_w = tl.sum(chunk_w, 0)
     else:
         sum_w = tl.zeros([], tl.float32) + num_classes
-    sum_wq = tl.sum(tl.load(fields + 4, mask=in_use, other=0.0), 0)
-    sum_wqx = tl.sum(tl.load(fields + 5, mask=in_use, other=0.0), 0)
+    sum_wq = tl.sum(chunk_wq, 0)
     first = partial_ptr + row * num_splits * 8  # split 0 read the target logits
     x_a = tl.load(first + 6)
     x_b = tl.load(first + 7)
-    lse = row_max + tl.log(sum_exp)
-    loss, factor = _row_loss_and_factor(lse, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, a_a, a_b,
+    log_sum = tl.log(sum_exp)
+    loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
                                         beta, active, label_smoothing, TARGET_KIND == 2)
     if split == 0:
         tl.store(loss_ptr + row, loss)
@@ -304,7 +322,7 @@ def _cross_entropy_split_finish_kernel(
         start = split * chunk_size
         end = tl.minimum(start + chunk_size, num_classes)
         _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
-                              lse, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
+                              row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
                               tl.load(grad_scale_ptr), BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT,
                               HAS_SMOOTHING, EMULATE_BF16_RTNE)
 

@@ -134,6 +134,58 @@ def test_large_logits_are_stable(backend):
     assert_matches_torch(logits, target, backend, "mean", label_smoothing=0.1)
 
 
+LARGE_SHIFT = 1e4  # logits base + 1e4: lse rounded at this scale loses about 3 of fp32's 7 digits
+
+
+def shifted_sample(target_kind, rows, num_classes, seed=0):
+    """fp32 logits 3 * randn + LARGE_SHIFT, weights, and (our target, torch's target, torch's smoothing)
+    for label_smoothing 0.1: MixedTarget's torch target is its dense form, smoothed already."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(rows, num_classes, generator=generator) + LARGE_SHIFT).to(DEVICE)
+    weight = (torch.rand(num_classes, generator=generator) + 0.5).to(DEVICE)
+    if target_kind == "index":
+        target = torch.randint(0, num_classes, (rows,), generator=generator).to(DEVICE)
+        return logits, weight, target, target, 0.1
+    if target_kind == "probabilities":
+        target = torch.softmax(torch.randn(rows, num_classes, generator=generator), 1).to(DEVICE)
+        return logits, weight, target, target, 0.1
+    mixed = rk.MixedTarget(*(torch.randint(0, num_classes, (rows,), generator=generator).to(DEVICE) for _ in "ab"),
+                           torch.rand(rows, generator=generator).to(DEVICE))
+    return logits, weight, mixed, mixed.dense(num_classes, 0.1), 0.0
+
+
+def torch_errors_at_large_shift(logits, weight, torch_target, torch_smoothing):
+    """F.cross_entropy's per-row losses and gradient of their sum in float64 on the same fp32 logits,
+    and the largest error of F.cross_entropy's own fp32 loss and gradient against them."""
+    results = []
+    for dtype in (torch.float64, torch.float32):
+        x = logits.to(dtype).requires_grad_()
+        target = torch_target.to(dtype) if torch_target.is_floating_point() else torch_target
+        loss = F.cross_entropy(x, target, weight=weight.to(dtype), reduction="none", label_smoothing=torch_smoothing)
+        results.append((loss.detach(), torch.autograd.grad(loss.sum(), x)[0]))
+    (loss64, grad64), (loss32, grad32) = results
+    return loss64, grad64, (loss32 - loss64).abs().max(), (grad32 - grad64).abs().max()
+
+
+@pytest.mark.parametrize("target_kind", ["index", "probabilities", "mixed"])
+@pytest.mark.parametrize("rows, num_classes, splits", [(64, 1000, 1), (8, 2 * MAX_BLOCK, 2)],
+                         ids=["whole-rows", "split-rows"])
+def test_large_shift_keeps_torch_precision(backend, target_kind, rows, num_classes, splits):
+    # Softmax is shift-invariant: computed in the shifted domain, logits around 1e4 lose no more than
+    # F.cross_entropy does in fp32 (the loss within 2x of its error against float64, and the gradient).
+    logits, weight, target, torch_target, torch_smoothing = shifted_sample(target_kind, rows, num_classes)
+    target_b = lam = None
+    if isinstance(target, rk.MixedTarget):
+        target, target_b, lam = target.y_a, target.y_b, target.per_sample_lam()
+    grad = torch.empty_like(logits)
+    loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, -100, "none", 0.1, backend,
+                                      splits)
+    expected_loss, expected_grad, torch_loss_error, torch_grad_error = torch_errors_at_large_shift(
+        logits, weight, torch_target, torch_smoothing)
+    assert (loss.double() - expected_loss).abs().max() <= 2 * torch_loss_error
+    assert (grad.double() - expected_grad).abs().max() <= 2 * torch_grad_error
+
+
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_all_ignored_mean_is_nan_like_torch(backend, label_smoothing, weighted):
@@ -513,6 +565,35 @@ def test_cuda_arithmetic_on_host(target_kind, weighted, chunk):
         math_dtype=torch.float64)
     torch.testing.assert_close(torch.from_numpy(loss).double(), expected_loss, **LOSS_TOLERANCE)
     torch.testing.assert_close(torch.from_numpy(grad).double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
+
+
+def cuda_host_rows(logits, target, weight, label_smoothing, chunk):
+    """_C.cross_entropy_host on CPU tensors: (per-row losses, gradient of their sum)."""
+    empty_i, empty_f = torch.empty(0, dtype=torch.int64), torch.empty(0)
+    target_b = lam = q = None
+    if isinstance(target, rk.MixedTarget):
+        target, target_b, lam, kind = target.y_a, target.y_b, target.per_sample_lam(), 1
+    elif target.is_floating_point():
+        target, q, kind = empty_i, target, 2
+    else:
+        kind = 0
+    loss, grad = _backend._C.cross_entropy_host(
+        logits.cpu().numpy(), target.cpu().numpy(), (empty_i if target_b is None else target_b.cpu()).numpy(),
+        (empty_f if lam is None else lam.cpu()).numpy(), (empty_f if weight is None else weight.cpu()).numpy(),
+        (empty_f if q is None else q.cpu()).numpy(), -100, label_smoothing, kind, chunk)
+    return torch.from_numpy(loss), torch.from_numpy(grad)
+
+
+@pytest.mark.skipif(not hasattr(_backend._C, "cross_entropy_host"), reason="CUDA extension not built")
+@pytest.mark.parametrize("target_kind", ["index", "probabilities", "mixed"])
+@pytest.mark.parametrize("chunk", [250, 1000], ids=["split-chunks", "whole-rows"])
+def test_cuda_arithmetic_large_shift_keeps_torch_precision(target_kind, chunk):
+    logits, weight, target, torch_target, torch_smoothing = shifted_sample(target_kind, 64, 1000)
+    loss, grad = cuda_host_rows(logits, target, weight, 0.1, chunk)
+    expected_loss, expected_grad, torch_loss_error, torch_grad_error = torch_errors_at_large_shift(
+        logits, weight, torch_target, torch_smoothing)
+    assert (loss.double() - expected_loss.cpu()).abs().max() <= 2 * torch_loss_error.cpu()
+    assert (grad.double() - expected_grad.cpu()).abs().max() <= 2 * torch_grad_error.cpu()
 
 
 @pytest.mark.skipif(not hasattr(_backend._C, "cross_entropy_host"), reason="CUDA extension not built")
