@@ -457,6 +457,26 @@ def _denominator(logits, target, target_b, weight, ignore_index):
     return torch.where(counted, weight[target.clamp(0, logits.shape[1] - 1)], 0.0).sum(dtype=torch.float32)
 
 
+def _math_dtype(logits):
+    """The precision of the torch backend's and the differentiable backward's arithmetic."""
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _scaled_reference_gradient(row_grad, denominator, grad_output, reduction, target, target_b, ignore_index):
+    """reference.cross_entropy_rows's gradient of the summed losses times grad_output (None: 1; one
+    value per row for reduction="none"), divided by the `mean` denominator."""
+    if grad_output is not None:
+        row_factor = grad_output.to(row_grad.dtype)
+        row_grad = row_grad * (row_factor.unsqueeze(1) if row_factor.dim() > 0 else row_factor)
+    if reduction == "mean":
+        row_grad = row_grad * (1.0 / denominator)  # as the kernels scale
+    if target_b is None and not target.is_floating_point():
+        # Ignored rows stay exactly zero when everything is ignored (0 * inf), as in torch;
+        # rows that count keep 0 * inf = NaN (all-zero class weights), as in torch.
+        row_grad = torch.where((target == ignore_index).unsqueeze(1), 0.0, row_grad)
+    return row_grad
+
+
 def _reduce(row_loss, denominator, reduction):
     if reduction == "none":
         return row_loss
@@ -473,13 +493,8 @@ def _forward(logits, target, target_b, lam, weight, ignore_index, reduction, lab
             target_b=target_b, lam=lam)
         denominator = denominator.float()
         if grad is not None:
-            scale = 1.0 / denominator if reduction == "mean" else 1.0
-            row_grad = row_grad * scale
-            if target_b is None and not target.is_floating_point():
-                # Ignored rows stay exactly zero when everything is ignored (0 * inf), as in torch;
-                # rows that count keep 0 * inf = NaN (all-zero class weights), as in torch.
-                row_grad = torch.where((target == ignore_index).unsqueeze(1), 0.0, row_grad)
-            grad.copy_(row_grad)
+            grad.copy_(_scaled_reference_gradient(row_grad, denominator, None, reduction, target, target_b,
+                                                  ignore_index))
         return _reduce(row_loss.float(), denominator, reduction)
     denominator = _denominator(logits, target, target_b, weight, ignore_index)
     grad_scale = (1.0 / denominator if reduction == "mean" else torch.ones((), device=logits.device)).float()
@@ -576,11 +591,62 @@ def _(grad, grad_output, backend):
     return None
 
 
+# What backward may read again, in the order the Functions take them.
+_HELD_INPUT_NAMES = ("logits", "target", "target_b", "lam", "weight")
+
+
+def _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
+    """Keeps the forward's inputs for a backward that builds a graph (double backward).
+
+    They are held, not saved with save_for_backward, so that the usual backward, which reads only
+    the gradient buffer, still allows them to change in place after the forward (as torch's does).
+    Their version counters are noted (eagerly; dynamo cannot trace them) and checked when read.
+    """
+    ctx.held = (logits, target, target_b, lam, weight)
+    ctx.held_versions = None if torch.compiler.is_compiling() else tuple(
+        None if tensor is None else tensor._version for tensor in ctx.held)
+    ctx.options = (ignore_index, reduction, label_smoothing)
+    ctx.backend = backend
+
+
+def _held_inputs(ctx):
+    """The forward's inputs, or a RuntimeError if any of them was modified in place since."""
+    if ctx.held_versions is not None:
+        for name, tensor, version in zip(_HELD_INPUT_NAMES, ctx.held, ctx.held_versions):
+            if tensor is not None and tensor._version != version:
+                raise RuntimeError(f"cross_entropy's backward needs the {name} as the forward saw them, but they "
+                                   "were modified in place since; compute the loss after that modification")
+    return ctx.held
+
+
+def _differentiable_gradient(ctx, grad_loss):
+    """d loss / d logits in differentiable torch ops, recomputed from the held logits (the reference
+    formula), for a backward that builds a graph: create_graph=True gives second derivatives."""
+    logits, target, target_b, lam, weight = _held_inputs(ctx)
+    ignore_index, reduction, label_smoothing = ctx.options
+    _, row_grad, denominator = reference.cross_entropy_rows(
+        logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        target_b=target_b, lam=lam, math_dtype=_math_dtype(logits))
+    return _scaled_reference_gradient(row_grad, denominator, grad_loss, reduction, target, target_b,
+                                      ignore_index).to(logits.dtype)
+
+
 def _scaled_saved_gradient(ctx, grad_loss):
-    """The backward of the three Functions below: the gradient the forward wrote, scaled in place
-    by grad_output, for the logits (their other inputs get none)."""
+    """The gradient the forward wrote, scaled in place by grad_output."""
     (grad,) = ctx.saved_tensors
     scale_grad_op(grad, grad_loss, ctx.backend)
+    return grad
+
+
+def _backward(ctx, grad_loss):
+    """The backward of the Functions below: the logits' gradient (their other inputs get none)."""
+    if torch.is_grad_enabled():  # create_graph=True: the gradient must carry a graph
+        if ctx.overwrote_logits:
+            raise RuntimeError("double backward (create_graph=True) needs the logits, but inplace_backward=True "
+                               "overwrote the logits with the gradient; use inplace_backward=False")
+        grad = _differentiable_gradient(ctx, grad_loss)
+    else:
+        grad = _scaled_saved_gradient(ctx, grad_loss)
     return (grad,) + (None,) * 8
 
 
@@ -589,7 +655,8 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     Backward scales that buffer in place by grad_output and hands it on: no second N x C
     allocation. Scaling bumps its version, so a second backward through the same graph
-    (retain_graph) raises instead of scaling twice.
+    (retain_graph) raises instead of scaling twice. A backward that builds a graph
+    (create_graph=True) recomputes the gradient from the held logits in differentiable torch ops.
     """
 
     @staticmethod
@@ -598,19 +665,21 @@ class CrossEntropyFunction(torch.autograd.Function):
         loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
                                           label_smoothing, backend)
         ctx.save_for_backward(grad)
-        ctx.backend = backend
+        _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend)
+        ctx.overwrote_logits = False
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _scaled_saved_gradient(ctx, grad_loss)
+        return _backward(ctx, grad_loss)
 
 
 class CrossEntropyInplaceFunction(torch.autograd.Function):
     """inplace_backward=True: the logits' storage receives the gradient in the forward.
 
     The logits are marked dirty, so autograd raises if anything else saved them for its
-    backward, instead of handing it a gradient where it expects logits.
+    backward, instead of handing it a gradient where it expects logits. Double backward
+    raises: the logits it would need are gone.
     """
 
     @staticmethod
@@ -620,11 +689,12 @@ class CrossEntropyInplaceFunction(torch.autograd.Function):
         ctx.mark_dirty(logits)
         ctx.save_for_backward(logits)
         ctx.backend = backend
+        ctx.overwrote_logits = True
         return loss, logits  # autograd wants the dirty tensor among the outputs
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_overwritten_logits):
-        return _scaled_saved_gradient(ctx, grad_loss)
+        return _backward(ctx, grad_loss)
 
 
 class CrossEntropyInplaceViewFunction(torch.autograd.Function):
@@ -642,11 +712,12 @@ class CrossEntropyInplaceViewFunction(torch.autograd.Function):
                                         label_smoothing, backend)
         ctx.save_for_backward(logits)
         ctx.backend = backend
+        ctx.overwrote_logits = True
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _scaled_saved_gradient(ctx, grad_loss)
+        return _backward(ctx, grad_loss)
 
 
 # ----------------------------------------------------------------------------- public API

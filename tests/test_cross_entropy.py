@@ -337,6 +337,66 @@ def test_backward_twice_raises_instead_of_double_scaling(backend):
         loss.backward()
 
 
+def second_order_sample(target_kind, rows=6, features=3, num_classes=5, seed=0):
+    """Features, a classifier's weight, and (our target, torch's target, whether it is smoothed already):
+    index targets have an ignored row."""
+    generator = torch.Generator().manual_seed(seed)
+    features_ = torch.randn(rows, features, generator=generator).to(DEVICE)
+    classifier = torch.randn(num_classes, features, generator=generator).to(DEVICE)
+    if target_kind == "index":
+        target = torch.randint(0, num_classes, (rows,), generator=generator)
+        target[1] = -100
+        return features_, classifier, target.to(DEVICE), target.to(DEVICE), False
+    if target_kind == "probabilities":
+        target = torch.softmax(torch.randn(rows, num_classes, generator=generator), 1).to(DEVICE)
+        return features_, classifier, target, target.double(), False
+    mixed = rk.MixedTarget(*(torch.randint(0, num_classes, (rows,), generator=generator).to(DEVICE) for _ in "ab"),
+                           torch.rand(rows, generator=generator).to(DEVICE))
+    return features_, classifier, mixed, None, True
+
+
+@pytest.mark.parametrize("target_kind", ["index", "probabilities", "mixed"])
+@pytest.mark.parametrize("weighted, label_smoothing, reduction",
+                         [(False, 0.0, "mean"), (True, 0.1, "mean"), (True, 0.0, "sum"), (False, 0.2, "none"),
+                          (True, 0.1, "none")])
+def test_double_backward_matches_torch(backend, target_kind, weighted, label_smoothing, reduction):
+    # A gradient penalty through a classifier: d/dW |d loss/d features|^2 needs d^2 loss/d logits^2, and
+    # with a grad_output that requires grad (reduction="none") d/d grad_output of the first gradient.
+    features, classifier, target, torch_target, smoothed = second_order_sample(target_kind)
+    if smoothed:
+        torch_target = target.dense(5, label_smoothing, dtype=torch.float64)
+    weight = torch.rand(5, generator=torch.Generator().manual_seed(1)).to(DEVICE) + 0.5 if weighted else None
+    probe = torch.randn(features.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+
+    def penalty_gradients(dtype, loss_fn):
+        x = features.to(dtype).requires_grad_()
+        w = classifier.to(dtype).requires_grad_()
+        loss = loss_fn(x @ w.t())
+        grad_output = torch.ones_like(loss) if reduction != "none" else \
+            torch.linspace(0.5, 2.0, loss.numel(), dtype=dtype, device=DEVICE).requires_grad_()
+        (grad_x,) = torch.autograd.grad(loss, x, grad_output, create_graph=True)
+        penalty = grad_x.pow(2).sum() + (grad_x * probe.to(dtype)).sum()
+        inputs = (w, x) + ((grad_output,) if grad_output.requires_grad else ())
+        return torch.autograd.grad(penalty, inputs)
+
+    ours = penalty_gradients(torch.float32, lambda logits: rk.cross_entropy(
+        logits, target, weight=weight, reduction=reduction, label_smoothing=label_smoothing, backend=backend))
+    theirs = penalty_gradients(torch.float64, lambda logits: F.cross_entropy(
+        logits, torch_target, weight=None if weight is None else weight.double(), reduction=reduction,
+        label_smoothing=0.0 if smoothed else label_smoothing))
+    for actual, expected in zip(ours, theirs):
+        torch.testing.assert_close(actual.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_double_backward_after_inplace_backward_raises(backend):
+    logits, target, _ = sample_inputs((4, 6))
+    leaf = logits.clone().requires_grad_()
+    for view in (lambda x: x, lambda x: x.view(-1, 6)):
+        loss = rk.cross_entropy(view(leaf * 1.0), target, inplace_backward=True, backend=backend)
+        with pytest.raises(RuntimeError, match="inplace_backward=True overwrote the logits"):
+            torch.autograd.grad(loss, leaf, create_graph=True)
+
+
 @pytest.mark.parametrize("target_kind", ["index", "mixed", "probabilities"])
 def test_inplace_backward_writes_gradient_into_logits(backend, target_kind):
     logits, target, weight = sample_inputs((5, 12), ignored=(1,), weighted=True)
