@@ -29,7 +29,7 @@ void dropout_bias_backward_host(uintptr_t grad, uintptr_t seed, uintptr_t grad_x
 void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
                        uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
                        int64_t num_classes, int64_t inner_size, int64_t splits, int64_t ignore_index,
-                       float label_smoothing, int kind, int dtype, uintptr_t stream);
+                       float label_smoothing, bool per_row_scale, int kind, int dtype, uintptr_t stream);
 void cross_entropy_scale_grad(uintptr_t grad, uintptr_t factor, int64_t n, int64_t num_classes, int64_t inner_size,
                               bool per_row, int dtype, uintptr_t stream);
 void cross_entropy_host(const float* x, const int64_t* target, const int64_t* target_b, const float* lam,
@@ -114,7 +114,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("target"), py::arg("target_b"), py::arg("lam"), py::arg("weight"), py::arg("grad_scale"),
         py::arg("loss"), py::arg("grad"), py::arg("partial"), py::arg("rows"), py::arg("num_classes"),
         py::arg("inner_size"), py::arg("splits"), py::arg("ignore_index"), py::arg("label_smoothing"),
-        py::arg("kind"), py::arg("dtype"), py::arg("stream"));
+        py::arg("per_row_scale"), py::arg("kind"), py::arg("dtype"), py::arg("stream"));
   m.def("cross_entropy_scale_grad", &recipe_kernels::cross_entropy_scale_grad,
         "grad *= factor in place (scalar or per row), skipping factors of exactly 1", py::arg("grad"),
         py::arg("factor"), py::arg("n"), py::arg("num_classes"), py::arg("inner_size"), py::arg("per_row"),

@@ -160,12 +160,13 @@ struct CrossEntropyArgs {
   const int64_t* target_b;
   const float* lam;
   const float* weight;
-  const float* grad_scale;
+  const float* grad_scale;  // the gradient's factor: one value, or one per row when per_row_scale
   float* loss;
   void* grad;
   float* partial;
   int64_t num_classes, inner_size, chunk_size, num_splits, ignore_index;
   float label_smoothing;
+  bool per_row_scale;
 };
 
 __device__ inline RowStats shuffle_stats(const RowStats& s, int lane_mask) {
@@ -226,12 +227,13 @@ __device__ RowStats chunk_statistics(const CrossEntropyArgs& a, int64_t row_offs
 
 // Sweep 2: the gradient of classes [start, end) of one row.
 template <typename T, int kKind>
-__device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row_offset, int64_t start, int64_t end,
-                                     float row_max, float log_sum, float factor, const RowCoefficients& k) {
+__device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row, int64_t row_offset, int64_t start,
+                                     int64_t end, float row_max, float log_sum, float factor,
+                                     const RowCoefficients& k) {
   const T* x = static_cast<const T*>(a.x);
   const T* q = reinterpret_cast<const T*>(a.target);
   T* grad = static_cast<T*>(a.grad);
-  const float grad_scale = *a.grad_scale;
+  const float grad_scale = a.per_row_scale ? a.grad_scale[row] : *a.grad_scale;
   for (int64_t c = start + threadIdx.x; c < end; c += kThreads) {
     const int64_t offset = row_offset + c * a.inner_size;
     const float w = a.weight != nullptr ? a.weight[c] : 1.f;
@@ -245,7 +247,8 @@ __device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row_offs
 // Cross-entropy of one row, or of one chunk of it when num_splits > 1; grid (rows, splits).
 // Inputs: logits as (N, C, inner_size), targets (int64 (rows,) indices; two of them and lam (N,) for
 // MixedTarget; or probabilities in the logits' dtype and layout), weight (fp32 (C,), optional),
-// grad_scale (one fp32). Outputs: loss (fp32 (rows,)), grad (logits' layout, optional, may be x).
+// grad_scale (fp32: one, or one per row). Outputs: loss (fp32 (rows,)), grad (logits' layout, optional,
+// may be x).
 // Bytes: one DRAM read of the row for sweep 1; sweep 2 re-reads it (from L2 while a block's row fits:
 // 512 threads work on one row at a time) and writes the gradient once; 8 B of target and 4 B of loss
 // per row. Split rows write 32 B of partials per block instead and leave the rest to the finisher.
@@ -278,7 +281,7 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_fwd_kernel(CrossEntrop
   float loss, factor;
   row_loss_and_factor(stats, k, x_a, x_b, a.label_smoothing, log_sum, &loss, &factor);
   if (threadIdx.x == 0) a.loss[row] = loss;
-  if (a.grad != nullptr) write_chunk_gradient<T, kKind>(a, row_offset, start, end, stats.max, log_sum, factor, k);
+  if (a.grad != nullptr) write_chunk_gradient<T, kKind>(a, row, row_offset, start, end, stats.max, log_sum, factor, k);
 }
 
 // Second kernel of split rows, grid (rows, splits): merges the row's partials, writes the loss (split 0)
@@ -306,7 +309,7 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_split_finish_kernel(Cr
   if (a.grad != nullptr) {
     const int64_t start = split * a.chunk_size;
     const int64_t end = start + a.chunk_size < a.num_classes ? start + a.chunk_size : a.num_classes;
-    write_chunk_gradient<T, kKind>(a, row_offset, start, end, stats.max, log_sum, factor, k);
+    write_chunk_gradient<T, kKind>(a, row, row_offset, start, end, stats.max, log_sum, factor, k);
   }
 }
 
@@ -329,7 +332,7 @@ __global__ void scale_gradient_kernel(T* grad, const float* factor, int64_t n, i
 void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
                        uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
                        int64_t num_classes, int64_t inner_size, int64_t splits, int64_t ignore_index,
-                       float label_smoothing, int kind, int dtype, uintptr_t stream) {
+                       float label_smoothing, bool per_row_scale, int kind, int dtype, uintptr_t stream) {
   if (rows <= 0 || num_classes <= 0) return;
   if (rows > INT32_MAX) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: more than 2^31 rows");
   if (splits < 1 || splits > 65535) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: bad split count");
@@ -337,7 +340,8 @@ void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintpt
                      reinterpret_cast<const int64_t*>(target_b), reinterpret_cast<const float*>(lam),
                      reinterpret_cast<const float*>(weight), reinterpret_cast<const float*>(grad_scale),
                      reinterpret_cast<float*>(loss), reinterpret_cast<void*>(grad), reinterpret_cast<float*>(partial),
-                     num_classes, inner_size, ceil_div(num_classes, splits), splits, ignore_index, label_smoothing};
+                     num_classes, inner_size, ceil_div(num_classes, splits), splits, ignore_index, label_smoothing,
+                     per_row_scale};
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
   const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
   dispatch_float_dtype(dtype, [&](auto type_tag) {

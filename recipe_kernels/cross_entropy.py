@@ -55,6 +55,12 @@ SPLIT_CHUNK = 16384
 # sum w q (x - max), x[y_a], x[y_b].
 PARTIAL_FIELDS = 8
 SCALE_BLOCK = 2048
+# float16 ends its normal range at 6.1e-5: a gradient stored in fp16 with the mean's 1/denominator
+# folded in, then multiplied by a loss scale (2^10 .. 2^16), has lost the bits of its small entries
+# (relative errors of 0.3 against float64). In fp16 the forward therefore computes the loss alone and
+# backward writes the gradient, grad_output and 1/denominator folded in, rounded once. bf16 has fp32's
+# range and keeps the single pass.
+GRADIENT_IN_BACKWARD_DTYPES = (torch.float16,)
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -205,18 +211,27 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_
 
 
 @triton.jit
+def _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE: tl.constexpr):
+    """The factor of this row's gradient: one value for all rows, or one per row."""
+    if PER_ROW_SCALE:
+        return tl.load(grad_scale_ptr + row)
+    return tl.load(grad_scale_ptr)
+
+
+@triton.jit
 def _cross_entropy_fwd_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
         partial_ptr, num_classes, inner_size, chunk_size, ignore_index, label_smoothing,
         TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
+        WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
         BLOCKS_PER_CHUNK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
     """Cross-entropy of one row (or of one chunk of it when SPLIT), grid (rows, splits).
 
     Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
     apart), the target (int64 (rows,) indices, two of them and lam (N,) for MixedTarget, or
-    probabilities of x's layout), class weights (fp32 (C,), optional), grad_scale (one fp32:
-    1 / mean denominator or 1). Outputs: loss (fp32 (rows,)) and, when WRITE_GRAD, grad in
+    probabilities of x's layout), class weights (fp32 (C,), optional), grad_scale (fp32: the
+    gradient's factor, grad_output / mean denominator, one value or one per row when
+    PER_ROW_SCALE). Outputs: loss (fp32 (rows,)) and, when WRITE_GRAD, grad in
     x's layout (may be x itself: each block is read before it is overwritten).
 
     Without SPLIT, one program per row: sweep 1 reads the row once for the statistics,
@@ -268,7 +283,7 @@ def _cross_entropy_fwd_kernel(
         if WRITE_GRAD:
             _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                                   row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                                  tl.load(grad_scale_ptr), BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT,
+                                  _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT,
                                   HAS_SMOOTHING, EMULATE_BF16_RTNE)
 
 
@@ -277,7 +292,7 @@ def _cross_entropy_split_finish_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
         partial_ptr, num_classes, inner_size, chunk_size, num_splits, ignore_index, label_smoothing,
         TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr,
+        WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr,
         SPLITS_BLOCK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
     """Second kernel of a split row, grid (rows, splits): merge the row's partial statistics,
     write its loss (split 0) and the gradient of this program's chunk.
@@ -323,7 +338,7 @@ def _cross_entropy_split_finish_kernel(
         end = tl.minimum(start + chunk_size, num_classes)
         _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                               row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                              tl.load(grad_scale_ptr), BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT,
+                              _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT,
                               HAS_SMOOTHING, EMULATE_BF16_RTNE)
 
 
@@ -390,8 +405,8 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, grad_scale, loss, gr
             weight if weight is not None else grad_scale, grad_scale, loss,
             grad if grad is not None else x, partial, num_classes, inner_size, chunk)
     flags = dict(TARGET_KIND=target_kind, HAS_WEIGHT=weight is not None, HAS_SMOOTHING=label_smoothing > 0.0,
-                 WRITE_GRAD=grad is not None, BLOCK=block, BLOCKS_PER_CHUNK=chunk // block,
-                 EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=num_warps)
+                 WRITE_GRAD=grad is not None, PER_ROW_SCALE=grad_scale.numel() > 1, BLOCK=block,
+                 BLOCKS_PER_CHUNK=chunk // block, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=num_warps)
     with _backend.device_guard(x.device):
         _cross_entropy_fwd_kernel[(rows, splits)](*args, ignore_index, label_smoothing, SPLIT=splits > 1, **flags)
         if splits > 1:
@@ -415,8 +430,8 @@ def _cross_entropy_cuda(x, target, target_b, lam, weight, grad_scale, loss, grad
     _backend._C.cross_entropy_fwd(
         x.data_ptr(), target.data_ptr(), pointer(target_b), pointer(lam), pointer(weight),
         grad_scale.data_ptr(), loss.data_ptr(), pointer(grad), partial.data_ptr(), rows, num_classes,
-        x.numel() // (x.shape[0] * num_classes), splits, ignore_index, label_smoothing, target_kind,
-        _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+        x.numel() // (x.shape[0] * num_classes), splits, ignore_index, label_smoothing, grad_scale.numel() > 1,
+        target_kind, _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
 
 
 def _scale_gradient_triton(grad, factor, per_row):
@@ -485,26 +500,29 @@ def _reduce(row_loss, denominator, reduction):
 
 
 def _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-             backend, grad, splits):
-    """Reduced loss; writes the scaled gradient into `grad` when it is not None."""
+             backend, grad, splits, grad_output=None):
+    """Reduced loss; writes the gradient into `grad` when it is not None, for grad_output (None: 1;
+    a scalar, or one value per row for reduction="none")."""
     if backend == "torch":
         row_loss, row_grad, denominator = reference.cross_entropy_rows(
             logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
             target_b=target_b, lam=lam)
         denominator = denominator.float()
         if grad is not None:
-            grad.copy_(_scaled_reference_gradient(row_grad, denominator, None, reduction, target, target_b,
+            grad.copy_(_scaled_reference_gradient(row_grad, denominator, grad_output, reduction, target, target_b,
                                                   ignore_index))
         return _reduce(row_loss.float(), denominator, reduction)
     denominator = _denominator(logits, target, target_b, weight, ignore_index)
     grad_scale = (1.0 / denominator if reduction == "mean" else torch.ones((), device=logits.device)).float()
+    if grad_output is not None:  # one fp32 per row when grad_output has one value per row
+        grad_scale = grad_scale * grad_output.float()
     row_loss = torch.empty(_row_shape(logits), dtype=torch.float32, device=logits.device)
     if row_loss.numel() > 0 and logits.shape[1] > 0:
         launcher = _cross_entropy_triton if backend == "triton" else _cross_entropy_cuda
         if splits <= 0:
             splits = split_count(row_loss.numel(), logits.shape[1], logits.device)
-        launcher(logits, target, target_b, lam, weight, grad_scale.reshape(1), row_loss, grad, ignore_index,
-                 label_smoothing, _target_kind(target, target_b), splits)
+        launcher(logits, target, target_b, lam, weight, grad_scale.reshape(-1).contiguous(), row_loss, grad,
+                 ignore_index, label_smoothing, _target_kind(target, target_b), splits)
     return _reduce(row_loss, denominator, reduction)
 
 
@@ -544,31 +562,34 @@ def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoo
 def cross_entropy_with_grad_op(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor,
                                target_b: Optional[torch.Tensor], lam: Optional[torch.Tensor],
                                weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
-                               label_smoothing: float, backend: str, splits: int = 0) -> torch.Tensor:
-    """The loss; writes d loss / d logits for grad_output = 1 into `grad` (contiguous, logits' shape)."""
+                               label_smoothing: float, backend: str, splits: int = 0,
+                               grad_output: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The loss; writes d loss / d logits for grad_output (None: 1) into `grad` (contiguous, logits' shape)."""
     logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
     return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
-                    grad, splits)
+                    grad, splits, grad_output)
 
 
 @cross_entropy_with_grad_op.register_fake
-def _(logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0):
+def _(logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0,
+      grad_output=None):
     return _fake_loss(logits, reduction)
 
 
 @torch.library.custom_op("recipe_kernels::cross_entropy_inplace_", mutates_args=("logits",))
 def cross_entropy_inplace_op(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
                              lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
-                             reduction: str, label_smoothing: float, backend: str,
-                             splits: int = 0) -> torch.Tensor:
-    """The loss; overwrites the (contiguous) logits with d loss / d logits for grad_output = 1."""
+                             reduction: str, label_smoothing: float, backend: str, splits: int = 0,
+                             grad_output: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The loss; overwrites the (contiguous) logits with d loss / d logits for grad_output (None: 1)."""
     _, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
     return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
-                    logits, splits)
+                    logits, splits, grad_output)
 
 
 @cross_entropy_inplace_op.register_fake
-def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0):
+def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0,
+      grad_output=None):
     return _fake_loss(logits, reduction)
 
 
@@ -638,16 +659,33 @@ def _scaled_saved_gradient(ctx, grad_loss):
     return grad
 
 
+def _gradient_written_in_backward(ctx, grad_loss):
+    """The gradient for grad_output, written now from the held logits in one pass (rounded once):
+    into a new buffer, or over the logits themselves for inplace_backward=True."""
+    logits, target, target_b, lam, weight = _held_inputs(ctx)
+    ignore_index, reduction, label_smoothing = ctx.options
+    if ctx.gradient_into_logits:
+        cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
+                                 ctx.backend, grad_output=grad_loss)
+        return logits.detach()
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
+                               label_smoothing, ctx.backend, grad_output=grad_loss)
+    return grad
+
+
 def _backward(ctx, grad_loss):
-    """The backward of the Functions below: the logits' gradient (their other inputs get none)."""
+    """The backward of the Functions below: the logits' gradient."""
     if torch.is_grad_enabled():  # create_graph=True: the gradient must carry a graph
         if ctx.overwrote_logits:
             raise RuntimeError("double backward (create_graph=True) needs the logits, but inplace_backward=True "
                                "overwrote the logits with the gradient; use inplace_backward=False")
         grad = _differentiable_gradient(ctx, grad_loss)
-    else:
+    elif ctx.gradient_written:
         grad = _scaled_saved_gradient(ctx, grad_loss)
-    return (grad,) + (None,) * 8
+    else:
+        grad = _gradient_written_in_backward(ctx, grad_loss)
+    return grad
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -655,23 +693,33 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     Backward scales that buffer in place by grad_output and hands it on: no second N x C
     allocation. Scaling bumps its version, so a second backward through the same graph
-    (retain_graph) raises instead of scaling twice. A backward that builds a graph
-    (create_graph=True) recomputes the gradient from the held logits in differentiable torch ops.
+    (retain_graph) raises instead of scaling twice. In float16 (GRADIENT_IN_BACKWARD_DTYPES)
+    the forward computes the loss alone and backward writes the gradient for grad_output,
+    into a new buffer or (gradient_into_logits, inplace_backward=True) over the logits.
+    A backward that builds a graph (create_graph=True) recomputes the gradient from the held
+    logits in differentiable torch ops.
     """
 
     @staticmethod
-    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
-        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
-                                          label_smoothing, backend)
-        ctx.save_for_backward(grad)
+    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
+                gradient_into_logits):
+        ctx.gradient_written = logits.dtype not in GRADIENT_IN_BACKWARD_DTYPES
+        if ctx.gradient_written:
+            grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+            loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
+                                              label_smoothing, backend)
+            ctx.save_for_backward(grad)
+        else:
+            loss = cross_entropy_op(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
+                                    backend)
         _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend)
+        ctx.gradient_into_logits = gradient_into_logits
         ctx.overwrote_logits = False
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _backward(ctx, grad_loss)
+        return (_backward(ctx, grad_loss),) + (None,) * 9  # the other inputs get none
 
 
 class CrossEntropyInplaceFunction(torch.autograd.Function):
@@ -689,12 +737,12 @@ class CrossEntropyInplaceFunction(torch.autograd.Function):
         ctx.mark_dirty(logits)
         ctx.save_for_backward(logits)
         ctx.backend = backend
-        ctx.overwrote_logits = True
+        ctx.gradient_written = ctx.overwrote_logits = True
         return loss, logits  # autograd wants the dirty tensor among the outputs
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_overwritten_logits):
-        return _backward(ctx, grad_loss)
+        return (_backward(ctx, grad_loss),) + (None,) * 8
 
 
 class CrossEntropyInplaceViewFunction(torch.autograd.Function):
@@ -712,12 +760,12 @@ class CrossEntropyInplaceViewFunction(torch.autograd.Function):
                                         label_smoothing, backend)
         ctx.save_for_backward(logits)
         ctx.backend = backend
-        ctx.overwrote_logits = True
+        ctx.gradient_written = ctx.overwrote_logits = True
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _backward(ctx, grad_loss)
+        return (_backward(ctx, grad_loss),) + (None,) * 8
 
 
 # ----------------------------------------------------------------------------- public API
@@ -855,6 +903,9 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
         if (logits if logits._base is None else logits._base).is_leaf:  # torch refuses in-place writes to leaves
             raise ValueError("inplace_backward=True would overwrite a leaf tensor that requires grad (the logits "
                              "or the tensor they view); pass logits computed from it, or inplace_backward=False")
+        if logits.dtype in GRADIENT_IN_BACKWARD_DTYPES:  # backward writes over them; the forward leaves them be
+            return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing,
+                                              backend, True)
         if logits._base is not None:
             return CrossEntropyInplaceViewFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
                                                          label_smoothing, backend)
@@ -862,4 +913,4 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
                                                     label_smoothing, backend)
         return loss
     return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                      backend)
+                                      backend, False)

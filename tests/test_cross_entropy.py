@@ -128,6 +128,55 @@ def test_half_precision_logits(backend, dtype, weighted):
     assert_matches_torch(logits, target, backend, "none", weight=weight, label_smoothing=0.0)
 
 
+FP16_MIN_NORMAL = 2.0 ** -14
+FP16_MAX = 65504.0
+
+
+@pytest.mark.parametrize("grad_output", [1.0, 2.0 ** 10, 2.0 ** 16, 3.7])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_float16_gradient_under_loss_scaling(backend, grad_output, reduction, inplace):
+    # GradScaler's recipe: confident fp16 logits, the loss times 2^10 .. 2^16. The gradient must be the
+    # float64 one rounded once to fp16: relative 1e-3 where it is a normal fp16 number, within half a
+    # subnormal step below that, and inf where float64's exceeds fp16's range (as F.cross_entropy's).
+    generator = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 50, (16,), generator=generator)
+    logits = (10 * F.one_hot(target, 50) + 0.5 * torch.randn(16, 50, generator=generator)).half().to(DEVICE)
+    target = target.to(DEVICE)
+    scale = torch.full((16,) if reduction == "none" else (), grad_output, device=DEVICE)
+    leaf = logits.clone().requires_grad_()
+    loss = rk.cross_entropy(leaf * 1.0, target, reduction=reduction, inplace_backward=inplace, backend=backend)
+    loss.backward(scale)
+    _, expected = torch_loss_and_grad(logits, target, scale, reduction=reduction)
+    grad = leaf.grad.double()
+    overflow = expected.abs() > FP16_MAX
+    assert torch.equal(grad[overflow], expected[overflow].sign() * float("inf"))
+    error = (grad - expected).abs()[~overflow]
+    bound = torch.maximum(1e-3 * expected.abs(), torch.full_like(expected, 2.0 ** -25))[~overflow]
+    assert bool((error <= bound).all()), f"largest excess {(error - bound).max().item():.3g}"
+    assert bool((expected.abs() >= FP16_MIN_NORMAL).any())  # the loss scale lifts small entries into range
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_autocast_takes_logits_as_they_are(backend, reduction):
+    # Under autocast a linear layer gives bf16 logits; the loss is fp32 (as F.cross_entropy's, which
+    # autocast runs in fp32) and equals F.cross_entropy on those same logits in float64.
+    layer = torch.nn.Linear(8, 10).to(DEVICE)
+    features = torch.randn(6, 8, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    _, target, _ = sample_inputs((6, 10), ignored=(2,))
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        logits = layer(features)
+        loss = rk.cross_entropy(logits, target, reduction=reduction, label_smoothing=0.1, backend=backend)
+        theirs = F.cross_entropy(logits, target, reduction=reduction, label_smoothing=0.1)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == theirs.dtype == torch.float32
+    expected_loss, expected_grad = torch_loss_and_grad(logits, target, torch.ones_like(loss), reduction=reduction,
+                                                       label_smoothing=0.1)
+    torch.testing.assert_close(loss.detach().double(), expected_loss, **LOSS_TOLERANCE)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.bfloat16])
+
+
 def test_large_logits_are_stable(backend):
     logits, target, _ = sample_inputs((4, 50))
     logits = logits * 1000  # exp would overflow without the running max
