@@ -829,6 +829,24 @@ def _check_target(logits, target):
     return target.to(torch.int64), None, None
 
 
+def _may_receive_gradient(logits):
+    """Whether inplace_backward=True may write the gradient into the logits' storage (they are contiguous
+    and neither a leaf nor a view of one). Not when they are a view of part of a tensor: split, chunk,
+    unbind, tensor_split or slicing give sibling views, which share the base's version counter, so
+    writing into one makes the other's backward raise; and not when autograd forbids in-place writes
+    to the view (outputs of split/chunk/unbind, views made under no_grad), as it does for any in-place op.
+    Those logits get a separate gradient buffer instead, decided before anything is written."""
+    base = logits._base
+    if base is None:
+        return True
+    if logits.numel() != base.numel():
+        return False
+    # Dynamo cannot trace the creation record; under torch.compile such a view fails its tracing
+    # (on fake tensors, before anything runs).
+    return torch.compiler.is_compiling() or \
+        torch._C._autograd._get_creation_meta(logits) == torch._C._autograd.CreationMeta.DEFAULT
+
+
 def _validate_indices(num_classes, indices, ignore_index):
     """Host-side range check (syncs the device): only with validate=True."""
     for y, allowed_ignore in indices:
@@ -863,9 +881,10 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     validate=True (one host sync) every backend raises ValueError, as it does for a tensor
     lam of a MixedTarget outside [0, 1]. A row whose target is ignore_index has loss and
     gradient exactly 0 even if its logits hold NaN or inf (torch's gradient is NaN there).
-    inplace_backward=True writes the gradient into the logits' storage (they may be a view,
-    such as logits.view(-1, C), but neither a leaf nor a view of one: ValueError; nothing else
-    may need them: autograd raises if something does); non-contiguous logits fall back to a
+    inplace_backward=True writes the gradient into the logits' storage (they may be a view of a
+    whole tensor, such as logits.view(-1, C), but neither a leaf nor a view of one: ValueError;
+    nothing else may need them: autograd raises if something does); non-contiguous logits and
+    views of part of a tensor (split, chunk, unbind, tensor_split, slices) fall back to a
     separate gradient buffer.
     Backward through the same loss twice (retain_graph) raises: its buffer is scaled in place.
     """
@@ -903,14 +922,15 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
         if (logits if logits._base is None else logits._base).is_leaf:  # torch refuses in-place writes to leaves
             raise ValueError("inplace_backward=True would overwrite a leaf tensor that requires grad (the logits "
                              "or the tensor they view); pass logits computed from it, or inplace_backward=False")
-        if logits.dtype in GRADIENT_IN_BACKWARD_DTYPES:  # backward writes over them; the forward leaves them be
-            return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                              backend, True)
-        if logits._base is not None:
-            return CrossEntropyInplaceViewFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
-                                                         label_smoothing, backend)
-        loss, _ = CrossEntropyInplaceFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
-                                                    label_smoothing, backend)
-        return loss
+        if _may_receive_gradient(logits):
+            if logits.dtype in GRADIENT_IN_BACKWARD_DTYPES:  # backward writes over them; the forward leaves them be
+                return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
+                                                  label_smoothing, backend, True)
+            if logits._base is not None:
+                return CrossEntropyInplaceViewFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
+                                                             label_smoothing, backend)
+            loss, _ = CrossEntropyInplaceFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
+                                                        label_smoothing, backend)
+            return loss
     return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing,
                                       backend, False)
