@@ -95,7 +95,8 @@ __host__ __device__ inline void add_group(RowStats& stats, const float (&x)[kGro
 }
 
 // What the target asks of one row: with s = x - max and L = log sum exp(s),
-// loss = a_a (L - s[y_a]) + a_b (L - s[y_b]) + beta (W L - sum w s) + (1 - e)(sum w q L - sum w q s). y_a/y_b are -1 where no class matches; an index outside [0, C)
+// loss = a_a (L - s[y_a]) + a_b (L - s[y_b]) + beta (W L - sum w s) + (1 - e)(sum w q L - sum w q s).
+// y_a/y_b are -1 where no class matches; an index outside [0, C)
 // (other than an ignored one) is never used as an address and makes a_a NaN.
 struct RowCoefficients {
   float a_a, a_b, beta;
@@ -132,7 +133,8 @@ __host__ __device__ inline void row_loss_and_factor(const RowStats& stats, const
                                                     float* factor) {
   const float one_minus_eps = 1.f - label_smoothing;
   float value = k.a_a * (log_sum - (x_a - stats.max)) + k.a_b * (log_sum - (x_b - stats.max)) +
-                k.beta * (stats.sum_w * log_sum - stats.sum_wx) + one_minus_eps * (stats.sum_wq * log_sum - stats.sum_wqx);
+                k.beta * (stats.sum_w * log_sum - stats.sum_wx) +
+                one_minus_eps * (stats.sum_wq * log_sum - stats.sum_wqx);
   *loss = k.active ? value : 0.f;
   *factor = k.a_a + k.a_b + k.beta * stats.sum_w + one_minus_eps * stats.sum_wq;
 }
@@ -146,6 +148,12 @@ __host__ __device__ inline float gradient_element(int64_t c, float x, float w, f
   if (c == k.y_a) grad -= k.a_a;
   if (c == k.y_b) grad -= k.a_b;
   return grad * grad_scale;
+}
+
+// d loss / d q_c of a probability target, times grad_scale: -(1 - e) w_c log p_c.
+__host__ __device__ inline float target_gradient_element(float x, float w, float row_max, float log_sum,
+                                                         float label_smoothing, float grad_scale) {
+  return -(1.f - label_smoothing) * w * ((x - row_max) - log_sum) * grad_scale;
 }
 
 namespace {
@@ -167,6 +175,7 @@ struct CrossEntropyArgs {
   int64_t num_classes, inner_size, chunk_size, num_splits, ignore_index;
   float label_smoothing;
   bool per_row_scale;
+  bool grad_of_target;  // grad receives d loss / d target (probabilities) instead of d loss / d logits
 };
 
 __device__ inline RowStats shuffle_stats(const RowStats& s, int lane_mask) {
@@ -225,7 +234,7 @@ __device__ RowStats chunk_statistics(const CrossEntropyArgs& a, int64_t row_offs
                                           end, threadIdx.x, a.label_smoothing > 0.f, kKind == kProbabilityTarget));
 }
 
-// Sweep 2: the gradient of classes [start, end) of one row.
+// Sweep 2: the gradient of classes [start, end) of one row (with respect to the target when grad_of_target).
 template <typename T, int kKind>
 __device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row, int64_t row_offset, int64_t start,
                                      int64_t end, float row_max, float log_sum, float factor,
@@ -239,8 +248,10 @@ __device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row, int
     const float w = a.weight != nullptr ? a.weight[c] : 1.f;
     const float qc = kKind == kProbabilityTarget ? to_float(q[offset]) : 0.f;
     // Read before written: with inplace_backward grad and x share storage, element by element.
-    grad[offset] = from_float<T>(gradient_element(c, to_float(x[offset]), w, qc, row_max, log_sum, factor, k,
-                                                  a.label_smoothing, grad_scale));
+    const float xc = to_float(x[offset]);
+    grad[offset] = from_float<T>(
+        a.grad_of_target ? target_gradient_element(xc, w, row_max, log_sum, a.label_smoothing, grad_scale)
+                         : gradient_element(c, xc, w, qc, row_max, log_sum, factor, k, a.label_smoothing, grad_scale));
   }
 }
 
@@ -332,7 +343,8 @@ __global__ void scale_gradient_kernel(T* grad, const float* factor, int64_t n, i
 void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
                        uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
                        int64_t num_classes, int64_t inner_size, int64_t splits, int64_t ignore_index,
-                       float label_smoothing, bool per_row_scale, int kind, int dtype, uintptr_t stream) {
+                       float label_smoothing, bool per_row_scale, bool grad_of_target, int kind, int dtype,
+                       uintptr_t stream) {
   if (rows <= 0 || num_classes <= 0) return;
   if (rows > INT32_MAX) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: more than 2^31 rows");
   if (splits < 1 || splits > 65535) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: bad split count");
@@ -341,7 +353,7 @@ void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintpt
                      reinterpret_cast<const float*>(weight), reinterpret_cast<const float*>(grad_scale),
                      reinterpret_cast<float*>(loss), reinterpret_cast<void*>(grad), reinterpret_cast<float*>(partial),
                      num_classes, inner_size, ceil_div(num_classes, splits), splits, ignore_index, label_smoothing,
-                     per_row_scale};
+                     per_row_scale, grad_of_target};
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
   const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
   dispatch_float_dtype(dtype, [&](auto type_tag) {
@@ -403,13 +415,14 @@ RowStats block_merge_host(RowStats (&stats)[kThreads]) {
 
 }  // namespace
 
-// The kernels' arithmetic on the CPU for fp32 (rows, C) logits: losses and gradients for grad_scale 1.
+// The kernels' arithmetic on the CPU for fp32 (rows, C) logits: losses and gradients for grad_scale 1,
+// with respect to the logits or (of_target, probabilities) to the target.
 // Each row is cut into chunks of `chunk` classes as split rows are (a chunk >= C: one block per row);
 // within a chunk every thread of a block gathers its classes and block_merge's order combines them;
 // the chunks then merge in order, as the finishing kernel does. For tests without a GPU.
 void cross_entropy_host(const float* x, const int64_t* target, const int64_t* target_b, const float* lam,
                         const float* weight, const float* q, int64_t rows, int64_t num_classes, int64_t ignore_index,
-                        float label_smoothing, int kind, int64_t chunk, float* loss, float* grad) {
+                        float label_smoothing, int kind, int64_t chunk, bool of_target, float* loss, float* grad) {
   const bool smoothing = label_smoothing > 0.f;
   RowStats per_thread[kThreads];
   for (int64_t row = 0; row < rows; ++row) {
@@ -433,9 +446,11 @@ void cross_entropy_host(const float* x, const int64_t* target, const int64_t* ta
     float factor;
     row_loss_and_factor(stats, k, x_a, x_b, label_smoothing, log_sum, &loss[row], &factor);
     for (int64_t c = 0; c < num_classes; ++c) {
-      grad[row * num_classes + c] = gradient_element(c, xr[c], weight != nullptr ? weight[c] : 1.f,
-                                                     qr != nullptr ? qr[c] : 0.f, stats.max, log_sum, factor, k,
-                                                     label_smoothing, 1.f);
+      const float w = weight != nullptr ? weight[c] : 1.f;
+      grad[row * num_classes + c] =
+          of_target ? target_gradient_element(xr[c], w, stats.max, log_sum, label_smoothing, 1.f)
+                    : gradient_element(c, xr[c], w, qr != nullptr ? qr[c] : 0.f, stats.max, log_sum, factor, k,
+                                       label_smoothing, 1.f);
     }
   }
 }

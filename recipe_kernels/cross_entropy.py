@@ -184,9 +184,12 @@ def _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_
 def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_stride, start, end,
                           row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing, grad_scale,
                           BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
-                          HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+                          HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr,
+                          EMULATE_BF16_RTNE: tl.constexpr):
     """grad_c = grad_scale (p_c K - a_a [c == y_a] - a_b [c == y_b] - beta w_c - (1-e) w_c q_c)
-    over classes [start, end), all in fp32 and rounded once; zero for an inactive row."""
+    over classes [start, end), all in fp32 and rounded once; zero for an inactive row. With
+    OF_TARGET (probability targets) the gradient with respect to q instead:
+    grad_scale (-(1-e) w_c log p_c)."""
     lanes = tl.arange(0, BLOCK).to(tl.int64)
     # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
     for block in range(BLOCKS_PER_CHUNK):
@@ -194,13 +197,17 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_
         in_row = classes < end
         offsets = row_offset + classes * class_stride
         x = tl.load(x_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
-        grad = tl.exp((x - row_max) - log_sum) * factor
-        grad -= tl.where(classes == y_a, a_a, 0.0) + tl.where(classes == y_b, a_b, 0.0)
+        log_p = (x - row_max) - log_sum
         if HAS_SMOOTHING or IS_PROB:
             if HAS_WEIGHT:
                 w = tl.load(weight_ptr + classes, mask=in_row, other=0.0)
             else:
                 w = 1.0
+        if OF_TARGET:
+            grad = -(1.0 - label_smoothing) * w * log_p
+        else:
+            grad = tl.exp(log_p) * factor
+            grad -= tl.where(classes == y_a, a_a, 0.0) + tl.where(classes == y_b, a_b, 0.0)
             if HAS_SMOOTHING:
                 grad -= beta * w
             if IS_PROB:
@@ -223,16 +230,17 @@ def _cross_entropy_fwd_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
         partial_ptr, num_classes, inner_size, chunk_size, ignore_index, label_smoothing,
         TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
-        BLOCKS_PER_CHUNK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+        WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, OF_TARGET: tl.constexpr, SPLIT: tl.constexpr,
+        BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
     """Cross-entropy of one row (or of one chunk of it when SPLIT), grid (rows, splits).
 
     Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
     apart), the target (int64 (rows,) indices, two of them and lam (N,) for MixedTarget, or
     probabilities of x's layout), class weights (fp32 (C,), optional), grad_scale (fp32: the
     gradient's factor, grad_output / mean denominator, one value or one per row when
-    PER_ROW_SCALE). Outputs: loss (fp32 (rows,)) and, when WRITE_GRAD, grad in
-    x's layout (may be x itself: each block is read before it is overwritten).
+    PER_ROW_SCALE). Outputs: loss (fp32 (rows,)) and, when WRITE_GRAD, grad in x's layout (may
+    be x itself: each block is read before it is overwritten): the gradient with respect to the
+    logits, or with OF_TARGET to the probability target.
 
     Without SPLIT, one program per row: sweep 1 reads the row once for the statistics,
     sweep 2 reads it again to write the gradient. While a program works on one row the row
@@ -283,8 +291,8 @@ def _cross_entropy_fwd_kernel(
         if WRITE_GRAD:
             _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                                   row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                                  _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT,
-                                  HAS_SMOOTHING, EMULATE_BF16_RTNE)
+                                  _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK,
+                                  TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, EMULATE_BF16_RTNE)
 
 
 @triton.jit
@@ -292,7 +300,8 @@ def _cross_entropy_split_finish_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
         partial_ptr, num_classes, inner_size, chunk_size, num_splits, ignore_index, label_smoothing,
         TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr,
+        WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, OF_TARGET: tl.constexpr, BLOCK: tl.constexpr,
+        BLOCKS_PER_CHUNK: tl.constexpr,
         SPLITS_BLOCK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
     """Second kernel of a split row, grid (rows, splits): merge the row's partial statistics,
     write its loss (split 0) and the gradient of this program's chunk.
@@ -338,8 +347,8 @@ def _cross_entropy_split_finish_kernel(
         end = tl.minimum(start + chunk_size, num_classes)
         _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                               row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                              _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT,
-                              HAS_SMOOTHING, EMULATE_BF16_RTNE)
+                              _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK,
+                              TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, EMULATE_BF16_RTNE)
 
 
 @triton.jit
@@ -389,7 +398,7 @@ def _block_and_warps(num_classes):
 
 
 def _cross_entropy_triton(x, target, target_b, lam, weight, grad_scale, loss, grad, ignore_index,
-                          label_smoothing, target_kind, splits):
+                          label_smoothing, target_kind, splits, of_target):
     num_classes = x.shape[1]
     rows = loss.numel()
     inner_size = x.numel() // (x.shape[0] * num_classes)
@@ -405,7 +414,7 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, grad_scale, loss, gr
             weight if weight is not None else grad_scale, grad_scale, loss,
             grad if grad is not None else x, partial, num_classes, inner_size, chunk)
     flags = dict(TARGET_KIND=target_kind, HAS_WEIGHT=weight is not None, HAS_SMOOTHING=label_smoothing > 0.0,
-                 WRITE_GRAD=grad is not None, PER_ROW_SCALE=grad_scale.numel() > 1, BLOCK=block,
+                 WRITE_GRAD=grad is not None, PER_ROW_SCALE=grad_scale.numel() > 1, OF_TARGET=of_target, BLOCK=block,
                  BLOCKS_PER_CHUNK=chunk // block, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=num_warps)
     with _backend.device_guard(x.device):
         _cross_entropy_fwd_kernel[(rows, splits)](*args, ignore_index, label_smoothing, SPLIT=splits > 1, **flags)
@@ -416,7 +425,7 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, grad_scale, loss, gr
 
 
 def _cross_entropy_cuda(x, target, target_b, lam, weight, grad_scale, loss, grad, ignore_index,
-                        label_smoothing, target_kind, splits):
+                        label_smoothing, target_kind, splits, of_target):
     num_classes = x.shape[1]
     rows = loss.numel()
     partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=torch.float32,
@@ -427,11 +436,15 @@ def _cross_entropy_cuda(x, target, target_b, lam, weight, grad_scale, loss, grad
 
     if target_kind == PROBABILITIES:
         target = target.to(x.dtype)  # the CUDA kernels read probabilities in the logits' dtype
+    # ... and write every gradient in it: the target's gradient passes through a buffer of that dtype.
+    out = grad if grad is None or grad.dtype == x.dtype else torch.empty_like(grad, dtype=x.dtype)
     _backend._C.cross_entropy_fwd(
         x.data_ptr(), target.data_ptr(), pointer(target_b), pointer(lam), pointer(weight),
-        grad_scale.data_ptr(), loss.data_ptr(), pointer(grad), partial.data_ptr(), rows, num_classes,
+        grad_scale.data_ptr(), loss.data_ptr(), pointer(out), partial.data_ptr(), rows, num_classes,
         x.numel() // (x.shape[0] * num_classes), splits, ignore_index, label_smoothing, grad_scale.numel() > 1,
-        target_kind, _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+        of_target, target_kind, _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+    if out is not grad:
+        grad.copy_(out)
 
 
 def _scale_gradient_triton(grad, factor, per_row):
@@ -500,15 +513,19 @@ def _reduce(row_loss, denominator, reduction):
 
 
 def _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-             backend, grad, splits, grad_output=None):
+             backend, grad, splits, grad_output=None, of_target=False):
     """Reduced loss; writes the gradient into `grad` when it is not None, for grad_output (None: 1;
-    a scalar, or one value per row for reduction="none")."""
+    a scalar, or one value per row for reduction="none"): with respect to the logits, or with
+    of_target to the probability target."""
     if backend == "torch":
         row_loss, row_grad, denominator = reference.cross_entropy_rows(
             logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
             target_b=target_b, lam=lam)
         denominator = denominator.float()
         if grad is not None:
+            if of_target:
+                row_grad = reference.cross_entropy_target_gradient(logits, weight=weight,
+                                                                   label_smoothing=label_smoothing)
             grad.copy_(_scaled_reference_gradient(row_grad, denominator, grad_output, reduction, target, target_b,
                                                   ignore_index))
         return _reduce(row_loss.float(), denominator, reduction)
@@ -522,7 +539,7 @@ def _forward(logits, target, target_b, lam, weight, ignore_index, reduction, lab
         if splits <= 0:
             splits = split_count(row_loss.numel(), logits.shape[1], logits.device)
         launcher(logits, target, target_b, lam, weight, grad_scale.reshape(-1).contiguous(), row_loss, grad,
-                 ignore_index, label_smoothing, _target_kind(target, target_b), splits)
+                 ignore_index, label_smoothing, _target_kind(target, target_b), splits, of_target)
     return _reduce(row_loss, denominator, reduction)
 
 
@@ -532,10 +549,11 @@ def _contiguous_inputs(logits, target, target_b, lam, weight):
 
 
 # ----------------------------------------------------------------------------- registration
-# Three ops: the loss alone (no gradient wanted); the loss writing the gradient into a given
-# buffer; the loss writing the gradient over the logits. The gradient-writing ops mutate a
-# tensor, which register_autograd does not accept, so CrossEntropyFunction carries the
-# autograd formula (torch.compile traces it). `splits` <= 0 picks the split count.
+# Four ops: the loss alone (no gradient wanted); the loss writing the gradient into a given
+# buffer; the loss writing the gradient over the logits; a probability target's gradient into a
+# given buffer. The gradient-writing ops mutate a tensor, which register_autograd does not accept,
+# so the autograd.Functions below carry the autograd formulas (torch.compile traces them).
+# `splits` <= 0 picks the split count.
 
 
 @torch.library.custom_op("recipe_kernels::cross_entropy", mutates_args=())
@@ -593,6 +611,23 @@ def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoo
     return _fake_loss(logits, reduction)
 
 
+@torch.library.custom_op("recipe_kernels::cross_entropy_target_grad_", mutates_args=("grad",))
+def cross_entropy_target_grad_op(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor,
+                                 weight: Optional[torch.Tensor], reduction: str, label_smoothing: float, backend: str,
+                                 splits: int = 0, grad_output: Optional[torch.Tensor] = None) -> None:
+    """Writes d loss / d target of probability targets (contiguous, the target's shape) into `grad`, for
+    grad_output (None: 1): -(1 - e) w_c log p_c per element, reduced like the loss. The row's log-sum-exp
+    comes from the logits in the same pass."""
+    logits, target, _, _, weight = _contiguous_inputs(logits, target, None, None, weight)
+    _forward(logits, target, None, None, weight, -100, reduction, label_smoothing, backend, grad, splits,
+             grad_output, of_target=True)
+
+
+@cross_entropy_target_grad_op.register_fake
+def _(logits, grad, target, weight, reduction, label_smoothing, backend, splits=0, grad_output=None):
+    return None
+
+
 @torch.library.custom_op("recipe_kernels::cross_entropy_scale_grad_", mutates_args=("grad",))
 def scale_grad_op(grad: torch.Tensor, grad_output: torch.Tensor, backend: str) -> None:
     """grad *= grad_output in place: a scalar, or one value per row (reduction="none")."""
@@ -640,16 +675,36 @@ def _held_inputs(ctx):
     return ctx.held
 
 
-def _differentiable_gradient(ctx, grad_loss):
-    """d loss / d logits in differentiable torch ops, recomputed from the held logits (the reference
-    formula), for a backward that builds a graph: create_graph=True gives second derivatives."""
+def _differentiable_gradients(ctx, grad_loss):
+    """d loss / d logits and d loss / d target in differentiable torch ops, recomputed from the held
+    inputs (the reference formulas), for a backward that builds a graph: create_graph=True gives
+    second derivatives. None for an input that needs no gradient."""
     logits, target, target_b, lam, weight = _held_inputs(ctx)
     ignore_index, reduction, label_smoothing = ctx.options
+    math_dtype = _math_dtype(logits)
     _, row_grad, denominator = reference.cross_entropy_rows(
         logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        target_b=target_b, lam=lam, math_dtype=_math_dtype(logits))
-    return _scaled_reference_gradient(row_grad, denominator, grad_loss, reduction, target, target_b,
-                                      ignore_index).to(logits.dtype)
+        target_b=target_b, lam=lam, math_dtype=math_dtype)
+    grad = grad_target = None
+    if ctx.needs_input_grad[0]:
+        grad = _scaled_reference_gradient(row_grad, denominator, grad_loss, reduction, target, target_b,
+                                          ignore_index).to(logits.dtype)
+    if ctx.needs_input_grad[1]:
+        target_grad = reference.cross_entropy_target_gradient(logits, weight=weight, label_smoothing=label_smoothing,
+                                                              math_dtype=math_dtype)
+        grad_target = _scaled_reference_gradient(target_grad, denominator, grad_loss, reduction, target, target_b,
+                                                 ignore_index).to(target.dtype)
+    return grad, grad_target
+
+
+def _target_gradient(ctx, grad_loss):
+    """d loss / d target of a probability target for grad_output, from the held logits (one pass)."""
+    logits, target, _, _, weight = _held_inputs(ctx)
+    _, reduction, label_smoothing = ctx.options
+    grad = torch.empty_like(target, memory_format=torch.contiguous_format)
+    cross_entropy_target_grad_op(logits, grad, target, weight, reduction, label_smoothing, ctx.backend,
+                                 grad_output=grad_loss)
+    return grad
 
 
 def _scaled_saved_gradient(ctx, grad_loss):
@@ -675,17 +730,22 @@ def _gradient_written_in_backward(ctx, grad_loss):
 
 
 def _backward(ctx, grad_loss):
-    """The backward of the Functions below: the logits' gradient."""
-    if torch.is_grad_enabled():  # create_graph=True: the gradient must carry a graph
+    """The backward of the Functions below: the gradients of the logits and of the target (None where
+    not needed)."""
+    if torch.is_grad_enabled():  # create_graph=True: the gradients must carry a graph
         if ctx.overwrote_logits:
             raise RuntimeError("double backward (create_graph=True) needs the logits, but inplace_backward=True "
                                "overwrote the logits with the gradient; use inplace_backward=False")
-        grad = _differentiable_gradient(ctx, grad_loss)
+        return _differentiable_gradients(ctx, grad_loss)
+    # The target's gradient reads the logits: first, before backward may write over them.
+    grad_target = _target_gradient(ctx, grad_loss) if ctx.needs_input_grad[1] else None
+    if not ctx.needs_input_grad[0]:
+        grad = None
     elif ctx.gradient_written:
         grad = _scaled_saved_gradient(ctx, grad_loss)
     else:
         grad = _gradient_written_in_backward(ctx, grad_loss)
-    return grad
+    return grad, grad_target
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -696,14 +756,15 @@ class CrossEntropyFunction(torch.autograd.Function):
     (retain_graph) raises instead of scaling twice. In float16 (GRADIENT_IN_BACKWARD_DTYPES)
     the forward computes the loss alone and backward writes the gradient for grad_output,
     into a new buffer or (gradient_into_logits, inplace_backward=True) over the logits.
-    A backward that builds a graph (create_graph=True) recomputes the gradient from the held
-    logits in differentiable torch ops.
+    A probability target's gradient is written in backward from the held logits. A backward
+    that builds a graph (create_graph=True) recomputes the gradients from the held inputs in
+    differentiable torch ops.
     """
 
     @staticmethod
     def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
                 gradient_into_logits):
-        ctx.gradient_written = logits.dtype not in GRADIENT_IN_BACKWARD_DTYPES
+        ctx.gradient_written = ctx.needs_input_grad[0] and logits.dtype not in GRADIENT_IN_BACKWARD_DTYPES
         if ctx.gradient_written:
             grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
             loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
@@ -719,7 +780,7 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return (_backward(ctx, grad_loss),) + (None,) * 9  # the other inputs get none
+        return _backward(ctx, grad_loss) + (None,) * 8  # the other inputs get none
 
 
 class CrossEntropyInplaceFunction(torch.autograd.Function):
@@ -742,7 +803,7 @@ class CrossEntropyInplaceFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_overwritten_logits):
-        return (_backward(ctx, grad_loss),) + (None,) * 8
+        return _backward(ctx, grad_loss) + (None,) * 7
 
 
 class CrossEntropyInplaceViewFunction(torch.autograd.Function):
@@ -765,7 +826,7 @@ class CrossEntropyInplaceViewFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return (_backward(ctx, grad_loss),) + (None,) * 8
+        return _backward(ctx, grad_loss) + (None,) * 7
 
 
 # ----------------------------------------------------------------------------- public API
@@ -818,9 +879,6 @@ def _check_target(logits, target):
                              f"{logits.shape[1]}")
         if target.dtype not in _backend.CUDA_DTYPE_CODES:
             raise TypeError(f"probability target must be float32, float16 or bfloat16, got {target.dtype}")
-        if target.requires_grad and torch.is_grad_enabled():
-            raise ValueError("gradients with respect to probability targets are not supported; pass "
-                             "target.detach()")
         return target, None, None
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         raise TypeError(f"class-index target must be an integer tensor, got {target.dtype}")
@@ -886,6 +944,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     nothing else may need them: autograd raises if something does); non-contiguous logits and
     views of part of a tensor (split, chunk, unbind, tensor_split, slices) fall back to a
     separate gradient buffer.
+    A probability target that requires grad gets torch's gradient, -(1 - e) w_c log p_c per element
+    reduced like the loss. Second derivatives (create_graph=True) are torch's.
     Backward through the same loss twice (retain_graph) raises: its buffer is scaled in place.
     """
     _check_logits(logits)
@@ -916,16 +976,21 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     backend = _backend.resolve("cross_entropy", logits.device, backend)
     weight = None if weight is None else weight.float()
     lam = None if lam is None else lam.float()
-    if not (torch.is_grad_enabled() and logits.requires_grad):
+    target_needs_grad = y_a.requires_grad  # only probabilities can
+    if not (torch.is_grad_enabled() and (logits.requires_grad or target_needs_grad)):
         return cross_entropy_op(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, backend)
-    if inplace_backward and logits.is_contiguous():
+    if inplace_backward and logits.requires_grad and logits.is_contiguous():
         if (logits if logits._base is None else logits._base).is_leaf:  # torch refuses in-place writes to leaves
             raise ValueError("inplace_backward=True would overwrite a leaf tensor that requires grad (the logits "
                              "or the tensor they view); pass logits computed from it, or inplace_backward=False")
-        if _may_receive_gradient(logits):
-            if logits.dtype in GRADIENT_IN_BACKWARD_DTYPES:  # backward writes over them; the forward leaves them be
-                return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
-                                                  label_smoothing, backend, True)
+        # Logits that cannot take the gradient get a separate buffer (below). A target that needs its
+        # gradient reads them in backward, so they must stay until then: only float16, whose backward
+        # writes over them after that, keeps them in place.
+        writable = _may_receive_gradient(logits)
+        if writable and logits.dtype in GRADIENT_IN_BACKWARD_DTYPES:  # the forward leaves them be
+            return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing,
+                                              backend, True)
+        if writable and not target_needs_grad:
             if logits._base is not None:
                 return CrossEntropyInplaceViewFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
                                                              label_smoothing, backend)

@@ -119,6 +119,14 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
     return losses.reshape(row_shape), grad.contiguous(), denominator
 
 
+def cross_entropy_target_gradient(logits, *, weight=None, label_smoothing=0.0, math_dtype=torch.float32):
+    """d(sum of per-row losses) / d q for class probabilities q of logits' shape, in math_dtype:
+    -(1 - e) w_c log_softmax(logits)_c (torch smooths q as (1 - e) q + e / C before using it)."""
+    logp = torch.log_softmax(logits.to(math_dtype), dim=1)
+    w = 1.0 if weight is None else weight.to(math_dtype).reshape((-1,) + (1,) * (logits.dim() - 2))
+    return -(1.0 - label_smoothing) * w * logp
+
+
 # ----------------------------------------------------------------------------- mixing (CutMix, MixUp, random erasing)
 
 # The codes of recipe_kernels.mixing.MixMode (kept here as ints: mixing imports this module).

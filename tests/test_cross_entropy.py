@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import recipe_kernels as rk
 from recipe_kernels import _backend, reference
 from recipe_kernels.cross_entropy import (MAX_BLOCK, cross_entropy_inplace_op, cross_entropy_op,
-                                          cross_entropy_with_grad_op, scale_grad_op, split_count)
+                                          cross_entropy_target_grad_op, cross_entropy_with_grad_op, scale_grad_op,
+                                          split_count)
 
 from conftest import DEVICE
 
@@ -278,6 +279,123 @@ def test_probability_target_wide_rows(backend):
     assert_matches_torch(logits, probabilities, backend, "sum", torch_target=probabilities, label_smoothing=0.1)
 
 
+def probability_gradients(logits, probabilities, loss_fn, grad_output_seed=5, logits_need_grad=True):
+    """(loss, d loss/d logits or None, d loss/d probabilities) for loss_fn(logits, probabilities), with a
+    random grad_output of the loss's shape."""
+    x = logits.detach().clone().requires_grad_(logits_need_grad)
+    q = probabilities.detach().clone().requires_grad_()
+    loss = loss_fn(x, q)
+    grad_output = torch.rand(loss.shape, generator=torch.Generator().manual_seed(grad_output_seed)).to(DEVICE) + 0.5
+    inputs = (x, q) if logits_need_grad else (q,)
+    grads = torch.autograd.grad(loss, inputs, grad_output.to(loss.dtype))
+    return (loss.detach(),) + ((None,) if not logits_need_grad else ()) + grads
+
+
+@pytest.mark.parametrize("shape", [(5, 11), (2, 4, 3)])
+@pytest.mark.parametrize("weighted, label_smoothing, reduction",
+                         [(False, 0.0, "mean"), (True, 0.2, "mean"), (True, 0.0, "sum"), (False, 0.1, "none"),
+                          (True, 0.3, "none")])
+@pytest.mark.parametrize("logits_need_grad", [True, False])
+def test_probability_target_gradient_matches_torch(backend, shape, weighted, label_smoothing, reduction,
+                                                   logits_need_grad):
+    # d loss / d q = -(1 - e) w_c log p_c per element, reduced like the loss (torch smooths q as
+    # (1 - e) q + e / C).
+    logits, _, weight = sample_inputs(shape, weighted=weighted)
+    probabilities = torch.softmax(torch.randn(shape, generator=torch.Generator().manual_seed(3)), 1).to(DEVICE)
+    options = dict(weight=weight, reduction=reduction, label_smoothing=label_smoothing)
+    loss, grad, grad_target = probability_gradients(
+        logits, probabilities, lambda x, q: rk.cross_entropy(x, q, backend=backend, **options),
+        logits_need_grad=logits_need_grad)
+    options["weight"] = None if weight is None else weight.double()
+    expected_loss, expected_grad, expected_grad_target = probability_gradients(
+        logits.double(), probabilities.double(), lambda x, q: F.cross_entropy(x, q, **options),
+        logits_need_grad=logits_need_grad)
+    torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
+    assert grad_target.dtype == probabilities.dtype and grad_target.shape == probabilities.shape
+    torch.testing.assert_close(grad_target.double(), expected_grad_target, rtol=1e-5, atol=1e-6)
+    if logits_need_grad:
+        torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_probability_target_gradient_with_inplace_backward(backend, inplace, dtype):
+    # The target's gradient reads the logits in backward: inplace_backward keeps them until then (float16
+    # writes its gradient over them after; the others fall back to a buffer).
+    logits, _, weight = sample_inputs((6, 10), dtype=dtype, weighted=True)
+    probabilities = torch.softmax(torch.randn(6, 10, generator=torch.Generator().manual_seed(3)), 1).to(DEVICE)
+    leaf = logits.clone().requires_grad_()
+    q = probabilities.clone().requires_grad_()
+    loss = rk.cross_entropy(leaf * 1.0, q, weight=weight, label_smoothing=0.1, inplace_backward=inplace,
+                            backend=backend)
+    (256 * loss).backward()
+    x = logits.double().requires_grad_()
+    q64 = probabilities.double().requires_grad_()
+    (256 * F.cross_entropy(x, q64, weight=weight.double(), label_smoothing=0.1)).backward()
+    torch.testing.assert_close(leaf.grad.double(), x.grad, **GRAD_TOLERANCE[dtype])
+    torch.testing.assert_close(q.grad.double(), q64.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_probability_target_gradient_split_rows(backend):
+    # Rows split over two programs: each writes its chunk of d loss/d q from the merged statistics.
+    logits, _, weight = sample_inputs((3, 2 * MAX_BLOCK), weighted=True)
+    probabilities = torch.softmax(torch.randn(3, 2 * MAX_BLOCK, generator=torch.Generator().manual_seed(3)),
+                                  1).to(DEVICE)
+    grad_output = torch.tensor([0.5, 2.0, -1.0], device=DEVICE)
+    grad = torch.empty_like(probabilities)
+    cross_entropy_target_grad_op(logits, grad, probabilities, weight, "none", 0.1, backend, 2, grad_output)
+    q = probabilities.double().requires_grad_()
+    loss = F.cross_entropy(logits.double(), q, weight=weight.double(), reduction="none", label_smoothing=0.1)
+    (expected,) = torch.autograd.grad(loss, q, grad_output.double())
+    torch.testing.assert_close(grad.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+# torch's OpInfo samples are float64; the kernels' math here is fp32, so the samples run in fp32 and
+# compare with torch's float64 results.
+OPINFO_DTYPE = torch.float32
+
+
+@pytest.fixture(scope="module")
+def torch_opinfo_samples():
+    """torch's own OpInfo samples for nn.functional.cross_entropy (CPU, float64): index and probability
+    targets (the latter requiring grad), spatial dims, weights (negative ones too), ignore_index, reductions."""
+    pytest.importorskip("expecttest", reason="torch.testing._internal needs expecttest")
+    from torch.testing._internal.common_methods_invocations import op_db
+    (opinfo,) = [op for op in op_db if op.name == "nn.functional.cross_entropy" and not op.variant_test_name]
+    return list(opinfo.sample_inputs("cpu", torch.float64, requires_grad=True))
+
+
+def opinfo_tensor(tensor):
+    """A sample's tensor on the test device, floating ones in OPINFO_DTYPE."""
+    if tensor is None:
+        return None
+    return tensor.detach().to(DEVICE, OPINFO_DTYPE if tensor.is_floating_point() else tensor.dtype)
+
+
+def test_torch_opinfo_samples(backend, torch_opinfo_samples):
+    def run(loss_fn, logits, target, weight, kwargs):
+        x = logits.detach().clone().requires_grad_()
+        inputs = (x,)
+        if target.is_floating_point():
+            target = target.detach().clone().requires_grad_()
+            inputs += (target,)
+        loss = loss_fn(x, target, weight=weight, **kwargs)
+        grad_output = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device).reshape(loss.shape)
+        return (loss.detach(),) + torch.autograd.grad(loss, inputs, grad_output)
+
+    assert len(torch_opinfo_samples) >= 20
+    for sample in torch_opinfo_samples:
+        (target,) = sample.args
+        kwargs = dict(sample.kwargs)
+        weight = kwargs.pop("weight", None)
+        expected = run(F.cross_entropy, sample.input, target, weight, kwargs)
+        ours = run(lambda *args, **options: rk.cross_entropy(*args, backend=backend, **options),
+                   opinfo_tensor(sample.input), opinfo_tensor(target), opinfo_tensor(weight), kwargs)
+        for actual, wanted in zip(ours, expected):
+            torch.testing.assert_close(actual.cpu().double(), wanted, rtol=1e-5, atol=1e-5,
+                                       msg=lambda text: f"{sample}: {text}")
+
+
 # ----------------------------------------------------------------------------- MixedTarget
 
 
@@ -417,21 +535,23 @@ def test_double_backward_matches_torch(backend, target_kind, weighted, label_smo
     weight = torch.rand(5, generator=torch.Generator().manual_seed(1)).to(DEVICE) + 0.5 if weighted else None
     probe = torch.randn(features.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
 
-    def penalty_gradients(dtype, loss_fn):
+    def penalty_gradients(dtype, target, loss_fn):
+        # A probability target requires grad too: its first gradient enters the penalty as well.
         x = features.to(dtype).requires_grad_()
         w = classifier.to(dtype).requires_grad_()
-        loss = loss_fn(x @ w.t())
+        q = (target.detach().to(dtype).requires_grad_(),) if target_kind == "probabilities" else ()
+        loss = loss_fn(x @ w.t(), q[0] if q else target)
         grad_output = torch.ones_like(loss) if reduction != "none" else \
             torch.linspace(0.5, 2.0, loss.numel(), dtype=dtype, device=DEVICE).requires_grad_()
-        (grad_x,) = torch.autograd.grad(loss, x, grad_output, create_graph=True)
-        penalty = grad_x.pow(2).sum() + (grad_x * probe.to(dtype)).sum()
-        inputs = (w, x) + ((grad_output,) if grad_output.requires_grad else ())
+        first = torch.autograd.grad(loss, (x,) + q, grad_output, create_graph=True)
+        penalty = first[0].pow(2).sum() + (first[0] * probe.to(dtype)).sum() + sum(g.pow(2).sum() for g in first[1:])
+        inputs = (w, x) + q + ((grad_output,) if grad_output.requires_grad else ())
         return torch.autograd.grad(penalty, inputs)
 
-    ours = penalty_gradients(torch.float32, lambda logits: rk.cross_entropy(
+    ours = penalty_gradients(torch.float32, target, lambda logits, target: rk.cross_entropy(
         logits, target, weight=weight, reduction=reduction, label_smoothing=label_smoothing, backend=backend))
-    theirs = penalty_gradients(torch.float64, lambda logits: F.cross_entropy(
-        logits, torch_target, weight=None if weight is None else weight.double(), reduction=reduction,
+    theirs = penalty_gradients(torch.float64, torch_target, lambda logits, target: F.cross_entropy(
+        logits, target, weight=None if weight is None else weight.double(), reduction=reduction,
         label_smoothing=0.0 if smoothed else label_smoothing))
     for actual, expected in zip(ours, theirs):
         torch.testing.assert_close(actual.double(), expected, rtol=1e-5, atol=1e-6)
@@ -635,6 +755,11 @@ def test_opcheck(backend, target_kind):
     torch.library.opcheck(cross_entropy_inplace_op, (logits.clone(), target, target_b, lam, weight, -100,
                                                      "mean", 0.1, backend))
     torch.library.opcheck(scale_grad_op, (torch.randn(4, 6, device=DEVICE), torch.randn(4, device=DEVICE), backend))
+    if target_kind == "probabilities":
+        for reduction, grad_output in (("mean", torch.tensor(3.0, device=DEVICE)),
+                                       ("none", torch.rand(4, device=DEVICE))):
+            torch.library.opcheck(cross_entropy_target_grad_op, (logits, torch.empty_like(target), target, weight,
+                                                                 reduction, 0.1, backend, 0, grad_output))
 
 
 def test_compile_fullgraph(backend):
@@ -722,8 +847,9 @@ def test_cuda_arithmetic_on_host(target_kind, weighted, chunk):
     torch.testing.assert_close(torch.from_numpy(grad).double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
 
 
-def cuda_host_rows(logits, target, weight, label_smoothing, chunk):
-    """_C.cross_entropy_host on CPU tensors: (per-row losses, gradient of their sum)."""
+def cuda_host_rows(logits, target, weight, label_smoothing, chunk, of_target=False):
+    """_C.cross_entropy_host on CPU tensors: (per-row losses, gradient of their sum with respect to the
+    logits, or with of_target to the probability target)."""
     empty_i, empty_f = torch.empty(0, dtype=torch.int64), torch.empty(0)
     target_b = lam = q = None
     if isinstance(target, rk.MixedTarget):
@@ -735,8 +861,22 @@ def cuda_host_rows(logits, target, weight, label_smoothing, chunk):
     loss, grad = _backend._C.cross_entropy_host(
         logits.cpu().numpy(), target.cpu().numpy(), (empty_i if target_b is None else target_b.cpu()).numpy(),
         (empty_f if lam is None else lam.cpu()).numpy(), (empty_f if weight is None else weight.cpu()).numpy(),
-        (empty_f if q is None else q.cpu()).numpy(), -100, label_smoothing, kind, chunk)
+        (empty_f if q is None else q.cpu()).numpy(), -100, label_smoothing, kind, chunk, of_target)
     return torch.from_numpy(loss), torch.from_numpy(grad)
+
+
+@pytest.mark.skipif(not hasattr(_backend._C, "cross_entropy_host"), reason="CUDA extension not built")
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("chunk", [5, 64], ids=["split-chunks", "whole-rows"])
+def test_cuda_arithmetic_probability_target_gradient(weighted, chunk):
+    logits, _, weight = sample_inputs((6, 23), weighted=weighted)
+    probabilities = torch.softmax(torch.randn(6, 23, generator=torch.Generator().manual_seed(3)), 1)
+    _, grad = cuda_host_rows(logits.cpu(), probabilities, None if weight is None else weight.cpu(), 0.1, chunk,
+                             of_target=True)
+    q = probabilities.double().requires_grad_()
+    loss = F.cross_entropy(logits.cpu().double(), q, weight=None if weight is None else weight.cpu().double(),
+                           reduction="sum", label_smoothing=0.1)
+    torch.testing.assert_close(grad.double(), torch.autograd.grad(loss, q)[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not hasattr(_backend._C, "cross_entropy_host"), reason="CUDA extension not built")

@@ -180,6 +180,15 @@ def ce_compare(backend, base, target, view=lambda x: x, torch_target=None, **opt
     return loss.detach(), grad, expected.detach(), expected_grad
 
 
+def ce_target_gradients(backend, logits, probabilities, **options):
+    """d loss / d target of a probability target: ours and F.cross_entropy's in float64."""
+    ours = probabilities.detach().clone().requires_grad_()
+    (grad,) = torch.autograd.grad(rk.cross_entropy(logits, ours, backend=backend, **options), ours)
+    theirs = probabilities.detach().double().requires_grad_()
+    (expected,) = torch.autograd.grad(F.cross_entropy(logits.double(), theirs, **options), theirs)
+    return grad, expected
+
+
 def ce_matches(result, rtol=1e-5, atol=1e-5):
     loss, grad, expected, expected_grad = result
     return (torch.allclose(loss.double(), expected, rtol=rtol, atol=atol, equal_nan=True)
@@ -323,8 +332,10 @@ case("cross_entropy", "ignore_index inside [0, C)", check=ce_matches, check_text
 case("cross_entropy", "weight that requires grad", ValueError, r"weight.detach\(\)")(
     lambda b: rk.cross_entropy(ce_logits(4, 5).requires_grad_(), labels(),
                                weight=torch.ones(5, device=DEVICE, requires_grad=True), backend=b))
-case("cross_entropy", "probability target that requires grad", ValueError, r"target.detach\(\)")(
-    lambda b: rk.cross_entropy(ce_logits(4, 5), torch.rand(4, 5, device=DEVICE, requires_grad=True), backend=b))
+case("cross_entropy", "probability target that requires grad",
+     check=lambda r: torch.allclose(r[0].double(), r[1], rtol=1e-5, atol=1e-6),
+     check_text="its gradient, -(1-ε)·w·log p reduced like the loss, equals F.cross_entropy's (float64)")(
+    lambda b: ce_target_gradients(b, ce_logits(4, 5), torch.softmax(ce_logits(5, 4), 0).t(), label_smoothing=0.1))
 case("cross_entropy", "all class weights zero", check=ce_matches,
      check_text="NaN mean and NaN gradient, as F.cross_entropy")(
     lambda b: ce_compare(b, ce_logits(4, 5), labels(), weight=torch.zeros(5, device=DEVICE), label_smoothing=0.1))
