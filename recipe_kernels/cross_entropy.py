@@ -31,7 +31,7 @@ A class index outside [0, C) (other than ignore_index) is never used as an addre
 turns a_a into NaN, so that row's loss and gradient are NaN.
 """
 import struct
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import triton
@@ -59,8 +59,12 @@ SCALE_BLOCK = 2048
 # folded in, then multiplied by a loss scale (2^10 .. 2^16), has lost the bits of its small entries
 # (relative errors of 0.3 against float64). In fp16 the forward therefore computes the loss alone and
 # backward writes the gradient, grad_output and 1/denominator folded in, rounded once. bf16 has fp32's
-# range and keeps the single pass.
-GRADIENT_IN_BACKWARD_DTYPES = (torch.float16,)
+# range and keeps the single pass. float64 does the same as fp16 so that backward can run again
+# through the same graph (gradcheck does): there is no buffer scaled in place.
+GRADIENT_IN_BACKWARD_DTYPES = (torch.float16, torch.float64)
+# The dtypes of logits and probability targets. float64 computes in fp64 (Triton, torch backend);
+# the CUDA kernels take the other three.
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -79,17 +83,17 @@ def _program_row(num_classes, inner_size):
 @triton.jit
 def _row_coefficients(target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes,
                       ignore_index, label_smoothing,
-                      TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr):
-    """(a_a, a_b, beta, y_a, y_b, active) of one row; see the module docstring.
+                      TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """(a_a, a_b, beta, y_a, y_b, active) of one row in ACC; see the module docstring.
 
     An index outside [0, C) is masked off the weight load and makes a_a NaN. y_a and y_b
     come back as -1 where they must never match a class (probabilities, ignored rows).
     """
     one_minus_eps = 1.0 - label_smoothing
-    beta = tl.zeros([], tl.float32) + label_smoothing / num_classes
+    beta = tl.zeros([], ACC) + label_smoothing / num_classes
     no_class = tl.full([], -1, tl.int64)
-    a_a = tl.zeros([], tl.float32)
-    a_b = tl.zeros([], tl.float32)
+    a_a = tl.zeros([], ACC)
+    a_b = tl.zeros([], ACC)
     y_a = no_class
     y_b = no_class
     active = no_class == -1
@@ -128,23 +132,23 @@ def _rebase(sum_shifted, old_max, new_shift, sum_weights):
 @triton.jit
 def _chunk_statistics(x_ptr, q_ptr, weight_ptr, row_offset, class_stride, start, end,
                       BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
-                      HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr):
+                      HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, ACC: tl.constexpr):
     """One sweep over classes [start, end) of a row: online max m and sum of exp(x - m), plus the
     sums smoothing and probability targets need, all relative to m: sum w (x - m), sum w,
-    sum w q, sum w q (x - m) (fp32)."""
-    row_max = tl.full([], -float("inf"), tl.float32)
-    sum_exp = tl.zeros([], tl.float32)
-    sum_wx = tl.zeros([], tl.float32)
-    sum_w = tl.zeros([], tl.float32)
-    sum_wq = tl.zeros([], tl.float32)
-    sum_wqx = tl.zeros([], tl.float32)
+    sum w q, sum w q (x - m) (in ACC)."""
+    row_max = tl.full([], -float("inf"), ACC)
+    sum_exp = tl.zeros([], ACC)
+    sum_wx = tl.zeros([], ACC)
+    sum_w = tl.zeros([], ACC)
+    sum_wq = tl.zeros([], ACC)
+    sum_wqx = tl.zeros([], ACC)
     lanes = tl.arange(0, BLOCK).to(tl.int64)
     # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
     for block in range(BLOCKS_PER_CHUNK):
         classes = start + block * BLOCK + lanes
         in_row = classes < end
         offsets = row_offset + classes * class_stride
-        x = tl.load(x_ptr + offsets, mask=in_row, other=-float("inf")).to(tl.float32)
+        x = tl.load(x_ptr + offsets, mask=in_row, other=-float("inf")).to(ACC)
         new_max = tl.maximum(row_max, tl.max(x, 0))
         # A row that is -inf so far keeps a zero sum instead of exp(-inf - -inf) = NaN.
         shift = tl.where(new_max == -float("inf"), 0.0, new_max)
@@ -159,7 +163,7 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, row_offset, class_stride, start,
                 sum_wx = _rebase(sum_wx, row_max, shift, sum_w) + tl.sum(w * shifted, 0)
                 sum_w += tl.sum(w, 0)
             if IS_PROB:
-                wq = w * tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
+                wq = w * tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(ACC)
                 sum_wqx = _rebase(sum_wqx, row_max, shift, sum_wq) + tl.sum(wq * shifted, 0)
                 sum_wq += tl.sum(wq, 0)
         row_max = new_max
@@ -185,9 +189,9 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_
                           row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing, grad_scale,
                           BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
                           HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr,
-                          EMULATE_BF16_RTNE: tl.constexpr):
+                          ACC: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
     """grad_c = grad_scale (p_c K - a_a [c == y_a] - a_b [c == y_b] - beta w_c - (1-e) w_c q_c)
-    over classes [start, end), all in fp32 and rounded once; zero for an inactive row. With
+    over classes [start, end), all in ACC and rounded once; zero for an inactive row. With
     OF_TARGET (probability targets) the gradient with respect to q instead:
     grad_scale (-(1-e) w_c log p_c)."""
     lanes = tl.arange(0, BLOCK).to(tl.int64)
@@ -196,7 +200,7 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_
         classes = start + block * BLOCK + lanes
         in_row = classes < end
         offsets = row_offset + classes * class_stride
-        x = tl.load(x_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + offsets, mask=in_row, other=0.0).to(ACC)
         log_p = (x - row_max) - log_sum
         if HAS_SMOOTHING or IS_PROB:
             if HAS_WEIGHT:
@@ -211,7 +215,7 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_
             if HAS_SMOOTHING:
                 grad -= beta * w
             if IS_PROB:
-                q = tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
+                q = tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(ACC)
                 grad -= (1.0 - label_smoothing) * w * q
         grad = tl.where(active, grad * grad_scale, 0.0)
         tl.store(grad_ptr + offsets, cast_to(grad, grad_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_row)
@@ -228,19 +232,21 @@ def _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE: tl.constexpr):
 @triton.jit
 def _cross_entropy_fwd_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
-        partial_ptr, num_classes, inner_size, chunk_size, ignore_index, label_smoothing,
+        partial_ptr, num_classes, inner_size, chunk_size, ignore_index, label_smoothing: "fp64",
         TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
         WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, OF_TARGET: tl.constexpr, SPLIT: tl.constexpr,
-        BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+        BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, ACC: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
     """Cross-entropy of one row (or of one chunk of it when SPLIT), grid (rows, splits).
 
     Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
     apart), the target (int64 (rows,) indices, two of them and lam (N,) for MixedTarget, or
-    probabilities of x's layout), class weights (fp32 (C,), optional), grad_scale (fp32: the
-    gradient's factor, grad_output / mean denominator, one value or one per row when
-    PER_ROW_SCALE). Outputs: loss (fp32 (rows,)) and, when WRITE_GRAD, grad in x's layout (may
-    be x itself: each block is read before it is overwritten): the gradient with respect to the
-    logits, or with OF_TARGET to the probability target.
+    probabilities of x's layout), class weights ((C,), optional), grad_scale (the gradient's
+    factor, grad_output / mean denominator, one value or one per row when PER_ROW_SCALE).
+    Outputs: loss ((rows,)) and, when WRITE_GRAD, grad in x's layout (may be x itself: each
+    block is read before it is overwritten): the gradient with respect to the logits, or with
+    OF_TARGET to the probability target. The math, lam, weights, grad_scale, loss and partials
+    are in ACC: fp64 for fp64 logits, else fp32 (label_smoothing arrives as an fp64 and is
+    rounded to ACC).
 
     Without SPLIT, one program per row: sweep 1 reads the row once for the statistics,
     sweep 2 reads it again to write the gradient. While a program works on one row the row
@@ -255,21 +261,22 @@ def _cross_entropy_fwd_kernel(
     _cross_entropy_split_finish_kernel merges them and writes loss and gradient.
     """
     row, split, sample, row_offset = _program_row(num_classes, inner_size)
+    label_smoothing = tl.full([], label_smoothing, ACC)
     # 1. What the target asks of this row.
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
-        label_smoothing, TARGET_KIND, HAS_WEIGHT)
+        label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
     # The target logits are read before any gradient overwrites them (inplace_backward).
     x_a = tl.load(x_ptr + row_offset + y_a * inner_size, mask=(y_a >= 0) & (y_a < num_classes),
-                  other=0.0).to(tl.float32)
+                  other=0.0).to(ACC)
     x_b = tl.load(x_ptr + row_offset + y_b * inner_size, mask=(y_b >= 0) & (y_b < num_classes),
-                  other=0.0).to(tl.float32)
+                  other=0.0).to(ACC)
     start = split * chunk_size
     end = tl.minimum(start + chunk_size, num_classes)
     # 2. Sweep 1: statistics of the row (or chunk).
     row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx = _chunk_statistics(
         x_ptr, target_ptr, weight_ptr, row_offset, inner_size, start, end,
-        BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING)
+        BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, ACC)
     if SPLIT:
         fields = partial_ptr + (row * tl.num_programs(1) + split) * 8
         tl.store(fields + 0, row_max)
@@ -282,7 +289,7 @@ def _cross_entropy_fwd_kernel(
         tl.store(fields + 7, x_b)
     else:
         if not HAS_WEIGHT:
-            sum_w = tl.zeros([], tl.float32) + num_classes
+            sum_w = tl.zeros([], ACC) + num_classes
         log_sum = tl.log(sum_exp)
         # 3. Loss of the row, then sweep 2: its gradient.
         loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
@@ -292,29 +299,30 @@ def _cross_entropy_fwd_kernel(
             _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                                   row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
                                   _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK,
-                                  TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, EMULATE_BF16_RTNE)
+                                  TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC, EMULATE_BF16_RTNE)
 
 
 @triton.jit
 def _cross_entropy_split_finish_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
-        partial_ptr, num_classes, inner_size, chunk_size, num_splits, ignore_index, label_smoothing,
+        partial_ptr, num_classes, inner_size, chunk_size, num_splits, ignore_index, label_smoothing: "fp64",
         TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
         WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, OF_TARGET: tl.constexpr, BLOCK: tl.constexpr,
-        BLOCKS_PER_CHUNK: tl.constexpr,
-        SPLITS_BLOCK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+        BLOCKS_PER_CHUNK: tl.constexpr, SPLITS_BLOCK: tl.constexpr, ACC: tl.constexpr,
+        EMULATE_BF16_RTNE: tl.constexpr):
     """Second kernel of a split row, grid (rows, splits): merge the row's partial statistics,
     write its loss (split 0) and the gradient of this program's chunk.
 
-    Inputs: as _cross_entropy_fwd_kernel, plus partial (rows, splits, PARTIAL_FIELDS) fp32.
+    Inputs: as _cross_entropy_fwd_kernel, plus partial (rows, splits, PARTIAL_FIELDS) in ACC.
     Bytes: reads the partials (32 * splits per program) and, for the gradient, the chunk of
     logits again: rows are split only when they are few (rows * C * itemsize is then a few
     MB), so this re-read mostly hits L2. Writes the chunk's gradient once.
     """
     row, split, sample, row_offset = _program_row(num_classes, inner_size)
+    label_smoothing = tl.full([], label_smoothing, ACC)
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
-        label_smoothing, TARGET_KIND, HAS_WEIGHT)
+        label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
     # 1. Merge: max over chunks, sums of exp rescaled to it, shifted sums rebased onto it, plain sums
     # of the rest.
     splits = tl.arange(0, SPLITS_BLOCK)
@@ -331,7 +339,7 @@ def _cross_entropy_split_finish_kernel(
     if HAS_WEIGHT:
         sum_w = tl.sum(chunk_w, 0)
     else:
-        sum_w = tl.zeros([], tl.float32) + num_classes
+        sum_w = tl.zeros([], ACC) + num_classes
     sum_wq = tl.sum(chunk_wq, 0)
     first = partial_ptr + row * num_splits * 8  # split 0 read the target logits
     x_a = tl.load(first + 6)
@@ -348,13 +356,14 @@ def _cross_entropy_split_finish_kernel(
         _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                               row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
                               _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK,
-                              TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, EMULATE_BF16_RTNE)
+                              TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC, EMULATE_BF16_RTNE)
 
 
 @triton.jit
 def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_size,
                            PER_ROW: tl.constexpr, BLOCK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """grad *= factor in place, factor one fp32 (PER_ROW=False) or one per row (rows,).
+    """grad *= factor in place, factor one value (PER_ROW=False) or one per row (rows,), in the
+    factor's dtype (fp64 for fp64 gradients, else fp32).
 
     Inputs: grad (N, C, inner_size) contiguous, factor. Bytes: where the factor is exactly 1
     the loads and stores are masked off and nothing moves (loss.backward() on a scalar loss);
@@ -368,9 +377,9 @@ def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_
         rows = (offsets // inner_size // num_classes) * inner_size + offsets % inner_size
         factor = tl.load(factor_ptr + rows, mask=in_bounds, other=1.0)
     else:
-        factor = tl.full([BLOCK], 1.0, tl.float32) * tl.load(factor_ptr)  # a block: bool ops need one
+        factor = tl.full([BLOCK], 1.0, factor_ptr.dtype.element_ty) * tl.load(factor_ptr)  # bool ops need a block
     needed = in_bounds & (factor != 1.0)
-    grad = tl.load(grad_ptr + offsets, mask=needed, other=0.0).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=needed, other=0.0).to(factor_ptr.dtype.element_ty)
     tl.store(grad_ptr + offsets, cast_to(grad * factor, grad_ptr.dtype.element_ty, EMULATE_BF16_RTNE),
              mask=needed)
 
@@ -403,19 +412,21 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, grad_scale, loss, gr
     rows = loss.numel()
     inner_size = x.numel() // (x.shape[0] * num_classes)
     block, num_warps = _block_and_warps(num_classes)
-    # The kernel takes it as an fp32, as the GPU launcher does (the interpreter would keep a value
-    # below fp32's range, say 1e-100, as an fp64 and then fail to round the gradient).
-    label_smoothing = struct.unpack("f", struct.pack("f", label_smoothing))[0]
+    math_dtype = _math_dtype(x)
+    if math_dtype == torch.float32:
+        # The kernel rounds it to fp32 itself; rounded here too, HAS_SMOOTHING agrees (say for 1e-100).
+        label_smoothing = struct.unpack("f", struct.pack("f", label_smoothing))[0]
     chunk = triton.cdiv(triton.cdiv(num_classes, splits), block) * block
     splits = triton.cdiv(num_classes, chunk)
-    partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=torch.float32,
+    partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=math_dtype,
                           device=x.device)
     args = (x, target, target_b if target_b is not None else target, lam if lam is not None else grad_scale,
             weight if weight is not None else grad_scale, grad_scale, loss,
             grad if grad is not None else x, partial, num_classes, inner_size, chunk)
     flags = dict(TARGET_KIND=target_kind, HAS_WEIGHT=weight is not None, HAS_SMOOTHING=label_smoothing > 0.0,
                  WRITE_GRAD=grad is not None, PER_ROW_SCALE=grad_scale.numel() > 1, OF_TARGET=of_target, BLOCK=block,
-                 BLOCKS_PER_CHUNK=chunk // block, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=num_warps)
+                 BLOCKS_PER_CHUNK=chunk // block, ACC=tl.float64 if math_dtype == torch.float64 else tl.float32,
+                 EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=num_warps)
     with _backend.device_guard(x.device):
         _cross_entropy_fwd_kernel[(rows, splits)](*args, ignore_index, label_smoothing, SPLIT=splits > 1, **flags)
         if splits > 1:
@@ -476,17 +487,18 @@ def _row_shape(logits):
 
 def _denominator(logits, target, target_b, weight, ignore_index):
     """The `mean` denominator on the device: the summed weight of counted index targets, else rows."""
+    math_dtype = _math_dtype(logits)
     if target_b is not None or target.is_floating_point():
         return torch.full((), float(target.numel() // (target.shape[1] if target.is_floating_point() else 1)),
-                          dtype=torch.float32, device=logits.device)
+                          dtype=math_dtype, device=logits.device)
     counted = (target != ignore_index) & (target >= 0) & (target < logits.shape[1])
     if weight is None:
-        return counted.sum(dtype=torch.float32)
-    return torch.where(counted, weight[target.clamp(0, logits.shape[1] - 1)], 0.0).sum(dtype=torch.float32)
+        return counted.sum(dtype=math_dtype)
+    return torch.where(counted, weight[target.clamp(0, logits.shape[1] - 1)], 0.0).sum(dtype=math_dtype)
 
 
 def _math_dtype(logits):
-    """The precision of the torch backend's and the differentiable backward's arithmetic."""
+    """The precision of the arithmetic, and the loss's dtype: fp64 for fp64 logits, else fp32."""
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
@@ -517,23 +529,23 @@ def _forward(logits, target, target_b, lam, weight, ignore_index, reduction, lab
     """Reduced loss; writes the gradient into `grad` when it is not None, for grad_output (None: 1;
     a scalar, or one value per row for reduction="none"): with respect to the logits, or with
     of_target to the probability target."""
+    math_dtype = _math_dtype(logits)
     if backend == "torch":
         row_loss, row_grad, denominator = reference.cross_entropy_rows(
             logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            target_b=target_b, lam=lam)
-        denominator = denominator.float()
+            target_b=target_b, lam=lam, math_dtype=math_dtype)
         if grad is not None:
             if of_target:
-                row_grad = reference.cross_entropy_target_gradient(logits, weight=weight,
-                                                                   label_smoothing=label_smoothing)
+                row_grad = reference.cross_entropy_target_gradient(
+                    logits, weight=weight, label_smoothing=label_smoothing, math_dtype=math_dtype)
             grad.copy_(_scaled_reference_gradient(row_grad, denominator, grad_output, reduction, target, target_b,
                                                   ignore_index))
-        return _reduce(row_loss.float(), denominator, reduction)
+        return _reduce(row_loss, denominator, reduction)
     denominator = _denominator(logits, target, target_b, weight, ignore_index)
-    grad_scale = (1.0 / denominator if reduction == "mean" else torch.ones((), device=logits.device)).float()
-    if grad_output is not None:  # one fp32 per row when grad_output has one value per row
-        grad_scale = grad_scale * grad_output.float()
-    row_loss = torch.empty(_row_shape(logits), dtype=torch.float32, device=logits.device)
+    grad_scale = (1.0 / denominator if reduction == "mean" else torch.ones((), device=logits.device)).to(math_dtype)
+    if grad_output is not None:  # one value per row when grad_output has one per row
+        grad_scale = grad_scale * grad_output.to(math_dtype)
+    row_loss = torch.empty(_row_shape(logits), dtype=math_dtype, device=logits.device)
     if row_loss.numel() > 0 and logits.shape[1] > 0:
         launcher = _cross_entropy_triton if backend == "triton" else _cross_entropy_cuda
         if splits <= 0:
@@ -544,8 +556,11 @@ def _forward(logits, target, target_b, lam, weight, ignore_index, reduction, lab
 
 
 def _contiguous_inputs(logits, target, target_b, lam, weight):
+    """The inputs contiguous, lam and weight in the math dtype, as the launchers take them."""
+    math_dtype = _math_dtype(logits)
     return (logits.contiguous(), target.contiguous(), None if target_b is None else target_b.contiguous(),
-            None if lam is None else lam.float().contiguous(), None if weight is None else weight.float().contiguous())
+            None if lam is None else lam.to(math_dtype).contiguous(),
+            None if weight is None else weight.to(math_dtype).contiguous())
 
 
 # ----------------------------------------------------------------------------- registration
@@ -560,15 +575,15 @@ def _contiguous_inputs(logits, target, target_b, lam, weight):
 def cross_entropy_op(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
                      lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
                      reduction: str, label_smoothing: float, backend: str, splits: int = 0) -> torch.Tensor:
-    """The loss, float32: a scalar, or the target's row shape for reduction="none"."""
+    """The loss (fp64 for fp64 logits, else fp32): a scalar, or the target's row shape for reduction="none"."""
     logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
     return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
                     None, splits)
 
 
 def _fake_loss(logits, reduction):
-    """What the three loss ops return: float32, a scalar or one value per row."""
-    return logits.new_empty(_row_shape(logits) if reduction == "none" else (), dtype=torch.float32)
+    """What the three loss ops return: in the math dtype, a scalar or one value per row."""
+    return logits.new_empty(_row_shape(logits) if reduction == "none" else (), dtype=_math_dtype(logits))
 
 
 @cross_entropy_op.register_fake
@@ -632,10 +647,11 @@ def _(logits, grad, target, weight, reduction, label_smoothing, backend, splits=
 def scale_grad_op(grad: torch.Tensor, grad_output: torch.Tensor, backend: str) -> None:
     """grad *= grad_output in place: a scalar, or one value per row (reduction="none")."""
     per_row = grad_output.dim() > 0
-    factor = grad_output.float().contiguous()
+    math_dtype = _math_dtype(grad)
+    factor = grad_output.to(math_dtype).contiguous()
     if backend == "torch" or grad.numel() == 0:
         shape = (grad.shape[0], 1) + tuple(grad.shape[2:]) if per_row else ()
-        grad.copy_(grad.float() * factor.reshape(shape))
+        grad.copy_(grad.to(math_dtype) * factor.reshape(shape))
     elif backend == "triton":
         _scale_gradient_triton(grad, factor, per_row)
     else:
@@ -843,8 +859,8 @@ def _check_label_smoothing(label_smoothing):
 def _check_logits(logits):
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if logits.dtype not in _backend.CUDA_DTYPE_CODES:
-        raise TypeError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
+    if logits.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"logits must be float32, float16, bfloat16 or float64, got {logits.dtype}")
     if logits.dim() < 2:
         raise ValueError(f"logits must have shape (N, C) or (N, C, d1, ..., dk), got {tuple(logits.shape)}; "
                          "for a single sample use logits[None]")
@@ -877,8 +893,8 @@ def _check_target(logits, target):
         if target.shape[1] != logits.shape[1]:
             raise ValueError(f"probability target has {target.shape[1]} classes but logits have "
                              f"{logits.shape[1]}")
-        if target.dtype not in _backend.CUDA_DTYPE_CODES:
-            raise TypeError(f"probability target must be float32, float16 or bfloat16, got {target.dtype}")
+        if target.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"probability target must be float32, float16, bfloat16 or float64, got {target.dtype}")
         return target, None, None
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         raise TypeError(f"class-index target must be an integer tensor, got {target.dtype}")
@@ -924,11 +940,17 @@ def _validate_lam(lam):
         raise ValueError(f"MixedTarget: lam holds {float(lam[bad].flatten()[0])}, outside [0, 1]")
 
 
-def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                  inplace_backward=False, validate=False, backend=None):
-    """F.cross_entropy(logits, target, ...) in one pass over the logits, gradient included.
+def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget], weight: Optional[torch.Tensor] = None,
+                  size_average: Optional[bool] = None, ignore_index: int = -100, reduce: Optional[bool] = None,
+                  reduction: str = "mean", label_smoothing: float = 0.0, *, inplace_backward: bool = False,
+                  validate: bool = False, backend: Optional[str] = None) -> torch.Tensor:
+    """F.cross_entropy(input, target, ...) in one pass over the logits, gradient included.
 
-    logits: (N, C) or (N, C, d1, ..., dk), float32/float16/bfloat16; the loss is float32.
+    Takes F.cross_entropy's arguments, positionally and by keyword; the legacy size_average and
+    reduce set the reduction by torch's rules, with torch's deprecation warning. The package's
+    own options are keyword-only.
+    input (the logits): (N, C) or (N, C, d1, ..., dk), float32/float16/bfloat16 with fp32 math and
+    a float32 loss, or float64 with fp64 math and a float64 loss (not on the CUDA backend).
     target: int64 class indices (N, d1, ...), class probabilities of logits' shape, or a
     MixedTarget (per row lam CE(y_a) + (1 - lam) CE(y_b), equal to CE against
     target.dense(C, label_smoothing) with `mean` over rows, and never building it).
@@ -946,8 +968,12 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     separate gradient buffer.
     A probability target that requires grad gets torch's gradient, -(1 - e) w_c log p_c per element
     reduced like the loss. Second derivatives (create_graph=True) are torch's.
-    Backward through the same loss twice (retain_graph) raises: its buffer is scaled in place.
+    Backward through the same loss twice (retain_graph) raises where the forward wrote the gradient
+    (float32, bfloat16): its buffer is scaled in place.
     """
+    logits = input
+    if size_average is not None or reduce is not None:
+        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)  # warns as torch does
     _check_logits(logits)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -974,8 +1000,11 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
             _validate_indices(num_classes, [(y_a, False), (y_b, False)], ignore_index)
             _validate_lam(lam)
     backend = _backend.resolve("cross_entropy", logits.device, backend)
-    weight = None if weight is None else weight.float()
-    lam = None if lam is None else lam.float()
+    if backend == "cuda" and logits.dtype not in _backend.CUDA_DTYPE_CODES:
+        raise TypeError(f"the CUDA cross-entropy kernels take float32, float16 or bfloat16 logits, got {logits.dtype}; "
+                        "use backend='triton' or 'torch' for float64")
+    weight = None if weight is None else weight.to(_math_dtype(logits))
+    lam = None if lam is None else lam.to(_math_dtype(logits))
     target_needs_grad = y_a.requires_grad  # only probabilities can
     if not (torch.is_grad_enabled() and (logits.requires_grad or target_needs_grad)):
         return cross_entropy_op(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, backend)

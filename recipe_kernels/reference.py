@@ -102,7 +102,7 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
         safe_y = torch.where(counted, y, 0)
         w_y = torch.where(counted, w[safe_y], 0.0)  # raises for an index out of range
         alpha = (1.0 - eps) * w_y
-        beta = torch.where(counted, eps / num_classes, 0.0).to(math_dtype)
+        beta = counted.to(math_dtype) * (eps / num_classes)  # a Python float: exact in math_dtype
         losses = -alpha * logp.gather(1, safe_y[:, None])[:, 0]
         one_hot = torch.nn.functional.one_hot(safe_y, num_classes).to(math_dtype)
         grad = alpha[:, None] * (p - one_hot)

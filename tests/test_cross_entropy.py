@@ -1,5 +1,7 @@
 """cross_entropy and MixedTarget: against torch's F.cross_entropy in float64, across backends."""
 import itertools
+import types
+import warnings
 
 import pytest
 import torch
@@ -350,9 +352,8 @@ def test_probability_target_gradient_split_rows(backend):
     torch.testing.assert_close(grad.double(), expected, rtol=1e-5, atol=1e-6)
 
 
-# torch's OpInfo samples are float64; the kernels' math here is fp32, so the samples run in fp32 and
-# compare with torch's float64 results.
-OPINFO_DTYPE = torch.float32
+# torch's OpInfo samples are float64, and so is the math then.
+OPINFO_DTYPE = torch.float64
 
 
 @pytest.fixture(scope="module")
@@ -685,6 +686,130 @@ def test_module_is_a_drop_in(backend, monkeypatch):
         rk.nn.CrossEntropyLoss(reduction="avg")
 
 
+# ----------------------------------------------------------------------------- drop-in for torch's calls
+
+
+def docs_examples(obj):
+    """The statements of the first `>>>` example block in obj's docstring (torch's own documentation)."""
+    lines, started = [], False
+    for line in obj.__doc__[obj.__doc__.index("Examples"):].splitlines():
+        line = line.strip()
+        if line.startswith(">>>"):
+            started = True
+            lines.append(line[3:].strip())
+        elif started:
+            break
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def run_docs_examples(statements, namespace):
+    """Runs the statements from one seed; after each backward(): (the loss, the input's gradient)."""
+    torch.manual_seed(0)
+    results = []
+    for statement in statements:
+        exec(statement, namespace)
+        if statement.endswith(".backward()"):
+            loss = namespace[statement.split(".")[0]]
+            results.append((loss.detach().clone(), namespace["input"].grad.clone()))
+    return results
+
+
+@pytest.mark.parametrize("documented", ["F.cross_entropy", "nn.CrossEntropyLoss"])
+def test_torch_docs_examples_run_unchanged(backend, documented, monkeypatch):
+    # torch's documentation examples, statement for statement, with F / nn standing for this package.
+    monkeypatch.setenv("RECIPE_KERNELS_BACKEND", backend)
+    statements = docs_examples(F.cross_entropy if documented == "F.cross_entropy" else torch.nn.CrossEntropyLoss)
+    assert len(statements) >= 8
+    ours = run_docs_examples(statements, dict(torch=torch, F=types.SimpleNamespace(cross_entropy=rk.cross_entropy),
+                                              nn=types.SimpleNamespace(CrossEntropyLoss=rk.nn.CrossEntropyLoss)))
+    theirs = run_docs_examples(statements, dict(torch=torch, F=F, nn=torch.nn))
+    assert len(ours) == len(theirs) == 2  # index targets, then probabilities
+    for (loss, grad), (expected_loss, expected_grad) in zip(ours, theirs):
+        torch.testing.assert_close(loss, expected_loss, **LOSS_TOLERANCE)
+        torch.testing.assert_close(grad, expected_grad, **GRAD_TOLERANCE[torch.float32])
+
+
+def test_positional_and_keyword_arguments_are_torchs(backend):
+    # (input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing), as F's.
+    logits, target, weight = sample_inputs((6, 5), weighted=True)
+    ours = rk.cross_entropy(logits, target, weight, None, 2, None, "sum", 0.1, backend=backend)
+    theirs = F.cross_entropy(logits, target, weight, None, 2, None, "sum", 0.1)
+    torch.testing.assert_close(ours, theirs, **LOSS_TOLERANCE)
+    ours = rk.cross_entropy(input=logits, target=target, weight=weight, reduction="none", backend=backend)
+    torch.testing.assert_close(ours, F.cross_entropy(input=logits, target=target, weight=weight, reduction="none"),
+                               **LOSS_TOLERANCE)
+    module = rk.nn.CrossEntropyLoss(weight, None, 2, None, "sum", 0.1)
+    torch.testing.assert_close(module(input=logits, target=target),
+                               torch.nn.CrossEntropyLoss(weight, None, 2, None, "sum", 0.1)(logits, target),
+                               **LOSS_TOLERANCE)
+    with pytest.raises(TypeError):  # the package's own options are keyword-only
+        rk.cross_entropy(logits, target, weight, None, -100, None, "mean", 0.0, True)
+
+
+@pytest.mark.parametrize("size_average, reduce", [(None, False), (False, None), (True, None), (False, True),
+                                                  (True, True), (None, True)])
+def test_legacy_size_average_and_reduce_follow_torch(backend, size_average, reduce):
+    logits, target, weight = sample_inputs((6, 5), ignored=(1,), weighted=True)
+    results = []
+    for cross_entropy, loss_module, options in ((rk.cross_entropy, rk.nn.CrossEntropyLoss, dict(backend=backend)),
+                                                 (F.cross_entropy, torch.nn.CrossEntropyLoss, {})):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss = cross_entropy(logits, target, weight, size_average=size_average, reduce=reduce,
+                                 reduction="sum", **options)
+            module = loss_module(weight, size_average, -100, reduce)
+        results.append((loss, module.reduction, sorted(str(w.message) for w in caught)))
+    (loss, reduction, messages), (expected_loss, expected_reduction, expected_messages) = results
+    torch.testing.assert_close(loss, expected_loss, **LOSS_TOLERANCE)
+    assert reduction == expected_reduction and messages == expected_messages and messages
+
+
+@pytest.mark.parametrize("target_kind", ["index", "probabilities", "mixed"])
+def test_float64_matches_torch_in_float64(backend, target_kind):
+    # fp64 logits: fp64 math and a float64 loss, equal to F.cross_entropy's to fp64 rounding.
+    logits, target, weight = sample_inputs((6, 7, 2), ignored=(3,), weighted=True)
+    logits, weight = logits.double(), weight.double()
+    torch_target, smoothing = target, 0.1
+    if target_kind == "probabilities":
+        target = torch_target = torch.softmax(torch.randn(6, 7, 2, generator=torch.Generator().manual_seed(3)),
+                                              1).to(DEVICE, torch.float64)
+    elif target_kind == "mixed":
+        y_b = torch.randint(0, 7, (6, 2), generator=torch.Generator().manual_seed(4)).to(DEVICE)
+        target = rk.MixedTarget(torch.where(target < 0, 0, target), y_b, torch.rand(6).to(DEVICE))
+        torch_target, smoothing = target.dense(7, 0.1, dtype=torch.float64), 0.0
+    for reduction in ("mean", "none"):
+        loss, grad = our_loss_and_grad(logits, target, weight=weight, reduction=reduction, label_smoothing=0.1,
+                                       backend=backend)
+        expected_loss, expected_grad = torch_loss_and_grad(logits, torch_target, weight=weight, reduction=reduction,
+                                                           label_smoothing=smoothing)
+        assert loss.dtype == grad.dtype == torch.float64
+        torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("target_kind, reduction", [("index", "mean"), ("probabilities", "none"), ("mixed", "sum")])
+def test_float64_gradcheck_and_gradgradcheck(backend, target_kind, reduction):
+    # torch's own numerical checks, first and second order, through every target kind (the probability
+    # target is differentiated too), weights, ignore_index and smoothing. float64 writes its gradient in
+    # backward, so backward can run again through the same graph, as gradcheck does.
+    logits, target, weight = sample_inputs((3, 4), ignored=(1,), weighted=True)
+    logits, weight = logits.double(), weight.double()
+    inputs = [logits.clone().requires_grad_()]
+    if target_kind == "probabilities":
+        inputs.append(torch.softmax(torch.randn(3, 4, generator=torch.Generator().manual_seed(3)),
+                                    1).to(DEVICE, torch.float64).requires_grad_())
+    elif target_kind == "mixed":
+        target = rk.MixedTarget(torch.where(target < 0, 0, target), target.flip(0).clamp(min=0),
+                                torch.rand(3).to(DEVICE))
+
+    def loss_fn(x, *q):
+        return rk.cross_entropy(x, q[0] if q else target, weight=weight, reduction=reduction, label_smoothing=0.1,
+                                backend=backend)
+
+    assert torch.autograd.gradcheck(loss_fn, inputs, fast_mode=True)
+    assert torch.autograd.gradgradcheck(loss_fn, inputs, fast_mode=True)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -732,8 +857,8 @@ def test_bad_input_raises_value_error():
         rk.cross_entropy(logits, target, weight=torch.ones(4, device=DEVICE))
     with pytest.raises(ValueError, match="logits must have shape"):
         rk.cross_entropy(logits[0], target[0])
-    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
-        rk.cross_entropy(logits.double(), target)
+    with pytest.raises(TypeError, match="float32, float16, bfloat16 or float64"):
+        rk.cross_entropy(logits.int(), target)
 
 
 # ----------------------------------------------------------------------------- registration

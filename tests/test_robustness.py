@@ -218,16 +218,17 @@ CE_MATCHES_TORCH = "loss and gradient equal F.cross_entropy's (float64)"
 CE_OUT_OF_RANGE = "torch backend raises as torch does; kernels give NaN for that row only"
 
 # Wrong dtypes.
-case("cross_entropy", "int64 logits", TypeError, "float32, float16 or bfloat16")(
+case("cross_entropy", "int64 logits", TypeError, "float32, float16, bfloat16 or float64")(
     lambda b: rk.cross_entropy(torch.ones(4, 5, dtype=torch.int64, device=DEVICE), labels(), backend=b))
-case("cross_entropy", "float64 logits", TypeError, "float32, float16 or bfloat16")(
-    lambda b: rk.cross_entropy(ce_logits(4, 5, dtype=torch.float64), labels(), backend=b))
+case("cross_entropy", "float64 logits", check=lambda r: ce_matches(r, 1e-12, 1e-12) and r[0].dtype == torch.float64,
+     check_text="fp64 math: a float64 loss and gradient equal to F.cross_entropy's")(
+    lambda b: ce_compare(b, ce_logits(4, 5, dtype=torch.float64), labels(), label_smoothing=0.1))
 case("cross_entropy", "float class indices (N,)", ValueError, r"target has shape \(4,\) but logits \(4, 5\)")(
     lambda b: rk.cross_entropy(ce_logits(4, 5), labels().float(), backend=b))
 case("cross_entropy", "bool target", TypeError, "integer tensor")(
     lambda b: rk.cross_entropy(ce_logits(4, 5), labels() > 0, backend=b))
-case("cross_entropy", "float64 probability target", TypeError, "probability target must be float32")(
-    lambda b: rk.cross_entropy(ce_logits(4, 5), torch.rand(4, 5, dtype=torch.float64, device=DEVICE), backend=b))
+case("cross_entropy", "float64 probability target", check=ce_matches, check_text=CE_MATCHES_TORCH)(
+    lambda b: ce_compare(b, ce_logits(4, 5), torch.softmax(ce_logits(5, 4), 0).t().double(), label_smoothing=0.1))
 case("cross_entropy", "int32 class indices", check=ce_matches, check_text=CE_MATCHES_TORCH)(
     lambda b: ce_compare(b, ce_logits(4, 5), labels().int(), torch_target=labels(), label_smoothing=0.1))
 case("cross_entropy", "target a list", TypeError, "tensor or a MixedTarget")(
@@ -246,7 +247,9 @@ case("MixedTarget", "lam a string", TypeError, "lam must be a float or a tensor"
     lambda b: rk.MixedTarget(labels(), labels(), "0.5"))
 case("MixedTarget", "lam a bool", TypeError, "lam must be a float or a tensor")(
     lambda b: rk.MixedTarget(labels(), labels(), True))
-case("nn.CrossEntropyLoss", "float64 logits", TypeError, "float32, float16 or bfloat16")(
+case("nn.CrossEntropyLoss", "float64 logits", check=lambda r: r.dtype == torch.float64 and torch.allclose(
+    r, torch.nn.CrossEntropyLoss()(ce_logits(4, 5, dtype=torch.float64), labels()), rtol=1e-12, atol=1e-12),
+     check_text="a float64 loss equal to torch.nn.CrossEntropyLoss's")(
     lambda b: ce_module(b, ce_logits(4, 5, dtype=torch.float64), labels()))
 
 # Tensors on different devices.
