@@ -11,6 +11,11 @@ writes d(loss)/d(logits) for grad_output = 1 in the same pass that computes the 
 folded in). Backward multiplies that buffer in place by grad_output; where grad_output
 is exactly 1 (loss.backward() on a scalar loss, the usual case) the scaling kernel's
 loads and stores are masked off, so it moves no bytes. No host sync anywhere.
+float16 and float64 (GRADIENT_IN_BACKWARD_DTYPES) instead compute the loss alone and let
+backward run the same kernel with grad_output folded in: one rounding under loss scaling,
+and a backward that can run twice. A probability target's gradient, -(1 - e) w_c log p_c,
+is written in backward by the same kernel (OF_TARGET). A backward that builds a graph
+(create_graph=True) recomputes everything from the held inputs in differentiable torch ops.
 
 Per row r with logits x (C classes), m = max_c x_c, the shifted logits s_c = x_c - m,
 L = log sum_c exp(s_c) (so lse = m + L), class weights w (ones by default), e = label_smoothing
