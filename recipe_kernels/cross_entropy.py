@@ -673,7 +673,9 @@ _HELD_INPUT_NAMES = ("logits", "target", "target_b", "lam", "weight")
 
 
 def _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
-    """Keeps the forward's inputs for a backward that builds a graph (double backward).
+    """Keeps the forward's inputs for the backward paths that read them again: a backward that builds
+    a graph (double backward), the gradient written in backward (float16, float64) and a probability
+    target's gradient.
 
     They are held, not saved with save_for_backward, so that the usual backward, which reads only
     the gradient buffer, still allows them to change in place after the forward (as torch's does).
