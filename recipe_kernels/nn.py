@@ -93,13 +93,18 @@ def replace_modules(model: torch.nn.Module) -> int:
 class CrossEntropyLoss(torch.nn.Module):
     """Drop-in for torch.nn.CrossEntropyLoss that also takes a MixedTarget (CutMix/MixUp) as target.
 
-    `weight` is a buffer, as in torch. The loss is float32 whatever the logits' dtype.
+    Takes torch's arguments, positionally and by keyword (the legacy size_average and reduce by
+    torch's rules, with its warning); inplace_backward is keyword-only. `weight` is a buffer, as
+    in torch. The loss is float32 (float64 for float64 logits).
     """
 
-    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean",
-                 label_smoothing: float = 0.0, inplace_backward: bool = False):
+    def __init__(self, weight: torch.Tensor | None = None, size_average: bool | None = None,
+                 ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
+                 label_smoothing: float = 0.0, *, inplace_backward: bool = False):
         super().__init__()
         from recipe_kernels.cross_entropy import REDUCTIONS, _check_label_smoothing
+        if size_average is not None or reduce is not None:
+            reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)  # warns as torch does
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         label_smoothing = _check_label_smoothing(label_smoothing)  # a Python float in [0, 1] (NaN refused)
@@ -109,9 +114,9 @@ class CrossEntropyLoss(torch.nn.Module):
         self.label_smoothing = label_smoothing
         self.inplace_backward = inplace_backward
 
-    def forward(self, logits, target):
+    def forward(self, input: torch.Tensor, target) -> torch.Tensor:
         from recipe_kernels.cross_entropy import cross_entropy
-        return cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index,
+        return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
                              inplace_backward=self.inplace_backward)
 

@@ -141,7 +141,7 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
         safe_y = torch.where(counted, y, 0)
         w_y = torch.where(counted, w[safe_y], 0.0)  # raises for an index out of range
         alpha = (1.0 - eps) * w_y
-        beta = torch.where(counted, eps / num_classes, 0.0).to(math_dtype)
+        beta = counted.to(math_dtype) * (eps / num_classes)  # a Python float: exact in math_dtype
         losses = -alpha * logp.gather(1, safe_y[:, None])[:, 0]
         one_hot = torch.nn.functional.one_hot(safe_y, num_classes).to(math_dtype)
         grad = alpha[:, None] * (p - one_hot)
@@ -156,6 +156,14 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
         grad = grad.reshape(logits.shape[0], *logits.shape[2:], num_classes).movedim(-1, 1)
     row_shape = (logits.shape[0],) + tuple(logits.shape[2:])
     return losses.reshape(row_shape), grad.contiguous(), denominator
+
+
+def cross_entropy_target_gradient(logits, *, weight=None, label_smoothing=0.0, math_dtype=torch.float32):
+    """d(sum of per-row losses) / d q for class probabilities q of logits' shape, in math_dtype:
+    -(1 - e) w_c log_softmax(logits)_c (torch smooths q as (1 - e) q + e / C before using it)."""
+    logp = torch.log_softmax(logits.to(math_dtype), dim=1)
+    w = 1.0 if weight is None else weight.to(math_dtype).reshape((-1,) + (1,) * (logits.dim() - 2))
+    return -(1.0 - label_smoothing) * w * logp
 
 
 # ----------------------------------------------------------------------------- mixing (CutMix, MixUp, random erasing)

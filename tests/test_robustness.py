@@ -190,6 +190,15 @@ def ce_compare(backend, base, target, view=lambda x: x, torch_target=None, **opt
     return loss.detach(), grad, expected.detach(), expected_grad
 
 
+def ce_target_gradients(backend, logits, probabilities, **options):
+    """d loss / d target of a probability target: ours and F.cross_entropy's in float64."""
+    ours = probabilities.detach().clone().requires_grad_()
+    (grad,) = torch.autograd.grad(rk.cross_entropy(logits, ours, backend=backend, **options), ours)
+    theirs = probabilities.detach().double().requires_grad_()
+    (expected,) = torch.autograd.grad(F.cross_entropy(logits.double(), theirs, **options), theirs)
+    return grad, expected
+
+
 def ce_matches(result, rtol=1e-5, atol=1e-5):
     loss, grad, expected, expected_grad = result
     return (torch.allclose(loss.double(), expected, rtol=rtol, atol=atol, equal_nan=True)
@@ -219,16 +228,17 @@ CE_MATCHES_TORCH = "loss and gradient equal F.cross_entropy's (float64)"
 CE_OUT_OF_RANGE = "torch backend raises as torch does; kernels give NaN for that row only"
 
 # Wrong dtypes.
-case("cross_entropy", "int64 logits", TypeError, "float32, float16 or bfloat16")(
+case("cross_entropy", "int64 logits", TypeError, "float32, float16, bfloat16 or float64")(
     lambda b: rk.cross_entropy(torch.ones(4, 5, dtype=torch.int64, device=DEVICE), labels(), backend=b))
-case("cross_entropy", "float64 logits", TypeError, "float32, float16 or bfloat16")(
-    lambda b: rk.cross_entropy(ce_logits(4, 5, dtype=torch.float64), labels(), backend=b))
+case("cross_entropy", "float64 logits", check=lambda r: ce_matches(r, 1e-12, 1e-12) and r[0].dtype == torch.float64,
+     check_text="fp64 math: a float64 loss and gradient equal to F.cross_entropy's")(
+    lambda b: ce_compare(b, ce_logits(4, 5, dtype=torch.float64), labels(), label_smoothing=0.1))
 case("cross_entropy", "float class indices (N,)", ValueError, r"target has shape \(4,\) but logits \(4, 5\)")(
     lambda b: rk.cross_entropy(ce_logits(4, 5), labels().float(), backend=b))
 case("cross_entropy", "bool target", TypeError, "integer tensor")(
     lambda b: rk.cross_entropy(ce_logits(4, 5), labels() > 0, backend=b))
-case("cross_entropy", "float64 probability target", TypeError, "probability target must be float32")(
-    lambda b: rk.cross_entropy(ce_logits(4, 5), torch.rand(4, 5, dtype=torch.float64, device=DEVICE), backend=b))
+case("cross_entropy", "float64 probability target", check=ce_matches, check_text=CE_MATCHES_TORCH)(
+    lambda b: ce_compare(b, ce_logits(4, 5), torch.softmax(ce_logits(5, 4), 0).t().double(), label_smoothing=0.1))
 case("cross_entropy", "int32 class indices", check=ce_matches, check_text=CE_MATCHES_TORCH)(
     lambda b: ce_compare(b, ce_logits(4, 5), labels().int(), torch_target=labels(), label_smoothing=0.1))
 case("cross_entropy", "target a list", TypeError, "tensor or a MixedTarget")(
@@ -247,7 +257,9 @@ case("MixedTarget", "lam a string", TypeError, "lam must be a float or a tensor"
     lambda b: rk.MixedTarget(labels(), labels(), "0.5"))
 case("MixedTarget", "lam a bool", TypeError, "lam must be a float or a tensor")(
     lambda b: rk.MixedTarget(labels(), labels(), True))
-case("nn.CrossEntropyLoss", "float64 logits", TypeError, "float32, float16 or bfloat16")(
+case("nn.CrossEntropyLoss", "float64 logits", check=lambda r: r.dtype == torch.float64 and torch.allclose(
+    r, torch.nn.CrossEntropyLoss()(ce_logits(4, 5, dtype=torch.float64), labels()), rtol=1e-12, atol=1e-12),
+     check_text="a float64 loss equal to torch.nn.CrossEntropyLoss's")(
     lambda b: ce_module(b, ce_logits(4, 5, dtype=torch.float64), labels()))
 
 # Tensors on different devices.
@@ -333,8 +345,10 @@ case("cross_entropy", "ignore_index inside [0, C)", check=ce_matches, check_text
 case("cross_entropy", "weight that requires grad", ValueError, r"weight.detach\(\)")(
     lambda b: rk.cross_entropy(ce_logits(4, 5).requires_grad_(), labels(),
                                weight=torch.ones(5, device=DEVICE, requires_grad=True), backend=b))
-case("cross_entropy", "probability target that requires grad", ValueError, r"target.detach\(\)")(
-    lambda b: rk.cross_entropy(ce_logits(4, 5), torch.rand(4, 5, device=DEVICE, requires_grad=True), backend=b))
+case("cross_entropy", "probability target that requires grad",
+     check=lambda r: torch.allclose(r[0].double(), r[1], rtol=1e-5, atol=1e-6),
+     check_text="its gradient, -(1-ε)·w·log p reduced like the loss, equals F.cross_entropy's (float64)")(
+    lambda b: ce_target_gradients(b, ce_logits(4, 5), torch.softmax(ce_logits(5, 4), 0).t(), label_smoothing=0.1))
 case("cross_entropy", "all class weights zero", check=ce_matches,
      check_text="NaN mean and NaN gradient, as F.cross_entropy")(
     lambda b: ce_compare(b, ce_logits(4, 5), labels(), weight=torch.zeros(5, device=DEVICE), label_smoothing=0.1))
