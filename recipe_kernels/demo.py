@@ -3,13 +3,16 @@
 A small residual CNN trained with: linear warm-up then cosine learning rate; SGD with
 momentum and weight decay; per-sample CutMix/MixUp (nn.CutMixUp) feeding label-smoothed
 cross-entropy on MixedTarget; dropout before the classifier; stochastic depth on every
-residual block through drop_path_add with the linear drop_path_rates rule; and ModelEMA,
-evaluated beside the raw weights. The data ships with scikit-learn (nothing is
-downloaded) and is split once, with a fixed seed, into train, validation and test.
+residual block with the linear drop_path_rates rule, through drop_path_residual (the branch
+runs on the kept samples only; --stochastic-depth subset, the default) or drop_path_add
+(--stochastic-depth mask); and ModelEMA, evaluated beside the raw weights. The data ships
+with scikit-learn (nothing is downloaded) and is split once, with a fixed seed, into train,
+validation and test.
 
 --compare trains the same network with plain torch equivalents (F.dropout,
 F.cross_entropy against dense mixed targets, a per-tensor EMA loop, a Python-loop
-CutMix/MixUp) and prints both accuracies and the time per step. --plot PATH writes the
+CutMix/MixUp) and prints both accuracies and the time per step; it also times a few steps
+of the other --stochastic-depth variant each epoch, on a copy. --plot PATH writes the
 training curves as a PNG. The last line is `test accuracy: model=0.XXXX ema=0.XXXX`.
 """
 import argparse
@@ -215,7 +218,8 @@ class Run:
         return loss
 
 
-def timed_step(run: Run, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
+def timed_step(run: Run, images: torch.Tensor, labels: torch.Tensor,
+               device: torch.device) -> tuple[torch.Tensor, float]:
     """run.step and its wall time in seconds, the GPU's work included."""
     started = time.perf_counter()
     loss = run.step(images, labels)
@@ -271,20 +275,21 @@ def train(use_package_ops: bool, args: argparse.Namespace, device: torch.device,
         # disable=None: a bar on a terminal, nothing when stderr is redirected to a log.
         progress = tqdm(total=steps_per_epoch, desc=f"{label} epoch {epoch + 1}/{args.epochs}", leave=False,
                         disable=None, unit="step")
-        batches = []
+        probe = []  # the batches on which the other variant is timed
         for batch in range(steps_per_epoch):
             index = order[batch * args.batch_size:(batch + 1) * args.batch_size]
-            batches.append((train_x[index], train_y[index]))
+            images_and_labels = (train_x[index], train_y[index])
+            if batch < OTHER_VARIANT_STEPS:
+                probe.append(images_and_labels)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, steps_per_epoch * args.warmup_epochs, args.lr)
-            loss, elapsed = timed_step(run, *batches[-1], device)
+            loss, elapsed = timed_step(run, *images_and_labels, device)
             epoch_seconds[variants[0]] += elapsed
             epoch_loss += loss.item()
             step += 1
             progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             progress.update()
         progress.close()
-        probe = batches[:OTHER_VARIANT_STEPS]
         epoch_steps = {mode: steps_per_epoch if mode == variants[0] else len(probe) for mode in variants}
         for mode in variants[1:]:
             epoch_seconds[mode] = time_other_variant(run, mode, probe, device)
