@@ -3,17 +3,21 @@
 A small residual CNN trained with: linear warm-up then cosine learning rate; SGD with
 momentum and weight decay; per-sample CutMix/MixUp (nn.CutMixUp) feeding label-smoothed
 cross-entropy on MixedTarget; dropout before the classifier; stochastic depth on every
-residual block through drop_path_add with the linear drop_path_rates rule; and ModelEMA,
-evaluated beside the raw weights. The data ships with scikit-learn (nothing is
-downloaded) and is split once, with a fixed seed, into train, validation and test.
+residual block with the linear drop_path_rates rule, through drop_path_residual (the branch
+runs on the kept samples only; --stochastic-depth subset, the default) or drop_path_add
+(--stochastic-depth mask); and ModelEMA, evaluated beside the raw weights. The data ships
+with scikit-learn (nothing is downloaded) and is split once, with a fixed seed, into train,
+validation and test.
 
 --compare trains the same network with plain torch equivalents (F.dropout,
 F.cross_entropy against dense mixed targets, a per-tensor EMA loop, a Python-loop
-CutMix/MixUp) and prints both accuracies and the time per step. --plot PATH writes the
+CutMix/MixUp) and prints both accuracies and the time per step; it also times a few steps
+of the other --stochastic-depth variant each epoch, on a copy. --plot PATH writes the
 training curves as a PNG. The last line is `test accuracy: model=0.XXXX ema=0.XXXX`.
 """
 import argparse
 import copy
+import dataclasses
 import importlib.util
 import math
 import os
@@ -30,9 +34,15 @@ from recipe_kernels import _backend
 NUM_CLASSES = 10
 LABEL_SMOOTHING = 0.1
 EMA_DECAY = 0.998
+# "mask": drop_path_add (the branch runs on every sample); "subset": drop_path_residual (on the kept ones).
+STOCHASTIC_DEPTH_MODES = ("mask", "subset")
+DEFAULT_STOCHASTIC_DEPTH = "subset"  # the faster on the CPU at the demo's rates (README, The demo)
+# Steps of the stochastic-depth variant not trained, timed each epoch under --compare (about 20% of an epoch).
+OTHER_VARIANT_STEPS = 4
 
 Split = tuple[torch.Tensor, torch.Tensor]  # images, labels
-History = dict[str, Any]  # per-epoch lists "loss", "val_model", "val_ema"; then "test_model", "test_ema", "ms_per_step"
+History = dict[str, Any]  # per-epoch lists "loss", "val_model", "val_ema"; then "test_model", "test_ema",
+# "ms_per_step" (the variant trained) and "ms_per_step_by_variant" (stochastic depth mode -> ms per step)
 
 if TYPE_CHECKING:
     import matplotlib.figure
@@ -57,9 +67,14 @@ def load_digits_split(device: torch.device, seed: int = 0) -> tuple[Split, Split
 
 
 class ResidualBlock(torch.nn.Module):
-    """conv-bn-relu-conv-bn, added to the input with stochastic depth (drop_path_add)."""
+    """conv-bn-relu-conv-bn, added to the input with stochastic depth.
 
-    def __init__(self, channels: int, drop_path_rate: float, use_package_ops: bool):
+    stochastic_depth (package ops only): "mask" runs the branch on every sample and zeroes the
+    dropped ones (drop_path_add); "subset" runs it on the kept samples only (drop_path_residual),
+    so its BatchNorms see the batch statistics of those samples, as in DINOv2.
+    """
+
+    def __init__(self, channels: int, drop_path_rate: float, use_package_ops: bool, stochastic_depth: str = "mask"):
         super().__init__()
         self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn1 = torch.nn.BatchNorm2d(channels)
@@ -67,13 +82,18 @@ class ResidualBlock(torch.nn.Module):
         self.bn2 = torch.nn.BatchNorm2d(channels)
         self.drop_path_rate = drop_path_rate
         self.use_package_ops = use_package_ops
+        self.stochastic_depth = stochastic_depth
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        if self.use_package_ops:
-            out = rk.drop_path_add(branch, x, self.drop_path_rate, self.training)
-        else:  # timm's drop_path, then the add
-            out = x + _torch_drop_path(branch, self.drop_path_rate, self.training)
+        if not self.use_package_ops:  # timm's drop_path, then the add
+            out = x + _torch_drop_path(self.branch(x), self.drop_path_rate, self.training)
+        elif self.stochastic_depth == "subset":
+            out = rk.drop_path_residual(x, self.branch, self.drop_path_rate, self.training)
+        else:
+            out = rk.drop_path_add(self.branch(x), x, self.drop_path_rate, self.training)
         return F.relu(out)
 
 
@@ -86,14 +106,19 @@ def _torch_drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 class DigitsNet(torch.nn.Module):
     def __init__(self, use_package_ops: bool, width: int = 32, num_blocks: int = 4, final_drop_path_rate: float = 0.1,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, stochastic_depth: str = "mask"):
         super().__init__()
         self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, width, 3, padding=1, bias=False),
                                         torch.nn.BatchNorm2d(width), torch.nn.ReLU())
         rates = rk.drop_path_rates(num_blocks, final_drop_path_rate)
-        self.blocks = torch.nn.Sequential(*[ResidualBlock(width, rate, use_package_ops) for rate in rates])
+        self.blocks = torch.nn.Sequential(*[ResidualBlock(width, rate, use_package_ops, stochastic_depth)
+                                            for rate in rates])
         self.dropout = rk.nn.Dropout(dropout) if use_package_ops else torch.nn.Dropout(dropout)
         self.head = torch.nn.Linear(width, NUM_CLASSES)
+
+    def set_stochastic_depth(self, mode: str) -> None:
+        for block in self.blocks:
+            block.stochastic_depth = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.blocks(self.stem(x)).mean(dim=(2, 3))
@@ -167,65 +192,121 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
     return correct
 
 
+@dataclasses.dataclass
+class Run:
+    """What one training step touches: the model and the recipe's stateful pieces."""
+    model: DigitsNet
+    optimizer: torch.optim.Optimizer
+    ema: "rk.ModelEMA | TorchEMA"
+    use_package_ops: bool
+    mixer: "rk.nn.CutMixUp | None" = None
+    criterion: "rk.nn.CrossEntropyLoss | None" = None
+    generator: "torch.Generator | None" = None  # the plain-torch CutMix/MixUp's
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimizer step and EMA update on a batch; returns the loss (a tensor: no host sync)."""
+        if self.use_package_ops:
+            images, mixed_target = self.mixer(images, labels)
+            loss = self.criterion(self.model(images), mixed_target)
+        else:
+            images, soft_target = torch_mix(images, labels, self.generator)
+            loss = F.cross_entropy(self.model(images), soft_target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.ema.update(self.model)
+        return loss
+
+
+def timed_step(run: Run, images: torch.Tensor, labels: torch.Tensor,
+               device: torch.device) -> tuple[torch.Tensor, float]:
+    """run.step and its wall time in seconds, the GPU's work included."""
+    started = time.perf_counter()
+    loss = run.step(images, labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return loss, time.perf_counter() - started
+
+
+def time_other_variant(run: Run, mode: str, batches: list[Split], device: torch.device) -> float:
+    """Seconds spent on `batches` by full steps of a scratch copy of `run` with stochastic depth `mode`.
+
+    The copy (model, optimizer state, EMA) and a forked RNG leave the training run as it was:
+    a run with --compare trains exactly as one without.
+    """
+    scratch = copy.deepcopy(run)
+    scratch.model.set_stochastic_depth(mode)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return sum(timed_step(scratch, images, labels, device)[1] for images, labels in batches)
+
+
 def train(use_package_ops: bool, args: argparse.Namespace, device: torch.device, label: str) -> History:
+    """Trains one network; under args.compare the package run also times the other stochastic-depth variant."""
     from tqdm import tqdm
 
     torch.manual_seed(args.seed)
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = load_digits_split(device)
-    model = DigitsNet(use_package_ops).to(device)
+    model = DigitsNet(use_package_ops, stochastic_depth=args.stochastic_depth).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     if use_package_ops:
-        ema = rk.ModelEMA(model, decay=EMA_DECAY, warmup=True)
-        mixer = rk.nn.CutMixUp(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, per_sample=True)
-        criterion = rk.nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
+        run = Run(model, optimizer, rk.ModelEMA(model, decay=EMA_DECAY, warmup=True), use_package_ops,
+                  mixer=rk.nn.CutMixUp(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, per_sample=True),
+                  criterion=rk.nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING))
     else:
-        ema = TorchEMA(model, EMA_DECAY)
-        generator = torch.Generator().manual_seed(args.seed)
+        run = Run(model, optimizer, TorchEMA(model, EMA_DECAY), use_package_ops,
+                  generator=torch.Generator().manual_seed(args.seed))
+    # The stochastic depth trained (plain torch: timm's mask), then, for the package run under --compare,
+    # the other one, timed on a few steps an epoch.
+    variants = [args.stochastic_depth] if use_package_ops else ["mask"]
+    if use_package_ops and args.compare:
+        variants += [mode for mode in STOCHASTIC_DEPTH_MODES if mode != args.stochastic_depth]
     steps_per_epoch = math.ceil(len(train_y) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     history = {"loss": [], "val_model": [], "val_ema": []}
-    step, step_time = 0, 0.0
+    step = 0
+    seconds, steps_timed = dict.fromkeys(variants, 0.0), dict.fromkeys(variants, 0)
     print(f"{label}: {sum(p.numel() for p in model.parameters())} parameters, {args.epochs} epochs "
           f"of {steps_per_epoch} steps on {device}")
     for epoch in range(args.epochs):
         model.train()
         order = torch.randperm(len(train_y), device=device)
         epoch_loss = 0.0
+        epoch_seconds = dict.fromkeys(variants, 0.0)
         # disable=None: a bar on a terminal, nothing when stderr is redirected to a log.
         progress = tqdm(total=steps_per_epoch, desc=f"{label} epoch {epoch + 1}/{args.epochs}", leave=False,
                         disable=None, unit="step")
+        probe = []  # the batches on which the other variant is timed
         for batch in range(steps_per_epoch):
             index = order[batch * args.batch_size:(batch + 1) * args.batch_size]
-            images, labels = train_x[index], train_y[index]
+            images_and_labels = (train_x[index], train_y[index])
+            if batch < OTHER_VARIANT_STEPS:
+                probe.append(images_and_labels)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, steps_per_epoch * args.warmup_epochs, args.lr)
-            started = time.perf_counter()
-            if use_package_ops:
-                images, mixed_target = mixer(images, labels)
-                loss = criterion(model(images), mixed_target)
-            else:
-                images, soft_target = torch_mix(images, labels, generator)
-                loss = F.cross_entropy(model(images), soft_target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            ema.update(model)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            step_time += time.perf_counter() - started
+            loss, elapsed = timed_step(run, *images_and_labels, device)
+            epoch_seconds[variants[0]] += elapsed
             epoch_loss += loss.item()
             step += 1
             progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             progress.update()
         progress.close()
+        epoch_steps = {mode: steps_per_epoch if mode == variants[0] else len(probe) for mode in variants}
+        for mode in variants[1:]:
+            epoch_seconds[mode] = time_other_variant(run, mode, probe, device)
+        for mode in variants:
+            seconds[mode] += epoch_seconds[mode]
+            steps_timed[mode] += epoch_steps[mode]
         history["loss"].append(epoch_loss / steps_per_epoch)
         history["val_model"].append(accuracy(model, val_x, val_y))
-        history["val_ema"].append(accuracy(ema.module, val_x, val_y))
+        history["val_ema"].append(accuracy(run.ema.module, val_x, val_y))
+        step_times = "  ".join(f"{mode} {1000 * epoch_seconds[mode] / epoch_steps[mode]:.1f}" for mode in variants)
         print(f"{label} epoch {epoch + 1:3d}  loss {history['loss'][-1]:.4f}  "
-              f"val accuracy model {history['val_model'][-1]:.4f}  ema {history['val_ema'][-1]:.4f}")
+              f"val accuracy model {history['val_model'][-1]:.4f}  ema {history['val_ema'][-1]:.4f}  "
+              f"ms/step {step_times}")
     history["test_model"] = accuracy(model, test_x, test_y)
-    history["test_ema"] = accuracy(ema.module, test_x, test_y)
-    history["ms_per_step"] = 1000 * step_time / max(1, step)
+    history["test_ema"] = accuracy(run.ema.module, test_x, test_y)
+    history["ms_per_step_by_variant"] = {mode: 1000 * seconds[mode] / max(1, steps_timed[mode]) for mode in variants}
+    history["ms_per_step"] = history["ms_per_step_by_variant"][variants[0]]
     return history
 
 
@@ -272,8 +353,15 @@ The last line printed is `test accuracy: model=0.XXXX ema=0.XXXX`.
 """
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's own errors (an unknown choice, a missing value) in one line too, like the demo's checks."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(self, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m recipe_kernels.demo", description=DESCRIPTION, epilog=EPILOG,
+    parser = _OneLineErrorParser(prog="python -m recipe_kernels.demo", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
@@ -285,8 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=list(_backend.BACKENDS), default=None,
                         help="the package's backend (default: triton on a GPU, torch on the CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights, batches and augmentation (default: 0)")
+    parser.add_argument("--stochastic-depth", choices=STOCHASTIC_DEPTH_MODES, default=DEFAULT_STOCHASTIC_DEPTH,
+                        help="how the residual blocks drop paths: mask runs each branch on every sample and zeroes "
+                             "the dropped ones (drop_path_add), subset runs it on the kept samples only "
+                             f"(drop_path_residual) (default: {DEFAULT_STOCHASTIC_DEPTH}, the faster on the CPU)")
     parser.add_argument("--compare", action="store_true",
-                        help="also train with plain torch equivalents and print both accuracies and ms per step")
+                        help="also train with plain torch equivalents, time a few steps of the other "
+                             "--stochastic-depth each epoch, and print the accuracies and ms per step")
     parser.add_argument("--plot", metavar="PATH", help="write the training curves to this PNG file")
     return parser
 
@@ -361,6 +454,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for label, history in runs.items():
             print(f"{label:>16} {history['test_model']:>10.4f} {history['test_ema']:>9.4f} "
                   f"{history['ms_per_step']:>8.2f}")
+        trained, other = runs["recipe_kernels"]["ms_per_step_by_variant"].items()
+        print(f"recipe_kernels ms/step by --stochastic-depth: {trained[0]} {trained[1]:.2f} (trained), "
+              f"{other[0]} {other[1]:.2f} ({OTHER_VARIANT_STEPS} steps an epoch on a copy)")
     if args.plot:
         plot(args.plot, runs)
     ours = runs["recipe_kernels"]

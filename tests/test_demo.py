@@ -21,6 +21,13 @@ def test_demo_trains_compares_plots_and_ends_with_the_accuracy_line(tmp_path):
     assert match, lines[-1]
     assert float(match.group(2)) > 0.5  # two epochs already learn the digits (chance is 0.1)
     assert any(line.strip().startswith("plain torch") for line in lines)  # the comparison table
+    # Each epoch shows the time per step: under --compare of both stochastic-depth variants.
+    epoch_lines = [line for line in lines if line.startswith("recipe_kernels epoch")]
+    assert len(epoch_lines) == 2
+    assert all(re.search(r"ms/step subset \d+\.\d  mask \d+\.\d$", line) for line in epoch_lines), epoch_lines
+    assert all(re.search(r"ms/step mask \d+\.\d$", line) for line in lines if line.startswith("plain torch epoch"))
+    assert any(re.match(r"recipe_kernels ms/step by --stochastic-depth: subset \d+\.\d\d \(trained\), "
+                        r"mask \d+\.\d\d", line) for line in lines), lines[-4:]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # stderr is a pipe here, as in a redirected log: no progress bar redrawn with carriage returns.
     assert "\r" not in result.stderr, result.stderr[:300]
@@ -44,6 +51,8 @@ def error_of(capsys, argv):
     (["--lr", "nan"], "--lr must be a positive number"),
     (["--device", "tpu"], "--device must be cpu, cuda or cuda:N, got 'tpu'"),
     (["--device", "cpu", "--backend", "cuda"], "--backend cuda on cpu: "),
+    (["--stochastic-depth", "dropout"], "argument --stochastic-depth: invalid choice: 'dropout'"),
+    (["--epochs"], "argument --epochs: expected one argument"),
 ])
 def test_bad_flags_stop_before_training(capsys, argv, expected):
     assert expected in error_of(capsys, argv)
@@ -101,3 +110,36 @@ def test_the_plot_shows_every_epoch_and_keeps_one_colour_per_run():
     for line in accuracy_axis.get_lines():
         run = line.get_label().split(":")[0]
         assert line.get_color() == loss_colours[run], line.get_label()
+
+
+def test_stochastic_depth_flag_picks_the_residual_op(monkeypatch):
+    assert demo.parse_args(["--device", "cpu"]).stochastic_depth == demo.DEFAULT_STOCHASTIC_DEPTH == "subset"
+    calls = []
+    monkeypatch.setattr(demo.rk, "drop_path_residual", lambda *a: calls.append("subset") or a[0] + a[1](a[0]))
+    monkeypatch.setattr(demo.rk, "drop_path_add", lambda y, x, *a: calls.append("mask") or x + y)
+    x = torch.randn(4, 1, 8, 8)
+    for mode in demo.STOCHASTIC_DEPTH_MODES:
+        calls.clear()
+        model = demo.DigitsNet(True, stochastic_depth=demo.parse_args(["--stochastic-depth", mode]).stochastic_depth)
+        model(x)
+        assert calls == [mode] * len(model.blocks)
+
+
+def test_timing_the_other_variant_leaves_the_training_run_untouched():
+    """--compare's extra steps run on a copy with a forked RNG: the trained run goes on as without --compare."""
+    torch.manual_seed(0)
+    model = demo.DigitsNet(True, num_blocks=2, final_drop_path_rate=0.5, stochastic_depth="mask")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    run = demo.Run(model, optimizer, demo.rk.ModelEMA(model, decay=0.9), True,
+                   mixer=demo.rk.nn.CutMixUp(per_sample=True), criterion=demo.rk.nn.CrossEntropyLoss())
+    batch = (torch.rand(8, 1, 8, 8), torch.arange(8))
+    run.step(*batch)  # momentum buffers exist
+    before = [t.clone() for t in [*model.state_dict().values(), *run.ema.module.state_dict().values(),
+                                  *(optimizer.state[p]["momentum_buffer"] for p in model.parameters())]]
+    rng = torch.get_rng_state()
+    assert demo.time_other_variant(run, "subset", [batch], torch.device("cpu")) > 0
+    after = [*model.state_dict().values(), *run.ema.module.state_dict().values(),
+             *(optimizer.state[p]["momentum_buffer"] for p in model.parameters())]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(block.stochastic_depth == "mask" for block in model.blocks)
