@@ -23,7 +23,6 @@ Usage: python benchmarks/bench_ema.py [--quick] [--out DIR]
 import os
 import sys
 import time
-import types
 
 import torch
 
@@ -92,7 +91,7 @@ def ours(backend):
     memos = {}
 
     def update(ema, params):
-        memo = memos.setdefault(id(ema), types.SimpleNamespace(table_addresses=None, table_entry=None))
+        memo = memos.setdefault(id(ema), ema_module.TableMemo())
         ema_module._ema_update(ema, params, decays, [ema_module.AVERAGE_SLOT] * len(ema), backend, memo=memo)
     return update
 

@@ -16,9 +16,10 @@ Multi-tensor apply: every (e, p) pair is cut into chunks of CHUNK elements, and 
 int64 table per chunk holds [e address, p address, element count, codes]; the kernel runs one
 program (Triton) or block (CUDA) per row. Mixed dtypes travel as dtype codes in the row, so a
 single launch covers any mix of fp32, fp16, bf16 and fp64 on either side (the math is fp32 for
-all of them). The table depends only on the tensors' addresses, sizes and dtypes; it is built
-once, cached under exactly that key and rebuilt when any of them changes (a re-allocated
-tensor has a new address).
+all of them). The table is cached under the address, dtype, shape and strides of every tensor
+on both sides, read on every call, so it is never stale: a re-allocated tensor, a model cast to
+another dtype or a view of another dtype or layout at the same address gets a table of its own
+(or a ValueError when the pair no longer matches).
 
 Bytes moved per element: read p, read e, write e; 12 bytes for an fp32 pair, 10 for a bf16
 model with an fp32 EMA. The table adds 32 bytes per chunk (under 0.02% for fp32).
@@ -209,27 +210,61 @@ def _ema_schedule_kernel(num_updates_ptr, decays_ptr, decay: tl.float64, warmup_
 
 # ----------------------------------------------------------------------------- the chunk table
 
-# Tables by (device, addresses, sizes, dtypes, slots). Bounded; tables used by a CUDA graph
-# capture are pinned, because the captured kernel keeps reading them on every replay.
+# Tables by layout (see _cached). Bounded; tables used by a CUDA graph capture (and their host
+# copies) are pinned by id, because the captured kernel keeps reading them on every replay.
 _TABLES = collections.OrderedDict()
 _TABLES_MAX = 64
 _PINNED_TABLES = {}
-# The torch backend has no table; it remembers the pair sets it has checked under the same key.
+# The torch backend has no table; it remembers the keys of the pair lists it has checked.
 _CHECKED_PAIRS = collections.OrderedDict()
 
 # C-level accessors: the per-call checks below walk every tensor, so they avoid Python loops.
 _data_ptr = torch.Tensor.data_ptr
-_numel = torch.Tensor.numel
+_stride = torch.Tensor.stride
 _is_contiguous = torch.Tensor.is_contiguous
 _dtype = operator.attrgetter("dtype")
 _shape = operator.attrgetter("shape")
 _device = operator.attrgetter("device")
 
 
-def _table_key(ema, params, slots):
-    """Everything the table depends on: addresses, sizes, dtypes and decay slots of every pair."""
-    return (ema[0].device, tuple(map(_data_ptr, ema)), tuple(map(_data_ptr, params)), tuple(map(_numel, ema)),
-            tuple(map(_dtype, ema)), tuple(map(_dtype, params)), tuple(slots))
+def _layout(tensors):
+    """The address (storage offset included), dtype, shape and strides of every tensor: all that
+    a table and the checks behind it depend on. One C-level pass per attribute."""
+    return (tuple(map(_data_ptr, tensors)), tuple(map(_dtype, tensors)), tuple(map(_shape, tensors)),
+            tuple(map(_stride, tensors)))
+
+
+class TableMemo:
+    """The last layout and cached value of one caller with fixed pair lists (a ModelEMA's pairs):
+    compared, instead of hashed and looked up."""
+
+    def __init__(self):
+        self.cache, self.slots, self.layout, self.value = None, None, None, None
+
+
+def _cached(cache, ema, params, slots, make, memo=None):
+    """cache[key], made by make() on a miss (bounded, least recently used first out), where the
+    key holds the device, the decay slots and the _layout of every tensor on both sides.
+
+    The layout is read on every call, so a tensor changed behind the caller (`.data = ...`,
+    model.half(), a view of another dtype, shape or strides at the same address) is seen before
+    any launch. The device is the first tensor's: under CUDA's unified addressing an address names
+    its device. memo (a TableMemo) short-cuts the lookup for a caller that repeats its pairs.
+    """
+    layout = _layout([*ema, *params])
+    if memo is not None and memo.cache is cache and memo.layout == layout and memo.slots == slots:
+        return memo.value
+    key = (ema[0].device, tuple(slots), *layout)
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
+        while len(cache) > _TABLES_MAX:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    if memo is not None:
+        memo.cache, memo.slots, memo.layout, memo.value = cache, list(slots), layout, value
+    return value
 
 
 def _row_code(ema, param, slot):
@@ -321,42 +356,25 @@ def _check_table_pairs(ema, params):
 
 
 def chunk_table(ema, params, slots, memo=None):
-    """The cached device table for the pairs: (table, aligned). Built (one host-to-device copy) on a miss.
+    """The cached device table for the pairs: (table, aligned), found as _cached says.
 
-    memo (ModelEMA's pairs, whose tensor objects and slots are fixed) remembers the last table
-    under the addresses and model sizes alone: re-allocation moves an address, so this is
-    enough there, and it is about three times cheaper than the full key.
+    Built on a miss (checked, then one host-to-device copy). memo: a TableMemo of a caller with
+    fixed pair lists.
     """
-    if memo is not None:
-        addresses = (tuple(map(_data_ptr, ema)), tuple(map(_data_ptr, params)), tuple(map(_numel, params)))
-        if memo.table_addresses == addresses:
-            entry = memo.table_entry
-            if entry[0].is_cuda and torch.cuda.is_current_stream_capturing():
-                _PINNED_TABLES[id(entry[0])] = entry
-            return entry
-    key = _table_key(ema, params, slots)
-    entry = _TABLES.get(key) or _PINNED_TABLES.get(key)
-    if entry is None:
-        table, aligned = build_chunk_table(ema, params, slots)
-        if ema[0].is_cuda:  # from pinned memory, asynchronously: not even the first update syncs
-            host = table.pin_memory()
-            table = host.to(ema[0].device, non_blocking=True)
-            if torch.cuda.is_current_stream_capturing():  # a captured copy reads host on every replay
-                _PINNED_TABLES[(key, "host")] = host
-        entry = (table.to(ema[0].device), aligned)
-        _TABLES[key] = entry
-        while len(_TABLES) > _TABLES_MAX:
-            _TABLES.popitem(last=False)
-    else:
-        if memo is not None:  # ModelEMA's model changed (its memo missed) but matches a known table:
-            _check_table_pairs(ema, params)  # e.g. a .data view at the same address, of other sizes
-        if key in _TABLES:
-            _TABLES.move_to_end(key)
+    entry = _cached(_TABLES, ema, params, slots, lambda: _device_table(ema, params, slots), memo)
     if entry[0].is_cuda and torch.cuda.is_current_stream_capturing():
-        _PINNED_TABLES[key] = entry
-    if memo is not None:
-        memo.table_addresses, memo.table_entry = addresses, entry
+        _PINNED_TABLES[id(entry[0])] = entry
     return entry
+
+
+def _device_table(ema, params, slots):
+    table, aligned = build_chunk_table(ema, params, slots)
+    if ema[0].is_cuda:  # from pinned memory, asynchronously: not even the first update syncs
+        host = table.pin_memory()
+        table = host.to(ema[0].device, non_blocking=True)
+        if torch.cuda.is_current_stream_capturing():  # a captured copy reads host on every replay
+            _PINNED_TABLES[id(host)] = host
+    return table.to(ema[0].device), aligned
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -382,17 +400,12 @@ def _ema_update_cuda(ema, params, decays, slots, memo=None):
                            _backend.cuda_stream(table.device))
 
 
-def _ema_update_torch(ema, params, decays, slots):
+def _ema_update_torch(ema, params, decays, slots, memo=None):
     """The reference in fp32, one pair at a time (the CPU path and the oracle of the kernels).
 
     Checks the pairs as a table build does (the same input is refused by every backend), once per
-    set of addresses, sizes and dtypes, as the tables are cached."""
-    key = _table_key(ema, params, slots) + (tuple(map(_shape, params)),)
-    if key not in _CHECKED_PAIRS:
-        _check_table_pairs(ema, params)
-        _CHECKED_PAIRS[key] = True
-        while len(_CHECKED_PAIRS) > _TABLES_MAX:
-            _CHECKED_PAIRS.popitem(last=False)
+    layout, as the tables are cached."""
+    _cached(_CHECKED_PAIRS, ema, params, slots, lambda: _check_table_pairs(ema, params) or True, memo)
     for e, p, slot in zip(ema, params, slots):
         if e.numel() == 0:
             continue
@@ -432,7 +445,7 @@ def _ema_update(ema, params, decays, slots, backend, memo=None):
     if not ema:
         return
     if backend == "torch":
-        _ema_update_torch(ema, params, decays, slots)
+        _ema_update_torch(ema, params, decays, slots, memo)
     elif backend == "triton":
         _ema_update_triton(ema, params, decays, slots, memo)
     else:
@@ -737,7 +750,7 @@ class _Pairs:
     def __init__(self, ema_module, model, buffer_mode):
         self.model = model
         self.generation = _REGISTRATIONS[0]
-        self.table_addresses, self.table_entry = None, None  # chunk_table's memo
+        self.table_memo = TableMemo()
         ema_tensors, model_tensors, self.slots, names = [], [], [], []
         ema_params, model_params = dict(ema_module.named_parameters()), dict(model.named_parameters())
         if ema_params.keys() != model_params.keys():
@@ -869,7 +882,7 @@ class ModelEMA:
             ema_update_op(ema, params, self._decays, pairs.slots, self.backend)
         else:  # eager: straight to the launchers (see _dispatch_ema_update)
             _ema_schedule(*schedule)
-            _ema_update(ema, params, self._decays, pairs.slots, self.backend, memo=pairs)
+            _ema_update(ema, params, self._decays, pairs.slots, self.backend, memo=pairs.table_memo)
             torch.autograd.graph.increment_version(ema)
 
     def state_dict(self):

@@ -178,6 +178,144 @@ def test_cuda_blend_host_code_equals_reference():
         assert torch.equal(host.nan_to_num(), expected.nan_to_num()) and torch.equal(host.isnan(), expected.isnan())
 
 
+# ----------------------------------------------------------------------------- the table is never stale
+
+
+class HostLaunchers:
+    """_C with its GPU launchers replaced by their *_host entry points (same argument names): the
+    cuda backend's whole host path (pairs, tables, caches, launch arguments) then runs the CUDA
+    kernels' own code on CPU tensors."""
+
+    def __init__(self, extension):
+        self.extension = extension
+
+    def ema_update(self, table, num_chunks, decays, chunk, threads, stream):
+        self.extension.ema_update_host(table, num_chunks, decays, chunk, threads)
+
+    def ema_schedule(self, num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
+                     update_after_step, update_every, stream):
+        self.extension.ema_schedule_host(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
+                                         update_after_step, update_every)
+
+
+# The backends of the tests, plus "cuda" through the host entry points where there is no GPU.
+EVERY_BACKEND = BACKENDS + (["cuda"] if DEVICE.type == "cpu" and _backend._C is not None else [])
+
+
+@pytest.fixture(params=EVERY_BACKEND)
+def every_backend(request, monkeypatch):
+    if request.param == "cuda" and DEVICE.type == "cpu":
+        monkeypatch.setattr(_backend, "_C", HostLaunchers(_backend._C))
+        monkeypatch.setattr(_backend, "cuda_stream", lambda device: 0)
+        why_unavailable = _backend.why_unavailable
+        monkeypatch.setattr(_backend, "why_unavailable",
+                            lambda backend, device: None if backend == "cuda" else why_unavailable(backend, device))
+    return request.param
+
+
+def linear_and_ema(backend, model_dtype=torch.bfloat16, ema_dtype=torch.float32):
+    """An 8 x 8 bias-free Linear (square, so a transposed weight keeps its shape) and its EMA, updated once."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 8, bias=False).to(DEVICE, model_dtype)
+    ema = rk.ModelEMA(model, decay=0.5, ema_dtype=ema_dtype, backend=backend)
+    ema.update(model)
+    return model, ema
+
+
+def refill(tensor, seed):
+    """New values in place (the tensor keeps its address, dtype and layout)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=torch.float64))
+
+
+def check_update(ema, model):
+    """ema.update(model) equals the float64 formula on the tensors' current logical values."""
+    e_before, p = ema.module.weight.detach().double().clone(), model.weight.detach().double()
+    ema.update(model)
+    torch.testing.assert_close(ema.module.weight.detach().double(), 0.5 * e_before + 0.5 * p,
+                               **TOLERANCE[ema.module.weight.dtype])
+
+
+def test_model_dtype_view_at_the_same_address(every_backend):
+    model, ema = linear_and_ema(every_backend)
+    address = model.weight.data_ptr()
+    model.weight.data = model.weight.data.view(torch.float16)  # bf16 bits reread as fp16: a new dtype, same block
+    refill(model.weight, 1)
+    assert model.weight.data_ptr() == address
+    check_update(ema, model)
+
+
+def test_ema_dtype_view_at_the_same_address(every_backend):
+    model, ema = linear_and_ema(every_backend, model_dtype=torch.float32, ema_dtype=torch.bfloat16)
+    address = ema.module.weight.data_ptr()
+    ema.module.weight.data = ema.module.weight.data.view(torch.float16)
+    refill(ema.module.weight, 2)
+    assert ema.module.weight.data_ptr() == address
+    check_update(ema, model)
+
+
+def test_transposed_view_at_the_same_address_raises(every_backend):
+    # A ModelEMA walks each pair in memory order; a model tensor whose layout no longer matches its
+    # EMA tensor's is refused (as when the pairs are made), never read in the wrong order.
+    model, ema = linear_and_ema(every_backend)
+    model.weight.data = model.weight.data.t()
+    with pytest.raises(ValueError, match="memory layout"):
+        ema.update(model)
+    model.weight.data = model.weight.data.t()  # back: updates resume
+    check_update(ema, model)
+    ema.module.weight.data = ema.module.weight.data.t()
+    with pytest.raises(ValueError, match="memory layout"):
+        ema.update(model)
+
+
+def test_shape_change_at_the_same_address_raises(every_backend):
+    model, ema = linear_and_ema(every_backend)
+    model.weight.data = model.weight.data.view(4, 16)
+    with pytest.raises(ValueError, match=r"shape \(8, 8\) but model tensor has \(4, 16\)"):
+        ema.update(model)
+
+
+def test_storage_offset_change(every_backend):
+    model, ema = linear_and_ema(every_backend)
+    storage = torch.zeros(65, dtype=model.weight.dtype, device=DEVICE)
+    model.weight.data = storage[1:].view(8, 8)  # one element in: an unaligned address
+    refill(model.weight, 3)
+    check_update(ema, model)
+    model.weight.data = storage[:64].view(8, 8)
+    refill(model.weight, 4)
+    check_update(ema, model)
+
+
+def test_dtype_round_trip_of_the_model(every_backend):
+    # model.bfloat16(); update; model.float(); model.half(); update: an allocator may hand the same
+    # block back at each step.
+    model, ema = linear_and_ema(every_backend, model_dtype=torch.float32)
+    for convert in (torch.nn.Module.bfloat16, torch.nn.Module.float, torch.nn.Module.half, torch.nn.Module.float):
+        convert(model)
+        refill(model.weight, 5)
+        check_update(ema, model)
+
+
+def test_ema_update_follows_every_change_of_its_lists(every_backend):
+    # The same list objects on every call; their tensors change behind them.
+    storage = torch.zeros(65, dtype=torch.bfloat16, device=DEVICE)
+    ema, params = [torch.randn(8, 8, device=DEVICE)], [storage[:64].view(8, 8)]
+    changes = [lambda: params[0].view(torch.float16),  # dtype view, same address
+               lambda: params[0].t(),  # transposed view, same address
+               lambda: storage[1:].view(8, 8),  # another storage offset
+               lambda: params[0].float(), lambda: params[0].half()]
+    for step, change in enumerate(changes):
+        params[0] = change()
+        refill(params[0], 10 + step)
+        expected = oracle(ema, params, 0.5)
+        rk.ema_update_(ema, params, 0.5, backend=every_backend)
+        torch.testing.assert_close(ema[0].double(), expected[0], **TOLERANCE[torch.float32])
+    params[0] = params[0].view(4, 16)
+    with pytest.raises(ValueError, match="must match"):
+        rk.ema_update_(ema, params, 0.5, backend=every_backend)
+
+
 # ----------------------------------------------------------------------------- the schedule
 
 SCHEDULES = [dict(decay=0.9), dict(decay=0.9999, warmup=True),
