@@ -164,7 +164,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("box"), py::arg("n"), py::arg("c"), py::arg("h"), py::arg("w"), py::arg("channels_last"),
         py::arg("dtype"));
   // ema (bindings)
-  m.def("ema_update", &recipe_kernels::ema_update, "e <- d*e + (1-d)*p over every row of a chunk table",
+  m.def("ema_update", &recipe_kernels::ema_update, "e <- lerp(e, p, 1 - d) over every row of a chunk table",
         py::arg("table"), py::arg("num_chunks"), py::arg("decays"), py::arg("chunk"), py::arg("threads"),
         py::arg("stream"));
   m.def("ema_schedule", &recipe_kernels::ema_schedule, "num_updates += 1; decays = ModelEMA's decays for it",

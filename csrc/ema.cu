@@ -1,4 +1,4 @@
-// Multi-tensor EMA of model weights: e <- d*e + (1-d)*p for every tensor pair in one launch,
+// Multi-tensor EMA of model weights: e <- lerp(e, p, 1 - d) for every tensor pair in one launch,
 // and ModelEMA's one-thread decay schedule. The Python side (recipe_kernels/ema.py) builds the
 // chunk table: one row of four int64 per chunk of at most `chunk` elements,
 //   [e address, p address, element count, codes = e code | p code << 4 | decay slot << 8],
@@ -40,16 +40,25 @@ struct EmaChunk {
   int64_t codes;
 };
 
-// d*e + (1-d)*p with each product and the sum rounded to fp32 (no FMA), d == 0 giving p exactly.
-// d == 1 never gets here: the kernel skips such chunks, leaving e untouched.
-__host__ __device__ inline float ema_blend(float e, float p, float d, float one_minus_d) {
-#ifdef __CUDA_ARCH__
-  const float blended = __fadd_rn(__fmul_rn(d, e), __fmul_rn(one_minus_d, p));
-#else
-  const float decayed = d * e;  // separate statements: host code does not contract these
-  const float added = one_minus_d * p;
-  const float blended = decayed + added;
-#endif
+// torch.lerp(e, p, w) with w = 1 - d, written as base + coeff*(p - e):
+//   |w| < 0.5: e + w*(p - e); else p + (w - 1)*(p - e), which is p - (p - e)*(1 - w) exactly.
+// p == e adds or subtracts an exact zero, so e stays e. Only the final add of a product could be
+// contracted into an FMA; mul_rn and add_rn keep the two roundings (bit-equal to the other backends).
+struct EmaLerp {
+  bool from_ema;  // the base is e (else p)
+  float coeff;    // w, or w - 1
+};
+
+__host__ __device__ inline EmaLerp ema_lerp(float d) {
+  const float weight = 1.0f - d;
+  const bool from_ema = fabsf(weight) < 0.5f;
+  return EmaLerp{from_ema, from_ema ? weight : weight - 1.0f};
+}
+
+// The EMA of one element; d == 0 gives p exactly. d == 1 never gets here: the kernel skips such
+// chunks, leaving e untouched.
+__host__ __device__ inline float ema_blend(float e, float p, float d, EmaLerp lerp) {
+  const float blended = add_rn(lerp.from_ema ? e : p, mul_rn(lerp.coeff, p - e));
   return d == 0.0f ? p : blended;
 }
 
@@ -84,22 +93,13 @@ __host__ __device__ inline EmaDecays ema_decays(int64_t t, const EmaSchedule& s)
 
 namespace {
 
-// 1 - d rounded once (a plain subtraction on the host, which rounds each operation alike).
-RK_HOST_DEVICE float one_minus(float d) {
-#ifdef __CUDA_ARCH__
-  return __fsub_rn(1.0f, d);
-#else
-  return 1.0f - d;
-#endif
-}
-
 // One chunk of one pair, for thread `thread` of a block of `threads`: count elements of E at ema
 // and of P at param. Each thread moves four consecutive elements per step, as one vector when
 // both addresses allow it.
 template <typename E, typename P>
 RK_HOST_DEVICE void blend_chunk(E* __restrict__ ema, const P* __restrict__ param, int64_t count, float d,
                                 int64_t thread, int64_t threads) {
-  const float one_minus_d = one_minus(d);
+  const EmaLerp lerp = ema_lerp(d);
   const bool vectorized = reinterpret_cast<uintptr_t>(ema) % sizeof(Vec4<E>) == 0 &&
                           reinterpret_cast<uintptr_t>(param) % sizeof(Vec4<P>) == 0;
   for (int64_t first = thread * 4; first < count; first += threads * 4) {
@@ -107,11 +107,11 @@ RK_HOST_DEVICE void blend_chunk(E* __restrict__ ema, const P* __restrict__ param
       const Vec4<P> p = *reinterpret_cast<const Vec4<P>*>(param + first);
       Vec4<E> e = *reinterpret_cast<const Vec4<E>*>(ema + first);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) e.v[j] = from_float<E>(ema_blend(to_float(e.v[j]), to_float(p.v[j]), d, one_minus_d));
+      for (int j = 0; j < 4; ++j) e.v[j] = from_float<E>(ema_blend(to_float(e.v[j]), to_float(p.v[j]), d, lerp));
       *reinterpret_cast<Vec4<E>*>(ema + first) = e;
     } else {
       for (int64_t i = first; i < first + 4 && i < count; ++i) {
-        ema[i] = from_float<E>(ema_blend(to_float(ema[i]), to_float(param[i]), d, one_minus_d));
+        ema[i] = from_float<E>(ema_blend(to_float(ema[i]), to_float(param[i]), d, lerp));
       }
     }
   }
@@ -130,7 +130,7 @@ RK_HOST_DEVICE void blend_chunk_for_param(int param_code, E* ema, int64_t param_
   }
 }
 
-// e <- d*e + (1-d)*p over the chunk of table row `block`, with d = decays[slot of the row], for
+// e <- lerp(e, p, 1 - d) over the chunk of table row `block`, with d = decays[slot of the row], for
 // thread `thread` of a block of `threads`. Inputs: table (EmaChunk rows), decays (fp32). Bytes:
 // reads p and e and writes e once each, plus 32 table bytes and 4 decay bytes per block. A decay
 // of exactly 1 skips the chunk, reading nothing.
@@ -233,8 +233,8 @@ void ema_schedule_host(uintptr_t num_updates, uintptr_t decays, double decay, bo
 }
 
 void ema_blend_host(const float* ema, const float* param, float* out, int64_t n, float decay) {
-  const float one_minus_d = 1.0f - decay;
-  for (int64_t i = 0; i < n; ++i) out[i] = decay == 1.0f ? ema[i] : ema_blend(ema[i], param[i], decay, one_minus_d);
+  const EmaLerp lerp = ema_lerp(decay);
+  for (int64_t i = 0; i < n; ++i) out[i] = decay == 1.0f ? ema[i] : ema_blend(ema[i], param[i], decay, lerp);
 }
 
 void ema_decays_host(int64_t t, double decay, bool warmup, double warmup_gamma, double warmup_power,

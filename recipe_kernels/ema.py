@@ -3,10 +3,16 @@
 Top to bottom: Triton kernels, the chunk table, launchers (Triton and CUDA), torch.library
 registration, the public function `ema_update_` and the `ModelEMA` class.
 
-Formula, identical in every backend and in the oracle (recipe_kernels.reference):
+Formula, identical in every backend and in the oracle (recipe_kernels.reference): torch.lerp's,
+with weight w = 1 - d,
 
-    e <- d*e + (1-d)*p      in fp32: d*e, (1-d)*p and their sum each rounded to fp32, no FMA,
-                            then one rounding to e's dtype
+    e <- e + w*(p - e)          when |w| < 0.5 (d > 0.5, every usual EMA decay)
+    e <- p - (p - e)*(1 - w)    otherwise
+
+in fp32, each operation rounded to fp32 (w and 1 - w included), no FMA, then one rounding to e's
+dtype. p == e stays exactly e (an exact zero is added or subtracted), so a frozen parameter's EMA
+never drifts; torch._foreach_lerp_(e, p, w) gives the same bits wherever its fused multiply-add
+rounds like a separate multiply (e.g. w or 1 - w a power of two).
 
 with two exact cases: d == 0 stores p (converted to e's dtype) and d == 1 leaves e untouched,
 bit for bit, even when e or p holds inf or NaN. ModelEMA uses d == 0 for "copy" steps and
@@ -131,12 +137,13 @@ def _store_from_fp32(address, offsets, mask, value, code, FULL: tl.constexpr, AL
 
 
 @triton.jit
-def _blend_block(ema_address, param_address, offsets, mask, ema_code, param_code, decay, one_minus_decay,
+def _blend_block(ema_address, param_address, offsets, mask, ema_code, param_code, decay, from_ema, coeff,
                  FULL: tl.constexpr, ALIGNED: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """e <- d*e + (1-d)*p on one block; d == 0 stores p exactly."""
+    """e <- lerp(e, p, 1 - d) on one block as base + coeff*(p - e), base e or p (see the kernel);
+    d == 0 stores p exactly."""
     param = _load_as_fp32(param_address, offsets, mask, param_code, FULL, ALIGNED)
     ema = _load_as_fp32(ema_address, offsets, mask, ema_code, FULL, ALIGNED)
-    blended = decay * ema + one_minus_decay * param
+    blended = tl.where(from_ema, ema, param) + coeff * (param - ema)
     blended = tl.where(decay == 0.0, param, blended)
     _store_from_fp32(ema_address, offsets, mask, blended, ema_code, FULL, ALIGNED, EMULATE_BF16_RTNE)
 
@@ -145,7 +152,7 @@ def _blend_block(ema_address, param_address, offsets, mask, ema_code, param_code
 def _ema_update_kernel(table_ptr, decays_ptr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
                        RAW_BYTES: tl.constexpr, PARAM_CODE_SHIFT: tl.constexpr,
                        DECAY_SLOT_SHIFT: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """e <- d*e + (1-d)*p in fp32 over the chunk of table row `program_id`.
+    """e <- lerp(e, p, 1 - d) in fp32 over the chunk of table row `program_id` (the module's formula).
 
     Inputs: table (rows of 4 int64: e address, p address, count, codes = e code | p code << 4 |
     decay slot << 8), decays (fp32, indexed by the slot). Bytes: reads p and e and writes e once
@@ -172,16 +179,20 @@ def _ema_update_kernel(table_ptr, decays_ptr, CHUNK: tl.constexpr, BLOCK: tl.con
                     raw = tl.load(param_address.to(tl.pointer_type(tl.int8)) + offsets, mask=offsets < count)
                     tl.store(ema_address.to(tl.pointer_type(tl.int8)) + offsets, raw, mask=offsets < count)
         else:
-            one_minus_decay = 1.0 - decay
-            # 3. Whole blocks unmasked (vector loads), then the tail masked; blocks past count do nothing.
+            # 3. torch.lerp's weight w = 1 - d and its two forms, as base + coeff*(p - e):
+            #    |w| < 0.5: e + w*(p - e); else p + (w - 1)*(p - e), which is p - (p - e)*(1 - w).
+            weight = 1.0 - decay
+            from_ema = tl.abs(weight) < 0.5
+            coeff = tl.where(from_ema, weight, weight - 1.0)
+            # 4. Whole blocks unmasked (vector loads), then the tail masked; blocks past count do nothing.
             for start in tl.static_range(0, CHUNK, BLOCK):
                 offsets = start + block
                 if start + BLOCK <= count:
                     _blend_block(ema_address, param_address, offsets, None, ema_code, param_code, decay,
-                                 one_minus_decay, True, ALIGNED, EMULATE_BF16_RTNE)
+                                 from_ema, coeff, True, ALIGNED, EMULATE_BF16_RTNE)
                 elif start < count:
                     _blend_block(ema_address, param_address, offsets, offsets < count, ema_code, param_code,
-                                 decay, one_minus_decay, False, ALIGNED, EMULATE_BF16_RTNE)
+                                 decay, from_ema, coeff, False, ALIGNED, EMULATE_BF16_RTNE)
 
 
 @triton.jit
@@ -437,7 +448,7 @@ def _schedule_torch(num_updates, decays, decay, warmup, warmup_gamma, warmup_pow
 
 
 def _ema_update(ema, params, decays, slots, backend, memo=None):
-    """ema[i] <- d*ema[i] + (1-d)*params[i] with d = decays[slots[i]], one launch for all pairs.
+    """ema[i] <- lerp(ema[i], params[i], 1 - d) with d = decays[slots[i]], one launch for all pairs.
 
     Expects what ema_update_ checks: equal sizes per pair, one device, e and p laid out alike
     in memory (same strides, dense), fp32 decays. Integer pairs are copied unless d == 1.
@@ -618,7 +629,8 @@ def _check_pairs(ema_tensors, model_tensors):
 
 @torch.no_grad()
 def ema_update_(ema_tensors, model_tensors, decay, *, backend=None):
-    """e <- decay*e + (1-decay)*p for every pair (e, p), in place, in one kernel launch.
+    """e <- lerp(e, p, 1 - decay), i.e. decay*e + (1-decay)*p, for every pair (e, p), in place, in
+    one kernel launch (the exact formula, which keeps e when p == e, is in the module docstring).
 
     ema_tensors and model_tensors are equally long lists; each pair has one shape, any floating
     dtypes (e.g. a bf16 model with an fp32 EMA; the math is fp32). decay is a Python float in
@@ -815,7 +827,7 @@ class ModelEMA:
 
     - skips the update when update_every > 1 and t % update_every != 0;
     - else copies the parameters when t <= update_after_step;
-    - else blends EMA <- d*EMA + (1-d)*param with d = decay, or with warmup
+    - else blends EMA <- lerp(EMA, param, 1 - d) = d*EMA + (1-d)*param with d = decay, or with warmup
       d = min(decay, max(min_decay, 1 - (1 + s/warmup_gamma)^(-warmup_power))), s = t - update_after_step.
 
     buffers: "average" averages floating buffers like parameters and copies integer ones (timm's

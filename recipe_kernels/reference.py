@@ -204,14 +204,20 @@ def cutmix_swap_(x, box):
 
 
 def ema_blend(ema, param, decay, *, math_dtype=torch.float32):
-    """d*e + (1-d)*p, each product and the sum rounded to math_dtype; d == 0 gives p, d == 1 gives e.
+    """torch.lerp(e, p, w) with w = 1 - d, each operation rounded to math_dtype (no FMA); d == 0
+    gives p, d == 1 gives e.
 
-    decay is a Python float or a 0-d tensor. The kernels compute this in fp32 (math_dtype=float32
-    reproduces them bit for bit) and round the result to e's dtype; float64 is the test oracle.
+    torch's lerp formula: e + w*(p - e) when |w| < 0.5, else p - (p - e)*(1 - w). Both keep e
+    exactly when p == e (finite). decay is a Python float or a 0-d tensor. The kernels compute this
+    in fp32 (math_dtype=float32 reproduces them bit for bit) and round the result to e's dtype;
+    float64 is the test oracle.
     """
     e, p = ema.to(math_dtype), param.to(math_dtype)
     d = torch.as_tensor(decay, device=e.device).to(math_dtype)
-    blended = d * e + (1.0 - d) * p
+    weight = 1.0 - d
+    small = weight.abs() < 0.5
+    # base + coeff*(p - e): w - 1 is -(1 - w) exactly, so the second form is p - (p - e)*(1 - w).
+    blended = torch.where(small, e, p) + torch.where(small, weight, weight - 1.0) * (p - e)
     return torch.where(d == 0.0, p, torch.where(d == 1.0, e, blended))
 
 

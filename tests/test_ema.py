@@ -316,6 +316,69 @@ def test_ema_update_follows_every_change_of_its_lists(every_backend):
         rk.ema_update_(ema, params, 0.5, backend=every_backend)
 
 
+# ----------------------------------------------------------------------------- the lerp form
+
+
+def lerp_weight(decay):
+    """torch.lerp's weight for a decay as every backend computes it: 1 - d, rounded to fp32."""
+    return float(torch.tensor(1.0) - torch.tensor(decay, dtype=torch.float32))
+
+
+# Decays whose products w*(p - e) or (1 - w)*(p - e) are exact in fp32 (w or 1 - w a power of
+# two): there torch's fused multiply-add cannot differ from the unfused lerp, so bits must match.
+EXACT_PRODUCT_DECAYS = [0.5, 0.75, 0.25, 1 - 2**-10, 2**-7]
+
+
+def test_lerp_equals_foreach_lerp_bit_for_bit_where_products_are_exact(every_backend):
+    ema, params = sample_pairs([1, 129, 4097])
+    for decay in EXACT_PRODUCT_DECAYS:
+        ours, torchs = [e.clone() for e in ema], [e.clone() for e in ema]
+        rk.ema_update_(ours, params, decay, backend=every_backend)
+        torch._foreach_lerp_(torchs, params, lerp_weight(decay))
+        for a, b in zip(ours, torchs):
+            assert torch.equal(a.view(torch.int32), b.view(torch.int32)), decay
+
+
+def test_lerp_within_torch_fma_rounding_of_foreach_lerp(every_backend):
+    # torch's lerp fuses its multiply-add; ours rounds the product first (bit-equal across backends).
+    ema, params = sample_pairs([129, 4097])
+    for decay in (0.9999, 0.999, 0.6, 0.3, 0.1):
+        ours, torchs = [e.clone() for e in ema], [e.clone() for e in ema]
+        rk.ema_update_(ours, params, decay, backend=every_backend)
+        torch._foreach_lerp_(torchs, params, lerp_weight(decay))
+        for a, b, e, p in zip(ours, torchs, ema, params):
+            assert bool(((a - b).abs() <= 2.0**-22 * torch.maximum(e.abs(), p.abs())).all()), decay
+
+
+@pytest.mark.filterwarnings("ignore:an EMA held in bfloat16 or float16")
+@pytest.mark.parametrize("ema_dtype,model_dtype", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+                                                   (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)])
+def test_equal_model_and_ema_values_stay_bit_exact(every_backend, ema_dtype, model_dtype):
+    # p == e: e + w*(p - e) adds an exact zero, p - (p - e)*(1 - w) subtracts one. d*e + (1-d)*p
+    # rounds its two products apart and moves about 0.007% of the elements per update at d = 0.9999.
+    generator = torch.Generator().manual_seed(7)
+    narrow = min(ema_dtype, model_dtype, key=lambda dtype: torch.finfo(dtype).bits)
+    values = (torch.randn(20000, generator=generator) * 10).to(narrow)  # held exactly by both dtypes
+    param, ema = values.to(DEVICE, model_dtype), [values.to(DEVICE, ema_dtype).clone()]
+    for decay in (0.9999, 0.999, 0.9, 0.7, 0.5, 0.3):
+        rk.ema_update_(ema, [param], decay, backend=every_backend)
+        assert torch.equal(ema[0], values.to(DEVICE, ema_dtype)), decay
+
+
+def test_frozen_parameters_stay_bit_exact_over_1000_updates(every_backend):
+    # A parameter that never changes, through the copy phase and a warmup whose decay differs at
+    # every step. One tensor: each one costs the Triton interpreter about 40 ms per update.
+    torch.manual_seed(3)
+    model = torch.nn.Linear(16, 16, bias=False).to(DEVICE)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(16, 16) * 3)  # full-precision values (uniform inits have few significant bits)
+    ema = rk.ModelEMA(model, decay=0.9999, warmup=True, update_after_step=3, backend=every_backend)
+    for _ in range(1000):
+        ema.update(model)
+    assert ema.num_updates.item() == 1000
+    assert torch.equal(ema.module.weight, model.weight)
+
+
 # ----------------------------------------------------------------------------- the schedule
 
 SCHEDULES = [dict(decay=0.9), dict(decay=0.9999, warmup=True),
