@@ -756,6 +756,14 @@ def _copy_module(model):
     return copy_tree(model)
 
 
+def _persistent_buffers(module):
+    """named_buffers() without the non-persistent ones, which state_dict() leaves out: ModelEMA
+    neither averages, copies nor saves those (as timm's ModelEmaV3, which walks state_dict())."""
+    non_persistent = {f"{prefix}.{name}" if prefix else name
+                      for prefix, submodule in module.named_modules() for name in submodule._non_persistent_buffers_set}
+    return {name: buffer for name, buffer in module.named_buffers() if name not in non_persistent}
+
+
 class _Pairs:
     """The (ema, model) tensor pairs of one model and their decay slots, made once per model structure."""
 
@@ -775,7 +783,7 @@ class _Pairs:
             self.slots.append(AVERAGE_SLOT)
             names.append(name)
         if buffer_mode != "ignore":
-            ema_buffers, model_buffers = dict(ema_module.named_buffers()), dict(model.named_buffers())
+            ema_buffers, model_buffers = _persistent_buffers(ema_module), _persistent_buffers(model)
             if ema_buffers.keys() != model_buffers.keys():
                 raise ValueError("the model's buffers do not match the EMA's: "
                                  f"{sorted(ema_buffers.keys() ^ model_buffers.keys())[:5]}")
@@ -831,7 +839,8 @@ class ModelEMA:
       d = min(decay, max(min_decay, 1 - (1 + s/warmup_gamma)^(-warmup_power))), s = t - update_after_step.
 
     buffers: "average" averages floating buffers like parameters and copies integer ones (timm's
-    default), "copy" copies them all, "ignore" leaves them alone. Parameters and buffers go in
+    default), "copy" copies them all, "ignore" leaves them alone. Non-persistent buffers (left out
+    of state_dict()) are always left alone, as in timm: .module keeps the values it was made with. Parameters and buffers go in
     one kernel; the schedule is a second, one-program kernel (the "torch" backend runs torch ops).
     Under DistributedDataParallel pass the model or its .module (each rank averages its replica);
     with DTensor/FSDP2 parameters each rank averages its local shards, without communication.
@@ -916,13 +925,14 @@ class ModelEMA:
 
     @torch.no_grad()
     def copy_to(self, model):
-        """Writes the EMA weights (and buffers, unless buffers="ignore") into `model`, cast to its dtypes."""
+        """Writes the EMA weights (and persistent buffers, unless buffers="ignore") into `model`, cast to
+        its dtypes."""
         model = _unwrap(model)
         targets = dict(model.named_parameters())
         if self.buffers != "ignore":
-            targets.update(model.named_buffers())
+            targets.update(_persistent_buffers(model))
         sources = dict(self.module.named_parameters())
-        sources.update(self.module.named_buffers())
+        sources.update(_persistent_buffers(self.module))
         if not targets.keys() <= sources.keys():
             raise ValueError("the model has tensors that the EMA does not: "
                              f"{sorted(targets.keys() - sources.keys())[:5]}")

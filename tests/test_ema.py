@@ -520,6 +520,57 @@ def test_resume_through_state_dict_is_bit_identical(backend):
         assert torch.equal(a, b), name
 
 
+class NetWithNonPersistentBuffer(SmallNet):
+    """SmallNet plus a floating buffer left out of state_dict() that every forward changes."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(3), persistent=False)
+
+    def forward(self, x):
+        self.calls.add_(1)
+        return super().forward(x)
+
+
+def make_model_with_non_persistent_buffer():
+    torch.manual_seed(0)
+    return NetWithNonPersistentBuffer().to(DEVICE)
+
+
+@pytest.mark.parametrize("buffers", ["average", "copy"])
+def test_non_persistent_buffers_are_neither_averaged_nor_saved(backend, buffers):
+    # As timm's ModelEmaV3, which walks state_dict(): .module keeps the value it was made with.
+    model = make_model_with_non_persistent_buffer()
+    ema = run_model_ema(model, 3, backend, decay=0.5, buffers=buffers)
+    assert torch.equal(model.calls, torch.full((3,), 3.0, device=DEVICE))
+    assert torch.equal(ema.module.calls, torch.zeros(3, device=DEVICE))
+    assert "calls" not in ema.state_dict()
+    ema.copy_to(model)
+    assert torch.equal(model.calls, torch.full((3,), 3.0, device=DEVICE))
+
+
+@pytest.mark.parametrize("resume_from", ["a new model", "the trained model"])
+@pytest.mark.parametrize("buffers", ["average", "copy"])
+def test_resume_with_non_persistent_buffers_is_bit_identical(backend, buffers, resume_from):
+    # 3 + 2 updates against 5: the state_dict() and the averaged weights are identical whether the
+    # resumed EMA is made from a new model (timm's train.py) or from the trained one; its
+    # non-persistent buffer is the one it was made with, as in any module made from that model.
+    straight = run_model_ema(make_model_with_non_persistent_buffer(), 5, backend, decay=0.75, buffers=buffers)
+    model = make_model_with_non_persistent_buffer()
+    saved = {k: v.clone() for k, v in run_model_ema(model, 3, backend, decay=0.75, buffers=buffers).state_dict().items()}
+    source = make_model_with_non_persistent_buffer() if resume_from == "a new model" else model
+    made_with = source.calls.clone()
+    resumed = rk.ModelEMA(source, decay=0.75, buffers=buffers, backend=backend)
+    resumed.load_state_dict(saved)
+    for t in (4, 5):
+        train_step(model, t)
+        resumed.update(model)
+    assert straight.state_dict().keys() == resumed.state_dict().keys()
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(resumed.module.calls, made_with)
+
+
 def test_copy_to_casts_to_the_model_dtype(backend):
     model = make_model(torch.bfloat16)
     ema = run_model_ema(model, 2, backend, decay=0.5, ema_dtype=torch.float32)
