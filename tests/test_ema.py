@@ -407,6 +407,80 @@ def test_schedule_kernel_matches_reference(backend, schedule):
             assert list(host) == pytest.approx(expected, rel=1e-6, abs=0), t
 
 
+def timm_get_decay(t, decay, min_decay, update_after_step, use_warmup, warmup_gamma, warmup_power):
+    """timm.utils.ModelEmaV3.get_decay(step=t), transcribed from timm 1.0 (timm's train.py passes
+    step = the number of updates so far, this one included)."""
+    step = max(0, t - update_after_step - 1)
+    if step <= 0:
+        return 0.0
+    if use_warmup:
+        value = 1 - (1 + step / warmup_gamma) ** -warmup_power
+        return max(min(value, decay), min_decay)
+    return decay
+
+
+def diffusers_get_decay(t, decay, min_decay, update_after_step, inv_gamma, power):
+    """diffusers.training_utils.EMAModel(use_ema_warmup=True).get_decay(t), transcribed (its step()
+    passes t = optimization_step, counted from 1)."""
+    step = max(0, t - update_after_step - 1)
+    if step <= 0:
+        return 0.0
+    value = 1 - (1 + step / inv_gamma) ** -power
+    return max(min(value, decay), min_decay)
+
+
+def timm_decays(steps, **settings):
+    """timm's own ModelEmaV3.get_decay where timm is installed, else the transcription."""
+    try:
+        from timm.utils import ModelEmaV3
+    except ImportError:
+        return [timm_get_decay(t, **settings) for t in steps]
+    timm_ema = ModelEmaV3(torch.nn.Linear(1, 1), **settings)
+    return [timm_ema.get_decay(t) for t in steps]
+
+
+def model_ema_decays(ema, steps):
+    """The average decay of each of ModelEMA's updates 1..steps, from its own schedule launch."""
+    decays = []
+    for _ in steps:
+        ema_schedule_op(ema.num_updates, ema._decays, ema.decay, ema.warmup, ema.warmup_gamma, ema.warmup_power,
+                        ema.min_decay, ema.update_after_step, ema.update_every, ema.backend)
+        decays.append(ema._decays[0].item())
+    return decays
+
+
+# (decay, timm's update_after_step a, use_warmup, warmup_gamma, warmup_power, min_decay): timm's
+# defaults, longer and shorter warmups, a min_decay that binds, no warmup.
+TIMM_SETTINGS = [(0.9999, 0, True, 1.0, 2 / 3, 0.0), (0.999, 5, True, 1.0, 0.75, 0.0),
+                 (0.99, 10, True, 10.0, 0.5, 0.3), (0.95, 3, True, 2.0, 1.0, 0.9), (0.99, 7, False, 1.0, 2 / 3, 0.0)]
+
+
+@pytest.mark.parametrize("decay,a,use_warmup,gamma,power,min_decay", TIMM_SETTINGS)
+def test_schedule_equals_timm_with_update_after_step_plus_one(every_backend, decay, a, use_warmup, gamma, power,
+                                                              min_decay):
+    steps = range(1, 201)
+    ema = rk.ModelEMA(torch.nn.Linear(1, 1).to(DEVICE), decay=decay, warmup=use_warmup, warmup_gamma=gamma,
+                      warmup_power=power, min_decay=min_decay, update_after_step=a + 1, backend=every_backend)
+    timm = timm_decays(steps, decay=decay, min_decay=min_decay, update_after_step=a, use_warmup=use_warmup,
+                       warmup_gamma=gamma, warmup_power=power)
+    assert model_ema_decays(ema, steps) == pytest.approx([fp32(d) for d in timm], rel=2**-23, abs=0)
+    if use_warmup:
+        diffusers = [diffusers_get_decay(t, decay, min_decay, a, gamma, power) for t in steps]
+        assert diffusers == timm
+
+
+def test_schedule_next_to_timm_when_min_decay_exceeds_decay(every_backend):
+    # timm clamps max(min(w, decay), min_decay): min_decay wins. rk clamps min(decay, max(min_decay, w)):
+    # decay wins. The copy steps agree.
+    steps = range(1, 51)
+    ema = rk.ModelEMA(torch.nn.Linear(1, 1).to(DEVICE), decay=0.99, warmup=True, min_decay=0.999,
+                      update_after_step=3, backend=every_backend)
+    timm = timm_decays(steps, decay=0.99, min_decay=0.999, update_after_step=2, use_warmup=True, warmup_gamma=1.0,
+                       warmup_power=2 / 3)
+    assert model_ema_decays(ema, steps) == [0.0] * 3 + [fp32(0.99)] * 47
+    assert timm == [0.0] * 3 + [0.999] * 47
+
+
 # ----------------------------------------------------------------------------- ModelEMA
 
 
