@@ -87,7 +87,7 @@ def make_set(shapes, model_dtype, ema_dtype):
 def ours(backend):
     """The path ModelEMA.update takes: pairs checked once, the table found by its addresses."""
     from recipe_kernels import ema as ema_module
-    decays = torch.full((1,), DECAY, device="cuda")  # a device scalar, as a training loop would hold
+    decays = torch.full((1,), DECAY, device="cuda", dtype=torch.float64)  # a device scalar, as the kernels read it
     memos = {}
 
     def update(ema, params):

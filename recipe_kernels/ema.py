@@ -9,23 +9,25 @@ with weight w = 1 - d,
     e <- e + w*(p - e)          when |w| < 0.5 (d > 0.5, every usual EMA decay)
     e <- p - (p - e)*(1 - w)    otherwise
 
-in fp32, each operation rounded to fp32 (w and 1 - w included), no FMA, then one rounding to e's
-dtype. p == e stays exactly e (an exact zero is added or subtracted), so a frozen parameter's EMA
-never drifts; torch._foreach_lerp_(e, p, w) gives the same bits wherever its fused multiply-add
-rounds like a separate multiply (e.g. w or 1 - w a power of two).
+in fp32, or in fp64 when either side of the pair is fp64 (reference.ema_math_dtype); each
+operation rounded (w and 1 - w included), no FMA; then the result is rounded to fp32 and once
+more to e's dtype. p == e stays exactly e (an exact zero is added or subtracted), so a frozen
+parameter's EMA never drifts; torch._foreach_lerp_(e, p, w) gives the same bits wherever its
+fused multiply-add rounds like a separate multiply (e.g. w or 1 - w a power of two).
 
-with two exact cases: d == 0 stores p (converted to e's dtype) and d == 1 leaves e untouched,
-bit for bit, even when e or p holds inf or NaN. ModelEMA uses d == 0 for "copy" steps and
-d == 1 for "skip" steps, so its schedule needs no branch on the host.
+Two cases are exact: d == 0 stores p (converted to e's dtype) and d == 1 (in the math's
+precision) leaves e untouched, bit for bit, even when e or p holds inf or NaN. ModelEMA uses
+d == 0 for "copy" steps and d == 1 for "skip" steps, so its schedule needs no branch on the host.
+The decays travel as fp64 device tensors.
 
 Multi-tensor apply: every (e, p) pair is cut into chunks of CHUNK elements, and one row of an
 int64 table per chunk holds [e address, p address, element count, codes]; the kernel runs one
 program (Triton) or block (CUDA) per row. Mixed dtypes travel as dtype codes in the row, so a
-single launch covers any mix of fp32, fp16, bf16 and fp64 on either side (the math is fp32 for
-all of them). The table is cached under the address, dtype, shape and strides of every tensor
-on both sides, read on every call, so it is never stale: a re-allocated tensor, a model cast to
-another dtype or a view of another dtype or layout at the same address gets a table of its own
-(or a ValueError when the pair no longer matches).
+single launch covers any mix of fp32, fp16, bf16 and fp64 on either side. The table is cached
+under the address, dtype, shape and strides of every tensor on both sides, read on every call,
+so it is never stale: a re-allocated tensor, a model cast to another dtype or a view of another
+dtype or layout at the same address gets a table of its own (or a ValueError when the pair no
+longer matches).
 
 Bytes moved per element: read p, read e, write e; 12 bytes for an fp32 pair, 10 for a bf16
 model with an fp32 EMA. The table adds 32 bytes per chunk (under 0.02% for fp32).
@@ -54,10 +56,12 @@ NUM_WARPS = 8
 # CUDA threads per block (each moves 4 elements per step, vectorized when aligned).
 CUDA_THREADS = 256
 
-# Dtype codes of the table (the first three equal _backend.CUDA_DTYPE_CODES and csrc/common.cuh).
-EMA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
-# A row copied byte for byte (integer buffers of ModelEMA; e and p then share a dtype).
+# Dtype codes of the table: csrc/common.cuh's (_backend.CUDA_DTYPE_CODES), then two that only the
+# EMA kernels know (csrc/ema.cu's kEmaFloat64 and kEmaRawBytes): fp64, and a row copied byte for
+# byte (integer buffers of ModelEMA; e and p then share a dtype).
+FLOAT64 = 3
 RAW_BYTES = 4
+EMA_DTYPE_CODES = {**_backend.CUDA_DTYPE_CODES, torch.float64: FLOAT64}
 # Bits of the codes column: e's code, p's code, then the index of the row's decay in `decays`.
 PARAM_CODE_SHIFT = 4
 DECAY_SLOT_SHIFT = 8
@@ -84,28 +88,29 @@ def _typed_pointer(address, dtype: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
-def _load(pointers, mask, FULL: tl.constexpr):
+def _load(pointers, mask, MATH: tl.constexpr, FULL: tl.constexpr):
     if FULL:
         value = tl.load(pointers)
     else:
         value = tl.load(pointers, mask=mask, other=0.0)
-    return value.to(tl.float32)
+    return value.to(MATH)
 
 
 @triton.jit
-def _load_as_fp32(address, offsets, mask, code, FULL: tl.constexpr, ALIGNED: tl.constexpr):
-    """The elements at byte address `address` + offsets of the dtype with table code `code`, in fp32.
+def _load_as(address, offsets, mask, code, MATH: tl.constexpr, FULL: tl.constexpr, ALIGNED: tl.constexpr):
+    """The elements at byte address `address` + offsets of the dtype with table code `code`, in MATH
+    (fp32 or fp64, exact either way for the dtypes that reach it).
 
-    Only fp32 values leave the branches: pointers of different element types cannot.
+    Only MATH values leave the branches: pointers of different element types cannot.
     """
     if code == 0:
-        value = _load(_typed_pointer(address, tl.float32, ALIGNED) + offsets, mask, FULL)
+        value = _load(_typed_pointer(address, tl.float32, ALIGNED) + offsets, mask, MATH, FULL)
     elif code == 1:
-        value = _load(_typed_pointer(address, tl.float16, ALIGNED) + offsets, mask, FULL)
+        value = _load(_typed_pointer(address, tl.float16, ALIGNED) + offsets, mask, MATH, FULL)
     elif code == 2:
-        value = _load(_typed_pointer(address, tl.bfloat16, ALIGNED) + offsets, mask, FULL)
+        value = _load(_typed_pointer(address, tl.bfloat16, ALIGNED) + offsets, mask, MATH, FULL)
     else:
-        value = _load(_typed_pointer(address, tl.float64, ALIGNED) + offsets, mask, FULL)
+        value = _load(_typed_pointer(address, tl.float64, ALIGNED) + offsets, mask, MATH, FULL)
     return value
 
 
@@ -118,19 +123,20 @@ def _store(pointers, value, mask, FULL: tl.constexpr):
 
 
 @triton.jit
-def _store_from_fp32(address, offsets, mask, value, code, FULL: tl.constexpr, ALIGNED: tl.constexpr,
-                     EMULATE_BF16_RTNE: tl.constexpr):
-    """Stores fp32 `value` rounded to nearest even into the dtype with table code `code`.
+def _store_from(address, offsets, mask, value, code, FULL: tl.constexpr, ALIGNED: tl.constexpr,
+                EMULATE_BF16_RTNE: tl.constexpr):
+    """Stores `value` (fp32 or fp64) into the dtype with table code `code`: as it is into fp64, else
+    rounded to nearest even to fp32 and then to the 16-bit dtype (as torch's casts from fp64 do).
 
     Each branch stores itself: pointers of different element types cannot leave an if.
     """
     if code == 0:
-        _store(_typed_pointer(address, tl.float32, ALIGNED) + offsets, value, mask, FULL)
+        _store(_typed_pointer(address, tl.float32, ALIGNED) + offsets, value.to(tl.float32), mask, FULL)
     elif code == 1:
-        rounded = cast_to(value, tl.float16, EMULATE_BF16_RTNE)
+        rounded = cast_to(value.to(tl.float32), tl.float16, EMULATE_BF16_RTNE)
         _store(_typed_pointer(address, tl.float16, ALIGNED) + offsets, rounded, mask, FULL)
     elif code == 2:
-        rounded_bf16 = cast_to(value, tl.bfloat16, EMULATE_BF16_RTNE)
+        rounded_bf16 = cast_to(value.to(tl.float32), tl.bfloat16, EMULATE_BF16_RTNE)
         _store(_typed_pointer(address, tl.bfloat16, ALIGNED) + offsets, rounded_bf16, mask, FULL)
     else:
         _store(_typed_pointer(address, tl.float64, ALIGNED) + offsets, value.to(tl.float64), mask, FULL)
@@ -138,27 +144,52 @@ def _store_from_fp32(address, offsets, mask, value, code, FULL: tl.constexpr, AL
 
 @triton.jit
 def _blend_block(ema_address, param_address, offsets, mask, ema_code, param_code, decay, from_ema, coeff,
-                 FULL: tl.constexpr, ALIGNED: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """e <- lerp(e, p, 1 - d) on one block as base + coeff*(p - e), base e or p (see the kernel);
+                 MATH: tl.constexpr, FULL: tl.constexpr, ALIGNED: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """e <- lerp(e, p, 1 - d) on one block as base + coeff*(p - e), base e or p (see _blend_chunk);
     d == 0 stores p exactly."""
-    param = _load_as_fp32(param_address, offsets, mask, param_code, FULL, ALIGNED)
-    ema = _load_as_fp32(ema_address, offsets, mask, ema_code, FULL, ALIGNED)
+    param = _load_as(param_address, offsets, mask, param_code, MATH, FULL, ALIGNED)
+    ema = _load_as(ema_address, offsets, mask, ema_code, MATH, FULL, ALIGNED)
     blended = tl.where(from_ema, ema, param) + coeff * (param - ema)
     blended = tl.where(decay == 0.0, param, blended)
-    _store_from_fp32(ema_address, offsets, mask, blended, ema_code, FULL, ALIGNED, EMULATE_BF16_RTNE)
+    _store_from(ema_address, offsets, mask, blended, ema_code, FULL, ALIGNED, EMULATE_BF16_RTNE)
+
+
+@triton.jit
+def _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay, MATH: tl.constexpr,
+                 CHUNK: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """e <- lerp(e, p, 1 - d) over one chunk of `count` elements, in MATH (fp32 or fp64). A decay
+    that is 1 in MATH skips the chunk, reading nothing."""
+    decay = decay.to(MATH)
+    if decay != 1.0:
+        # torch.lerp's weight w = 1 - d and its two forms, as base + coeff*(p - e):
+        # |w| < 0.5: e + w*(p - e); else p + (w - 1)*(p - e), which is p - (p - e)*(1 - w).
+        weight = 1.0 - decay
+        from_ema = tl.abs(weight) < 0.5
+        coeff = tl.where(from_ema, weight, weight - 1.0)
+        block = tl.arange(0, BLOCK)
+        # Whole blocks unmasked (vector loads), then the tail masked; blocks past count do nothing.
+        for start in tl.static_range(0, CHUNK, BLOCK):
+            offsets = start + block
+            if start + BLOCK <= count:
+                _blend_block(ema_address, param_address, offsets, None, ema_code, param_code, decay, from_ema,
+                             coeff, MATH, True, ALIGNED, EMULATE_BF16_RTNE)
+            elif start < count:
+                _blend_block(ema_address, param_address, offsets, offsets < count, ema_code, param_code, decay,
+                             from_ema, coeff, MATH, False, ALIGNED, EMULATE_BF16_RTNE)
 
 
 @triton.jit
 def _ema_update_kernel(table_ptr, decays_ptr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
-                       RAW_BYTES: tl.constexpr, PARAM_CODE_SHIFT: tl.constexpr,
+                       FLOAT64: tl.constexpr, RAW_BYTES: tl.constexpr, PARAM_CODE_SHIFT: tl.constexpr,
                        DECAY_SLOT_SHIFT: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """e <- lerp(e, p, 1 - d) in fp32 over the chunk of table row `program_id` (the module's formula).
+    """e <- lerp(e, p, 1 - d) over the chunk of table row `program_id` (the module's formula), in
+    fp64 when either side is fp64, else in fp32.
 
     Inputs: table (rows of 4 int64: e address, p address, count, codes = e code | p code << 4 |
-    decay slot << 8), decays (fp32, indexed by the slot). Bytes: reads p and e and writes e once
-    each (count * (2 * size(e) + size(p))), plus 32 table bytes and a 4-byte decay per program.
-    A decay of exactly 1 skips the chunk without touching memory. RAW_BYTES rows copy count
-    bytes from p to e unless their decay is 1.
+    decay slot << 8), decays (fp64, indexed by the slot). Bytes: reads p and e and writes e once
+    each (count * (2 * size(e) + size(p))), plus 32 table bytes and an 8-byte decay per program.
+    A decay of exactly 1 (in the math's precision) skips the chunk without touching memory.
+    RAW_BYTES rows copy count bytes from p to e unless their decay is 1.
     """
     # 1. The row: where, how many, which dtypes, which decay. One scalar load each.
     row = table_ptr + tl.program_id(0).to(tl.int64) * 4
@@ -169,30 +200,21 @@ def _ema_update_kernel(table_ptr, decays_ptr, CHUNK: tl.constexpr, BLOCK: tl.con
     ema_code = codes & ((1 << PARAM_CODE_SHIFT) - 1)
     param_code = (codes >> PARAM_CODE_SHIFT) & ((1 << PARAM_CODE_SHIFT) - 1)
     decay = tl.load(decays_ptr + (codes >> DECAY_SLOT_SHIFT))
-    block = tl.arange(0, BLOCK)
-    # 2. Skipped chunks (decay 1) read nothing.
-    if decay != 1.0:
-        if ema_code == RAW_BYTES:
+    # 2. Integer buffers: copied unless skipped. Floating pairs: the blend in their math's precision.
+    if ema_code == RAW_BYTES:
+        if decay != 1.0:
+            block = tl.arange(0, BLOCK)
             for start in tl.static_range(0, CHUNK, BLOCK):
                 if start < count:
                     offsets = start + block
                     raw = tl.load(param_address.to(tl.pointer_type(tl.int8)) + offsets, mask=offsets < count)
                     tl.store(ema_address.to(tl.pointer_type(tl.int8)) + offsets, raw, mask=offsets < count)
-        else:
-            # 3. torch.lerp's weight w = 1 - d and its two forms, as base + coeff*(p - e):
-            #    |w| < 0.5: e + w*(p - e); else p + (w - 1)*(p - e), which is p - (p - e)*(1 - w).
-            weight = 1.0 - decay
-            from_ema = tl.abs(weight) < 0.5
-            coeff = tl.where(from_ema, weight, weight - 1.0)
-            # 4. Whole blocks unmasked (vector loads), then the tail masked; blocks past count do nothing.
-            for start in tl.static_range(0, CHUNK, BLOCK):
-                offsets = start + block
-                if start + BLOCK <= count:
-                    _blend_block(ema_address, param_address, offsets, None, ema_code, param_code, decay,
-                                 from_ema, coeff, True, ALIGNED, EMULATE_BF16_RTNE)
-                elif start < count:
-                    _blend_block(ema_address, param_address, offsets, offsets < count, ema_code, param_code,
-                                 decay, from_ema, coeff, False, ALIGNED, EMULATE_BF16_RTNE)
+    elif (ema_code == FLOAT64) | (param_code == FLOAT64):
+        _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay, tl.float64, CHUNK, BLOCK,
+                     ALIGNED, EMULATE_BF16_RTNE)
+    else:
+        _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay, tl.float32, CHUNK, BLOCK,
+                     ALIGNED, EMULATE_BF16_RTNE)
 
 
 @triton.jit
@@ -201,22 +223,26 @@ def _ema_schedule_kernel(num_updates_ptr, decays_ptr, decay: tl.float64, warmup_
                          update_every: tl.int64, WARMUP: tl.constexpr):
     """One program: t = ++num_updates, then decays = [d(t), copy decay(t)] (see reference.ema_decays).
 
-    Inputs: num_updates (one int64, incremented in place), decays (two fp32, written). The
-    schedule is computed in fp64 and rounded once to fp32. 20 bytes.
+    Inputs: num_updates (one int64, incremented in place), decays (two fp64, written). The
+    schedule is computed in fp64, its warmup term rounded to fp32. 24 bytes.
     """
+    # The float arguments as fp64 tensors: the interpreter would take Python floats for fp32.
+    decay = tl.full([], decay, tl.float64)
+    min_decay = tl.full([], min_decay, tl.float64)
     t = tl.load(num_updates_ptr) + 1
     tl.store(num_updates_ptr, t)
     average = decay
     if WARMUP:
         steps_after = (t - update_after_step).to(tl.float64)
         warm = 1.0 - tl.exp(-warmup_power * tl.log(1.0 + steps_after / warmup_gamma))
+        warm = warm.to(tl.float32).to(tl.float64)  # exp and log differ in the last fp64 bit across backends
         average = tl.minimum(average, tl.maximum(min_decay, warm))
     average = tl.where(t <= update_after_step, 0.0, average)
     skipped = (t % update_every) != 0
     average = tl.where(skipped, 1.0, average)
     copy_decay = tl.where(skipped, 1.0, 0.0)
-    tl.store(decays_ptr, average.to(tl.float32))
-    tl.store(decays_ptr + 1, copy_decay.to(tl.float32))
+    tl.store(decays_ptr, average)
+    tl.store(decays_ptr + 1, copy_decay.to(tl.float64))
 
 
 # ----------------------------------------------------------------------------- the chunk table
@@ -397,7 +423,7 @@ def _ema_update_triton(ema, params, decays, slots, memo=None):
         return
     with _backend.device_guard(table.device):
         _ema_update_kernel[(table.shape[0],)](
-            table, decays, CHUNK=CHUNK, BLOCK=BLOCK, ALIGNED=aligned, RAW_BYTES=RAW_BYTES,
+            table, decays, CHUNK=CHUNK, BLOCK=BLOCK, ALIGNED=aligned, FLOAT64=FLOAT64, RAW_BYTES=RAW_BYTES,
             PARAM_CODE_SHIFT=PARAM_CODE_SHIFT, DECAY_SLOT_SHIFT=DECAY_SLOT_SHIFT,
             EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
             enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
@@ -422,22 +448,21 @@ def _ema_update_torch(ema, params, decays, slots, memo=None):
             continue
         decay = decays[slot]
         if e.dtype in EMA_DTYPE_CODES:
-            blended = reference.ema_blend(e, p, decay, math_dtype=torch.float32)
-            if e.dtype == torch.float64:  # d == 1 keeps e itself, not e rounded to fp32 (as the kernels skip)
-                blended = torch.where(decay == 1.0, e, blended.to(e.dtype))
-            e.copy_(blended)
+            blended = reference.ema_blend(e, p, decay, math_dtype=reference.ema_math_dtype(e.dtype, p.dtype))
+            e.copy_(blended.to(torch.float32) if e.element_size() == 2 else blended)  # via fp32, as the kernels
         else:  # integer buffer: copied unless skipped
             e.copy_(torch.where(decay == 1.0, e, p))
 
 
 def _schedule_torch(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
                     update_after_step, update_every):
-    """The schedule with torch ops on the device (fp64, rounded once to fp32), no host sync."""
+    """The schedule with torch ops on the device, in fp64, no host sync."""
     num_updates.add_(1)
     t = num_updates.to(torch.float64)
     average = torch.full_like(t, decay)
     if warmup:
         warm = 1.0 - torch.exp(-warmup_power * torch.log(1.0 + (t - update_after_step) / warmup_gamma))
+        warm = warm.to(torch.float32).to(torch.float64)  # as every backend: exp and log differ in the last fp64 bit
         average = torch.minimum(average, torch.clamp(warm, min=min_decay))
     average = torch.where(t <= update_after_step, 0.0, average)
     skipped = torch.remainder(num_updates, update_every) != 0
@@ -451,8 +476,9 @@ def _ema_update(ema, params, decays, slots, backend, memo=None):
     """ema[i] <- lerp(ema[i], params[i], 1 - d) with d = decays[slots[i]], one launch for all pairs.
 
     Expects what ema_update_ checks: equal sizes per pair, one device, e and p laid out alike
-    in memory (same strides, dense), fp32 decays. Integer pairs are copied unless d == 1.
+    in memory (same strides, dense). Integer pairs are copied unless d == 1.
     """
+    _check_decays(decays, 1)
     if not ema:
         return
     if backend == "torch":
@@ -461,6 +487,13 @@ def _ema_update(ema, params, decays, slots, backend, memo=None):
         _ema_update_triton(ema, params, decays, slots, memo)
     else:
         _ema_update_cuda(ema, params, decays, slots, memo)
+
+
+def _check_decays(decays, least):
+    """The kernels read (and the schedule writes) the decays as fp64 through a raw pointer."""
+    if decays.dtype != torch.float64 or decays.numel() < least:
+        raise ValueError(f"decays must be a float64 tensor of at least {least} elements, got {decays.dtype} "
+                         f"of shape {tuple(decays.shape)}")
 
 
 @torch.library.custom_op("recipe_kernels::ema_update_", mutates_args=("ema",))
@@ -490,6 +523,7 @@ def _(ema, params, decays, slots, backend):
 def _ema_schedule(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step,
                   update_every, backend):
     """num_updates += 1; decays <- [average decay, copy decay] for that update (ModelEMA's schedule)."""
+    _check_decays(decays, 2)
     if update_every < 1 or update_after_step < 0:  # t % 0 on the device: undefined, not an error
         raise ValueError(f"update_every must be >= 1 and update_after_step >= 0, got {update_every} and "
                          f"{update_after_step}")
@@ -523,7 +557,7 @@ def _(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
 
 # ----------------------------------------------------------------------------- public function
 
-# 0-d fp32 decay tensors made from Python floats, one per (value, device): converted once.
+# fp64 decay tensors made from Python floats, one per (value, device): converted once.
 _DECAY_TENSORS = {}
 
 
@@ -534,10 +568,10 @@ def _decay_tensor(decay, device):
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             # Made inside a CUDA graph capture, the fill is only recorded: the tensor holds the value
             # during replays, but not yet, so it must not be cached for eager calls.
-            return torch.full((1,), decay, dtype=torch.float32, device=device)
+            return torch.full((1,), decay, dtype=torch.float64, device=device)
         if len(_DECAY_TENSORS) > 256:  # a schedule of Python floats: do not grow without bound
             _DECAY_TENSORS.clear()
-        tensor = _DECAY_TENSORS[key] = torch.full((1,), decay, dtype=torch.float32, device=device)
+        tensor = _DECAY_TENSORS[key] = torch.full((1,), decay, dtype=torch.float64, device=device)
     return tensor
 
 
@@ -633,7 +667,7 @@ def ema_update_(ema_tensors, model_tensors, decay, *, backend=None):
     one kernel launch (the exact formula, which keeps e when p == e, is in the module docstring).
 
     ema_tensors and model_tensors are equally long lists; each pair has one shape, any floating
-    dtypes (e.g. a bf16 model with an fp32 EMA; the math is fp32). decay is a Python float in
+    dtypes (e.g. a bf16 model with an fp32 EMA; the math is fp32, or fp64 for pairs with an fp64 side). decay is a Python float in
     [0, 1] (made a device tensor once per value) or a 0-d floating tensor on the tensors' device,
     which is used as is: its range is not checked, because that would sync the host. decay 1
     leaves e exactly as it was, decay 0 stores p exactly. DTensors update their local shards.
@@ -645,7 +679,7 @@ def ema_update_(ema_tensors, model_tensors, decay, *, backend=None):
                              f"and dtype {decay.dtype}")
         if device is not None and decay.device != device:
             raise ValueError(f"decay is on {decay.device} but the tensors are on {device}")
-        decays = decay.detach().reshape(1).to(torch.float32)
+        decays = decay.detach().reshape(1).to(torch.float64)
     else:
         decay = _check_decay(decay)
         if 0.999 <= decay < 1.0 and any(e.dtype in (torch.bfloat16, torch.float16) for e in ema):
@@ -878,7 +912,7 @@ class ModelEMA:
         device = _local(first).device if first is not None else torch.device("cpu")
         self.backend = _backend.resolve("ema", device, backend)
         self.num_updates = torch.zeros((), dtype=torch.int64, device=device)
-        self._decays = torch.zeros(2, dtype=torch.float32, device=device)  # [average, copy]
+        self._decays = torch.zeros(2, dtype=torch.float64, device=device)  # [average, copy]
         low_precision = (torch.bfloat16, torch.float16)
         if 0.999 <= self.decay < 1.0 and any(p.dtype in low_precision for p in self.module.parameters()):
             _warn_low_precision_ema(self.decay)

@@ -379,6 +379,71 @@ def test_frozen_parameters_stay_bit_exact_over_1000_updates(every_backend):
     assert torch.equal(ema.module.weight, model.weight)
 
 
+# ----------------------------------------------------------------------------- float64
+
+
+def lerp_float64(ema, param, decay):
+    """torch.lerp's two forms in float64 with w = 1 - decay, written out (the test's own oracle)."""
+    e, p, weight = ema.double(), param.double(), 1.0 - decay
+    if decay == 0.0:
+        return p
+    return e + weight * (p - e) if abs(weight) < 0.5 else p - (p - e) * (1.0 - weight)
+
+
+@pytest.mark.parametrize("decay", [0.9999, 0.999, 0.6, 0.3, 0.0])
+def test_float64_pairs_have_float64_math(every_backend, decay):
+    # Within an fp64 rounding or two of the float64 formula; fp32 math would be 1e-8 off.
+    ema, params = sample_pairs([1, 129, 4097], torch.float64, torch.float64)
+    expected = [lerp_float64(e, p, decay) for e, p in zip(ema, params)]
+    rk.ema_update_(ema, params, decay, backend=every_backend)
+    for e, want in zip(ema, expected):
+        assert e.dtype == torch.float64
+        torch.testing.assert_close(e, want, rtol=4e-16, atol=4e-16)
+
+
+def test_float64_pairs_equal_foreach_lerp_where_products_are_exact(every_backend):
+    ema, params = sample_pairs([129, 4097], torch.float64, torch.float64)
+    for decay in EXACT_PRODUCT_DECAYS:
+        ours, torchs = [e.clone() for e in ema], [e.clone() for e in ema]
+        rk.ema_update_(ours, params, decay, backend=every_backend)
+        torch._foreach_lerp_(torchs, params, 1.0 - decay)
+        assert all(torch.equal(a, b) for a, b in zip(ours, torchs)), decay
+
+
+@pytest.mark.parametrize("ema_dtype,model_dtype", [(torch.float32, torch.float64), (torch.bfloat16, torch.float64),
+                                                   (torch.float64, torch.bfloat16), (torch.float64, torch.float32)])
+def test_mixed_pairs_with_a_float64_side_have_float64_math(every_backend, ema_dtype, model_dtype):
+    # The math is float64; the result is stored as it is in an fp64 EMA, else rounded to fp32 and
+    # (for 16-bit EMAs) then to the EMA's dtype, as torch's casts do. A model value of 1e300 averages
+    # in fp64 (and rounds to inf in an fp32 EMA) instead of becoming inf first.
+    ema, params = sample_pairs([5, 4097], ema_dtype, model_dtype)
+    params[0][0] = 1e300 if model_dtype == torch.float64 else params[0][0]
+    decay = 0.999
+    expected = [lerp_float64(e, p, decay) for e, p in zip(ema, params)]
+    rk.ema_update_(ema, params, decay, backend=every_backend)
+    for e, want in zip(ema, expected):
+        assert torch.equal(e, want if ema_dtype == torch.float64 else want.float().to(ema_dtype))
+
+
+def test_model_ema_of_a_float64_model(every_backend):
+    model = make_model(torch.float64)
+    ema = run_model_ema(model, 4, every_backend, decay=0.999, warmup=True, update_after_step=1)
+    expected = make_model(torch.float64).state_dict()
+    for t in range(1, 5):
+        train_step_reference = make_model(torch.float64)
+        for step in range(1, t + 1):
+            train_step(train_step_reference, step)
+        decay = reference.ema_decays(t, 0.999, warmup=True, update_after_step=1)[0]
+        for name, value in train_step_reference.state_dict().items():
+            if value.is_floating_point():
+                expected[name] = lerp_float64(expected[name], value, decay)
+            else:
+                expected[name] = value
+    for name, value in ema.module.state_dict().items():
+        assert value.dtype == expected[name].dtype, name
+        torch.testing.assert_close(value, expected[name], rtol=1e-14, atol=1e-14, msg=name)
+
+
 # ----------------------------------------------------------------------------- the schedule
 
 SCHEDULES = [dict(decay=0.9), dict(decay=0.9999, warmup=True),
@@ -392,19 +457,19 @@ def test_schedule_kernel_matches_reference(backend, schedule):
     full = {**dict(warmup=False, warmup_gamma=1.0, warmup_power=2 / 3, min_decay=0.0, update_after_step=0,
                    update_every=1), **schedule}
     num_updates = torch.zeros((), dtype=torch.int64, device=DEVICE)
-    decays = torch.zeros(2, device=DEVICE)
+    decays = torch.zeros(2, device=DEVICE, dtype=torch.float64)
     for t in range(1, 13):
         ema_schedule_op(num_updates, decays, full["decay"], full["warmup"], full["warmup_gamma"],
                         full["warmup_power"], full["min_decay"], full["update_after_step"], full["update_every"],
                         backend)
-        expected = [fp32(d) for d in reference.ema_decays(t, **schedule)]
+        expected = reference.ema_decays(t, **schedule)
         assert num_updates.item() == t
-        assert decays.tolist() == pytest.approx(expected, rel=1e-6, abs=0), t
+        assert decays.tolist() == pytest.approx(expected, rel=1e-12, abs=0), t
         if _backend._C is not None:
             host = _backend._C.ema_decays_host(t, full["decay"], full["warmup"], full["warmup_gamma"],
                                                full["warmup_power"], full["min_decay"], full["update_after_step"],
                                                full["update_every"])
-            assert list(host) == pytest.approx(expected, rel=1e-6, abs=0), t
+            assert list(host) == pytest.approx(expected, rel=1e-12, abs=0), t
 
 
 def timm_get_decay(t, decay, min_decay, update_after_step, use_warmup, warmup_gamma, warmup_power):
@@ -463,7 +528,8 @@ def test_schedule_equals_timm_with_update_after_step_plus_one(every_backend, dec
                       warmup_power=power, min_decay=min_decay, update_after_step=a + 1, backend=every_backend)
     timm = timm_decays(steps, decay=decay, min_decay=min_decay, update_after_step=a, use_warmup=use_warmup,
                        warmup_gamma=gamma, warmup_power=power)
-    assert model_ema_decays(ema, steps) == pytest.approx([fp32(d) for d in timm], rel=2**-23, abs=0)
+    # rk rounds the warmup term to fp32 (the backends' exp and log differ in the last fp64 bit).
+    assert model_ema_decays(ema, steps) == pytest.approx(timm, rel=2**-24, abs=0)
     if use_warmup:
         diffusers = [diffusers_get_decay(t, decay, min_decay, a, gamma, power) for t in steps]
         assert diffusers == timm
@@ -477,7 +543,7 @@ def test_schedule_next_to_timm_when_min_decay_exceeds_decay(every_backend):
                       update_after_step=3, backend=every_backend)
     timm = timm_decays(steps, decay=0.99, min_decay=0.999, update_after_step=2, use_warmup=True, warmup_gamma=1.0,
                        warmup_power=2 / 3)
-    assert model_ema_decays(ema, steps) == [0.0] * 3 + [fp32(0.99)] * 47
+    assert model_ema_decays(ema, steps) == [0.0] * 3 + [0.99] * 47
     assert timm == [0.0] * 3 + [0.999] * 47
 
 
@@ -745,9 +811,10 @@ def test_model_ema_bad_arguments():
 
 def test_opcheck(backend):
     ema, params = sample_pairs([5, 130], model_dtype=torch.bfloat16)
-    torch.library.opcheck(ema_update_op, (ema, params, torch.tensor([0.25, 0.0], device=DEVICE), [0, 1], backend))
+    decays = torch.tensor([0.25, 0.0], device=DEVICE, dtype=torch.float64)
+    torch.library.opcheck(ema_update_op, (ema, params, decays, [0, 1], backend))
     num_updates = torch.zeros((), dtype=torch.int64, device=DEVICE)
-    torch.library.opcheck(ema_schedule_op, (num_updates, torch.zeros(2, device=DEVICE), 0.999, True, 1.0, 2 / 3,
+    torch.library.opcheck(ema_schedule_op, (num_updates, torch.zeros_like(decays), 0.999, True, 1.0, 2 / 3,
                                             0.0, 1, 2, backend))
 
 
@@ -948,16 +1015,16 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from recipe_kernels import ema
 counts = {}
-constants = dict(CHUNK=ema.CHUNK, BLOCK=ema.BLOCK, RAW_BYTES=ema.RAW_BYTES, PARAM_CODE_SHIFT=ema.PARAM_CODE_SHIFT,
-                 DECAY_SLOT_SHIFT=ema.DECAY_SLOT_SHIFT, EMULATE_BF16_RTNE=False)
+constants = dict(CHUNK=ema.CHUNK, BLOCK=ema.BLOCK, FLOAT64=ema.FLOAT64, RAW_BYTES=ema.RAW_BYTES,
+                 PARAM_CODE_SHIFT=ema.PARAM_CODE_SHIFT, DECAY_SLOT_SHIFT=ema.DECAY_SLOT_SHIFT, EMULATE_BF16_RTNE=False)
 for aligned in (True, False):
-    signature = dict(table_ptr="*i64", decays_ptr="*fp32", **{name: "constexpr" for name in list(constants) + ["ALIGNED"]})
+    signature = dict(table_ptr="*i64", decays_ptr="*fp64", **{name: "constexpr" for name in list(constants) + ["ALIGNED"]})
     source = ASTSource(fn=ema._ema_update_kernel, signature=signature, constexprs=dict(constants, ALIGNED=aligned))
     ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                          options=dict(num_warps=ema.NUM_WARPS, enable_fp_fusion=False)).asm["ptx"]
     counts[str(aligned)] = dict(vector_loads=ptx.count("ld.global.v4") + ptx.count("ld.global.v2"),
-                                fma=ptx.count("fma.rn.f32"))
-signature = dict(num_updates_ptr="*i64", decays_ptr="*fp32", decay="fp64", warmup_gamma="fp64", warmup_power="fp64",
+                                fma=ptx.count("fma.rn.f32") + ptx.count("fma.rn.f64"))
+signature = dict(num_updates_ptr="*i64", decays_ptr="*fp64", decay="fp64", warmup_gamma="fp64", warmup_power="fp64",
                  min_decay="fp64", update_after_step="i64", update_every="i64", WARMUP="constexpr")
 triton.compile(ASTSource(fn=ema._ema_schedule_kernel, signature=signature, constexprs=dict(WARMUP=True)),
                target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1))
