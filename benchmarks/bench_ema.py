@@ -23,7 +23,6 @@ Usage: python benchmarks/bench_ema.py [--quick] [--out DIR]
 import os
 import sys
 import time
-import types
 
 import torch
 
@@ -88,11 +87,11 @@ def make_set(shapes, model_dtype, ema_dtype):
 def ours(backend):
     """The path ModelEMA.update takes: pairs checked once, the table found by its addresses."""
     from recipe_kernels import ema as ema_module
-    decays = torch.full((1,), DECAY, device="cuda")  # a device scalar, as a training loop would hold
+    decays = torch.full((1,), DECAY, device="cuda", dtype=torch.float64)  # a device scalar, as the kernels read it
     memos = {}
 
     def update(ema, params):
-        memo = memos.setdefault(id(ema), types.SimpleNamespace(table_addresses=None, table_entry=None))
+        memo = memos.setdefault(id(ema), ema_module.TableMemo())
         ema_module._ema_update(ema, params, decays, [ema_module.AVERAGE_SLOT] * len(ema), backend, memo=memo)
     return update
 

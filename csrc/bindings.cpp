@@ -72,7 +72,7 @@ void ema_schedule(uintptr_t num_updates, uintptr_t decays, double decay, bool wa
                   uintptr_t stream);
 void ema_blend_host(const float* ema, const float* param, float* out, int64_t n, float decay);
 void ema_decays_host(int64_t t, double decay, bool warmup, double warmup_gamma, double warmup_power,
-                     double min_decay, int64_t update_after_step, int64_t update_every, float* out);
+                     double min_decay, int64_t update_after_step, int64_t update_every, double* out);
 void ema_update_host(uintptr_t table, int64_t num_chunks, uintptr_t decays, int64_t chunk, int threads);
 void ema_schedule_host(uintptr_t num_updates, uintptr_t decays, double decay, bool warmup, double warmup_gamma,
                        double warmup_power, double min_decay, int64_t update_after_step, int64_t update_every);
@@ -208,7 +208,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("box"), py::arg("n"), py::arg("c"), py::arg("h"), py::arg("w"), py::arg("channels_last"),
         py::arg("dtype"));
   // ema (bindings)
-  m.def("ema_update", &recipe_kernels::ema_update, "e <- d*e + (1-d)*p over every row of a chunk table",
+  m.def("ema_update", &recipe_kernels::ema_update, "e <- lerp(e, p, 1 - d) over every row of a chunk table",
         py::arg("table"), py::arg("num_chunks"), py::arg("decays"), py::arg("chunk"), py::arg("threads"),
         py::arg("stream"));
   m.def("ema_schedule", &recipe_kernels::ema_schedule, "num_updates += 1; decays = ModelEMA's decays for it",
@@ -229,7 +229,7 @@ PYBIND11_MODULE(_C, m) {
       "ema_decays_host",
       [](int64_t t, double decay, bool warmup, double warmup_gamma, double warmup_power, double min_decay,
          int64_t update_after_step, int64_t update_every) {
-        float out[2];
+        double out[2];
         recipe_kernels::ema_decays_host(t, decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step,
                                         update_every, out);
         return py::make_tuple(out[0], out[1]);

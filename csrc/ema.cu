@@ -1,32 +1,58 @@
-// Multi-tensor EMA of model weights: e <- d*e + (1-d)*p for every tensor pair in one launch,
+// Multi-tensor EMA of model weights: e <- lerp(e, p, 1 - d) for every tensor pair in one launch,
 // and ModelEMA's one-thread decay schedule. The Python side (recipe_kernels/ema.py) builds the
 // chunk table: one row of four int64 per chunk of at most `chunk` elements,
 //   [e address, p address, element count, codes = e code | p code << 4 | decay slot << 8],
-// with dtype codes 0 fp32, 1 fp16, 2 bf16, 3 fp64, and 4 for rows copied byte for byte.
+// with dtype codes 0 fp32, 1 fp16, 2 bf16, 3 fp64, and 4 for rows copied byte for byte. The math is
+// fp64 for pairs with an fp64 side, else fp32; the decays are fp64.
 //
 // As in dropout.cu, each kernel's body is a __host__ __device__ function of (block, thread, grid):
 // the __global__ kernel calls it once per GPU thread, and the *_host entry points call it for
 // every thread of the same grid on CPU memory (a table built for CPU tensors holds CPU addresses),
 // so the tests without a GPU run this very code against the torch backend.
 #include <cmath>
+#include <type_traits>
 
 #include "common.cuh"
 
 namespace recipe_kernels {
 
-// fp64 tensors are read and written here too (the math stays fp32, as in the other backends).
+// fp64 values rounded to fp32 (an fp64 pair's result on its way to a 32- or 16-bit EMA, or a decay
+// for fp32 math).
 RK_HOST_DEVICE float to_float(double v) {
 #ifdef __CUDA_ARCH__
   return static_cast<float>(v);
 #else
-  // GCC 12's -O3 SLP vectorizer drops the rounding of (double)(float)v for two lanes of a Vec4<double>
-  // (an fp64 pair at decay 0 stored p unrounded); a volatile keeps the emulation honest.
+  // GCC 12's -O3 SLP vectorizer dropped the rounding of (double)(float)v for two lanes of a
+  // Vec4<double>; a volatile keeps the emulation honest.
   const volatile float rounded = static_cast<float>(v);
   return rounded;
 #endif
 }
-template <>
-RK_HOST_DEVICE double from_float<double>(float v) { return static_cast<double>(v); }
+
+// The math type of a pair: double when either side is fp64, else float (as the other backends).
+template <typename E, typename P>
+using EmaMath = std::conditional_t<std::is_same_v<E, double> || std::is_same_v<P, double>, double, float>;
+
+// A stored value in the math type M (exact: fp64 values only meet M = double).
+template <typename M, typename T>
+RK_HOST_DEVICE M to_math(T v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return v;
+  } else {
+    return static_cast<M>(to_float(v));
+  }
+}
+
+// A result in the math type M stored as E: fp64 as it is, others rounded to fp32 and then to E
+// (as torch's casts from fp64 do).
+template <typename E, typename M>
+RK_HOST_DEVICE E from_math(M v) {
+  if constexpr (std::is_same_v<E, double>) {
+    return static_cast<double>(v);
+  } else {
+    return from_float<E>(to_float(v));
+  }
+}
 
 constexpr int kEmaFloat64 = 3;
 constexpr int kEmaRawBytes = 4;
@@ -40,20 +66,33 @@ struct EmaChunk {
   int64_t codes;
 };
 
-// d*e + (1-d)*p with each product and the sum rounded to fp32 (no FMA), d == 0 giving p exactly.
-// d == 1 never gets here: the kernel skips such chunks, leaving e untouched.
-__host__ __device__ inline float ema_blend(float e, float p, float d, float one_minus_d) {
-#ifdef __CUDA_ARCH__
-  const float blended = __fadd_rn(__fmul_rn(d, e), __fmul_rn(one_minus_d, p));
-#else
-  const float decayed = d * e;  // separate statements: host code does not contract these
-  const float added = one_minus_d * p;
-  const float blended = decayed + added;
-#endif
-  return d == 0.0f ? p : blended;
+// torch.lerp(e, p, w) with w = 1 - d, written as base + coeff*(p - e), in the math type M:
+//   |w| < 0.5: e + w*(p - e); else p + (w - 1)*(p - e), which is p - (p - e)*(1 - w) exactly.
+// p == e adds or subtracts an exact zero, so e stays e. Only the final add of a product could be
+// contracted into an FMA; mul_rn and add_rn keep the two roundings (bit-equal to the other backends).
+template <typename M>
+struct EmaLerp {
+  bool from_ema;  // the base is e (else p)
+  M coeff;        // w, or w - 1
+};
+
+template <typename M>
+__host__ __device__ inline EmaLerp<M> ema_lerp(M d) {
+  const M weight = M(1) - d;
+  const bool from_ema = weight < M(0.5) && weight > M(-0.5);  // |w| < 0.5, false for NaN
+  return EmaLerp<M>{from_ema, from_ema ? weight : weight - M(1)};
 }
 
-// ModelEMA's schedule for update t (1-based), in fp64, as recipe_kernels.reference.ema_decays.
+// The EMA of one element; d == 0 gives p exactly. d == 1 never gets here: the kernel skips such
+// chunks, leaving e untouched.
+template <typename M>
+__host__ __device__ inline M ema_blend(M e, M p, M d, EmaLerp<M> lerp) {
+  const M blended = add_rn(lerp.from_ema ? e : p, mul_rn(lerp.coeff, p - e));
+  return d == M(0) ? p : blended;
+}
+
+// ModelEMA's schedule for update t (1-based), in fp64 with the warmup term rounded to fp32, as
+// recipe_kernels.reference.ema_decays.
 struct EmaSchedule {
   double decay;
   bool warmup;
@@ -65,41 +104,37 @@ struct EmaSchedule {
 };
 
 struct EmaDecays {
-  float average;  // parameters and averaged buffers
-  float copy;     // copied buffers: 0 copies, 1 skips
+  double average;  // parameters and averaged buffers
+  double copy;     // copied buffers: 0 copies, 1 skips
 };
 
 __host__ __device__ inline EmaDecays ema_decays(int64_t t, const EmaSchedule& s) {
   double average = s.decay;
   if (s.warmup) {
     const double steps_after = static_cast<double>(t - s.update_after_step);
-    const double warm = 1.0 - exp(-s.warmup_power * log(1.0 + steps_after / s.warmup_gamma));
+    // Rounded to fp32: exp and log differ in the last fp64 bit across backends; this makes them agree.
+    const double warm = to_float(1.0 - exp(-s.warmup_power * log(1.0 + steps_after / s.warmup_gamma)));
     average = fmin(average, fmax(s.min_decay, warm));
   }
   if (t <= s.update_after_step) average = 0.0;
   const bool skipped = t % s.update_every != 0;
   if (skipped) average = 1.0;
-  return EmaDecays{static_cast<float>(average), skipped ? 1.0f : 0.0f};
+  return EmaDecays{average, skipped ? 1.0 : 0.0};
 }
 
 namespace {
 
-// 1 - d rounded once (a plain subtraction on the host, which rounds each operation alike).
-RK_HOST_DEVICE float one_minus(float d) {
-#ifdef __CUDA_ARCH__
-  return __fsub_rn(1.0f, d);
-#else
-  return 1.0f - d;
-#endif
-}
-
 // One chunk of one pair, for thread `thread` of a block of `threads`: count elements of E at ema
-// and of P at param. Each thread moves four consecutive elements per step, as one vector when
-// both addresses allow it.
+// and of P at param, in their math type with d = decay rounded to it; a d of exactly 1 there
+// skips the chunk, reading nothing. Each thread moves four consecutive elements per step, as one
+// vector when both addresses allow it.
 template <typename E, typename P>
-RK_HOST_DEVICE void blend_chunk(E* __restrict__ ema, const P* __restrict__ param, int64_t count, float d,
+RK_HOST_DEVICE void blend_chunk(E* __restrict__ ema, const P* __restrict__ param, int64_t count, double decay,
                                 int64_t thread, int64_t threads) {
-  const float one_minus_d = one_minus(d);
+  using M = EmaMath<E, P>;
+  const M d = from_math<M>(decay);  // fp32 math rounds the decay to fp32 once
+  if (d == M(1)) return;
+  const EmaLerp<M> lerp = ema_lerp(d);
   const bool vectorized = reinterpret_cast<uintptr_t>(ema) % sizeof(Vec4<E>) == 0 &&
                           reinterpret_cast<uintptr_t>(param) % sizeof(Vec4<P>) == 0;
   for (int64_t first = thread * 4; first < count; first += threads * 4) {
@@ -107,18 +142,18 @@ RK_HOST_DEVICE void blend_chunk(E* __restrict__ ema, const P* __restrict__ param
       const Vec4<P> p = *reinterpret_cast<const Vec4<P>*>(param + first);
       Vec4<E> e = *reinterpret_cast<const Vec4<E>*>(ema + first);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) e.v[j] = from_float<E>(ema_blend(to_float(e.v[j]), to_float(p.v[j]), d, one_minus_d));
+      for (int j = 0; j < 4; ++j) e.v[j] = from_math<E>(ema_blend(to_math<M>(e.v[j]), to_math<M>(p.v[j]), d, lerp));
       *reinterpret_cast<Vec4<E>*>(ema + first) = e;
     } else {
       for (int64_t i = first; i < first + 4 && i < count; ++i) {
-        ema[i] = from_float<E>(ema_blend(to_float(ema[i]), to_float(param[i]), d, one_minus_d));
+        ema[i] = from_math<E>(ema_blend(to_math<M>(ema[i]), to_math<M>(param[i]), d, lerp));
       }
     }
   }
 }
 
 template <typename E>
-RK_HOST_DEVICE void blend_chunk_for_param(int param_code, E* ema, int64_t param_address, int64_t count, float d,
+RK_HOST_DEVICE void blend_chunk_for_param(int param_code, E* ema, int64_t param_address, int64_t count, double d,
                                           int64_t thread, int64_t threads) {
   switch (param_code) {
     case kFloat32: blend_chunk(ema, reinterpret_cast<const float*>(param_address), count, d, thread, threads); break;
@@ -130,17 +165,16 @@ RK_HOST_DEVICE void blend_chunk_for_param(int param_code, E* ema, int64_t param_
   }
 }
 
-// e <- d*e + (1-d)*p over the chunk of table row `block`, with d = decays[slot of the row], for
-// thread `thread` of a block of `threads`. Inputs: table (EmaChunk rows), decays (fp32). Bytes:
-// reads p and e and writes e once each, plus 32 table bytes and 4 decay bytes per block. A decay
-// of exactly 1 skips the chunk, reading nothing.
-RK_HOST_DEVICE void ema_update_thread(const EmaChunk* __restrict__ table, const float* __restrict__ decays,
+// e <- lerp(e, p, 1 - d) over the chunk of table row `block`, with d = decays[slot of the row], for
+// thread `thread` of a block of `threads`. Inputs: table (EmaChunk rows), decays (fp64). Bytes:
+// reads p and e and writes e once each, plus 32 table bytes and 8 decay bytes per block. A decay
+// of exactly 1 (in the pair's math type) skips the chunk, reading nothing.
+RK_HOST_DEVICE void ema_update_thread(const EmaChunk* __restrict__ table, const double* __restrict__ decays,
                                       int64_t block, int64_t thread, int64_t threads) {
   const EmaChunk row = table[block];
   const int ema_code = static_cast<int>(row.codes & ((1 << kParamCodeShift) - 1));
   const int param_code = static_cast<int>((row.codes >> kParamCodeShift) & ((1 << kParamCodeShift) - 1));
-  const float d = decays[row.codes >> kDecaySlotShift];
-  if (d == 1.0f) return;
+  const double d = decays[row.codes >> kDecaySlotShift];
   switch (ema_code) {
     case kFloat32:
       blend_chunk_for_param(param_code, reinterpret_cast<float*>(row.ema_address), row.param_address, row.count, d,
@@ -158,7 +192,8 @@ RK_HOST_DEVICE void ema_update_thread(const EmaChunk* __restrict__ table, const 
       blend_chunk_for_param(param_code, reinterpret_cast<double*>(row.ema_address), row.param_address, row.count, d,
                             thread, threads);
       break;
-    case kEmaRawBytes: {  // an integer buffer, copied
+    case kEmaRawBytes: {  // an integer buffer, copied unless skipped
+      if (d == 1.0) break;
       auto* ema = reinterpret_cast<unsigned char*>(row.ema_address);
       const auto* param = reinterpret_cast<const unsigned char*>(row.param_address);
       for (int64_t i = thread; i < row.count; i += threads) ema[i] = param[i];
@@ -168,8 +203,8 @@ RK_HOST_DEVICE void ema_update_thread(const EmaChunk* __restrict__ table, const 
   }
 }
 
-// The one thread of the schedule: t = ++num_updates; decays = ema_decays(t). 20 bytes.
-RK_HOST_DEVICE void ema_schedule_thread(int64_t* num_updates, float* decays, const EmaSchedule& schedule) {
+// The one thread of the schedule: t = ++num_updates; decays = ema_decays(t). 24 bytes.
+RK_HOST_DEVICE void ema_schedule_thread(int64_t* num_updates, double* decays, const EmaSchedule& schedule) {
   const int64_t t = *num_updates + 1;
   *num_updates = t;
   const EmaDecays result = ema_decays(t, schedule);
@@ -177,11 +212,11 @@ RK_HOST_DEVICE void ema_schedule_thread(int64_t* num_updates, float* decays, con
   decays[1] = result.copy;
 }
 
-__global__ void ema_update_kernel(const EmaChunk* __restrict__ table, const float* __restrict__ decays) {
+__global__ void ema_update_kernel(const EmaChunk* __restrict__ table, const double* __restrict__ decays) {
   ema_update_thread(table, decays, blockIdx.x, threadIdx.x, blockDim.x);
 }
 
-__global__ void ema_schedule_kernel(int64_t* num_updates, float* decays, EmaSchedule schedule) {
+__global__ void ema_schedule_kernel(int64_t* num_updates, double* decays, EmaSchedule schedule) {
   ema_schedule_thread(num_updates, decays, schedule);
 }
 
@@ -199,7 +234,7 @@ void ema_update(uintptr_t table, int64_t num_chunks, uintptr_t decays, int64_t c
   if (num_chunks <= 0) return;
   check_update_grid(num_chunks, chunk, threads);
   ema_update_kernel<<<static_cast<unsigned>(num_chunks), threads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
-      reinterpret_cast<const EmaChunk*>(table), reinterpret_cast<const float*>(decays));
+      reinterpret_cast<const EmaChunk*>(table), reinterpret_cast<const double*>(decays));
   check_launch("ema_update");
 }
 
@@ -208,7 +243,7 @@ void ema_schedule(uintptr_t num_updates, uintptr_t decays, double decay, bool wa
                   uintptr_t stream) {
   const EmaSchedule schedule{decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step, update_every};
   ema_schedule_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
-      reinterpret_cast<int64_t*>(num_updates), reinterpret_cast<float*>(decays), schedule);
+      reinterpret_cast<int64_t*>(num_updates), reinterpret_cast<double*>(decays), schedule);
   check_launch("ema_schedule");
 }
 
@@ -220,7 +255,7 @@ void ema_update_host(uintptr_t table, int64_t num_chunks, uintptr_t decays, int6
   check_update_grid(num_chunks, chunk, threads);
   for (int64_t block = 0; block < num_chunks; ++block) {
     for (int64_t thread = 0; thread < threads; ++thread) {
-      ema_update_thread(reinterpret_cast<const EmaChunk*>(table), reinterpret_cast<const float*>(decays), block,
+      ema_update_thread(reinterpret_cast<const EmaChunk*>(table), reinterpret_cast<const double*>(decays), block,
                         thread, threads);
     }
   }
@@ -229,16 +264,16 @@ void ema_update_host(uintptr_t table, int64_t num_chunks, uintptr_t decays, int6
 void ema_schedule_host(uintptr_t num_updates, uintptr_t decays, double decay, bool warmup, double warmup_gamma,
                        double warmup_power, double min_decay, int64_t update_after_step, int64_t update_every) {
   const EmaSchedule schedule{decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step, update_every};
-  ema_schedule_thread(reinterpret_cast<int64_t*>(num_updates), reinterpret_cast<float*>(decays), schedule);
+  ema_schedule_thread(reinterpret_cast<int64_t*>(num_updates), reinterpret_cast<double*>(decays), schedule);
 }
 
 void ema_blend_host(const float* ema, const float* param, float* out, int64_t n, float decay) {
-  const float one_minus_d = 1.0f - decay;
-  for (int64_t i = 0; i < n; ++i) out[i] = decay == 1.0f ? ema[i] : ema_blend(ema[i], param[i], decay, one_minus_d);
+  const EmaLerp<float> lerp = ema_lerp(decay);
+  for (int64_t i = 0; i < n; ++i) out[i] = decay == 1.0f ? ema[i] : ema_blend(ema[i], param[i], decay, lerp);
 }
 
 void ema_decays_host(int64_t t, double decay, bool warmup, double warmup_gamma, double warmup_power,
-                     double min_decay, int64_t update_after_step, int64_t update_every, float* out) {
+                     double min_decay, int64_t update_after_step, int64_t update_every, double* out) {
   const EmaDecays result =
       ema_decays(t, EmaSchedule{decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step, update_every});
   out[0] = result.average;

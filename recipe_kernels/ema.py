@@ -3,22 +3,31 @@
 Top to bottom: Triton kernels, the chunk table, launchers (Triton and CUDA), torch.library
 registration, the public function `ema_update_` and the `ModelEMA` class.
 
-Formula, identical in every backend and in the oracle (recipe_kernels.reference):
+Formula, identical in every backend and in the oracle (recipe_kernels.reference): torch.lerp's,
+with weight w = 1 - d,
 
-    e <- d*e + (1-d)*p      in fp32: d*e, (1-d)*p and their sum each rounded to fp32, no FMA,
-                            then one rounding to e's dtype
+    e <- e + w*(p - e)          when |w| < 0.5 (d > 0.5, every usual EMA decay)
+    e <- p - (p - e)*(1 - w)    otherwise
 
-with two exact cases: d == 0 stores p (converted to e's dtype) and d == 1 leaves e untouched,
-bit for bit, even when e or p holds inf or NaN. ModelEMA uses d == 0 for "copy" steps and
-d == 1 for "skip" steps, so its schedule needs no branch on the host.
+in fp32, or in fp64 when either side of the pair is fp64 (reference.ema_math_dtype); each
+operation rounded (w and 1 - w included), no FMA; then the result is rounded to fp32 and once
+more to e's dtype. p == e stays exactly e (an exact zero is added or subtracted), so a frozen
+parameter's EMA never drifts; torch._foreach_lerp_(e, p, w) gives the same bits wherever its
+fused multiply-add rounds like a separate multiply (e.g. w or 1 - w a power of two).
+
+Two cases are exact: d == 0 stores p (converted to e's dtype) and d == 1 (in the math's
+precision) leaves e untouched, bit for bit, even when e or p holds inf or NaN. ModelEMA uses
+d == 0 for "copy" steps and d == 1 for "skip" steps, so its schedule needs no branch on the host.
+The decays travel as fp64 device tensors.
 
 Multi-tensor apply: every (e, p) pair is cut into chunks of CHUNK elements, and one row of an
 int64 table per chunk holds [e address, p address, element count, codes]; the kernel runs one
 program (Triton) or block (CUDA) per row. Mixed dtypes travel as dtype codes in the row, so a
-single launch covers any mix of fp32, fp16, bf16 and fp64 on either side (the math is fp32 for
-all of them). The table depends only on the tensors' addresses, sizes and dtypes; it is built
-once, cached under exactly that key and rebuilt when any of them changes (a re-allocated
-tensor has a new address).
+single launch covers any mix of fp32, fp16, bf16 and fp64 on either side. The table is cached
+under the address, dtype, shape and strides of every tensor on both sides, read on every call,
+so it is never stale: a re-allocated tensor, a model cast to another dtype or a view of another
+dtype or layout at the same address gets a table of its own (or a ValueError when the pair no
+longer matches).
 
 Bytes moved per element: read p, read e, write e; 12 bytes for an fp32 pair, 10 for a bf16
 model with an fp32 EMA. The table adds 32 bytes per chunk (under 0.02% for fp32).
@@ -47,10 +56,12 @@ NUM_WARPS = 8
 # CUDA threads per block (each moves 4 elements per step, vectorized when aligned).
 CUDA_THREADS = 256
 
-# Dtype codes of the table (the first three equal _backend.CUDA_DTYPE_CODES and csrc/common.cuh).
-EMA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
-# A row copied byte for byte (integer buffers of ModelEMA; e and p then share a dtype).
+# Dtype codes of the table: csrc/common.cuh's (_backend.CUDA_DTYPE_CODES), then two that only the
+# EMA kernels know (csrc/ema.cu's kEmaFloat64 and kEmaRawBytes): fp64, and a row copied byte for
+# byte (integer buffers of ModelEMA; e and p then share a dtype).
+FLOAT64 = 3
 RAW_BYTES = 4
+EMA_DTYPE_CODES = {**_backend.CUDA_DTYPE_CODES, torch.float64: FLOAT64}
 # Bits of the codes column: e's code, p's code, then the index of the row's decay in `decays`.
 PARAM_CODE_SHIFT = 4
 DECAY_SLOT_SHIFT = 8
@@ -77,28 +88,29 @@ def _typed_pointer(address, dtype: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
-def _load(pointers, mask, FULL: tl.constexpr):
+def _load(pointers, mask, MATH: tl.constexpr, FULL: tl.constexpr):
     if FULL:
         value = tl.load(pointers)
     else:
         value = tl.load(pointers, mask=mask, other=0.0)
-    return value.to(tl.float32)
+    return value.to(MATH)
 
 
 @triton.jit
-def _load_as_fp32(address, offsets, mask, code, FULL: tl.constexpr, ALIGNED: tl.constexpr):
-    """The elements at byte address `address` + offsets of the dtype with table code `code`, in fp32.
+def _load_as(address, offsets, mask, code, MATH: tl.constexpr, FULL: tl.constexpr, ALIGNED: tl.constexpr):
+    """The elements at byte address `address` + offsets of the dtype with table code `code`, in MATH
+    (fp32 or fp64, exact either way for the dtypes that reach it).
 
-    Only fp32 values leave the branches: pointers of different element types cannot.
+    Only MATH values leave the branches: pointers of different element types cannot.
     """
     if code == 0:
-        value = _load(_typed_pointer(address, tl.float32, ALIGNED) + offsets, mask, FULL)
+        value = _load(_typed_pointer(address, tl.float32, ALIGNED) + offsets, mask, MATH, FULL)
     elif code == 1:
-        value = _load(_typed_pointer(address, tl.float16, ALIGNED) + offsets, mask, FULL)
+        value = _load(_typed_pointer(address, tl.float16, ALIGNED) + offsets, mask, MATH, FULL)
     elif code == 2:
-        value = _load(_typed_pointer(address, tl.bfloat16, ALIGNED) + offsets, mask, FULL)
+        value = _load(_typed_pointer(address, tl.bfloat16, ALIGNED) + offsets, mask, MATH, FULL)
     else:
-        value = _load(_typed_pointer(address, tl.float64, ALIGNED) + offsets, mask, FULL)
+        value = _load(_typed_pointer(address, tl.float64, ALIGNED) + offsets, mask, MATH, FULL)
     return value
 
 
@@ -111,46 +123,73 @@ def _store(pointers, value, mask, FULL: tl.constexpr):
 
 
 @triton.jit
-def _store_from_fp32(address, offsets, mask, value, code, FULL: tl.constexpr, ALIGNED: tl.constexpr,
-                     EMULATE_BF16_RTNE: tl.constexpr):
-    """Stores fp32 `value` rounded to nearest even into the dtype with table code `code`.
+def _store_from(address, offsets, mask, value, code, FULL: tl.constexpr, ALIGNED: tl.constexpr,
+                EMULATE_BF16_RTNE: tl.constexpr):
+    """Stores `value` (fp32 or fp64) into the dtype with table code `code`: as it is into fp64, else
+    rounded to nearest even to fp32 and then to the 16-bit dtype (as torch's casts from fp64 do).
 
     Each branch stores itself: pointers of different element types cannot leave an if.
     """
     if code == 0:
-        _store(_typed_pointer(address, tl.float32, ALIGNED) + offsets, value, mask, FULL)
+        _store(_typed_pointer(address, tl.float32, ALIGNED) + offsets, value.to(tl.float32), mask, FULL)
     elif code == 1:
-        rounded = cast_to(value, tl.float16, EMULATE_BF16_RTNE)
+        rounded = cast_to(value.to(tl.float32), tl.float16, EMULATE_BF16_RTNE)
         _store(_typed_pointer(address, tl.float16, ALIGNED) + offsets, rounded, mask, FULL)
     elif code == 2:
-        rounded_bf16 = cast_to(value, tl.bfloat16, EMULATE_BF16_RTNE)
+        rounded_bf16 = cast_to(value.to(tl.float32), tl.bfloat16, EMULATE_BF16_RTNE)
         _store(_typed_pointer(address, tl.bfloat16, ALIGNED) + offsets, rounded_bf16, mask, FULL)
     else:
         _store(_typed_pointer(address, tl.float64, ALIGNED) + offsets, value.to(tl.float64), mask, FULL)
 
 
 @triton.jit
-def _blend_block(ema_address, param_address, offsets, mask, ema_code, param_code, decay, one_minus_decay,
-                 FULL: tl.constexpr, ALIGNED: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """e <- d*e + (1-d)*p on one block; d == 0 stores p exactly."""
-    param = _load_as_fp32(param_address, offsets, mask, param_code, FULL, ALIGNED)
-    ema = _load_as_fp32(ema_address, offsets, mask, ema_code, FULL, ALIGNED)
-    blended = decay * ema + one_minus_decay * param
+def _blend_block(ema_address, param_address, offsets, mask, ema_code, param_code, decay, from_ema, coeff,
+                 MATH: tl.constexpr, FULL: tl.constexpr, ALIGNED: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """e <- lerp(e, p, 1 - d) on one block as base + coeff*(p - e), base e or p (see _blend_chunk);
+    d == 0 stores p exactly."""
+    param = _load_as(param_address, offsets, mask, param_code, MATH, FULL, ALIGNED)
+    ema = _load_as(ema_address, offsets, mask, ema_code, MATH, FULL, ALIGNED)
+    blended = tl.where(from_ema, ema, param) + coeff * (param - ema)
     blended = tl.where(decay == 0.0, param, blended)
-    _store_from_fp32(ema_address, offsets, mask, blended, ema_code, FULL, ALIGNED, EMULATE_BF16_RTNE)
+    _store_from(ema_address, offsets, mask, blended, ema_code, FULL, ALIGNED, EMULATE_BF16_RTNE)
+
+
+@triton.jit
+def _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay, MATH: tl.constexpr,
+                 CHUNK: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """e <- lerp(e, p, 1 - d) over one chunk of `count` elements, in MATH (fp32 or fp64). A decay
+    that is 1 in MATH skips the chunk, reading nothing."""
+    decay = decay.to(MATH)
+    if decay != 1.0:
+        # torch.lerp's weight w = 1 - d and its two forms, as base + coeff*(p - e):
+        # |w| < 0.5: e + w*(p - e); else p + (w - 1)*(p - e), which is p - (p - e)*(1 - w).
+        weight = 1.0 - decay
+        from_ema = tl.abs(weight) < 0.5
+        coeff = tl.where(from_ema, weight, weight - 1.0)
+        block = tl.arange(0, BLOCK)
+        # Whole blocks unmasked (vector loads), then the tail masked; blocks past count do nothing.
+        for start in tl.static_range(0, CHUNK, BLOCK):
+            offsets = start + block
+            if start + BLOCK <= count:
+                _blend_block(ema_address, param_address, offsets, None, ema_code, param_code, decay, from_ema,
+                             coeff, MATH, True, ALIGNED, EMULATE_BF16_RTNE)
+            elif start < count:
+                _blend_block(ema_address, param_address, offsets, offsets < count, ema_code, param_code, decay,
+                             from_ema, coeff, MATH, False, ALIGNED, EMULATE_BF16_RTNE)
 
 
 @triton.jit
 def _ema_update_kernel(table_ptr, decays_ptr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
-                       RAW_BYTES: tl.constexpr, PARAM_CODE_SHIFT: tl.constexpr,
+                       FLOAT64: tl.constexpr, RAW_BYTES: tl.constexpr, PARAM_CODE_SHIFT: tl.constexpr,
                        DECAY_SLOT_SHIFT: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """e <- d*e + (1-d)*p in fp32 over the chunk of table row `program_id`.
+    """e <- lerp(e, p, 1 - d) over the chunk of table row `program_id` (the module's formula), in
+    fp64 when either side is fp64, else in fp32.
 
     Inputs: table (rows of 4 int64: e address, p address, count, codes = e code | p code << 4 |
-    decay slot << 8), decays (fp32, indexed by the slot). Bytes: reads p and e and writes e once
-    each (count * (2 * size(e) + size(p))), plus 32 table bytes and a 4-byte decay per program.
-    A decay of exactly 1 skips the chunk without touching memory. RAW_BYTES rows copy count
-    bytes from p to e unless their decay is 1.
+    decay slot << 8), decays (fp64, indexed by the slot). Bytes: reads p and e and writes e once
+    each (count * (2 * size(e) + size(p))), plus 32 table bytes and an 8-byte decay per program.
+    A decay of exactly 1 (in the math's precision) skips the chunk without touching memory.
+    RAW_BYTES rows copy count bytes from p to e unless their decay is 1.
     """
     # 1. The row: where, how many, which dtypes, which decay. One scalar load each.
     row = table_ptr + tl.program_id(0).to(tl.int64) * 4
@@ -161,26 +200,21 @@ def _ema_update_kernel(table_ptr, decays_ptr, CHUNK: tl.constexpr, BLOCK: tl.con
     ema_code = codes & ((1 << PARAM_CODE_SHIFT) - 1)
     param_code = (codes >> PARAM_CODE_SHIFT) & ((1 << PARAM_CODE_SHIFT) - 1)
     decay = tl.load(decays_ptr + (codes >> DECAY_SLOT_SHIFT))
-    block = tl.arange(0, BLOCK)
-    # 2. Skipped chunks (decay 1) read nothing.
-    if decay != 1.0:
-        if ema_code == RAW_BYTES:
+    # 2. Integer buffers: copied unless skipped. Floating pairs: the blend in their math's precision.
+    if ema_code == RAW_BYTES:
+        if decay != 1.0:
+            block = tl.arange(0, BLOCK)
             for start in tl.static_range(0, CHUNK, BLOCK):
                 if start < count:
                     offsets = start + block
                     raw = tl.load(param_address.to(tl.pointer_type(tl.int8)) + offsets, mask=offsets < count)
                     tl.store(ema_address.to(tl.pointer_type(tl.int8)) + offsets, raw, mask=offsets < count)
-        else:
-            one_minus_decay = 1.0 - decay
-            # 3. Whole blocks unmasked (vector loads), then the tail masked; blocks past count do nothing.
-            for start in tl.static_range(0, CHUNK, BLOCK):
-                offsets = start + block
-                if start + BLOCK <= count:
-                    _blend_block(ema_address, param_address, offsets, None, ema_code, param_code, decay,
-                                 one_minus_decay, True, ALIGNED, EMULATE_BF16_RTNE)
-                elif start < count:
-                    _blend_block(ema_address, param_address, offsets, offsets < count, ema_code, param_code,
-                                 decay, one_minus_decay, False, ALIGNED, EMULATE_BF16_RTNE)
+    elif (ema_code == FLOAT64) | (param_code == FLOAT64):
+        _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay, tl.float64, CHUNK, BLOCK,
+                     ALIGNED, EMULATE_BF16_RTNE)
+    else:
+        _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay, tl.float32, CHUNK, BLOCK,
+                     ALIGNED, EMULATE_BF16_RTNE)
 
 
 @triton.jit
@@ -189,47 +223,85 @@ def _ema_schedule_kernel(num_updates_ptr, decays_ptr, decay: tl.float64, warmup_
                          update_every: tl.int64, WARMUP: tl.constexpr):
     """One program: t = ++num_updates, then decays = [d(t), copy decay(t)] (see reference.ema_decays).
 
-    Inputs: num_updates (one int64, incremented in place), decays (two fp32, written). The
-    schedule is computed in fp64 and rounded once to fp32. 20 bytes.
+    Inputs: num_updates (one int64, incremented in place), decays (two fp64, written). The
+    schedule is computed in fp64, its warmup term rounded to fp32. 24 bytes.
     """
+    # The float arguments as fp64 tensors: the interpreter would take Python floats for fp32.
+    decay = tl.full([], decay, tl.float64)
+    min_decay = tl.full([], min_decay, tl.float64)
     t = tl.load(num_updates_ptr) + 1
     tl.store(num_updates_ptr, t)
     average = decay
     if WARMUP:
         steps_after = (t - update_after_step).to(tl.float64)
         warm = 1.0 - tl.exp(-warmup_power * tl.log(1.0 + steps_after / warmup_gamma))
+        warm = warm.to(tl.float32).to(tl.float64)  # exp and log differ in the last fp64 bit across backends
         average = tl.minimum(average, tl.maximum(min_decay, warm))
     average = tl.where(t <= update_after_step, 0.0, average)
     skipped = (t % update_every) != 0
     average = tl.where(skipped, 1.0, average)
     copy_decay = tl.where(skipped, 1.0, 0.0)
-    tl.store(decays_ptr, average.to(tl.float32))
-    tl.store(decays_ptr + 1, copy_decay.to(tl.float32))
+    tl.store(decays_ptr, average)
+    tl.store(decays_ptr + 1, copy_decay.to(tl.float64))
 
 
 # ----------------------------------------------------------------------------- the chunk table
 
-# Tables by (device, addresses, sizes, dtypes, slots). Bounded; tables used by a CUDA graph
-# capture are pinned, because the captured kernel keeps reading them on every replay.
+# Tables by layout (see _cached). Bounded; tables used by a CUDA graph capture (and their host
+# copies) are pinned by id, because the captured kernel keeps reading them on every replay.
 _TABLES = collections.OrderedDict()
 _TABLES_MAX = 64
 _PINNED_TABLES = {}
-# The torch backend has no table; it remembers the pair sets it has checked under the same key.
+# The torch backend has no table; it remembers the keys of the pair lists it has checked.
 _CHECKED_PAIRS = collections.OrderedDict()
 
 # C-level accessors: the per-call checks below walk every tensor, so they avoid Python loops.
 _data_ptr = torch.Tensor.data_ptr
-_numel = torch.Tensor.numel
+_stride = torch.Tensor.stride
 _is_contiguous = torch.Tensor.is_contiguous
 _dtype = operator.attrgetter("dtype")
 _shape = operator.attrgetter("shape")
 _device = operator.attrgetter("device")
 
 
-def _table_key(ema, params, slots):
-    """Everything the table depends on: addresses, sizes, dtypes and decay slots of every pair."""
-    return (ema[0].device, tuple(map(_data_ptr, ema)), tuple(map(_data_ptr, params)), tuple(map(_numel, ema)),
-            tuple(map(_dtype, ema)), tuple(map(_dtype, params)), tuple(slots))
+def _layout(tensors):
+    """The address (storage offset included), dtype, shape and strides of every tensor: all that
+    a table and the checks behind it depend on. One C-level pass per attribute."""
+    return (tuple(map(_data_ptr, tensors)), tuple(map(_dtype, tensors)), tuple(map(_shape, tensors)),
+            tuple(map(_stride, tensors)))
+
+
+class TableMemo:
+    """The last layout and cached value of one caller with fixed pair lists (a ModelEMA's pairs):
+    compared, instead of hashed and looked up."""
+
+    def __init__(self):
+        self.cache, self.slots, self.layout, self.value = None, None, None, None
+
+
+def _cached(cache, ema, params, slots, make, memo=None):
+    """cache[key], made by make() on a miss (bounded, least recently used first out), where the
+    key holds the device, the decay slots and the _layout of every tensor on both sides.
+
+    The layout is read on every call, so a tensor changed behind the caller (`.data = ...`,
+    model.half(), a view of another dtype, shape or strides at the same address) is seen before
+    any launch. The device is the first tensor's: under CUDA's unified addressing an address names
+    its device. memo (a TableMemo) short-cuts the lookup for a caller that repeats its pairs.
+    """
+    layout = _layout([*ema, *params])
+    if memo is not None and memo.cache is cache and memo.layout == layout and memo.slots == slots:
+        return memo.value
+    key = (ema[0].device, tuple(slots), *layout)
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
+        while len(cache) > _TABLES_MAX:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    if memo is not None:
+        memo.cache, memo.slots, memo.layout, memo.value = cache, list(slots), layout, value
+    return value
 
 
 def _row_code(ema, param, slot):
@@ -321,42 +393,25 @@ def _check_table_pairs(ema, params):
 
 
 def chunk_table(ema, params, slots, memo=None):
-    """The cached device table for the pairs: (table, aligned). Built (one host-to-device copy) on a miss.
+    """The cached device table for the pairs: (table, aligned), found as _cached says.
 
-    memo (ModelEMA's pairs, whose tensor objects and slots are fixed) remembers the last table
-    under the addresses and model sizes alone: re-allocation moves an address, so this is
-    enough there, and it is about three times cheaper than the full key.
+    Built on a miss (checked, then one host-to-device copy). memo: a TableMemo of a caller with
+    fixed pair lists.
     """
-    if memo is not None:
-        addresses = (tuple(map(_data_ptr, ema)), tuple(map(_data_ptr, params)), tuple(map(_numel, params)))
-        if memo.table_addresses == addresses:
-            entry = memo.table_entry
-            if entry[0].is_cuda and torch.cuda.is_current_stream_capturing():
-                _PINNED_TABLES[id(entry[0])] = entry
-            return entry
-    key = _table_key(ema, params, slots)
-    entry = _TABLES.get(key) or _PINNED_TABLES.get(key)
-    if entry is None:
-        table, aligned = build_chunk_table(ema, params, slots)
-        if ema[0].is_cuda:  # from pinned memory, asynchronously: not even the first update syncs
-            host = table.pin_memory()
-            table = host.to(ema[0].device, non_blocking=True)
-            if torch.cuda.is_current_stream_capturing():  # a captured copy reads host on every replay
-                _PINNED_TABLES[(key, "host")] = host
-        entry = (table.to(ema[0].device), aligned)
-        _TABLES[key] = entry
-        while len(_TABLES) > _TABLES_MAX:
-            _TABLES.popitem(last=False)
-    else:
-        if memo is not None:  # ModelEMA's model changed (its memo missed) but matches a known table:
-            _check_table_pairs(ema, params)  # e.g. a .data view at the same address, of other sizes
-        if key in _TABLES:
-            _TABLES.move_to_end(key)
+    entry = _cached(_TABLES, ema, params, slots, lambda: _device_table(ema, params, slots), memo)
     if entry[0].is_cuda and torch.cuda.is_current_stream_capturing():
-        _PINNED_TABLES[key] = entry
-    if memo is not None:
-        memo.table_addresses, memo.table_entry = addresses, entry
+        _PINNED_TABLES[id(entry[0])] = entry
     return entry
+
+
+def _device_table(ema, params, slots):
+    table, aligned = build_chunk_table(ema, params, slots)
+    if ema[0].is_cuda:  # from pinned memory, asynchronously: not even the first update syncs
+        host = table.pin_memory()
+        table = host.to(ema[0].device, non_blocking=True)
+        if torch.cuda.is_current_stream_capturing():  # a captured copy reads host on every replay
+            _PINNED_TABLES[id(host)] = host
+    return table.to(ema[0].device), aligned
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -368,7 +423,7 @@ def _ema_update_triton(ema, params, decays, slots, memo=None):
         return
     with _backend.device_guard(table.device):
         _ema_update_kernel[(table.shape[0],)](
-            table, decays, CHUNK=CHUNK, BLOCK=BLOCK, ALIGNED=aligned, RAW_BYTES=RAW_BYTES,
+            table, decays, CHUNK=CHUNK, BLOCK=BLOCK, ALIGNED=aligned, FLOAT64=FLOAT64, RAW_BYTES=RAW_BYTES,
             PARAM_CODE_SHIFT=PARAM_CODE_SHIFT, DECAY_SLOT_SHIFT=DECAY_SLOT_SHIFT,
             EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
             enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
@@ -382,38 +437,32 @@ def _ema_update_cuda(ema, params, decays, slots, memo=None):
                            _backend.cuda_stream(table.device))
 
 
-def _ema_update_torch(ema, params, decays, slots):
+def _ema_update_torch(ema, params, decays, slots, memo=None):
     """The reference in fp32, one pair at a time (the CPU path and the oracle of the kernels).
 
     Checks the pairs as a table build does (the same input is refused by every backend), once per
-    set of addresses, sizes and dtypes, as the tables are cached."""
-    key = _table_key(ema, params, slots) + (tuple(map(_shape, params)),)
-    if key not in _CHECKED_PAIRS:
-        _check_table_pairs(ema, params)
-        _CHECKED_PAIRS[key] = True
-        while len(_CHECKED_PAIRS) > _TABLES_MAX:
-            _CHECKED_PAIRS.popitem(last=False)
+    layout, as the tables are cached."""
+    _cached(_CHECKED_PAIRS, ema, params, slots, lambda: _check_table_pairs(ema, params) or True, memo)
     for e, p, slot in zip(ema, params, slots):
         if e.numel() == 0:
             continue
         decay = decays[slot]
         if e.dtype in EMA_DTYPE_CODES:
-            blended = reference.ema_blend(e, p, decay, math_dtype=torch.float32)
-            if e.dtype == torch.float64:  # d == 1 keeps e itself, not e rounded to fp32 (as the kernels skip)
-                blended = torch.where(decay == 1.0, e, blended.to(e.dtype))
-            e.copy_(blended)
+            blended = reference.ema_blend(e, p, decay, math_dtype=reference.ema_math_dtype(e.dtype, p.dtype))
+            e.copy_(blended.to(torch.float32) if e.element_size() == 2 else blended)  # via fp32, as the kernels
         else:  # integer buffer: copied unless skipped
             e.copy_(torch.where(decay == 1.0, e, p))
 
 
 def _schedule_torch(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
                     update_after_step, update_every):
-    """The schedule with torch ops on the device (fp64, rounded once to fp32), no host sync."""
+    """The schedule with torch ops on the device, in fp64, no host sync."""
     num_updates.add_(1)
     t = num_updates.to(torch.float64)
     average = torch.full_like(t, decay)
     if warmup:
         warm = 1.0 - torch.exp(-warmup_power * torch.log(1.0 + (t - update_after_step) / warmup_gamma))
+        warm = warm.to(torch.float32).to(torch.float64)  # as every backend: exp and log differ in the last fp64 bit
         average = torch.minimum(average, torch.clamp(warm, min=min_decay))
     average = torch.where(t <= update_after_step, 0.0, average)
     skipped = torch.remainder(num_updates, update_every) != 0
@@ -424,19 +473,27 @@ def _schedule_torch(num_updates, decays, decay, warmup, warmup_gamma, warmup_pow
 
 
 def _ema_update(ema, params, decays, slots, backend, memo=None):
-    """ema[i] <- d*ema[i] + (1-d)*params[i] with d = decays[slots[i]], one launch for all pairs.
+    """ema[i] <- lerp(ema[i], params[i], 1 - d) with d = decays[slots[i]], one launch for all pairs.
 
     Expects what ema_update_ checks: equal sizes per pair, one device, e and p laid out alike
-    in memory (same strides, dense), fp32 decays. Integer pairs are copied unless d == 1.
+    in memory (same strides, dense). Integer pairs are copied unless d == 1.
     """
+    _check_decays(decays, 1)
     if not ema:
         return
     if backend == "torch":
-        _ema_update_torch(ema, params, decays, slots)
+        _ema_update_torch(ema, params, decays, slots, memo)
     elif backend == "triton":
         _ema_update_triton(ema, params, decays, slots, memo)
     else:
         _ema_update_cuda(ema, params, decays, slots, memo)
+
+
+def _check_decays(decays, least):
+    """The kernels read (and the schedule writes) the decays as fp64 through a raw pointer."""
+    if decays.dtype != torch.float64 or decays.numel() < least:
+        raise ValueError(f"decays must be a float64 tensor of at least {least} elements, got {decays.dtype} "
+                         f"of shape {tuple(decays.shape)}")
 
 
 @torch.library.custom_op("recipe_kernels::ema_update_", mutates_args=("ema",))
@@ -466,6 +523,7 @@ def _(ema, params, decays, slots, backend):
 def _ema_schedule(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step,
                   update_every, backend):
     """num_updates += 1; decays <- [average decay, copy decay] for that update (ModelEMA's schedule)."""
+    _check_decays(decays, 2)
     if update_every < 1 or update_after_step < 0:  # t % 0 on the device: undefined, not an error
         raise ValueError(f"update_every must be >= 1 and update_after_step >= 0, got {update_every} and "
                          f"{update_after_step}")
@@ -499,7 +557,7 @@ def _(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
 
 # ----------------------------------------------------------------------------- public function
 
-# 0-d fp32 decay tensors made from Python floats, one per (value, device): converted once.
+# fp64 decay tensors made from Python floats, one per (value, device): converted once.
 _DECAY_TENSORS = {}
 
 
@@ -510,10 +568,10 @@ def _decay_tensor(decay, device):
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             # Made inside a CUDA graph capture, the fill is only recorded: the tensor holds the value
             # during replays, but not yet, so it must not be cached for eager calls.
-            return torch.full((1,), decay, dtype=torch.float32, device=device)
+            return torch.full((1,), decay, dtype=torch.float64, device=device)
         if len(_DECAY_TENSORS) > 256:  # a schedule of Python floats: do not grow without bound
             _DECAY_TENSORS.clear()
-        tensor = _DECAY_TENSORS[key] = torch.full((1,), decay, dtype=torch.float32, device=device)
+        tensor = _DECAY_TENSORS[key] = torch.full((1,), decay, dtype=torch.float64, device=device)
     return tensor
 
 
@@ -605,10 +663,11 @@ def _check_pairs(ema_tensors, model_tensors):
 
 @torch.no_grad()
 def ema_update_(ema_tensors, model_tensors, decay, *, backend=None):
-    """e <- decay*e + (1-decay)*p for every pair (e, p), in place, in one kernel launch.
+    """e <- lerp(e, p, 1 - decay), i.e. decay*e + (1-decay)*p, for every pair (e, p), in place, in
+    one kernel launch (the exact formula, which keeps e when p == e, is in the module docstring).
 
     ema_tensors and model_tensors are equally long lists; each pair has one shape, any floating
-    dtypes (e.g. a bf16 model with an fp32 EMA; the math is fp32). decay is a Python float in
+    dtypes (e.g. a bf16 model with an fp32 EMA; the math is fp32, or fp64 for pairs with an fp64 side). decay is a Python float in
     [0, 1] (made a device tensor once per value) or a 0-d floating tensor on the tensors' device,
     which is used as is: its range is not checked, because that would sync the host. decay 1
     leaves e exactly as it was, decay 0 stores p exactly. DTensors update their local shards.
@@ -620,7 +679,7 @@ def ema_update_(ema_tensors, model_tensors, decay, *, backend=None):
                              f"and dtype {decay.dtype}")
         if device is not None and decay.device != device:
             raise ValueError(f"decay is on {decay.device} but the tensors are on {device}")
-        decays = decay.detach().reshape(1).to(torch.float32)
+        decays = decay.detach().reshape(1).to(torch.float64)
     else:
         decay = _check_decay(decay)
         if 0.999 <= decay < 1.0 and any(e.dtype in (torch.bfloat16, torch.float16) for e in ema):
@@ -731,13 +790,21 @@ def _copy_module(model):
     return copy_tree(model)
 
 
+def _persistent_buffers(module):
+    """named_buffers() without the non-persistent ones, which state_dict() leaves out: ModelEMA
+    neither averages, copies nor saves those (as timm's ModelEmaV3, which walks state_dict())."""
+    non_persistent = {f"{prefix}.{name}" if prefix else name
+                      for prefix, submodule in module.named_modules() for name in submodule._non_persistent_buffers_set}
+    return {name: buffer for name, buffer in module.named_buffers() if name not in non_persistent}
+
+
 class _Pairs:
     """The (ema, model) tensor pairs of one model and their decay slots, made once per model structure."""
 
     def __init__(self, ema_module, model, buffer_mode):
         self.model = model
         self.generation = _REGISTRATIONS[0]
-        self.table_addresses, self.table_entry = None, None  # chunk_table's memo
+        self.table_memo = TableMemo()
         ema_tensors, model_tensors, self.slots, names = [], [], [], []
         ema_params, model_params = dict(ema_module.named_parameters()), dict(model.named_parameters())
         if ema_params.keys() != model_params.keys():
@@ -750,7 +817,7 @@ class _Pairs:
             self.slots.append(AVERAGE_SLOT)
             names.append(name)
         if buffer_mode != "ignore":
-            ema_buffers, model_buffers = dict(ema_module.named_buffers()), dict(model.named_buffers())
+            ema_buffers, model_buffers = _persistent_buffers(ema_module), _persistent_buffers(model)
             if ema_buffers.keys() != model_buffers.keys():
                 raise ValueError("the model's buffers do not match the EMA's: "
                                  f"{sorted(ema_buffers.keys() ^ model_buffers.keys())[:5]}")
@@ -802,11 +869,12 @@ class ModelEMA:
 
     - skips the update when update_every > 1 and t % update_every != 0;
     - else copies the parameters when t <= update_after_step;
-    - else blends EMA <- d*EMA + (1-d)*param with d = decay, or with warmup
+    - else blends EMA <- lerp(EMA, param, 1 - d) = d*EMA + (1-d)*param with d = decay, or with warmup
       d = min(decay, max(min_decay, 1 - (1 + s/warmup_gamma)^(-warmup_power))), s = t - update_after_step.
 
     buffers: "average" averages floating buffers like parameters and copies integer ones (timm's
-    default), "copy" copies them all, "ignore" leaves them alone. Parameters and buffers go in
+    default), "copy" copies them all, "ignore" leaves them alone. Non-persistent buffers (left out
+    of state_dict()) are always left alone, as in timm: .module keeps the values it was made with. Parameters and buffers go in
     one kernel; the schedule is a second, one-program kernel (the "torch" backend runs torch ops).
     Under DistributedDataParallel pass the model or its .module (each rank averages its replica);
     with DTensor/FSDP2 parameters each rank averages its local shards, without communication.
@@ -844,7 +912,7 @@ class ModelEMA:
         device = _local(first).device if first is not None else torch.device("cpu")
         self.backend = _backend.resolve("ema", device, backend)
         self.num_updates = torch.zeros((), dtype=torch.int64, device=device)
-        self._decays = torch.zeros(2, dtype=torch.float32, device=device)  # [average, copy]
+        self._decays = torch.zeros(2, dtype=torch.float64, device=device)  # [average, copy]
         low_precision = (torch.bfloat16, torch.float16)
         if 0.999 <= self.decay < 1.0 and any(p.dtype in low_precision for p in self.module.parameters()):
             _warn_low_precision_ema(self.decay)
@@ -869,7 +937,7 @@ class ModelEMA:
             ema_update_op(ema, params, self._decays, pairs.slots, self.backend)
         else:  # eager: straight to the launchers (see _dispatch_ema_update)
             _ema_schedule(*schedule)
-            _ema_update(ema, params, self._decays, pairs.slots, self.backend, memo=pairs)
+            _ema_update(ema, params, self._decays, pairs.slots, self.backend, memo=pairs.table_memo)
             torch.autograd.graph.increment_version(ema)
 
     def state_dict(self):
@@ -891,13 +959,14 @@ class ModelEMA:
 
     @torch.no_grad()
     def copy_to(self, model):
-        """Writes the EMA weights (and buffers, unless buffers="ignore") into `model`, cast to its dtypes."""
+        """Writes the EMA weights (and persistent buffers, unless buffers="ignore") into `model`, cast to
+        its dtypes."""
         model = _unwrap(model)
         targets = dict(model.named_parameters())
         if self.buffers != "ignore":
-            targets.update(model.named_buffers())
+            targets.update(_persistent_buffers(model))
         sources = dict(self.module.named_parameters())
-        sources.update(self.module.named_buffers())
+        sources.update(_persistent_buffers(self.module))
         if not targets.keys() <= sources.keys():
             raise ValueError("the model has tensors that the EMA does not: "
                              f"{sorted(targets.keys() - sources.keys())[:5]}")

@@ -250,15 +250,26 @@ def cutmix_swap_(x, box):
 # ----------------------------------------------------------------------------- EMA
 
 
-def ema_blend(ema, param, decay, *, math_dtype=torch.float32):
-    """d*e + (1-d)*p, each product and the sum rounded to math_dtype; d == 0 gives p, d == 1 gives e.
+def ema_math_dtype(ema_dtype, param_dtype):
+    """The precision of a pair's EMA arithmetic: float64 when either side is float64, else float32."""
+    return torch.float64 if torch.float64 in (ema_dtype, param_dtype) else torch.float32
 
-    decay is a Python float or a 0-d tensor. The kernels compute this in fp32 (math_dtype=float32
-    reproduces them bit for bit) and round the result to e's dtype; float64 is the test oracle.
+
+def ema_blend(ema, param, decay, *, math_dtype=torch.float32):
+    """torch.lerp(e, p, w) with w = 1 - d, each operation rounded to math_dtype (no FMA); d == 0
+    gives p, d == 1 gives e.
+
+    torch's lerp formula: e + w*(p - e) when |w| < 0.5, else p - (p - e)*(1 - w). Both keep e
+    exactly when p == e (finite). decay is a Python float or a 0-d tensor, rounded to math_dtype
+    first. The kernels compute this in ema_math_dtype of the pair (that math_dtype reproduces them
+    bit for bit) and round the result to fp32, then to e's dtype.
     """
     e, p = ema.to(math_dtype), param.to(math_dtype)
     d = torch.as_tensor(decay, device=e.device).to(math_dtype)
-    blended = d * e + (1.0 - d) * p
+    weight = 1.0 - d
+    small = weight.abs() < 0.5
+    # base + coeff*(p - e): w - 1 is -(1 - w) exactly, so the second form is p - (p - e)*(1 - w).
+    blended = torch.where(small, e, p) + torch.where(small, weight, weight - 1.0) * (p - e)
     return torch.where(d == 0.0, p, torch.where(d == 1.0, e, blended))
 
 
@@ -269,7 +280,9 @@ def ema_decays(t, decay, *, warmup=False, warmup_gamma=1.0, warmup_power=2 / 3, 
     Skipped update (update_every > 1, t % update_every != 0): (1, 1), nothing changes. Copy
     phase (t <= update_after_step): (0, 0). Else (d, 0) with d = decay or, with warmup,
     min(decay, max(min_decay, 1 - (1 + s/warmup_gamma)^(-warmup_power))), s = t - update_after_step.
-    The kernels compute the same in fp64, with the power as exp(-power * log(base)), and round to fp32.
+    The warmup term 1 - (1 + s/warmup_gamma)^(-warmup_power) is rounded to fp32: the backends'
+    exp and log (the kernels compute the power as exp(-power * log(base)) in fp64) differ in the
+    last fp64 bit, and the rounding makes their decays equal. The rest is exact in fp64.
     """
     if t % update_every != 0:
         return 1.0, 1.0
@@ -277,5 +290,6 @@ def ema_decays(t, decay, *, warmup=False, warmup_gamma=1.0, warmup_power=2 / 3, 
         return 0.0, 0.0
     if warmup:
         s = t - update_after_step
-        return min(decay, max(min_decay, 1.0 - (1.0 + s / warmup_gamma) ** (-warmup_power))), 0.0
+        warm = torch.tensor(1.0 - (1.0 + s / warmup_gamma) ** (-warmup_power), dtype=torch.float32).item()
+        return min(decay, max(min_decay, warm)), 0.0
     return decay, 0.0

@@ -178,6 +178,272 @@ def test_cuda_blend_host_code_equals_reference():
         assert torch.equal(host.nan_to_num(), expected.nan_to_num()) and torch.equal(host.isnan(), expected.isnan())
 
 
+# ----------------------------------------------------------------------------- the table is never stale
+
+
+class HostLaunchers:
+    """_C with its GPU launchers replaced by their *_host entry points (same argument names): the
+    cuda backend's whole host path (pairs, tables, caches, launch arguments) then runs the CUDA
+    kernels' own code on CPU tensors."""
+
+    def __init__(self, extension):
+        self.extension = extension
+
+    def ema_update(self, table, num_chunks, decays, chunk, threads, stream):
+        self.extension.ema_update_host(table, num_chunks, decays, chunk, threads)
+
+    def ema_schedule(self, num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
+                     update_after_step, update_every, stream):
+        self.extension.ema_schedule_host(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
+                                         update_after_step, update_every)
+
+
+# The backends of the tests, plus "cuda" through the host entry points where there is no GPU.
+EVERY_BACKEND = BACKENDS + (["cuda"] if DEVICE.type == "cpu" and _backend._C is not None else [])
+
+
+@pytest.fixture(params=EVERY_BACKEND)
+def every_backend(request, monkeypatch):
+    if request.param == "cuda" and DEVICE.type == "cpu":
+        monkeypatch.setattr(_backend, "_C", HostLaunchers(_backend._C))
+        monkeypatch.setattr(_backend, "cuda_stream", lambda device: 0)
+        why_unavailable = _backend.why_unavailable
+        monkeypatch.setattr(_backend, "why_unavailable",
+                            lambda backend, device: None if backend == "cuda" else why_unavailable(backend, device))
+    return request.param
+
+
+def linear_and_ema(backend, model_dtype=torch.bfloat16, ema_dtype=torch.float32):
+    """An 8 x 8 bias-free Linear (square, so a transposed weight keeps its shape) and its EMA, updated once."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 8, bias=False).to(DEVICE, model_dtype)
+    ema = rk.ModelEMA(model, decay=0.5, ema_dtype=ema_dtype, backend=backend)
+    ema.update(model)
+    return model, ema
+
+
+def refill(tensor, seed):
+    """New values in place (the tensor keeps its address, dtype and layout)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=torch.float64))
+
+
+def check_update(ema, model):
+    """ema.update(model) equals the float64 formula on the tensors' current logical values."""
+    e_before, p = ema.module.weight.detach().double().clone(), model.weight.detach().double()
+    ema.update(model)
+    torch.testing.assert_close(ema.module.weight.detach().double(), 0.5 * e_before + 0.5 * p,
+                               **TOLERANCE[ema.module.weight.dtype])
+
+
+def test_model_dtype_view_at_the_same_address(every_backend):
+    model, ema = linear_and_ema(every_backend)
+    address = model.weight.data_ptr()
+    model.weight.data = model.weight.data.view(torch.float16)  # bf16 bits reread as fp16: a new dtype, same block
+    refill(model.weight, 1)
+    assert model.weight.data_ptr() == address
+    check_update(ema, model)
+
+
+def test_ema_dtype_view_at_the_same_address(every_backend):
+    model, ema = linear_and_ema(every_backend, model_dtype=torch.float32, ema_dtype=torch.bfloat16)
+    address = ema.module.weight.data_ptr()
+    ema.module.weight.data = ema.module.weight.data.view(torch.float16)
+    refill(ema.module.weight, 2)
+    assert ema.module.weight.data_ptr() == address
+    check_update(ema, model)
+
+
+def test_transposed_view_at_the_same_address_raises(every_backend):
+    # A ModelEMA walks each pair in memory order; a model tensor whose layout no longer matches its
+    # EMA tensor's is refused (as when the pairs are made), never read in the wrong order.
+    model, ema = linear_and_ema(every_backend)
+    model.weight.data = model.weight.data.t()
+    with pytest.raises(ValueError, match="memory layout"):
+        ema.update(model)
+    model.weight.data = model.weight.data.t()  # back: updates resume
+    check_update(ema, model)
+    ema.module.weight.data = ema.module.weight.data.t()
+    with pytest.raises(ValueError, match="memory layout"):
+        ema.update(model)
+
+
+def test_shape_change_at_the_same_address_raises(every_backend):
+    model, ema = linear_and_ema(every_backend)
+    model.weight.data = model.weight.data.view(4, 16)
+    with pytest.raises(ValueError, match=r"shape \(8, 8\) but model tensor has \(4, 16\)"):
+        ema.update(model)
+
+
+def test_storage_offset_change(every_backend):
+    model, ema = linear_and_ema(every_backend)
+    storage = torch.zeros(65, dtype=model.weight.dtype, device=DEVICE)
+    model.weight.data = storage[1:].view(8, 8)  # one element in: an unaligned address
+    refill(model.weight, 3)
+    check_update(ema, model)
+    model.weight.data = storage[:64].view(8, 8)
+    refill(model.weight, 4)
+    check_update(ema, model)
+
+
+def test_dtype_round_trip_of_the_model(every_backend):
+    # model.bfloat16(); update; model.float(); model.half(); update: an allocator may hand the same
+    # block back at each step.
+    model, ema = linear_and_ema(every_backend, model_dtype=torch.float32)
+    for convert in (torch.nn.Module.bfloat16, torch.nn.Module.float, torch.nn.Module.half, torch.nn.Module.float):
+        convert(model)
+        refill(model.weight, 5)
+        check_update(ema, model)
+
+
+def test_ema_update_follows_every_change_of_its_lists(every_backend):
+    # The same list objects on every call; their tensors change behind them.
+    storage = torch.zeros(65, dtype=torch.bfloat16, device=DEVICE)
+    ema, params = [torch.randn(8, 8, device=DEVICE)], [storage[:64].view(8, 8)]
+    changes = [lambda: params[0].view(torch.float16),  # dtype view, same address
+               lambda: params[0].t(),  # transposed view, same address
+               lambda: storage[1:].view(8, 8),  # another storage offset
+               lambda: params[0].float(), lambda: params[0].half()]
+    for step, change in enumerate(changes):
+        params[0] = change()
+        refill(params[0], 10 + step)
+        expected = oracle(ema, params, 0.5)
+        rk.ema_update_(ema, params, 0.5, backend=every_backend)
+        torch.testing.assert_close(ema[0].double(), expected[0], **TOLERANCE[torch.float32])
+    params[0] = params[0].view(4, 16)
+    with pytest.raises(ValueError, match="must match"):
+        rk.ema_update_(ema, params, 0.5, backend=every_backend)
+
+
+# ----------------------------------------------------------------------------- the lerp form
+
+
+def lerp_weight(decay):
+    """torch.lerp's weight for a decay as every backend computes it: 1 - d, rounded to fp32."""
+    return float(torch.tensor(1.0) - torch.tensor(decay, dtype=torch.float32))
+
+
+# Decays whose products w*(p - e) or (1 - w)*(p - e) are exact in fp32 (w or 1 - w a power of
+# two): there torch's fused multiply-add cannot differ from the unfused lerp, so bits must match.
+EXACT_PRODUCT_DECAYS = [0.5, 0.75, 0.25, 1 - 2**-10, 2**-7]
+
+
+def test_lerp_equals_foreach_lerp_bit_for_bit_where_products_are_exact(every_backend):
+    ema, params = sample_pairs([1, 129, 4097])
+    for decay in EXACT_PRODUCT_DECAYS:
+        ours, torchs = [e.clone() for e in ema], [e.clone() for e in ema]
+        rk.ema_update_(ours, params, decay, backend=every_backend)
+        torch._foreach_lerp_(torchs, params, lerp_weight(decay))
+        for a, b in zip(ours, torchs):
+            assert torch.equal(a.view(torch.int32), b.view(torch.int32)), decay
+
+
+def test_lerp_within_torch_fma_rounding_of_foreach_lerp(every_backend):
+    # torch's lerp fuses its multiply-add; ours rounds the product first (bit-equal across backends).
+    ema, params = sample_pairs([129, 4097])
+    for decay in (0.9999, 0.999, 0.6, 0.3, 0.1):
+        ours, torchs = [e.clone() for e in ema], [e.clone() for e in ema]
+        rk.ema_update_(ours, params, decay, backend=every_backend)
+        torch._foreach_lerp_(torchs, params, lerp_weight(decay))
+        for a, b, e, p in zip(ours, torchs, ema, params):
+            assert bool(((a - b).abs() <= 2.0**-22 * torch.maximum(e.abs(), p.abs())).all()), decay
+
+
+@pytest.mark.filterwarnings("ignore:an EMA held in bfloat16 or float16")
+@pytest.mark.parametrize("ema_dtype,model_dtype", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+                                                   (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)])
+def test_equal_model_and_ema_values_stay_bit_exact(every_backend, ema_dtype, model_dtype):
+    # p == e: e + w*(p - e) adds an exact zero, p - (p - e)*(1 - w) subtracts one. d*e + (1-d)*p
+    # rounds its two products apart and moves about 0.007% of the elements per update at d = 0.9999.
+    generator = torch.Generator().manual_seed(7)
+    narrow = min(ema_dtype, model_dtype, key=lambda dtype: torch.finfo(dtype).bits)
+    values = (torch.randn(20000, generator=generator) * 10).to(narrow)  # held exactly by both dtypes
+    param, ema = values.to(DEVICE, model_dtype), [values.to(DEVICE, ema_dtype).clone()]
+    for decay in (0.9999, 0.999, 0.9, 0.7, 0.5, 0.3):
+        rk.ema_update_(ema, [param], decay, backend=every_backend)
+        assert torch.equal(ema[0], values.to(DEVICE, ema_dtype)), decay
+
+
+def test_frozen_parameters_stay_bit_exact_over_1000_updates(every_backend):
+    # A parameter that never changes, through the copy phase and a warmup whose decay differs at
+    # every step. One tensor: each one costs the Triton interpreter about 40 ms per update.
+    torch.manual_seed(3)
+    model = torch.nn.Linear(16, 16, bias=False).to(DEVICE)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(16, 16) * 3)  # full-precision values (uniform inits have few significant bits)
+    ema = rk.ModelEMA(model, decay=0.9999, warmup=True, update_after_step=3, backend=every_backend)
+    for _ in range(1000):
+        ema.update(model)
+    assert ema.num_updates.item() == 1000
+    assert torch.equal(ema.module.weight, model.weight)
+
+
+# ----------------------------------------------------------------------------- float64
+
+
+def lerp_float64(ema, param, decay):
+    """torch.lerp's two forms in float64 with w = 1 - decay, written out (the test's own oracle)."""
+    e, p, weight = ema.double(), param.double(), 1.0 - decay
+    if decay == 0.0:
+        return p
+    return e + weight * (p - e) if abs(weight) < 0.5 else p - (p - e) * (1.0 - weight)
+
+
+@pytest.mark.parametrize("decay", [0.9999, 0.999, 0.6, 0.3, 0.0])
+def test_float64_pairs_have_float64_math(every_backend, decay):
+    # Within an fp64 rounding or two of the float64 formula; fp32 math would be 1e-8 off.
+    ema, params = sample_pairs([1, 129, 4097], torch.float64, torch.float64)
+    expected = [lerp_float64(e, p, decay) for e, p in zip(ema, params)]
+    rk.ema_update_(ema, params, decay, backend=every_backend)
+    for e, want in zip(ema, expected):
+        assert e.dtype == torch.float64
+        torch.testing.assert_close(e, want, rtol=4e-16, atol=4e-16)
+
+
+def test_float64_pairs_equal_foreach_lerp_where_products_are_exact(every_backend):
+    ema, params = sample_pairs([129, 4097], torch.float64, torch.float64)
+    for decay in EXACT_PRODUCT_DECAYS:
+        ours, torchs = [e.clone() for e in ema], [e.clone() for e in ema]
+        rk.ema_update_(ours, params, decay, backend=every_backend)
+        torch._foreach_lerp_(torchs, params, 1.0 - decay)
+        assert all(torch.equal(a, b) for a, b in zip(ours, torchs)), decay
+
+
+@pytest.mark.parametrize("ema_dtype,model_dtype", [(torch.float32, torch.float64), (torch.bfloat16, torch.float64),
+                                                   (torch.float64, torch.bfloat16), (torch.float64, torch.float32)])
+def test_mixed_pairs_with_a_float64_side_have_float64_math(every_backend, ema_dtype, model_dtype):
+    # The math is float64; the result is stored as it is in an fp64 EMA, else rounded to fp32 and
+    # (for 16-bit EMAs) then to the EMA's dtype, as torch's casts do. A model value of 1e300 averages
+    # in fp64 (and rounds to inf in an fp32 EMA) instead of becoming inf first.
+    ema, params = sample_pairs([5, 4097], ema_dtype, model_dtype)
+    params[0][0] = 1e300 if model_dtype == torch.float64 else params[0][0]
+    decay = 0.999
+    expected = [lerp_float64(e, p, decay) for e, p in zip(ema, params)]
+    rk.ema_update_(ema, params, decay, backend=every_backend)
+    for e, want in zip(ema, expected):
+        assert torch.equal(e, want if ema_dtype == torch.float64 else want.float().to(ema_dtype))
+
+
+def test_model_ema_of_a_float64_model(every_backend):
+    model = make_model(torch.float64)
+    ema = run_model_ema(model, 4, every_backend, decay=0.999, warmup=True, update_after_step=1)
+    expected = make_model(torch.float64).state_dict()
+    for t in range(1, 5):
+        train_step_reference = make_model(torch.float64)
+        for step in range(1, t + 1):
+            train_step(train_step_reference, step)
+        decay = reference.ema_decays(t, 0.999, warmup=True, update_after_step=1)[0]
+        for name, value in train_step_reference.state_dict().items():
+            if value.is_floating_point():
+                expected[name] = lerp_float64(expected[name], value, decay)
+            else:
+                expected[name] = value
+    for name, value in ema.module.state_dict().items():
+        assert value.dtype == expected[name].dtype, name
+        torch.testing.assert_close(value, expected[name], rtol=1e-14, atol=1e-14, msg=name)
+
+
 # ----------------------------------------------------------------------------- the schedule
 
 SCHEDULES = [dict(decay=0.9), dict(decay=0.9999, warmup=True),
@@ -191,19 +457,94 @@ def test_schedule_kernel_matches_reference(backend, schedule):
     full = {**dict(warmup=False, warmup_gamma=1.0, warmup_power=2 / 3, min_decay=0.0, update_after_step=0,
                    update_every=1), **schedule}
     num_updates = torch.zeros((), dtype=torch.int64, device=DEVICE)
-    decays = torch.zeros(2, device=DEVICE)
+    decays = torch.zeros(2, device=DEVICE, dtype=torch.float64)
     for t in range(1, 13):
         ema_schedule_op(num_updates, decays, full["decay"], full["warmup"], full["warmup_gamma"],
                         full["warmup_power"], full["min_decay"], full["update_after_step"], full["update_every"],
                         backend)
-        expected = [fp32(d) for d in reference.ema_decays(t, **schedule)]
+        expected = reference.ema_decays(t, **schedule)
         assert num_updates.item() == t
-        assert decays.tolist() == pytest.approx(expected, rel=1e-6, abs=0), t
+        assert decays.tolist() == pytest.approx(expected, rel=1e-12, abs=0), t
         if _backend._C is not None:
             host = _backend._C.ema_decays_host(t, full["decay"], full["warmup"], full["warmup_gamma"],
                                                full["warmup_power"], full["min_decay"], full["update_after_step"],
                                                full["update_every"])
-            assert list(host) == pytest.approx(expected, rel=1e-6, abs=0), t
+            assert list(host) == pytest.approx(expected, rel=1e-12, abs=0), t
+
+
+def timm_get_decay(t, decay, min_decay, update_after_step, use_warmup, warmup_gamma, warmup_power):
+    """timm.utils.ModelEmaV3.get_decay(step=t), transcribed from timm 1.0 (timm's train.py passes
+    step = the number of updates so far, this one included)."""
+    step = max(0, t - update_after_step - 1)
+    if step <= 0:
+        return 0.0
+    if use_warmup:
+        value = 1 - (1 + step / warmup_gamma) ** -warmup_power
+        return max(min(value, decay), min_decay)
+    return decay
+
+
+def diffusers_get_decay(t, decay, min_decay, update_after_step, inv_gamma, power):
+    """diffusers.training_utils.EMAModel(use_ema_warmup=True).get_decay(t), transcribed (its step()
+    passes t = optimization_step, counted from 1)."""
+    step = max(0, t - update_after_step - 1)
+    if step <= 0:
+        return 0.0
+    value = 1 - (1 + step / inv_gamma) ** -power
+    return max(min(value, decay), min_decay)
+
+
+def timm_decays(steps, **settings):
+    """timm's own ModelEmaV3.get_decay where timm is installed, else the transcription."""
+    try:
+        from timm.utils import ModelEmaV3
+    except ImportError:
+        return [timm_get_decay(t, **settings) for t in steps]
+    timm_ema = ModelEmaV3(torch.nn.Linear(1, 1), **settings)
+    return [timm_ema.get_decay(t) for t in steps]
+
+
+def model_ema_decays(ema, steps):
+    """The average decay of each of ModelEMA's updates 1..steps, from its own schedule launch."""
+    decays = []
+    for _ in steps:
+        ema_schedule_op(ema.num_updates, ema._decays, ema.decay, ema.warmup, ema.warmup_gamma, ema.warmup_power,
+                        ema.min_decay, ema.update_after_step, ema.update_every, ema.backend)
+        decays.append(ema._decays[0].item())
+    return decays
+
+
+# (decay, timm's update_after_step a, use_warmup, warmup_gamma, warmup_power, min_decay): timm's
+# defaults, longer and shorter warmups, a min_decay that binds, no warmup.
+TIMM_SETTINGS = [(0.9999, 0, True, 1.0, 2 / 3, 0.0), (0.999, 5, True, 1.0, 0.75, 0.0),
+                 (0.99, 10, True, 10.0, 0.5, 0.3), (0.95, 3, True, 2.0, 1.0, 0.9), (0.99, 7, False, 1.0, 2 / 3, 0.0)]
+
+
+@pytest.mark.parametrize("decay,a,use_warmup,gamma,power,min_decay", TIMM_SETTINGS)
+def test_schedule_equals_timm_with_update_after_step_plus_one(every_backend, decay, a, use_warmup, gamma, power,
+                                                              min_decay):
+    steps = range(1, 201)
+    ema = rk.ModelEMA(torch.nn.Linear(1, 1).to(DEVICE), decay=decay, warmup=use_warmup, warmup_gamma=gamma,
+                      warmup_power=power, min_decay=min_decay, update_after_step=a + 1, backend=every_backend)
+    timm = timm_decays(steps, decay=decay, min_decay=min_decay, update_after_step=a, use_warmup=use_warmup,
+                       warmup_gamma=gamma, warmup_power=power)
+    # rk rounds the warmup term to fp32 (the backends' exp and log differ in the last fp64 bit).
+    assert model_ema_decays(ema, steps) == pytest.approx(timm, rel=2**-24, abs=0)
+    if use_warmup:
+        diffusers = [diffusers_get_decay(t, decay, min_decay, a, gamma, power) for t in steps]
+        assert diffusers == timm
+
+
+def test_schedule_next_to_timm_when_min_decay_exceeds_decay(every_backend):
+    # timm clamps max(min(w, decay), min_decay): min_decay wins. rk clamps min(decay, max(min_decay, w)):
+    # decay wins. The copy steps agree.
+    steps = range(1, 51)
+    ema = rk.ModelEMA(torch.nn.Linear(1, 1).to(DEVICE), decay=0.99, warmup=True, min_decay=0.999,
+                      update_after_step=3, backend=every_backend)
+    timm = timm_decays(steps, decay=0.99, min_decay=0.999, update_after_step=2, use_warmup=True, warmup_gamma=1.0,
+                       warmup_power=2 / 3)
+    assert model_ema_decays(ema, steps) == [0.0] * 3 + [0.99] * 47
+    assert timm == [0.0] * 3 + [0.999] * 47
 
 
 # ----------------------------------------------------------------------------- ModelEMA
@@ -319,6 +660,57 @@ def test_resume_through_state_dict_is_bit_identical(backend):
         assert torch.equal(a, b), name
 
 
+class NetWithNonPersistentBuffer(SmallNet):
+    """SmallNet plus a floating buffer left out of state_dict() that every forward changes."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(3), persistent=False)
+
+    def forward(self, x):
+        self.calls.add_(1)
+        return super().forward(x)
+
+
+def make_model_with_non_persistent_buffer():
+    torch.manual_seed(0)
+    return NetWithNonPersistentBuffer().to(DEVICE)
+
+
+@pytest.mark.parametrize("buffers", ["average", "copy"])
+def test_non_persistent_buffers_are_neither_averaged_nor_saved(backend, buffers):
+    # As timm's ModelEmaV3, which walks state_dict(): .module keeps the value it was made with.
+    model = make_model_with_non_persistent_buffer()
+    ema = run_model_ema(model, 3, backend, decay=0.5, buffers=buffers)
+    assert torch.equal(model.calls, torch.full((3,), 3.0, device=DEVICE))
+    assert torch.equal(ema.module.calls, torch.zeros(3, device=DEVICE))
+    assert "calls" not in ema.state_dict()
+    ema.copy_to(model)
+    assert torch.equal(model.calls, torch.full((3,), 3.0, device=DEVICE))
+
+
+@pytest.mark.parametrize("resume_from", ["a new model", "the trained model"])
+@pytest.mark.parametrize("buffers", ["average", "copy"])
+def test_resume_with_non_persistent_buffers_is_bit_identical(backend, buffers, resume_from):
+    # 3 + 2 updates against 5: the state_dict() and the averaged weights are identical whether the
+    # resumed EMA is made from a new model (timm's train.py) or from the trained one; its
+    # non-persistent buffer is the one it was made with, as in any module made from that model.
+    straight = run_model_ema(make_model_with_non_persistent_buffer(), 5, backend, decay=0.75, buffers=buffers)
+    model = make_model_with_non_persistent_buffer()
+    saved = {k: v.clone() for k, v in run_model_ema(model, 3, backend, decay=0.75, buffers=buffers).state_dict().items()}
+    source = make_model_with_non_persistent_buffer() if resume_from == "a new model" else model
+    made_with = source.calls.clone()
+    resumed = rk.ModelEMA(source, decay=0.75, buffers=buffers, backend=backend)
+    resumed.load_state_dict(saved)
+    for t in (4, 5):
+        train_step(model, t)
+        resumed.update(model)
+    assert straight.state_dict().keys() == resumed.state_dict().keys()
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(resumed.module.calls, made_with)
+
+
 def test_copy_to_casts_to_the_model_dtype(backend):
     model = make_model(torch.bfloat16)
     ema = run_model_ema(model, 2, backend, decay=0.5, ema_dtype=torch.float32)
@@ -419,9 +811,10 @@ def test_model_ema_bad_arguments():
 
 def test_opcheck(backend):
     ema, params = sample_pairs([5, 130], model_dtype=torch.bfloat16)
-    torch.library.opcheck(ema_update_op, (ema, params, torch.tensor([0.25, 0.0], device=DEVICE), [0, 1], backend))
+    decays = torch.tensor([0.25, 0.0], device=DEVICE, dtype=torch.float64)
+    torch.library.opcheck(ema_update_op, (ema, params, decays, [0, 1], backend))
     num_updates = torch.zeros((), dtype=torch.int64, device=DEVICE)
-    torch.library.opcheck(ema_schedule_op, (num_updates, torch.zeros(2, device=DEVICE), 0.999, True, 1.0, 2 / 3,
+    torch.library.opcheck(ema_schedule_op, (num_updates, torch.zeros_like(decays), 0.999, True, 1.0, 2 / 3,
                                             0.0, 1, 2, backend))
 
 
@@ -622,16 +1015,16 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from recipe_kernels import ema
 counts = {}
-constants = dict(CHUNK=ema.CHUNK, BLOCK=ema.BLOCK, RAW_BYTES=ema.RAW_BYTES, PARAM_CODE_SHIFT=ema.PARAM_CODE_SHIFT,
-                 DECAY_SLOT_SHIFT=ema.DECAY_SLOT_SHIFT, EMULATE_BF16_RTNE=False)
+constants = dict(CHUNK=ema.CHUNK, BLOCK=ema.BLOCK, FLOAT64=ema.FLOAT64, RAW_BYTES=ema.RAW_BYTES,
+                 PARAM_CODE_SHIFT=ema.PARAM_CODE_SHIFT, DECAY_SLOT_SHIFT=ema.DECAY_SLOT_SHIFT, EMULATE_BF16_RTNE=False)
 for aligned in (True, False):
-    signature = dict(table_ptr="*i64", decays_ptr="*fp32", **{name: "constexpr" for name in list(constants) + ["ALIGNED"]})
+    signature = dict(table_ptr="*i64", decays_ptr="*fp64", **{name: "constexpr" for name in list(constants) + ["ALIGNED"]})
     source = ASTSource(fn=ema._ema_update_kernel, signature=signature, constexprs=dict(constants, ALIGNED=aligned))
     ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                          options=dict(num_warps=ema.NUM_WARPS, enable_fp_fusion=False)).asm["ptx"]
     counts[str(aligned)] = dict(vector_loads=ptx.count("ld.global.v4") + ptx.count("ld.global.v2"),
-                                fma=ptx.count("fma.rn.f32"))
-signature = dict(num_updates_ptr="*i64", decays_ptr="*fp32", decay="fp64", warmup_gamma="fp64", warmup_power="fp64",
+                                fma=ptx.count("fma.rn.f32") + ptx.count("fma.rn.f64"))
+signature = dict(num_updates_ptr="*i64", decays_ptr="*fp64", decay="fp64", warmup_gamma="fp64", warmup_power="fp64",
                  min_decay="fp64", update_after_step="i64", update_every="i64", WARMUP="constexpr")
 triton.compile(ASTSource(fn=ema._ema_schedule_kernel, signature=signature, constexprs=dict(WARMUP=True)),
                target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1))

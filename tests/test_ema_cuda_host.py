@@ -45,6 +45,11 @@ def make(n, dtype, generator, offset=0, specials=True):
     return values[offset:]
 
 
+def fp64_decays(*values):
+    """A decays tensor as the kernels read it: fp64, indexed by decay slot."""
+    return torch.tensor(values, dtype=torch.float64)
+
+
 def run_kernel_code(ema, params, decays, slots, threads=CUDA_THREADS):
     """ema_update's CUDA code over the table that the cuda backend would launch for these pairs."""
     table, _ = build_chunk_table(ema, params, slots)
@@ -96,7 +101,7 @@ def test_every_dtype_pair_and_size_equals_torch_backend(ema_dtype, param_dtype, 
     ema = [make(n, ema_dtype, generator, ema_offset) for n in SIZES]
     params = [make(n, param_dtype, generator, param_offset) for n in SIZES]
     for decay in (0.0, 0.3, 0.9999, 1.0):
-        check_against_torch_backend(ema, params, torch.tensor([decay]), [AVERAGE_SLOT] * len(ema))
+        check_against_torch_backend(ema, params, fp64_decays(decay), [AVERAGE_SLOT] * len(ema))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -105,7 +110,7 @@ def test_half_aligned_addresses_take_the_scalar_path(dtype):
     generator = torch.Generator().manual_seed(5)
     ema = [make(n, dtype, generator, 2) for n in (5, 129, CHUNK + 3)]
     params = [make(n, dtype, generator, 2) for n in (5, 129, CHUNK + 3)]
-    check_against_torch_backend(ema, params, torch.tensor([0.7]), [AVERAGE_SLOT] * 3)
+    check_against_torch_backend(ema, params, fp64_decays(0.7), [AVERAGE_SLOT] * 3)
 
 
 @pytest.mark.parametrize("threads", [1, 3, 32, 1000])
@@ -115,7 +120,7 @@ def test_any_block_size_covers_every_element(threads):
     sizes = [1, 7, 4099, CHUNK + 9]
     ema = [make(n, torch.float32, generator, 1 if n % 2 else 0) for n in sizes] + [make(1001, torch.int32, generator)]
     params = [make(n, torch.bfloat16, generator) for n in sizes] + [make(1001, torch.int32, generator)]
-    check_against_torch_backend(ema, params, torch.tensor([0.6, 0.0]), [AVERAGE_SLOT] * 4 + [COPY_SLOT],
+    check_against_torch_backend(ema, params, fp64_decays(0.6, 0.0), [AVERAGE_SLOT] * 4 + [COPY_SLOT],
                                 threads=threads)
 
 
@@ -128,7 +133,7 @@ def test_raw_byte_rows_copy_unless_skipped(dtype, offset):
     ema = [make(n, dtype, generator, offset) for n in sizes]
     params = [make(n, dtype, generator, offset) for n in sizes]
     for copy_decay in (0.0, 0.5, 1.0):
-        check_against_torch_backend(ema, params, torch.tensor([0.9, copy_decay]), [COPY_SLOT] * len(ema))
+        check_against_torch_backend(ema, params, fp64_decays(0.9, copy_decay), [COPY_SLOT] * len(ema))
 
 
 @pytest.mark.parametrize("decays", [[0.75, 0.0], [0.0, 0.0], [1.0, 1.0], [0.5, 1.0], [1.0, 0.0], [0.999, 0.0]])
@@ -146,7 +151,7 @@ def test_decay_slots_as_model_ema_uses_them(decays):
             ema.append(make(n, ema_dtype, generator, index % 2))
             params.append(make(n, param_dtype, generator, (index + n) % 2))
             slots.append(slot)
-    check_against_torch_backend(ema, params, torch.tensor(decays), slots)
+    check_against_torch_backend(ema, params, fp64_decays(*decays), slots)
 
 
 def test_hundreds_of_tensors_in_one_table():
@@ -166,7 +171,7 @@ def test_hundreds_of_tensors_in_one_table():
         slots.append(slot)
     table, _ = build_chunk_table(ema, params, slots)
     assert table.shape[0] > 400  # some pairs span several chunks
-    check_against_torch_backend(ema, params, torch.tensor([0.9, 0.0]), slots)
+    check_against_torch_backend(ema, params, fp64_decays(0.9, 0.0), slots)
 
 
 def test_pair_of_a_tensor_with_itself_and_layouts():
@@ -178,7 +183,7 @@ def test_pair_of_a_tensor_with_itself_and_layouts():
         memory_format=torch.channels_last)
     kernel_same, torch_same = same.clone(), same.clone()
     kernel_cl, torch_cl = ema_cl.clone(), ema_cl.clone()  # clone keeps channels_last
-    decays = torch.tensor([0.25])
+    decays = fp64_decays(0.25)
     run_kernel_code([kernel_same, kernel_cl], [kernel_same, param_cl], decays, [AVERAGE_SLOT] * 2)
     run_torch_backend([torch_same, torch_cl], [torch_same, param_cl], decays, [AVERAGE_SLOT] * 2)
     assert_same_bits(kernel_same, torch_same)
@@ -188,7 +193,7 @@ def test_pair_of_a_tensor_with_itself_and_layouts():
 def test_launch_checks_match_the_gpu_launcher():
     e, p = torch.zeros(4), torch.ones(4)
     table, _ = build_chunk_table([e], [p], [AVERAGE_SLOT])
-    decays = torch.tensor([0.5])
+    decays = fp64_decays(0.5)
     _backend._C.ema_update_host(table.data_ptr(), 0, decays.data_ptr(), CHUNK, CUDA_THREADS)  # nothing to do
     assert torch.equal(e, torch.zeros(4))
     for chunk, threads in ((0, CUDA_THREADS), (CHUNK, 0)):
@@ -210,7 +215,8 @@ class Net(torch.nn.Module):
 @pytest.mark.parametrize("buffers", ["average", "copy"])
 @pytest.mark.parametrize("ema_dtype", [None, torch.float64])
 def test_model_ema_steps_equal_torch_backend(buffers, ema_dtype):
-    # The schedule kernel and the update kernel together, on ModelEMA's own pairs, slots and tables.
+    # The schedule kernel and the update kernel together, on ModelEMA's own pairs, slots and tables
+    # (an fp64 EMA of a bf16 model has fp64 math).
     torch.manual_seed(0)
     model = Net().to(torch.bfloat16)
     options = dict(decay=0.99, warmup=True, update_after_step=3, update_every=2, buffers=buffers,
@@ -263,8 +269,8 @@ SCHEDULES = [Schedule(0.9), Schedule(0.9999, warmup=True), Schedule(1.0), Schedu
 @pytest.mark.parametrize("start", [0, 10**6])
 def test_schedule_kernel_code_equals_torch_backend(schedule, start):
     # 300 steps from t = 1 (copy phase, warmup) or from a resumed counter.
-    host_updates, host_decays = torch.tensor(start), torch.full((2,), -1.0)
-    torch_updates, torch_decays = torch.tensor(start), torch.full((2,), -1.0)
+    host_updates, host_decays = torch.tensor(start), fp64_decays(-1.0, -1.0)
+    torch_updates, torch_decays = torch.tensor(start), fp64_decays(-1.0, -1.0)
     for t in range(start + 1, start + 301):
         schedule_host(host_updates, host_decays, schedule)
         ema_module._ema_schedule(torch_updates, torch_decays, schedule.decay, schedule.warmup, schedule.warmup_gamma,
@@ -272,5 +278,4 @@ def test_schedule_kernel_code_equals_torch_backend(schedule, start):
                                  schedule.update_every, "torch")
         assert host_updates.item() == t
         assert_same_bits(host_decays, torch_decays)
-        expected = [float(torch.tensor(d, dtype=torch.float32)) for d in schedule.reference(t)]
-        assert host_decays.tolist() == pytest.approx(expected, rel=1e-6, abs=0), t
+        assert host_decays.tolist() == pytest.approx(schedule.reference(t), rel=1e-12, abs=0), t

@@ -946,12 +946,15 @@ case("ema_update_", "EMA views of one buffer that do not overlap", check=_ema_cl
 case("ema_update_", "a pair whose model tensor is its EMA tensor (e is p)",
      check=lambda r: torch.equal(r[0][0], r[1][0].float()), check_text="unchanged, exactly")(
     lambda b: (lambda x: _ema_update_checked([x], [x], 0.5, b))(t(6)))
-case("ema_update_", "NaN and inf in the model tensor, decay 0.5",
-     check=lambda e: torch.equal(e[0].isnan(), torch.tensor([True, False, False, True], device=DEVICE))
-     and e[0][1].item() == math.inf and e[0][2].item() == -math.inf,
-     check_text="[NaN, inf, -inf, NaN] as in fp32 torch (inf - inf is NaN)")(
-    lambda b: _ema_call([torch.tensor([0.0, 0.0, 0.0, math.inf], device=DEVICE)],
-                        [torch.tensor([math.nan, math.inf, -math.inf, -math.inf], device=DEVICE)], 0.5, b))
+for _decay in (0.75, 0.5):
+    case("ema_update_", f"NaN and inf in the model tensor, decay {_decay}",
+         check=lambda r: torch.equal(r[0][0].isnan(), r[1].isnan()) and torch.equal(r[0][0].nan_to_num(),
+                                                                                  r[1].nan_to_num()),
+         check_text="torch.lerp(e, p, 1 - decay)'s NaN and inf: [NaN, inf, -inf, NaN] at 0.75, all NaN at 0.5 "
+                    "(p - (p - e)/2 is inf - inf)")(
+        lambda b, decay=_decay: (lambda e, p: (_ema_call([e.clone()], [p], decay, b), torch.lerp(e, p, 1 - decay)))(
+            torch.tensor([0.0, 0.0, 0.0, math.inf], device=DEVICE),
+            torch.tensor([math.nan, math.inf, -math.inf, -math.inf], device=DEVICE)))
 case("ema_update_", "NaN in the EMA, decay 0", check=lambda e: torch.equal(e[0], torch.ones(3, device=DEVICE)),
      check_text="the model's values exactly: decay 0 copies")(
     lambda b: _ema_call([torch.full((3,), math.nan, device=DEVICE)], [torch.ones(3, device=DEVICE)], 0.0, b))
@@ -959,7 +962,7 @@ case("ema_update_", "NaN in the model, decay 1", check=lambda e: torch.equal(e[0
      check_text="the EMA exactly: decay 1 reads nothing")(
     lambda b: _ema_call([torch.ones(3, device=DEVICE)], [torch.full((3,), math.nan, device=DEVICE)], 1.0, b))
 case("ema_update_", "fp64 model value beyond the fp32 range", check=lambda e: e[0].item() == math.inf,
-     check_text="inf (the math is fp32)")(
+     check_text="inf: the math is fp64 (a pair with an fp64 side), 5e299 rounds to inf in the fp32 EMA")(
     lambda b: _ema_call([torch.zeros(1, device=DEVICE)], [torch.full((1,), 1e300, dtype=torch.float64,
                                                                      device=DEVICE)], 0.5, b))
 
