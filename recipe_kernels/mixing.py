@@ -519,7 +519,7 @@ def _erasing_boxes(seed, n, height, width, p, scale, ratio):
     aspect = torch.exp(log_low + (log_high - log_low) * _uniform(candidates[..., 1]))
     box_h = torch.round(torch.sqrt(area * aspect)).to(torch.int64)
     box_w = torch.round(torch.sqrt(area / aspect)).to(torch.int64)
-    fits = (box_h >= 1) & (box_w >= 1) & (box_h < height) & (box_w < width)
+    fits = (box_h < height) & (box_w < width)  # torchvision accepts h or w = 0 (an empty box)
     top = _uniform_index(candidates[..., 2], (height - box_h + 1).clamp(min=1))
     left = _uniform_index(candidates[..., 3], (width - box_w + 1).clamp(min=1))
     first_fit = fits.to(torch.int8).argmax(dim=-1, keepdim=True)
@@ -853,7 +853,7 @@ def random_erasing(x, *, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0,
     """Random erasing (cutout) per sample: with probability p a random box is overwritten.
 
     Box as torchvision's RandomErasing (area fraction ~ U(scale), log aspect ~ U(log ratio),
-    up to 10 attempts to fit). value: a number, one number per channel, or "random" for
+    up to 10 attempts to fit; a candidate of height or width 0 fits and erases nothing). value: a number, one number per channel, or "random" for
     per-pixel standard normal noise from Philox (floating x only); for uint8 x it rounds half
     up and saturates to [0, 255] (NaN raises). Returns a new tensor.
     """

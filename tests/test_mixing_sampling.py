@@ -164,3 +164,46 @@ def test_cutmix_follows_the_transcribed_rules():
         assert torch.equal(out[i], expected), i
         kept = torch.tensor(1 - (y1 - y0) * (x1 - x0) / (height * width), dtype=torch.float32)
         assert mixed.lam[i].item() == kept.item(), i
+
+
+def transcribed_erasing(words, height, width, p, scale, ratio):
+    """torchvision's RandomErasing.get_params (and forward's p test) over our uniforms: (top, left, h, w) or None."""
+    if not words[0][0] < round(p * 2**32):
+        return None
+    area = height * width
+    for w_area, w_ratio, w_top, w_left in words[1:]:
+        erase_area = area * (scale[0] + (scale[1] - scale[0]) * (w_area / 2**32))
+        log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * (w_ratio / 2**32)
+        aspect_ratio = math.exp(log_ratio)
+        h = int(round(math.sqrt(erase_area * aspect_ratio)))
+        w = int(round(math.sqrt(erase_area / aspect_ratio)))
+        if not (h < height and w < width):
+            continue
+        top = (w_top * (height - h + 1)) >> 32
+        left = (w_left * (width - w + 1)) >> 32
+        return top, left, h, w
+    return None  # torchvision returns the whole image unchanged
+
+
+def test_random_erasing_follows_torchvisions_rule_including_empty_boxes(backend):
+    # Extreme aspects on a small image: many candidates have h or w = 0 (accepted, erasing nothing) or
+    # do not fit (skipped); the first that passes torchvision's test decides.
+    n, height, width = 64, 6, 7
+    p, scale, ratio = 0.9, (0.01, 0.5), (0.05, 20.0)
+    x = torch.rand(n, 2, height, width, device=DEVICE) + 1.0  # no pixel is the fill value
+    generator = torch.Generator(device=DEVICE).manual_seed(5)
+    seed = draw_seed(DEVICE, generator).cpu()
+    generator.manual_seed(5)
+    out = rk.random_erasing(x, p=p, scale=scale, ratio=ratio, value=-1.0, generator=generator, backend=backend)
+    calls = mixing.ERASE_CALLS_PER_SAMPLE
+    empty = 0
+    for i in range(n):
+        words = [words_of(seed, i * calls + c) for c in range(calls)]
+        expected = x[i].clone()
+        box = transcribed_erasing(words, height, width, p, scale, ratio)
+        if box is not None:
+            top, left, h, w = box
+            expected[:, top:top + h, left:left + w] = -1.0
+            empty += h * w == 0
+        assert torch.equal(out[i], expected), i
+    assert empty > 0  # the case the rule is about occurred
