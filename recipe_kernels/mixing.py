@@ -824,7 +824,8 @@ def cutmix_or_mixup(x, target, *, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, s
 
     With probability prob a sample is mixed; then CutMix with probability switch_prob
     (lambda ~ Beta(cutmix_alpha)) else MixUp (lambda ~ Beta(mixup_alpha)). An alpha of 0
-    disables that method. Unmixed samples keep their pixels and get lam = 1.
+    disables that method. Unmixed samples keep their pixels and get lam = 1. With prob = 0
+    nothing is drawn: no generator is touched (nn.CutMixUp in eval mode).
     """
     _check_image(x)
     _check_target(x, target)
@@ -842,9 +843,15 @@ def cutmix_or_mixup(x, target, *, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, s
     mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
     n, _, height, width = x.shape
-    lam, box, mode = _sample_mixing(draw_seed(x.device, generator), n if per_sample else 1, height, width,
-                                    cutmix_alpha=cutmix_alpha, mixup_alpha=mixup_alpha, switch_prob=switch_prob,
-                                    prob=prob, correct_lam=correct_lam)
+    draws = n if per_sample else 1
+    if prob == 0.0:  # nothing to mix: draw nothing, so the generator's stream moves on only in training
+        lam = torch.ones(draws, dtype=torch.float32, device=x.device)
+        box = torch.zeros((draws, 4), dtype=torch.int32, device=x.device)
+        mode = torch.full((draws,), int(MixMode.KEEP), dtype=torch.int32, device=x.device)
+    else:
+        lam, box, mode = _sample_mixing(draw_seed(x.device, generator), draws, height, width,
+                                        cutmix_alpha=cutmix_alpha, mixup_alpha=mixup_alpha,
+                                        switch_prob=switch_prob, prob=prob, correct_lam=correct_lam)
     out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, False, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 

@@ -360,6 +360,22 @@ def test_cutmixup_per_sample_chooses_modes_in_one_launch(backend, monkeypatch):
     assert torch.equal(kept, x) and torch.equal(eval_target.lam, torch.ones(32, device=DEVICE))
 
 
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_cutmixup_in_eval_touches_no_generator(per_sample):
+    # An evaluation pass must not shift the training stream: no generator state changes.
+    x, target = sample_inputs()
+    module = rk.nn.CutMixUp(per_sample=per_sample, mean=MEAN, std=STD).eval()
+    cpu_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state(DEVICE) if DEVICE.type == "cuda" else None
+    out, mixed = module(x, target)
+    assert torch.equal(torch.get_rng_state(), cpu_state)
+    if cuda_state is not None:
+        assert torch.equal(torch.cuda.get_rng_state(DEVICE), cuda_state)
+    mean = torch.tensor(MEAN, device=DEVICE).reshape(1, 3, 1, 1)
+    std = torch.tensor(STD, device=DEVICE).reshape(1, 3, 1, 1)
+    assert torch.equal(out, (x - mean) / std) and bool((mixed.per_sample_lam() == 1).all())
+
+
 def test_cutmixup_per_batch_and_single_method():
     x, target = sample_inputs()
     _, mixed = with_seed(lambda: rk.nn.CutMixUp(per_sample=False)(x, target))
