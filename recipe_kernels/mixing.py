@@ -50,7 +50,8 @@ class MixMode(enum.IntEnum):
 # dtype codes for csrc/mixing.cu. Kept apart from _backend.CUDA_DTYPE_CODES, whose
 # membership means "floating dtype dropout accepts"; uint8 is a mixing-only input.
 MIXING_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.uint8: 3}
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# What x and out_dtype may be: the CUDA codes plus float64 (fp64 math; torch and Triton backends).
+IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.float64)
 TWO_PI_F32 = 6.2831855  # 2*pi rounded to fp32: the same constant in every backend
 
 # About 2048 elements per Triton program: a [ROWS, BLOCK_J] tile of image rows.
@@ -89,16 +90,26 @@ def _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks, VISIT_FL
 
 @triton.jit
 def _round_to_input(value, IN_DTYPE: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """fp32 value rounded to what x's dtype stores: uint8 rounds half up and saturates (NaN gives 0)."""
+    """value (fp32, or fp64 for fp64 x) rounded to what x's dtype stores, in value's dtype:
+    uint8 rounds half up and saturates (NaN gives 0)."""
     if IN_DTYPE == tl.uint8:
         rounded = tl.floor(value + 0.5)
         # where, not maximum: NaN > 0 is false, so NaN becomes 0 as with CUDA's fmaxf (the
         # interpreter's maximum propagates NaN, and a NaN cast to uint8 is undefined)
         return tl.minimum(tl.where(rounded > 0.0, rounded, 0.0), 255.0)
-    elif IN_DTYPE == tl.float32:
+    elif IN_DTYPE == value.dtype:
         return value
     else:
-        return cast_to(value, IN_DTYPE, EMULATE_BF16_RTNE).to(tl.float32)
+        return _cast_output(value, IN_DTYPE, EMULATE_BF16_RTNE).to(value.dtype)
+
+
+@triton.jit
+def _cast_output(value, OUT_DTYPE: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """value rounded to OUT_DTYPE as torch rounds it: fp64 goes through fp32 on its way to fp16/bf16
+    (torch's Half and BFloat16 take a float), to nearest even at each step."""
+    if value.dtype == tl.float64 and OUT_DTYPE != tl.float64:
+        value = value.to(tl.float32)
+    return cast_to(value, OUT_DTYPE, EMULATE_BF16_RTNE)
 
 
 @triton.jit
@@ -139,8 +150,9 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     """out[n] = KEEP / MIXUP / CUTMIX / ERASE of x[n] with x[partner[n]], then optionally normalized.
 
     Inputs: x (N, C, H, W) contiguous or channels_last; box (N, 4) int32 (x0, y0, x1, y1);
-    lam (N,) fp32; partner (N,) int32; mode (N,) int32; fill (C,) fp32; mean, std (C,) fp32
-    when HAS_NORM; seed (one int64) when RANDOM_FILL. out has x's layout, any dtype.
+    lam (N,) and fill (C,) in the compositing dtype (fp32, or fp64 for fp64 x); partner (N,)
+    int32; mode (N,) int32; mean, std (C,) in the normalization dtype (fp32, or fp64 when x or
+    out is fp64) when HAS_NORM; seed (one int64) when RANDOM_FILL. out has x's layout, any dtype.
     A program is a [ROWS, BLOCK_J] tile of rows of one (sample, plane): a row is W
     elements of one channel (contiguous) or W*C interleaved elements (channels_last).
     Bytes: each output element's source is read once (MixUp: both sources), out written once;
@@ -178,11 +190,12 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     chunk_inside, chunk_touches = _box_chunks(rows, j, y0, y1, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
     takes_partner = is_mixup | (is_cutmix & chunk_touches)
     takes_own = ~((is_cutmix | is_erase) & chunk_inside)
-    own = tl.load(x_ptr + offsets, mask=in_bounds & takes_own, other=0).to(tl.float32)
+    math_dtype = lam_ptr.dtype.element_ty  # fp32, or fp64 for fp64 x
+    own = tl.load(x_ptr + offsets, mask=in_bounds & takes_own, other=0).to(math_dtype)
     other = tl.load(x_ptr + offsets + (partner - sample) * sample_stride, mask=in_bounds & takes_partner,
-                    other=0).to(tl.float32)
+                    other=0).to(math_dtype)
 
-    # 4. Composite in fp32, then round to x's dtype (the value an unfused op would store).
+    # 4. Composite in the math dtype, then round to x's dtype (the value an unfused op would store).
     mixed = lam * own + (1.0 - lam) * other
     value = tl.where(is_mixup, mixed, tl.where(is_cutmix & inside, other, own))
     if RANDOM_FILL:
@@ -193,12 +206,16 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     value = tl.where(is_erase & inside, fill, value)
     value = _round_to_input(value, x_ptr.dtype.element_ty, EMULATE_BF16_RTNE)
 
-    # 5. Optional per-channel normalization, correctly rounded division as in torch.
+    # 5. Optional per-channel normalization in mean's dtype, correctly rounded division as in torch.
     if HAS_NORM:
         mean = tl.load(mean_ptr + channel)
         std = tl.load(std_ptr + channel)
-        value = tl.math.div_rn(value - mean, std)
-    tl.store(out_ptr + offsets, cast_to(value, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_bounds)
+        centred = value.to(mean.dtype) - mean
+        if mean.dtype == tl.float64:
+            value = centred / std  # fp64 division is IEEE (correctly rounded) in Triton
+        else:
+            value = tl.math.div_rn(centred, std)  # fp32 `/` is approximate on the GPU
+    tl.store(out_ptr + offsets, _cast_output(value, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_bounds)
 
 
 @triton.jit
@@ -275,7 +292,7 @@ def _composite_cuda(x, out, box, lam, partner, mode, fill, mean, std, seed, chan
         x.data_ptr(), out.data_ptr(), box.data_ptr(), lam.data_ptr(), partner.data_ptr(), mode.data_ptr(),
         fill.data_ptr(), mean.data_ptr() if mean is not None else 0, std.data_ptr() if std is not None else 0,
         seed.data_ptr() if seed is not None else 0, n, c, h, w, channels_last, visit_flip_pairs,
-        MIXING_DTYPE_CODES[x.dtype], MIXING_DTYPE_CODES[out.dtype], _backend.cuda_stream(x.device))
+        _cuda_dtype_code(x.dtype), _cuda_dtype_code(out.dtype), _backend.cuda_stream(x.device))
 
 
 def _cutmix_swap_triton(x, box, channels_last):
@@ -296,7 +313,15 @@ def _cutmix_swap_triton(x, box, channels_last):
 def _cutmix_swap_cuda(x, box, channels_last):
     n, c, h, w = x.shape
     _backend._C.cutmix_swap(x.data_ptr(), box.data_ptr(), n, c, h, w, channels_last,
-                            MIXING_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+                            _cuda_dtype_code(x.dtype), _backend.cuda_stream(x.device))
+
+
+def _cuda_dtype_code(dtype):
+    """csrc/mixing.cu's code for dtype; float64 (which its kernels do not instantiate) is a TypeError."""
+    if dtype not in MIXING_DTYPE_CODES:
+        raise TypeError(f"recipe_kernels.mixing: backend='cuda' takes float32, float16, bfloat16 and uint8 "
+                        f"images and outputs, not {dtype}; use backend='triton' or 'torch' for float64")
+    return MIXING_DTYPE_CODES[dtype]
 
 
 def _dense_layout(x):
@@ -322,8 +347,9 @@ def composite_batch_op(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, pa
                        visit_flip_pairs: bool, backend: str) -> torch.Tensor:
     """Composites every sample of x with its partner per `mode`; the output keeps x's layout.
 
-    box (N, 4) int32, lam (N,) fp32, partner (N,) int32, mode (N,) int32, fill (C,) fp32,
-    mean/std (C,) fp32 or None, noise_seed (1,) int64 or None (then ERASE writes fill).
+    box (N, 4) int32, partner (N,) int32, mode (N,) int32; lam (N,) and fill (C,) in the
+    compositing dtype (_math_dtype(x.dtype)); mean/std (C,) in the normalization dtype or None;
+    noise_seed (1,) int64 or None (then ERASE writes fill).
     """
     x, channels_last = _dense_layout(x)
     out = torch.empty_like(x, dtype=out_dtype)
@@ -331,7 +357,7 @@ def composite_batch_op(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, pa
         return out
     if backend == "torch":
         value = reference.composite_batch(x, box, lam, partner, mode, fill=fill, mean=mean, std=std,
-                                          noise_seed=noise_seed)
+                                          noise_seed=noise_seed, math_dtype=lam.dtype)
         out.copy_(value)  # float outputs round to nearest even; uint8 values are already integers
         return out
     launch = _composite_triton if backend == "triton" else _composite_cuda
@@ -547,8 +573,13 @@ def _check_image(x):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in MIXING_DTYPE_CODES:
-        raise TypeError(f"x must be float32, float16, bfloat16 or uint8, got {x.dtype}")
+    if x.dtype not in IMAGE_DTYPES:
+        raise TypeError(f"x must be float32, float16, bfloat16, uint8 or float64, got {x.dtype}")
+
+
+def _math_dtype(*dtypes):
+    """The arithmetic dtype for images or outputs of these dtypes: float64 if one is float64, else float32."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def _check_target(x, target):
@@ -595,29 +626,30 @@ def _check_range(name, pair, upper=None):
     return low, high
 
 
-# (values, device) -> (C,) fp32 tensor: building it from a Python list is a host-to-device copy,
+# (values, device, dtype) -> (C,) tensor: building it from a Python list is a host-to-device copy,
 # which waits on the host and cannot be captured in a CUDA graph, so it happens once per values.
 _CHANNEL_VALUES_CACHE = {}
 _CHANNEL_VALUES_CACHE_SIZE = 64
 
 
-def _channel_tensor(values, device):
+def _channel_tensor(values, device, dtype):
     same = lambda v: v == values[0] or (math.isnan(v) and math.isnan(values[0]))  # noqa: E731
     if all(map(same, values[1:])):  # one value (or none): a fill kernel, no copy at all
-        return torch.full((len(values),), values[0] if values else 0.0, dtype=torch.float32, device=device)
+        return torch.full((len(values),), values[0] if values else 0.0, dtype=dtype, device=device)
     if torch.compiler.is_compiling():  # traced: a constant of the graph
-        return torch.tensor(values, dtype=torch.float32, device=device)
-    key = (tuple(values), str(device))
+        return torch.tensor(values, dtype=dtype, device=device)
+    key = (tuple(values), str(device), dtype)
     tensor = _CHANNEL_VALUES_CACHE.get(key)
     if tensor is None:
         if len(_CHANNEL_VALUES_CACHE) >= _CHANNEL_VALUES_CACHE_SIZE:
             _CHANNEL_VALUES_CACHE.clear()
-        tensor = _CHANNEL_VALUES_CACHE[key] = torch.tensor(values, dtype=torch.float32, device=device)
+        tensor = _CHANNEL_VALUES_CACHE[key] = torch.tensor(values, dtype=dtype, device=device)
     return tensor
 
 
-def _per_channel(name, values, channels, device, finite=False, allow_nan=True):
-    """A number or a length-C sequence/tensor as a (C,) fp32 tensor on device (not to be written to).
+def _per_channel(name, values, channels, device, finite=False, allow_nan=True, dtype=torch.float32):
+    """A number or a length-C sequence/tensor as a (C,) tensor of `dtype` (fp32 or fp64) on device (not to be
+    written to).
 
     Sequences of distinct values are copied to the device once and cached, so that later
     calls neither wait on the host nor break CUDA-graph capture. Python numbers are checked
@@ -632,7 +664,7 @@ def _per_channel(name, values, channels, device, finite=False, allow_nan=True):
             raise ValueError(f"{name} is on {values.device} but x is on {device}")
         if values.is_complex():
             raise TypeError(f"{name} must hold real numbers, got {values.dtype}")
-        return values.to(device=device, dtype=torch.float32).expand(channels).contiguous()
+        return values.to(device=device, dtype=dtype).expand(channels).contiguous()
     number = isinstance(values, numbers.Real) and not isinstance(values, bool)
     if number:  # one value for any C (a symbolic C under torch.compile stays symbolic)
         values = [float(values)]
@@ -646,31 +678,33 @@ def _per_channel(name, values, channels, device, finite=False, allow_nan=True):
     if (finite and not all(math.isfinite(v) for v in values)) or (not allow_nan and any(map(math.isnan, values))):
         raise ValueError(f"{name} must be {'finite' if finite else 'a number, not NaN'}, got {values}")
     if number:
-        return torch.full((channels,), values[0], dtype=torch.float32, device=device)
-    return _channel_tensor(values, device)
+        return torch.full((channels,), values[0], dtype=dtype, device=device)
+    return _channel_tensor(values, device, dtype)
 
 
 def _normalization(x, mean, std, out_dtype):
     """(mean, std, out_dtype) as the op wants them.
 
-    out_dtype defaults to x's dtype, or float32 when a uint8 x is normalized.
+    out_dtype defaults to x's dtype, or float32 when a uint8 x is normalized. mean and std
+    are float64 when x or out_dtype is (the normalization then runs in float64), else float32.
     """
     if (mean is None) != (std is None):
         raise ValueError("mean and std must be given together")
+    if out_dtype is None:
+        out_dtype = torch.float32 if (mean is not None and x.dtype == torch.uint8) else x.dtype
+    if out_dtype not in IMAGE_DTYPES:
+        raise TypeError(f"out_dtype must be float32, float16, bfloat16, uint8 or float64, got {out_dtype}")
+    if out_dtype == torch.uint8 and (x.dtype != torch.uint8 or mean is not None):
+        raise ValueError("out_dtype=torch.uint8 needs a uint8 x and no normalization")
     channels = x.shape[1]
     if mean is not None:
         if not isinstance(std, torch.Tensor):
             stds = [std] if isinstance(std, numbers.Real) else list(std)
             if any(float(s) == 0.0 for s in stds):
                 raise ValueError(f"std must not contain zeros, got {std!r}")
-        mean = _per_channel("mean", mean, channels, x.device, finite=True)
-        std = _per_channel("std", std, channels, x.device, finite=True)
-    if out_dtype is None:
-        out_dtype = torch.float32 if (mean is not None and x.dtype == torch.uint8) else x.dtype
-    if out_dtype not in MIXING_DTYPE_CODES:
-        raise TypeError(f"out_dtype must be float32, float16, bfloat16 or uint8, got {out_dtype}")
-    if out_dtype == torch.uint8 and (x.dtype != torch.uint8 or mean is not None):
-        raise ValueError("out_dtype=torch.uint8 needs a uint8 x and no normalization")
+        dtype = _math_dtype(x.dtype, out_dtype)
+        mean = _per_channel("mean", mean, channels, x.device, finite=True, dtype=dtype)
+        std = _per_channel("std", std, channels, x.device, finite=True, dtype=dtype)
     return mean, std, out_dtype
 
 
@@ -681,9 +715,10 @@ def composite_batch(x, box, lam, partner, mode, *, fill=0.0, noise_seed=None, me
                     out_dtype=None, flip_pairs_hint=False, backend=None):
     """The compositing kernel on explicit per-sample parameters: bring your own sampling.
 
-    x: (N, C, H, W), contiguous or channels_last, float32/float16/bfloat16/uint8.
+    x: (N, C, H, W), contiguous or channels_last, float32/float16/bfloat16/uint8/float64
+    (float64: compositing in float64; the other dtypes composite in float32).
     box: (N, 4) integers (x0, y0, x1, y1), half-open, in pixels (used by CUTMIX and ERASE).
-    lam: (N,) floating, the weight of x[n] in MIXUP. partner: (N,) sample indices (clamped to
+    lam: (N,) floating (used in the compositing dtype), the weight of x[n] in MIXUP. partner: (N,) sample indices (clamped to
     [0, N)). mode: (N,) MixMode codes; any other value keeps the sample. box, partner and mode
     are integer tensors (int64 values beyond int32 are clamped to its range, which keeps
     their meaning). fill: what ERASE writes, a number or one value per channel, in x's units
@@ -720,11 +755,12 @@ def composite_batch(x, box, lam, partner, mode, *, fill=0.0, noise_seed=None, me
             raise TypeError(f"noise_seed must be an integer tensor, got {noise_seed.dtype}")
         if noise_seed.device != x.device:
             raise ValueError(f"noise_seed is on {noise_seed.device} but x is on {x.device}")
-    fill = _per_channel("fill", fill, channels, x.device, allow_nan=x.dtype != torch.uint8)
+    math_dtype = _math_dtype(x.dtype)
+    fill = _per_channel("fill", fill, channels, x.device, allow_nan=x.dtype != torch.uint8, dtype=math_dtype)
     mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
     return composite_batch_op(
-        x, _as_int32(box), lam.to(torch.float32).contiguous(), _as_int32(partner), _as_int32(mode), fill, mean, std,
+        x, _as_int32(box), lam.to(math_dtype).contiguous(), _as_int32(partner), _as_int32(mode), fill, mean, std,
         None if noise_seed is None else noise_seed.reshape(1).to(torch.int64), out_dtype, bool(flip_pairs_hint),
         backend)
 
@@ -749,9 +785,11 @@ def _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, back
         cutmix_swap_op(x, box, backend)
         out = x
     else:
-        zeros = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
-        out = composite_batch_op(x, box, lam.expand(n).contiguous(), partner_index, mode.expand(n).contiguous(),
-                                 zeros, mean, std, None, out_dtype, partner == "flip", backend)
+        math_dtype = _math_dtype(x.dtype)
+        zeros = torch.zeros(x.shape[1], dtype=math_dtype, device=x.device)
+        out = composite_batch_op(x, box, lam.to(math_dtype).expand(n).contiguous(), partner_index,
+                                 mode.expand(n).contiguous(), zeros, mean, std, None, out_dtype, partner == "flip",
+                                 backend)
     return out, y_b
 
 
@@ -874,12 +912,13 @@ def random_erasing(x, *, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0,
         raise ValueError(f"value must be a number, a per-channel sequence or 'random', got {value!r}")
     if random_fill and x.dtype == torch.uint8:
         raise ValueError("value='random' (normal noise) needs a floating x, not uint8")
-    fill = torch.zeros(channels, dtype=torch.float32, device=x.device) if random_fill else \
-        _per_channel("value", value, channels, x.device, allow_nan=x.dtype != torch.uint8)
+    math_dtype = _math_dtype(x.dtype)
+    fill = torch.zeros(channels, dtype=math_dtype, device=x.device) if random_fill else \
+        _per_channel("value", value, channels, x.device, allow_nan=x.dtype != torch.uint8, dtype=math_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
     box, erase, noise_key = _erasing_boxes(draw_seed(x.device, generator), n, height, width, p, scale, ratio)
     mode = torch.where(erase, int(MixMode.ERASE), int(MixMode.KEEP)).to(torch.int32)
     seed = noise_key if random_fill else None
-    lam = torch.ones(n, dtype=torch.float32, device=x.device)
+    lam = torch.ones(n, dtype=math_dtype, device=x.device)
     partner = torch.arange(n, dtype=torch.int32, device=x.device)
     return composite_batch_op(x, box, lam, partner, mode, fill, None, None, seed, x.dtype, False, backend)
