@@ -38,11 +38,8 @@ class NvccBuildExt(build_ext):
 
     def build_extension(self, ext):
         nvcc = find_nvcc()
-        if nvcc is None:
-            if BUILD_CUDA == "1":
-                raise RuntimeError("RECIPE_KERNELS_BUILD_CUDA=1 but nvcc was not found (set CUDA_HOME or PATH)")
-            print("recipe_kernels: nvcc not found, skipping the CUDA extension (Triton and torch backends only)")
-            return
+        if nvcc is None:  # only with RECIPE_KERNELS_BUILD_CUDA=1: otherwise the extension is not declared
+            raise RuntimeError("RECIPE_KERNELS_BUILD_CUDA=1 but nvcc was not found (set CUDA_HOME or PATH)")
         import pybind11
 
         build_dir = os.path.abspath(self.build_temp)
@@ -73,8 +70,15 @@ class NvccBuildExt(build_ext):
                                "set RECIPE_KERNELS_BUILD_CUDA=0 to install without the CUDA extension")
 
 
-ext_modules = [] if BUILD_CUDA == "0" else [Extension("recipe_kernels._C", sources=SOURCES)]
+# Decided here, not in build_ext: a declared extension that produces no file breaks wheel and editable builds.
 if BUILD_CUDA == "0":
     print("recipe_kernels: RECIPE_KERNELS_BUILD_CUDA=0, skipping the CUDA extension", file=sys.stderr)
+    ext_modules = []
+elif BUILD_CUDA != "1" and find_nvcc() is None:
+    print("recipe_kernels: nvcc not found, skipping the CUDA extension (Triton and torch backends only)",
+          file=sys.stderr)
+    ext_modules = []
+else:
+    ext_modules = [Extension("recipe_kernels._C", sources=SOURCES)]
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": NvccBuildExt})

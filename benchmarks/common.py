@@ -1,6 +1,6 @@
 """Shared benchmark harness: copy bandwidth, rotated-input timing, result rows.
 
-Method (design.md section 5): count the minimal bytes of each op (every input read
+Method (docs/benchmark-method.md): count the minimal bytes of each op (every input read
 once, every output written once), time with triton.testing.do_bench medians after
 warm-up while rotating several input sets so that data is not L2-resident, measure
 the device's copy bandwidth in the same run, and append one row per (case, pass,
@@ -22,12 +22,19 @@ COLUMNS = ["op", "case", "dtype", "pass", "provider", "ms_p50", "gbps", "pct_cop
 ROTATION_BYTES = 512 << 20  # enough input sets to cycle through several times the L2 of an H100/H200
 
 
-def parse_args(doc, quick_help):
-    """The command line every benchmark takes: [--quick] [--out DIR]."""
+def parse_args(doc, quick_help, cpu_case=False):
+    """The command line every benchmark takes: [--quick] [--out DIR]; with cpu_case, also
+    [--device auto|cuda|cpu] (auto: cuda when a GPU is visible)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--out", default=None, help="also append the rows to DIR/results.csv")
-    return parser.parse_args()
+    if cpu_case:
+        parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                            help="where to run (auto: cuda when a GPU is visible, else the CPU case)")
+    args = parser.parse_args()
+    if cpu_case and args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
 
 
 def require_cuda():

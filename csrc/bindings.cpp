@@ -11,30 +11,44 @@ namespace py = pybind11;
 
 namespace recipe_kernels {
 // csrc/dropout.cu
-void dropout(uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t seed, uintptr_t out, int64_t n,
-             int64_t bias_numel, uint32_t drop_threshold, float scale, int dtype, uintptr_t stream);
-void drop_path(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t out, int64_t rows, int64_t row_size,
-               uint32_t drop_threshold, float scale, int dtype, uintptr_t stream);
-void dropout_bias_backward(uintptr_t grad, uintptr_t seed, uintptr_t grad_x, uintptr_t partial, int64_t rows,
-                           int64_t columns, int64_t rows_per_block, int64_t row_blocks, uint32_t drop_threshold,
-                           float scale, int dtype, uintptr_t stream);
-void dropout_host(uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t seed, uintptr_t out, int64_t n,
-                  int64_t bias_numel, uint32_t drop_threshold, float scale, int dtype, int64_t blocks);
-void drop_path_host(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t out, int64_t rows, int64_t row_size,
-                    uint32_t drop_threshold, float scale, int dtype);
-void dropout_bias_backward_host(uintptr_t grad, uintptr_t seed, uintptr_t grad_x, uintptr_t partial, int64_t rows,
-                                int64_t columns, int64_t rows_per_block, int64_t row_blocks, uint32_t drop_threshold,
-                                float scale, int dtype);
+void dropout(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, uintptr_t bias, int bias_dtype,
+             uintptr_t seed, uintptr_t out, int out_dtype, int64_t n, int64_t bias_numel, uint32_t drop_threshold,
+             double scale, bool fp64_math, uintptr_t stream);
+void drop_path(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, uintptr_t seed, uintptr_t out,
+               int out_dtype, int64_t rows, int64_t row_size, uint32_t drop_threshold, double scale, bool fp64_math,
+               uintptr_t stream);
+void dropout_bias_backward(uintptr_t grad, int grad_dtype, uintptr_t seed, uintptr_t grad_x, int grad_x_dtype,
+                           uintptr_t partial, int64_t rows, int64_t columns, int64_t rows_per_block,
+                           int64_t row_blocks, uint32_t drop_threshold, double scale, bool fp64_math,
+                           uintptr_t stream);
+void dropout_host(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, uintptr_t bias, int bias_dtype,
+                  uintptr_t seed, uintptr_t out, int out_dtype, int64_t n, int64_t bias_numel,
+                  uint32_t drop_threshold, double scale, bool fp64_math, int64_t blocks);
+void drop_path_host(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, uintptr_t seed, uintptr_t out,
+                    int out_dtype, int64_t rows, int64_t row_size, uint32_t drop_threshold, double scale,
+                    bool fp64_math);
+void dropout_bias_backward_host(uintptr_t grad, int grad_dtype, uintptr_t seed, uintptr_t grad_x, int grad_x_dtype,
+                                uintptr_t partial, int64_t rows, int64_t columns, int64_t rows_per_block,
+                                int64_t row_blocks, uint32_t drop_threshold, double scale, bool fp64_math);
+// csrc/drop_path_residual.cu
+void drop_path_residual_keys(uintptr_t seed, uintptr_t keys, int64_t num_samples, uintptr_t stream);
+void drop_path_residual_rows(uintptr_t a, uintptr_t b, uintptr_t index, uintptr_t out, int64_t rows,
+                             int64_t row_size, float scale, int a_dtype, int b_dtype, int out_dtype,
+                             uintptr_t stream);
+void drop_path_residual_keys_host(uintptr_t seed, uintptr_t keys, int64_t num_samples);
+void drop_path_residual_rows_host(uintptr_t a, uintptr_t b, uintptr_t index, uintptr_t out, int64_t rows,
+                                  int64_t row_size, float scale, int a_dtype, int b_dtype, int out_dtype);
 // csrc/cross_entropy.cu
 void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
                        uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
                        int64_t num_classes, int64_t inner_size, int64_t splits, int64_t ignore_index,
-                       float label_smoothing, int kind, int dtype, uintptr_t stream);
+                       float label_smoothing, bool per_row_scale, bool grad_of_target, int kind, int dtype,
+                       uintptr_t stream);
 void cross_entropy_scale_grad(uintptr_t grad, uintptr_t factor, int64_t n, int64_t num_classes, int64_t inner_size,
                               bool per_row, int dtype, uintptr_t stream);
 void cross_entropy_host(const float* x, const int64_t* target, const int64_t* target_b, const float* lam,
                         const float* weight, const float* q, int64_t rows, int64_t num_classes, int64_t ignore_index,
-                        float label_smoothing, int kind, int64_t chunk, float* loss, float* grad);
+                        float label_smoothing, int kind, int64_t chunk, bool of_target, float* loss, float* grad);
 // csrc/mixing.cu (declarations)
 void composite_batch(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t lam, uintptr_t partner, uintptr_t mode,
                      uintptr_t fill, uintptr_t mean, uintptr_t std_dev, uintptr_t seed, int64_t n, int64_t c,
@@ -95,49 +109,79 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "recipe_kernels CUDA kernels: raw device pointers, dtype codes and a stream handle from Python";
   m.attr("PHILOX_ROUNDS") = recipe_kernels::kPhiloxRounds;
   m.attr("KEEP_BITS") = recipe_kernels::kKeepBits;
+  // Each tensor comes with its own dtype code (mixed-dtype inputs); fp64_math runs the arithmetic in double.
   m.def("dropout", &recipe_kernels::dropout, "residual + (x + bias) * keep / (1 - p)", py::arg("x"),
-        py::arg("residual"), py::arg("bias"), py::arg("seed"), py::arg("out"), py::arg("n"), py::arg("bias_numel"),
-        py::arg("drop_threshold"), py::arg("scale"), py::arg("dtype"), py::arg("stream"));
+        py::arg("x_dtype"), py::arg("residual"), py::arg("residual_dtype"), py::arg("bias"), py::arg("bias_dtype"),
+        py::arg("seed"), py::arg("out"), py::arg("out_dtype"), py::arg("n"), py::arg("bias_numel"),
+        py::arg("drop_threshold"), py::arg("scale"), py::arg("fp64_math"), py::arg("stream"));
   m.def("drop_path", &recipe_kernels::drop_path, "residual + x * keep[row] / (1 - p)", py::arg("x"),
-        py::arg("residual"), py::arg("seed"), py::arg("out"), py::arg("rows"), py::arg("row_size"),
-        py::arg("drop_threshold"), py::arg("scale"), py::arg("dtype"), py::arg("stream"));
+        py::arg("x_dtype"), py::arg("residual"), py::arg("residual_dtype"), py::arg("seed"), py::arg("out"),
+        py::arg("out_dtype"), py::arg("rows"), py::arg("row_size"), py::arg("drop_threshold"), py::arg("scale"),
+        py::arg("fp64_math"), py::arg("stream"));
   m.def("dropout_bias_backward", &recipe_kernels::dropout_bias_backward,
-        "grad_x = grad * keep / (1 - p) and its per-row-block column sums", py::arg("grad"), py::arg("seed"),
-        py::arg("grad_x"), py::arg("partial"), py::arg("rows"), py::arg("columns"), py::arg("rows_per_block"),
-        py::arg("row_blocks"), py::arg("drop_threshold"), py::arg("scale"), py::arg("dtype"), py::arg("stream"));
-  m.def("dropout_host", &recipe_kernels::dropout_host, "dropout's CUDA code run on the CPU over `blocks` blocks");
-  m.def("drop_path_host", &recipe_kernels::drop_path_host, "drop_path's CUDA code run on the CPU");
+        "grad_x = grad * keep / (1 - p) and its per-row-block column sums", py::arg("grad"), py::arg("grad_dtype"),
+        py::arg("seed"), py::arg("grad_x"), py::arg("grad_x_dtype"), py::arg("partial"), py::arg("rows"),
+        py::arg("columns"), py::arg("rows_per_block"), py::arg("row_blocks"), py::arg("drop_threshold"),
+        py::arg("scale"), py::arg("fp64_math"), py::arg("stream"));
+  m.def("dropout_host", &recipe_kernels::dropout_host, "dropout's CUDA code run on the CPU over `blocks` blocks",
+        py::arg("x"), py::arg("x_dtype"), py::arg("residual"), py::arg("residual_dtype"), py::arg("bias"),
+        py::arg("bias_dtype"), py::arg("seed"), py::arg("out"), py::arg("out_dtype"), py::arg("n"),
+        py::arg("bias_numel"), py::arg("drop_threshold"), py::arg("scale"), py::arg("fp64_math"), py::arg("blocks"));
+  m.def("drop_path_host", &recipe_kernels::drop_path_host, "drop_path's CUDA code run on the CPU", py::arg("x"),
+        py::arg("x_dtype"), py::arg("residual"), py::arg("residual_dtype"), py::arg("seed"), py::arg("out"),
+        py::arg("out_dtype"), py::arg("rows"), py::arg("row_size"), py::arg("drop_threshold"), py::arg("scale"),
+        py::arg("fp64_math"));
   m.def("dropout_bias_backward_host", &recipe_kernels::dropout_bias_backward_host,
-        "dropout_bias_backward's CUDA code run on the CPU");
+        "dropout_bias_backward's CUDA code run on the CPU", py::arg("grad"), py::arg("grad_dtype"), py::arg("seed"),
+        py::arg("grad_x"), py::arg("grad_x_dtype"), py::arg("partial"), py::arg("rows"), py::arg("columns"),
+        py::arg("rows_per_block"), py::arg("row_blocks"), py::arg("drop_threshold"), py::arg("scale"),
+        py::arg("fp64_math"));
+  // drop_path_residual (bindings)
+  m.def("drop_path_residual_keys", &recipe_kernels::drop_path_residual_keys,
+        "subset sort keys (word - 2^31) * 2^32 + n, one Philox word per sample", py::arg("seed"), py::arg("keys"),
+        py::arg("num_samples"), py::arg("stream"));
+  m.def("drop_path_residual_rows", &recipe_kernels::drop_path_residual_rows,
+        "out[r] = a[r] + scale * b[index[r]] (a[r] where index[r] < 0; without a, scale * b[index[r]])",
+        py::arg("a"), py::arg("b"), py::arg("index"), py::arg("out"), py::arg("rows"), py::arg("row_size"),
+        py::arg("scale"), py::arg("a_dtype"), py::arg("b_dtype"), py::arg("out_dtype"), py::arg("stream"));
+  m.def("drop_path_residual_keys_host", &recipe_kernels::drop_path_residual_keys_host,
+        "drop_path_residual_keys' CUDA code run on the CPU over its whole grid (CPU pointers)", py::arg("seed"),
+        py::arg("keys"), py::arg("num_samples"));
+  m.def("drop_path_residual_rows_host", &recipe_kernels::drop_path_residual_rows_host,
+        "drop_path_residual_rows' CUDA code run on the CPU over its whole grid (CPU pointers)", py::arg("a"),
+        py::arg("b"), py::arg("index"), py::arg("out"), py::arg("rows"), py::arg("row_size"), py::arg("scale"),
+        py::arg("a_dtype"), py::arg("b_dtype"), py::arg("out_dtype"));
   m.def("cross_entropy_fwd", &recipe_kernels::cross_entropy_fwd,
         "cross-entropy loss per row and, when grad != 0, its gradient (one pass over the logits)", py::arg("x"),
         py::arg("target"), py::arg("target_b"), py::arg("lam"), py::arg("weight"), py::arg("grad_scale"),
         py::arg("loss"), py::arg("grad"), py::arg("partial"), py::arg("rows"), py::arg("num_classes"),
         py::arg("inner_size"), py::arg("splits"), py::arg("ignore_index"), py::arg("label_smoothing"),
-        py::arg("kind"), py::arg("dtype"), py::arg("stream"));
+        py::arg("per_row_scale"), py::arg("grad_of_target"), py::arg("kind"), py::arg("dtype"), py::arg("stream"));
   m.def("cross_entropy_scale_grad", &recipe_kernels::cross_entropy_scale_grad,
         "grad *= factor in place (scalar or per row), skipping factors of exactly 1", py::arg("grad"),
         py::arg("factor"), py::arg("n"), py::arg("num_classes"), py::arg("inner_size"), py::arg("per_row"),
         py::arg("dtype"), py::arg("stream"));
   // The CUDA kernels' per-row arithmetic on the CPU (fp32 (rows, C) logits), for tests without a GPU.
-  // Empty arrays stand for absent inputs; returns (loss (rows,), gradient (rows, C)) for grad_scale 1.
+  // Empty arrays stand for absent inputs; returns (loss (rows,), gradient (rows, C)) for grad_scale 1,
+  // with respect to the logits or (of_target) to the probability target.
   m.def(
       "cross_entropy_host",
       [](py::array_t<float, py::array::c_style> x, py::array_t<int64_t, py::array::c_style> target,
          py::array_t<int64_t, py::array::c_style> target_b, py::array_t<float, py::array::c_style> lam,
          py::array_t<float, py::array::c_style> weight, py::array_t<float, py::array::c_style> q, int64_t ignore_index,
-         float label_smoothing, int kind, int64_t chunk) {
+         float label_smoothing, int kind, int64_t chunk, bool of_target) {
         const int64_t rows = x.shape(0), num_classes = x.shape(1);
         py::array_t<float> loss(rows);
         py::array_t<float> grad({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(num_classes)});
         auto data = [](auto& array) { return array.size() > 0 ? array.data() : nullptr; };
         recipe_kernels::cross_entropy_host(x.data(), data(target), data(target_b), data(lam), data(weight), data(q),
-                                           rows, num_classes, ignore_index, label_smoothing, kind, chunk,
+                                           rows, num_classes, ignore_index, label_smoothing, kind, chunk, of_target,
                                            loss.mutable_data(), grad.mutable_data());
         return py::make_tuple(loss, grad);
       },
       py::arg("x"), py::arg("target"), py::arg("target_b"), py::arg("lam"), py::arg("weight"), py::arg("q"),
-      py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("kind"), py::arg("chunk"));
+      py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("kind"), py::arg("chunk"),
+      py::arg("of_target") = false);
   // mixing (bindings)
   m.def("composite_batch", &recipe_kernels::composite_batch, "CutMix / MixUp / erase per sample, optional normalization",
         py::arg("x"), py::arg("out"), py::arg("box"), py::arg("lam"), py::arg("partner"), py::arg("mode"),

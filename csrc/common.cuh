@@ -7,13 +7,14 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "philox.cuh"  // RK_HOST_DEVICE
 
 namespace recipe_kernels {
 
-// Must equal recipe_kernels._backend.CUDA_DTYPE_CODES.
-enum DtypeCode : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+// Must equal recipe_kernels._backend.CUDA_DTYPE_CODES (kFloat64: CUDA_DTYPE_CODES_WITH_FLOAT64).
+enum DtypeCode : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
 // Conversions and IEEE-rounded fp32 arithmetic, on the device and on the host alike: kernels written
 // with them can also run in _C's *_host entry points, which the CPU tests compare with the reference.
@@ -30,17 +31,22 @@ RK_HOST_DEVICE __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <>
 RK_HOST_DEVICE __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// a * b and a + b rounded once, never contracted into an FMA (bit-equal to the other backends).
-RK_HOST_DEVICE float mul_rn(float a, float b) {
+// a * b and a + b rounded once in T (float or double), never contracted into an FMA (bit-equal to
+// the other backends).
+template <typename T>
+RK_HOST_DEVICE T mul_rn(T a, T b) {
 #ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
+  if constexpr (std::is_same_v<T, double>) return __dmul_rn(a, b);
+  else return __fmul_rn(a, b);
 #else
   return a * b;
 #endif
 }
-RK_HOST_DEVICE float add_rn(float a, float b) {
+template <typename T>
+RK_HOST_DEVICE T add_rn(T a, T b) {
 #ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
+  if constexpr (std::is_same_v<T, double>) return __dadd_rn(a, b);
+  else return __fadd_rn(a, b);
 #else
   return a + b;
 #endif

@@ -2,8 +2,9 @@
 // Same design and formulas as recipe_kernels/cross_entropy.py (its module docstring has the math):
 // per row, one sweep for the online max / sum of exp and the sums smoothing and targets need, then a
 // second sweep of the same row (from L1/L2) that writes the gradient for grad_output = 1, already
-// divided by the `mean` denominator. Few long rows are split over several blocks: partial statistics,
-// then a finishing kernel that merges them and writes loss and gradient. The Python side passes
+// divided by the `mean` denominator, all in the shifted domain (x - row max). Few long rows are split
+// over several blocks: partial statistics, then a finishing kernel that merges them and writes loss
+// and gradient. The Python side passes
 // contiguous tensors as raw pointers; the per-element logic is __host__ __device__ so that
 // cross_entropy_host can run it on the CPU in tests.
 #include <algorithm>
@@ -15,7 +16,8 @@ namespace recipe_kernels {
 
 // Target kinds: must equal INDEX, MIXED, PROBABILITIES in recipe_kernels/cross_entropy.py.
 enum TargetKind : int { kIndexTarget = 0, kMixedTarget = 1, kProbabilityTarget = 2 };
-constexpr int kPartialFields = 8;  // max, sum exp, sum w x, sum w, sum w q, sum w q x, x[y_a], x[y_b]
+// max, sum exp(x - max), sum w (x - max), sum w, sum w q, sum w q (x - max), x[y_a], x[y_b]
+constexpr int kPartialFields = 8;
 
 __host__ __device__ inline float exp_approx(float x) {
 #ifdef __CUDA_ARCH__
@@ -33,24 +35,34 @@ __host__ __device__ inline float log_approx(float x) {
 #endif
 }
 
-// Running statistics of (part of) a row, mergeable in any order.
+// Running statistics of (part of) a row, mergeable in any order. The weighted sums of x are kept
+// relative to `max` (the shifted domain): they never round at the scale of the largest logit.
 struct RowStats {
   float max;      // running maximum
   float sum_exp;  // sum of exp(x - max)
-  float sum_wx;   // sum of w_c x_c (label smoothing)
-  float sum_w;    // sum of w_c (label smoothing with weights)
+  float sum_wx;   // sum of w_c (x_c - max) (label smoothing)
+  float sum_w;    // sum of w_c (label smoothing; the count of classes seen without weights)
   float sum_wq;   // sum of w_c q_c (probability targets)
-  float sum_wqx;  // sum of w_c q_c x_c (probability targets)
+  float sum_wqx;  // sum of w_c q_c (x_c - max) (probability targets)
 };
 
 __host__ __device__ inline RowStats empty_stats() { return RowStats{-INFINITY, 0.f, 0.f, 0.f, 0.f, 0.f}; }
 
-// Both sums of exp rescaled to the larger max; a max of -inf (nothing finite yet) shifts by 0, not NaN.
+// A sum of w (x - old_max) moved onto new_shift. Nothing seen (old_max = -inf, an empty sum) or only
+// -inf (the sum is -inf already): unchanged.
+__host__ __device__ inline float rebase(float sum_shifted, float old_max, float new_shift, float sum_weights) {
+  return old_max == -INFINITY ? sum_shifted : sum_shifted + (old_max - new_shift) * sum_weights;
+}
+
+// Both sums of exp rescaled to the larger max and both shifted sums rebased onto it; a max of -inf
+// (nothing finite yet) shifts by 0, not NaN.
 __host__ __device__ inline RowStats merge_stats(const RowStats& a, const RowStats& b) {
   const float max = fmaxf(a.max, b.max);
   const float shift = max == -INFINITY ? 0.f : max;
   return RowStats{max, a.sum_exp * exp_approx(a.max - shift) + b.sum_exp * exp_approx(b.max - shift),
-                  a.sum_wx + b.sum_wx, a.sum_w + b.sum_w, a.sum_wq + b.sum_wq, a.sum_wqx + b.sum_wqx};
+                  rebase(a.sum_wx, a.max, shift, a.sum_w) + rebase(b.sum_wx, b.max, shift, b.sum_w),
+                  a.sum_w + b.sum_w, a.sum_wq + b.sum_wq,
+                  rebase(a.sum_wqx, a.max, shift, a.sum_wq) + rebase(b.sum_wqx, b.max, shift, b.sum_wq)};
 }
 
 // Adds kGroup elements at once: one rescale of the running sum per group, one exp per element.
@@ -63,24 +75,28 @@ __host__ __device__ inline void add_group(RowStats& stats, const float (&x)[kGro
   const float max = fmaxf(stats.max, group_max);
   const float shift = max == -INFINITY ? 0.f : max;
   float sum_exp = stats.sum_exp * exp_approx(stats.max - shift);
+  if (smoothing) stats.sum_wx = rebase(stats.sum_wx, stats.max, shift, stats.sum_w);
+  if (probabilities) stats.sum_wqx = rebase(stats.sum_wqx, stats.max, shift, stats.sum_wq);
   for (int j = 0; j < kGroup; ++j) {
     if (!present[j]) continue;
-    sum_exp += exp_approx(x[j] - shift);
+    const float shifted = x[j] - shift;
+    sum_exp += exp_approx(shifted);
     if (smoothing) {
-      stats.sum_wx += w[j] * x[j];
+      stats.sum_wx += w[j] * shifted;
       stats.sum_w += w[j];
     }
     if (probabilities) {
       stats.sum_wq += w[j] * q[j];
-      stats.sum_wqx += w[j] * q[j] * x[j];
+      stats.sum_wqx += w[j] * q[j] * shifted;
     }
   }
   stats.max = max;
   stats.sum_exp = sum_exp;
 }
 
-// What the target asks of one row: loss = a_a (lse - x[y_a]) + a_b (lse - x[y_b]) + beta (W lse - sum w x)
-// + (1 - e)(sum w q lse - sum w q x). y_a/y_b are -1 where no class matches; an index outside [0, C)
+// What the target asks of one row: with s = x - max and L = log sum exp(s),
+// loss = a_a (L - s[y_a]) + a_b (L - s[y_b]) + beta (W L - sum w s) + (1 - e)(sum w q L - sum w q s).
+// y_a/y_b are -1 where no class matches; an index outside [0, C)
 // (other than an ignored one) is never used as an address and makes a_a NaN.
 struct RowCoefficients {
   float a_a, a_b, beta;
@@ -110,25 +126,34 @@ __host__ __device__ inline RowCoefficients row_coefficients(int kind, const int6
                          (1.f - share) * one_minus_eps * w_b, beta, y_a, y_b, true};
 }
 
-// The row's loss and K, the factor of p_c in its gradient. sum_w must already be C without weights.
+// The row's loss and K, the factor of p_c in its gradient, from the shifted statistics and
+// log_sum = L = log(stats.sum_exp). sum_w must already be C without weights.
 __host__ __device__ inline void row_loss_and_factor(const RowStats& stats, const RowCoefficients& k, float x_a,
-                                                    float x_b, float label_smoothing, float lse, float* loss,
+                                                    float x_b, float label_smoothing, float log_sum, float* loss,
                                                     float* factor) {
   const float one_minus_eps = 1.f - label_smoothing;
-  float value = k.a_a * (lse - x_a) + k.a_b * (lse - x_b) + k.beta * (stats.sum_w * lse - stats.sum_wx) +
-                one_minus_eps * (stats.sum_wq * lse - stats.sum_wqx);
+  float value = k.a_a * (log_sum - (x_a - stats.max)) + k.a_b * (log_sum - (x_b - stats.max)) +
+                k.beta * (stats.sum_w * log_sum - stats.sum_wx) +
+                one_minus_eps * (stats.sum_wq * log_sum - stats.sum_wqx);
   *loss = k.active ? value : 0.f;
   *factor = k.a_a + k.a_b + k.beta * stats.sum_w + one_minus_eps * stats.sum_wq;
 }
 
 // grad_c for grad_output = 1, times grad_scale, in fp32 (the target-class term included) before rounding.
-__host__ __device__ inline float gradient_element(int64_t c, float x, float w, float q, float lse, float factor,
-                                                  const RowCoefficients& k, float label_smoothing, float grad_scale) {
+__host__ __device__ inline float gradient_element(int64_t c, float x, float w, float q, float row_max,
+                                                  float log_sum, float factor, const RowCoefficients& k,
+                                                  float label_smoothing, float grad_scale) {
   if (!k.active) return 0.f;
-  float grad = exp_approx(x - lse) * factor - k.beta * w - (1.f - label_smoothing) * w * q;
+  float grad = exp_approx((x - row_max) - log_sum) * factor - k.beta * w - (1.f - label_smoothing) * w * q;
   if (c == k.y_a) grad -= k.a_a;
   if (c == k.y_b) grad -= k.a_b;
   return grad * grad_scale;
+}
+
+// d loss / d q_c of a probability target, times grad_scale: -(1 - e) w_c log p_c.
+__host__ __device__ inline float target_gradient_element(float x, float w, float row_max, float log_sum,
+                                                         float label_smoothing, float grad_scale) {
+  return -(1.f - label_smoothing) * w * ((x - row_max) - log_sum) * grad_scale;
 }
 
 namespace {
@@ -143,12 +168,14 @@ struct CrossEntropyArgs {
   const int64_t* target_b;
   const float* lam;
   const float* weight;
-  const float* grad_scale;
+  const float* grad_scale;  // the gradient's factor: one value, or one per row when per_row_scale
   float* loss;
   void* grad;
   float* partial;
   int64_t num_classes, inner_size, chunk_size, num_splits, ignore_index;
   float label_smoothing;
+  bool per_row_scale;
+  bool grad_of_target;  // grad receives d loss / d target (probabilities) instead of d loss / d logits
 };
 
 __device__ inline RowStats shuffle_stats(const RowStats& s, int lane_mask) {
@@ -175,52 +202,64 @@ __device__ RowStats block_merge(RowStats stats) {
   return total;
 }
 
-// Sweep 1 over classes [start, end) of one row, by the whole block.
-template <typename T, int kKind>
-__device__ RowStats chunk_statistics(const CrossEntropyArgs& a, int64_t row_offset, int64_t start, int64_t end) {
-  const T* x = static_cast<const T*>(a.x);
-  const T* q = reinterpret_cast<const T*>(a.target);  // probability targets have the logits' dtype and layout
-  const bool smoothing = a.label_smoothing > 0.f;
+// What thread `thread` of a block gathers in sweep 1 over classes [start, end) of one row: groups of
+// kGroup classes kThreads apart. q (probabilities only) has the logits' layout.
+template <typename T>
+__host__ __device__ RowStats thread_statistics(const T* x, const float* weight, const T* q, int64_t row_offset,
+                                               int64_t inner_size, int64_t start, int64_t end, int thread,
+                                               bool smoothing, bool probabilities) {
   RowStats stats = empty_stats();
-  for (int64_t base = start + threadIdx.x; base < end; base += int64_t{kThreads} * kGroup) {
+  for (int64_t base = start + thread; base < end; base += int64_t{kThreads} * kGroup) {
     float xs[kGroup], ws[kGroup], qs[kGroup];
     bool present[kGroup];
 #pragma unroll
     for (int j = 0; j < kGroup; ++j) {
       const int64_t c = base + int64_t{j} * kThreads;
       present[j] = c < end;
-      const int64_t offset = row_offset + c * a.inner_size;
+      const int64_t offset = row_offset + c * inner_size;
       xs[j] = present[j] ? to_float(x[offset]) : 0.f;
-      ws[j] = (present[j] && a.weight != nullptr) ? a.weight[c] : 1.f;
-      qs[j] = (kKind == kProbabilityTarget && present[j]) ? to_float(q[offset]) : 0.f;
+      ws[j] = (present[j] && weight != nullptr) ? weight[c] : 1.f;
+      qs[j] = (probabilities && present[j]) ? to_float(q[offset]) : 0.f;
     }
-    add_group<kGroup>(stats, xs, present, ws, qs, smoothing, kKind == kProbabilityTarget);
+    add_group<kGroup>(stats, xs, present, ws, qs, smoothing, probabilities);
   }
-  return block_merge(stats);
+  return stats;
 }
 
-// Sweep 2: the gradient of classes [start, end) of one row.
+// Sweep 1 over classes [start, end) of one row, by the whole block.
 template <typename T, int kKind>
-__device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row_offset, int64_t start, int64_t end,
-                                     float lse, float factor, const RowCoefficients& k) {
+__device__ RowStats chunk_statistics(const CrossEntropyArgs& a, int64_t row_offset, int64_t start, int64_t end) {
+  const T* q = reinterpret_cast<const T*>(a.target);  // probability targets have the logits' dtype and layout
+  return block_merge(thread_statistics<T>(static_cast<const T*>(a.x), a.weight, q, row_offset, a.inner_size, start,
+                                          end, threadIdx.x, a.label_smoothing > 0.f, kKind == kProbabilityTarget));
+}
+
+// Sweep 2: the gradient of classes [start, end) of one row (with respect to the target when grad_of_target).
+template <typename T, int kKind>
+__device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row, int64_t row_offset, int64_t start,
+                                     int64_t end, float row_max, float log_sum, float factor,
+                                     const RowCoefficients& k) {
   const T* x = static_cast<const T*>(a.x);
   const T* q = reinterpret_cast<const T*>(a.target);
   T* grad = static_cast<T*>(a.grad);
-  const float grad_scale = *a.grad_scale;
+  const float grad_scale = a.per_row_scale ? a.grad_scale[row] : *a.grad_scale;
   for (int64_t c = start + threadIdx.x; c < end; c += kThreads) {
     const int64_t offset = row_offset + c * a.inner_size;
     const float w = a.weight != nullptr ? a.weight[c] : 1.f;
     const float qc = kKind == kProbabilityTarget ? to_float(q[offset]) : 0.f;
     // Read before written: with inplace_backward grad and x share storage, element by element.
-    grad[offset] = from_float<T>(gradient_element(c, to_float(x[offset]), w, qc, lse, factor, k, a.label_smoothing,
-                                                  grad_scale));
+    const float xc = to_float(x[offset]);
+    grad[offset] = from_float<T>(
+        a.grad_of_target ? target_gradient_element(xc, w, row_max, log_sum, a.label_smoothing, grad_scale)
+                         : gradient_element(c, xc, w, qc, row_max, log_sum, factor, k, a.label_smoothing, grad_scale));
   }
 }
 
 // Cross-entropy of one row, or of one chunk of it when num_splits > 1; grid (rows, splits).
 // Inputs: logits as (N, C, inner_size), targets (int64 (rows,) indices; two of them and lam (N,) for
 // MixedTarget; or probabilities in the logits' dtype and layout), weight (fp32 (C,), optional),
-// grad_scale (one fp32). Outputs: loss (fp32 (rows,)), grad (logits' layout, optional, may be x).
+// grad_scale (fp32: one, or one per row). Outputs: loss (fp32 (rows,)), grad (logits' layout, optional,
+// may be x).
 // Bytes: one DRAM read of the row for sweep 1; sweep 2 re-reads it (from L2 while a block's row fits:
 // 512 threads work on one row at a time) and writes the gradient once; 8 B of target and 4 B of loss
 // per row. Split rows write 32 B of partials per block instead and leave the rest to the finisher.
@@ -249,11 +288,11 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_fwd_kernel(CrossEntrop
     return;
   }
   if (a.weight == nullptr) stats.sum_w = static_cast<float>(a.num_classes);
-  const float lse = stats.max + log_approx(stats.sum_exp);
+  const float log_sum = log_approx(stats.sum_exp);
   float loss, factor;
-  row_loss_and_factor(stats, k, x_a, x_b, a.label_smoothing, lse, &loss, &factor);
+  row_loss_and_factor(stats, k, x_a, x_b, a.label_smoothing, log_sum, &loss, &factor);
   if (threadIdx.x == 0) a.loss[row] = loss;
-  if (a.grad != nullptr) write_chunk_gradient<T, kKind>(a, row_offset, start, end, lse, factor, k);
+  if (a.grad != nullptr) write_chunk_gradient<T, kKind>(a, row, row_offset, start, end, stats.max, log_sum, factor, k);
 }
 
 // Second kernel of split rows, grid (rows, splits): merges the row's partials, writes the loss (split 0)
@@ -274,14 +313,14 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_split_finish_kernel(Cr
     stats = merge_stats(stats, RowStats{f[0], f[1], f[2], f[3], f[4], f[5]});
   }
   if (a.weight == nullptr) stats.sum_w = static_cast<float>(a.num_classes);
-  const float lse = stats.max + log_approx(stats.sum_exp);
+  const float log_sum = log_approx(stats.sum_exp);
   float loss, factor;
-  row_loss_and_factor(stats, k, partial[6], partial[7], a.label_smoothing, lse, &loss, &factor);
+  row_loss_and_factor(stats, k, partial[6], partial[7], a.label_smoothing, log_sum, &loss, &factor);
   if (split == 0 && threadIdx.x == 0) a.loss[row] = loss;
   if (a.grad != nullptr) {
     const int64_t start = split * a.chunk_size;
     const int64_t end = start + a.chunk_size < a.num_classes ? start + a.chunk_size : a.num_classes;
-    write_chunk_gradient<T, kKind>(a, row_offset, start, end, lse, factor, k);
+    write_chunk_gradient<T, kKind>(a, row, row_offset, start, end, stats.max, log_sum, factor, k);
   }
 }
 
@@ -304,7 +343,8 @@ __global__ void scale_gradient_kernel(T* grad, const float* factor, int64_t n, i
 void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
                        uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
                        int64_t num_classes, int64_t inner_size, int64_t splits, int64_t ignore_index,
-                       float label_smoothing, int kind, int dtype, uintptr_t stream) {
+                       float label_smoothing, bool per_row_scale, bool grad_of_target, int kind, int dtype,
+                       uintptr_t stream) {
   if (rows <= 0 || num_classes <= 0) return;
   if (rows > INT32_MAX) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: more than 2^31 rows");
   if (splits < 1 || splits > 65535) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: bad split count");
@@ -312,7 +352,8 @@ void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintpt
                      reinterpret_cast<const int64_t*>(target_b), reinterpret_cast<const float*>(lam),
                      reinterpret_cast<const float*>(weight), reinterpret_cast<const float*>(grad_scale),
                      reinterpret_cast<float*>(loss), reinterpret_cast<void*>(grad), reinterpret_cast<float*>(partial),
-                     num_classes, inner_size, ceil_div(num_classes, splits), splits, ignore_index, label_smoothing};
+                     num_classes, inner_size, ceil_div(num_classes, splits), splits, ignore_index, label_smoothing,
+                     per_row_scale, grad_of_target};
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
   const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
   dispatch_float_dtype(dtype, [&](auto type_tag) {
@@ -352,13 +393,38 @@ void cross_entropy_scale_grad(uintptr_t grad, uintptr_t factor, int64_t n, int64
   });
 }
 
+namespace {
+
+// block_merge on the CPU: the same butterfly of merges within each warp, then across the warps' results.
+RowStats block_merge_host(RowStats (&stats)[kThreads]) {
+  auto butterfly = [](RowStats* lanes) {
+    for (int mask = 16; mask > 0; mask >>= 1) {
+      RowStats merged[32];
+      for (int lane = 0; lane < 32; ++lane) merged[lane] = merge_stats(lanes[lane], lanes[lane ^ mask]);
+      std::copy(merged, merged + 32, lanes);
+    }
+  };
+  RowStats per_warp[32];
+  for (int warp = 0; warp < 32; ++warp) {
+    if (warp < kWarps) butterfly(stats + warp * 32);
+    per_warp[warp] = warp < kWarps ? stats[warp * 32] : empty_stats();
+  }
+  butterfly(per_warp);
+  return per_warp[0];
+}
+
+}  // namespace
+
 // The kernels' arithmetic on the CPU for fp32 (rows, C) logits: losses and gradients for grad_scale 1,
-// with each row's statistics gathered in chunks of `chunk` classes and groups of kGroup, then merged,
-// as the split and unsplit kernels do. For tests without a GPU.
+// with respect to the logits or (of_target, probabilities) to the target.
+// Each row is cut into chunks of `chunk` classes as split rows are (a chunk >= C: one block per row);
+// within a chunk every thread of a block gathers its classes and block_merge's order combines them;
+// the chunks then merge in order, as the finishing kernel does. For tests without a GPU.
 void cross_entropy_host(const float* x, const int64_t* target, const int64_t* target_b, const float* lam,
                         const float* weight, const float* q, int64_t rows, int64_t num_classes, int64_t ignore_index,
-                        float label_smoothing, int kind, int64_t chunk, float* loss, float* grad) {
+                        float label_smoothing, int kind, int64_t chunk, bool of_target, float* loss, float* grad) {
   const bool smoothing = label_smoothing > 0.f;
+  RowStats per_thread[kThreads];
   for (int64_t row = 0; row < rows; ++row) {
     const float* xr = x + row * num_classes;
     const float* qr = q == nullptr ? nullptr : q + row * num_classes;
@@ -366,30 +432,25 @@ void cross_entropy_host(const float* x, const int64_t* target, const int64_t* ta
                                                ignore_index, label_smoothing);
     RowStats stats = empty_stats();
     for (int64_t start = 0; start < num_classes; start += chunk) {
-      RowStats part = empty_stats();
-      for (int64_t base = start; base < start + chunk && base < num_classes; base += kGroup) {
-        float xs[kGroup], ws[kGroup], qs[kGroup];
-        bool present[kGroup];
-        for (int j = 0; j < kGroup; ++j) {
-          const int64_t c = base + j;
-          present[j] = c < start + chunk && c < num_classes;
-          xs[j] = present[j] ? xr[c] : 0.f;
-          ws[j] = present[j] && weight != nullptr ? weight[c] : 1.f;
-          qs[j] = present[j] && qr != nullptr ? qr[c] : 0.f;
-        }
-        add_group<kGroup>(part, xs, present, ws, qs, smoothing, kind == kProbabilityTarget);
+      const int64_t end = std::min(start + chunk, num_classes);
+      for (int thread = 0; thread < kThreads; ++thread) {
+        per_thread[thread] = thread_statistics<float>(xr, weight, qr, 0, 1, start, end, thread, smoothing,
+                                                      kind == kProbabilityTarget);
       }
-      stats = merge_stats(stats, part);
+      stats = merge_stats(stats, block_merge_host(per_thread));
     }
     if (weight == nullptr) stats.sum_w = static_cast<float>(num_classes);
-    const float lse = stats.max + log_approx(stats.sum_exp);
+    const float log_sum = log_approx(stats.sum_exp);
     const float x_a = k.y_a >= 0 && k.y_a < num_classes ? xr[k.y_a] : 0.f;
     const float x_b = k.y_b >= 0 && k.y_b < num_classes ? xr[k.y_b] : 0.f;
     float factor;
-    row_loss_and_factor(stats, k, x_a, x_b, label_smoothing, lse, &loss[row], &factor);
+    row_loss_and_factor(stats, k, x_a, x_b, label_smoothing, log_sum, &loss[row], &factor);
     for (int64_t c = 0; c < num_classes; ++c) {
-      grad[row * num_classes + c] = gradient_element(c, xr[c], weight != nullptr ? weight[c] : 1.f,
-                                                     qr != nullptr ? qr[c] : 0.f, lse, factor, k, label_smoothing, 1.f);
+      const float w = weight != nullptr ? weight[c] : 1.f;
+      grad[row * num_classes + c] =
+          of_target ? target_gradient_element(xr[c], w, stats.max, log_sum, label_smoothing, 1.f)
+                    : gradient_element(c, xr[c], w, qr != nullptr ? qr[c] : 0.f, stats.max, log_sum, factor, k,
+                                       label_smoothing, 1.f);
     }
   }
 }

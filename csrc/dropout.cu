@@ -4,6 +4,10 @@
 // Each kernel's body is a __host__ __device__ function of (block, thread, grid): the __global__
 // kernel calls it once per GPU thread, and the *_host entry points call it for every thread of a
 // small grid on CPU memory, so the tests without a GPU run this very code against the reference.
+#include <initializer_list>
+#include <string>
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace recipe_kernels {
@@ -14,15 +18,98 @@ constexpr int64_t kBiasBackwardColumns = kThreads * 4;  // must equal BIAS_BACKW
 constexpr int64_t kDropPathElementsPerBlock = kThreads * 8;
 constexpr int64_t kMaxBlocks = int64_t{1} << 30;  // larger inputs loop (grid stride)
 
+// A tensor's data and dtype code: each input is read, and the output written, in its own dtype
+// (mixed-dtype residual streams), while the arithmetic runs in one Math type (float, or double
+// for float64 ops).
+struct TypedData {
+  uintptr_t address;
+  int dtype;
+};
+
+// Calls fn(T{}) with T the element type of `dtype`. Usable on the device: the host checked the code.
+template <typename Fn>
+RK_HOST_DEVICE void visit_element_type(int dtype, Fn&& fn) {
+  switch (dtype) {
+    case kFloat16: fn(__half{}); break;
+    case kBFloat16: fn(__nv_bfloat16{}); break;
+    case kFloat64: fn(double{}); break;
+    default: fn(float{}); break;
+  }
+}
+
+// An element's value in Math (exact, except a float64 element in fp32 math, which rounds).
+template <typename Math, typename T>
+RK_HOST_DEVICE Math to_math(T v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return static_cast<Math>(v);
+  } else {
+    return static_cast<Math>(to_float(v));
+  }
+}
+
+// A Math value rounded to T; fp64 math reaches the 16-bit types through fp32, as torch's casts do.
+template <typename T, typename Math>
+RK_HOST_DEVICE T from_math(Math v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return static_cast<double>(v);
+  } else {
+    return from_float<T>(static_cast<float>(v));
+  }
+}
+
+// Element i as Math.
+template <typename Math>
+RK_HOST_DEVICE Math load_element(TypedData data, int64_t i) {
+  Math value{};
+  visit_element_type(data.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    value = to_math<Math>(reinterpret_cast<const T*>(data.address)[i]);
+  });
+  return value;
+}
+
+// Elements first .. first + 3 (those below n) as Math: one aligned vector load when `whole_vector`.
+template <typename Math>
+RK_HOST_DEVICE void load_group(TypedData data, int64_t first, int64_t n, bool whole_vector, Math (&values)[4]) {
+  visit_element_type(data.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* pointer = reinterpret_cast<const T*>(data.address);
+    Vec4<T> group{};
+    if (whole_vector) {
+      group = *reinterpret_cast<const Vec4<T>*>(pointer + first);
+    } else {
+      for (int j = 0; j < 4 && first + j < n; ++j) group.v[j] = pointer[first + j];
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) values[j] = to_math<Math>(group.v[j]);
+  });
+}
+
+// Stores values[0 .. 3] (those below n) rounded once to data's dtype: one aligned vector store when `whole_vector`.
+template <typename Math>
+RK_HOST_DEVICE void store_group(TypedData data, int64_t first, int64_t n, bool whole_vector, const Math (&values)[4]) {
+  visit_element_type(data.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    T* pointer = reinterpret_cast<T*>(data.address);
+    Vec4<T> group;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) group.v[j] = from_math<T>(values[j]);
+    if (whole_vector) {
+      *reinterpret_cast<Vec4<T>*>(pointer + first) = group;
+    } else {
+      for (int j = 0; j < 4 && first + j < n; ++j) pointer[first + j] = group.v[j];
+    }
+  });
+}
+
 // out = residual + (x + bias) * keep / (1 - p) over n contiguous elements, for one thread.
 // Inputs: x (n), residual (n, optional), bias (bias_numel elements repeating along x, optional).
 // Bytes: reads x and residual and writes out once each. The thread takes groups of four
 // consecutive elements, first_group, first_group + stride, ...: one Philox call (7 rounds) each.
-template <typename T, bool kHasResidual, bool kHasBias>
-RK_HOST_DEVICE void dropout_thread(const T* __restrict__ x, const T* __restrict__ residual,
-                                   const T* __restrict__ bias, uint64_t seed, T* __restrict__ out, int64_t n,
-                                   int64_t bias_numel, uint32_t drop_threshold, float scale, bool vectorized,
-                                   int64_t first_group, int64_t stride) {
+template <typename Math, bool kHasResidual, bool kHasBias>
+RK_HOST_DEVICE void dropout_thread(TypedData x, TypedData residual, TypedData bias, uint64_t seed, TypedData out,
+                                   int64_t n, int64_t bias_numel, uint32_t drop_threshold, Math scale,
+                                   bool vectorized, int64_t first_group, int64_t stride) {
   const int64_t groups = ceil_div(n, 4);
   // The bias column of each group's first element, advanced without a 64-bit modulo per group.
   int64_t group_column = kHasBias ? (first_group * 4) % bias_numel : 0;
@@ -31,37 +118,23 @@ RK_HOST_DEVICE void dropout_thread(const T* __restrict__ x, const T* __restrict_
     const PhiloxWords words = philox4x32(seed, static_cast<uint64_t>(group));
     const int64_t first = group * 4;
     const bool whole_vector = vectorized && first + 4 <= n;
-    // 1. Load four elements (one vector when aligned and whole).
-    Vec4<T> x_in{}, residual_in{};
-    if (whole_vector) {
-      x_in = *reinterpret_cast<const Vec4<T>*>(x + first);
-      if (kHasResidual) residual_in = *reinterpret_cast<const Vec4<T>*>(residual + first);
-    } else {
-      for (int j = 0; j < 4 && first + j < n; ++j) {
-        x_in.v[j] = x[first + j];
-        if (kHasResidual) residual_in.v[j] = residual[first + j];
-      }
-    }
-    // 2. (x + bias) * keep-or-zero scale + residual, in fp32, rounded once.
+    // 1. Load four elements (one vector per tensor when aligned and whole).
+    Math value[4], residual_in[4];
+    load_group(x, first, n, whole_vector, value);
+    if (kHasResidual) load_group(residual, first, n, whole_vector, residual_in);
+    // 2. (x + bias) * keep-or-zero scale + residual, in Math, rounded once.
     int64_t column = group_column;
-    Vec4<T> result;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      float value = to_float(x_in.v[j]);
       if (kHasBias) {
-        value = add_rn(value, to_float(bias[column]));
+        value[j] = add_rn(value[j], load_element<Math>(bias, column));
         column = column + 1 == bias_numel ? 0 : column + 1;
       }
-      float sum = mul_rn(value, keep_element(words.word[j], drop_threshold) ? scale : 0.0f);
-      if (kHasResidual) sum = add_rn(sum, to_float(residual_in.v[j]));
-      result.v[j] = from_float<T>(sum);
+      value[j] = mul_rn(value[j], keep_element(words.word[j], drop_threshold) ? scale : Math{0});
+      if (kHasResidual) value[j] = add_rn(value[j], residual_in[j]);
     }
     // 3. Store.
-    if (whole_vector) {
-      *reinterpret_cast<Vec4<T>*>(out + first) = result;
-    } else {
-      for (int j = 0; j < 4 && first + j < n; ++j) out[first + j] = result.v[j];
-    }
+    store_group(out, first, n, whole_vector, value);
     if (kHasBias) {
       group_column += column_step;
       if (group_column >= bias_numel) group_column -= bias_numel;
@@ -72,85 +145,80 @@ RK_HOST_DEVICE void dropout_thread(const T* __restrict__ x, const T* __restrict_
 // out = residual + x * keep[row] / (1 - p) for rows of row_size contiguous elements, for one thread
 // of block `block` (blocks_per_row blocks per row). keep[row] is the keep decision of element `row`.
 // A dropped row never reads x.
-template <typename T, bool kHasResidual>
-RK_HOST_DEVICE void drop_path_thread(const T* __restrict__ x, const T* __restrict__ residual, uint64_t seed,
-                                     T* __restrict__ out, int64_t row_size, int64_t blocks_per_row,
-                                     uint32_t drop_threshold, float scale, int64_t block, int64_t thread) {
+template <typename Math, bool kHasResidual>
+RK_HOST_DEVICE void drop_path_thread(TypedData x, TypedData residual, uint64_t seed, TypedData out, int64_t row_size,
+                                     int64_t blocks_per_row, uint32_t drop_threshold, Math scale, int64_t block,
+                                     int64_t thread) {
   const int64_t row = block / blocks_per_row;
   const bool keep = keep_index(seed, static_cast<uint64_t>(row), drop_threshold);
   const int64_t begin = (block % blocks_per_row) * kDropPathElementsPerBlock;
   const int64_t end = begin + kDropPathElementsPerBlock < row_size ? begin + kDropPathElementsPerBlock : row_size;
-  for (int64_t column = begin + thread; column < end; column += kThreads) {
-    const int64_t i = row * row_size + column;
-    float sum = keep ? mul_rn(to_float(x[i]), scale) : 0.0f;
-    if (kHasResidual) sum = add_rn(sum, to_float(residual[i]));
-    out[i] = from_float<T>(sum);
-  }
+  visit_element_type(out.dtype, [&](auto tag) {
+    using TOut = decltype(tag);
+    for (int64_t column = begin + thread; column < end; column += kThreads) {
+      const int64_t i = row * row_size + column;
+      Math sum = keep ? mul_rn(load_element<Math>(x, i), scale) : Math{0};
+      if (kHasResidual) sum = add_rn(sum, load_element<Math>(residual, i));
+      reinterpret_cast<TOut*>(out.address)[i] = from_math<TOut>(sum);
+    }
+  });
 }
 
 // Backward of dropout_add with a bias, in one pass, for one thread: grad_x = grad * keep / (1 - p)
 // and its column sums. grad is (rows, columns) with columns % 4 == 0, so a Philox group never
 // straddles two rows. Block (column_block, row_block) covers kBiasBackwardColumns columns of rows
-// [row_block * rows_per_block, ...) and writes fp32 column sums to partial[row_block][columns].
+// [row_block * rows_per_block, ...) and writes Math column sums to partial[row_block][columns].
 // Bytes: reads grad, writes grad_x once; partial is a few % of grad.
-template <typename T>
-RK_HOST_DEVICE void dropout_bias_backward_thread(const T* __restrict__ grad, uint64_t seed, T* __restrict__ grad_x,
-                                                 float* __restrict__ partial, int64_t rows, int64_t columns,
-                                                 int64_t rows_per_block, uint32_t drop_threshold, float scale,
+template <typename Math>
+RK_HOST_DEVICE void dropout_bias_backward_thread(TypedData grad, uint64_t seed, TypedData grad_x,
+                                                 Math* __restrict__ partial, int64_t rows, int64_t columns,
+                                                 int64_t rows_per_block, uint32_t drop_threshold, Math scale,
                                                  bool vectorized, int64_t column_block, int64_t row_block,
                                                  int64_t thread) {
   const int64_t column = (column_block * kThreads + thread) * 4;
   if (column >= columns) return;  // columns % 4 == 0: a thread's four columns are all in range
   const int64_t row_begin = row_block * rows_per_block;
   const int64_t row_end = row_begin + rows_per_block < rows ? row_begin + rows_per_block : rows;
-  float column_sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const int64_t n = rows * columns;
+  Math column_sums[4] = {0, 0, 0, 0};
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t first = row * columns + column;
     const PhiloxWords words = philox4x32(seed, static_cast<uint64_t>(first >> 2));
-    Vec4<T> grad_in;
-    if (vectorized) {
-      grad_in = *reinterpret_cast<const Vec4<T>*>(grad + first);
-    } else {
-      for (int j = 0; j < 4; ++j) grad_in.v[j] = grad[first + j];
-    }
-    Vec4<T> result;
+    Math value[4];
+    load_group(grad, first, n, vectorized, value);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const float value = mul_rn(to_float(grad_in.v[j]), keep_element(words.word[j], drop_threshold) ? scale : 0.0f);
-      column_sums[j] = add_rn(column_sums[j], value);
-      result.v[j] = from_float<T>(value);
+      value[j] = mul_rn(value[j], keep_element(words.word[j], drop_threshold) ? scale : Math{0});
+      column_sums[j] = add_rn(column_sums[j], value[j]);
     }
-    if (vectorized) {
-      *reinterpret_cast<Vec4<T>*>(grad_x + first) = result;
-    } else {
-      for (int j = 0; j < 4; ++j) grad_x[first + j] = result.v[j];
-    }
+    store_group(grad_x, first, n, vectorized, value);
   }
   for (int j = 0; j < 4; ++j) partial[row_block * columns + column + j] = column_sums[j];
 }
 
-template <typename T, bool kHasResidual, bool kHasBias>
-__global__ void dropout_kernel(const T* x, const T* residual, const T* bias, const int64_t* seed, T* out, int64_t n,
-                               int64_t bias_numel, uint32_t drop_threshold, float scale, bool vectorized) {
-  dropout_thread<T, kHasResidual, kHasBias>(x, residual, bias, static_cast<uint64_t>(*seed), out, n, bias_numel,
-                                            drop_threshold, scale, vectorized,
-                                            static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
-                                            static_cast<int64_t>(gridDim.x) * blockDim.x);
+template <typename Math, bool kHasResidual, bool kHasBias>
+__global__ void dropout_kernel(TypedData x, TypedData residual, TypedData bias, const int64_t* seed, TypedData out,
+                               int64_t n, int64_t bias_numel, uint32_t drop_threshold, Math scale, bool vectorized) {
+  dropout_thread<Math, kHasResidual, kHasBias>(x, residual, bias, static_cast<uint64_t>(*seed), out, n, bias_numel,
+                                               drop_threshold, scale, vectorized,
+                                               static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+                                               static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
 
-template <typename T, bool kHasResidual>
-__global__ void drop_path_kernel(const T* x, const T* residual, const int64_t* seed, T* out, int64_t row_size,
-                                 int64_t blocks_per_row, uint32_t drop_threshold, float scale) {
-  drop_path_thread<T, kHasResidual>(x, residual, static_cast<uint64_t>(*seed), out, row_size, blocks_per_row,
-                                    drop_threshold, scale, blockIdx.x, threadIdx.x);
+template <typename Math, bool kHasResidual>
+__global__ void drop_path_kernel(TypedData x, TypedData residual, const int64_t* seed, TypedData out,
+                                 int64_t row_size, int64_t blocks_per_row, uint32_t drop_threshold, Math scale) {
+  drop_path_thread<Math, kHasResidual>(x, residual, static_cast<uint64_t>(*seed), out, row_size, blocks_per_row,
+                                       drop_threshold, scale, blockIdx.x, threadIdx.x);
 }
 
-template <typename T>
-__global__ void dropout_bias_backward_kernel(const T* grad, const int64_t* seed, T* grad_x, float* partial,
+template <typename Math>
+__global__ void dropout_bias_backward_kernel(TypedData grad, const int64_t* seed, TypedData grad_x, Math* partial,
                                              int64_t rows, int64_t columns, int64_t rows_per_block,
-                                             uint32_t drop_threshold, float scale, bool vectorized) {
-  dropout_bias_backward_thread<T>(grad, static_cast<uint64_t>(*seed), grad_x, partial, rows, columns, rows_per_block,
-                                  drop_threshold, scale, vectorized, blockIdx.x, blockIdx.y, threadIdx.x);
+                                             uint32_t drop_threshold, Math scale, bool vectorized) {
+  dropout_bias_backward_thread<Math>(grad, static_cast<uint64_t>(*seed), grad_x, partial, rows, columns,
+                                     rows_per_block, drop_threshold, scale, vectorized, blockIdx.x, blockIdx.y,
+                                     threadIdx.x);
 }
 
 cudaStream_t as_stream(uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
@@ -164,6 +232,38 @@ void dispatch_residual_bias(bool has_residual, bool has_bias, Fn&& fn) {
   else fn(std::false_type{}, std::false_type{});
 }
 
+// Calls fn(Math{}): double when fp64_math (float64 operands), else float.
+template <typename Fn>
+void dispatch_math(bool fp64_math, Fn&& fn) {
+  if (fp64_math) fn(double{});
+  else fn(float{});
+}
+
+// Bytes per element of dtype code `dtype`; an unknown code raises (the kernels' visitor trusts the code).
+size_t element_size(int dtype) {
+  switch (dtype) {
+    case kFloat32: return sizeof(float);
+    case kFloat16: return sizeof(__half);
+    case kBFloat16: return sizeof(__nv_bfloat16);
+    case kFloat64: return sizeof(double);
+    default: throw std::invalid_argument("recipe_kernels._C: unknown dtype code " + std::to_string(dtype));
+  }
+}
+
+// `address` with its checked dtype code; a null address (an absent residual or bias) is never read.
+TypedData typed(uintptr_t address, int dtype) {
+  if (address != 0) element_size(dtype);
+  return TypedData{address, dtype};
+}
+
+// Whether every present tensor's data is aligned for four-element vectors of its own dtype.
+bool all_aligned_for_vec4(std::initializer_list<TypedData> tensors) {
+  for (const TypedData& t : tensors) {
+    if (t.address != 0 && !aligned_for_vec4(t.address, element_size(t.dtype))) return false;
+  }
+  return true;
+}
+
 void check_bias_backward_blocking(int64_t columns, int64_t rows, int64_t rows_per_block, int64_t row_blocks) {
   if (columns % 4 != 0) throw std::invalid_argument("recipe_kernels._C.dropout_bias_backward: columns % 4 != 0");
   if (row_blocks > 65535 || rows_per_block <= 0 || row_blocks * rows_per_block < rows)
@@ -173,114 +273,127 @@ void check_bias_backward_blocking(int64_t columns, int64_t rows, int64_t rows_pe
 }  // namespace
 
 // ----------------------------------------------------------------------------- GPU launchers
+// Each tensor comes with its dtype code; scale is 1/(1-p) as the op's math uses it (fp32-rounded
+// unless fp64_math).
 
-void dropout(uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t seed, uintptr_t out, int64_t n,
-             int64_t bias_numel, uint32_t drop_threshold, float scale, int dtype, uintptr_t stream) {
+void dropout(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, uintptr_t bias, int bias_dtype,
+             uintptr_t seed, uintptr_t out, int out_dtype, int64_t n, int64_t bias_numel, uint32_t drop_threshold,
+             double scale, bool fp64_math, uintptr_t stream) {
   if (n <= 0) return;
-  dispatch_float_dtype(dtype, [&](auto type_tag) {
-    using T = decltype(type_tag);
-    const bool vectorized = aligned_for_vec4(x, sizeof(T)) && aligned_for_vec4(out, sizeof(T)) &&
-                            (residual == 0 || aligned_for_vec4(residual, sizeof(T)));
-    const int64_t blocks = std::min(ceil_div(ceil_div(n, 4), kThreads), kMaxBlocks);
+  const TypedData x_data = typed(x, x_dtype), residual_data = typed(residual, residual_dtype);
+  const TypedData bias_data = typed(bias, bias_dtype), out_data = typed(out, out_dtype);
+  const bool vectorized = all_aligned_for_vec4({x_data, residual_data, out_data});
+  const int64_t blocks = std::min(ceil_div(ceil_div(n, 4), kThreads), kMaxBlocks);
+  dispatch_math(fp64_math, [&](auto math_tag) {
+    using Math = decltype(math_tag);
     dispatch_residual_bias(residual != 0, bias != 0, [&](auto has_residual, auto has_bias) {
-      dropout_kernel<T, decltype(has_residual)::value, decltype(has_bias)::value>
+      dropout_kernel<Math, decltype(has_residual)::value, decltype(has_bias)::value>
           <<<static_cast<unsigned>(blocks), kThreads, 0, as_stream(stream)>>>(
-              reinterpret_cast<const T*>(x), reinterpret_cast<const T*>(residual), reinterpret_cast<const T*>(bias),
-              reinterpret_cast<const int64_t*>(seed), reinterpret_cast<T*>(out), n, bias_numel, drop_threshold, scale,
-              vectorized);
+              x_data, residual_data, bias_data, reinterpret_cast<const int64_t*>(seed), out_data, n, bias_numel,
+              drop_threshold, static_cast<Math>(scale), vectorized);
     });
-    check_launch("dropout");
   });
+  check_launch("dropout");
 }
 
-void drop_path(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t out, int64_t rows, int64_t row_size,
-               uint32_t drop_threshold, float scale, int dtype, uintptr_t stream) {
+void drop_path(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, uintptr_t seed, uintptr_t out,
+               int out_dtype, int64_t rows, int64_t row_size, uint32_t drop_threshold, double scale, bool fp64_math,
+               uintptr_t stream) {
   if (rows <= 0 || row_size <= 0) return;
   const int64_t blocks_per_row = ceil_div(row_size, kDropPathElementsPerBlock);
   if (rows * blocks_per_row > INT32_MAX) throw std::invalid_argument("recipe_kernels._C.drop_path: more than 2^31 blocks");
-  dispatch_float_dtype(dtype, [&](auto type_tag) {
-    using T = decltype(type_tag);
+  const TypedData x_data = typed(x, x_dtype), residual_data = typed(residual, residual_dtype);
+  const TypedData out_data = typed(out, out_dtype);
+  dispatch_math(fp64_math, [&](auto math_tag) {
+    using Math = decltype(math_tag);
     dispatch_residual_bias(residual != 0, false, [&](auto has_residual, auto) {
-      drop_path_kernel<T, decltype(has_residual)::value>
+      drop_path_kernel<Math, decltype(has_residual)::value>
           <<<static_cast<unsigned>(rows * blocks_per_row), kThreads, 0, as_stream(stream)>>>(
-              reinterpret_cast<const T*>(x), reinterpret_cast<const T*>(residual),
-              reinterpret_cast<const int64_t*>(seed), reinterpret_cast<T*>(out), row_size, blocks_per_row,
-              drop_threshold, scale);
+              x_data, residual_data, reinterpret_cast<const int64_t*>(seed), out_data, row_size, blocks_per_row,
+              drop_threshold, static_cast<Math>(scale));
     });
-    check_launch("drop_path");
   });
+  check_launch("drop_path");
 }
 
-void dropout_bias_backward(uintptr_t grad, uintptr_t seed, uintptr_t grad_x, uintptr_t partial, int64_t rows,
-                           int64_t columns, int64_t rows_per_block, int64_t row_blocks, uint32_t drop_threshold,
-                           float scale, int dtype, uintptr_t stream) {
+void dropout_bias_backward(uintptr_t grad, int grad_dtype, uintptr_t seed, uintptr_t grad_x, int grad_x_dtype,
+                           uintptr_t partial, int64_t rows, int64_t columns, int64_t rows_per_block,
+                           int64_t row_blocks, uint32_t drop_threshold, double scale, bool fp64_math,
+                           uintptr_t stream) {
   if (rows <= 0 || columns <= 0) return;
   check_bias_backward_blocking(columns, rows, rows_per_block, row_blocks);
-  dispatch_float_dtype(dtype, [&](auto type_tag) {
-    using T = decltype(type_tag);
-    const bool vectorized = aligned_for_vec4(grad, sizeof(T)) && aligned_for_vec4(grad_x, sizeof(T));
-    const dim3 grid(static_cast<unsigned>(ceil_div(columns, kBiasBackwardColumns)), static_cast<unsigned>(row_blocks));
-    dropout_bias_backward_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(
-        reinterpret_cast<const T*>(grad), reinterpret_cast<const int64_t*>(seed), reinterpret_cast<T*>(grad_x),
-        reinterpret_cast<float*>(partial), rows, columns, rows_per_block, drop_threshold, scale, vectorized);
-    check_launch("dropout_bias_backward");
+  const TypedData grad_data = typed(grad, grad_dtype), grad_x_data = typed(grad_x, grad_x_dtype);
+  const bool vectorized = all_aligned_for_vec4({grad_data, grad_x_data});
+  const dim3 grid(static_cast<unsigned>(ceil_div(columns, kBiasBackwardColumns)), static_cast<unsigned>(row_blocks));
+  dispatch_math(fp64_math, [&](auto math_tag) {
+    using Math = decltype(math_tag);
+    dropout_bias_backward_kernel<Math><<<grid, kThreads, 0, as_stream(stream)>>>(
+        grad_data, reinterpret_cast<const int64_t*>(seed), grad_x_data, reinterpret_cast<Math*>(partial), rows,
+        columns, rows_per_block, drop_threshold, static_cast<Math>(scale), vectorized);
   });
+  check_launch("dropout_bias_backward");
 }
 
 // ----------------------------------------------------------------------------- CPU emulation of the same code
 // Pointers are to CPU memory; `blocks` sets the emulated grid (small grids exercise the grid-stride loops).
 
-void dropout_host(uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t seed, uintptr_t out, int64_t n,
-                  int64_t bias_numel, uint32_t drop_threshold, float scale, int dtype, int64_t blocks) {
-  dispatch_float_dtype(dtype, [&](auto type_tag) {
-    using T = decltype(type_tag);
-    const bool vectorized = aligned_for_vec4(x, sizeof(T)) && aligned_for_vec4(out, sizeof(T)) &&
-                            (residual == 0 || aligned_for_vec4(residual, sizeof(T)));
+void dropout_host(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, uintptr_t bias, int bias_dtype,
+                  uintptr_t seed, uintptr_t out, int out_dtype, int64_t n, int64_t bias_numel,
+                  uint32_t drop_threshold, double scale, bool fp64_math, int64_t blocks) {
+  const TypedData x_data = typed(x, x_dtype), residual_data = typed(residual, residual_dtype);
+  const TypedData bias_data = typed(bias, bias_dtype), out_data = typed(out, out_dtype);
+  const bool vectorized = all_aligned_for_vec4({x_data, residual_data, out_data});
+  const uint64_t seed_value = static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(seed));
+  dispatch_math(fp64_math, [&](auto math_tag) {
+    using Math = decltype(math_tag);
     dispatch_residual_bias(residual != 0, bias != 0, [&](auto has_residual, auto has_bias) {
       for (int64_t thread = 0; thread < blocks * kThreads; ++thread) {
-        dropout_thread<T, decltype(has_residual)::value, decltype(has_bias)::value>(
-            reinterpret_cast<const T*>(x), reinterpret_cast<const T*>(residual), reinterpret_cast<const T*>(bias),
-            static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(seed)), reinterpret_cast<T*>(out), n,
-            bias_numel, drop_threshold, scale, vectorized, thread, blocks * kThreads);
+        dropout_thread<Math, decltype(has_residual)::value, decltype(has_bias)::value>(
+            x_data, residual_data, bias_data, seed_value, out_data, n, bias_numel, drop_threshold,
+            static_cast<Math>(scale), vectorized, thread, blocks * kThreads);
       }
     });
   });
 }
 
-void drop_path_host(uintptr_t x, uintptr_t residual, uintptr_t seed, uintptr_t out, int64_t rows, int64_t row_size,
-                    uint32_t drop_threshold, float scale, int dtype) {
+void drop_path_host(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, uintptr_t seed, uintptr_t out,
+                    int out_dtype, int64_t rows, int64_t row_size, uint32_t drop_threshold, double scale,
+                    bool fp64_math) {
   if (rows <= 0 || row_size <= 0) return;
   const int64_t blocks_per_row = ceil_div(row_size, kDropPathElementsPerBlock);
-  dispatch_float_dtype(dtype, [&](auto type_tag) {
-    using T = decltype(type_tag);
+  const TypedData x_data = typed(x, x_dtype), residual_data = typed(residual, residual_dtype);
+  const TypedData out_data = typed(out, out_dtype);
+  const uint64_t seed_value = static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(seed));
+  dispatch_math(fp64_math, [&](auto math_tag) {
+    using Math = decltype(math_tag);
     dispatch_residual_bias(residual != 0, false, [&](auto has_residual, auto) {
       for (int64_t block = 0; block < rows * blocks_per_row; ++block) {
         for (int64_t thread = 0; thread < kThreads; ++thread) {
-          drop_path_thread<T, decltype(has_residual)::value>(
-              reinterpret_cast<const T*>(x), reinterpret_cast<const T*>(residual),
-              static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(seed)), reinterpret_cast<T*>(out), row_size,
-              blocks_per_row, drop_threshold, scale, block, thread);
+          drop_path_thread<Math, decltype(has_residual)::value>(x_data, residual_data, seed_value, out_data, row_size,
+                                                                 blocks_per_row, drop_threshold,
+                                                                 static_cast<Math>(scale), block, thread);
         }
       }
     });
   });
 }
 
-void dropout_bias_backward_host(uintptr_t grad, uintptr_t seed, uintptr_t grad_x, uintptr_t partial, int64_t rows,
-                                int64_t columns, int64_t rows_per_block, int64_t row_blocks, uint32_t drop_threshold,
-                                float scale, int dtype) {
+void dropout_bias_backward_host(uintptr_t grad, int grad_dtype, uintptr_t seed, uintptr_t grad_x, int grad_x_dtype,
+                                uintptr_t partial, int64_t rows, int64_t columns, int64_t rows_per_block,
+                                int64_t row_blocks, uint32_t drop_threshold, double scale, bool fp64_math) {
   if (rows <= 0 || columns <= 0) return;
   check_bias_backward_blocking(columns, rows, rows_per_block, row_blocks);
-  dispatch_float_dtype(dtype, [&](auto type_tag) {
-    using T = decltype(type_tag);
-    const bool vectorized = aligned_for_vec4(grad, sizeof(T)) && aligned_for_vec4(grad_x, sizeof(T));
+  const TypedData grad_data = typed(grad, grad_dtype), grad_x_data = typed(grad_x, grad_x_dtype);
+  const bool vectorized = all_aligned_for_vec4({grad_data, grad_x_data});
+  const uint64_t seed_value = static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(seed));
+  dispatch_math(fp64_math, [&](auto math_tag) {
+    using Math = decltype(math_tag);
     for (int64_t column_block = 0; column_block < ceil_div(columns, kBiasBackwardColumns); ++column_block) {
       for (int64_t row_block = 0; row_block < row_blocks; ++row_block) {
         for (int64_t thread = 0; thread < kThreads; ++thread) {
-          dropout_bias_backward_thread<T>(
-              reinterpret_cast<const T*>(grad), static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(seed)),
-              reinterpret_cast<T*>(grad_x), reinterpret_cast<float*>(partial), rows, columns, rows_per_block,
-              drop_threshold, scale, vectorized, column_block, row_block, thread);
+          dropout_bias_backward_thread<Math>(grad_data, seed_value, grad_x_data, reinterpret_cast<Math*>(partial),
+                                             rows, columns, rows_per_block, drop_threshold, static_cast<Math>(scale),
+                                             vectorized, column_block, row_block, thread);
         }
       }
     }

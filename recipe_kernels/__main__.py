@@ -29,7 +29,7 @@ def main() -> int:
           f"torch {torch.__version__}  triton {triton.__version__}")
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu (no GPU visible)'}")
     if _backend._C is None:
-        print(f"CUDA extension: not built ({_backend.CUDA_EXTENSION_ERROR})")
+        print(f"CUDA extension: {_backend.CUDA_EXTENSION_ERROR}")
     else:
         print("CUDA extension: built")
 

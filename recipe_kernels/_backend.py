@@ -5,7 +5,12 @@ backend for CUDA tensors and "torch" for CPU tensors. Asking for a backend that
 cannot run raises a RuntimeError that says why.
 """
 import contextlib
+import glob
+import importlib
+import importlib.machinery
 import os
+import shutil
+import sys
 
 import torch
 
@@ -17,17 +22,51 @@ BACKENDS = ("triton", "cuda", "torch")
 CUDA_DEFAULTS = {
     "dropout": "triton",
     "drop_path": "triton",
+    "drop_path_residual": "triton",
     "cross_entropy": "triton",
     "mixing": "triton",
     "ema": "triton",
 }
 
+BUILD_COMMAND = "RECIPE_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation --no-deps ."
+
+
+def _nvcc_found() -> bool:
+    """Whether a build here would find nvcc: setup.py looks in $CUDA_HOME/bin, $CUDA_PATH/bin, then PATH."""
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    return any(home and os.path.exists(os.path.join(home, "bin", "nvcc")) for home in homes) or bool(shutil.which("nvcc"))
+
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _why_extension_missing(error: ImportError, package_dir: str = PACKAGE_DIR) -> str:
+    """Says in plain words why recipe_kernels._C did not load, and what would build it."""
+    if isinstance(error, ModuleNotFoundError) and error.name == "recipe_kernels._C":
+        builds = [os.path.basename(path) for path in glob.glob(os.path.join(package_dir, "_C.*.so"))]
+        other_builds = sorted(name for name in builds
+                              if name.removeprefix("_C") not in importlib.machinery.EXTENSION_SUFFIXES)
+        if other_builds:
+            problem = (f"the CUDA extension recipe_kernels._C is not built for this Python "
+                       f"({sys.implementation.cache_tag}; found {', '.join(other_builds)})")
+        else:
+            problem = "the CUDA extension recipe_kernels._C is not built"
+    else:  # it is there but cannot load, e.g. a missing symbol
+        problem = f"the CUDA extension recipe_kernels._C failed to load ({error})"
+    if _nvcc_found():
+        remedy = f"build it by running `{BUILD_COMMAND}` in the source tree"
+    else:
+        remedy = "building it needs nvcc from the CUDA toolkit, which this machine lacks"
+    return f"{problem}; only the 'cuda' backend needs it (triton and torch run without it); {remedy}"
+
+
 try:
-    from recipe_kernels import _C
+    _C = importlib.import_module("recipe_kernels._C")
     CUDA_EXTENSION_ERROR = None
-except ImportError as exc:  # not built, or built for another Python
+except ImportError as exc:
     _C = None
-    CUDA_EXTENSION_ERROR = exc
+    CUDA_EXTENSION_ERROR = _why_extension_missing(exc)
+
 
 def triton_interpreting() -> bool:
     """True when TRITON_INTERPRET=1: Triton kernels then run on CPU tensors."""
@@ -46,8 +85,7 @@ def why_unavailable(backend: str, device: torch.device):
         return f"Triton kernels do not run on {device.type} tensors"
     if backend == "cuda":
         if _C is None:
-            return (f"the CUDA extension recipe_kernels._C is not built ({CUDA_EXTENSION_ERROR}); "
-                    "reinstall with RECIPE_KERNELS_BUILD_CUDA=1")
+            return CUDA_EXTENSION_ERROR
         if device.type != "cuda":
             no_gpu = "" if torch.cuda.is_available() else " (no GPU is visible)"
             return f"the CUDA kernels need CUDA tensors, got a {device.type} tensor{no_gpu}"
@@ -74,6 +112,17 @@ def device_guard(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+# What sm_count reports off a GPU (the interpreter): small, so test shapes exercise multi-program paths.
+INTERPRETER_SM_COUNT = 4
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device`'s GPU, for grid sizing."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return INTERPRETER_SM_COUNT
+
+
 def cuda_stream(device: torch.device) -> int:
     """The raw handle of the current CUDA stream on `device`, for the _C launchers."""
     return torch.cuda.current_stream(device).cuda_stream
@@ -81,3 +130,6 @@ def cuda_stream(device: torch.device) -> int:
 
 # The dtype codes that csrc/common.cuh dispatches on.
 CUDA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# With float64 (csrc/common.cuh's kFloat64), for the kernels that compute float64 in fp64 (the
+# dropout family). Apart from CUDA_DTYPE_CODES, which is also the dtypes other ops accept.
+CUDA_DTYPE_CODES_WITH_FLOAT64 = {**CUDA_DTYPE_CODES, torch.float64: 3}

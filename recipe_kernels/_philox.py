@@ -27,10 +27,11 @@ def drop_threshold(p: float) -> int:
     return int(round(p * (1 << KEEP_BITS)))
 
 
-def keep_scale(p: float) -> float:
-    """1/(1-p) rounded to fp32, the inverted-dropout scale every backend uses; 0 when p == 1."""
+def keep_scale(p: float, math_dtype: torch.dtype = torch.float32) -> float:
+    """1/(1-p), the inverted-dropout scale every backend uses: rounded to fp32 for fp32 math, in full
+    for the float64 ops' fp64 math; 0 when p == 1."""
     scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
-    return struct.unpack("f", struct.pack("f", scale))[0]
+    return scale if math_dtype == torch.float64 else struct.unpack("f", struct.pack("f", scale))[0]
 
 
 def draw_seed(device, generator=None) -> torch.Tensor:

@@ -5,6 +5,11 @@ import triton.language as tl
 from recipe_kernels import _backend
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) on the host, for grids: triton.cdiv is a constexpr_function, several times slower to call."""
+    return -(-a // b)
+
+
 def emulate_bf16_rounding() -> bool:
     """The value of the EMULATE_BF16_RTNE constexpr: True under TRITON_INTERPRET=1.
 
@@ -18,6 +23,21 @@ def emulate_bf16_rounding() -> bool:
 def cast_to(value, dtype: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
     """fp32 `value` rounded to nearest even in `dtype`, on the GPU and in the interpreter alike."""
     if EMULATE_BF16_RTNE and dtype == tl.bfloat16:
+        bits = value.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(value != value, 0x7FC0, rounded)  # keep NaN a NaN
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return value.to(dtype)
+
+
+# Decided at import: True when Triton's interpreter runs the kernels (it truncates fp32 -> bf16).
+INTERPRETER_ROUNDS_BF16 = tl.constexpr(_backend.triton_interpreting())
+
+
+@triton.jit
+def round_to(value, dtype: tl.constexpr):
+    """fp32 `value` rounded to nearest even in `dtype`, on the GPU and in the interpreter alike."""
+    if INTERPRETER_ROUNDS_BF16 and dtype == tl.bfloat16:
         bits = value.to(tl.uint32, bitcast=True)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
         rounded = tl.where(value != value, 0x7FC0, rounded)  # keep NaN a NaN

@@ -11,21 +11,32 @@ writes d(loss)/d(logits) for grad_output = 1 in the same pass that computes the 
 folded in). Backward multiplies that buffer in place by grad_output; where grad_output
 is exactly 1 (loss.backward() on a scalar loss, the usual case) the scaling kernel's
 loads and stores are masked off, so it moves no bytes. No host sync anywhere.
+float16 and float64 (GRADIENT_IN_BACKWARD_DTYPES) instead compute the loss alone and let
+backward run the same kernel with grad_output folded in: one rounding under loss scaling,
+and a backward that can run twice. A probability target's gradient, -(1 - e) w_c log p_c,
+is written in backward by the same kernel (OF_TARGET). A backward that builds a graph
+(create_graph=True) recomputes everything from the held inputs in differentiable torch ops.
 
-Per row r with logits x (C classes), lse = log sum_c exp(x_c), class weights w (ones by
-default), e = label_smoothing and q the probability target (zero for index targets):
-  loss_r = a_a (lse - x[y_a]) + a_b (lse - x[y_b]) + beta (W lse - sum_c w_c x_c)
-           + (1 - e)(sum_c w_c q_c lse - sum_c w_c q_c x_c)
+Per row r with logits x (C classes), m = max_c x_c, the shifted logits s_c = x_c - m,
+L = log sum_c exp(s_c) (so lse = m + L), class weights w (ones by default), e = label_smoothing
+and q the probability target (zero for index targets):
+  loss_r = a_a (L - s[y_a]) + a_b (L - s[y_b]) + beta (W L - sum_c w_c s_c)
+           + (1 - e)(sum_c w_c q_c L - sum_c w_c q_c s_c)
   grad_c = p_c K - a_a [c == y_a] - a_b [c == y_b] - beta w_c - (1 - e) w_c q_c
-with p_c = exp(x_c - lse), W = sum_c w_c, K = a_a + a_b + beta W + (1 - e) sum_c w_c q_c and
+with p_c = exp(s_c - L), W = sum_c w_c, K = a_a + a_b + beta W + (1 - e) sum_c w_c q_c and
   index target y: a_a = (1 - e) w_y, a_b = 0, beta = e / C (all zero where y == ignore_index);
   MixedTarget:    a_a = lam (1 - e) w[y_a], a_b = (1 - lam)(1 - e) w[y_b], beta = e / C;
   probabilities:  a_a = a_b = 0, beta = e / C.
+Everything is computed in the shifted domain: s_c is exact for logits within a factor of two of
+the max, so a loss never carries the rounding error of lse at the scale of the largest logit
+(softmax is shift-invariant; at logits of 1e4 the unshifted form lost three digits). The sums
+over s_c are kept relative to the running max while the row is swept, and moved onto a new max
+by adding (old max - new max) times the summed weight so far.
 A class index outside [0, C) (other than ignore_index) is never used as an address: it
 turns a_a into NaN, so that row's loss and gradient are NaN.
 """
 import struct
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import triton
@@ -45,10 +56,20 @@ REDUCTIONS = ("none", "mean", "sum")
 # program took 244 registers. Untuned: no GPU has run these kernels yet.
 MAX_BLOCK = 1024
 SPLIT_CHUNK = 16384
-# Per (row, split) partial statistics: max, sum exp(x - max), sum w x, sum w, sum w q,
-# sum w q x, x[y_a], x[y_b].
+# Per (row, split) partial statistics: max, sum exp(x - max), sum w (x - max), sum w, sum w q,
+# sum w q (x - max), x[y_a], x[y_b].
 PARTIAL_FIELDS = 8
 SCALE_BLOCK = 2048
+# float16 ends its normal range at 6.1e-5: a gradient stored in fp16 with the mean's 1/denominator
+# folded in, then multiplied by a loss scale (2^10 .. 2^16), has lost the bits of its small entries
+# (relative errors of 0.3 against float64). In fp16 the forward therefore computes the loss alone and
+# backward writes the gradient, grad_output and 1/denominator folded in, rounded once. bf16 has fp32's
+# range and keeps the single pass. float64 does the same as fp16 so that backward can run again
+# through the same graph (gradcheck does): there is no buffer scaled in place.
+GRADIENT_IN_BACKWARD_DTYPES = (torch.float16, torch.float64)
+# The dtypes of logits and probability targets. float64 computes in fp64 (Triton, torch backend);
+# the CUDA kernels take the other three.
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -67,17 +88,17 @@ def _program_row(num_classes, inner_size):
 @triton.jit
 def _row_coefficients(target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes,
                       ignore_index, label_smoothing,
-                      TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr):
-    """(a_a, a_b, beta, y_a, y_b, active) of one row; see the module docstring.
+                      TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """(a_a, a_b, beta, y_a, y_b, active) of one row in ACC; see the module docstring.
 
     An index outside [0, C) is masked off the weight load and makes a_a NaN. y_a and y_b
     come back as -1 where they must never match a class (probabilities, ignored rows).
     """
     one_minus_eps = 1.0 - label_smoothing
-    beta = tl.zeros([], tl.float32) + label_smoothing / num_classes
+    beta = tl.zeros([], ACC) + label_smoothing / num_classes
     no_class = tl.full([], -1, tl.int64)
-    a_a = tl.zeros([], tl.float32)
-    a_b = tl.zeros([], tl.float32)
+    a_a = tl.zeros([], ACC)
+    a_b = tl.zeros([], ACC)
     y_a = no_class
     y_b = no_class
     active = no_class == -1
@@ -107,102 +128,130 @@ def _row_coefficients(target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample
 
 
 @triton.jit
+def _rebase(sum_shifted, old_max, new_shift, sum_weights):
+    """A sum of w (x - old_max) moved onto new_shift: + (old_max - new_shift) * sum of w. Nothing
+    was seen (old_max = -inf, an empty sum) or only -inf (the sum is -inf already): unchanged."""
+    return sum_shifted + tl.where(old_max == -float("inf"), 0.0, old_max - new_shift) * sum_weights
+
+
+@triton.jit
 def _chunk_statistics(x_ptr, q_ptr, weight_ptr, row_offset, class_stride, start, end,
                       BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
-                      HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr):
-    """One sweep over classes [start, end) of a row: online max and sum of exp, plus the sums
-    smoothing and probability targets need: sum w x, sum w, sum w q, sum w q x (fp32)."""
-    row_max = tl.full([], -float("inf"), tl.float32)
-    sum_exp = tl.zeros([], tl.float32)
-    sum_wx = tl.zeros([], tl.float32)
-    sum_w = tl.zeros([], tl.float32)
-    sum_wq = tl.zeros([], tl.float32)
-    sum_wqx = tl.zeros([], tl.float32)
+                      HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, ACC: tl.constexpr):
+    """One sweep over classes [start, end) of a row: online max m and sum of exp(x - m), plus the
+    sums smoothing and probability targets need, all relative to m: sum w (x - m), sum w,
+    sum w q, sum w q (x - m) (in ACC)."""
+    row_max = tl.full([], -float("inf"), ACC)
+    sum_exp = tl.zeros([], ACC)
+    sum_wx = tl.zeros([], ACC)
+    sum_w = tl.zeros([], ACC)
+    sum_wq = tl.zeros([], ACC)
+    sum_wqx = tl.zeros([], ACC)
     lanes = tl.arange(0, BLOCK).to(tl.int64)
     # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
     for block in range(BLOCKS_PER_CHUNK):
         classes = start + block * BLOCK + lanes
         in_row = classes < end
         offsets = row_offset + classes * class_stride
-        x = tl.load(x_ptr + offsets, mask=in_row, other=-float("inf")).to(tl.float32)
+        x = tl.load(x_ptr + offsets, mask=in_row, other=-float("inf")).to(ACC)
         new_max = tl.maximum(row_max, tl.max(x, 0))
         # A row that is -inf so far keeps a zero sum instead of exp(-inf - -inf) = NaN.
         shift = tl.where(new_max == -float("inf"), 0.0, new_max)
         sum_exp = sum_exp * tl.exp(row_max - shift) + tl.sum(tl.exp(x - shift), 0)
-        row_max = new_max
         if HAS_SMOOTHING or IS_PROB:
-            x_in_row = tl.where(in_row, x, 0.0)
+            shifted = tl.where(in_row, x - shift, 0.0)
             if HAS_WEIGHT:
                 w = tl.load(weight_ptr + classes, mask=in_row, other=0.0)
             else:
                 w = tl.where(in_row, 1.0, 0.0)
             if HAS_SMOOTHING:
-                sum_wx += tl.sum(w * x_in_row, 0)
+                sum_wx = _rebase(sum_wx, row_max, shift, sum_w) + tl.sum(w * shifted, 0)
                 sum_w += tl.sum(w, 0)
             if IS_PROB:
-                wq = w * tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
+                wq = w * tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(ACC)
+                sum_wqx = _rebase(sum_wqx, row_max, shift, sum_wq) + tl.sum(wq * shifted, 0)
                 sum_wq += tl.sum(wq, 0)
-                sum_wqx += tl.sum(wq * x_in_row, 0)
+        row_max = new_max
     return row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx
 
 
 @triton.jit
-def _row_loss_and_factor(lse, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, a_a, a_b, beta, active,
+def _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b, beta, active,
                          label_smoothing, IS_PROB: tl.constexpr):
-    """The row's loss and K, the factor of p_c in its gradient (module docstring)."""
-    loss = a_a * (lse - x_a) + a_b * (lse - x_b) + beta * (sum_w * lse - sum_wx)
+    """The row's loss and K, the factor of p_c in its gradient (module docstring), from the
+    shifted statistics: log_sum = L, sum_wx = sum w (x - m), sum_wqx = sum w q (x - m)."""
+    loss = a_a * (log_sum - (x_a - row_max)) + a_b * (log_sum - (x_b - row_max)) + beta * (sum_w * log_sum - sum_wx)
     factor = a_a + a_b + beta * sum_w
     if IS_PROB:
         one_minus_eps = 1.0 - label_smoothing
-        loss += one_minus_eps * (sum_wq * lse - sum_wqx)
+        loss += one_minus_eps * (sum_wq * log_sum - sum_wqx)
         factor += one_minus_eps * sum_wq
     return tl.where(active, loss, 0.0), factor
 
 
 @triton.jit
 def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_stride, start, end,
-                          lse, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing, grad_scale,
+                          row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing, grad_scale,
                           BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
-                          HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+                          HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr,
+                          ACC: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
     """grad_c = grad_scale (p_c K - a_a [c == y_a] - a_b [c == y_b] - beta w_c - (1-e) w_c q_c)
-    over classes [start, end), all in fp32 and rounded once; zero for an inactive row."""
+    over classes [start, end), all in ACC and rounded once; zero for an inactive row. With
+    OF_TARGET (probability targets) the gradient with respect to q instead:
+    grad_scale (-(1-e) w_c log p_c)."""
     lanes = tl.arange(0, BLOCK).to(tl.int64)
     # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
     for block in range(BLOCKS_PER_CHUNK):
         classes = start + block * BLOCK + lanes
         in_row = classes < end
         offsets = row_offset + classes * class_stride
-        x = tl.load(x_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
-        grad = tl.exp(x - lse) * factor
-        grad -= tl.where(classes == y_a, a_a, 0.0) + tl.where(classes == y_b, a_b, 0.0)
+        x = tl.load(x_ptr + offsets, mask=in_row, other=0.0).to(ACC)
+        log_p = (x - row_max) - log_sum
         if HAS_SMOOTHING or IS_PROB:
             if HAS_WEIGHT:
                 w = tl.load(weight_ptr + classes, mask=in_row, other=0.0)
             else:
                 w = 1.0
+        if OF_TARGET:
+            grad = -(1.0 - label_smoothing) * w * log_p
+        else:
+            grad = tl.exp(log_p) * factor
+            grad -= tl.where(classes == y_a, a_a, 0.0) + tl.where(classes == y_b, a_b, 0.0)
             if HAS_SMOOTHING:
                 grad -= beta * w
             if IS_PROB:
-                q = tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(tl.float32)
+                q = tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(ACC)
                 grad -= (1.0 - label_smoothing) * w * q
         grad = tl.where(active, grad * grad_scale, 0.0)
         tl.store(grad_ptr + offsets, cast_to(grad, grad_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_row)
 
 
 @triton.jit
+def _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE: tl.constexpr):
+    """The factor of this row's gradient: one value for all rows, or one per row."""
+    if PER_ROW_SCALE:
+        return tl.load(grad_scale_ptr + row)
+    return tl.load(grad_scale_ptr)
+
+
+@triton.jit
 def _cross_entropy_fwd_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
-        partial_ptr, num_classes, inner_size, chunk_size, ignore_index, label_smoothing,
+        partial_ptr, num_classes, inner_size, chunk_size, ignore_index, label_smoothing: "fp64",
         TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
-        BLOCKS_PER_CHUNK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+        WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, OF_TARGET: tl.constexpr, SPLIT: tl.constexpr,
+        BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, ACC: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
     """Cross-entropy of one row (or of one chunk of it when SPLIT), grid (rows, splits).
 
     Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
     apart), the target (int64 (rows,) indices, two of them and lam (N,) for MixedTarget, or
-    probabilities of x's layout), class weights (fp32 (C,), optional), grad_scale (one fp32:
-    1 / mean denominator or 1). Outputs: loss (fp32 (rows,)) and, when WRITE_GRAD, grad in
-    x's layout (may be x itself: each block is read before it is overwritten).
+    probabilities of x's layout), class weights ((C,), optional), grad_scale (the gradient's
+    factor, grad_output / mean denominator, one value or one per row when PER_ROW_SCALE).
+    Outputs: loss ((rows,)) and, when WRITE_GRAD, grad in x's layout (may be x itself: each
+    block is read before it is overwritten): the gradient with respect to the logits, or with
+    OF_TARGET to the probability target. The math, lam, weights, grad_scale, loss and partials
+    are in ACC: fp64 for fp64 logits, else fp32 (label_smoothing arrives as an fp64 and is
+    rounded to ACC).
 
     Without SPLIT, one program per row: sweep 1 reads the row once for the statistics,
     sweep 2 reads it again to write the gradient. While a program works on one row the row
@@ -217,21 +266,22 @@ def _cross_entropy_fwd_kernel(
     _cross_entropy_split_finish_kernel merges them and writes loss and gradient.
     """
     row, split, sample, row_offset = _program_row(num_classes, inner_size)
+    label_smoothing = tl.full([], label_smoothing, ACC)
     # 1. What the target asks of this row.
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
-        label_smoothing, TARGET_KIND, HAS_WEIGHT)
+        label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
     # The target logits are read before any gradient overwrites them (inplace_backward).
     x_a = tl.load(x_ptr + row_offset + y_a * inner_size, mask=(y_a >= 0) & (y_a < num_classes),
-                  other=0.0).to(tl.float32)
+                  other=0.0).to(ACC)
     x_b = tl.load(x_ptr + row_offset + y_b * inner_size, mask=(y_b >= 0) & (y_b < num_classes),
-                  other=0.0).to(tl.float32)
+                  other=0.0).to(ACC)
     start = split * chunk_size
     end = tl.minimum(start + chunk_size, num_classes)
     # 2. Sweep 1: statistics of the row (or chunk).
     row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx = _chunk_statistics(
         x_ptr, target_ptr, weight_ptr, row_offset, inner_size, start, end,
-        BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING)
+        BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, ACC)
     if SPLIT:
         fields = partial_ptr + (row * tl.num_programs(1) + split) * 8
         tl.store(fields + 0, row_max)
@@ -244,39 +294,42 @@ def _cross_entropy_fwd_kernel(
         tl.store(fields + 7, x_b)
     else:
         if not HAS_WEIGHT:
-            sum_w = tl.zeros([], tl.float32) + num_classes
-        lse = row_max + tl.log(sum_exp)
+            sum_w = tl.zeros([], ACC) + num_classes
+        log_sum = tl.log(sum_exp)
         # 3. Loss of the row, then sweep 2: its gradient.
-        loss, factor = _row_loss_and_factor(lse, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, a_a, a_b,
+        loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
                                             beta, active, label_smoothing, TARGET_KIND == 2)
         tl.store(loss_ptr + row, loss)
         if WRITE_GRAD:
             _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
-                                  lse, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                                  tl.load(grad_scale_ptr), BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT,
-                                  HAS_SMOOTHING, EMULATE_BF16_RTNE)
+                                  row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
+                                  _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK,
+                                  TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC, EMULATE_BF16_RTNE)
 
 
 @triton.jit
 def _cross_entropy_split_finish_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
-        partial_ptr, num_classes, inner_size, chunk_size, num_splits, ignore_index, label_smoothing,
+        partial_ptr, num_classes, inner_size, chunk_size, num_splits, ignore_index, label_smoothing: "fp64",
         TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr,
-        SPLITS_BLOCK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+        WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, OF_TARGET: tl.constexpr, BLOCK: tl.constexpr,
+        BLOCKS_PER_CHUNK: tl.constexpr, SPLITS_BLOCK: tl.constexpr, ACC: tl.constexpr,
+        EMULATE_BF16_RTNE: tl.constexpr):
     """Second kernel of a split row, grid (rows, splits): merge the row's partial statistics,
     write its loss (split 0) and the gradient of this program's chunk.
 
-    Inputs: as _cross_entropy_fwd_kernel, plus partial (rows, splits, PARTIAL_FIELDS) fp32.
+    Inputs: as _cross_entropy_fwd_kernel, plus partial (rows, splits, PARTIAL_FIELDS) in ACC.
     Bytes: reads the partials (32 * splits per program) and, for the gradient, the chunk of
     logits again: rows are split only when they are few (rows * C * itemsize is then a few
     MB), so this re-read mostly hits L2. Writes the chunk's gradient once.
     """
     row, split, sample, row_offset = _program_row(num_classes, inner_size)
+    label_smoothing = tl.full([], label_smoothing, ACC)
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
-        label_smoothing, TARGET_KIND, HAS_WEIGHT)
-    # 1. Merge: max over chunks, sums of exp rescaled to it, plain sums of the rest.
+        label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
+    # 1. Merge: max over chunks, sums of exp rescaled to it, shifted sums rebased onto it, plain sums
+    # of the rest.
     splits = tl.arange(0, SPLITS_BLOCK)
     in_use = splits < num_splits
     fields = partial_ptr + (row * num_splits + splits) * 8
@@ -284,18 +337,20 @@ def _cross_entropy_split_finish_kernel(
     row_max = tl.max(chunk_max, 0)
     shift = tl.where(row_max == -float("inf"), 0.0, row_max)
     sum_exp = tl.sum(tl.load(fields + 1, mask=in_use, other=0.0) * tl.exp(chunk_max - shift), 0)
-    sum_wx = tl.sum(tl.load(fields + 2, mask=in_use, other=0.0), 0)
+    chunk_w = tl.load(fields + 3, mask=in_use, other=0.0)
+    chunk_wq = tl.load(fields + 4, mask=in_use, other=0.0)
+    sum_wx = tl.sum(_rebase(tl.load(fields + 2, mask=in_use, other=0.0), chunk_max, shift, chunk_w), 0)
+    sum_wqx = tl.sum(_rebase(tl.load(fields + 5, mask=in_use, other=0.0), chunk_max, shift, chunk_wq), 0)
     if HAS_WEIGHT:
-        sum_w = tl.sum(tl.load(fields + 3, mask=in_use, other=0.0), 0)
+        sum_w = tl.sum(chunk_w, 0)
     else:
-        sum_w = tl.zeros([], tl.float32) + num_classes
-    sum_wq = tl.sum(tl.load(fields + 4, mask=in_use, other=0.0), 0)
-    sum_wqx = tl.sum(tl.load(fields + 5, mask=in_use, other=0.0), 0)
+        sum_w = tl.zeros([], ACC) + num_classes
+    sum_wq = tl.sum(chunk_wq, 0)
     first = partial_ptr + row * num_splits * 8  # split 0 read the target logits
     x_a = tl.load(first + 6)
     x_b = tl.load(first + 7)
-    lse = row_max + tl.log(sum_exp)
-    loss, factor = _row_loss_and_factor(lse, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, a_a, a_b,
+    log_sum = tl.log(sum_exp)
+    loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
                                         beta, active, label_smoothing, TARGET_KIND == 2)
     if split == 0:
         tl.store(loss_ptr + row, loss)
@@ -304,15 +359,16 @@ def _cross_entropy_split_finish_kernel(
         start = split * chunk_size
         end = tl.minimum(start + chunk_size, num_classes)
         _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
-                              lse, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                              tl.load(grad_scale_ptr), BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT,
-                              HAS_SMOOTHING, EMULATE_BF16_RTNE)
+                              row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
+                              _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK,
+                              TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC, EMULATE_BF16_RTNE)
 
 
 @triton.jit
 def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_size,
                            PER_ROW: tl.constexpr, BLOCK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """grad *= factor in place, factor one fp32 (PER_ROW=False) or one per row (rows,).
+    """grad *= factor in place, factor one value (PER_ROW=False) or one per row (rows,), in the
+    factor's dtype (fp64 for fp64 gradients, else fp32).
 
     Inputs: grad (N, C, inner_size) contiguous, factor. Bytes: where the factor is exactly 1
     the loads and stores are masked off and nothing moves (loss.backward() on a scalar loss);
@@ -326,9 +382,9 @@ def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_
         rows = (offsets // inner_size // num_classes) * inner_size + offsets % inner_size
         factor = tl.load(factor_ptr + rows, mask=in_bounds, other=1.0)
     else:
-        factor = tl.full([BLOCK], 1.0, tl.float32) * tl.load(factor_ptr)  # a block: bool ops need one
+        factor = tl.full([BLOCK], 1.0, factor_ptr.dtype.element_ty) * tl.load(factor_ptr)  # bool ops need a block
     needed = in_bounds & (factor != 1.0)
-    grad = tl.load(grad_ptr + offsets, mask=needed, other=0.0).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=needed, other=0.0).to(factor_ptr.dtype.element_ty)
     tl.store(grad_ptr + offsets, cast_to(grad * factor, grad_ptr.dtype.element_ty, EMULATE_BF16_RTNE),
              mask=needed)
 
@@ -356,23 +412,25 @@ def _block_and_warps(num_classes):
 
 
 def _cross_entropy_triton(x, target, target_b, lam, weight, grad_scale, loss, grad, ignore_index,
-                          label_smoothing, target_kind, splits):
+                          label_smoothing, target_kind, splits, of_target):
     num_classes = x.shape[1]
     rows = loss.numel()
     inner_size = x.numel() // (x.shape[0] * num_classes)
     block, num_warps = _block_and_warps(num_classes)
-    # The kernel takes it as an fp32, as the GPU launcher does (the interpreter would keep a value
-    # below fp32's range, say 1e-100, as an fp64 and then fail to round the gradient).
-    label_smoothing = struct.unpack("f", struct.pack("f", label_smoothing))[0]
+    math_dtype = _math_dtype(x)
+    if math_dtype == torch.float32:
+        # The kernel rounds it to fp32 itself; rounded here too, HAS_SMOOTHING agrees (say for 1e-100).
+        label_smoothing = struct.unpack("f", struct.pack("f", label_smoothing))[0]
     chunk = triton.cdiv(triton.cdiv(num_classes, splits), block) * block
     splits = triton.cdiv(num_classes, chunk)
-    partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=torch.float32,
+    partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=math_dtype,
                           device=x.device)
     args = (x, target, target_b if target_b is not None else target, lam if lam is not None else grad_scale,
             weight if weight is not None else grad_scale, grad_scale, loss,
             grad if grad is not None else x, partial, num_classes, inner_size, chunk)
     flags = dict(TARGET_KIND=target_kind, HAS_WEIGHT=weight is not None, HAS_SMOOTHING=label_smoothing > 0.0,
-                 WRITE_GRAD=grad is not None, BLOCK=block, BLOCKS_PER_CHUNK=chunk // block,
+                 WRITE_GRAD=grad is not None, PER_ROW_SCALE=grad_scale.numel() > 1, OF_TARGET=of_target, BLOCK=block,
+                 BLOCKS_PER_CHUNK=chunk // block, ACC=tl.float64 if math_dtype == torch.float64 else tl.float32,
                  EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=num_warps)
     with _backend.device_guard(x.device):
         _cross_entropy_fwd_kernel[(rows, splits)](*args, ignore_index, label_smoothing, SPLIT=splits > 1, **flags)
@@ -383,7 +441,7 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, grad_scale, loss, gr
 
 
 def _cross_entropy_cuda(x, target, target_b, lam, weight, grad_scale, loss, grad, ignore_index,
-                        label_smoothing, target_kind, splits):
+                        label_smoothing, target_kind, splits, of_target):
     num_classes = x.shape[1]
     rows = loss.numel()
     partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=torch.float32,
@@ -394,11 +452,15 @@ def _cross_entropy_cuda(x, target, target_b, lam, weight, grad_scale, loss, grad
 
     if target_kind == PROBABILITIES:
         target = target.to(x.dtype)  # the CUDA kernels read probabilities in the logits' dtype
+    # ... and write every gradient in it: the target's gradient passes through a buffer of that dtype.
+    out = grad if grad is None or grad.dtype == x.dtype else torch.empty_like(grad, dtype=x.dtype)
     _backend._C.cross_entropy_fwd(
         x.data_ptr(), target.data_ptr(), pointer(target_b), pointer(lam), pointer(weight),
-        grad_scale.data_ptr(), loss.data_ptr(), pointer(grad), partial.data_ptr(), rows, num_classes,
-        x.numel() // (x.shape[0] * num_classes), splits, ignore_index, label_smoothing, target_kind,
-        _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+        grad_scale.data_ptr(), loss.data_ptr(), pointer(out), partial.data_ptr(), rows, num_classes,
+        x.numel() // (x.shape[0] * num_classes), splits, ignore_index, label_smoothing, grad_scale.numel() > 1,
+        of_target, target_kind, _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+    if out is not grad:
+        grad.copy_(out)
 
 
 def _scale_gradient_triton(grad, factor, per_row):
@@ -430,13 +492,34 @@ def _row_shape(logits):
 
 def _denominator(logits, target, target_b, weight, ignore_index):
     """The `mean` denominator on the device: the summed weight of counted index targets, else rows."""
+    math_dtype = _math_dtype(logits)
     if target_b is not None or target.is_floating_point():
         return torch.full((), float(target.numel() // (target.shape[1] if target.is_floating_point() else 1)),
-                          dtype=torch.float32, device=logits.device)
+                          dtype=math_dtype, device=logits.device)
     counted = (target != ignore_index) & (target >= 0) & (target < logits.shape[1])
     if weight is None:
-        return counted.sum(dtype=torch.float32)
-    return torch.where(counted, weight[target.clamp(0, logits.shape[1] - 1)], 0.0).sum(dtype=torch.float32)
+        return counted.sum(dtype=math_dtype)
+    return torch.where(counted, weight[target.clamp(0, logits.shape[1] - 1)], 0.0).sum(dtype=math_dtype)
+
+
+def _math_dtype(logits):
+    """The precision of the arithmetic, and the loss's dtype: fp64 for fp64 logits, else fp32."""
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _scaled_reference_gradient(row_grad, denominator, grad_output, reduction, target, target_b, ignore_index):
+    """reference.cross_entropy_rows's gradient of the summed losses times grad_output (None: 1; one
+    value per row for reduction="none"), divided by the `mean` denominator."""
+    if grad_output is not None:
+        row_factor = grad_output.to(row_grad.dtype)
+        row_grad = row_grad * (row_factor.unsqueeze(1) if row_factor.dim() > 0 else row_factor)
+    if reduction == "mean":
+        row_grad = row_grad * (1.0 / denominator)  # as the kernels scale
+    if target_b is None and not target.is_floating_point():
+        # Ignored rows stay exactly zero when everything is ignored (0 * inf), as in torch;
+        # rows that count keep 0 * inf = NaN (all-zero class weights), as in torch.
+        row_grad = torch.where((target == ignore_index).unsqueeze(1), 0.0, row_grad)
+    return row_grad
 
 
 def _reduce(row_loss, denominator, reduction):
@@ -447,59 +530,65 @@ def _reduce(row_loss, denominator, reduction):
 
 
 def _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-             backend, grad, splits):
-    """Reduced loss; writes the scaled gradient into `grad` when it is not None."""
+             backend, grad, splits, grad_output=None, of_target=False):
+    """Reduced loss; writes the gradient into `grad` when it is not None, for grad_output (None: 1;
+    a scalar, or one value per row for reduction="none"): with respect to the logits, or with
+    of_target to the probability target."""
+    math_dtype = _math_dtype(logits)
     if backend == "torch":
         row_loss, row_grad, denominator = reference.cross_entropy_rows(
             logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            target_b=target_b, lam=lam)
-        denominator = denominator.float()
+            target_b=target_b, lam=lam, math_dtype=math_dtype)
         if grad is not None:
-            scale = 1.0 / denominator if reduction == "mean" else 1.0
-            row_grad = row_grad * scale
-            if target_b is None and not target.is_floating_point():
-                # Ignored rows stay exactly zero when everything is ignored (0 * inf), as in torch;
-                # rows that count keep 0 * inf = NaN (all-zero class weights), as in torch.
-                row_grad = torch.where((target == ignore_index).unsqueeze(1), 0.0, row_grad)
-            grad.copy_(row_grad)
-        return _reduce(row_loss.float(), denominator, reduction)
+            if of_target:
+                row_grad = reference.cross_entropy_target_gradient(
+                    logits, weight=weight, label_smoothing=label_smoothing, math_dtype=math_dtype)
+            grad.copy_(_scaled_reference_gradient(row_grad, denominator, grad_output, reduction, target, target_b,
+                                                  ignore_index))
+        return _reduce(row_loss, denominator, reduction)
     denominator = _denominator(logits, target, target_b, weight, ignore_index)
-    grad_scale = (1.0 / denominator if reduction == "mean" else torch.ones((), device=logits.device)).float()
-    row_loss = torch.empty(_row_shape(logits), dtype=torch.float32, device=logits.device)
+    grad_scale = (1.0 / denominator if reduction == "mean" else torch.ones((), device=logits.device)).to(math_dtype)
+    if grad_output is not None:  # one value per row when grad_output has one per row
+        grad_scale = grad_scale * grad_output.to(math_dtype)
+    row_loss = torch.empty(_row_shape(logits), dtype=math_dtype, device=logits.device)
     if row_loss.numel() > 0 and logits.shape[1] > 0:
         launcher = _cross_entropy_triton if backend == "triton" else _cross_entropy_cuda
         if splits <= 0:
             splits = split_count(row_loss.numel(), logits.shape[1], logits.device)
-        launcher(logits, target, target_b, lam, weight, grad_scale.reshape(1), row_loss, grad, ignore_index,
-                 label_smoothing, _target_kind(target, target_b), splits)
+        launcher(logits, target, target_b, lam, weight, grad_scale.reshape(-1).contiguous(), row_loss, grad,
+                 ignore_index, label_smoothing, _target_kind(target, target_b), splits, of_target)
     return _reduce(row_loss, denominator, reduction)
 
 
 def _contiguous_inputs(logits, target, target_b, lam, weight):
+    """The inputs contiguous, lam and weight in the math dtype, as the launchers take them."""
+    math_dtype = _math_dtype(logits)
     return (logits.contiguous(), target.contiguous(), None if target_b is None else target_b.contiguous(),
-            None if lam is None else lam.float().contiguous(), None if weight is None else weight.float().contiguous())
+            None if lam is None else lam.to(math_dtype).contiguous(),
+            None if weight is None else weight.to(math_dtype).contiguous())
 
 
 # ----------------------------------------------------------------------------- registration
-# Three ops: the loss alone (no gradient wanted); the loss writing the gradient into a given
-# buffer; the loss writing the gradient over the logits. The gradient-writing ops mutate a
-# tensor, which register_autograd does not accept, so CrossEntropyFunction carries the
-# autograd formula (torch.compile traces it). `splits` <= 0 picks the split count.
+# Four ops: the loss alone (no gradient wanted); the loss writing the gradient into a given
+# buffer; the loss writing the gradient over the logits; a probability target's gradient into a
+# given buffer. The gradient-writing ops mutate a tensor, which register_autograd does not accept,
+# so the autograd.Functions below carry the autograd formulas (torch.compile traces them).
+# `splits` <= 0 picks the split count.
 
 
 @torch.library.custom_op("recipe_kernels::cross_entropy", mutates_args=())
 def cross_entropy_op(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
                      lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
                      reduction: str, label_smoothing: float, backend: str, splits: int = 0) -> torch.Tensor:
-    """The loss, float32: a scalar, or the target's row shape for reduction="none"."""
+    """The loss (fp64 for fp64 logits, else fp32): a scalar, or the target's row shape for reduction="none"."""
     logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
     return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
                     None, splits)
 
 
 def _fake_loss(logits, reduction):
-    """What the three loss ops return: float32, a scalar or one value per row."""
-    return logits.new_empty(_row_shape(logits) if reduction == "none" else (), dtype=torch.float32)
+    """What the three loss ops return: in the math dtype, a scalar or one value per row."""
+    return logits.new_empty(_row_shape(logits) if reduction == "none" else (), dtype=_math_dtype(logits))
 
 
 @cross_entropy_op.register_fake
@@ -511,42 +600,63 @@ def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoo
 def cross_entropy_with_grad_op(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor,
                                target_b: Optional[torch.Tensor], lam: Optional[torch.Tensor],
                                weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
-                               label_smoothing: float, backend: str, splits: int = 0) -> torch.Tensor:
-    """The loss; writes d loss / d logits for grad_output = 1 into `grad` (contiguous, logits' shape)."""
+                               label_smoothing: float, backend: str, splits: int = 0,
+                               grad_output: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The loss; writes d loss / d logits for grad_output (None: 1) into `grad` (contiguous, logits' shape)."""
     logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
     return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
-                    grad, splits)
+                    grad, splits, grad_output)
 
 
 @cross_entropy_with_grad_op.register_fake
-def _(logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0):
+def _(logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0,
+      grad_output=None):
     return _fake_loss(logits, reduction)
 
 
 @torch.library.custom_op("recipe_kernels::cross_entropy_inplace_", mutates_args=("logits",))
 def cross_entropy_inplace_op(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
                              lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
-                             reduction: str, label_smoothing: float, backend: str,
-                             splits: int = 0) -> torch.Tensor:
-    """The loss; overwrites the (contiguous) logits with d loss / d logits for grad_output = 1."""
+                             reduction: str, label_smoothing: float, backend: str, splits: int = 0,
+                             grad_output: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The loss; overwrites the (contiguous) logits with d loss / d logits for grad_output (None: 1)."""
     _, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
     return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
-                    logits, splits)
+                    logits, splits, grad_output)
 
 
 @cross_entropy_inplace_op.register_fake
-def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0):
+def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0,
+      grad_output=None):
     return _fake_loss(logits, reduction)
+
+
+@torch.library.custom_op("recipe_kernels::cross_entropy_target_grad_", mutates_args=("grad",))
+def cross_entropy_target_grad_op(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor,
+                                 weight: Optional[torch.Tensor], reduction: str, label_smoothing: float, backend: str,
+                                 splits: int = 0, grad_output: Optional[torch.Tensor] = None) -> None:
+    """Writes d loss / d target of probability targets (contiguous, the target's shape) into `grad`, for
+    grad_output (None: 1): -(1 - e) w_c log p_c per element, reduced like the loss. The row's log-sum-exp
+    comes from the logits in the same pass."""
+    logits, target, _, _, weight = _contiguous_inputs(logits, target, None, None, weight)
+    _forward(logits, target, None, None, weight, -100, reduction, label_smoothing, backend, grad, splits,
+             grad_output, of_target=True)
+
+
+@cross_entropy_target_grad_op.register_fake
+def _(logits, grad, target, weight, reduction, label_smoothing, backend, splits=0, grad_output=None):
+    return None
 
 
 @torch.library.custom_op("recipe_kernels::cross_entropy_scale_grad_", mutates_args=("grad",))
 def scale_grad_op(grad: torch.Tensor, grad_output: torch.Tensor, backend: str) -> None:
     """grad *= grad_output in place: a scalar, or one value per row (reduction="none")."""
     per_row = grad_output.dim() > 0
-    factor = grad_output.float().contiguous()
+    math_dtype = _math_dtype(grad)
+    factor = grad_output.to(math_dtype).contiguous()
     if backend == "torch" or grad.numel() == 0:
         shape = (grad.shape[0], 1) + tuple(grad.shape[2:]) if per_row else ()
-        grad.copy_(grad.float() * factor.reshape(shape))
+        grad.copy_(grad.to(math_dtype) * factor.reshape(shape))
     elif backend == "triton":
         _scale_gradient_triton(grad, factor, per_row)
     else:
@@ -558,12 +668,107 @@ def _(grad, grad_output, backend):
     return None
 
 
+# What backward may read again, in the order the Functions take them.
+_HELD_INPUT_NAMES = ("logits", "target", "target_b", "lam", "weight")
+
+
+def _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
+    """Keeps the forward's inputs for the backward paths that read them again: a backward that builds
+    a graph (double backward), the gradient written in backward (float16, float64) and a probability
+    target's gradient.
+
+    They are held, not saved with save_for_backward, so that the usual backward, which reads only
+    the gradient buffer, still allows them to change in place after the forward (as torch's does).
+    Their version counters are noted (eagerly; dynamo cannot trace them) and checked when read.
+    """
+    ctx.held = (logits, target, target_b, lam, weight)
+    ctx.held_versions = None if torch.compiler.is_compiling() else tuple(
+        None if tensor is None else tensor._version for tensor in ctx.held)
+    ctx.options = (ignore_index, reduction, label_smoothing)
+    ctx.backend = backend
+
+
+def _held_inputs(ctx):
+    """The forward's inputs, or a RuntimeError if any of them was modified in place since."""
+    if ctx.held_versions is not None:
+        for name, tensor, version in zip(_HELD_INPUT_NAMES, ctx.held, ctx.held_versions):
+            if tensor is not None and tensor._version != version:
+                raise RuntimeError(f"cross_entropy's backward needs the {name} as the forward saw them, but they "
+                                   "were modified in place since; compute the loss after that modification")
+    return ctx.held
+
+
+def _differentiable_gradients(ctx, grad_loss):
+    """d loss / d logits and d loss / d target in differentiable torch ops, recomputed from the held
+    inputs (the reference formulas), for a backward that builds a graph: create_graph=True gives
+    second derivatives. None for an input that needs no gradient."""
+    logits, target, target_b, lam, weight = _held_inputs(ctx)
+    ignore_index, reduction, label_smoothing = ctx.options
+    math_dtype = _math_dtype(logits)
+    _, row_grad, denominator = reference.cross_entropy_rows(
+        logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        target_b=target_b, lam=lam, math_dtype=math_dtype)
+    grad = grad_target = None
+    if ctx.needs_input_grad[0]:
+        grad = _scaled_reference_gradient(row_grad, denominator, grad_loss, reduction, target, target_b,
+                                          ignore_index).to(logits.dtype)
+    if ctx.needs_input_grad[1]:
+        target_grad = reference.cross_entropy_target_gradient(logits, weight=weight, label_smoothing=label_smoothing,
+                                                              math_dtype=math_dtype)
+        grad_target = _scaled_reference_gradient(target_grad, denominator, grad_loss, reduction, target, target_b,
+                                                 ignore_index).to(target.dtype)
+    return grad, grad_target
+
+
+def _target_gradient(ctx, grad_loss):
+    """d loss / d target of a probability target for grad_output, from the held logits (one pass)."""
+    logits, target, _, _, weight = _held_inputs(ctx)
+    _, reduction, label_smoothing = ctx.options
+    grad = torch.empty_like(target, memory_format=torch.contiguous_format)
+    cross_entropy_target_grad_op(logits, grad, target, weight, reduction, label_smoothing, ctx.backend,
+                                 grad_output=grad_loss)
+    return grad
+
+
 def _scaled_saved_gradient(ctx, grad_loss):
-    """The backward of the three Functions below: the gradient the forward wrote, scaled in place
-    by grad_output, for the logits (their other inputs get none)."""
+    """The gradient the forward wrote, scaled in place by grad_output."""
     (grad,) = ctx.saved_tensors
     scale_grad_op(grad, grad_loss, ctx.backend)
-    return (grad,) + (None,) * 8
+    return grad
+
+
+def _gradient_written_in_backward(ctx, grad_loss):
+    """The gradient for grad_output, written now from the held logits in one pass (rounded once):
+    into a new buffer, or over the logits themselves for inplace_backward=True."""
+    logits, target, target_b, lam, weight = _held_inputs(ctx)
+    ignore_index, reduction, label_smoothing = ctx.options
+    if ctx.gradient_into_logits:
+        cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
+                                 ctx.backend, grad_output=grad_loss)
+        return logits.detach()
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
+                               label_smoothing, ctx.backend, grad_output=grad_loss)
+    return grad
+
+
+def _backward(ctx, grad_loss):
+    """The backward of the Functions below: the gradients of the logits and of the target (None where
+    not needed)."""
+    if torch.is_grad_enabled():  # create_graph=True: the gradients must carry a graph
+        if ctx.overwrote_logits:
+            raise RuntimeError("double backward (create_graph=True) needs the logits, but inplace_backward=True "
+                               "overwrote the logits with the gradient; use inplace_backward=False")
+        return _differentiable_gradients(ctx, grad_loss)
+    # The target's gradient reads the logits: first, before backward may write over them.
+    grad_target = _target_gradient(ctx, grad_loss) if ctx.needs_input_grad[1] else None
+    if not ctx.needs_input_grad[0]:
+        grad = None
+    elif ctx.gradient_written:
+        grad = _scaled_saved_gradient(ctx, grad_loss)
+    else:
+        grad = _gradient_written_in_backward(ctx, grad_loss)
+    return grad, grad_target
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -571,28 +776,42 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     Backward scales that buffer in place by grad_output and hands it on: no second N x C
     allocation. Scaling bumps its version, so a second backward through the same graph
-    (retain_graph) raises instead of scaling twice.
+    (retain_graph) raises instead of scaling twice. In float16 (GRADIENT_IN_BACKWARD_DTYPES)
+    the forward computes the loss alone and backward writes the gradient for grad_output,
+    into a new buffer or (gradient_into_logits, inplace_backward=True) over the logits.
+    A probability target's gradient is written in backward from the held logits. A backward
+    that builds a graph (create_graph=True) recomputes the gradients from the held inputs in
+    differentiable torch ops.
     """
 
     @staticmethod
-    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
-        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
-                                          label_smoothing, backend)
-        ctx.save_for_backward(grad)
-        ctx.backend = backend
+    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
+                gradient_into_logits):
+        ctx.gradient_written = ctx.needs_input_grad[0] and logits.dtype not in GRADIENT_IN_BACKWARD_DTYPES
+        if ctx.gradient_written:
+            grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+            loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
+                                              label_smoothing, backend)
+            ctx.save_for_backward(grad)
+        else:
+            loss = cross_entropy_op(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
+                                    backend)
+        _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend)
+        ctx.gradient_into_logits = gradient_into_logits
+        ctx.overwrote_logits = False
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _scaled_saved_gradient(ctx, grad_loss)
+        return _backward(ctx, grad_loss) + (None,) * 8  # the other inputs get none
 
 
 class CrossEntropyInplaceFunction(torch.autograd.Function):
     """inplace_backward=True: the logits' storage receives the gradient in the forward.
 
     The logits are marked dirty, so autograd raises if anything else saved them for its
-    backward, instead of handing it a gradient where it expects logits.
+    backward, instead of handing it a gradient where it expects logits. Double backward
+    raises: the logits it would need are gone.
     """
 
     @staticmethod
@@ -602,11 +821,12 @@ class CrossEntropyInplaceFunction(torch.autograd.Function):
         ctx.mark_dirty(logits)
         ctx.save_for_backward(logits)
         ctx.backend = backend
+        ctx.gradient_written = ctx.overwrote_logits = True
         return loss, logits  # autograd wants the dirty tensor among the outputs
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_overwritten_logits):
-        return _scaled_saved_gradient(ctx, grad_loss)
+        return _backward(ctx, grad_loss) + (None,) * 7
 
 
 class CrossEntropyInplaceViewFunction(torch.autograd.Function):
@@ -624,11 +844,12 @@ class CrossEntropyInplaceViewFunction(torch.autograd.Function):
                                         label_smoothing, backend)
         ctx.save_for_backward(logits)
         ctx.backend = backend
+        ctx.gradient_written = ctx.overwrote_logits = True
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _scaled_saved_gradient(ctx, grad_loss)
+        return _backward(ctx, grad_loss) + (None,) * 7
 
 
 # ----------------------------------------------------------------------------- public API
@@ -645,8 +866,8 @@ def _check_label_smoothing(label_smoothing):
 def _check_logits(logits):
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if logits.dtype not in _backend.CUDA_DTYPE_CODES:
-        raise TypeError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
+    if logits.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"logits must be float32, float16, bfloat16 or float64, got {logits.dtype}")
     if logits.dim() < 2:
         raise ValueError(f"logits must have shape (N, C) or (N, C, d1, ..., dk), got {tuple(logits.shape)}; "
                          "for a single sample use logits[None]")
@@ -679,17 +900,32 @@ def _check_target(logits, target):
         if target.shape[1] != logits.shape[1]:
             raise ValueError(f"probability target has {target.shape[1]} classes but logits have "
                              f"{logits.shape[1]}")
-        if target.dtype not in _backend.CUDA_DTYPE_CODES:
-            raise TypeError(f"probability target must be float32, float16 or bfloat16, got {target.dtype}")
-        if target.requires_grad and torch.is_grad_enabled():
-            raise ValueError("gradients with respect to probability targets are not supported; pass "
-                             "target.detach()")
+        if target.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"probability target must be float32, float16, bfloat16 or float64, got {target.dtype}")
         return target, None, None
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         raise TypeError(f"class-index target must be an integer tensor, got {target.dtype}")
     if tuple(target.shape) != _row_shape(logits):
         raise _index_shape_error(logits, target)
     return target.to(torch.int64), None, None
+
+
+def _may_receive_gradient(logits):
+    """Whether inplace_backward=True may write the gradient into the logits' storage (they are contiguous
+    and neither a leaf nor a view of one). Not when they are a view of part of a tensor: split, chunk,
+    unbind, tensor_split or slicing give sibling views, which share the base's version counter, so
+    writing into one makes the other's backward raise; and not when autograd forbids in-place writes
+    to the view (outputs of split/chunk/unbind, views made under no_grad), as it does for any in-place op.
+    Those logits get a separate gradient buffer instead, decided before anything is written."""
+    base = logits._base
+    if base is None:
+        return True
+    if logits.numel() != base.numel():
+        return False
+    # Dynamo cannot trace the creation record; under torch.compile such a view fails its tracing
+    # (on fake tensors, before anything runs).
+    return torch.compiler.is_compiling() or \
+        torch._C._autograd._get_creation_meta(logits) == torch._C._autograd.CreationMeta.DEFAULT
 
 
 def _validate_indices(num_classes, indices, ignore_index):
@@ -711,11 +947,17 @@ def _validate_lam(lam):
         raise ValueError(f"MixedTarget: lam holds {float(lam[bad].flatten()[0])}, outside [0, 1]")
 
 
-def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                  inplace_backward=False, validate=False, backend=None):
-    """F.cross_entropy(logits, target, ...) in one pass over the logits, gradient included.
+def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget], weight: Optional[torch.Tensor] = None,
+                  size_average: Optional[bool] = None, ignore_index: int = -100, reduce: Optional[bool] = None,
+                  reduction: str = "mean", label_smoothing: float = 0.0, *, inplace_backward: bool = False,
+                  validate: bool = False, backend: Optional[str] = None) -> torch.Tensor:
+    """F.cross_entropy(input, target, ...) in one pass over the logits, gradient included.
 
-    logits: (N, C) or (N, C, d1, ..., dk), float32/float16/bfloat16; the loss is float32.
+    Takes F.cross_entropy's arguments, positionally and by keyword; the legacy size_average and
+    reduce set the reduction by torch's rules, with torch's deprecation warning. The package's
+    own options are keyword-only.
+    input (the logits): (N, C) or (N, C, d1, ..., dk), float32/float16/bfloat16 with fp32 math and
+    a float32 loss, or float64 with fp64 math and a float64 loss (not on the CUDA backend).
     target: int64 class indices (N, d1, ...), class probabilities of logits' shape, or a
     MixedTarget (per row lam CE(y_a) + (1 - lam) CE(y_b), equal to CE against
     target.dense(C, label_smoothing) with `mean` over rows, and never building it).
@@ -726,12 +968,19 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     validate=True (one host sync) every backend raises ValueError, as it does for a tensor
     lam of a MixedTarget outside [0, 1]. A row whose target is ignore_index has loss and
     gradient exactly 0 even if its logits hold NaN or inf (torch's gradient is NaN there).
-    inplace_backward=True writes the gradient into the logits' storage (they may be a view,
-    such as logits.view(-1, C), but neither a leaf nor a view of one: ValueError; nothing else
-    may need them: autograd raises if something does); non-contiguous logits fall back to a
+    inplace_backward=True writes the gradient into the logits' storage (they may be a view of a
+    whole tensor, such as logits.view(-1, C), but neither a leaf nor a view of one: ValueError;
+    nothing else may need them: autograd raises if something does); non-contiguous logits and
+    views of part of a tensor (split, chunk, unbind, tensor_split, slices) fall back to a
     separate gradient buffer.
-    Backward through the same loss twice (retain_graph) raises: its buffer is scaled in place.
+    A probability target that requires grad gets torch's gradient, -(1 - e) w_c log p_c per element
+    reduced like the loss. Second derivatives (create_graph=True) are torch's.
+    Backward through the same loss twice (retain_graph) raises where the forward wrote the gradient
+    (float32, bfloat16): its buffer is scaled in place.
     """
+    logits = input
+    if size_average is not None or reduce is not None:
+        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)  # warns as torch does
     _check_logits(logits)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -758,19 +1007,31 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
             _validate_indices(num_classes, [(y_a, False), (y_b, False)], ignore_index)
             _validate_lam(lam)
     backend = _backend.resolve("cross_entropy", logits.device, backend)
-    weight = None if weight is None else weight.float()
-    lam = None if lam is None else lam.float()
-    if not (torch.is_grad_enabled() and logits.requires_grad):
+    if backend == "cuda" and logits.dtype not in _backend.CUDA_DTYPE_CODES:
+        raise TypeError(f"the CUDA cross-entropy kernels take float32, float16 or bfloat16 logits, got {logits.dtype}; "
+                        "use backend='triton' or 'torch' for float64")
+    weight = None if weight is None else weight.to(_math_dtype(logits))
+    lam = None if lam is None else lam.to(_math_dtype(logits))
+    target_needs_grad = y_a.requires_grad  # only probabilities can
+    if not (torch.is_grad_enabled() and (logits.requires_grad or target_needs_grad)):
         return cross_entropy_op(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, backend)
-    if inplace_backward and logits.is_contiguous():
+    if inplace_backward and logits.requires_grad and logits.is_contiguous():
         if (logits if logits._base is None else logits._base).is_leaf:  # torch refuses in-place writes to leaves
             raise ValueError("inplace_backward=True would overwrite a leaf tensor that requires grad (the logits "
                              "or the tensor they view); pass logits computed from it, or inplace_backward=False")
-        if logits._base is not None:
-            return CrossEntropyInplaceViewFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
-                                                         label_smoothing, backend)
-        loss, _ = CrossEntropyInplaceFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
-                                                    label_smoothing, backend)
-        return loss
+        # Logits that cannot take the gradient get a separate buffer (below). A target that needs its
+        # gradient reads them in backward, so they must stay until then: only float16, whose backward
+        # writes over them after that, keeps them in place.
+        writable = _may_receive_gradient(logits)
+        if writable and logits.dtype in GRADIENT_IN_BACKWARD_DTYPES:  # the forward leaves them be
+            return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing,
+                                              backend, True)
+        if writable and not target_needs_grad:
+            if logits._base is not None:
+                return CrossEntropyInplaceViewFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
+                                                             label_smoothing, backend)
+            loss, _ = CrossEntropyInplaceFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
+                                                        label_smoothing, backend)
+            return loss
     return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                      backend)
+                                      backend, False)

@@ -2,39 +2,67 @@
 import torch
 
 from recipe_kernels.dropout import dropout, drop_path
+from recipe_kernels.drop_path_residual import drop_path_residual
+
+__all__ = ["Dropout", "DropPath", "DropPathResidual", "CrossEntropyLoss", "CutMixUp", "replace_modules"]
 
 
 class Dropout(torch.nn.Module):
-    """Drop-in for torch.nn.Dropout(p). `inplace` is accepted for compatibility; the result is a new tensor."""
+    """Drop-in for torch.nn.Dropout(p, inplace): with inplace=True, training overwrites x and returns it."""
 
-    def __init__(self, p: float = 0.5, inplace: bool = False):
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
         self.p = p
         self.inplace = inplace
 
-    def forward(self, x):
-        return dropout(x, self.p, self.training)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training, self.inplace)
 
-    def extra_repr(self):
-        return f"p={self.p}"
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
 
 
 class DropPath(torch.nn.Module):
     """Drop-in for timm's DropPath(drop_prob): x * keep[sample] / (1 - p) in training, identity in eval."""
 
-    def __init__(self, drop_prob: float = 0.0):
+    def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= drop_prob <= 1.0:
             raise ValueError(f"drop_prob has to be between 0 and 1, but got {drop_prob}")
         self.drop_prob = drop_prob
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return drop_path(x, self.drop_prob, self.training)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
+
+
+class DropPathResidual(torch.nn.Module):
+    """x + branch(x) with stochastic depth that runs `branch` only on the kept samples.
+
+    forward(x) = drop_path_residual(x, self.branch, self.p, self.training): in training, branch
+    sees a random subset of k = max(1, int(N (1 - p))) samples and its output is scaled by N/k
+    (DINOv2's drop_add_residual_stochastic_depth); in eval, x + branch(x). replace_modules does
+    not create it: it needs the branch as a module, which a DropPath inside a block does not know.
+    """
+
+    def __init__(self, branch: torch.nn.Module, p: float = 0.1):
+        super().__init__()
+        if not callable(branch):
+            raise TypeError(f"branch must be callable, got {type(branch).__name__}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p has to be between 0 and 1, but got {p}")
+        self.branch = branch
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path_residual(x, self.branch, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def replace_modules(model: torch.nn.Module) -> int:
@@ -47,7 +75,7 @@ def replace_modules(model: torch.nn.Module) -> int:
     replaced = 0
     for name, child in model.named_children():
         if type(child) is torch.nn.Dropout:
-            setattr(model, name, Dropout(child.p))
+            setattr(model, name, Dropout(child.p, child.inplace))
         elif (type(child).__name__ == "DropPath" and not isinstance(child, DropPath)
               and hasattr(child, "drop_prob") and getattr(child, "scale_by_keep", True)):
             setattr(model, name, DropPath(child.drop_prob))
@@ -65,13 +93,18 @@ def replace_modules(model: torch.nn.Module) -> int:
 class CrossEntropyLoss(torch.nn.Module):
     """Drop-in for torch.nn.CrossEntropyLoss that also takes a MixedTarget (CutMix/MixUp) as target.
 
-    `weight` is a buffer, as in torch. The loss is float32 whatever the logits' dtype.
+    Takes torch's arguments, positionally and by keyword (the legacy size_average and reduce by
+    torch's rules, with its warning); inplace_backward is keyword-only. `weight` is a buffer, as
+    in torch. The loss is float32 (float64 for float64 logits).
     """
 
-    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean",
-                 label_smoothing: float = 0.0, inplace_backward: bool = False):
+    def __init__(self, weight: torch.Tensor | None = None, size_average: bool | None = None,
+                 ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
+                 label_smoothing: float = 0.0, *, inplace_backward: bool = False):
         super().__init__()
         from recipe_kernels.cross_entropy import REDUCTIONS, _check_label_smoothing
+        if size_average is not None or reduce is not None:
+            reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)  # warns as torch does
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         label_smoothing = _check_label_smoothing(label_smoothing)  # a Python float in [0, 1] (NaN refused)
@@ -81,9 +114,9 @@ class CrossEntropyLoss(torch.nn.Module):
         self.label_smoothing = label_smoothing
         self.inplace_backward = inplace_backward
 
-    def forward(self, logits, target):
+    def forward(self, input: torch.Tensor, target) -> torch.Tensor:
         from recipe_kernels.cross_entropy import cross_entropy
-        return cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index,
+        return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
                              inplace_backward=self.inplace_backward)
 

@@ -13,7 +13,8 @@ from recipe_kernels._philox import KEEP_BITS, drop_threshold, keep_mask, keep_sc
 def dropout(x, seed, p, *, residual=None, bias=None, math_dtype=torch.float32):
     """residual + (x + bias) * keep / (1 - p), keep drawn per element by logical row-major index.
 
-    A dropped element is multiplied by zero (NaN and inf stay NaN, as in torch).
+    A dropped element is multiplied by zero (NaN and inf stay NaN, as in torch). The scale is
+    1/(1-p) rounded to math_dtype: float32 is the fp32 ops' arithmetic, float64 the float64 ops'.
     """
     value = x.to(math_dtype)
     if bias is not None:
@@ -25,7 +26,7 @@ def dropout(x, seed, p, *, residual=None, bias=None, math_dtype=torch.float32):
         calls = torch.arange((x.numel() + 3) // 4, device=x.device, dtype=torch.int64)
         words = torch.stack(philox4x32(seed, calls), dim=-1).reshape(-1)[:x.numel()].reshape(x.shape)
         keep = (words >> (32 - KEEP_BITS)) >= drop_threshold(p)
-        multiplier = keep.to(math_dtype) * keep_scale(p)
+        multiplier = keep.to(math_dtype) * keep_scale(p, math_dtype)
     out = value * multiplier
     if residual is not None:
         out = out + residual.to(math_dtype)
@@ -38,12 +39,50 @@ def drop_path(x, seed, p, *, residual=None, math_dtype=torch.float32):
     A dropped sample contributes exactly 0 (its x is never read, so NaN there does not spread).
     """
     samples = torch.arange(x.shape[0], device=x.device, dtype=torch.int64)
-    multiplier = keep_mask(seed, samples, p).to(math_dtype) * keep_scale(p)
+    multiplier = keep_mask(seed, samples, p).to(math_dtype) * keep_scale(p, math_dtype)
     multiplier = multiplier.reshape((-1,) + (1,) * (x.dim() - 1))
     out = torch.where(multiplier != 0, x.to(math_dtype) * multiplier, 0.0)
     if residual is not None:
         out = out + residual.to(math_dtype)
     return out
+
+
+def subset_keys(seed, num_samples):
+    """drop_path_residual's sort keys: (word(n) - 2^31) * 2^32 + n for n < N (< 2^32), int64.
+
+    word(n) is element n's Philox word (drop_path's per-sample word); ordering the keys
+    orders the (word, index) pairs, so ties between words are broken by the index.
+    """
+    from recipe_kernels._philox import element_words
+    samples = torch.arange(num_samples, device=seed.device, dtype=torch.int64)
+    return (element_words(seed, samples) - (1 << 31)) * (1 << 32) + samples
+
+
+def subset_from_keys(keys, kept):
+    """(rows, slot): the indices of the `kept` smallest keys in increasing order, and the map
+    slot[rows[j]] = j, -1 for the other samples (int64, on keys' device, no host sync)."""
+    rows = torch.sort(torch.topk(keys, kept, largest=False, sorted=False).indices).values
+    slot = torch.full_like(keys, -1).scatter_(0, rows, torch.arange(kept, device=keys.device))
+    return rows, slot
+
+
+def _scaled_rows(t, scale, math_dtype):
+    value = t.reshape(t.shape[0], t.shape[1:].numel()).to(math_dtype)
+    return value * scale if scale != 1.0 else value
+
+
+def gather_rows(x, rows, scale, *, math_dtype=torch.float32):
+    """scale * x[rows] as (len(rows), row size): drop_path_residual's gather (of x, scale 1; of the
+    output's gradient, scale N/k)."""
+    return _scaled_rows(x.index_select(0, rows), scale, math_dtype)
+
+
+def add_rows(x, y, rows, scale, *, math_dtype=torch.float32):
+    """x with scale * y[j] added to row rows[j], as (N, row size): drop_path_residual's residual add
+    (scale N/k) and its grad_x (the branch's input gradient added to grad_out, scale 1). The other
+    rows are x's, unchanged (even -0.0)."""
+    out = x.reshape(x.shape[0], x.shape[1:].numel()).to(math_dtype, copy=True)
+    return out.index_copy_(0, rows, out.index_select(0, rows) + _scaled_rows(y, scale, math_dtype))
 
 
 # ----------------------------------------------------------------------------- cross-entropy
@@ -102,7 +141,7 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
         safe_y = torch.where(counted, y, 0)
         w_y = torch.where(counted, w[safe_y], 0.0)  # raises for an index out of range
         alpha = (1.0 - eps) * w_y
-        beta = torch.where(counted, eps / num_classes, 0.0).to(math_dtype)
+        beta = counted.to(math_dtype) * (eps / num_classes)  # a Python float: exact in math_dtype
         losses = -alpha * logp.gather(1, safe_y[:, None])[:, 0]
         one_hot = torch.nn.functional.one_hot(safe_y, num_classes).to(math_dtype)
         grad = alpha[:, None] * (p - one_hot)
@@ -117,6 +156,14 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
         grad = grad.reshape(logits.shape[0], *logits.shape[2:], num_classes).movedim(-1, 1)
     row_shape = (logits.shape[0],) + tuple(logits.shape[2:])
     return losses.reshape(row_shape), grad.contiguous(), denominator
+
+
+def cross_entropy_target_gradient(logits, *, weight=None, label_smoothing=0.0, math_dtype=torch.float32):
+    """d(sum of per-row losses) / d q for class probabilities q of logits' shape, in math_dtype:
+    -(1 - e) w_c log_softmax(logits)_c (torch smooths q as (1 - e) q + e / C before using it)."""
+    logp = torch.log_softmax(logits.to(math_dtype), dim=1)
+    w = 1.0 if weight is None else weight.to(math_dtype).reshape((-1,) + (1,) * (logits.dim() - 2))
+    return -(1.0 - label_smoothing) * w * logp
 
 
 # ----------------------------------------------------------------------------- mixing (CutMix, MixUp, random erasing)

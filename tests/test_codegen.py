@@ -37,3 +37,10 @@ def test_drop_path_and_bias_backward_compile_with_vector_stores(report):
     for name, line in report.items():
         if name.startswith(("drop_path", "dropout bias backward")):
             assert re.search(r"st\.v\d\.b32", line), line
+
+
+def test_drop_path_residual_rows_move_16_bytes_per_instruction(report):
+    lines = [line for name, line in report.items() if name.startswith("drop_path_residual rows")]
+    assert len(lines) == 3
+    for line in lines:
+        assert "ld.v4.b32" in line and "st.v4.b32" in line, line

@@ -1,5 +1,7 @@
 """cross_entropy and MixedTarget: against torch's F.cross_entropy in float64, across backends."""
 import itertools
+import types
+import warnings
 
 import pytest
 import torch
@@ -8,7 +10,8 @@ import torch.nn.functional as F
 import recipe_kernels as rk
 from recipe_kernels import _backend, reference
 from recipe_kernels.cross_entropy import (MAX_BLOCK, cross_entropy_inplace_op, cross_entropy_op,
-                                          cross_entropy_with_grad_op, scale_grad_op, split_count)
+                                          cross_entropy_target_grad_op, cross_entropy_with_grad_op, scale_grad_op,
+                                          split_count)
 
 from conftest import DEVICE
 
@@ -128,10 +131,111 @@ def test_half_precision_logits(backend, dtype, weighted):
     assert_matches_torch(logits, target, backend, "none", weight=weight, label_smoothing=0.0)
 
 
+FP16_MIN_NORMAL = 2.0 ** -14
+FP16_MAX = 65504.0
+
+
+@pytest.mark.parametrize("grad_output", [1.0, 2.0 ** 10, 2.0 ** 16, 3.7])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_float16_gradient_under_loss_scaling(backend, grad_output, reduction, inplace):
+    # GradScaler's recipe: confident fp16 logits, the loss times 2^10 .. 2^16. The gradient must be the
+    # float64 one rounded once to fp16: relative 1e-3 where it is a normal fp16 number, within half a
+    # subnormal step below that, and inf where float64's exceeds fp16's range (as F.cross_entropy's).
+    generator = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 50, (16,), generator=generator)
+    logits = (10 * F.one_hot(target, 50) + 0.5 * torch.randn(16, 50, generator=generator)).half().to(DEVICE)
+    target = target.to(DEVICE)
+    scale = torch.full((16,) if reduction == "none" else (), grad_output, device=DEVICE)
+    leaf = logits.clone().requires_grad_()
+    loss = rk.cross_entropy(leaf * 1.0, target, reduction=reduction, inplace_backward=inplace, backend=backend)
+    loss.backward(scale)
+    _, expected = torch_loss_and_grad(logits, target, scale, reduction=reduction)
+    grad = leaf.grad.double()
+    overflow = expected.abs() > FP16_MAX
+    assert torch.equal(grad[overflow], expected[overflow].sign() * float("inf"))
+    error = (grad - expected).abs()[~overflow]
+    bound = torch.maximum(1e-3 * expected.abs(), torch.full_like(expected, 2.0 ** -25))[~overflow]
+    assert bool((error <= bound).all()), f"largest excess {(error - bound).max().item():.3g}"
+    assert bool((expected.abs() >= FP16_MIN_NORMAL).any())  # the loss scale lifts small entries into range
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_autocast_takes_logits_as_they_are(backend, reduction):
+    # Under autocast a linear layer gives bf16 logits; the loss is fp32 (as F.cross_entropy's, which
+    # autocast runs in fp32) and equals F.cross_entropy on those same logits in float64.
+    layer = torch.nn.Linear(8, 10).to(DEVICE)
+    features = torch.randn(6, 8, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    _, target, _ = sample_inputs((6, 10), ignored=(2,))
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        logits = layer(features)
+        loss = rk.cross_entropy(logits, target, reduction=reduction, label_smoothing=0.1, backend=backend)
+        theirs = F.cross_entropy(logits, target, reduction=reduction, label_smoothing=0.1)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == theirs.dtype == torch.float32
+    expected_loss, expected_grad = torch_loss_and_grad(logits, target, torch.ones_like(loss), reduction=reduction,
+                                                       label_smoothing=0.1)
+    torch.testing.assert_close(loss.detach().double(), expected_loss, **LOSS_TOLERANCE)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.bfloat16])
+
+
 def test_large_logits_are_stable(backend):
     logits, target, _ = sample_inputs((4, 50))
     logits = logits * 1000  # exp would overflow without the running max
     assert_matches_torch(logits, target, backend, "mean", label_smoothing=0.1)
+
+
+LARGE_SHIFT = 1e4  # logits base + 1e4: lse rounded at this scale loses about 3 of fp32's 7 digits
+
+
+def shifted_sample(target_kind, rows, num_classes, seed=0):
+    """fp32 logits 3 * randn + LARGE_SHIFT, weights, and (our target, torch's target, torch's smoothing)
+    for label_smoothing 0.1: MixedTarget's torch target is its dense form, smoothed already."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(rows, num_classes, generator=generator) + LARGE_SHIFT).to(DEVICE)
+    weight = (torch.rand(num_classes, generator=generator) + 0.5).to(DEVICE)
+    if target_kind == "index":
+        target = torch.randint(0, num_classes, (rows,), generator=generator).to(DEVICE)
+        return logits, weight, target, target, 0.1
+    if target_kind == "probabilities":
+        target = torch.softmax(torch.randn(rows, num_classes, generator=generator), 1).to(DEVICE)
+        return logits, weight, target, target, 0.1
+    mixed = rk.MixedTarget(*(torch.randint(0, num_classes, (rows,), generator=generator).to(DEVICE) for _ in "ab"),
+                           torch.rand(rows, generator=generator).to(DEVICE))
+    return logits, weight, mixed, mixed.dense(num_classes, 0.1), 0.0
+
+
+def torch_errors_at_large_shift(logits, weight, torch_target, torch_smoothing):
+    """F.cross_entropy's per-row losses and gradient of their sum in float64 on the same fp32 logits,
+    and the largest error of F.cross_entropy's own fp32 loss and gradient against them."""
+    results = []
+    for dtype in (torch.float64, torch.float32):
+        x = logits.to(dtype).requires_grad_()
+        target = torch_target.to(dtype) if torch_target.is_floating_point() else torch_target
+        loss = F.cross_entropy(x, target, weight=weight.to(dtype), reduction="none", label_smoothing=torch_smoothing)
+        results.append((loss.detach(), torch.autograd.grad(loss.sum(), x)[0]))
+    (loss64, grad64), (loss32, grad32) = results
+    return loss64, grad64, (loss32 - loss64).abs().max(), (grad32 - grad64).abs().max()
+
+
+@pytest.mark.parametrize("target_kind", ["index", "probabilities", "mixed"])
+@pytest.mark.parametrize("rows, num_classes, splits", [(64, 1000, 1), (8, 2 * MAX_BLOCK, 2)],
+                         ids=["whole-rows", "split-rows"])
+def test_large_shift_keeps_torch_precision(backend, target_kind, rows, num_classes, splits):
+    # Softmax is shift-invariant: computed in the shifted domain, logits around 1e4 lose no more than
+    # F.cross_entropy does in fp32 (the loss within 2x of its error against float64, and the gradient).
+    logits, weight, target, torch_target, torch_smoothing = shifted_sample(target_kind, rows, num_classes)
+    target_b = lam = None
+    if isinstance(target, rk.MixedTarget):
+        target, target_b, lam = target.y_a, target.y_b, target.per_sample_lam()
+    grad = torch.empty_like(logits)
+    loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, -100, "none", 0.1, backend,
+                                      splits)
+    expected_loss, expected_grad, torch_loss_error, torch_grad_error = torch_errors_at_large_shift(
+        logits, weight, torch_target, torch_smoothing)
+    assert (loss.double() - expected_loss).abs().max() <= 2 * torch_loss_error
+    assert (grad.double() - expected_grad).abs().max() <= 2 * torch_grad_error
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
@@ -175,6 +279,122 @@ def test_probability_target_wide_rows(backend):
     logits, _, _ = sample_inputs((1, WIDE))
     probabilities = torch.softmax(torch.randn(1, WIDE), 1).to(DEVICE)
     assert_matches_torch(logits, probabilities, backend, "sum", torch_target=probabilities, label_smoothing=0.1)
+
+
+def probability_gradients(logits, probabilities, loss_fn, grad_output_seed=5, logits_need_grad=True):
+    """(loss, d loss/d logits or None, d loss/d probabilities) for loss_fn(logits, probabilities), with a
+    random grad_output of the loss's shape."""
+    x = logits.detach().clone().requires_grad_(logits_need_grad)
+    q = probabilities.detach().clone().requires_grad_()
+    loss = loss_fn(x, q)
+    grad_output = torch.rand(loss.shape, generator=torch.Generator().manual_seed(grad_output_seed)).to(DEVICE) + 0.5
+    inputs = (x, q) if logits_need_grad else (q,)
+    grads = torch.autograd.grad(loss, inputs, grad_output.to(loss.dtype))
+    return (loss.detach(),) + ((None,) if not logits_need_grad else ()) + grads
+
+
+@pytest.mark.parametrize("shape", [(5, 11), (2, 4, 3)])
+@pytest.mark.parametrize("weighted, label_smoothing, reduction",
+                         [(False, 0.0, "mean"), (True, 0.2, "mean"), (True, 0.0, "sum"), (False, 0.1, "none"),
+                          (True, 0.3, "none")])
+@pytest.mark.parametrize("logits_need_grad", [True, False])
+def test_probability_target_gradient_matches_torch(backend, shape, weighted, label_smoothing, reduction,
+                                                   logits_need_grad):
+    # d loss / d q = -(1 - e) w_c log p_c per element, reduced like the loss (torch smooths q as
+    # (1 - e) q + e / C).
+    logits, _, weight = sample_inputs(shape, weighted=weighted)
+    probabilities = torch.softmax(torch.randn(shape, generator=torch.Generator().manual_seed(3)), 1).to(DEVICE)
+    options = dict(weight=weight, reduction=reduction, label_smoothing=label_smoothing)
+    loss, grad, grad_target = probability_gradients(
+        logits, probabilities, lambda x, q: rk.cross_entropy(x, q, backend=backend, **options),
+        logits_need_grad=logits_need_grad)
+    options["weight"] = None if weight is None else weight.double()
+    expected_loss, expected_grad, expected_grad_target = probability_gradients(
+        logits.double(), probabilities.double(), lambda x, q: F.cross_entropy(x, q, **options),
+        logits_need_grad=logits_need_grad)
+    torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
+    assert grad_target.dtype == probabilities.dtype and grad_target.shape == probabilities.shape
+    torch.testing.assert_close(grad_target.double(), expected_grad_target, rtol=1e-5, atol=1e-6)
+    if logits_need_grad:
+        torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_probability_target_gradient_with_inplace_backward(backend, inplace, dtype):
+    # The target's gradient reads the logits in backward: inplace_backward keeps them until then (float16
+    # writes its gradient over them after; the others fall back to a buffer).
+    logits, _, weight = sample_inputs((6, 10), dtype=dtype, weighted=True)
+    probabilities = torch.softmax(torch.randn(6, 10, generator=torch.Generator().manual_seed(3)), 1).to(DEVICE)
+    leaf = logits.clone().requires_grad_()
+    q = probabilities.clone().requires_grad_()
+    loss = rk.cross_entropy(leaf * 1.0, q, weight=weight, label_smoothing=0.1, inplace_backward=inplace,
+                            backend=backend)
+    (256 * loss).backward()
+    x = logits.double().requires_grad_()
+    q64 = probabilities.double().requires_grad_()
+    (256 * F.cross_entropy(x, q64, weight=weight.double(), label_smoothing=0.1)).backward()
+    torch.testing.assert_close(leaf.grad.double(), x.grad, **GRAD_TOLERANCE[dtype])
+    torch.testing.assert_close(q.grad.double(), q64.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_probability_target_gradient_split_rows(backend):
+    # Rows split over two programs: each writes its chunk of d loss/d q from the merged statistics.
+    logits, _, weight = sample_inputs((3, 2 * MAX_BLOCK), weighted=True)
+    probabilities = torch.softmax(torch.randn(3, 2 * MAX_BLOCK, generator=torch.Generator().manual_seed(3)),
+                                  1).to(DEVICE)
+    grad_output = torch.tensor([0.5, 2.0, -1.0], device=DEVICE)
+    grad = torch.empty_like(probabilities)
+    cross_entropy_target_grad_op(logits, grad, probabilities, weight, "none", 0.1, backend, 2, grad_output)
+    q = probabilities.double().requires_grad_()
+    loss = F.cross_entropy(logits.double(), q, weight=weight.double(), reduction="none", label_smoothing=0.1)
+    (expected,) = torch.autograd.grad(loss, q, grad_output.double())
+    torch.testing.assert_close(grad.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+# torch's OpInfo samples are float64, and so is the math then.
+OPINFO_DTYPE = torch.float64
+
+
+@pytest.fixture(scope="module")
+def torch_opinfo_samples():
+    """torch's own OpInfo samples for nn.functional.cross_entropy (CPU, float64): index and probability
+    targets (the latter requiring grad), spatial dims, weights (negative ones too), ignore_index, reductions."""
+    pytest.importorskip("expecttest", reason="torch.testing._internal needs expecttest")
+    from torch.testing._internal.common_methods_invocations import op_db
+    (opinfo,) = [op for op in op_db if op.name == "nn.functional.cross_entropy" and not op.variant_test_name]
+    return list(opinfo.sample_inputs("cpu", torch.float64, requires_grad=True))
+
+
+def opinfo_tensor(tensor):
+    """A sample's tensor on the test device, floating ones in OPINFO_DTYPE."""
+    if tensor is None:
+        return None
+    return tensor.detach().to(DEVICE, OPINFO_DTYPE if tensor.is_floating_point() else tensor.dtype)
+
+
+def test_torch_opinfo_samples(backend, torch_opinfo_samples):
+    def run(loss_fn, logits, target, weight, kwargs):
+        x = logits.detach().clone().requires_grad_()
+        inputs = (x,)
+        if target.is_floating_point():
+            target = target.detach().clone().requires_grad_()
+            inputs += (target,)
+        loss = loss_fn(x, target, weight=weight, **kwargs)
+        grad_output = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device).reshape(loss.shape)
+        return (loss.detach(),) + torch.autograd.grad(loss, inputs, grad_output)
+
+    assert len(torch_opinfo_samples) >= 20
+    for sample in torch_opinfo_samples:
+        (target,) = sample.args
+        kwargs = dict(sample.kwargs)
+        weight = kwargs.pop("weight", None)
+        expected = run(F.cross_entropy, sample.input, target, weight, kwargs)
+        ours = run(lambda *args, **options: rk.cross_entropy(*args, backend=backend, **options),
+                   opinfo_tensor(sample.input), opinfo_tensor(target), opinfo_tensor(weight), kwargs)
+        for actual, wanted in zip(ours, expected):
+            torch.testing.assert_close(actual.cpu().double(), wanted, rtol=1e-5, atol=1e-5,
+                                       msg=lambda text: f"{sample}: {text}")
 
 
 # ----------------------------------------------------------------------------- MixedTarget
@@ -285,6 +505,68 @@ def test_backward_twice_raises_instead_of_double_scaling(backend):
         loss.backward()
 
 
+def second_order_sample(target_kind, rows=6, features=3, num_classes=5, seed=0):
+    """Features, a classifier's weight, and (our target, torch's target, whether it is smoothed already):
+    index targets have an ignored row."""
+    generator = torch.Generator().manual_seed(seed)
+    features_ = torch.randn(rows, features, generator=generator).to(DEVICE)
+    classifier = torch.randn(num_classes, features, generator=generator).to(DEVICE)
+    if target_kind == "index":
+        target = torch.randint(0, num_classes, (rows,), generator=generator)
+        target[1] = -100
+        return features_, classifier, target.to(DEVICE), target.to(DEVICE), False
+    if target_kind == "probabilities":
+        target = torch.softmax(torch.randn(rows, num_classes, generator=generator), 1).to(DEVICE)
+        return features_, classifier, target, target.double(), False
+    mixed = rk.MixedTarget(*(torch.randint(0, num_classes, (rows,), generator=generator).to(DEVICE) for _ in "ab"),
+                           torch.rand(rows, generator=generator).to(DEVICE))
+    return features_, classifier, mixed, None, True
+
+
+@pytest.mark.parametrize("target_kind", ["index", "probabilities", "mixed"])
+@pytest.mark.parametrize("weighted, label_smoothing, reduction",
+                         [(False, 0.0, "mean"), (True, 0.1, "mean"), (True, 0.0, "sum"), (False, 0.2, "none"),
+                          (True, 0.1, "none")])
+def test_double_backward_matches_torch(backend, target_kind, weighted, label_smoothing, reduction):
+    # A gradient penalty through a classifier: d/dW |d loss/d features|^2 needs d^2 loss/d logits^2, and
+    # with a grad_output that requires grad (reduction="none") d/d grad_output of the first gradient.
+    features, classifier, target, torch_target, smoothed = second_order_sample(target_kind)
+    if smoothed:
+        torch_target = target.dense(5, label_smoothing, dtype=torch.float64)
+    weight = torch.rand(5, generator=torch.Generator().manual_seed(1)).to(DEVICE) + 0.5 if weighted else None
+    probe = torch.randn(features.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+
+    def penalty_gradients(dtype, target, loss_fn):
+        # A probability target requires grad too: its first gradient enters the penalty as well.
+        x = features.to(dtype).requires_grad_()
+        w = classifier.to(dtype).requires_grad_()
+        q = (target.detach().to(dtype).requires_grad_(),) if target_kind == "probabilities" else ()
+        loss = loss_fn(x @ w.t(), q[0] if q else target)
+        grad_output = torch.ones_like(loss) if reduction != "none" else \
+            torch.linspace(0.5, 2.0, loss.numel(), dtype=dtype, device=DEVICE).requires_grad_()
+        first = torch.autograd.grad(loss, (x,) + q, grad_output, create_graph=True)
+        penalty = first[0].pow(2).sum() + (first[0] * probe.to(dtype)).sum() + sum(g.pow(2).sum() for g in first[1:])
+        inputs = (w, x) + q + ((grad_output,) if grad_output.requires_grad else ())
+        return torch.autograd.grad(penalty, inputs)
+
+    ours = penalty_gradients(torch.float32, target, lambda logits, target: rk.cross_entropy(
+        logits, target, weight=weight, reduction=reduction, label_smoothing=label_smoothing, backend=backend))
+    theirs = penalty_gradients(torch.float64, torch_target, lambda logits, target: F.cross_entropy(
+        logits, target, weight=None if weight is None else weight.double(), reduction=reduction,
+        label_smoothing=0.0 if smoothed else label_smoothing))
+    for actual, expected in zip(ours, theirs):
+        torch.testing.assert_close(actual.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_double_backward_after_inplace_backward_raises(backend):
+    logits, target, _ = sample_inputs((4, 6))
+    leaf = logits.clone().requires_grad_()
+    for view in (lambda x: x, lambda x: x.view(-1, 6)):
+        loss = rk.cross_entropy(view(leaf * 1.0), target, inplace_backward=True, backend=backend)
+        with pytest.raises(RuntimeError, match="inplace_backward=True overwrote the logits"):
+            torch.autograd.grad(loss, leaf, create_graph=True)
+
+
 @pytest.mark.parametrize("target_kind", ["index", "mixed", "probabilities"])
 def test_inplace_backward_writes_gradient_into_logits(backend, target_kind):
     logits, target, weight = sample_inputs((5, 12), ignored=(1,), weighted=True)
@@ -334,6 +616,52 @@ def test_inplace_backward_on_a_view(backend, compiled):
         rk.cross_entropy(leaf[0], target[:3], inplace_backward=True, backend=backend)
 
 
+CUT_INTO_TWO = {  # two crops' logits cut from one (8, C) output: each part is a view of part of it
+    "split": lambda h: h.split(4),
+    "chunk": lambda h: h.chunk(2),
+    "unbind": lambda h: h.view(2, 4, h.shape[-1]).unbind(0),
+    "tensor_split": lambda h: torch.tensor_split(h, 2),
+    "split_whole": lambda h: (h.split(8)[0][:4], h[4:]),  # a split output covering all of h, then sliced
+}
+
+
+@pytest.mark.parametrize("cut", list(CUT_INTO_TWO))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_inplace_backward_on_parts_of_one_output(backend, cut, dtype, compiled):
+    # Outputs of split/chunk/unbind may not be modified in place (autograd), and sibling views share
+    # their base's version counter: such logits get a separate gradient buffer, decided before anything
+    # is written, so the output stays intact and the gradient is torch's.
+    if compiled and (cut == "split_whole" or dtype == torch.float16):
+        pytest.skip("one compiled case per way of cutting is enough")
+    generator = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(3, 5).to(DEVICE, dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(5, 3, generator=generator))
+    features = torch.randn(8, 3, generator=generator).to(DEVICE, dtype)
+    _, target, _ = sample_inputs((8, 5))
+
+    def loss_of(output):
+        first, second = CUT_INTO_TWO[cut](output)
+        return (rk.cross_entropy(first, target[:4], inplace_backward=True, backend=backend)
+                + rk.cross_entropy(second, target[4:], inplace_backward=True, backend=backend))
+
+    if compiled:
+        loss = torch.compile(lambda features: loss_of(layer(features)), fullgraph=True)(features)
+    else:
+        output = layer(features)
+        loss = loss_of(output)
+        torch.testing.assert_close(output, layer(features), rtol=0, atol=0)  # nothing was written over it
+    (1024 * loss).backward()
+    grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    logits = layer(features).double()
+    (1024 * (F.cross_entropy(logits[:4], target[:4]) + F.cross_entropy(logits[4:], target[4:]))).backward()
+    # The layer's own backward (a matmul in `dtype`) adds its rounding to the logits' gradient's.
+    torch.testing.assert_close(grad.double(), layer.weight.grad.double(), rtol=1e-4 if dtype == torch.float32 else 2e-3,
+                               atol=0)
+
+
 def test_inplace_backward_raises_when_logits_are_needed_elsewhere(backend):
     logits, target, _ = sample_inputs((4, 6))
     leaf = logits.clone().requires_grad_()
@@ -356,6 +684,130 @@ def test_module_is_a_drop_in(backend, monkeypatch):
                                theirs(logits.double(), mixed.dense(9, 0.1, dtype=torch.float64)), **LOSS_TOLERANCE)
     with pytest.raises(ValueError):
         rk.nn.CrossEntropyLoss(reduction="avg")
+
+
+# ----------------------------------------------------------------------------- drop-in for torch's calls
+
+
+def docs_examples(obj):
+    """The statements of the first `>>>` example block in obj's docstring (torch's own documentation)."""
+    lines, started = [], False
+    for line in obj.__doc__[obj.__doc__.index("Examples"):].splitlines():
+        line = line.strip()
+        if line.startswith(">>>"):
+            started = True
+            lines.append(line[3:].strip())
+        elif started:
+            break
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def run_docs_examples(statements, namespace):
+    """Runs the statements from one seed; after each backward(): (the loss, the input's gradient)."""
+    torch.manual_seed(0)
+    results = []
+    for statement in statements:
+        exec(statement, namespace)
+        if statement.endswith(".backward()"):
+            loss = namespace[statement.split(".")[0]]
+            results.append((loss.detach().clone(), namespace["input"].grad.clone()))
+    return results
+
+
+@pytest.mark.parametrize("documented", ["F.cross_entropy", "nn.CrossEntropyLoss"])
+def test_torch_docs_examples_run_unchanged(backend, documented, monkeypatch):
+    # torch's documentation examples, statement for statement, with F / nn standing for this package.
+    monkeypatch.setenv("RECIPE_KERNELS_BACKEND", backend)
+    statements = docs_examples(F.cross_entropy if documented == "F.cross_entropy" else torch.nn.CrossEntropyLoss)
+    assert len(statements) >= 8
+    ours = run_docs_examples(statements, dict(torch=torch, F=types.SimpleNamespace(cross_entropy=rk.cross_entropy),
+                                              nn=types.SimpleNamespace(CrossEntropyLoss=rk.nn.CrossEntropyLoss)))
+    theirs = run_docs_examples(statements, dict(torch=torch, F=F, nn=torch.nn))
+    assert len(ours) == len(theirs) == 2  # index targets, then probabilities
+    for (loss, grad), (expected_loss, expected_grad) in zip(ours, theirs):
+        torch.testing.assert_close(loss, expected_loss, **LOSS_TOLERANCE)
+        torch.testing.assert_close(grad, expected_grad, **GRAD_TOLERANCE[torch.float32])
+
+
+def test_positional_and_keyword_arguments_are_torchs(backend):
+    # (input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing), as F's.
+    logits, target, weight = sample_inputs((6, 5), weighted=True)
+    ours = rk.cross_entropy(logits, target, weight, None, 2, None, "sum", 0.1, backend=backend)
+    theirs = F.cross_entropy(logits, target, weight, None, 2, None, "sum", 0.1)
+    torch.testing.assert_close(ours, theirs, **LOSS_TOLERANCE)
+    ours = rk.cross_entropy(input=logits, target=target, weight=weight, reduction="none", backend=backend)
+    torch.testing.assert_close(ours, F.cross_entropy(input=logits, target=target, weight=weight, reduction="none"),
+                               **LOSS_TOLERANCE)
+    module = rk.nn.CrossEntropyLoss(weight, None, 2, None, "sum", 0.1)
+    torch.testing.assert_close(module(input=logits, target=target),
+                               torch.nn.CrossEntropyLoss(weight, None, 2, None, "sum", 0.1)(logits, target),
+                               **LOSS_TOLERANCE)
+    with pytest.raises(TypeError):  # the package's own options are keyword-only
+        rk.cross_entropy(logits, target, weight, None, -100, None, "mean", 0.0, True)
+
+
+@pytest.mark.parametrize("size_average, reduce", [(None, False), (False, None), (True, None), (False, True),
+                                                  (True, True), (None, True)])
+def test_legacy_size_average_and_reduce_follow_torch(backend, size_average, reduce):
+    logits, target, weight = sample_inputs((6, 5), ignored=(1,), weighted=True)
+    results = []
+    for cross_entropy, loss_module, options in ((rk.cross_entropy, rk.nn.CrossEntropyLoss, dict(backend=backend)),
+                                                 (F.cross_entropy, torch.nn.CrossEntropyLoss, {})):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss = cross_entropy(logits, target, weight, size_average=size_average, reduce=reduce,
+                                 reduction="sum", **options)
+            module = loss_module(weight, size_average, -100, reduce)
+        results.append((loss, module.reduction, sorted(str(w.message) for w in caught)))
+    (loss, reduction, messages), (expected_loss, expected_reduction, expected_messages) = results
+    torch.testing.assert_close(loss, expected_loss, **LOSS_TOLERANCE)
+    assert reduction == expected_reduction and messages == expected_messages and messages
+
+
+@pytest.mark.parametrize("target_kind", ["index", "probabilities", "mixed"])
+def test_float64_matches_torch_in_float64(backend, target_kind):
+    # fp64 logits: fp64 math and a float64 loss, equal to F.cross_entropy's to fp64 rounding.
+    logits, target, weight = sample_inputs((6, 7, 2), ignored=(3,), weighted=True)
+    logits, weight = logits.double(), weight.double()
+    torch_target, smoothing = target, 0.1
+    if target_kind == "probabilities":
+        target = torch_target = torch.softmax(torch.randn(6, 7, 2, generator=torch.Generator().manual_seed(3)),
+                                              1).to(DEVICE, torch.float64)
+    elif target_kind == "mixed":
+        y_b = torch.randint(0, 7, (6, 2), generator=torch.Generator().manual_seed(4)).to(DEVICE)
+        target = rk.MixedTarget(torch.where(target < 0, 0, target), y_b, torch.rand(6).to(DEVICE))
+        torch_target, smoothing = target.dense(7, 0.1, dtype=torch.float64), 0.0
+    for reduction in ("mean", "none"):
+        loss, grad = our_loss_and_grad(logits, target, weight=weight, reduction=reduction, label_smoothing=0.1,
+                                       backend=backend)
+        expected_loss, expected_grad = torch_loss_and_grad(logits, torch_target, weight=weight, reduction=reduction,
+                                                           label_smoothing=smoothing)
+        assert loss.dtype == grad.dtype == torch.float64
+        torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("target_kind, reduction", [("index", "mean"), ("probabilities", "none"), ("mixed", "sum")])
+def test_float64_gradcheck_and_gradgradcheck(backend, target_kind, reduction):
+    # torch's own numerical checks, first and second order, through every target kind (the probability
+    # target is differentiated too), weights, ignore_index and smoothing. float64 writes its gradient in
+    # backward, so backward can run again through the same graph, as gradcheck does.
+    logits, target, weight = sample_inputs((3, 4), ignored=(1,), weighted=True)
+    logits, weight = logits.double(), weight.double()
+    inputs = [logits.clone().requires_grad_()]
+    if target_kind == "probabilities":
+        inputs.append(torch.softmax(torch.randn(3, 4, generator=torch.Generator().manual_seed(3)),
+                                    1).to(DEVICE, torch.float64).requires_grad_())
+    elif target_kind == "mixed":
+        target = rk.MixedTarget(torch.where(target < 0, 0, target), target.flip(0).clamp(min=0),
+                                torch.rand(3).to(DEVICE))
+
+    def loss_fn(x, *q):
+        return rk.cross_entropy(x, q[0] if q else target, weight=weight, reduction=reduction, label_smoothing=0.1,
+                                backend=backend)
+
+    assert torch.autograd.gradcheck(loss_fn, inputs, fast_mode=True)
+    assert torch.autograd.gradgradcheck(loss_fn, inputs, fast_mode=True)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -405,8 +857,8 @@ def test_bad_input_raises_value_error():
         rk.cross_entropy(logits, target, weight=torch.ones(4, device=DEVICE))
     with pytest.raises(ValueError, match="logits must have shape"):
         rk.cross_entropy(logits[0], target[0])
-    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
-        rk.cross_entropy(logits.double(), target)
+    with pytest.raises(TypeError, match="float32, float16, bfloat16 or float64"):
+        rk.cross_entropy(logits.int(), target)
 
 
 # ----------------------------------------------------------------------------- registration
@@ -428,6 +880,11 @@ def test_opcheck(backend, target_kind):
     torch.library.opcheck(cross_entropy_inplace_op, (logits.clone(), target, target_b, lam, weight, -100,
                                                      "mean", 0.1, backend))
     torch.library.opcheck(scale_grad_op, (torch.randn(4, 6, device=DEVICE), torch.randn(4, device=DEVICE), backend))
+    if target_kind == "probabilities":
+        for reduction, grad_output in (("mean", torch.tensor(3.0, device=DEVICE)),
+                                       ("none", torch.rand(4, device=DEVICE))):
+            torch.library.opcheck(cross_entropy_target_grad_op, (logits, torch.empty_like(target), target, weight,
+                                                                 reduction, 0.1, backend, 0, grad_output))
 
 
 def test_compile_fullgraph(backend):
@@ -513,6 +970,50 @@ def test_cuda_arithmetic_on_host(target_kind, weighted, chunk):
         math_dtype=torch.float64)
     torch.testing.assert_close(torch.from_numpy(loss).double(), expected_loss, **LOSS_TOLERANCE)
     torch.testing.assert_close(torch.from_numpy(grad).double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
+
+
+def cuda_host_rows(logits, target, weight, label_smoothing, chunk, of_target=False):
+    """_C.cross_entropy_host on CPU tensors: (per-row losses, gradient of their sum with respect to the
+    logits, or with of_target to the probability target)."""
+    empty_i, empty_f = torch.empty(0, dtype=torch.int64), torch.empty(0)
+    target_b = lam = q = None
+    if isinstance(target, rk.MixedTarget):
+        target, target_b, lam, kind = target.y_a, target.y_b, target.per_sample_lam(), 1
+    elif target.is_floating_point():
+        target, q, kind = empty_i, target, 2
+    else:
+        kind = 0
+    loss, grad = _backend._C.cross_entropy_host(
+        logits.cpu().numpy(), target.cpu().numpy(), (empty_i if target_b is None else target_b.cpu()).numpy(),
+        (empty_f if lam is None else lam.cpu()).numpy(), (empty_f if weight is None else weight.cpu()).numpy(),
+        (empty_f if q is None else q.cpu()).numpy(), -100, label_smoothing, kind, chunk, of_target)
+    return torch.from_numpy(loss), torch.from_numpy(grad)
+
+
+@pytest.mark.skipif(not hasattr(_backend._C, "cross_entropy_host"), reason="CUDA extension not built")
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("chunk", [5, 64], ids=["split-chunks", "whole-rows"])
+def test_cuda_arithmetic_probability_target_gradient(weighted, chunk):
+    logits, _, weight = sample_inputs((6, 23), weighted=weighted)
+    probabilities = torch.softmax(torch.randn(6, 23, generator=torch.Generator().manual_seed(3)), 1)
+    _, grad = cuda_host_rows(logits.cpu(), probabilities, None if weight is None else weight.cpu(), 0.1, chunk,
+                             of_target=True)
+    q = probabilities.double().requires_grad_()
+    loss = F.cross_entropy(logits.cpu().double(), q, weight=None if weight is None else weight.cpu().double(),
+                           reduction="sum", label_smoothing=0.1)
+    torch.testing.assert_close(grad.double(), torch.autograd.grad(loss, q)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(_backend._C, "cross_entropy_host"), reason="CUDA extension not built")
+@pytest.mark.parametrize("target_kind", ["index", "probabilities", "mixed"])
+@pytest.mark.parametrize("chunk", [250, 1000], ids=["split-chunks", "whole-rows"])
+def test_cuda_arithmetic_large_shift_keeps_torch_precision(target_kind, chunk):
+    logits, weight, target, torch_target, torch_smoothing = shifted_sample(target_kind, 64, 1000)
+    loss, grad = cuda_host_rows(logits, target, weight, 0.1, chunk)
+    expected_loss, expected_grad, torch_loss_error, torch_grad_error = torch_errors_at_large_shift(
+        logits, weight, torch_target, torch_smoothing)
+    assert (loss.double() - expected_loss.cpu()).abs().max() <= 2 * torch_loss_error.cpu()
+    assert (grad.double() - expected_grad.cpu()).abs().max() <= 2 * torch_grad_error.cpu()
 
 
 @pytest.mark.skipif(not hasattr(_backend._C, "cross_entropy_host"), reason="CUDA extension not built")

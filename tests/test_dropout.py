@@ -8,7 +8,8 @@ import torch
 import recipe_kernels as rk
 from recipe_kernels import _backend, reference
 from recipe_kernels._philox import drop_threshold, draw_seed, keep_mask, keep_scale
-from recipe_kernels.dropout import BLOCK, dropout_bias_backward_op, dropout_op, drop_path_op
+from recipe_kernels.dropout import (BLOCK, WIDE_BIAS_NUMEL, _dropout_triton, dropout_bias_backward_op,
+                                    dropout_inplace_op, dropout_op, drop_path_op)
 
 from conftest import BACKENDS, DEVICE
 
@@ -73,6 +74,89 @@ def test_drop_path_add_matches_float64_oracle(backend, dtype):
     assert 0 < dropped.sum() < 64
 
 
+# Bias sizes on both sides of WIDE_BIAS_NUMEL, where the Triton kernel switches its column arithmetic
+# (fp32-reciprocal quotient below, one conditional subtract from there on); with and without
+# a multiple of 8. Three rows: programs start at many different columns.
+@pytest.mark.parametrize("bias_numel", [WIDE_BIAS_NUMEL - 8, WIDE_BIAS_NUMEL - 1, WIDE_BIAS_NUMEL,
+                                        WIDE_BIAS_NUMEL + 5, 2 * WIDE_BIAS_NUMEL + 8])
+def test_dropout_add_bias_columns_around_the_wide_bias_threshold(backend, bias_numel):
+    x, residual, bias = sample_inputs((3, bias_numel), bias_shape=(bias_numel,))
+    out = with_seed(lambda: rk.dropout_add(x, residual, 0.3, bias=bias, backend=backend))
+    expected = torch_formula("dropout_add", x.double(), residual.double(), bias.double(), 0.3, oracle_seed())
+    torch.testing.assert_close(out.double(), expected, **TOLERANCE[torch.float32])
+
+
+def test_triton_kernel_takes_a_bias_of_2_to_24_elements_and_more():
+    # The launcher alone, with x shorter than the bias (columns = indices): one program, not 2^24 / BLOCK.
+    bias = torch.randn((1 << 24) + 8, dtype=torch.bfloat16, device=DEVICE)
+    x = torch.randn(40, dtype=torch.bfloat16, device=DEVICE)
+    seed = torch.tensor([99], device=DEVICE)
+    out = _dropout_triton(x, None, bias, seed, 0.3, x.dtype)
+    expected = torch_formula("dropout", x.double() + bias[:40].double(), None, None, 0.3, seed)
+    torch.testing.assert_close(out.double(), expected, **TOLERANCE[torch.bfloat16])
+
+
+# ----------------------------------------------------------------------------- mixed dtypes
+
+
+def mixed_inputs(x_dtype, residual_dtype, bias_dtype, shape=(6, 40)):
+    x, residual, bias = sample_inputs(shape, bias_shape=shape[-1:])
+    return x.to(x_dtype), residual.to(residual_dtype), (None if bias_dtype is None else bias.to(bias_dtype))
+
+
+def assert_one_rounding(got, expected64, dtype, name):
+    """got equals the float64 value rounded once to `dtype` (within one rounding when the float64
+    value sits on a rounding boundary of fp32 arithmetic)."""
+    assert got.dtype == dtype, f"{name}: {got.dtype} != {dtype}"
+    torch.testing.assert_close(got, expected64.to(dtype), **TOLERANCE[dtype], msg=name)
+
+
+# An fp32 residual stream with a bf16 branch is the autocast pattern; every pair of the three dtypes.
+@pytest.mark.parametrize("x_dtype", DTYPES)
+@pytest.mark.parametrize("residual_dtype", DTYPES)
+@pytest.mark.parametrize("bias_dtype", [None] + DTYPES)
+def test_dropout_add_mixed_dtypes_follow_torch_promotion(backend, x_dtype, residual_dtype, bias_dtype):
+    x, residual, bias = mixed_inputs(x_dtype, residual_dtype, bias_dtype)
+    leaves = [t.requires_grad_() for t in (x, residual, bias) if t is not None]
+    out = with_seed(lambda: rk.dropout_add(x, residual, 0.3, bias=bias, backend=backend))
+    with torch.no_grad():  # torch's own promotion decides the result dtype
+        promoted = (residual + torch.nn.functional.dropout(x if bias is None else x + bias, 0.0)).dtype
+    inputs64 = [t.detach().double().requires_grad_() for t in leaves]
+    expected = torch_formula("dropout_add", inputs64[0], inputs64[1], inputs64[2] if bias is not None else None,
+                             0.3, oracle_seed())
+    assert_one_rounding(out.detach(), expected.detach(), promoted, "out")
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, promoted)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    expected_grads = torch.autograd.grad(expected, inputs64, grad_out.double())
+    for name, leaf, got, want in zip(("x", "residual", "bias"), leaves, grads, expected_grads):
+        assert_one_rounding(got, want, leaf.dtype, name)
+
+
+@pytest.mark.parametrize("x_dtype", DTYPES)
+@pytest.mark.parametrize("residual_dtype", DTYPES)
+def test_drop_path_add_mixed_dtypes_follow_torch_promotion(backend, x_dtype, residual_dtype):
+    x, residual, _ = mixed_inputs(x_dtype, residual_dtype, None, shape=(16, 5))
+    x.requires_grad_(), residual.requires_grad_()
+    out = with_seed(lambda: rk.drop_path_add(x, residual, 0.5, backend=backend))
+    promoted = torch.result_type(x, residual)
+    inputs64 = [t.detach().double().requires_grad_() for t in (x, residual)]
+    expected = torch_formula("drop_path_add", inputs64[0], inputs64[1], None, 0.5, oracle_seed())
+    assert_one_rounding(out.detach(), expected.detach(), promoted, "out")
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, promoted)
+    grads = torch.autograd.grad(out, (x, residual), grad_out)
+    expected_grads = torch.autograd.grad(expected, inputs64, grad_out.double())
+    for name, leaf, got, want in zip(("x", "residual"), (x, residual), grads, expected_grads):
+        assert_one_rounding(got, want, leaf.dtype, name)
+    assert rk.drop_path_add(x, residual, 0.0, backend=backend).dtype == promoted
+
+
+def test_a_zero_dim_bias_does_not_promote_like_in_torch(backend):
+    x, residual = (torch.randn(4, 8, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    bias = torch.tensor(0.5, device=DEVICE)  # fp32, 0-d: torch's x + bias stays bf16
+    out = rk.dropout_add(x, residual, 0.3, bias=bias, backend=backend)
+    assert out.dtype == (residual + (x + bias)).dtype == torch.bfloat16
+
+
 def test_dropout_add_equals_residual_plus_dropout_under_same_seed(backend):
     x, residual, bias = sample_inputs(bias_shape=(1000,))
     fused = with_seed(lambda: rk.dropout_add(x, residual, 0.25, bias=bias, backend=backend))
@@ -109,7 +193,7 @@ def test_keep_rate_within_five_sigma_and_exact_scale(backend, p):
 
 
 @pytest.mark.parametrize("op", ["dropout", "dropout_add", "drop_path_add"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_outputs_bit_identical_across_backends(op, dtype):
     x, residual, bias = sample_inputs(shape=(8, 513), dtype=dtype, bias_shape=(513,))
     calls = {
@@ -198,6 +282,19 @@ def test_dropout_add_gradients_match_float64_oracle(backend, dtype, shape, bias_
         torch.testing.assert_close(got.double(), want, **tolerance, msg=name)
 
 
+def test_unfused_bias_gradient_sums_unrounded_values_as_the_torch_backend_does():
+    # 37 columns take the two-pass fallback on the kernel backends; its bias gradient must be the
+    # column sums of grad * keep / (1 - p) before rounding to bf16, bit for bit as on "torch".
+    x, residual, bias = (t.requires_grad_() for t in sample_inputs((64, 37), torch.bfloat16, bias_shape=(37,)))
+    grad_out = torch.randn(64, 37, device=DEVICE).bfloat16()
+    grads = {}
+    for backend in ("torch", "triton"):
+        out = with_seed(lambda: rk.dropout_add(x, residual, 0.3, bias=bias, backend=backend))
+        grads[backend] = torch.autograd.grad(out, (x, bias), grad_out)
+    assert torch.equal(grads["triton"][0], grads["torch"][0])
+    assert torch.equal(grads["triton"][1], grads["torch"][1])
+
+
 def test_drop_path_add_gradients(backend):
     x = torch.randn(32, 9, device=DEVICE, requires_grad=True)
     residual = torch.randn(32, 9, device=DEVICE, requires_grad=True)
@@ -206,6 +303,87 @@ def test_drop_path_add_gradients(backend):
     kept = (out != residual).any(1, keepdim=True).float()
     assert torch.equal(x.grad, kept.expand(32, 9) * keep_scale(0.5))
     assert torch.equal(residual.grad, torch.ones_like(residual))
+
+
+def torch_formula(op, x, residual, bias, p, seed):
+    """The op written in torch's own terms, residual + F.dropout-like(x + bias) or residual + x * keep[b]
+    / (1 - p), with the mask that `seed` gives: autograd differentiates it to any order by itself."""
+    if op.startswith("drop_path"):
+        keep = keep_mask(seed, torch.arange(x.shape[0], device=DEVICE), p).reshape((-1,) + (1,) * (x.dim() - 1))
+    else:
+        keep = keep_mask(seed, torch.arange(x.numel(), device=DEVICE), p).reshape(x.shape)
+    value = x if bias is None else x + bias
+    out = value * (keep.to(value.dtype) * (1.0 / (1.0 - p)))
+    return out if residual is None else residual + out
+
+
+# (op, shape, bias shape): the fused bias backward (8 and 3 x 4 columns) and its fallback (37 columns).
+SECOND_ORDER_CASES = [("dropout", (6, 8), None), ("dropout_add", (6, 8), None), ("dropout_add", (6, 8), (8,)),
+                      ("dropout_add", (2, 3, 4), (3, 4)), ("dropout_add", (6, 37), (37,)),
+                      ("drop_path", (16, 5), None), ("drop_path_add", (16, 5), None)]
+
+
+def call_op(op, x, residual, bias, p, backend):
+    calls = {"dropout": lambda: rk.dropout(x, p, backend=backend),
+             "dropout_add": lambda: rk.dropout_add(x, residual, p, bias=bias, backend=backend),
+             "drop_path": lambda: rk.drop_path(x, p, backend=backend),
+             "drop_path_add": lambda: rk.drop_path_add(x, residual, p, backend=backend)}
+    return with_seed(calls[op])
+
+
+@pytest.mark.parametrize("op,shape,bias_shape", SECOND_ORDER_CASES)
+def test_second_order_gradients_match_torch_formula(backend, op, shape, bias_shape):
+    x, residual, bias = sample_inputs(shape, bias_shape=bias_shape)
+    residual = residual if op.endswith("_add") else None
+    leaves = [t.requires_grad_() for t in (x, residual, bias) if t is not None]
+    results = []
+    for formula in (lambda: call_op(op, x, residual, bias, 0.4, backend),
+                    lambda: torch_formula(op, x, residual, bias, 0.4, oracle_seed())):
+        out = formula()
+        # A gradient penalty: the first gradient depends on the inputs through grad_output = 2 out.
+        first = torch.autograd.grad(out.square().sum(), leaves, create_graph=True)
+        penalty = sum((g.square() * torch.linspace(0.5, 1.5, g.numel()).reshape(g.shape)).sum() for g in first)
+        results.append(torch.autograd.grad(penalty, leaves, retain_graph=True))
+        # The gradient of the first gradient with respect to grad_output (what gradgradcheck probes).
+        grad_output = torch.randn(shape, generator=torch.Generator().manual_seed(7)).requires_grad_()
+        first = torch.autograd.grad(out, leaves, grad_output, create_graph=True)
+        results.append(torch.autograd.grad(sum((g * g.detach().sign()).sum() for g in first), grad_output))
+    for got, want in zip(results[0] + results[1], results[2] + results[3]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- float64
+
+
+@pytest.mark.parametrize("op,shape,bias_shape", SECOND_ORDER_CASES)
+def test_float64_computes_in_fp64(backend, op, shape, bias_shape):
+    x, residual, bias = (None if t is None else t.double() for t in sample_inputs(shape, bias_shape=bias_shape))
+    residual = residual if op.endswith("_add") else None
+    out = call_op(op, x, residual, bias, 0.4, backend)
+    assert out.dtype == torch.float64
+    # fp64 math, scale 1/(1-p) in full: torch's float64 formula to the last bit or so.
+    torch.testing.assert_close(out, torch_formula(op, x, residual, bias, 0.4, oracle_seed()), rtol=1e-15, atol=1e-15)
+
+
+# Tiny shapes: gradcheck perturbs every element. The fused bias backward (4 and 2 x 4 columns) and its fallback (3).
+GRADCHECK_CASES = [("dropout", (3, 4), None), ("dropout_add", (3, 4), (4,)), ("dropout_add", (2, 2, 4), (2, 4)),
+                   ("dropout_add", (4, 3), (3,)), ("drop_path", (6, 2), None), ("drop_path_add", (6, 2), None)]
+
+
+@pytest.mark.parametrize("op,shape,bias_shape", GRADCHECK_CASES)
+def test_float64_gradcheck_and_gradgradcheck(backend, op, shape, bias_shape):
+    x, residual, bias = (None if t is None else t.double() for t in sample_inputs(shape, bias_shape=bias_shape))
+    inputs = [t.requires_grad_() for t in (x, residual if op.endswith("_add") else None, bias) if t is not None]
+
+    def fn(*tensors):  # the same seed, so the same mask, on every call
+        tensors = list(tensors)
+        x = tensors.pop(0)
+        residual = tensors.pop(0) if op.endswith("_add") else None
+        return call_op(op, x, residual, tensors.pop(0) if tensors else None, 0.4, backend)
+
+    # fast_mode: a random projection of the Jacobian (the interpreter is slow); the torch backend checks all.
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=backend != "torch")
+    assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=backend != "torch")
 
 
 def test_autograd_saves_only_the_seed(backend):
@@ -223,6 +401,94 @@ def test_autograd_saves_only_the_seed(backend):
                 rk.drop_path_add(x, residual, 0.5, backend=backend)]
     assert len(saved_bytes) == 3 and max(saved_bytes) <= 8
     sum(o.sum() for o in outs).backward()
+
+
+# ----------------------------------------------------------------------------- in place
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_inplace_writes_into_x_and_returns_it(backend, dtype):
+    x, _, _ = sample_inputs(dtype=dtype)
+    original = x.clone()
+    storage = x.data_ptr()
+    out = with_seed(lambda: rk.dropout(x, 0.3, inplace=True, backend=backend))
+    assert out is x and x.data_ptr() == storage
+    expected = torch_formula("dropout", original.double(), None, None, 0.3, oracle_seed())
+    torch.testing.assert_close(x.double(), expected, **TOLERANCE.get(dtype, dict(rtol=1e-15, atol=1e-15)))
+    assert torch.equal(x, with_seed(lambda: rk.dropout(original, 0.3, backend=backend)))  # the out-of-place mask
+
+
+def test_inplace_on_a_non_contiguous_view_follows_the_logical_index(backend):
+    base = torch.randn(30, 40, device=DEVICE)
+    expected = with_seed(lambda: rk.dropout(base.t(), 0.5, backend=backend))
+    view = base.t()
+    assert with_seed(lambda: rk.dropout(view, 0.5, inplace=True, backend=backend)) is view
+    assert torch.equal(base.t(), expected)
+
+
+def test_inplace_gradients_like_torch(backend):
+    leaf = torch.randn(6, 40, device=DEVICE, requires_grad=True)
+    hidden = leaf * 2.0
+    out = with_seed(lambda: rk.dropout(hidden, 0.4, inplace=True, backend=backend))
+    assert out is hidden
+    (grad,) = torch.autograd.grad(out.square().sum(), leaf, create_graph=True)
+    hidden64 = leaf.detach().double() * 2.0
+    expected = torch_formula("dropout", hidden64, None, None, 0.4, oracle_seed())
+    expected_grad = 2.0 * 2.0 * expected * torch_formula("dropout", torch.ones_like(hidden64), None, None, 0.4,
+                                                          oracle_seed())
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-6, atol=1e-6)
+    (second,) = torch.autograd.grad(grad.sum(), leaf)  # second order through the in-place op
+    keep_scaled = torch_formula("dropout", torch.ones_like(hidden64), None, None, 0.4, oracle_seed())
+    torch.testing.assert_close(second.double(), 8.0 * keep_scaled.square(), rtol=1e-6, atol=1e-6)
+    # In place on a view of a non-leaf, as torch allows.
+    base = leaf * 1.0
+    rk.dropout(base[2:], 0.4, inplace=True, backend=backend)
+    (grad,) = torch.autograd.grad(base.sum(), leaf)
+    assert torch.equal(grad[:2], torch.ones(2, 40, device=DEVICE))
+    assert torch.equal(grad[2:] != 0, base[2:].detach() != 0)
+
+
+def test_inplace_saves_only_the_seed(backend):
+    saved_bytes = []
+    leaf = torch.randn(64, 64, device=DEVICE, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved_bytes.append(t.numel() * t.element_size()) or t,
+                                                  lambda t: t):
+        rk.dropout(leaf * 1.0, 0.5, inplace=True, backend=backend)
+    assert max(saved_bytes) <= 8  # the seed (the multiply saves a Python scalar)
+
+
+def test_inplace_refuses_a_leaf_that_requires_grad_like_torch(backend):
+    leaf = torch.randn(4, 8, device=DEVICE, requires_grad=True)
+    before = leaf.detach().clone()
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        torch.nn.functional.dropout(leaf, 0.5, inplace=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        rk.dropout(leaf, 0.5, inplace=True, backend=backend)
+    assert torch.equal(leaf.detach(), before)  # refused before anything was written
+    with torch.no_grad():  # as in torch, allowed without autograd
+        assert rk.dropout(leaf, 0.5, inplace=True, backend=backend) is leaf
+    assert not torch.equal(leaf.detach(), before)
+    assert rk.dropout(leaf, 0.5, training=False, inplace=True, backend=backend) is leaf  # nothing to do
+
+
+def test_inplace_opcheck(backend):
+    x = torch.randn(4, 24, device=DEVICE)
+    seed = torch.tensor([42], device=DEVICE)
+    torch.library.opcheck(dropout_inplace_op.custom_op, (x, seed, 0.3, backend))
+    torch.library.opcheck(dropout_inplace_op.custom_op, (x.t(), seed, 0.3, backend))  # non-contiguous
+
+
+def test_inplace_compiles_fullgraph(backend):
+    compiled = torch.compile(lambda x: rk.dropout(x * 2.0, 0.3, inplace=True, backend=backend).sum(), fullgraph=True)
+    for rows in (3, 5, 8):  # new sizes
+        leaf = torch.randn(rows, 16, device=DEVICE, requires_grad=True)
+        loss = with_seed(lambda: compiled(leaf))
+        loss.backward()
+        eager_leaf = leaf.detach().clone().requires_grad_()
+        eager = with_seed(lambda: rk.dropout(eager_leaf * 2.0, 0.3, inplace=True, backend=backend).sum())
+        eager.backward()
+        torch.testing.assert_close(loss, eager)
+        assert torch.equal(leaf.grad, eager_leaf.grad)
 
 
 # ----------------------------------------------------------------------------- edge cases
@@ -263,6 +529,10 @@ def test_empty_tensors(backend, shape):
     out = rk.drop_path_add(x, residual, 0.5, backend=backend)
     assert out.shape == shape
     out.sum().backward()
+    bias = torch.zeros(shape[-1:], device=DEVICE, requires_grad=True)
+    first = torch.autograd.grad(rk.dropout_add(x, residual, 0.5, bias=bias, backend=backend).square().sum(),
+                                (x, bias), create_graph=True)
+    torch.autograd.grad(sum(g.sum() for g in first), (x, bias), allow_unused=True)  # second order on nothing
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -278,10 +548,10 @@ def test_bad_p_raises_value_error():
 
 
 def test_non_floating_dtype_raises_type_error():
-    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+    with pytest.raises(TypeError, match="float32, float16, bfloat16, float64"):
         rk.dropout(torch.arange(4, device=DEVICE), 0.5)
-    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
-        rk.drop_path_add(torch.ones(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64), 0.5)
+    with pytest.raises(TypeError, match="residual must be float32, float16, bfloat16, float64"):
+        rk.drop_path_add(torch.ones(4, device=DEVICE), torch.ones(4, dtype=torch.complex64, device=DEVICE), 0.5)
 
 
 def test_shape_mismatch_names_the_shapes():
@@ -298,8 +568,6 @@ def test_device_and_dtype_mismatch():
     x = torch.randn(4, 6, device=DEVICE)
     with pytest.raises(ValueError, match="residual is on meta"):
         rk.dropout_add(x, torch.empty(4, 6, device="meta"), 0.5)
-    with pytest.raises(TypeError, match="residual has dtype torch.float16"):
-        rk.dropout_add(x, x.half(), 0.5)
 
 
 def test_unavailable_backend_says_why(monkeypatch):
@@ -324,19 +592,23 @@ def test_environment_variable_chooses_the_backend(monkeypatch):
 
 
 @pytest.mark.parametrize("with_extras", [False, True])
-def test_opcheck(backend, with_extras):
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])  # bf16 x with fp32 residual and bias: mixed
+def test_opcheck(backend, with_extras, x_dtype):
     x, residual, bias = sample_inputs(shape=(4, 24), bias_shape=(24,))
-    x.requires_grad_()
+    x = x.to(x_dtype).requires_grad_()
+    residual.requires_grad_(), bias.requires_grad_()
+    residual, bias = (residual, bias) if with_extras else (None, None)
+    out_dtype = torch.float32 if with_extras else x_dtype
     seed = torch.tensor([42], device=DEVICE)
-    torch.library.opcheck(dropout_op, (x, residual if with_extras else None, bias if with_extras else None,
-                                       seed, 0.3, backend))
-    torch.library.opcheck(drop_path_op, (x, residual if with_extras else None, seed, 0.3, backend))
-    torch.library.opcheck(dropout_bias_backward_op, (x.detach(), seed, 0.3, 24 if with_extras else 6, backend))
+    torch.library.opcheck(dropout_op.custom_op, (x, residual, bias, seed, 0.3, out_dtype, backend))
+    torch.library.opcheck(drop_path_op.custom_op, (x, residual, seed, 0.3, out_dtype, backend))
+    torch.library.opcheck(dropout_bias_backward_op.custom_op,
+                          (x, seed, 0.3, 24 if with_extras else 6, torch.float16, backend))
 
 
 def test_compile_fullgraph(backend):
     def block(x, residual, bias):
-        hidden = rk.dropout_add(x, residual, 0.1, bias=bias, backend=backend)
+        hidden = rk.dropout_add(x.bfloat16(), residual, 0.1, bias=bias, backend=backend)  # fp32 stream, bf16 branch
         hidden = rk.drop_path_add(rk.dropout(hidden, 0.2, backend=backend), hidden, 0.3, backend=backend)
         return hidden.square().mean()
 
@@ -359,6 +631,15 @@ def test_modules(backend):
     assert dropout(x) is x and drop_path(x) is x
     with pytest.raises(ValueError):
         rk.nn.Dropout(1.5)
+
+
+def test_dropout_module_honours_inplace():
+    x = torch.randn(16, 8, device=DEVICE)
+    original = x.clone()
+    module = rk.nn.Dropout(0.5, inplace=True)
+    assert repr(module) == repr(torch.nn.Dropout(0.5, inplace=True)) == "Dropout(p=0.5, inplace=True)"
+    out = with_seed(lambda: module(x))
+    assert out is x and torch.equal(x, with_seed(lambda: rk.dropout(original, 0.5)))
 
 
 def test_drop_path_rates_linear_rule():

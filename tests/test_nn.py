@@ -21,14 +21,14 @@ TimmStyleDropPath.__name__ = "DropPath"
 
 def test_replace_modules_swaps_dropout_and_drop_path():
     model = torch.nn.Sequential(
-        torch.nn.Linear(4, 4), torch.nn.Dropout(0.2),
+        torch.nn.Linear(4, 4), torch.nn.Dropout(0.2, inplace=True),
         torch.nn.Sequential(TimmStyleDropPath(0.1), torch.nn.Dropout(0.3), TimmStyleDropPath(0.1, scale_by_keep=False)),
     )
     model.eval()
     assert rk.nn.replace_modules(model) == 3
-    assert isinstance(model[1], rk.nn.Dropout) and model[1].p == 0.2
+    assert isinstance(model[1], rk.nn.Dropout) and model[1].p == 0.2 and model[1].inplace
     assert isinstance(model[2][0], rk.nn.DropPath) and model[2][0].drop_prob == 0.1
-    assert isinstance(model[2][1], rk.nn.Dropout) and model[2][1].p == 0.3
+    assert isinstance(model[2][1], rk.nn.Dropout) and model[2][1].p == 0.3 and not model[2][1].inplace
     assert type(model[2][2]).__name__ == "DropPath" and not isinstance(model[2][2], rk.nn.DropPath)  # unscaled: kept
     assert not model[1].training  # the replacement keeps the mode
     assert rk.nn.replace_modules(model) == 0  # nothing left to replace

@@ -22,7 +22,7 @@ SMALL_SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=
 # Against float64 on the same (rounded) logits: fp32 math, the loss in fp32, the gradient rounded once.
 LOSS_TOLERANCE = dict(rtol=2e-5, atol=2e-5)
 GRAD_TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=2e-6), torch.float16: dict(rtol=1e-3, atol=2e-5),
-                  torch.bfloat16: dict(rtol=8e-3, atol=2e-4)}
+                  torch.bfloat16: dict(rtol=8e-3, atol=2e-4), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
 dtypes = st.sampled_from(list(GRAD_TOLERANCE))
 backends = st.sampled_from(BACKENDS)
@@ -142,7 +142,8 @@ def test_loss_and_gradient_match_torch_in_float64(shape, dtype, layout, kind, we
     expected_loss, expected_grad, magnitude = torch_reference(
         storage, shape, layout, torch_target, grad_output, smoothed, weight=weight, ignore_index=ignore_index,
         reduction=reduction, label_smoothing=label_smoothing)
-    assert loss.dtype == torch.float32 and loss.shape == expected_loss.shape
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert loss.shape == expected_loss.shape
     torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE, equal_nan=True)
     assert grad.dtype == dtype and grad.shape == storage.shape
     assert_grad_close(grad, expected_grad, magnitude, dtype)

@@ -35,10 +35,10 @@ def close(actual, expected, dtype):
 
 
 @SETTINGS
-@given(shape=shapes, dtype=dtypes, p=probabilities, layout=layouts, with_bias=st.booleans(),
+@given(shape=shapes, dtype=dtypes, residual_dtype=dtypes, p=probabilities, layout=layouts, with_bias=st.booleans(),
        backend=st.sampled_from(BACKENDS), seed=st.integers(0, 2**31))
-def test_dropout_add_matches_oracle(shape, dtype, p, layout, with_bias, backend, seed):
-    x, residual = make(shape, dtype, layout, seed), make(shape, dtype, "contiguous", seed + 1)
+def test_dropout_add_matches_oracle(shape, dtype, residual_dtype, p, layout, with_bias, backend, seed):
+    x, residual = make(shape, dtype, layout, seed), make(shape, residual_dtype, "contiguous", seed + 1)
     bias = make(shape[-1:], dtype, "contiguous", seed + 2) if with_bias else None
     torch.manual_seed(seed)
     out = rk.dropout_add(x, residual, p, bias=bias, backend=backend)
@@ -46,8 +46,9 @@ def test_dropout_add_matches_oracle(shape, dtype, p, layout, with_bias, backend,
     expected = reference.dropout(x.double(), draw_seed(DEVICE) if p > 0 else torch.zeros(1, dtype=torch.int64),
                                  p, residual=residual.double(), bias=None if bias is None else bias.double(),
                                  math_dtype=torch.float64)
-    assert out.shape == x.shape and out.dtype == dtype
-    assert close(out, expected, dtype)
+    promoted = torch.promote_types(dtype, residual_dtype)  # mixed residual streams follow torch's promotion
+    assert out.shape == x.shape and out.dtype == promoted
+    assert close(out, expected, promoted)
 
 
 @SETTINGS

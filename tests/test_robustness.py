@@ -57,9 +57,9 @@ for name, call in [("dropout", lambda x, p, b: rk.dropout(x, p, backend=b)),
     case(name, "p = 1.5", ValueError, "must be in \\[0, 1\\]")(lambda b, call=call: call(t(4), 1.5, b))
     case(name, "p = NaN", ValueError, "must be in \\[0, 1\\]")(lambda b, call=call: call(t(4), math.nan, b))
     case(name, "p given as a tensor", TypeError, "Python float")(lambda b, call=call: call(t(4), torch.tensor(0.5), b))
-    case(name, "int64 input", TypeError, "float32, float16 or bfloat16")(
+    case(name, "int64 input", TypeError, "float32, float16, bfloat16, float64")(
         lambda b, call=call: call(torch.arange(4, device=DEVICE), 0.5, b))
-    case(name, "float64 input", TypeError, "float32, float16 or bfloat16")(
+    case(name, "float64 input", check=lambda y: y.dtype == torch.float64, check_text="a float64 result (fp64 math)")(
         lambda b, call=call: call(t(4, dtype=torch.float64), 0.5, b))
     case(name, "empty tensor (0, 5)", check=lambda y: y.shape == (0, 5), check_text="empty result of the same shape")(
         lambda b, call=call: call(t(0, 5), 0.5, b))
@@ -78,14 +78,24 @@ case("dropout", "p = 1", check=lambda y: bool((y == 0).all()), check_text="all z
     lambda b: rk.dropout(t(5, 5), 1.0, backend=b))
 case("dropout", "not a tensor", TypeError, "must be a torch.Tensor")(lambda b: rk.dropout([1.0, 2.0], 0.5, backend=b))
 case("dropout", "unknown backend", ValueError, "unknown backend")(lambda b: rk.dropout(t(4), 0.5, backend="tpu"))
+case("dropout", "inplace on a leaf that requires grad", RuntimeError, "leaf Variable that requires grad")(
+    lambda b: rk.dropout(t(4, 6).requires_grad_(), 0.5, inplace=True, backend=b))
+case("dropout", "inplace on an expanded (stride 0) x", RuntimeError, "more than one element of the written-to")(
+    lambda b: rk.dropout(t(1, 6).expand(5, 6), 0.5, inplace=True, backend=b))
+case("dropout", "inplace on a transposed x", check=lambda y: y.stride() == (1, 4), check_text="x itself, its layout kept")(
+    lambda b: rk.dropout(t(6, 4).t(), 0.5, inplace=True, backend=b))
 case("dropout_add", "residual shape differs", ValueError, r"residual has shape \(4, 5\) but x has \(4, 6\)")(
     lambda b: rk.dropout_add(t(4, 6), t(4, 5), 0.5, backend=b))
 case("dropout_add", "bias not a trailing shape", ValueError, "bias has shape")(
     lambda b: rk.dropout_add(t(4, 6), t(4, 6), 0.5, bias=t(4), backend=b))
 case("dropout_add", "residual on another device (meta)", ValueError, "residual is on meta")(
     lambda b: rk.dropout_add(t(4, 6), t(4, 6, device="meta"), 0.5, backend=b))
-case("dropout_add", "residual of another dtype", TypeError, "residual has dtype torch.float16")(
+case("dropout_add", "residual of another dtype (fp32 x, fp16 residual)", check=lambda y: y.dtype == torch.float32,
+     check_text="torch's promoted dtype, float32")(
     lambda b: rk.dropout_add(t(4, 6), t(4, 6, dtype=torch.float16), 0.5, backend=b))
+case("drop_path_add", "residual of another dtype (bf16 x, fp32 residual)", check=lambda y: y.dtype == torch.float32,
+     check_text="torch's promoted dtype, float32")(
+    lambda b: rk.drop_path_add(t(4, 6, dtype=torch.bfloat16), t(4, 6), 0.5, backend=b))
 case("drop_path_add", "0-d x", ValueError, "at least one dimension")(
     lambda b: rk.drop_path_add(t(), t(), 0.5, backend=b))
 case("drop_path_add", "zero-batch x (0, 3)", check=lambda y: y.shape == (0, 3), check_text="empty result")(
@@ -182,6 +192,15 @@ def ce_compare(backend, base, target, view=lambda x: x, torch_target=None, **opt
     return loss.detach(), grad, expected.detach(), expected_grad
 
 
+def ce_target_gradients(backend, logits, probabilities, **options):
+    """d loss / d target of a probability target: ours and F.cross_entropy's in float64."""
+    ours = probabilities.detach().clone().requires_grad_()
+    (grad,) = torch.autograd.grad(rk.cross_entropy(logits, ours, backend=backend, **options), ours)
+    theirs = probabilities.detach().double().requires_grad_()
+    (expected,) = torch.autograd.grad(F.cross_entropy(logits.double(), theirs, **options), theirs)
+    return grad, expected
+
+
 def ce_matches(result, rtol=1e-5, atol=1e-5):
     loss, grad, expected, expected_grad = result
     return (torch.allclose(loss.double(), expected, rtol=rtol, atol=atol, equal_nan=True)
@@ -211,16 +230,17 @@ CE_MATCHES_TORCH = "loss and gradient equal F.cross_entropy's (float64)"
 CE_OUT_OF_RANGE = "torch backend raises as torch does; kernels give NaN for that row only"
 
 # Wrong dtypes.
-case("cross_entropy", "int64 logits", TypeError, "float32, float16 or bfloat16")(
+case("cross_entropy", "int64 logits", TypeError, "float32, float16, bfloat16 or float64")(
     lambda b: rk.cross_entropy(torch.ones(4, 5, dtype=torch.int64, device=DEVICE), labels(), backend=b))
-case("cross_entropy", "float64 logits", TypeError, "float32, float16 or bfloat16")(
-    lambda b: rk.cross_entropy(ce_logits(4, 5, dtype=torch.float64), labels(), backend=b))
+case("cross_entropy", "float64 logits", check=lambda r: ce_matches(r, 1e-12, 1e-12) and r[0].dtype == torch.float64,
+     check_text="fp64 math: a float64 loss and gradient equal to F.cross_entropy's")(
+    lambda b: ce_compare(b, ce_logits(4, 5, dtype=torch.float64), labels(), label_smoothing=0.1))
 case("cross_entropy", "float class indices (N,)", ValueError, r"target has shape \(4,\) but logits \(4, 5\)")(
     lambda b: rk.cross_entropy(ce_logits(4, 5), labels().float(), backend=b))
 case("cross_entropy", "bool target", TypeError, "integer tensor")(
     lambda b: rk.cross_entropy(ce_logits(4, 5), labels() > 0, backend=b))
-case("cross_entropy", "float64 probability target", TypeError, "probability target must be float32")(
-    lambda b: rk.cross_entropy(ce_logits(4, 5), torch.rand(4, 5, dtype=torch.float64, device=DEVICE), backend=b))
+case("cross_entropy", "float64 probability target", check=ce_matches, check_text=CE_MATCHES_TORCH)(
+    lambda b: ce_compare(b, ce_logits(4, 5), torch.softmax(ce_logits(5, 4), 0).t().double(), label_smoothing=0.1))
 case("cross_entropy", "int32 class indices", check=ce_matches, check_text=CE_MATCHES_TORCH)(
     lambda b: ce_compare(b, ce_logits(4, 5), labels().int(), torch_target=labels(), label_smoothing=0.1))
 case("cross_entropy", "target a list", TypeError, "tensor or a MixedTarget")(
@@ -239,7 +259,9 @@ case("MixedTarget", "lam a string", TypeError, "lam must be a float or a tensor"
     lambda b: rk.MixedTarget(labels(), labels(), "0.5"))
 case("MixedTarget", "lam a bool", TypeError, "lam must be a float or a tensor")(
     lambda b: rk.MixedTarget(labels(), labels(), True))
-case("nn.CrossEntropyLoss", "float64 logits", TypeError, "float32, float16 or bfloat16")(
+case("nn.CrossEntropyLoss", "float64 logits", check=lambda r: r.dtype == torch.float64 and torch.allclose(
+    r, torch.nn.CrossEntropyLoss()(ce_logits(4, 5, dtype=torch.float64), labels()), rtol=1e-12, atol=1e-12),
+     check_text="a float64 loss equal to torch.nn.CrossEntropyLoss's")(
     lambda b: ce_module(b, ce_logits(4, 5, dtype=torch.float64), labels()))
 
 # Tensors on different devices.
@@ -325,8 +347,10 @@ case("cross_entropy", "ignore_index inside [0, C)", check=ce_matches, check_text
 case("cross_entropy", "weight that requires grad", ValueError, r"weight.detach\(\)")(
     lambda b: rk.cross_entropy(ce_logits(4, 5).requires_grad_(), labels(),
                                weight=torch.ones(5, device=DEVICE, requires_grad=True), backend=b))
-case("cross_entropy", "probability target that requires grad", ValueError, r"target.detach\(\)")(
-    lambda b: rk.cross_entropy(ce_logits(4, 5), torch.rand(4, 5, device=DEVICE, requires_grad=True), backend=b))
+case("cross_entropy", "probability target that requires grad",
+     check=lambda r: torch.allclose(r[0].double(), r[1], rtol=1e-5, atol=1e-6),
+     check_text="its gradient, -(1-ε)·w·log p reduced like the loss, equals F.cross_entropy's (float64)")(
+    lambda b: ce_target_gradients(b, ce_logits(4, 5), torch.softmax(ce_logits(5, 4), 0).t(), label_smoothing=0.1))
 case("cross_entropy", "all class weights zero", check=ce_matches,
      check_text="NaN mean and NaN gradient, as F.cross_entropy")(
     lambda b: ce_compare(b, ce_logits(4, 5), labels(), weight=torch.zeros(5, device=DEVICE), label_smoothing=0.1))

@@ -1,0 +1,131 @@
+"""Host time per eager call, on the CPU, with no GPU: what each op costs Python and the dispatcher.
+
+    python benchmarks/bench_host.py [--repeat N] [--out DIR]
+
+Every call runs the triton backend under the stand-in driver (benchmarks/standin_driver.py):
+the whole host path runs (checks, seed, sampling, the op layer, Triton's launcher path) and
+each kernel is compiled for sm_90 once, then its launch is a recorded no-op. Times are medians
+of many calls in microseconds and in u, where u is one torch.add of two 1-element CPU tensors
+timed in the same run (so the table reads the same on a slower or busier machine). Launches
+per call come from the stand-in's records, torch ops per call from torch's profiler (aten ops
+that reached the dispatcher, the launches' own tensors included).
+
+What it does not count: the C launcher of a real driver (a few microseconds per launch with
+Triton's CUDA launcher), CUDA's own launch cost, and anything the GPU does.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+import recipe_kernels as rk  # noqa: E402
+from common import append_rows  # noqa: E402
+from standin_driver import StandInDriver  # noqa: E402
+
+COLUMNS = ["call", "us", "u", "goal_u", "launches", "torch_ops", "torch", "triton"]
+
+
+def _median_us(fn, repeat):
+    fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return 1e6 * statistics.median(samples)
+
+
+def unit_us(repeat):
+    """u: one torch.add of two 1-element CPU tensors."""
+    a, b = torch.ones(1), torch.ones(1)
+    return _median_us(lambda: torch.add(a, b), max(repeat, 2000))
+
+
+def calls():
+    """(name, goal in u, fn): the calls of the op-layer issue's table."""
+    x = torch.randn(64, 64, dtype=torch.bfloat16)
+
+    leaf = torch.randn(64, 64, dtype=torch.bfloat16, requires_grad=True)
+    residual = torch.randn(64, 64, dtype=torch.bfloat16, requires_grad=True)
+    bias = torch.randn(64, dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.ones(64, 64, dtype=torch.bfloat16)
+
+    def dropout_add_fwd_bwd():
+        rk.dropout_add(leaf, residual, 0.1, bias=bias, backend="triton").backward(grad)
+
+    logits = torch.randn(64, 1000, requires_grad=True)
+    target = torch.randint(0, 1000, (64,))
+
+    def cross_entropy_fwd_bwd():
+        rk.cross_entropy(logits, target, label_smoothing=0.1, backend="triton").backward()
+
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (64,))
+
+    def cutmix_or_mixup():
+        rk.cutmix_or_mixup(images, labels, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), out_dtype=torch.bfloat16,
+                           backend="triton")
+
+    model = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(16)) for _ in range(1000)])
+    averaged = rk.ModelEMA(model, decay=0.999, backend="triton")
+    ema_tensors = [p.detach().clone() for p in model]
+    model_tensors = [p.detach() for p in model]
+
+    return [
+        ("dropout fwd, (64, 64) bf16", 8, lambda: rk.dropout(x, 0.1, backend="triton")),
+        ("dropout_add + bias, fwd+bwd", 30, dropout_add_fwd_bwd),
+        ("cross_entropy fwd+bwd, (64, 1000), smoothing 0.1", 30, cross_entropy_fwd_bwd),
+        ("cutmix_or_mixup per sample, uint8 -> normalised bf16", 25, cutmix_or_mixup),
+        ("ModelEMA.update, 1000 parameters", 15, lambda: averaged.update(model)),
+        ("ema_update_, 1000 pairs, lists reused", 40,
+         lambda: rk.ema_update_(ema_tensors, model_tensors, 0.999, backend="triton")),
+    ]
+
+
+def torch_ops_per_call(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        fn()
+
+    def outermost_aten(event):
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return False
+            parent = parent.cpu_parent
+        return event.name.startswith("aten::")
+
+    return sum(1 for event in profile.events() if outermost_aten(event))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=300, help="timed calls per op (median)")
+    parser.add_argument("--out", default=None, help="also append the rows to DIR/host.csv")
+    args = parser.parse_args()
+    import triton
+    rows = []
+    with StandInDriver() as driver:
+        unit = unit_us(args.repeat)
+        print(f"u = {unit:.2f} us (torch.add of two 1-element CPU tensors)")
+        print(f"{'call':<55} {'us':>8} {'u':>6} {'goal':>6} {'launches':>9} {'torch ops':>10}")
+        for name, goal, fn in calls():
+            fn()  # compile
+            before = len(driver.launches)
+            fn()
+            launches = len(driver.launches) - before
+            us = _median_us(fn, args.repeat)
+            ops = torch_ops_per_call(fn)
+            rows.append(dict(call=name, us=us, u=us / unit, goal_u=goal, launches=launches, torch_ops=ops,
+                             torch=torch.__version__, triton=triton.__version__))
+            print(f"{name:<55} {us:8.1f} {us / unit:6.1f} {goal:6d} {launches:9d} {ops:10d}")
+    append_rows("host.csv", COLUMNS, rows, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Reading SASS: instructions, loops and per-instruction execution counts of one kernel.
+
+A loop is a backward branch (BRA to an address at or before its own); its body is every
+instruction from the target to the branch. An instruction inside nested loops runs the
+product of their trip counts. Trip counts are not in the code: the caller supplies them,
+outermost loop first, from the launch's arguments (benchmarks/static_model.py).
+"""
+import dataclasses
+import re
+import subprocess
+import tempfile
+
+from standin_driver import cuobjdump
+
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+
+
+@dataclasses.dataclass
+class Instruction:
+    address: int
+    text: str
+
+    @property
+    def opcode(self) -> str:
+        words = self.text.split()
+        return words[1] if words[0].startswith("@") else words[0]
+
+
+def disassemble(cubin: bytes) -> list:
+    """The kernel's SASS instructions in address order."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        text = subprocess.run([cuobjdump(), "-sass", handle.name], capture_output=True, text=True,
+                              check=True).stdout
+    return [Instruction(int(address, 16), body.strip()) for address, body in _LINE.findall(text)]
+
+
+def loops(instructions) -> list:
+    """(start, end) address ranges of the loops, outermost first, by the backward branches."""
+    found = []
+    for instruction in instructions:
+        if instruction.opcode.startswith("BRA"):
+            target = re.search(r"0x([0-9a-f]+)", instruction.text)
+            # A branch to itself is the idle loop after EXIT, not a loop of the kernel.
+            if target and int(target.group(1), 16) < instruction.address:
+                found.append((int(target.group(1), 16), instruction.address))
+    return sorted(set(found), key=lambda span: (span[0], -span[1]))
+
+
+def executions(instructions, trip_counts) -> list:
+    """How many times each instruction runs per thread, given the loops' trip counts."""
+    spans = loops(instructions)
+    if len(trip_counts) != len(spans):
+        raise ValueError(f"the kernel has {len(spans)} loops, {len(trip_counts)} trip counts were given")
+    counts = []
+    for instruction in instructions:
+        count = 1
+        for (start, end), trips in zip(spans, trip_counts):
+            if start <= instruction.address <= end:
+                count *= trips
+        counts.append(count)
+    return counts
+
+
+def global_access_bits(instruction) -> int:
+    """Width in bits of a global load or store (LDG/STG), 0 for anything else."""
+    opcode = instruction.opcode
+    if not opcode.startswith(("LDG", "STG")):
+        return 0
+    width = re.search(r"\.(U8|S8|U16|S16|32|64|128)\b", opcode)
+    return {"U8": 8, "S8": 8, "U16": 16, "S16": 16, "64": 64, "128": 128}.get(width.group(1), 32) if width else 32

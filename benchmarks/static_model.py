@@ -1,0 +1,296 @@
+"""A static performance model of every Triton kernel, from the code the GPU would run. No GPU needed.
+
+    python benchmarks/static_model.py [--quick] [--csv PATH]
+
+Each case calls the public API at a benchmark shape under the stand-in driver
+(benchmarks/standin_driver.py), so the grids and specialisations are the real ones and
+Triton compiles the real sm_90 SASS. For each launch it reads, from that SASS and the
+cubin's resource usage: registers, spills, shared memory, the widest global load and
+store, and the instructions each thread executes (loop bodies times their trip counts,
+which are constexprs: KERNEL_LOOPS says which). From these, per case and GPU:
+
+- memory time   = the case's DRAM bytes / the measured copy bandwidth;
+- issue time    = executed warp instructions / (SMs x 4 schedulers x clock);
+- latency time  = DRAM bytes / (bytes in flight per SM x SMs / DRAM latency): Little's law,
+  with the loads one CTA has outstanding at once (its whole body, or one loop iteration)
+  times the CTAs resident per SM;
+- predicted time = the largest of the three, which names the bound, and % of copy =
+  memory time / predicted time.
+
+It is a model: it ignores divergence, bank conflicts, tail effects and cache behaviour
+beyond the residency rules written in the cases. Real GPU runs remain the truth
+(benchmarks/results/results.csv); where they disagree, the model is what changes.
+"""
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+import recipe_kernels as rk  # noqa: E402
+import sass  # noqa: E402
+from standin_driver import StandInDriver  # noqa: E402
+
+STATIC_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "static.csv")
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+    name: str
+    sm_count: int
+    copy_bandwidth: float  # bytes/s, device-to-device copy measured on that GPU (docs/benchmark-method)
+    clock_hz: float        # sustained SM clock under load
+    dram_latency_s: float  # loaded DRAM latency, for Little's law
+    l2_bytes: int
+
+
+GPUS = [
+    Gpu("H100", 132, 3.0e12, 1.755e9, 700e-9, 50 << 20),
+    Gpu("H200", 132, 4.3e12, 1.755e9, 700e-9, 50 << 20),
+]
+ISSUE_PER_SM_PER_CLOCK = 4  # four warp schedulers, one instruction each per clock
+MAX_THREADS_PER_SM, MAX_CTAS_PER_SM, REGISTERS_PER_SM = 2048, 32, 65536
+SHARED_PER_SM = 228 << 10
+REGISTER_ALLOCATION_UNIT = 256  # registers are allocated per warp in units of 256
+
+# Trip counts of each kernel's loops, outermost first, from its constexprs (and launch arguments).
+KERNEL_LOOPS = {
+    "_cross_entropy_fwd_kernel": lambda k: [k["BLOCKS_PER_CHUNK"]] * (2 if k["WRITE_GRAD"] and not k["SPLIT"]
+                                                                      else 1),
+    "_cross_entropy_split_finish_kernel": lambda k: [k["BLOCKS_PER_CHUNK"]] if k["WRITE_GRAD"] else [],
+    "_dropout_bias_backward_kernel": lambda k: [k["ROWS_PER_PROGRAM"]],
+}
+
+
+@dataclasses.dataclass
+class KernelFigures:
+    """What one launch's compiled code says."""
+    name: str
+    ctas: int
+    warps: int
+    registers: int
+    spills: int
+    shared: int
+    widest_load_bits: int
+    widest_store_bits: int
+    warp_instructions: float    # executed, whole launch
+    barriers: float             # executed per CTA
+    shuffles: float
+    mufu: float
+    bytes_in_flight_per_cta: int
+    known_trip_counts: bool
+
+    def resident_ctas_per_sm(self) -> int:
+        threads = self.warps * 32
+        registers_per_warp = math.ceil(max(self.registers, 1) * 32 / REGISTER_ALLOCATION_UNIT) * REGISTER_ALLOCATION_UNIT
+        limits = [MAX_CTAS_PER_SM, MAX_THREADS_PER_SM // threads, REGISTERS_PER_SM // (registers_per_warp * self.warps)]
+        if self.shared:
+            limits.append(SHARED_PER_SM // (self.shared + 1024))
+        return max(1, min(limits))
+
+
+def _constexprs(kernel):
+    names = kernel.src.fn.arg_names
+    return {names[key[0] if isinstance(key, tuple) else key]: value for key, value in kernel.src.constants.items()}
+
+
+def figures(launch) -> KernelFigures:
+    instructions = sass.disassemble(launch.kernel.asm["cubin"])
+    trips_of = KERNEL_LOOPS.get(launch.name)
+    loop_spans = sass.loops(instructions)
+    known = True
+    try:
+        trips = trips_of(_constexprs(launch.kernel)) if trips_of else [1] * len(loop_spans)
+        counts = sass.executions(instructions, trips)
+        known = trips_of is not None or not loop_spans
+    except (ValueError, KeyError):
+        counts, known = [1] * len(instructions), False
+    per_thread = sum(counts)
+
+    def executed(prefix):
+        return sum(c for i, c in zip(instructions, counts) if i.opcode.startswith(prefix))
+
+    innermost = loop_spans[-1] if loop_spans else None
+    threads = launch.num_warps * 32
+    load_bytes = sum(sass.global_access_bits(i) // 8 for i in instructions
+                     if i.opcode.startswith("LDG") and (innermost is None or innermost[0] <= i.address <= innermost[1]))
+    return KernelFigures(
+        name=launch.name, ctas=launch.ctas, warps=launch.num_warps, registers=launch.kernel.n_regs,
+        spills=launch.kernel.n_spills, shared=launch.kernel.metadata.shared,
+        widest_load_bits=max([sass.global_access_bits(i) for i in instructions if i.opcode.startswith("LDG")],
+                             default=0),
+        widest_store_bits=max([sass.global_access_bits(i) for i in instructions if i.opcode.startswith("STG")],
+                              default=0),
+        warp_instructions=per_thread * launch.num_warps * launch.ctas,
+        barriers=executed("BAR") * launch.num_warps, shuffles=executed("SHFL") * launch.num_warps,
+        mufu=executed("MUFU") * launch.num_warps, bytes_in_flight_per_cta=load_bytes * threads,
+        known_trip_counts=known)
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmarked call: `run` makes the launches, over `elements` useful elements moving
+    `minimal_bytes`; `dram_bytes(kernels, gpu)` refines that where the code re-reads (default: minimal)."""
+    name: str
+    run: object
+    elements: int
+    minimal_bytes: int
+    dram_bytes: object = None
+
+
+def predict(case, kernels, gpu):
+    dram = case.dram_bytes(kernels, gpu) if case.dram_bytes else case.minimal_bytes
+    memory_s = dram / gpu.copy_bandwidth
+    issue_s = latency_s = 0.0
+    for kernel in kernels:
+        sms = min(gpu.sm_count, kernel.ctas)
+        issue_s += kernel.warp_instructions / (sms * ISSUE_PER_SM_PER_CLOCK * gpu.clock_hz)
+        resident = min(kernel.resident_ctas_per_sm(), math.ceil(kernel.ctas / gpu.sm_count))
+        in_flight = resident * kernel.bytes_in_flight_per_cta * sms
+        if in_flight:
+            share = kernel.bytes_in_flight_per_cta * kernel.ctas / max(1, sum(k.bytes_in_flight_per_cta * k.ctas
+                                                                            for k in kernels))
+            latency_s += dram * share * gpu.dram_latency_s / in_flight
+    times = {"memory": memory_s, "issue": issue_s, "latency": latency_s}
+    bound = max(times, key=times.get)
+    minimal_s = case.minimal_bytes / gpu.copy_bandwidth
+    return {"gpu": gpu.name, "dram_bytes_per_element": dram / case.elements, "bound": bound,
+            "issue_share": issue_s / memory_s, "latency_share": latency_s / memory_s,
+            "bytes_in_flight_per_sm": max((min(k.resident_ctas_per_sm(), math.ceil(k.ctas / gpu.sm_count))
+                                           * k.bytes_in_flight_per_cta for k in kernels), default=0),
+            "little_need_per_sm": gpu.copy_bandwidth * gpu.dram_latency_s / gpu.sm_count,
+            "pct_copy": 100.0 * minimal_s / max(times.values())}
+
+
+# ----------------------------------------------------------------------------- cases
+
+def _bf16(*shape, requires_grad=False):
+    return torch.empty(shape, dtype=torch.bfloat16).normal_().requires_grad_(requires_grad) if math.prod(shape) < (1 << 24) \
+        else torch.empty(shape, dtype=torch.bfloat16, requires_grad=requires_grad)
+
+
+def _ce_dram_bytes(rows, classes, itemsize):
+    """Sweep 2 re-reads from DRAM when the rows resident at once do not fit in L2."""
+    def dram(kernels, gpu):
+        main = kernels[0]
+        resident_rows = min(rows, main.resident_ctas_per_sm() * gpu.sm_count)
+        reread = resident_rows * classes * itemsize > gpu.l2_bytes // 2
+        return rows * classes * itemsize * (3 if reread else 2) + rows * 12
+    return dram
+
+
+def cases(quick=False):
+    result = []
+    rows, cols = (8192, 8192)
+    n = rows * cols
+    result.append(Case("dropout fwd bf16 8192x8192", lambda: rk.dropout(_bf16(rows, cols), 0.1, backend="triton"),
+                       n, 4 * n))
+
+    def dropout_add_bwd():
+        x, r, b = _bf16(rows, cols, requires_grad=True), _bf16(rows, cols, requires_grad=True), _bf16(cols, requires_grad=True)
+        out = rk.dropout_add(x, r, 0.1, bias=b, backend="triton")
+        out.backward(torch.ones_like(out))
+    result.append(Case("dropout_add+bias fwd+bwd bf16 8192x8192", dropout_add_bwd, n, 10 * n))
+
+    result.append(Case("drop_path_add fwd bf16 8192x8192",
+                       lambda: rk.drop_path_add(_bf16(rows, cols), _bf16(rows, cols), 0.1, backend="triton"),
+                       n, int((6 - 2 * 0.1) * n)))
+
+    ce_shapes = [(8192, 32000), (8192, 131072), (4096, 262144), (8, 262144)]
+    for ce_rows, classes in (ce_shapes[:1] + ce_shapes[-1:] if quick else ce_shapes):
+        def ce(ce_rows=ce_rows, classes=classes):
+            x = _bf16(ce_rows, classes, requires_grad=True)
+            rk.cross_entropy(x, torch.randint(0, classes, (ce_rows,)), label_smoothing=0.1, backend="triton").backward()
+        result.append(Case(f"cross_entropy fwd+bwd bf16 {ce_rows}x{classes}", ce, ce_rows * classes,
+                           4 * ce_rows * classes, _ce_dram_bytes(ce_rows, classes, 2)))
+
+    images = (256, 3, 224, 224)
+    pixels = math.prod(images)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        def mix(layout=layout):
+            x = torch.randint(0, 256, images, dtype=torch.uint8).contiguous(memory_format=layout)
+            rk.cutmix_or_mixup(x, torch.randint(0, 1000, (images[0],)), mean=(0.485, 0.456, 0.406),
+                               std=(0.229, 0.224, 0.225), out_dtype=torch.bfloat16, backend="triton")
+        name = "NCHW" if layout is torch.contiguous_format else "channels_last"
+        result.append(Case(f"cutmix_or_mixup uint8->bf16 {name} 256x3x224x224", mix, pixels, 3 * pixels))
+    result.append(Case("cutmix_or_mixup bf16->bf16 NCHW 256x3x224x224",
+                       lambda: rk.cutmix_or_mixup(_bf16(*images), torch.randint(0, 1000, (images[0],)), backend="triton"),
+                       pixels, 4 * pixels))
+
+    params = 86_000_000 if not quick else 8_000_000
+
+    def ema(params=params):
+        model = torch.nn.ParameterList([torch.nn.Parameter(torch.empty(params // 64, 64, dtype=torch.bfloat16))])
+        averaged = rk.ModelEMA(model, decay=0.999, ema_dtype=torch.float32, backend="triton")
+        averaged.update(model)
+    result.append(Case(f"ModelEMA.update bf16 weights, fp32 EMA, {params // 10**6}M", ema, params, 10 * params))
+    return result
+
+
+def run(quick=False, only=None):
+    rows = []
+    for case in cases(quick):
+        if only and not any(word in case.name for word in only):
+            continue
+        with StandInDriver() as driver:
+            case.run()
+        kernels = [figures(launch) for launch in driver.launches if launch.name != "_ema_schedule_kernel"]
+        for gpu in GPUS:
+            prediction = predict(case, kernels, gpu)
+            for kernel in kernels:
+                rows.append({"case": case.name, **prediction, "kernel": kernel.name, "ctas": kernel.ctas,
+                             "warps": kernel.warps, "registers": kernel.registers, "spills": kernel.spills,
+                             "shared": kernel.shared, "widest_load_bits": kernel.widest_load_bits,
+                             "widest_store_bits": kernel.widest_store_bits,
+                             "sass_per_element": kernel.warp_instructions * 32 / case.elements,
+                             "barriers_per_kelement": 1000 * kernel.barriers * kernel.ctas / case.elements,
+                             "shuffles_per_kelement": 1000 * kernel.shuffles * kernel.ctas / case.elements,
+                             "mufu_per_element": kernel.mufu * 32 * kernel.ctas / case.elements / kernel.warps,
+                             "resident_ctas_per_sm": kernel.resident_ctas_per_sm(),
+                             "known_trip_counts": kernel.known_trip_counts})
+    return rows
+
+
+def print_table(rows):
+    print("MODEL (compiled sm_90 code, no GPU run): predicted % of copy bandwidth")
+    print(f"{'case':<52} {'kernel':<36} {'regs':>4} {'ld/st bits':>10} {'SASS/el':>8} "
+          f"{'H100 %':>7} {'H200 %':>7} {'bound H200':>10}")
+    by_case = {}
+    for row in rows:
+        by_case.setdefault((row["case"], row["kernel"]), {})[row["gpu"]] = row
+    for (case, kernel), per_gpu in by_case.items():
+        h100, h200 = per_gpu["H100"], per_gpu["H200"]
+        print(f"{case:<52} {kernel:<36} {h200['registers']:>4} "
+              f"{h200['widest_load_bits']:>4}/{h200['widest_store_bits']:<5} {h200['sass_per_element']:>8.1f} "
+              f"{h100['pct_copy']:>7.0f} {h200['pct_copy']:>7.0f} {h200['bound']:>10}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer and smaller cases")
+    parser.add_argument("--csv", default=STATIC_CSV, help=f"where to write the rows (default {STATIC_CSV})")
+    parser.add_argument("--only", nargs="*", help="only the cases whose name contains one of these words")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON (for tests), write no CSV")
+    args = parser.parse_args()
+    rows = run(args.quick, args.only)
+    if args.json:
+        print(json.dumps(rows))
+        return
+    print_table(rows)
+    os.makedirs(os.path.dirname(args.csv), exist_ok=True)
+    with open(args.csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} rows to {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

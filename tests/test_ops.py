@@ -1,0 +1,149 @@
+"""The op layer (recipe_kernels/_ops.py): eager calls skip the dispatcher, traced calls and modes
+go through the registered op, and both give the same values and gradients."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from recipe_kernels import _ops
+
+CALLS = []
+
+
+def _scale_torch(x: torch.Tensor, factor: float) -> torch.Tensor:
+    CALLS.append("torch")
+    return x * factor
+
+
+def _scale_other(x: torch.Tensor, factor: float) -> torch.Tensor:
+    CALLS.append("other")
+    return x * factor
+
+
+scale_op = _ops.Op("test_scale", torch=_scale_torch, triton=_scale_other, cuda=_scale_other)
+scale_op.register_fake(lambda x, factor, backend: torch.empty_like(x))
+
+
+def _setup(ctx, inputs, output):
+    ctx.factor, ctx.backend = inputs[1], inputs[2]
+
+
+def _backward(ctx, grad):
+    # Through the op itself, so a graph built here is differentiable again.
+    return scale_op(grad, ctx.factor, ctx.backend), None, None
+
+
+scale_op.register_autograd(_backward, setup_context=_setup)
+
+
+class OpNames(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_schema_is_the_torch_implementations_plus_backend():
+    assert str(scale_op.custom_op._opoverload._schema) == \
+        "recipe_kernels::test_scale(Tensor x, float factor, str backend) -> Tensor"
+
+
+def test_eager_call_runs_the_chosen_implementation_without_the_dispatcher():
+    CALLS.clear()
+    x = torch.randn(4)
+    with OpNames() as mode:  # a mode routes through the registered op: it is seen
+        torch.testing.assert_close(scale_op(x, 2.0, "triton"), 2 * x)
+    assert "recipe_kernels.test_scale.default" in mode.names
+    assert CALLS == ["other"]
+    CALLS.clear()
+    assert _ops.is_eager((x, 2.0, "torch")) and not _ops.is_eager((torch.nn.Parameter(x).as_subclass(type("T", (torch.Tensor,), {})),))
+    torch.testing.assert_close(scale_op(x, 3.0, "torch"), 3 * x)
+    assert CALLS == ["torch"]
+
+
+@pytest.mark.parametrize("path", ["eager", "registered"])
+def test_gradients_and_second_derivatives_match_between_paths(path):
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    op = scale_op if path == "eager" else scale_op.custom_op
+
+    def f(t):
+        return op(t, 1.5, "torch").pow(3).sum()
+
+    (g,) = torch.autograd.grad(f(x), x, create_graph=True)
+    torch.testing.assert_close(g, 3 * 1.5 ** 3 * x.detach() ** 2)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    torch.testing.assert_close(gg, 6 * 1.5 ** 3 * x.detach())
+
+
+def test_compiled_gradient():
+    x = torch.randn(5, requires_grad=True)
+    f = torch.compile(lambda t: scale_op(t, 1.5, "torch").sum(), fullgraph=True, backend="aot_eager")
+    (g,) = torch.autograd.grad(f(x), x)
+    torch.testing.assert_close(g, torch.full_like(x, 1.5))
+
+
+def test_opcheck():
+    torch.library.opcheck(scale_op.custom_op, (torch.randn(3, requires_grad=True), 2.0, "torch"))
+
+
+# ----------------------------------------------------------------------------- tuple outputs, dtypes, in-place writes
+
+
+def _scale_pair_torch(x: torch.Tensor, factor: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    CALLS.append("torch")
+    return (x * factor).to(dtype), x.sum(0)
+
+
+pair_op = _ops.Op("test_scale_pair", torch=_scale_pair_torch, triton=_scale_pair_torch, cuda=_scale_pair_torch)
+pair_op.register_fake(lambda x, factor, dtype, backend: (torch.empty_like(x, dtype=dtype), x.new_empty(x.shape[1:])))
+
+
+def _pair_setup(ctx, inputs, output):
+    ctx.factor, ctx.shape = inputs[1], inputs[0].shape
+
+
+def _pair_backward(ctx, grad_scaled, grad_sum):
+    return grad_scaled * ctx.factor + grad_sum.expand(ctx.shape), None, None, None
+
+
+pair_op.register_autograd(_pair_backward, setup_context=_pair_setup)
+
+
+def test_a_dtype_argument_keeps_the_call_eager():
+    x = torch.randn(3, 2)
+    assert _ops.is_eager((x, 2.0, torch.float64, "torch"))
+    with OpNames() as mode:
+        pair_op(x, 2.0, torch.float64, "torch")
+    assert "recipe_kernels.test_scale_pair.default" in mode.names  # under a mode: the registered op
+    mode.names.clear()
+    CALLS.clear()
+    scaled, total = pair_op(x, 2.0, torch.float64, "torch")
+    assert CALLS == ["torch"] and scaled.dtype == torch.float64
+    torch.testing.assert_close(total, x.sum(0))
+
+
+@pytest.mark.parametrize("path", ["eager", "registered"])
+def test_tuple_output_gradients_match_between_paths(path):
+    x = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    op = pair_op if path == "eager" else pair_op.custom_op
+    scaled, total = op(x, 1.5, torch.float64, "torch")
+    (grad,) = torch.autograd.grad(scaled.sum() + 2 * total.sum(), x)
+    torch.testing.assert_close(grad, torch.full_like(x, 1.5 + 2))
+
+
+def _fill_torch(x: torch.Tensor, value: float) -> None:
+    x.fill_(value)
+
+
+fill_op = _ops.Op("test_fill_", torch=_fill_torch, triton=_fill_torch, cuda=_fill_torch, mutates_args=("x",))
+fill_op.register_fake(lambda x, value, backend: None)
+
+
+def test_in_place_op_bumps_the_version_on_the_eager_path():
+    x = torch.zeros(4)
+    version = x._version
+    assert fill_op(x, 3.0, "torch") is None
+    assert torch.equal(x, torch.full((4,), 3.0)) and x._version > version
+    torch.library.opcheck(fill_op.custom_op, (torch.zeros(4), 3.0, "torch"))
