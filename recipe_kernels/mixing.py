@@ -4,13 +4,13 @@ Top to bottom: Triton kernels, launchers (Triton and CUDA), torch.library regist
 sampling on the device, public functions.
 
 Every public function works in two steps:
-1. Sampling, with torch ops on x's device from torch's generator (no host sync, nothing
-   baked into a graph): lambda ~ Beta(alpha, alpha) as the first coordinate of a
-   Dirichlet(alpha, alpha) draw, box centres and erasing boxes from torch.rand. The result
-   is one set of explicit per-sample parameters: box (N, 4) int32 as (x0, y0, x1, y1),
-   half-open; lam (N,) float32; partner (N,) int32; mode (N,) int32 (MixMode).
-   Boxes are computed with torch ops on the device, not in a kernel, so every backend
-   composites exactly the same parameters.
+1. Sampling, with torch ops on x's device (no host sync, nothing baked into a graph, any
+   symbolic size under torch.compile): one seed drawn from torch's generator, and every
+   random number (Beta draws from Marsaglia-Tsang gammas, modes, box centres, erasing
+   candidates) from Philox words of that seed. The result is one set of explicit per-sample
+   parameters: box (N, 4) int32 as (x0, y0, x1, y1), half-open; lam (N,) float32; partner
+   (N,) int32; mode (N,) int32 (MixMode). Boxes are computed with torch ops on the device,
+   not in a kernel, so every backend composites exactly the same parameters.
 2. Compositing, one kernel launch (composite_batch): for sample n with partner m,
        KEEP    out = x[n]
        MIXUP   out = lam * x[n] + (1 - lam) * x[m]        (fp32, no FMA; uint8 rounds half up)
@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from recipe_kernels import _backend, reference
-from recipe_kernels._philox import PHILOX_ROUNDS, draw_seed
+from recipe_kernels._philox import PHILOX_ROUNDS, draw_seed, philox4x32
 from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
 from recipe_kernels.targets import MixedTarget
 
@@ -50,7 +50,8 @@ class MixMode(enum.IntEnum):
 # dtype codes for csrc/mixing.cu. Kept apart from _backend.CUDA_DTYPE_CODES, whose
 # membership means "floating dtype dropout accepts"; uint8 is a mixing-only input.
 MIXING_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.uint8: 3}
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# What x and out_dtype may be: the CUDA codes plus float64 (fp64 math; torch and Triton backends).
+IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.float64)
 TWO_PI_F32 = 6.2831855  # 2*pi rounded to fp32: the same constant in every backend
 
 # About 2048 elements per Triton program: a [ROWS, BLOCK_J] tile of image rows.
@@ -89,16 +90,26 @@ def _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks, VISIT_FL
 
 @triton.jit
 def _round_to_input(value, IN_DTYPE: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """fp32 value rounded to what x's dtype stores: uint8 rounds half up and saturates (NaN gives 0)."""
+    """value (fp32, or fp64 for fp64 x) rounded to what x's dtype stores, in value's dtype:
+    uint8 rounds half up and saturates (NaN gives 0)."""
     if IN_DTYPE == tl.uint8:
         rounded = tl.floor(value + 0.5)
         # where, not maximum: NaN > 0 is false, so NaN becomes 0 as with CUDA's fmaxf (the
         # interpreter's maximum propagates NaN, and a NaN cast to uint8 is undefined)
         return tl.minimum(tl.where(rounded > 0.0, rounded, 0.0), 255.0)
-    elif IN_DTYPE == tl.float32:
+    elif IN_DTYPE == value.dtype:
         return value
     else:
-        return cast_to(value, IN_DTYPE, EMULATE_BF16_RTNE).to(tl.float32)
+        return _cast_output(value, IN_DTYPE, EMULATE_BF16_RTNE).to(value.dtype)
+
+
+@triton.jit
+def _cast_output(value, OUT_DTYPE: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+    """value rounded to OUT_DTYPE as torch rounds it: fp64 goes through fp32 on its way to fp16/bf16
+    (torch's Half and BFloat16 take a float), to nearest even at each step."""
+    if value.dtype == tl.float64 and OUT_DTYPE != tl.float64:
+        value = value.to(tl.float32)
+    return cast_to(value, OUT_DTYPE, EMULATE_BF16_RTNE)
 
 
 @triton.jit
@@ -139,8 +150,9 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     """out[n] = KEEP / MIXUP / CUTMIX / ERASE of x[n] with x[partner[n]], then optionally normalized.
 
     Inputs: x (N, C, H, W) contiguous or channels_last; box (N, 4) int32 (x0, y0, x1, y1);
-    lam (N,) fp32; partner (N,) int32; mode (N,) int32; fill (C,) fp32; mean, std (C,) fp32
-    when HAS_NORM; seed (one int64) when RANDOM_FILL. out has x's layout, any dtype.
+    lam (N,) and fill (C,) in the compositing dtype (fp32, or fp64 for fp64 x); partner (N,)
+    int32; mode (N,) int32; mean, std (C,) in the normalization dtype (fp32, or fp64 when x or
+    out is fp64) when HAS_NORM; seed (one int64) when RANDOM_FILL. out has x's layout, any dtype.
     A program is a [ROWS, BLOCK_J] tile of rows of one (sample, plane): a row is W
     elements of one channel (contiguous) or W*C interleaved elements (channels_last).
     Bytes: each output element's source is read once (MixUp: both sources), out written once;
@@ -178,11 +190,12 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     chunk_inside, chunk_touches = _box_chunks(rows, j, y0, y1, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
     takes_partner = is_mixup | (is_cutmix & chunk_touches)
     takes_own = ~((is_cutmix | is_erase) & chunk_inside)
-    own = tl.load(x_ptr + offsets, mask=in_bounds & takes_own, other=0).to(tl.float32)
+    math_dtype = lam_ptr.dtype.element_ty  # fp32, or fp64 for fp64 x
+    own = tl.load(x_ptr + offsets, mask=in_bounds & takes_own, other=0).to(math_dtype)
     other = tl.load(x_ptr + offsets + (partner - sample) * sample_stride, mask=in_bounds & takes_partner,
-                    other=0).to(tl.float32)
+                    other=0).to(math_dtype)
 
-    # 4. Composite in fp32, then round to x's dtype (the value an unfused op would store).
+    # 4. Composite in the math dtype, then round to x's dtype (the value an unfused op would store).
     mixed = lam * own + (1.0 - lam) * other
     value = tl.where(is_mixup, mixed, tl.where(is_cutmix & inside, other, own))
     if RANDOM_FILL:
@@ -193,12 +206,16 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     value = tl.where(is_erase & inside, fill, value)
     value = _round_to_input(value, x_ptr.dtype.element_ty, EMULATE_BF16_RTNE)
 
-    # 5. Optional per-channel normalization, correctly rounded division as in torch.
+    # 5. Optional per-channel normalization in mean's dtype, correctly rounded division as in torch.
     if HAS_NORM:
         mean = tl.load(mean_ptr + channel)
         std = tl.load(std_ptr + channel)
-        value = tl.math.div_rn(value - mean, std)
-    tl.store(out_ptr + offsets, cast_to(value, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_bounds)
+        centred = value.to(mean.dtype) - mean
+        if mean.dtype == tl.float64:
+            value = centred / std  # fp64 division is IEEE (correctly rounded) in Triton
+        else:
+            value = tl.math.div_rn(centred, std)  # fp32 `/` is approximate on the GPU
+    tl.store(out_ptr + offsets, _cast_output(value, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_bounds)
 
 
 @triton.jit
@@ -275,7 +292,7 @@ def _composite_cuda(x, out, box, lam, partner, mode, fill, mean, std, seed, chan
         x.data_ptr(), out.data_ptr(), box.data_ptr(), lam.data_ptr(), partner.data_ptr(), mode.data_ptr(),
         fill.data_ptr(), mean.data_ptr() if mean is not None else 0, std.data_ptr() if std is not None else 0,
         seed.data_ptr() if seed is not None else 0, n, c, h, w, channels_last, visit_flip_pairs,
-        MIXING_DTYPE_CODES[x.dtype], MIXING_DTYPE_CODES[out.dtype], _backend.cuda_stream(x.device))
+        _cuda_dtype_code(x.dtype), _cuda_dtype_code(out.dtype), _backend.cuda_stream(x.device))
 
 
 def _cutmix_swap_triton(x, box, channels_last):
@@ -296,7 +313,15 @@ def _cutmix_swap_triton(x, box, channels_last):
 def _cutmix_swap_cuda(x, box, channels_last):
     n, c, h, w = x.shape
     _backend._C.cutmix_swap(x.data_ptr(), box.data_ptr(), n, c, h, w, channels_last,
-                            MIXING_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+                            _cuda_dtype_code(x.dtype), _backend.cuda_stream(x.device))
+
+
+def _cuda_dtype_code(dtype):
+    """csrc/mixing.cu's code for dtype; float64 (which its kernels do not instantiate) is a TypeError."""
+    if dtype not in MIXING_DTYPE_CODES:
+        raise TypeError(f"recipe_kernels.mixing: backend='cuda' takes float32, float16, bfloat16 and uint8 "
+                        f"images and outputs, not {dtype}; use backend='triton' or 'torch' for float64")
+    return MIXING_DTYPE_CODES[dtype]
 
 
 def _dense_layout(x):
@@ -322,8 +347,9 @@ def composite_batch_op(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, pa
                        visit_flip_pairs: bool, backend: str) -> torch.Tensor:
     """Composites every sample of x with its partner per `mode`; the output keeps x's layout.
 
-    box (N, 4) int32, lam (N,) fp32, partner (N,) int32, mode (N,) int32, fill (C,) fp32,
-    mean/std (C,) fp32 or None, noise_seed (1,) int64 or None (then ERASE writes fill).
+    box (N, 4) int32, partner (N,) int32, mode (N,) int32; lam (N,) and fill (C,) in the
+    compositing dtype (_math_dtype(x.dtype)); mean/std (C,) in the normalization dtype or None;
+    noise_seed (1,) int64 or None (then ERASE writes fill).
     """
     x, channels_last = _dense_layout(x)
     out = torch.empty_like(x, dtype=out_dtype)
@@ -331,7 +357,7 @@ def composite_batch_op(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, pa
         return out
     if backend == "torch":
         value = reference.composite_batch(x, box, lam, partner, mode, fill=fill, mean=mean, std=std,
-                                          noise_seed=noise_seed)
+                                          noise_seed=noise_seed, math_dtype=lam.dtype)
         out.copy_(value)  # float outputs round to nearest even; uint8 values are already integers
         return out
     launch = _composite_triton if backend == "triton" else _composite_cuda
@@ -367,58 +393,170 @@ def _(x, box, backend):
 # ----------------------------------------------------------------------------- sampling on the device
 
 
-def _sample_beta(alpha, generator):
-    """Beta(alpha, alpha) per element of the fp32 tensor alpha: the first coordinate of a Dirichlet draw.
+# Every random number of a call comes from Philox4x32(seed, counter) (recipe_kernels._philox), one
+# seed drawn on the device per call. Counters are torch.arange(draws * calls): draw d (a sample, or
+# the batch) owns calls d * CALLS + 0 .. CALLS - 1, each giving four 32-bit words. Integer ops and
+# float64 math in torch ops, on symbolic sizes too (torch.compile with dynamic shapes); every
+# backend composites the same parameters.
 
-    torch's Dirichlet sampler draws two gammas on the device and clamps away 0 and 1.
+# Marsaglia-Tsang attempts per gamma draw, all drawn at once. The sampler accepts with probability
+# 0.9517 at shape 1, its worst case (more above), so all attempts are rejected with probability
+# 0.0483^8 = 3.0e-11; that draw then takes the proposal's centre, v = 1 (G = shape - 1/3).
+GAMMA_ATTEMPTS = 8
+# Calls per draw of the CutMix/MixUp sampler: call 0 holds the words (switch, apply, centre y,
+# centre x); call 1 + g * GAMMA_ATTEMPTS + k holds attempt k of gamma g (lam = G0 / (G0 + G1)).
+MIX_DECISION_CALL = 0
+MIX_CALLS_PER_DRAW = 1 + 2 * GAMMA_ATTEMPTS
+# Random erasing, per sample: call 0 holds the word of the p decision; call 1 + k holds candidate k's
+# words (area, log aspect, top, left). torchvision tries 10 candidates.
+ERASE_ATTEMPTS = 10
+ERASE_CALLS_PER_SAMPLE = 1 + ERASE_ATTEMPTS
+# The counter of the call whose words 0 and 1 make the noise key of value="random": far above
+# every per-sample counter, so the noise (keyed apart) and the boxes never share words.
+ERASE_NOISE_KEY_COUNTER = 1 << 62
+WORD_RANGE = 1 << 32
+TWO_PI = 2.0 * math.pi
+
+
+def _philox_words(seed, draws, calls, extra_counters=()):
+    """(draws, calls, 4) int64 words (uint32 values) of Philox(seed, d * calls + c); then the words of
+    each extra counter, (len(extra_counters), 4). One Philox evaluation over all counters."""
+    counters = torch.arange(draws * calls, dtype=torch.int64, device=seed.device)
+    if extra_counters:
+        counters = torch.cat([counters, torch.tensor(extra_counters, dtype=torch.int64, device=seed.device)])
+    words = torch.stack(philox4x32(seed, counters), dim=-1)
+    per_draw = words[:draws * calls].reshape(draws, calls, 4)
+    return per_draw, words[draws * calls:]
+
+
+def _uniform(word):
+    """word / 2^32: float64 uniform on [0, 1) in steps of 2^-32 (exact)."""
+    return word.to(torch.float64) * (1.0 / WORD_RANGE)
+
+
+def _uniform_positive(word):
+    """(word + 1) / 2^32: float64 uniform on (0, 1], safe under log."""
+    return (word + 1).to(torch.float64) * (1.0 / WORD_RANGE)
+
+
+def _happens(word, probability):
+    """True with probability `probability` (a Python float in [0, 1]), exact to 2^-33: 1 always, 0 never."""
+    return word < round(probability * WORD_RANGE)
+
+
+def _uniform_index(word, bound):
+    """floor(word * bound / 2^32): an integer uniform on [0, bound) for bound >= 1 (bias below bound / 2^32)."""
+    return (word * bound) >> 32
+
+
+def _log_gamma(shape, words):
+    """log G, G ~ Gamma(shape, 1), per element of the float64 tensor shape (> 0), by Marsaglia-Tsang.
+
+    words: shape's shape + (GAMMA_ATTEMPTS, 4). Attempt k: a normal z from words 0 and 1
+    (Box-Muller), v = (1 + c z)^3 with d = s - 1/3, c = 1 / sqrt(9 d); accepted when v > 0 and
+    log(u) < z^2 / 2 + d - d v + d log v with u from word 2; G = d v of the first accepted attempt.
+    For shape < 1 it samples s = shape + 1 and boosts, G = G' * u^(1/shape) with u from word 3 of
+    attempt 0. Works in logs, so tiny shapes cannot underflow to G = 0.
     """
-    concentration = torch.stack([alpha, alpha], dim=-1)
-    return torch._sample_dirichlet(concentration, generator=generator)[..., 0]
+    boosted = shape < 1.0
+    d = (torch.where(boosted, shape + 1.0, shape) - 1.0 / 3.0).unsqueeze(-1)
+    c = torch.rsqrt(9.0 * d)
+    z = torch.sqrt(-2.0 * torch.log(_uniform_positive(words[..., 0]))) * torch.cos(TWO_PI * _uniform(words[..., 1]))
+    t = 1.0 + c * z
+    v = t * t * t
+    positive = v > 0.0
+    log_v = torch.log(torch.where(positive, v, 1.0))
+    accepted = positive & (torch.log(_uniform_positive(words[..., 2])) < 0.5 * z * z + d - d * v + d * log_v)
+    first = accepted.to(torch.int8).argmax(dim=-1, keepdim=True)
+    log_v = torch.where(accepted.any(dim=-1), log_v.gather(-1, first).squeeze(-1), 0.0)  # all rejected: v = 1
+    log_g = torch.log(d.squeeze(-1)) + log_v
+    boost = torch.log(_uniform_positive(words[..., 0, 3])) / shape
+    return torch.where(boosted, log_g + boost, log_g)
 
 
-def _cutmix_boxes(lam, height, width, generator):
-    """CutMix boxes (the paper's rule) for lam (N,) fp32, and the kept fraction of each image.
+def _sample_beta(alpha, words):
+    """Beta(alpha, alpha) per element of the float64 tensor alpha, as fp32: G0 / (G0 + G1) = sigmoid(log G0 - log G1).
 
-    Centre uniform over the pixels; sides r_h = H*sqrt(1-lam), r_w = W*sqrt(1-lam), taken
-    as centre -/+ floor(r/2) and clipped to the image (timm's and torchvision's convention).
+    words: alpha's shape + (2 * GAMMA_ATTEMPTS, 4), the attempts of G0 then of G1. lam is in [0, 1]
+    (fp32 rounding gives exactly 1 for lam above 1 - 2^-25, 1.7% of the draws at alpha = 0.2).
     """
-    centre = torch.rand((2,) + lam.shape, generator=generator, device=lam.device)
-    centre_y = (centre[0] * height).floor().clamp(max=height - 1)
-    centre_x = (centre[1] * width).floor().clamp(max=width - 1)
+    pair = alpha.unsqueeze(-1).expand(*alpha.shape, 2)  # G0 and G1 in one pass
+    log_g = _log_gamma(pair, words.unflatten(-2, (2, GAMMA_ATTEMPTS)))
+    return torch.sigmoid(log_g[..., 0] - log_g[..., 1]).to(torch.float32)
+
+
+def _sample_mixing(seed, draws, height, width, *, cutmix_alpha, mixup_alpha, switch_prob, prob, correct_lam):
+    """Per draw: (lam (draws,) fp32, box (draws, 4) int32, mode (draws,) int32) of timm's Mixup rule.
+
+    A draw is mixed with probability prob; then CutMix with probability switch_prob (lam ~
+    Beta(cutmix_alpha), a box, lam corrected to the kept area with correct_lam) else MixUp
+    (lam ~ Beta(mixup_alpha)). Unmixed draws keep their pixels with lam = 1. An alpha of 0
+    (a disabled method) is never drawn from: switch_prob is 0 or 1 then.
+    """
+    words, _ = _philox_words(seed, draws, MIX_CALLS_PER_DRAW)
+    decision = words[:, MIX_DECISION_CALL]
+    use_cutmix = _happens(decision[:, 0], switch_prob)
+    applied = _happens(decision[:, 1], prob)
+    cutmix_shape = torch.full_like(use_cutmix, cutmix_alpha or 1.0, dtype=torch.float64)
+    alpha = torch.where(use_cutmix, cutmix_shape, mixup_alpha or 1.0)
+    lam = _sample_beta(alpha, words[:, MIX_DECISION_CALL + 1:])
+    box, kept = _cutmix_boxes(lam, decision[:, 2], decision[:, 3], height, width)
+    if correct_lam:
+        lam = torch.where(use_cutmix, kept, lam)
+    lam = torch.where(applied, lam, 1.0)
+    mode = torch.where(use_cutmix, int(MixMode.CUTMIX), int(MixMode.MIXUP))
+    mode = torch.where(applied, mode, int(MixMode.KEEP)).to(torch.int32)
+    return lam, box, mode
+
+
+def _cutmix_boxes(lam, centre_y_word, centre_x_word, height, width):
+    """CutMix boxes (the paper's rule, timm's integers) for lam (N,) fp32, and the kept fraction of each image.
+
+    Centre uniform over the pixels (from a Philox word each); sides r_h = H*sqrt(1-lam),
+    r_w = W*sqrt(1-lam) in fp32, taken as centre -/+ floor(r/2) and clipped to the image.
+    kept = 1 - box area / (H*W), and 1 for an image with no pixels.
+    """
+    centre_y = _uniform_index(centre_y_word, height)
+    centre_x = _uniform_index(centre_x_word, width)
     side = torch.sqrt(1.0 - lam)
-    half_h = (side * height * 0.5).floor()
-    half_w = (side * width * 0.5).floor()
+    half_h = (side * height * 0.5).floor().to(torch.int64)
+    half_w = (side * width * 0.5).floor().to(torch.int64)
     y0, y1 = (centre_y - half_h).clamp(min=0), (centre_y + half_h).clamp(max=height)
     x0, x1 = (centre_x - half_w).clamp(min=0), (centre_x + half_w).clamp(max=width)
     box = torch.stack([x0, y0, x1, y1], dim=-1).to(torch.int32)
-    if height * width == 0:  # an empty image: nothing is pasted, everything (nothing) is kept
-        return box, torch.ones_like(lam)
-    kept = 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
+    area = ((y1 - y0) * (x1 - x0)).to(torch.float64)
+    kept = (1.0 - area / torch.sym_max(height * width, 1)).to(torch.float32)
     return box, kept
 
 
-def _erasing_boxes(n, height, width, p, scale, ratio, device, generator, attempts=10):
-    """Random-erasing boxes (torchvision's and timm's rule) and whether each sample is erased.
+def _erasing_boxes(seed, n, height, width, p, scale, ratio):
+    """Random-erasing boxes (torchvision's RandomErasing.get_params), whether each sample is erased, and a noise key.
 
-    Per sample, with probability p: area ~ U(scale) * H * W, log aspect ~ U(log ratio),
-    h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect)); the first of `attempts`
-    candidates that fits the image is placed uniformly. All attempts are drawn at once.
+    Per sample, with probability p: up to ERASE_ATTEMPTS candidates with area ~ U(scale) * H * W,
+    log aspect ~ U(log ratio), h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect))
+    (half to even, as Python's round); the first with h < H and w < W is placed at top ~ U{0..H-h},
+    left ~ U{0..W-w} (h or w may be 0: an empty box, erasing nothing). A sample none fits is left
+    alone. Returns box (n, 4) int32, erase (n,) bool and a (1,) int64 key for value="random".
     """
-    u = torch.rand((5, attempts, n), generator=generator, device=device)
-    area = (scale[0] + (scale[1] - scale[0]) * u[0]) * (height * width)
-    log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]
-    aspect = torch.exp(log_ratio)
-    box_h = torch.round(torch.sqrt(area * aspect))
-    box_w = torch.round(torch.sqrt(area / aspect))
-    fits = (box_h >= 1) & (box_w >= 1) & (box_h < height) & (box_w < width)
-    top = (u[2] * (height - box_h + 1)).floor().clamp(max=height - box_h)
-    left = (u[3] * (width - box_w + 1)).floor().clamp(max=width - box_w)
-    first_fit = fits.to(torch.int8).argmax(dim=0, keepdim=True)  # the first fitting attempt
-    pick = lambda t: t.gather(0, first_fit).squeeze(0)  # noqa: E731
+    words, extra = _philox_words(seed, n, ERASE_CALLS_PER_SAMPLE, (ERASE_NOISE_KEY_COUNTER,))
+    candidates = words[:, 1:]
+    area = (scale[0] + (scale[1] - scale[0]) * _uniform(candidates[..., 0])) * (height * width)
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_low + (log_high - log_low) * _uniform(candidates[..., 1]))
+    box_h = torch.round(torch.sqrt(area * aspect)).to(torch.int64)
+    box_w = torch.round(torch.sqrt(area / aspect)).to(torch.int64)
+    fits = (box_h < height) & (box_w < width)  # torchvision accepts h or w = 0 (an empty box)
+    top = _uniform_index(candidates[..., 2], (height - box_h + 1).clamp(min=1))
+    left = _uniform_index(candidates[..., 3], (width - box_w + 1).clamp(min=1))
+    first_fit = fits.to(torch.int8).argmax(dim=-1, keepdim=True)
+    pick = lambda t: t.gather(-1, first_fit).squeeze(-1)  # noqa: E731
     top, left, box_h, box_w = pick(top), pick(left), pick(box_h), pick(box_w)
-    erase = fits.any(dim=0) & (u[4, 0] < p)
+    erase = fits.any(dim=-1) & _happens(words[:, 0, 0], p)
     box = torch.stack([left, top, left + box_w, top + box_h], dim=-1).to(torch.int32)
-    return box, erase
+    # Two words as one signed 64-bit key: high word in [-2^31, 2^31), so nothing overflows.
+    high = extra[:, 1] - (extra[:, 1] >= (1 << 31)).to(torch.int64) * WORD_RANGE
+    noise_key = high * WORD_RANGE + extra[:, 0]
+    return box, erase, noise_key
 
 
 def _partner_index(n, partner, device):
@@ -435,8 +573,13 @@ def _check_image(x):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in MIXING_DTYPE_CODES:
-        raise TypeError(f"x must be float32, float16, bfloat16 or uint8, got {x.dtype}")
+    if x.dtype not in IMAGE_DTYPES:
+        raise TypeError(f"x must be float32, float16, bfloat16, uint8 or float64, got {x.dtype}")
+
+
+def _math_dtype(*dtypes):
+    """The arithmetic dtype for images or outputs of these dtypes: float64 if one is float64, else float32."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def _check_target(x, target):
@@ -483,29 +626,30 @@ def _check_range(name, pair, upper=None):
     return low, high
 
 
-# (values, device) -> (C,) fp32 tensor: building it from a Python list is a host-to-device copy,
+# (values, device, dtype) -> (C,) tensor: building it from a Python list is a host-to-device copy,
 # which waits on the host and cannot be captured in a CUDA graph, so it happens once per values.
 _CHANNEL_VALUES_CACHE = {}
 _CHANNEL_VALUES_CACHE_SIZE = 64
 
 
-def _channel_tensor(values, device):
+def _channel_tensor(values, device, dtype):
     same = lambda v: v == values[0] or (math.isnan(v) and math.isnan(values[0]))  # noqa: E731
     if all(map(same, values[1:])):  # one value (or none): a fill kernel, no copy at all
-        return torch.full((len(values),), values[0] if values else 0.0, dtype=torch.float32, device=device)
+        return torch.full((len(values),), values[0] if values else 0.0, dtype=dtype, device=device)
     if torch.compiler.is_compiling():  # traced: a constant of the graph
-        return torch.tensor(values, dtype=torch.float32, device=device)
-    key = (tuple(values), str(device))
+        return torch.tensor(values, dtype=dtype, device=device)
+    key = (tuple(values), str(device), dtype)
     tensor = _CHANNEL_VALUES_CACHE.get(key)
     if tensor is None:
         if len(_CHANNEL_VALUES_CACHE) >= _CHANNEL_VALUES_CACHE_SIZE:
             _CHANNEL_VALUES_CACHE.clear()
-        tensor = _CHANNEL_VALUES_CACHE[key] = torch.tensor(values, dtype=torch.float32, device=device)
+        tensor = _CHANNEL_VALUES_CACHE[key] = torch.tensor(values, dtype=dtype, device=device)
     return tensor
 
 
-def _per_channel(name, values, channels, device, finite=False, allow_nan=True):
-    """A number or a length-C sequence/tensor as a (C,) fp32 tensor on device (not to be written to).
+def _per_channel(name, values, channels, device, finite=False, allow_nan=True, dtype=torch.float32):
+    """A number or a length-C sequence/tensor as a (C,) tensor of `dtype` (fp32 or fp64) on device (not to be
+    written to).
 
     Sequences of distinct values are copied to the device once and cached, so that later
     calls neither wait on the host nor break CUDA-graph capture. Python numbers are checked
@@ -520,9 +664,10 @@ def _per_channel(name, values, channels, device, finite=False, allow_nan=True):
             raise ValueError(f"{name} is on {values.device} but x is on {device}")
         if values.is_complex():
             raise TypeError(f"{name} must hold real numbers, got {values.dtype}")
-        return values.to(device=device, dtype=torch.float32).expand(channels).contiguous()
-    if isinstance(values, numbers.Real) and not isinstance(values, bool):
-        values = [float(values)] * channels
+        return values.to(device=device, dtype=dtype).expand(channels).contiguous()
+    number = isinstance(values, numbers.Real) and not isinstance(values, bool)
+    if number:  # one value for any C (a symbolic C under torch.compile stays symbolic)
+        values = [float(values)]
     else:
         try:
             values = [float(v) for v in values]
@@ -532,30 +677,34 @@ def _per_channel(name, values, channels, device, finite=False, allow_nan=True):
             raise ValueError(f"{name} has {len(values)} values but x has {channels} channels")
     if (finite and not all(math.isfinite(v) for v in values)) or (not allow_nan and any(map(math.isnan, values))):
         raise ValueError(f"{name} must be {'finite' if finite else 'a number, not NaN'}, got {values}")
-    return _channel_tensor(values, device)
+    if number:
+        return torch.full((channels,), values[0], dtype=dtype, device=device)
+    return _channel_tensor(values, device, dtype)
 
 
 def _normalization(x, mean, std, out_dtype):
     """(mean, std, out_dtype) as the op wants them.
 
-    out_dtype defaults to x's dtype, or float32 when a uint8 x is normalized.
+    out_dtype defaults to x's dtype, or float32 when a uint8 x is normalized. mean and std
+    are float64 when x or out_dtype is (the normalization then runs in float64), else float32.
     """
     if (mean is None) != (std is None):
         raise ValueError("mean and std must be given together")
+    if out_dtype is None:
+        out_dtype = torch.float32 if (mean is not None and x.dtype == torch.uint8) else x.dtype
+    if out_dtype not in IMAGE_DTYPES:
+        raise TypeError(f"out_dtype must be float32, float16, bfloat16, uint8 or float64, got {out_dtype}")
+    if out_dtype == torch.uint8 and (x.dtype != torch.uint8 or mean is not None):
+        raise ValueError("out_dtype=torch.uint8 needs a uint8 x and no normalization")
     channels = x.shape[1]
     if mean is not None:
         if not isinstance(std, torch.Tensor):
             stds = [std] if isinstance(std, numbers.Real) else list(std)
             if any(float(s) == 0.0 for s in stds):
                 raise ValueError(f"std must not contain zeros, got {std!r}")
-        mean = _per_channel("mean", mean, channels, x.device, finite=True)
-        std = _per_channel("std", std, channels, x.device, finite=True)
-    if out_dtype is None:
-        out_dtype = torch.float32 if (mean is not None and x.dtype == torch.uint8) else x.dtype
-    if out_dtype not in MIXING_DTYPE_CODES:
-        raise TypeError(f"out_dtype must be float32, float16, bfloat16 or uint8, got {out_dtype}")
-    if out_dtype == torch.uint8 and (x.dtype != torch.uint8 or mean is not None):
-        raise ValueError("out_dtype=torch.uint8 needs a uint8 x and no normalization")
+        dtype = _math_dtype(x.dtype, out_dtype)
+        mean = _per_channel("mean", mean, channels, x.device, finite=True, dtype=dtype)
+        std = _per_channel("std", std, channels, x.device, finite=True, dtype=dtype)
     return mean, std, out_dtype
 
 
@@ -566,9 +715,10 @@ def composite_batch(x, box, lam, partner, mode, *, fill=0.0, noise_seed=None, me
                     out_dtype=None, flip_pairs_hint=False, backend=None):
     """The compositing kernel on explicit per-sample parameters: bring your own sampling.
 
-    x: (N, C, H, W), contiguous or channels_last, float32/float16/bfloat16/uint8.
+    x: (N, C, H, W), contiguous or channels_last, float32/float16/bfloat16/uint8/float64
+    (float64: compositing in float64; the other dtypes composite in float32).
     box: (N, 4) integers (x0, y0, x1, y1), half-open, in pixels (used by CUTMIX and ERASE).
-    lam: (N,) floating, the weight of x[n] in MIXUP. partner: (N,) sample indices (clamped to
+    lam: (N,) floating (used in the compositing dtype), the weight of x[n] in MIXUP. partner: (N,) sample indices (clamped to
     [0, N)). mode: (N,) MixMode codes; any other value keeps the sample. box, partner and mode
     are integer tensors (int64 values beyond int32 are clamped to its range, which keeps
     their meaning). fill: what ERASE writes, a number or one value per channel, in x's units
@@ -605,11 +755,12 @@ def composite_batch(x, box, lam, partner, mode, *, fill=0.0, noise_seed=None, me
             raise TypeError(f"noise_seed must be an integer tensor, got {noise_seed.dtype}")
         if noise_seed.device != x.device:
             raise ValueError(f"noise_seed is on {noise_seed.device} but x is on {x.device}")
-    fill = _per_channel("fill", fill, channels, x.device, allow_nan=x.dtype != torch.uint8)
+    math_dtype = _math_dtype(x.dtype)
+    fill = _per_channel("fill", fill, channels, x.device, allow_nan=x.dtype != torch.uint8, dtype=math_dtype)
     mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
     return composite_batch_op(
-        x, _as_int32(box), lam.to(torch.float32).contiguous(), _as_int32(partner), _as_int32(mode), fill, mean, std,
+        x, _as_int32(box), lam.to(math_dtype).contiguous(), _as_int32(partner), _as_int32(mode), fill, mean, std,
         None if noise_seed is None else noise_seed.reshape(1).to(torch.int64), out_dtype, bool(flip_pairs_hint),
         backend)
 
@@ -629,13 +780,16 @@ def _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, back
     n = x.shape[0]
     partner_index = _partner_index(n, partner, x.device)
     y_b = target.flip(0) if partner == "flip" else target.roll(1, 0)
+    box = box.expand(n, 4).contiguous()  # one draw per batch, or one per sample
     if inplace:
         cutmix_swap_op(x, box, backend)
         out = x
     else:
-        zeros = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
-        out = composite_batch_op(x, box, lam.expand(n).contiguous(), partner_index, mode, zeros, mean, std, None,
-                                 out_dtype, partner == "flip", backend)
+        math_dtype = _math_dtype(x.dtype)
+        zeros = torch.zeros(x.shape[1], dtype=math_dtype, device=x.device)
+        out = composite_batch_op(x, box, lam.to(math_dtype).expand(n).contiguous(), partner_index,
+                                 mode.expand(n).contiguous(), zeros, mean, std, None, out_dtype, partner == "flip",
+                                 backend)
     return out, y_b
 
 
@@ -669,13 +823,9 @@ def cutmix(x, target, *, alpha=1.0, per_sample=False, partner="flip", correct_la
     mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
     n, _, height, width = x.shape
-    draws = n if per_sample else 1
-    lam = _sample_beta(torch.full((draws,), alpha, dtype=torch.float32, device=x.device), generator)
-    box, kept = _cutmix_boxes(lam, height, width, generator)
-    if correct_lam:
-        lam = kept
-    mode = torch.full((n,), int(MixMode.CUTMIX), dtype=torch.int32, device=x.device)
-    box = box.expand(n, 4).contiguous()
+    lam, box, mode = _sample_mixing(draw_seed(x.device, generator), n if per_sample else 1, height, width,
+                                    cutmix_alpha=alpha, mixup_alpha=0.0, switch_prob=1.0, prob=1.0,
+                                    correct_lam=correct_lam)
     out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
@@ -697,11 +847,10 @@ def mixup(x, target, *, alpha=0.2, per_sample=False, partner="flip", mean=None, 
                          "MixUp rewrites every pixel from its partner")
     mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
-    n = x.shape[0]
-    lam = _sample_beta(torch.full((n if per_sample else 1,), alpha, dtype=torch.float32, device=x.device),
-                       generator)
-    mode = torch.full((n,), int(MixMode.MIXUP), dtype=torch.int32, device=x.device)
-    box = torch.zeros((n, 4), dtype=torch.int32, device=x.device)
+    n, _, height, width = x.shape
+    lam, box, mode = _sample_mixing(draw_seed(x.device, generator), n if per_sample else 1, height, width,
+                                    cutmix_alpha=0.0, mixup_alpha=alpha, switch_prob=0.0, prob=1.0,
+                                    correct_lam=False)
     out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, False, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
@@ -713,7 +862,8 @@ def cutmix_or_mixup(x, target, *, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, s
 
     With probability prob a sample is mixed; then CutMix with probability switch_prob
     (lambda ~ Beta(cutmix_alpha)) else MixUp (lambda ~ Beta(mixup_alpha)). An alpha of 0
-    disables that method. Unmixed samples keep their pixels and get lam = 1.
+    disables that method. Unmixed samples keep their pixels and get lam = 1. With prob = 0
+    nothing is drawn: no generator is touched (nn.CutMixUp in eval mode).
     """
     _check_image(x)
     _check_target(x, target)
@@ -732,19 +882,15 @@ def cutmix_or_mixup(x, target, *, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, s
     backend = _backend.resolve("mixing", x.device, backend)
     n, _, height, width = x.shape
     draws = n if per_sample else 1
-    decisions = torch.rand((2, draws), generator=generator, device=x.device)
-    use_cutmix = decisions[0] < switch_prob
-    applied = decisions[1] < prob
-    alpha = torch.where(use_cutmix, max(cutmix_alpha, 1e-3), max(mixup_alpha, 1e-3))  # 1e-3 never used
-    lam = _sample_beta(alpha.to(torch.float32), generator)
-    box, kept = _cutmix_boxes(lam, height, width, generator)
-    if correct_lam:
-        lam = torch.where(use_cutmix, kept, lam)
-    lam = torch.where(applied, lam, 1.0)
-    mode = torch.where(use_cutmix, int(MixMode.CUTMIX), int(MixMode.MIXUP))
-    mode = torch.where(applied, mode, int(MixMode.KEEP)).to(torch.int32).expand(n).contiguous()
-    out, y_b = _mix(x, target, lam, box.expand(n, 4).contiguous(), mode, partner, mean, std, out_dtype, False,
-                    backend)
+    if prob == 0.0:  # nothing to mix: draw nothing, so the generator's stream moves on only in training
+        lam = torch.ones(draws, dtype=torch.float32, device=x.device)
+        box = torch.zeros((draws, 4), dtype=torch.int32, device=x.device)
+        mode = torch.full((draws,), int(MixMode.KEEP), dtype=torch.int32, device=x.device)
+    else:
+        lam, box, mode = _sample_mixing(draw_seed(x.device, generator), draws, height, width,
+                                        cutmix_alpha=cutmix_alpha, mixup_alpha=mixup_alpha,
+                                        switch_prob=switch_prob, prob=prob, correct_lam=correct_lam)
+    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, False, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
 
@@ -752,7 +898,7 @@ def random_erasing(x, *, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0,
     """Random erasing (cutout) per sample: with probability p a random box is overwritten.
 
     Box as torchvision's RandomErasing (area fraction ~ U(scale), log aspect ~ U(log ratio),
-    up to 10 attempts to fit). value: a number, one number per channel, or "random" for
+    up to 10 attempts to fit; a candidate of height or width 0 fits and erases nothing). value: a number, one number per channel, or "random" for
     per-pixel standard normal noise from Philox (floating x only); for uint8 x it rounds half
     up and saturates to [0, 255] (NaN raises). Returns a new tensor.
     """
@@ -766,12 +912,13 @@ def random_erasing(x, *, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0,
         raise ValueError(f"value must be a number, a per-channel sequence or 'random', got {value!r}")
     if random_fill and x.dtype == torch.uint8:
         raise ValueError("value='random' (normal noise) needs a floating x, not uint8")
-    fill = torch.zeros(channels, dtype=torch.float32, device=x.device) if random_fill else \
-        _per_channel("value", value, channels, x.device, allow_nan=x.dtype != torch.uint8)
+    math_dtype = _math_dtype(x.dtype)
+    fill = torch.zeros(channels, dtype=math_dtype, device=x.device) if random_fill else \
+        _per_channel("value", value, channels, x.device, allow_nan=x.dtype != torch.uint8, dtype=math_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
-    box, erase = _erasing_boxes(n, height, width, p, scale, ratio, x.device, generator)
+    box, erase, noise_key = _erasing_boxes(draw_seed(x.device, generator), n, height, width, p, scale, ratio)
     mode = torch.where(erase, int(MixMode.ERASE), int(MixMode.KEEP)).to(torch.int32)
-    seed = draw_seed(x.device, generator) if random_fill else None
-    lam = torch.ones(n, dtype=torch.float32, device=x.device)
+    seed = noise_key if random_fill else None
+    lam = torch.ones(n, dtype=math_dtype, device=x.device)
     partner = torch.arange(n, dtype=torch.int32, device=x.device)
     return composite_batch_op(x, box, lam, partner, mode, fill, None, None, seed, x.dtype, False, backend)

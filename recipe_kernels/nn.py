@@ -135,8 +135,10 @@ class CutMixUp(torch.nn.Module):
     (probability switch_prob, lambda ~ Beta(cutmix_alpha)) or MixUp (lambda ~ Beta(mixup_alpha))
     with its own lambda and box, all in one kernel launch; unmixed samples get lam = 1.
     Partner "flip" pairs sample i with N-1-i as in timm. mean/std/out_dtype normalize in the
-    same pass. Identity (with lam = 1) in eval mode. The target is a MixedTarget of class
-    indices, not timm's dense soft targets: recipe_kernels' cross-entropy consumes it directly.
+    same pass. Identity (with lam = 1, still normalizing) in eval mode, where it draws no random
+    numbers: no generator's state changes, so evaluation does not shift the training stream.
+    The target is a MixedTarget of class indices, not timm's dense soft targets:
+    recipe_kernels' cross-entropy consumes it directly.
     """
 
     def __init__(self, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0,

@@ -206,8 +206,9 @@ def composite_batch(x, box, lam, partner, mode, *, fill=None, mean=None, std=Non
         mode 3 (erase)   fill[c] (or erase_noise at the NCHW index when noise_seed is given) inside, x[n] outside
         otherwise        x[n]
 
-    rounded to x's dtype (uint8 half up), then (v - mean[c]) / std[c] when mean is given.
-    Returns (N, C, H, W) in math_dtype; callers round it to the output dtype.
+    rounded to x's dtype (uint8 half up), then (v - mean[c]) / std[c] when mean is given (in
+    mean's dtype if it is wider than math_dtype). Returns (N, C, H, W) in that dtype; callers
+    round it to the output dtype.
     """
     n, channels, height, width = x.shape
     own = x.to(math_dtype)
@@ -231,8 +232,10 @@ def composite_batch(x, box, lam, partner, mode, *, fill=None, mean=None, std=Non
         fill_value = fill_value.reshape(1, channels, 1, 1)
     value = torch.where((mode == _MIX_ERASE) & inside, fill_value, value)
     value = _round_to_dtype(value, x.dtype)  # the value an unfused op would store
-    if mean is not None:
-        value = (value - mean.to(math_dtype).reshape(1, channels, 1, 1)) / std.to(math_dtype).reshape(1, channels, 1, 1)
+    if mean is not None:  # in mean's dtype when wider (float64 normalization of a float32 composite)
+        norm_dtype = torch.promote_types(math_dtype, mean.dtype)
+        value = (value.to(norm_dtype) - mean.to(norm_dtype).reshape(1, channels, 1, 1)) / \
+            std.to(norm_dtype).reshape(1, channels, 1, 1)
     return value
 
 

@@ -329,6 +329,77 @@ def test_cuda_per_element_arithmetic_equals_reference():
     torch.testing.assert_close(noise, expected, rtol=2e-6, atol=1e-6)  # logf/cosf of glibc vs torch: an ulp
 
 
+# ----------------------------------------------------------------------------- float64
+
+
+def float64_inputs(shape=SHAPE):
+    """sample_inputs in float64 plus offsets of 2^-40, which float32 arithmetic would lose."""
+    x, target = sample_inputs(shape=shape, dtype=torch.float64)
+    offsets = torch.arange(x.numel(), device=DEVICE, dtype=torch.float64).reshape(x.shape) % 7
+    return x + offsets * 2.0**-40, target
+
+
+@pytest.mark.parametrize("partner", ["flip", "roll"])
+def test_float64_mixup_equals_its_float64_formula(backend, partner):
+    x, target = float64_inputs()
+    out, mixed = with_seed(lambda: rk.mixup(x, target, per_sample=True, partner=partner, backend=backend))
+    lam = mixed.lam.double().reshape(-1, 1, 1, 1)
+    assert out.dtype == torch.float64
+    assert torch.equal(out, lam * x + (1 - lam) * x[partner_of(4, partner)])  # fp64, no FMA, bit for bit
+
+
+def test_float64_cutmix_erasing_and_normalization(backend):
+    x, target = float64_inputs()
+    out, mixed = with_seed(lambda: rk.cutmix(x, target, per_sample=True, backend=backend))
+    for i in range(4):
+        box = pasted_rectangle(out[i], x[i], x[3 - i])  # exact float64 copies inside and outside
+        area = 0 if box is None else (box[2] - box[0]) * (box[3] - box[1])
+        assert mixed.lam[i].item() == pytest.approx(1 - area / 256, abs=1e-6)
+    # The fill is the float64 value 0.1, not its float32 rounding.
+    erased = with_seed(lambda: rk.random_erasing(x, p=1.0, value=(0.1, 0.2, 0.3), backend=backend))
+    for c, value in enumerate((0.1, 0.2, 0.3)):
+        changed = erased[:, c] != x[:, c]
+        assert changed.any() and (erased[:, c][changed] == value).all()
+    # Fused normalization in float64 equals mixing, then normalizing in float64.
+    mean = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64, device=DEVICE).reshape(1, 3, 1, 1)
+    std = torch.tensor([0.7, 1.3, 2.9], dtype=torch.float64, device=DEVICE).reshape(1, 3, 1, 1)
+    for images in (x, sample_inputs(dtype=torch.uint8)[0]):
+        fused, _ = with_seed(lambda: rk.cutmix_or_mixup(images, target, mean=(0.1, 0.2, 0.3), std=(0.7, 1.3, 2.9),
+                                                        out_dtype=torch.float64, backend=backend))
+        mixed_images, _ = with_seed(lambda: rk.cutmix_or_mixup(images, target, backend=backend))
+        assert fused.dtype == torch.float64 and torch.equal(fused, (mixed_images.double() - mean) / std)
+    # float64 -> bfloat16 rounds through float32, as torch's cast does.
+    to_bf16, _ = with_seed(lambda: rk.mixup(x, target, mean=(0.1, 0.2, 0.3), std=(0.7, 1.3, 2.9),
+                                            out_dtype=torch.bfloat16, backend=backend))
+    mixed_images, _ = with_seed(lambda: rk.mixup(x, target, backend=backend))
+    assert torch.equal(to_bf16, ((mixed_images - mean) / std).to(torch.bfloat16))
+    swapped, _ = with_seed(lambda: rk.cutmix(x.clone(), target, inplace=True, backend=backend))
+    assert torch.equal(swapped, with_seed(lambda: rk.cutmix(x, target, backend=backend))[0])
+
+
+def test_float64_opcheck(backend):
+    x, _ = float64_inputs(shape=(4, 3, 4, 4))
+    box, lam, partner, mode = all_modes_params(height=4, width=4)
+    fill = torch.full((3,), 0.1, dtype=torch.float64, device=DEVICE)
+    mean = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64, device=DEVICE)
+    torch.library.opcheck(composite_batch_op, (x, box, lam.double(), partner, mode, fill, mean, mean + 1, None,
+                                               torch.float64, True, backend))
+    torch.library.opcheck(composite_batch_op, (x, box, lam.double(), partner, mode, fill, None, None,
+                                               torch.tensor([3], device=DEVICE), torch.float64, False, backend))
+
+
+def test_cuda_backend_refuses_float64_with_a_type_error():
+    with pytest.raises(TypeError, match="backend='cuda'.*float64.*'triton' or 'torch'"):
+        mixing._cuda_dtype_code(torch.float64)
+    if DEVICE.type == "cuda" and _backend._C is not None:
+        x, target = float64_inputs()
+        with pytest.raises(TypeError, match="float64"):
+            rk.mixup(x, target, backend="cuda")
+        with pytest.raises(TypeError, match="float64"):
+            rk.cutmix(sample_inputs(dtype=torch.uint8)[0], target, mean=MEAN, std=STD, out_dtype=torch.float64,
+                      backend="cuda")
+
+
 # ----------------------------------------------------------------------------- CutMixUp and per-sample modes
 
 
@@ -358,6 +429,22 @@ def test_cutmixup_per_sample_chooses_modes_in_one_launch(backend, monkeypatch):
     module.eval()
     kept, eval_target = module(x, target)
     assert torch.equal(kept, x) and torch.equal(eval_target.lam, torch.ones(32, device=DEVICE))
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_cutmixup_in_eval_touches_no_generator(per_sample):
+    # An evaluation pass must not shift the training stream: no generator state changes.
+    x, target = sample_inputs()
+    module = rk.nn.CutMixUp(per_sample=per_sample, mean=MEAN, std=STD).eval()
+    cpu_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state(DEVICE) if DEVICE.type == "cuda" else None
+    out, mixed = module(x, target)
+    assert torch.equal(torch.get_rng_state(), cpu_state)
+    if cuda_state is not None:
+        assert torch.equal(torch.cuda.get_rng_state(DEVICE), cuda_state)
+    mean = torch.tensor(MEAN, device=DEVICE).reshape(1, 3, 1, 1)
+    std = torch.tensor(STD, device=DEVICE).reshape(1, 3, 1, 1)
+    assert torch.equal(out, (x - mean) / std) and bool((mixed.per_sample_lam() == 1).all())
 
 
 def test_cutmixup_per_batch_and_single_method():
@@ -438,7 +525,7 @@ def test_bad_input_raises_value_error():
     with pytest.raises(ValueError, match="box must be a tensor of shape"):
         rk.composite_batch(x, torch.zeros(4, 3), torch.ones(4), torch.arange(4), torch.zeros(4))
     with pytest.raises(TypeError, match="uint8"):
-        rk.cutmix(x.double(), target)
+        rk.cutmix(x.int(), target)
     with pytest.raises(TypeError, match="int64 class indices"):
         rk.mixup(x, target.float())
 

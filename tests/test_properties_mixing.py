@@ -26,10 +26,12 @@ from conftest import BACKENDS, DEVICE
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8]
+COMPOSITE_DTYPES = DTYPES + [torch.float64]  # float64 composites in float64
 # One ulp relative to the value (fp32 arithmetic, then one rounding to the dtype may land on
 # either neighbour of the float64 value); uint8 rounds half up, so it may differ by 1.
-ULP = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.uint8: 0.0}
-TINY = {torch.float32: 1e-38, torch.float16: 6e-8, torch.bfloat16: 1e-38, torch.uint8: 0.0}
+ULP = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.uint8: 0.0,
+       torch.float64: 2.0**-52}
+TINY = {torch.float32: 1e-38, torch.float16: 6e-8, torch.bfloat16: 1e-38, torch.uint8: 0.0, torch.float64: 1e-300}
 F32 = 2.0**-23
 HUGE = 2**32  # beyond int32: must be clamped, not wrapped (2^32 + 2 would wrap to CUTMIX)
 CHANNELS_LAST = torch.channels_last
@@ -77,7 +79,7 @@ def image_data(shape, dtype, seed, special):
 def composite_cases(draw):
     n, c = draw(st.integers(1, 4)), draw(st.integers(1, 3))
     h, w = draw(st.integers(0, 9)), draw(st.integers(0, 9))
-    dtype = draw(st.sampled_from(DTYPES))
+    dtype = draw(st.sampled_from(COMPOSITE_DTYPES))
     boxes, lams, partners, modes = [], [], [], []
     for _ in range(n):
         kind = draw(st.sampled_from(["random", "full", "empty", "outside", "huge"]))
@@ -110,7 +112,7 @@ def composite_cases(draw):
     mean = [draw(st.floats(-100, 100, width=32)) for _ in range(c)] if normalize else None
     std = [draw(st.floats(0.125, 100, width=32)) * draw(st.sampled_from([1, -1])) for _ in range(c)] if normalize \
         else None
-    out_dtypes = [None, torch.float32, torch.float16, torch.bfloat16] + \
+    out_dtypes = [None, torch.float32, torch.float16, torch.bfloat16, torch.float64] + \
         ([torch.uint8] if dtype == torch.uint8 and not normalize else [])
     out_dtype = draw(st.sampled_from(out_dtypes))
     layout = draw(st.sampled_from(["contiguous", "channels_last", "transposed", "strided", "expanded"]))

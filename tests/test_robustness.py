@@ -119,8 +119,10 @@ for name, call in mixers():
         lambda b, call=call: call(images(4), labels(3), b))
     case(name, "alpha = 0", ValueError, "> 0")(lambda b, call=call: call(images(), labels(), b, alpha=0.0))
     case(name, "alpha = NaN", ValueError, "> 0")(lambda b, call=call: call(images(), labels(), b, alpha=math.nan))
-    case(name, "float64 x", TypeError, "float32, float16, bfloat16 or uint8")(
+    case(name, "float64 x", check=lambda r: r[0].dtype == torch.float64, check_text="a float64 result")(
         lambda b, call=call: call(images(dtype=torch.float64), labels(), b))
+    case(name, "int32 x", TypeError, "float32, float16, bfloat16, uint8 or float64")(
+        lambda b, call=call: call(images(dtype=torch.int32), labels(), b))
     case(name, "float targets", TypeError, "int64 class indices")(
         lambda b, call=call: call(images(), labels().float(), b))
     case(name, "mean of the wrong length", ValueError, "mean")(
@@ -602,8 +604,10 @@ case("composite_batch", "mean = NaN", ValueError, "mean must be finite")(
     lambda b: _mx_composite(b, mean=math.nan, std=1.0))
 case("composite_batch", "std = inf", ValueError, "std must be finite")(
     lambda b: _mx_composite(b, mean=0.0, std=[1.0, math.inf, 1.0]))
-case("composite_batch", "out_dtype float64", TypeError, "out_dtype must be")(
+case("composite_batch", "out_dtype float64", check=lambda r: r.dtype == torch.float64, check_text="a float64 result")(
     lambda b: _mx_composite(b, out_dtype=torch.float64))
+case("composite_batch", "out_dtype int32", TypeError, "out_dtype must be")(
+    lambda b: _mx_composite(b, out_dtype=torch.int32))
 case("composite_batch", "out_dtype uint8 from a float x", ValueError, "out_dtype=torch.uint8 needs a uint8 x")(
     lambda b: _mx_composite(b, out_dtype=torch.uint8))
 case("composite_batch", "noise_seed with a uint8 x", ValueError, "needs a floating x")(
@@ -748,8 +752,10 @@ case("cutmix_or_mixup", "target length differs from N", ValueError, "first dimen
 case("cutmix_or_mixup", "target on another device (meta)", ValueError, "target is on meta")(
     lambda b: _cmm(b, y=labels().to("meta")))
 case("cutmix_or_mixup", "3-D x", ValueError, "must be 4-D")(lambda b: _cmm(b, x=t(3, 8, 8), y=labels(3)))
-case("cutmix_or_mixup", "float64 x", TypeError, "float32, float16, bfloat16 or uint8")(
+case("cutmix_or_mixup", "float64 x", check=lambda r: r[0].dtype == torch.float64, check_text="a float64 result")(
     lambda b: _cmm(b, x=images(dtype=torch.float64)))
+case("cutmix_or_mixup", "int32 x", TypeError, "float32, float16, bfloat16, uint8 or float64")(
+    lambda b: _cmm(b, x=images(dtype=torch.int32)))
 case("cutmix_or_mixup", "prob = 0", check=lambda r: torch.equal(r[0][0], r[1]) and bool((r[0][1].lam == 1).all()),
      check_text="the batch unchanged, lam = 1")(lambda b: _mx_pair(lambda x: _cmm(b, x=x, prob=0.0), images()))
 case("cutmix_or_mixup", "zero-batch x", check=lambda r: r[0].shape == (0, 3, 8, 8) and r[1].lam.shape == (0,),

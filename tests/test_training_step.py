@@ -46,9 +46,10 @@ def test_whole_training_step_compiles_into_one_graph(backend, monkeypatch):
         return loss.detach()
 
     compiled = torch.compile(step, fullgraph=True)
-    x = torch.rand(8, 3, 8, 8, device=DEVICE)
-    y = torch.arange(8, device=DEVICE) % 10
-    for _ in range(3):
+    # Two full batches, then the smaller last batch of an epoch (a new N: the step recompiles with N symbolic).
+    for batch in (8, 8, 5):
+        x = torch.rand(batch, 3, 8, 8, device=DEVICE)
+        y = torch.arange(batch, device=DEVICE) % 10
         before = {name: value.clone() for name, value in model.state_dict().items()}
         ema_before = {name: value.clone() for name, value in ema.module.state_dict().items()}
         loss = compiled(x, y)
