@@ -392,17 +392,11 @@ def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_
 # ----------------------------------------------------------------------------- launchers
 
 
-def _sm_count(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # the interpreter: small, so that test shapes exercise split rows
-
-
 def split_count(rows, num_classes, device):
     """How many programs share one row: 1 unless rows are too few to fill the GPU and C is long."""
     if num_classes < 2 * SPLIT_CHUNK:
         return 1
-    wanted = triton.cdiv(2 * _sm_count(device), max(rows, 1))
+    wanted = triton.cdiv(2 * _backend.sm_count(device), max(rows, 1))
     return max(1, min(wanted, triton.cdiv(num_classes, SPLIT_CHUNK)))
 
 
