@@ -27,7 +27,7 @@ of every sample: 2 * N * C * box_area * s.
 import enum
 import math
 import numbers
-from typing import Optional
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import triton
@@ -711,8 +711,15 @@ def _normalization(x, mean, std, out_dtype):
 # ----------------------------------------------------------------------------- public API
 
 
-def composite_batch(x, box, lam, partner, mode, *, fill=0.0, noise_seed=None, mean=None, std=None,
-                    out_dtype=None, flip_pairs_hint=False, backend=None):
+# A number, one number per channel, or a (C,) / one-element tensor.
+PerChannel = Union[float, Sequence[float], torch.Tensor]
+
+
+def composite_batch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor,
+                    mode: torch.Tensor, *, fill: PerChannel = 0.0, noise_seed: Optional[torch.Tensor] = None,
+                    mean: Optional[PerChannel] = None, std: Optional[PerChannel] = None,
+                    out_dtype: Optional[torch.dtype] = None, flip_pairs_hint: bool = False,
+                    backend: Optional[str] = None) -> torch.Tensor:
     """The compositing kernel on explicit per-sample parameters: bring your own sampling.
 
     x: (N, C, H, W), contiguous or channels_last, float32/float16/bfloat16/uint8/float64
@@ -803,8 +810,11 @@ def _check_inplace(x, per_sample, partner, mean, out_dtype):
         raise ValueError("inplace=True needs a contiguous or channels_last x")
 
 
-def cutmix(x, target, *, alpha=1.0, per_sample=False, partner="flip", correct_lam=True, mean=None, std=None,
-           out_dtype=None, generator=None, inplace=False, backend=None):
+def cutmix(x: torch.Tensor, target: torch.Tensor, *, alpha: float = 1.0, per_sample: bool = False,
+           partner: str = "flip", correct_lam: bool = True, mean: Optional[PerChannel] = None,
+           std: Optional[PerChannel] = None, out_dtype: Optional[torch.dtype] = None,
+           generator: Optional[torch.Generator] = None, inplace: bool = False,
+           backend: Optional[str] = None) -> Tuple[torch.Tensor, MixedTarget]:
     """CutMix: each sample takes its partner's pixels inside a box; returns (x_mixed, MixedTarget).
 
     lambda ~ Beta(alpha, alpha), one per batch or one per sample (per_sample=True), drawn
@@ -830,8 +840,10 @@ def cutmix(x, target, *, alpha=1.0, per_sample=False, partner="flip", correct_la
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
 
-def mixup(x, target, *, alpha=0.2, per_sample=False, partner="flip", mean=None, std=None, out_dtype=None,
-          generator=None, inplace=False, backend=None):
+def mixup(x: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.2, per_sample: bool = False,
+          partner: str = "flip", mean: Optional[PerChannel] = None, std: Optional[PerChannel] = None,
+          out_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None,
+          inplace: bool = False, backend: Optional[str] = None) -> Tuple[torch.Tensor, MixedTarget]:
     """MixUp: lam * x[i] + (1 - lam) * x[partner(i)]; returns (x_mixed, MixedTarget).
 
     lambda ~ Beta(alpha, alpha) per batch or per sample, drawn on x's device. uint8 rounds
@@ -855,9 +867,11 @@ def mixup(x, target, *, alpha=0.2, per_sample=False, partner="flip", mean=None, 
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
 
-def cutmix_or_mixup(x, target, *, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, per_sample=True,
-                    correct_lam=True, partner="flip", mean=None, std=None, out_dtype=None, generator=None,
-                    backend=None):
+def cutmix_or_mixup(x: torch.Tensor, target: torch.Tensor, *, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
+                    prob: float = 1.0, switch_prob: float = 0.5, per_sample: bool = True, correct_lam: bool = True,
+                    partner: str = "flip", mean: Optional[PerChannel] = None, std: Optional[PerChannel] = None,
+                    out_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None,
+                    backend: Optional[str] = None) -> Tuple[torch.Tensor, MixedTarget]:
     """timm's Mixup as one kernel launch: each sample (or the batch) picks CutMix or MixUp.
 
     With probability prob a sample is mixed; then CutMix with probability switch_prob
@@ -894,7 +908,9 @@ def cutmix_or_mixup(x, target, *, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, s
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
 
-def random_erasing(x, *, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0, generator=None, backend=None):
+def random_erasing(x: torch.Tensor, *, p: float = 0.5, scale: Tuple[float, float] = (0.02, 0.33),
+                   ratio: Tuple[float, float] = (0.3, 3.3), value: Union[PerChannel, str] = 0.0,
+                   generator: Optional[torch.Generator] = None, backend: Optional[str] = None) -> torch.Tensor:
     """Random erasing (cutout) per sample: with probability p a random box is overwritten.
 
     Box as torchvision's RandomErasing (area fraction ~ U(scale), log aspect ~ U(log ratio),

@@ -158,7 +158,7 @@ class CutMixUp(torch.nn.Module):
         self.per_sample, self.correct_lam, self.partner = per_sample, correct_lam, partner
         self.mean, self.std, self.out_dtype = mean, std, out_dtype
 
-    def forward(self, x, target):
+    def forward(self, x: torch.Tensor, target: torch.Tensor):
         from recipe_kernels import mixing
         prob = self.prob if self.training else 0.0  # eval: keep (and still normalize)
         return mixing.cutmix_or_mixup(
