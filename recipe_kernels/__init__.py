@@ -4,7 +4,8 @@ from recipe_kernels.drop_path_residual import drop_path_residual
 from recipe_kernels.cross_entropy import cross_entropy
 from recipe_kernels.targets import MixedTarget
 from recipe_kernels.mixing import MixMode, composite_batch, cutmix, cutmix_or_mixup, mixup, random_erasing
-from recipe_kernels.ema import ModelEMA, ema_update_
+from recipe_kernels.ema import ema_update_
+from recipe_kernels.model_ema import ModelEMA
 from recipe_kernels import nn
 
 __version__ = "0.1.0"

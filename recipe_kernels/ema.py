@@ -1,7 +1,8 @@
-"""Exponential moving average (EMA) of model weights: one kernel launch for the whole model.
+"""Exponential moving average (EMA) of model weights: the multi-tensor op, one kernel launch for
+the whole model. ModelEMA (the model plumbing) is in recipe_kernels.model_ema.
 
 Top to bottom: Triton kernels, the chunk table, launchers (Triton and CUDA), torch.library
-registration, the public function `ema_update_` and the `ModelEMA` class.
+registration and the public function `ema_update_`.
 
 Formula, identical in every backend and in the oracle (recipe_kernels.reference): torch.lerp's,
 with weight w = 1 - d,
@@ -34,11 +35,9 @@ model with an fp32 EMA. The table adds 32 bytes per chunk (under 0.02% for fp32)
 """
 import bisect
 import collections
-import copy
-import math
 import operator
 import warnings
-from typing import List
+from typing import List, Optional, Sequence, Union
 
 import torch
 import triton
@@ -69,9 +68,6 @@ DECAY_SLOT_SHIFT = 8
 # Decay slots of ModelEMA's two-element decay tensor.
 AVERAGE_SLOT = 0  # parameters and averaged buffers: the schedule's decay
 COPY_SLOT = 1  # copied buffers: 0 on an update step, 1 on a skipped one
-
-BUFFER_MODES = ("average", "copy", "ignore")
-NUM_UPDATES_KEY = "_ema_num_updates"
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -662,15 +658,17 @@ def _check_pairs(ema_tensors, model_tensors):
 
 
 @torch.no_grad()
-def ema_update_(ema_tensors, model_tensors, decay, *, backend=None):
+def ema_update_(ema_tensors: Sequence[torch.Tensor], model_tensors: Sequence[torch.Tensor],
+                decay: Union[float, torch.Tensor], *, backend: Optional[str] = None) -> None:
     """e <- lerp(e, p, 1 - decay), i.e. decay*e + (1-decay)*p, for every pair (e, p), in place, in
     one kernel launch (the exact formula, which keeps e when p == e, is in the module docstring).
 
     ema_tensors and model_tensors are equally long lists; each pair has one shape, any floating
-    dtypes (e.g. a bf16 model with an fp32 EMA; the math is fp32, or fp64 for pairs with an fp64 side). decay is a Python float in
-    [0, 1] (made a device tensor once per value) or a 0-d floating tensor on the tensors' device,
-    which is used as is: its range is not checked, because that would sync the host. decay 1
-    leaves e exactly as it was, decay 0 stores p exactly. DTensors update their local shards.
+    dtypes (e.g. a bf16 model with an fp32 EMA; the math is fp32, or fp64 for a pair with an fp64
+    side). decay is a Python float in [0, 1] (made a device tensor once per value) or a 0-d
+    floating tensor on the tensors' device, which is used as is: its range is not checked, because
+    that would sync the host. decay 1 leaves e exactly as it was, decay 0 stores p exactly.
+    DTensors update their local shards.
     """
     ema, params, device = _check_pairs(ema_tensors, model_tensors)
     if isinstance(decay, torch.Tensor):
@@ -697,278 +695,3 @@ def _warn_low_precision_ema(decay):
     warnings.warn(f"an EMA held in bfloat16 or float16 with decay {decay} barely moves: (1 - decay) * (p - e) is "
                   "mostly below half a unit in the last place of e, so it rounds away. Keep the EMA in float32 "
                   "(ModelEMA(..., ema_dtype=torch.float32)).", UserWarning, stacklevel=3)
-
-
-# ----------------------------------------------------------------------------- ModelEMA
-
-# Bumped whenever any module registers a parameter, buffer or submodule (assignment,
-# load_state_dict(assign=True), ...) or Module._apply replaces one without registering it
-# (model.to() makes new buffer objects, and new parameters for a move to meta): ModelEMA then
-# re-pairs its tensors. In-place re-allocation (.data = ..., model.to() of parameters) keeps the
-# objects and is caught by the table's address key.
-_REGISTRATIONS = [0]
-_HOOKS_INSTALLED = [False]
-
-
-def _count_registration(module, name, value):
-    _REGISTRATIONS[0] += 1
-
-
-def _counting_apply(apply):
-    """Module._apply that bumps _REGISTRATIONS when it replaced one of the module's own tensors
-    (each submodule's _apply checks its own; a no-op model.to() bumps nothing)."""
-    def _apply(module, *args, **kwargs):
-        before = [*module._parameters.values(), *module._buffers.values()]
-        result = apply(module, *args, **kwargs)
-        after = [*module._parameters.values(), *module._buffers.values()]
-        if len(before) != len(after) or any(a is not b for a, b in zip(before, after)):
-            _REGISTRATIONS[0] += 1
-        return result
-    _apply.__wrapped__ = apply
-    return _apply
-
-
-def _install_registration_hooks():
-    if not _HOOKS_INSTALLED[0]:
-        from torch.nn.modules import module as module_module
-        module_module.register_module_parameter_registration_hook(_count_registration)
-        module_module.register_module_buffer_registration_hook(_count_registration)
-        module_module.register_module_module_registration_hook(_count_registration)
-        torch.nn.Module._apply = _counting_apply(torch.nn.Module._apply)
-        _HOOKS_INSTALLED[0] = True
-
-
-def _unwrap(model):
-    """The module inside DistributedDataParallel (each rank holds a replicated copy)."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return model.module
-    return model
-
-
-def _fsdp_module_class():
-    try:
-        from torch.distributed.fsdp import FSDPModule
-        return FSDPModule
-    except ImportError:
-        return None
-
-
-def _copy_module(model):
-    """copy.deepcopy(model); for FSDP2 (fully_shard) models, which refuse deepcopy, a copy of the
-    module tree as plain modules whose parameters and buffers are clones (DTensors stay DTensors
-    with their placements) and which carry no hooks or FSDP state."""
-    fsdp_module = _fsdp_module_class()
-    if fsdp_module is None or not any(isinstance(m, fsdp_module) for m in model.modules()):
-        return copy.deepcopy(model)
-    copies = {}
-
-    def copy_tensor(tensor):
-        if tensor is None:
-            return None
-        if id(tensor) not in copies:  # tied weights stay tied
-            clone = tensor.detach().clone()
-            copies[id(tensor)] = torch.nn.Parameter(clone, False) if isinstance(tensor, torch.nn.Parameter) else clone
-        return copies[id(tensor)]
-
-    def copy_tree(module):
-        if id(module) in copies:
-            return copies[id(module)]
-        cls = type(module)
-        if isinstance(module, fsdp_module):  # fully_shard made a class FSDP<Original>(FSDPModule, Original)
-            cls = next(base for base in cls.__mro__[1:] if not issubclass(base, fsdp_module))
-        new = copies[id(module)] = cls.__new__(cls)
-        state = {k: v for k, v in module.__dict__.items() if not k.startswith("__composable_api_state_key")}
-        for key, value in state.items():
-            if key.endswith("_hooks") or key.endswith("_hooks_with_kwargs") or key.endswith("_hooks_always_called"):
-                state[key] = type(value)()
-        state["_parameters"] = {k: copy_tensor(v) for k, v in module._parameters.items()}
-        state["_buffers"] = {k: copy_tensor(v) for k, v in module._buffers.items()}
-        state["_modules"] = {k: None if v is None else copy_tree(v) for k, v in module._modules.items()}
-        new.__dict__.update(state)
-        return new
-
-    return copy_tree(model)
-
-
-def _persistent_buffers(module):
-    """named_buffers() without the non-persistent ones, which state_dict() leaves out: ModelEMA
-    neither averages, copies nor saves those (as timm's ModelEmaV3, which walks state_dict())."""
-    non_persistent = {f"{prefix}.{name}" if prefix else name
-                      for prefix, submodule in module.named_modules() for name in submodule._non_persistent_buffers_set}
-    return {name: buffer for name, buffer in module.named_buffers() if name not in non_persistent}
-
-
-class _Pairs:
-    """The (ema, model) tensor pairs of one model and their decay slots, made once per model structure."""
-
-    def __init__(self, ema_module, model, buffer_mode):
-        self.model = model
-        self.generation = _REGISTRATIONS[0]
-        self.table_memo = TableMemo()
-        ema_tensors, model_tensors, self.slots, names = [], [], [], []
-        ema_params, model_params = dict(ema_module.named_parameters()), dict(model.named_parameters())
-        if ema_params.keys() != model_params.keys():
-            raise ValueError("the model's parameters do not match the EMA's: "
-                             f"missing {sorted(ema_params.keys() - model_params.keys())[:5]}, "
-                             f"unexpected {sorted(model_params.keys() - ema_params.keys())[:5]}")
-        for name, e in ema_params.items():
-            ema_tensors.append(e)
-            model_tensors.append(model_params[name])
-            self.slots.append(AVERAGE_SLOT)
-            names.append(name)
-        if buffer_mode != "ignore":
-            ema_buffers, model_buffers = _persistent_buffers(ema_module), _persistent_buffers(model)
-            if ema_buffers.keys() != model_buffers.keys():
-                raise ValueError("the model's buffers do not match the EMA's: "
-                                 f"{sorted(ema_buffers.keys() ^ model_buffers.keys())[:5]}")
-            for name, e in ema_buffers.items():
-                floating = e.dtype in EMA_DTYPE_CODES
-                average = buffer_mode == "average" and (e.is_floating_point() or e.is_complex())
-                p = model_buffers[name]
-                if not floating and e.dtype != p.dtype:
-                    raise ValueError(f"buffer {name}: the EMA holds {e.dtype} but the model {p.dtype}")
-                ema_tensors.append(e)
-                model_tensors.append(p)
-                self.slots.append(AVERAGE_SLOT if average else COPY_SLOT)
-                names.append(name)
-        for name, e, p, slot in zip(names, ema_tensors, model_tensors, self.slots):
-            if e.dtype not in EMA_DTYPE_CODES and (slot == AVERAGE_SLOT and (e.is_floating_point() or e.is_complex())
-                                                    or e.dtype != p.dtype):  # else a byte copy: same dtype
-                raise ValueError(f"{name}: the EMA cannot follow a model tensor of {p.dtype} with one of {e.dtype}; "
-                                 "it averages float32, float16, bfloat16 and float64 tensors and copies others "
-                                 "(integer parameters and buffers, buffers='copy') between equal dtypes")
-        self.has_dtensors = any(_is_dtensor(t) for t in ema_tensors + model_tensors)
-        self._check(ema_tensors, model_tensors)
-        self.ema, self.params = ema_tensors, model_tensors
-
-    def _check(self, ema_tensors, model_tensors):
-        floating = [i for i, e in enumerate(ema_tensors) if e.dtype in EMA_DTYPE_CODES]
-        _check_pairs([ema_tensors[i] for i in floating], [model_tensors[i] for i in floating])
-        for e, p in zip(ema_tensors, model_tensors):
-            e, p = _local(e), _local(p)
-            if e.shape != p.shape or e.device != p.device:
-                raise ValueError(f"an EMA tensor {tuple(e.shape)} on {e.device} pairs with a model tensor "
-                                 f"{tuple(p.shape)} on {p.device}")
-            if e.stride() != p.stride() or not _dense_layout(e):
-                raise ValueError("the model's memory layout changed (e.g. channels_last) after the EMA was "
-                                 "made; make the EMA from the model in its final layout")
-
-    def local_tensors(self):
-        """The tensors the kernel sees: local shards of DTensors, detached (no autograd)."""
-        if self.has_dtensors:
-            return [_local(e).detach() for e in self.ema], [_local(p).detach() for p in self.params]
-        return self.ema, self.params
-
-
-class ModelEMA:
-    """An exponential moving average of a model's weights, updated in one kernel launch.
-
-    `.module` is a deep copy of the model (cast to ema_dtype if given, in eval mode, without
-    grads) that holds the averaged weights and is ready to evaluate. Each `.update(model)`
-    counts t = 1, 2, ... on the device and, without a host sync:
-
-    - skips the update when update_every > 1 and t % update_every != 0;
-    - else copies the parameters when t <= update_after_step;
-    - else blends EMA <- lerp(EMA, param, 1 - d) = d*EMA + (1-d)*param with d = decay, or with warmup
-      d = min(decay, max(min_decay, 1 - (1 + s/warmup_gamma)^(-warmup_power))), s = t - update_after_step.
-
-    buffers: "average" averages floating buffers like parameters and copies integer ones (timm's
-    default), "copy" copies them all, "ignore" leaves them alone. Non-persistent buffers (left out
-    of state_dict()) are always left alone, as in timm: .module keeps the values it was made with. Parameters and buffers go in
-    one kernel; the schedule is a second, one-program kernel (the "torch" backend runs torch ops).
-    Under DistributedDataParallel pass the model or its .module (each rank averages its replica);
-    with DTensor/FSDP2 parameters each rank averages its local shards, without communication.
-    """
-
-    def __init__(self, model, decay=0.9999, *, warmup=False, warmup_gamma=1.0, warmup_power=2 / 3,
-                 min_decay=0.0, update_after_step=0, update_every=1, ema_dtype=None, buffers="average",
-                 backend=None):
-        self.decay = _check_decay(decay, kinds="a Python float")
-        self.min_decay = _check_decay(min_decay, "min_decay", "a Python float")
-        for name, value in (("warmup_gamma", warmup_gamma), ("warmup_power", warmup_power)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        for name, value, least in (("update_after_step", update_after_step, 0), ("update_every", update_every, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
-        if buffers not in BUFFER_MODES:
-            raise ValueError(f"buffers must be one of {BUFFER_MODES}, got {buffers!r}")
-        if ema_dtype is not None and ema_dtype not in EMA_DTYPE_CODES:
-            raise ValueError("ema_dtype must be a floating dtype (float32, float16, bfloat16, float64), "
-                             f"got {ema_dtype}")
-        self.warmup, self.warmup_gamma, self.warmup_power = bool(warmup), float(warmup_gamma), float(warmup_power)
-        self.update_after_step, self.update_every, self.buffers = update_after_step, update_every, buffers
-
-        model = _unwrap(model)
-        self.module = _copy_module(model)
-        if ema_dtype is not None:
-            self.module.to(ema_dtype)  # floating parameters and buffers only
-        self.module.eval()
-        for parameter in self.module.parameters():
-            parameter.requires_grad_(False)
-            parameter.grad = None
-        first = next(iter(self.module.parameters()), None)
-        first = next(iter(self.module.buffers()), None) if first is None else first
-        device = _local(first).device if first is not None else torch.device("cpu")
-        self.backend = _backend.resolve("ema", device, backend)
-        self.num_updates = torch.zeros((), dtype=torch.int64, device=device)
-        self._decays = torch.zeros(2, dtype=torch.float64, device=device)  # [average, copy]
-        low_precision = (torch.bfloat16, torch.float16)
-        if 0.999 <= self.decay < 1.0 and any(p.dtype in low_precision for p in self.module.parameters()):
-            _warn_low_precision_ema(self.decay)
-        _install_registration_hooks()
-        self._pairs = None
-
-    def _pairs_for(self, model):
-        pairs = self._pairs
-        if pairs is None or pairs.model is not model or pairs.generation != _REGISTRATIONS[0]:
-            pairs = self._pairs = _Pairs(self.module, model, self.buffers)
-        return pairs
-
-    @torch.no_grad()
-    def update(self, model):
-        """One update from `model`'s current weights: two launches, no host sync."""
-        pairs = self._pairs_for(_unwrap(model))
-        schedule = (self.num_updates, self._decays, self.decay, self.warmup, self.warmup_gamma, self.warmup_power,
-                    self.min_decay, self.update_after_step, self.update_every, self.backend)
-        ema, params = pairs.local_tensors()
-        if torch.compiler.is_compiling():
-            ema_schedule_op(*schedule)
-            ema_update_op(ema, params, self._decays, pairs.slots, self.backend)
-        else:  # eager: straight to the launchers (see _dispatch_ema_update)
-            _ema_schedule(*schedule)
-            _ema_update(ema, params, self._decays, pairs.slots, self.backend, memo=pairs.table_memo)
-            torch.autograd.graph.increment_version(ema)
-
-    def state_dict(self):
-        """The averaged weights keyed as in model.state_dict() (DTensors stay DTensors), plus the counter."""
-        state = self.module.state_dict()
-        state[NUM_UPDATES_KEY] = self.num_updates
-        return state
-
-    def load_state_dict(self, state_dict, strict=True):
-        """Loads weights and the update counter in place; updates then continue bit for bit."""
-        state = dict(state_dict)
-        if NUM_UPDATES_KEY not in state:
-            raise ValueError(f"state_dict has no {NUM_UPDATES_KEY!r}: it was not made by ModelEMA.state_dict()")
-        num_updates = state.pop(NUM_UPDATES_KEY)
-        result = self.module.load_state_dict(state, strict=strict)
-        with torch.no_grad():
-            self.num_updates.copy_(num_updates)
-        return result
-
-    @torch.no_grad()
-    def copy_to(self, model):
-        """Writes the EMA weights (and persistent buffers, unless buffers="ignore") into `model`, cast to
-        its dtypes."""
-        model = _unwrap(model)
-        targets = dict(model.named_parameters())
-        if self.buffers != "ignore":
-            targets.update(_persistent_buffers(model))
-        sources = dict(self.module.named_parameters())
-        sources.update(_persistent_buffers(self.module))
-        if not targets.keys() <= sources.keys():
-            raise ValueError("the model has tensors that the EMA does not: "
-                             f"{sorted(targets.keys() - sources.keys())[:5]}")
-        for name, target in targets.items():
-            target.copy_(sources[name])

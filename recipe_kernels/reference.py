@@ -268,7 +268,7 @@ def ema_blend(ema, param, decay, *, math_dtype=torch.float32):
     bit for bit) and round the result to fp32, then to e's dtype.
     """
     e, p = ema.to(math_dtype), param.to(math_dtype)
-    d = torch.as_tensor(decay, device=e.device).to(math_dtype)
+    d = torch.as_tensor(decay, dtype=torch.float64, device=e.device).to(math_dtype)  # a Python float is fp64
     weight = 1.0 - d
     small = weight.abs() < 0.5
     # base + coeff*(p - e): w - 1 is -(1 - w) exactly, so the second form is p - (p - e)*(1 - w).

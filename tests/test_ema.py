@@ -9,6 +9,7 @@ import torch
 import recipe_kernels as rk
 from recipe_kernels import _backend, ema as ema_module, reference
 from recipe_kernels.ema import CHUNK, ema_schedule_op, ema_update_op
+from recipe_kernels.model_ema import NUM_UPDATES_KEY
 
 from conftest import BACKENDS, DEVICE
 
@@ -611,7 +612,7 @@ def test_model_ema_matches_float64_oracle(backend, buffers, schedule):
     ema = run_model_ema(make_model(), steps, backend, buffers=buffers, **schedule)
     expected = simulate(make_model(), steps, buffers=buffers, **schedule)
     state = ema.state_dict()
-    assert state.pop(ema_module.NUM_UPDATES_KEY).item() == steps
+    assert state.pop(NUM_UPDATES_KEY).item() == steps
     assert state.keys() == expected.keys()
     for name, value in state.items():
         if value.is_floating_point():
@@ -697,7 +698,8 @@ def test_resume_with_non_persistent_buffers_is_bit_identical(backend, buffers, r
     # non-persistent buffer is the one it was made with, as in any module made from that model.
     straight = run_model_ema(make_model_with_non_persistent_buffer(), 5, backend, decay=0.75, buffers=buffers)
     model = make_model_with_non_persistent_buffer()
-    saved = {k: v.clone() for k, v in run_model_ema(model, 3, backend, decay=0.75, buffers=buffers).state_dict().items()}
+    first = run_model_ema(model, 3, backend, decay=0.75, buffers=buffers)
+    saved = {k: v.clone() for k, v in first.state_dict().items()}
     source = make_model_with_non_persistent_buffer() if resume_from == "a new model" else model
     made_with = source.calls.clone()
     resumed = rk.ModelEMA(source, decay=0.75, buffers=buffers, backend=backend)
@@ -739,6 +741,47 @@ def test_reallocated_and_replaced_parameters_are_followed(backend):
     torch.testing.assert_close(ema.module.fc2.weight, 0.5 * before + 2.0)
 
 
+def test_replaced_buffers_are_followed_on_both_sides(backend):
+    # model.double() makes new buffer objects (and converts parameters in place); so does
+    # ema.module.double() on the EMA's side. No hook on Module._apply sees this: every update reads
+    # each tensor from its module.
+    model = make_model()
+    ema = rk.ModelEMA(model, decay=0.5, backend=backend)
+    ema.update(model)
+    old = model.norm.running_mean
+    model.double()
+    assert model.norm.running_mean is not old
+    with torch.no_grad():
+        model.norm.running_mean.fill_(4.0)
+    before = ema.module.norm.running_mean.clone()
+    ema.update(model)
+    torch.testing.assert_close(ema.module.norm.running_mean, 0.5 * before + 2.0)
+    old = ema.module.norm.running_mean
+    ema.module.double()
+    assert ema.module.norm.running_mean is not old
+    with torch.no_grad():
+        model.norm.running_mean.fill_(8.0)
+    before = ema.module.norm.running_mean.clone()
+    ema.update(model)
+    torch.testing.assert_close(ema.module.norm.running_mean, 0.5 * before + 4.0)
+
+
+def test_no_process_wide_patch_of_module_apply():
+    rk.ModelEMA(make_model())
+    assert torch.nn.Module._apply.__module__ == "torch.nn.modules.module"
+    assert not hasattr(torch.nn.Module._apply, "__wrapped__")
+
+
+def test_a_tensor_deleted_from_the_model_raises(backend):
+    # `del` registers nothing; the pairs notice the tensor is gone from its module.
+    model = make_model()
+    ema = rk.ModelEMA(model, decay=0.5, backend=backend)
+    ema.update(model)
+    del model.fc2.weight
+    with pytest.raises(ValueError, match="do not match"):
+        ema.update(model)
+
+
 def test_ddp_wrapper_is_unwrapped_without_a_process_group():
     model = make_model()
     # DistributedDataParallel needs a process group; the unwrapping only looks at .module.
@@ -746,7 +789,7 @@ def test_ddp_wrapper_is_unwrapped_without_a_process_group():
     torch.nn.Module.__init__(wrapper)
     wrapper.module = model
     ema = rk.ModelEMA(wrapper, decay=0.0)
-    assert set(ema.state_dict()) == set(model.state_dict()) | {ema_module.NUM_UPDATES_KEY}
+    assert set(ema.state_dict()) == set(model.state_dict()) | {NUM_UPDATES_KEY}
     ema.update(wrapper)
 
 

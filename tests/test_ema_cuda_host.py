@@ -227,9 +227,9 @@ def test_model_ema_steps_equal_torch_backend(buffers, ema_dtype):
             for tensor in [*model.parameters(), *model.buffers()]:
                 tensor.add_(torch.randn_like(tensor) if tensor.is_floating_point() else 1)
         expected.update(model)
-        pairs = emulated._pairs_for(model)
+        pairs, (ema, params) = emulated._pairs_for(model)
         schedule_host(emulated.num_updates, emulated._decays, emulated)
-        run_kernel_code(pairs.ema, pairs.params, emulated._decays, pairs.slots)
+        run_kernel_code(ema, params, emulated._decays, pairs.slots)
         assert emulated.num_updates.item() == expected.num_updates.item()
         assert_same_bits(emulated._decays, expected._decays)
         wanted = expected.module.state_dict()
