@@ -282,7 +282,7 @@ class ModelEMA:
         state[NUM_UPDATES_KEY] = self.num_updates
         return state
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True):
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Loads weights and the update counter in place; updates then continue bit for bit."""
         state = dict(state_dict)
         if NUM_UPDATES_KEY not in state:

@@ -1,8 +1,11 @@
 """Modules over the package's functions: drop-in replacements for torch and timm modules."""
+from typing import Optional, Sequence
+
 import torch
 
 from recipe_kernels.dropout import dropout, drop_path
 from recipe_kernels.drop_path_residual import drop_path_residual
+from recipe_kernels.targets import MixedTarget
 
 __all__ = ["Dropout", "DropPath", "DropPathResidual", "CrossEntropyLoss", "CutMixUp", "replace_modules"]
 
@@ -114,13 +117,13 @@ class CrossEntropyLoss(torch.nn.Module):
         self.label_smoothing = label_smoothing
         self.inplace_backward = inplace_backward
 
-    def forward(self, input: torch.Tensor, target) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: "torch.Tensor | MixedTarget") -> torch.Tensor:
         from recipe_kernels.cross_entropy import cross_entropy
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
                              inplace_backward=self.inplace_backward)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}")
 
@@ -143,7 +146,8 @@ class CutMixUp(torch.nn.Module):
 
     def __init__(self, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0,
                  switch_prob: float = 0.5, per_sample: bool = True, correct_lam: bool = True, *,
-                 partner: str = "flip", mean=None, std=None, out_dtype=None):
+                 partner: str = "flip", mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None, out_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         from recipe_kernels import mixing
         mixing._check_alpha(mixup_alpha, "mixup_alpha", allow_zero=True)
@@ -158,7 +162,7 @@ class CutMixUp(torch.nn.Module):
         self.per_sample, self.correct_lam, self.partner = per_sample, correct_lam, partner
         self.mean, self.std, self.out_dtype = mean, std, out_dtype
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor):
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> "tuple[torch.Tensor, MixedTarget]":
         from recipe_kernels import mixing
         prob = self.prob if self.training else 0.0  # eval: keep (and still normalize)
         return mixing.cutmix_or_mixup(
@@ -166,6 +170,6 @@ class CutMixUp(torch.nn.Module):
             switch_prob=self.switch_prob, per_sample=self.per_sample, correct_lam=self.correct_lam,
             partner=self.partner, mean=self.mean, std=self.std, out_dtype=self.out_dtype)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, prob={self.prob}, "
                 f"switch_prob={self.switch_prob}, per_sample={self.per_sample}, correct_lam={self.correct_lam}")

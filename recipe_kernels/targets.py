@@ -4,6 +4,7 @@ Mixing (recipe_kernels.mixing) produces it; cross_entropy consumes it without ev
 building the N x C soft-target tensor. `.dense()` builds that tensor for other losses.
 """
 import numbers
+from typing import Union
 
 import torch
 
@@ -22,7 +23,7 @@ class MixedTarget:
 
     __slots__ = ("y_a", "y_b", "lam")
 
-    def __init__(self, y_a, y_b, lam):
+    def __init__(self, y_a: torch.Tensor, y_b: torch.Tensor, lam: Union[float, torch.Tensor]) -> None:
         for name, y in (("y_a", y_a), ("y_b", y_b)):
             if not isinstance(y, torch.Tensor):
                 raise TypeError(f"MixedTarget: {name} must be a torch.Tensor, got {type(y).__name__}")
@@ -60,19 +61,19 @@ class MixedTarget:
     def device(self):
         return self.y_a.device
 
-    def per_sample_lam(self, dtype=torch.float32):
+    def per_sample_lam(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """lam as an (N,) tensor of `dtype` on the targets' device (no host sync)."""
         n = self.y_a.shape[0]
         if isinstance(self.lam, torch.Tensor):
             return self.lam.to(device=self.device, dtype=dtype).expand(n).contiguous()
         return torch.full((n,), self.lam, dtype=dtype, device=self.device)
 
-    def to(self, device):
+    def to(self, device: Union[str, torch.device]) -> "MixedTarget":
         """The same MixedTarget with its tensors on `device`."""
         lam = self.lam.to(device) if isinstance(self.lam, torch.Tensor) else self.lam
         return MixedTarget(self.y_a.to(device), self.y_b.to(device), lam)
 
-    def dense(self, num_classes, label_smoothing=0.0, dtype=torch.float32):
+    def dense(self, num_classes: int, label_smoothing: float = 0.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The soft target lam * LS(y_a) + (1 - lam) * LS(y_b), shape (N, C) or (N, C, d1, ..., dk).
 
         This is the N x C tensor that cross_entropy avoids; use it for other losses.
