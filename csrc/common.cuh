@@ -51,20 +51,6 @@ RK_HOST_DEVICE T add_rn(T a, T b) {
   return a + b;
 #endif
 }
-RK_HOST_DEVICE double mul_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-RK_HOST_DEVICE double add_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
 
 // Four consecutive elements moved as one aligned vector (16 bytes for fp32, 8 for 16-bit types).
 template <typename T>

@@ -21,13 +21,9 @@ def emulate_bf16_rounding() -> bool:
 
 @triton.jit
 def cast_to(value, dtype: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """fp32 `value` rounded to nearest even in `dtype`, on the GPU and in the interpreter alike."""
-    if EMULATE_BF16_RTNE and dtype == tl.bfloat16:
-        bits = value.to(tl.uint32, bitcast=True)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        rounded = tl.where(value != value, 0x7FC0, rounded)  # keep NaN a NaN
-        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return value.to(dtype)
+    """round_to under the signature the families not yet on the op layer still pass
+    (EMULATE_BF16_RTNE always equals INTERPRETER_ROUNDS_BF16)."""
+    return round_to(value, dtype)
 
 
 # Decided at import: True when Triton's interpreter runs the kernels (it truncates fp32 -> bf16).
