@@ -19,6 +19,12 @@ DEVICE = torch.device("cuda" if os.environ.get("RECIPE_KERNELS_TEST_DEVICE") == 
 BACKENDS = ["torch", "triton"] + (["cuda"] if DEVICE.type == "cuda" else [])
 if DEVICE.type == "cuda" and _backend._C is None:
     raise RuntimeError(f"GPU tests need the CUDA extension: {_backend.CUDA_EXTENSION_ERROR}")
+# In CI (CI=true) a missing extension or test dependency must fail the run, not turn tests into skips.
+if os.environ.get("CI") == "true":
+    if _backend._C is None:
+        raise RuntimeError(f"CI builds the CUDA extension, but it did not import: {_backend.CUDA_EXTENSION_ERROR}")
+    import expecttest  # noqa: E402,F401  (torch's OpInfo samples)
+    import matplotlib  # noqa: E402,F401  (the demo's plot)
 
 
 @pytest.fixture
