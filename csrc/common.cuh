@@ -1,4 +1,4 @@
-// Shared by the .cu files: dtype codes, fp32 conversions, launch error checks.
+// Shared by the .cu files: fp32 conversions, launch error checks (and codes.h, the dispatch codes).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -9,12 +9,10 @@
 #include <string>
 #include <type_traits>
 
+#include "codes.h"
 #include "philox.cuh"  // RK_HOST_DEVICE
 
 namespace recipe_kernels {
-
-// Must equal recipe_kernels._backend.CUDA_DTYPE_CODES (kFloat64: CUDA_DTYPE_CODES_WITH_FLOAT64).
-enum DtypeCode : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
 // Conversions and IEEE-rounded fp32 arithmetic, on the device and on the host alike: kernels written
 // with them can also run in _C's *_host entry points, which the CPU tests compare with the reference.

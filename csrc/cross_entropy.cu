@@ -14,8 +14,6 @@
 
 namespace recipe_kernels {
 
-// Target kinds: must equal INDEX, MIXED, PROBABILITIES in recipe_kernels/cross_entropy.py.
-enum TargetKind : int { kIndexTarget = 0, kMixedTarget = 1, kProbabilityTarget = 2 };
 // max, sum exp(x - max), sum w (x - max), sum w, sum w q, sum w q (x - max), x[y_a], x[y_b]
 constexpr int kPartialFields = 8;
 

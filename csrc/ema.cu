@@ -54,8 +54,6 @@ RK_HOST_DEVICE E from_math(M v) {
   }
 }
 
-constexpr int kEmaFloat64 = 3;
-constexpr int kEmaRawBytes = 4;
 constexpr int kParamCodeShift = 4;
 constexpr int kDecaySlotShift = 8;
 
@@ -188,11 +186,11 @@ RK_HOST_DEVICE void ema_update_thread(const EmaChunk* __restrict__ table, const 
       blend_chunk_for_param(param_code, reinterpret_cast<__nv_bfloat16*>(row.ema_address), row.param_address,
                             row.count, d, thread, threads);
       break;
-    case kEmaFloat64:
+    case kFloat64:
       blend_chunk_for_param(param_code, reinterpret_cast<double*>(row.ema_address), row.param_address, row.count, d,
                             thread, threads);
       break;
-    case kEmaRawBytes: {  // an integer buffer, copied unless skipped
+    case kRawBytes: {  // an integer buffer, copied unless skipped
       if (d == 1.0) break;
       auto* ema = reinterpret_cast<unsigned char*>(row.ema_address);
       const auto* param = reinterpret_cast<const unsigned char*>(row.param_address);

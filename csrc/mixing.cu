@@ -13,10 +13,6 @@
 namespace recipe_kernels {
 namespace {  // everything but the entry points declared in bindings.cpp is local to this file
 
-// Must equal recipe_kernels.mixing.MixMode and MIXING_DTYPE_CODES (uint8 is a mixing-only input).
-enum MixMode : int { kKeep = 0, kMixUp = 1, kCutMix = 2, kErase = 3 };
-constexpr int kUInt8 = 3;
-
 // The composited value of one element before rounding: own = x[n], other = x[partner], fill = the
 // erase value; `inside` says whether the element lies in the sample's box.
 RK_HOST_DEVICE float composite_value(int mode, bool inside, float own, float other, float lam, float fill) {

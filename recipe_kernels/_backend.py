@@ -14,6 +14,8 @@ import sys
 
 import torch
 
+from recipe_kernels._codes import DTYPE_CODES
+
 BACKENDS = ("triton", "cuda", "torch")
 
 # An op's default on CUDA stays "triton" until its CUDA kernel has passed the
@@ -128,8 +130,7 @@ def cuda_stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-# The dtype codes that csrc/common.cuh dispatches on.
-CUDA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-# With float64 (csrc/common.cuh's kFloat64), for the kernels that compute float64 in fp64 (the
-# dropout family). Apart from CUDA_DTYPE_CODES, which is also the dtypes other ops accept.
-CUDA_DTYPE_CODES_WITH_FLOAT64 = {**CUDA_DTYPE_CODES, torch.float64: 3}
+# The floating dtypes most CUDA kernels take, with their codes (recipe_kernels._codes).
+CUDA_DTYPE_CODES = {dtype: DTYPE_CODES[dtype] for dtype in (torch.float32, torch.float16, torch.bfloat16)}
+# With float64, for the kernels that compute float64 in fp64 (the dropout family).
+CUDA_DTYPE_CODES_WITH_FLOAT64 = {**CUDA_DTYPE_CODES, torch.float64: DTYPE_CODES[torch.float64]}

@@ -43,11 +43,12 @@ import triton
 import triton.language as tl
 
 from recipe_kernels import _backend, reference
+from recipe_kernels._codes import TargetKind
 from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
 from recipe_kernels.targets import MixedTarget
 
 # Target kinds (a constexpr of the kernels, an int of the CUDA launcher).
-INDEX, MIXED, PROBABILITIES = 0, 1, 2
+INDEX, MIXED, PROBABILITIES = TargetKind.INDEX, TargetKind.MIXED, TargetKind.PROBABILITY
 REDUCTIONS = ("none", "mean", "sum")
 # Classes per Triton block (a row longer than this loops); rows split over programs in
 # chunks of at least SPLIT_CHUNK classes when there are too few rows to fill the GPU.

@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 
 from recipe_kernels import _backend, reference
+from recipe_kernels._codes import DTYPE_CODES, RAW_BYTES
 from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
 
 # Elements per table row (bytes for RAW_BYTES rows). Large enough that the table is noise,
@@ -55,12 +56,10 @@ NUM_WARPS = 8
 # CUDA threads per block (each moves 4 elements per step, vectorized when aligned).
 CUDA_THREADS = 256
 
-# Dtype codes of the table: csrc/common.cuh's (_backend.CUDA_DTYPE_CODES), then two that only the
-# EMA kernels know (csrc/ema.cu's kEmaFloat64 and kEmaRawBytes): fp64, and a row copied byte for
-# byte (integer buffers of ModelEMA; e and p then share a dtype).
-FLOAT64 = 3
-RAW_BYTES = 4
-EMA_DTYPE_CODES = {**_backend.CUDA_DTYPE_CODES, torch.float64: FLOAT64}
+# Dtype codes of the table (recipe_kernels._codes): the floating dtypes, and RAW_BYTES for a row
+# copied byte for byte (integer buffers of ModelEMA; e and p then share a dtype).
+FLOAT64 = DTYPE_CODES[torch.float64]
+EMA_DTYPE_CODES = _backend.CUDA_DTYPE_CODES_WITH_FLOAT64
 # Bits of the codes column: e's code, p's code, then the index of the row's decay in `decays`.
 PARAM_CODE_SHIFT = 4
 DECAY_SLOT_SHIFT = 8

@@ -24,7 +24,6 @@ sources, but partner pairs are visited next to each other so the second read mos
 hits L2. In-place CutMix (per-batch box, flip partner) reads and writes only the box
 of every sample: 2 * N * C * box_area * s.
 """
-import enum
 import math
 import numbers
 from typing import Optional, Sequence, Tuple, Union
@@ -34,22 +33,14 @@ import triton
 import triton.language as tl
 
 from recipe_kernels import _backend, reference
+from recipe_kernels._codes import DTYPE_CODES, MixMode
 from recipe_kernels._philox import PHILOX_ROUNDS, draw_seed, philox4x32
 from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
 from recipe_kernels.targets import MixedTarget
 
 
-class MixMode(enum.IntEnum):
-    """What composite_batch does with each sample (the values of its `mode` tensor)."""
-    KEEP = 0
-    MIXUP = 1
-    CUTMIX = 2
-    ERASE = 3
-
-
-# dtype codes for csrc/mixing.cu. Kept apart from _backend.CUDA_DTYPE_CODES, whose
-# membership means "floating dtype dropout accepts"; uint8 is a mixing-only input.
-MIXING_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.uint8: 3}
+# The dtypes csrc/mixing.cu takes, with their codes.
+MIXING_DTYPE_CODES = {**_backend.CUDA_DTYPE_CODES, torch.uint8: DTYPE_CODES[torch.uint8]}
 # What x and out_dtype may be: the CUDA codes plus float64 (fp64 math; torch and Triton backends).
 IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.float64)
 TWO_PI_F32 = 6.2831855  # 2*pi rounded to fp32: the same constant in every backend

@@ -7,6 +7,7 @@ Results come back in math_dtype; callers round them to the output dtype.
 """
 import torch
 
+from recipe_kernels._codes import MixMode
 from recipe_kernels._philox import KEEP_BITS, drop_threshold, keep_mask, keep_scale, philox4x32
 
 
@@ -168,8 +169,6 @@ def cross_entropy_target_gradient(logits, *, weight=None, label_smoothing=0.0, m
 
 # ----------------------------------------------------------------------------- mixing (CutMix, MixUp, random erasing)
 
-# The codes of recipe_kernels.mixing.MixMode (kept here as ints: mixing imports this module).
-_MIX_MIXUP, _MIX_CUTMIX, _MIX_ERASE = 1, 2, 3
 _TWO_PI_F32 = 6.2831855  # 2*pi rounded to fp32, as in the kernels
 _TWO_POW_MINUS_24 = 5.9604644775390625e-08
 
@@ -222,15 +221,15 @@ def composite_batch(x, box, lam, partner, mode, *, fill=None, mean=None, std=Non
     mode = as_sample(mode)
     weight = as_sample(lam.to(math_dtype))
     mixed = weight * own + (1 - weight) * other
-    value = torch.where(mode == _MIX_MIXUP, mixed, own)
-    value = torch.where((mode == _MIX_CUTMIX) & inside, other, value)
+    value = torch.where(mode == MixMode.MIXUP, mixed, own)
+    value = torch.where((mode == MixMode.CUTMIX) & inside, other, value)
     if noise_seed is not None:
         index = torch.arange(x.numel(), device=x.device, dtype=torch.int64).reshape(x.shape)
         fill_value = erase_noise(noise_seed, index).to(math_dtype)
     else:
         fill_value = (fill if fill is not None else torch.zeros(channels)).to(x.device, math_dtype)
         fill_value = fill_value.reshape(1, channels, 1, 1)
-    value = torch.where((mode == _MIX_ERASE) & inside, fill_value, value)
+    value = torch.where((mode == MixMode.ERASE) & inside, fill_value, value)
     value = _round_to_dtype(value, x.dtype)  # the value an unfused op would store
     if mean is not None:  # in mean's dtype when wider (float64 normalization of a float32 composite)
         norm_dtype = torch.promote_types(math_dtype, mean.dtype)
