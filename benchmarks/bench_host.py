@@ -1,6 +1,6 @@
 """Host time per eager call, on the CPU, with no GPU: what each op costs Python and the dispatcher.
 
-    python benchmarks/bench_host.py [--repeat N] [--out DIR]
+    python benchmarks/bench_host.py [--repeat N] [--only WORD ...] [--out DIR]
 
 Every call runs the triton backend under the stand-in driver (benchmarks/standin_driver.py):
 the whole host path runs (checks, seed, sampling, the op layer, Triton's launcher path) and
@@ -15,7 +15,6 @@ Triton's CUDA launcher), CUDA's own launch cost, and anything the GPU does.
 """
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -33,20 +32,34 @@ from standin_driver import StandInDriver  # noqa: E402
 COLUMNS = ["call", "us", "u", "goal_u", "launches", "torch_ops", "torch", "triton"]
 
 
-def _median_us(fn, repeat):
-    fn()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+UNIT_CALLS = 20  # torch.adds per u sample: one is too short for the clock
+
+
+def _elapsed(fn, calls=1):
+    start = time.perf_counter()
+    for _ in range(calls):
         fn()
-        samples.append(time.perf_counter() - start)
-    return 1e6 * statistics.median(samples)
+    return (time.perf_counter() - start) / calls
 
 
-def unit_us(repeat):
-    """u: one torch.add of two 1-element CPU tensors."""
+def low_us_and_unit(fn, repeat):
+    """fn's time and u's, in microseconds, sampled alternately, each its LOW_QUANTILE over the
+    samples: on a busy machine both see the same load, and the low end is the least disturbed."""
     a, b = torch.ones(1), torch.ones(1)
-    return _median_us(lambda: torch.add(a, b), max(repeat, 2000))
+    unit = lambda: torch.add(a, b)  # noqa: E731
+    fn()
+    times, units = [], []
+    for _ in range(repeat):
+        times.append(_elapsed(fn))
+        units.append(_elapsed(unit, UNIT_CALLS))
+    return 1e6 * _low(times), 1e6 * _low(units)
+
+
+LOW_QUANTILE = 0.1
+
+
+def _low(samples):
+    return sorted(samples)[int(LOW_QUANTILE * len(samples))]
 
 
 def calls():
@@ -108,20 +121,22 @@ def torch_ops_per_call(fn):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=300, help="timed calls per op (median)")
+    parser.add_argument("--only", nargs="*", help="only the calls whose name contains one of these words")
     parser.add_argument("--out", default=None, help="also append the rows to DIR/host.csv")
     args = parser.parse_args()
     import triton
     rows = []
     with StandInDriver() as driver:
-        unit = unit_us(args.repeat)
-        print(f"u = {unit:.2f} us (torch.add of two 1-element CPU tensors)")
+        print("u: one torch.add of two 1-element CPU tensors, timed alternately with each call")
         print(f"{'call':<55} {'us':>8} {'u':>6} {'goal':>6} {'launches':>9} {'torch ops':>10}")
         for name, goal, fn in calls():
+            if args.only and not any(word in name for word in args.only):
+                continue
             fn()  # compile
             before = len(driver.launches)
             fn()
             launches = len(driver.launches) - before
-            us = _median_us(fn, args.repeat)
+            us, unit = low_us_and_unit(fn, args.repeat)
             ops = torch_ops_per_call(fn)
             rows.append(dict(call=name, us=us, u=us / unit, goal_u=goal, launches=launches, torch_ops=ops,
                              torch=torch.__version__, triton=triton.__version__))

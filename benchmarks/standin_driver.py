@@ -40,7 +40,6 @@ class Launch:
     grid: tuple
     num_warps: int
     kernel: object  # triton.compiler.CompiledKernel: .asm["ptx"], .asm["cubin"], .metadata
-    args: tuple
 
     @property
     def ctas(self) -> int:
@@ -91,7 +90,7 @@ class _Launcher:
 
     def __call__(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata,
                  enter_hook, exit_hook, *args):
-        triton_driver.active._record(self, (grid_x, grid_y, grid_z), args)
+        triton_driver.active._record(self, (grid_x, grid_y, grid_z))
 
 
 class StandInDriver(DriverBase):
@@ -139,9 +138,11 @@ class StandInDriver(DriverBase):
         raise RuntimeError("the stand-in driver runs nothing, so it cannot time kernels")
 
     # Recording ----------------------------------------------------------------------------
-    def _record(self, launcher, grid, args):
+    def _record(self, launcher, grid):
+        # Not the arguments: holding the outputs of thousands of calls would make the allocator,
+        # and so bench_host's timings, slower than a real run's.
         kernel = _KERNELS.get(id(launcher.metadata))
-        self.launches.append(Launch(launcher.name, grid, launcher.metadata.num_warps, kernel, args))
+        self.launches.append(Launch(launcher.name, grid, launcher.metadata.num_warps, kernel))
 
     def __enter__(self):
         self._previous_why_unavailable = _backend.why_unavailable

@@ -30,36 +30,39 @@ from recipe_kernels import _backend
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 # Argument types a schema takes that no tensor subclass or mode can hide behind.
 _PLAIN_SCALARS = (int, float, str, bool, torch.dtype)
+_PLAIN_LIST_SCALARS = (int, float)
 # Decided once: TRITON_INTERPRET must be set before triton is imported anyway.
 INTERPRETING = _backend.triton_interpreting()
 
 
-def is_eager(args) -> bool:
-    """True when a call may skip the dispatcher: not traced, no torch mode, only plain tensors."""
+_NOT_EAGER, _EAGER, _EAGER_WITH_GRAPH = 0, 1, 2
+
+
+def eager_mode(args) -> int:
+    """_EAGER when a call may skip the dispatcher (not traced, no torch mode, only plain tensors),
+    _EAGER_WITH_GRAPH when it also needs an autograd graph, _NOT_EAGER otherwise."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
             torch._C._is_torch_function_mode_enabled():
-        return False
+        return _NOT_EAGER
+    requires_grad = False
     for arg in args:
         kind = type(arg)
-        if kind in _PLAIN_TENSORS or arg is None or kind in _PLAIN_SCALARS:
-            continue
-        if kind is list or kind is tuple:
-            if not {type(item) for item in arg} <= {*_PLAIN_TENSORS, int, float}:
-                return False
-        else:
-            return False
-    return True
+        if kind in _PLAIN_TENSORS:
+            requires_grad = requires_grad or arg.requires_grad
+        elif kind is list or kind is tuple:
+            for item in arg:
+                if type(item) in _PLAIN_TENSORS:
+                    requires_grad = requires_grad or item.requires_grad
+                elif type(item) not in _PLAIN_LIST_SCALARS:
+                    return _NOT_EAGER
+        elif arg is not None and kind not in _PLAIN_SCALARS:
+            return _NOT_EAGER
+    return _EAGER_WITH_GRAPH if requires_grad and torch.is_grad_enabled() else _EAGER
 
 
-def _needs_graph(args) -> bool:
-    if not torch.is_grad_enabled():
-        return False
-    for arg in args:
-        if type(arg) in _PLAIN_TENSORS and arg.requires_grad:
-            return True
-        if type(arg) is list and any(type(item) in _PLAIN_TENSORS and item.requires_grad for item in arg):
-            return True
-    return False
+def is_eager(args) -> bool:
+    """True when a call may skip the dispatcher: not traced, no torch mode, only plain tensors."""
+    return eager_mode(args) != _NOT_EAGER
 
 
 class Op:
@@ -114,9 +117,10 @@ class Op:
         self._function = EagerFunction
 
     def __call__(self, *args):
-        if not is_eager(args):
+        mode = eager_mode(args)
+        if mode == _NOT_EAGER:
             return self.custom_op(*args)
-        if self._function is not None and _needs_graph(args):
+        if mode == _EAGER_WITH_GRAPH and self._function is not None:
             return self._function.apply(*args)
         output = self.implementations[args[-1]](*args[:-1])
         if self._mutated:  # what the dispatcher would do for a declared in-place write
@@ -129,7 +133,7 @@ class Op:
 
 # ----------------------------------------------------------------------------- Triton launches
 
-_COMPILED = {}  # (kernel, device, options, specialisation) -> (CompiledKernel, constexpr names in parameter order)
+_COMPILED = {}  # (kernel, warps, constexprs, specialisation[, device]) -> (CompiledKernel, constexpr order or None)
 
 
 def _specialisation(value):
@@ -150,37 +154,41 @@ def _launch_hooks_set() -> bool:
     return (enter is not None and getattr(enter, "calls", True)) or (exit is not None and getattr(exit, "calls", True))
 
 
-def _device_of(args):
-    for arg in args:
-        if isinstance(arg, torch.Tensor):
-            return arg.device
-    raise ValueError("a Triton launch needs at least one tensor argument")
-
-
 def launch(kernel, grid, *args, num_warps, **constexprs):
     """kernel[grid](*args, **constexprs) on the current stream of the tensors' device, without
     FMA contraction; on the eager path through a cached compiled kernel."""
-    device = _device_of(args)
-    grid = tuple(grid) + (1,) * (3 - len(grid))
+    # One pass over the arguments: the first tensor's device, and what Triton specialises on.
+    # id(kernel): hashing a JITFunction hashes its source.
+    device = None
+    key = [id(kernel), num_warps, tuple(constexprs.items())]
+    for arg in args:
+        if type(arg) in _PLAIN_TENSORS:
+            if device is None:
+                device = arg.device
+            key.append(arg.dtype)
+            key.append(arg.data_ptr() % 16 == 0)
+        else:
+            key.append(_specialisation(arg))
+    if device is None:
+        raise ValueError("a Triton launch needs at least one tensor argument")
+    grid = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
     if INTERPRETING or torch.compiler.is_compiling() or _launch_hooks_set():
         with _backend.device_guard(device):
             kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
         return
-    # id(kernel): hashing a JITFunction hashes its source. Tensors, the usual argument, inline.
-    key = (id(kernel), device.index, num_warps, *constexprs.items(),
-           *[(arg.dtype, arg.data_ptr() % 16 == 0) if type(arg) is torch.Tensor else _specialisation(arg)
-             for arg in args])
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        key.append(device.index)
+    key = tuple(key)
     entry = _COMPILED.get(key)
-    if entry is None:
-        with _backend.device_guard(device):
+    if entry is None or (on_gpu and device.index != triton_driver.active.get_current_device()):
+        with _backend.device_guard(device):  # Triton compiles for, and launches on, the current device
             compiled = kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
-        order = kernel.arg_names[len(args):]
-        _COMPILED[key] = compiled, (None if list(constexprs) == order else order)
+        if entry is None:
+            order = kernel.arg_names[len(args):]
+            _COMPILED[key] = compiled, (None if list(constexprs) == order else order)
         return
-    if device.type == "cuda" and device.index != torch.cuda.current_device():
-        with _backend.device_guard(device):  # Triton launches on the current device
-            return launch(kernel, grid, *args, num_warps=num_warps, **constexprs)
     compiled, order = entry
-    stream = triton_driver.active.get_current_stream(device.index if device.type == "cuda" else 0)
+    stream = triton_driver.active.get_current_stream(device.index if on_gpu else 0)
     compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
                  *args, *(constexprs.values() if order is None else [constexprs[name] for name in order]))
