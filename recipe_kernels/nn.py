@@ -1,5 +1,5 @@
 """Modules over the package's functions: drop-in replacements for torch and timm modules."""
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -7,7 +7,8 @@ from recipe_kernels.dropout import dropout, drop_path
 from recipe_kernels.drop_path_residual import drop_path_residual
 from recipe_kernels.targets import MixedTarget
 
-__all__ = ["Dropout", "DropPath", "DropPathResidual", "CrossEntropyLoss", "CutMixUp", "replace_modules"]
+__all__ = ["Dropout", "DropPath", "DropPathResidual", "CrossEntropyLoss", "CutMixUp", "replace_modules",
+           "RandomResizedCrop"]
 
 
 class Dropout(torch.nn.Module):
@@ -173,3 +174,35 @@ class CutMixUp(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, prob={self.prob}, "
                 f"switch_prob={self.switch_prob}, per_sample={self.per_sample}, correct_lam={self.correct_lam}")
+
+
+# ----------------------------------------------------------------------------- augment modules
+
+
+class RandomResizedCrop(torch.nn.Module):
+    """torchvision's RandomResizedCrop + RandomHorizontalFlip over a batch, per sample (torchvision's
+    own, on a batched tensor, crops every sample alike), optionally normalising and casting.
+
+    forward(images) takes an (N, C, H, W) tensor or a list of (C, H_i, W_i) tensors; see
+    recipe_kernels.random_resized_crop. The parameters are drawn on the device from torch's
+    generator, in eval mode too (torchvision's transform does not look at training either).
+    """
+
+    def __init__(self, size: Union[int, Tuple[int, int]], scale: Tuple[float, float] = (0.08, 1.0),
+                 ratio: Tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5, antialias: bool = True,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 out_dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        from recipe_kernels import augment
+        self.size = augment._check_size(size)
+        self.scale, self.ratio = augment._check_range("scale", scale, upper=1.0), augment._check_range("ratio", ratio)
+        self.hflip, self.antialias = hflip, antialias
+        self.mean, self.std, self.out_dtype = mean, std, out_dtype
+
+    def forward(self, images: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+        from recipe_kernels.augment import random_resized_crop
+        return random_resized_crop(images, self.size, scale=self.scale, ratio=self.ratio, hflip=self.hflip,
+                                   antialias=self.antialias, mean=self.mean, std=self.std, out_dtype=self.out_dtype)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip}, antialias={self.antialias}"
