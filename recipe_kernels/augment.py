@@ -177,10 +177,80 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[None, None, :]
     resize_cols = out_cols
     if HAS_FLIP:
-        resize_cols = tl.where(tl.load(flip_ptr + sample) != 0, out_width - 1 - out_cols, out_cols)
+        resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
     value = _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, resize_cols, out_height,
                           out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
     in_channels = channels < num_channels
+    value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
+    offsets = sample * out_sample_stride + channels * out_channel_stride + out_rows * out_row_stride + \
+        out_cols * out_col_stride
+    tl.store(out_ptr + offsets, value, mask=in_channels & (out_rows < out_height) & (out_cols < out_width))
+
+
+@triton.jit
+def _flipped(flip_ptr, sample, out_cols, out_width):
+    """The resize columns behind output columns `out_cols` of `sample`: mirrored where flip[sample]."""
+    return tl.where(tl.load(flip_ptr + sample) != 0, out_width - 1 - out_cols, out_cols)
+
+
+@triton.jit(do_not_specialize=["out_height", "out_width", "row_blocks", "col_blocks"])
+def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_ptr, lam_ptr, partner_ptr, mode_ptr,
+                          erase_box_ptr, erase_ptr, fill_ptr, mean_ptr, std_ptr, out_ptr,
+                          num_samples, num_channels, out_height, out_width, row_blocks, col_blocks,
+                          out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
+                          ANTIALIAS: tl.constexpr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr,
+                          CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+    """Crop, resize and flip, then MixUp/CutMix with the partner's crop, erase, normalise and cast, in one pass.
+
+    Per sample n with partner m: own = the resized crop of n (as _resized_crop_kernel: crop (N, 4)
+    int32, flip (N,) uint8), other = m's. Then, as mixing's composite (MixMode codes in mode (N,)
+    int32; mix_box (N, 4) int32 (x0, y0, x1, y1) in output pixels; lam (N,) fp32):
+    MIXUP lam * own + (1 - lam) * other, CUTMIX other inside the box, else own; with HAS_ERASE,
+    fill[c] inside erase_box where erase[n] (uint8). Normalised with mean/std (C,) fp32 when
+    HAS_NORM, rounded once to out's dtype. All in fp32: the value composite_batch computes on
+    resized_crop's fp32 output, bit for bit. The partner's crop is interpolated only by tiles that
+    need it (MixUp, or a CutMix box touching the tile): bytes as _resized_crop_kernel's, plus the
+    partner's source pixels for those tiles.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    col_block = pid % col_blocks
+    rest = pid // col_blocks
+    row_block = rest % row_blocks
+    sample = rest // row_blocks
+    channels = tl.arange(0, CHANNEL_BLOCK)[:, None, None]
+    out_rows = row_block * BLOCK_Y + tl.arange(0, BLOCK_Y)[None, :, None]
+    out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[None, None, :]
+    # 1. The sample's own crop.
+    value = _resized_tile(table_ptr, crop_ptr, sample, channels, num_channels, out_rows,
+                          _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width,
+                          pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
+    # 2. MixUp / CutMix with the partner's crop, read only where some pixel of the tile takes it.
+    mode = tl.load(mode_ptr + sample)
+    x0 = tl.load(mix_box_ptr + sample * 4)
+    y0 = tl.load(mix_box_ptr + sample * 4 + 1)
+    x1 = tl.load(mix_box_ptr + sample * 4 + 2)
+    y1 = tl.load(mix_box_ptr + sample * 4 + 3)
+    tile_y0 = row_block * BLOCK_Y
+    tile_x0 = col_block * BLOCK_X
+    touches = (y0 < tile_y0 + BLOCK_Y) & (y1 > tile_y0) & (x0 < tile_x0 + BLOCK_X) & (x1 > tile_x0)
+    if (mode == 1) | ((mode == 2) & touches):
+        partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
+        other = _resized_tile(table_ptr, crop_ptr, partner, channels, num_channels, out_rows,
+                              _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width,
+                              pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
+        lam = tl.load(lam_ptr + sample)
+        inside = (out_rows >= y0) & (out_rows < y1) & (out_cols >= x0) & (out_cols < x1)
+        mixed = lam * value + (1.0 - lam) * other
+        value = tl.where(mode == 1, mixed, tl.where(inside, other, value))
+    # 3. Erasing, normalisation, the one rounding.
+    in_channels = channels < num_channels
+    if HAS_ERASE:
+        erased = tl.load(erase_ptr + sample) != 0
+        inside_erase = (out_rows >= tl.load(erase_box_ptr + sample * 4 + 1)) & \
+            (out_rows < tl.load(erase_box_ptr + sample * 4 + 3)) & \
+            (out_cols >= tl.load(erase_box_ptr + sample * 4)) & (out_cols < tl.load(erase_box_ptr + sample * 4 + 2))
+        fill = tl.load(fill_ptr + channels, mask=in_channels, other=0.0)
+        value = tl.where(erased & inside_erase, fill, value)
     value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
     offsets = sample * out_sample_stride + channels * out_channel_stride + out_rows * out_row_stride + \
         out_cols * out_col_stride
@@ -272,6 +342,64 @@ resized_crop_op = Op("resized_crop", torch=_resized_crop_torch, triton=_resized_
 
 @resized_crop_op.register_fake
 def _(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last, backend):
+    return _new_output(images, height, width, out_dtype, channels_last)
+
+
+# --- batch_augment: resized_crop, then composite_batch's MixUp/CutMix, erasing and normalisation
+
+
+def _batch_augment_torch(images: List[torch.Tensor], crop: torch.Tensor, flip: torch.Tensor, mix_box: torch.Tensor,
+                         lam: torch.Tensor, partner: torch.Tensor, mode: torch.Tensor,
+                         erase_box: Optional[torch.Tensor], erase: Optional[torch.Tensor], fill: torch.Tensor,
+                         mean: Optional[torch.Tensor], std: Optional[torch.Tensor], height: int, width: int,
+                         antialias: bool, out_dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """The composition the fused kernel equals: resized_crop to fp32, composite_batch (mix), then
+    composite_batch (erase where erase[n], normalise, cast). Crop/flip as resized_crop's; mix_box,
+    lam, partner, mode as composite_batch's; erase_box (N, 4) int32 (x0, y0, x1, y1) and erase
+    (N,) bool, or None; fill (C,) fp32."""
+    from recipe_kernels.mixing import MixMode, composite_batch
+    x = _resized_crop_torch(images, crop, flip, None, None, height, width, antialias, torch.float32, channels_last)
+    mixed = composite_batch(x, mix_box, lam, partner, mode, backend="torch")
+    n = mixed.shape[0]
+    if erase is None:
+        keep = torch.full((n,), int(MixMode.KEEP), dtype=torch.int32, device=x.device)
+        erase_box, erase_mode = mix_box, keep
+    else:
+        erase_mode = torch.where(erase, int(MixMode.ERASE), int(MixMode.KEEP)).to(torch.int32)
+    out = composite_batch(mixed, erase_box, torch.ones_like(lam), torch.arange(n, device=x.device), erase_mode,
+                          fill=fill, mean=mean, std=std, out_dtype=out_dtype, backend="torch")
+    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase_box, erase, fill, mean, std,
+                          height, width, antialias, out_dtype, channels_last):
+    out = _new_output(images, height, width, out_dtype, channels_last)
+    if out.numel() == 0:
+        return out
+    _, n, channels = _as_batch(images)
+    row_blocks, col_blocks = cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X)
+    table = image_table(images)
+    launch(_batch_augment_kernel, (n * row_blocks * col_blocks,),
+           table, images[0], crop, flip.view(torch.uint8), mix_box, lam, partner, mode,
+           erase_box if erase is not None else mix_box, erase.view(torch.uint8) if erase is not None else flip.view(
+               torch.uint8), fill, mean if mean is not None else fill, std if std is not None else fill, out,
+           n, channels, height, width, row_blocks, col_blocks, *out.stride(),
+           num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_ERASE=erase is not None, HAS_NORM=mean is not None,
+           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X)
+    return out
+
+
+def _batch_augment_cuda(*args):
+    raise RuntimeError("recipe_kernels.nn.BatchAugment: the CUDA kernel is not built in; use backend='triton'")
+
+
+batch_augment_op = Op("batch_augment", torch=_batch_augment_torch, triton=_batch_augment_triton,
+                      cuda=_batch_augment_cuda)
+
+
+@batch_augment_op.register_fake
+def _(images, crop, flip, mix_box, lam, partner, mode, erase_box, erase, fill, mean, std, height, width, antialias,
+      out_dtype, channels_last, backend):
     return _new_output(images, height, width, out_dtype, channels_last)
 
 
@@ -519,3 +647,83 @@ def random_resized_crop(images: Images, size: Union[int, Tuple[int, int]], *,
     x = resized_crop_op(batch, boxes.to(torch.int32), flip, mean, std, height, width, bool(antialias), out_dtype,
                         channels_last, backend)
     return (x, boxes, flip) if return_params else x
+
+
+# timm's eval transform keeps the centre crop_pct = 0.875 of the image (Resize(size / 0.875) + CenterCrop(size)).
+EVAL_CROP_FRACTION = 0.875
+# The erasing boxes of batch_augment: torchvision's RandomErasing defaults.
+ERASE_SCALE, ERASE_RATIO = (0.02, 0.33), (0.3, 3.3)
+
+
+def centre_boxes(sizes, height, width, fraction=EVAL_CROP_FRACTION):
+    """(N, 4) int64 (top, left, height, width): the centred box of the output's aspect h/w whose sides
+    are `fraction` of the largest such box inside each image (sizes (N, 2) on the device)."""
+    fit = torch.minimum(sizes[:, 0].double() / height, sizes[:, 1].double() / width) * fraction
+    box_h = torch.round(fit * height).to(torch.int64).clamp(min=1)
+    box_w = torch.round(fit * width).to(torch.int64).clamp(min=1)
+    top = torch.div(sizes[:, 0] - box_h, 2, rounding_mode="floor")
+    left = torch.div(sizes[:, 1] - box_w, 2, rounding_mode="floor")
+    return torch.stack([top, left, box_h, box_w], dim=-1)
+
+
+def batch_augment(images: Images, target: torch.Tensor, size: Union[int, Tuple[int, int]], *,
+                  scale: Tuple[float, float] = (0.08, 1.0), ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+                  hflip: float = 0.5, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0,
+                  switch_prob: float = 0.5, erase_p: float = 0.0, erase_value: PerChannel = 0.0,
+                  mean: Optional[PerChannel] = None, std: Optional[PerChannel] = None,
+                  out_dtype: Optional[torch.dtype] = None, antialias: bool = True, partner: str = "flip",
+                  generator: Optional[torch.Generator] = None, return_params: bool = False,
+                  backend: Optional[str] = None):
+    """RandomResizedCrop + flip per sample, then timm's Mixup (CutMix or MixUp per sample), random
+    erasing, normalisation and the cast, in one compositing launch: returns (x, MixedTarget).
+
+    Sample n with partner m (flip: N-1-n; roll: n-1) takes its own crop (random_resized_crop's
+    rule), then MixUp with m's crop or CutMix (m's crop inside n's box) as cutmix_or_mixup draws
+    them (mixing._sample_mixing, lam corrected to the kept area), then, with probability erase_p,
+    erase_value inside a RandomErasing box (scale (0.02, 0.33), ratio (0.3, 3.3)), then (v - mean) / std,
+    written as out_dtype (float32 by default; a floating dtype). The result equals
+    composite_batch(composite_batch(resized_crop(..., out_dtype=float32), mixing parameters),
+    erasing parameters, mean, std, out_dtype) with the same parameters, bit for bit (everything
+    in fp32, one rounding). return_params=True also returns those parameters as a dict.
+    """
+    from recipe_kernels import mixing
+    from recipe_kernels.targets import MixedTarget
+    batch = _check_images(images)
+    _, n, channels = _as_batch(batch)
+    height, width = _check_size(size)
+    scale = _check_range("scale", scale, upper=1.0)
+    ratio = _check_range("ratio", ratio)
+    device = batch[0].device
+    mixing._check_target(torch.empty((n, channels, 1, 1), device=device), target)
+    mixup_alpha = mixing._check_alpha(mixup_alpha, "mixup_alpha", allow_zero=True)
+    cutmix_alpha = mixing._check_alpha(cutmix_alpha, "cutmix_alpha", allow_zero=True)
+    if mixup_alpha == 0.0 and cutmix_alpha == 0.0:
+        raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix (use random_resized_crop)")
+    prob, switch_prob = mixing._check_probability(prob, "prob"), mixing._check_probability(switch_prob, "switch_prob")
+    switch_prob = 1.0 if mixup_alpha == 0.0 else (0.0 if cutmix_alpha == 0.0 else switch_prob)
+    hflip, erase_p = mixing._check_probability(hflip, "hflip"), mixing._check_probability(erase_p, "erase_p")
+    mixing._check_partner(partner)
+    if out_dtype is not None and not out_dtype.is_floating_point:
+        raise ValueError(f"out_dtype must be a floating dtype (float32, float16 or bfloat16), got {out_dtype}")
+    mean, std, out_dtype = _normalization(batch, mean, std, out_dtype or torch.float32)
+    fill = mixing._per_channel("erase_value", erase_value, channels, device, allow_nan=False)
+    backend = _backend.resolve("augment", device, backend)
+    # One seed; the three samplers key Philox with seed, seed + 1 and seed + 2 (independent streams).
+    seed = draw_seed(device, generator)
+    crop, flip = sample_crops(seed, image_sizes(batch, device), scale, ratio, hflip)
+    lam, mix_box, mode = mixing._sample_mixing(seed + 1, n, height, width, cutmix_alpha=cutmix_alpha,
+                                               mixup_alpha=mixup_alpha, switch_prob=switch_prob, prob=prob,
+                                               correct_lam=True)
+    erase_box = erase = None
+    if erase_p > 0.0:
+        erase_box, erase, _ = mixing._erasing_boxes(seed + 2, n, height, width, erase_p, ERASE_SCALE, ERASE_RATIO)
+    partner_index = mixing._partner_index(n, partner, device)
+    x = batch_augment_op(batch, crop.to(torch.int32), flip, mix_box, lam, partner_index, mode, erase_box, erase, fill,
+                         mean, std, height, width, bool(antialias), out_dtype, False, backend)
+    y_b = target.flip(0) if partner == "flip" else target.roll(1, 0)
+    mixed_target = MixedTarget(target, y_b, lam)
+    if not return_params:
+        return x, mixed_target
+    params = dict(crop=crop, flip=flip, mix_box=mix_box, lam=lam, partner=partner_index, mode=mode,
+                  erase_box=erase_box, erase=erase, fill=fill)
+    return x, mixed_target, params

@@ -246,3 +246,48 @@ def test_bad_input_raises_value_errors_naming_the_problem():
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+# ----------------------------------------------------------------------------- BatchAugment
+
+
+def composed(images, size, params, mean, std, out_dtype, backend):
+    """What batch_augment fuses: resized_crop to fp32, composite_batch's mixing, then its erasing + normalisation."""
+    n = params["lam"].shape[0]
+    x = rk.resized_crop(images, params["crop"], size, flip=params["flip"], out_dtype=torch.float32, backend=backend)
+    x = rk.composite_batch(x, params["mix_box"], params["lam"], params["partner"], params["mode"], backend=backend)
+    erase_mode = torch.where(params["erase"], int(rk.MixMode.ERASE), int(rk.MixMode.KEEP))
+    return rk.composite_batch(x, params["erase_box"], torch.ones(n, device=DEVICE), torch.arange(n, device=DEVICE),
+                              erase_mode, fill=params["fill"], mean=mean, std=std, out_dtype=out_dtype,
+                              backend=backend)
+
+
+def test_batch_augment_equals_its_composition_bit_for_bit(backend):
+    images = [sample_images(torch.uint8, 1, 14 + i, 17 - i, i)[0] for i in range(4)]
+    target = torch.tensor([3, 1, 4, 1], device=DEVICE)
+    size = (6, 7)
+    torch.manual_seed(5)
+    x, mixed_target, params = rk.augment.batch_augment(
+        images, target, size, scale=(0.3, 1.0), erase_p=0.5, erase_value=(10.0, 20.0, 30.0), mean=MEAN, std=STD,
+        out_dtype=torch.bfloat16, return_params=True, backend=backend)
+    modes = set(params["mode"].tolist())
+    assert {int(rk.MixMode.MIXUP), int(rk.MixMode.CUTMIX)} <= modes and params["erase"].any()  # every path runs
+    assert x.dtype == torch.bfloat16 and x.shape == (4, 3, *size)
+    assert torch.equal(x, composed(images, size, params, MEAN, STD, torch.bfloat16, backend))
+    assert torch.equal(mixed_target.y_a, target) and torch.equal(mixed_target.y_b, target.flip(0))
+    assert torch.equal(mixed_target.lam, params["lam"])
+
+
+def test_batch_augment_module_eval_is_the_centre_crop_normalised_with_the_target_unchanged():
+    images = sample_images(torch.uint8, n=2)
+    target = torch.tensor([0, 5], device=DEVICE)
+    module = rk.nn.BatchAugment(8, mean=MEAN, std=STD).eval()
+    state = torch.get_rng_state()
+    x, y = module(images, target)
+    assert torch.equal(torch.get_rng_state(), state)  # eval draws nothing
+    assert y is target
+    # 20 x 24 images: the largest 8 x 8-aspect box is 20 x 20; 0.875 of it is 17.5 -> 18, centred.
+    boxes = torch.tensor([[1, 3, 18, 18]] * 2, device=DEVICE)
+    torch.testing.assert_close(x, rk.resized_crop(images, boxes, 8, mean=MEAN, std=STD), rtol=0, atol=0)
+    expected = torchvision_resized_crop(images.float(), boxes, (8, 8), torch.zeros(2, dtype=torch.bool), True)
+    torch.testing.assert_close(x, F.normalize(expected, list(MEAN), list(STD)), rtol=0, atol=1e-3)
