@@ -143,6 +143,29 @@ def _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM: tl.conste
     return round_to(value, OUT_DTYPE)
 
 
+@triton.jit
+def _tile(row_blocks, col_blocks, CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+    """The program's (sample, row block, column block) and its channels [CB, 1, 1], output rows [1, BY, 1] and
+    output columns [1, 1, BX]; column blocks vary fastest."""
+    pid = tl.program_id(0).to(tl.int64)
+    col_block = pid % col_blocks
+    rest = pid // col_blocks
+    row_block = rest % row_blocks
+    sample = rest // row_blocks
+    channels = tl.arange(0, CHANNEL_BLOCK)[:, None, None]
+    out_rows = row_block * BLOCK_Y + tl.arange(0, BLOCK_Y)[None, :, None]
+    out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[None, None, :]
+    return sample, row_block, col_block, channels, out_rows, out_cols
+
+
+@triton.jit
+def _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
+                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride):
+    offsets = sample * out_sample_stride + channels * out_channel_stride + out_rows * out_row_stride + \
+        out_cols * out_col_stride
+    tl.store(out_ptr + offsets, value, mask=in_channels & (out_rows < out_height) & (out_cols < out_width))
+
+
 @triton.jit(do_not_specialize=["out_height", "out_width", "row_blocks", "col_blocks"])
 def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, std_ptr, out_ptr,
                          num_channels, out_height, out_width, row_blocks, col_blocks,
@@ -167,14 +190,8 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     taps and tiles hit in L1/L2; box_h * box_w / (h * w) source pixels per output pixel, each of
     the image's size), and the output is written once.
     """
-    pid = tl.program_id(0).to(tl.int64)
-    col_block = pid % col_blocks
-    rest = pid // col_blocks
-    row_block = rest % row_blocks
-    sample = rest // row_blocks
-    channels = tl.arange(0, CHANNEL_BLOCK)[:, None, None]
-    out_rows = row_block * BLOCK_Y + tl.arange(0, BLOCK_Y)[None, :, None]
-    out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[None, None, :]
+    sample, row_block, col_block, channels, out_rows, out_cols = _tile(row_blocks, col_blocks, CHANNEL_BLOCK, BLOCK_Y,
+                                                                       BLOCK_X)
     resize_cols = out_cols
     if HAS_FLIP:
         resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
@@ -182,9 +199,8 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
                           out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
     in_channels = channels < num_channels
     value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
-    offsets = sample * out_sample_stride + channels * out_channel_stride + out_rows * out_row_stride + \
-        out_cols * out_col_stride
-    tl.store(out_ptr + offsets, value, mask=in_channels & (out_rows < out_height) & (out_cols < out_width))
+    _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
+                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
 
 
 @triton.jit
@@ -212,14 +228,8 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     need it (MixUp, or a CutMix box touching the tile): bytes as _resized_crop_kernel's, plus the
     partner's source pixels for those tiles.
     """
-    pid = tl.program_id(0).to(tl.int64)
-    col_block = pid % col_blocks
-    rest = pid // col_blocks
-    row_block = rest % row_blocks
-    sample = rest // row_blocks
-    channels = tl.arange(0, CHANNEL_BLOCK)[:, None, None]
-    out_rows = row_block * BLOCK_Y + tl.arange(0, BLOCK_Y)[None, :, None]
-    out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[None, None, :]
+    sample, row_block, col_block, channels, out_rows, out_cols = _tile(row_blocks, col_blocks, CHANNEL_BLOCK, BLOCK_Y,
+                                                                       BLOCK_X)
     # 1. The sample's own crop.
     value = _resized_tile(table_ptr, crop_ptr, sample, channels, num_channels, out_rows,
                           _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width,
@@ -252,9 +262,8 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
         fill = tl.load(fill_ptr + channels, mask=in_channels, other=0.0)
         value = tl.where(erased & inside_erase, fill, value)
     value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
-    offsets = sample * out_sample_stride + channels * out_channel_stride + out_rows * out_row_stride + \
-        out_cols * out_col_stride
-    tl.store(out_ptr + offsets, value, mask=in_channels & (out_rows < out_height) & (out_cols < out_width))
+    _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
+                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
 
 
 # ----------------------------------------------------------------------------- the image table
@@ -540,14 +549,8 @@ def _check_flip(flip, n, device):
 
 
 def _check_range(name, pair, upper=None):
-    try:
-        low, high = (float(v) for v in pair)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair of numbers (low, high), got {pair!r}") from None
-    if not (0.0 < low <= high) or (upper is not None and high > upper) or math.isinf(high):
-        bound = f" <= {upper}" if upper is not None else ""
-        raise ValueError(f"{name} must satisfy 0 < low <= high{bound}, got {pair!r}")
-    return low, high
+    from recipe_kernels import mixing
+    return mixing._check_range(name, pair, upper)
 
 
 def _normalization(images, mean, std, out_dtype):
