@@ -324,16 +324,20 @@ def _resized_crop_torch(images: List[torch.Tensor], boxes: torch.Tensor, flip: O
     return out
 
 
+def _launch_geometry(images, height, width):
+    """(N, C, row blocks, column blocks, image table) of a launch over (height, width) outputs."""
+    _, n, channels = _as_batch(images)
+    return n, channels, cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X), image_table(images)
+
+
 def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last):
     out = _new_output(images, height, width, out_dtype, channels_last)
     if out.numel() == 0:
         return out
-    _, n, channels = _as_batch(images)
-    row_blocks, col_blocks = cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X)
-    table = image_table(images)
+    n, channels, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
     launch(_resized_crop_kernel, (n * row_blocks * col_blocks,),
-           table, images[0], boxes, flip.view(torch.uint8) if flip is not None else boxes, mean if mean is not None else table,
-           std if std is not None else table, out, channels, height, width, row_blocks, col_blocks, *out.stride(),
+           table, images[0], boxes, flip.view(torch.uint8) if flip is not None else boxes,
+           mean if mean is not None else table, std if std is not None else table, out, channels, height, width, row_blocks, col_blocks, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
            CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X)
     return out
@@ -385,9 +389,7 @@ def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase
     out = _new_output(images, height, width, out_dtype, channels_last)
     if out.numel() == 0:
         return out
-    _, n, channels = _as_batch(images)
-    row_blocks, col_blocks = cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X)
-    table = image_table(images)
+    n, channels, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
     launch(_batch_augment_kernel, (n * row_blocks * col_blocks,),
            table, images[0], crop, flip.view(torch.uint8), mix_box, lam, partner, mode,
            erase_box if erase is not None else mix_box, erase.view(torch.uint8) if erase is not None else flip.view(
