@@ -28,6 +28,7 @@ CUDA_DEFAULTS = {
     "cross_entropy": "triton",
     "mixing": "triton",
     "ema": "triton",
+    "augment": "triton",
 }
 
 BUILD_COMMAND = "RECIPE_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation --no-deps ."

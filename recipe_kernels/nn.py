@@ -1,5 +1,5 @@
 """Modules over the package's functions: drop-in replacements for torch and timm modules."""
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -7,7 +7,8 @@ from recipe_kernels.dropout import dropout, drop_path
 from recipe_kernels.drop_path_residual import drop_path_residual
 from recipe_kernels.targets import MixedTarget
 
-__all__ = ["Dropout", "DropPath", "DropPathResidual", "CrossEntropyLoss", "CutMixUp", "replace_modules"]
+__all__ = ["Dropout", "DropPath", "DropPathResidual", "CrossEntropyLoss", "CutMixUp", "replace_modules",
+           "RandomResizedCrop", "BatchAugment"]
 
 
 class Dropout(torch.nn.Module):
@@ -173,3 +174,85 @@ class CutMixUp(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, prob={self.prob}, "
                 f"switch_prob={self.switch_prob}, per_sample={self.per_sample}, correct_lam={self.correct_lam}")
+
+
+# ----------------------------------------------------------------------------- augment modules
+
+
+class RandomResizedCrop(torch.nn.Module):
+    """torchvision's RandomResizedCrop + RandomHorizontalFlip over a batch, per sample (torchvision's
+    own, on a batched tensor, crops every sample alike), optionally normalising and casting.
+
+    forward(images) takes an (N, C, H, W) tensor or a list of (C, H_i, W_i) tensors; see
+    recipe_kernels.random_resized_crop. The parameters are drawn on the device from torch's
+    generator, in eval mode too (torchvision's transform does not look at training either).
+    """
+
+    def __init__(self, size: Union[int, Tuple[int, int]], scale: Tuple[float, float] = (0.08, 1.0),
+                 ratio: Tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5, antialias: bool = True,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 out_dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        from recipe_kernels import augment
+        self.size = augment._check_size(size)
+        self.scale, self.ratio = augment._check_range("scale", scale, upper=1.0), augment._check_range("ratio", ratio)
+        self.hflip, self.antialias = hflip, antialias
+        self.mean, self.std, self.out_dtype = mean, std, out_dtype
+
+    def forward(self, images: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+        from recipe_kernels.augment import random_resized_crop
+        return random_resized_crop(images, self.size, scale=self.scale, ratio=self.ratio, hflip=self.hflip,
+                                   antialias=self.antialias, mean=self.mean, std=self.std, out_dtype=self.out_dtype)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip}, antialias={self.antialias}"
+
+
+class BatchAugment(torch.nn.Module):
+    """The lecture's augmentation recipe over a batch in one compositing launch: per-sample
+    RandomResizedCrop + flip, then CutMix/MixUp with the partner's crop, random erasing,
+    normalisation and the cast (recipe_kernels.augment.batch_augment), straight from uint8.
+
+    forward(images, target) -> (x, MixedTarget) in training. In eval mode: the centre crop of
+    timm's eval transform (0.875 of the image, the output's aspect) resized to `size` and
+    normalised, with the target returned unchanged; nothing random is drawn.
+    """
+
+    def __init__(self, size: Union[int, Tuple[int, int]], *, scale: Tuple[float, float] = (0.08, 1.0),
+                 ratio: Tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5, mixup_alpha: float = 0.8,
+                 cutmix_alpha: float = 1.0, prob: float = 1.0, switch_prob: float = 0.5, erase_p: float = 0.0,
+                 erase_value: float = 0.0, mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None, out_dtype: Optional[torch.dtype] = None,
+                 antialias: bool = True, partner: str = "flip") -> None:
+        super().__init__()
+        from recipe_kernels import augment, mixing
+        self.size = augment._check_size(size)
+        self.scale, self.ratio = augment._check_range("scale", scale, upper=1.0), augment._check_range("ratio", ratio)
+        for name, value in (("hflip", hflip), ("prob", prob), ("switch_prob", switch_prob), ("erase_p", erase_p)):
+            mixing._check_probability(value, name)
+        mixing._check_alpha(mixup_alpha, "mixup_alpha", allow_zero=True)
+        mixing._check_alpha(cutmix_alpha, "cutmix_alpha", allow_zero=True)
+        mixing._check_partner(partner)
+        self.hflip, self.mixup_alpha, self.cutmix_alpha = hflip, mixup_alpha, cutmix_alpha
+        self.prob, self.switch_prob, self.erase_p, self.erase_value = prob, switch_prob, erase_p, erase_value
+        self.mean, self.std, self.out_dtype, self.antialias, self.partner = mean, std, out_dtype, antialias, partner
+
+    def forward(self, images: Union[torch.Tensor, Sequence[torch.Tensor]],
+                target: torch.Tensor) -> "tuple[torch.Tensor, Union[MixedTarget, torch.Tensor]]":
+        from recipe_kernels import augment
+        if not self.training:
+            batch = augment._check_images(images)
+            boxes = augment.centre_boxes(augment.image_sizes(batch, batch[0].device), *self.size)
+            x = augment.resized_crop(images, boxes, self.size, antialias=self.antialias, mean=self.mean, std=self.std,
+                                     out_dtype=self.out_dtype or torch.float32)
+            return x, target
+        return augment.batch_augment(
+            images, target, self.size, scale=self.scale, ratio=self.ratio, hflip=self.hflip,
+            mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha, prob=self.prob,
+            switch_prob=self.switch_prob, erase_p=self.erase_p, erase_value=self.erase_value, mean=self.mean,
+            std=self.std, out_dtype=self.out_dtype, antialias=self.antialias, partner=self.partner)
+
+    def extra_repr(self) -> str:
+        return (f"size={self.size}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip}, "
+                f"mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, prob={self.prob}, "
+                f"switch_prob={self.switch_prob}, erase_p={self.erase_p}")

@@ -295,3 +295,44 @@ def ema_decays(t, decay, *, warmup=False, warmup_gamma=1.0, warmup_power=2 / 3, 
         warm = torch.tensor(1.0 - (1.0 + s / warmup_gamma) ** (-warmup_power), dtype=torch.float32).item()
         return min(decay, max(min_decay, warm)), 0.0
     return decay, 0.0
+
+
+# ----------------------------------------------------------------------------- augment (crop, resize, flip)
+
+
+def resized_crop(images, boxes, size, *, flip=None, antialias=True, mean=None, std=None):
+    """Per sample n: crop images[n] (C, H, W) to boxes[n] = (top, left, height, width), zeros outside
+    the image (torchvision's crop pads), resize to size = (h, w) with torch's bilinear interpolate
+    (align_corners=False, antialias), flip horizontally where flip[n], then (v - mean[c]) / std[c].
+
+    All in fp32 (a uint8 image is not rounded on the way); returns (N, C, h, w) fp32. Reads the
+    boxes on the host: the oracle, not a fast path.
+    """
+    out = []
+    flips = [False] * len(images) if flip is None else flip.tolist()
+    for image, (top, left, box_height, box_width), flipped in zip(images, boxes.tolist(), flips):
+        channels, height, width = image.shape
+        crop = image.new_zeros((channels, max(box_height, 0), max(box_width, 0)), dtype=torch.float32)
+        rows = slice(max(top, 0), min(top + box_height, height))
+        cols = slice(max(left, 0), min(left + box_width, width))
+        if rows.start < rows.stop and cols.start < cols.stop:
+            crop[:, rows.start - top:rows.stop - top, cols.start - left:cols.stop - left] = image[:, rows, cols].float()
+        if crop.numel() == 0:
+            resized = crop.new_zeros((channels, *size))
+        elif tuple(crop.shape[1:]) == tuple(size):  # torchvision returns the crop itself
+            resized = crop
+        else:
+            resized = torch.nn.functional.interpolate(crop[None], size=list(size), mode="bilinear",
+                                                      align_corners=False, antialias=antialias)[0]
+        out.append(resized.flip(-1) if flipped else resized)
+    value = torch.stack(out)
+    if mean is not None:
+        value = (value - mean.float().reshape(1, -1, 1, 1)) / std.float().reshape(1, -1, 1, 1)
+    return value
+
+
+def round_image(value, dtype):
+    """fp32 image values rounded to `dtype`: uint8 half up and saturating, floating dtypes to nearest even."""
+    if dtype == torch.uint8:
+        return _round_to_dtype(value, torch.uint8).to(torch.uint8)
+    return value.to(dtype)

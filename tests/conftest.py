@@ -25,6 +25,8 @@ if os.environ.get("CI") == "true":
         raise RuntimeError(f"CI builds the CUDA extension, but it did not import: {_backend.CUDA_EXTENSION_ERROR}")
     import expecttest  # noqa: E402,F401  (torch's OpInfo samples)
     import matplotlib  # noqa: E402,F401  (the demo's plot)
+    from torchvision_oracle import import_torchvision  # noqa: E402  (the augment tests' oracle)
+    import_torchvision()
 
 
 @pytest.fixture

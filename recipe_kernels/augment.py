@@ -1,0 +1,734 @@
+"""Per-sample crop, resize and flip on the device (torchvision's RandomResizedCrop per sample).
+
+Top to bottom: Triton kernels; the image table; the implementations, one per backend; the ops
+(_ops.Op); sampling on the device; validation; public functions. A call takes three hops:
+
+    resized_crop()  ->  resized_crop_op (the table picks the backend)  ->  _resized_crop_triton  ->  _resized_crop_kernel
+                                                                       ->  _resized_crop_torch (reference.resized_crop)
+
+Per sample n, the output is torchvision.transforms.v2.functional.resized_crop(images[n], top,
+left, height, width, (h, w), antialias) with bilinear interpolation (align_corners=False), then a
+horizontal flip where flip[n], then optionally (v - mean[c]) / std[c]. The crop reads zeros
+outside its image, as torchvision's crop pads. Antialiasing (when the crop is larger than the
+output) is torchvision's (torch's _upsample_bilinear2d_aa): a triangle filter whose support
+grows with the scale factor, applied separably, rows of taps first, with weights normalised
+over the taps that fall inside the crop. Without antialiasing it is plain bilinear: the same
+formula with a support of one pixel. Every backend interpolates in fp32 and rounds once to the
+output dtype (uint8: half up, saturating); a uint8 image is never rounded to uint8 before it is
+normalised.
+
+The output size (h, w) is a runtime argument of the kernel (not specialised on), so training at
+a new size (progressive resizing) does not compile anything new. Nothing here has a gradient
+(augmentation of input data); an image that requires grad is refused.
+"""
+import math
+import numbers
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import triton
+import triton.language as tl
+
+from recipe_kernels import _backend, reference
+from recipe_kernels._ops import Op, launch
+from recipe_kernels._philox import draw_seed, philox4x32
+from recipe_kernels._triton_common import cdiv, round_to
+
+# The dtypes an image may have, and an output.
+IMAGE_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
+# Output pixels per Triton program: a [BLOCK_Y, BLOCK_X] tile of every channel of one sample.
+BLOCK_Y = 8
+BLOCK_X = 32
+NUM_WARPS = 4
+# Columns of the image table, one int64 row per sample: element address, height, width, and the
+# strides (in elements) of channel, row and column.
+TABLE_COLUMNS = 6
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+
+@triton.jit
+def _filter_window(out_index, box_length, out_length, ANTIALIAS: tl.constexpr):
+    """The taps of output index `out_index` along one axis: torch's _compute_index_ranges_weights.
+
+    box_length source pixels (the crop) map onto out_length output pixels: scale = box/out,
+    centre = scale * (i + 0.5). The taps are crop pixels first .. first + count - 1, weight
+    triangle((j - centre + 0.5) * inverse_scale); the support is max(scale, 1) with antialias,
+    else 1 (plain bilinear). Returns (centre, first, count, inverse_scale, max_count), where
+    max_count (a scalar) bounds count for every output index of the sample.
+    """
+    scale = box_length.to(tl.float32) / out_length.to(tl.float32)
+    if ANTIALIAS:
+        support = tl.maximum(scale, 1.0)
+        inverse_scale = tl.where(scale >= 1.0, 1.0 / scale, 1.0)
+    else:
+        support = scale * 0.0 + 1.0
+        inverse_scale = support
+    centre = scale * (out_index.to(tl.float32) + 0.5)
+    first = tl.maximum((centre - support + 0.5).to(tl.int32), 0)
+    count = tl.minimum((centre + support + 0.5).to(tl.int32), box_length) - first
+    max_count = (support * 2.0).to(tl.int32) + 2
+    return centre, first, count, inverse_scale, max_count
+
+
+@triton.jit
+def _tap_weight(tap, centre, first, count, inverse_scale):
+    """The unnormalised triangle weight of tap `tap` (0 past the window's count)."""
+    distance = tl.abs((first + tap).to(tl.float32) - centre + 0.5) * inverse_scale
+    return tl.where(tap < count, tl.maximum(1.0 - distance, 0.0), 0.0)
+
+
+@triton.jit
+def _window_total(centre, first, count, inverse_scale, max_count):
+    """The sum of a window's weights (each output index normalises by its own)."""
+    total = centre * 0.0
+    for tap in range(0, max_count):
+        total += _tap_weight(tap, centre, first, count, inverse_scale)
+    return tl.where(total != 0.0, total, 1.0)
+
+
+@triton.jit
+def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, out_cols, out_height, out_width,
+                  PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr):
+    """The resized crop of `sample` at channels `channels` ([CB, 1, 1]), output rows `out_rows`
+    ([1, BY, 1]) and columns `out_cols` ([1, 1, BX], before any flip), fp32: the sum over row taps
+    of row weight * (the sum over column taps of column weight * pixel), pixels outside the image
+    reading 0. Taps beyond a window, and channels, rows or columns outside the output, are masked
+    off (no load). The weights are shared by the channels."""
+    entry = table_ptr + sample * 6
+    image = tl.load(entry).to(tl.pointer_type(PIXEL_DTYPE))
+    image_height = tl.load(entry + 1)
+    image_width = tl.load(entry + 2)
+    channel_stride = tl.load(entry + 3)
+    row_stride = tl.load(entry + 4)
+    col_stride = tl.load(entry + 5)
+    top = tl.load(box_ptr + sample * 4)
+    left = tl.load(box_ptr + sample * 4 + 1)
+    box_height = tl.load(box_ptr + sample * 4 + 2)
+    box_width = tl.load(box_ptr + sample * 4 + 3)
+    centre_y, first_y, count_y, inverse_y, taps_y = _filter_window(out_rows, box_height, out_height, ANTIALIAS)
+    centre_x, first_x, count_x, inverse_x, taps_x = _filter_window(out_cols, box_width, out_width, ANTIALIAS)
+    total_y = _window_total(centre_y, first_y, count_y, inverse_y, taps_y)
+    total_x = _window_total(centre_x, first_x, count_x, inverse_x, taps_x)
+    planes = image + channels.to(tl.int64) * channel_stride
+    wanted = (channels < num_channels) & (out_rows < out_height) & (out_cols < out_width)
+    value = tl.zeros([channels.shape[0], out_rows.shape[1], out_cols.shape[2]], dtype=tl.float32)
+    for tap_y in range(0, taps_y):
+        weight_y = tl.math.div_rn(_tap_weight(tap_y, centre_y, first_y, count_y, inverse_y), total_y)
+        row = top + first_y + tap_y
+        row_ok = (tap_y < count_y) & (row >= 0) & (row < image_height)
+        row_value = tl.zeros([channels.shape[0], out_rows.shape[1], out_cols.shape[2]], dtype=tl.float32)
+        for tap_x in range(0, taps_x):
+            weight_x = tl.math.div_rn(_tap_weight(tap_x, centre_x, first_x, count_x, inverse_x), total_x)
+            col = left + first_x + tap_x
+            col_ok = (tap_x < count_x) & (col >= 0) & (col < image_width)
+            pixel = tl.load(planes + row.to(tl.int64) * row_stride + col.to(tl.int64) * col_stride,
+                            mask=wanted & row_ok & col_ok, other=0)
+            row_value += pixel.to(tl.float32) * weight_x
+        value += row_value * weight_y
+    return value
+
+
+@triton.jit
+def _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """fp32 value normalised ((v - mean) / std, correctly rounded) when HAS_NORM, then rounded to OUT_DTYPE
+    (uint8: half up, saturating)."""
+    if HAS_NORM:
+        mean = tl.load(mean_ptr + channels, mask=in_channels, other=0.0)
+        std = tl.load(std_ptr + channels, mask=in_channels, other=1.0)
+        value = tl.math.div_rn(value - mean, std)
+    if OUT_DTYPE == tl.uint8:
+        rounded = tl.floor(value + 0.5)
+        return tl.minimum(tl.where(rounded > 0.0, rounded, 0.0), 255.0).to(tl.uint8)
+    return round_to(value, OUT_DTYPE)
+
+
+@triton.jit
+def _tile(row_blocks, col_blocks, CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+    """The program's (sample, row block, column block) and its channels [CB, 1, 1], output rows [1, BY, 1] and
+    output columns [1, 1, BX]; column blocks vary fastest."""
+    pid = tl.program_id(0).to(tl.int64)
+    col_block = pid % col_blocks
+    rest = pid // col_blocks
+    row_block = rest % row_blocks
+    sample = rest // row_blocks
+    channels = tl.arange(0, CHANNEL_BLOCK)[:, None, None]
+    out_rows = row_block * BLOCK_Y + tl.arange(0, BLOCK_Y)[None, :, None]
+    out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[None, None, :]
+    return sample, row_block, col_block, channels, out_rows, out_cols
+
+
+@triton.jit
+def _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
+                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride):
+    offsets = sample * out_sample_stride + channels * out_channel_stride + out_rows * out_row_stride + \
+        out_cols * out_col_stride
+    tl.store(out_ptr + offsets, value, mask=in_channels & (out_rows < out_height) & (out_cols < out_width))
+
+
+@triton.jit(do_not_specialize=["out_height", "out_width", "row_blocks", "col_blocks"])
+def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, std_ptr, out_ptr,
+                         num_channels, out_height, out_width, row_blocks, col_blocks,
+                         out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
+                         ANTIALIAS: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_NORM: tl.constexpr,
+                         CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+    """out[n, c, y, x] = the resized crop of image n (flipped: at column w-1-x), normalised, rounded.
+
+    Inputs: table (N, 6) int64 (element address, H, W, channel/row/column strides of each image,
+    any layout); pixel_ref (any image: its dtype types the table's addresses); box (N, 4) int32
+    (top, left, height, width); flip (N,) uint8 when HAS_FLIP; mean, std (C,) fp32 when HAS_NORM.
+    out (N, C, h, w) with the given strides (contiguous or channels_last). A program is a
+    [CHANNEL_BLOCK, BLOCK_Y, BLOCK_X] tile of one sample: every channel of BLOCK_Y x BLOCK_X
+    output pixels, which share their filter weights.
+
+    One pass with bounded loops: per output element, taps_y x taps_x loads and multiply-adds, where
+    taps = int(2 * support) + 2 per axis and sample (support = max(box/out, 1) with antialias, 1
+    without): 9 per element upscaling or without antialias, 16 at a 1.5x downscale, 25 at 2x.
+    The weights (a divide each) are computed per tap for a row or a column of the tile and shared
+    by its channels: a 3 x 8 x 32 tile spends 8 + 32 weights per tap pair on 768 elements.
+    Bytes per output element: the crop's source pixels come from DRAM about once (neighbouring
+    taps and tiles hit in L1/L2; box_h * box_w / (h * w) source pixels per output pixel, each of
+    the image's size), and the output is written once.
+    """
+    sample, row_block, col_block, channels, out_rows, out_cols = _tile(row_blocks, col_blocks, CHANNEL_BLOCK, BLOCK_Y,
+                                                                       BLOCK_X)
+    resize_cols = out_cols
+    if HAS_FLIP:
+        resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
+    value = _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, resize_cols, out_height,
+                          out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
+    in_channels = channels < num_channels
+    value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
+    _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
+                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
+
+
+@triton.jit
+def _flipped(flip_ptr, sample, out_cols, out_width):
+    """The resize columns behind output columns `out_cols` of `sample`: mirrored where flip[sample]."""
+    return tl.where(tl.load(flip_ptr + sample) != 0, out_width - 1 - out_cols, out_cols)
+
+
+@triton.jit(do_not_specialize=["out_height", "out_width", "row_blocks", "col_blocks"])
+def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_ptr, lam_ptr, partner_ptr, mode_ptr,
+                          erase_box_ptr, erase_ptr, fill_ptr, mean_ptr, std_ptr, out_ptr,
+                          num_samples, num_channels, out_height, out_width, row_blocks, col_blocks,
+                          out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
+                          ANTIALIAS: tl.constexpr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr,
+                          CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+    """Crop, resize and flip, then MixUp/CutMix with the partner's crop, erase, normalise and cast, in one pass.
+
+    Per sample n with partner m: own = the resized crop of n (as _resized_crop_kernel: crop (N, 4)
+    int32, flip (N,) uint8), other = m's. Then, as mixing's composite (MixMode codes in mode (N,)
+    int32; mix_box (N, 4) int32 (x0, y0, x1, y1) in output pixels; lam (N,) fp32):
+    MIXUP lam * own + (1 - lam) * other, CUTMIX other inside the box, else own; with HAS_ERASE,
+    fill[c] inside erase_box where erase[n] (uint8). Normalised with mean/std (C,) fp32 when
+    HAS_NORM, rounded once to out's dtype. All in fp32: the value composite_batch computes on
+    resized_crop's fp32 output, bit for bit. The partner's crop is interpolated only by tiles that
+    need it (MixUp, or a CutMix box touching the tile): bytes as _resized_crop_kernel's, plus the
+    partner's source pixels for those tiles.
+    """
+    sample, row_block, col_block, channels, out_rows, out_cols = _tile(row_blocks, col_blocks, CHANNEL_BLOCK, BLOCK_Y,
+                                                                       BLOCK_X)
+    # 1. The sample's own crop.
+    value = _resized_tile(table_ptr, crop_ptr, sample, channels, num_channels, out_rows,
+                          _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width,
+                          pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
+    # 2. MixUp / CutMix with the partner's crop, read only where some pixel of the tile takes it.
+    mode = tl.load(mode_ptr + sample)
+    x0 = tl.load(mix_box_ptr + sample * 4)
+    y0 = tl.load(mix_box_ptr + sample * 4 + 1)
+    x1 = tl.load(mix_box_ptr + sample * 4 + 2)
+    y1 = tl.load(mix_box_ptr + sample * 4 + 3)
+    tile_y0 = row_block * BLOCK_Y
+    tile_x0 = col_block * BLOCK_X
+    touches = (y0 < tile_y0 + BLOCK_Y) & (y1 > tile_y0) & (x0 < tile_x0 + BLOCK_X) & (x1 > tile_x0)
+    if (mode == 1) | ((mode == 2) & touches):
+        partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
+        other = _resized_tile(table_ptr, crop_ptr, partner, channels, num_channels, out_rows,
+                              _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width,
+                              pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
+        lam = tl.load(lam_ptr + sample)
+        inside = (out_rows >= y0) & (out_rows < y1) & (out_cols >= x0) & (out_cols < x1)
+        mixed = lam * value + (1.0 - lam) * other
+        value = tl.where(mode == 1, mixed, tl.where(inside, other, value))
+    # 3. Erasing, normalisation, the one rounding.
+    in_channels = channels < num_channels
+    if HAS_ERASE:
+        erased = tl.load(erase_ptr + sample) != 0
+        inside_erase = (out_rows >= tl.load(erase_box_ptr + sample * 4 + 1)) & \
+            (out_rows < tl.load(erase_box_ptr + sample * 4 + 3)) & \
+            (out_cols >= tl.load(erase_box_ptr + sample * 4)) & (out_cols < tl.load(erase_box_ptr + sample * 4 + 2))
+        fill = tl.load(fill_ptr + channels, mask=in_channels, other=0.0)
+        value = tl.where(erased & inside_erase, fill, value)
+    value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
+    _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
+                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
+
+
+# ----------------------------------------------------------------------------- the image table
+
+
+def _as_batch(images):
+    """The op's `images` argument: [one (N, C, H, W) tensor] or N (C, H_i, W_i) tensors. Returns
+    (is_batch, N, C)."""
+    if len(images) == 1 and images[0].dim() == 4:
+        return True, images[0].shape[0], images[0].shape[1]
+    return False, len(images), images[0].shape[0]
+
+
+def image_table(images):
+    """The (N, 6) int64 device table of the images (element address, H, W, channel/row/column strides).
+
+    A batch's table is computed on the device from its base address (no copy); a list's is built
+    on the host and copied once per batch (pinned and asynchronous on a GPU).
+    """
+    is_batch, n, _ = _as_batch(images)
+    first = images[0]
+    if is_batch:
+        _, _, height, width = first.shape
+        sample_stride, channel_stride, row_stride, col_stride = first.stride()
+        addresses = first.data_ptr() + torch.arange(n, dtype=torch.int64, device=first.device) * (
+            sample_stride * first.element_size())
+        geometry = torch.tensor([height, width, channel_stride, row_stride, col_stride], dtype=torch.int64)
+        return torch.cat([addresses[:, None], geometry.to(first.device).expand(n, 5)], dim=1).contiguous()
+    rows = [[image.data_ptr(), image.shape[1], image.shape[2], *image.stride()] for image in images]
+    table = torch.tensor(rows, dtype=torch.int64)
+    if first.device.type == "cuda":
+        return table.pin_memory().to(first.device, non_blocking=True)
+    return table.to(first.device)
+
+
+# ----------------------------------------------------------------------------- implementations
+
+
+def _new_output(images, height, width, out_dtype, channels_last):
+    _, n, channels = _as_batch(images)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((n, channels, height, width), dtype=out_dtype, device=images[0].device,
+                       memory_format=memory_format)
+
+
+def _resized_crop_torch(images: List[torch.Tensor], boxes: torch.Tensor, flip: Optional[torch.Tensor],
+                        mean: Optional[torch.Tensor], std: Optional[torch.Tensor], height: int, width: int,
+                        antialias: bool, out_dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """The op's torch implementation: reference.resized_crop per sample. images: [one (N, C, H, W)
+    batch] or N (C, H_i, W_i) images; boxes (N, 4) int32 (top, left, height, width); flip (N,) bool
+    or None; mean, std (C,) fp32 or None."""
+    is_batch, _, _ = _as_batch(images)
+    samples = list(images[0].unbind(0)) if is_batch else images
+    value = reference.resized_crop(samples, boxes, (height, width), flip=flip, antialias=antialias,
+                                   mean=mean, std=std)
+    out = _new_output(images, height, width, out_dtype, channels_last)
+    out.copy_(reference.round_image(value, out_dtype))
+    return out
+
+
+def _launch_geometry(images, height, width):
+    """(N, C, row blocks, column blocks, image table) of a launch over (height, width) outputs."""
+    _, n, channels = _as_batch(images)
+    return n, channels, cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X), image_table(images)
+
+
+def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last):
+    out = _new_output(images, height, width, out_dtype, channels_last)
+    if out.numel() == 0:
+        return out
+    n, channels, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
+    launch(_resized_crop_kernel, (n * row_blocks * col_blocks,),
+           table, images[0], boxes, flip.view(torch.uint8) if flip is not None else boxes,
+           mean if mean is not None else table, std if std is not None else table, out, channels, height, width, row_blocks, col_blocks, *out.stride(),
+           num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
+           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X)
+    return out
+
+
+def _resized_crop_cuda(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last):
+    raise RuntimeError("recipe_kernels.resized_crop: the CUDA kernel is not built in; use backend='triton'")
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+resized_crop_op = Op("resized_crop", torch=_resized_crop_torch, triton=_resized_crop_triton, cuda=_resized_crop_cuda)
+
+
+@resized_crop_op.register_fake
+def _(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last, backend):
+    return _new_output(images, height, width, out_dtype, channels_last)
+
+
+# --- batch_augment: resized_crop, then composite_batch's MixUp/CutMix, erasing and normalisation
+
+
+def _batch_augment_torch(images: List[torch.Tensor], crop: torch.Tensor, flip: torch.Tensor, mix_box: torch.Tensor,
+                         lam: torch.Tensor, partner: torch.Tensor, mode: torch.Tensor,
+                         erase_box: Optional[torch.Tensor], erase: Optional[torch.Tensor], fill: torch.Tensor,
+                         mean: Optional[torch.Tensor], std: Optional[torch.Tensor], height: int, width: int,
+                         antialias: bool, out_dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """The composition the fused kernel equals: resized_crop to fp32, composite_batch (mix), then
+    composite_batch (erase where erase[n], normalise, cast). Crop/flip as resized_crop's; mix_box,
+    lam, partner, mode as composite_batch's; erase_box (N, 4) int32 (x0, y0, x1, y1) and erase
+    (N,) bool, or None; fill (C,) fp32."""
+    from recipe_kernels.mixing import MixMode, composite_batch
+    x = _resized_crop_torch(images, crop, flip, None, None, height, width, antialias, torch.float32, channels_last)
+    mixed = composite_batch(x, mix_box, lam, partner, mode, backend="torch")
+    n = mixed.shape[0]
+    if erase is None:
+        keep = torch.full((n,), int(MixMode.KEEP), dtype=torch.int32, device=x.device)
+        erase_box, erase_mode = mix_box, keep
+    else:
+        erase_mode = torch.where(erase, int(MixMode.ERASE), int(MixMode.KEEP)).to(torch.int32)
+    out = composite_batch(mixed, erase_box, torch.ones_like(lam), torch.arange(n, device=x.device), erase_mode,
+                          fill=fill, mean=mean, std=std, out_dtype=out_dtype, backend="torch")
+    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase_box, erase, fill, mean, std,
+                          height, width, antialias, out_dtype, channels_last):
+    out = _new_output(images, height, width, out_dtype, channels_last)
+    if out.numel() == 0:
+        return out
+    n, channels, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
+    launch(_batch_augment_kernel, (n * row_blocks * col_blocks,),
+           table, images[0], crop, flip.view(torch.uint8), mix_box, lam, partner, mode,
+           erase_box if erase is not None else mix_box, erase.view(torch.uint8) if erase is not None else flip.view(
+               torch.uint8), fill, mean if mean is not None else fill, std if std is not None else fill, out,
+           n, channels, height, width, row_blocks, col_blocks, *out.stride(),
+           num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_ERASE=erase is not None, HAS_NORM=mean is not None,
+           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X)
+    return out
+
+
+def _batch_augment_cuda(*args):
+    raise RuntimeError("recipe_kernels.nn.BatchAugment: the CUDA kernel is not built in; use backend='triton'")
+
+
+batch_augment_op = Op("batch_augment", torch=_batch_augment_torch, triton=_batch_augment_triton,
+                      cuda=_batch_augment_cuda)
+
+
+@batch_augment_op.register_fake
+def _(images, crop, flip, mix_box, lam, partner, mode, erase_box, erase, fill, mean, std, height, width, antialias,
+      out_dtype, channels_last, backend):
+    return _new_output(images, height, width, out_dtype, channels_last)
+
+
+# ----------------------------------------------------------------------------- sampling on the device
+
+# torchvision's RandomResizedCrop.get_params tries 10 candidates, then falls back to a centre crop.
+CROP_ATTEMPTS = 10
+# Philox calls per sample: call k < CROP_ATTEMPTS holds candidate k's words (area, log aspect, top,
+# left); call CROP_ATTEMPTS holds the flip word (word 0).
+FLIP_CALL = CROP_ATTEMPTS
+CALLS_PER_SAMPLE = CROP_ATTEMPTS + 1
+WORD_RANGE = 1 << 32
+
+
+def image_sizes(images, device):
+    """(N, 2) int64 (height, width) of every image, on `device`."""
+    is_batch, n, _ = _as_batch(images)
+    if is_batch:
+        return torch.tensor(images[0].shape[2:], dtype=torch.int64).to(device).expand(n, 2)
+    sizes = torch.tensor([image.shape[1:] for image in images], dtype=torch.int64)
+    return (sizes.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else sizes.to(device))
+
+
+def sample_crops(seed, sizes, scale, ratio, hflip):
+    """Per sample: torchvision's RandomResizedCrop.get_params, and a flip, from Philox words of `seed`.
+
+    sizes (N, 2) int64 (H, W) on the device. Candidate k of sample n takes the words of call
+    n * CALLS_PER_SAMPLE + k: area fraction ~ U(scale) (word 0), log aspect ~ U(log ratio) (word 1),
+    w = round(sqrt(area * aspect)), h = round(sqrt(area / aspect)) (half to even, float64); the
+    first with 0 < w <= W and 0 < h <= H is placed at top = floor(word 2 * (H - h + 1) / 2^32),
+    left likewise from word 3. With none, the centre crop of aspect W/H clamped to ratio.
+    flip = word 0 of call CROP_ATTEMPTS < round(hflip * 2^32). All at once, no host sync.
+    Returns boxes (N, 4) int64 (top, left, height, width) and flip (N,) bool.
+    """
+    n = sizes.shape[0]
+    counters = torch.arange(n * CALLS_PER_SAMPLE, dtype=torch.int64, device=sizes.device)
+    words = torch.stack(philox4x32(seed, counters), dim=-1).reshape(n, CALLS_PER_SAMPLE, 4)
+    uniform = lambda word: word.to(torch.float64) * (1.0 / WORD_RANGE)  # noqa: E731  [0, 1), exact
+    height, width = sizes[:, 0:1], sizes[:, 1:2]
+    candidates = words[:, :CROP_ATTEMPTS]
+    area = (height * width).to(torch.float64) * (scale[0] + (scale[1] - scale[0]) * uniform(candidates[..., 0]))
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_low + (log_high - log_low) * uniform(candidates[..., 1]))
+    crop_w = torch.round(torch.sqrt(area * aspect)).to(torch.int64)
+    crop_h = torch.round(torch.sqrt(area / aspect)).to(torch.int64)
+    fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
+    top = (candidates[..., 2] * (height - crop_h + 1).clamp(min=1)) >> 32
+    left = (candidates[..., 3] * (width - crop_w + 1).clamp(min=1)) >> 32
+    first_fit = fits.to(torch.int8).argmax(dim=-1, keepdim=True)
+    pick = lambda t: t.gather(-1, first_fit).squeeze(-1)  # noqa: E731
+    # The fallback: the whole image, cut to the nearest allowed aspect.
+    height, width = height.squeeze(1), width.squeeze(1)
+    in_ratio = width.to(torch.float64) / height.to(torch.float64)
+    fallback_w = torch.where(in_ratio < ratio[0], width,
+                             torch.where(in_ratio > ratio[1], torch.round(height * ratio[1]).to(torch.int64), width))
+    fallback_h = torch.where(in_ratio < ratio[0], torch.round(width / ratio[0]).to(torch.int64), height)
+    found = fits.any(dim=-1)
+    crop_h = torch.where(found, pick(crop_h), fallback_h)
+    crop_w = torch.where(found, pick(crop_w), fallback_w)
+    top = torch.where(found, pick(top), torch.div(height - crop_h, 2, rounding_mode="floor"))
+    left = torch.where(found, pick(left), torch.div(width - crop_w, 2, rounding_mode="floor"))
+    boxes = torch.stack([top, left, crop_h, crop_w], dim=-1)
+    flip = words[:, FLIP_CALL, 0] < round(hflip * WORD_RANGE)
+    return boxes, flip
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_images(images):
+    """images as the op's list ([batch] or the images), after checking dtype, channels and device agree."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"images must be a 4-D (N, C, H, W) tensor or a list of (C, H, W) tensors, "
+                             f"got shape {tuple(images.shape)}")
+        batch = [images]
+    elif isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise ValueError("images is an empty list; give at least one (C, H, W) image")
+        for index, image in enumerate(images):
+            if not isinstance(image, torch.Tensor) or image.dim() != 3:
+                shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+                raise ValueError(f"images[{index}] must be a 3-D (C, H, W) tensor, got {shape}")
+            for what, value, expected in (("dtype", image.dtype, images[0].dtype),
+                                          ("channels", image.shape[0], images[0].shape[0]),
+                                          ("device", image.device, images[0].device)):
+                if value != expected:
+                    raise ValueError(f"images must share one dtype, channel count and device: images[{index}] "
+                                     f"has {what} {value} but images[0] has {expected}")
+        batch = list(images)
+    else:
+        raise TypeError(f"images must be a tensor or a list of tensors, got {type(images).__name__}")
+    if batch[0].dtype not in IMAGE_DTYPES:
+        raise ValueError(f"images must be uint8, float32, float16 or bfloat16, got {batch[0].dtype}")
+    if torch.is_grad_enabled() and any(image.requires_grad for image in batch):
+        raise ValueError("images require grad, but resized_crop has no gradient (it augments input data); "
+                         "pass them detached")
+    return batch
+
+
+def _check_size(size):
+    """size (an int, or a pair of ints) as (h, w), each > 0. An int gives a square (RandomResizedCrop's rule)."""
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        size = (size, size)
+    try:
+        height, width = size
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be an int or a pair of ints (h, w), got {size!r}") from None
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (height, width)):
+        raise ValueError(f"size must be an int or a pair of ints (h, w), got {size!r}")
+    if height <= 0 or width <= 0:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return int(height), int(width)
+
+
+def _check_boxes(boxes, n, device):
+    if not isinstance(boxes, torch.Tensor) or tuple(boxes.shape) != (n, 4):
+        shape = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+        raise ValueError(f"boxes must be an ({n}, 4) tensor of (top, left, height, width), got {shape}")
+    if boxes.dtype not in (torch.int64, torch.int32, torch.int16):
+        raise ValueError(f"boxes must be an integer tensor (int64, int32 or int16), got {boxes.dtype}")
+    if boxes.device != device:
+        raise ValueError(f"boxes is on {boxes.device} but the images are on {device}")
+    if boxes.dtype == torch.int64:  # values beyond int32 clamp: far outside any image either way
+        boxes = boxes.clamp(-2**31, 2**31 - 1)
+    return boxes.to(torch.int32).contiguous()
+
+
+def _check_flip(flip, n, device):
+    if flip is None:
+        return None
+    if not isinstance(flip, torch.Tensor) or tuple(flip.shape) != (n,) or flip.dtype != torch.bool:
+        what = f"{tuple(flip.shape)} {flip.dtype}" if isinstance(flip, torch.Tensor) else type(flip).__name__
+        raise ValueError(f"flip must be None or an ({n},) bool tensor, got {what}")
+    if flip.device != device:
+        raise ValueError(f"flip is on {flip.device} but the images are on {device}")
+    return flip.contiguous()
+
+
+def _check_range(name, pair, upper=None):
+    from recipe_kernels import mixing
+    return mixing._check_range(name, pair, upper)
+
+
+def _normalization(images, mean, std, out_dtype):
+    """(mean, std, out_dtype) for the op: mean/std as (C,) fp32 tensors or None; out_dtype defaults to
+    float32 when normalising, else the images' dtype."""
+    from recipe_kernels import mixing
+    if (mean is None) != (std is None):
+        raise ValueError("mean and std must be given together")
+    dtype = images[0].dtype
+    if out_dtype is None:
+        out_dtype = torch.float32 if mean is not None else dtype
+    if out_dtype not in IMAGE_DTYPES:
+        raise ValueError(f"out_dtype must be uint8, float32, float16 or bfloat16, got {out_dtype}")
+    if out_dtype == torch.uint8 and (dtype != torch.uint8 or mean is not None):
+        raise ValueError("out_dtype=torch.uint8 needs uint8 images and no normalisation")
+    if mean is None:
+        return None, None, out_dtype
+    _, _, channels = _as_batch(images)
+    if not isinstance(std, torch.Tensor):
+        stds = [std] if isinstance(std, numbers.Real) else list(std)
+        if any(float(s) == 0.0 for s in stds):
+            raise ValueError(f"std must not contain zeros, got {std!r}")
+    device = images[0].device
+    mean = mixing._per_channel("mean", mean, channels, device, finite=True)
+    std = mixing._per_channel("std", std, channels, device, finite=True)
+    return mean, std, out_dtype
+
+
+def _check_memory_format(memory_format):
+    if memory_format not in (torch.contiguous_format, torch.channels_last):
+        raise ValueError(f"memory_format must be torch.contiguous_format or torch.channels_last, got {memory_format}")
+    return memory_format == torch.channels_last
+
+
+# ----------------------------------------------------------------------------- public API
+
+Images = Union[torch.Tensor, Sequence[torch.Tensor]]
+PerChannel = Union[float, Sequence[float], torch.Tensor]
+
+
+def resized_crop(images: Images, boxes: torch.Tensor, size: Union[int, Tuple[int, int]], *,
+                 flip: Optional[torch.Tensor] = None, antialias: bool = True, mean: Optional[PerChannel] = None,
+                 std: Optional[PerChannel] = None, out_dtype: Optional[torch.dtype] = None,
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 backend: Optional[str] = None) -> torch.Tensor:
+    """Crops box n of image n, resizes it to `size` and flips it where flip[n]: (N, C, h, w) in one launch.
+
+    images: an (N, C, H, W) tensor, or a list of N (C, H_i, W_i) tensors of one dtype, channel
+    count and device; uint8, float32, float16 or bfloat16, any strides. boxes: (N, 4) integers
+    (top, left, height, width) in source pixels, torchvision's order; a box may leave its image
+    (zeros are read there); a box of height or width 0 gives zeros. size: an int (a square) or
+    (h, w). Per sample, the result is torchvision.transforms.v2.functional.resized_crop(image,
+    top, left, height, width, [h, w], antialias=antialias) (bilinear), then horizontal_flip where
+    flip[n]. With mean/std: (v - mean[c]) / std[c], written as out_dtype (float32 by default when
+    normalising, else the images' dtype). The output is contiguous or channels_last
+    (memory_format). No gradient. No host sync (a list input copies its small address table).
+    """
+    batch = _check_images(images)
+    _, n, _ = _as_batch(batch)
+    height, width = _check_size(size)
+    device = batch[0].device
+    boxes = _check_boxes(boxes, n, device)
+    flip = _check_flip(flip, n, device)
+    mean, std, out_dtype = _normalization(batch, mean, std, out_dtype)
+    channels_last = _check_memory_format(memory_format)
+    backend = _backend.resolve("augment", device, backend)
+    return resized_crop_op(batch, boxes, flip, mean, std, height, width, bool(antialias), out_dtype, channels_last,
+                           backend)
+
+
+def random_resized_crop(images: Images, size: Union[int, Tuple[int, int]], *,
+                        scale: Tuple[float, float] = (0.08, 1.0), ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+                        hflip: float = 0.5, antialias: bool = True, mean: Optional[PerChannel] = None,
+                        std: Optional[PerChannel] = None, out_dtype: Optional[torch.dtype] = None,
+                        memory_format: torch.memory_format = torch.contiguous_format,
+                        generator: Optional[torch.Generator] = None, return_params: bool = False,
+                        backend: Optional[str] = None):
+    """torchvision's RandomResizedCrop and RandomHorizontalFlip per sample, sampled on the device.
+
+    Each sample gets its own box (RandomResizedCrop.get_params: area fraction ~ U(scale), log
+    aspect ~ U(log ratio), up to 10 candidates, else the centre crop; see sample_crops) and a
+    flip with probability hflip, all from one seed drawn on the device (torch.manual_seed
+    reproduces; each CUDA-graph replay draws anew). Returns x, or (x, boxes, flip) with
+    return_params: resized_crop(images, boxes, size, flip=flip, ...) reproduces x bit for bit.
+    """
+    batch = _check_images(images)
+    height, width = _check_size(size)
+    scale = _check_range("scale", scale, upper=1.0)
+    ratio = _check_range("ratio", ratio)
+    if isinstance(hflip, bool) or not isinstance(hflip, numbers.Real) or not 0.0 <= hflip <= 1.0:
+        raise ValueError(f"hflip must be a probability in [0, 1], got {hflip!r}")
+    mean, std, out_dtype = _normalization(batch, mean, std, out_dtype)
+    channels_last = _check_memory_format(memory_format)
+    device = batch[0].device
+    backend = _backend.resolve("augment", device, backend)
+    boxes, flip = sample_crops(draw_seed(device, generator), image_sizes(batch, device), scale, ratio, float(hflip))
+    x = resized_crop_op(batch, boxes.to(torch.int32), flip, mean, std, height, width, bool(antialias), out_dtype,
+                        channels_last, backend)
+    return (x, boxes, flip) if return_params else x
+
+
+# timm's eval transform keeps the centre crop_pct = 0.875 of the image (Resize(size / 0.875) + CenterCrop(size)).
+EVAL_CROP_FRACTION = 0.875
+# The erasing boxes of batch_augment: torchvision's RandomErasing defaults.
+ERASE_SCALE, ERASE_RATIO = (0.02, 0.33), (0.3, 3.3)
+
+
+def centre_boxes(sizes, height, width, fraction=EVAL_CROP_FRACTION):
+    """(N, 4) int64 (top, left, height, width): the centred box of the output's aspect h/w whose sides
+    are `fraction` of the largest such box inside each image (sizes (N, 2) on the device)."""
+    fit = torch.minimum(sizes[:, 0].double() / height, sizes[:, 1].double() / width) * fraction
+    box_h = torch.round(fit * height).to(torch.int64).clamp(min=1)
+    box_w = torch.round(fit * width).to(torch.int64).clamp(min=1)
+    top = torch.div(sizes[:, 0] - box_h, 2, rounding_mode="floor")
+    left = torch.div(sizes[:, 1] - box_w, 2, rounding_mode="floor")
+    return torch.stack([top, left, box_h, box_w], dim=-1)
+
+
+def batch_augment(images: Images, target: torch.Tensor, size: Union[int, Tuple[int, int]], *,
+                  scale: Tuple[float, float] = (0.08, 1.0), ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+                  hflip: float = 0.5, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0,
+                  switch_prob: float = 0.5, erase_p: float = 0.0, erase_value: PerChannel = 0.0,
+                  mean: Optional[PerChannel] = None, std: Optional[PerChannel] = None,
+                  out_dtype: Optional[torch.dtype] = None, antialias: bool = True, partner: str = "flip",
+                  generator: Optional[torch.Generator] = None, return_params: bool = False,
+                  backend: Optional[str] = None):
+    """RandomResizedCrop + flip per sample, then timm's Mixup (CutMix or MixUp per sample), random
+    erasing, normalisation and the cast, in one compositing launch: returns (x, MixedTarget).
+
+    Sample n with partner m (flip: N-1-n; roll: n-1) takes its own crop (random_resized_crop's
+    rule), then MixUp with m's crop or CutMix (m's crop inside n's box) as cutmix_or_mixup draws
+    them (mixing._sample_mixing, lam corrected to the kept area), then, with probability erase_p,
+    erase_value inside a RandomErasing box (scale (0.02, 0.33), ratio (0.3, 3.3)), then (v - mean) / std,
+    written as out_dtype (float32 by default; a floating dtype). The result equals
+    composite_batch(composite_batch(resized_crop(..., out_dtype=float32), mixing parameters),
+    erasing parameters, mean, std, out_dtype) with the same parameters, bit for bit (everything
+    in fp32, one rounding). return_params=True also returns those parameters as a dict.
+    """
+    from recipe_kernels import mixing
+    from recipe_kernels.targets import MixedTarget
+    batch = _check_images(images)
+    _, n, channels = _as_batch(batch)
+    height, width = _check_size(size)
+    scale = _check_range("scale", scale, upper=1.0)
+    ratio = _check_range("ratio", ratio)
+    device = batch[0].device
+    mixing._check_target(torch.empty((n, channels, 1, 1), device=device), target)
+    mixup_alpha = mixing._check_alpha(mixup_alpha, "mixup_alpha", allow_zero=True)
+    cutmix_alpha = mixing._check_alpha(cutmix_alpha, "cutmix_alpha", allow_zero=True)
+    if mixup_alpha == 0.0 and cutmix_alpha == 0.0:
+        raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix (use random_resized_crop)")
+    prob, switch_prob = mixing._check_probability(prob, "prob"), mixing._check_probability(switch_prob, "switch_prob")
+    switch_prob = 1.0 if mixup_alpha == 0.0 else (0.0 if cutmix_alpha == 0.0 else switch_prob)
+    hflip, erase_p = mixing._check_probability(hflip, "hflip"), mixing._check_probability(erase_p, "erase_p")
+    mixing._check_partner(partner)
+    if out_dtype is not None and not out_dtype.is_floating_point:
+        raise ValueError(f"out_dtype must be a floating dtype (float32, float16 or bfloat16), got {out_dtype}")
+    mean, std, out_dtype = _normalization(batch, mean, std, out_dtype or torch.float32)
+    fill = mixing._per_channel("erase_value", erase_value, channels, device, allow_nan=False)
+    backend = _backend.resolve("augment", device, backend)
+    # One seed; the three samplers key Philox with seed, seed + 1 and seed + 2 (independent streams).
+    seed = draw_seed(device, generator)
+    crop, flip = sample_crops(seed, image_sizes(batch, device), scale, ratio, hflip)
+    lam, mix_box, mode = mixing._sample_mixing(seed + 1, n, height, width, cutmix_alpha=cutmix_alpha,
+                                               mixup_alpha=mixup_alpha, switch_prob=switch_prob, prob=prob,
+                                               correct_lam=True)
+    erase_box = erase = None
+    if erase_p > 0.0:
+        erase_box, erase, _ = mixing._erasing_boxes(seed + 2, n, height, width, erase_p, ERASE_SCALE, ERASE_RATIO)
+    partner_index = mixing._partner_index(n, partner, device)
+    x = batch_augment_op(batch, crop.to(torch.int32), flip, mix_box, lam, partner_index, mode, erase_box, erase, fill,
+                         mean, std, height, width, bool(antialias), out_dtype, False, backend)
+    y_b = target.flip(0) if partner == "flip" else target.roll(1, 0)
+    mixed_target = MixedTarget(target, y_b, lam)
+    if not return_params:
+        return x, mixed_target
+    params = dict(crop=crop, flip=flip, mix_box=mix_box, lam=lam, partner=partner_index, mode=mode,
+                  erase_box=erase_box, erase=erase, fill=fill)
+    return x, mixed_target, params
