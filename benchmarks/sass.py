@@ -33,7 +33,20 @@ def disassemble(cubin: bytes) -> list:
         handle.flush()
         text = subprocess.run([cuobjdump(), "-sass", handle.name], capture_output=True, text=True,
                               check=True).stdout
-    return [Instruction(int(address, 16), body.strip()) for address, body in _LINE.findall(text)]
+    instructions = [Instruction(int(address, 16), body.strip()) for address, body in _LINE.findall(text)]
+    return _without_idle_tail(instructions)
+
+
+def _without_idle_tail(instructions):
+    """Drops what never runs: the idle loop after the last EXIT (a branch to itself) and the NOP
+    padding after it."""
+    end = len(instructions)
+    while end and instructions[end - 1].opcode == "NOP":
+        end -= 1
+    last = instructions[end - 1] if end else None
+    if last is not None and last.opcode == "BRA" and f"0x{last.address:x}" in last.text:
+        end -= 1
+    return instructions[:end]
 
 
 def loops(instructions) -> list:

@@ -67,7 +67,7 @@ KERNEL_LOOPS = {
     "_cross_entropy_fwd_kernel": lambda k: [k["BLOCKS_PER_CHUNK"]] * (2 if k["WRITE_GRAD"] and not k["SPLIT"]
                                                                       else 1),
     "_cross_entropy_split_finish_kernel": lambda k: [k["BLOCKS_PER_CHUNK"]] if k["WRITE_GRAD"] else [],
-    "_dropout_bias_backward_kernel": lambda k: [k["ROWS_PER_PROGRAM"]],
+    "_dropout_bias_backward_kernel": lambda k: [k["ROWS_PER_PROGRAM"] // k["ROWS_IN_FLIGHT"]],
 }
 
 

@@ -27,6 +27,15 @@ def drop_threshold(p: float) -> int:
     return int(round(p * (1 << KEEP_BITS)))
 
 
+def keep_from_bits(p: float) -> int:
+    """drop_threshold(p) << (32 - KEEP_BITS) as the bits of an int32: a word, read unsigned, is kept
+    iff it is >= this, the same decision as (word >> 8) >= drop_threshold(p) without the shift.
+    At p = 1 it wraps to 0 and keeps every element, which is harmless where the kept elements are
+    multiplied by keep_scale(1) = 0, as in the dropout kernels that use it."""
+    bits = (drop_threshold(p) << (32 - KEEP_BITS)) & _MASK32
+    return bits - (1 << 32) if bits >= 1 << 31 else bits
+
+
 def keep_scale(p: float, math_dtype: torch.dtype = torch.float32) -> float:
     """1/(1-p), the inverted-dropout scale every backend uses: rounded to fp32 for fp32 math, in full
     for the float64 ops' fp64 math; 0 when p == 1."""

@@ -29,11 +29,14 @@ import triton.language as tl
 
 from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._ops import Op, launch
-from recipe_kernels._philox import PHILOX_ROUNDS, KEEP_BITS, draw_seed, drop_threshold, keep_scale
+from recipe_kernels._philox import PHILOX_ROUNDS, KEEP_BITS, draw_seed, drop_threshold, keep_from_bits, keep_scale
 from recipe_kernels._triton_common import cdiv, round_to
 
-# Elements per Triton program: 8 warps x 32 threads x 8 elements (two Philox calls a thread).
-BLOCK = 2048
+# Elements per Triton program of dropout: 8 warps x 32 threads x 2 rows of 8 elements (four Philox
+# calls a thread: per-thread costs, the key schedule among them, spread over more elements).
+BLOCK = 4096
+# drop_path's programs: 8 warps x 32 threads x 8 elements.
+DROP_PATH_BLOCK = 2048
 NUM_WARPS = 8
 # From this many bias elements on, a program's BLOCK elements wrap around the bias at most once, and
 # the forward kernel finds each bias column with one conditional subtract (exact at any size);
@@ -42,6 +45,9 @@ WIDE_BIAS_NUMEL = BLOCK
 # Columns per program of the fused bias backward; must equal kBiasBackwardColumns in csrc/dropout.cu.
 BIAS_BACKWARD_COLUMNS = 1024
 BIAS_BACKWARD_NUM_WARPS = 4
+# Rows of the bias backward whose loads a thread has in flight at once (Little's law: one 16-byte
+# row is too few bytes per SM to hide DRAM latency).
+BIAS_BACKWARD_ROWS_IN_FLIGHT = 2
 # The bias backward's grid aims at about this many programs, so the GPU is full while the partial sums stay small.
 BIAS_BACKWARD_PROGRAMS = 1024
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y
@@ -60,13 +66,25 @@ def _philox_words_x4(seed, counters, PHILOX_ROUNDS: tl.constexpr):
 
 
 @triton.jit
+def _philox_words_x8_from(seed, counters, PHILOX_ROUNDS: tl.constexpr):
+    """The words of counters c and c + 1 for each c in `counters`, as a [len(counters), 8] block:
+    eight consecutive elements a row, so that a thread moves 16 bytes of bf16 at once."""
+    first = _philox_words_x4(seed, counters, PHILOX_ROUNDS)
+    second = _philox_words_x4(seed, counters + 1, PHILOX_ROUNDS)
+    return tl.reshape(tl.join(first, second).permute(0, 2, 1), [counters.shape[0], 8])
+
+
+@triton.jit
 def _philox_words_x8(seed, pairs, PHILOX_ROUNDS: tl.constexpr):
-    """The words of elements 8*p .. 8*p + 7 for each p in `pairs`, as a [len(pairs), 8] block:
-    two Philox calls, counters 2p and 2p + 1. Eight consecutive elements per row let a thread
-    move 16 bytes of bf16 at once."""
-    first = _philox_words_x4(seed, pairs * 2, PHILOX_ROUNDS)
-    second = _philox_words_x4(seed, pairs * 2 + 1, PHILOX_ROUNDS)
-    return tl.reshape(tl.join(first, second).permute(0, 2, 1), [pairs.shape[0], 8])
+    """The words of elements 8*p .. 8*p + 7 for each p in `pairs` (counters 2p and 2p + 1)."""
+    return _philox_words_x8_from(seed, pairs * 2, PHILOX_ROUNDS)
+
+
+@triton.jit
+def _kept(words, keep_from):
+    """The keep decision of the RNG contract, (word >> 8) >= drop_threshold, as one unsigned
+    compare: word >= drop_threshold << 8 (keep_from, see keep_from_bits)."""
+    return words >= keep_from.to(tl.uint32, bitcast=True)
 
 
 @triton.jit
@@ -85,42 +103,44 @@ def _round_result(value, dtype: tl.constexpr):
 
 @triton.jit
 def _dropout_kernel(x_ptr, residual_ptr, bias_ptr, seed_ptr, out_ptr, n_elements, bias_numel,
-                    inverse_bias_numel, drop_threshold, scale_bits,
+                    inverse_bias_numel, keep_from, scale_bits,
                     HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_MULTIPLE_OF_8: tl.constexpr,
-                    WIDE_BIAS: tl.constexpr, MATH_DTYPE: tl.constexpr, BLOCK: tl.constexpr, KEEP_BITS: tl.constexpr,
-                    PHILOX_ROUNDS: tl.constexpr):
+                    WIDE_BIAS: tl.constexpr, MATH_DTYPE: tl.constexpr, INDEX_DTYPE: tl.constexpr,
+                    BLOCK: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
     """out = residual + (x + bias) * keep / (1 - p) over n_elements contiguous elements.
 
     Inputs: x (n), residual (n, optional), bias (its bias_numel elements repeat along x,
     optional), seed (one int64), each in its own dtype; the math runs in MATH_DTYPE (fp32, or
-    fp64 for float64 ops) and out is rounded once. Bytes: reads x and residual, writes out
-    once each; the bias stays in cache. Per element: a quarter of a Philox call (7 rounds: 3.25 mul.hi,
-    about 16 integer ops), a shift, a compare, a select and one multiply
-    (scripts/triton_codegen_check.py counts them in the sm_90 code).
+    fp64 for float64 ops) and out is rounded once. Indices and Philox counters are INDEX_DTYPE:
+    int32 where every index fits (32-bit address math, and a counter's high word is the constant
+    0), else int64. Bytes: reads x and residual, writes out
+    once each; the bias stays in cache. Per element: a quarter of a Philox call (7 rounds: 3.5
+    multiplies and 1.75 three-way xors), a compare, a select and one multiply
+    (benchmarks/static_model.py counts them in the sm_90 code).
     """
-    # 1. Rows of eight consecutive elements, two Philox calls each; 64-bit counters.
-    pid = tl.program_id(0).to(tl.int64)
+    # 1. Rows of eight consecutive elements, two Philox calls each (a thread takes two rows).
+    pid = tl.program_id(0).to(INDEX_DTYPE)
     pairs = pid * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
     words = _philox_words_x8(tl.load(seed_ptr), pairs, PHILOX_ROUNDS)
-    # 2. Keep decision: the top KEEP_BITS bits against round(p * 2^KEEP_BITS).
-    keep = (words >> (32 - KEEP_BITS)).to(tl.int32) >= drop_threshold
-    multiplier = tl.where(keep, _scale_from_bits(scale_bits, MATH_DTYPE), 0.0)
-    # 3. Load, scale, add in MATH_DTYPE, store; dropped elements are multiplied by 0 as in torch.
+    # 2. Keep decision (the RNG contract), and its multiplier: dropped elements are multiplied by 0
+    # as in torch (NaN stays NaN).
+    multiplier = tl.where(_kept(words, keep_from), _scale_from_bits(scale_bits, MATH_DTYPE), 0.0)
+    # 3. Load, scale, add in MATH_DTYPE, store.
     offsets = pairs[:, None] * 8 + tl.arange(0, 8)[None, :]
     in_bounds = offsets < n_elements
     value = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(MATH_DTYPE)
     if HAS_BIAS:
-        # The bias column, column = (first_column + local) mod bias_numel: one 64-bit modulo per
+        # The bias column, column = (first_column + local) mod bias_numel: one modulo per
         # program, then per element (an integer modulo would cost about 30 instructions and make
         # the kernel compute-bound) either
         # - WIDE_BIAS (bias_numel >= BLOCK): position < 2 * bias_numel, so one conditional
-        #   subtract, exact at any size (64-bit: a bias may pass 2^31 elements); or
+        #   subtract, exact at any size (in INDEX_DTYPE, which holds position); or
         # - a quotient from the fp32 reciprocal, off by at most one and corrected: exact because
         #   position < bias_numel + BLOCK < 2 * BLOCK < 2^24.
         first_column = (pid * BLOCK) % bias_numel
         if not WIDE_BIAS:
             first_column = first_column.to(tl.int32)
-        if BIAS_MULTIPLE_OF_8:  # a row of eight never wraps: one column per row, 16-byte loads
+        if BIAS_MULTIPLE_OF_8:  # eight elements never wrap: one column per eight, 16-byte loads
             position = first_column + tl.arange(0, BLOCK // 8) * 8
         else:
             position = first_column + tl.arange(0, BLOCK // 8)[:, None] * 8 + tl.arange(0, 8)[None, :]
@@ -171,35 +191,37 @@ def _drop_path_kernel(x_ptr, residual_ptr, seed_ptr, out_ptr, row_size, blocks_p
 
 @triton.jit
 def _dropout_bias_backward_kernel(grad_ptr, seed_ptr, grad_x_ptr, partial_ptr, rows, columns,
-                                  drop_threshold, scale_bits, MATH_DTYPE: tl.constexpr,
-                                  ROWS_PER_PROGRAM: tl.constexpr, BLOCK_COLUMNS: tl.constexpr,
-                                  KEEP_BITS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
+                                  keep_from, scale_bits, MATH_DTYPE: tl.constexpr,
+                                  ROWS_PER_PROGRAM: tl.constexpr, ROWS_IN_FLIGHT: tl.constexpr,
+                                  BLOCK_COLUMNS: tl.constexpr, INDEX_DTYPE: tl.constexpr,
+                                  PHILOX_ROUNDS: tl.constexpr):
     """Backward of dropout_add with a bias, in one pass: grad_x = grad * keep / (1 - p) and its column sums.
 
     Inputs: grad as (rows, columns) with columns % 4 == 0 (so a Philox group never straddles
-    two rows), seed (one int64). Program (i, j) takes ROWS_PER_PROGRAM rows of column block j
-    and writes its column sums (MATH_DTYPE, the math's precision) to partial[i, columns]. Bytes:
-    reads grad and writes grad_x once; partial is (rows / ROWS_PER_PROGRAM) x columns, a few %
-    of grad.
+    two rows), seed (one int64). Program (i, j) takes ROWS_PER_PROGRAM rows of column block j,
+    ROWS_IN_FLIGHT rows at a time (their loads in flight together), eight consecutive columns
+    a thread (16-byte loads of 16-bit types), and writes its column sums (MATH_DTYPE, the math's
+    precision; rows added in order) to partial[i, columns]. Bytes: reads grad and writes grad_x
+    once; partial is (rows / ROWS_PER_PROGRAM) x columns, a few % of grad.
     """
-    row_block = tl.program_id(0).to(tl.int64)
-    # Philox groups of this program's columns, counted within a row.
-    group_in_row = tl.program_id(1) * (BLOCK_COLUMNS // 4) + tl.arange(0, BLOCK_COLUMNS // 4)
-    column = group_in_row[:, None] * 4 + tl.arange(0, 4)[None, :]
+    row_block = tl.program_id(0).to(INDEX_DTYPE)
+    # Pairs of Philox groups (eight columns) of this program, counted within a row.
+    first_group = (tl.program_id(1) * (BLOCK_COLUMNS // 8) + tl.arange(0, BLOCK_COLUMNS // 8)) * 2
+    column = first_group[:, None] * 4 + tl.arange(0, 8)[None, :]
     in_columns = column < columns
     seed = tl.load(seed_ptr)
-    column_sums = tl.zeros([BLOCK_COLUMNS // 4, 4], dtype=MATH_DTYPE)
+    column_sums = tl.zeros([BLOCK_COLUMNS // 8, 8], dtype=MATH_DTYPE)
     multiplier_if_kept = _scale_from_bits(scale_bits, MATH_DTYPE)
-    for step in range(ROWS_PER_PROGRAM):
-        row = row_block * ROWS_PER_PROGRAM + step
-        groups = row * (columns // 4) + group_in_row
-        keep = (_philox_words_x4(seed, groups, PHILOX_ROUNDS) >> (32 - KEEP_BITS)).to(tl.int32) >= drop_threshold
-        offsets = row * columns + column
-        mask = in_columns & (row < rows)
-        grad_x = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(MATH_DTYPE) * tl.where(keep, multiplier_if_kept,
-                                                                                             0.0)
-        tl.store(grad_x_ptr + offsets, _round_result(grad_x, grad_x_ptr.dtype.element_ty), mask=mask)
-        column_sums += grad_x
+    for step in range(0, ROWS_PER_PROGRAM, ROWS_IN_FLIGHT):
+        for in_flight in tl.static_range(ROWS_IN_FLIGHT):
+            row = row_block * ROWS_PER_PROGRAM + step + in_flight
+            keep = _kept(_philox_words_x8_from(seed, row * (columns // 4) + first_group, PHILOX_ROUNDS), keep_from)
+            offsets = row * columns + column
+            mask = in_columns & (row < rows)
+            grad_x = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(MATH_DTYPE) * tl.where(
+                keep, multiplier_if_kept, 0.0)
+            tl.store(grad_x_ptr + offsets, _round_result(grad_x, grad_x_ptr.dtype.element_ty), mask=mask)
+            column_sums += grad_x
     tl.store(partial_ptr + row_block * columns + column, column_sums, mask=in_columns)
 
 
@@ -219,6 +241,11 @@ def _math_dtype(*operands):
 
 
 _TRITON_MATH_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def _index_dtype(numel):
+    """The kernels' index type for numel elements: int32 while every index a program forms fits."""
+    return tl.int32 if numel + BLOCK < 1 << 31 else tl.int64
 
 
 @functools.lru_cache(maxsize=256)  # a run uses a few p values; packing costs more than a cache hit
@@ -276,10 +303,10 @@ def _dropout_triton(x, residual, bias, seed, p, out_dtype, out=None):
         math_dtype = _math_dtype(x, residual, bias, out)
         launch(_dropout_kernel, (cdiv(x.numel(), BLOCK),),
                x, residual if residual is not None else x, bias if bias is not None else x, seed, out,
-               x.numel(), bias_numel, 1.0 / bias_numel, drop_threshold(p), _scale_bits(p, math_dtype),
+               x.numel(), bias_numel, 1.0 / bias_numel, keep_from_bits(p), _scale_bits(p, math_dtype),
                num_warps=NUM_WARPS, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
                BIAS_MULTIPLE_OF_8=bias_numel % 8 == 0, WIDE_BIAS=bias_numel >= WIDE_BIAS_NUMEL,
-               MATH_DTYPE=_TRITON_MATH_DTYPES[math_dtype], BLOCK=BLOCK, KEEP_BITS=KEEP_BITS,
+               MATH_DTYPE=_TRITON_MATH_DTYPES[math_dtype], INDEX_DTYPE=_index_dtype(x.numel()), BLOCK=BLOCK,
                PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
 
@@ -334,13 +361,13 @@ def _drop_path_triton(x, residual, seed, p, out_dtype):
     x, residual, _, out = _kernel_operands(x, residual, None, out_dtype)
     if x.numel() > 0:
         row_size = x.numel() // x.shape[0]
-        blocks_per_row = cdiv(row_size, BLOCK)
+        blocks_per_row = cdiv(row_size, DROP_PATH_BLOCK)
         math_dtype = _math_dtype(x, residual, out)
         launch(_drop_path_kernel, (x.shape[0] * blocks_per_row,),
                x, residual if residual is not None else x, seed, out, row_size, blocks_per_row,
                drop_threshold(p), _scale_bits(p, math_dtype), num_warps=NUM_WARPS,
-               HAS_RESIDUAL=residual is not None, MATH_DTYPE=_TRITON_MATH_DTYPES[math_dtype], BLOCK=BLOCK,
-               KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS)
+               HAS_RESIDUAL=residual is not None, MATH_DTYPE=_TRITON_MATH_DTYPES[math_dtype],
+               BLOCK=DROP_PATH_BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
 
 
@@ -414,10 +441,11 @@ def _dropout_bias_backward_triton(grad, seed, p, bias_numel, grad_x_dtype):
         return _bias_backward_in_two_passes(_dropout_triton, grad, seed, p, bias_numel, grad_x_dtype)
     grad, grad_x, partial, rows_per_block = _fused_bias_backward_buffers(grad, bias_numel, grad_x_dtype)
     launch(_dropout_bias_backward_kernel, (partial.shape[0], cdiv(bias_numel, BIAS_BACKWARD_COLUMNS)),
-           grad, seed, grad_x, partial, grad.numel() // bias_numel, bias_numel, drop_threshold(p),
+           grad, seed, grad_x, partial, grad.numel() // bias_numel, bias_numel, keep_from_bits(p),
            _scale_bits(p, partial.dtype), num_warps=BIAS_BACKWARD_NUM_WARPS,
            MATH_DTYPE=_TRITON_MATH_DTYPES[partial.dtype], ROWS_PER_PROGRAM=rows_per_block,
-           BLOCK_COLUMNS=BIAS_BACKWARD_COLUMNS, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS)
+           ROWS_IN_FLIGHT=min(BIAS_BACKWARD_ROWS_IN_FLIGHT, rows_per_block), BLOCK_COLUMNS=BIAS_BACKWARD_COLUMNS,
+           INDEX_DTYPE=_index_dtype(partial.shape[0] * rows_per_block * bias_numel), PHILOX_ROUNDS=PHILOX_ROUNDS)
     return grad_x, partial.sum(0)
 
 

@@ -55,23 +55,25 @@ def main():
         for has_residual, has_bias in ((False, False), (True, True)):
             signature = {"x_ptr": f"*{dtype}", "residual_ptr": f"*{dtype}", "bias_ptr": f"*{dtype}",
                          "seed_ptr": "*i64", "out_ptr": f"*{dtype}", "n_elements": "i64", "bias_numel": "i32",
-                         "inverse_bias_numel": "fp32", "drop_threshold": "i32", "scale_bits": "i64"}
+                         "inverse_bias_numel": "fp32", "keep_from": "i32", "scale_bits": "i64"}
             constexprs = dict(HAS_RESIDUAL=has_residual, HAS_BIAS=has_bias, BIAS_MULTIPLE_OF_8=True, WIDE_BIAS=False,
-                              MATH_DTYPE=tl.float32, BLOCK=dropout.BLOCK, KEEP_BITS=24, PHILOX_ROUNDS=7)
+                              MATH_DTYPE=tl.float32, INDEX_DTYPE=tl.int64, BLOCK=dropout.BLOCK, PHILOX_ROUNDS=7)
             ptx = compile_for_sm90(dropout._dropout_kernel, signature, constexprs, dropout.NUM_WARPS)
             report(f"dropout {dtype} residual={has_residual} bias={has_bias}", ptx, elements_per_thread)
         signature = {"x_ptr": f"*{dtype}", "residual_ptr": f"*{dtype}", "seed_ptr": "*i64", "out_ptr": f"*{dtype}",
                      "row_size": "i64", "blocks_per_row": "i64", "drop_threshold": "i32", "scale_bits": "i64"}
-        constexprs = dict(HAS_RESIDUAL=True, MATH_DTYPE=tl.float32, BLOCK=dropout.BLOCK, KEEP_BITS=24, PHILOX_ROUNDS=7)
-        ptx = compile_for_sm90(dropout._drop_path_kernel, signature, constexprs, dropout.NUM_WARPS)
-        report(f"drop_path {dtype} residual=True", ptx, elements_per_thread)
-        signature = {"grad_ptr": f"*{dtype}", "seed_ptr": "*i64", "grad_x_ptr": f"*{dtype}", "partial_ptr": "*fp32",
-                     "rows": "i64", "columns": "i64", "drop_threshold": "i32", "scale_bits": "i64"}
-        constexprs = dict(MATH_DTYPE=tl.float32, ROWS_PER_PROGRAM=64, BLOCK_COLUMNS=dropout.BIAS_BACKWARD_COLUMNS, KEEP_BITS=24,
+        constexprs = dict(HAS_RESIDUAL=True, MATH_DTYPE=tl.float32, BLOCK=dropout.DROP_PATH_BLOCK, KEEP_BITS=24,
                           PHILOX_ROUNDS=7)
+        ptx = compile_for_sm90(dropout._drop_path_kernel, signature, constexprs, dropout.NUM_WARPS)
+        report(f"drop_path {dtype} residual=True", ptx, dropout.DROP_PATH_BLOCK // (dropout.NUM_WARPS * 32))
+        signature = {"grad_ptr": f"*{dtype}", "seed_ptr": "*i64", "grad_x_ptr": f"*{dtype}", "partial_ptr": "*fp32",
+                     "rows": "i64", "columns": "i64", "keep_from": "i32", "scale_bits": "i64"}
+        constexprs = dict(MATH_DTYPE=tl.float32, ROWS_PER_PROGRAM=64, ROWS_IN_FLIGHT=dropout.BIAS_BACKWARD_ROWS_IN_FLIGHT,
+                          BLOCK_COLUMNS=dropout.BIAS_BACKWARD_COLUMNS, INDEX_DTYPE=tl.int64, PHILOX_ROUNDS=7)
         ptx = compile_for_sm90(dropout._dropout_bias_backward_kernel, signature, constexprs, 4)
-        # Its row loop stays a loop: count one trip, 1024 columns over 128 threads.
-        report(f"dropout bias backward {dtype} (one row)", ptx, dropout.BIAS_BACKWARD_COLUMNS // 128)
+        # Its row loop stays a loop: count one trip, ROWS_IN_FLIGHT rows of 1024 columns over 128 threads.
+        report(f"dropout bias backward {dtype} (one trip)", ptx,
+               dropout.BIAS_BACKWARD_ROWS_IN_FLIGHT * dropout.BIAS_BACKWARD_COLUMNS // 128)
     # drop_path_residual's rows kernel: the gather (no a), the residual add, and an fp32 stream with a bf16 branch.
     rows_elements_per_thread = drop_path_residual.BLOCK // (drop_path_residual.NUM_WARPS * 32)
     for a_dtype, b_dtype, out_dtype, has_a in (("bf16", "bf16", "bf16", False), ("bf16", "bf16", "bf16", True),

@@ -1,9 +1,11 @@
 """dropout, dropout_add, drop_path, drop_path_add: against the float64 oracle and across backends."""
 import math
+import sys
 
 import numpy as np
 import pytest
 import torch
+import triton.language as tl
 
 import recipe_kernels as rk
 from recipe_kernels import _backend, reference
@@ -698,3 +700,24 @@ def test_cuda_graph_replays_draw_fresh_masks(backend):
     assert not torch.equal(first, out)
     assert not torch.equal(first_rows, rows)
     assert abs((out != 0).float().mean().item() - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_64_bit_indices_match_32_bit(monkeypatch, with_bias):
+    """Tensors past 2^31 elements take int64 indices and counters; too big to test here, the same
+    kernels forced to int64 on a small tensor must give the int32 path's bits."""
+    dropout_module = sys.modules["recipe_kernels.dropout"]  # the package exports a function of that name
+    x = torch.randn(3, 1000, device=DEVICE)
+    residual = torch.randn(3, 1000, device=DEVICE)
+    bias = torch.randn(1000, device=DEVICE) if with_bias else None
+    grad = torch.randn(3, 1000, device=DEVICE)
+    seed = torch.tensor([12345], dtype=torch.int64, device=DEVICE)
+
+    def run():
+        out = dropout_module._dropout_triton(x, residual, bias, seed, 0.3, torch.float32)
+        return out, dropout_module._dropout_bias_backward_triton(grad, seed, 0.3, 1000, torch.float32)
+
+    out32, (grad_x32, grad_bias32) = run()
+    monkeypatch.setattr(dropout_module, "_index_dtype", lambda numel: tl.int64)
+    out64, (grad_x64, grad_bias64) = run()
+    assert torch.equal(out32, out64) and torch.equal(grad_x32, grad_x64) and torch.equal(grad_bias32, grad_bias64)
