@@ -33,6 +33,11 @@ def disassemble(cubin: bytes) -> list:
         handle.flush()
         text = subprocess.run([cuobjdump(), "-sass", handle.name], capture_output=True, text=True,
                               check=True).stdout
+    return parse(text)
+
+
+def parse(text) -> list:
+    """The instructions of one kernel's cuobjdump -sass text, in address order, without the idle tail."""
     instructions = [Instruction(int(address, 16), body.strip()) for address, body in _LINE.findall(text)]
     return _without_idle_tail(instructions)
 

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -55,6 +56,26 @@ template <typename T>
 struct alignas(4 * sizeof(T)) Vec4 {
   T v[4];
 };
+
+// Sixteen bytes of T, moved as one vector.
+template <typename T>
+struct alignas(16) Vec16 {
+  T v[16 / sizeof(T)];
+};
+
+// Stores `vector` at `target` (16-byte aligned) as one 16-byte store. Spelled out in PTX: nvcc's
+// optimizer otherwise may split a vector assignment into element stores.
+template <typename T>
+RK_HOST_DEVICE void store_vec16(T* target, const Vec16<T>& vector) {
+#ifdef __CUDA_ARCH__
+  uint32_t words[4];
+  memcpy(words, &vector, sizeof words);
+  asm("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(target), "r"(words[0]), "r"(words[1]), "r"(words[2]),
+      "r"(words[3]) : "memory");
+#else
+  memcpy(target, &vector, sizeof vector);
+#endif
+}
 
 inline bool aligned_for_vec4(uintptr_t pointer, size_t element_size) {
   return pointer % (4 * element_size) == 0;

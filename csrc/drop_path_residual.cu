@@ -16,12 +16,6 @@ constexpr int kElementsPerThread = 8;  // 16 bytes of a 2-byte type, two 16-byte
 constexpr int64_t kElementsPerBlock = int64_t{kThreads} * kElementsPerThread;
 constexpr int64_t kMaxKeyBlocks = int64_t{1} << 30;  // more samples loop (grid stride)
 
-// Eight consecutive elements moved as 16-byte vectors.
-template <typename T>
-struct alignas(16) Vec16 {
-  T v[16 / sizeof(T)];
-};
-
 template <typename T>
 RK_HOST_DEVICE void load_eight(const T* __restrict__ source, bool vectorized, int count, float (&value)[8]) {
   if (vectorized) {
@@ -32,8 +26,9 @@ RK_HOST_DEVICE void load_eight(const T* __restrict__ source, bool vectorized, in
 #pragma unroll
       for (int j = 0; j < kPerVector; ++j) value[first + j] = to_float(vector.v[j]);
     }
-  } else {
-    for (int j = 0; j < count; ++j) value[j] = to_float(source[j]);
+  } else {  // unrolled with a guard, not a loop to count: a runtime index would put value in local memory
+#pragma unroll
+    for (int j = 0; j < kElementsPerThread; ++j) value[j] = j < count ? to_float(source[j]) : 0.0f;
   }
 }
 
@@ -46,10 +41,13 @@ RK_HOST_DEVICE void store_eight(T* __restrict__ target, bool vectorized, int cou
       Vec16<T> vector;
 #pragma unroll
       for (int j = 0; j < kPerVector; ++j) vector.v[j] = from_float<T>(value[first + j]);
-      *reinterpret_cast<Vec16<T>*>(target + first) = vector;
+      store_vec16(target + first, vector);
     }
   } else {
-    for (int j = 0; j < count; ++j) target[j] = from_float<T>(value[j]);
+#pragma unroll
+    for (int j = 0; j < kElementsPerThread; ++j) {
+      if (j < count) target[j] = from_float<T>(value[j]);
+    }
   }
 }
 

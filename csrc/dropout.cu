@@ -14,8 +14,12 @@ namespace recipe_kernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kBiasBackwardColumns = kThreads * 4;  // must equal BIAS_BACKWARD_COLUMNS in dropout.py
-constexpr int64_t kDropPathElementsPerBlock = kThreads * 8;
+// A thread's step: eight consecutive elements, two Philox calls, moved as 16-byte vectors (one of a
+// 16-bit type, two of fp32, four of fp64).
+constexpr int kStep = 8;
+constexpr int kBiasBackwardThreads = 128;
+constexpr int64_t kBiasBackwardColumns = kBiasBackwardThreads * kStep;  // must equal BIAS_BACKWARD_COLUMNS in dropout.py
+constexpr int64_t kDropPathElementsPerBlock = kThreads * kStep;
 constexpr int64_t kMaxBlocks = int64_t{1} << 30;  // larger inputs loop (grid stride)
 
 // A tensor's data and dtype code: each input is read, and the output written, in its own dtype
@@ -68,132 +72,169 @@ RK_HOST_DEVICE Math load_element(TypedData data, int64_t i) {
   return value;
 }
 
-// Elements first .. first + 3 (those below n) as Math: one aligned vector load when `whole_vector`.
+// Elements first .. first + 7 (those below n; zeros past it) as Math: 16-byte vector loads when
+// `whole_step` (all eight there, the data 16-byte aligned).
 template <typename Math>
-RK_HOST_DEVICE void load_group(TypedData data, int64_t first, int64_t n, bool whole_vector, Math (&values)[4]) {
+RK_HOST_DEVICE void load_step(TypedData data, int64_t first, int64_t n, bool whole_step, Math (&values)[kStep]) {
   visit_element_type(data.dtype, [&](auto tag) {
     using T = decltype(tag);
-    const T* pointer = reinterpret_cast<const T*>(data.address);
-    Vec4<T> group{};
-    if (whole_vector) {
-      group = *reinterpret_cast<const Vec4<T>*>(pointer + first);
-    } else {
-      for (int j = 0; j < 4 && first + j < n; ++j) group.v[j] = pointer[first + j];
-    }
+    const T* pointer = reinterpret_cast<const T*>(data.address) + first;
+    if (whole_step) {
+      constexpr int kPerVector = 16 / sizeof(T);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) values[j] = to_math<Math>(group.v[j]);
+      for (int vector = 0; vector < kStep; vector += kPerVector) {
+        const Vec16<T> loaded = *reinterpret_cast<const Vec16<T>*>(pointer + vector);
+#pragma unroll
+        for (int j = 0; j < kPerVector; ++j) values[vector + j] = to_math<Math>(loaded.v[j]);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kStep; ++j) values[j] = first + j < n ? to_math<Math>(pointer[j]) : Math{0};
+    }
   });
 }
 
-// Stores values[0 .. 3] (those below n) rounded once to data's dtype: one aligned vector store when `whole_vector`.
+// Stores values (those below n) rounded once to data's dtype: 16-byte vector stores when `whole_step`.
 template <typename Math>
-RK_HOST_DEVICE void store_group(TypedData data, int64_t first, int64_t n, bool whole_vector, const Math (&values)[4]) {
+RK_HOST_DEVICE void store_step(TypedData data, int64_t first, int64_t n, bool whole_step, const Math (&values)[kStep]) {
   visit_element_type(data.dtype, [&](auto tag) {
     using T = decltype(tag);
-    T* pointer = reinterpret_cast<T*>(data.address);
-    Vec4<T> group;
+    T* pointer = reinterpret_cast<T*>(data.address) + first;
+    if (whole_step) {
+      constexpr int kPerVector = 16 / sizeof(T);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) group.v[j] = from_math<T>(values[j]);
-    if (whole_vector) {
-      *reinterpret_cast<Vec4<T>*>(pointer + first) = group;
+      for (int vector = 0; vector < kStep; vector += kPerVector) {
+        Vec16<T> stored;
+#pragma unroll
+        for (int j = 0; j < kPerVector; ++j) stored.v[j] = from_math<T>(values[vector + j]);
+        store_vec16(pointer + vector, stored);
+      }
     } else {
-      for (int j = 0; j < 4 && first + j < n; ++j) pointer[first + j] = group.v[j];
+#pragma unroll
+      for (int j = 0; j < kStep; ++j) {
+        if (first + j < n) pointer[j] = from_math<T>(values[j]);
+      }
     }
   });
+}
+
+// The keep-or-zero multipliers of elements first .. first + 7 (first % 4 == 0): Philox calls
+// first / 4 and first / 4 + 1.
+template <typename Math>
+RK_HOST_DEVICE void step_multipliers(uint64_t seed, int64_t first, uint32_t drop_threshold, Math scale,
+                                     Math (&multiplier)[kStep]) {
+  const PhiloxWords calls[2] = {philox4x32(seed, static_cast<uint64_t>(first >> 2)),
+                                philox4x32(seed, static_cast<uint64_t>(first >> 2) + 1)};
+#pragma unroll
+  for (int j = 0; j < kStep; ++j) {
+    multiplier[j] = keep_element(calls[j / 4].word[j % 4], drop_threshold) ? scale : Math{0};
+  }
 }
 
 // out = residual + (x + bias) * keep / (1 - p) over n contiguous elements, for one thread.
 // Inputs: x (n), residual (n, optional), bias (bias_numel elements repeating along x, optional).
-// Bytes: reads x and residual and writes out once each. The thread takes groups of four
-// consecutive elements, first_group, first_group + stride, ...: one Philox call (7 rounds) each.
+// Bytes: reads x and residual and writes out once each. The thread takes steps of eight
+// consecutive elements, first_step, first_step + stride, ...: two Philox calls (7 rounds) each.
 template <typename Math, bool kHasResidual, bool kHasBias>
 RK_HOST_DEVICE void dropout_thread(TypedData x, TypedData residual, TypedData bias, uint64_t seed, TypedData out,
                                    int64_t n, int64_t bias_numel, uint32_t drop_threshold, Math scale,
-                                   bool vectorized, int64_t first_group, int64_t stride) {
-  const int64_t groups = ceil_div(n, 4);
-  // The bias column of each group's first element, advanced without a 64-bit modulo per group.
-  int64_t group_column = kHasBias ? (first_group * 4) % bias_numel : 0;
-  const int64_t column_step = kHasBias ? (stride * 4) % bias_numel : 0;
-  for (int64_t group = first_group; group < groups; group += stride) {
-    const PhiloxWords words = philox4x32(seed, static_cast<uint64_t>(group));
-    const int64_t first = group * 4;
-    const bool whole_vector = vectorized && first + 4 <= n;
-    // 1. Load four elements (one vector per tensor when aligned and whole).
-    Math value[4], residual_in[4];
-    load_group(x, first, n, whole_vector, value);
-    if (kHasResidual) load_group(residual, first, n, whole_vector, residual_in);
+                                   bool vectorized, int64_t first_step, int64_t stride) {
+  const int64_t steps = ceil_div(n, kStep);
+  // The bias column of each step's first element, advanced without a 64-bit modulo per step.
+  int64_t step_column = kHasBias ? (first_step * kStep) % bias_numel : 0;
+  const int64_t column_advance = kHasBias ? (stride * kStep) % bias_numel : 0;
+  for (int64_t step = first_step; step < steps; step += stride) {
+    const int64_t first = step * kStep;
+    const bool whole_step = vectorized && first + kStep <= n;
+    // 1. Load eight elements (16-byte vectors when aligned and whole), and their multipliers.
+    Math value[kStep], residual_in[kStep], multiplier[kStep];
+    load_step(x, first, n, whole_step, value);
+    if (kHasResidual) load_step(residual, first, n, whole_step, residual_in);
+    step_multipliers(seed, first, drop_threshold, scale, multiplier);
     // 2. (x + bias) * keep-or-zero scale + residual, in Math, rounded once.
-    int64_t column = group_column;
+    int64_t column = step_column;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < kStep; ++j) {
       if (kHasBias) {
         value[j] = add_rn(value[j], load_element<Math>(bias, column));
         column = column + 1 == bias_numel ? 0 : column + 1;
       }
-      value[j] = mul_rn(value[j], keep_element(words.word[j], drop_threshold) ? scale : Math{0});
+      value[j] = mul_rn(value[j], multiplier[j]);
       if (kHasResidual) value[j] = add_rn(value[j], residual_in[j]);
     }
     // 3. Store.
-    store_group(out, first, n, whole_vector, value);
+    store_step(out, first, n, whole_step, value);
     if (kHasBias) {
-      group_column += column_step;
-      if (group_column >= bias_numel) group_column -= bias_numel;
+      step_column += column_advance;
+      if (step_column >= bias_numel) step_column -= bias_numel;
     }
   }
 }
 
 // out = residual + x * keep[row] / (1 - p) for rows of row_size contiguous elements, for one thread
-// of block `block` (blocks_per_row blocks per row). keep[row] is the keep decision of element `row`.
-// A dropped row never reads x.
+// of block `block` (blocks_per_row blocks per row): eight consecutive elements, 16-byte vectors when
+// `vectorized` (every row 16-byte aligned). keep[row] is the keep decision of element `row`. A
+// dropped row never reads x.
 template <typename Math, bool kHasResidual>
 RK_HOST_DEVICE void drop_path_thread(TypedData x, TypedData residual, uint64_t seed, TypedData out, int64_t row_size,
-                                     int64_t blocks_per_row, uint32_t drop_threshold, Math scale, int64_t block,
-                                     int64_t thread) {
+                                     int64_t blocks_per_row, uint32_t drop_threshold, Math scale, bool vectorized,
+                                     int64_t block, int64_t thread) {
   const int64_t row = block / blocks_per_row;
+  const int64_t column = (block % blocks_per_row) * kDropPathElementsPerBlock + thread * kStep;
+  if (column >= row_size) return;
   const bool keep = keep_index(seed, static_cast<uint64_t>(row), drop_threshold);
-  const int64_t begin = (block % blocks_per_row) * kDropPathElementsPerBlock;
-  const int64_t end = begin + kDropPathElementsPerBlock < row_size ? begin + kDropPathElementsPerBlock : row_size;
-  visit_element_type(out.dtype, [&](auto tag) {
-    using TOut = decltype(tag);
-    for (int64_t column = begin + thread; column < end; column += kThreads) {
-      const int64_t i = row * row_size + column;
-      Math sum = keep ? mul_rn(load_element<Math>(x, i), scale) : Math{0};
-      if (kHasResidual) sum = add_rn(sum, load_element<Math>(residual, i));
-      reinterpret_cast<TOut*>(out.address)[i] = from_math<TOut>(sum);
-    }
-  });
+  const int64_t first = row * row_size + column, end = (row + 1) * row_size;
+  const bool whole_step = vectorized && column + kStep <= row_size;
+  Math value[kStep], residual_in[kStep];
+  if (keep) {
+    load_step(x, first, end, whole_step, value);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kStep; ++j) value[j] = Math{0};
+  }
+  if (kHasResidual) load_step(residual, first, end, whole_step, residual_in);
+#pragma unroll
+  for (int j = 0; j < kStep; ++j) {
+    if (keep) value[j] = mul_rn(value[j], scale);
+    if (kHasResidual) value[j] = add_rn(value[j], residual_in[j]);
+  }
+  store_step(out, first, end, whole_step, value);
 }
 
 // Backward of dropout_add with a bias, in one pass, for one thread: grad_x = grad * keep / (1 - p)
 // and its column sums. grad is (rows, columns) with columns % 4 == 0, so a Philox group never
-// straddles two rows. Block (column_block, row_block) covers kBiasBackwardColumns columns of rows
-// [row_block * rows_per_block, ...) and writes Math column sums to partial[row_block][columns].
-// Bytes: reads grad, writes grad_x once; partial is a few % of grad.
+// straddles two rows. Block (column_block, row_block) covers kBiasBackwardColumns columns, eight a
+// thread, of rows [row_block * rows_per_block, ...) and writes Math column sums to
+// partial[row_block][columns]. Bytes: reads grad, writes grad_x once; partial is a few % of grad.
 template <typename Math>
 RK_HOST_DEVICE void dropout_bias_backward_thread(TypedData grad, uint64_t seed, TypedData grad_x,
                                                  Math* __restrict__ partial, int64_t rows, int64_t columns,
                                                  int64_t rows_per_block, uint32_t drop_threshold, Math scale,
                                                  bool vectorized, int64_t column_block, int64_t row_block,
                                                  int64_t thread) {
-  const int64_t column = (column_block * kThreads + thread) * 4;
-  if (column >= columns) return;  // columns % 4 == 0: a thread's four columns are all in range
+  const int64_t column = (column_block * kBiasBackwardThreads + thread) * kStep;
+  if (column >= columns) return;
   const int64_t row_begin = row_block * rows_per_block;
   const int64_t row_end = row_begin + rows_per_block < rows ? row_begin + rows_per_block : rows;
-  const int64_t n = rows * columns;
-  Math column_sums[4] = {0, 0, 0, 0};
+  // columns % 4 == 0: the thread has four or eight columns in range, the same in every row.
+  const bool whole_step = vectorized && column + kStep <= columns;
+  Math column_sums[kStep] = {};
   for (int64_t row = row_begin; row < row_end; ++row) {
-    const int64_t first = row * columns + column;
-    const PhiloxWords words = philox4x32(seed, static_cast<uint64_t>(first >> 2));
-    Math value[4];
-    load_group(grad, first, n, vectorized, value);
+    const int64_t first = row * columns + column, end = (row + 1) * columns;
+    Math value[kStep], multiplier[kStep];
+    load_step(grad, first, end, whole_step, value);
+    step_multipliers(seed, first, drop_threshold, scale, multiplier);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      value[j] = mul_rn(value[j], keep_element(words.word[j], drop_threshold) ? scale : Math{0});
+    for (int j = 0; j < kStep; ++j) {
+      value[j] = mul_rn(value[j], multiplier[j]);
       column_sums[j] = add_rn(column_sums[j], value[j]);
     }
-    store_group(grad_x, first, n, vectorized, value);
+    store_step(grad_x, first, end, whole_step, value);
   }
-  for (int j = 0; j < 4; ++j) partial[row_block * columns + column + j] = column_sums[j];
+#pragma unroll
+  for (int j = 0; j < kStep; ++j) {
+    if (column + j < columns) partial[row_block * columns + column + j] = column_sums[j];
+  }
 }
 
 template <typename Math, bool kHasResidual, bool kHasBias>
@@ -207,9 +248,10 @@ __global__ void dropout_kernel(TypedData x, TypedData residual, TypedData bias, 
 
 template <typename Math, bool kHasResidual>
 __global__ void drop_path_kernel(TypedData x, TypedData residual, const int64_t* seed, TypedData out,
-                                 int64_t row_size, int64_t blocks_per_row, uint32_t drop_threshold, Math scale) {
+                                 int64_t row_size, int64_t blocks_per_row, uint32_t drop_threshold, Math scale,
+                                 bool vectorized) {
   drop_path_thread<Math, kHasResidual>(x, residual, static_cast<uint64_t>(*seed), out, row_size, blocks_per_row,
-                                       drop_threshold, scale, blockIdx.x, threadIdx.x);
+                                       drop_threshold, scale, vectorized, blockIdx.x, threadIdx.x);
 }
 
 template <typename Math>
@@ -256,10 +298,10 @@ TypedData typed(uintptr_t address, int dtype) {
   return TypedData{address, dtype};
 }
 
-// Whether every present tensor's data is aligned for four-element vectors of its own dtype.
-bool all_aligned_for_vec4(std::initializer_list<TypedData> tensors) {
+// Whether every present tensor's data is 16-byte aligned, and so is every row of `row_size` elements.
+bool all_aligned_for_vectors(std::initializer_list<TypedData> tensors, int64_t row_size = 0) {
   for (const TypedData& t : tensors) {
-    if (t.address != 0 && !aligned_for_vec4(t.address, element_size(t.dtype))) return false;
+    if (t.address != 0 && (t.address % 16 != 0 || (row_size * element_size(t.dtype)) % 16 != 0)) return false;
   }
   return true;
 }
@@ -282,8 +324,8 @@ void dropout(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype, u
   if (n <= 0) return;
   const TypedData x_data = typed(x, x_dtype), residual_data = typed(residual, residual_dtype);
   const TypedData bias_data = typed(bias, bias_dtype), out_data = typed(out, out_dtype);
-  const bool vectorized = all_aligned_for_vec4({x_data, residual_data, out_data});
-  const int64_t blocks = std::min(ceil_div(ceil_div(n, 4), kThreads), kMaxBlocks);
+  const bool vectorized = all_aligned_for_vectors({x_data, residual_data, out_data});
+  const int64_t blocks = std::min(ceil_div(ceil_div(n, kStep), kThreads), kMaxBlocks);
   dispatch_math(fp64_math, [&](auto math_tag) {
     using Math = decltype(math_tag);
     dispatch_residual_bias(residual != 0, bias != 0, [&](auto has_residual, auto has_bias) {
@@ -304,13 +346,14 @@ void drop_path(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dtype,
   if (rows * blocks_per_row > INT32_MAX) throw std::invalid_argument("recipe_kernels._C.drop_path: more than 2^31 blocks");
   const TypedData x_data = typed(x, x_dtype), residual_data = typed(residual, residual_dtype);
   const TypedData out_data = typed(out, out_dtype);
+  const bool vectorized = all_aligned_for_vectors({x_data, residual_data, out_data}, row_size);
   dispatch_math(fp64_math, [&](auto math_tag) {
     using Math = decltype(math_tag);
     dispatch_residual_bias(residual != 0, false, [&](auto has_residual, auto) {
       drop_path_kernel<Math, decltype(has_residual)::value>
           <<<static_cast<unsigned>(rows * blocks_per_row), kThreads, 0, as_stream(stream)>>>(
               x_data, residual_data, reinterpret_cast<const int64_t*>(seed), out_data, row_size, blocks_per_row,
-              drop_threshold, static_cast<Math>(scale));
+              drop_threshold, static_cast<Math>(scale), vectorized);
     });
   });
   check_launch("drop_path");
@@ -323,11 +366,11 @@ void dropout_bias_backward(uintptr_t grad, int grad_dtype, uintptr_t seed, uintp
   if (rows <= 0 || columns <= 0) return;
   check_bias_backward_blocking(columns, rows, rows_per_block, row_blocks);
   const TypedData grad_data = typed(grad, grad_dtype), grad_x_data = typed(grad_x, grad_x_dtype);
-  const bool vectorized = all_aligned_for_vec4({grad_data, grad_x_data});
+  const bool vectorized = all_aligned_for_vectors({grad_data, grad_x_data}, columns);
   const dim3 grid(static_cast<unsigned>(ceil_div(columns, kBiasBackwardColumns)), static_cast<unsigned>(row_blocks));
   dispatch_math(fp64_math, [&](auto math_tag) {
     using Math = decltype(math_tag);
-    dropout_bias_backward_kernel<Math><<<grid, kThreads, 0, as_stream(stream)>>>(
+    dropout_bias_backward_kernel<Math><<<grid, kBiasBackwardThreads, 0, as_stream(stream)>>>(
         grad_data, reinterpret_cast<const int64_t*>(seed), grad_x_data, reinterpret_cast<Math*>(partial), rows,
         columns, rows_per_block, drop_threshold, static_cast<Math>(scale), vectorized);
   });
@@ -342,7 +385,7 @@ void dropout_host(uintptr_t x, int x_dtype, uintptr_t residual, int residual_dty
                   uint32_t drop_threshold, double scale, bool fp64_math, int64_t blocks) {
   const TypedData x_data = typed(x, x_dtype), residual_data = typed(residual, residual_dtype);
   const TypedData bias_data = typed(bias, bias_dtype), out_data = typed(out, out_dtype);
-  const bool vectorized = all_aligned_for_vec4({x_data, residual_data, out_data});
+  const bool vectorized = all_aligned_for_vectors({x_data, residual_data, out_data});
   const uint64_t seed_value = static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(seed));
   dispatch_math(fp64_math, [&](auto math_tag) {
     using Math = decltype(math_tag);
@@ -363,6 +406,7 @@ void drop_path_host(uintptr_t x, int x_dtype, uintptr_t residual, int residual_d
   const int64_t blocks_per_row = ceil_div(row_size, kDropPathElementsPerBlock);
   const TypedData x_data = typed(x, x_dtype), residual_data = typed(residual, residual_dtype);
   const TypedData out_data = typed(out, out_dtype);
+  const bool vectorized = all_aligned_for_vectors({x_data, residual_data, out_data}, row_size);
   const uint64_t seed_value = static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(seed));
   dispatch_math(fp64_math, [&](auto math_tag) {
     using Math = decltype(math_tag);
@@ -371,7 +415,7 @@ void drop_path_host(uintptr_t x, int x_dtype, uintptr_t residual, int residual_d
         for (int64_t thread = 0; thread < kThreads; ++thread) {
           drop_path_thread<Math, decltype(has_residual)::value>(x_data, residual_data, seed_value, out_data, row_size,
                                                                  blocks_per_row, drop_threshold,
-                                                                 static_cast<Math>(scale), block, thread);
+                                                                 static_cast<Math>(scale), vectorized, block, thread);
         }
       }
     });
@@ -384,13 +428,13 @@ void dropout_bias_backward_host(uintptr_t grad, int grad_dtype, uintptr_t seed, 
   if (rows <= 0 || columns <= 0) return;
   check_bias_backward_blocking(columns, rows, rows_per_block, row_blocks);
   const TypedData grad_data = typed(grad, grad_dtype), grad_x_data = typed(grad_x, grad_x_dtype);
-  const bool vectorized = all_aligned_for_vec4({grad_data, grad_x_data});
+  const bool vectorized = all_aligned_for_vectors({grad_data, grad_x_data}, columns);
   const uint64_t seed_value = static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(seed));
   dispatch_math(fp64_math, [&](auto math_tag) {
     using Math = decltype(math_tag);
     for (int64_t column_block = 0; column_block < ceil_div(columns, kBiasBackwardColumns); ++column_block) {
       for (int64_t row_block = 0; row_block < row_blocks; ++row_block) {
-        for (int64_t thread = 0; thread < kThreads; ++thread) {
+        for (int64_t thread = 0; thread < kBiasBackwardThreads; ++thread) {
           dropout_bias_backward_thread<Math>(grad_data, seed_value, grad_x_data, reinterpret_cast<Math*>(partial),
                                              rows, columns, rows_per_block, drop_threshold, static_cast<Math>(scale),
                                              vectorized, column_block, row_block, thread);

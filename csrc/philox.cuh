@@ -51,9 +51,16 @@ RK_HOST_DEVICE bool keep_element(uint32_t word, uint32_t drop_threshold) {
   return (word >> (32 - kKeepBits)) >= drop_threshold;
 }
 
+// Word j (0..3) of `words`, by selects: indexing with a runtime j would put the words in local memory.
+RK_HOST_DEVICE uint32_t word_at(const PhiloxWords& words, uint64_t j) {
+  const uint32_t even = (j & 2) ? words.word[2] : words.word[0];
+  const uint32_t odd = (j & 2) ? words.word[3] : words.word[1];
+  return (j & 1) ? odd : even;
+}
+
 // The keep decision of the element with logical index `index`: word index & 3 of call index >> 2.
 RK_HOST_DEVICE bool keep_index(uint64_t seed, uint64_t index, uint32_t drop_threshold) {
-  return keep_element(philox4x32(seed, index >> 2).word[index & 3], drop_threshold);
+  return keep_element(word_at(philox4x32(seed, index >> 2), index & 3), drop_threshold);
 }
 
 }  // namespace recipe_kernels

@@ -54,3 +54,35 @@ def test_bytes_in_flight_cover_littles_law(rows):
 def test_grids_fill_the_gpu(rows):
     for row in rows:
         assert row["ctas"] >= MIN_CTAS_PER_SM * 132, row
+
+
+# ----------------------------------------------------------------------------- the CUDA kernels (_C)
+# Families whose CUDA kernels are held to the budgets (benchmarks/static_cuda.py reads _C's sm_90 code).
+CUDA_BUDGETED = ["dropout_kernel", "drop_path_kernel", "dropout_bias_backward_kernel", "combine_rows_kernel"]
+
+
+@pytest.fixture(scope="module")
+def cuda_rows():
+    import glob
+    if not glob.glob(os.path.join(ROOT, "recipe_kernels", "_C*.so")):
+        if os.environ.get("CI") == "true":
+            pytest.fail("recipe_kernels._C is not built next to the sources; CI builds it")
+        pytest.skip("recipe_kernels._C is not built here")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "static_cuda.py"), "--json"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    budgeted = [row for row in rows if any(f" {name}<" in f" {row['kernel']}" for name in CUDA_BUDGETED)]
+    assert {name for name in CUDA_BUDGETED if any(f" {name}<" in f" {row['kernel']}" for row in budgeted)} == \
+        set(CUDA_BUDGETED)
+    return budgeted
+
+
+def test_cuda_kernels_keep_everything_in_registers(cuda_rows):
+    for row in cuda_rows:
+        assert row["stack"] == 0 and row["local"] == 0 and row["local_accesses"] == 0, row
+
+
+def test_cuda_kernels_move_16_bytes_per_access(cuda_rows):
+    for row in cuda_rows:
+        assert row["widest_load_bits"] == 128 and row["widest_store_bits"] == 128, row
