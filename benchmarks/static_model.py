@@ -103,9 +103,10 @@ def _constexprs(kernel):
     return {names[key[0] if isinstance(key, tuple) else key]: value for key, value in kernel.src.constants.items()}
 
 
-def figures(launch) -> KernelFigures:
+def figures(launch, trip_counts=None) -> KernelFigures:
+    """trip_counts: the loops' trip counts when launch arguments, not constexprs, set them (Case.trip_counts)."""
     instructions = sass.disassemble(launch.kernel.asm["cubin"])
-    trips_of = KERNEL_LOOPS.get(launch.name)
+    trips_of = (lambda k: trip_counts) if trip_counts is not None else KERNEL_LOOPS.get(launch.name)
     loop_spans = sass.loops(instructions)
     known = True
     try:
@@ -139,12 +140,14 @@ def figures(launch) -> KernelFigures:
 @dataclasses.dataclass
 class Case:
     """One benchmarked call: `run` makes the launches, over `elements` useful elements moving
-    `minimal_bytes`; `dram_bytes(kernels, gpu)` refines that where the code re-reads (default: minimal)."""
+    `minimal_bytes`; `dram_bytes(kernels, gpu)` refines that where the code re-reads (default: minimal);
+    `trip_counts` maps a kernel's name to its loops' trip counts where runtime values set them."""
     name: str
     run: object
     elements: int
     minimal_bytes: int
     dram_bytes: object = None
+    trip_counts: dict = None
 
 
 def predict(case, kernels, gpu):
@@ -188,6 +191,50 @@ def _ce_dram_bytes(rows, classes, itemsize):
     return dram
 
 
+def _tile_taps(box_lengths, out_length, antialias, block):
+    """Per sample, the mean over tiles of `block` output indices of the largest window count (the Triton
+    kernel's tap-loop trip count, augment._filter_window), in its fp32 arithmetic."""
+    box = box_lengths.to(torch.float32)[:, None]
+    scale = box / out_length
+    support = torch.clamp(scale, min=1.0) if antialias else torch.ones_like(scale)
+    centre = scale * (torch.arange(out_length, dtype=torch.float32) + 0.5)
+    first = torch.clamp((centre - support + 0.5).to(torch.int32), min=0)
+    count = torch.minimum((centre + support + 0.5).to(torch.int32), box_lengths[:, None].to(torch.int32)) - first
+    padded = torch.nn.functional.pad(count, (0, -out_length % block))
+    return padded.reshape(len(box_lengths), -1, block).amax(-1).double().mean(-1)
+
+
+def _augment_cases(quick):
+    """Issue 14's workload: 256 uint8 3 x 480 x 480 images -> 224 x 224 normalised bf16, flipped, random crops
+    (RandomResizedCrop's defaults), antialias off and on. Minimal bytes: each crop's source pixels inside its
+    image read once, plus the output written once."""
+    from recipe_kernels import augment
+    n, channels, side, size = (32 if quick else 256), 3, 480, 224
+    mean, std = (0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)
+    sizes = torch.tensor([[side, side]]).expand(n, 2)
+    boxes, flip = augment.sample_crops(torch.tensor([14]), sizes, (0.08, 1.0), (3 / 4, 4 / 3), 0.5)
+    top, left, height, width = boxes.unbind(-1)
+    inside = (torch.minimum(top + height, torch.tensor(side)) - top.clamp(min=0)).clamp(min=0) * \
+        (torch.minimum(left + width, torch.tensor(side)) - left.clamp(min=0)).clamp(min=0)
+    elements = n * channels * size * size
+    minimal = int(channels * inside.sum()) + 2 * elements
+    result = []
+    for antialias in (False, True):
+        def crop(antialias=antialias):
+            images = torch.empty((n, channels, side, side), dtype=torch.uint8)
+            rk.resized_crop(images, boxes, size, flip=flip, antialias=antialias, mean=mean, std=std,
+                            out_dtype=torch.bfloat16, backend="triton")
+        taps_y = _tile_taps(height, size, antialias, augment.BLOCK_Y)
+        taps_x = _tile_taps(width, size, antialias, augment.BLOCK_X)
+        ty, tx, txy = float(taps_y.mean()), float(taps_x.mean()), float((taps_y * taps_x).mean())
+        # The SASS loops: each window total as an unrolled-by-4 loop and its remainder, then taps_y around taps_x.
+        trips = [ty / 4, ty % 4, tx / 4, tx % 4, ty, txy / ty]
+        result.append(Case(f"resized_crop uint8->bf16 norm {'antialias' if antialias else 'bilinear'} "
+                           f"{n}x3x480x480->224", crop, elements, minimal,
+                           trip_counts={"_resized_crop_kernel": trips}))
+    return result
+
+
 def cases(quick=False):
     result = []
     rows, cols = (8192, 8192)
@@ -226,6 +273,8 @@ def cases(quick=False):
                        lambda: rk.cutmix_or_mixup(_bf16(*images), torch.randint(0, 1000, (images[0],)), backend="triton"),
                        pixels, 4 * pixels))
 
+    result += _augment_cases(quick)
+
     params = 86_000_000 if not quick else 8_000_000
 
     def ema(params=params):
@@ -243,7 +292,8 @@ def run(quick=False, only=None):
             continue
         with StandInDriver() as driver:
             case.run()
-        kernels = [figures(launch) for launch in driver.launches if launch.name != "_ema_schedule_kernel"]
+        kernels = [figures(launch, (case.trip_counts or {}).get(launch.name)) for launch in driver.launches
+                   if launch.name != "_ema_schedule_kernel"]
         for gpu in GPUS:
             prediction = predict(case, kernels, gpu)
             for kernel in kernels:

@@ -76,6 +76,22 @@ void ema_decays_host(int64_t t, double decay, bool warmup, double warmup_gamma, 
 void ema_update_host(uintptr_t table, int64_t num_chunks, uintptr_t decays, int64_t chunk, int threads);
 void ema_schedule_host(uintptr_t num_updates, uintptr_t decays, double decay, bool warmup, double warmup_gamma,
                        double warmup_power, double min_decay, int64_t update_after_step, int64_t update_every);
+// csrc/augment.cu (declarations)
+void resized_crop(uintptr_t table, uintptr_t crop, uintptr_t flip, uintptr_t mean, uintptr_t std_dev, uintptr_t out,
+                  int64_t n, int64_t c, int64_t out_height, int64_t out_width, bool channels_last, bool antialias,
+                  int in_dtype, int out_dtype, uintptr_t stream);
+void batch_augment(uintptr_t table, uintptr_t crop, uintptr_t flip, uintptr_t mix_box, uintptr_t lam,
+                   uintptr_t partner, uintptr_t mode, uintptr_t erase_box, uintptr_t erase, uintptr_t fill,
+                   uintptr_t mean, uintptr_t std_dev, uintptr_t out, int64_t n, int64_t c, int64_t out_height,
+                   int64_t out_width, bool channels_last, bool antialias, int in_dtype, int out_dtype,
+                   uintptr_t stream);
+void resized_crop_host(uintptr_t table, uintptr_t crop, uintptr_t flip, uintptr_t mean, uintptr_t std_dev,
+                       uintptr_t out, int64_t n, int64_t c, int64_t out_height, int64_t out_width,
+                       bool channels_last, bool antialias, int in_dtype, int out_dtype);
+void batch_augment_host(uintptr_t table, uintptr_t crop, uintptr_t flip, uintptr_t mix_box, uintptr_t lam,
+                        uintptr_t partner, uintptr_t mode, uintptr_t erase_box, uintptr_t erase, uintptr_t fill,
+                        uintptr_t mean, uintptr_t std_dev, uintptr_t out, int64_t n, int64_t c, int64_t out_height,
+                        int64_t out_width, bool channels_last, bool antialias, int in_dtype, int out_dtype);
 }  // namespace recipe_kernels
 
 namespace {
@@ -243,6 +259,29 @@ PYBIND11_MODULE(_C, m) {
   m.def("ema_schedule_host", &recipe_kernels::ema_schedule_host, "ema_schedule's CUDA code run on the CPU",
         py::arg("num_updates"), py::arg("decays"), py::arg("decay"), py::arg("warmup"), py::arg("warmup_gamma"),
         py::arg("warmup_power"), py::arg("min_decay"), py::arg("update_after_step"), py::arg("update_every"));
+  // augment (bindings)
+  m.def("resized_crop", &recipe_kernels::resized_crop,
+        "per sample: crop, resize (bilinear, antialias), flip, normalise, cast; one launch", py::arg("table"),
+        py::arg("crop"), py::arg("flip"), py::arg("mean"), py::arg("std"), py::arg("out"), py::arg("n"), py::arg("c"),
+        py::arg("out_height"), py::arg("out_width"), py::arg("channels_last"), py::arg("antialias"),
+        py::arg("in_dtype"), py::arg("out_dtype"), py::arg("stream"));
+  m.def("batch_augment", &recipe_kernels::batch_augment,
+        "resized_crop, then MixUp/CutMix with the partner's crop, erasing, normalisation and the cast; one launch",
+        py::arg("table"), py::arg("crop"), py::arg("flip"), py::arg("mix_box"), py::arg("lam"), py::arg("partner"),
+        py::arg("mode"), py::arg("erase_box"), py::arg("erase"), py::arg("fill"), py::arg("mean"), py::arg("std"),
+        py::arg("out"), py::arg("n"), py::arg("c"), py::arg("out_height"), py::arg("out_width"),
+        py::arg("channels_last"), py::arg("antialias"), py::arg("in_dtype"), py::arg("out_dtype"), py::arg("stream"));
+  m.def("resized_crop_host", &recipe_kernels::resized_crop_host,
+        "resized_crop's CUDA code run on the CPU over the launcher's whole grid (CPU pointers and table)",
+        py::arg("table"), py::arg("crop"), py::arg("flip"), py::arg("mean"), py::arg("std"), py::arg("out"),
+        py::arg("n"), py::arg("c"), py::arg("out_height"), py::arg("out_width"), py::arg("channels_last"),
+        py::arg("antialias"), py::arg("in_dtype"), py::arg("out_dtype"));
+  m.def("batch_augment_host", &recipe_kernels::batch_augment_host,
+        "batch_augment's CUDA code run on the CPU over the launcher's whole grid (CPU pointers and table)",
+        py::arg("table"), py::arg("crop"), py::arg("flip"), py::arg("mix_box"), py::arg("lam"), py::arg("partner"),
+        py::arg("mode"), py::arg("erase_box"), py::arg("erase"), py::arg("fill"), py::arg("mean"), py::arg("std"),
+        py::arg("out"), py::arg("n"), py::arg("c"), py::arg("out_height"), py::arg("out_width"),
+        py::arg("channels_last"), py::arg("antialias"), py::arg("in_dtype"), py::arg("out_dtype"));
   m.def("philox4x32_host", &philox4x32_host, "Philox4x32 words on the CPU, from csrc/philox.cuh",
         py::arg("seed"), py::arg("counters"));
   m.def("keep_mask_host", &keep_mask_host, "dropout keep decisions on the CPU, from csrc/philox.cuh",

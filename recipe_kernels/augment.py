@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from recipe_kernels import _backend, reference
+from recipe_kernels._codes import DTYPE_CODES
 from recipe_kernels._ops import Op, launch
 from recipe_kernels._philox import draw_seed, philox4x32
 from recipe_kernels._triton_common import cdiv, round_to
@@ -55,19 +56,21 @@ def _filter_window(out_index, box_length, out_length, ANTIALIAS: tl.constexpr):
     centre = scale * (i + 0.5). The taps are crop pixels first .. first + count - 1, weight
     triangle((j - centre + 0.5) * inverse_scale); the support is max(scale, 1) with antialias,
     else 1 (plain bilinear). Returns (centre, first, count, inverse_scale, max_count), where
-    max_count (a scalar) bounds count for every output index of the sample.
+    max_count (a scalar) is the largest count in the tile, the trip count of the loops over taps
+    (a tap past an index's own count weighs 0 and adds an exact 0: any bound >= count gives the same bits).
     """
-    scale = box_length.to(tl.float32) / out_length.to(tl.float32)
+    # div_rn: Triton's `/` is an approximate divide on the GPU (div.full.f32) but exact in the interpreter.
+    scale = tl.math.div_rn(box_length.to(tl.float32), out_length.to(tl.float32))
     if ANTIALIAS:
         support = tl.maximum(scale, 1.0)
-        inverse_scale = tl.where(scale >= 1.0, 1.0 / scale, 1.0)
+        inverse_scale = tl.where(scale >= 1.0, tl.math.div_rn(support * 0.0 + 1.0, scale), 1.0)
     else:
         support = scale * 0.0 + 1.0
         inverse_scale = support
     centre = scale * (out_index.to(tl.float32) + 0.5)
     first = tl.maximum((centre - support + 0.5).to(tl.int32), 0)
     count = tl.minimum((centre + support + 0.5).to(tl.int32), box_length) - first
-    max_count = (support * 2.0).to(tl.int32) + 2
+    max_count = tl.max(count)
     return centre, first, count, inverse_scale, max_count
 
 
@@ -182,8 +185,8 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     output pixels, which share their filter weights.
 
     One pass with bounded loops: per output element, taps_y x taps_x loads and multiply-adds, where
-    taps = int(2 * support) + 2 per axis and sample (support = max(box/out, 1) with antialias, 1
-    without): 9 per element upscaling or without antialias, 16 at a 1.5x downscale, 25 at 2x.
+    taps is the tile's largest window per axis, about 2 * support + 1 (support = max(box/out, 1) with
+    antialias, 1 without): 4 per element upscaling or without antialias, 16 at a 1.5x downscale, 25 at 2x.
     The weights (a divide each) are computed per tap for a row or a column of the tile and shared
     by its channels: a 3 x 8 x 32 tile spends 8 + 32 weights per tap pair on 768 elements.
     Bytes per output element: the crop's source pixels come from DRAM about once (neighbouring
@@ -343,8 +346,29 @@ def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialia
     return out
 
 
+def _pointer(tensor):
+    return tensor.data_ptr() if tensor is not None else 0
+
+
+def _resized_crop_cuda_arguments(table, images, boxes, flip, mean, std, out, antialias):
+    """Every keyword argument of _C.resized_crop but the stream; the tests hand the same ones to
+    _C.resized_crop_host, which runs the kernel's thread code on CPU tensors. `table` is image_table(images)
+    (the caller keeps it alive)."""
+    n, channels, height, width = out.shape
+    return dict(table=table.data_ptr(), crop=boxes.data_ptr(),
+                flip=flip.data_ptr() if flip is not None else 0, mean=_pointer(mean), std=_pointer(std),
+                out=out.data_ptr(), n=n, c=channels, out_height=height, out_width=width,
+                channels_last=not out.is_contiguous(), antialias=antialias,
+                in_dtype=DTYPE_CODES[images[0].dtype], out_dtype=DTYPE_CODES[out.dtype])
+
+
 def _resized_crop_cuda(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last):
-    raise RuntimeError("recipe_kernels.resized_crop: the CUDA kernel is not built in; use backend='triton'")
+    out = _new_output(images, height, width, out_dtype, channels_last)
+    if out.numel() > 0:
+        table = image_table(images)
+        _backend._C.resized_crop(**_resized_crop_cuda_arguments(table, images, boxes, flip, mean, std, out, antialias),
+                                 stream=_backend.cuda_stream(out.device))
+    return out
 
 
 # ----------------------------------------------------------------------------- ops
@@ -400,8 +424,24 @@ def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase
     return out
 
 
-def _batch_augment_cuda(*args):
-    raise RuntimeError("recipe_kernels.nn.BatchAugment: the CUDA kernel is not built in; use backend='triton'")
+def _batch_augment_cuda_arguments(table, images, crop, flip, mix_box, lam, partner, mode, erase_box, erase, fill,
+                                  mean, std, out, antialias):
+    """Every keyword argument of _C.batch_augment but the stream (as _resized_crop_cuda_arguments)."""
+    return dict(**_resized_crop_cuda_arguments(table, images, crop, flip, mean, std, out, antialias),
+                mix_box=mix_box.data_ptr(), lam=lam.data_ptr(), partner=partner.data_ptr(), mode=mode.data_ptr(),
+                erase_box=_pointer(erase_box), erase=_pointer(erase), fill=fill.data_ptr())
+
+
+def _batch_augment_cuda(images, crop, flip, mix_box, lam, partner, mode, erase_box, erase, fill, mean, std,
+                        height, width, antialias, out_dtype, channels_last):
+    out = _new_output(images, height, width, out_dtype, channels_last)
+    if out.numel() > 0:
+        table = image_table(images)
+        _backend._C.batch_augment(**_batch_augment_cuda_arguments(table, images, crop, flip, mix_box, lam, partner,
+                                                                  mode, erase_box, erase, fill, mean, std, out,
+                                                                  antialias),
+                                  stream=_backend.cuda_stream(out.device))
+    return out
 
 
 batch_augment_op = Op("batch_augment", torch=_batch_augment_torch, triton=_batch_augment_triton,

@@ -1,7 +1,8 @@
 """python -m recipe_kernels.demo: the lecture's training recipe on scikit-learn's digits, through the package's ops.
 
 A small residual CNN trained with: linear warm-up then cosine learning rate; SGD with
-momentum and weight decay; per-sample CutMix/MixUp (nn.CutMixUp) feeding label-smoothed
+momentum and weight decay; per-sample RandomResizedCrop (a mild scale range, 0.6 to 1 of
+the 8x8 image) then CutMix/MixUp, in one nn.BatchAugment call, feeding label-smoothed
 cross-entropy on MixedTarget; dropout before the classifier; stochastic depth on every
 residual block with the linear drop_path_rates rule, through drop_path_residual (the branch
 runs on the kept samples only; --stochastic-depth subset, the default) or drop_path_add
@@ -34,6 +35,10 @@ from recipe_kernels import _backend
 NUM_CLASSES = 10
 LABEL_SMOOTHING = 0.1
 EMA_DECAY = 0.998
+# The package run crops each 8x8 digit to a random box of 0.6 to 1 of its area (aspect 3/4 to 4/3), resized back to
+# 8x8, unflipped (a mirrored digit is another glyph), before CutMix/MixUp: nn.BatchAugment, one call.
+DIGIT_SIDE = 8
+CROP_SCALE = (0.6, 1.0)
 # "mask": drop_path_add (the branch runs on every sample); "subset": drop_path_residual (on the kept ones).
 STOCHASTIC_DEPTH_MODES = ("mask", "subset")
 DEFAULT_STOCHASTIC_DEPTH = "subset"  # the faster on the CPU at the demo's rates (README, The demo)
@@ -199,7 +204,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     ema: "rk.ModelEMA | TorchEMA"
     use_package_ops: bool
-    mixer: "rk.nn.CutMixUp | None" = None
+    mixer: "rk.nn.BatchAugment | None" = None
     criterion: "rk.nn.CrossEntropyLoss | None" = None
     generator: "torch.Generator | None" = None  # the plain-torch CutMix/MixUp's
 
@@ -250,7 +255,8 @@ def train(use_package_ops: bool, args: argparse.Namespace, device: torch.device,
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     if use_package_ops:
         run = Run(model, optimizer, rk.ModelEMA(model, decay=EMA_DECAY, warmup=True), use_package_ops,
-                  mixer=rk.nn.CutMixUp(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, per_sample=True),
+                  mixer=rk.nn.BatchAugment(DIGIT_SIDE, scale=CROP_SCALE, hflip=0.0, mixup_alpha=0.8, cutmix_alpha=1.0,
+                                           prob=1.0, switch_prob=0.5),
                   criterion=rk.nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING))
     else:
         run = Run(model, optimizer, TorchEMA(model, EMA_DECAY), use_package_ops,
@@ -342,7 +348,7 @@ def plot(path: str, runs: dict[str, History]) -> None:
 
 DESCRIPTION = """\
 Trains a small residual CNN on scikit-learn's 8x8 digits with the lecture's recipe, through recipe_kernels:
-warm-up + cosine LR, Nesterov SGD, per-sample CutMix/MixUp, label-smoothed CE, dropout, drop path, EMA.
+warm-up + cosine LR, Nesterov SGD, per-sample crop + CutMix/MixUp, label-smoothed CE, dropout, drop path, EMA.
 """
 
 EPILOG = """\

@@ -1,0 +1,164 @@
+"""The CUDA augment kernel's own code (csrc/augment.cu), run on the CPU through _C's *_host entry points.
+
+augment_kernel's two steps (compute a block's pixels into shared memory, then store them) are
+__host__ __device__ functions of (block, thread); the host entry points run every thread of the
+launcher's grid on CPU tensors. Against the torch backend (torch's interpolate, the oracle) within
+the tolerances of tests/test_augment.py, and against the Triton kernel (the same fp32 steps) bit for bit.
+
+Output sizes: 7 x 9 (one partial 256-pixel block, no 16-byte stores: 63 pixels) and 16 x 20 (two
+blocks, the second partial, 16-byte stores: 320 pixels). Boxes are test_augment's: past two edges,
+1 x 1, the whole image downscaled almost 3x, a small box upscaled.
+"""
+import pytest
+import torch
+
+import recipe_kernels as rk
+from recipe_kernels import _backend, augment
+from conftest import BACKENDS
+from test_augment import BOXES, FLIP, HEIGHT, MEAN, STD, WIDTH, sample_images
+
+pytestmark = pytest.mark.skipif(_backend._C is None, reason=f"CUDA extension not built: {_backend.CUDA_EXTENSION_ERROR}")
+
+SIZES = [(7, 9), (16, 20)]
+
+
+def resized_crop_host(images, boxes, size, *, flip=None, mean=None, std=None, out_dtype=None, antialias=True,
+                      channels_last=False, sentinel=None):
+    """_C.resized_crop_host into a fresh output (full of `sentinel` when given, so a missed element shows)."""
+    batch = augment._check_images(images)
+    boxes = boxes.to(torch.int32).contiguous()
+    mean, std, out_dtype = augment._normalization(batch, mean, std, out_dtype)
+    out = augment._new_output(batch, *size, out_dtype, channels_last)
+    if sentinel is not None:
+        out.fill_(sentinel)
+    table = augment.image_table(batch)
+    _backend._C.resized_crop_host(**augment._resized_crop_cuda_arguments(table, batch, boxes, flip, mean, std, out,
+                                                                         antialias))
+    return out
+
+
+def assert_close_to_torch(got, expected):
+    if got.dtype == torch.uint8:  # both round fp32 half up; interpolate's sums may land across a .5
+        assert (got.int() - expected.int()).abs().max() <= 1
+    else:
+        tolerance = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[got.dtype]
+        torch.testing.assert_close(got.float(), expected.float(), rtol=tolerance, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype, out_dtype, normalise", [
+    (torch.uint8, torch.uint8, False), (torch.uint8, torch.bfloat16, True), (torch.float32, torch.float32, False),
+    (torch.float16, torch.float16, False), (torch.bfloat16, torch.float32, True)])
+@pytest.mark.parametrize("antialias", [True, False])
+def test_resized_crop_kernel_code_matches_the_torch_backend(size, channels_last, dtype, out_dtype, normalise,
+                                                            antialias):
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = sample_images(dtype).cpu().contiguous(memory_format=memory_format)
+    boxes = torch.tensor(BOXES)
+    flip = torch.tensor(FLIP)
+    norm = dict(mean=MEAN, std=STD) if normalise else {}
+    expected = rk.resized_crop(images, boxes, size, flip=flip, antialias=antialias, out_dtype=out_dtype,
+                               memory_format=memory_format, backend="torch", **norm)
+    for sentinel in ((0, 255) if out_dtype == torch.uint8 else (float("nan"),)):
+        got = resized_crop_host(images, boxes, size, flip=flip, out_dtype=out_dtype, antialias=antialias,
+                                channels_last=channels_last, sentinel=sentinel, **norm)
+        assert got.is_contiguous(memory_format=memory_format)
+        assert_close_to_torch(got, expected)
+
+
+def test_a_list_of_images_and_three_or_five_channels():
+    # Decoded images of different sizes and layouts (the table holds each one's strides); 5 channels run as a
+    # group of 4 and a masked group.
+    for channels in (3, 5):
+        images = [torch.rand(channels, 12, 14), torch.rand(channels, 15, 7).transpose(1, 2).contiguous().transpose(1, 2),
+                  torch.rand(channels, 9, 9)]
+        boxes = torch.tensor([[2, 1, 10, 12], [0, 2, 15, 4], [-1, -1, 11, 11]])
+        flip = torch.tensor([False, True, True])
+        for size, channels_last in (((6, 5), False), ((16, 20), True)):
+            expected = rk.resized_crop(images, boxes, size, flip=flip, backend="torch",
+                                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            got = resized_crop_host(images, boxes, size, flip=flip, channels_last=channels_last)
+            assert_close_to_torch(got, expected)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the triton backend")
+@pytest.mark.parametrize("dtype, out_dtype, normalise, antialias, channels_last", [
+    (torch.float32, torch.float32, False, True, False), (torch.uint8, torch.bfloat16, True, True, True),
+    (torch.uint8, torch.uint8, False, False, False)])
+def test_resized_crop_kernel_code_equals_the_triton_kernel_bit_for_bit(dtype, out_dtype, normalise, antialias,
+                                                                       channels_last):
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = sample_images(dtype).cpu()
+    boxes = torch.tensor(BOXES)
+    flip = torch.tensor(FLIP)
+    norm = dict(mean=MEAN, std=STD) if normalise else {}
+    size = SIZES[1]
+    expected = rk.resized_crop(images, boxes, size, flip=flip, antialias=antialias, out_dtype=out_dtype,
+                               memory_format=memory_format, backend="triton", **norm)
+    got = resized_crop_host(images, boxes, size, flip=flip, out_dtype=out_dtype, antialias=antialias,
+                            channels_last=channels_last, **norm)
+    assert torch.equal(got, expected)
+
+
+def batch_augment_host(images, size, params, mean, std, out_dtype, antialias, channels_last=False):
+    batch = augment._check_images(images)
+    mean, std, out_dtype = augment._normalization(batch, mean, std, out_dtype)
+    out = augment._new_output(batch, *size, out_dtype, channels_last).fill_(float("nan"))
+    table = augment.image_table(batch)
+    crop = params["crop"].to(torch.int32)  # held here: the entry point reads it through a raw pointer
+    _backend._C.batch_augment_host(**augment._batch_augment_cuda_arguments(
+        table, batch, crop, params["flip"], params["mix_box"], params["lam"],
+        params["partner"], params["mode"], params["erase_box"], params["erase"], params["fill"], mean, std, out,
+        antialias))
+    return out
+
+
+@pytest.mark.parametrize("antialias, channels_last", [(True, False), (False, True)])
+def test_batch_augment_kernel_code_equals_its_composition_and_the_triton_kernel(antialias, channels_last):
+    images = [sample_images(torch.uint8, 1, 10 + i, 12 - i, i)[0].cpu() for i in range(4)]
+    target = torch.tensor([3, 1, 4, 1])
+    size = (16, 20)
+    torch.manual_seed(5)
+    _, _, params = rk.augment.batch_augment(images, target, size, scale=(0.3, 1.0), erase_p=0.5,
+                                            erase_value=(10.0, 20.0, 30.0), mean=MEAN, std=STD,
+                                            out_dtype=torch.bfloat16, antialias=antialias, return_params=True,
+                                            backend="torch")
+    modes = set(params["mode"].tolist())
+    assert {int(rk.MixMode.MIXUP), int(rk.MixMode.CUTMIX)} <= modes and params["erase"].any()  # every path runs
+    got = batch_augment_host(images, size, params, MEAN, STD, torch.bfloat16, antialias, channels_last)
+    # The composition, its crop from this same kernel code: MixUp/CutMix, then erase + normalise + cast (torch).
+    crop = resized_crop_host(images, params["crop"], size, flip=params["flip"], out_dtype=torch.float32,
+                             antialias=antialias)
+    n = len(images)
+    mixed = rk.composite_batch(crop, params["mix_box"], params["lam"], params["partner"], params["mode"],
+                               backend="torch")
+    erase_mode = torch.where(params["erase"], int(rk.MixMode.ERASE), int(rk.MixMode.KEEP))
+    composed = rk.composite_batch(mixed, params["erase_box"], torch.ones(n), torch.arange(n), erase_mode,
+                                  fill=params["fill"], mean=MEAN, std=STD, out_dtype=torch.bfloat16, backend="torch")
+    assert torch.equal(got, composed)
+    if "triton" in BACKENDS:
+        expected = augment.batch_augment_op(
+            augment._check_images(images), params["crop"].to(torch.int32), params["flip"], params["mix_box"],
+            params["lam"], params["partner"], params["mode"], params["erase_box"], params["erase"], params["fill"],
+            torch.tensor(MEAN), torch.tensor(STD), *size, antialias, torch.bfloat16, channels_last, "triton")
+        assert torch.equal(got, expected)
+
+
+def test_too_many_channels_is_a_value_error_naming_the_limit():
+    images = torch.rand(1, 49, 4, 4)
+    with pytest.raises(ValueError, match="at most 48 channels, got 49"):
+        resized_crop_host(images, torch.tensor([[0, 0, 4, 4]]), (2, 2))
+
+
+def test_full_size_workload_geometry_in_one_sample():
+    # One 3 x 60 x 64 uint8 image to a 56 x 56 normalised bf16 crop (the workload's shape, scaled down):
+    # 13 blocks, 16-byte stores, antialias on a 1.07x downscale; against the torch backend.
+    images = torch.randint(0, 256, (1, 3, 60, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    boxes = torch.tensor([[2, 3, 58, 60]])
+    for channels_last in (False, True):
+        got = resized_crop_host(images, boxes, (56, 56), mean=MEAN, std=STD, out_dtype=torch.bfloat16,
+                                channels_last=channels_last)
+        expected = rk.resized_crop(images, boxes, 56, mean=MEAN, std=STD, out_dtype=torch.bfloat16, backend="torch",
+                                   memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        assert_close_to_torch(got, expected)
