@@ -40,10 +40,10 @@ void drop_path_residual_rows_host(uintptr_t a, uintptr_t b, uintptr_t index, uin
                                   int64_t row_size, float scale, int a_dtype, int b_dtype, int out_dtype);
 // csrc/cross_entropy.cu
 void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
-                       uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
-                       int64_t num_classes, int64_t inner_size, int64_t splits, int64_t ignore_index,
-                       float label_smoothing, bool per_row_scale, bool grad_of_target, int kind, int dtype,
-                       uintptr_t stream);
+                       uintptr_t denominator, uintptr_t grad_output, uintptr_t loss, uintptr_t grad, uintptr_t partial,
+                       int64_t rows, int64_t num_classes, int64_t inner_size, int64_t splits, int64_t num_partials,
+                       int64_t rows_per_partial, int64_t ignore_index, float label_smoothing, bool mean,
+                       int grad_output_kind, bool grad_of_target, int kind, int dtype, uintptr_t stream);
 void cross_entropy_scale_grad(uintptr_t grad, uintptr_t factor, int64_t n, int64_t num_classes, int64_t inner_size,
                               bool per_row, int dtype, uintptr_t stream);
 void cross_entropy_host(const float* x, const int64_t* target, const int64_t* target_b, const float* lam,
@@ -153,10 +153,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("a_dtype"), py::arg("b_dtype"), py::arg("out_dtype"));
   m.def("cross_entropy_fwd", &recipe_kernels::cross_entropy_fwd,
         "cross-entropy loss per row and, when grad != 0, its gradient (one pass over the logits)", py::arg("x"),
-        py::arg("target"), py::arg("target_b"), py::arg("lam"), py::arg("weight"), py::arg("grad_scale"),
-        py::arg("loss"), py::arg("grad"), py::arg("partial"), py::arg("rows"), py::arg("num_classes"),
-        py::arg("inner_size"), py::arg("splits"), py::arg("ignore_index"), py::arg("label_smoothing"),
-        py::arg("per_row_scale"), py::arg("grad_of_target"), py::arg("kind"), py::arg("dtype"), py::arg("stream"));
+        py::arg("target"), py::arg("target_b"), py::arg("lam"), py::arg("weight"), py::arg("denominator"),
+        py::arg("grad_output"), py::arg("loss"), py::arg("grad"), py::arg("partial"), py::arg("rows"),
+        py::arg("num_classes"), py::arg("inner_size"), py::arg("splits"), py::arg("num_partials"),
+        py::arg("rows_per_partial"), py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("mean"),
+        py::arg("grad_output_kind"), py::arg("grad_of_target"), py::arg("kind"), py::arg("dtype"), py::arg("stream"));
   m.def("cross_entropy_scale_grad", &recipe_kernels::cross_entropy_scale_grad,
         "grad *= factor in place (scalar or per row), skipping factors of exactly 1", py::arg("grad"),
         py::arg("factor"), py::arg("n"), py::arg("num_classes"), py::arg("inner_size"), py::arg("per_row"),

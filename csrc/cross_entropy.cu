@@ -166,13 +166,15 @@ struct CrossEntropyArgs {
   const int64_t* target_b;
   const float* lam;
   const float* weight;
-  const float* grad_scale;  // the gradient's factor: one value, or one per row when per_row_scale
+  float* denominator;  // index targets with mean: num_partials partial sums, then their total
+  const float* grad_output;  // one value or one per row (grad_output_kind), or none
   float* loss;
   void* grad;
   float* partial;
-  int64_t num_classes, inner_size, chunk_size, num_splits, ignore_index;
+  int64_t num_classes, inner_size, chunk_size, num_splits, num_partials, total_rows, ignore_index;
   float label_smoothing;
-  bool per_row_scale;
+  bool mean;  // the gradient is divided by the `mean` denominator
+  int grad_output_kind;
   bool grad_of_target;  // grad receives d loss / d target (probabilities) instead of d loss / d logits
 };
 
@@ -198,6 +200,50 @@ __device__ RowStats block_merge(RowStats stats) {
   }
   __syncthreads();
   return total;
+}
+
+// What multiplies grad_output besides the gradient (GRAD_OUTPUT of the Triton kernels).
+enum GradOutputKind : int { kNoGradOutput = 0, kScalarGradOutput = 1, kPerRowGradOutput = 2 };
+
+// The `mean` denominator: the summed partials of index targets (index_denominator_kernel), else the row count.
+__host__ __device__ inline float mean_denominator(const CrossEntropyArgs& a, int kind) {
+  if (kind != kIndexTarget) return static_cast<float>(a.total_rows);
+  float total = 0.f;
+  for (int64_t p = 0; p < a.num_partials; ++p) total += a.denominator[p];
+  return total;
+}
+
+// The factor of one row's gradient: 1 / the mean denominator (mean) times grad_output.
+__host__ __device__ inline float row_grad_scale(const CrossEntropyArgs& a, int kind, int64_t row) {
+  float scale = a.mean ? 1.f / mean_denominator(a, kind) : 1.f;
+  if (a.grad_output_kind == kScalarGradOutput) scale *= *a.grad_output;
+  if (a.grad_output_kind == kPerRowGradOutput) scale *= a.grad_output[row];
+  return scale;
+}
+
+constexpr int kDenominatorThreads = 256;
+
+// partial[p] = the summed weight w[y] (1 without weights) of the counted rows (y not ignore_index, in
+// [0, C)) among rows [p * rows_per_partial, (p + 1) * rows_per_partial); one block per partial.
+// Bytes: 8 per row of target, plus the weights gathered (cached).
+__global__ void __launch_bounds__(kDenominatorThreads) index_denominator_kernel(
+    const int64_t* target, const float* weight, float* partial, int64_t rows, int64_t num_classes,
+    int64_t ignore_index, int64_t rows_per_partial) {
+  __shared__ float per_warp[kDenominatorThreads / 32];
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * rows_per_partial;
+  const int64_t end = first + rows_per_partial < rows ? first + rows_per_partial : rows;
+  float total = 0.f;
+  for (int64_t r = first + threadIdx.x; r < end; r += kDenominatorThreads) {
+    const int64_t y = target[r];
+    if (y != ignore_index && y >= 0 && y < num_classes) total += weight == nullptr ? 1.f : weight[y];
+  }
+  for (int mask = 16; mask > 0; mask >>= 1) total += __shfl_xor_sync(0xffffffffu, total, mask);
+  if (threadIdx.x % 32 == 0) per_warp[threadIdx.x / 32] = total;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kDenominatorThreads / 32; ++w) total += per_warp[w];
+    partial[blockIdx.x] = total;
+  }
 }
 
 // What thread `thread` of a block gathers in sweep 1 over classes [start, end) of one row: groups of
@@ -240,7 +286,7 @@ __device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row, int
   const T* x = static_cast<const T*>(a.x);
   const T* q = reinterpret_cast<const T*>(a.target);
   T* grad = static_cast<T*>(a.grad);
-  const float grad_scale = a.per_row_scale ? a.grad_scale[row] : *a.grad_scale;
+  const float grad_scale = row_grad_scale(a, kKind, row);
   for (int64_t c = start + threadIdx.x; c < end; c += kThreads) {
     const int64_t offset = row_offset + c * a.inner_size;
     const float w = a.weight != nullptr ? a.weight[c] : 1.f;
@@ -256,7 +302,7 @@ __device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row, int
 // Cross-entropy of one row, or of one chunk of it when num_splits > 1; grid (rows, splits).
 // Inputs: logits as (N, C, inner_size), targets (int64 (rows,) indices; two of them and lam (N,) for
 // MixedTarget; or probabilities in the logits' dtype and layout), weight (fp32 (C,), optional),
-// grad_scale (fp32: one, or one per row). Outputs: loss (fp32 (rows,)), grad (logits' layout, optional,
+// the mean denominator's partial sums (index targets with mean), grad_output (fp32: none, one, or one per row). Outputs: loss (fp32 (rows,)), grad (logits' layout, optional,
 // may be x).
 // Bytes: one DRAM read of the row for sweep 1; sweep 2 re-reads it (from L2 while a block's row fits:
 // 512 threads work on one row at a time) and writes the gradient once; 8 B of target and 4 B of loss
@@ -268,6 +314,9 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_fwd_kernel(CrossEntrop
   const int64_t sample = row / a.inner_size;
   const int64_t row_offset = sample * a.num_classes * a.inner_size + row % a.inner_size;
   const T* x = static_cast<const T*>(a.x);
+  if (kKind == kIndexTarget && a.mean && row == 0 && split == 0 && threadIdx.x == 0) {
+    a.denominator[a.num_partials] = mean_denominator(a, kKind);  // the total, for the host's mean of the losses
+  }
   const RowCoefficients k = row_coefficients(kKind, a.target, a.target_b, a.lam, a.weight, row, sample,
                                              a.num_classes, a.ignore_index, a.label_smoothing);
   // The target logits are read before any gradient overwrites them.
@@ -339,21 +388,29 @@ __global__ void scale_gradient_kernel(T* grad, const float* factor, int64_t n, i
 }  // namespace
 
 void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
-                       uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
-                       int64_t num_classes, int64_t inner_size, int64_t splits, int64_t ignore_index,
-                       float label_smoothing, bool per_row_scale, bool grad_of_target, int kind, int dtype,
-                       uintptr_t stream) {
+                       uintptr_t denominator, uintptr_t grad_output, uintptr_t loss, uintptr_t grad, uintptr_t partial,
+                       int64_t rows, int64_t num_classes, int64_t inner_size, int64_t splits, int64_t num_partials,
+                       int64_t rows_per_partial, int64_t ignore_index, float label_smoothing, bool mean,
+                       int grad_output_kind, bool grad_of_target, int kind, int dtype, uintptr_t stream) {
   if (rows <= 0 || num_classes <= 0) return;
   if (rows > INT32_MAX) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: more than 2^31 rows");
   if (splits < 1 || splits > 65535) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: bad split count");
+  if (grad_output_kind < kNoGradOutput || grad_output_kind > kPerRowGradOutput) {
+    throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: unknown grad_output_kind");
+  }
   CrossEntropyArgs a{reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(target),
                      reinterpret_cast<const int64_t*>(target_b), reinterpret_cast<const float*>(lam),
-                     reinterpret_cast<const float*>(weight), reinterpret_cast<const float*>(grad_scale),
-                     reinterpret_cast<float*>(loss), reinterpret_cast<void*>(grad), reinterpret_cast<float*>(partial),
-                     num_classes, inner_size, ceil_div(num_classes, splits), splits, ignore_index, label_smoothing,
-                     per_row_scale, grad_of_target};
-  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
+                     reinterpret_cast<const float*>(weight), reinterpret_cast<float*>(denominator),
+                     reinterpret_cast<const float*>(grad_output), reinterpret_cast<float*>(loss),
+                     reinterpret_cast<void*>(grad), reinterpret_cast<float*>(partial), num_classes, inner_size,
+                     ceil_div(num_classes, splits), splits, num_partials, rows, ignore_index, label_smoothing, mean,
+                     grad_output_kind, grad_of_target};
   const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+  if (kind == kIndexTarget && mean) {
+    index_denominator_kernel<<<static_cast<unsigned>(num_partials), kDenominatorThreads, 0, cuda_stream>>>(
+        a.target, a.weight, a.denominator, rows, num_classes, ignore_index, rows_per_partial);
+  }
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
   dispatch_float_dtype(dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
     auto launch = [&](auto fwd, auto finish) {

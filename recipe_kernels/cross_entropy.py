@@ -35,6 +35,7 @@ by adding (old max - new max) times the summed weight so far.
 A class index outside [0, C) (other than ignore_index) is never used as an address: it
 turns a_a into NaN, so that row's loss and gradient are NaN.
 """
+import functools
 import struct
 from typing import Optional, Union
 
@@ -42,13 +43,18 @@ import torch
 import triton
 import triton.language as tl
 
-from recipe_kernels import _backend, reference
+from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._codes import TargetKind
-from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
+from recipe_kernels._ops import Op, launch
+from recipe_kernels._triton_common import cdiv, round_to
 from recipe_kernels.targets import MixedTarget
 
-# Target kinds (a constexpr of the kernels, an int of the CUDA launcher).
+# Target kinds: TARGET_KIND of the kernels (compared with these constexprs), `kind` of the CUDA launcher.
 INDEX, MIXED, PROBABILITIES = TargetKind.INDEX, TargetKind.MIXED, TargetKind.PROBABILITY
+INDEX_TARGET = tl.constexpr(int(TargetKind.INDEX))
+PROBABILITY_TARGET = tl.constexpr(int(TargetKind.PROBABILITY))
+# GRAD_OUTPUT of the kernels: what multiplies the gradient besides the mean's 1 / denominator.
+NO_GRAD_OUTPUT, SCALAR_GRAD_OUTPUT, PER_ROW_GRAD_OUTPUT = (tl.constexpr(code) for code in range(3))
 REDUCTIONS = ("none", "mean", "sum")
 # Classes per Triton block (a row longer than this loops); rows split over programs in
 # chunks of at least SPLIT_CHUNK classes when there are too few rows to fill the GPU.
@@ -61,6 +67,12 @@ SPLIT_CHUNK = 16384
 # sum w q (x - max), x[y_a], x[y_b].
 PARTIAL_FIELDS = 8
 SCALE_BLOCK = 2048
+# The `mean` denominator of index targets (_index_denominator_kernel): rows per block, and rows per
+# program before a second program is added, up to MAX_DENOMINATOR_PARTIALS programs (partial sums
+# that every main program adds up again, so few).
+DENOMINATOR_BLOCK = 1024
+DENOMINATOR_ROWS = 16384
+MAX_DENOMINATOR_PARTIALS = 64
 # float16 ends its normal range at 6.1e-5: a gradient stored in fp16 with the mean's 1/denominator
 # folded in, then multiplied by a loss scale (2^10 .. 2^16), has lost the bits of its small entries
 # (relative errors of 0.3 against float64). In fp16 the forward therefore computes the loss alone and
@@ -103,14 +115,14 @@ def _row_coefficients(target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample
     y_a = no_class
     y_b = no_class
     active = no_class == -1
-    if TARGET_KIND != 2:  # probabilities have no per-row class
+    if TARGET_KIND != PROBABILITY_TARGET:  # probabilities have no per-row class
         y_a = tl.load(target_ptr + row)
         in_range_a = (y_a >= 0) & (y_a < num_classes)
         if HAS_WEIGHT:
             w_a = tl.load(weight_ptr + y_a, mask=in_range_a, other=0.0)
         else:
             w_a = 1.0
-        if TARGET_KIND == 0:
+        if TARGET_KIND == INDEX_TARGET:
             active = y_a != ignore_index
             a_a = tl.where(active, tl.where(in_range_a, one_minus_eps * w_a, float("nan")), 0.0)
             beta = tl.where(active, beta, 0.0)
@@ -195,7 +207,7 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_
                           row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing, grad_scale,
                           BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
                           HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr,
-                          ACC: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+                          ACC: tl.constexpr):
     """grad_c = grad_scale (p_c K - a_a [c == y_a] - a_b [c == y_b] - beta w_c - (1-e) w_c q_c)
     over classes [start, end), all in ACC and rounded once; zero for an inactive row. With
     OF_TARGET (probability targets) the gradient with respect to q instead:
@@ -224,33 +236,82 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_
                 q = tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(ACC)
                 grad -= (1.0 - label_smoothing) * w * q
         grad = tl.where(active, grad * grad_scale, 0.0)
-        tl.store(grad_ptr + offsets, cast_to(grad, grad_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_row)
+        tl.store(grad_ptr + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_row)
 
 
 @triton.jit
-def _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE: tl.constexpr):
-    """The factor of this row's gradient: one value for all rows, or one per row."""
-    if PER_ROW_SCALE:
-        return tl.load(grad_scale_ptr + row)
-    return tl.load(grad_scale_ptr)
+def _reciprocal(value, ACC: tl.constexpr):
+    """1 / value rounded to nearest, as torch divides (Triton's fp32 `/` is approximate on the GPU)."""
+    if ACC == tl.float64:
+        return 1.0 / value
+    return tl.math.div_rn(tl.full([], 1.0, ACC), value)
+
+
+@triton.jit
+def _mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND: tl.constexpr,
+                      PARTIALS_BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """The `mean` denominator: for index targets the sum of the partial sums _index_denominator_kernel
+    wrote (the summed weight of counted rows), for the other targets the row count."""
+    if TARGET_KIND == INDEX_TARGET:
+        partials = tl.arange(0, PARTIALS_BLOCK)
+        return tl.sum(tl.load(denominator_ptr + partials, mask=partials < num_partials, other=0.0), 0)
+    return tl.zeros([], ACC) + total_rows
+
+
+@triton.jit
+def _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows, TARGET_KIND: tl.constexpr,
+                    MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, PARTIALS_BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """The factor of this row's gradient: 1 / the `mean` denominator (MEAN) times grad_output
+    (GRAD_OUTPUT: NO_GRAD_OUTPUT, one value, or one per row)."""
+    scale = tl.full([], 1.0, ACC)
+    if MEAN:
+        scale = _reciprocal(_mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND,
+                                              PARTIALS_BLOCK, ACC), ACC)
+    if GRAD_OUTPUT == SCALAR_GRAD_OUTPUT:
+        scale = scale * tl.load(grad_output_ptr).to(ACC)
+    elif GRAD_OUTPUT == PER_ROW_GRAD_OUTPUT:
+        scale = scale * tl.load(grad_output_ptr + row).to(ACC)
+    return scale
+
+
+@triton.jit
+def _index_denominator_kernel(target_ptr, weight_ptr, partial_ptr, rows, num_classes, ignore_index,
+                              rows_per_program, BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """partial[p] = the summed weight w[y] (1 without weights) of the counted rows (y not ignore_index,
+    in [0, C)) among rows [p * rows_per_program, (p + 1) * rows_per_program); grid (partials,).
+    Bytes: 8 per row of target, plus the weights gathered (cached)."""
+    first = tl.program_id(0).to(tl.int64) * rows_per_program
+    total = tl.zeros([BLOCK], ACC)
+    for offset in range(0, rows_per_program, BLOCK):
+        index = first + offset + tl.arange(0, BLOCK)
+        y = tl.load(target_ptr + index, mask=index < rows, other=0)
+        counted = (index < rows) & (y != ignore_index) & (y >= 0) & (y < num_classes)
+        if HAS_WEIGHT:
+            total += tl.load(weight_ptr + y, mask=counted, other=0.0)
+        else:
+            total += counted.to(ACC)
+    tl.store(partial_ptr + tl.program_id(0), tl.sum(total, 0))
 
 
 @triton.jit
 def _cross_entropy_fwd_kernel(
-        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
-        partial_ptr, num_classes, inner_size, chunk_size, ignore_index, label_smoothing: "fp64",
-        TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, OF_TARGET: tl.constexpr, SPLIT: tl.constexpr,
-        BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, ACC: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, grad_ptr,
+        partial_ptr, num_classes, inner_size, chunk_size, num_partials, total_rows, ignore_index,
+        label_smoothing: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+        WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
+        SPLIT: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
+        ACC: tl.constexpr):
     """Cross-entropy of one row (or of one chunk of it when SPLIT), grid (rows, splits).
 
     Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
     apart), the target (int64 (rows,) indices, two of them and lam (N,) for MixedTarget, or
-    probabilities of x's layout), class weights ((C,), optional), grad_scale (the gradient's
-    factor, grad_output / mean denominator, one value or one per row when PER_ROW_SCALE).
+    probabilities of x's layout), class weights ((C,), optional), the partial sums of the `mean`
+    denominator (index targets with MEAN; num_partials of them, from _index_denominator_kernel;
+    program (0, 0) stores their total after them, for the host's mean), grad_output (one value or
+    one per row, as GRAD_OUTPUT says; the gradient's factor is grad_output / the mean denominator).
     Outputs: loss ((rows,)) and, when WRITE_GRAD, grad in x's layout (may be x itself: each
     block is read before it is overwritten): the gradient with respect to the logits, or with
-    OF_TARGET to the probability target. The math, lam, weights, grad_scale, loss and partials
+    OF_TARGET to the probability target. The math, lam, weights, grad scale, loss and partials
     are in ACC: fp64 for fp64 logits, else fp32 (label_smoothing arrives as an fp64 and is
     rounded to ACC).
 
@@ -268,6 +329,10 @@ def _cross_entropy_fwd_kernel(
     """
     row, split, sample, row_offset = _program_row(num_classes, inner_size)
     label_smoothing = tl.full([], label_smoothing, ACC)
+    if MEAN and TARGET_KIND == INDEX_TARGET:
+        if (row == 0) & (split == 0):  # the denominator's total, for the host's mean of the losses
+            tl.store(denominator_ptr + num_partials,
+                     _mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND, PARTIALS_BLOCK, ACC))
     # 1. What the target asks of this row.
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
@@ -282,7 +347,7 @@ def _cross_entropy_fwd_kernel(
     # 2. Sweep 1: statistics of the row (or chunk).
     row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx = _chunk_statistics(
         x_ptr, target_ptr, weight_ptr, row_offset, inner_size, start, end,
-        BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, ACC)
+        BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING, ACC)
     if SPLIT:
         fields = partial_ptr + (row * tl.num_programs(1) + split) * 8
         tl.store(fields + 0, row_max)
@@ -299,23 +364,24 @@ def _cross_entropy_fwd_kernel(
         log_sum = tl.log(sum_exp)
         # 3. Loss of the row, then sweep 2: its gradient.
         loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
-                                            beta, active, label_smoothing, TARGET_KIND == 2)
+                                            beta, active, label_smoothing, TARGET_KIND == PROBABILITY_TARGET)
         tl.store(loss_ptr + row, loss)
         if WRITE_GRAD:
             _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                                   row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                                  _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK,
-                                  TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC, EMULATE_BF16_RTNE)
+                                  _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows, TARGET_KIND, MEAN,
+                                                  GRAD_OUTPUT, PARTIALS_BLOCK, ACC), BLOCK, BLOCKS_PER_CHUNK,
+                                  TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC)
 
 
 @triton.jit
 def _cross_entropy_split_finish_kernel(
-        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
-        partial_ptr, num_classes, inner_size, chunk_size, num_splits, ignore_index, label_smoothing: "fp64",
-        TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, OF_TARGET: tl.constexpr, BLOCK: tl.constexpr,
-        BLOCKS_PER_CHUNK: tl.constexpr, SPLITS_BLOCK: tl.constexpr, ACC: tl.constexpr,
-        EMULATE_BF16_RTNE: tl.constexpr):
+        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, grad_ptr,
+        partial_ptr, num_classes, inner_size, chunk_size, num_partials, total_rows, num_splits, ignore_index,
+        label_smoothing: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+        WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
+        BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
+        SPLITS_BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Second kernel of a split row, grid (rows, splits): merge the row's partial statistics,
     write its loss (split 0) and the gradient of this program's chunk.
 
@@ -352,7 +418,7 @@ def _cross_entropy_split_finish_kernel(
     x_b = tl.load(first + 7)
     log_sum = tl.log(sum_exp)
     loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
-                                        beta, active, label_smoothing, TARGET_KIND == 2)
+                                        beta, active, label_smoothing, TARGET_KIND == PROBABILITY_TARGET)
     if split == 0:
         tl.store(loss_ptr + row, loss)
     # 2. The gradient of this program's chunk.
@@ -361,13 +427,14 @@ def _cross_entropy_split_finish_kernel(
         end = tl.minimum(start + chunk_size, num_classes)
         _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                               row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                              _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK,
-                              TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC, EMULATE_BF16_RTNE)
+                              _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows, TARGET_KIND, MEAN,
+                                                  GRAD_OUTPUT, PARTIALS_BLOCK, ACC), BLOCK, BLOCKS_PER_CHUNK,
+                              TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC)
 
 
 @triton.jit
 def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_size,
-                           PER_ROW: tl.constexpr, BLOCK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+                           PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
     """grad *= factor in place, factor one value (PER_ROW=False) or one per row (rows,), in the
     factor's dtype (fp64 for fp64 gradients, else fp32).
 
@@ -386,93 +453,109 @@ def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_
         factor = tl.full([BLOCK], 1.0, factor_ptr.dtype.element_ty) * tl.load(factor_ptr)  # bool ops need a block
     needed = in_bounds & (factor != 1.0)
     grad = tl.load(grad_ptr + offsets, mask=needed, other=0.0).to(factor_ptr.dtype.element_ty)
-    tl.store(grad_ptr + offsets, cast_to(grad * factor, grad_ptr.dtype.element_ty, EMULATE_BF16_RTNE),
+    tl.store(grad_ptr + offsets, round_to(grad * factor, grad_ptr.dtype.element_ty),
              mask=needed)
 
 
-# ----------------------------------------------------------------------------- launchers
+# ----------------------------------------------------------------------------- implementations
+# Each op below has one implementation per backend, taking the op's arguments: the torch one
+# (reference.py's formulas), and the Triton and CUDA ones, which differ only in their launcher
+# (_cross_entropy_triton, _cross_entropy_cuda).
 
 
 def split_count(rows, num_classes, device):
     """How many programs share one row: 1 unless rows are too few to fill the GPU and C is long."""
     if num_classes < 2 * SPLIT_CHUNK:
         return 1
-    wanted = triton.cdiv(2 * _backend.sm_count(device), max(rows, 1))
-    return max(1, min(wanted, triton.cdiv(num_classes, SPLIT_CHUNK)))
+    wanted = cdiv(2 * _backend.sm_count(device), max(rows, 1))
+    return max(1, min(wanted, cdiv(num_classes, SPLIT_CHUNK)))
+
+
+def _power_of_two_at_least(n):
+    """The smallest power of two >= n (triton.next_power_of_2 is a constexpr_function: slow to call)."""
+    return 1 << (n - 1).bit_length()
 
 
 def _block_and_warps(num_classes):
-    block = max(16, min(MAX_BLOCK, triton.next_power_of_2(num_classes)))
+    block = max(16, min(MAX_BLOCK, _power_of_two_at_least(num_classes)))
     return block, 4
 
 
-def _cross_entropy_triton(x, target, target_b, lam, weight, grad_scale, loss, grad, ignore_index,
-                          label_smoothing, target_kind, splits, of_target):
+def _denominator_partials(rows):
+    """(programs, rows per program, block) of _index_denominator_kernel: one program per
+    DENOMINATOR_ROWS rows, at most MAX_DENOMINATOR_PARTIALS (each main program sums them all)."""
+    block = max(16, min(DENOMINATOR_BLOCK, _power_of_two_at_least(rows)))
+    programs = min(MAX_DENOMINATOR_PARTIALS, cdiv(rows, DENOMINATOR_ROWS))
+    rows_per_program = cdiv(cdiv(rows, programs), block) * block
+    return cdiv(rows, rows_per_program), rows_per_program, block
+
+
+def _grad_output_kind(grad_output):
+    if grad_output is None:
+        return NO_GRAD_OUTPUT.value
+    return SCALAR_GRAD_OUTPUT.value if grad_output.dim() == 0 else PER_ROW_GRAD_OUTPUT.value
+
+
+def _cross_entropy_triton(x, target, target_b, lam, weight, loss, grad, denominator, grad_output, ignore_index,
+                          label_smoothing, mean, target_kind, splits, of_target):
     num_classes = x.shape[1]
     rows = loss.numel()
     inner_size = x.numel() // (x.shape[0] * num_classes)
     block, num_warps = _block_and_warps(num_classes)
-    math_dtype = _math_dtype(x)
+    math_dtype = loss.dtype
+    acc = tl.float64 if math_dtype == torch.float64 else tl.float32
     if math_dtype == torch.float32:
         # The kernel rounds it to fp32 itself; rounded here too, HAS_SMOOTHING agrees (say for 1e-100).
         label_smoothing = struct.unpack("f", struct.pack("f", label_smoothing))[0]
-    chunk = triton.cdiv(triton.cdiv(num_classes, splits), block) * block
-    splits = triton.cdiv(num_classes, chunk)
-    partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=math_dtype,
-                          device=x.device)
-    args = (x, target, target_b if target_b is not None else target, lam if lam is not None else grad_scale,
-            weight if weight is not None else grad_scale, grad_scale, loss,
-            grad if grad is not None else x, partial, num_classes, inner_size, chunk)
-    flags = dict(TARGET_KIND=target_kind, HAS_WEIGHT=weight is not None, HAS_SMOOTHING=label_smoothing > 0.0,
-                 WRITE_GRAD=grad is not None, PER_ROW_SCALE=grad_scale.numel() > 1, OF_TARGET=of_target, BLOCK=block,
-                 BLOCKS_PER_CHUNK=chunk // block, ACC=tl.float64 if math_dtype == torch.float64 else tl.float32,
-                 EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=num_warps)
-    with _backend.device_guard(x.device):
-        _cross_entropy_fwd_kernel[(rows, splits)](*args, ignore_index, label_smoothing, SPLIT=splits > 1, **flags)
-        if splits > 1:
-            _cross_entropy_split_finish_kernel[(rows, splits)](
-                *args, splits, ignore_index, label_smoothing,
-                SPLITS_BLOCK=max(2, triton.next_power_of_2(splits)), **flags)
+    num_partials = 0
+    if denominator is not None:
+        num_partials, rows_per_program, denominator_block = _denominator_partials(rows)
+        launch(_index_denominator_kernel, (num_partials,), target, weight if weight is not None else denominator,
+               denominator, rows, num_classes, ignore_index, rows_per_program, num_warps=4, BLOCK=denominator_block,
+               HAS_WEIGHT=weight is not None, ACC=acc)
+    chunk = cdiv(cdiv(num_classes, splits), block) * block
+    splits = cdiv(num_classes, chunk)
+    partial = torch.empty((rows, splits, PARTIAL_FIELDS), dtype=math_dtype, device=x.device) if splits > 1 else loss
+    args = (x, target, target_b if target_b is not None else target, lam if lam is not None else loss,
+            weight if weight is not None else loss, denominator if denominator is not None else loss,
+            grad_output if grad_output is not None else loss, loss, grad if grad is not None else x, partial,
+            num_classes, inner_size, chunk, num_partials, rows)
+    flags = dict(TARGET_KIND=int(target_kind), HAS_WEIGHT=weight is not None, HAS_SMOOTHING=label_smoothing > 0.0,
+                 WRITE_GRAD=grad is not None, MEAN=mean, GRAD_OUTPUT=_grad_output_kind(grad_output),
+                 OF_TARGET=of_target)
+    sizes = dict(BLOCK=block, BLOCKS_PER_CHUNK=chunk // block,
+                 PARTIALS_BLOCK=max(2, _power_of_two_at_least(num_partials)), ACC=acc)
+    launch(_cross_entropy_fwd_kernel, (rows, splits), *args, ignore_index, label_smoothing, num_warps=num_warps,
+           **flags, SPLIT=splits > 1, **sizes)
+    if splits > 1:
+        launch(_cross_entropy_split_finish_kernel, (rows, splits), *args, splits, ignore_index, label_smoothing,
+               num_warps=num_warps, **flags, **sizes, SPLITS_BLOCK=max(2, _power_of_two_at_least(splits)))
 
 
-def _cross_entropy_cuda(x, target, target_b, lam, weight, grad_scale, loss, grad, ignore_index,
-                        label_smoothing, target_kind, splits, of_target):
+def _pointer(tensor):
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+def _cross_entropy_cuda(x, target, target_b, lam, weight, loss, grad, denominator, grad_output, ignore_index,
+                        label_smoothing, mean, target_kind, splits, of_target):
     num_classes = x.shape[1]
     rows = loss.numel()
-    partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=torch.float32,
-                          device=x.device)
-
-    def pointer(tensor):
-        return 0 if tensor is None else tensor.data_ptr()
-
+    partial = torch.empty((rows, splits, PARTIAL_FIELDS), dtype=torch.float32, device=x.device) if splits > 1 else None
+    num_partials, rows_per_partial, _ = _denominator_partials(rows) if denominator is not None else (0, 0, 0)
     if target_kind == PROBABILITIES:
         target = target.to(x.dtype)  # the CUDA kernels read probabilities in the logits' dtype
     # ... and write every gradient in it: the target's gradient passes through a buffer of that dtype.
     out = grad if grad is None or grad.dtype == x.dtype else torch.empty_like(grad, dtype=x.dtype)
     _backend._C.cross_entropy_fwd(
-        x.data_ptr(), target.data_ptr(), pointer(target_b), pointer(lam), pointer(weight),
-        grad_scale.data_ptr(), loss.data_ptr(), pointer(out), partial.data_ptr(), rows, num_classes,
-        x.numel() // (x.shape[0] * num_classes), splits, ignore_index, label_smoothing, grad_scale.numel() > 1,
-        of_target, target_kind, _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+        x=x.data_ptr(), target=target.data_ptr(), target_b=_pointer(target_b), lam=_pointer(lam),
+        weight=_pointer(weight), denominator=_pointer(denominator), grad_output=_pointer(grad_output),
+        loss=loss.data_ptr(), grad=_pointer(out), partial=_pointer(partial), rows=rows, num_classes=num_classes,
+        inner_size=x.numel() // (x.shape[0] * num_classes), splits=splits, num_partials=num_partials,
+        rows_per_partial=rows_per_partial, ignore_index=ignore_index, label_smoothing=label_smoothing, mean=mean,
+        grad_output_kind=_grad_output_kind(grad_output), grad_of_target=of_target, kind=int(target_kind),
+        dtype=_backend.CUDA_DTYPE_CODES[x.dtype], stream=_backend.cuda_stream(x.device))
     if out is not grad:
         grad.copy_(out)
-
-
-def _scale_gradient_triton(grad, factor, per_row):
-    num_classes = grad.shape[1]
-    inner_size = grad.numel() // (grad.shape[0] * num_classes)
-    with _backend.device_guard(grad.device):
-        _scale_gradient_kernel[(triton.cdiv(grad.numel(), SCALE_BLOCK),)](
-            grad, factor, grad.numel(), num_classes, inner_size, PER_ROW=per_row, BLOCK=SCALE_BLOCK,
-            EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=8)
-
-
-def _scale_gradient_cuda(grad, factor, per_row):
-    num_classes = grad.shape[1]
-    _backend._C.cross_entropy_scale_grad(
-        grad.data_ptr(), factor.data_ptr(), grad.numel(), num_classes,
-        grad.numel() // (grad.shape[0] * num_classes), per_row, _backend.CUDA_DTYPE_CODES[grad.dtype],
-        _backend.cuda_stream(grad.device))
 
 
 def _target_kind(target, target_b):
@@ -483,18 +566,6 @@ def _target_kind(target, target_b):
 
 def _row_shape(logits):
     return (logits.shape[0],) + tuple(logits.shape[2:])
-
-
-def _denominator(logits, target, target_b, weight, ignore_index):
-    """The `mean` denominator on the device: the summed weight of counted index targets, else rows."""
-    math_dtype = _math_dtype(logits)
-    if target_b is not None or target.is_floating_point():
-        return torch.full((), float(target.numel() // (target.shape[1] if target.is_floating_point() else 1)),
-                          dtype=math_dtype, device=logits.device)
-    counted = (target != ignore_index) & (target >= 0) & (target < logits.shape[1])
-    if weight is None:
-        return counted.sum(dtype=math_dtype)
-    return torch.where(counted, weight[target.clamp(0, logits.shape[1] - 1)], 0.0).sum(dtype=math_dtype)
 
 
 def _math_dtype(logits):
@@ -524,35 +595,50 @@ def _reduce(row_loss, denominator, reduction):
     return total / denominator if reduction == "mean" else total
 
 
-def _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-             backend, grad, splits, grad_output=None, of_target=False):
+def _forward_reference(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, grad,
+                       splits, grad_output, of_target):
+    """The torch backend of _forward_kernels (same arguments), from reference.cross_entropy_rows."""
+    math_dtype = _math_dtype(logits)
+    row_loss, row_grad, denominator = reference.cross_entropy_rows(
+        logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        target_b=target_b, lam=lam, math_dtype=math_dtype)
+    if grad is not None:
+        if of_target:
+            row_grad = reference.cross_entropy_target_gradient(
+                logits, weight=weight, label_smoothing=label_smoothing, math_dtype=math_dtype)
+        grad.copy_(_scaled_reference_gradient(row_grad, denominator, grad_output, reduction, target, target_b,
+                                              ignore_index))
+    return _reduce(row_loss, denominator, reduction)
+
+
+def _forward_kernels(launcher, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
+                     grad, splits, grad_output, of_target):
     """Reduced loss; writes the gradient into `grad` when it is not None, for grad_output (None: 1;
     a scalar, or one value per row for reduction="none"): with respect to the logits, or with
-    of_target to the probability target."""
+    of_target to the probability target. The `mean` denominator and the gradient's factor are
+    computed on the device by the launcher's kernels. Inputs contiguous (_contiguous_inputs)."""
     math_dtype = _math_dtype(logits)
-    if backend == "torch":
-        row_loss, row_grad, denominator = reference.cross_entropy_rows(
-            logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            target_b=target_b, lam=lam, math_dtype=math_dtype)
-        if grad is not None:
-            if of_target:
-                row_grad = reference.cross_entropy_target_gradient(
-                    logits, weight=weight, label_smoothing=label_smoothing, math_dtype=math_dtype)
-            grad.copy_(_scaled_reference_gradient(row_grad, denominator, grad_output, reduction, target, target_b,
-                                                  ignore_index))
-        return _reduce(row_loss, denominator, reduction)
-    denominator = _denominator(logits, target, target_b, weight, ignore_index)
-    grad_scale = (1.0 / denominator if reduction == "mean" else torch.ones((), device=logits.device)).to(math_dtype)
-    if grad_output is not None:  # one value per row when grad_output has one per row
-        grad_scale = grad_scale * grad_output.to(math_dtype)
     row_loss = torch.empty(_row_shape(logits), dtype=math_dtype, device=logits.device)
-    if row_loss.numel() > 0 and logits.shape[1] > 0:
-        launcher = _cross_entropy_triton if backend == "triton" else _cross_entropy_cuda
+    rows = row_loss.numel()
+    target_kind = _target_kind(target, target_b)
+    mean = reduction == "mean"
+    denominator = None  # index targets: partial sums of the counted weight, then their total
+    if mean and target_kind == INDEX and rows > 0:
+        denominator = torch.empty(_denominator_partials(rows)[0] + 1, dtype=math_dtype, device=logits.device)
+    if rows > 0:
         if splits <= 0:
-            splits = split_count(row_loss.numel(), logits.shape[1], logits.device)
-        launcher(logits, target, target_b, lam, weight, grad_scale.reshape(-1).contiguous(), row_loss, grad,
-                 ignore_index, label_smoothing, _target_kind(target, target_b), splits, of_target)
-    return _reduce(row_loss, denominator, reduction)
+            splits = split_count(rows, logits.shape[1], logits.device)
+        if grad_output is not None:
+            grad_output = grad_output.to(math_dtype)
+            grad_output = grad_output if grad_output.is_contiguous() else grad_output.contiguous()
+        launcher(logits, target, target_b, lam, weight, row_loss, grad, denominator, grad_output, ignore_index,
+                 label_smoothing, mean, target_kind, splits, of_target)
+    if reduction == "none":
+        return row_loss
+    total = row_loss.sum()
+    if not mean:
+        return total
+    return total / (denominator[-1] if denominator is not None else rows)
 
 
 def _contiguous_inputs(logits, target, target_b, lam, weight):
@@ -563,22 +649,123 @@ def _contiguous_inputs(logits, target, target_b, lam, weight):
             None if weight is None else weight.to(math_dtype).contiguous())
 
 
-# ----------------------------------------------------------------------------- registration
-# Four ops: the loss alone (no gradient wanted); the loss writing the gradient into a given
-# buffer; the loss writing the gradient over the logits; a probability target's gradient into a
-# given buffer. The gradient-writing ops mutate a tensor, which register_autograd does not accept,
-# so the autograd.Functions below carry the autograd formulas (torch.compile traces them).
-# `splits` <= 0 picks the split count.
+_FORWARDS = dict(torch=_forward_reference, triton=functools.partial(_forward_kernels, _cross_entropy_triton),
+                 cuda=functools.partial(_forward_kernels, _cross_entropy_cuda))
 
 
-@torch.library.custom_op("recipe_kernels::cross_entropy", mutates_args=())
-def cross_entropy_op(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
-                     lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
-                     reduction: str, label_smoothing: float, backend: str, splits: int = 0) -> torch.Tensor:
-    """The loss (fp64 for fp64 logits, else fp32): a scalar, or the target's row shape for reduction="none"."""
+def _loss(forward, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, splits):
     logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
-    return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
-                    None, splits)
+    return forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, None, splits,
+                   None, False)
+
+
+def _loss_with_grad(forward, logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
+                    splits, grad_output):
+    logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
+    return forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, grad, splits,
+                   grad_output, False)
+
+
+def _loss_inplace(forward, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, splits,
+                  grad_output):
+    _, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
+    return forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, logits, splits,
+                   grad_output, False)
+
+
+def _target_grad(forward, logits, grad, target, weight, reduction, label_smoothing, splits, grad_output):
+    logits, target, _, _, weight = _contiguous_inputs(logits, target, None, None, weight)
+    forward(logits, target, None, None, weight, -100, reduction, label_smoothing, grad, splits, grad_output, True)
+
+
+def _kernel_implementations(body):
+    """The triton and cuda entries of an op's table: `body` with that backend's forward."""
+    return dict(triton=functools.partial(body, _FORWARDS["triton"]), cuda=functools.partial(body, _FORWARDS["cuda"]))
+
+
+# The torch implementations carry the ops' schemas (their type hints). `splits` <= 0 picks the split count.
+
+
+def _loss_torch(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
+                lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
+                label_smoothing: float, splits: int) -> torch.Tensor:
+    """The loss (fp64 for fp64 logits, else fp32): a scalar, or the target's row shape for reduction="none"."""
+    return _loss(_forward_reference, logits, target, target_b, lam, weight, ignore_index, reduction,
+                 label_smoothing, splits)
+
+
+def _loss_with_grad_torch(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor,
+                          target_b: Optional[torch.Tensor], lam: Optional[torch.Tensor],
+                          weight: Optional[torch.Tensor], ignore_index: int, reduction: str, label_smoothing: float,
+                          splits: int, grad_output: Optional[torch.Tensor]) -> torch.Tensor:
+    """The loss; writes d loss / d logits for grad_output (None: 1) into `grad` (contiguous, logits' shape)."""
+    return _loss_with_grad(_forward_reference, logits, grad, target, target_b, lam, weight, ignore_index, reduction,
+                           label_smoothing, splits, grad_output)
+
+
+def _loss_inplace_torch(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
+                        lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
+                        reduction: str, label_smoothing: float, splits: int,
+                        grad_output: Optional[torch.Tensor]) -> torch.Tensor:
+    """The loss; overwrites the (contiguous) logits with d loss / d logits for grad_output (None: 1)."""
+    return _loss_inplace(_forward_reference, logits, target, target_b, lam, weight, ignore_index, reduction,
+                         label_smoothing, splits, grad_output)
+
+
+def _target_grad_torch(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
+                       reduction: str, label_smoothing: float, splits: int,
+                       grad_output: Optional[torch.Tensor]) -> None:
+    """Writes d loss / d target of probability targets (contiguous, the target's shape) into `grad`, for
+    grad_output (None: 1): -(1 - e) w_c log p_c per element, reduced like the loss. The row's log-sum-exp
+    comes from the logits in the same pass."""
+    _target_grad(_forward_reference, logits, grad, target, weight, reduction, label_smoothing, splits, grad_output)
+
+
+def _scale_grad_torch(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
+    """grad *= grad_output in place: a scalar, or one value per row (reduction="none")."""
+    math_dtype = _math_dtype(grad)
+    shape = (grad.shape[0], 1) + tuple(grad.shape[2:]) if grad_output.dim() > 0 else ()
+    grad.copy_(grad.to(math_dtype) * grad_output.to(math_dtype).reshape(shape))
+
+
+def _scale_grad_triton(grad, grad_output):
+    if grad.numel() == 0:
+        return
+    num_classes = grad.shape[1]
+    factor = grad_output.to(_math_dtype(grad))
+    factor = factor if factor.is_contiguous() else factor.contiguous()
+    launch(_scale_gradient_kernel, (cdiv(grad.numel(), SCALE_BLOCK),), grad, factor, grad.numel(), num_classes,
+           grad.numel() // (grad.shape[0] * num_classes), num_warps=8, PER_ROW=grad_output.dim() > 0,
+           BLOCK=SCALE_BLOCK)
+
+
+def _scale_grad_cuda(grad, grad_output):
+    if grad.numel() == 0:
+        return
+    num_classes = grad.shape[1]
+    factor = grad_output.to(torch.float32).contiguous()
+    _backend._C.cross_entropy_scale_grad(
+        grad=grad.data_ptr(), factor=factor.data_ptr(), n=grad.numel(), num_classes=num_classes,
+        inner_size=grad.numel() // (grad.shape[0] * num_classes), per_row=grad_output.dim() > 0,
+        dtype=_backend.CUDA_DTYPE_CODES[grad.dtype], stream=_backend.cuda_stream(grad.device))
+
+
+# ----------------------------------------------------------------------------- ops
+# Five ops: the loss alone (no gradient wanted); the loss writing the gradient into a given buffer;
+# the loss writing the gradient over the logits; a probability target's gradient into a given
+# buffer; the in-place scaling of a gradient by grad_output. The gradient-writing ops mutate a
+# tensor, which register_autograd does not accept, so the autograd.Functions below carry the
+# autograd formulas (torch.compile traces them).
+
+cross_entropy_op = Op("cross_entropy", torch=_loss_torch, **_kernel_implementations(_loss))
+cross_entropy_with_grad_op = Op("cross_entropy_with_grad_", torch=_loss_with_grad_torch,
+                                **_kernel_implementations(_loss_with_grad), mutates_args=("grad",))
+cross_entropy_inplace_op = Op("cross_entropy_inplace_", torch=_loss_inplace_torch,
+                              **_kernel_implementations(_loss_inplace), mutates_args=("logits",))
+cross_entropy_target_grad_op = Op("cross_entropy_target_grad_", torch=_target_grad_torch,
+                                  **_kernel_implementations(_target_grad), mutates_args=("grad",))
+scale_grad_op = Op("cross_entropy_scale_grad_", torch=_scale_grad_torch, triton=_scale_grad_triton,
+                   cuda=_scale_grad_cuda, mutates_args=("grad",))
 
 
 def _fake_loss(logits, reduction):
@@ -587,75 +774,24 @@ def _fake_loss(logits, reduction):
 
 
 @cross_entropy_op.register_fake
-def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0):
+def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, splits, backend):
     return _fake_loss(logits, reduction)
-
-
-@torch.library.custom_op("recipe_kernels::cross_entropy_with_grad_", mutates_args=("grad",))
-def cross_entropy_with_grad_op(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor,
-                               target_b: Optional[torch.Tensor], lam: Optional[torch.Tensor],
-                               weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
-                               label_smoothing: float, backend: str, splits: int = 0,
-                               grad_output: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The loss; writes d loss / d logits for grad_output (None: 1) into `grad` (contiguous, logits' shape)."""
-    logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
-    return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
-                    grad, splits, grad_output)
 
 
 @cross_entropy_with_grad_op.register_fake
-def _(logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0,
-      grad_output=None):
+def _(logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, splits, grad_output,
+      backend):
     return _fake_loss(logits, reduction)
-
-
-@torch.library.custom_op("recipe_kernels::cross_entropy_inplace_", mutates_args=("logits",))
-def cross_entropy_inplace_op(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
-                             lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
-                             reduction: str, label_smoothing: float, backend: str, splits: int = 0,
-                             grad_output: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The loss; overwrites the (contiguous) logits with d loss / d logits for grad_output (None: 1)."""
-    _, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
-    return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
-                    logits, splits, grad_output)
 
 
 @cross_entropy_inplace_op.register_fake
-def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0,
-      grad_output=None):
+def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, splits, grad_output, backend):
     return _fake_loss(logits, reduction)
 
 
-@torch.library.custom_op("recipe_kernels::cross_entropy_target_grad_", mutates_args=("grad",))
-def cross_entropy_target_grad_op(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor,
-                                 weight: Optional[torch.Tensor], reduction: str, label_smoothing: float, backend: str,
-                                 splits: int = 0, grad_output: Optional[torch.Tensor] = None) -> None:
-    """Writes d loss / d target of probability targets (contiguous, the target's shape) into `grad`, for
-    grad_output (None: 1): -(1 - e) w_c log p_c per element, reduced like the loss. The row's log-sum-exp
-    comes from the logits in the same pass."""
-    logits, target, _, _, weight = _contiguous_inputs(logits, target, None, None, weight)
-    _forward(logits, target, None, None, weight, -100, reduction, label_smoothing, backend, grad, splits,
-             grad_output, of_target=True)
-
-
 @cross_entropy_target_grad_op.register_fake
-def _(logits, grad, target, weight, reduction, label_smoothing, backend, splits=0, grad_output=None):
+def _(logits, grad, target, weight, reduction, label_smoothing, splits, grad_output, backend):
     return None
-
-
-@torch.library.custom_op("recipe_kernels::cross_entropy_scale_grad_", mutates_args=("grad",))
-def scale_grad_op(grad: torch.Tensor, grad_output: torch.Tensor, backend: str) -> None:
-    """grad *= grad_output in place: a scalar, or one value per row (reduction="none")."""
-    per_row = grad_output.dim() > 0
-    math_dtype = _math_dtype(grad)
-    factor = grad_output.to(math_dtype).contiguous()
-    if backend == "torch" or grad.numel() == 0:
-        shape = (grad.shape[0], 1) + tuple(grad.shape[2:]) if per_row else ()
-        grad.copy_(grad.to(math_dtype) * factor.reshape(shape))
-    elif backend == "triton":
-        _scale_gradient_triton(grad, factor, per_row)
-    else:
-        _scale_gradient_cuda(grad, factor, per_row)
 
 
 @scale_grad_op.register_fake
@@ -720,8 +856,7 @@ def _target_gradient(ctx, grad_loss):
     logits, target, _, _, weight = _held_inputs(ctx)
     _, reduction, label_smoothing = ctx.options
     grad = torch.empty_like(target, memory_format=torch.contiguous_format)
-    cross_entropy_target_grad_op(logits, grad, target, weight, reduction, label_smoothing, ctx.backend,
-                                 grad_output=grad_loss)
+    cross_entropy_target_grad_op(logits, grad, target, weight, reduction, label_smoothing, 0, grad_loss, ctx.backend)
     return grad
 
 
@@ -739,11 +874,11 @@ def _gradient_written_in_backward(ctx, grad_loss):
     ignore_index, reduction, label_smoothing = ctx.options
     if ctx.gradient_into_logits:
         cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                 ctx.backend, grad_output=grad_loss)
+                                 0, grad_loss, ctx.backend)
         return logits.detach()
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
     cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
-                               label_smoothing, ctx.backend, grad_output=grad_loss)
+                               label_smoothing, 0, grad_loss, ctx.backend)
     return grad
 
 
@@ -786,11 +921,11 @@ class CrossEntropyFunction(torch.autograd.Function):
         if ctx.gradient_written:
             grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
             loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
-                                              label_smoothing, backend)
+                                              label_smoothing, 0, None, backend)
             ctx.save_for_backward(grad)
         else:
             loss = cross_entropy_op(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                    backend)
+                                    0, backend)
         _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend)
         ctx.gradient_into_logits = gradient_into_logits
         ctx.overwrote_logits = False
@@ -812,7 +947,7 @@ class CrossEntropyInplaceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
         loss = cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction,
-                                        label_smoothing, backend)
+                                        label_smoothing, 0, None, backend)
         ctx.mark_dirty(logits)
         ctx.save_for_backward(logits)
         ctx.backend = backend
@@ -836,7 +971,7 @@ class CrossEntropyInplaceViewFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
         loss = cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction,
-                                        label_smoothing, backend)
+                                        label_smoothing, 0, None, backend)
         ctx.save_for_backward(logits)
         ctx.backend = backend
         ctx.gradient_written = ctx.overwrote_logits = True
@@ -850,19 +985,8 @@ class CrossEntropyInplaceViewFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------- public API
 
 
-def _check_label_smoothing(label_smoothing):
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        raise TypeError(f"label_smoothing must be a Python float, got {type(label_smoothing).__name__}")
-    if not 0.0 <= label_smoothing <= 1.0:  # also rejects NaN
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    return float(label_smoothing)
-
-
 def _check_logits(logits):
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if logits.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"logits must be float32, float16, bfloat16 or float64, got {logits.dtype}")
+    _checks.floating(logits, "logits", FLOAT_DTYPES)
     if logits.dim() < 2:
         raise ValueError(f"logits must have shape (N, C) or (N, C, d1, ..., dk), got {tuple(logits.shape)}; "
                          "for a single sample use logits[None]")
@@ -886,8 +1010,7 @@ def _check_target(logits, target):
         return target.y_a, target.y_b, target.per_sample_lam()
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a tensor or a MixedTarget, got {type(target).__name__}")
-    if target.device != logits.device:
-        raise ValueError(f"target is on {target.device} but logits are on {logits.device}")
+    _checks.same_device(target, "target", logits, "logits")
     if target.is_floating_point():
         if target.dim() != logits.dim() or target.shape[0] != logits.shape[0] or \
                 tuple(target.shape[2:]) != tuple(logits.shape[2:]):
@@ -895,8 +1018,7 @@ def _check_target(logits, target):
         if target.shape[1] != logits.shape[1]:
             raise ValueError(f"probability target has {target.shape[1]} classes but logits have "
                              f"{logits.shape[1]}")
-        if target.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"probability target must be float32, float16, bfloat16 or float64, got {target.dtype}")
+        _checks.floating(target, "probability target", FLOAT_DTYPES)
         return target, None, None
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         raise TypeError(f"class-index target must be an integer tensor, got {target.dtype}")
@@ -979,7 +1101,7 @@ def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget],
     _check_logits(logits)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    label_smoothing = _check_label_smoothing(label_smoothing)
+    label_smoothing = _checks.probability(label_smoothing, "label_smoothing")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if not -2**63 <= ignore_index < 2**63:
@@ -989,8 +1111,7 @@ def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget],
         if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or weight.shape[0] != num_classes:
             shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
             raise ValueError(f"weight must be a 1-D tensor of {num_classes} class weights, got {shape}")
-        if weight.device != logits.device:
-            raise ValueError(f"weight is on {weight.device} but logits are on {logits.device}")
+        _checks.same_device(weight, "weight", logits, "logits")
         if weight.requires_grad and torch.is_grad_enabled():
             raise ValueError("gradients with respect to weight are not supported (torch has none either); "
                              "pass weight.detach()")
@@ -1009,7 +1130,7 @@ def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget],
     lam = None if lam is None else lam.to(_math_dtype(logits))
     target_needs_grad = y_a.requires_grad  # only probabilities can
     if not (torch.is_grad_enabled() and (logits.requires_grad or target_needs_grad)):
-        return cross_entropy_op(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, backend)
+        return cross_entropy_op(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, 0, backend)
     if inplace_backward and logits.requires_grad and logits.is_contiguous():
         if (logits if logits._base is None else logits._base).is_leaf:  # torch refuses in-place writes to leaves
             raise ValueError("inplace_backward=True would overwrite a leaf tensor that requires grad (the logits "

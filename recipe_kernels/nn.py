@@ -105,12 +105,13 @@ class CrossEntropyLoss(torch.nn.Module):
                  ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
                  label_smoothing: float = 0.0, *, inplace_backward: bool = False):
         super().__init__()
-        from recipe_kernels.cross_entropy import REDUCTIONS, _check_label_smoothing
+        from recipe_kernels import _checks
+        from recipe_kernels.cross_entropy import REDUCTIONS
         if size_average is not None or reduce is not None:
             reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)  # warns as torch does
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        label_smoothing = _check_label_smoothing(label_smoothing)  # a Python float in [0, 1] (NaN refused)
+        label_smoothing = _checks.probability(label_smoothing, "label_smoothing")  # NaN refused
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction

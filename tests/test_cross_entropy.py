@@ -117,7 +117,7 @@ def test_wide_rows_one_program_per_row(backend):
     # The same 70,001 classes without splitting: many blocks swept twice by one program.
     logits, target, _ = sample_inputs((2, WIDE))
     grad = torch.empty_like(logits)
-    loss = cross_entropy_with_grad_op(logits, grad, target, None, None, None, -100, "sum", 0.1, backend, 1)
+    loss = cross_entropy_with_grad_op(logits, grad, target, None, None, None, -100, "sum", 0.1, 1, None, backend)
     expected_loss, expected_grad = torch_loss_and_grad(logits, target, reduction="sum", label_smoothing=0.1)
     torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
     torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
@@ -230,8 +230,8 @@ def test_large_shift_keeps_torch_precision(backend, target_kind, rows, num_class
     if isinstance(target, rk.MixedTarget):
         target, target_b, lam = target.y_a, target.y_b, target.per_sample_lam()
     grad = torch.empty_like(logits)
-    loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, -100, "none", 0.1, backend,
-                                      splits)
+    loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, -100, "none", 0.1, splits,
+                                      None, backend)
     expected_loss, expected_grad, torch_loss_error, torch_grad_error = torch_errors_at_large_shift(
         logits, weight, torch_target, torch_smoothing)
     assert (loss.double() - expected_loss).abs().max() <= 2 * torch_loss_error
@@ -345,7 +345,7 @@ def test_probability_target_gradient_split_rows(backend):
                                   1).to(DEVICE)
     grad_output = torch.tensor([0.5, 2.0, -1.0], device=DEVICE)
     grad = torch.empty_like(probabilities)
-    cross_entropy_target_grad_op(logits, grad, probabilities, weight, "none", 0.1, backend, 2, grad_output)
+    cross_entropy_target_grad_op(logits, grad, probabilities, weight, "none", 0.1, 2, grad_output, backend)
     q = probabilities.double().requires_grad_()
     loss = F.cross_entropy(logits.double(), q, weight=weight.double(), reduction="none", label_smoothing=0.1)
     (expected,) = torch.autograd.grad(loss, q, grad_output.double())
@@ -857,7 +857,7 @@ def test_bad_input_raises_value_error():
         rk.cross_entropy(logits, target, weight=torch.ones(4, device=DEVICE))
     with pytest.raises(ValueError, match="logits must have shape"):
         rk.cross_entropy(logits[0], target[0])
-    with pytest.raises(TypeError, match="float32, float16, bfloat16 or float64"):
+    with pytest.raises(TypeError, match="float32, float16, bfloat16, float64"):
         rk.cross_entropy(logits.int(), target)
 
 
@@ -874,17 +874,21 @@ def test_opcheck(backend, target_kind):
     elif target_kind == "probabilities":
         target = torch.softmax(torch.randn(4, 6), 1).to(DEVICE)
     for reduction in ("mean", "none"):
-        torch.library.opcheck(cross_entropy_with_grad_op, (logits, torch.empty_like(logits), target, target_b, lam,
-                                                           weight, -100, reduction, 0.1, backend))
-    torch.library.opcheck(cross_entropy_op, (logits, target, target_b, lam, None, -100, "sum", 0.0, backend))
-    torch.library.opcheck(cross_entropy_inplace_op, (logits.clone(), target, target_b, lam, weight, -100,
-                                                     "mean", 0.1, backend))
-    torch.library.opcheck(scale_grad_op, (torch.randn(4, 6, device=DEVICE), torch.randn(4, device=DEVICE), backend))
+        torch.library.opcheck(cross_entropy_with_grad_op.custom_op, (logits, torch.empty_like(logits), target,
+                                                                     target_b, lam, weight, -100, reduction, 0.1, 0,
+                                                                     None, backend))
+    torch.library.opcheck(cross_entropy_op.custom_op, (logits, target, target_b, lam, None, -100, "sum", 0.0, 0,
+                                                       backend))
+    torch.library.opcheck(cross_entropy_inplace_op.custom_op, (logits.clone(), target, target_b, lam, weight, -100,
+                                                               "mean", 0.1, 0, None, backend))
+    torch.library.opcheck(scale_grad_op.custom_op, (torch.randn(4, 6, device=DEVICE), torch.randn(4, device=DEVICE),
+                                                    backend))
     if target_kind == "probabilities":
         for reduction, grad_output in (("mean", torch.tensor(3.0, device=DEVICE)),
                                        ("none", torch.rand(4, device=DEVICE))):
-            torch.library.opcheck(cross_entropy_target_grad_op, (logits, torch.empty_like(target), target, weight,
-                                                                 reduction, 0.1, backend, 0, grad_output))
+            torch.library.opcheck(cross_entropy_target_grad_op.custom_op, (logits, torch.empty_like(target), target,
+                                                                           weight, reduction, 0.1, 0, grad_output,
+                                                                           backend))
 
 
 def test_compile_fullgraph(backend):
