@@ -125,16 +125,23 @@ __host__ __device__ inline RowCoefficients row_coefficients(int kind, const int6
 }
 
 // The row's loss and K, the factor of p_c in its gradient, from the shifted statistics and
-// log_sum = L = log(stats.sum_exp). sum_w must already be C without weights.
+// log_sum = L = log(stats.sum_exp). sum_w must already be C without weights. z_loss > 0 adds
+// z_loss lse^2 to the loss and 2 z_loss lse to K (lse = max + L).
 __host__ __device__ inline void row_loss_and_factor(const RowStats& stats, const RowCoefficients& k, float x_a,
-                                                    float x_b, float label_smoothing, float log_sum, float* loss,
-                                                    float* factor) {
+                                                    float x_b, float label_smoothing, float z_loss, float log_sum,
+                                                    float* loss, float* factor) {
   const float one_minus_eps = 1.f - label_smoothing;
   float value = k.a_a * (log_sum - (x_a - stats.max)) + k.a_b * (log_sum - (x_b - stats.max)) +
                 k.beta * (stats.sum_w * log_sum - stats.sum_wx) +
                 one_minus_eps * (stats.sum_wq * log_sum - stats.sum_wqx);
+  float row_factor = k.a_a + k.a_b + k.beta * stats.sum_w + one_minus_eps * stats.sum_wq;
+  if (z_loss > 0.f) {
+    const float lse = stats.max + log_sum;
+    value += z_loss * lse * lse;
+    row_factor += 2.f * z_loss * lse;
+  }
   *loss = k.active ? value : 0.f;
-  *factor = k.a_a + k.a_b + k.beta * stats.sum_w + one_minus_eps * stats.sum_wq;
+  *factor = row_factor;
 }
 
 // grad_c for grad_output = 1, times grad_scale, in fp32 (the target-class term included) before rounding.
@@ -169,10 +176,11 @@ struct CrossEntropyArgs {
   float* denominator;  // index targets with mean: num_partials partial sums, then their total
   const float* grad_output;  // one value or one per row (grad_output_kind), or none
   float* loss;
+  float* lse;  // each row's log-sum-exp, or none
   void* grad;
   float* partial;
   int64_t num_classes, inner_size, chunk_size, num_splits, num_partials, total_rows, ignore_index;
-  float label_smoothing;
+  float label_smoothing, z_loss;
   bool mean;  // the gradient is divided by the `mean` denominator
   int grad_output_kind;
   bool grad_of_target;  // grad receives d loss / d target (probabilities) instead of d loss / d logits
@@ -337,8 +345,9 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_fwd_kernel(CrossEntrop
   if (a.weight == nullptr) stats.sum_w = static_cast<float>(a.num_classes);
   const float log_sum = log_approx(stats.sum_exp);
   float loss, factor;
-  row_loss_and_factor(stats, k, x_a, x_b, a.label_smoothing, log_sum, &loss, &factor);
+  row_loss_and_factor(stats, k, x_a, x_b, a.label_smoothing, a.z_loss, log_sum, &loss, &factor);
   if (threadIdx.x == 0) a.loss[row] = loss;
+  if (threadIdx.x == 0 && a.lse != nullptr) a.lse[row] = stats.max + log_sum;
   if (a.grad != nullptr) write_chunk_gradient<T, kKind>(a, row, row_offset, start, end, stats.max, log_sum, factor, k);
 }
 
@@ -362,8 +371,9 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_split_finish_kernel(Cr
   if (a.weight == nullptr) stats.sum_w = static_cast<float>(a.num_classes);
   const float log_sum = log_approx(stats.sum_exp);
   float loss, factor;
-  row_loss_and_factor(stats, k, partial[6], partial[7], a.label_smoothing, log_sum, &loss, &factor);
+  row_loss_and_factor(stats, k, partial[6], partial[7], a.label_smoothing, a.z_loss, log_sum, &loss, &factor);
   if (split == 0 && threadIdx.x == 0) a.loss[row] = loss;
+  if (split == 0 && threadIdx.x == 0 && a.lse != nullptr) a.lse[row] = stats.max + log_sum;
   if (a.grad != nullptr) {
     const int64_t start = split * a.chunk_size;
     const int64_t end = start + a.chunk_size < a.num_classes ? start + a.chunk_size : a.num_classes;
@@ -388,9 +398,10 @@ __global__ void scale_gradient_kernel(T* grad, const float* factor, int64_t n, i
 }  // namespace
 
 void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
-                       uintptr_t denominator, uintptr_t grad_output, uintptr_t loss, uintptr_t grad, uintptr_t partial,
-                       int64_t rows, int64_t num_classes, int64_t inner_size, int64_t splits, int64_t num_partials,
-                       int64_t rows_per_partial, int64_t ignore_index, float label_smoothing, bool mean,
+                       uintptr_t denominator, uintptr_t grad_output, uintptr_t loss, uintptr_t lse, uintptr_t grad,
+                       uintptr_t partial, int64_t rows, int64_t num_classes, int64_t inner_size, int64_t splits,
+                       int64_t num_partials, int64_t rows_per_partial, int64_t ignore_index, float label_smoothing,
+                       float z_loss, bool mean,
                        int grad_output_kind, bool grad_of_target, int kind, int dtype, uintptr_t stream) {
   if (rows <= 0 || num_classes <= 0) return;
   if (rows > INT32_MAX) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: more than 2^31 rows");
@@ -402,8 +413,9 @@ void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintpt
                      reinterpret_cast<const int64_t*>(target_b), reinterpret_cast<const float*>(lam),
                      reinterpret_cast<const float*>(weight), reinterpret_cast<float*>(denominator),
                      reinterpret_cast<const float*>(grad_output), reinterpret_cast<float*>(loss),
-                     reinterpret_cast<void*>(grad), reinterpret_cast<float*>(partial), num_classes, inner_size,
-                     ceil_div(num_classes, splits), splits, num_partials, rows, ignore_index, label_smoothing, mean,
+                     reinterpret_cast<float*>(lse), reinterpret_cast<void*>(grad), reinterpret_cast<float*>(partial),
+                     num_classes, inner_size, ceil_div(num_classes, splits), splits, num_partials, rows, ignore_index,
+                     label_smoothing, z_loss, mean,
                      grad_output_kind, grad_of_target};
   const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
   if (kind == kIndexTarget && mean) {
@@ -435,10 +447,12 @@ void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintpt
 }
 
 void cross_entropy_scale_grad(uintptr_t grad, uintptr_t factor, int64_t n, int64_t num_classes, int64_t inner_size,
-                              bool per_row, int dtype, uintptr_t stream) {
+                              bool per_row, int64_t max_blocks, int dtype, uintptr_t stream) {
   if (n <= 0) return;
+  if (max_blocks < 1) throw std::invalid_argument("recipe_kernels._C.cross_entropy_scale_grad: max_blocks < 1");
   constexpr int kScaleThreads = 256;
-  const int64_t blocks = std::min<int64_t>(ceil_div(n, kScaleThreads * 4), int64_t{1} << 20);
+  // Grid-stride over at most max_blocks blocks (4 per SM): with a factor of 1 each reads one float and exits.
+  const int64_t blocks = std::min<int64_t>(ceil_div(n, kScaleThreads * 4), max_blocks);
   dispatch_float_dtype(dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
     const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
@@ -477,7 +491,8 @@ RowStats block_merge_host(RowStats (&stats)[kThreads]) {
 // the chunks then merge in order, as the finishing kernel does. For tests without a GPU.
 void cross_entropy_host(const float* x, const int64_t* target, const int64_t* target_b, const float* lam,
                         const float* weight, const float* q, int64_t rows, int64_t num_classes, int64_t ignore_index,
-                        float label_smoothing, int kind, int64_t chunk, bool of_target, float* loss, float* grad) {
+                        float label_smoothing, float z_loss, int kind, int64_t chunk, bool of_target, float* loss,
+                        float* grad) {
   const bool smoothing = label_smoothing > 0.f;
   RowStats per_thread[kThreads];
   for (int64_t row = 0; row < rows; ++row) {
@@ -499,7 +514,7 @@ void cross_entropy_host(const float* x, const int64_t* target, const int64_t* ta
     const float x_a = k.y_a >= 0 && k.y_a < num_classes ? xr[k.y_a] : 0.f;
     const float x_b = k.y_b >= 0 && k.y_b < num_classes ? xr[k.y_b] : 0.f;
     float factor;
-    row_loss_and_factor(stats, k, x_a, x_b, label_smoothing, log_sum, &loss[row], &factor);
+    row_loss_and_factor(stats, k, x_a, x_b, label_smoothing, z_loss, log_sum, &loss[row], &factor);
     for (int64_t c = 0; c < num_classes; ++c) {
       const float w = weight != nullptr ? weight[c] : 1.f;
       grad[row * num_classes + c] =

@@ -62,11 +62,13 @@ REDUCTIONS = ("none", "mean", "sum")
 # heaviest variant on sm_90 (ptxas, no spills), so several programs share an SM; 4096 per
 # program took 244 registers. Untuned: no GPU has run these kernels yet.
 MAX_BLOCK = 1024
-SPLIT_CHUNK = 16384
+SPLIT_CHUNK = 2048
+SPLIT_PROGRAMS_PER_SM = 4
 # Per (row, split) partial statistics: max, sum exp(x - max), sum w (x - max), sum w, sum w q,
 # sum w q (x - max), x[y_a], x[y_b].
 PARTIAL_FIELDS = 8
 SCALE_BLOCK = 2048
+SCALE_PROGRAMS_PER_SM = 4  # the backward scaling's grid-stride programs (CUDA: blocks) per SM
 # The `mean` denominator of index targets (_index_denominator_kernel): rows per block, and rows per
 # program before a second program is added, up to MAX_DENOMINATOR_PARTIALS programs (partial sums
 # that every main program adds up again, so few).
@@ -151,15 +153,19 @@ def _rebase(sum_shifted, old_max, new_shift, sum_weights):
 def _chunk_statistics(x_ptr, q_ptr, weight_ptr, row_offset, class_stride, start, end,
                       BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
                       HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, ACC: tl.constexpr):
-    """One sweep over classes [start, end) of a row: online max m and sum of exp(x - m), plus the
-    sums smoothing and probability targets need, all relative to m: sum w (x - m), sum w,
-    sum w q, sum w q (x - m) (in ACC)."""
-    row_max = tl.full([], -float("inf"), ACC)
-    sum_exp = tl.zeros([], ACC)
-    sum_wx = tl.zeros([], ACC)
-    sum_w = tl.zeros([], ACC)
-    sum_wq = tl.zeros([], ACC)
-    sum_wqx = tl.zeros([], ACC)
+    """One sweep over classes [start, end) of a row: max m and sum of exp(x - m), plus the sums
+    smoothing and probability targets need, all relative to m: sum w (x - m), sum w, sum w q,
+    sum w q (x - m) (in ACC).
+
+    Each lane keeps its own running statistics (online softmax, one exp per element), and the
+    lanes are merged once at the end: one block reduction per row, not one per block of classes.
+    """
+    lane_max = tl.full([BLOCK], -float("inf"), ACC)
+    lane_exp = tl.zeros([BLOCK], ACC)
+    lane_wx = tl.zeros([BLOCK], ACC)
+    lane_w = tl.zeros([BLOCK], ACC)
+    lane_wq = tl.zeros([BLOCK], ACC)
+    lane_wqx = tl.zeros([BLOCK], ACC)
     lanes = tl.arange(0, BLOCK).to(tl.int64)
     # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
     for block in range(BLOCKS_PER_CHUNK):
@@ -167,38 +173,55 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, row_offset, class_stride, start,
         in_row = classes < end
         offsets = row_offset + classes * class_stride
         x = tl.load(x_ptr + offsets, mask=in_row, other=-float("inf")).to(ACC)
-        new_max = tl.maximum(row_max, tl.max(x, 0))
-        # A row that is -inf so far keeps a zero sum instead of exp(-inf - -inf) = NaN.
-        shift = tl.where(new_max == -float("inf"), 0.0, new_max)
-        sum_exp = sum_exp * tl.exp(row_max - shift) + tl.sum(tl.exp(x - shift), 0)
+        # exp(-|x - max|) rescales the sum when x is the new max, else is x's own term; -inf adds nothing
+        # (and -inf - -inf would be NaN).
+        raises_max = x > lane_max
+        term = tl.where(x == -float("inf"), 0.0, tl.exp(-tl.abs(x - lane_max)))
+        lane_exp = tl.where(raises_max, lane_exp * term + 1.0, lane_exp + term)
+        new_max = tl.maximum(lane_max, x)
         if HAS_SMOOTHING or IS_PROB:
+            # Shifted sums follow their lane's max: rebased when it rises, then x - max added.
+            shift = tl.where(new_max == -float("inf"), 0.0, new_max)
             shifted = tl.where(in_row, x - shift, 0.0)
             if HAS_WEIGHT:
                 w = tl.load(weight_ptr + classes, mask=in_row, other=0.0)
             else:
                 w = tl.where(in_row, 1.0, 0.0)
             if HAS_SMOOTHING:
-                sum_wx = _rebase(sum_wx, row_max, shift, sum_w) + tl.sum(w * shifted, 0)
-                sum_w += tl.sum(w, 0)
+                lane_wx = _rebase(lane_wx, lane_max, shift, lane_w) + w * shifted
+                lane_w += w
             if IS_PROB:
                 wq = w * tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(ACC)
-                sum_wqx = _rebase(sum_wqx, row_max, shift, sum_wq) + tl.sum(wq * shifted, 0)
-                sum_wq += tl.sum(wq, 0)
-        row_max = new_max
+                lane_wqx = _rebase(lane_wqx, lane_max, shift, lane_wq) + wq * shifted
+                lane_wq += wq
+        lane_max = new_max
+    # The one merge: every lane's sums moved onto the row's max.
+    row_max = tl.max(lane_max, 0)
+    shift = tl.where(row_max == -float("inf"), 0.0, row_max)
+    sum_exp = tl.sum(tl.where(lane_max == -float("inf"), 0.0, lane_exp * tl.exp(lane_max - shift)), 0)
+    sum_wx = tl.sum(_rebase(lane_wx, lane_max, shift, lane_w), 0)
+    sum_w = tl.sum(lane_w, 0)
+    sum_wqx = tl.sum(_rebase(lane_wqx, lane_max, shift, lane_wq), 0)
+    sum_wq = tl.sum(lane_wq, 0)
     return row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx
 
 
 @triton.jit
 def _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b, beta, active,
-                         label_smoothing, IS_PROB: tl.constexpr):
+                         label_smoothing, z_loss, IS_PROB: tl.constexpr, HAS_Z_LOSS: tl.constexpr):
     """The row's loss and K, the factor of p_c in its gradient (module docstring), from the
-    shifted statistics: log_sum = L, sum_wx = sum w (x - m), sum_wqx = sum w q (x - m)."""
+    shifted statistics: log_sum = L, sum_wx = sum w (x - m), sum_wqx = sum w q (x - m).
+    HAS_Z_LOSS adds z_loss lse^2 to the loss and 2 z_loss lse to K (lse = m + L)."""
     loss = a_a * (log_sum - (x_a - row_max)) + a_b * (log_sum - (x_b - row_max)) + beta * (sum_w * log_sum - sum_wx)
     factor = a_a + a_b + beta * sum_w
     if IS_PROB:
         one_minus_eps = 1.0 - label_smoothing
         loss += one_minus_eps * (sum_wq * log_sum - sum_wqx)
         factor += one_minus_eps * sum_wq
+    if HAS_Z_LOSS:
+        lse = row_max + log_sum
+        loss += z_loss * lse * lse
+        factor += 2.0 * z_loss * lse
     return tl.where(active, loss, 0.0), factor
 
 
@@ -295,10 +318,11 @@ def _index_denominator_kernel(target_ptr, weight_ptr, partial_ptr, rows, num_cla
 
 @triton.jit
 def _cross_entropy_fwd_kernel(
-        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, grad_ptr,
+        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
+        grad_ptr,
         partial_ptr, num_classes, inner_size, chunk_size, num_partials, total_rows, ignore_index,
-        label_smoothing: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
+        label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+        HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
         SPLIT: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
         ACC: tl.constexpr):
     """Cross-entropy of one row (or of one chunk of it when SPLIT), grid (rows, splits).
@@ -329,6 +353,7 @@ def _cross_entropy_fwd_kernel(
     """
     row, split, sample, row_offset = _program_row(num_classes, inner_size)
     label_smoothing = tl.full([], label_smoothing, ACC)
+    z_loss = tl.full([], z_loss, ACC)
     if MEAN and TARGET_KIND == INDEX_TARGET:
         if (row == 0) & (split == 0):  # the denominator's total, for the host's mean of the losses
             tl.store(denominator_ptr + num_partials,
@@ -364,22 +389,26 @@ def _cross_entropy_fwd_kernel(
         log_sum = tl.log(sum_exp)
         # 3. Loss of the row, then sweep 2: its gradient.
         loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
-                                            beta, active, label_smoothing, TARGET_KIND == PROBABILITY_TARGET)
+                                            beta, active, label_smoothing, z_loss, TARGET_KIND == PROBABILITY_TARGET,
+                                            HAS_Z_LOSS)
         tl.store(loss_ptr + row, loss)
+        if WRITE_LSE:
+            tl.store(lse_ptr + row, row_max + log_sum)
         if WRITE_GRAD:
             _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                                   row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                                  _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows, TARGET_KIND, MEAN,
-                                                  GRAD_OUTPUT, PARTIALS_BLOCK, ACC), BLOCK, BLOCKS_PER_CHUNK,
+                                  _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows,
+                                                  TARGET_KIND, MEAN, GRAD_OUTPUT, PARTIALS_BLOCK, ACC), BLOCK, BLOCKS_PER_CHUNK,
                                   TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC)
 
 
 @triton.jit
 def _cross_entropy_split_finish_kernel(
-        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, grad_ptr,
+        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
+        grad_ptr,
         partial_ptr, num_classes, inner_size, chunk_size, num_partials, total_rows, num_splits, ignore_index,
-        label_smoothing: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
+        label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+        HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
         BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
         SPLITS_BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Second kernel of a split row, grid (rows, splits): merge the row's partial statistics,
@@ -392,6 +421,7 @@ def _cross_entropy_split_finish_kernel(
     """
     row, split, sample, row_offset = _program_row(num_classes, inner_size)
     label_smoothing = tl.full([], label_smoothing, ACC)
+    z_loss = tl.full([], z_loss, ACC)
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
         label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
@@ -418,43 +448,55 @@ def _cross_entropy_split_finish_kernel(
     x_b = tl.load(first + 7)
     log_sum = tl.log(sum_exp)
     loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
-                                        beta, active, label_smoothing, TARGET_KIND == PROBABILITY_TARGET)
+                                        beta, active, label_smoothing, z_loss, TARGET_KIND == PROBABILITY_TARGET,
+                                        HAS_Z_LOSS)
     if split == 0:
         tl.store(loss_ptr + row, loss)
+        if WRITE_LSE:
+            tl.store(lse_ptr + row, row_max + log_sum)
     # 2. The gradient of this program's chunk.
     if WRITE_GRAD:
         start = split * chunk_size
         end = tl.minimum(start + chunk_size, num_classes)
         _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                               row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                              _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows, TARGET_KIND, MEAN,
-                                                  GRAD_OUTPUT, PARTIALS_BLOCK, ACC), BLOCK, BLOCKS_PER_CHUNK,
+                              _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows,
+                                                  TARGET_KIND, MEAN, GRAD_OUTPUT, PARTIALS_BLOCK, ACC), BLOCK, BLOCKS_PER_CHUNK,
                               TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC)
 
 
 @triton.jit
-def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_size,
+def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_size, iterations,
                            PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
     """grad *= factor in place, factor one value (PER_ROW=False) or one per row (rows,), in the
-    factor's dtype (fp64 for fp64 gradients, else fp32).
+    factor's dtype (fp64 for fp64 gradients, else fp32); a grid-stride loop of `iterations` blocks
+    per program (at most SCALE_PROGRAMS_PER_SM programs per SM).
 
-    Inputs: grad (N, C, inner_size) contiguous, factor. Bytes: where the factor is exactly 1
-    the loads and stores are masked off and nothing moves (loss.backward() on a scalar loss);
-    elsewhere one read and one write of the gradient, plus the factors (cached).
+    Inputs: grad (N, C, inner_size) contiguous, factor. Bytes: with one factor of exactly 1 each
+    program reads it and skips the loop (loss.backward() on a scalar loss): nothing else moves;
+    per-row factors of 1 mask their rows' loads and stores off; elsewhere one read and one write
+    of the gradient, plus the factors (cached).
     """
     pid = tl.program_id(0).to(tl.int64)
-    offsets = pid * BLOCK + tl.arange(0, BLOCK)
-    in_bounds = offsets < n_elements
+    programs = tl.num_programs(0).to(tl.int64)
+    lanes = tl.arange(0, BLOCK)
     if PER_ROW:
-        # Divided one factor at a time: num_classes * inner_size can pass 2^31 while each is an int32.
-        rows = (offsets // inner_size // num_classes) * inner_size + offsets % inner_size
-        factor = tl.load(factor_ptr + rows, mask=in_bounds, other=1.0)
+        scalar = tl.zeros([], factor_ptr.dtype.element_ty)  # never 1: every program sweeps
     else:
-        factor = tl.full([BLOCK], 1.0, factor_ptr.dtype.element_ty) * tl.load(factor_ptr)  # bool ops need a block
-    needed = in_bounds & (factor != 1.0)
-    grad = tl.load(grad_ptr + offsets, mask=needed, other=0.0).to(factor_ptr.dtype.element_ty)
-    tl.store(grad_ptr + offsets, round_to(grad * factor, grad_ptr.dtype.element_ty),
-             mask=needed)
+        scalar = tl.load(factor_ptr)
+    if scalar != 1.0:
+        for iteration in range(iterations):
+            offsets = (iteration * programs + pid) * BLOCK + lanes
+            in_bounds = offsets < n_elements
+            if PER_ROW:
+                # Divided one factor at a time: num_classes * inner_size can pass 2^31 while each is an int32.
+                rows = (offsets // inner_size // num_classes) * inner_size + offsets % inner_size
+                factor = tl.load(factor_ptr + rows, mask=in_bounds, other=1.0)
+            else:
+                factor = tl.full([BLOCK], 1.0, factor_ptr.dtype.element_ty) * scalar
+            needed = in_bounds & (factor != 1.0)
+            grad = tl.load(grad_ptr + offsets, mask=needed, other=0.0).to(factor_ptr.dtype.element_ty)
+            tl.store(grad_ptr + offsets, round_to(grad * factor, grad_ptr.dtype.element_ty), mask=needed)
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -464,11 +506,14 @@ def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_
 
 
 def split_count(rows, num_classes, device):
-    """How many programs share one row: 1 unless rows are too few to fill the GPU and C is long."""
-    if num_classes < 2 * SPLIT_CHUNK:
+    """How many programs share one row: 1 unless rows are too few to fill the GPU (SPLIT_PROGRAMS_PER_SM
+    programs per SM) and C is long; then chunks of whole blocks, at least SPLIT_CHUNK classes, enough
+    of them for that many programs."""
+    wanted = cdiv(SPLIT_PROGRAMS_PER_SM * _backend.sm_count(device), max(rows, 1))
+    if num_classes < 2 * SPLIT_CHUNK or wanted <= 1:
         return 1
-    wanted = cdiv(2 * _backend.sm_count(device), max(rows, 1))
-    return max(1, min(wanted, cdiv(num_classes, SPLIT_CHUNK)))
+    chunk = max(SPLIT_CHUNK, num_classes // wanted // MAX_BLOCK * MAX_BLOCK)
+    return cdiv(num_classes, chunk)
 
 
 def _power_of_two_at_least(n):
@@ -496,8 +541,8 @@ def _grad_output_kind(grad_output):
     return SCALAR_GRAD_OUTPUT.value if grad_output.dim() == 0 else PER_ROW_GRAD_OUTPUT.value
 
 
-def _cross_entropy_triton(x, target, target_b, lam, weight, loss, grad, denominator, grad_output, ignore_index,
-                          label_smoothing, mean, target_kind, splits, of_target):
+def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, denominator, grad_output, ignore_index,
+                          label_smoothing, z_loss, mean, target_kind, splits, of_target):
     num_classes = x.shape[1]
     rows = loss.numel()
     inner_size = x.numel() // (x.shape[0] * num_classes)
@@ -507,6 +552,7 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, grad, denomina
     if math_dtype == torch.float32:
         # The kernel rounds it to fp32 itself; rounded here too, HAS_SMOOTHING agrees (say for 1e-100).
         label_smoothing = struct.unpack("f", struct.pack("f", label_smoothing))[0]
+        z_loss = struct.unpack("f", struct.pack("f", z_loss))[0]
     num_partials = 0
     if denominator is not None:
         num_partials, rows_per_program, denominator_block = _denominator_partials(rows)
@@ -518,17 +564,19 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, grad, denomina
     partial = torch.empty((rows, splits, PARTIAL_FIELDS), dtype=math_dtype, device=x.device) if splits > 1 else loss
     args = (x, target, target_b if target_b is not None else target, lam if lam is not None else loss,
             weight if weight is not None else loss, denominator if denominator is not None else loss,
-            grad_output if grad_output is not None else loss, loss, grad if grad is not None else x, partial,
+            grad_output if grad_output is not None else loss, loss, lse if lse is not None else loss,
+            grad if grad is not None else x, partial,
             num_classes, inner_size, chunk, num_partials, rows)
     flags = dict(TARGET_KIND=int(target_kind), HAS_WEIGHT=weight is not None, HAS_SMOOTHING=label_smoothing > 0.0,
-                 WRITE_GRAD=grad is not None, MEAN=mean, GRAD_OUTPUT=_grad_output_kind(grad_output),
+                 HAS_Z_LOSS=z_loss > 0.0, WRITE_LSE=lse is not None, WRITE_GRAD=grad is not None, MEAN=mean, GRAD_OUTPUT=_grad_output_kind(grad_output),
                  OF_TARGET=of_target)
     sizes = dict(BLOCK=block, BLOCKS_PER_CHUNK=chunk // block,
                  PARTIALS_BLOCK=max(2, _power_of_two_at_least(num_partials)), ACC=acc)
-    launch(_cross_entropy_fwd_kernel, (rows, splits), *args, ignore_index, label_smoothing, num_warps=num_warps,
+    launch(_cross_entropy_fwd_kernel, (rows, splits), *args, ignore_index, label_smoothing, z_loss,
+           num_warps=num_warps,
            **flags, SPLIT=splits > 1, **sizes)
     if splits > 1:
-        launch(_cross_entropy_split_finish_kernel, (rows, splits), *args, splits, ignore_index, label_smoothing,
+        launch(_cross_entropy_split_finish_kernel, (rows, splits), *args, splits, ignore_index, label_smoothing, z_loss,
                num_warps=num_warps, **flags, **sizes, SPLITS_BLOCK=max(2, _power_of_two_at_least(splits)))
 
 
@@ -536,8 +584,8 @@ def _pointer(tensor):
     return 0 if tensor is None else tensor.data_ptr()
 
 
-def _cross_entropy_cuda(x, target, target_b, lam, weight, loss, grad, denominator, grad_output, ignore_index,
-                        label_smoothing, mean, target_kind, splits, of_target):
+def _cross_entropy_cuda(x, target, target_b, lam, weight, loss, lse, grad, denominator, grad_output, ignore_index,
+                        label_smoothing, z_loss, mean, target_kind, splits, of_target):
     num_classes = x.shape[1]
     rows = loss.numel()
     partial = torch.empty((rows, splits, PARTIAL_FIELDS), dtype=torch.float32, device=x.device) if splits > 1 else None
@@ -549,10 +597,10 @@ def _cross_entropy_cuda(x, target, target_b, lam, weight, loss, grad, denominato
     _backend._C.cross_entropy_fwd(
         x=x.data_ptr(), target=target.data_ptr(), target_b=_pointer(target_b), lam=_pointer(lam),
         weight=_pointer(weight), denominator=_pointer(denominator), grad_output=_pointer(grad_output),
-        loss=loss.data_ptr(), grad=_pointer(out), partial=_pointer(partial), rows=rows, num_classes=num_classes,
-        inner_size=x.numel() // (x.shape[0] * num_classes), splits=splits, num_partials=num_partials,
-        rows_per_partial=rows_per_partial, ignore_index=ignore_index, label_smoothing=label_smoothing, mean=mean,
-        grad_output_kind=_grad_output_kind(grad_output), grad_of_target=of_target, kind=int(target_kind),
+        loss=loss.data_ptr(), lse=_pointer(lse), grad=_pointer(out), partial=_pointer(partial), rows=rows,
+        num_classes=num_classes, inner_size=x.numel() // (x.shape[0] * num_classes), splits=splits,
+        num_partials=num_partials, rows_per_partial=rows_per_partial, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, z_loss=z_loss, mean=mean, grad_output_kind=_grad_output_kind(grad_output), grad_of_target=of_target, kind=int(target_kind),
         dtype=_backend.CUDA_DTYPE_CODES[x.dtype], stream=_backend.cuda_stream(x.device))
     if out is not grad:
         grad.copy_(out)
@@ -595,13 +643,15 @@ def _reduce(row_loss, denominator, reduction):
     return total / denominator if reduction == "mean" else total
 
 
-def _forward_reference(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, grad,
-                       splits, grad_output, of_target):
+def _forward_reference(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss,
+                       lse, grad, splits, grad_output, of_target):
     """The torch backend of _forward_kernels (same arguments), from reference.cross_entropy_rows."""
     math_dtype = _math_dtype(logits)
     row_loss, row_grad, denominator = reference.cross_entropy_rows(
         logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        target_b=target_b, lam=lam, math_dtype=math_dtype)
+        target_b=target_b, lam=lam, z_loss=z_loss, math_dtype=math_dtype)
+    if lse is not None:
+        lse.copy_(reference.row_logsumexp(logits, math_dtype=math_dtype))
     if grad is not None:
         if of_target:
             row_grad = reference.cross_entropy_target_gradient(
@@ -612,8 +662,9 @@ def _forward_reference(logits, target, target_b, lam, weight, ignore_index, redu
 
 
 def _forward_kernels(launcher, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-                     grad, splits, grad_output, of_target):
-    """Reduced loss; writes the gradient into `grad` when it is not None, for grad_output (None: 1;
+                     z_loss, lse, grad, splits, grad_output, of_target):
+    """Reduced loss (z_loss lse^2 added per counted row); writes each row's lse into `lse` (fp32, the
+    row shape) and the gradient into `grad` when they are not None, for grad_output (None: 1;
     a scalar, or one value per row for reduction="none"): with respect to the logits, or with
     of_target to the probability target. The `mean` denominator and the gradient's factor are
     computed on the device by the launcher's kernels. Inputs contiguous (_contiguous_inputs)."""
@@ -631,8 +682,8 @@ def _forward_kernels(launcher, logits, target, target_b, lam, weight, ignore_ind
         if grad_output is not None:
             grad_output = grad_output.to(math_dtype)
             grad_output = grad_output if grad_output.is_contiguous() else grad_output.contiguous()
-        launcher(logits, target, target_b, lam, weight, row_loss, grad, denominator, grad_output, ignore_index,
-                 label_smoothing, mean, target_kind, splits, of_target)
+        launcher(logits, target, target_b, lam, weight, row_loss, lse, grad, denominator, grad_output, ignore_index,
+                 label_smoothing, z_loss, mean, target_kind, splits, of_target)
     if reduction == "none":
         return row_loss
     total = row_loss.sum()
@@ -653,29 +704,32 @@ _FORWARDS = dict(torch=_forward_reference, triton=functools.partial(_forward_ker
                  cuda=functools.partial(_forward_kernels, _cross_entropy_cuda))
 
 
-def _loss(forward, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, splits):
+def _loss(forward, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
+          splits):
     logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
-    return forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, None, splits,
-                   None, False)
+    return forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse, None,
+                   splits, None, False)
 
 
 def _loss_with_grad(forward, logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-                    splits, grad_output):
+                    z_loss, lse, splits, grad_output):
     logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
-    return forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, grad, splits,
-                   grad_output, False)
+    return forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse, grad,
+                   splits, grad_output, False)
 
 
-def _loss_inplace(forward, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, splits,
-                  grad_output):
+def _loss_inplace(forward, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss,
+                  lse, splits, grad_output):
     _, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
-    return forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, logits, splits,
-                   grad_output, False)
+    return forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
+                   logits, splits, grad_output, False)
 
 
 def _target_grad(forward, logits, grad, target, weight, reduction, label_smoothing, splits, grad_output):
     logits, target, _, _, weight = _contiguous_inputs(logits, target, None, None, weight)
-    forward(logits, target, None, None, weight, -100, reduction, label_smoothing, grad, splits, grad_output, True)
+    # z-loss does not depend on the target: its gradient is the plain cross-entropy's.
+    forward(logits, target, None, None, weight, -100, reduction, label_smoothing, 0.0, None, grad, splits, grad_output,
+            True)
 
 
 def _kernel_implementations(body):
@@ -688,28 +742,30 @@ def _kernel_implementations(body):
 
 def _loss_torch(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
                 lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
-                label_smoothing: float, splits: int) -> torch.Tensor:
-    """The loss (fp64 for fp64 logits, else fp32): a scalar, or the target's row shape for reduction="none"."""
+                label_smoothing: float, z_loss: float, lse: Optional[torch.Tensor], splits: int) -> torch.Tensor:
+    """The loss (fp64 for fp64 logits, else fp32): a scalar, or the target's row shape for reduction="none".
+    `lse`, when given (fp32, the row shape), receives each row's log-sum-exp."""
     return _loss(_forward_reference, logits, target, target_b, lam, weight, ignore_index, reduction,
-                 label_smoothing, splits)
+                 label_smoothing, z_loss, lse, splits)
 
 
 def _loss_with_grad_torch(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor,
                           target_b: Optional[torch.Tensor], lam: Optional[torch.Tensor],
                           weight: Optional[torch.Tensor], ignore_index: int, reduction: str, label_smoothing: float,
-                          splits: int, grad_output: Optional[torch.Tensor]) -> torch.Tensor:
+                          z_loss: float, lse: Optional[torch.Tensor], splits: int,
+                          grad_output: Optional[torch.Tensor]) -> torch.Tensor:
     """The loss; writes d loss / d logits for grad_output (None: 1) into `grad` (contiguous, logits' shape)."""
     return _loss_with_grad(_forward_reference, logits, grad, target, target_b, lam, weight, ignore_index, reduction,
-                           label_smoothing, splits, grad_output)
+                           label_smoothing, z_loss, lse, splits, grad_output)
 
 
 def _loss_inplace_torch(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
                         lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
-                        reduction: str, label_smoothing: float, splits: int,
-                        grad_output: Optional[torch.Tensor]) -> torch.Tensor:
+                        reduction: str, label_smoothing: float, z_loss: float, lse: Optional[torch.Tensor],
+                        splits: int, grad_output: Optional[torch.Tensor]) -> torch.Tensor:
     """The loss; overwrites the (contiguous) logits with d loss / d logits for grad_output (None: 1)."""
     return _loss_inplace(_forward_reference, logits, target, target_b, lam, weight, ignore_index, reduction,
-                         label_smoothing, splits, grad_output)
+                         label_smoothing, z_loss, lse, splits, grad_output)
 
 
 def _target_grad_torch(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
@@ -734,9 +790,10 @@ def _scale_grad_triton(grad, grad_output):
     num_classes = grad.shape[1]
     factor = grad_output.to(_math_dtype(grad))
     factor = factor if factor.is_contiguous() else factor.contiguous()
-    launch(_scale_gradient_kernel, (cdiv(grad.numel(), SCALE_BLOCK),), grad, factor, grad.numel(), num_classes,
-           grad.numel() // (grad.shape[0] * num_classes), num_warps=8, PER_ROW=grad_output.dim() > 0,
-           BLOCK=SCALE_BLOCK)
+    programs = min(cdiv(grad.numel(), SCALE_BLOCK), SCALE_PROGRAMS_PER_SM * _backend.sm_count(grad.device))
+    launch(_scale_gradient_kernel, (programs,), grad, factor, grad.numel(), num_classes,
+           grad.numel() // (grad.shape[0] * num_classes), cdiv(grad.numel(), programs * SCALE_BLOCK), num_warps=8,
+           PER_ROW=grad_output.dim() > 0, BLOCK=SCALE_BLOCK)
 
 
 def _scale_grad_cuda(grad, grad_output):
@@ -747,7 +804,7 @@ def _scale_grad_cuda(grad, grad_output):
     _backend._C.cross_entropy_scale_grad(
         grad=grad.data_ptr(), factor=factor.data_ptr(), n=grad.numel(), num_classes=num_classes,
         inner_size=grad.numel() // (grad.shape[0] * num_classes), per_row=grad_output.dim() > 0,
-        dtype=_backend.CUDA_DTYPE_CODES[grad.dtype], stream=_backend.cuda_stream(grad.device))
+        max_blocks=SCALE_PROGRAMS_PER_SM * _backend.sm_count(grad.device), dtype=_backend.CUDA_DTYPE_CODES[grad.dtype], stream=_backend.cuda_stream(grad.device))
 
 
 # ----------------------------------------------------------------------------- ops
@@ -757,11 +814,11 @@ def _scale_grad_cuda(grad, grad_output):
 # tensor, which register_autograd does not accept, so the autograd.Functions below carry the
 # autograd formulas (torch.compile traces them).
 
-cross_entropy_op = Op("cross_entropy", torch=_loss_torch, **_kernel_implementations(_loss))
+cross_entropy_op = Op("cross_entropy", torch=_loss_torch, **_kernel_implementations(_loss), mutates_args=("lse",))
 cross_entropy_with_grad_op = Op("cross_entropy_with_grad_", torch=_loss_with_grad_torch,
-                                **_kernel_implementations(_loss_with_grad), mutates_args=("grad",))
+                                **_kernel_implementations(_loss_with_grad), mutates_args=("grad", "lse"))
 cross_entropy_inplace_op = Op("cross_entropy_inplace_", torch=_loss_inplace_torch,
-                              **_kernel_implementations(_loss_inplace), mutates_args=("logits",))
+                              **_kernel_implementations(_loss_inplace), mutates_args=("logits", "lse"))
 cross_entropy_target_grad_op = Op("cross_entropy_target_grad_", torch=_target_grad_torch,
                                   **_kernel_implementations(_target_grad), mutates_args=("grad",))
 scale_grad_op = Op("cross_entropy_scale_grad_", torch=_scale_grad_torch, triton=_scale_grad_triton,
@@ -774,18 +831,19 @@ def _fake_loss(logits, reduction):
 
 
 @cross_entropy_op.register_fake
-def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, splits, backend):
+def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse, splits, backend):
     return _fake_loss(logits, reduction)
 
 
 @cross_entropy_with_grad_op.register_fake
-def _(logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, splits, grad_output,
-      backend):
+def _(logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse, splits,
+      grad_output, backend):
     return _fake_loss(logits, reduction)
 
 
 @cross_entropy_inplace_op.register_fake
-def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, splits, grad_output, backend):
+def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse, splits, grad_output,
+      backend):
     return _fake_loss(logits, reduction)
 
 
@@ -803,7 +861,8 @@ def _(grad, grad_output, backend):
 _HELD_INPUT_NAMES = ("logits", "target", "target_b", "lam", "weight")
 
 
-def _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
+def _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss,
+                 backend):
     """Keeps the forward's inputs for the backward paths that read them again: a backward that builds
     a graph (double backward), the gradient written in backward (float16, float64) and a probability
     target's gradient.
@@ -815,7 +874,7 @@ def _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduc
     ctx.held = (logits, target, target_b, lam, weight)
     ctx.held_versions = None if torch.compiler.is_compiling() else tuple(
         None if tensor is None else tensor._version for tensor in ctx.held)
-    ctx.options = (ignore_index, reduction, label_smoothing)
+    ctx.options = (ignore_index, reduction, label_smoothing, z_loss)
     ctx.backend = backend
 
 
@@ -834,11 +893,11 @@ def _differentiable_gradients(ctx, grad_loss):
     inputs (the reference formulas), for a backward that builds a graph: create_graph=True gives
     second derivatives. None for an input that needs no gradient."""
     logits, target, target_b, lam, weight = _held_inputs(ctx)
-    ignore_index, reduction, label_smoothing = ctx.options
+    ignore_index, reduction, label_smoothing, z_loss = ctx.options
     math_dtype = _math_dtype(logits)
     _, row_grad, denominator = reference.cross_entropy_rows(
         logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        target_b=target_b, lam=lam, math_dtype=math_dtype)
+        target_b=target_b, lam=lam, z_loss=z_loss, math_dtype=math_dtype)
     grad = grad_target = None
     if ctx.needs_input_grad[0]:
         grad = _scaled_reference_gradient(row_grad, denominator, grad_loss, reduction, target, target_b,
@@ -854,7 +913,7 @@ def _differentiable_gradients(ctx, grad_loss):
 def _target_gradient(ctx, grad_loss):
     """d loss / d target of a probability target for grad_output, from the held logits (one pass)."""
     logits, target, _, _, weight = _held_inputs(ctx)
-    _, reduction, label_smoothing = ctx.options
+    _, reduction, label_smoothing, _ = ctx.options
     grad = torch.empty_like(target, memory_format=torch.contiguous_format)
     cross_entropy_target_grad_op(logits, grad, target, weight, reduction, label_smoothing, 0, grad_loss, ctx.backend)
     return grad
@@ -871,14 +930,14 @@ def _gradient_written_in_backward(ctx, grad_loss):
     """The gradient for grad_output, written now from the held logits in one pass (rounded once):
     into a new buffer, or over the logits themselves for inplace_backward=True."""
     logits, target, target_b, lam, weight = _held_inputs(ctx)
-    ignore_index, reduction, label_smoothing = ctx.options
+    ignore_index, reduction, label_smoothing, z_loss = ctx.options
     if ctx.gradient_into_logits:
         cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                 0, grad_loss, ctx.backend)
+                                 z_loss, None, 0, grad_loss, ctx.backend)
         return logits.detach()
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
     cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
-                               label_smoothing, 0, grad_loss, ctx.backend)
+                               label_smoothing, z_loss, None, 0, grad_loss, ctx.backend)
     return grad
 
 
@@ -915,25 +974,26 @@ class CrossEntropyFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
-                gradient_into_logits):
+    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
+                backend, gradient_into_logits):
         ctx.gradient_written = ctx.needs_input_grad[0] and logits.dtype not in GRADIENT_IN_BACKWARD_DTYPES
         if ctx.gradient_written:
             grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
             loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
-                                              label_smoothing, 0, None, backend)
+                                              label_smoothing, z_loss, lse, 0, None, backend)
             ctx.save_for_backward(grad)
         else:
             loss = cross_entropy_op(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                    0, backend)
-        _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend)
+                                    z_loss, lse, 0, backend)
+        _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss,
+                     backend)
         ctx.gradient_into_logits = gradient_into_logits
         ctx.overwrote_logits = False
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _backward(ctx, grad_loss) + (None,) * 8  # the other inputs get none
+        return _backward(ctx, grad_loss) + (None,) * 10  # the other inputs get none
 
 
 class CrossEntropyInplaceFunction(torch.autograd.Function):
@@ -945,9 +1005,10 @@ class CrossEntropyInplaceFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
+    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
+                backend):
         loss = cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction,
-                                        label_smoothing, 0, None, backend)
+                                        label_smoothing, z_loss, lse, 0, None, backend)
         ctx.mark_dirty(logits)
         ctx.save_for_backward(logits)
         ctx.backend = backend
@@ -956,7 +1017,7 @@ class CrossEntropyInplaceFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_overwritten_logits):
-        return _backward(ctx, grad_loss) + (None,) * 7
+        return _backward(ctx, grad_loss) + (None,) * 9
 
 
 class CrossEntropyInplaceViewFunction(torch.autograd.Function):
@@ -969,9 +1030,10 @@ class CrossEntropyInplaceViewFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
+    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
+                backend):
         loss = cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction,
-                                        label_smoothing, 0, None, backend)
+                                        label_smoothing, z_loss, lse, 0, None, backend)
         ctx.save_for_backward(logits)
         ctx.backend = backend
         ctx.gradient_written = ctx.overwrote_logits = True
@@ -979,7 +1041,7 @@ class CrossEntropyInplaceViewFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _backward(ctx, grad_loss) + (None,) * 7
+        return _backward(ctx, grad_loss) + (None,) * 9
 
 
 # ----------------------------------------------------------------------------- public API
@@ -1066,8 +1128,9 @@ def _validate_lam(lam):
 
 def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget], weight: Optional[torch.Tensor] = None,
                   size_average: Optional[bool] = None, ignore_index: int = -100, reduce: Optional[bool] = None,
-                  reduction: str = "mean", label_smoothing: float = 0.0, *, inplace_backward: bool = False,
-                  validate: bool = False, backend: Optional[str] = None) -> torch.Tensor:
+                  reduction: str = "mean", label_smoothing: float = 0.0, *, z_loss: float = 0.0,
+                  return_lse: bool = False, inplace_backward: bool = False, validate: bool = False,
+                  backend: Optional[str] = None) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """F.cross_entropy(input, target, ...) in one pass over the logits, gradient included.
 
     Takes F.cross_entropy's arguments, positionally and by keyword; the legacy size_average and
@@ -1094,6 +1157,10 @@ def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget],
     reduced like the loss. Second derivatives (create_graph=True) are torch's.
     Backward through the same loss twice (retain_graph) raises where the forward wrote the gradient
     (float32, bfloat16): its buffer is scaled in place.
+    z_loss >= 0 adds z_loss * lse^2 to the loss of every counted row (PaLM's auxiliary loss; lse the
+    row's log-sum-exp; not ignored rows, unweighted), reduced with the rest (the `mean` denominator
+    is unchanged), in the same pass; its gradient is 2 z_loss lse p_c. return_lse=True returns
+    (loss, lse) with lse the per-row log-sum-exp in float32, the target's row shape, with no gradient.
     """
     logits = input
     if size_average is not None or reduce is not None:
@@ -1102,6 +1169,9 @@ def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget],
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     label_smoothing = _checks.probability(label_smoothing, "label_smoothing")
+    z_loss = _checks.positive(z_loss, "z_loss", allow_zero=True)
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if not -2**63 <= ignore_index < 2**63:
@@ -1128,9 +1198,19 @@ def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget],
                         "use backend='triton' or 'torch' for float64")
     weight = None if weight is None else weight.to(_math_dtype(logits))
     lam = None if lam is None else lam.to(_math_dtype(logits))
+    lse = torch.empty(_row_shape(logits), dtype=torch.float32, device=logits.device) if return_lse else None
+    loss = _loss_through_autograd(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss,
+                                  lse, backend, inplace_backward)
+    return (loss, lse) if return_lse else loss
+
+
+def _loss_through_autograd(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
+                           backend, inplace_backward):
+    """The loss through the op or autograd.Function the call needs (see cross_entropy)."""
     target_needs_grad = y_a.requires_grad  # only probabilities can
+    options = (ignore_index, reduction, label_smoothing, z_loss, lse)
     if not (torch.is_grad_enabled() and (logits.requires_grad or target_needs_grad)):
-        return cross_entropy_op(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, 0, backend)
+        return cross_entropy_op(logits, y_a, y_b, lam, weight, *options, 0, backend)
     if inplace_backward and logits.requires_grad and logits.is_contiguous():
         if (logits if logits._base is None else logits._base).is_leaf:  # torch refuses in-place writes to leaves
             raise ValueError("inplace_backward=True would overwrite a leaf tensor that requires grad (the logits "
@@ -1140,14 +1220,10 @@ def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget],
         # writes over them after that, keeps them in place.
         writable = _may_receive_gradient(logits)
         if writable and logits.dtype in GRADIENT_IN_BACKWARD_DTYPES:  # the forward leaves them be
-            return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                              backend, True)
+            return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, *options, backend, True)
         if writable and not target_needs_grad:
             if logits._base is not None:
-                return CrossEntropyInplaceViewFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
-                                                             label_smoothing, backend)
-            loss, _ = CrossEntropyInplaceFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
-                                                        label_smoothing, backend)
+                return CrossEntropyInplaceViewFunction.apply(logits, y_a, y_b, lam, weight, *options, backend)
+            loss, _ = CrossEntropyInplaceFunction.apply(logits, y_a, y_b, lam, weight, *options, backend)
             return loss
-    return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                      backend, False)
+    return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, *options, backend, False)
