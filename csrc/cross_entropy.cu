@@ -254,14 +254,58 @@ __global__ void __launch_bounds__(kDenominatorThreads) index_denominator_kernel(
   }
 }
 
-// What thread `thread` of a block gathers in sweep 1 over classes [start, end) of one row: groups of
-// kGroup classes kThreads apart. q (probabilities only) has the logits' layout.
+// Classes moved at once as one 16-byte vector: 4 fp32, 8 fp16 or bf16.
+template <typename T>
+constexpr int kVector = 16 / sizeof(T);
+
+template <typename T>
+struct alignas(16) ClassVector {
+  T v[kVector<T>];
+};
+
+// Whether the classes from `p` on can move as 16-byte vectors: unit class stride, 16-byte aligned.
+template <typename T>
+__host__ __device__ inline bool vector_ready(const T* p, int64_t inner_size) {
+  return inner_size == 1 && reinterpret_cast<uintptr_t>(p) % sizeof(ClassVector<T>) == 0;
+}
+
+// The classes [start, vector_end) that a row sweep moves as 16-byte vectors (the rest one by one):
+// all whole vectors when x (and q, and the gradient, when given) are vector_ready at start, else none.
+template <typename T>
+__host__ __device__ inline int64_t vector_end(const T* x, const T* q, const T* grad, int64_t row_offset,
+                                              int64_t inner_size, int64_t start, int64_t end) {
+  const bool ready = vector_ready(x + row_offset + start, inner_size) &&
+                     (q == nullptr || vector_ready(q + row_offset + start, inner_size)) &&
+                     (grad == nullptr || vector_ready(grad + row_offset + start, inner_size));
+  return ready ? start + (end - start) / kVector<T> * kVector<T> : start;
+}
+
+// What thread `thread` of a block gathers in sweep 1 over classes [start, end) of one row: 16-byte
+// vectors of consecutive classes (kVector<T> of them) kThreads vectors apart where the row allows
+// (vector_end), then groups of kGroup classes kThreads apart. q (probabilities only) has the logits' layout.
 template <typename T>
 __host__ __device__ RowStats thread_statistics(const T* x, const float* weight, const T* q, int64_t row_offset,
                                                int64_t inner_size, int64_t start, int64_t end, int thread,
                                                bool smoothing, bool probabilities) {
   RowStats stats = empty_stats();
-  for (int64_t base = start + thread; base < end; base += int64_t{kThreads} * kGroup) {
+  constexpr int kVec = kVector<T>;
+  const int64_t vectors_end = vector_end<T>(x, probabilities ? q : nullptr, nullptr, row_offset, inner_size, start, end);
+  for (int64_t base = start + int64_t{thread} * kVec; base < vectors_end; base += int64_t{kThreads} * kVec) {
+    float xs[kVec], ws[kVec], qs[kVec];
+    bool present[kVec];
+    const ClassVector<T> xv = *reinterpret_cast<const ClassVector<T>*>(x + row_offset + base);
+    ClassVector<T> qv{};
+    if (probabilities) qv = *reinterpret_cast<const ClassVector<T>*>(q + row_offset + base);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      present[j] = true;
+      xs[j] = to_float(xv.v[j]);
+      ws[j] = weight != nullptr ? weight[base + j] : 1.f;
+      qs[j] = probabilities ? to_float(qv.v[j]) : 0.f;
+    }
+    add_group<kVec>(stats, xs, present, ws, qs, smoothing, probabilities);
+  }
+  for (int64_t base = vectors_end + thread; base < end; base += int64_t{kThreads} * kGroup) {
     float xs[kGroup], ws[kGroup], qs[kGroup];
     bool present[kGroup];
 #pragma unroll
@@ -295,15 +339,31 @@ __device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row, int
   const T* q = reinterpret_cast<const T*>(a.target);
   T* grad = static_cast<T*>(a.grad);
   const float grad_scale = row_grad_scale(a, kKind, row);
-  for (int64_t c = start + threadIdx.x; c < end; c += kThreads) {
-    const int64_t offset = row_offset + c * a.inner_size;
+  auto element = [&](int64_t c, float xc, float qc) {
     const float w = a.weight != nullptr ? a.weight[c] : 1.f;
-    const float qc = kKind == kProbabilityTarget ? to_float(q[offset]) : 0.f;
-    // Read before written: with inplace_backward grad and x share storage, element by element.
-    const float xc = to_float(x[offset]);
-    grad[offset] = from_float<T>(
+    return from_float<T>(
         a.grad_of_target ? target_gradient_element(xc, w, row_max, log_sum, a.label_smoothing, grad_scale)
                          : gradient_element(c, xc, w, qc, row_max, log_sum, factor, k, a.label_smoothing, grad_scale));
+  };
+  // 16-byte vectors of consecutive classes where the row allows, then one class at a time.
+  constexpr int kVec = kVector<T>;
+  const int64_t vectors_end = vector_end<T>(x, kKind == kProbabilityTarget ? q : nullptr, grad, row_offset,
+                                            a.inner_size, start, end);
+  for (int64_t base = start + int64_t{threadIdx.x} * kVec; base < vectors_end; base += int64_t{kThreads} * kVec) {
+    const ClassVector<T> xv = *reinterpret_cast<const ClassVector<T>*>(x + row_offset + base);
+    ClassVector<T> qv{};
+    if (kKind == kProbabilityTarget) qv = *reinterpret_cast<const ClassVector<T>*>(q + row_offset + base);
+    ClassVector<T> out;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      out.v[j] = element(base + j, to_float(xv.v[j]), kKind == kProbabilityTarget ? to_float(qv.v[j]) : 0.f);
+    }
+    *reinterpret_cast<ClassVector<T>*>(grad + row_offset + base) = out;  // after the reads: grad may be x
+  }
+  for (int64_t c = vectors_end + threadIdx.x; c < end; c += kThreads) {
+    const int64_t offset = row_offset + c * a.inner_size;
+    // Read before written: with inplace_backward grad and x share storage, element by element.
+    grad[offset] = element(c, to_float(x[offset]), kKind == kProbabilityTarget ? to_float(q[offset]) : 0.f);
   }
 }
 

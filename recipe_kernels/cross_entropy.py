@@ -53,6 +53,8 @@ from recipe_kernels.targets import MixedTarget
 INDEX, MIXED, PROBABILITIES = TargetKind.INDEX, TargetKind.MIXED, TargetKind.PROBABILITY
 INDEX_TARGET = tl.constexpr(int(TargetKind.INDEX))
 PROBABILITY_TARGET = tl.constexpr(int(TargetKind.PROBABILITY))
+# Consecutive classes each lane of a multi-block sweep folds at once (16 bytes of bf16).
+LANE_GROUP = tl.constexpr(8)
 # GRAD_OUTPUT of the kernels: what multiplies the gradient besides the mean's 1 / denominator.
 NO_GRAD_OUTPUT, SCALAR_GRAD_OUTPUT, PER_ROW_GRAD_OUTPUT = (tl.constexpr(code) for code in range(3))
 REDUCTIONS = ("none", "mean", "sum")
@@ -62,6 +64,10 @@ REDUCTIONS = ("none", "mean", "sum")
 # heaviest variant on sm_90 (ptxas, no spills), so several programs share an SM; 4096 per
 # program took 244 registers. Untuned: no GPU has run these kernels yet.
 MAX_BLOCK = 1024
+# An unsplit row of up to this many classes is one block held in registers (this many per thread):
+# sweep 2 reads nothing again, so DRAM sees one read and one write at any residency.
+ROW_IN_REGISTERS = 32768
+ROW_ELEMENTS_PER_THREAD = 64
 SPLIT_CHUNK = 2048
 SPLIT_PROGRAMS_PER_SM = 4
 # Per (row, split) partial statistics: max, sum exp(x - max), sum w (x - max), sum w, sum w q,
@@ -150,60 +156,121 @@ def _rebase(sum_shifted, old_max, new_shift, sum_weights):
 
 
 @triton.jit
+def _class_offsets(block, class_stride, BLOCK: tl.constexpr, UNIT_STRIDE: tl.constexpr):
+    """(classes relative to the chunk's start, their offsets from its first class) of one block. In
+    int32 for unit class strides (the chunk then has < 2^31 classes): half the registers of int64,
+    which lets a whole row stay in registers."""
+    classes = block * BLOCK + tl.arange(0, BLOCK)
+    if UNIT_STRIDE:
+        offsets = classes
+    else:
+        offsets = classes.to(tl.int64) * class_stride
+    return classes, offsets
+
+
+@triton.jit
 def _chunk_statistics(x_ptr, q_ptr, weight_ptr, row_offset, class_stride, start, end,
                       BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
-                      HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, ACC: tl.constexpr):
+                      HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+                      ACC: tl.constexpr):
     """One sweep over classes [start, end) of a row: max m and sum of exp(x - m), plus the sums
     smoothing and probability targets need, all relative to m: sum w (x - m), sum w, sum w q,
     sum w q (x - m) (in ACC).
 
     Each lane keeps its own running statistics (online softmax, one exp per element), and the
     lanes are merged once at the end: one block reduction per row, not one per block of classes.
+    A chunk of one block (BLOCKS_PER_CHUNK == 1) is reduced directly and its logits come back
+    too (in their own dtype, half the registers of bf16 in fp32), for sweep 2 to use without
+    reading them again (otherwise a placeholder does).
     """
-    lane_max = tl.full([BLOCK], -float("inf"), ACC)
-    lane_exp = tl.zeros([BLOCK], ACC)
-    lane_wx = tl.zeros([BLOCK], ACC)
-    lane_w = tl.zeros([BLOCK], ACC)
-    lane_wq = tl.zeros([BLOCK], ACC)
-    lane_wqx = tl.zeros([BLOCK], ACC)
-    lanes = tl.arange(0, BLOCK).to(tl.int64)
-    # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
-    for block in range(BLOCKS_PER_CHUNK):
-        classes = start + block * BLOCK + lanes
-        in_row = classes < end
-        offsets = row_offset + classes * class_stride
-        x = tl.load(x_ptr + offsets, mask=in_row, other=-float("inf")).to(ACC)
-        # exp(-|x - max|) rescales the sum when x is the new max, else is x's own term; -inf adds nothing
-        # (and -inf - -inf would be NaN).
-        raises_max = x > lane_max
-        term = tl.where(x == -float("inf"), 0.0, tl.exp(-tl.abs(x - lane_max)))
-        lane_exp = tl.where(raises_max, lane_exp * term + 1.0, lane_exp + term)
-        new_max = tl.maximum(lane_max, x)
+    first = row_offset + start * class_stride
+    if BLOCKS_PER_CHUNK == 1:
+        classes, offsets = _class_offsets(0, class_stride, BLOCK, UNIT_STRIDE)
+        in_row = classes < end - start
+        x_held = tl.load(x_ptr + first + offsets, mask=in_row, other=-float("inf"))
+        x = x_held.to(ACC)
+        row_max = tl.max(x, 0)
+        shift = tl.where(row_max == -float("inf"), 0.0, row_max)
+        sum_exp = tl.sum(tl.exp(x - shift), 0)
+        sum_wx = tl.zeros([], ACC)
+        sum_w = tl.zeros([], ACC)
+        sum_wq = tl.zeros([], ACC)
+        sum_wqx = tl.zeros([], ACC)
         if HAS_SMOOTHING or IS_PROB:
-            # Shifted sums follow their lane's max: rebased when it rises, then x - max added.
-            shift = tl.where(new_max == -float("inf"), 0.0, new_max)
             shifted = tl.where(in_row, x - shift, 0.0)
             if HAS_WEIGHT:
-                w = tl.load(weight_ptr + classes, mask=in_row, other=0.0)
+                w = tl.load(weight_ptr + start + classes, mask=in_row, other=0.0)
             else:
                 w = tl.where(in_row, 1.0, 0.0)
             if HAS_SMOOTHING:
-                lane_wx = _rebase(lane_wx, lane_max, shift, lane_w) + w * shifted
-                lane_w += w
+                sum_wx = tl.sum(w * shifted, 0)
+                sum_w = tl.sum(w, 0)
             if IS_PROB:
-                wq = w * tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(ACC)
-                lane_wqx = _rebase(lane_wqx, lane_max, shift, lane_wq) + wq * shifted
-                lane_wq += wq
+                wq = w * tl.load(q_ptr + first + offsets, mask=in_row, other=0.0).to(ACC)
+                sum_wqx = tl.sum(wq * shifted, 0)
+                sum_wq = tl.sum(wq, 0)
+    else:
+        row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx, x_held = _lane_statistics(
+            x_ptr, q_ptr, weight_ptr, first, class_stride, start, end, BLOCK, BLOCKS_PER_CHUNK, IS_PROB,
+            HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, ACC)
+    return row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx, x_held
+
+
+@triton.jit
+def _lane_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, end,
+                     BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
+                     HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+                     ACC: tl.constexpr):
+    """_chunk_statistics over several blocks (first: the offset of the chunk's first class). Each
+    block is LANE_GROUP consecutive classes per lane (one 16-byte load in bf16); each lane folds
+    its group into its own running statistics (one rescale per group, one exp per element), and
+    the lanes are merged once at the end."""
+    LANES: tl.constexpr = BLOCK // LANE_GROUP
+    lane_max = tl.full([LANES], -float("inf"), ACC)
+    lane_exp = tl.zeros([LANES], ACC)
+    lane_wx = tl.zeros([LANES], ACC)
+    lane_w = tl.zeros([LANES], ACC)
+    lane_wq = tl.zeros([LANES], ACC)
+    lane_wqx = tl.zeros([LANES], ACC)
+    in_block = tl.arange(0, LANES)[:, None] * LANE_GROUP + tl.arange(0, LANE_GROUP)[None, :]
+    # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
+    for block in range(BLOCKS_PER_CHUNK):
+        classes = block * BLOCK + in_block
+        if UNIT_STRIDE:
+            offsets = classes
+        else:
+            offsets = classes.to(tl.int64) * class_stride
+        in_row = classes < end - start
+        x = tl.load(x_ptr + first + offsets, mask=in_row, other=-float("inf")).to(ACC)
+        new_max = tl.maximum(lane_max, tl.max(x, 1))
+        # A lane that is -inf so far keeps a zero sum instead of exp(-inf - -inf) = NaN.
+        shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+        lane_exp = lane_exp * tl.exp(lane_max - shift) + tl.sum(tl.exp(x - shift[:, None]), 1)
+        if HAS_SMOOTHING or IS_PROB:
+            # Shifted sums follow their lane's max: rebased when it rises, then x - max added.
+            shifted = tl.where(in_row, x - shift[:, None], 0.0)
+            if HAS_WEIGHT:
+                w = tl.load(weight_ptr + start + classes, mask=in_row, other=0.0)
+            else:
+                w = tl.where(in_row, 1.0, 0.0)
+            if HAS_SMOOTHING:
+                lane_wx = _rebase(lane_wx, lane_max, shift, lane_w) + tl.sum(w * shifted, 1)
+                lane_w += tl.sum(w, 1)
+            if IS_PROB:
+                wq = w * tl.load(q_ptr + first + offsets, mask=in_row, other=0.0).to(ACC)
+                lane_wqx = _rebase(lane_wqx, lane_max, shift, lane_wq) + tl.sum(wq * shifted, 1)
+                lane_wq += tl.sum(wq, 1)
         lane_max = new_max
     # The one merge: every lane's sums moved onto the row's max.
     row_max = tl.max(lane_max, 0)
     shift = tl.where(row_max == -float("inf"), 0.0, row_max)
-    sum_exp = tl.sum(tl.where(lane_max == -float("inf"), 0.0, lane_exp * tl.exp(lane_max - shift)), 0)
+    sum_exp = tl.sum(lane_exp * tl.exp(lane_max - shift), 0)
     sum_wx = tl.sum(_rebase(lane_wx, lane_max, shift, lane_w), 0)
     sum_w = tl.sum(lane_w, 0)
     sum_wqx = tl.sum(_rebase(lane_wqx, lane_max, shift, lane_wq), 0)
     sum_wq = tl.sum(lane_wq, 0)
-    return row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx
+    # No held logits: a placeholder of the same type.
+    return row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx, tl.zeros([BLOCK], x_ptr.dtype.element_ty)
 
 
 @triton.jit
@@ -228,31 +295,37 @@ def _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_
 @triton.jit
 def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_stride, start, end,
                           row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing, grad_scale,
-                          BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
+                          x_held, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
                           HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr,
-                          ACC: tl.constexpr):
+                          X_HELD: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """grad_c = grad_scale (p_c K - a_a [c == y_a] - a_b [c == y_b] - beta w_c - (1-e) w_c q_c)
     over classes [start, end), all in ACC and rounded once; zero for an inactive row. With
     OF_TARGET (probability targets) the gradient with respect to q instead:
-    grad_scale (-(1-e) w_c log p_c)."""
-    lanes = tl.arange(0, BLOCK).to(tl.int64)
+    grad_scale (-(1-e) w_c log p_c). X_HELD: the chunk is one block whose logits sweep 1 left in
+    x_held (in x's dtype), so nothing is read again."""
+    first = row_offset + start * class_stride
+    target_a = y_a - start  # the target classes relative to the chunk (negative: none)
+    target_b = y_b - start
     # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
     for block in range(BLOCKS_PER_CHUNK):
-        classes = start + block * BLOCK + lanes
-        in_row = classes < end
-        offsets = row_offset + classes * class_stride
-        x = tl.load(x_ptr + offsets, mask=in_row, other=0.0).to(ACC)
+        classes, offsets = _class_offsets(block, class_stride, BLOCK, UNIT_STRIDE)
+        in_row = classes < end - start
+        offsets = first + offsets
+        if X_HELD:
+            x = x_held.to(ACC)
+        else:
+            x = tl.load(x_ptr + offsets, mask=in_row, other=0.0).to(ACC)
         log_p = (x - row_max) - log_sum
         if HAS_SMOOTHING or IS_PROB:
             if HAS_WEIGHT:
-                w = tl.load(weight_ptr + classes, mask=in_row, other=0.0)
+                w = tl.load(weight_ptr + start + classes, mask=in_row, other=0.0)
             else:
                 w = 1.0
         if OF_TARGET:
             grad = -(1.0 - label_smoothing) * w * log_p
         else:
             grad = tl.exp(log_p) * factor
-            grad -= tl.where(classes == y_a, a_a, 0.0) + tl.where(classes == y_b, a_b, 0.0)
+            grad -= tl.where(classes == target_a, a_a, 0.0) + tl.where(classes == target_b, a_b, 0.0)
             if HAS_SMOOTHING:
                 grad -= beta * w
             if IS_PROB:
@@ -324,7 +397,7 @@ def _cross_entropy_fwd_kernel(
         label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
         HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
         SPLIT: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
-        ACC: tl.constexpr):
+        UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Cross-entropy of one row (or of one chunk of it when SPLIT), grid (rows, splits).
 
     Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
@@ -370,9 +443,9 @@ def _cross_entropy_fwd_kernel(
     start = split * chunk_size
     end = tl.minimum(start + chunk_size, num_classes)
     # 2. Sweep 1: statistics of the row (or chunk).
-    row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx = _chunk_statistics(
+    row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx, x_held = _chunk_statistics(
         x_ptr, target_ptr, weight_ptr, row_offset, inner_size, start, end,
-        BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING, ACC)
+        BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, ACC)
     if SPLIT:
         fields = partial_ptr + (row * tl.num_programs(1) + split) * 8
         tl.store(fields + 0, row_max)
@@ -395,11 +468,13 @@ def _cross_entropy_fwd_kernel(
         if WRITE_LSE:
             tl.store(lse_ptr + row, row_max + log_sum)
         if WRITE_GRAD:
+            grad_scale = _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows,
+                                         TARGET_KIND, MEAN, GRAD_OUTPUT, PARTIALS_BLOCK, ACC)
+            # A row of one block is still in registers (x_held): sweep 2 reads nothing again.
             _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                                   row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                                  _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows,
-                                                  TARGET_KIND, MEAN, GRAD_OUTPUT, PARTIALS_BLOCK, ACC), BLOCK, BLOCKS_PER_CHUNK,
-                                  TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC)
+                                  grad_scale, x_held, BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == PROBABILITY_TARGET,
+                                  HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, BLOCKS_PER_CHUNK == 1, UNIT_STRIDE, ACC)
 
 
 @triton.jit
@@ -410,7 +485,7 @@ def _cross_entropy_split_finish_kernel(
         label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
         HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
         BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
-        SPLITS_BLOCK: tl.constexpr, ACC: tl.constexpr):
+        SPLITS_BLOCK: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Second kernel of a split row, grid (rows, splits): merge the row's partial statistics,
     write its loss (split 0) and the gradient of this program's chunk.
 
@@ -458,11 +533,12 @@ def _cross_entropy_split_finish_kernel(
     if WRITE_GRAD:
         start = split * chunk_size
         end = tl.minimum(start + chunk_size, num_classes)
+        grad_scale = _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows, TARGET_KIND,
+                                     MEAN, GRAD_OUTPUT, PARTIALS_BLOCK, ACC)
         _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                               row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                              _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows,
-                                                  TARGET_KIND, MEAN, GRAD_OUTPUT, PARTIALS_BLOCK, ACC), BLOCK, BLOCKS_PER_CHUNK,
-                              TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC)
+                              grad_scale, grad_scale, BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == PROBABILITY_TARGET,
+                              HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, False, UNIT_STRIDE, ACC)
 
 
 @triton.jit
@@ -521,9 +597,14 @@ def _power_of_two_at_least(n):
     return 1 << (n - 1).bit_length()
 
 
-def _block_and_warps(num_classes):
-    block = max(16, min(MAX_BLOCK, _power_of_two_at_least(num_classes)))
-    return block, 4
+def _block_and_warps(num_classes, splits):
+    """(BLOCK, num_warps): a row of up to ROW_IN_REGISTERS classes (unsplit) is one block, held in
+    registers between the two sweeps, ROW_ELEMENTS_PER_THREAD per thread; longer rows loop over
+    MAX_BLOCK classes with 4 warps."""
+    whole_row = _power_of_two_at_least(num_classes)
+    if splits == 1 and MAX_BLOCK < whole_row <= ROW_IN_REGISTERS:
+        return whole_row, max(4, whole_row // (32 * ROW_ELEMENTS_PER_THREAD))
+    return max(16, min(MAX_BLOCK, whole_row)), 4
 
 
 def _denominator_partials(rows):
@@ -546,7 +627,7 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
     num_classes = x.shape[1]
     rows = loss.numel()
     inner_size = x.numel() // (x.shape[0] * num_classes)
-    block, num_warps = _block_and_warps(num_classes)
+    block, num_warps = _block_and_warps(num_classes, splits)
     math_dtype = loss.dtype
     acc = tl.float64 if math_dtype == torch.float64 else tl.float32
     if math_dtype == torch.float32:
@@ -571,7 +652,7 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
                  HAS_Z_LOSS=z_loss > 0.0, WRITE_LSE=lse is not None, WRITE_GRAD=grad is not None, MEAN=mean, GRAD_OUTPUT=_grad_output_kind(grad_output),
                  OF_TARGET=of_target)
     sizes = dict(BLOCK=block, BLOCKS_PER_CHUNK=chunk // block,
-                 PARTIALS_BLOCK=max(2, _power_of_two_at_least(num_partials)), ACC=acc)
+                 PARTIALS_BLOCK=max(2, _power_of_two_at_least(num_partials)), UNIT_STRIDE=inner_size == 1, ACC=acc)
     launch(_cross_entropy_fwd_kernel, (rows, splits), *args, ignore_index, label_smoothing, z_loss,
            num_warps=num_warps,
            **flags, SPLIT=splits > 1, **sizes)
