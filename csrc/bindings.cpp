@@ -40,15 +40,17 @@ void drop_path_residual_rows_host(uintptr_t a, uintptr_t b, uintptr_t index, uin
                                   int64_t row_size, float scale, int a_dtype, int b_dtype, int out_dtype);
 // csrc/cross_entropy.cu
 void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
-                       uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
-                       int64_t num_classes, int64_t inner_size, int64_t splits, int64_t ignore_index,
-                       float label_smoothing, bool per_row_scale, bool grad_of_target, int kind, int dtype,
-                       uintptr_t stream);
+                       uintptr_t denominator, uintptr_t grad_output, uintptr_t loss, uintptr_t lse, uintptr_t grad,
+                       uintptr_t partial, int64_t rows, int64_t num_classes, int64_t inner_size, int64_t splits,
+                       int64_t num_partials, int64_t rows_per_partial, int64_t ignore_index, float label_smoothing,
+                       float z_loss, bool mean,
+                       int grad_output_kind, bool grad_of_target, int kind, int dtype, uintptr_t stream);
 void cross_entropy_scale_grad(uintptr_t grad, uintptr_t factor, int64_t n, int64_t num_classes, int64_t inner_size,
-                              bool per_row, int dtype, uintptr_t stream);
+                              bool per_row, int64_t max_blocks, int dtype, uintptr_t stream);
 void cross_entropy_host(const float* x, const int64_t* target, const int64_t* target_b, const float* lam,
                         const float* weight, const float* q, int64_t rows, int64_t num_classes, int64_t ignore_index,
-                        float label_smoothing, int kind, int64_t chunk, bool of_target, float* loss, float* grad);
+                        float label_smoothing, float z_loss, int kind, int64_t chunk, bool of_target, float* loss,
+                        float* grad);
 // csrc/mixing.cu (declarations)
 void composite_batch(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t lam, uintptr_t partner, uintptr_t mode,
                      uintptr_t fill, uintptr_t mean, uintptr_t std_dev, uintptr_t seed, int64_t n, int64_t c,
@@ -169,14 +171,16 @@ PYBIND11_MODULE(_C, m) {
         py::arg("a_dtype"), py::arg("b_dtype"), py::arg("out_dtype"));
   m.def("cross_entropy_fwd", &recipe_kernels::cross_entropy_fwd,
         "cross-entropy loss per row and, when grad != 0, its gradient (one pass over the logits)", py::arg("x"),
-        py::arg("target"), py::arg("target_b"), py::arg("lam"), py::arg("weight"), py::arg("grad_scale"),
-        py::arg("loss"), py::arg("grad"), py::arg("partial"), py::arg("rows"), py::arg("num_classes"),
-        py::arg("inner_size"), py::arg("splits"), py::arg("ignore_index"), py::arg("label_smoothing"),
-        py::arg("per_row_scale"), py::arg("grad_of_target"), py::arg("kind"), py::arg("dtype"), py::arg("stream"));
+        py::arg("target"), py::arg("target_b"), py::arg("lam"), py::arg("weight"), py::arg("denominator"),
+        py::arg("grad_output"), py::arg("loss"), py::arg("lse"), py::arg("grad"), py::arg("partial"), py::arg("rows"),
+        py::arg("num_classes"), py::arg("inner_size"), py::arg("splits"), py::arg("num_partials"),
+        py::arg("rows_per_partial"), py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("z_loss"),
+        py::arg("mean"),
+        py::arg("grad_output_kind"), py::arg("grad_of_target"), py::arg("kind"), py::arg("dtype"), py::arg("stream"));
   m.def("cross_entropy_scale_grad", &recipe_kernels::cross_entropy_scale_grad,
         "grad *= factor in place (scalar or per row), skipping factors of exactly 1", py::arg("grad"),
         py::arg("factor"), py::arg("n"), py::arg("num_classes"), py::arg("inner_size"), py::arg("per_row"),
-        py::arg("dtype"), py::arg("stream"));
+        py::arg("max_blocks"), py::arg("dtype"), py::arg("stream"));
   // The CUDA kernels' per-row arithmetic on the CPU (fp32 (rows, C) logits), for tests without a GPU.
   // Empty arrays stand for absent inputs; returns (loss (rows,), gradient (rows, C)) for grad_scale 1,
   // with respect to the logits or (of_target) to the probability target.
@@ -185,19 +189,20 @@ PYBIND11_MODULE(_C, m) {
       [](py::array_t<float, py::array::c_style> x, py::array_t<int64_t, py::array::c_style> target,
          py::array_t<int64_t, py::array::c_style> target_b, py::array_t<float, py::array::c_style> lam,
          py::array_t<float, py::array::c_style> weight, py::array_t<float, py::array::c_style> q, int64_t ignore_index,
-         float label_smoothing, int kind, int64_t chunk, bool of_target) {
+         float label_smoothing, int kind, int64_t chunk, bool of_target, float z_loss) {
         const int64_t rows = x.shape(0), num_classes = x.shape(1);
         py::array_t<float> loss(rows);
         py::array_t<float> grad({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(num_classes)});
         auto data = [](auto& array) { return array.size() > 0 ? array.data() : nullptr; };
         recipe_kernels::cross_entropy_host(x.data(), data(target), data(target_b), data(lam), data(weight), data(q),
-                                           rows, num_classes, ignore_index, label_smoothing, kind, chunk, of_target,
+                                           rows, num_classes, ignore_index, label_smoothing, z_loss, kind, chunk,
+                                           of_target,
                                            loss.mutable_data(), grad.mutable_data());
         return py::make_tuple(loss, grad);
       },
       py::arg("x"), py::arg("target"), py::arg("target_b"), py::arg("lam"), py::arg("weight"), py::arg("q"),
       py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("kind"), py::arg("chunk"),
-      py::arg("of_target") = false);
+      py::arg("of_target") = false, py::arg("z_loss") = 0.f);
   // mixing (bindings)
   m.def("composite_batch", &recipe_kernels::composite_batch, "CutMix / MixUp / erase per sample, optional normalization",
         py::arg("x"), py::arg("out"), py::arg("box"), py::arg("lam"), py::arg("partner"), py::arg("mode"),

@@ -125,16 +125,23 @@ __host__ __device__ inline RowCoefficients row_coefficients(int kind, const int6
 }
 
 // The row's loss and K, the factor of p_c in its gradient, from the shifted statistics and
-// log_sum = L = log(stats.sum_exp). sum_w must already be C without weights.
+// log_sum = L = log(stats.sum_exp). sum_w must already be C without weights. z_loss > 0 adds
+// z_loss lse^2 to the loss and 2 z_loss lse to K (lse = max + L).
 __host__ __device__ inline void row_loss_and_factor(const RowStats& stats, const RowCoefficients& k, float x_a,
-                                                    float x_b, float label_smoothing, float log_sum, float* loss,
-                                                    float* factor) {
+                                                    float x_b, float label_smoothing, float z_loss, float log_sum,
+                                                    float* loss, float* factor) {
   const float one_minus_eps = 1.f - label_smoothing;
   float value = k.a_a * (log_sum - (x_a - stats.max)) + k.a_b * (log_sum - (x_b - stats.max)) +
                 k.beta * (stats.sum_w * log_sum - stats.sum_wx) +
                 one_minus_eps * (stats.sum_wq * log_sum - stats.sum_wqx);
+  float row_factor = k.a_a + k.a_b + k.beta * stats.sum_w + one_minus_eps * stats.sum_wq;
+  if (z_loss > 0.f) {
+    const float lse = stats.max + log_sum;
+    value += z_loss * lse * lse;
+    row_factor += 2.f * z_loss * lse;
+  }
   *loss = k.active ? value : 0.f;
-  *factor = k.a_a + k.a_b + k.beta * stats.sum_w + one_minus_eps * stats.sum_wq;
+  *factor = row_factor;
 }
 
 // grad_c for grad_output = 1, times grad_scale, in fp32 (the target-class term included) before rounding.
@@ -166,13 +173,16 @@ struct CrossEntropyArgs {
   const int64_t* target_b;
   const float* lam;
   const float* weight;
-  const float* grad_scale;  // the gradient's factor: one value, or one per row when per_row_scale
+  float* denominator;  // index targets with mean: num_partials partial sums, then their total
+  const float* grad_output;  // one value or one per row (grad_output_kind), or none
   float* loss;
+  float* lse;  // each row's log-sum-exp, or none
   void* grad;
   float* partial;
-  int64_t num_classes, inner_size, chunk_size, num_splits, ignore_index;
-  float label_smoothing;
-  bool per_row_scale;
+  int64_t num_classes, inner_size, chunk_size, num_splits, num_partials, total_rows, ignore_index;
+  float label_smoothing, z_loss;
+  bool mean;  // the gradient is divided by the `mean` denominator
+  int grad_output_kind;
   bool grad_of_target;  // grad receives d loss / d target (probabilities) instead of d loss / d logits
 };
 
@@ -200,14 +210,102 @@ __device__ RowStats block_merge(RowStats stats) {
   return total;
 }
 
-// What thread `thread` of a block gathers in sweep 1 over classes [start, end) of one row: groups of
-// kGroup classes kThreads apart. q (probabilities only) has the logits' layout.
+// What multiplies grad_output besides the gradient (GRAD_OUTPUT of the Triton kernels).
+enum GradOutputKind : int { kNoGradOutput = 0, kScalarGradOutput = 1, kPerRowGradOutput = 2 };
+
+// The `mean` denominator: the summed partials of index targets (index_denominator_kernel), else the row count.
+__host__ __device__ inline float mean_denominator(const CrossEntropyArgs& a, int kind) {
+  if (kind != kIndexTarget) return static_cast<float>(a.total_rows);
+  float total = 0.f;
+  for (int64_t p = 0; p < a.num_partials; ++p) total += a.denominator[p];
+  return total;
+}
+
+// The factor of one row's gradient: 1 / the mean denominator (mean) times grad_output.
+__host__ __device__ inline float row_grad_scale(const CrossEntropyArgs& a, int kind, int64_t row) {
+  float scale = a.mean ? 1.f / mean_denominator(a, kind) : 1.f;
+  if (a.grad_output_kind == kScalarGradOutput) scale *= *a.grad_output;
+  if (a.grad_output_kind == kPerRowGradOutput) scale *= a.grad_output[row];
+  return scale;
+}
+
+constexpr int kDenominatorThreads = 256;
+
+// partial[p] = the summed weight w[y] (1 without weights) of the counted rows (y not ignore_index, in
+// [0, C)) among rows [p * rows_per_partial, (p + 1) * rows_per_partial); one block per partial.
+// Bytes: 8 per row of target, plus the weights gathered (cached).
+__global__ void __launch_bounds__(kDenominatorThreads) index_denominator_kernel(
+    const int64_t* target, const float* weight, float* partial, int64_t rows, int64_t num_classes,
+    int64_t ignore_index, int64_t rows_per_partial) {
+  __shared__ float per_warp[kDenominatorThreads / 32];
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * rows_per_partial;
+  const int64_t end = first + rows_per_partial < rows ? first + rows_per_partial : rows;
+  float total = 0.f;
+  for (int64_t r = first + threadIdx.x; r < end; r += kDenominatorThreads) {
+    const int64_t y = target[r];
+    if (y != ignore_index && y >= 0 && y < num_classes) total += weight == nullptr ? 1.f : weight[y];
+  }
+  for (int mask = 16; mask > 0; mask >>= 1) total += __shfl_xor_sync(0xffffffffu, total, mask);
+  if (threadIdx.x % 32 == 0) per_warp[threadIdx.x / 32] = total;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kDenominatorThreads / 32; ++w) total += per_warp[w];
+    partial[blockIdx.x] = total;
+  }
+}
+
+// Classes moved at once as one 16-byte vector: 4 fp32, 8 fp16 or bf16.
+template <typename T>
+constexpr int kVector = 16 / sizeof(T);
+
+template <typename T>
+struct alignas(16) ClassVector {
+  T v[kVector<T>];
+};
+
+// Whether the classes from `p` on can move as 16-byte vectors: unit class stride, 16-byte aligned.
+template <typename T>
+__host__ __device__ inline bool vector_ready(const T* p, int64_t inner_size) {
+  return inner_size == 1 && reinterpret_cast<uintptr_t>(p) % sizeof(ClassVector<T>) == 0;
+}
+
+// The classes [start, vector_end) that a row sweep moves as 16-byte vectors (the rest one by one):
+// all whole vectors when x (and q, and the gradient, when given) are vector_ready at start, else none.
+template <typename T>
+__host__ __device__ inline int64_t vector_end(const T* x, const T* q, const T* grad, int64_t row_offset,
+                                              int64_t inner_size, int64_t start, int64_t end) {
+  const bool ready = vector_ready(x + row_offset + start, inner_size) &&
+                     (q == nullptr || vector_ready(q + row_offset + start, inner_size)) &&
+                     (grad == nullptr || vector_ready(grad + row_offset + start, inner_size));
+  return ready ? start + (end - start) / kVector<T> * kVector<T> : start;
+}
+
+// What thread `thread` of a block gathers in sweep 1 over classes [start, end) of one row: 16-byte
+// vectors of consecutive classes (kVector<T> of them) kThreads vectors apart where the row allows
+// (vector_end), then groups of kGroup classes kThreads apart. q (probabilities only) has the logits' layout.
 template <typename T>
 __host__ __device__ RowStats thread_statistics(const T* x, const float* weight, const T* q, int64_t row_offset,
                                                int64_t inner_size, int64_t start, int64_t end, int thread,
                                                bool smoothing, bool probabilities) {
   RowStats stats = empty_stats();
-  for (int64_t base = start + thread; base < end; base += int64_t{kThreads} * kGroup) {
+  constexpr int kVec = kVector<T>;
+  const int64_t vectors_end = vector_end<T>(x, probabilities ? q : nullptr, nullptr, row_offset, inner_size, start, end);
+  for (int64_t base = start + int64_t{thread} * kVec; base < vectors_end; base += int64_t{kThreads} * kVec) {
+    float xs[kVec], ws[kVec], qs[kVec];
+    bool present[kVec];
+    const ClassVector<T> xv = *reinterpret_cast<const ClassVector<T>*>(x + row_offset + base);
+    ClassVector<T> qv{};
+    if (probabilities) qv = *reinterpret_cast<const ClassVector<T>*>(q + row_offset + base);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      present[j] = true;
+      xs[j] = to_float(xv.v[j]);
+      ws[j] = weight != nullptr ? weight[base + j] : 1.f;
+      qs[j] = probabilities ? to_float(qv.v[j]) : 0.f;
+    }
+    add_group<kVec>(stats, xs, present, ws, qs, smoothing, probabilities);
+  }
+  for (int64_t base = vectors_end + thread; base < end; base += int64_t{kThreads} * kGroup) {
     float xs[kGroup], ws[kGroup], qs[kGroup];
     bool present[kGroup];
 #pragma unroll
@@ -240,23 +338,39 @@ __device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row, int
   const T* x = static_cast<const T*>(a.x);
   const T* q = reinterpret_cast<const T*>(a.target);
   T* grad = static_cast<T*>(a.grad);
-  const float grad_scale = a.per_row_scale ? a.grad_scale[row] : *a.grad_scale;
-  for (int64_t c = start + threadIdx.x; c < end; c += kThreads) {
-    const int64_t offset = row_offset + c * a.inner_size;
+  const float grad_scale = row_grad_scale(a, kKind, row);
+  auto element = [&](int64_t c, float xc, float qc) {
     const float w = a.weight != nullptr ? a.weight[c] : 1.f;
-    const float qc = kKind == kProbabilityTarget ? to_float(q[offset]) : 0.f;
-    // Read before written: with inplace_backward grad and x share storage, element by element.
-    const float xc = to_float(x[offset]);
-    grad[offset] = from_float<T>(
+    return from_float<T>(
         a.grad_of_target ? target_gradient_element(xc, w, row_max, log_sum, a.label_smoothing, grad_scale)
                          : gradient_element(c, xc, w, qc, row_max, log_sum, factor, k, a.label_smoothing, grad_scale));
+  };
+  // 16-byte vectors of consecutive classes where the row allows, then one class at a time.
+  constexpr int kVec = kVector<T>;
+  const int64_t vectors_end = vector_end<T>(x, kKind == kProbabilityTarget ? q : nullptr, grad, row_offset,
+                                            a.inner_size, start, end);
+  for (int64_t base = start + int64_t{threadIdx.x} * kVec; base < vectors_end; base += int64_t{kThreads} * kVec) {
+    const ClassVector<T> xv = *reinterpret_cast<const ClassVector<T>*>(x + row_offset + base);
+    ClassVector<T> qv{};
+    if (kKind == kProbabilityTarget) qv = *reinterpret_cast<const ClassVector<T>*>(q + row_offset + base);
+    ClassVector<T> out;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      out.v[j] = element(base + j, to_float(xv.v[j]), kKind == kProbabilityTarget ? to_float(qv.v[j]) : 0.f);
+    }
+    *reinterpret_cast<ClassVector<T>*>(grad + row_offset + base) = out;  // after the reads: grad may be x
+  }
+  for (int64_t c = vectors_end + threadIdx.x; c < end; c += kThreads) {
+    const int64_t offset = row_offset + c * a.inner_size;
+    // Read before written: with inplace_backward grad and x share storage, element by element.
+    grad[offset] = element(c, to_float(x[offset]), kKind == kProbabilityTarget ? to_float(q[offset]) : 0.f);
   }
 }
 
 // Cross-entropy of one row, or of one chunk of it when num_splits > 1; grid (rows, splits).
 // Inputs: logits as (N, C, inner_size), targets (int64 (rows,) indices; two of them and lam (N,) for
 // MixedTarget; or probabilities in the logits' dtype and layout), weight (fp32 (C,), optional),
-// grad_scale (fp32: one, or one per row). Outputs: loss (fp32 (rows,)), grad (logits' layout, optional,
+// the mean denominator's partial sums (index targets with mean), grad_output (fp32: none, one, or one per row). Outputs: loss (fp32 (rows,)), grad (logits' layout, optional,
 // may be x).
 // Bytes: one DRAM read of the row for sweep 1; sweep 2 re-reads it (from L2 while a block's row fits:
 // 512 threads work on one row at a time) and writes the gradient once; 8 B of target and 4 B of loss
@@ -268,6 +382,9 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_fwd_kernel(CrossEntrop
   const int64_t sample = row / a.inner_size;
   const int64_t row_offset = sample * a.num_classes * a.inner_size + row % a.inner_size;
   const T* x = static_cast<const T*>(a.x);
+  if (kKind == kIndexTarget && a.mean && row == 0 && split == 0 && threadIdx.x == 0) {
+    a.denominator[a.num_partials] = mean_denominator(a, kKind);  // the total, for the host's mean of the losses
+  }
   const RowCoefficients k = row_coefficients(kKind, a.target, a.target_b, a.lam, a.weight, row, sample,
                                              a.num_classes, a.ignore_index, a.label_smoothing);
   // The target logits are read before any gradient overwrites them.
@@ -288,8 +405,9 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_fwd_kernel(CrossEntrop
   if (a.weight == nullptr) stats.sum_w = static_cast<float>(a.num_classes);
   const float log_sum = log_approx(stats.sum_exp);
   float loss, factor;
-  row_loss_and_factor(stats, k, x_a, x_b, a.label_smoothing, log_sum, &loss, &factor);
+  row_loss_and_factor(stats, k, x_a, x_b, a.label_smoothing, a.z_loss, log_sum, &loss, &factor);
   if (threadIdx.x == 0) a.loss[row] = loss;
+  if (threadIdx.x == 0 && a.lse != nullptr) a.lse[row] = stats.max + log_sum;
   if (a.grad != nullptr) write_chunk_gradient<T, kKind>(a, row, row_offset, start, end, stats.max, log_sum, factor, k);
 }
 
@@ -313,8 +431,9 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_split_finish_kernel(Cr
   if (a.weight == nullptr) stats.sum_w = static_cast<float>(a.num_classes);
   const float log_sum = log_approx(stats.sum_exp);
   float loss, factor;
-  row_loss_and_factor(stats, k, partial[6], partial[7], a.label_smoothing, log_sum, &loss, &factor);
+  row_loss_and_factor(stats, k, partial[6], partial[7], a.label_smoothing, a.z_loss, log_sum, &loss, &factor);
   if (split == 0 && threadIdx.x == 0) a.loss[row] = loss;
+  if (split == 0 && threadIdx.x == 0 && a.lse != nullptr) a.lse[row] = stats.max + log_sum;
   if (a.grad != nullptr) {
     const int64_t start = split * a.chunk_size;
     const int64_t end = start + a.chunk_size < a.num_classes ? start + a.chunk_size : a.num_classes;
@@ -339,21 +458,31 @@ __global__ void scale_gradient_kernel(T* grad, const float* factor, int64_t n, i
 }  // namespace
 
 void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintptr_t lam, uintptr_t weight,
-                       uintptr_t grad_scale, uintptr_t loss, uintptr_t grad, uintptr_t partial, int64_t rows,
-                       int64_t num_classes, int64_t inner_size, int64_t splits, int64_t ignore_index,
-                       float label_smoothing, bool per_row_scale, bool grad_of_target, int kind, int dtype,
-                       uintptr_t stream) {
+                       uintptr_t denominator, uintptr_t grad_output, uintptr_t loss, uintptr_t lse, uintptr_t grad,
+                       uintptr_t partial, int64_t rows, int64_t num_classes, int64_t inner_size, int64_t splits,
+                       int64_t num_partials, int64_t rows_per_partial, int64_t ignore_index, float label_smoothing,
+                       float z_loss, bool mean,
+                       int grad_output_kind, bool grad_of_target, int kind, int dtype, uintptr_t stream) {
   if (rows <= 0 || num_classes <= 0) return;
   if (rows > INT32_MAX) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: more than 2^31 rows");
   if (splits < 1 || splits > 65535) throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: bad split count");
+  if (grad_output_kind < kNoGradOutput || grad_output_kind > kPerRowGradOutput) {
+    throw std::invalid_argument("recipe_kernels._C.cross_entropy_fwd: unknown grad_output_kind");
+  }
   CrossEntropyArgs a{reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(target),
                      reinterpret_cast<const int64_t*>(target_b), reinterpret_cast<const float*>(lam),
-                     reinterpret_cast<const float*>(weight), reinterpret_cast<const float*>(grad_scale),
-                     reinterpret_cast<float*>(loss), reinterpret_cast<void*>(grad), reinterpret_cast<float*>(partial),
-                     num_classes, inner_size, ceil_div(num_classes, splits), splits, ignore_index, label_smoothing,
-                     per_row_scale, grad_of_target};
-  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
+                     reinterpret_cast<const float*>(weight), reinterpret_cast<float*>(denominator),
+                     reinterpret_cast<const float*>(grad_output), reinterpret_cast<float*>(loss),
+                     reinterpret_cast<float*>(lse), reinterpret_cast<void*>(grad), reinterpret_cast<float*>(partial),
+                     num_classes, inner_size, ceil_div(num_classes, splits), splits, num_partials, rows, ignore_index,
+                     label_smoothing, z_loss, mean,
+                     grad_output_kind, grad_of_target};
   const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+  if (kind == kIndexTarget && mean) {
+    index_denominator_kernel<<<static_cast<unsigned>(num_partials), kDenominatorThreads, 0, cuda_stream>>>(
+        a.target, a.weight, a.denominator, rows, num_classes, ignore_index, rows_per_partial);
+  }
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
   dispatch_float_dtype(dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
     auto launch = [&](auto fwd, auto finish) {
@@ -378,10 +507,12 @@ void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintpt
 }
 
 void cross_entropy_scale_grad(uintptr_t grad, uintptr_t factor, int64_t n, int64_t num_classes, int64_t inner_size,
-                              bool per_row, int dtype, uintptr_t stream) {
+                              bool per_row, int64_t max_blocks, int dtype, uintptr_t stream) {
   if (n <= 0) return;
+  if (max_blocks < 1) throw std::invalid_argument("recipe_kernels._C.cross_entropy_scale_grad: max_blocks < 1");
   constexpr int kScaleThreads = 256;
-  const int64_t blocks = std::min<int64_t>(ceil_div(n, kScaleThreads * 4), int64_t{1} << 20);
+  // Grid-stride over at most max_blocks blocks (4 per SM): with a factor of 1 each reads one float and exits.
+  const int64_t blocks = std::min<int64_t>(ceil_div(n, kScaleThreads * 4), max_blocks);
   dispatch_float_dtype(dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
     const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
@@ -420,7 +551,8 @@ RowStats block_merge_host(RowStats (&stats)[kThreads]) {
 // the chunks then merge in order, as the finishing kernel does. For tests without a GPU.
 void cross_entropy_host(const float* x, const int64_t* target, const int64_t* target_b, const float* lam,
                         const float* weight, const float* q, int64_t rows, int64_t num_classes, int64_t ignore_index,
-                        float label_smoothing, int kind, int64_t chunk, bool of_target, float* loss, float* grad) {
+                        float label_smoothing, float z_loss, int kind, int64_t chunk, bool of_target, float* loss,
+                        float* grad) {
   const bool smoothing = label_smoothing > 0.f;
   RowStats per_thread[kThreads];
   for (int64_t row = 0; row < rows; ++row) {
@@ -442,7 +574,7 @@ void cross_entropy_host(const float* x, const int64_t* target, const int64_t* ta
     const float x_a = k.y_a >= 0 && k.y_a < num_classes ? xr[k.y_a] : 0.f;
     const float x_b = k.y_b >= 0 && k.y_b < num_classes ? xr[k.y_b] : 0.f;
     float factor;
-    row_loss_and_factor(stats, k, x_a, x_b, label_smoothing, log_sum, &loss[row], &factor);
+    row_loss_and_factor(stats, k, x_a, x_b, label_smoothing, z_loss, log_sum, &loss[row], &factor);
     for (int64_t c = 0; c < num_classes; ++c) {
       const float w = weight != nullptr ? weight[c] : 1.f;
       grad[row * num_classes + c] =

@@ -35,6 +35,7 @@ by adding (old max - new max) times the summed weight so far.
 A class index outside [0, C) (other than ignore_index) is never used as an address: it
 turns a_a into NaN, so that row's loss and gradient are NaN.
 """
+import functools
 import struct
 from typing import Optional, Union
 
@@ -42,13 +43,20 @@ import torch
 import triton
 import triton.language as tl
 
-from recipe_kernels import _backend, reference
+from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._codes import TargetKind
-from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
+from recipe_kernels._ops import Op, launch
+from recipe_kernels._triton_common import cdiv, round_to
 from recipe_kernels.targets import MixedTarget
 
-# Target kinds (a constexpr of the kernels, an int of the CUDA launcher).
+# Target kinds: TARGET_KIND of the kernels (compared with these constexprs), `kind` of the CUDA launcher.
 INDEX, MIXED, PROBABILITIES = TargetKind.INDEX, TargetKind.MIXED, TargetKind.PROBABILITY
+INDEX_TARGET = tl.constexpr(int(TargetKind.INDEX))
+PROBABILITY_TARGET = tl.constexpr(int(TargetKind.PROBABILITY))
+# Consecutive classes each lane of a multi-block sweep folds at once (16 bytes of bf16).
+LANE_GROUP = tl.constexpr(8)
+# GRAD_OUTPUT of the kernels: what multiplies the gradient besides the mean's 1 / denominator.
+NO_GRAD_OUTPUT, SCALAR_GRAD_OUTPUT, PER_ROW_GRAD_OUTPUT = (tl.constexpr(code) for code in range(3))
 REDUCTIONS = ("none", "mean", "sum")
 # Classes per Triton block (a row longer than this loops); rows split over programs in
 # chunks of at least SPLIT_CHUNK classes when there are too few rows to fill the GPU.
@@ -56,11 +64,23 @@ REDUCTIONS = ("none", "mean", "sum")
 # heaviest variant on sm_90 (ptxas, no spills), so several programs share an SM; 4096 per
 # program took 244 registers. Untuned: no GPU has run these kernels yet.
 MAX_BLOCK = 1024
-SPLIT_CHUNK = 16384
+# An unsplit row of up to this many classes is one block held in registers (this many per thread):
+# sweep 2 reads nothing again, so DRAM sees one read and one write at any residency.
+ROW_IN_REGISTERS = 32768
+ROW_ELEMENTS_PER_THREAD = 64
+SPLIT_CHUNK = 2048
+SPLIT_PROGRAMS_PER_SM = 4
 # Per (row, split) partial statistics: max, sum exp(x - max), sum w (x - max), sum w, sum w q,
 # sum w q (x - max), x[y_a], x[y_b].
 PARTIAL_FIELDS = 8
 SCALE_BLOCK = 2048
+SCALE_PROGRAMS_PER_SM = 4  # the backward scaling's grid-stride programs (CUDA: blocks) per SM
+# The `mean` denominator of index targets (_index_denominator_kernel): rows per block, and rows per
+# program before a second program is added, up to MAX_DENOMINATOR_PARTIALS programs (partial sums
+# that every main program adds up again, so few).
+DENOMINATOR_BLOCK = 1024
+DENOMINATOR_ROWS = 16384
+MAX_DENOMINATOR_PARTIALS = 64
 # float16 ends its normal range at 6.1e-5: a gradient stored in fp16 with the mean's 1/denominator
 # folded in, then multiplied by a loss scale (2^10 .. 2^16), has lost the bits of its small entries
 # (relative errors of 0.3 against float64). In fp16 the forward therefore computes the loss alone and
@@ -103,14 +123,14 @@ def _row_coefficients(target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample
     y_a = no_class
     y_b = no_class
     active = no_class == -1
-    if TARGET_KIND != 2:  # probabilities have no per-row class
+    if TARGET_KIND != PROBABILITY_TARGET:  # probabilities have no per-row class
         y_a = tl.load(target_ptr + row)
         in_range_a = (y_a >= 0) & (y_a < num_classes)
         if HAS_WEIGHT:
             w_a = tl.load(weight_ptr + y_a, mask=in_range_a, other=0.0)
         else:
             w_a = 1.0
-        if TARGET_KIND == 0:
+        if TARGET_KIND == INDEX_TARGET:
             active = y_a != ignore_index
             a_a = tl.where(active, tl.where(in_range_a, one_minus_eps * w_a, float("nan")), 0.0)
             beta = tl.where(active, beta, 0.0)
@@ -136,121 +156,259 @@ def _rebase(sum_shifted, old_max, new_shift, sum_weights):
 
 
 @triton.jit
+def _class_offsets(block, class_stride, BLOCK: tl.constexpr, UNIT_STRIDE: tl.constexpr):
+    """(classes relative to the chunk's start, their offsets from its first class) of one block. In
+    int32 for unit class strides (the chunk then has < 2^31 classes): half the registers of int64,
+    which lets a whole row stay in registers."""
+    classes = block * BLOCK + tl.arange(0, BLOCK)
+    if UNIT_STRIDE:
+        offsets = classes
+    else:
+        offsets = classes.to(tl.int64) * class_stride
+    return classes, offsets
+
+
+@triton.jit
 def _chunk_statistics(x_ptr, q_ptr, weight_ptr, row_offset, class_stride, start, end,
                       BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
-                      HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, ACC: tl.constexpr):
-    """One sweep over classes [start, end) of a row: online max m and sum of exp(x - m), plus the
-    sums smoothing and probability targets need, all relative to m: sum w (x - m), sum w,
-    sum w q, sum w q (x - m) (in ACC)."""
-    row_max = tl.full([], -float("inf"), ACC)
-    sum_exp = tl.zeros([], ACC)
-    sum_wx = tl.zeros([], ACC)
-    sum_w = tl.zeros([], ACC)
-    sum_wq = tl.zeros([], ACC)
-    sum_wqx = tl.zeros([], ACC)
-    lanes = tl.arange(0, BLOCK).to(tl.int64)
-    # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
-    for block in range(BLOCKS_PER_CHUNK):
-        classes = start + block * BLOCK + lanes
-        in_row = classes < end
-        offsets = row_offset + classes * class_stride
-        x = tl.load(x_ptr + offsets, mask=in_row, other=-float("inf")).to(ACC)
-        new_max = tl.maximum(row_max, tl.max(x, 0))
-        # A row that is -inf so far keeps a zero sum instead of exp(-inf - -inf) = NaN.
-        shift = tl.where(new_max == -float("inf"), 0.0, new_max)
-        sum_exp = sum_exp * tl.exp(row_max - shift) + tl.sum(tl.exp(x - shift), 0)
+                      HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+                      ACC: tl.constexpr):
+    """One sweep over classes [start, end) of a row: max m and sum of exp(x - m), plus the sums
+    smoothing and probability targets need, all relative to m: sum w (x - m), sum w, sum w q,
+    sum w q (x - m) (in ACC).
+
+    Each lane keeps its own running statistics (online softmax, one exp per element), and the
+    lanes are merged once at the end: one block reduction per row, not one per block of classes.
+    A chunk of one block (BLOCKS_PER_CHUNK == 1) is reduced directly and its logits come back
+    too (in their own dtype, half the registers of bf16 in fp32), for sweep 2 to use without
+    reading them again (otherwise a placeholder does).
+    """
+    first = row_offset + start * class_stride
+    if BLOCKS_PER_CHUNK == 1:
+        classes, offsets = _class_offsets(0, class_stride, BLOCK, UNIT_STRIDE)
+        in_row = classes < end - start
+        x_held = tl.load(x_ptr + first + offsets, mask=in_row, other=-float("inf"))
+        x = x_held.to(ACC)
+        row_max = tl.max(x, 0)
+        shift = tl.where(row_max == -float("inf"), 0.0, row_max)
+        sum_exp = tl.sum(tl.exp(x - shift), 0)
+        sum_wx = tl.zeros([], ACC)
+        sum_w = tl.zeros([], ACC)
+        sum_wq = tl.zeros([], ACC)
+        sum_wqx = tl.zeros([], ACC)
         if HAS_SMOOTHING or IS_PROB:
             shifted = tl.where(in_row, x - shift, 0.0)
             if HAS_WEIGHT:
-                w = tl.load(weight_ptr + classes, mask=in_row, other=0.0)
+                w = tl.load(weight_ptr + start + classes, mask=in_row, other=0.0)
             else:
                 w = tl.where(in_row, 1.0, 0.0)
             if HAS_SMOOTHING:
-                sum_wx = _rebase(sum_wx, row_max, shift, sum_w) + tl.sum(w * shifted, 0)
-                sum_w += tl.sum(w, 0)
+                sum_wx = tl.sum(w * shifted, 0)
+                sum_w = tl.sum(w, 0)
             if IS_PROB:
-                wq = w * tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(ACC)
-                sum_wqx = _rebase(sum_wqx, row_max, shift, sum_wq) + tl.sum(wq * shifted, 0)
-                sum_wq += tl.sum(wq, 0)
-        row_max = new_max
-    return row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx
+                wq = w * tl.load(q_ptr + first + offsets, mask=in_row, other=0.0).to(ACC)
+                sum_wqx = tl.sum(wq * shifted, 0)
+                sum_wq = tl.sum(wq, 0)
+    else:
+        row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx, x_held = _lane_statistics(
+            x_ptr, q_ptr, weight_ptr, first, class_stride, start, end, BLOCK, BLOCKS_PER_CHUNK, IS_PROB,
+            HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, ACC)
+    return row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx, x_held
+
+
+@triton.jit
+def _lane_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, end,
+                     BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
+                     HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+                     ACC: tl.constexpr):
+    """_chunk_statistics over several blocks (first: the offset of the chunk's first class). Each
+    block is LANE_GROUP consecutive classes per lane (one 16-byte load in bf16); each lane folds
+    its group into its own running statistics (one rescale per group, one exp per element), and
+    the lanes are merged once at the end."""
+    LANES: tl.constexpr = BLOCK // LANE_GROUP
+    lane_max = tl.full([LANES], -float("inf"), ACC)
+    lane_exp = tl.zeros([LANES], ACC)
+    lane_wx = tl.zeros([LANES], ACC)
+    lane_w = tl.zeros([LANES], ACC)
+    lane_wq = tl.zeros([LANES], ACC)
+    lane_wqx = tl.zeros([LANES], ACC)
+    in_block = tl.arange(0, LANES)[:, None] * LANE_GROUP + tl.arange(0, LANE_GROUP)[None, :]
+    # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
+    for block in range(BLOCKS_PER_CHUNK):
+        classes = block * BLOCK + in_block
+        if UNIT_STRIDE:
+            offsets = classes
+        else:
+            offsets = classes.to(tl.int64) * class_stride
+        in_row = classes < end - start
+        x = tl.load(x_ptr + first + offsets, mask=in_row, other=-float("inf")).to(ACC)
+        new_max = tl.maximum(lane_max, tl.max(x, 1))
+        # A lane that is -inf so far keeps a zero sum instead of exp(-inf - -inf) = NaN.
+        shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+        lane_exp = lane_exp * tl.exp(lane_max - shift) + tl.sum(tl.exp(x - shift[:, None]), 1)
+        if HAS_SMOOTHING or IS_PROB:
+            # Shifted sums follow their lane's max: rebased when it rises, then x - max added.
+            shifted = tl.where(in_row, x - shift[:, None], 0.0)
+            if HAS_WEIGHT:
+                w = tl.load(weight_ptr + start + classes, mask=in_row, other=0.0)
+            else:
+                w = tl.where(in_row, 1.0, 0.0)
+            if HAS_SMOOTHING:
+                lane_wx = _rebase(lane_wx, lane_max, shift, lane_w) + tl.sum(w * shifted, 1)
+                lane_w += tl.sum(w, 1)
+            if IS_PROB:
+                wq = w * tl.load(q_ptr + first + offsets, mask=in_row, other=0.0).to(ACC)
+                lane_wqx = _rebase(lane_wqx, lane_max, shift, lane_wq) + tl.sum(wq * shifted, 1)
+                lane_wq += tl.sum(wq, 1)
+        lane_max = new_max
+    # The one merge: every lane's sums moved onto the row's max.
+    row_max = tl.max(lane_max, 0)
+    shift = tl.where(row_max == -float("inf"), 0.0, row_max)
+    sum_exp = tl.sum(lane_exp * tl.exp(lane_max - shift), 0)
+    sum_wx = tl.sum(_rebase(lane_wx, lane_max, shift, lane_w), 0)
+    sum_w = tl.sum(lane_w, 0)
+    sum_wqx = tl.sum(_rebase(lane_wqx, lane_max, shift, lane_wq), 0)
+    sum_wq = tl.sum(lane_wq, 0)
+    # No held logits: a placeholder of the same type.
+    return row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx, tl.zeros([BLOCK], x_ptr.dtype.element_ty)
 
 
 @triton.jit
 def _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b, beta, active,
-                         label_smoothing, IS_PROB: tl.constexpr):
+                         label_smoothing, z_loss, IS_PROB: tl.constexpr, HAS_Z_LOSS: tl.constexpr):
     """The row's loss and K, the factor of p_c in its gradient (module docstring), from the
-    shifted statistics: log_sum = L, sum_wx = sum w (x - m), sum_wqx = sum w q (x - m)."""
+    shifted statistics: log_sum = L, sum_wx = sum w (x - m), sum_wqx = sum w q (x - m).
+    HAS_Z_LOSS adds z_loss lse^2 to the loss and 2 z_loss lse to K (lse = m + L)."""
     loss = a_a * (log_sum - (x_a - row_max)) + a_b * (log_sum - (x_b - row_max)) + beta * (sum_w * log_sum - sum_wx)
     factor = a_a + a_b + beta * sum_w
     if IS_PROB:
         one_minus_eps = 1.0 - label_smoothing
         loss += one_minus_eps * (sum_wq * log_sum - sum_wqx)
         factor += one_minus_eps * sum_wq
+    if HAS_Z_LOSS:
+        lse = row_max + log_sum
+        loss += z_loss * lse * lse
+        factor += 2.0 * z_loss * lse
     return tl.where(active, loss, 0.0), factor
 
 
 @triton.jit
 def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_stride, start, end,
                           row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing, grad_scale,
-                          BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
+                          x_held, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
                           HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr,
-                          ACC: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+                          X_HELD: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """grad_c = grad_scale (p_c K - a_a [c == y_a] - a_b [c == y_b] - beta w_c - (1-e) w_c q_c)
     over classes [start, end), all in ACC and rounded once; zero for an inactive row. With
     OF_TARGET (probability targets) the gradient with respect to q instead:
-    grad_scale (-(1-e) w_c log p_c)."""
-    lanes = tl.arange(0, BLOCK).to(tl.int64)
+    grad_scale (-(1-e) w_c log p_c). X_HELD: the chunk is one block whose logits sweep 1 left in
+    x_held (in x's dtype), so nothing is read again."""
+    first = row_offset + start * class_stride
+    target_a = y_a - start  # the target classes relative to the chunk (negative: none)
+    target_b = y_b - start
     # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
     for block in range(BLOCKS_PER_CHUNK):
-        classes = start + block * BLOCK + lanes
-        in_row = classes < end
-        offsets = row_offset + classes * class_stride
-        x = tl.load(x_ptr + offsets, mask=in_row, other=0.0).to(ACC)
+        classes, offsets = _class_offsets(block, class_stride, BLOCK, UNIT_STRIDE)
+        in_row = classes < end - start
+        offsets = first + offsets
+        if X_HELD:
+            x = x_held.to(ACC)
+        else:
+            x = tl.load(x_ptr + offsets, mask=in_row, other=0.0).to(ACC)
         log_p = (x - row_max) - log_sum
         if HAS_SMOOTHING or IS_PROB:
             if HAS_WEIGHT:
-                w = tl.load(weight_ptr + classes, mask=in_row, other=0.0)
+                w = tl.load(weight_ptr + start + classes, mask=in_row, other=0.0)
             else:
                 w = 1.0
         if OF_TARGET:
             grad = -(1.0 - label_smoothing) * w * log_p
         else:
             grad = tl.exp(log_p) * factor
-            grad -= tl.where(classes == y_a, a_a, 0.0) + tl.where(classes == y_b, a_b, 0.0)
+            grad -= tl.where(classes == target_a, a_a, 0.0) + tl.where(classes == target_b, a_b, 0.0)
             if HAS_SMOOTHING:
                 grad -= beta * w
             if IS_PROB:
                 q = tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(ACC)
                 grad -= (1.0 - label_smoothing) * w * q
         grad = tl.where(active, grad * grad_scale, 0.0)
-        tl.store(grad_ptr + offsets, cast_to(grad, grad_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_row)
+        tl.store(grad_ptr + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_row)
 
 
 @triton.jit
-def _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE: tl.constexpr):
-    """The factor of this row's gradient: one value for all rows, or one per row."""
-    if PER_ROW_SCALE:
-        return tl.load(grad_scale_ptr + row)
-    return tl.load(grad_scale_ptr)
+def _reciprocal(value, ACC: tl.constexpr):
+    """1 / value rounded to nearest, as torch divides (Triton's fp32 `/` is approximate on the GPU)."""
+    if ACC == tl.float64:
+        return 1.0 / value
+    return tl.math.div_rn(tl.full([], 1.0, ACC), value)
+
+
+@triton.jit
+def _mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND: tl.constexpr,
+                      PARTIALS_BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """The `mean` denominator: for index targets the sum of the partial sums _index_denominator_kernel
+    wrote (the summed weight of counted rows), for the other targets the row count."""
+    if TARGET_KIND == INDEX_TARGET:
+        partials = tl.arange(0, PARTIALS_BLOCK)
+        return tl.sum(tl.load(denominator_ptr + partials, mask=partials < num_partials, other=0.0), 0)
+    return tl.zeros([], ACC) + total_rows
+
+
+@triton.jit
+def _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows, TARGET_KIND: tl.constexpr,
+                    MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, PARTIALS_BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """The factor of this row's gradient: 1 / the `mean` denominator (MEAN) times grad_output
+    (GRAD_OUTPUT: NO_GRAD_OUTPUT, one value, or one per row)."""
+    scale = tl.full([], 1.0, ACC)
+    if MEAN:
+        scale = _reciprocal(_mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND,
+                                              PARTIALS_BLOCK, ACC), ACC)
+    if GRAD_OUTPUT == SCALAR_GRAD_OUTPUT:
+        scale = scale * tl.load(grad_output_ptr).to(ACC)
+    elif GRAD_OUTPUT == PER_ROW_GRAD_OUTPUT:
+        scale = scale * tl.load(grad_output_ptr + row).to(ACC)
+    return scale
+
+
+@triton.jit
+def _index_denominator_kernel(target_ptr, weight_ptr, partial_ptr, rows, num_classes, ignore_index,
+                              rows_per_program, BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """partial[p] = the summed weight w[y] (1 without weights) of the counted rows (y not ignore_index,
+    in [0, C)) among rows [p * rows_per_program, (p + 1) * rows_per_program); grid (partials,).
+    Bytes: 8 per row of target, plus the weights gathered (cached)."""
+    first = tl.program_id(0).to(tl.int64) * rows_per_program
+    total = tl.zeros([BLOCK], ACC)
+    for offset in range(0, rows_per_program, BLOCK):
+        index = first + offset + tl.arange(0, BLOCK)
+        y = tl.load(target_ptr + index, mask=index < rows, other=0)
+        counted = (index < rows) & (y != ignore_index) & (y >= 0) & (y < num_classes)
+        if HAS_WEIGHT:
+            total += tl.load(weight_ptr + y, mask=counted, other=0.0)
+        else:
+            total += counted.to(ACC)
+    tl.store(partial_ptr + tl.program_id(0), tl.sum(total, 0))
 
 
 @triton.jit
 def _cross_entropy_fwd_kernel(
-        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
-        partial_ptr, num_classes, inner_size, chunk_size, ignore_index, label_smoothing: "fp64",
-        TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, OF_TARGET: tl.constexpr, SPLIT: tl.constexpr,
-        BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, ACC: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
+        grad_ptr,
+        partial_ptr, num_classes, inner_size, chunk_size, num_partials, total_rows, ignore_index,
+        label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+        HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
+        SPLIT: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
+        UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Cross-entropy of one row (or of one chunk of it when SPLIT), grid (rows, splits).
 
     Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
     apart), the target (int64 (rows,) indices, two of them and lam (N,) for MixedTarget, or
-    probabilities of x's layout), class weights ((C,), optional), grad_scale (the gradient's
-    factor, grad_output / mean denominator, one value or one per row when PER_ROW_SCALE).
+    probabilities of x's layout), class weights ((C,), optional), the partial sums of the `mean`
+    denominator (index targets with MEAN; num_partials of them, from _index_denominator_kernel;
+    program (0, 0) stores their total after them, for the host's mean), grad_output (one value or
+    one per row, as GRAD_OUTPUT says; the gradient's factor is grad_output / the mean denominator).
     Outputs: loss ((rows,)) and, when WRITE_GRAD, grad in x's layout (may be x itself: each
     block is read before it is overwritten): the gradient with respect to the logits, or with
-    OF_TARGET to the probability target. The math, lam, weights, grad_scale, loss and partials
+    OF_TARGET to the probability target. The math, lam, weights, grad scale, loss and partials
     are in ACC: fp64 for fp64 logits, else fp32 (label_smoothing arrives as an fp64 and is
     rounded to ACC).
 
@@ -268,6 +426,11 @@ def _cross_entropy_fwd_kernel(
     """
     row, split, sample, row_offset = _program_row(num_classes, inner_size)
     label_smoothing = tl.full([], label_smoothing, ACC)
+    z_loss = tl.full([], z_loss, ACC)
+    if MEAN and TARGET_KIND == INDEX_TARGET:
+        if (row == 0) & (split == 0):  # the denominator's total, for the host's mean of the losses
+            tl.store(denominator_ptr + num_partials,
+                     _mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND, PARTIALS_BLOCK, ACC))
     # 1. What the target asks of this row.
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
@@ -280,9 +443,9 @@ def _cross_entropy_fwd_kernel(
     start = split * chunk_size
     end = tl.minimum(start + chunk_size, num_classes)
     # 2. Sweep 1: statistics of the row (or chunk).
-    row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx = _chunk_statistics(
+    row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx, x_held = _chunk_statistics(
         x_ptr, target_ptr, weight_ptr, row_offset, inner_size, start, end,
-        BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, ACC)
+        BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, ACC)
     if SPLIT:
         fields = partial_ptr + (row * tl.num_programs(1) + split) * 8
         tl.store(fields + 0, row_max)
@@ -299,23 +462,30 @@ def _cross_entropy_fwd_kernel(
         log_sum = tl.log(sum_exp)
         # 3. Loss of the row, then sweep 2: its gradient.
         loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
-                                            beta, active, label_smoothing, TARGET_KIND == 2)
+                                            beta, active, label_smoothing, z_loss, TARGET_KIND == PROBABILITY_TARGET,
+                                            HAS_Z_LOSS)
         tl.store(loss_ptr + row, loss)
+        if WRITE_LSE:
+            tl.store(lse_ptr + row, row_max + log_sum)
         if WRITE_GRAD:
+            grad_scale = _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows,
+                                         TARGET_KIND, MEAN, GRAD_OUTPUT, PARTIALS_BLOCK, ACC)
+            # A row of one block is still in registers (x_held): sweep 2 reads nothing again.
             _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                                   row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                                  _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK,
-                                  TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC, EMULATE_BF16_RTNE)
+                                  grad_scale, x_held, BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == PROBABILITY_TARGET,
+                                  HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, BLOCKS_PER_CHUNK == 1, UNIT_STRIDE, ACC)
 
 
 @triton.jit
 def _cross_entropy_split_finish_kernel(
-        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_scale_ptr, loss_ptr, grad_ptr,
-        partial_ptr, num_classes, inner_size, chunk_size, num_splits, ignore_index, label_smoothing: "fp64",
-        TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-        WRITE_GRAD: tl.constexpr, PER_ROW_SCALE: tl.constexpr, OF_TARGET: tl.constexpr, BLOCK: tl.constexpr,
-        BLOCKS_PER_CHUNK: tl.constexpr, SPLITS_BLOCK: tl.constexpr, ACC: tl.constexpr,
-        EMULATE_BF16_RTNE: tl.constexpr):
+        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
+        grad_ptr,
+        partial_ptr, num_classes, inner_size, chunk_size, num_partials, total_rows, num_splits, ignore_index,
+        label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+        HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
+        BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
+        SPLITS_BLOCK: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Second kernel of a split row, grid (rows, splits): merge the row's partial statistics,
     write its loss (split 0) and the gradient of this program's chunk.
 
@@ -326,6 +496,7 @@ def _cross_entropy_split_finish_kernel(
     """
     row, split, sample, row_offset = _program_row(num_classes, inner_size)
     label_smoothing = tl.full([], label_smoothing, ACC)
+    z_loss = tl.full([], z_loss, ACC)
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
         label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
@@ -352,127 +523,168 @@ def _cross_entropy_split_finish_kernel(
     x_b = tl.load(first + 7)
     log_sum = tl.log(sum_exp)
     loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
-                                        beta, active, label_smoothing, TARGET_KIND == 2)
+                                        beta, active, label_smoothing, z_loss, TARGET_KIND == PROBABILITY_TARGET,
+                                        HAS_Z_LOSS)
     if split == 0:
         tl.store(loss_ptr + row, loss)
+        if WRITE_LSE:
+            tl.store(lse_ptr + row, row_max + log_sum)
     # 2. The gradient of this program's chunk.
     if WRITE_GRAD:
         start = split * chunk_size
         end = tl.minimum(start + chunk_size, num_classes)
+        grad_scale = _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows, TARGET_KIND,
+                                     MEAN, GRAD_OUTPUT, PARTIALS_BLOCK, ACC)
         _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
                               row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                              _row_grad_scale(grad_scale_ptr, row, PER_ROW_SCALE), BLOCK, BLOCKS_PER_CHUNK,
-                              TARGET_KIND == 2, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, ACC, EMULATE_BF16_RTNE)
+                              grad_scale, grad_scale, BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == PROBABILITY_TARGET,
+                              HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, False, UNIT_STRIDE, ACC)
 
 
 @triton.jit
-def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_size,
-                           PER_ROW: tl.constexpr, BLOCK: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_size, iterations,
+                           PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
     """grad *= factor in place, factor one value (PER_ROW=False) or one per row (rows,), in the
-    factor's dtype (fp64 for fp64 gradients, else fp32).
+    factor's dtype (fp64 for fp64 gradients, else fp32); a grid-stride loop of `iterations` blocks
+    per program (at most SCALE_PROGRAMS_PER_SM programs per SM).
 
-    Inputs: grad (N, C, inner_size) contiguous, factor. Bytes: where the factor is exactly 1
-    the loads and stores are masked off and nothing moves (loss.backward() on a scalar loss);
-    elsewhere one read and one write of the gradient, plus the factors (cached).
+    Inputs: grad (N, C, inner_size) contiguous, factor. Bytes: with one factor of exactly 1 each
+    program reads it and skips the loop (loss.backward() on a scalar loss): nothing else moves;
+    per-row factors of 1 mask their rows' loads and stores off; elsewhere one read and one write
+    of the gradient, plus the factors (cached).
     """
     pid = tl.program_id(0).to(tl.int64)
-    offsets = pid * BLOCK + tl.arange(0, BLOCK)
-    in_bounds = offsets < n_elements
+    programs = tl.num_programs(0).to(tl.int64)
+    lanes = tl.arange(0, BLOCK)
     if PER_ROW:
-        # Divided one factor at a time: num_classes * inner_size can pass 2^31 while each is an int32.
-        rows = (offsets // inner_size // num_classes) * inner_size + offsets % inner_size
-        factor = tl.load(factor_ptr + rows, mask=in_bounds, other=1.0)
+        scalar = tl.zeros([], factor_ptr.dtype.element_ty)  # never 1: every program sweeps
     else:
-        factor = tl.full([BLOCK], 1.0, factor_ptr.dtype.element_ty) * tl.load(factor_ptr)  # bool ops need a block
-    needed = in_bounds & (factor != 1.0)
-    grad = tl.load(grad_ptr + offsets, mask=needed, other=0.0).to(factor_ptr.dtype.element_ty)
-    tl.store(grad_ptr + offsets, cast_to(grad * factor, grad_ptr.dtype.element_ty, EMULATE_BF16_RTNE),
-             mask=needed)
+        scalar = tl.load(factor_ptr)
+    if scalar != 1.0:
+        for iteration in range(iterations):
+            offsets = (iteration * programs + pid) * BLOCK + lanes
+            in_bounds = offsets < n_elements
+            if PER_ROW:
+                # Divided one factor at a time: num_classes * inner_size can pass 2^31 while each is an int32.
+                rows = (offsets // inner_size // num_classes) * inner_size + offsets % inner_size
+                factor = tl.load(factor_ptr + rows, mask=in_bounds, other=1.0)
+            else:
+                factor = tl.full([BLOCK], 1.0, factor_ptr.dtype.element_ty) * scalar
+            needed = in_bounds & (factor != 1.0)
+            grad = tl.load(grad_ptr + offsets, mask=needed, other=0.0).to(factor_ptr.dtype.element_ty)
+            tl.store(grad_ptr + offsets, round_to(grad * factor, grad_ptr.dtype.element_ty), mask=needed)
 
 
-# ----------------------------------------------------------------------------- launchers
+# ----------------------------------------------------------------------------- implementations
+# Each op below has one implementation per backend, taking the op's arguments: the torch one
+# (reference.py's formulas), and the Triton and CUDA ones, which differ only in their launcher
+# (_cross_entropy_triton, _cross_entropy_cuda).
 
 
 def split_count(rows, num_classes, device):
-    """How many programs share one row: 1 unless rows are too few to fill the GPU and C is long."""
-    if num_classes < 2 * SPLIT_CHUNK:
+    """How many programs share one row: 1 unless rows are too few to fill the GPU (SPLIT_PROGRAMS_PER_SM
+    programs per SM) and C is long; then chunks of whole blocks, at least SPLIT_CHUNK classes, enough
+    of them for that many programs."""
+    wanted = cdiv(SPLIT_PROGRAMS_PER_SM * _backend.sm_count(device), max(rows, 1))
+    if num_classes < 2 * SPLIT_CHUNK or wanted <= 1:
         return 1
-    wanted = triton.cdiv(2 * _backend.sm_count(device), max(rows, 1))
-    return max(1, min(wanted, triton.cdiv(num_classes, SPLIT_CHUNK)))
+    chunk = max(SPLIT_CHUNK, num_classes // wanted // MAX_BLOCK * MAX_BLOCK)
+    return cdiv(num_classes, chunk)
 
 
-def _block_and_warps(num_classes):
-    block = max(16, min(MAX_BLOCK, triton.next_power_of_2(num_classes)))
-    return block, 4
+def _power_of_two_at_least(n):
+    """The smallest power of two >= n (triton.next_power_of_2 is a constexpr_function: slow to call)."""
+    return 1 << (n - 1).bit_length()
 
 
-def _cross_entropy_triton(x, target, target_b, lam, weight, grad_scale, loss, grad, ignore_index,
-                          label_smoothing, target_kind, splits, of_target):
+def _block_and_warps(num_classes, splits):
+    """(BLOCK, num_warps): a row of up to ROW_IN_REGISTERS classes (unsplit) is one block, held in
+    registers between the two sweeps, ROW_ELEMENTS_PER_THREAD per thread; longer rows loop over
+    MAX_BLOCK classes with 4 warps."""
+    whole_row = _power_of_two_at_least(num_classes)
+    if splits == 1 and MAX_BLOCK < whole_row <= ROW_IN_REGISTERS:
+        return whole_row, max(4, whole_row // (32 * ROW_ELEMENTS_PER_THREAD))
+    return max(16, min(MAX_BLOCK, whole_row)), 4
+
+
+def _denominator_partials(rows):
+    """(programs, rows per program, block) of _index_denominator_kernel: one program per
+    DENOMINATOR_ROWS rows, at most MAX_DENOMINATOR_PARTIALS (each main program sums them all)."""
+    block = max(16, min(DENOMINATOR_BLOCK, _power_of_two_at_least(rows)))
+    programs = min(MAX_DENOMINATOR_PARTIALS, cdiv(rows, DENOMINATOR_ROWS))
+    rows_per_program = cdiv(cdiv(rows, programs), block) * block
+    return cdiv(rows, rows_per_program), rows_per_program, block
+
+
+def _grad_output_kind(grad_output):
+    if grad_output is None:
+        return NO_GRAD_OUTPUT.value
+    return SCALAR_GRAD_OUTPUT.value if grad_output.dim() == 0 else PER_ROW_GRAD_OUTPUT.value
+
+
+def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, denominator, grad_output, ignore_index,
+                          label_smoothing, z_loss, mean, target_kind, splits, of_target):
     num_classes = x.shape[1]
     rows = loss.numel()
     inner_size = x.numel() // (x.shape[0] * num_classes)
-    block, num_warps = _block_and_warps(num_classes)
-    math_dtype = _math_dtype(x)
+    block, num_warps = _block_and_warps(num_classes, splits)
+    math_dtype = loss.dtype
+    acc = tl.float64 if math_dtype == torch.float64 else tl.float32
     if math_dtype == torch.float32:
         # The kernel rounds it to fp32 itself; rounded here too, HAS_SMOOTHING agrees (say for 1e-100).
         label_smoothing = struct.unpack("f", struct.pack("f", label_smoothing))[0]
-    chunk = triton.cdiv(triton.cdiv(num_classes, splits), block) * block
-    splits = triton.cdiv(num_classes, chunk)
-    partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=math_dtype,
-                          device=x.device)
-    args = (x, target, target_b if target_b is not None else target, lam if lam is not None else grad_scale,
-            weight if weight is not None else grad_scale, grad_scale, loss,
-            grad if grad is not None else x, partial, num_classes, inner_size, chunk)
-    flags = dict(TARGET_KIND=target_kind, HAS_WEIGHT=weight is not None, HAS_SMOOTHING=label_smoothing > 0.0,
-                 WRITE_GRAD=grad is not None, PER_ROW_SCALE=grad_scale.numel() > 1, OF_TARGET=of_target, BLOCK=block,
-                 BLOCKS_PER_CHUNK=chunk // block, ACC=tl.float64 if math_dtype == torch.float64 else tl.float32,
-                 EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=num_warps)
-    with _backend.device_guard(x.device):
-        _cross_entropy_fwd_kernel[(rows, splits)](*args, ignore_index, label_smoothing, SPLIT=splits > 1, **flags)
-        if splits > 1:
-            _cross_entropy_split_finish_kernel[(rows, splits)](
-                *args, splits, ignore_index, label_smoothing,
-                SPLITS_BLOCK=max(2, triton.next_power_of_2(splits)), **flags)
+        z_loss = struct.unpack("f", struct.pack("f", z_loss))[0]
+    num_partials = 0
+    if denominator is not None:
+        num_partials, rows_per_program, denominator_block = _denominator_partials(rows)
+        launch(_index_denominator_kernel, (num_partials,), target, weight if weight is not None else denominator,
+               denominator, rows, num_classes, ignore_index, rows_per_program, num_warps=4, BLOCK=denominator_block,
+               HAS_WEIGHT=weight is not None, ACC=acc)
+    chunk = cdiv(cdiv(num_classes, splits), block) * block
+    splits = cdiv(num_classes, chunk)
+    partial = torch.empty((rows, splits, PARTIAL_FIELDS), dtype=math_dtype, device=x.device) if splits > 1 else loss
+    args = (x, target, target_b if target_b is not None else target, lam if lam is not None else loss,
+            weight if weight is not None else loss, denominator if denominator is not None else loss,
+            grad_output if grad_output is not None else loss, loss, lse if lse is not None else loss,
+            grad if grad is not None else x, partial,
+            num_classes, inner_size, chunk, num_partials, rows)
+    flags = dict(TARGET_KIND=int(target_kind), HAS_WEIGHT=weight is not None, HAS_SMOOTHING=label_smoothing > 0.0,
+                 HAS_Z_LOSS=z_loss > 0.0, WRITE_LSE=lse is not None, WRITE_GRAD=grad is not None, MEAN=mean, GRAD_OUTPUT=_grad_output_kind(grad_output),
+                 OF_TARGET=of_target)
+    sizes = dict(BLOCK=block, BLOCKS_PER_CHUNK=chunk // block,
+                 PARTIALS_BLOCK=max(2, _power_of_two_at_least(num_partials)), UNIT_STRIDE=inner_size == 1, ACC=acc)
+    launch(_cross_entropy_fwd_kernel, (rows, splits), *args, ignore_index, label_smoothing, z_loss,
+           num_warps=num_warps,
+           **flags, SPLIT=splits > 1, **sizes)
+    if splits > 1:
+        launch(_cross_entropy_split_finish_kernel, (rows, splits), *args, splits, ignore_index, label_smoothing, z_loss,
+               num_warps=num_warps, **flags, **sizes, SPLITS_BLOCK=max(2, _power_of_two_at_least(splits)))
 
 
-def _cross_entropy_cuda(x, target, target_b, lam, weight, grad_scale, loss, grad, ignore_index,
-                        label_smoothing, target_kind, splits, of_target):
+def _pointer(tensor):
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+def _cross_entropy_cuda(x, target, target_b, lam, weight, loss, lse, grad, denominator, grad_output, ignore_index,
+                        label_smoothing, z_loss, mean, target_kind, splits, of_target):
     num_classes = x.shape[1]
     rows = loss.numel()
-    partial = torch.empty((rows, splits, PARTIAL_FIELDS) if splits > 1 else (1,), dtype=torch.float32,
-                          device=x.device)
-
-    def pointer(tensor):
-        return 0 if tensor is None else tensor.data_ptr()
-
+    partial = torch.empty((rows, splits, PARTIAL_FIELDS), dtype=torch.float32, device=x.device) if splits > 1 else None
+    num_partials, rows_per_partial, _ = _denominator_partials(rows) if denominator is not None else (0, 0, 0)
     if target_kind == PROBABILITIES:
         target = target.to(x.dtype)  # the CUDA kernels read probabilities in the logits' dtype
     # ... and write every gradient in it: the target's gradient passes through a buffer of that dtype.
     out = grad if grad is None or grad.dtype == x.dtype else torch.empty_like(grad, dtype=x.dtype)
     _backend._C.cross_entropy_fwd(
-        x.data_ptr(), target.data_ptr(), pointer(target_b), pointer(lam), pointer(weight),
-        grad_scale.data_ptr(), loss.data_ptr(), pointer(out), partial.data_ptr(), rows, num_classes,
-        x.numel() // (x.shape[0] * num_classes), splits, ignore_index, label_smoothing, grad_scale.numel() > 1,
-        of_target, target_kind, _backend.CUDA_DTYPE_CODES[x.dtype], _backend.cuda_stream(x.device))
+        x=x.data_ptr(), target=target.data_ptr(), target_b=_pointer(target_b), lam=_pointer(lam),
+        weight=_pointer(weight), denominator=_pointer(denominator), grad_output=_pointer(grad_output),
+        loss=loss.data_ptr(), lse=_pointer(lse), grad=_pointer(out), partial=_pointer(partial), rows=rows,
+        num_classes=num_classes, inner_size=x.numel() // (x.shape[0] * num_classes), splits=splits,
+        num_partials=num_partials, rows_per_partial=rows_per_partial, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, z_loss=z_loss, mean=mean, grad_output_kind=_grad_output_kind(grad_output), grad_of_target=of_target, kind=int(target_kind),
+        dtype=_backend.CUDA_DTYPE_CODES[x.dtype], stream=_backend.cuda_stream(x.device))
     if out is not grad:
         grad.copy_(out)
-
-
-def _scale_gradient_triton(grad, factor, per_row):
-    num_classes = grad.shape[1]
-    inner_size = grad.numel() // (grad.shape[0] * num_classes)
-    with _backend.device_guard(grad.device):
-        _scale_gradient_kernel[(triton.cdiv(grad.numel(), SCALE_BLOCK),)](
-            grad, factor, grad.numel(), num_classes, inner_size, PER_ROW=per_row, BLOCK=SCALE_BLOCK,
-            EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=8)
-
-
-def _scale_gradient_cuda(grad, factor, per_row):
-    num_classes = grad.shape[1]
-    _backend._C.cross_entropy_scale_grad(
-        grad.data_ptr(), factor.data_ptr(), grad.numel(), num_classes,
-        grad.numel() // (grad.shape[0] * num_classes), per_row, _backend.CUDA_DTYPE_CODES[grad.dtype],
-        _backend.cuda_stream(grad.device))
 
 
 def _target_kind(target, target_b):
@@ -483,18 +695,6 @@ def _target_kind(target, target_b):
 
 def _row_shape(logits):
     return (logits.shape[0],) + tuple(logits.shape[2:])
-
-
-def _denominator(logits, target, target_b, weight, ignore_index):
-    """The `mean` denominator on the device: the summed weight of counted index targets, else rows."""
-    math_dtype = _math_dtype(logits)
-    if target_b is not None or target.is_floating_point():
-        return torch.full((), float(target.numel() // (target.shape[1] if target.is_floating_point() else 1)),
-                          dtype=math_dtype, device=logits.device)
-    counted = (target != ignore_index) & (target >= 0) & (target < logits.shape[1])
-    if weight is None:
-        return counted.sum(dtype=math_dtype)
-    return torch.where(counted, weight[target.clamp(0, logits.shape[1] - 1)], 0.0).sum(dtype=math_dtype)
 
 
 def _math_dtype(logits):
@@ -524,35 +724,53 @@ def _reduce(row_loss, denominator, reduction):
     return total / denominator if reduction == "mean" else total
 
 
-def _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-             backend, grad, splits, grad_output=None, of_target=False):
-    """Reduced loss; writes the gradient into `grad` when it is not None, for grad_output (None: 1;
-    a scalar, or one value per row for reduction="none"): with respect to the logits, or with
-    of_target to the probability target."""
+def _forward_reference(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss,
+                       lse, grad, splits, grad_output, of_target):
+    """The torch backend of _forward_kernels (same arguments), from reference.cross_entropy_rows."""
     math_dtype = _math_dtype(logits)
-    if backend == "torch":
-        row_loss, row_grad, denominator = reference.cross_entropy_rows(
-            logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            target_b=target_b, lam=lam, math_dtype=math_dtype)
-        if grad is not None:
-            if of_target:
-                row_grad = reference.cross_entropy_target_gradient(
-                    logits, weight=weight, label_smoothing=label_smoothing, math_dtype=math_dtype)
-            grad.copy_(_scaled_reference_gradient(row_grad, denominator, grad_output, reduction, target, target_b,
-                                                  ignore_index))
-        return _reduce(row_loss, denominator, reduction)
-    denominator = _denominator(logits, target, target_b, weight, ignore_index)
-    grad_scale = (1.0 / denominator if reduction == "mean" else torch.ones((), device=logits.device)).to(math_dtype)
-    if grad_output is not None:  # one value per row when grad_output has one per row
-        grad_scale = grad_scale * grad_output.to(math_dtype)
-    row_loss = torch.empty(_row_shape(logits), dtype=math_dtype, device=logits.device)
-    if row_loss.numel() > 0 and logits.shape[1] > 0:
-        launcher = _cross_entropy_triton if backend == "triton" else _cross_entropy_cuda
-        if splits <= 0:
-            splits = split_count(row_loss.numel(), logits.shape[1], logits.device)
-        launcher(logits, target, target_b, lam, weight, grad_scale.reshape(-1).contiguous(), row_loss, grad,
-                 ignore_index, label_smoothing, _target_kind(target, target_b), splits, of_target)
+    row_loss, row_grad, denominator = reference.cross_entropy_rows(
+        logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        target_b=target_b, lam=lam, z_loss=z_loss, math_dtype=math_dtype)
+    if lse is not None:
+        lse.copy_(reference.row_logsumexp(logits, math_dtype=math_dtype))
+    if grad is not None:
+        if of_target:
+            row_grad = reference.cross_entropy_target_gradient(
+                logits, weight=weight, label_smoothing=label_smoothing, math_dtype=math_dtype)
+        grad.copy_(_scaled_reference_gradient(row_grad, denominator, grad_output, reduction, target, target_b,
+                                              ignore_index))
     return _reduce(row_loss, denominator, reduction)
+
+
+def _forward_kernels(launcher, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
+                     z_loss, lse, grad, splits, grad_output, of_target):
+    """Reduced loss (z_loss lse^2 added per counted row); writes each row's lse into `lse` (fp32, the
+    row shape) and the gradient into `grad` when they are not None, for grad_output (None: 1;
+    a scalar, or one value per row for reduction="none"): with respect to the logits, or with
+    of_target to the probability target. The `mean` denominator and the gradient's factor are
+    computed on the device by the launcher's kernels. Inputs contiguous (_contiguous_inputs)."""
+    math_dtype = _math_dtype(logits)
+    row_loss = torch.empty(_row_shape(logits), dtype=math_dtype, device=logits.device)
+    rows = row_loss.numel()
+    target_kind = _target_kind(target, target_b)
+    mean = reduction == "mean"
+    denominator = None  # index targets: partial sums of the counted weight, then their total
+    if mean and target_kind == INDEX and rows > 0:
+        denominator = torch.empty(_denominator_partials(rows)[0] + 1, dtype=math_dtype, device=logits.device)
+    if rows > 0:
+        if splits <= 0:
+            splits = split_count(rows, logits.shape[1], logits.device)
+        if grad_output is not None:
+            grad_output = grad_output.to(math_dtype)
+            grad_output = grad_output if grad_output.is_contiguous() else grad_output.contiguous()
+        launcher(logits, target, target_b, lam, weight, row_loss, lse, grad, denominator, grad_output, ignore_index,
+                 label_smoothing, z_loss, mean, target_kind, splits, of_target)
+    if reduction == "none":
+        return row_loss
+    total = row_loss.sum()
+    if not mean:
+        return total
+    return total / (denominator[-1] if denominator is not None else rows)
 
 
 def _contiguous_inputs(logits, target, target_b, lam, weight):
@@ -563,22 +781,129 @@ def _contiguous_inputs(logits, target, target_b, lam, weight):
             None if weight is None else weight.to(math_dtype).contiguous())
 
 
-# ----------------------------------------------------------------------------- registration
-# Four ops: the loss alone (no gradient wanted); the loss writing the gradient into a given
-# buffer; the loss writing the gradient over the logits; a probability target's gradient into a
-# given buffer. The gradient-writing ops mutate a tensor, which register_autograd does not accept,
-# so the autograd.Functions below carry the autograd formulas (torch.compile traces them).
-# `splits` <= 0 picks the split count.
+_FORWARDS = dict(torch=_forward_reference, triton=functools.partial(_forward_kernels, _cross_entropy_triton),
+                 cuda=functools.partial(_forward_kernels, _cross_entropy_cuda))
 
 
-@torch.library.custom_op("recipe_kernels::cross_entropy", mutates_args=())
-def cross_entropy_op(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
-                     lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
-                     reduction: str, label_smoothing: float, backend: str, splits: int = 0) -> torch.Tensor:
-    """The loss (fp64 for fp64 logits, else fp32): a scalar, or the target's row shape for reduction="none"."""
+def _loss(forward, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
+          splits):
     logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
-    return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
-                    None, splits)
+    return forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse, None,
+                   splits, None, False)
+
+
+def _loss_with_grad(forward, logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
+                    z_loss, lse, splits, grad_output):
+    logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
+    return forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse, grad,
+                   splits, grad_output, False)
+
+
+def _loss_inplace(forward, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss,
+                  lse, splits, grad_output):
+    _, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
+    return forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
+                   logits, splits, grad_output, False)
+
+
+def _target_grad(forward, logits, grad, target, weight, reduction, label_smoothing, splits, grad_output):
+    logits, target, _, _, weight = _contiguous_inputs(logits, target, None, None, weight)
+    # z-loss does not depend on the target: its gradient is the plain cross-entropy's.
+    forward(logits, target, None, None, weight, -100, reduction, label_smoothing, 0.0, None, grad, splits, grad_output,
+            True)
+
+
+def _kernel_implementations(body):
+    """The triton and cuda entries of an op's table: `body` with that backend's forward."""
+    return dict(triton=functools.partial(body, _FORWARDS["triton"]), cuda=functools.partial(body, _FORWARDS["cuda"]))
+
+
+# The torch implementations carry the ops' schemas (their type hints). `splits` <= 0 picks the split count.
+
+
+def _loss_torch(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
+                lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
+                label_smoothing: float, z_loss: float, lse: Optional[torch.Tensor], splits: int) -> torch.Tensor:
+    """The loss (fp64 for fp64 logits, else fp32): a scalar, or the target's row shape for reduction="none".
+    `lse`, when given (fp32, the row shape), receives each row's log-sum-exp."""
+    return _loss(_forward_reference, logits, target, target_b, lam, weight, ignore_index, reduction,
+                 label_smoothing, z_loss, lse, splits)
+
+
+def _loss_with_grad_torch(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor,
+                          target_b: Optional[torch.Tensor], lam: Optional[torch.Tensor],
+                          weight: Optional[torch.Tensor], ignore_index: int, reduction: str, label_smoothing: float,
+                          z_loss: float, lse: Optional[torch.Tensor], splits: int,
+                          grad_output: Optional[torch.Tensor]) -> torch.Tensor:
+    """The loss; writes d loss / d logits for grad_output (None: 1) into `grad` (contiguous, logits' shape)."""
+    return _loss_with_grad(_forward_reference, logits, grad, target, target_b, lam, weight, ignore_index, reduction,
+                           label_smoothing, z_loss, lse, splits, grad_output)
+
+
+def _loss_inplace_torch(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
+                        lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
+                        reduction: str, label_smoothing: float, z_loss: float, lse: Optional[torch.Tensor],
+                        splits: int, grad_output: Optional[torch.Tensor]) -> torch.Tensor:
+    """The loss; overwrites the (contiguous) logits with d loss / d logits for grad_output (None: 1)."""
+    return _loss_inplace(_forward_reference, logits, target, target_b, lam, weight, ignore_index, reduction,
+                         label_smoothing, z_loss, lse, splits, grad_output)
+
+
+def _target_grad_torch(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
+                       reduction: str, label_smoothing: float, splits: int,
+                       grad_output: Optional[torch.Tensor]) -> None:
+    """Writes d loss / d target of probability targets (contiguous, the target's shape) into `grad`, for
+    grad_output (None: 1): -(1 - e) w_c log p_c per element, reduced like the loss. The row's log-sum-exp
+    comes from the logits in the same pass."""
+    _target_grad(_forward_reference, logits, grad, target, weight, reduction, label_smoothing, splits, grad_output)
+
+
+def _scale_grad_torch(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
+    """grad *= grad_output in place: a scalar, or one value per row (reduction="none")."""
+    math_dtype = _math_dtype(grad)
+    shape = (grad.shape[0], 1) + tuple(grad.shape[2:]) if grad_output.dim() > 0 else ()
+    grad.copy_(grad.to(math_dtype) * grad_output.to(math_dtype).reshape(shape))
+
+
+def _scale_grad_triton(grad, grad_output):
+    if grad.numel() == 0:
+        return
+    num_classes = grad.shape[1]
+    factor = grad_output.to(_math_dtype(grad))
+    factor = factor if factor.is_contiguous() else factor.contiguous()
+    programs = min(cdiv(grad.numel(), SCALE_BLOCK), SCALE_PROGRAMS_PER_SM * _backend.sm_count(grad.device))
+    launch(_scale_gradient_kernel, (programs,), grad, factor, grad.numel(), num_classes,
+           grad.numel() // (grad.shape[0] * num_classes), cdiv(grad.numel(), programs * SCALE_BLOCK), num_warps=8,
+           PER_ROW=grad_output.dim() > 0, BLOCK=SCALE_BLOCK)
+
+
+def _scale_grad_cuda(grad, grad_output):
+    if grad.numel() == 0:
+        return
+    num_classes = grad.shape[1]
+    factor = grad_output.to(torch.float32).contiguous()
+    _backend._C.cross_entropy_scale_grad(
+        grad=grad.data_ptr(), factor=factor.data_ptr(), n=grad.numel(), num_classes=num_classes,
+        inner_size=grad.numel() // (grad.shape[0] * num_classes), per_row=grad_output.dim() > 0,
+        max_blocks=SCALE_PROGRAMS_PER_SM * _backend.sm_count(grad.device), dtype=_backend.CUDA_DTYPE_CODES[grad.dtype], stream=_backend.cuda_stream(grad.device))
+
+
+# ----------------------------------------------------------------------------- ops
+# Five ops: the loss alone (no gradient wanted); the loss writing the gradient into a given buffer;
+# the loss writing the gradient over the logits; a probability target's gradient into a given
+# buffer; the in-place scaling of a gradient by grad_output. The gradient-writing ops mutate a
+# tensor, which register_autograd does not accept, so the autograd.Functions below carry the
+# autograd formulas (torch.compile traces them).
+
+cross_entropy_op = Op("cross_entropy", torch=_loss_torch, **_kernel_implementations(_loss), mutates_args=("lse",))
+cross_entropy_with_grad_op = Op("cross_entropy_with_grad_", torch=_loss_with_grad_torch,
+                                **_kernel_implementations(_loss_with_grad), mutates_args=("grad", "lse"))
+cross_entropy_inplace_op = Op("cross_entropy_inplace_", torch=_loss_inplace_torch,
+                              **_kernel_implementations(_loss_inplace), mutates_args=("logits", "lse"))
+cross_entropy_target_grad_op = Op("cross_entropy_target_grad_", torch=_target_grad_torch,
+                                  **_kernel_implementations(_target_grad), mutates_args=("grad",))
+scale_grad_op = Op("cross_entropy_scale_grad_", torch=_scale_grad_torch, triton=_scale_grad_triton,
+                   cuda=_scale_grad_cuda, mutates_args=("grad",))
 
 
 def _fake_loss(logits, reduction):
@@ -587,75 +912,25 @@ def _fake_loss(logits, reduction):
 
 
 @cross_entropy_op.register_fake
-def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0):
+def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse, splits, backend):
     return _fake_loss(logits, reduction)
-
-
-@torch.library.custom_op("recipe_kernels::cross_entropy_with_grad_", mutates_args=("grad",))
-def cross_entropy_with_grad_op(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor,
-                               target_b: Optional[torch.Tensor], lam: Optional[torch.Tensor],
-                               weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
-                               label_smoothing: float, backend: str, splits: int = 0,
-                               grad_output: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The loss; writes d loss / d logits for grad_output (None: 1) into `grad` (contiguous, logits' shape)."""
-    logits, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
-    return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
-                    grad, splits, grad_output)
 
 
 @cross_entropy_with_grad_op.register_fake
-def _(logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0,
-      grad_output=None):
+def _(logits, grad, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse, splits,
+      grad_output, backend):
     return _fake_loss(logits, reduction)
-
-
-@torch.library.custom_op("recipe_kernels::cross_entropy_inplace_", mutates_args=("logits",))
-def cross_entropy_inplace_op(logits: torch.Tensor, target: torch.Tensor, target_b: Optional[torch.Tensor],
-                             lam: Optional[torch.Tensor], weight: Optional[torch.Tensor], ignore_index: int,
-                             reduction: str, label_smoothing: float, backend: str, splits: int = 0,
-                             grad_output: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The loss; overwrites the (contiguous) logits with d loss / d logits for grad_output (None: 1)."""
-    _, target, target_b, lam, weight = _contiguous_inputs(logits, target, target_b, lam, weight)
-    return _forward(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
-                    logits, splits, grad_output)
 
 
 @cross_entropy_inplace_op.register_fake
-def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend, splits=0,
-      grad_output=None):
+def _(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse, splits, grad_output,
+      backend):
     return _fake_loss(logits, reduction)
 
 
-@torch.library.custom_op("recipe_kernels::cross_entropy_target_grad_", mutates_args=("grad",))
-def cross_entropy_target_grad_op(logits: torch.Tensor, grad: torch.Tensor, target: torch.Tensor,
-                                 weight: Optional[torch.Tensor], reduction: str, label_smoothing: float, backend: str,
-                                 splits: int = 0, grad_output: Optional[torch.Tensor] = None) -> None:
-    """Writes d loss / d target of probability targets (contiguous, the target's shape) into `grad`, for
-    grad_output (None: 1): -(1 - e) w_c log p_c per element, reduced like the loss. The row's log-sum-exp
-    comes from the logits in the same pass."""
-    logits, target, _, _, weight = _contiguous_inputs(logits, target, None, None, weight)
-    _forward(logits, target, None, None, weight, -100, reduction, label_smoothing, backend, grad, splits,
-             grad_output, of_target=True)
-
-
 @cross_entropy_target_grad_op.register_fake
-def _(logits, grad, target, weight, reduction, label_smoothing, backend, splits=0, grad_output=None):
+def _(logits, grad, target, weight, reduction, label_smoothing, splits, grad_output, backend):
     return None
-
-
-@torch.library.custom_op("recipe_kernels::cross_entropy_scale_grad_", mutates_args=("grad",))
-def scale_grad_op(grad: torch.Tensor, grad_output: torch.Tensor, backend: str) -> None:
-    """grad *= grad_output in place: a scalar, or one value per row (reduction="none")."""
-    per_row = grad_output.dim() > 0
-    math_dtype = _math_dtype(grad)
-    factor = grad_output.to(math_dtype).contiguous()
-    if backend == "torch" or grad.numel() == 0:
-        shape = (grad.shape[0], 1) + tuple(grad.shape[2:]) if per_row else ()
-        grad.copy_(grad.to(math_dtype) * factor.reshape(shape))
-    elif backend == "triton":
-        _scale_gradient_triton(grad, factor, per_row)
-    else:
-        _scale_gradient_cuda(grad, factor, per_row)
 
 
 @scale_grad_op.register_fake
@@ -667,7 +942,8 @@ def _(grad, grad_output, backend):
 _HELD_INPUT_NAMES = ("logits", "target", "target_b", "lam", "weight")
 
 
-def _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
+def _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss,
+                 backend):
     """Keeps the forward's inputs for the backward paths that read them again: a backward that builds
     a graph (double backward), the gradient written in backward (float16, float64) and a probability
     target's gradient.
@@ -679,7 +955,7 @@ def _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduc
     ctx.held = (logits, target, target_b, lam, weight)
     ctx.held_versions = None if torch.compiler.is_compiling() else tuple(
         None if tensor is None else tensor._version for tensor in ctx.held)
-    ctx.options = (ignore_index, reduction, label_smoothing)
+    ctx.options = (ignore_index, reduction, label_smoothing, z_loss)
     ctx.backend = backend
 
 
@@ -698,11 +974,11 @@ def _differentiable_gradients(ctx, grad_loss):
     inputs (the reference formulas), for a backward that builds a graph: create_graph=True gives
     second derivatives. None for an input that needs no gradient."""
     logits, target, target_b, lam, weight = _held_inputs(ctx)
-    ignore_index, reduction, label_smoothing = ctx.options
+    ignore_index, reduction, label_smoothing, z_loss = ctx.options
     math_dtype = _math_dtype(logits)
     _, row_grad, denominator = reference.cross_entropy_rows(
         logits, target, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        target_b=target_b, lam=lam, math_dtype=math_dtype)
+        target_b=target_b, lam=lam, z_loss=z_loss, math_dtype=math_dtype)
     grad = grad_target = None
     if ctx.needs_input_grad[0]:
         grad = _scaled_reference_gradient(row_grad, denominator, grad_loss, reduction, target, target_b,
@@ -718,10 +994,9 @@ def _differentiable_gradients(ctx, grad_loss):
 def _target_gradient(ctx, grad_loss):
     """d loss / d target of a probability target for grad_output, from the held logits (one pass)."""
     logits, target, _, _, weight = _held_inputs(ctx)
-    _, reduction, label_smoothing = ctx.options
+    _, reduction, label_smoothing, _ = ctx.options
     grad = torch.empty_like(target, memory_format=torch.contiguous_format)
-    cross_entropy_target_grad_op(logits, grad, target, weight, reduction, label_smoothing, ctx.backend,
-                                 grad_output=grad_loss)
+    cross_entropy_target_grad_op(logits, grad, target, weight, reduction, label_smoothing, 0, grad_loss, ctx.backend)
     return grad
 
 
@@ -736,14 +1011,14 @@ def _gradient_written_in_backward(ctx, grad_loss):
     """The gradient for grad_output, written now from the held logits in one pass (rounded once):
     into a new buffer, or over the logits themselves for inplace_backward=True."""
     logits, target, target_b, lam, weight = _held_inputs(ctx)
-    ignore_index, reduction, label_smoothing = ctx.options
+    ignore_index, reduction, label_smoothing, z_loss = ctx.options
     if ctx.gradient_into_logits:
         cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                 ctx.backend, grad_output=grad_loss)
+                                 z_loss, None, 0, grad_loss, ctx.backend)
         return logits.detach()
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
     cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
-                               label_smoothing, ctx.backend, grad_output=grad_loss)
+                               label_smoothing, z_loss, None, 0, grad_loss, ctx.backend)
     return grad
 
 
@@ -780,25 +1055,26 @@ class CrossEntropyFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend,
-                gradient_into_logits):
+    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
+                backend, gradient_into_logits):
         ctx.gradient_written = ctx.needs_input_grad[0] and logits.dtype not in GRADIENT_IN_BACKWARD_DTYPES
         if ctx.gradient_written:
             grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
             loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, ignore_index, reduction,
-                                              label_smoothing, backend)
+                                              label_smoothing, z_loss, lse, 0, None, backend)
             ctx.save_for_backward(grad)
         else:
             loss = cross_entropy_op(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                    backend)
-        _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend)
+                                    z_loss, lse, 0, backend)
+        _hold_inputs(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss,
+                     backend)
         ctx.gradient_into_logits = gradient_into_logits
         ctx.overwrote_logits = False
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _backward(ctx, grad_loss) + (None,) * 8  # the other inputs get none
+        return _backward(ctx, grad_loss) + (None,) * 10  # the other inputs get none
 
 
 class CrossEntropyInplaceFunction(torch.autograd.Function):
@@ -810,9 +1086,10 @@ class CrossEntropyInplaceFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
+    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
+                backend):
         loss = cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction,
-                                        label_smoothing, backend)
+                                        label_smoothing, z_loss, lse, 0, None, backend)
         ctx.mark_dirty(logits)
         ctx.save_for_backward(logits)
         ctx.backend = backend
@@ -821,7 +1098,7 @@ class CrossEntropyInplaceFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_overwritten_logits):
-        return _backward(ctx, grad_loss) + (None,) * 7
+        return _backward(ctx, grad_loss) + (None,) * 9
 
 
 class CrossEntropyInplaceViewFunction(torch.autograd.Function):
@@ -834,9 +1111,10 @@ class CrossEntropyInplaceViewFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, backend):
+    def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
+                backend):
         loss = cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction,
-                                        label_smoothing, backend)
+                                        label_smoothing, z_loss, lse, 0, None, backend)
         ctx.save_for_backward(logits)
         ctx.backend = backend
         ctx.gradient_written = ctx.overwrote_logits = True
@@ -844,25 +1122,14 @@ class CrossEntropyInplaceViewFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _backward(ctx, grad_loss) + (None,) * 7
+        return _backward(ctx, grad_loss) + (None,) * 9
 
 
 # ----------------------------------------------------------------------------- public API
 
 
-def _check_label_smoothing(label_smoothing):
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        raise TypeError(f"label_smoothing must be a Python float, got {type(label_smoothing).__name__}")
-    if not 0.0 <= label_smoothing <= 1.0:  # also rejects NaN
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    return float(label_smoothing)
-
-
 def _check_logits(logits):
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if logits.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"logits must be float32, float16, bfloat16 or float64, got {logits.dtype}")
+    _checks.floating(logits, "logits", FLOAT_DTYPES)
     if logits.dim() < 2:
         raise ValueError(f"logits must have shape (N, C) or (N, C, d1, ..., dk), got {tuple(logits.shape)}; "
                          "for a single sample use logits[None]")
@@ -886,8 +1153,7 @@ def _check_target(logits, target):
         return target.y_a, target.y_b, target.per_sample_lam()
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a tensor or a MixedTarget, got {type(target).__name__}")
-    if target.device != logits.device:
-        raise ValueError(f"target is on {target.device} but logits are on {logits.device}")
+    _checks.same_device(target, "target", logits, "logits")
     if target.is_floating_point():
         if target.dim() != logits.dim() or target.shape[0] != logits.shape[0] or \
                 tuple(target.shape[2:]) != tuple(logits.shape[2:]):
@@ -895,8 +1161,7 @@ def _check_target(logits, target):
         if target.shape[1] != logits.shape[1]:
             raise ValueError(f"probability target has {target.shape[1]} classes but logits have "
                              f"{logits.shape[1]}")
-        if target.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"probability target must be float32, float16, bfloat16 or float64, got {target.dtype}")
+        _checks.floating(target, "probability target", FLOAT_DTYPES)
         return target, None, None
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         raise TypeError(f"class-index target must be an integer tensor, got {target.dtype}")
@@ -944,8 +1209,9 @@ def _validate_lam(lam):
 
 def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget], weight: Optional[torch.Tensor] = None,
                   size_average: Optional[bool] = None, ignore_index: int = -100, reduce: Optional[bool] = None,
-                  reduction: str = "mean", label_smoothing: float = 0.0, *, inplace_backward: bool = False,
-                  validate: bool = False, backend: Optional[str] = None) -> torch.Tensor:
+                  reduction: str = "mean", label_smoothing: float = 0.0, *, z_loss: float = 0.0,
+                  return_lse: bool = False, inplace_backward: bool = False, validate: bool = False,
+                  backend: Optional[str] = None) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """F.cross_entropy(input, target, ...) in one pass over the logits, gradient included.
 
     Takes F.cross_entropy's arguments, positionally and by keyword; the legacy size_average and
@@ -972,6 +1238,10 @@ def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget],
     reduced like the loss. Second derivatives (create_graph=True) are torch's.
     Backward through the same loss twice (retain_graph) raises where the forward wrote the gradient
     (float32, bfloat16): its buffer is scaled in place.
+    z_loss >= 0 adds z_loss * lse^2 to the loss of every counted row (PaLM's auxiliary loss; lse the
+    row's log-sum-exp; not ignored rows, unweighted), reduced with the rest (the `mean` denominator
+    is unchanged), in the same pass; its gradient is 2 z_loss lse p_c. return_lse=True returns
+    (loss, lse) with lse the per-row log-sum-exp in float32, the target's row shape, with no gradient.
     """
     logits = input
     if size_average is not None or reduce is not None:
@@ -979,7 +1249,10 @@ def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget],
     _check_logits(logits)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    label_smoothing = _check_label_smoothing(label_smoothing)
+    label_smoothing = _checks.probability(label_smoothing, "label_smoothing")
+    z_loss = _checks.positive(z_loss, "z_loss", allow_zero=True)
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if not -2**63 <= ignore_index < 2**63:
@@ -989,8 +1262,7 @@ def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget],
         if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or weight.shape[0] != num_classes:
             shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
             raise ValueError(f"weight must be a 1-D tensor of {num_classes} class weights, got {shape}")
-        if weight.device != logits.device:
-            raise ValueError(f"weight is on {weight.device} but logits are on {logits.device}")
+        _checks.same_device(weight, "weight", logits, "logits")
         if weight.requires_grad and torch.is_grad_enabled():
             raise ValueError("gradients with respect to weight are not supported (torch has none either); "
                              "pass weight.detach()")
@@ -1007,9 +1279,19 @@ def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget],
                         "use backend='triton' or 'torch' for float64")
     weight = None if weight is None else weight.to(_math_dtype(logits))
     lam = None if lam is None else lam.to(_math_dtype(logits))
+    lse = torch.empty(_row_shape(logits), dtype=torch.float32, device=logits.device) if return_lse else None
+    loss = _loss_through_autograd(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss,
+                                  lse, backend, inplace_backward)
+    return (loss, lse) if return_lse else loss
+
+
+def _loss_through_autograd(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
+                           backend, inplace_backward):
+    """The loss through the op or autograd.Function the call needs (see cross_entropy)."""
     target_needs_grad = y_a.requires_grad  # only probabilities can
+    options = (ignore_index, reduction, label_smoothing, z_loss, lse)
     if not (torch.is_grad_enabled() and (logits.requires_grad or target_needs_grad)):
-        return cross_entropy_op(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing, backend)
+        return cross_entropy_op(logits, y_a, y_b, lam, weight, *options, 0, backend)
     if inplace_backward and logits.requires_grad and logits.is_contiguous():
         if (logits if logits._base is None else logits._base).is_leaf:  # torch refuses in-place writes to leaves
             raise ValueError("inplace_backward=True would overwrite a leaf tensor that requires grad (the logits "
@@ -1019,14 +1301,10 @@ def cross_entropy(input: torch.Tensor, target: Union[torch.Tensor, MixedTarget],
         # writes over them after that, keeps them in place.
         writable = _may_receive_gradient(logits)
         if writable and logits.dtype in GRADIENT_IN_BACKWARD_DTYPES:  # the forward leaves them be
-            return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                              backend, True)
+            return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, *options, backend, True)
         if writable and not target_needs_grad:
             if logits._base is not None:
-                return CrossEntropyInplaceViewFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
-                                                             label_smoothing, backend)
-            loss, _ = CrossEntropyInplaceFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction,
-                                                        label_smoothing, backend)
+                return CrossEntropyInplaceViewFunction.apply(logits, y_a, y_b, lam, weight, *options, backend)
+            loss, _ = CrossEntropyInplaceFunction.apply(logits, y_a, y_b, lam, weight, *options, backend)
             return loss
-    return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, ignore_index, reduction, label_smoothing,
-                                      backend, False)
+    return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, *options, backend, False)

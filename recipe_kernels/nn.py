@@ -98,35 +98,38 @@ class CrossEntropyLoss(torch.nn.Module):
     """Drop-in for torch.nn.CrossEntropyLoss that also takes a MixedTarget (CutMix/MixUp) as target.
 
     Takes torch's arguments, positionally and by keyword (the legacy size_average and reduce by
-    torch's rules, with its warning); inplace_backward is keyword-only. `weight` is a buffer, as
+    torch's rules, with its warning); z_loss (PaLM's z_loss * lse^2 per counted row, see
+    recipe_kernels.cross_entropy) and inplace_backward are keyword-only. `weight` is a buffer, as
     in torch. The loss is float32 (float64 for float64 logits).
     """
 
     def __init__(self, weight: torch.Tensor | None = None, size_average: bool | None = None,
                  ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
-                 label_smoothing: float = 0.0, *, inplace_backward: bool = False):
+                 label_smoothing: float = 0.0, *, z_loss: float = 0.0, inplace_backward: bool = False):
         super().__init__()
-        from recipe_kernels.cross_entropy import REDUCTIONS, _check_label_smoothing
+        from recipe_kernels import _checks
+        from recipe_kernels.cross_entropy import REDUCTIONS
         if size_average is not None or reduce is not None:
             reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)  # warns as torch does
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        label_smoothing = _check_label_smoothing(label_smoothing)  # a Python float in [0, 1] (NaN refused)
+        label_smoothing = _checks.probability(label_smoothing, "label_smoothing")  # NaN refused
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
+        self.z_loss = _checks.positive(z_loss, "z_loss", allow_zero=True)
         self.inplace_backward = inplace_backward
 
     def forward(self, input: torch.Tensor, target: "torch.Tensor | MixedTarget") -> torch.Tensor:
         from recipe_kernels.cross_entropy import cross_entropy
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                             reduction=self.reduction, label_smoothing=self.label_smoothing,
+                             reduction=self.reduction, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
                              inplace_backward=self.inplace_backward)
 
     def extra_repr(self) -> str:
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-                f"label_smoothing={self.label_smoothing}")
+                f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}")
 
 
 # ----------------------------------------------------------------------------- mixing modules

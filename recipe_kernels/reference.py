@@ -95,7 +95,7 @@ def _classes_last(tensor):
 
 
 def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                       target_b=None, lam=None, math_dtype=torch.float32):
+                       target_b=None, lam=None, z_loss=0.0, math_dtype=torch.float32):
     """Per-row losses, the gradient of their sum, and the `mean` denominator of F.cross_entropy.
 
     logits: (N, C) or (N, C, d1, ..., dk). target: int64 class indices of shape (N, d1, ...),
@@ -108,6 +108,8 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
       probabilities q: loss = -sum_c w_c ((1-e) q_c + e/C) logp_c; denominator = rows;
       mixed:         loss = lam loss(y_a) + (1-lam) loss(y_b); denominator = rows (as CE against
                      MixedTarget.dense(), a probability target).
+    z_loss > 0 adds z_loss lse^2 (lse = logsumexp of the row) to every counted row's loss and
+    2 z_loss lse p to its gradient.
     Returns (losses of the target's row shape, d(sum of losses)/d logits in logits' shape,
     denominator), in math_dtype. An index out of range raises (torch.gather), as in torch.
     """
@@ -153,10 +155,21 @@ def cross_entropy_rows(logits, target, *, weight=None, ignore_index=-100, label_
         losses = torch.where(counted, losses, 0.0)
         grad = torch.where(counted[:, None], grad, 0.0)
         denominator = w_y.sum()
+    if z_loss > 0:  # skipped at 0, like smoothing, so that -inf rows stay as they were
+        lse = torch.logsumexp(x, dim=1)
+        counted_rows = torch.ones_like(lse, dtype=torch.bool) if target_b is not None or target.is_floating_point() \
+            else target.reshape(-1) != ignore_index
+        losses = losses + torch.where(counted_rows, z_loss * lse * lse, 0.0)
+        grad = grad + torch.where(counted_rows, 2.0 * z_loss * lse, 0.0)[:, None] * p
     if logits.dim() > 2:
         grad = grad.reshape(logits.shape[0], *logits.shape[2:], num_classes).movedim(-1, 1)
     row_shape = (logits.shape[0],) + tuple(logits.shape[2:])
     return losses.reshape(row_shape), grad.contiguous(), denominator
+
+
+def row_logsumexp(logits, *, math_dtype=torch.float32):
+    """log sum_c exp(logits_c) per row, in the target's row shape (N, d1, ..., dk)."""
+    return torch.logsumexp(logits.to(math_dtype), dim=1)
 
 
 def cross_entropy_target_gradient(logits, *, weight=None, label_smoothing=0.0, math_dtype=torch.float32):

@@ -1,4 +1,5 @@
 """cross_entropy and MixedTarget: against torch's F.cross_entropy in float64, across backends."""
+import importlib
 import itertools
 import types
 import warnings
@@ -117,7 +118,8 @@ def test_wide_rows_one_program_per_row(backend):
     # The same 70,001 classes without splitting: many blocks swept twice by one program.
     logits, target, _ = sample_inputs((2, WIDE))
     grad = torch.empty_like(logits)
-    loss = cross_entropy_with_grad_op(logits, grad, target, None, None, None, -100, "sum", 0.1, backend, 1)
+    loss = cross_entropy_with_grad_op(logits, grad, target, None, None, None, -100, "sum", 0.1, 0.0, None, 1, None,
+                                      backend)
     expected_loss, expected_grad = torch_loss_and_grad(logits, target, reduction="sum", label_smoothing=0.1)
     torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
     torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
@@ -230,8 +232,8 @@ def test_large_shift_keeps_torch_precision(backend, target_kind, rows, num_class
     if isinstance(target, rk.MixedTarget):
         target, target_b, lam = target.y_a, target.y_b, target.per_sample_lam()
     grad = torch.empty_like(logits)
-    loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, -100, "none", 0.1, backend,
-                                      splits)
+    loss = cross_entropy_with_grad_op(logits, grad, target, target_b, lam, weight, -100, "none", 0.1, 0.0, None,
+                                      splits, None, backend)
     expected_loss, expected_grad, torch_loss_error, torch_grad_error = torch_errors_at_large_shift(
         logits, weight, torch_target, torch_smoothing)
     assert (loss.double() - expected_loss).abs().max() <= 2 * torch_loss_error
@@ -345,7 +347,7 @@ def test_probability_target_gradient_split_rows(backend):
                                   1).to(DEVICE)
     grad_output = torch.tensor([0.5, 2.0, -1.0], device=DEVICE)
     grad = torch.empty_like(probabilities)
-    cross_entropy_target_grad_op(logits, grad, probabilities, weight, "none", 0.1, backend, 2, grad_output)
+    cross_entropy_target_grad_op(logits, grad, probabilities, weight, "none", 0.1, 2, grad_output, backend)
     q = probabilities.double().requires_grad_()
     loss = F.cross_entropy(logits.double(), q, weight=weight.double(), reduction="none", label_smoothing=0.1)
     (expected,) = torch.autograd.grad(loss, q, grad_output.double())
@@ -857,7 +859,7 @@ def test_bad_input_raises_value_error():
         rk.cross_entropy(logits, target, weight=torch.ones(4, device=DEVICE))
     with pytest.raises(ValueError, match="logits must have shape"):
         rk.cross_entropy(logits[0], target[0])
-    with pytest.raises(TypeError, match="float32, float16, bfloat16 or float64"):
+    with pytest.raises(TypeError, match="float32, float16, bfloat16, float64"):
         rk.cross_entropy(logits.int(), target)
 
 
@@ -874,17 +876,21 @@ def test_opcheck(backend, target_kind):
     elif target_kind == "probabilities":
         target = torch.softmax(torch.randn(4, 6), 1).to(DEVICE)
     for reduction in ("mean", "none"):
-        torch.library.opcheck(cross_entropy_with_grad_op, (logits, torch.empty_like(logits), target, target_b, lam,
-                                                           weight, -100, reduction, 0.1, backend))
-    torch.library.opcheck(cross_entropy_op, (logits, target, target_b, lam, None, -100, "sum", 0.0, backend))
-    torch.library.opcheck(cross_entropy_inplace_op, (logits.clone(), target, target_b, lam, weight, -100,
-                                                     "mean", 0.1, backend))
-    torch.library.opcheck(scale_grad_op, (torch.randn(4, 6, device=DEVICE), torch.randn(4, device=DEVICE), backend))
+        torch.library.opcheck(cross_entropy_with_grad_op.custom_op, (logits, torch.empty_like(logits), target,
+                                                                     target_b, lam, weight, -100, reduction, 0.1,
+                                                                     0.01, None, 0, None, backend))
+    torch.library.opcheck(cross_entropy_op.custom_op, (logits, target, target_b, lam, None, -100, "sum", 0.0, 0.01,
+                                                       torch.empty(4, device=DEVICE), 0, backend))
+    torch.library.opcheck(cross_entropy_inplace_op.custom_op, (logits.clone(), target, target_b, lam, weight, -100,
+                                                               "mean", 0.1, 0.0, None, 0, None, backend))
+    torch.library.opcheck(scale_grad_op.custom_op, (torch.randn(4, 6, device=DEVICE), torch.randn(4, device=DEVICE),
+                                                    backend))
     if target_kind == "probabilities":
         for reduction, grad_output in (("mean", torch.tensor(3.0, device=DEVICE)),
                                        ("none", torch.rand(4, device=DEVICE))):
-            torch.library.opcheck(cross_entropy_target_grad_op, (logits, torch.empty_like(target), target, weight,
-                                                                 reduction, 0.1, backend, 0, grad_output))
+            torch.library.opcheck(cross_entropy_target_grad_op.custom_op, (logits, torch.empty_like(target), target,
+                                                                           weight, reduction, 0.1, 0, grad_output,
+                                                                           backend))
 
 
 def test_compile_fullgraph(backend):
@@ -1157,3 +1163,184 @@ def test_no_host_sync(backend, monkeypatch):
         step().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# ----------------------------------------------------------------------------- z-loss and lse
+
+Z_LOSS = 1e-2
+
+
+def z_loss_expected(logits, target, reduction, z_loss=Z_LOSS, weight=None, label_smoothing=0.1, grad_output=None):
+    """F.cross_entropy plus z_loss * logsumexp^2 per counted row, in float64: (loss, grad, lse)."""
+    x = logits.detach().double().requires_grad_()
+    w = None if weight is None else weight.double()
+    if isinstance(target, rk.MixedTarget):
+        dense = target.dense(logits.shape[1], label_smoothing, dtype=torch.float64)
+        rows = F.cross_entropy(x, dense, weight=w, reduction="none")
+        counted = torch.ones(target_rows(logits), dtype=torch.float64, device=x.device)
+        denominator = counted.sum()
+    elif target.is_floating_point():
+        rows = F.cross_entropy(x, target.double(), weight=w, reduction="none", label_smoothing=label_smoothing)
+        counted = torch.ones(target_rows(logits), dtype=torch.float64, device=x.device)
+        denominator = counted.sum()
+    else:
+        rows = F.cross_entropy(x, target, weight=w, reduction="none", label_smoothing=label_smoothing)
+        counted = (target != -100).double()
+        denominator = (counted * (1.0 if w is None else w[target.clamp(min=0)])).sum()
+    lse = torch.logsumexp(x, dim=1)
+    rows = rows + z_loss * lse * lse * counted
+    loss = {"none": rows, "sum": rows.sum(), "mean": rows.sum() / denominator}[reduction]
+    (grad,) = torch.autograd.grad(loss, x, torch.ones_like(loss) if grad_output is None else grad_output.double())
+    return loss.detach(), grad, lse.detach()
+
+
+def z_loss_target(target_kind, shape, seed=0):
+    logits, target, weight = sample_inputs(shape, ignored=(1,), weighted=True, seed=seed)
+    if target_kind == "mixed":
+        mixed = mixed_sample(rows=shape[0], num_classes=shape[1], seed=seed)
+        return logits, rk.MixedTarget(mixed.y_a.to(DEVICE), mixed.y_b.to(DEVICE), mixed.lam), weight
+    if target_kind == "probabilities":
+        generator = torch.Generator().manual_seed(seed + 1)
+        return logits, torch.softmax(torch.randn(shape, generator=generator), 1).to(DEVICE), weight
+    return logits, target, weight
+
+
+@pytest.mark.parametrize("target_kind", ["index", "mixed", "probabilities"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(6, 7), (3, 5, 2)])
+def test_z_loss_matches_float64_formula(backend, target_kind, reduction, shape):
+    # PaLM's z-loss: z * lse^2 per counted row (not ignored rows), reduced with the loss; its gradient
+    # 2 z lse p_c; the lse returned per row in fp32 without a gradient.
+    if target_kind == "mixed" and len(shape) > 2:
+        shape = shape[:2]
+    logits, target, weight = z_loss_target(target_kind, shape)
+    grad_output = None
+    if reduction == "none":
+        grad_output = torch.randn(target_rows(logits), generator=torch.Generator().manual_seed(7)).to(DEVICE)
+    x = logits.detach().clone().requires_grad_()
+    loss, lse = rk.cross_entropy(x, target, weight=weight, reduction=reduction, label_smoothing=0.1, z_loss=Z_LOSS,
+                                 return_lse=True, backend=backend)
+    (grad,) = torch.autograd.grad(loss, x, torch.ones_like(loss) if grad_output is None else grad_output)
+    expected_loss, expected_grad, expected_lse = z_loss_expected(logits, target, reduction, weight=weight,
+                                                                 grad_output=grad_output)
+    torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
+    assert lse.dtype == torch.float32 and lse.shape == target_rows(logits) and not lse.requires_grad
+    torch.testing.assert_close(lse.double(), expected_lse, **LOSS_TOLERANCE)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_z_loss_split_rows_and_half_precision(backend, dtype):
+    # Split rows (partials merged by the finishing kernel) and the fp16 gradient written in backward.
+    logits, target, _ = sample_inputs((2, 2 * MAX_BLOCK + 3), dtype=dtype, ignored=(1,))
+    x = logits.detach().clone().requires_grad_()
+    loss, lse = rk.cross_entropy(x, target, z_loss=Z_LOSS, return_lse=True, backend=backend)
+    loss.backward()
+    expected_loss, expected_grad, expected_lse = z_loss_expected(logits, target, "mean", label_smoothing=0.0)
+    torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(x.grad.double(), expected_grad, **GRAD_TOLERANCE[dtype])
+    torch.testing.assert_close(lse.double(), expected_lse, **LOSS_TOLERANCE)
+
+
+def test_z_loss_zero_and_return_lse_leave_the_loss_as_it_was(backend):
+    logits, target, _ = sample_inputs((5, 9))
+    plain = rk.cross_entropy(logits, target, label_smoothing=0.1, backend=backend)
+    loss, lse = rk.cross_entropy(logits, target, label_smoothing=0.1, z_loss=0.0, return_lse=True, backend=backend)
+    assert torch.equal(plain, loss)
+    torch.testing.assert_close(lse, torch.logsumexp(logits.float(), 1))
+
+
+def test_z_loss_in_module_and_bad_values():
+    logits, target, _ = sample_inputs((4, 6))
+    module = rk.nn.CrossEntropyLoss(label_smoothing=0.1, z_loss=Z_LOSS)
+    expected, _, _ = z_loss_expected(logits, target, "mean")
+    torch.testing.assert_close(module(logits, target).double(), expected, **LOSS_TOLERANCE)
+    assert "z_loss=0.01" in repr(module)
+    for bad, error in ((-1.0, ValueError), (float("nan"), ValueError), ("0.1", TypeError)):
+        with pytest.raises(error, match="z_loss"):
+            rk.cross_entropy(logits, target, z_loss=bad)
+        with pytest.raises(error, match="z_loss"):
+            rk.nn.CrossEntropyLoss(z_loss=bad)
+    with pytest.raises(TypeError, match="return_lse"):
+        rk.cross_entropy(logits, target, return_lse=1)
+
+
+def test_z_loss_compile_fullgraph(backend):
+    layer = torch.nn.Linear(8, 10).to(DEVICE)
+    features = torch.randn(6, 8, device=DEVICE)
+    _, target, _ = sample_inputs((6, 10), ignored=(2,))
+
+    def step(features, target):
+        loss, lse = rk.cross_entropy(layer(features), target, z_loss=Z_LOSS, return_lse=True, backend=backend)
+        return loss, lse
+
+    loss, lse = torch.compile(step, fullgraph=True)(features, target)
+    loss.backward()
+    expected_loss, _, expected_lse = z_loss_expected(layer(features), target, "mean", label_smoothing=0.0)
+    torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(lse.double(), expected_lse, **LOSS_TOLERANCE)
+
+
+@pytest.mark.skipif(not hasattr(_backend._C, "cross_entropy_host"), reason="CUDA extension not built")
+@pytest.mark.parametrize("target_kind", ["index", "mixed", "probabilities"])
+@pytest.mark.parametrize("chunk", [5, 64], ids=["split-chunks", "whole-rows"])
+def test_cuda_arithmetic_z_loss(target_kind, chunk):
+    logits, target, weight = z_loss_target(target_kind, (6, 23))
+    logits, weight = logits.cpu(), weight.cpu()
+    if isinstance(target, rk.MixedTarget):
+        target = rk.MixedTarget(target.y_a.cpu(), target.y_b.cpu(), target.lam)
+    else:
+        target = target.cpu()
+    empty_i, empty_f = torch.empty(0, dtype=torch.int64), torch.empty(0)
+    target_b = lam = q = None
+    kind = {"index": 0, "mixed": 1, "probabilities": 2}[target_kind]
+    y = target
+    if target_kind == "mixed":
+        y, target_b, lam = target.y_a, target.y_b, target.per_sample_lam().float()
+    elif target_kind == "probabilities":
+        y, q = empty_i, target
+    loss, grad = _backend._C.cross_entropy_host(
+        logits.numpy(), y.numpy(), (empty_i if target_b is None else target_b).numpy(),
+        (empty_f if lam is None else lam).numpy(), weight.numpy(), (empty_f if q is None else q).numpy(), -100, 0.1,
+        kind, chunk, z_loss=Z_LOSS)
+    expected_loss, expected_grad, _ = z_loss_expected(logits, target, "none", weight=weight)
+    torch.testing.assert_close(torch.from_numpy(loss).double(), expected_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(torch.from_numpy(grad).double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+def test_backward_scaling_is_a_bounded_grid_stride(backend, monkeypatch):
+    # At most 4 programs per SM, each looping over its share; grad_output = 1 leaves the gradient as it was,
+    # any other value scales it, per row too.
+    launches = []
+    from recipe_kernels import _ops
+    real_launch = _ops.launch
+
+    def record(kernel, grid, *args, **kwargs):
+        launches.append(grid)
+        return real_launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.import_module("recipe_kernels.cross_entropy"), "launch", record)
+    grad = torch.randn(40, 1000, device=DEVICE)
+    before = grad.clone()
+    scale_grad_op(grad, torch.tensor(1.0, device=DEVICE), backend)
+    assert torch.equal(grad, before)
+    scale_grad_op(grad, torch.tensor(0.5, device=DEVICE), backend)
+    torch.testing.assert_close(grad, before * 0.5)
+    factors = torch.linspace(-1, 1, 40, device=DEVICE)
+    scale_grad_op(grad, factors, backend)
+    torch.testing.assert_close(grad, before * 0.5 * factors[:, None])
+    if backend == "triton":
+        assert launches and all(grid[0] <= 4 * _backend.sm_count(grad.device) for grid in launches)
+
+
+def test_few_long_rows_fill_four_programs_per_sm(monkeypatch):
+    # 8 rows of 262144 classes: the split path gives at least 4 x SM programs (132 SMs: 528).
+    monkeypatch.setattr(_backend, "sm_count", lambda device: 132)
+    splits = split_count(8, 262144, torch.device("cpu"))
+    chunk = -(-262144 // splits)
+    chunk = -(-chunk // MAX_BLOCK) * MAX_BLOCK  # as the launcher rounds it
+    assert 8 * -(-262144 // chunk) >= 4 * 132
+    assert split_count(8192, 32000, torch.device("cpu")) == 1

@@ -230,7 +230,7 @@ CE_MATCHES_TORCH = "loss and gradient equal F.cross_entropy's (float64)"
 CE_OUT_OF_RANGE = "torch backend raises as torch does; kernels give NaN for that row only"
 
 # Wrong dtypes.
-case("cross_entropy", "int64 logits", TypeError, "float32, float16, bfloat16 or float64")(
+case("cross_entropy", "int64 logits", TypeError, "float32, float16, bfloat16, float64")(
     lambda b: rk.cross_entropy(torch.ones(4, 5, dtype=torch.int64, device=DEVICE), labels(), backend=b))
 case("cross_entropy", "float64 logits", check=lambda r: ce_matches(r, 1e-12, 1e-12) and r[0].dtype == torch.float64,
      check_text="fp64 math: a float64 loss and gradient equal to F.cross_entropy's")(
