@@ -129,6 +129,17 @@ def append_rows(file_name, columns, rows, out_dir=None):
                 writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+def write_table(path, rows):
+    """Writes rows (dicts with the same keys) to the CSV file `path`, replacing it: for tables that
+    describe the current code (the static model's), not a history of measurements."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} rows to {path}")
+
+
 def optional_peer(module_name):
     """Imports a peer library, or prints that it is skipped and returns None."""
     try:

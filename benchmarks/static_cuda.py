@@ -11,7 +11,6 @@ the launches (the _C launchers need a GPU to launch), so it reports the code's f
 kernel, not a prediction per benchmark case.
 """
 import argparse
-import csv
 import glob
 import json
 import os
@@ -24,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sass  # noqa: E402
+from common import write_table  # noqa: E402
 from standin_driver import cuobjdump  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,12 +99,7 @@ def main():
     for row in found:
         print(f"{row['kernel'][:90]:<90} {row['registers']:>4} {row['stack']:>5} {row['local_accesses']:>7} "
               f"{row['widest_load_bits']:>4}/{row['widest_store_bits']:<5} {row['sass_instructions']:>5}")
-    os.makedirs(os.path.dirname(args.csv), exist_ok=True)
-    with open(args.csv, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(found[0]))
-        writer.writeheader()
-        writer.writerows(found)
-    print(f"wrote {len(found)} rows to {args.csv}")
+    write_table(args.csv, found)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ beyond the residency rules written in the cases. Real GPU runs remain the truth
 (benchmarks/results/results.csv); where they disagree, the model is what changes.
 """
 import argparse
-import csv
 import dataclasses
 import json
 import math
@@ -38,6 +37,7 @@ import torch  # noqa: E402
 
 import recipe_kernels as rk  # noqa: E402
 import sass  # noqa: E402
+from common import write_table  # noqa: E402
 from standin_driver import StandInDriver  # noqa: E402
 
 STATIC_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "static.csv")
@@ -336,12 +336,7 @@ def main():
         print(json.dumps(rows))
         return
     print_table(rows)
-    os.makedirs(os.path.dirname(args.csv), exist_ok=True)
-    with open(args.csv, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {len(rows)} rows to {args.csv}")
+    write_table(args.csv, rows)
 
 
 if __name__ == "__main__":
