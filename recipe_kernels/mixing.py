@@ -32,10 +32,11 @@ import torch
 import triton
 import triton.language as tl
 
-from recipe_kernels import _backend, reference
+from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._codes import DTYPE_CODES, MixMode
+from recipe_kernels._ops import Op, launch
 from recipe_kernels._philox import PHILOX_ROUNDS, draw_seed, philox4x32
-from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
+from recipe_kernels._triton_common import cdiv, round_to
 from recipe_kernels.targets import MixedTarget
 
 
@@ -53,6 +54,10 @@ NUM_WARPS = 4
 # that they stay constant over a 16-byte vector and the loads stay vectorized; a chunk
 # that straddles the box edge loads both sources and selects per element.
 CHUNK = 16
+# MixMode codes as the kernels see them (module-level constexprs: no literal mode numbers in kernels).
+_MIXUP = tl.constexpr(int(MixMode.MIXUP))
+_CUTMIX = tl.constexpr(int(MixMode.CUTMIX))
+_ERASE = tl.constexpr(int(MixMode.ERASE))
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -80,7 +85,7 @@ def _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks, VISIT_FL
 
 
 @triton.jit
-def _round_to_input(value, IN_DTYPE: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+def _round_to_input(value, IN_DTYPE: tl.constexpr):
     """value (fp32, or fp64 for fp64 x) rounded to what x's dtype stores, in value's dtype:
     uint8 rounds half up and saturates (NaN gives 0)."""
     if IN_DTYPE == tl.uint8:
@@ -91,16 +96,16 @@ def _round_to_input(value, IN_DTYPE: tl.constexpr, EMULATE_BF16_RTNE: tl.constex
     elif IN_DTYPE == value.dtype:
         return value
     else:
-        return _cast_output(value, IN_DTYPE, EMULATE_BF16_RTNE).to(value.dtype)
+        return _cast_output(value, IN_DTYPE).to(value.dtype)
 
 
 @triton.jit
-def _cast_output(value, OUT_DTYPE: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+def _cast_output(value, OUT_DTYPE: tl.constexpr):
     """value rounded to OUT_DTYPE as torch rounds it: fp64 goes through fp32 on its way to fp16/bf16
     (torch's Half and BFloat16 take a float), to nearest even at each step."""
     if value.dtype == tl.float64 and OUT_DTYPE != tl.float64:
         value = value.to(tl.float32)
-    return cast_to(value, OUT_DTYPE, EMULATE_BF16_RTNE)
+    return round_to(value, OUT_DTYPE)
 
 
 @triton.jit
@@ -137,7 +142,7 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
                       CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, HAS_NORM: tl.constexpr,
                       RANDOM_FILL: tl.constexpr, VISIT_FLIP_PAIRS: tl.constexpr,
                       ROWS: tl.constexpr, BLOCK_J: tl.constexpr, CHUNK: tl.constexpr,
-                      PHILOX_ROUNDS: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+                      PHILOX_ROUNDS: tl.constexpr):
     """out[n] = KEEP / MIXUP / CUTMIX / ERASE of x[n] with x[partner[n]], then optionally normalized.
 
     Inputs: x (N, C, H, W) contiguous or channels_last; box (N, 4) int32 (x0, y0, x1, y1);
@@ -160,9 +165,9 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     y0 = tl.load(box_ptr + sample * 4 + 1)
     x1 = tl.load(box_ptr + sample * 4 + 2)
     y1 = tl.load(box_ptr + sample * 4 + 3)
-    is_mixup = mode == 1
-    is_cutmix = mode == 2
-    is_erase = mode == 3
+    is_mixup = mode == _MIXUP
+    is_cutmix = mode == _CUTMIX
+    is_erase = mode == _ERASE
 
     # 2. Element coordinates: rows y from the program, j along the row; pixel and channel from j.
     rows = row_block * ROWS + tl.arange(0, ROWS)[:, None]
@@ -195,7 +200,7 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     else:
         fill = tl.load(fill_ptr + channel)
     value = tl.where(is_erase & inside, fill, value)
-    value = _round_to_input(value, x_ptr.dtype.element_ty, EMULATE_BF16_RTNE)
+    value = _round_to_input(value, x_ptr.dtype.element_ty)
 
     # 5. Optional per-channel normalization in mean's dtype, correctly rounded division as in torch.
     if HAS_NORM:
@@ -206,7 +211,7 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
             value = centred / std  # fp64 division is IEEE (correctly rounded) in Triton
         else:
             value = tl.math.div_rn(centred, std)  # fp32 `/` is approximate on the GPU
-    tl.store(out_ptr + offsets, _cast_output(value, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_bounds)
+    tl.store(out_ptr + offsets, _cast_output(value, out_ptr.dtype.element_ty), mask=in_bounds)
 
 
 @triton.jit
@@ -260,61 +265,6 @@ def _tiling(row_len, height):
     return rows, block_j
 
 
-def _composite_triton(x, out, box, lam, partner, mode, fill, mean, std, seed, channels_last, visit_flip_pairs):
-    n, c, h, w = x.shape
-    sample_stride, plane_stride, row_stride, row_len, planes = _geometry(x, channels_last)
-    rows, block_j = _tiling(row_len, h)
-    row_blocks, col_blocks = triton.cdiv(h, rows), triton.cdiv(row_len, block_j)
-    grid = (n * planes * row_blocks * col_blocks,)
-    with _backend.device_guard(x.device):
-        _composite_kernel[grid](
-            x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
-            std if std is not None else fill, seed if seed is not None else box,
-            n, c, h, w, sample_stride, plane_stride, row_stride, row_len, planes, row_blocks, col_blocks,
-            CHANNELS_LAST=channels_last, PIXEL_STRIDE=c if channels_last else 1, HAS_NORM=mean is not None,
-            RANDOM_FILL=seed is not None, VISIT_FLIP_PAIRS=visit_flip_pairs, ROWS=rows, BLOCK_J=block_j,
-            CHUNK=CHUNK, PHILOX_ROUNDS=PHILOX_ROUNDS, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
-            enable_fp_fusion=False)  # no FMA contraction: MixUp equals the other backends bit for bit
-
-
-def _composite_cuda(x, out, box, lam, partner, mode, fill, mean, std, seed, channels_last, visit_flip_pairs):
-    n, c, h, w = x.shape
-    _backend._C.composite_batch(
-        x.data_ptr(), out.data_ptr(), box.data_ptr(), lam.data_ptr(), partner.data_ptr(), mode.data_ptr(),
-        fill.data_ptr(), mean.data_ptr() if mean is not None else 0, std.data_ptr() if std is not None else 0,
-        seed.data_ptr() if seed is not None else 0, n, c, h, w, channels_last, visit_flip_pairs,
-        _cuda_dtype_code(x.dtype), _cuda_dtype_code(out.dtype), _backend.cuda_stream(x.device))
-
-
-def _cutmix_swap_triton(x, box, channels_last):
-    n, c, h, w = x.shape
-    sample_stride, plane_stride, row_stride, row_len, planes = _geometry(x, channels_last)
-    rows, block_j = _tiling(row_len, h)
-    row_blocks, col_blocks = triton.cdiv(h, rows), triton.cdiv(row_len, block_j)
-    grid = ((n // 2) * planes * row_blocks * col_blocks,)
-    if grid[0] == 0:
-        return
-    with _backend.device_guard(x.device):
-        _cutmix_swap_kernel[grid](
-            x, box, n, h, sample_stride, plane_stride, row_stride, row_len, planes, row_blocks, col_blocks,
-            CHANNELS_LAST=channels_last, PIXEL_STRIDE=c if channels_last else 1, ROWS=rows, BLOCK_J=block_j,
-            CHUNK=CHUNK, num_warps=NUM_WARPS)
-
-
-def _cutmix_swap_cuda(x, box, channels_last):
-    n, c, h, w = x.shape
-    _backend._C.cutmix_swap(x.data_ptr(), box.data_ptr(), n, c, h, w, channels_last,
-                            _cuda_dtype_code(x.dtype), _backend.cuda_stream(x.device))
-
-
-def _cuda_dtype_code(dtype):
-    """csrc/mixing.cu's code for dtype; float64 (which its kernels do not instantiate) is a TypeError."""
-    if dtype not in MIXING_DTYPE_CODES:
-        raise TypeError(f"recipe_kernels.mixing: backend='cuda' takes float32, float16, bfloat16 and uint8 "
-                        f"images and outputs, not {dtype}; use backend='triton' or 'torch' for float64")
-    return MIXING_DTYPE_CODES[dtype]
-
-
 def _dense_layout(x):
     """x as a tensor the kernels can walk, and whether it is channels_last.
 
@@ -328,32 +278,117 @@ def _dense_layout(x):
     return x.contiguous(), False
 
 
-# ----------------------------------------------------------------------------- registration
+def _cuda_dtype_code(dtype):
+    """csrc/mixing.cu's code for dtype; float64 (which its kernels do not instantiate) is a TypeError."""
+    if dtype not in MIXING_DTYPE_CODES:
+        raise TypeError(f"recipe_kernels.mixing: backend='cuda' takes float32, float16, bfloat16 and uint8 "
+                        f"images and outputs, not {dtype}; use backend='triton' or 'torch' for float64")
+    return MIXING_DTYPE_CODES[dtype]
 
 
-@torch.library.custom_op("recipe_kernels::composite_batch", mutates_args=())
-def composite_batch_op(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor,
-                       mode: torch.Tensor, fill: torch.Tensor, mean: Optional[torch.Tensor],
-                       std: Optional[torch.Tensor], noise_seed: Optional[torch.Tensor], out_dtype: torch.dtype,
-                       visit_flip_pairs: bool, backend: str) -> torch.Tensor:
+# --- composite_batch: every sample of x composited with its partner per `mode`, in x's layout
+
+
+def _composite_torch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor,
+                     mode: torch.Tensor, fill: torch.Tensor, mean: Optional[torch.Tensor],
+                     std: Optional[torch.Tensor], noise_seed: Optional[torch.Tensor], out_dtype: torch.dtype,
+                     visit_flip_pairs: bool) -> torch.Tensor:
     """Composites every sample of x with its partner per `mode`; the output keeps x's layout.
 
     box (N, 4) int32, partner (N,) int32, mode (N,) int32; lam (N,) and fill (C,) in the
     compositing dtype (_math_dtype(x.dtype)); mean/std (C,) in the normalization dtype or None;
-    noise_seed (1,) int64 or None (then ERASE writes fill).
+    noise_seed (1,) int64 or None (then ERASE writes fill). visit_flip_pairs: speed only.
     """
+    x, _ = _dense_layout(x)
+    out = torch.empty_like(x, dtype=out_dtype)
+    if x.numel() == 0:
+        return out
+    value = reference.composite_batch(x, box, lam, partner, mode, fill=fill, mean=mean, std=std,
+                                      noise_seed=noise_seed, math_dtype=lam.dtype)
+    out.copy_(value)  # float outputs round to nearest even; uint8 values are already integers
+    return out
+
+
+def _composite_triton(x, box, lam, partner, mode, fill, mean, std, noise_seed, out_dtype, visit_flip_pairs):
     x, channels_last = _dense_layout(x)
     out = torch.empty_like(x, dtype=out_dtype)
     if x.numel() == 0:
         return out
-    if backend == "torch":
-        value = reference.composite_batch(x, box, lam, partner, mode, fill=fill, mean=mean, std=std,
-                                          noise_seed=noise_seed, math_dtype=lam.dtype)
-        out.copy_(value)  # float outputs round to nearest even; uint8 values are already integers
-        return out
-    launch = _composite_triton if backend == "triton" else _composite_cuda
-    launch(x, out, box, lam, partner, mode, fill, mean, std, noise_seed, channels_last, visit_flip_pairs)
+    n, c, h, w = x.shape
+    sample_stride, plane_stride, row_stride, row_len, planes = _geometry(x, channels_last)
+    rows, block_j = _tiling(row_len, h)
+    row_blocks, col_blocks = cdiv(h, rows), cdiv(row_len, block_j)
+    # no FMA contraction (launch): MixUp equals the other backends bit for bit
+    launch(_composite_kernel, (n * planes * row_blocks * col_blocks,),
+           x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
+           std if std is not None else fill, noise_seed if noise_seed is not None else box,
+           n, c, h, w, sample_stride, plane_stride, row_stride, row_len, planes, row_blocks, col_blocks,
+           num_warps=NUM_WARPS, CHANNELS_LAST=channels_last, PIXEL_STRIDE=c if channels_last else 1,
+           HAS_NORM=mean is not None, RANDOM_FILL=noise_seed is not None, VISIT_FLIP_PAIRS=visit_flip_pairs,
+           ROWS=rows, BLOCK_J=block_j, CHUNK=CHUNK, PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
+
+
+def _composite_cuda_arguments(x, out, box, lam, partner, mode, fill, mean, std, noise_seed, channels_last,
+                              visit_flip_pairs):
+    """Every keyword argument of _C.composite_batch but the stream (also those of composite_batch_host)."""
+    n, c, h, w = x.shape
+    return dict(x=x.data_ptr(), out=out.data_ptr(), box=box.data_ptr(), lam=lam.data_ptr(),
+                partner=partner.data_ptr(), mode=mode.data_ptr(), fill=fill.data_ptr(),
+                mean=mean.data_ptr() if mean is not None else 0, std=std.data_ptr() if std is not None else 0,
+                seed=noise_seed.data_ptr() if noise_seed is not None else 0, n=n, c=c, h=h, w=w,
+                channels_last=channels_last, visit_flip_pairs=visit_flip_pairs, in_dtype=_cuda_dtype_code(x.dtype),
+                out_dtype=_cuda_dtype_code(out.dtype))
+
+
+def _composite_cuda(x, box, lam, partner, mode, fill, mean, std, noise_seed, out_dtype, visit_flip_pairs):
+    x, channels_last = _dense_layout(x)
+    _cuda_dtype_code(x.dtype), _cuda_dtype_code(out_dtype)  # float64 raises before anything is allocated
+    out = torch.empty_like(x, dtype=out_dtype)
+    if x.numel() == 0:
+        return out
+    _backend._C.composite_batch(**_composite_cuda_arguments(x, out, box, lam, partner, mode, fill, mean, std,
+                                                            noise_seed, channels_last, visit_flip_pairs),
+                                stream=_backend.cuda_stream(x.device))
+    return out
+
+
+# --- cutmix_swap_: in place, sample i and sample N-1-i exchange the pixels inside box[i] (all boxes equal)
+# x is contiguous or channels_last (the public function checked it).
+
+
+def _cutmix_swap_torch(x: torch.Tensor, box: torch.Tensor) -> None:
+    if x.numel() != 0 and x.shape[0] >= 2:
+        reference.cutmix_swap_(x, box)
+
+
+def _cutmix_swap_triton(x, box):
+    if x.numel() == 0 or x.shape[0] < 2:
+        return
+    channels_last = not x.is_contiguous()
+    n, c, h, w = x.shape
+    sample_stride, plane_stride, row_stride, row_len, planes = _geometry(x, channels_last)
+    rows, block_j = _tiling(row_len, h)
+    row_blocks, col_blocks = cdiv(h, rows), cdiv(row_len, block_j)
+    launch(_cutmix_swap_kernel, ((n // 2) * planes * row_blocks * col_blocks,),
+           x, box, n, h, sample_stride, plane_stride, row_stride, row_len, planes, row_blocks, col_blocks,
+           num_warps=NUM_WARPS, CHANNELS_LAST=channels_last, PIXEL_STRIDE=c if channels_last else 1, ROWS=rows,
+           BLOCK_J=block_j, CHUNK=CHUNK)
+
+
+def _cutmix_swap_cuda(x, box):
+    if x.numel() == 0 or x.shape[0] < 2:
+        return
+    n, c, h, w = x.shape
+    _backend._C.cutmix_swap(x=x.data_ptr(), box=box.data_ptr(), n=n, c=c, h=h, w=w,
+                            channels_last=not x.is_contiguous(), dtype=_cuda_dtype_code(x.dtype),
+                            stream=_backend.cuda_stream(x.device))
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+composite_batch_op = Op("composite_batch", torch=_composite_torch, triton=_composite_triton, cuda=_composite_cuda)
 
 
 @composite_batch_op.register_fake
@@ -362,18 +397,8 @@ def _(x, box, lam, partner, mode, fill, mean, std, noise_seed, out_dtype, visit_
     return torch.empty_like(x, dtype=out_dtype)
 
 
-@torch.library.custom_op("recipe_kernels::cutmix_swap_", mutates_args=("x",))
-def cutmix_swap_op(x: torch.Tensor, box: torch.Tensor, backend: str) -> None:
-    """In place: sample i and sample N-1-i exchange the pixels inside box[i] (all boxes equal)."""
-    if x.numel() == 0 or x.shape[0] < 2:
-        return
-    channels_last = not x.is_contiguous()  # the caller checked that x is contiguous or channels_last
-    if backend == "torch":
-        reference.cutmix_swap_(x, box)
-    elif backend == "triton":
-        _cutmix_swap_triton(x, box, channels_last)
-    else:
-        _cutmix_swap_cuda(x, box, channels_last)
+cutmix_swap_op = Op("cutmix_swap_", torch=_cutmix_swap_torch, triton=_cutmix_swap_triton, cuda=_cutmix_swap_cuda,
+                    mutates_args=("x",))
 
 
 @cutmix_swap_op.register_fake
@@ -560,8 +585,7 @@ def _partner_index(n, partner, device):
 
 
 def _check_image(x):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _checks.tensor(x, "x")
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
     if x.dtype not in IMAGE_DTYPES:
@@ -574,31 +598,18 @@ def _math_dtype(*dtypes):
 
 
 def _check_target(x, target):
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    _checks.tensor(target, "target")
     if target.dim() == 0 or target.shape[0] != x.shape[0]:
         raise ValueError(f"target has shape {tuple(target.shape)} but x has {x.shape[0]} samples; "
                          "its first dimension must match")
     if target.dtype != torch.int64:
         raise TypeError(f"target must hold int64 class indices (MixedTarget), got {target.dtype}")
-    if target.device != x.device:
-        raise ValueError(f"target is on {target.device} but x is on {x.device}")
+    _checks.same_device(target, "target", x, "x")
 
 
 def _check_alpha(alpha, name="alpha", allow_zero=False):
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"{name} must be a Python float, got {type(alpha).__name__}")
-    if not (alpha >= 0.0 if allow_zero else alpha > 0.0) or math.isinf(alpha):  # also rejects NaN
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {alpha}")
-    return float(alpha)
-
-
-def _check_probability(p, name):
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{name} must be a Python float, got {type(p).__name__}")
-    if not 0.0 <= p <= 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be in [0, 1], got {p}")
-    return float(p)
+    """A Beta concentration: finite and > 0 (>= 0 with allow_zero, where 0 disables a method)."""
+    return _checks.positive(alpha, name, allow_zero)
 
 
 def _check_partner(partner):
@@ -737,8 +748,7 @@ def composite_batch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, partn
         if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected[name]:
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise ValueError(f"{name} must be a tensor of shape {expected[name]}, got {shape}")
-        if tensor.device != x.device:
-            raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+        _checks.same_device(tensor, name, x, "x")
         if name == "lam" and not tensor.is_floating_point():
             raise TypeError(f"lam must be a floating tensor, got {tensor.dtype}")
         if name != "lam" and tensor.dtype not in _INDEX_DTYPES:
@@ -751,8 +761,7 @@ def composite_batch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, partn
             raise ValueError(f"noise_seed must be a tensor with one element, got {shape}")
         if noise_seed.dtype not in _INDEX_DTYPES:
             raise TypeError(f"noise_seed must be an integer tensor, got {noise_seed.dtype}")
-        if noise_seed.device != x.device:
-            raise ValueError(f"noise_seed is on {noise_seed.device} but x is on {x.device}")
+        _checks.same_device(noise_seed, "noise_seed", x, "x")
     math_dtype = _math_dtype(x.dtype)
     fill = _per_channel("fill", fill, channels, x.device, allow_nan=x.dtype != torch.uint8, dtype=math_dtype)
     mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
@@ -876,8 +885,8 @@ def cutmix_or_mixup(x: torch.Tensor, target: torch.Tensor, *, mixup_alpha: float
     cutmix_alpha = _check_alpha(cutmix_alpha, "cutmix_alpha", allow_zero=True)
     if mixup_alpha == 0.0 and cutmix_alpha == 0.0:
         raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix")
-    prob = _check_probability(prob, "prob")
-    switch_prob = _check_probability(switch_prob, "switch_prob")
+    prob = _checks.probability(prob, "prob")
+    switch_prob = _checks.probability(switch_prob, "switch_prob")
     if mixup_alpha == 0.0:
         switch_prob = 1.0
     elif cutmix_alpha == 0.0:
@@ -910,7 +919,7 @@ def random_erasing(x: torch.Tensor, *, p: float = 0.5, scale: Tuple[float, float
     up and saturates to [0, 255] (NaN raises). Returns a new tensor.
     """
     _check_image(x)
-    p = _check_probability(p, "p")
+    p = _checks.probability(p, "p")
     scale = _check_range("scale", scale, upper=1.0)
     ratio = _check_range("ratio", ratio)
     n, channels, height, width = x.shape

@@ -14,7 +14,7 @@ import torch
 
 import recipe_kernels  # noqa: F401  (registers the ops)
 from recipe_kernels import _backend
-from recipe_kernels.mixing import MIXING_DTYPE_CODES, MixMode, _dense_layout
+from recipe_kernels.mixing import MIXING_DTYPE_CODES, MixMode, _composite_cuda_arguments, _dense_layout
 
 pytestmark = pytest.mark.skipif(_backend._C is None, reason=f"CUDA extension not built: {_backend.CUDA_EXTENSION_ERROR}")
 
@@ -76,19 +76,12 @@ def composite_params(n, height, width, partner_kind):
     return box, lam, partners(n, partner_kind), mode
 
 
-def pointer(tensor):
-    return 0 if tensor is None else tensor.data_ptr()
-
-
 def composite_host(x, box, lam, partner, mode, fill, mean, std, seed, out_dtype, visit_flip_pairs, sentinel):
     """_C.composite_batch_host into a fresh output full of `sentinel` (so a missed element shows)."""
     x, channels_last = _dense_layout(x)
     out = torch.full_like(x, sentinel, dtype=out_dtype)
-    n, c, h, w = x.shape
-    _backend._C.composite_batch_host(
-        x.data_ptr(), out.data_ptr(), box.data_ptr(), lam.data_ptr(), partner.data_ptr(), mode.data_ptr(),
-        fill.data_ptr(), pointer(mean), pointer(std), pointer(seed), n, c, h, w, channels_last, visit_flip_pairs,
-        MIXING_DTYPE_CODES[x.dtype], MIXING_DTYPE_CODES[out_dtype])
+    _backend._C.composite_batch_host(**_composite_cuda_arguments(x, out, box, lam, partner, mode, fill, mean, std,
+                                                                 seed, channels_last, visit_flip_pairs))
     return out
 
 
@@ -237,6 +230,6 @@ def test_cutmix_swap_kernel_code_equals_torch_backend(dtype, channels_last, n, i
     torch.ops.recipe_kernels.cutmix_swap_(expected, box, "torch")
     out = x.clone()
     channels_last_walk = not out.is_contiguous()  # as cutmix_swap_op decides
-    _backend._C.cutmix_swap_host(out.data_ptr(), box.data_ptr(), n, c, h, w, channels_last_walk,
-                                 MIXING_DTYPE_CODES[dtype])
+    _backend._C.cutmix_swap_host(x=out.data_ptr(), box=box.data_ptr(), n=n, c=c, h=h, w=w,
+                                 channels_last=channels_last_walk, dtype=MIXING_DTYPE_CODES[dtype])
     assert_same_bits(out, expected)
