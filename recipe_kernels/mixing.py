@@ -26,13 +26,14 @@ of every sample: 2 * N * C * box_area * s.
 """
 import math
 import numbers
+import struct
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import triton
 import triton.language as tl
 
-from recipe_kernels import _backend, _checks, reference
+from recipe_kernels import _backend, _checks, _ops, reference
 from recipe_kernels._codes import DTYPE_CODES, MixMode
 from recipe_kernels._ops import Op, launch
 from recipe_kernels._philox import PHILOX_ROUNDS, draw_seed, philox4x32
@@ -58,6 +59,30 @@ CHUNK = 16
 _MIXUP = tl.constexpr(int(MixMode.MIXUP))
 _CUTMIX = tl.constexpr(int(MixMode.CUTMIX))
 _ERASE = tl.constexpr(int(MixMode.ERASE))
+
+# Sampling constants, one definition for the kernels (module-level constexprs) and the torch
+# implementation (which reads .value). Float64 bit layout and the series of the exact elementary
+# functions (see "Exact elementary functions" in the sampling section).
+WORD_RANGE = tl.constexpr(1 << 32)
+INV_WORD_RANGE = tl.constexpr(1.0 / (1 << 32))
+EXPONENT_BIAS = tl.constexpr(1023)
+MANTISSA_MASK = tl.constexpr((1 << 52) - 1)
+ONE_BITS = tl.constexpr(1023 << 52)  # the bits of 1.0
+SQRT_TWO = tl.constexpr(math.sqrt(2.0))
+# ln 2 in two parts: e * LN2_HIGH is exact for |e| < 2^20 (its low 21 bits are zero).
+LN2_HIGH = tl.constexpr(6.93147180369123816490e-01)
+LN2_LOW = tl.constexpr(1.90821492927058770002e-10)
+INV_LN2 = tl.constexpr(1.0 / math.log(2.0))
+TWO_PI = tl.constexpr(2.0 * math.pi)
+ONE_THIRD = tl.constexpr(1.0 / 3.0)
+# Terms of each series: the first left out is below 2^-56 relative on its reduced range.
+LOG_SERIES_TERMS = tl.constexpr(11)  # 2 atanh(s), |s| <= 0.1716: s^25 / 25 < 1e-20
+EXP_SERIES_TERMS = tl.constexpr(14)  # e^r, |r| <= 0.3466: r^15 / 15! < 2e-20
+COS_SERIES_TERMS = tl.constexpr(12)  # cos t, t <= pi/2: t^26 / 26! < 3e-21
+# |log G1 - log G0| is clamped here before exp: 1 / (1 + e^120) and e^-120 are below half fp32's
+# smallest subnormal, so lam in fp32 is the same as unclamped.
+EXP_LIMIT = tl.constexpr(120.0)
+_KEEP = tl.constexpr(int(MixMode.KEEP))
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -137,8 +162,7 @@ def _box_chunks(rows, j, y0, y1, x0, x1, CHANNELS_LAST: tl.constexpr, PIXEL_STRI
 
 @triton.jit
 def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, fill_ptr, mean_ptr, std_ptr,
-                      seed_ptr, num_samples, channels, height, width, sample_stride, plane_stride, row_stride,
-                      row_len, planes, row_blocks, col_blocks,
+                      seed_ptr, num_samples, channels, height, width,
                       CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, HAS_NORM: tl.constexpr,
                       RANDOM_FILL: tl.constexpr, VISIT_FLIP_PAIRS: tl.constexpr,
                       ROWS: tl.constexpr, BLOCK_J: tl.constexpr, CHUNK: tl.constexpr,
@@ -154,7 +178,19 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     Bytes: each output element's source is read once (MixUp: both sources), out written once;
     CutMix also reads both sources of the CHUNK-element pieces that straddle a box edge.
     """
-    # 1. Which tile, and the sample's parameters (a few scalar loads per program).
+    # 1. Which tile, and the sample's parameters (a few scalar loads per program). Geometry as _geometry.
+    sample_stride = channels.to(tl.int64) * height * width
+    if CHANNELS_LAST:
+        row_len = width * channels
+        plane_stride = 0
+        planes = 1
+    else:
+        row_len = width
+        plane_stride = height.to(tl.int64) * width
+        planes = channels
+    row_stride = row_len
+    row_blocks = tl.cdiv(height, ROWS)
+    col_blocks = tl.cdiv(row_len, BLOCK_J)
     pid = tl.program_id(0).to(tl.int64)
     sample, plane, row_block, col_block = _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks,
                                                             VISIT_FLIP_PAIRS)
@@ -247,6 +283,206 @@ def _cutmix_swap_kernel(x_ptr, box_ptr, num_samples, height, sample_stride, plan
     tl.store(x_ptr + second * sample_stride + local, tl.where(inside, a, b), mask=touched)
 
 
+# ----------------------------------------------------------------------------- sampling kernels
+# One program samples SAMPLING_BLOCK draws; the torch functions of the sampling section compute the
+# same numbers with the same operations in the same order (see "Exact elementary functions" there).
+
+
+@triton.jit
+def _float64_from_bits(bits):
+    """A float64 passed as its int64 bit pattern (a float kernel argument would arrive as fp32)."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _uniform64(word):
+    """word / 2^32 as float64 on [0, 1) (exact)."""
+    return word.to(tl.int64).to(tl.float64) * INV_WORD_RANGE
+
+
+@triton.jit
+def _uniform64_positive(word):
+    """(word + 1) / 2^32 as float64 on (0, 1] (exact)."""
+    return (word.to(tl.int64) + 1).to(tl.float64) * INV_WORD_RANGE
+
+
+@triton.jit
+def _log64(x):
+    """log(x) for finite normal float64 x > 0: _log_exact's operations."""
+    bits = x.to(tl.int64, bitcast=True)
+    exponent = (bits >> 52) - EXPONENT_BIAS
+    mantissa = ((bits & MANTISSA_MASK) | ONE_BITS).to(tl.float64, bitcast=True)
+    large = mantissa > SQRT_TWO
+    mantissa = tl.where(large, mantissa * 0.5, mantissa)
+    e = (exponent + large.to(tl.int64)).to(tl.float64)
+    s = (mantissa - 1.0) / (mantissa + 1.0)
+    s2 = s * s
+    series = tl.zeros_like(s)
+    for k in tl.static_range(LOG_SERIES_TERMS, 0, -1):
+        series = series * s2 + 2.0 / (2 * k + 1)
+    return e * LN2_HIGH + (e * LN2_LOW + (2.0 * s + s * (s2 * series)))
+
+
+@triton.jit
+def _exp64(x):
+    """exp(x) for float64 |x| <= EXP_LIMIT: _exp_exact's operations."""
+    k = tl.floor(x * INV_LN2 + 0.5)
+    r = (x - k * LN2_HIGH) - k * LN2_LOW
+    series = tl.full(x.shape, 1.0, tl.float64)
+    for n in tl.static_range(EXP_SERIES_TERMS, 0, -1):
+        series = 1.0 + (r * series) * (1.0 / n)
+    scale = ((k.to(tl.int64) + EXPONENT_BIAS) << 52).to(tl.float64, bitcast=True)
+    return series * scale
+
+
+@triton.jit
+def _cos_two_pi64(u):
+    """cos(2 pi u) for float64 u in [0, 1) on a 2^-32 grid: _cos_two_pi_exact's operations."""
+    t = u - tl.floor(u + 0.5)
+    a = tl.abs(t)
+    flip = a > 0.25
+    b = tl.where(flip, 0.5 - a, a)
+    theta = TWO_PI * b
+    theta2 = theta * theta
+    series = tl.full(u.shape, 1.0, tl.float64)
+    for n in tl.static_range(COS_SERIES_TERMS, 0, -1):
+        series = 1.0 - (theta2 * series) * (1.0 / ((2 * n - 1) * (2 * n)))
+    return tl.where(flip, -series, series)
+
+
+@triton.jit
+def _log_gamma64(seed, first_counter, shape, GAMMA_ATTEMPTS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
+    """log G, G ~ Gamma(shape) per lane, from calls first_counter + 0 .. GAMMA_ATTEMPTS - 1: _log_gamma's rule."""
+    boosted = shape < 1.0
+    d = tl.where(boosted, shape + 1.0, shape) - ONE_THIRD
+    c = 1.0 / tl.sqrt(9.0 * d)  # float64 sqrt is correctly rounded (sqrt.rn.f64)
+    log_v = tl.zeros_like(d)
+    found = shape != shape  # all False
+    boost_word = tl.zeros(shape.shape, tl.uint32)
+    for k in tl.static_range(GAMMA_ATTEMPTS):
+        w0, w1, w2, w3 = tl.randint4x(seed, first_counter + k, PHILOX_ROUNDS)
+        if k == 0:
+            boost_word = w3
+        z = tl.sqrt(-2.0 * _log64(_uniform64_positive(w0))) * _cos_two_pi64(_uniform64(w1))
+        t = 1.0 + c * z
+        v = t * t * t
+        positive = v > 0.0
+        attempt_log_v = _log64(tl.where(positive, v, 1.0))
+        accepted = positive & (_log64(_uniform64_positive(w2)) < 0.5 * z * z + d - d * v + d * attempt_log_v)
+        log_v = tl.where(accepted & ~found, attempt_log_v, log_v)
+        found = found | accepted
+    log_g = _log64(d) + log_v
+    return tl.where(boosted, log_g + _log64(_uniform64_positive(boost_word)) / shape, log_g)
+
+
+@triton.jit
+def _sample_mixing_kernel(seed_ptr, lam_ptr, box_ptr, mode_ptr, draws, height, width, cutmix_alpha_bits,
+                          mixup_alpha_bits, switch_threshold, apply_threshold,
+                          CORRECT_LAM: tl.constexpr, BLOCK: tl.constexpr, MIX_CALLS_PER_DRAW: tl.constexpr,
+                          GAMMA_ATTEMPTS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
+    """Per draw: lam (fp32), box (x0, y0, x1, y1) int32 and mode int32 of timm's Mixup rule (_sample_mixing_torch).
+
+    Inputs: seed (one int64); the alphas as float64 bit patterns; thresholds round(p * 2^32).
+    Bytes: 24 per draw written.
+    """
+    draw = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = draw < draws
+    seed = tl.load(seed_ptr)
+    first_call = draw * MIX_CALLS_PER_DRAW
+    switch_word, apply_word, centre_y_word, centre_x_word = tl.randint4x(seed, first_call, PHILOX_ROUNDS)
+    use_cutmix = switch_word.to(tl.int64) < switch_threshold
+    applied = apply_word.to(tl.int64) < apply_threshold
+    alpha = tl.where(use_cutmix, _float64_from_bits(cutmix_alpha_bits), _float64_from_bits(mixup_alpha_bits))
+    log_g0 = _log_gamma64(seed, first_call + 1, alpha, GAMMA_ATTEMPTS, PHILOX_ROUNDS)
+    log_g1 = _log_gamma64(seed, first_call + 1 + GAMMA_ATTEMPTS, alpha, GAMMA_ATTEMPTS, PHILOX_ROUNDS)
+    difference = tl.minimum(tl.maximum(log_g1 - log_g0, -EXP_LIMIT), EXP_LIMIT)
+    lam = (1.0 / (1.0 + _exp64(difference))).to(tl.float32)
+
+    # timm's box: centre uniform over the pixels, half sides floor(side * sqrt(1 - lam) / 2) in fp32.
+    height = height.to(tl.int64)
+    width = width.to(tl.int64)
+    centre_y = (centre_y_word.to(tl.int64) * height) >> 32
+    centre_x = (centre_x_word.to(tl.int64) * width) >> 32
+    side = tl.sqrt((1.0 - lam).to(tl.float64)).to(tl.float32)  # = fp32 sqrt correctly rounded
+    half_h = tl.floor(side * height.to(tl.float32) * 0.5).to(tl.int64)
+    half_w = tl.floor(side * width.to(tl.float32) * 0.5).to(tl.int64)
+    y0 = tl.maximum(centre_y - half_h, 0)
+    y1 = tl.minimum(centre_y + half_h, height)
+    x0 = tl.maximum(centre_x - half_w, 0)
+    x1 = tl.minimum(centre_x + half_w, width)
+    if CORRECT_LAM:
+        area = ((y1 - y0) * (x1 - x0)).to(tl.float64)
+        kept = (1.0 - area / tl.maximum(height * width, 1).to(tl.float64)).to(tl.float32)
+        lam = tl.where(use_cutmix, kept, lam)
+    lam = tl.where(applied, lam, 1.0)
+    mode = tl.where(applied, tl.where(use_cutmix, _CUTMIX, _MIXUP), _KEEP).to(tl.int32)
+    tl.store(lam_ptr + draw, lam, mask=valid)
+    tl.store(mode_ptr + draw, mode, mask=valid)
+    tl.store(box_ptr + draw * 4, x0.to(tl.int32), mask=valid)
+    tl.store(box_ptr + draw * 4 + 1, y0.to(tl.int32), mask=valid)
+    tl.store(box_ptr + draw * 4 + 2, x1.to(tl.int32), mask=valid)
+    tl.store(box_ptr + draw * 4 + 3, y1.to(tl.int32), mask=valid)
+
+
+@triton.jit
+def _round_half_even64(x):
+    """x (float64 >= 0) rounded to the nearest integer, ties to even, exactly (torch.round)."""
+    whole = tl.floor(x)
+    fraction = x - whole  # exact
+    odd = (whole.to(tl.int64) & 1) == 1
+    return tl.where((fraction > 0.5) | ((fraction == 0.5) & odd), whole + 1.0, whole)
+
+
+@triton.jit
+def _sample_erasing_kernel(seed_ptr, box_ptr, mode_ptr, noise_key_ptr, samples, height, width, apply_threshold,
+                           scale_low_bits, scale_high_bits, log_ratio_low_bits, log_ratio_high_bits,
+                           BLOCK: tl.constexpr, ERASE_CALLS_PER_SAMPLE: tl.constexpr,
+                           ERASE_ATTEMPTS: tl.constexpr, ERASE_NOISE_KEY_COUNTER: tl.constexpr,
+                           PHILOX_ROUNDS: tl.constexpr):
+    """Per sample: box (x0, y0, x1, y1) int32 and mode (ERASE or KEEP) of torchvision's RandomErasing rule
+    (_sample_erasing_torch); program 0 also writes the noise key. Bytes: 20 per sample written."""
+    sample = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = sample < samples
+    seed = tl.load(seed_ptr)
+    first_call = sample * ERASE_CALLS_PER_SAMPLE
+    decision_word, _, _, _ = tl.randint4x(seed, first_call, PHILOX_ROUNDS)
+    scale_low = _float64_from_bits(scale_low_bits)
+    scale_high = _float64_from_bits(scale_high_bits)
+    log_low = _float64_from_bits(log_ratio_low_bits)
+    log_high = _float64_from_bits(log_ratio_high_bits)
+    height = height.to(tl.int64)
+    width = width.to(tl.int64)
+    image_area = (height * width).to(tl.float64)
+    found = sample < 0  # all False
+    top = tl.zeros_like(sample)
+    left = tl.zeros_like(sample)
+    box_h = tl.zeros_like(sample)
+    box_w = tl.zeros_like(sample)
+    for k in tl.static_range(ERASE_ATTEMPTS):
+        w_area, w_ratio, w_top, w_left = tl.randint4x(seed, first_call + 1 + k, PHILOX_ROUNDS)
+        area = (scale_low + (scale_high - scale_low) * _uniform64(w_area)) * image_area
+        aspect = _exp64(log_low + (log_high - log_low) * _uniform64(w_ratio))
+        h = _round_half_even64(tl.sqrt(area * aspect)).to(tl.int64)
+        w = _round_half_even64(tl.sqrt(area / aspect)).to(tl.int64)
+        take = (h < height) & (w < width) & ~found
+        top = tl.where(take, (w_top.to(tl.int64) * tl.maximum(height - h + 1, 1)) >> 32, top)
+        left = tl.where(take, (w_left.to(tl.int64) * tl.maximum(width - w + 1, 1)) >> 32, left)
+        box_h = tl.where(take, h, box_h)
+        box_w = tl.where(take, w, box_w)
+        found = found | take
+    erase = found & (decision_word.to(tl.int64) < apply_threshold)
+    tl.store(mode_ptr + sample, tl.where(erase, _ERASE, _KEEP).to(tl.int32), mask=valid)
+    tl.store(box_ptr + sample * 4, left.to(tl.int32), mask=valid)
+    tl.store(box_ptr + sample * 4 + 1, top.to(tl.int32), mask=valid)
+    tl.store(box_ptr + sample * 4 + 2, (left + box_w).to(tl.int32), mask=valid)
+    tl.store(box_ptr + sample * 4 + 3, (top + box_h).to(tl.int32), mask=valid)
+    # The noise key: words 0 and 1 of its own call as one signed 64-bit integer (high word signed).
+    key_low, key_high, _, _ = tl.randint4x(seed, tl.zeros_like(sample) + ERASE_NOISE_KEY_COUNTER, PHILOX_ROUNDS)
+    high = key_high.to(tl.int64)
+    high = high - (high >= (1 << 31)).to(tl.int64) * WORD_RANGE
+    tl.store(noise_key_ptr + sample * 0, high * WORD_RANGE + key_low.to(tl.int64), mask=sample == 0)
+
+
 # ----------------------------------------------------------------------------- launchers
 # x is contiguous or channels_last (see _dense_layout); out has x's layout.
 
@@ -315,15 +551,13 @@ def _composite_triton(x, box, lam, partner, mode, fill, mean, std, noise_seed, o
     if x.numel() == 0:
         return out
     n, c, h, w = x.shape
-    sample_stride, plane_stride, row_stride, row_len, planes = _geometry(x, channels_last)
+    row_len, planes = (w * c, 1) if channels_last else (w, c)
     rows, block_j = _tiling(row_len, h)
-    row_blocks, col_blocks = cdiv(h, rows), cdiv(row_len, block_j)
     # no FMA contraction (launch): MixUp equals the other backends bit for bit
-    launch(_composite_kernel, (n * planes * row_blocks * col_blocks,),
+    launch(_composite_kernel, (n * planes * cdiv(h, rows) * cdiv(row_len, block_j),),
            x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
            std if std is not None else fill, noise_seed if noise_seed is not None else box,
-           n, c, h, w, sample_stride, plane_stride, row_stride, row_len, planes, row_blocks, col_blocks,
-           num_warps=NUM_WARPS, CHANNELS_LAST=channels_last, PIXEL_STRIDE=c if channels_last else 1,
+           n, c, h, w, num_warps=NUM_WARPS, CHANNELS_LAST=channels_last, PIXEL_STRIDE=c if channels_last else 1,
            HAS_NORM=mean is not None, RANDOM_FILL=noise_seed is not None, VISIT_FLIP_PAIRS=visit_flip_pairs,
            ROWS=rows, BLOCK_J=block_j, CHUNK=CHUNK, PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
@@ -410,10 +644,16 @@ def _(x, box, backend):
 
 
 # Every random number of a call comes from Philox4x32(seed, counter) (recipe_kernels._philox), one
-# seed drawn on the device per call. Counters are torch.arange(draws * calls): draw d (a sample, or
-# the batch) owns calls d * CALLS + 0 .. CALLS - 1, each giving four 32-bit words. Integer ops and
-# float64 math in torch ops, on symbolic sizes too (torch.compile with dynamic shapes); every
-# backend composites the same parameters.
+# seed drawn on the device per call. Draw d (a sample, or the batch) owns calls d * CALLS + 0 ..
+# CALLS - 1, each giving four 32-bit words. One small kernel per call samples every draw
+# (_sample_mixing_kernel, _sample_erasing_kernel); the torch backend computes the same numbers with
+# torch ops, on symbolic sizes too (torch.compile with dynamic shapes).
+#
+# Exact elementary functions: log, exp and cos are float64 series of +, -, *, / and sqrt only, each
+# correctly rounded in IEEE arithmetic on every backend (no FMA contraction: _ops.launch), evaluated
+# in the same order by the kernels and by torch. So every backend samples the same bits: library
+# log/exp/cos differ between CPU, GPU and Triton's interpreter in the last bit, which could move a
+# box edge or an accept decision. Each is accurate to a few float64 ulps.
 
 # Marsaglia-Tsang attempts per gamma draw, all drawn at once. The sampler accepts with probability
 # 0.9517 at shape 1, its worst case (more above), so all attempts are rejected with probability
@@ -430,39 +670,82 @@ ERASE_CALLS_PER_SAMPLE = 1 + ERASE_ATTEMPTS
 # The counter of the call whose words 0 and 1 make the noise key of value="random": far above
 # every per-sample counter, so the noise (keyed apart) and the boxes never share words.
 ERASE_NOISE_KEY_COUNTER = 1 << 62
-WORD_RANGE = 1 << 32
-TWO_PI = 2.0 * math.pi
+# Draws per program of the sampling kernels: one warp on a GPU; the interpreter's cost is per program.
+SAMPLING_BLOCK = 1024 if _ops.INTERPRETING else 32
 
 
-def _philox_words(seed, draws, calls, extra_counters=()):
-    """(draws, calls, 4) int64 words (uint32 values) of Philox(seed, d * calls + c); then the words of
-    each extra counter, (len(extra_counters), 4). One Philox evaluation over all counters."""
+def _log_exact(x):
+    """log(x) for a float64 tensor of finite normal x > 0: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+    log x = e ln 2 + 2 atanh((m - 1) / (m + 1)) (the atanh series in s^2, Horner)."""
+    bits = x.view(torch.int64)
+    exponent = (bits >> 52) - EXPONENT_BIAS.value
+    mantissa = ((bits & MANTISSA_MASK.value) | ONE_BITS.value).view(torch.float64)
+    large = mantissa > SQRT_TWO.value
+    mantissa = torch.where(large, mantissa * 0.5, mantissa)
+    e = (exponent + large.to(torch.int64)).to(torch.float64)
+    s = (mantissa - 1.0) / (mantissa + 1.0)
+    s2 = s * s
+    series = torch.zeros_like(s)
+    for k in range(LOG_SERIES_TERMS.value, 0, -1):
+        series = series * s2 + 2.0 / (2 * k + 1)
+    return e * LN2_HIGH.value + (e * LN2_LOW.value + (2.0 * s + s * (s2 * series)))
+
+
+def _exp_exact(x):
+    """exp(x) for a float64 tensor with |x| <= EXP_LIMIT: x = k ln 2 + r, e^r by its Taylor series, times 2^k."""
+    k = torch.floor(x * INV_LN2.value + 0.5)
+    r = (x - k * LN2_HIGH.value) - k * LN2_LOW.value
+    series = torch.ones_like(r)
+    for n in range(EXP_SERIES_TERMS.value, 0, -1):
+        series = 1.0 + (r * series) * (1.0 / n)
+    scale = ((k.to(torch.int64) + EXPONENT_BIAS.value) << 52).view(torch.float64)
+    return series * scale
+
+
+def _cos_two_pi_exact(u):
+    """cos(2 pi u) for a float64 tensor u in [0, 1) on a 2^-32 grid: reduced exactly to 2 pi b with
+    b in [0, 1/4] (cos(2 pi (1/2 - a)) = -cos(2 pi a)), then cos's Taylor series in t^2."""
+    t = u - torch.floor(u + 0.5)
+    a = t.abs()
+    flip = a > 0.25
+    b = torch.where(flip, 0.5 - a, a)
+    theta = TWO_PI.value * b
+    theta2 = theta * theta
+    series = torch.ones_like(theta)
+    for n in range(COS_SERIES_TERMS.value, 0, -1):
+        series = 1.0 - (theta2 * series) * (1.0 / ((2 * n - 1) * (2 * n)))
+    return torch.where(flip, -series, series)
+
+
+def _philox_words(seed, draws, calls):
+    """(draws, calls, 4) int64 words (uint32 values) of Philox(seed, d * calls + c)."""
     counters = torch.arange(draws * calls, dtype=torch.int64, device=seed.device)
-    if extra_counters:
-        counters = torch.cat([counters, torch.tensor(extra_counters, dtype=torch.int64, device=seed.device)])
-    words = torch.stack(philox4x32(seed, counters), dim=-1)
-    per_draw = words[:draws * calls].reshape(draws, calls, 4)
-    return per_draw, words[draws * calls:]
+    return torch.stack(philox4x32(seed, counters), dim=-1).reshape(draws, calls, 4)
 
 
 def _uniform(word):
     """word / 2^32: float64 uniform on [0, 1) in steps of 2^-32 (exact)."""
-    return word.to(torch.float64) * (1.0 / WORD_RANGE)
+    return word.to(torch.float64) * INV_WORD_RANGE.value
 
 
 def _uniform_positive(word):
     """(word + 1) / 2^32: float64 uniform on (0, 1], safe under log."""
-    return (word + 1).to(torch.float64) * (1.0 / WORD_RANGE)
+    return (word + 1).to(torch.float64) * INV_WORD_RANGE.value
 
 
-def _happens(word, probability):
-    """True with probability `probability` (a Python float in [0, 1]), exact to 2^-33: 1 always, 0 never."""
-    return word < round(probability * WORD_RANGE)
+def _threshold(probability):
+    """round(p * 2^32): a word below it happens with probability p (exact to 2^-33; 1 always, 0 never)."""
+    return round(probability * WORD_RANGE.value)
 
 
 def _uniform_index(word, bound):
     """floor(word * bound / 2^32): an integer uniform on [0, bound) for bound >= 1 (bias below bound / 2^32)."""
     return (word * bound) >> 32
+
+
+def _float64_bits(value):
+    """A Python float's float64 bit pattern as a signed int (how the sampling kernels take float64 arguments)."""
+    return struct.unpack("<q", struct.pack("<d", value))[0]
 
 
 def _log_gamma(shape, words):
@@ -475,46 +758,42 @@ def _log_gamma(shape, words):
     attempt 0. Works in logs, so tiny shapes cannot underflow to G = 0.
     """
     boosted = shape < 1.0
-    d = (torch.where(boosted, shape + 1.0, shape) - 1.0 / 3.0).unsqueeze(-1)
-    c = torch.rsqrt(9.0 * d)
-    z = torch.sqrt(-2.0 * torch.log(_uniform_positive(words[..., 0]))) * torch.cos(TWO_PI * _uniform(words[..., 1]))
+    d = (torch.where(boosted, shape + 1.0, shape) - ONE_THIRD.value).unsqueeze(-1)
+    c = 1.0 / torch.sqrt(9.0 * d)
+    z = torch.sqrt(-2.0 * _log_exact(_uniform_positive(words[..., 0]))) * _cos_two_pi_exact(_uniform(words[..., 1]))
     t = 1.0 + c * z
     v = t * t * t
     positive = v > 0.0
-    log_v = torch.log(torch.where(positive, v, 1.0))
-    accepted = positive & (torch.log(_uniform_positive(words[..., 2])) < 0.5 * z * z + d - d * v + d * log_v)
+    log_v = _log_exact(torch.where(positive, v, 1.0))
+    accepted = positive & (_log_exact(_uniform_positive(words[..., 2])) < 0.5 * z * z + d - d * v + d * log_v)
     first = accepted.to(torch.int8).argmax(dim=-1, keepdim=True)
     log_v = torch.where(accepted.any(dim=-1), log_v.gather(-1, first).squeeze(-1), 0.0)  # all rejected: v = 1
-    log_g = torch.log(d.squeeze(-1)) + log_v
-    boost = torch.log(_uniform_positive(words[..., 0, 3])) / shape
+    log_g = _log_exact(d.squeeze(-1)) + log_v
+    boost = _log_exact(_uniform_positive(words[..., 0, 3])) / shape
     return torch.where(boosted, log_g + boost, log_g)
 
 
 def _sample_beta(alpha, words):
-    """Beta(alpha, alpha) per element of the float64 tensor alpha, as fp32: G0 / (G0 + G1) = sigmoid(log G0 - log G1).
+    """Beta(alpha, alpha) per element of the float64 tensor alpha, as fp32: G0 / (G0 + G1) = 1 / (1 + G1 / G0).
 
     words: alpha's shape + (2 * GAMMA_ATTEMPTS, 4), the attempts of G0 then of G1. lam is in [0, 1]
     (fp32 rounding gives exactly 1 for lam above 1 - 2^-25, 1.7% of the draws at alpha = 0.2).
     """
     pair = alpha.unsqueeze(-1).expand(*alpha.shape, 2)  # G0 and G1 in one pass
     log_g = _log_gamma(pair, words.unflatten(-2, (2, GAMMA_ATTEMPTS)))
-    return torch.sigmoid(log_g[..., 0] - log_g[..., 1]).to(torch.float32)
+    difference = (log_g[..., 1] - log_g[..., 0]).clamp(-EXP_LIMIT.value, EXP_LIMIT.value)
+    return (1.0 / (1.0 + _exp_exact(difference))).to(torch.float32)
 
 
-def _sample_mixing(seed, draws, height, width, *, cutmix_alpha, mixup_alpha, switch_prob, prob, correct_lam):
-    """Per draw: (lam (draws,) fp32, box (draws, 4) int32, mode (draws,) int32) of timm's Mixup rule.
-
-    A draw is mixed with probability prob; then CutMix with probability switch_prob (lam ~
-    Beta(cutmix_alpha), a box, lam corrected to the kept area with correct_lam) else MixUp
-    (lam ~ Beta(mixup_alpha)). Unmixed draws keep their pixels with lam = 1. An alpha of 0
-    (a disabled method) is never drawn from: switch_prob is 0 or 1 then.
-    """
-    words, _ = _philox_words(seed, draws, MIX_CALLS_PER_DRAW)
+def _sample_mixing_torch(seed: torch.Tensor, draws: int, height: int, width: int, cutmix_alpha: float,
+                         mixup_alpha: float, switch_threshold: int, apply_threshold: int,
+                         correct_lam: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lam (draws,) fp32, box (draws, 4) int32, mode (draws,) int32): see _sample_mixing."""
+    words = _philox_words(seed, draws, MIX_CALLS_PER_DRAW)
     decision = words[:, MIX_DECISION_CALL]
-    use_cutmix = _happens(decision[:, 0], switch_prob)
-    applied = _happens(decision[:, 1], prob)
-    cutmix_shape = torch.full_like(use_cutmix, cutmix_alpha or 1.0, dtype=torch.float64)
-    alpha = torch.where(use_cutmix, cutmix_shape, mixup_alpha or 1.0)
+    use_cutmix = decision[:, 0] < switch_threshold
+    applied = decision[:, 1] < apply_threshold
+    alpha = torch.where(use_cutmix, torch.full_like(use_cutmix, cutmix_alpha, dtype=torch.float64), mixup_alpha)
     lam = _sample_beta(alpha, words[:, MIX_DECISION_CALL + 1:])
     box, kept = _cutmix_boxes(lam, decision[:, 2], decision[:, 3], height, width)
     if correct_lam:
@@ -525,16 +804,59 @@ def _sample_mixing(seed, draws, height, width, *, cutmix_alpha, mixup_alpha, swi
     return lam, box, mode
 
 
+def _sample_mixing_triton(seed, draws, height, width, cutmix_alpha, mixup_alpha, switch_threshold, apply_threshold,
+                          correct_lam):
+    lam = torch.empty(draws, dtype=torch.float32, device=seed.device)
+    box = torch.empty((draws, 4), dtype=torch.int32, device=seed.device)
+    mode = torch.empty(draws, dtype=torch.int32, device=seed.device)
+    if draws > 0:
+        launch(_sample_mixing_kernel, (cdiv(draws, SAMPLING_BLOCK),), seed, lam, box, mode, draws, height, width,
+               _float64_bits(cutmix_alpha), _float64_bits(mixup_alpha), switch_threshold, apply_threshold,
+               num_warps=1, CORRECT_LAM=correct_lam, BLOCK=SAMPLING_BLOCK, MIX_CALLS_PER_DRAW=MIX_CALLS_PER_DRAW,
+               GAMMA_ATTEMPTS=GAMMA_ATTEMPTS, PHILOX_ROUNDS=PHILOX_ROUNDS)
+    return lam, box, mode
+
+
+# The CUDA backend samples with the Triton kernel: a few microseconds once per call.
+sample_mixing_op = Op("sample_mixing", torch=_sample_mixing_torch, triton=_sample_mixing_triton,
+                      cuda=_sample_mixing_triton)
+
+
+@sample_mixing_op.register_fake
+def _(seed, draws, height, width, cutmix_alpha, mixup_alpha, switch_threshold, apply_threshold, correct_lam,
+      backend):
+    return (seed.new_empty(draws, dtype=torch.float32), seed.new_empty((draws, 4), dtype=torch.int32),
+            seed.new_empty(draws, dtype=torch.int32))
+
+
+def _sample_mixing(seed: torch.Tensor, draws: int, height: int, width: int, *, cutmix_alpha: float,
+                   mixup_alpha: float, switch_prob: float, prob: float, correct_lam: bool,
+                   backend: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per draw: (lam (draws,) fp32, box (draws, 4) int32, mode (draws,) int32) of timm's Mixup rule.
+
+    A draw is mixed with probability prob; then CutMix with probability switch_prob (lam ~
+    Beta(cutmix_alpha), a box, lam corrected to the kept area with correct_lam) else MixUp
+    (lam ~ Beta(mixup_alpha)). Unmixed draws keep their pixels with lam = 1. An alpha of 0
+    (a disabled method) is never drawn from: switch_prob is 0 or 1 then. One kernel launch
+    (torch ops on the torch backend); every backend returns the same bits. backend: None picks
+    the mixing default for the seed's device.
+    """
+    backend = _backend.resolve("mixing", seed.device, backend)
+    return sample_mixing_op(seed, draws, height, width, cutmix_alpha or 1.0, mixup_alpha or 1.0,
+                            _threshold(switch_prob), _threshold(prob), bool(correct_lam), backend)
+
+
 def _cutmix_boxes(lam, centre_y_word, centre_x_word, height, width):
     """CutMix boxes (the paper's rule, timm's integers) for lam (N,) fp32, and the kept fraction of each image.
 
     Centre uniform over the pixels (from a Philox word each); sides r_h = H*sqrt(1-lam),
-    r_w = W*sqrt(1-lam) in fp32, taken as centre -/+ floor(r/2) and clipped to the image.
+    r_w = W*sqrt(1-lam) in fp32 (each step correctly rounded), taken as centre -/+ floor(r/2) and clipped to the image.
     kept = 1 - box area / (H*W), and 1 for an image with no pixels.
     """
     centre_y = _uniform_index(centre_y_word, height)
     centre_x = _uniform_index(centre_x_word, width)
-    side = torch.sqrt(1.0 - lam)
+    # fp32 sqrt correctly rounded, through float64 (torch's fp32 sqrt on the CPU is not: sqrt(1 - 2^-24) gives 1)
+    side = torch.sqrt((1.0 - lam).to(torch.float64)).to(torch.float32)
     half_h = (side * height * 0.5).floor().to(torch.int64)
     half_w = (side * width * 0.5).floor().to(torch.int64)
     y0, y1 = (centre_y - half_h).clamp(min=0), (centre_y + half_h).clamp(max=height)
@@ -545,20 +867,14 @@ def _cutmix_boxes(lam, centre_y_word, centre_x_word, height, width):
     return box, kept
 
 
-def _erasing_boxes(seed, n, height, width, p, scale, ratio):
-    """Random-erasing boxes (torchvision's RandomErasing.get_params), whether each sample is erased, and a noise key.
-
-    Per sample, with probability p: up to ERASE_ATTEMPTS candidates with area ~ U(scale) * H * W,
-    log aspect ~ U(log ratio), h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect))
-    (half to even, as Python's round); the first with h < H and w < W is placed at top ~ U{0..H-h},
-    left ~ U{0..W-w} (h or w may be 0: an empty box, erasing nothing). A sample none fits is left
-    alone. Returns box (n, 4) int32, erase (n,) bool and a (1,) int64 key for value="random".
-    """
-    words, extra = _philox_words(seed, n, ERASE_CALLS_PER_SAMPLE, (ERASE_NOISE_KEY_COUNTER,))
+def _sample_erasing_torch(seed: torch.Tensor, samples: int, height: int, width: int, apply_threshold: int,
+                          scale_low: float, scale_high: float, log_ratio_low: float,
+                          log_ratio_high: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(box (samples, 4) int32, mode (samples,) int32 ERASE or KEEP, noise key (1,) int64): see _erasing_boxes."""
+    words = _philox_words(seed, samples, ERASE_CALLS_PER_SAMPLE)
     candidates = words[:, 1:]
-    area = (scale[0] + (scale[1] - scale[0]) * _uniform(candidates[..., 0])) * (height * width)
-    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_low + (log_high - log_low) * _uniform(candidates[..., 1]))
+    area = (scale_low + (scale_high - scale_low) * _uniform(candidates[..., 0])) * (height * width)
+    aspect = _exp_exact(log_ratio_low + (log_ratio_high - log_ratio_low) * _uniform(candidates[..., 1]))
     box_h = torch.round(torch.sqrt(area * aspect)).to(torch.int64)
     box_w = torch.round(torch.sqrt(area / aspect)).to(torch.int64)
     fits = (box_h < height) & (box_w < width)  # torchvision accepts h or w = 0 (an empty box)
@@ -567,12 +883,53 @@ def _erasing_boxes(seed, n, height, width, p, scale, ratio):
     first_fit = fits.to(torch.int8).argmax(dim=-1, keepdim=True)
     pick = lambda t: t.gather(-1, first_fit).squeeze(-1)  # noqa: E731
     top, left, box_h, box_w = pick(top), pick(left), pick(box_h), pick(box_w)
-    erase = fits.any(dim=-1) & _happens(words[:, 0, 0], p)
-    box = torch.stack([left, top, left + box_w, top + box_h], dim=-1).to(torch.int32)
+    found = fits.any(dim=-1)
+    erase = found & (words[:, 0, 0] < apply_threshold)
+    box = torch.stack([left, top, left + box_w, top + box_h], dim=-1)
+    box = torch.where(found.unsqueeze(-1), box, 0).to(torch.int32)  # no candidate fits: an empty box
+    mode = torch.where(erase, int(MixMode.ERASE), int(MixMode.KEEP)).to(torch.int32)
     # Two words as one signed 64-bit key: high word in [-2^31, 2^31), so nothing overflows.
-    high = extra[:, 1] - (extra[:, 1] >= (1 << 31)).to(torch.int64) * WORD_RANGE
-    noise_key = high * WORD_RANGE + extra[:, 0]
-    return box, erase, noise_key
+    key_low, key_high, _, _ = philox4x32(seed, torch.full((1,), ERASE_NOISE_KEY_COUNTER, device=seed.device))
+    high = key_high - (key_high >= (1 << 31)).to(torch.int64) * WORD_RANGE.value
+    return box, mode, high * WORD_RANGE.value + key_low
+
+
+def _sample_erasing_triton(seed, samples, height, width, apply_threshold, scale_low, scale_high, log_ratio_low,
+                           log_ratio_high):
+    box = torch.empty((samples, 4), dtype=torch.int32, device=seed.device)
+    mode = torch.empty(samples, dtype=torch.int32, device=seed.device)
+    noise_key = torch.empty(1, dtype=torch.int64, device=seed.device)
+    launch(_sample_erasing_kernel, (max(cdiv(samples, SAMPLING_BLOCK), 1),), seed, box, mode, noise_key, samples,
+           height, width, apply_threshold, _float64_bits(scale_low), _float64_bits(scale_high),
+           _float64_bits(log_ratio_low), _float64_bits(log_ratio_high),
+           num_warps=1, BLOCK=SAMPLING_BLOCK, ERASE_CALLS_PER_SAMPLE=ERASE_CALLS_PER_SAMPLE,
+           ERASE_ATTEMPTS=ERASE_ATTEMPTS, ERASE_NOISE_KEY_COUNTER=ERASE_NOISE_KEY_COUNTER,
+           PHILOX_ROUNDS=PHILOX_ROUNDS)
+    return box, mode, noise_key
+
+
+sample_erasing_op = Op("sample_erasing", torch=_sample_erasing_torch, triton=_sample_erasing_triton,
+                       cuda=_sample_erasing_triton)
+
+
+@sample_erasing_op.register_fake
+def _(seed, samples, height, width, apply_threshold, scale_low, scale_high, log_ratio_low, log_ratio_high, backend):
+    return (seed.new_empty((samples, 4), dtype=torch.int32), seed.new_empty(samples, dtype=torch.int32),
+            seed.new_empty(1, dtype=torch.int64))
+
+
+def _erasing_boxes(seed, n, height, width, p, scale, ratio, backend):
+    """Random-erasing boxes (torchvision's RandomErasing.get_params), each sample's mode, and a noise key.
+
+    Per sample, with probability p: up to ERASE_ATTEMPTS candidates with area ~ U(scale) * H * W,
+    log aspect ~ U(log ratio), h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect))
+    (half to even, as Python's round); the first with h < H and w < W is placed at top ~ U{0..H-h},
+    left ~ U{0..W-w} (h or w may be 0: an empty box, erasing nothing). A sample none fits is left
+    alone. Returns box (n, 4) int32, mode (n,) int32 (ERASE or KEEP) and a (1,) int64 key for
+    value="random". One kernel launch (torch ops on the torch backend); the same bits on every backend.
+    """
+    return sample_erasing_op(seed, n, height, width, _threshold(p), scale[0], scale[1], math.log(ratio[0]),
+                             math.log(ratio[1]), backend)
 
 
 def _partner_index(n, partner, device):
@@ -628,25 +985,32 @@ def _check_range(name, pair, upper=None):
     return low, high
 
 
-# (values, device, dtype) -> (C,) tensor: building it from a Python list is a host-to-device copy,
-# which waits on the host and cannot be captured in a CUDA graph, so it happens once per values.
-_CHANNEL_VALUES_CACHE = {}
-_CHANNEL_VALUES_CACHE_SIZE = 64
+# Read-only constant tensors (per-channel values, partner indices, zero fills) made once per key: a
+# tensor built from a Python list is a host-to-device copy, which waits on the host and cannot be
+# captured in a CUDA graph, and any tensor made per call costs the host an op.
+_CONSTANTS = {}
+_CONSTANTS_SIZE = 64
+
+
+def _constant(key, make):
+    """make() once per key in eager mode (never to be written to); anew when traced (a graph constant)."""
+    if torch.compiler.is_compiling():
+        return make()
+    tensor = _CONSTANTS.get(key)
+    if tensor is None:
+        if len(_CONSTANTS) >= _CONSTANTS_SIZE:
+            _CONSTANTS.clear()
+        tensor = _CONSTANTS[key] = make()
+    return tensor
 
 
 def _channel_tensor(values, device, dtype):
     same = lambda v: v == values[0] or (math.isnan(v) and math.isnan(values[0]))  # noqa: E731
     if all(map(same, values[1:])):  # one value (or none): a fill kernel, no copy at all
-        return torch.full((len(values),), values[0] if values else 0.0, dtype=dtype, device=device)
-    if torch.compiler.is_compiling():  # traced: a constant of the graph
-        return torch.tensor(values, dtype=dtype, device=device)
-    key = (tuple(values), str(device), dtype)
-    tensor = _CHANNEL_VALUES_CACHE.get(key)
-    if tensor is None:
-        if len(_CHANNEL_VALUES_CACHE) >= _CHANNEL_VALUES_CACHE_SIZE:
-            _CHANNEL_VALUES_CACHE.clear()
-        tensor = _CHANNEL_VALUES_CACHE[key] = torch.tensor(values, dtype=dtype, device=device)
-    return tensor
+        return _constant(("full", len(values), values[0] if values else 0.0, device, dtype),
+                         lambda: torch.full((len(values),), values[0] if values else 0.0, dtype=dtype, device=device))
+    return _constant(("values", tuple(values), device, dtype),
+                     lambda: torch.tensor(values, dtype=dtype, device=device))
 
 
 def _per_channel(name, values, channels, device, finite=False, allow_nan=True, dtype=torch.float32):
@@ -680,7 +1044,8 @@ def _per_channel(name, values, channels, device, finite=False, allow_nan=True, d
     if (finite and not all(math.isfinite(v) for v in values)) or (not allow_nan and any(map(math.isnan, values))):
         raise ValueError(f"{name} must be {'finite' if finite else 'a number, not NaN'}, got {values}")
     if number:
-        return torch.full((channels,), values[0], dtype=dtype, device=device)
+        return _constant(("full", channels, values[0], device, dtype),
+                         lambda: torch.full((channels,), values[0], dtype=dtype, device=device))
     return _channel_tensor(values, device, dtype)
 
 
@@ -785,18 +1150,21 @@ def _as_int32(tensor):
 def _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, backend):
     """Runs the compositing op and builds the MixedTarget (y_b = target[partner])."""
     n = x.shape[0]
-    partner_index = _partner_index(n, partner, x.device)
     y_b = target.flip(0) if partner == "flip" else target.roll(1, 0)
-    box = box.expand(n, 4).contiguous()  # one draw per batch, or one per sample
+    if box.shape[0] != n:  # one draw for the batch
+        box, lam, mode = box.expand(n, 4).contiguous(), lam.expand(n).contiguous(), mode.expand(n).contiguous()
     if inplace:
         cutmix_swap_op(x, box, backend)
-        out = x
-    else:
-        math_dtype = _math_dtype(x.dtype)
-        zeros = torch.zeros(x.shape[1], dtype=math_dtype, device=x.device)
-        out = composite_batch_op(x, box, lam.to(math_dtype).expand(n).contiguous(), partner_index,
-                                 mode.expand(n).contiguous(), zeros, mean, std, None, out_dtype, partner == "flip",
-                                 backend)
+        return x, y_b
+    math_dtype = _math_dtype(x.dtype)
+    if lam.dtype != math_dtype:
+        lam = lam.to(math_dtype)
+    device = x.device
+    partner_index = _constant(("partner", n, partner, device), lambda: _partner_index(n, partner, device))
+    zeros = _constant(("zeros", x.shape[1], math_dtype, device),
+                      lambda: torch.zeros(x.shape[1], dtype=math_dtype, device=device))
+    out = composite_batch_op(x, box, lam, partner_index, mode, zeros, mean, std, None, out_dtype, partner == "flip",
+                             backend)
     return out, y_b
 
 
@@ -835,7 +1203,7 @@ def cutmix(x: torch.Tensor, target: torch.Tensor, *, alpha: float = 1.0, per_sam
     n, _, height, width = x.shape
     lam, box, mode = _sample_mixing(draw_seed(x.device, generator), n if per_sample else 1, height, width,
                                     cutmix_alpha=alpha, mixup_alpha=0.0, switch_prob=1.0, prob=1.0,
-                                    correct_lam=correct_lam)
+                                    correct_lam=correct_lam, backend=backend)
     out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
@@ -862,7 +1230,7 @@ def mixup(x: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.2, per_samp
     n, _, height, width = x.shape
     lam, box, mode = _sample_mixing(draw_seed(x.device, generator), n if per_sample else 1, height, width,
                                     cutmix_alpha=0.0, mixup_alpha=alpha, switch_prob=0.0, prob=1.0,
-                                    correct_lam=False)
+                                    correct_lam=False, backend=backend)
     out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, False, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
@@ -903,7 +1271,7 @@ def cutmix_or_mixup(x: torch.Tensor, target: torch.Tensor, *, mixup_alpha: float
     else:
         lam, box, mode = _sample_mixing(draw_seed(x.device, generator), draws, height, width,
                                         cutmix_alpha=cutmix_alpha, mixup_alpha=mixup_alpha,
-                                        switch_prob=switch_prob, prob=prob, correct_lam=correct_lam)
+                                        switch_prob=switch_prob, prob=prob, correct_lam=correct_lam, backend=backend)
     out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, False, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
@@ -932,8 +1300,7 @@ def random_erasing(x: torch.Tensor, *, p: float = 0.5, scale: Tuple[float, float
     fill = torch.zeros(channels, dtype=math_dtype, device=x.device) if random_fill else \
         _per_channel("value", value, channels, x.device, allow_nan=x.dtype != torch.uint8, dtype=math_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
-    box, erase, noise_key = _erasing_boxes(draw_seed(x.device, generator), n, height, width, p, scale, ratio)
-    mode = torch.where(erase, int(MixMode.ERASE), int(MixMode.KEEP)).to(torch.int32)
+    box, mode, noise_key = _erasing_boxes(draw_seed(x.device, generator), n, height, width, p, scale, ratio, backend)
     seed = noise_key if random_fill else None
     lam = torch.ones(n, dtype=math_dtype, device=x.device)
     partner = torch.arange(n, dtype=torch.int32, device=x.device)
