@@ -49,8 +49,16 @@ TWO_PI_F32 = 6.2831855  # 2*pi rounded to fp32: the same constant in every backe
 
 # About 2048 elements per Triton program: a [ROWS, BLOCK_J] tile of image rows.
 TILE_ELEMENTS = 2048
-MAX_BLOCK_J = 256  # bounds the masked-off tail of a row's last block (12.5% for 224 and 672)
+MAX_BLOCK_J = 256  # bounds the masked-off tail of a row's last block when no power of 2 >= 16 divides it
+# Tiles whose sides divide the image's rows and row length mask off no lanes (W = 224 = 7 x 32,
+# channels_last 3 x 224 = 21 x 32): then a tile may be as small as this.
+MIN_EXACT_TILE_ELEMENTS = 512
+VECTOR_BYTES = 16  # each thread loads 16-byte vectors
+# Vectors per thread and per tile: the per-tile work (coordinates, parameters, row tests) is shared by more elements.
+VECTORS_PER_THREAD = 2
+MAX_ROW_STEPS = 8
 NUM_WARPS = 4
+MAX_WARPS = 8
 # Load masks that depend on the box are decided per CHUNK consecutive elements of a row, so
 # that they stay constant over a 16-byte vector and the loads stay vectorized; a chunk
 # that straddles the box edge loads both sources and selects per element.
@@ -59,6 +67,8 @@ CHUNK = 16
 _MIXUP = tl.constexpr(int(MixMode.MIXUP))
 _CUTMIX = tl.constexpr(int(MixMode.CUTMIX))
 _ERASE = tl.constexpr(int(MixMode.ERASE))
+UINT8_LEVELS = tl.constexpr(256)
+UINT8_MAX = tl.constexpr(255.0)
 
 # Sampling constants, one definition for the kernels (module-level constexprs) and the torch
 # implementation (which reads .value). Float64 bit layout and the series of the exact elementary
@@ -143,42 +153,61 @@ def _erase_noise(seed, logical_index, PHILOX_ROUNDS: tl.constexpr):
 
 
 @triton.jit
-def _box_chunks(rows, j, y0, y1, x0, x1, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr,
-                CHUNK: tl.constexpr):
-    """Per element: (its whole CHUNK of the row lies in the box, some of its CHUNK lies in the box).
+def _chunk_columns(j, x0, x1, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, CHUNK: tl.constexpr):
+    """Per column j: (its whole CHUNK of the row lies in the box's columns, some of its CHUNK does).
 
-    Both are constant over each chunk (a function of j // CHUNK), unlike the per-element test.
+    Both are constant over each chunk (a function of j // CHUNK), unlike the per-element test; and
+    them with the row's test to get the element's chunk test.
     """
     chunk_first = (j // CHUNK) * CHUNK
     chunk_last = chunk_first + (CHUNK - 1)
     if CHANNELS_LAST:
         chunk_first = chunk_first // PIXEL_STRIDE
         chunk_last = chunk_last // PIXEL_STRIDE
-    row_in_box = (rows >= y0) & (rows < y1)
-    whole = row_in_box & (chunk_first >= x0) & (chunk_last < x1)
-    some = row_in_box & (chunk_last >= x0) & (chunk_first < x1)
-    return whole, some
+    return (chunk_first >= x0) & (chunk_last < x1), (chunk_last >= x0) & (chunk_first < x1)
+
+
+@triton.jit
+def _normalize_and_store(value, out_ptr, offsets, in_bounds, mean_ptr, std_ptr, channel, HAS_NORM: tl.constexpr):
+    """Step 5: optionally (value - mean[c]) / std[c] in mean's dtype (correctly rounded division, as torch), then
+    rounded to out's dtype and stored."""
+    if HAS_NORM:
+        mean = tl.load(mean_ptr + channel)
+        std = tl.load(std_ptr + channel)
+        centred = value.to(mean.dtype) - mean
+        if mean.dtype == tl.float64:
+            value = centred / std  # fp64 division is IEEE (correctly rounded) in Triton
+        else:
+            value = tl.math.div_rn(centred, std)  # fp32 `/` is approximate on the GPU
+    tl.store(out_ptr + offsets, _cast_output(value, out_ptr.dtype.element_ty), mask=in_bounds)
 
 
 @triton.jit
 def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, fill_ptr, mean_ptr, std_ptr,
-                      seed_ptr, num_samples, channels, height, width,
+                      table_ptr, seed_ptr, num_samples, channels, height, width,
                       CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, HAS_NORM: tl.constexpr,
-                      RANDOM_FILL: tl.constexpr, VISIT_FLIP_PAIRS: tl.constexpr,
-                      ROWS: tl.constexpr, BLOCK_J: tl.constexpr, CHUNK: tl.constexpr,
-                      PHILOX_ROUNDS: tl.constexpr):
+                      HAS_TABLE: tl.constexpr, RANDOM_FILL: tl.constexpr, VISIT_FLIP_PAIRS: tl.constexpr,
+                      ROWS: tl.constexpr, BLOCK_J: tl.constexpr, ROW_STEPS: tl.constexpr,
+                      EXACT_TILES: tl.constexpr, CHUNK: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
     """out[n] = KEEP / MIXUP / CUTMIX / ERASE of x[n] with x[partner[n]], then optionally normalized.
 
     Inputs: x (N, C, H, W) contiguous or channels_last; box (N, 4) int32 (x0, y0, x1, y1);
     lam (N,) and fill (C,) in the compositing dtype (fp32, or fp64 for fp64 x); partner (N,)
     int32; mode (N,) int32; mean, std (C,) in the normalization dtype (fp32, or fp64 when x or
     out is fp64) when HAS_NORM; seed (one int64) when RANDOM_FILL. out has x's layout, any dtype.
-    A program is a [ROWS, BLOCK_J] tile of rows of one (sample, plane): a row is W
-    elements of one channel (contiguous) or W*C interleaved elements (channels_last).
+    With HAS_TABLE (uint8 x, normalized), table (C, 256) in out's dtype holds the normalized output
+    of every channel and level (_normalization_table): the composited level is looked up, so the
+    division runs once per value, not per element.
+    A program is ROW_STEPS [ROWS, BLOCK_J] tiles one below the other in one (sample, plane), which
+    share the work that depends on columns alone: a row is W elements of one channel (contiguous)
+    or W*C interleaved elements (channels_last).
+    EXACT_TILES: the tiles divide the image, so no lane is masked off. Other than for the table, each
+    program branches once on its sample's mode: only MixUp samples read two sources and do MixUp's
+    arithmetic (with the table, one weighted sum serves every mode, exactly).
     Bytes: each output element's source is read once (MixUp: both sources), out written once;
     CutMix also reads both sources of the CHUNK-element pieces that straddle a box edge.
     """
-    # 1. Which tile, and the sample's parameters (a few scalar loads per program). Geometry as _geometry.
+    # 1. Which tiles, and the sample's parameters (a few scalar loads per program). Geometry as _geometry.
     sample_stride = channels.to(tl.int64) * height * width
     if CHANNELS_LAST:
         row_len = width * channels
@@ -188,12 +217,11 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
         row_len = width
         plane_stride = height.to(tl.int64) * width
         planes = channels
-    row_stride = row_len
-    row_blocks = tl.cdiv(height, ROWS)
-    col_blocks = tl.cdiv(row_len, BLOCK_J)
+    row_groups = tl.cdiv(height, ROWS * ROW_STEPS)
+    column_blocks = tl.cdiv(row_len, BLOCK_J)
     pid = tl.program_id(0).to(tl.int64)
-    sample, plane, row_block, col_block = _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks,
-                                                            VISIT_FLIP_PAIRS)
+    sample, plane, row_group, column_block = _tile_coordinates(pid, num_samples, planes, row_groups, column_blocks,
+                                                               VISIT_FLIP_PAIRS)
     mode = tl.load(mode_ptr + sample)
     partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
     lam = tl.load(lam_ptr + sample)
@@ -204,50 +232,79 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     is_mixup = mode == _MIXUP
     is_cutmix = mode == _CUTMIX
     is_erase = mode == _ERASE
+    own_share = tl.where(is_mixup, lam, 1.0)  # x[n]'s weight outside a box (the uint8 table path)
+    other_share = tl.where(is_mixup, 1.0 - lam, 0.0)
+    math_dtype = lam_ptr.dtype.element_ty  # fp32, or fp64 for fp64 x
+    in_dtype = x_ptr.dtype.element_ty
+    partner_shift = (partner - sample) * sample_stride
 
-    # 2. Element coordinates: rows y from the program, j along the row; pixel and channel from j.
-    rows = row_block * ROWS + tl.arange(0, ROWS)[:, None]
-    j = col_block * BLOCK_J + tl.arange(0, BLOCK_J)[None, :]
-    in_bounds = (rows < height) & (j < row_len)
+    # 2. The tiles' columns, and what depends on them alone: j along the row; pixel and channel from j.
+    # Coordinates within a plane are int32 (32-bit compares), offsets int64.
+    j = column_block.to(tl.int32) * BLOCK_J + tl.arange(0, BLOCK_J)[None, :]
     if CHANNELS_LAST:
         pixel = j // PIXEL_STRIDE  # PIXEL_STRIDE == C: a division by a constant
         channel = j % PIXEL_STRIDE  # always in [0, C): per-channel loads need no mask
     else:
         pixel = j
         channel = plane  # one channel per program: per-channel values are scalar loads
-    inside = (rows >= y0) & (rows < y1) & (pixel >= x0) & (pixel < x1)
-    offsets = sample * sample_stride + plane * plane_stride + rows * row_stride + j
-
-    # 3. Load only the source each chunk takes: CutMix reads one input per element, except at box edges.
-    chunk_inside, chunk_touches = _box_chunks(rows, j, y0, y1, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
-    takes_partner = is_mixup | (is_cutmix & chunk_touches)
-    takes_own = ~((is_cutmix | is_erase) & chunk_inside)
-    math_dtype = lam_ptr.dtype.element_ty  # fp32, or fp64 for fp64 x
-    own = tl.load(x_ptr + offsets, mask=in_bounds & takes_own, other=0).to(math_dtype)
-    other = tl.load(x_ptr + offsets + (partner - sample) * sample_stride, mask=in_bounds & takes_partner,
-                    other=0).to(math_dtype)
-
-    # 4. Composite in the math dtype, then round to x's dtype (the value an unfused op would store).
-    mixed = lam * own + (1.0 - lam) * other
-    value = tl.where(is_mixup, mixed, tl.where(is_cutmix & inside, other, own))
-    if RANDOM_FILL:
-        logical_index = ((sample * channels + channel) * height + rows) * width + pixel
-        fill = _erase_noise(tl.load(seed_ptr), logical_index, PHILOX_ROUNDS)
-    else:
-        fill = tl.load(fill_ptr + channel)
-    value = tl.where(is_erase & inside, fill, value)
-    value = _round_to_input(value, x_ptr.dtype.element_ty)
-
-    # 5. Optional per-channel normalization in mean's dtype, correctly rounded division as in torch.
-    if HAS_NORM:
-        mean = tl.load(mean_ptr + channel)
-        std = tl.load(std_ptr + channel)
-        centred = value.to(mean.dtype) - mean
-        if mean.dtype == tl.float64:
-            value = centred / std  # fp64 division is IEEE (correctly rounded) in Triton
+    column_in_box = (pixel >= x0) & (pixel < x1)
+    chunk_columns_inside, chunk_columns_touch = _chunk_columns(j, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
+    if HAS_TABLE:  # the weights of the uint8 path in the box's rows, per column; its fill as a uint8 level
+        cuts = is_cutmix | is_erase
+        own_weight_in_box_rows = tl.where(cuts & column_in_box, 0.0, own_share)
+        other_weight_in_box_rows = tl.where(cuts & column_in_box, 1.0, other_share)
+        fill_level = _round_to_input(tl.load(fill_ptr + channel).to(math_dtype), in_dtype).to(tl.uint8)
+    plane_base = sample * sample_stride + plane * plane_stride
+    for step in tl.static_range(ROW_STEPS):
+        # 3. The rows of this tile.
+        rows = (row_group.to(tl.int32) * ROW_STEPS + step) * ROWS + tl.arange(0, ROWS)[:, None]
+        if EXACT_TILES:
+            in_bounds = tl.full((ROWS, BLOCK_J), 1, tl.int1)
         else:
-            value = tl.math.div_rn(centred, std)  # fp32 `/` is approximate on the GPU
-    tl.store(out_ptr + offsets, _cast_output(value, out_ptr.dtype.element_ty), mask=in_bounds)
+            in_bounds = (rows < height) & (j < row_len)
+        row_in_box = (rows >= y0) & (rows < y1)
+        inside = row_in_box & column_in_box
+        offsets = plane_base + (rows * row_len + j).to(tl.int64)
+        if HAS_TABLE:
+            # 4-5 for a uint8 x, one path for every mode: the level is own_weight * own + other_weight * other,
+            # rounded half up; the weights are (lam, 1 - lam) for MixUp, else (1, 0), or (0, 1) inside a CutMix
+            # or erased box (exact for these integers), and an erased sample's `other` is its fill. The
+            # normalized output of the level comes from the table.
+            chunk_inside = row_in_box & chunk_columns_inside
+            chunk_touches = row_in_box & chunk_columns_touch
+            own = tl.load(x_ptr + offsets, mask=in_bounds & ~(cuts & chunk_inside), other=0)
+            other = tl.load(x_ptr + offsets + partner_shift,
+                            mask=in_bounds & (is_mixup | (is_cutmix & chunk_touches)), other=fill_level)
+            own_weight = tl.where(row_in_box, own_weight_in_box_rows, own_share)
+            other_weight = tl.where(row_in_box, other_weight_in_box_rows, other_share)
+            # _round_to_input's half-up rounding and saturation, clamped before the floor (the same level);
+            # the conversion to int32 truncates, which is the floor of a value >= 0.
+            level = own_weight * own.to(math_dtype) + other_weight * other.to(math_dtype) + 0.5
+            level = tl.minimum(tl.where(level > 0.0, level, 0.0), UINT8_MAX + 0.5).to(tl.int32)
+            normalized = tl.load(table_ptr + (channel * UINT8_LEVELS + level), mask=in_bounds)
+            tl.store(out_ptr + offsets, normalized, mask=in_bounds)
+        elif is_mixup:
+            # 4a. MixUp: both sources, lam * own + (1 - lam) * other in the math dtype, rounded to x's dtype.
+            # (names apart from 4b's: Triton merges the names both branches assign, which must then agree in type)
+            own_value = tl.load(x_ptr + offsets, mask=in_bounds, other=0).to(math_dtype)
+            partner_value = tl.load(x_ptr + offsets + partner_shift, mask=in_bounds, other=0).to(math_dtype)
+            mixed = _round_to_input(lam * own_value + (1.0 - lam) * partner_value, in_dtype)
+            _normalize_and_store(mixed, out_ptr, offsets, in_bounds, mean_ptr, std_ptr, channel, HAS_NORM)
+        else:
+            # 4b. Keep, CutMix, erase: one source per CHUNK-element piece (both where a piece straddles the box).
+            chunk_inside = row_in_box & chunk_columns_inside
+            chunk_touches = row_in_box & chunk_columns_touch
+            own = tl.load(x_ptr + offsets, mask=in_bounds & ~((is_cutmix | is_erase) & chunk_inside), other=0)
+            other = tl.load(x_ptr + offsets + partner_shift, mask=in_bounds & is_cutmix & chunk_touches, other=0)
+            if RANDOM_FILL:
+                logical_index = ((sample * channels + channel) * height + rows) * width + pixel
+                fill = _erase_noise(tl.load(seed_ptr), logical_index, PHILOX_ROUNDS)
+            else:
+                fill = tl.load(fill_ptr + channel)
+            fill = _round_to_input(fill.to(math_dtype), in_dtype)  # what x's dtype would store
+            value = tl.where(is_cutmix & inside, other, own).to(math_dtype)
+            value = tl.where(is_erase & inside, fill, value)
+            _normalize_and_store(value, out_ptr, offsets, in_bounds, mean_ptr, std_ptr, channel, HAS_NORM)
 
 
 @triton.jit
@@ -274,7 +331,8 @@ def _cutmix_swap_kernel(x_ptr, box_ptr, num_samples, height, sample_stride, plan
     j = col_block * BLOCK_J + tl.arange(0, BLOCK_J)[None, :]
     pixel = j // PIXEL_STRIDE if CHANNELS_LAST else j
     inside = (rows >= y0) & (rows < y1) & (pixel >= x0) & (pixel < x1)
-    _, chunk_touches = _box_chunks(rows, j, y0, y1, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
+    _, chunk_columns_touch = _chunk_columns(j, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
+    chunk_touches = (rows >= y0) & (rows < y1) & chunk_columns_touch
     touched = (rows < height) & (j < row_len) & chunk_touches
     local = plane * plane_stride + rows * row_stride + j
     a = tl.load(x_ptr + first * sample_stride + local, mask=touched)
@@ -351,31 +409,6 @@ def _cos_two_pi64(u):
 
 
 @triton.jit
-def _log_gamma64(seed, first_counter, shape, GAMMA_ATTEMPTS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
-    """log G, G ~ Gamma(shape) per lane, from calls first_counter + 0 .. GAMMA_ATTEMPTS - 1: _log_gamma's rule."""
-    boosted = shape < 1.0
-    d = tl.where(boosted, shape + 1.0, shape) - ONE_THIRD
-    c = 1.0 / tl.sqrt(9.0 * d)  # float64 sqrt is correctly rounded (sqrt.rn.f64)
-    log_v = tl.zeros_like(d)
-    found = shape != shape  # all False
-    boost_word = tl.zeros(shape.shape, tl.uint32)
-    for k in tl.static_range(GAMMA_ATTEMPTS):
-        w0, w1, w2, w3 = tl.randint4x(seed, first_counter + k, PHILOX_ROUNDS)
-        if k == 0:
-            boost_word = w3
-        z = tl.sqrt(-2.0 * _log64(_uniform64_positive(w0))) * _cos_two_pi64(_uniform64(w1))
-        t = 1.0 + c * z
-        v = t * t * t
-        positive = v > 0.0
-        attempt_log_v = _log64(tl.where(positive, v, 1.0))
-        accepted = positive & (_log64(_uniform64_positive(w2)) < 0.5 * z * z + d - d * v + d * attempt_log_v)
-        log_v = tl.where(accepted & ~found, attempt_log_v, log_v)
-        found = found | accepted
-    log_g = _log64(d) + log_v
-    return tl.where(boosted, log_g + _log64(_uniform64_positive(boost_word)) / shape, log_g)
-
-
-@triton.jit
 def _sample_mixing_kernel(seed_ptr, lam_ptr, box_ptr, mode_ptr, draws, height, width, cutmix_alpha_bits,
                           mixup_alpha_bits, switch_threshold, apply_threshold,
                           CORRECT_LAM: tl.constexpr, BLOCK: tl.constexpr, MIX_CALLS_PER_DRAW: tl.constexpr,
@@ -383,8 +416,11 @@ def _sample_mixing_kernel(seed_ptr, lam_ptr, box_ptr, mode_ptr, draws, height, w
     """Per draw: lam (fp32), box (x0, y0, x1, y1) int32 and mode int32 of timm's Mixup rule (_sample_mixing_torch).
 
     Inputs: seed (one int64); the alphas as float64 bit patterns; thresholds round(p * 2^32).
-    Bytes: 24 per draw written.
+    A program is BLOCK draws x 2 * GAMMA_ATTEMPTS lanes: one Marsaglia-Tsang attempt per lane (lane
+    g * GAMMA_ATTEMPTS + k: attempt k of gamma g, Philox call 1 + lane), then each gamma takes its
+    first accepted attempt. Bytes: 24 per draw written.
     """
+    # 1. The draw's decisions and its Beta shape.
     draw = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = draw < draws
     seed = tl.load(seed_ptr)
@@ -393,8 +429,37 @@ def _sample_mixing_kernel(seed_ptr, lam_ptr, box_ptr, mode_ptr, draws, height, w
     use_cutmix = switch_word.to(tl.int64) < switch_threshold
     applied = apply_word.to(tl.int64) < apply_threshold
     alpha = tl.where(use_cutmix, _float64_from_bits(cutmix_alpha_bits), _float64_from_bits(mixup_alpha_bits))
-    log_g0 = _log_gamma64(seed, first_call + 1, alpha, GAMMA_ATTEMPTS, PHILOX_ROUNDS)
-    log_g1 = _log_gamma64(seed, first_call + 1 + GAMMA_ATTEMPTS, alpha, GAMMA_ATTEMPTS, PHILOX_ROUNDS)
+    boosted = alpha < 1.0
+    d = tl.where(boosted, alpha + 1.0, alpha) - ONE_THIRD
+    c = 1.0 / tl.sqrt(9.0 * d)  # float64 sqrt is correctly rounded (sqrt.rn.f64)
+
+    # 2. Every attempt of both gammas at once (the words and arithmetic of _log_gamma).
+    lane = tl.arange(0, 2 * GAMMA_ATTEMPTS)[None, :]
+    attempt = lane % GAMMA_ATTEMPTS
+    second = lane >= GAMMA_ATTEMPTS
+    w0, w1, w2, w3 = tl.randint4x(seed, first_call[:, None] + 1 + lane, PHILOX_ROUNDS)
+    z = tl.sqrt(-2.0 * _log64(_uniform64_positive(w0))) * _cos_two_pi64(_uniform64(w1))
+    t = 1.0 + c[:, None] * z
+    v = t * t * t
+    positive = v > 0.0
+    log_v = _log64(tl.where(positive, v, 1.0))
+    accepted = positive & (_log64(_uniform64_positive(w2)) <
+                           0.5 * z * z + d[:, None] - d[:, None] * v + d[:, None] * log_v)
+
+    # 3. Per gamma, log v of its first accepted attempt (0 when all are rejected: v = 1), and the boost word.
+    order = tl.where(accepted, attempt, GAMMA_ATTEMPTS)
+    first0 = tl.min(tl.where(second, GAMMA_ATTEMPTS, order), axis=1)[:, None]
+    first1 = tl.min(tl.where(second, order, GAMMA_ATTEMPTS), axis=1)[:, None]
+    chosen = tl.where(second, attempt == first1, attempt == first0)
+    log_v0 = tl.sum(tl.where(chosen & ~second, log_v, 0.0), axis=1)  # one term, the rest 0: exact
+    log_v1 = tl.sum(tl.where(chosen & second, log_v, 0.0), axis=1)
+    boost_word0 = tl.sum(tl.where(lane == 0, w3.to(tl.int64), 0), axis=1)
+    boost_word1 = tl.sum(tl.where(lane == GAMMA_ATTEMPTS, w3.to(tl.int64), 0), axis=1)
+    log_d = _log64(d)
+    log_g0 = log_d + log_v0
+    log_g1 = log_d + log_v1
+    log_g0 = tl.where(boosted, log_g0 + _log64(_uniform64_positive(boost_word0)) / alpha, log_g0)
+    log_g1 = tl.where(boosted, log_g1 + _log64(_uniform64_positive(boost_word1)) / alpha, log_g1)
     difference = tl.minimum(tl.maximum(log_g1 - log_g0, -EXP_LIMIT), EXP_LIMIT)
     lam = (1.0 / (1.0 + _exp64(difference))).to(tl.float32)
 
@@ -495,10 +560,38 @@ def _geometry(x, channels_last):
     return c * h * w, h * w, w, w, c
 
 
+def _next_power_of_2(value):
+    """The smallest power of 2 >= value (>= 1); triton.next_power_of_2 is a constexpr_function, slow to call."""
+    return 1 << (max(value, 1) - 1).bit_length()
+
+
+def _power_of_2_divisor(value, limit):
+    """The largest power of 2 that divides value (> 0) and is at most limit."""
+    return min(value & -value, limit) if value > 0 else 1
+
+
 def _tiling(row_len, height):
-    block_j = min(triton.next_power_of_2(max(row_len, 1)), MAX_BLOCK_J)
-    rows = max(1, min(TILE_ELEMENTS // block_j, triton.next_power_of_2(max(height, 1))))
+    """(ROWS, BLOCK_J) of a [ROWS, BLOCK_J] tile: sides that divide H and the row length when such a tile
+    has at least MIN_EXACT_TILE_ELEMENTS elements, else the smallest powers of 2 covering them (capped)."""
+    block_j = _power_of_2_divisor(row_len, MAX_BLOCK_J)
+    rows = _power_of_2_divisor(height, TILE_ELEMENTS // block_j) if block_j >= CHUNK else 0
+    if rows * block_j < MIN_EXACT_TILE_ELEMENTS:
+        block_j = min(_next_power_of_2(row_len), MAX_BLOCK_J)
+        rows = max(1, min(TILE_ELEMENTS // block_j, _next_power_of_2(height)))
     return rows, block_j
+
+
+def _row_steps(row_blocks):
+    """Tiles per program down a plane: the largest divisor of row_blocks up to MAX_ROW_STEPS (the per-program
+    work, the sample's parameters and everything that depends on columns alone, is shared by that many)."""
+    return max(steps for steps in range(1, MAX_ROW_STEPS + 1) if row_blocks % steps == 0)
+
+
+def _warps(tile_elements, element_size):
+    """Warps for a tile read in VECTOR_BYTES vectors, VECTORS_PER_THREAD per thread (NUM_WARPS when that is
+    not whole)."""
+    threads = tile_elements * element_size // (VECTOR_BYTES * VECTORS_PER_THREAD)
+    return max(1, min(MAX_WARPS, threads // 32)) if threads >= 32 else NUM_WARPS
 
 
 def _dense_layout(x):
@@ -527,13 +620,15 @@ def _cuda_dtype_code(dtype):
 
 def _composite_torch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor,
                      mode: torch.Tensor, fill: torch.Tensor, mean: Optional[torch.Tensor],
-                     std: Optional[torch.Tensor], noise_seed: Optional[torch.Tensor], out_dtype: torch.dtype,
-                     visit_flip_pairs: bool) -> torch.Tensor:
+                     std: Optional[torch.Tensor], table: Optional[torch.Tensor], noise_seed: Optional[torch.Tensor],
+                     out_dtype: torch.dtype, visit_flip_pairs: bool) -> torch.Tensor:
     """Composites every sample of x with its partner per `mode`; the output keeps x's layout.
 
     box (N, 4) int32, partner (N,) int32, mode (N,) int32; lam (N,) and fill (C,) in the
     compositing dtype (_math_dtype(x.dtype)); mean/std (C,) in the normalization dtype or None;
-    noise_seed (1,) int64 or None (then ERASE writes fill). visit_flip_pairs: speed only.
+    table: None, or for a uint8 x with mean and std, _normalization_table(mean, std, out_dtype) (the
+    Triton kernel looks the output up there; speed only); noise_seed (1,) int64 or None (then ERASE
+    writes fill). visit_flip_pairs: speed only.
     """
     x, _ = _dense_layout(x)
     out = torch.empty_like(x, dtype=out_dtype)
@@ -545,7 +640,7 @@ def _composite_torch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, part
     return out
 
 
-def _composite_triton(x, box, lam, partner, mode, fill, mean, std, noise_seed, out_dtype, visit_flip_pairs):
+def _composite_triton(x, box, lam, partner, mode, fill, mean, std, table, noise_seed, out_dtype, visit_flip_pairs):
     x, channels_last = _dense_layout(x)
     out = torch.empty_like(x, dtype=out_dtype)
     if x.numel() == 0:
@@ -553,13 +648,18 @@ def _composite_triton(x, box, lam, partner, mode, fill, mean, std, noise_seed, o
     n, c, h, w = x.shape
     row_len, planes = (w * c, 1) if channels_last else (w, c)
     rows, block_j = _tiling(row_len, h)
+    exact = h % rows == 0 and row_len % block_j == 0
+    steps = _row_steps(h // rows) if exact else 1
     # no FMA contraction (launch): MixUp equals the other backends bit for bit
-    launch(_composite_kernel, (n * planes * cdiv(h, rows) * cdiv(row_len, block_j),),
+    launch(_composite_kernel, (n * planes * cdiv(h, rows * steps) * cdiv(row_len, block_j),),
            x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
-           std if std is not None else fill, noise_seed if noise_seed is not None else box,
-           n, c, h, w, num_warps=NUM_WARPS, CHANNELS_LAST=channels_last, PIXEL_STRIDE=c if channels_last else 1,
-           HAS_NORM=mean is not None, RANDOM_FILL=noise_seed is not None, VISIT_FLIP_PAIRS=visit_flip_pairs,
-           ROWS=rows, BLOCK_J=block_j, CHUNK=CHUNK, PHILOX_ROUNDS=PHILOX_ROUNDS)
+           std if std is not None else fill, table if table is not None else fill,
+           noise_seed if noise_seed is not None else box,
+           n, c, h, w, num_warps=_warps(rows * block_j, x.element_size()), CHANNELS_LAST=channels_last,
+           PIXEL_STRIDE=c if channels_last else 1, HAS_NORM=mean is not None,
+           HAS_TABLE=table is not None and x.dtype == torch.uint8, RANDOM_FILL=noise_seed is not None,
+           VISIT_FLIP_PAIRS=visit_flip_pairs, ROWS=rows, BLOCK_J=block_j, ROW_STEPS=steps, EXACT_TILES=exact,
+           CHUNK=min(CHUNK, block_j), PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
 
 
@@ -575,7 +675,7 @@ def _composite_cuda_arguments(x, out, box, lam, partner, mode, fill, mean, std, 
                 out_dtype=_cuda_dtype_code(out.dtype))
 
 
-def _composite_cuda(x, box, lam, partner, mode, fill, mean, std, noise_seed, out_dtype, visit_flip_pairs):
+def _composite_cuda(x, box, lam, partner, mode, fill, mean, std, table, noise_seed, out_dtype, visit_flip_pairs):
     x, channels_last = _dense_layout(x)
     _cuda_dtype_code(x.dtype), _cuda_dtype_code(out_dtype)  # float64 raises before anything is allocated
     out = torch.empty_like(x, dtype=out_dtype)
@@ -626,7 +726,7 @@ composite_batch_op = Op("composite_batch", torch=_composite_torch, triton=_compo
 
 
 @composite_batch_op.register_fake
-def _(x, box, lam, partner, mode, fill, mean, std, noise_seed, out_dtype, visit_flip_pairs, backend):
+def _(x, box, lam, partner, mode, fill, mean, std, table, noise_seed, out_dtype, visit_flip_pairs, backend):
     x, _ = _dense_layout(x)
     return torch.empty_like(x, dtype=out_dtype)
 
@@ -638,6 +738,23 @@ cutmix_swap_op = Op("cutmix_swap_", torch=_cutmix_swap_torch, triton=_cutmix_swa
 @cutmix_swap_op.register_fake
 def _(x, box, backend):
     return None
+
+
+def _normalization_table_torch(mean: torch.Tensor, std: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """(C, 256) in out_dtype: (level - mean[c]) / std[c] for every uint8 level, the reference's operations
+    (so the Triton kernel's lookup equals the reference bit for bit)."""
+    levels = torch.arange(UINT8_LEVELS.value, dtype=mean.dtype, device=mean.device)
+    return ((levels - mean[:, None]) / std[:, None]).to(out_dtype)
+
+
+# An op on every backend (torch ops alone) so that torch.compile keeps the reference's division as it is.
+normalization_table_op = Op("normalization_table", torch=_normalization_table_torch,
+                            triton=_normalization_table_torch, cuda=_normalization_table_torch)
+
+
+@normalization_table_op.register_fake
+def _(mean, std, out_dtype, backend):
+    return mean.new_empty((mean.shape[0], UINT8_LEVELS.value), dtype=out_dtype)
 
 
 # ----------------------------------------------------------------------------- sampling on the device
@@ -670,8 +787,10 @@ ERASE_CALLS_PER_SAMPLE = 1 + ERASE_ATTEMPTS
 # The counter of the call whose words 0 and 1 make the noise key of value="random": far above
 # every per-sample counter, so the noise (keyed apart) and the boxes never share words.
 ERASE_NOISE_KEY_COUNTER = 1 << 62
-# Draws per program of the sampling kernels: one warp on a GPU; the interpreter's cost is per program.
-SAMPLING_BLOCK = 1024 if _ops.INTERPRETING else 32
+# Lanes per program of the sampling kernels: one warp on a GPU (the interpreter's cost is per program).
+# The erasing kernel has a lane per sample; the mixing kernel a lane per gamma attempt of each draw.
+SAMPLING_BLOCK = 4096 if _ops.INTERPRETING else 32
+MIX_SAMPLING_DRAWS = SAMPLING_BLOCK // (2 * GAMMA_ATTEMPTS)
 
 
 def _log_exact(x):
@@ -810,9 +929,9 @@ def _sample_mixing_triton(seed, draws, height, width, cutmix_alpha, mixup_alpha,
     box = torch.empty((draws, 4), dtype=torch.int32, device=seed.device)
     mode = torch.empty(draws, dtype=torch.int32, device=seed.device)
     if draws > 0:
-        launch(_sample_mixing_kernel, (cdiv(draws, SAMPLING_BLOCK),), seed, lam, box, mode, draws, height, width,
+        launch(_sample_mixing_kernel, (cdiv(draws, MIX_SAMPLING_DRAWS),), seed, lam, box, mode, draws, height, width,
                _float64_bits(cutmix_alpha), _float64_bits(mixup_alpha), switch_threshold, apply_threshold,
-               num_warps=1, CORRECT_LAM=correct_lam, BLOCK=SAMPLING_BLOCK, MIX_CALLS_PER_DRAW=MIX_CALLS_PER_DRAW,
+               num_warps=1, CORRECT_LAM=correct_lam, BLOCK=MIX_SAMPLING_DRAWS, MIX_CALLS_PER_DRAW=MIX_CALLS_PER_DRAW,
                GAMMA_ATTEMPTS=GAMMA_ATTEMPTS, PHILOX_ROUNDS=PHILOX_ROUNDS)
     return lam, box, mode
 
@@ -1049,11 +1168,12 @@ def _per_channel(name, values, channels, device, finite=False, allow_nan=True, d
     return _channel_tensor(values, device, dtype)
 
 
-def _normalization(x, mean, std, out_dtype):
-    """(mean, std, out_dtype) as the op wants them.
+def _normalization(x, mean, std, out_dtype, backend):
+    """(mean, std, table, out_dtype) as the op wants them.
 
     out_dtype defaults to x's dtype, or float32 when a uint8 x is normalized. mean and std
     are float64 when x or out_dtype is (the normalization then runs in float64), else float32.
+    table: for a uint8 x on the triton backend, the (C, 256) normalized outputs (else None).
     """
     if (mean is None) != (std is None):
         raise ValueError("mean and std must be given together")
@@ -1063,16 +1183,29 @@ def _normalization(x, mean, std, out_dtype):
         raise TypeError(f"out_dtype must be float32, float16, bfloat16, uint8 or float64, got {out_dtype}")
     if out_dtype == torch.uint8 and (x.dtype != torch.uint8 or mean is not None):
         raise ValueError("out_dtype=torch.uint8 needs a uint8 x and no normalization")
+    if mean is None:
+        return None, None, None, out_dtype
+    with_table = x.dtype == torch.uint8 and backend == "triton"
+    if type(mean) is tuple and type(std) is tuple:  # the usual spelling: checked and converted once per values
+        key = ("normalization", mean, std, x.shape[1], x.device, out_dtype, with_table)
+        mean, std, table = _constant(key, lambda: _normalization_tensors(x, mean, std, out_dtype, with_table))
+    else:
+        mean, std, table = _normalization_tensors(x, mean, std, out_dtype, with_table)
+    return mean, std, table, out_dtype
+
+
+def _normalization_tensors(x, mean, std, out_dtype, with_table):
+    """mean and std checked and converted to (C,) tensors of the normalization dtype on x's device, and
+    the lookup table (or None)."""
+    dtype = _math_dtype(x.dtype, out_dtype)
+    if not isinstance(std, torch.Tensor):
+        stds = [std] if isinstance(std, numbers.Real) else list(std)
+        if any(float(s) == 0.0 for s in stds):
+            raise ValueError(f"std must not contain zeros, got {std!r}")
     channels = x.shape[1]
-    if mean is not None:
-        if not isinstance(std, torch.Tensor):
-            stds = [std] if isinstance(std, numbers.Real) else list(std)
-            if any(float(s) == 0.0 for s in stds):
-                raise ValueError(f"std must not contain zeros, got {std!r}")
-        dtype = _math_dtype(x.dtype, out_dtype)
-        mean = _per_channel("mean", mean, channels, x.device, finite=True, dtype=dtype)
-        std = _per_channel("std", std, channels, x.device, finite=True, dtype=dtype)
-    return mean, std, out_dtype
+    mean = _per_channel("mean", mean, channels, x.device, finite=True, dtype=dtype)
+    std = _per_channel("std", std, channels, x.device, finite=True, dtype=dtype)
+    return mean, std, normalization_table_op(mean, std, out_dtype, "triton") if with_table else None
 
 
 # ----------------------------------------------------------------------------- public API
@@ -1129,11 +1262,11 @@ def composite_batch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, partn
         _checks.same_device(noise_seed, "noise_seed", x, "x")
     math_dtype = _math_dtype(x.dtype)
     fill = _per_channel("fill", fill, channels, x.device, allow_nan=x.dtype != torch.uint8, dtype=math_dtype)
-    mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
+    mean, std, table, out_dtype = _normalization(x, mean, std, out_dtype, backend)
     return composite_batch_op(
         x, _as_int32(box), lam.to(math_dtype).contiguous(), _as_int32(partner), _as_int32(mode), fill, mean, std,
-        None if noise_seed is None else noise_seed.reshape(1).to(torch.int64), out_dtype, bool(flip_pairs_hint),
+        table, None if noise_seed is None else noise_seed.reshape(1).to(torch.int64), out_dtype, bool(flip_pairs_hint),
         backend)
 
 
@@ -1147,7 +1280,7 @@ def _as_int32(tensor):
     return tensor.to(torch.int32).contiguous()
 
 
-def _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, backend):
+def _mix(x, target, lam, box, mode, partner, mean, std, table, out_dtype, inplace, backend):
     """Runs the compositing op and builds the MixedTarget (y_b = target[partner])."""
     n = x.shape[0]
     y_b = target.flip(0) if partner == "flip" else target.roll(1, 0)
@@ -1163,8 +1296,8 @@ def _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, back
     partner_index = _constant(("partner", n, partner, device), lambda: _partner_index(n, partner, device))
     zeros = _constant(("zeros", x.shape[1], math_dtype, device),
                       lambda: torch.zeros(x.shape[1], dtype=math_dtype, device=device))
-    out = composite_batch_op(x, box, lam, partner_index, mode, zeros, mean, std, None, out_dtype, partner == "flip",
-                             backend)
+    out = composite_batch_op(x, box, lam, partner_index, mode, zeros, mean, std, table, None, out_dtype,
+                             partner == "flip", backend)
     return out, y_b
 
 
@@ -1198,13 +1331,13 @@ def cutmix(x: torch.Tensor, target: torch.Tensor, *, alpha: float = 1.0, per_sam
     _check_partner(partner)
     if inplace:
         _check_inplace(x, per_sample, partner, mean, out_dtype)
-    mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
+    mean, std, table, out_dtype = _normalization(x, mean, std, out_dtype, backend)
     n, _, height, width = x.shape
     lam, box, mode = _sample_mixing(draw_seed(x.device, generator), n if per_sample else 1, height, width,
                                     cutmix_alpha=alpha, mixup_alpha=0.0, switch_prob=1.0, prob=1.0,
                                     correct_lam=correct_lam, backend=backend)
-    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, backend)
+    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, table, out_dtype, inplace, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
 
@@ -1225,13 +1358,13 @@ def mixup(x: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.2, per_samp
     if inplace:
         raise ValueError("inplace=True is exact only for CutMix with a per-batch box and the flip partner; "
                          "MixUp rewrites every pixel from its partner")
-    mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
+    mean, std, table, out_dtype = _normalization(x, mean, std, out_dtype, backend)
     n, _, height, width = x.shape
     lam, box, mode = _sample_mixing(draw_seed(x.device, generator), n if per_sample else 1, height, width,
                                     cutmix_alpha=0.0, mixup_alpha=alpha, switch_prob=0.0, prob=1.0,
                                     correct_lam=False, backend=backend)
-    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, False, backend)
+    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, table, out_dtype, False, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
 
@@ -1260,8 +1393,8 @@ def cutmix_or_mixup(x: torch.Tensor, target: torch.Tensor, *, mixup_alpha: float
     elif cutmix_alpha == 0.0:
         switch_prob = 0.0
     _check_partner(partner)
-    mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
+    mean, std, table, out_dtype = _normalization(x, mean, std, out_dtype, backend)
     n, _, height, width = x.shape
     draws = n if per_sample else 1
     if prob == 0.0:  # nothing to mix: draw nothing, so the generator's stream moves on only in training
@@ -1272,7 +1405,7 @@ def cutmix_or_mixup(x: torch.Tensor, target: torch.Tensor, *, mixup_alpha: float
         lam, box, mode = _sample_mixing(draw_seed(x.device, generator), draws, height, width,
                                         cutmix_alpha=cutmix_alpha, mixup_alpha=mixup_alpha,
                                         switch_prob=switch_prob, prob=prob, correct_lam=correct_lam, backend=backend)
-    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, False, backend)
+    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, table, out_dtype, False, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
 
@@ -1304,4 +1437,4 @@ def random_erasing(x: torch.Tensor, *, p: float = 0.5, scale: Tuple[float, float
     seed = noise_key if random_fill else None
     lam = torch.ones(n, dtype=math_dtype, device=x.device)
     partner = torch.arange(n, dtype=torch.int32, device=x.device)
-    return composite_batch_op(x, box, lam, partner, mode, fill, None, None, seed, x.dtype, False, backend)
+    return composite_batch_op(x, box, lam, partner, mode, fill, None, None, None, seed, x.dtype, False, backend)

@@ -267,6 +267,18 @@ def test_fused_normalization_equals_separate_ops(backend, op, channels_last):
     assert default.dtype == torch.float32  # uint8 normalized defaults to float32
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_uint8_normalization_lookup_equals_the_division(channels_last):
+    # The Triton kernel looks a normalized uint8 output up in a (C, 256) table built with the reference's
+    # division: every mode (MixUp rounded, a fill that saturates), every output dtype, bit for bit.
+    x, _ = sample_inputs(shape=(4, 3, 16, 16), dtype=torch.uint8, channels_last=channels_last)
+    box, lam, partner, mode = all_modes_params()
+    for out_dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+        outputs = [rk.composite_batch(x, box, lam, partner, mode, fill=(300.0, -3.0, 7.5), mean=MEAN, std=STD,
+                                      out_dtype=out_dtype, backend=backend) for backend in ("torch", "triton")]
+        assert torch.equal(outputs[0], outputs[1]), out_dtype
+
+
 # ----------------------------------------------------------------------------- agreement and determinism
 
 
@@ -384,10 +396,10 @@ def test_float64_opcheck(backend):
     fill = torch.full((3,), 0.1, dtype=torch.float64, device=DEVICE)
     mean = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64, device=DEVICE)
     op = composite_batch_op.custom_op
-    torch.library.opcheck(op, (x, box, lam.double(), partner, mode, fill, mean, mean + 1, None, torch.float64, True,
-                               backend))
-    torch.library.opcheck(op, (x, box, lam.double(), partner, mode, fill, None, None, torch.tensor([3], device=DEVICE),
-                               torch.float64, False, backend))
+    torch.library.opcheck(op, (x, box, lam.double(), partner, mode, fill, mean, mean + 1, None, None, torch.float64,
+                               True, backend))
+    torch.library.opcheck(op, (x, box, lam.double(), partner, mode, fill, None, None, None,
+                               torch.tensor([3], device=DEVICE), torch.float64, False, backend))
 
 
 def test_cuda_backend_refuses_float64_with_a_type_error():
@@ -549,9 +561,15 @@ def test_opcheck(backend, normalize):
     std = torch.tensor(STD, device=DEVICE) if normalize else None
     out_dtype = torch.bfloat16 if normalize else x.dtype
     op = composite_batch_op.custom_op
-    torch.library.opcheck(op, (x, box, lam, partner, mode, fill, mean, std, None, out_dtype, True, backend))
-    torch.library.opcheck(op, (x, box, lam, partner, mode, fill, None, None, torch.tensor([3], device=DEVICE),
+    torch.library.opcheck(op, (x, box, lam, partner, mode, fill, mean, std, None, None, out_dtype, True, backend))
+    torch.library.opcheck(op, (x, box, lam, partner, mode, fill, None, None, None, torch.tensor([3], device=DEVICE),
                                x.dtype, False, backend))
+    if normalize:  # a uint8 x with the lookup table of its normalized outputs
+        levels = (x * 255).to(torch.uint8)
+        table = mixing.normalization_table_op(mean, std, out_dtype, backend)
+        torch.library.opcheck(op, (levels, box, lam, partner, mode, fill, mean, std, table, None, out_dtype, True,
+                                   backend))
+        torch.library.opcheck(mixing.normalization_table_op.custom_op, (mean, std, out_dtype, backend))
     torch.library.opcheck(cutmix_swap_op.custom_op, (x.clone(), box[:1].expand(4, 4).contiguous(), backend))
 
 

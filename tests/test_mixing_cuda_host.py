@@ -134,8 +134,8 @@ def test_composite_kernel_code_equals_torch_backend(case, channels_last, shape, 
     box, lam, partner, mode = composite_params(n, h, w, partner_kind)
     fill = torch.tensor(FILL[:c])
     mean, std = (torch.tensor(MEAN[:c]), torch.tensor(STD[:c])) if normalize else (None, None)
-    expected = torch.ops.recipe_kernels.composite_batch(x, box, lam, partner, mode, fill, mean, std, None, out_dtype,
-                                                        visit_flip_pairs, "torch")
+    expected = torch.ops.recipe_kernels.composite_batch(x, box, lam, partner, mode, fill, mean, std, None, None,
+                                                        out_dtype, visit_flip_pairs, "torch")
     for sentinel in sentinels(out_dtype):
         out = composite_host(x, box, lam, partner, mode, fill, mean, std, None, out_dtype, visit_flip_pairs,
                              sentinel)
@@ -170,8 +170,8 @@ def test_composite_kernel_code_with_noise_equals_torch_backend(dtype, out_dtype,
     box[0] = torch.tensor([1, 1, w - 1, h])
     fill = torch.tensor(FILL[:c])  # ...and a fill that must not be used
     mean, std = (torch.tensor(MEAN[:c]), torch.tensor(STD[:c])) if normalize else (None, None)
-    expected = torch.ops.recipe_kernels.composite_batch(x, box, lam, partner, mode, fill, mean, std, SEED, out_dtype,
-                                                        visit_flip_pairs, "torch")
+    expected = torch.ops.recipe_kernels.composite_batch(x, box, lam, partner, mode, fill, mean, std, None, SEED,
+                                                        out_dtype, visit_flip_pairs, "torch")
     out = composite_host(x, box, lam, partner, mode, fill, mean, std, SEED, out_dtype, visit_flip_pairs, float("nan"))
     noise = erase_mask(x, box, mode)
     assert noise.any()
@@ -207,7 +207,7 @@ def test_composite_kernel_code_special_values(dtype, channels_last):
     fill = torch.tensor([float("nan"), float("inf"), -float("inf")])
     for out_dtype, normalize in [(dtype, False), (torch.float16, True), (torch.float32, True)]:
         mean, std = (torch.tensor([1e-3, -2.0, 100.0]), torch.tensor([1e-4, 3.0, 0.5])) if normalize else (None, None)
-        expected = torch.ops.recipe_kernels.composite_batch(x, box, lam, partner, mode, fill, mean, std, None,
+        expected = torch.ops.recipe_kernels.composite_batch(x, box, lam, partner, mode, fill, mean, std, None, None,
                                                             out_dtype, False, "torch")
         for sentinel in sentinels(out_dtype):
             out = composite_host(x, box, lam, partner, mode, fill, mean, std, None, out_dtype, False, sentinel)
