@@ -21,8 +21,10 @@ pytestmark = pytest.mark.skipif(_backend._C is None, reason=f"CUDA extension not
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8]
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (N, C, H, W): 2 row blocks, the second partial; C == 1 (channels_last is then contiguous);
-# 3 row blocks; a row of 261 pixels (783 interleaved elements) wider than a block's 256 threads.
-SHAPES = [(5, 3, 13, 11), (4, 1, 9, 17), (3, 4, 17, 6), (2, 3, 3, 261)]
+# 3 row blocks; a row of 261 pixels (783 interleaved elements) wider than a block's 256 threads; rows of
+# 32 pixels (96 interleaved), whole 16-byte vectors for every dtype: the vector path (as 3 x 4 x 6 for
+# fp32 and 16-bit types in channels_last), boxes straddling vectors.
+SHAPES = [(5, 3, 13, 11), (4, 1, 9, 17), (3, 4, 17, 6), (2, 3, 3, 261), (3, 3, 5, 32)]
 SEED = torch.tensor([0x5DEECE66D - (1 << 40)])  # a negative int64: the key's high word is used
 
 # Per-channel values in x's units: uint8 rounds 250.6 and 12.5 half up, saturates 300 and -4.
