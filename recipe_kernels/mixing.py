@@ -24,6 +24,7 @@ sources, but partner pairs are visited next to each other so the second read mos
 hits L2. In-place CutMix (per-batch box, flip partner) reads and writes only the box
 of every sample: 2 * N * C * box_area * s.
 """
+import functools
 import math
 import numbers
 import struct
@@ -640,26 +641,36 @@ def _composite_torch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, part
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _composite_launch_config(n, c, h, w, channels_last, element_size):
+    """(grid, num_warps, ROWS, BLOCK_J, ROW_STEPS, EXACT_TILES, CHUNK) of _composite_kernel for a shape (a pure
+    function of its arguments, kept per shape: the eager call's host time)."""
+    row_len, planes = (w * c, 1) if channels_last else (w, c)
+    rows, block_j = _tiling(row_len, h)
+    exact = h % rows == 0 and row_len % block_j == 0
+    steps = _row_steps(h // rows) if exact else 1
+    grid = (n * planes * cdiv(h, rows * steps) * cdiv(row_len, block_j),)
+    return grid, _warps(rows * block_j, element_size), rows, block_j, steps, exact, min(CHUNK, block_j)
+
+
 def _composite_triton(x, box, lam, partner, mode, fill, mean, std, table, noise_seed, out_dtype, visit_flip_pairs):
     x, channels_last = _dense_layout(x)
     out = torch.empty_like(x, dtype=out_dtype)
     if x.numel() == 0:
         return out
     n, c, h, w = x.shape
-    row_len, planes = (w * c, 1) if channels_last else (w, c)
-    rows, block_j = _tiling(row_len, h)
-    exact = h % rows == 0 and row_len % block_j == 0
-    steps = _row_steps(h // rows) if exact else 1
+    grid, num_warps, rows, block_j, steps, exact, chunk = _composite_launch_config(n, c, h, w, channels_last,
+                                                                                     x.element_size())
     # no FMA contraction (launch): MixUp equals the other backends bit for bit
-    launch(_composite_kernel, (n * planes * cdiv(h, rows * steps) * cdiv(row_len, block_j),),
+    launch(_composite_kernel, grid,
            x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
            std if std is not None else fill, table if table is not None else fill,
            noise_seed if noise_seed is not None else box,
-           n, c, h, w, num_warps=_warps(rows * block_j, x.element_size()), CHANNELS_LAST=channels_last,
+           n, c, h, w, num_warps=num_warps, CHANNELS_LAST=channels_last,
            PIXEL_STRIDE=c if channels_last else 1, HAS_NORM=mean is not None,
            HAS_TABLE=table is not None and x.dtype == torch.uint8, RANDOM_FILL=noise_seed is not None,
            VISIT_FLIP_PAIRS=visit_flip_pairs, ROWS=rows, BLOCK_J=block_j, ROW_STEPS=steps, EXACT_TILES=exact,
-           CHUNK=min(CHUNK, block_j), PHILOX_ROUNDS=PHILOX_ROUNDS)
+           CHUNK=chunk, PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
 
 
