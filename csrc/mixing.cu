@@ -70,24 +70,46 @@ RK_HOST_DEVICE float normalize_rn(float value, float mean, float std_dev) {
 
 struct Geometry {
   int64_t num_samples, channels, height, width;
+  int64_t rows_per_block;  // kRowsPerBlock, or more for the vector path so that a block's threads have work
+  int64_t vector_elements;  // elements per 16-byte vector of x (the vector path), or 1 (one at a time)
   int64_t sample_stride;  // C*H*W
   int64_t plane_stride;   // H*W (contiguous) or 0 (channels_last: one plane holds all channels)
   int64_t row_stride;     // W (contiguous) or W*C (channels_last)
   int64_t pixel_stride;   // 1 (contiguous) or C (channels_last)
   int64_t channels_per_pixel;  // 1 (contiguous: the plane is the channel) or C
   int64_t planes;         // C or 1
-  int64_t row_blocks;     // ceil(H / kRowsPerBlock)
+  int64_t row_blocks;     // ceil(H / rows_per_block)
   bool channels_last;
 };
 
-Geometry make_geometry(int64_t n, int64_t c, int64_t h, int64_t w, bool channels_last) {
-  Geometry g{n, c, h, w, c * h * w, 0, 0, 0, 0, 0, ceil_div(h, kRowsPerBlock), channels_last};
+// vector_elements: elements of x per 16-byte vector when every row starts 16-byte aligned in x and
+// in out (composite_batch's vector path), else 1.
+Geometry make_geometry(int64_t n, int64_t c, int64_t h, int64_t w, bool channels_last, int64_t vector_elements = 1) {
+  Geometry g{n, c, h, w, kRowsPerBlock, vector_elements, c * h * w, 0, 0, 0, 0, 0, 0, channels_last};
   g.plane_stride = channels_last ? 0 : h * w;
   g.row_stride = channels_last ? w * c : w;
   g.pixel_stride = channels_last ? c : 1;
   g.channels_per_pixel = channels_last ? c : 1;
   g.planes = channels_last ? 1 : c;
+  if (vector_elements > 1) {  // enough rows per block for every thread to hold a vector
+    const int64_t vectors_per_row = g.row_stride / vector_elements;
+    const int64_t rows = ceil_div(kThreads, vectors_per_row);
+    g.rows_per_block = rows > kRowsPerBlock ? rows : kRowsPerBlock;
+  }
+  g.row_blocks = ceil_div(h, g.rows_per_block);
   return g;
+}
+
+constexpr int64_t kVectorBytes = 16;
+
+// x's elements per 16-byte vector when the vector path applies: the row length is a multiple of it and
+// x and out start aligned to a vector of their types; else 1.
+int64_t vector_elements_for(uintptr_t x, uintptr_t out, int64_t c, int64_t w, bool channels_last, size_t in_size,
+                            size_t out_size) {
+  const int64_t elements = kVectorBytes / static_cast<int64_t>(in_size);
+  const int64_t row_len = channels_last ? w * c : w;
+  const bool aligned = x % kVectorBytes == 0 && out % (elements * out_size) == 0;
+  return (row_len % elements == 0 && aligned) ? elements : 1;
 }
 
 // Block coordinates, the same visit order as the Triton kernel: (slot, plane, row block), row blocks fastest.
@@ -101,7 +123,45 @@ RK_HOST_DEVICE void block_coordinates(const Geometry& g, bool visit_flip_pairs, 
   sample = visit_flip_pairs ? ((slot % 2 == 0) ? slot / 2 : g.num_samples - 1 - slot / 2) : slot;
 }
 
+// N consecutive elements moved as one aligned vector (16 bytes of x; N elements of out, up to 64 bytes).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vector {
+  T v[N];
+};
+
+// Stores a Vector in 16-byte pieces (or one 8- or 4-byte piece): a struct copy of 16-bit elements would
+// be split into 4-byte stores.
+template <typename V>
+RK_HOST_DEVICE void store_vector(V* destination, const V& value) {
+  static_assert(sizeof(V) % 16 == 0 || sizeof(V) == 8 || sizeof(V) == 4, "4, 8 or whole 16-byte pieces");
+  if constexpr (sizeof(V) == 4) {
+    *reinterpret_cast<uint32_t*>(destination) = *reinterpret_cast<const uint32_t*>(&value);
+  } else if constexpr (sizeof(V) == 8) {
+    *reinterpret_cast<uint2*>(destination) = *reinterpret_cast<const uint2*>(&value);
+  } else {
+    for (size_t piece = 0; piece < sizeof(V) / 16; ++piece) {
+      reinterpret_cast<uint4*>(destination)[piece] = reinterpret_cast<const uint4*>(&value)[piece];
+    }
+  }
+}
+
+// One element of composite_thread: composite, round to x's dtype, normalize (correctly rounded, as torch).
+template <typename TIn, typename TOut>
+RK_HOST_DEVICE TOut composite_element(int mode, bool inside, float own, float other, float lam, const float* fill,
+                                      const float* mean, const float* std_dev, const int64_t* seed_ptr,
+                                      uint64_t seed, int64_t logical, int64_t channel) {
+  float fill_value = 0.0f;
+  if (mode == kErase && inside) {
+    fill_value = seed_ptr != nullptr ? erase_noise(seed, static_cast<uint64_t>(logical)) : fill[channel];
+  }
+  float value = round_to_input<TIn>(composite_value(mode, inside, own, other, lam, fill_value));
+  if (mean != nullptr) value = normalize_rn(value, mean[channel], std_dev[channel]);
+  return store_value<TOut>(value);
+}
+
 // out[n] = KEEP / MIXUP / CUTMIX / ERASE of x[n] with x[partner[n]], then optionally (v - mean[c]) / std[c].
+// Rows whose length is a multiple of a 16-byte vector of x, with x and out aligned, move as 16-byte vectors
+// of x (and the same count of out's elements); other shapes one element at a time.
 // Inputs: x (N, C, H, W) contiguous or channels_last; box (N, 4) int32 (x0, y0, x1, y1), lam (N,) fp32,
 // partner (N,) int32, mode (N,) int32, fill (C,) fp32, mean and std (C,) fp32 or null, seed (one int64) or
 // null (then ERASE writes fill). out has x's layout. A block covers kRowsPerBlock rows of one (sample, plane);
@@ -127,13 +187,53 @@ RK_HOST_DEVICE void composite_thread(const TIn* __restrict__ x, TOut* __restrict
   const int64_t partner_shift = (partner - sample) * g.sample_stride;
   const bool cuts = mode == kCutMix || mode == kErase;
 
-  const int64_t row_end = (row_block + 1) * kRowsPerBlock < g.height ? (row_block + 1) * kRowsPerBlock : g.height;
-  for (int64_t row = row_block * kRowsPerBlock; row < row_end; ++row) {
+  const int64_t row_end = (row_block + 1) * g.rows_per_block < g.height ? (row_block + 1) * g.rows_per_block
+                                                                         : g.height;
+  if (g.vector_elements > 1) {
+    // 2. The vector path: the block's rows as one list of 16-byte vectors of x, vector t, t + kThreads, ...
+    // to thread t; each vector loads only the sources its elements take (CutMix: one, except a vector
+    // straddling the box's edge).
+    constexpr int kN = static_cast<int>(kVectorBytes / sizeof(TIn));
+    const int64_t vectors_per_row = g.row_stride / kN;
+    const int64_t row_begin = row_block * g.rows_per_block;
+    for (int64_t index = thread; index < (row_end - row_begin) * vectors_per_row; index += kThreads) {
+      const int64_t row = row_begin + index / vectors_per_row;
+      const int64_t first = (index % vectors_per_row) * kN;
+      const bool row_in_box = row >= y0 && row < y1;
+      const int64_t first_pixel = first / g.pixel_stride, last_pixel = (first + kN - 1) / g.pixel_stride;
+      const bool all_inside = row_in_box && first_pixel >= x0 && last_pixel < x1;
+      const bool any_inside = row_in_box && last_pixel >= x0 && first_pixel < x1;
+      const int64_t offset = sample * g.sample_stride + plane * g.plane_stride + row * g.row_stride + first;
+      Vector<TIn, kN> own, other;
+      if (!(cuts && all_inside)) own = *reinterpret_cast<const Vector<TIn, kN>*>(x + offset);
+      if (mode == kMixUp || (mode == kCutMix && any_inside)) {
+        other = *reinterpret_cast<const Vector<TIn, kN>*>(x + offset + partner_shift);
+      }
+      Vector<TOut, kN> result;
+      int64_t pixel = first_pixel, channel = g.channels_last ? first % g.channels : plane;
+      for (int k = 0; k < kN; ++k) {  // 3. Per element, as in the path below.
+        const bool inside = row_in_box && pixel >= x0 && pixel < x1;
+        const int64_t logical = ((sample * g.channels + channel) * g.height + row) * g.width + pixel;
+        result.v[k] = composite_element<TIn, TOut>(mode, inside, load_float(&own.v[k]), load_float(&other.v[k]), lam,
+                                                   fill, mean, std_dev, seed_ptr, seed, logical, channel);
+        if (!g.channels_last) {
+          ++pixel;
+        } else if (++channel == g.channels) {
+          channel = 0;
+          ++pixel;
+        }
+      }
+      store_vector(reinterpret_cast<Vector<TOut, kN>*>(out + offset), result);
+    }
+    return;
+  }
+  // 2. One element at a time (rows not 16-byte aligned): thread t takes pixels t, t + kThreads, ... of each row.
+  for (int64_t row = row_block * g.rows_per_block; row < row_end; ++row) {
     const bool row_in_box = row >= y0 && row < y1;
     const int64_t row_base = sample * g.sample_stride + plane * g.plane_stride + row * g.row_stride;
     for (int64_t pixel = thread; pixel < g.width; pixel += kThreads) {  // the launch's blockDim.x
       const bool inside = row_in_box && pixel >= x0 && pixel < x1;
-      // 2. Load only the source each element takes: CutMix reads one input per element.
+      // Load only the source each element takes: CutMix reads one input per element.
       const bool takes_partner = mode == kMixUp || (mode == kCutMix && inside);
       const bool takes_own = !(cuts && inside);
       for (int64_t k = 0; k < g.channels_per_pixel; ++k) {
@@ -141,15 +241,10 @@ RK_HOST_DEVICE void composite_thread(const TIn* __restrict__ x, TOut* __restrict
         const int64_t channel = g.channels_last ? k : plane;
         const float own = takes_own ? load_float(x + offset) : 0.0f;
         const float other = takes_partner ? load_float(x + offset + partner_shift) : 0.0f;
-        float fill_value = 0.0f;
-        if (mode == kErase && inside) {
-          const int64_t logical = ((sample * g.channels + channel) * g.height + row) * g.width + pixel;
-          fill_value = seed_ptr != nullptr ? erase_noise(seed, static_cast<uint64_t>(logical)) : fill[channel];
-        }
         // 3. Composite in fp32, round to x's dtype, normalize (correctly rounded, as torch), store.
-        float value = round_to_input<TIn>(composite_value(mode, inside, own, other, lam, fill_value));
-        if (mean != nullptr) value = normalize_rn(value, mean[channel], std_dev[channel]);
-        out[offset] = store_value<TOut>(value);
+        const int64_t logical = ((sample * g.channels + channel) * g.height + row) * g.width + pixel;
+        out[offset] = composite_element<TIn, TOut>(mode, inside, own, other, lam, fill, mean, std_dev, seed_ptr,
+                                                   seed, logical, channel);
       }
     }
   }
@@ -166,8 +261,8 @@ RK_HOST_DEVICE void cutmix_swap_thread(T* __restrict__ x, const int32_t* __restr
   block_coordinates(g, false, block, first, plane, row_block);
   const int64_t second = g.num_samples - 1 - first;
   const int64_t x0 = box[first * 4], y0 = box[first * 4 + 1], x1 = box[first * 4 + 2], y1 = box[first * 4 + 3];
-  const int64_t row_begin = row_block * kRowsPerBlock;
-  const int64_t row_end = row_begin + kRowsPerBlock < g.height ? row_begin + kRowsPerBlock : g.height;
+  const int64_t row_begin = row_block * g.rows_per_block;
+  const int64_t row_end = row_begin + g.rows_per_block < g.height ? row_begin + g.rows_per_block : g.height;
   for (int64_t row = row_begin > y0 ? row_begin : y0; row < row_end && row < y1; ++row) {
     const int64_t local = plane * g.plane_stride + row * g.row_stride;
     // The box's span of the row, clipped to the image: a box partly outside selects only what is inside.
@@ -224,12 +319,13 @@ void composite_batch(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t lam, u
                      int64_t h, int64_t w, bool channels_last, bool visit_flip_pairs, int in_dtype, int out_dtype,
                      uintptr_t stream) {
   if (n <= 0 || c <= 0 || h <= 0 || w <= 0) return;
-  const Geometry g = make_geometry(n, c, h, w, channels_last);
-  const int64_t blocks = checked_blocks(g, n, "composite_batch");
   dispatch_mixing_dtype(in_dtype, [&](auto in_tag) {
     using TIn = decltype(in_tag);
     dispatch_mixing_dtype(out_dtype, [&](auto out_tag) {
       using TOut = decltype(out_tag);
+      const Geometry g = make_geometry(n, c, h, w, channels_last,
+                                       vector_elements_for(x, out, c, w, channels_last, sizeof(TIn), sizeof(TOut)));
+      const int64_t blocks = checked_blocks(g, n, "composite_batch");
       const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
       composite_kernel<TIn, TOut><<<static_cast<unsigned>(blocks), kThreads, 0, cuda_stream>>>(
           reinterpret_cast<const TIn*>(x), reinterpret_cast<TOut*>(out), reinterpret_cast<const int32_t*>(box),
@@ -264,12 +360,13 @@ void composite_batch_host(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t l
                           int64_t h, int64_t w, bool channels_last, bool visit_flip_pairs, int in_dtype,
                           int out_dtype) {
   if (n <= 0 || c <= 0 || h <= 0 || w <= 0) return;
-  const Geometry g = make_geometry(n, c, h, w, channels_last);
-  const int64_t blocks = checked_blocks(g, n, "composite_batch_host");
   dispatch_mixing_dtype(in_dtype, [&](auto in_tag) {
     using TIn = decltype(in_tag);
     dispatch_mixing_dtype(out_dtype, [&](auto out_tag) {
       using TOut = decltype(out_tag);
+      const Geometry g = make_geometry(n, c, h, w, channels_last,
+                                       vector_elements_for(x, out, c, w, channels_last, sizeof(TIn), sizeof(TOut)));
+      const int64_t blocks = checked_blocks(g, n, "composite_batch_host");
       for (int64_t block = 0; block < blocks; ++block) {
         for (int64_t thread = 0; thread < kThreads; ++thread) {
           composite_thread<TIn, TOut>(

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from recipe_kernels import _backend, reference
+from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._codes import DTYPE_CODES
 from recipe_kernels._ops import Op, launch
 from recipe_kernels._philox import draw_seed, philox4x32
@@ -744,9 +744,9 @@ def batch_augment(images: Images, target: torch.Tensor, size: Union[int, Tuple[i
     cutmix_alpha = mixing._check_alpha(cutmix_alpha, "cutmix_alpha", allow_zero=True)
     if mixup_alpha == 0.0 and cutmix_alpha == 0.0:
         raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix (use random_resized_crop)")
-    prob, switch_prob = mixing._check_probability(prob, "prob"), mixing._check_probability(switch_prob, "switch_prob")
+    prob, switch_prob = _checks.probability(prob, "prob"), _checks.probability(switch_prob, "switch_prob")
     switch_prob = 1.0 if mixup_alpha == 0.0 else (0.0 if cutmix_alpha == 0.0 else switch_prob)
-    hflip, erase_p = mixing._check_probability(hflip, "hflip"), mixing._check_probability(erase_p, "erase_p")
+    hflip, erase_p = _checks.probability(hflip, "hflip"), _checks.probability(erase_p, "erase_p")
     mixing._check_partner(partner)
     if out_dtype is not None and not out_dtype.is_floating_point:
         raise ValueError(f"out_dtype must be a floating dtype (float32, float16 or bfloat16), got {out_dtype}")
@@ -758,10 +758,12 @@ def batch_augment(images: Images, target: torch.Tensor, size: Union[int, Tuple[i
     crop, flip = sample_crops(seed, image_sizes(batch, device), scale, ratio, hflip)
     lam, mix_box, mode = mixing._sample_mixing(seed + 1, n, height, width, cutmix_alpha=cutmix_alpha,
                                                mixup_alpha=mixup_alpha, switch_prob=switch_prob, prob=prob,
-                                               correct_lam=True)
+                                               correct_lam=True, backend=backend)
     erase_box = erase = None
     if erase_p > 0.0:
-        erase_box, erase, _ = mixing._erasing_boxes(seed + 2, n, height, width, erase_p, ERASE_SCALE, ERASE_RATIO)
+        erase_box, erase_mode, _ = mixing._erasing_boxes(seed + 2, n, height, width, erase_p, ERASE_SCALE,
+                                                         ERASE_RATIO, backend)
+        erase = erase_mode == mixing.MixMode.ERASE
     partner_index = mixing._partner_index(n, partner, device)
     x = batch_augment_op(batch, crop.to(torch.int32), flip, mix_box, lam, partner_index, mode, erase_box, erase, fill,
                          mean, std, height, width, bool(antialias), out_dtype, False, backend)

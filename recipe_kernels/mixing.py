@@ -24,18 +24,21 @@ sources, but partner pairs are visited next to each other so the second read mos
 hits L2. In-place CutMix (per-batch box, flip partner) reads and writes only the box
 of every sample: 2 * N * C * box_area * s.
 """
+import functools
 import math
 import numbers
+import struct
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import triton
 import triton.language as tl
 
-from recipe_kernels import _backend, reference
+from recipe_kernels import _backend, _checks, _ops, reference
 from recipe_kernels._codes import DTYPE_CODES, MixMode
+from recipe_kernels._ops import Op, launch
 from recipe_kernels._philox import PHILOX_ROUNDS, draw_seed, philox4x32
-from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
+from recipe_kernels._triton_common import cdiv, round_to
 from recipe_kernels.targets import MixedTarget
 
 
@@ -47,12 +50,50 @@ TWO_PI_F32 = 6.2831855  # 2*pi rounded to fp32: the same constant in every backe
 
 # About 2048 elements per Triton program: a [ROWS, BLOCK_J] tile of image rows.
 TILE_ELEMENTS = 2048
-MAX_BLOCK_J = 256  # bounds the masked-off tail of a row's last block (12.5% for 224 and 672)
+MAX_BLOCK_J = 256  # bounds the masked-off tail of a row's last block when no power of 2 >= 16 divides it
+# Tiles whose sides divide the image's rows and row length mask off no lanes (W = 224 = 7 x 32,
+# channels_last 3 x 224 = 21 x 32): then a tile may be as small as this.
+MIN_EXACT_TILE_ELEMENTS = 512
+VECTOR_BYTES = 16  # each thread loads 16-byte vectors
+# Vectors per thread and per tile: the per-tile work (coordinates, parameters, row tests) is shared by more elements.
+VECTORS_PER_THREAD = 2
+MAX_ROW_STEPS = 8
 NUM_WARPS = 4
+MAX_WARPS = 8
 # Load masks that depend on the box are decided per CHUNK consecutive elements of a row, so
 # that they stay constant over a 16-byte vector and the loads stay vectorized; a chunk
 # that straddles the box edge loads both sources and selects per element.
 CHUNK = 16
+# MixMode codes as the kernels see them (module-level constexprs: no literal mode numbers in kernels).
+_MIXUP = tl.constexpr(int(MixMode.MIXUP))
+_CUTMIX = tl.constexpr(int(MixMode.CUTMIX))
+_ERASE = tl.constexpr(int(MixMode.ERASE))
+UINT8_LEVELS = tl.constexpr(256)
+UINT8_MAX = tl.constexpr(255.0)
+
+# Sampling constants, one definition for the kernels (module-level constexprs) and the torch
+# implementation (which reads .value). Float64 bit layout and the series of the exact elementary
+# functions (see "Exact elementary functions" in the sampling section).
+WORD_RANGE = tl.constexpr(1 << 32)
+INV_WORD_RANGE = tl.constexpr(1.0 / (1 << 32))
+EXPONENT_BIAS = tl.constexpr(1023)
+MANTISSA_MASK = tl.constexpr((1 << 52) - 1)
+ONE_BITS = tl.constexpr(1023 << 52)  # the bits of 1.0
+SQRT_TWO = tl.constexpr(math.sqrt(2.0))
+# ln 2 in two parts: e * LN2_HIGH is exact for |e| < 2^20 (its low 21 bits are zero).
+LN2_HIGH = tl.constexpr(6.93147180369123816490e-01)
+LN2_LOW = tl.constexpr(1.90821492927058770002e-10)
+INV_LN2 = tl.constexpr(1.0 / math.log(2.0))
+TWO_PI = tl.constexpr(2.0 * math.pi)
+ONE_THIRD = tl.constexpr(1.0 / 3.0)
+# Terms of each series: the first left out is below 2^-56 relative on its reduced range.
+LOG_SERIES_TERMS = tl.constexpr(11)  # 2 atanh(s), |s| <= 0.1716: s^25 / 25 < 1e-20
+EXP_SERIES_TERMS = tl.constexpr(14)  # e^r, |r| <= 0.3466: r^15 / 15! < 2e-20
+COS_SERIES_TERMS = tl.constexpr(12)  # cos t, t <= pi/2: t^26 / 26! < 3e-21
+# |log G1 - log G0| is clamped here before exp: 1 / (1 + e^120) and e^-120 are below half fp32's
+# smallest subnormal, so lam in fp32 is the same as unclamped.
+EXP_LIMIT = tl.constexpr(120.0)
+_KEEP = tl.constexpr(int(MixMode.KEEP))
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -80,7 +121,7 @@ def _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks, VISIT_FL
 
 
 @triton.jit
-def _round_to_input(value, IN_DTYPE: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+def _round_to_input(value, IN_DTYPE: tl.constexpr):
     """value (fp32, or fp64 for fp64 x) rounded to what x's dtype stores, in value's dtype:
     uint8 rounds half up and saturates (NaN gives 0)."""
     if IN_DTYPE == tl.uint8:
@@ -91,16 +132,16 @@ def _round_to_input(value, IN_DTYPE: tl.constexpr, EMULATE_BF16_RTNE: tl.constex
     elif IN_DTYPE == value.dtype:
         return value
     else:
-        return _cast_output(value, IN_DTYPE, EMULATE_BF16_RTNE).to(value.dtype)
+        return _cast_output(value, IN_DTYPE).to(value.dtype)
 
 
 @triton.jit
-def _cast_output(value, OUT_DTYPE: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+def _cast_output(value, OUT_DTYPE: tl.constexpr):
     """value rounded to OUT_DTYPE as torch rounds it: fp64 goes through fp32 on its way to fp16/bf16
     (torch's Half and BFloat16 take a float), to nearest even at each step."""
     if value.dtype == tl.float64 and OUT_DTYPE != tl.float64:
         value = value.to(tl.float32)
-    return cast_to(value, OUT_DTYPE, EMULATE_BF16_RTNE)
+    return round_to(value, OUT_DTYPE)
 
 
 @triton.jit
@@ -113,91 +154,24 @@ def _erase_noise(seed, logical_index, PHILOX_ROUNDS: tl.constexpr):
 
 
 @triton.jit
-def _box_chunks(rows, j, y0, y1, x0, x1, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr,
-                CHUNK: tl.constexpr):
-    """Per element: (its whole CHUNK of the row lies in the box, some of its CHUNK lies in the box).
+def _chunk_columns(j, x0, x1, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, CHUNK: tl.constexpr):
+    """Per column j: (its whole CHUNK of the row lies in the box's columns, some of its CHUNK does).
 
-    Both are constant over each chunk (a function of j // CHUNK), unlike the per-element test.
+    Both are constant over each chunk (a function of j // CHUNK), unlike the per-element test; and
+    them with the row's test to get the element's chunk test.
     """
     chunk_first = (j // CHUNK) * CHUNK
     chunk_last = chunk_first + (CHUNK - 1)
     if CHANNELS_LAST:
         chunk_first = chunk_first // PIXEL_STRIDE
         chunk_last = chunk_last // PIXEL_STRIDE
-    row_in_box = (rows >= y0) & (rows < y1)
-    whole = row_in_box & (chunk_first >= x0) & (chunk_last < x1)
-    some = row_in_box & (chunk_last >= x0) & (chunk_first < x1)
-    return whole, some
+    return (chunk_first >= x0) & (chunk_last < x1), (chunk_last >= x0) & (chunk_first < x1)
 
 
 @triton.jit
-def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, fill_ptr, mean_ptr, std_ptr,
-                      seed_ptr, num_samples, channels, height, width, sample_stride, plane_stride, row_stride,
-                      row_len, planes, row_blocks, col_blocks,
-                      CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, HAS_NORM: tl.constexpr,
-                      RANDOM_FILL: tl.constexpr, VISIT_FLIP_PAIRS: tl.constexpr,
-                      ROWS: tl.constexpr, BLOCK_J: tl.constexpr, CHUNK: tl.constexpr,
-                      PHILOX_ROUNDS: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """out[n] = KEEP / MIXUP / CUTMIX / ERASE of x[n] with x[partner[n]], then optionally normalized.
-
-    Inputs: x (N, C, H, W) contiguous or channels_last; box (N, 4) int32 (x0, y0, x1, y1);
-    lam (N,) and fill (C,) in the compositing dtype (fp32, or fp64 for fp64 x); partner (N,)
-    int32; mode (N,) int32; mean, std (C,) in the normalization dtype (fp32, or fp64 when x or
-    out is fp64) when HAS_NORM; seed (one int64) when RANDOM_FILL. out has x's layout, any dtype.
-    A program is a [ROWS, BLOCK_J] tile of rows of one (sample, plane): a row is W
-    elements of one channel (contiguous) or W*C interleaved elements (channels_last).
-    Bytes: each output element's source is read once (MixUp: both sources), out written once;
-    CutMix also reads both sources of the CHUNK-element pieces that straddle a box edge.
-    """
-    # 1. Which tile, and the sample's parameters (a few scalar loads per program).
-    pid = tl.program_id(0).to(tl.int64)
-    sample, plane, row_block, col_block = _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks,
-                                                            VISIT_FLIP_PAIRS)
-    mode = tl.load(mode_ptr + sample)
-    partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
-    lam = tl.load(lam_ptr + sample)
-    x0 = tl.load(box_ptr + sample * 4)
-    y0 = tl.load(box_ptr + sample * 4 + 1)
-    x1 = tl.load(box_ptr + sample * 4 + 2)
-    y1 = tl.load(box_ptr + sample * 4 + 3)
-    is_mixup = mode == 1
-    is_cutmix = mode == 2
-    is_erase = mode == 3
-
-    # 2. Element coordinates: rows y from the program, j along the row; pixel and channel from j.
-    rows = row_block * ROWS + tl.arange(0, ROWS)[:, None]
-    j = col_block * BLOCK_J + tl.arange(0, BLOCK_J)[None, :]
-    in_bounds = (rows < height) & (j < row_len)
-    if CHANNELS_LAST:
-        pixel = j // PIXEL_STRIDE  # PIXEL_STRIDE == C: a division by a constant
-        channel = j % PIXEL_STRIDE  # always in [0, C): per-channel loads need no mask
-    else:
-        pixel = j
-        channel = plane  # one channel per program: per-channel values are scalar loads
-    inside = (rows >= y0) & (rows < y1) & (pixel >= x0) & (pixel < x1)
-    offsets = sample * sample_stride + plane * plane_stride + rows * row_stride + j
-
-    # 3. Load only the source each chunk takes: CutMix reads one input per element, except at box edges.
-    chunk_inside, chunk_touches = _box_chunks(rows, j, y0, y1, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
-    takes_partner = is_mixup | (is_cutmix & chunk_touches)
-    takes_own = ~((is_cutmix | is_erase) & chunk_inside)
-    math_dtype = lam_ptr.dtype.element_ty  # fp32, or fp64 for fp64 x
-    own = tl.load(x_ptr + offsets, mask=in_bounds & takes_own, other=0).to(math_dtype)
-    other = tl.load(x_ptr + offsets + (partner - sample) * sample_stride, mask=in_bounds & takes_partner,
-                    other=0).to(math_dtype)
-
-    # 4. Composite in the math dtype, then round to x's dtype (the value an unfused op would store).
-    mixed = lam * own + (1.0 - lam) * other
-    value = tl.where(is_mixup, mixed, tl.where(is_cutmix & inside, other, own))
-    if RANDOM_FILL:
-        logical_index = ((sample * channels + channel) * height + rows) * width + pixel
-        fill = _erase_noise(tl.load(seed_ptr), logical_index, PHILOX_ROUNDS)
-    else:
-        fill = tl.load(fill_ptr + channel)
-    value = tl.where(is_erase & inside, fill, value)
-    value = _round_to_input(value, x_ptr.dtype.element_ty, EMULATE_BF16_RTNE)
-
-    # 5. Optional per-channel normalization in mean's dtype, correctly rounded division as in torch.
+def _normalize_and_store(value, out_ptr, offsets, in_bounds, mean_ptr, std_ptr, channel, HAS_NORM: tl.constexpr):
+    """Step 5: optionally (value - mean[c]) / std[c] in mean's dtype (correctly rounded division, as torch), then
+    rounded to out's dtype and stored."""
     if HAS_NORM:
         mean = tl.load(mean_ptr + channel)
         std = tl.load(std_ptr + channel)
@@ -206,7 +180,132 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
             value = centred / std  # fp64 division is IEEE (correctly rounded) in Triton
         else:
             value = tl.math.div_rn(centred, std)  # fp32 `/` is approximate on the GPU
-    tl.store(out_ptr + offsets, _cast_output(value, out_ptr.dtype.element_ty, EMULATE_BF16_RTNE), mask=in_bounds)
+    tl.store(out_ptr + offsets, _cast_output(value, out_ptr.dtype.element_ty), mask=in_bounds)
+
+
+@triton.jit
+def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, fill_ptr, mean_ptr, std_ptr,
+                      table_ptr, seed_ptr, num_samples, channels, height, width,
+                      CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, HAS_NORM: tl.constexpr,
+                      HAS_TABLE: tl.constexpr, RANDOM_FILL: tl.constexpr, VISIT_FLIP_PAIRS: tl.constexpr,
+                      ROWS: tl.constexpr, BLOCK_J: tl.constexpr, ROW_STEPS: tl.constexpr,
+                      EXACT_TILES: tl.constexpr, CHUNK: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
+    """out[n] = KEEP / MIXUP / CUTMIX / ERASE of x[n] with x[partner[n]], then optionally normalized.
+
+    Inputs: x (N, C, H, W) contiguous or channels_last; box (N, 4) int32 (x0, y0, x1, y1);
+    lam (N,) and fill (C,) in the compositing dtype (fp32, or fp64 for fp64 x); partner (N,)
+    int32; mode (N,) int32; mean, std (C,) in the normalization dtype (fp32, or fp64 when x or
+    out is fp64) when HAS_NORM; seed (one int64) when RANDOM_FILL. out has x's layout, any dtype.
+    With HAS_TABLE (uint8 x, normalized), table (C, 256) in out's dtype holds the normalized output
+    of every channel and level (_normalization_table): the composited level is looked up, so the
+    division runs once per value, not per element.
+    A program is ROW_STEPS [ROWS, BLOCK_J] tiles one below the other in one (sample, plane), which
+    share the work that depends on columns alone: a row is W elements of one channel (contiguous)
+    or W*C interleaved elements (channels_last).
+    EXACT_TILES: the tiles divide the image, so no lane is masked off. Other than for the table, each
+    program branches once on its sample's mode: only MixUp samples read two sources and do MixUp's
+    arithmetic (with the table, one weighted sum serves every mode, exactly).
+    Bytes: each output element's source is read once (MixUp: both sources), out written once;
+    CutMix also reads both sources of the CHUNK-element pieces that straddle a box edge.
+    """
+    # 1. Which tiles, and the sample's parameters (a few scalar loads per program). Geometry as _geometry.
+    sample_stride = channels.to(tl.int64) * height * width
+    if CHANNELS_LAST:
+        row_len = width * channels
+        plane_stride = 0
+        planes = 1
+    else:
+        row_len = width
+        plane_stride = height.to(tl.int64) * width
+        planes = channels
+    row_groups = tl.cdiv(height, ROWS * ROW_STEPS)
+    column_blocks = tl.cdiv(row_len, BLOCK_J)
+    pid = tl.program_id(0).to(tl.int64)
+    sample, plane, row_group, column_block = _tile_coordinates(pid, num_samples, planes, row_groups, column_blocks,
+                                                               VISIT_FLIP_PAIRS)
+    mode = tl.load(mode_ptr + sample)
+    partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
+    lam = tl.load(lam_ptr + sample)
+    x0 = tl.load(box_ptr + sample * 4)
+    y0 = tl.load(box_ptr + sample * 4 + 1)
+    x1 = tl.load(box_ptr + sample * 4 + 2)
+    y1 = tl.load(box_ptr + sample * 4 + 3)
+    is_mixup = mode == _MIXUP
+    is_cutmix = mode == _CUTMIX
+    is_erase = mode == _ERASE
+    own_share = tl.where(is_mixup, lam, 1.0)  # x[n]'s weight outside a box (the uint8 table path)
+    other_share = tl.where(is_mixup, 1.0 - lam, 0.0)
+    math_dtype = lam_ptr.dtype.element_ty  # fp32, or fp64 for fp64 x
+    in_dtype = x_ptr.dtype.element_ty
+    partner_shift = (partner - sample) * sample_stride
+
+    # 2. The tiles' columns, and what depends on them alone: j along the row; pixel and channel from j.
+    # Coordinates within a plane are int32 (32-bit compares), offsets int64.
+    j = column_block.to(tl.int32) * BLOCK_J + tl.arange(0, BLOCK_J)[None, :]
+    if CHANNELS_LAST:
+        pixel = j // PIXEL_STRIDE  # PIXEL_STRIDE == C: a division by a constant
+        channel = j % PIXEL_STRIDE  # always in [0, C): per-channel loads need no mask
+    else:
+        pixel = j
+        channel = plane  # one channel per program: per-channel values are scalar loads
+    column_in_box = (pixel >= x0) & (pixel < x1)
+    chunk_columns_inside, chunk_columns_touch = _chunk_columns(j, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
+    if HAS_TABLE:  # the weights of the uint8 path in the box's rows, per column; its fill as a uint8 level
+        cuts = is_cutmix | is_erase
+        own_weight_in_box_rows = tl.where(cuts & column_in_box, 0.0, own_share)
+        other_weight_in_box_rows = tl.where(cuts & column_in_box, 1.0, other_share)
+        fill_level = _round_to_input(tl.load(fill_ptr + channel).to(math_dtype), in_dtype).to(tl.uint8)
+    plane_base = sample * sample_stride + plane * plane_stride
+    for step in tl.static_range(ROW_STEPS):
+        # 3. The rows of this tile.
+        rows = (row_group.to(tl.int32) * ROW_STEPS + step) * ROWS + tl.arange(0, ROWS)[:, None]
+        if EXACT_TILES:
+            in_bounds = tl.full((ROWS, BLOCK_J), 1, tl.int1)
+        else:
+            in_bounds = (rows < height) & (j < row_len)
+        row_in_box = (rows >= y0) & (rows < y1)
+        inside = row_in_box & column_in_box
+        offsets = plane_base + (rows * row_len + j).to(tl.int64)
+        if HAS_TABLE:
+            # 4-5 for a uint8 x, one path for every mode: the level is own_weight * own + other_weight * other,
+            # rounded half up; the weights are (lam, 1 - lam) for MixUp, else (1, 0), or (0, 1) inside a CutMix
+            # or erased box (exact for these integers), and an erased sample's `other` is its fill. The
+            # normalized output of the level comes from the table.
+            chunk_inside = row_in_box & chunk_columns_inside
+            chunk_touches = row_in_box & chunk_columns_touch
+            own = tl.load(x_ptr + offsets, mask=in_bounds & ~(cuts & chunk_inside), other=0)
+            other = tl.load(x_ptr + offsets + partner_shift,
+                            mask=in_bounds & (is_mixup | (is_cutmix & chunk_touches)), other=fill_level)
+            own_weight = tl.where(row_in_box, own_weight_in_box_rows, own_share)
+            other_weight = tl.where(row_in_box, other_weight_in_box_rows, other_share)
+            # _round_to_input's half-up rounding and saturation, clamped before the floor (the same level);
+            # the conversion to int32 truncates, which is the floor of a value >= 0.
+            level = own_weight * own.to(math_dtype) + other_weight * other.to(math_dtype) + 0.5
+            level = tl.minimum(tl.where(level > 0.0, level, 0.0), UINT8_MAX + 0.5).to(tl.int32)
+            normalized = tl.load(table_ptr + (channel * UINT8_LEVELS + level), mask=in_bounds)
+            tl.store(out_ptr + offsets, normalized, mask=in_bounds)
+        elif is_mixup:
+            # 4a. MixUp: both sources, lam * own + (1 - lam) * other in the math dtype, rounded to x's dtype.
+            # (names apart from 4b's: Triton merges the names both branches assign, which must then agree in type)
+            own_value = tl.load(x_ptr + offsets, mask=in_bounds, other=0).to(math_dtype)
+            partner_value = tl.load(x_ptr + offsets + partner_shift, mask=in_bounds, other=0).to(math_dtype)
+            mixed = _round_to_input(lam * own_value + (1.0 - lam) * partner_value, in_dtype)
+            _normalize_and_store(mixed, out_ptr, offsets, in_bounds, mean_ptr, std_ptr, channel, HAS_NORM)
+        else:
+            # 4b. Keep, CutMix, erase: one source per CHUNK-element piece (both where a piece straddles the box).
+            chunk_inside = row_in_box & chunk_columns_inside
+            chunk_touches = row_in_box & chunk_columns_touch
+            own = tl.load(x_ptr + offsets, mask=in_bounds & ~((is_cutmix | is_erase) & chunk_inside), other=0)
+            other = tl.load(x_ptr + offsets + partner_shift, mask=in_bounds & is_cutmix & chunk_touches, other=0)
+            if RANDOM_FILL:
+                logical_index = ((sample * channels + channel) * height + rows) * width + pixel
+                fill = _erase_noise(tl.load(seed_ptr), logical_index, PHILOX_ROUNDS)
+            else:
+                fill = tl.load(fill_ptr + channel)
+            fill = _round_to_input(fill.to(math_dtype), in_dtype)  # what x's dtype would store
+            value = tl.where(is_cutmix & inside, other, own).to(math_dtype)
+            value = tl.where(is_erase & inside, fill, value)
+            _normalize_and_store(value, out_ptr, offsets, in_bounds, mean_ptr, std_ptr, channel, HAS_NORM)
 
 
 @triton.jit
@@ -233,13 +332,221 @@ def _cutmix_swap_kernel(x_ptr, box_ptr, num_samples, height, sample_stride, plan
     j = col_block * BLOCK_J + tl.arange(0, BLOCK_J)[None, :]
     pixel = j // PIXEL_STRIDE if CHANNELS_LAST else j
     inside = (rows >= y0) & (rows < y1) & (pixel >= x0) & (pixel < x1)
-    _, chunk_touches = _box_chunks(rows, j, y0, y1, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
+    _, chunk_columns_touch = _chunk_columns(j, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
+    chunk_touches = (rows >= y0) & (rows < y1) & chunk_columns_touch
     touched = (rows < height) & (j < row_len) & chunk_touches
     local = plane * plane_stride + rows * row_stride + j
     a = tl.load(x_ptr + first * sample_stride + local, mask=touched)
     b = tl.load(x_ptr + second * sample_stride + local, mask=touched)
     tl.store(x_ptr + first * sample_stride + local, tl.where(inside, b, a), mask=touched)
     tl.store(x_ptr + second * sample_stride + local, tl.where(inside, a, b), mask=touched)
+
+
+# ----------------------------------------------------------------------------- sampling kernels
+# One program samples SAMPLING_BLOCK draws; the torch functions of the sampling section compute the
+# same numbers with the same operations in the same order (see "Exact elementary functions" there).
+
+
+@triton.jit
+def _float64_from_bits(bits):
+    """A float64 passed as its int64 bit pattern (a float kernel argument would arrive as fp32)."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _uniform64(word):
+    """word / 2^32 as float64 on [0, 1) (exact)."""
+    return word.to(tl.int64).to(tl.float64) * INV_WORD_RANGE
+
+
+@triton.jit
+def _uniform64_positive(word):
+    """(word + 1) / 2^32 as float64 on (0, 1] (exact)."""
+    return (word.to(tl.int64) + 1).to(tl.float64) * INV_WORD_RANGE
+
+
+@triton.jit
+def _log64(x):
+    """log(x) for finite normal float64 x > 0: _log_exact's operations."""
+    bits = x.to(tl.int64, bitcast=True)
+    exponent = (bits >> 52) - EXPONENT_BIAS
+    mantissa = ((bits & MANTISSA_MASK) | ONE_BITS).to(tl.float64, bitcast=True)
+    large = mantissa > SQRT_TWO
+    mantissa = tl.where(large, mantissa * 0.5, mantissa)
+    e = (exponent + large.to(tl.int64)).to(tl.float64)
+    s = (mantissa - 1.0) / (mantissa + 1.0)
+    s2 = s * s
+    series = tl.zeros_like(s)
+    for k in tl.static_range(LOG_SERIES_TERMS, 0, -1):
+        series = series * s2 + 2.0 / (2 * k + 1)
+    return e * LN2_HIGH + (e * LN2_LOW + (2.0 * s + s * (s2 * series)))
+
+
+@triton.jit
+def _exp64(x):
+    """exp(x) for float64 |x| <= EXP_LIMIT: _exp_exact's operations."""
+    k = tl.floor(x * INV_LN2 + 0.5)
+    r = (x - k * LN2_HIGH) - k * LN2_LOW
+    series = tl.full(x.shape, 1.0, tl.float64)
+    for n in tl.static_range(EXP_SERIES_TERMS, 0, -1):
+        series = 1.0 + (r * series) * (1.0 / n)
+    scale = ((k.to(tl.int64) + EXPONENT_BIAS) << 52).to(tl.float64, bitcast=True)
+    return series * scale
+
+
+@triton.jit
+def _cos_two_pi64(u):
+    """cos(2 pi u) for float64 u in [0, 1) on a 2^-32 grid: _cos_two_pi_exact's operations."""
+    t = u - tl.floor(u + 0.5)
+    a = tl.abs(t)
+    flip = a > 0.25
+    b = tl.where(flip, 0.5 - a, a)
+    theta = TWO_PI * b
+    theta2 = theta * theta
+    series = tl.full(u.shape, 1.0, tl.float64)
+    for n in tl.static_range(COS_SERIES_TERMS, 0, -1):
+        series = 1.0 - (theta2 * series) * (1.0 / ((2 * n - 1) * (2 * n)))
+    return tl.where(flip, -series, series)
+
+
+@triton.jit
+def _sample_mixing_kernel(seed_ptr, lam_ptr, box_ptr, mode_ptr, draws, height, width, cutmix_alpha_bits,
+                          mixup_alpha_bits, switch_threshold, apply_threshold,
+                          CORRECT_LAM: tl.constexpr, BLOCK: tl.constexpr, MIX_CALLS_PER_DRAW: tl.constexpr,
+                          GAMMA_ATTEMPTS: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
+    """Per draw: lam (fp32), box (x0, y0, x1, y1) int32 and mode int32 of timm's Mixup rule (_sample_mixing_torch).
+
+    Inputs: seed (one int64); the alphas as float64 bit patterns; thresholds round(p * 2^32).
+    A program is BLOCK draws x 2 * GAMMA_ATTEMPTS lanes: one Marsaglia-Tsang attempt per lane (lane
+    g * GAMMA_ATTEMPTS + k: attempt k of gamma g, Philox call 1 + lane), then each gamma takes its
+    first accepted attempt. Bytes: 24 per draw written.
+    """
+    # 1. The draw's decisions and its Beta shape.
+    draw = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = draw < draws
+    seed = tl.load(seed_ptr)
+    first_call = draw * MIX_CALLS_PER_DRAW
+    switch_word, apply_word, centre_y_word, centre_x_word = tl.randint4x(seed, first_call, PHILOX_ROUNDS)
+    use_cutmix = switch_word.to(tl.int64) < switch_threshold
+    applied = apply_word.to(tl.int64) < apply_threshold
+    alpha = tl.where(use_cutmix, _float64_from_bits(cutmix_alpha_bits), _float64_from_bits(mixup_alpha_bits))
+    boosted = alpha < 1.0
+    d = tl.where(boosted, alpha + 1.0, alpha) - ONE_THIRD
+    c = 1.0 / tl.sqrt(9.0 * d)  # float64 sqrt is correctly rounded (sqrt.rn.f64)
+
+    # 2. Every attempt of both gammas at once (the words and arithmetic of _log_gamma).
+    lane = tl.arange(0, 2 * GAMMA_ATTEMPTS)[None, :]
+    attempt = lane % GAMMA_ATTEMPTS
+    second = lane >= GAMMA_ATTEMPTS
+    w0, w1, w2, w3 = tl.randint4x(seed, first_call[:, None] + 1 + lane, PHILOX_ROUNDS)
+    z = tl.sqrt(-2.0 * _log64(_uniform64_positive(w0))) * _cos_two_pi64(_uniform64(w1))
+    t = 1.0 + c[:, None] * z
+    v = t * t * t
+    positive = v > 0.0
+    log_v = _log64(tl.where(positive, v, 1.0))
+    accepted = positive & (_log64(_uniform64_positive(w2)) <
+                           0.5 * z * z + d[:, None] - d[:, None] * v + d[:, None] * log_v)
+
+    # 3. Per gamma, log v of its first accepted attempt (0 when all are rejected: v = 1), and the boost word.
+    order = tl.where(accepted, attempt, GAMMA_ATTEMPTS)
+    first0 = tl.min(tl.where(second, GAMMA_ATTEMPTS, order), axis=1)[:, None]
+    first1 = tl.min(tl.where(second, order, GAMMA_ATTEMPTS), axis=1)[:, None]
+    chosen = tl.where(second, attempt == first1, attempt == first0)
+    log_v0 = tl.sum(tl.where(chosen & ~second, log_v, 0.0), axis=1)  # one term, the rest 0: exact
+    log_v1 = tl.sum(tl.where(chosen & second, log_v, 0.0), axis=1)
+    boost_word0 = tl.sum(tl.where(lane == 0, w3.to(tl.int64), 0), axis=1)
+    boost_word1 = tl.sum(tl.where(lane == GAMMA_ATTEMPTS, w3.to(tl.int64), 0), axis=1)
+    log_d = _log64(d)
+    log_g0 = log_d + log_v0
+    log_g1 = log_d + log_v1
+    log_g0 = tl.where(boosted, log_g0 + _log64(_uniform64_positive(boost_word0)) / alpha, log_g0)
+    log_g1 = tl.where(boosted, log_g1 + _log64(_uniform64_positive(boost_word1)) / alpha, log_g1)
+    difference = tl.minimum(tl.maximum(log_g1 - log_g0, -EXP_LIMIT), EXP_LIMIT)
+    lam = (1.0 / (1.0 + _exp64(difference))).to(tl.float32)
+
+    # timm's box: centre uniform over the pixels, half sides floor(side * sqrt(1 - lam) / 2) in fp32.
+    height = height.to(tl.int64)
+    width = width.to(tl.int64)
+    centre_y = (centre_y_word.to(tl.int64) * height) >> 32
+    centre_x = (centre_x_word.to(tl.int64) * width) >> 32
+    side = tl.sqrt((1.0 - lam).to(tl.float64)).to(tl.float32)  # = fp32 sqrt correctly rounded
+    half_h = tl.floor(side * height.to(tl.float32) * 0.5).to(tl.int64)
+    half_w = tl.floor(side * width.to(tl.float32) * 0.5).to(tl.int64)
+    y0 = tl.maximum(centre_y - half_h, 0)
+    y1 = tl.minimum(centre_y + half_h, height)
+    x0 = tl.maximum(centre_x - half_w, 0)
+    x1 = tl.minimum(centre_x + half_w, width)
+    if CORRECT_LAM:
+        area = ((y1 - y0) * (x1 - x0)).to(tl.float64)
+        kept = (1.0 - area / tl.maximum(height * width, 1).to(tl.float64)).to(tl.float32)
+        lam = tl.where(use_cutmix, kept, lam)
+    lam = tl.where(applied, lam, 1.0)
+    mode = tl.where(applied, tl.where(use_cutmix, _CUTMIX, _MIXUP), _KEEP).to(tl.int32)
+    tl.store(lam_ptr + draw, lam, mask=valid)
+    tl.store(mode_ptr + draw, mode, mask=valid)
+    tl.store(box_ptr + draw * 4, x0.to(tl.int32), mask=valid)
+    tl.store(box_ptr + draw * 4 + 1, y0.to(tl.int32), mask=valid)
+    tl.store(box_ptr + draw * 4 + 2, x1.to(tl.int32), mask=valid)
+    tl.store(box_ptr + draw * 4 + 3, y1.to(tl.int32), mask=valid)
+
+
+@triton.jit
+def _round_half_even64(x):
+    """x (float64 >= 0) rounded to the nearest integer, ties to even, exactly (torch.round)."""
+    whole = tl.floor(x)
+    fraction = x - whole  # exact
+    odd = (whole.to(tl.int64) & 1) == 1
+    return tl.where((fraction > 0.5) | ((fraction == 0.5) & odd), whole + 1.0, whole)
+
+
+@triton.jit
+def _sample_erasing_kernel(seed_ptr, box_ptr, mode_ptr, noise_key_ptr, samples, height, width, apply_threshold,
+                           scale_low_bits, scale_high_bits, log_ratio_low_bits, log_ratio_high_bits,
+                           BLOCK: tl.constexpr, ERASE_CALLS_PER_SAMPLE: tl.constexpr,
+                           ERASE_ATTEMPTS: tl.constexpr, ERASE_NOISE_KEY_COUNTER: tl.constexpr,
+                           PHILOX_ROUNDS: tl.constexpr):
+    """Per sample: box (x0, y0, x1, y1) int32 and mode (ERASE or KEEP) of torchvision's RandomErasing rule
+    (_sample_erasing_torch); program 0 also writes the noise key. Bytes: 20 per sample written."""
+    sample = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = sample < samples
+    seed = tl.load(seed_ptr)
+    first_call = sample * ERASE_CALLS_PER_SAMPLE
+    decision_word, _, _, _ = tl.randint4x(seed, first_call, PHILOX_ROUNDS)
+    scale_low = _float64_from_bits(scale_low_bits)
+    scale_high = _float64_from_bits(scale_high_bits)
+    log_low = _float64_from_bits(log_ratio_low_bits)
+    log_high = _float64_from_bits(log_ratio_high_bits)
+    height = height.to(tl.int64)
+    width = width.to(tl.int64)
+    image_area = (height * width).to(tl.float64)
+    found = sample < 0  # all False
+    top = tl.zeros_like(sample)
+    left = tl.zeros_like(sample)
+    box_h = tl.zeros_like(sample)
+    box_w = tl.zeros_like(sample)
+    for k in tl.static_range(ERASE_ATTEMPTS):
+        w_area, w_ratio, w_top, w_left = tl.randint4x(seed, first_call + 1 + k, PHILOX_ROUNDS)
+        area = (scale_low + (scale_high - scale_low) * _uniform64(w_area)) * image_area
+        aspect = _exp64(log_low + (log_high - log_low) * _uniform64(w_ratio))
+        h = _round_half_even64(tl.sqrt(area * aspect)).to(tl.int64)
+        w = _round_half_even64(tl.sqrt(area / aspect)).to(tl.int64)
+        take = (h < height) & (w < width) & ~found
+        top = tl.where(take, (w_top.to(tl.int64) * tl.maximum(height - h + 1, 1)) >> 32, top)
+        left = tl.where(take, (w_left.to(tl.int64) * tl.maximum(width - w + 1, 1)) >> 32, left)
+        box_h = tl.where(take, h, box_h)
+        box_w = tl.where(take, w, box_w)
+        found = found | take
+    erase = found & (decision_word.to(tl.int64) < apply_threshold)
+    tl.store(mode_ptr + sample, tl.where(erase, _ERASE, _KEEP).to(tl.int32), mask=valid)
+    tl.store(box_ptr + sample * 4, left.to(tl.int32), mask=valid)
+    tl.store(box_ptr + sample * 4 + 1, top.to(tl.int32), mask=valid)
+    tl.store(box_ptr + sample * 4 + 2, (left + box_w).to(tl.int32), mask=valid)
+    tl.store(box_ptr + sample * 4 + 3, (top + box_h).to(tl.int32), mask=valid)
+    # The noise key: words 0 and 1 of its own call as one signed 64-bit integer (high word signed).
+    key_low, key_high, _, _ = tl.randint4x(seed, tl.zeros_like(sample) + ERASE_NOISE_KEY_COUNTER, PHILOX_ROUNDS)
+    high = key_high.to(tl.int64)
+    high = high - (high >= (1 << 31)).to(tl.int64) * WORD_RANGE
+    tl.store(noise_key_ptr + sample * 0, high * WORD_RANGE + key_low.to(tl.int64), mask=sample == 0)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -254,65 +561,38 @@ def _geometry(x, channels_last):
     return c * h * w, h * w, w, w, c
 
 
+def _next_power_of_2(value):
+    """The smallest power of 2 >= value (>= 1); triton.next_power_of_2 is a constexpr_function, slow to call."""
+    return 1 << (max(value, 1) - 1).bit_length()
+
+
+def _power_of_2_divisor(value, limit):
+    """The largest power of 2 that divides value (> 0) and is at most limit."""
+    return min(value & -value, limit) if value > 0 else 1
+
+
 def _tiling(row_len, height):
-    block_j = min(triton.next_power_of_2(max(row_len, 1)), MAX_BLOCK_J)
-    rows = max(1, min(TILE_ELEMENTS // block_j, triton.next_power_of_2(max(height, 1))))
+    """(ROWS, BLOCK_J) of a [ROWS, BLOCK_J] tile: sides that divide H and the row length when such a tile
+    has at least MIN_EXACT_TILE_ELEMENTS elements, else the smallest powers of 2 covering them (capped)."""
+    block_j = _power_of_2_divisor(row_len, MAX_BLOCK_J)
+    rows = _power_of_2_divisor(height, TILE_ELEMENTS // block_j) if block_j >= CHUNK else 0
+    if rows * block_j < MIN_EXACT_TILE_ELEMENTS:
+        block_j = min(_next_power_of_2(row_len), MAX_BLOCK_J)
+        rows = max(1, min(TILE_ELEMENTS // block_j, _next_power_of_2(height)))
     return rows, block_j
 
 
-def _composite_triton(x, out, box, lam, partner, mode, fill, mean, std, seed, channels_last, visit_flip_pairs):
-    n, c, h, w = x.shape
-    sample_stride, plane_stride, row_stride, row_len, planes = _geometry(x, channels_last)
-    rows, block_j = _tiling(row_len, h)
-    row_blocks, col_blocks = triton.cdiv(h, rows), triton.cdiv(row_len, block_j)
-    grid = (n * planes * row_blocks * col_blocks,)
-    with _backend.device_guard(x.device):
-        _composite_kernel[grid](
-            x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
-            std if std is not None else fill, seed if seed is not None else box,
-            n, c, h, w, sample_stride, plane_stride, row_stride, row_len, planes, row_blocks, col_blocks,
-            CHANNELS_LAST=channels_last, PIXEL_STRIDE=c if channels_last else 1, HAS_NORM=mean is not None,
-            RANDOM_FILL=seed is not None, VISIT_FLIP_PAIRS=visit_flip_pairs, ROWS=rows, BLOCK_J=block_j,
-            CHUNK=CHUNK, PHILOX_ROUNDS=PHILOX_ROUNDS, EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
-            enable_fp_fusion=False)  # no FMA contraction: MixUp equals the other backends bit for bit
+def _row_steps(row_blocks):
+    """Tiles per program down a plane: the largest divisor of row_blocks up to MAX_ROW_STEPS (the per-program
+    work, the sample's parameters and everything that depends on columns alone, is shared by that many)."""
+    return max(steps for steps in range(1, MAX_ROW_STEPS + 1) if row_blocks % steps == 0)
 
 
-def _composite_cuda(x, out, box, lam, partner, mode, fill, mean, std, seed, channels_last, visit_flip_pairs):
-    n, c, h, w = x.shape
-    _backend._C.composite_batch(
-        x.data_ptr(), out.data_ptr(), box.data_ptr(), lam.data_ptr(), partner.data_ptr(), mode.data_ptr(),
-        fill.data_ptr(), mean.data_ptr() if mean is not None else 0, std.data_ptr() if std is not None else 0,
-        seed.data_ptr() if seed is not None else 0, n, c, h, w, channels_last, visit_flip_pairs,
-        _cuda_dtype_code(x.dtype), _cuda_dtype_code(out.dtype), _backend.cuda_stream(x.device))
-
-
-def _cutmix_swap_triton(x, box, channels_last):
-    n, c, h, w = x.shape
-    sample_stride, plane_stride, row_stride, row_len, planes = _geometry(x, channels_last)
-    rows, block_j = _tiling(row_len, h)
-    row_blocks, col_blocks = triton.cdiv(h, rows), triton.cdiv(row_len, block_j)
-    grid = ((n // 2) * planes * row_blocks * col_blocks,)
-    if grid[0] == 0:
-        return
-    with _backend.device_guard(x.device):
-        _cutmix_swap_kernel[grid](
-            x, box, n, h, sample_stride, plane_stride, row_stride, row_len, planes, row_blocks, col_blocks,
-            CHANNELS_LAST=channels_last, PIXEL_STRIDE=c if channels_last else 1, ROWS=rows, BLOCK_J=block_j,
-            CHUNK=CHUNK, num_warps=NUM_WARPS)
-
-
-def _cutmix_swap_cuda(x, box, channels_last):
-    n, c, h, w = x.shape
-    _backend._C.cutmix_swap(x.data_ptr(), box.data_ptr(), n, c, h, w, channels_last,
-                            _cuda_dtype_code(x.dtype), _backend.cuda_stream(x.device))
-
-
-def _cuda_dtype_code(dtype):
-    """csrc/mixing.cu's code for dtype; float64 (which its kernels do not instantiate) is a TypeError."""
-    if dtype not in MIXING_DTYPE_CODES:
-        raise TypeError(f"recipe_kernels.mixing: backend='cuda' takes float32, float16, bfloat16 and uint8 "
-                        f"images and outputs, not {dtype}; use backend='triton' or 'torch' for float64")
-    return MIXING_DTYPE_CODES[dtype]
+def _warps(tile_elements, element_size):
+    """Warps for a tile read in VECTOR_BYTES vectors, VECTORS_PER_THREAD per thread (NUM_WARPS when that is
+    not whole)."""
+    threads = tile_elements * element_size // (VECTOR_BYTES * VECTORS_PER_THREAD)
+    return max(1, min(MAX_WARPS, threads // 32)) if threads >= 32 else NUM_WARPS
 
 
 def _dense_layout(x):
@@ -328,52 +608,142 @@ def _dense_layout(x):
     return x.contiguous(), False
 
 
-# ----------------------------------------------------------------------------- registration
+def _cuda_dtype_code(dtype):
+    """csrc/mixing.cu's code for dtype; float64 (which its kernels do not instantiate) is a TypeError."""
+    if dtype not in MIXING_DTYPE_CODES:
+        raise TypeError(f"recipe_kernels.mixing: backend='cuda' takes float32, float16, bfloat16 and uint8 "
+                        f"images and outputs, not {dtype}; use backend='triton' or 'torch' for float64")
+    return MIXING_DTYPE_CODES[dtype]
 
 
-@torch.library.custom_op("recipe_kernels::composite_batch", mutates_args=())
-def composite_batch_op(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor,
-                       mode: torch.Tensor, fill: torch.Tensor, mean: Optional[torch.Tensor],
-                       std: Optional[torch.Tensor], noise_seed: Optional[torch.Tensor], out_dtype: torch.dtype,
-                       visit_flip_pairs: bool, backend: str) -> torch.Tensor:
+# --- composite_batch: every sample of x composited with its partner per `mode`, in x's layout
+
+
+def _composite_torch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor,
+                     mode: torch.Tensor, fill: torch.Tensor, mean: Optional[torch.Tensor],
+                     std: Optional[torch.Tensor], table: Optional[torch.Tensor], noise_seed: Optional[torch.Tensor],
+                     out_dtype: torch.dtype, visit_flip_pairs: bool) -> torch.Tensor:
     """Composites every sample of x with its partner per `mode`; the output keeps x's layout.
 
     box (N, 4) int32, partner (N,) int32, mode (N,) int32; lam (N,) and fill (C,) in the
     compositing dtype (_math_dtype(x.dtype)); mean/std (C,) in the normalization dtype or None;
-    noise_seed (1,) int64 or None (then ERASE writes fill).
+    table: None, or for a uint8 x with mean and std, _normalization_table(mean, std, out_dtype) (the
+    Triton kernel looks the output up there; speed only); noise_seed (1,) int64 or None (then ERASE
+    writes fill). visit_flip_pairs: speed only.
     """
+    x, _ = _dense_layout(x)
+    out = torch.empty_like(x, dtype=out_dtype)
+    if x.numel() == 0:
+        return out
+    value = reference.composite_batch(x, box, lam, partner, mode, fill=fill, mean=mean, std=std,
+                                      noise_seed=noise_seed, math_dtype=lam.dtype)
+    out.copy_(value)  # float outputs round to nearest even; uint8 values are already integers
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _composite_launch_config(n, c, h, w, channels_last, element_size):
+    """(grid, num_warps, ROWS, BLOCK_J, ROW_STEPS, EXACT_TILES, CHUNK) of _composite_kernel for a shape (a pure
+    function of its arguments, kept per shape: the eager call's host time)."""
+    row_len, planes = (w * c, 1) if channels_last else (w, c)
+    rows, block_j = _tiling(row_len, h)
+    exact = h % rows == 0 and row_len % block_j == 0
+    steps = _row_steps(h // rows) if exact else 1
+    grid = (n * planes * cdiv(h, rows * steps) * cdiv(row_len, block_j),)
+    return grid, _warps(rows * block_j, element_size), rows, block_j, steps, exact, min(CHUNK, block_j)
+
+
+def _composite_triton(x, box, lam, partner, mode, fill, mean, std, table, noise_seed, out_dtype, visit_flip_pairs):
     x, channels_last = _dense_layout(x)
     out = torch.empty_like(x, dtype=out_dtype)
     if x.numel() == 0:
         return out
-    if backend == "torch":
-        value = reference.composite_batch(x, box, lam, partner, mode, fill=fill, mean=mean, std=std,
-                                          noise_seed=noise_seed, math_dtype=lam.dtype)
-        out.copy_(value)  # float outputs round to nearest even; uint8 values are already integers
-        return out
-    launch = _composite_triton if backend == "triton" else _composite_cuda
-    launch(x, out, box, lam, partner, mode, fill, mean, std, noise_seed, channels_last, visit_flip_pairs)
+    n, c, h, w = x.shape
+    grid, num_warps, rows, block_j, steps, exact, chunk = _composite_launch_config(n, c, h, w, channels_last,
+                                                                                     x.element_size())
+    # no FMA contraction (launch): MixUp equals the other backends bit for bit
+    launch(_composite_kernel, grid,
+           x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
+           std if std is not None else fill, table if table is not None else fill,
+           noise_seed if noise_seed is not None else box,
+           n, c, h, w, num_warps=num_warps, CHANNELS_LAST=channels_last,
+           PIXEL_STRIDE=c if channels_last else 1, HAS_NORM=mean is not None,
+           HAS_TABLE=table is not None and x.dtype == torch.uint8, RANDOM_FILL=noise_seed is not None,
+           VISIT_FLIP_PAIRS=visit_flip_pairs, ROWS=rows, BLOCK_J=block_j, ROW_STEPS=steps, EXACT_TILES=exact,
+           CHUNK=chunk, PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
 
 
+def _composite_cuda_arguments(x, out, box, lam, partner, mode, fill, mean, std, noise_seed, channels_last,
+                              visit_flip_pairs):
+    """Every keyword argument of _C.composite_batch but the stream (also those of composite_batch_host)."""
+    n, c, h, w = x.shape
+    return dict(x=x.data_ptr(), out=out.data_ptr(), box=box.data_ptr(), lam=lam.data_ptr(),
+                partner=partner.data_ptr(), mode=mode.data_ptr(), fill=fill.data_ptr(),
+                mean=mean.data_ptr() if mean is not None else 0, std=std.data_ptr() if std is not None else 0,
+                seed=noise_seed.data_ptr() if noise_seed is not None else 0, n=n, c=c, h=h, w=w,
+                channels_last=channels_last, visit_flip_pairs=visit_flip_pairs, in_dtype=_cuda_dtype_code(x.dtype),
+                out_dtype=_cuda_dtype_code(out.dtype))
+
+
+def _composite_cuda(x, box, lam, partner, mode, fill, mean, std, table, noise_seed, out_dtype, visit_flip_pairs):
+    x, channels_last = _dense_layout(x)
+    _cuda_dtype_code(x.dtype), _cuda_dtype_code(out_dtype)  # float64 raises before anything is allocated
+    out = torch.empty_like(x, dtype=out_dtype)
+    if x.numel() == 0:
+        return out
+    _backend._C.composite_batch(**_composite_cuda_arguments(x, out, box, lam, partner, mode, fill, mean, std,
+                                                            noise_seed, channels_last, visit_flip_pairs),
+                                stream=_backend.cuda_stream(x.device))
+    return out
+
+
+# --- cutmix_swap_: in place, sample i and sample N-1-i exchange the pixels inside box[i] (all boxes equal)
+# x is contiguous or channels_last (the public function checked it).
+
+
+def _cutmix_swap_torch(x: torch.Tensor, box: torch.Tensor) -> None:
+    if x.numel() != 0 and x.shape[0] >= 2:
+        reference.cutmix_swap_(x, box)
+
+
+def _cutmix_swap_triton(x, box):
+    if x.numel() == 0 or x.shape[0] < 2:
+        return
+    channels_last = not x.is_contiguous()
+    n, c, h, w = x.shape
+    sample_stride, plane_stride, row_stride, row_len, planes = _geometry(x, channels_last)
+    rows, block_j = _tiling(row_len, h)
+    row_blocks, col_blocks = cdiv(h, rows), cdiv(row_len, block_j)
+    launch(_cutmix_swap_kernel, ((n // 2) * planes * row_blocks * col_blocks,),
+           x, box, n, h, sample_stride, plane_stride, row_stride, row_len, planes, row_blocks, col_blocks,
+           num_warps=NUM_WARPS, CHANNELS_LAST=channels_last, PIXEL_STRIDE=c if channels_last else 1, ROWS=rows,
+           BLOCK_J=block_j, CHUNK=CHUNK)
+
+
+def _cutmix_swap_cuda(x, box):
+    if x.numel() == 0 or x.shape[0] < 2:
+        return
+    n, c, h, w = x.shape
+    _backend._C.cutmix_swap(x=x.data_ptr(), box=box.data_ptr(), n=n, c=c, h=h, w=w,
+                            channels_last=not x.is_contiguous(), dtype=_cuda_dtype_code(x.dtype),
+                            stream=_backend.cuda_stream(x.device))
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+composite_batch_op = Op("composite_batch", torch=_composite_torch, triton=_composite_triton, cuda=_composite_cuda)
+
+
 @composite_batch_op.register_fake
-def _(x, box, lam, partner, mode, fill, mean, std, noise_seed, out_dtype, visit_flip_pairs, backend):
+def _(x, box, lam, partner, mode, fill, mean, std, table, noise_seed, out_dtype, visit_flip_pairs, backend):
     x, _ = _dense_layout(x)
     return torch.empty_like(x, dtype=out_dtype)
 
 
-@torch.library.custom_op("recipe_kernels::cutmix_swap_", mutates_args=("x",))
-def cutmix_swap_op(x: torch.Tensor, box: torch.Tensor, backend: str) -> None:
-    """In place: sample i and sample N-1-i exchange the pixels inside box[i] (all boxes equal)."""
-    if x.numel() == 0 or x.shape[0] < 2:
-        return
-    channels_last = not x.is_contiguous()  # the caller checked that x is contiguous or channels_last
-    if backend == "torch":
-        reference.cutmix_swap_(x, box)
-    elif backend == "triton":
-        _cutmix_swap_triton(x, box, channels_last)
-    else:
-        _cutmix_swap_cuda(x, box, channels_last)
+cutmix_swap_op = Op("cutmix_swap_", torch=_cutmix_swap_torch, triton=_cutmix_swap_triton, cuda=_cutmix_swap_cuda,
+                    mutates_args=("x",))
 
 
 @cutmix_swap_op.register_fake
@@ -381,14 +751,37 @@ def _(x, box, backend):
     return None
 
 
+def _normalization_table_torch(mean: torch.Tensor, std: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """(C, 256) in out_dtype: (level - mean[c]) / std[c] for every uint8 level, the reference's operations
+    (so the Triton kernel's lookup equals the reference bit for bit)."""
+    levels = torch.arange(UINT8_LEVELS.value, dtype=mean.dtype, device=mean.device)
+    return ((levels - mean[:, None]) / std[:, None]).to(out_dtype)
+
+
+# An op on every backend (torch ops alone) so that torch.compile keeps the reference's division as it is.
+normalization_table_op = Op("normalization_table", torch=_normalization_table_torch,
+                            triton=_normalization_table_torch, cuda=_normalization_table_torch)
+
+
+@normalization_table_op.register_fake
+def _(mean, std, out_dtype, backend):
+    return mean.new_empty((mean.shape[0], UINT8_LEVELS.value), dtype=out_dtype)
+
+
 # ----------------------------------------------------------------------------- sampling on the device
 
 
 # Every random number of a call comes from Philox4x32(seed, counter) (recipe_kernels._philox), one
-# seed drawn on the device per call. Counters are torch.arange(draws * calls): draw d (a sample, or
-# the batch) owns calls d * CALLS + 0 .. CALLS - 1, each giving four 32-bit words. Integer ops and
-# float64 math in torch ops, on symbolic sizes too (torch.compile with dynamic shapes); every
-# backend composites the same parameters.
+# seed drawn on the device per call. Draw d (a sample, or the batch) owns calls d * CALLS + 0 ..
+# CALLS - 1, each giving four 32-bit words. One small kernel per call samples every draw
+# (_sample_mixing_kernel, _sample_erasing_kernel); the torch backend computes the same numbers with
+# torch ops, on symbolic sizes too (torch.compile with dynamic shapes).
+#
+# Exact elementary functions: log, exp and cos are float64 series of +, -, *, / and sqrt only, each
+# correctly rounded in IEEE arithmetic on every backend (no FMA contraction: _ops.launch), evaluated
+# in the same order by the kernels and by torch. So every backend samples the same bits: library
+# log/exp/cos differ between CPU, GPU and Triton's interpreter in the last bit, which could move a
+# box edge or an accept decision. Each is accurate to a few float64 ulps.
 
 # Marsaglia-Tsang attempts per gamma draw, all drawn at once. The sampler accepts with probability
 # 0.9517 at shape 1, its worst case (more above), so all attempts are rejected with probability
@@ -405,39 +798,84 @@ ERASE_CALLS_PER_SAMPLE = 1 + ERASE_ATTEMPTS
 # The counter of the call whose words 0 and 1 make the noise key of value="random": far above
 # every per-sample counter, so the noise (keyed apart) and the boxes never share words.
 ERASE_NOISE_KEY_COUNTER = 1 << 62
-WORD_RANGE = 1 << 32
-TWO_PI = 2.0 * math.pi
+# Lanes per program of the sampling kernels: one warp on a GPU (the interpreter's cost is per program).
+# The erasing kernel has a lane per sample; the mixing kernel a lane per gamma attempt of each draw.
+SAMPLING_BLOCK = 4096 if _ops.INTERPRETING else 32
+MIX_SAMPLING_DRAWS = SAMPLING_BLOCK // (2 * GAMMA_ATTEMPTS)
 
 
-def _philox_words(seed, draws, calls, extra_counters=()):
-    """(draws, calls, 4) int64 words (uint32 values) of Philox(seed, d * calls + c); then the words of
-    each extra counter, (len(extra_counters), 4). One Philox evaluation over all counters."""
+def _log_exact(x):
+    """log(x) for a float64 tensor of finite normal x > 0: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+    log x = e ln 2 + 2 atanh((m - 1) / (m + 1)) (the atanh series in s^2, Horner)."""
+    bits = x.view(torch.int64)
+    exponent = (bits >> 52) - EXPONENT_BIAS.value
+    mantissa = ((bits & MANTISSA_MASK.value) | ONE_BITS.value).view(torch.float64)
+    large = mantissa > SQRT_TWO.value
+    mantissa = torch.where(large, mantissa * 0.5, mantissa)
+    e = (exponent + large.to(torch.int64)).to(torch.float64)
+    s = (mantissa - 1.0) / (mantissa + 1.0)
+    s2 = s * s
+    series = torch.zeros_like(s)
+    for k in range(LOG_SERIES_TERMS.value, 0, -1):
+        series = series * s2 + 2.0 / (2 * k + 1)
+    return e * LN2_HIGH.value + (e * LN2_LOW.value + (2.0 * s + s * (s2 * series)))
+
+
+def _exp_exact(x):
+    """exp(x) for a float64 tensor with |x| <= EXP_LIMIT: x = k ln 2 + r, e^r by its Taylor series, times 2^k."""
+    k = torch.floor(x * INV_LN2.value + 0.5)
+    r = (x - k * LN2_HIGH.value) - k * LN2_LOW.value
+    series = torch.ones_like(r)
+    for n in range(EXP_SERIES_TERMS.value, 0, -1):
+        series = 1.0 + (r * series) * (1.0 / n)
+    scale = ((k.to(torch.int64) + EXPONENT_BIAS.value) << 52).view(torch.float64)
+    return series * scale
+
+
+def _cos_two_pi_exact(u):
+    """cos(2 pi u) for a float64 tensor u in [0, 1) on a 2^-32 grid: reduced exactly to 2 pi b with
+    b in [0, 1/4] (cos(2 pi (1/2 - a)) = -cos(2 pi a)), then cos's Taylor series in t^2."""
+    t = u - torch.floor(u + 0.5)
+    a = t.abs()
+    flip = a > 0.25
+    b = torch.where(flip, 0.5 - a, a)
+    theta = TWO_PI.value * b
+    theta2 = theta * theta
+    series = torch.ones_like(theta)
+    for n in range(COS_SERIES_TERMS.value, 0, -1):
+        series = 1.0 - (theta2 * series) * (1.0 / ((2 * n - 1) * (2 * n)))
+    return torch.where(flip, -series, series)
+
+
+def _philox_words(seed, draws, calls):
+    """(draws, calls, 4) int64 words (uint32 values) of Philox(seed, d * calls + c)."""
     counters = torch.arange(draws * calls, dtype=torch.int64, device=seed.device)
-    if extra_counters:
-        counters = torch.cat([counters, torch.tensor(extra_counters, dtype=torch.int64, device=seed.device)])
-    words = torch.stack(philox4x32(seed, counters), dim=-1)
-    per_draw = words[:draws * calls].reshape(draws, calls, 4)
-    return per_draw, words[draws * calls:]
+    return torch.stack(philox4x32(seed, counters), dim=-1).reshape(draws, calls, 4)
 
 
 def _uniform(word):
     """word / 2^32: float64 uniform on [0, 1) in steps of 2^-32 (exact)."""
-    return word.to(torch.float64) * (1.0 / WORD_RANGE)
+    return word.to(torch.float64) * INV_WORD_RANGE.value
 
 
 def _uniform_positive(word):
     """(word + 1) / 2^32: float64 uniform on (0, 1], safe under log."""
-    return (word + 1).to(torch.float64) * (1.0 / WORD_RANGE)
+    return (word + 1).to(torch.float64) * INV_WORD_RANGE.value
 
 
-def _happens(word, probability):
-    """True with probability `probability` (a Python float in [0, 1]), exact to 2^-33: 1 always, 0 never."""
-    return word < round(probability * WORD_RANGE)
+def _threshold(probability):
+    """round(p * 2^32): a word below it happens with probability p (exact to 2^-33; 1 always, 0 never)."""
+    return round(probability * WORD_RANGE.value)
 
 
 def _uniform_index(word, bound):
     """floor(word * bound / 2^32): an integer uniform on [0, bound) for bound >= 1 (bias below bound / 2^32)."""
     return (word * bound) >> 32
+
+
+def _float64_bits(value):
+    """A Python float's float64 bit pattern as a signed int (how the sampling kernels take float64 arguments)."""
+    return struct.unpack("<q", struct.pack("<d", value))[0]
 
 
 def _log_gamma(shape, words):
@@ -450,46 +888,42 @@ def _log_gamma(shape, words):
     attempt 0. Works in logs, so tiny shapes cannot underflow to G = 0.
     """
     boosted = shape < 1.0
-    d = (torch.where(boosted, shape + 1.0, shape) - 1.0 / 3.0).unsqueeze(-1)
-    c = torch.rsqrt(9.0 * d)
-    z = torch.sqrt(-2.0 * torch.log(_uniform_positive(words[..., 0]))) * torch.cos(TWO_PI * _uniform(words[..., 1]))
+    d = (torch.where(boosted, shape + 1.0, shape) - ONE_THIRD.value).unsqueeze(-1)
+    c = 1.0 / torch.sqrt(9.0 * d)
+    z = torch.sqrt(-2.0 * _log_exact(_uniform_positive(words[..., 0]))) * _cos_two_pi_exact(_uniform(words[..., 1]))
     t = 1.0 + c * z
     v = t * t * t
     positive = v > 0.0
-    log_v = torch.log(torch.where(positive, v, 1.0))
-    accepted = positive & (torch.log(_uniform_positive(words[..., 2])) < 0.5 * z * z + d - d * v + d * log_v)
+    log_v = _log_exact(torch.where(positive, v, 1.0))
+    accepted = positive & (_log_exact(_uniform_positive(words[..., 2])) < 0.5 * z * z + d - d * v + d * log_v)
     first = accepted.to(torch.int8).argmax(dim=-1, keepdim=True)
     log_v = torch.where(accepted.any(dim=-1), log_v.gather(-1, first).squeeze(-1), 0.0)  # all rejected: v = 1
-    log_g = torch.log(d.squeeze(-1)) + log_v
-    boost = torch.log(_uniform_positive(words[..., 0, 3])) / shape
+    log_g = _log_exact(d.squeeze(-1)) + log_v
+    boost = _log_exact(_uniform_positive(words[..., 0, 3])) / shape
     return torch.where(boosted, log_g + boost, log_g)
 
 
 def _sample_beta(alpha, words):
-    """Beta(alpha, alpha) per element of the float64 tensor alpha, as fp32: G0 / (G0 + G1) = sigmoid(log G0 - log G1).
+    """Beta(alpha, alpha) per element of the float64 tensor alpha, as fp32: G0 / (G0 + G1) = 1 / (1 + G1 / G0).
 
     words: alpha's shape + (2 * GAMMA_ATTEMPTS, 4), the attempts of G0 then of G1. lam is in [0, 1]
     (fp32 rounding gives exactly 1 for lam above 1 - 2^-25, 1.7% of the draws at alpha = 0.2).
     """
     pair = alpha.unsqueeze(-1).expand(*alpha.shape, 2)  # G0 and G1 in one pass
     log_g = _log_gamma(pair, words.unflatten(-2, (2, GAMMA_ATTEMPTS)))
-    return torch.sigmoid(log_g[..., 0] - log_g[..., 1]).to(torch.float32)
+    difference = (log_g[..., 1] - log_g[..., 0]).clamp(-EXP_LIMIT.value, EXP_LIMIT.value)
+    return (1.0 / (1.0 + _exp_exact(difference))).to(torch.float32)
 
 
-def _sample_mixing(seed, draws, height, width, *, cutmix_alpha, mixup_alpha, switch_prob, prob, correct_lam):
-    """Per draw: (lam (draws,) fp32, box (draws, 4) int32, mode (draws,) int32) of timm's Mixup rule.
-
-    A draw is mixed with probability prob; then CutMix with probability switch_prob (lam ~
-    Beta(cutmix_alpha), a box, lam corrected to the kept area with correct_lam) else MixUp
-    (lam ~ Beta(mixup_alpha)). Unmixed draws keep their pixels with lam = 1. An alpha of 0
-    (a disabled method) is never drawn from: switch_prob is 0 or 1 then.
-    """
-    words, _ = _philox_words(seed, draws, MIX_CALLS_PER_DRAW)
+def _sample_mixing_torch(seed: torch.Tensor, draws: int, height: int, width: int, cutmix_alpha: float,
+                         mixup_alpha: float, switch_threshold: int, apply_threshold: int,
+                         correct_lam: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lam (draws,) fp32, box (draws, 4) int32, mode (draws,) int32): see _sample_mixing."""
+    words = _philox_words(seed, draws, MIX_CALLS_PER_DRAW)
     decision = words[:, MIX_DECISION_CALL]
-    use_cutmix = _happens(decision[:, 0], switch_prob)
-    applied = _happens(decision[:, 1], prob)
-    cutmix_shape = torch.full_like(use_cutmix, cutmix_alpha or 1.0, dtype=torch.float64)
-    alpha = torch.where(use_cutmix, cutmix_shape, mixup_alpha or 1.0)
+    use_cutmix = decision[:, 0] < switch_threshold
+    applied = decision[:, 1] < apply_threshold
+    alpha = torch.where(use_cutmix, torch.full_like(use_cutmix, cutmix_alpha, dtype=torch.float64), mixup_alpha)
     lam = _sample_beta(alpha, words[:, MIX_DECISION_CALL + 1:])
     box, kept = _cutmix_boxes(lam, decision[:, 2], decision[:, 3], height, width)
     if correct_lam:
@@ -500,16 +934,59 @@ def _sample_mixing(seed, draws, height, width, *, cutmix_alpha, mixup_alpha, swi
     return lam, box, mode
 
 
+def _sample_mixing_triton(seed, draws, height, width, cutmix_alpha, mixup_alpha, switch_threshold, apply_threshold,
+                          correct_lam):
+    lam = torch.empty(draws, dtype=torch.float32, device=seed.device)
+    box = torch.empty((draws, 4), dtype=torch.int32, device=seed.device)
+    mode = torch.empty(draws, dtype=torch.int32, device=seed.device)
+    if draws > 0:
+        launch(_sample_mixing_kernel, (cdiv(draws, MIX_SAMPLING_DRAWS),), seed, lam, box, mode, draws, height, width,
+               _float64_bits(cutmix_alpha), _float64_bits(mixup_alpha), switch_threshold, apply_threshold,
+               num_warps=1, CORRECT_LAM=correct_lam, BLOCK=MIX_SAMPLING_DRAWS, MIX_CALLS_PER_DRAW=MIX_CALLS_PER_DRAW,
+               GAMMA_ATTEMPTS=GAMMA_ATTEMPTS, PHILOX_ROUNDS=PHILOX_ROUNDS)
+    return lam, box, mode
+
+
+# The CUDA backend samples with the Triton kernel: a few microseconds once per call.
+sample_mixing_op = Op("sample_mixing", torch=_sample_mixing_torch, triton=_sample_mixing_triton,
+                      cuda=_sample_mixing_triton)
+
+
+@sample_mixing_op.register_fake
+def _(seed, draws, height, width, cutmix_alpha, mixup_alpha, switch_threshold, apply_threshold, correct_lam,
+      backend):
+    return (seed.new_empty(draws, dtype=torch.float32), seed.new_empty((draws, 4), dtype=torch.int32),
+            seed.new_empty(draws, dtype=torch.int32))
+
+
+def _sample_mixing(seed: torch.Tensor, draws: int, height: int, width: int, *, cutmix_alpha: float,
+                   mixup_alpha: float, switch_prob: float, prob: float, correct_lam: bool,
+                   backend: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per draw: (lam (draws,) fp32, box (draws, 4) int32, mode (draws,) int32) of timm's Mixup rule.
+
+    A draw is mixed with probability prob; then CutMix with probability switch_prob (lam ~
+    Beta(cutmix_alpha), a box, lam corrected to the kept area with correct_lam) else MixUp
+    (lam ~ Beta(mixup_alpha)). Unmixed draws keep their pixels with lam = 1. An alpha of 0
+    (a disabled method) is never drawn from: switch_prob is 0 or 1 then. One kernel launch
+    (torch ops on the torch backend); every backend returns the same bits. backend: None picks
+    the mixing default for the seed's device.
+    """
+    backend = _backend.resolve("mixing", seed.device, backend)
+    return sample_mixing_op(seed, draws, height, width, cutmix_alpha or 1.0, mixup_alpha or 1.0,
+                            _threshold(switch_prob), _threshold(prob), bool(correct_lam), backend)
+
+
 def _cutmix_boxes(lam, centre_y_word, centre_x_word, height, width):
     """CutMix boxes (the paper's rule, timm's integers) for lam (N,) fp32, and the kept fraction of each image.
 
     Centre uniform over the pixels (from a Philox word each); sides r_h = H*sqrt(1-lam),
-    r_w = W*sqrt(1-lam) in fp32, taken as centre -/+ floor(r/2) and clipped to the image.
+    r_w = W*sqrt(1-lam) in fp32 (each step correctly rounded), taken as centre -/+ floor(r/2) and clipped to the image.
     kept = 1 - box area / (H*W), and 1 for an image with no pixels.
     """
     centre_y = _uniform_index(centre_y_word, height)
     centre_x = _uniform_index(centre_x_word, width)
-    side = torch.sqrt(1.0 - lam)
+    # fp32 sqrt correctly rounded, through float64 (torch's fp32 sqrt on the CPU is not: sqrt(1 - 2^-24) gives 1)
+    side = torch.sqrt((1.0 - lam).to(torch.float64)).to(torch.float32)
     half_h = (side * height * 0.5).floor().to(torch.int64)
     half_w = (side * width * 0.5).floor().to(torch.int64)
     y0, y1 = (centre_y - half_h).clamp(min=0), (centre_y + half_h).clamp(max=height)
@@ -520,20 +997,14 @@ def _cutmix_boxes(lam, centre_y_word, centre_x_word, height, width):
     return box, kept
 
 
-def _erasing_boxes(seed, n, height, width, p, scale, ratio):
-    """Random-erasing boxes (torchvision's RandomErasing.get_params), whether each sample is erased, and a noise key.
-
-    Per sample, with probability p: up to ERASE_ATTEMPTS candidates with area ~ U(scale) * H * W,
-    log aspect ~ U(log ratio), h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect))
-    (half to even, as Python's round); the first with h < H and w < W is placed at top ~ U{0..H-h},
-    left ~ U{0..W-w} (h or w may be 0: an empty box, erasing nothing). A sample none fits is left
-    alone. Returns box (n, 4) int32, erase (n,) bool and a (1,) int64 key for value="random".
-    """
-    words, extra = _philox_words(seed, n, ERASE_CALLS_PER_SAMPLE, (ERASE_NOISE_KEY_COUNTER,))
+def _sample_erasing_torch(seed: torch.Tensor, samples: int, height: int, width: int, apply_threshold: int,
+                          scale_low: float, scale_high: float, log_ratio_low: float,
+                          log_ratio_high: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(box (samples, 4) int32, mode (samples,) int32 ERASE or KEEP, noise key (1,) int64): see _erasing_boxes."""
+    words = _philox_words(seed, samples, ERASE_CALLS_PER_SAMPLE)
     candidates = words[:, 1:]
-    area = (scale[0] + (scale[1] - scale[0]) * _uniform(candidates[..., 0])) * (height * width)
-    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_low + (log_high - log_low) * _uniform(candidates[..., 1]))
+    area = (scale_low + (scale_high - scale_low) * _uniform(candidates[..., 0])) * (height * width)
+    aspect = _exp_exact(log_ratio_low + (log_ratio_high - log_ratio_low) * _uniform(candidates[..., 1]))
     box_h = torch.round(torch.sqrt(area * aspect)).to(torch.int64)
     box_w = torch.round(torch.sqrt(area / aspect)).to(torch.int64)
     fits = (box_h < height) & (box_w < width)  # torchvision accepts h or w = 0 (an empty box)
@@ -542,12 +1013,53 @@ def _erasing_boxes(seed, n, height, width, p, scale, ratio):
     first_fit = fits.to(torch.int8).argmax(dim=-1, keepdim=True)
     pick = lambda t: t.gather(-1, first_fit).squeeze(-1)  # noqa: E731
     top, left, box_h, box_w = pick(top), pick(left), pick(box_h), pick(box_w)
-    erase = fits.any(dim=-1) & _happens(words[:, 0, 0], p)
-    box = torch.stack([left, top, left + box_w, top + box_h], dim=-1).to(torch.int32)
+    found = fits.any(dim=-1)
+    erase = found & (words[:, 0, 0] < apply_threshold)
+    box = torch.stack([left, top, left + box_w, top + box_h], dim=-1)
+    box = torch.where(found.unsqueeze(-1), box, 0).to(torch.int32)  # no candidate fits: an empty box
+    mode = torch.where(erase, int(MixMode.ERASE), int(MixMode.KEEP)).to(torch.int32)
     # Two words as one signed 64-bit key: high word in [-2^31, 2^31), so nothing overflows.
-    high = extra[:, 1] - (extra[:, 1] >= (1 << 31)).to(torch.int64) * WORD_RANGE
-    noise_key = high * WORD_RANGE + extra[:, 0]
-    return box, erase, noise_key
+    key_low, key_high, _, _ = philox4x32(seed, torch.full((1,), ERASE_NOISE_KEY_COUNTER, device=seed.device))
+    high = key_high - (key_high >= (1 << 31)).to(torch.int64) * WORD_RANGE.value
+    return box, mode, high * WORD_RANGE.value + key_low
+
+
+def _sample_erasing_triton(seed, samples, height, width, apply_threshold, scale_low, scale_high, log_ratio_low,
+                           log_ratio_high):
+    box = torch.empty((samples, 4), dtype=torch.int32, device=seed.device)
+    mode = torch.empty(samples, dtype=torch.int32, device=seed.device)
+    noise_key = torch.empty(1, dtype=torch.int64, device=seed.device)
+    launch(_sample_erasing_kernel, (max(cdiv(samples, SAMPLING_BLOCK), 1),), seed, box, mode, noise_key, samples,
+           height, width, apply_threshold, _float64_bits(scale_low), _float64_bits(scale_high),
+           _float64_bits(log_ratio_low), _float64_bits(log_ratio_high),
+           num_warps=1, BLOCK=SAMPLING_BLOCK, ERASE_CALLS_PER_SAMPLE=ERASE_CALLS_PER_SAMPLE,
+           ERASE_ATTEMPTS=ERASE_ATTEMPTS, ERASE_NOISE_KEY_COUNTER=ERASE_NOISE_KEY_COUNTER,
+           PHILOX_ROUNDS=PHILOX_ROUNDS)
+    return box, mode, noise_key
+
+
+sample_erasing_op = Op("sample_erasing", torch=_sample_erasing_torch, triton=_sample_erasing_triton,
+                       cuda=_sample_erasing_triton)
+
+
+@sample_erasing_op.register_fake
+def _(seed, samples, height, width, apply_threshold, scale_low, scale_high, log_ratio_low, log_ratio_high, backend):
+    return (seed.new_empty((samples, 4), dtype=torch.int32), seed.new_empty(samples, dtype=torch.int32),
+            seed.new_empty(1, dtype=torch.int64))
+
+
+def _erasing_boxes(seed, n, height, width, p, scale, ratio, backend):
+    """Random-erasing boxes (torchvision's RandomErasing.get_params), each sample's mode, and a noise key.
+
+    Per sample, with probability p: up to ERASE_ATTEMPTS candidates with area ~ U(scale) * H * W,
+    log aspect ~ U(log ratio), h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect))
+    (half to even, as Python's round); the first with h < H and w < W is placed at top ~ U{0..H-h},
+    left ~ U{0..W-w} (h or w may be 0: an empty box, erasing nothing). A sample none fits is left
+    alone. Returns box (n, 4) int32, mode (n,) int32 (ERASE or KEEP) and a (1,) int64 key for
+    value="random". One kernel launch (torch ops on the torch backend); the same bits on every backend.
+    """
+    return sample_erasing_op(seed, n, height, width, _threshold(p), scale[0], scale[1], math.log(ratio[0]),
+                             math.log(ratio[1]), backend)
 
 
 def _partner_index(n, partner, device):
@@ -560,8 +1072,7 @@ def _partner_index(n, partner, device):
 
 
 def _check_image(x):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _checks.tensor(x, "x")
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
     if x.dtype not in IMAGE_DTYPES:
@@ -574,31 +1085,18 @@ def _math_dtype(*dtypes):
 
 
 def _check_target(x, target):
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    _checks.tensor(target, "target")
     if target.dim() == 0 or target.shape[0] != x.shape[0]:
         raise ValueError(f"target has shape {tuple(target.shape)} but x has {x.shape[0]} samples; "
                          "its first dimension must match")
     if target.dtype != torch.int64:
         raise TypeError(f"target must hold int64 class indices (MixedTarget), got {target.dtype}")
-    if target.device != x.device:
-        raise ValueError(f"target is on {target.device} but x is on {x.device}")
+    _checks.same_device(target, "target", x, "x")
 
 
 def _check_alpha(alpha, name="alpha", allow_zero=False):
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"{name} must be a Python float, got {type(alpha).__name__}")
-    if not (alpha >= 0.0 if allow_zero else alpha > 0.0) or math.isinf(alpha):  # also rejects NaN
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {alpha}")
-    return float(alpha)
-
-
-def _check_probability(p, name):
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{name} must be a Python float, got {type(p).__name__}")
-    if not 0.0 <= p <= 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be in [0, 1], got {p}")
-    return float(p)
+    """A Beta concentration: finite and > 0 (>= 0 with allow_zero, where 0 disables a method)."""
+    return _checks.positive(alpha, name, allow_zero)
 
 
 def _check_partner(partner):
@@ -617,25 +1115,32 @@ def _check_range(name, pair, upper=None):
     return low, high
 
 
-# (values, device, dtype) -> (C,) tensor: building it from a Python list is a host-to-device copy,
-# which waits on the host and cannot be captured in a CUDA graph, so it happens once per values.
-_CHANNEL_VALUES_CACHE = {}
-_CHANNEL_VALUES_CACHE_SIZE = 64
+# Read-only constant tensors (per-channel values, partner indices, zero fills) made once per key: a
+# tensor built from a Python list is a host-to-device copy, which waits on the host and cannot be
+# captured in a CUDA graph, and any tensor made per call costs the host an op.
+_CONSTANTS = {}
+_CONSTANTS_SIZE = 64
+
+
+def _constant(key, make):
+    """make() once per key in eager mode (never to be written to); anew when traced (a graph constant)."""
+    if torch.compiler.is_compiling():
+        return make()
+    tensor = _CONSTANTS.get(key)
+    if tensor is None:
+        if len(_CONSTANTS) >= _CONSTANTS_SIZE:
+            _CONSTANTS.clear()
+        tensor = _CONSTANTS[key] = make()
+    return tensor
 
 
 def _channel_tensor(values, device, dtype):
     same = lambda v: v == values[0] or (math.isnan(v) and math.isnan(values[0]))  # noqa: E731
     if all(map(same, values[1:])):  # one value (or none): a fill kernel, no copy at all
-        return torch.full((len(values),), values[0] if values else 0.0, dtype=dtype, device=device)
-    if torch.compiler.is_compiling():  # traced: a constant of the graph
-        return torch.tensor(values, dtype=dtype, device=device)
-    key = (tuple(values), str(device), dtype)
-    tensor = _CHANNEL_VALUES_CACHE.get(key)
-    if tensor is None:
-        if len(_CHANNEL_VALUES_CACHE) >= _CHANNEL_VALUES_CACHE_SIZE:
-            _CHANNEL_VALUES_CACHE.clear()
-        tensor = _CHANNEL_VALUES_CACHE[key] = torch.tensor(values, dtype=dtype, device=device)
-    return tensor
+        return _constant(("full", len(values), values[0] if values else 0.0, device, dtype),
+                         lambda: torch.full((len(values),), values[0] if values else 0.0, dtype=dtype, device=device))
+    return _constant(("values", tuple(values), device, dtype),
+                     lambda: torch.tensor(values, dtype=dtype, device=device))
 
 
 def _per_channel(name, values, channels, device, finite=False, allow_nan=True, dtype=torch.float32):
@@ -669,15 +1174,17 @@ def _per_channel(name, values, channels, device, finite=False, allow_nan=True, d
     if (finite and not all(math.isfinite(v) for v in values)) or (not allow_nan and any(map(math.isnan, values))):
         raise ValueError(f"{name} must be {'finite' if finite else 'a number, not NaN'}, got {values}")
     if number:
-        return torch.full((channels,), values[0], dtype=dtype, device=device)
+        return _constant(("full", channels, values[0], device, dtype),
+                         lambda: torch.full((channels,), values[0], dtype=dtype, device=device))
     return _channel_tensor(values, device, dtype)
 
 
-def _normalization(x, mean, std, out_dtype):
-    """(mean, std, out_dtype) as the op wants them.
+def _normalization(x, mean, std, out_dtype, backend):
+    """(mean, std, table, out_dtype) as the op wants them.
 
     out_dtype defaults to x's dtype, or float32 when a uint8 x is normalized. mean and std
     are float64 when x or out_dtype is (the normalization then runs in float64), else float32.
+    table: for a uint8 x on the triton backend, the (C, 256) normalized outputs (else None).
     """
     if (mean is None) != (std is None):
         raise ValueError("mean and std must be given together")
@@ -687,16 +1194,29 @@ def _normalization(x, mean, std, out_dtype):
         raise TypeError(f"out_dtype must be float32, float16, bfloat16, uint8 or float64, got {out_dtype}")
     if out_dtype == torch.uint8 and (x.dtype != torch.uint8 or mean is not None):
         raise ValueError("out_dtype=torch.uint8 needs a uint8 x and no normalization")
+    if mean is None:
+        return None, None, None, out_dtype
+    with_table = x.dtype == torch.uint8 and backend == "triton"
+    if type(mean) is tuple and type(std) is tuple:  # the usual spelling: checked and converted once per values
+        key = ("normalization", mean, std, x.shape[1], x.device, out_dtype, with_table)
+        mean, std, table = _constant(key, lambda: _normalization_tensors(x, mean, std, out_dtype, with_table))
+    else:
+        mean, std, table = _normalization_tensors(x, mean, std, out_dtype, with_table)
+    return mean, std, table, out_dtype
+
+
+def _normalization_tensors(x, mean, std, out_dtype, with_table):
+    """mean and std checked and converted to (C,) tensors of the normalization dtype on x's device, and
+    the lookup table (or None)."""
+    dtype = _math_dtype(x.dtype, out_dtype)
+    if not isinstance(std, torch.Tensor):
+        stds = [std] if isinstance(std, numbers.Real) else list(std)
+        if any(float(s) == 0.0 for s in stds):
+            raise ValueError(f"std must not contain zeros, got {std!r}")
     channels = x.shape[1]
-    if mean is not None:
-        if not isinstance(std, torch.Tensor):
-            stds = [std] if isinstance(std, numbers.Real) else list(std)
-            if any(float(s) == 0.0 for s in stds):
-                raise ValueError(f"std must not contain zeros, got {std!r}")
-        dtype = _math_dtype(x.dtype, out_dtype)
-        mean = _per_channel("mean", mean, channels, x.device, finite=True, dtype=dtype)
-        std = _per_channel("std", std, channels, x.device, finite=True, dtype=dtype)
-    return mean, std, out_dtype
+    mean = _per_channel("mean", mean, channels, x.device, finite=True, dtype=dtype)
+    std = _per_channel("std", std, channels, x.device, finite=True, dtype=dtype)
+    return mean, std, normalization_table_op(mean, std, out_dtype, "triton") if with_table else None
 
 
 # ----------------------------------------------------------------------------- public API
@@ -737,8 +1257,7 @@ def composite_batch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, partn
         if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected[name]:
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise ValueError(f"{name} must be a tensor of shape {expected[name]}, got {shape}")
-        if tensor.device != x.device:
-            raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+        _checks.same_device(tensor, name, x, "x")
         if name == "lam" and not tensor.is_floating_point():
             raise TypeError(f"lam must be a floating tensor, got {tensor.dtype}")
         if name != "lam" and tensor.dtype not in _INDEX_DTYPES:
@@ -751,15 +1270,14 @@ def composite_batch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, partn
             raise ValueError(f"noise_seed must be a tensor with one element, got {shape}")
         if noise_seed.dtype not in _INDEX_DTYPES:
             raise TypeError(f"noise_seed must be an integer tensor, got {noise_seed.dtype}")
-        if noise_seed.device != x.device:
-            raise ValueError(f"noise_seed is on {noise_seed.device} but x is on {x.device}")
+        _checks.same_device(noise_seed, "noise_seed", x, "x")
     math_dtype = _math_dtype(x.dtype)
     fill = _per_channel("fill", fill, channels, x.device, allow_nan=x.dtype != torch.uint8, dtype=math_dtype)
-    mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
+    mean, std, table, out_dtype = _normalization(x, mean, std, out_dtype, backend)
     return composite_batch_op(
         x, _as_int32(box), lam.to(math_dtype).contiguous(), _as_int32(partner), _as_int32(mode), fill, mean, std,
-        None if noise_seed is None else noise_seed.reshape(1).to(torch.int64), out_dtype, bool(flip_pairs_hint),
+        table, None if noise_seed is None else noise_seed.reshape(1).to(torch.int64), out_dtype, bool(flip_pairs_hint),
         backend)
 
 
@@ -773,21 +1291,24 @@ def _as_int32(tensor):
     return tensor.to(torch.int32).contiguous()
 
 
-def _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, backend):
+def _mix(x, target, lam, box, mode, partner, mean, std, table, out_dtype, inplace, backend):
     """Runs the compositing op and builds the MixedTarget (y_b = target[partner])."""
     n = x.shape[0]
-    partner_index = _partner_index(n, partner, x.device)
     y_b = target.flip(0) if partner == "flip" else target.roll(1, 0)
-    box = box.expand(n, 4).contiguous()  # one draw per batch, or one per sample
+    if box.shape[0] != n:  # one draw for the batch
+        box, lam, mode = box.expand(n, 4).contiguous(), lam.expand(n).contiguous(), mode.expand(n).contiguous()
     if inplace:
         cutmix_swap_op(x, box, backend)
-        out = x
-    else:
-        math_dtype = _math_dtype(x.dtype)
-        zeros = torch.zeros(x.shape[1], dtype=math_dtype, device=x.device)
-        out = composite_batch_op(x, box, lam.to(math_dtype).expand(n).contiguous(), partner_index,
-                                 mode.expand(n).contiguous(), zeros, mean, std, None, out_dtype, partner == "flip",
-                                 backend)
+        return x, y_b
+    math_dtype = _math_dtype(x.dtype)
+    if lam.dtype != math_dtype:
+        lam = lam.to(math_dtype)
+    device = x.device
+    partner_index = _constant(("partner", n, partner, device), lambda: _partner_index(n, partner, device))
+    zeros = _constant(("zeros", x.shape[1], math_dtype, device),
+                      lambda: torch.zeros(x.shape[1], dtype=math_dtype, device=device))
+    out = composite_batch_op(x, box, lam, partner_index, mode, zeros, mean, std, table, None, out_dtype,
+                             partner == "flip", backend)
     return out, y_b
 
 
@@ -821,13 +1342,13 @@ def cutmix(x: torch.Tensor, target: torch.Tensor, *, alpha: float = 1.0, per_sam
     _check_partner(partner)
     if inplace:
         _check_inplace(x, per_sample, partner, mean, out_dtype)
-    mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
+    mean, std, table, out_dtype = _normalization(x, mean, std, out_dtype, backend)
     n, _, height, width = x.shape
     lam, box, mode = _sample_mixing(draw_seed(x.device, generator), n if per_sample else 1, height, width,
                                     cutmix_alpha=alpha, mixup_alpha=0.0, switch_prob=1.0, prob=1.0,
-                                    correct_lam=correct_lam)
-    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, inplace, backend)
+                                    correct_lam=correct_lam, backend=backend)
+    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, table, out_dtype, inplace, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
 
@@ -848,13 +1369,13 @@ def mixup(x: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.2, per_samp
     if inplace:
         raise ValueError("inplace=True is exact only for CutMix with a per-batch box and the flip partner; "
                          "MixUp rewrites every pixel from its partner")
-    mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
+    mean, std, table, out_dtype = _normalization(x, mean, std, out_dtype, backend)
     n, _, height, width = x.shape
     lam, box, mode = _sample_mixing(draw_seed(x.device, generator), n if per_sample else 1, height, width,
                                     cutmix_alpha=0.0, mixup_alpha=alpha, switch_prob=0.0, prob=1.0,
-                                    correct_lam=False)
-    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, False, backend)
+                                    correct_lam=False, backend=backend)
+    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, table, out_dtype, False, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
 
@@ -876,15 +1397,15 @@ def cutmix_or_mixup(x: torch.Tensor, target: torch.Tensor, *, mixup_alpha: float
     cutmix_alpha = _check_alpha(cutmix_alpha, "cutmix_alpha", allow_zero=True)
     if mixup_alpha == 0.0 and cutmix_alpha == 0.0:
         raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix")
-    prob = _check_probability(prob, "prob")
-    switch_prob = _check_probability(switch_prob, "switch_prob")
+    prob = _checks.probability(prob, "prob")
+    switch_prob = _checks.probability(switch_prob, "switch_prob")
     if mixup_alpha == 0.0:
         switch_prob = 1.0
     elif cutmix_alpha == 0.0:
         switch_prob = 0.0
     _check_partner(partner)
-    mean, std, out_dtype = _normalization(x, mean, std, out_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
+    mean, std, table, out_dtype = _normalization(x, mean, std, out_dtype, backend)
     n, _, height, width = x.shape
     draws = n if per_sample else 1
     if prob == 0.0:  # nothing to mix: draw nothing, so the generator's stream moves on only in training
@@ -894,8 +1415,8 @@ def cutmix_or_mixup(x: torch.Tensor, target: torch.Tensor, *, mixup_alpha: float
     else:
         lam, box, mode = _sample_mixing(draw_seed(x.device, generator), draws, height, width,
                                         cutmix_alpha=cutmix_alpha, mixup_alpha=mixup_alpha,
-                                        switch_prob=switch_prob, prob=prob, correct_lam=correct_lam)
-    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, out_dtype, False, backend)
+                                        switch_prob=switch_prob, prob=prob, correct_lam=correct_lam, backend=backend)
+    out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, table, out_dtype, False, backend)
     return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
 
 
@@ -910,7 +1431,7 @@ def random_erasing(x: torch.Tensor, *, p: float = 0.5, scale: Tuple[float, float
     up and saturates to [0, 255] (NaN raises). Returns a new tensor.
     """
     _check_image(x)
-    p = _check_probability(p, "p")
+    p = _checks.probability(p, "p")
     scale = _check_range("scale", scale, upper=1.0)
     ratio = _check_range("ratio", ratio)
     n, channels, height, width = x.shape
@@ -923,9 +1444,8 @@ def random_erasing(x: torch.Tensor, *, p: float = 0.5, scale: Tuple[float, float
     fill = torch.zeros(channels, dtype=math_dtype, device=x.device) if random_fill else \
         _per_channel("value", value, channels, x.device, allow_nan=x.dtype != torch.uint8, dtype=math_dtype)
     backend = _backend.resolve("mixing", x.device, backend)
-    box, erase, noise_key = _erasing_boxes(draw_seed(x.device, generator), n, height, width, p, scale, ratio)
-    mode = torch.where(erase, int(MixMode.ERASE), int(MixMode.KEEP)).to(torch.int32)
+    box, mode, noise_key = _erasing_boxes(draw_seed(x.device, generator), n, height, width, p, scale, ratio, backend)
     seed = noise_key if random_fill else None
     lam = torch.ones(n, dtype=math_dtype, device=x.device)
     partner = torch.arange(n, dtype=torch.int32, device=x.device)
-    return composite_batch_op(x, box, lam, partner, mode, fill, None, None, seed, x.dtype, False, backend)
+    return composite_batch_op(x, box, lam, partner, mode, fill, None, None, None, seed, x.dtype, False, backend)

@@ -153,13 +153,13 @@ class CutMixUp(torch.nn.Module):
                  partner: str = "flip", mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, out_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
-        from recipe_kernels import mixing
-        mixing._check_alpha(mixup_alpha, "mixup_alpha", allow_zero=True)
-        mixing._check_alpha(cutmix_alpha, "cutmix_alpha", allow_zero=True)
+        from recipe_kernels import _checks, mixing
+        _checks.positive(mixup_alpha, "mixup_alpha", allow_zero=True)
+        _checks.positive(cutmix_alpha, "cutmix_alpha", allow_zero=True)
         if mixup_alpha == 0.0 and cutmix_alpha == 0.0:
             raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix")
-        mixing._check_probability(prob, "prob")
-        mixing._check_probability(switch_prob, "switch_prob")
+        _checks.probability(prob, "prob")
+        _checks.probability(switch_prob, "switch_prob")
         mixing._check_partner(partner)
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.prob, self.switch_prob = prob, switch_prob

@@ -267,6 +267,18 @@ def test_fused_normalization_equals_separate_ops(backend, op, channels_last):
     assert default.dtype == torch.float32  # uint8 normalized defaults to float32
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_uint8_normalization_lookup_equals_the_division(channels_last):
+    # The Triton kernel looks a normalized uint8 output up in a (C, 256) table built with the reference's
+    # division: every mode (MixUp rounded, a fill that saturates), every output dtype, bit for bit.
+    x, _ = sample_inputs(shape=(4, 3, 16, 16), dtype=torch.uint8, channels_last=channels_last)
+    box, lam, partner, mode = all_modes_params()
+    for out_dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+        outputs = [rk.composite_batch(x, box, lam, partner, mode, fill=(300.0, -3.0, 7.5), mean=MEAN, std=STD,
+                                      out_dtype=out_dtype, backend=backend) for backend in ("torch", "triton")]
+        assert torch.equal(outputs[0], outputs[1]), out_dtype
+
+
 # ----------------------------------------------------------------------------- agreement and determinism
 
 
@@ -314,8 +326,9 @@ def test_cuda_per_element_arithmetic_equals_reference():
     for mode in (MixMode.KEEP, MixMode.MIXUP, MixMode.CUTMIX, MixMode.ERASE):
         for round_uint8 in (False, True):
             out = torch.empty(count)
-            _backend._C.composite_values_host(own.data_ptr(), other.data_ptr(), inside.data_ptr(), out.data_ptr(),
-                                              count, int(mode), 0.37, 12.0, round_uint8)
+            _backend._C.composite_values_host(own=own.data_ptr(), other=other.data_ptr(), inside=inside.data_ptr(),
+                                              out=out.data_ptr(), count=count, mode=int(mode), lam=0.37, fill=12.0,
+                                              round_uint8=round_uint8)
             expected = {MixMode.KEEP: own, MixMode.MIXUP: 0.37 * own + (1 - torch.tensor(0.37)) * other,
                         MixMode.CUTMIX: torch.where(inside, other, own),
                         MixMode.ERASE: torch.where(inside, 12.0, own)}[mode]
@@ -324,7 +337,7 @@ def test_cuda_per_element_arithmetic_equals_reference():
             assert torch.equal(out, expected), (mode, round_uint8)
     index = torch.arange(5000, dtype=torch.int64) * 7919
     noise = torch.empty(5000)
-    _backend._C.erase_noise_host(-123456789, index.data_ptr(), noise.data_ptr(), 5000)
+    _backend._C.erase_noise_host(seed=-123456789, index=index.data_ptr(), out=noise.data_ptr(), count=5000)
     expected = reference.erase_noise(torch.tensor([-123456789]), index)
     torch.testing.assert_close(noise, expected, rtol=2e-6, atol=1e-6)  # logf/cosf of glibc vs torch: an ulp
 
@@ -382,10 +395,11 @@ def test_float64_opcheck(backend):
     box, lam, partner, mode = all_modes_params(height=4, width=4)
     fill = torch.full((3,), 0.1, dtype=torch.float64, device=DEVICE)
     mean = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64, device=DEVICE)
-    torch.library.opcheck(composite_batch_op, (x, box, lam.double(), partner, mode, fill, mean, mean + 1, None,
-                                               torch.float64, True, backend))
-    torch.library.opcheck(composite_batch_op, (x, box, lam.double(), partner, mode, fill, None, None,
-                                               torch.tensor([3], device=DEVICE), torch.float64, False, backend))
+    op = composite_batch_op.custom_op
+    torch.library.opcheck(op, (x, box, lam.double(), partner, mode, fill, mean, mean + 1, None, None, torch.float64,
+                               True, backend))
+    torch.library.opcheck(op, (x, box, lam.double(), partner, mode, fill, None, None, None,
+                               torch.tensor([3], device=DEVICE), torch.float64, False, backend))
 
 
 def test_cuda_backend_refuses_float64_with_a_type_error():
@@ -530,9 +544,7 @@ def test_bad_input_raises_value_error():
         rk.mixup(x, target.float())
 
 
-def test_mode_codes_agree_with_reference():
-    assert (MixMode.MIXUP, MixMode.CUTMIX, MixMode.ERASE) == (reference._MIX_MIXUP, reference._MIX_CUTMIX,
-                                                              reference._MIX_ERASE)
+def test_mixing_dtype_codes_extend_the_cuda_codes():
     assert mixing.MIXING_DTYPE_CODES[torch.uint8] not in _backend.CUDA_DTYPE_CODES.values()
     assert all(mixing.MIXING_DTYPE_CODES[d] == code for d, code in _backend.CUDA_DTYPE_CODES.items())
 
@@ -548,11 +560,17 @@ def test_opcheck(backend, normalize):
     mean = torch.tensor(MEAN, device=DEVICE) if normalize else None
     std = torch.tensor(STD, device=DEVICE) if normalize else None
     out_dtype = torch.bfloat16 if normalize else x.dtype
-    torch.library.opcheck(composite_batch_op, (x, box, lam, partner, mode, fill, mean, std, None, out_dtype, True,
-                                               backend))
-    torch.library.opcheck(composite_batch_op, (x, box, lam, partner, mode, fill, None, None,
-                                               torch.tensor([3], device=DEVICE), x.dtype, False, backend))
-    torch.library.opcheck(cutmix_swap_op, (x.clone(), box[:1].expand(4, 4).contiguous(), backend))
+    op = composite_batch_op.custom_op
+    torch.library.opcheck(op, (x, box, lam, partner, mode, fill, mean, std, None, None, out_dtype, True, backend))
+    torch.library.opcheck(op, (x, box, lam, partner, mode, fill, None, None, None, torch.tensor([3], device=DEVICE),
+                               x.dtype, False, backend))
+    if normalize:  # a uint8 x with the lookup table of its normalized outputs
+        levels = (x * 255).to(torch.uint8)
+        table = mixing.normalization_table_op(mean, std, out_dtype, backend)
+        torch.library.opcheck(op, (levels, box, lam, partner, mode, fill, mean, std, table, None, out_dtype, True,
+                                   backend))
+        torch.library.opcheck(mixing.normalization_table_op.custom_op, (mean, std, out_dtype, backend))
+    torch.library.opcheck(cutmix_swap_op.custom_op, (x.clone(), box[:1].expand(4, 4).contiguous(), backend))
 
 
 def test_compile_fullgraph_has_no_graph_breaks(backend):

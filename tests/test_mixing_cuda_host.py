@@ -14,15 +14,17 @@ import torch
 
 import recipe_kernels  # noqa: F401  (registers the ops)
 from recipe_kernels import _backend
-from recipe_kernels.mixing import MIXING_DTYPE_CODES, MixMode, _dense_layout
+from recipe_kernels.mixing import MIXING_DTYPE_CODES, MixMode, _composite_cuda_arguments, _dense_layout
 
 pytestmark = pytest.mark.skipif(_backend._C is None, reason=f"CUDA extension not built: {_backend.CUDA_EXTENSION_ERROR}")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8]
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (N, C, H, W): 2 row blocks, the second partial; C == 1 (channels_last is then contiguous);
-# 3 row blocks; a row of 261 pixels (783 interleaved elements) wider than a block's 256 threads.
-SHAPES = [(5, 3, 13, 11), (4, 1, 9, 17), (3, 4, 17, 6), (2, 3, 3, 261)]
+# 3 row blocks; a row of 261 pixels (783 interleaved elements) wider than a block's 256 threads; rows of
+# 32 pixels (96 interleaved), whole 16-byte vectors for every dtype: the vector path (as 3 x 4 x 6 for
+# fp32 and 16-bit types in channels_last), boxes straddling vectors.
+SHAPES = [(5, 3, 13, 11), (4, 1, 9, 17), (3, 4, 17, 6), (2, 3, 3, 261), (3, 3, 5, 32)]
 SEED = torch.tensor([0x5DEECE66D - (1 << 40)])  # a negative int64: the key's high word is used
 
 # Per-channel values in x's units: uint8 rounds 250.6 and 12.5 half up, saturates 300 and -4.
@@ -76,19 +78,12 @@ def composite_params(n, height, width, partner_kind):
     return box, lam, partners(n, partner_kind), mode
 
 
-def pointer(tensor):
-    return 0 if tensor is None else tensor.data_ptr()
-
-
 def composite_host(x, box, lam, partner, mode, fill, mean, std, seed, out_dtype, visit_flip_pairs, sentinel):
     """_C.composite_batch_host into a fresh output full of `sentinel` (so a missed element shows)."""
     x, channels_last = _dense_layout(x)
     out = torch.full_like(x, sentinel, dtype=out_dtype)
-    n, c, h, w = x.shape
-    _backend._C.composite_batch_host(
-        x.data_ptr(), out.data_ptr(), box.data_ptr(), lam.data_ptr(), partner.data_ptr(), mode.data_ptr(),
-        fill.data_ptr(), pointer(mean), pointer(std), pointer(seed), n, c, h, w, channels_last, visit_flip_pairs,
-        MIXING_DTYPE_CODES[x.dtype], MIXING_DTYPE_CODES[out_dtype])
+    _backend._C.composite_batch_host(**_composite_cuda_arguments(x, out, box, lam, partner, mode, fill, mean, std,
+                                                                 seed, channels_last, visit_flip_pairs))
     return out
 
 
@@ -141,8 +136,8 @@ def test_composite_kernel_code_equals_torch_backend(case, channels_last, shape, 
     box, lam, partner, mode = composite_params(n, h, w, partner_kind)
     fill = torch.tensor(FILL[:c])
     mean, std = (torch.tensor(MEAN[:c]), torch.tensor(STD[:c])) if normalize else (None, None)
-    expected = torch.ops.recipe_kernels.composite_batch(x, box, lam, partner, mode, fill, mean, std, None, out_dtype,
-                                                        visit_flip_pairs, "torch")
+    expected = torch.ops.recipe_kernels.composite_batch(x, box, lam, partner, mode, fill, mean, std, None, None,
+                                                        out_dtype, visit_flip_pairs, "torch")
     for sentinel in sentinels(out_dtype):
         out = composite_host(x, box, lam, partner, mode, fill, mean, std, None, out_dtype, visit_flip_pairs,
                              sentinel)
@@ -177,8 +172,8 @@ def test_composite_kernel_code_with_noise_equals_torch_backend(dtype, out_dtype,
     box[0] = torch.tensor([1, 1, w - 1, h])
     fill = torch.tensor(FILL[:c])  # ...and a fill that must not be used
     mean, std = (torch.tensor(MEAN[:c]), torch.tensor(STD[:c])) if normalize else (None, None)
-    expected = torch.ops.recipe_kernels.composite_batch(x, box, lam, partner, mode, fill, mean, std, SEED, out_dtype,
-                                                        visit_flip_pairs, "torch")
+    expected = torch.ops.recipe_kernels.composite_batch(x, box, lam, partner, mode, fill, mean, std, None, SEED,
+                                                        out_dtype, visit_flip_pairs, "torch")
     out = composite_host(x, box, lam, partner, mode, fill, mean, std, SEED, out_dtype, visit_flip_pairs, float("nan"))
     noise = erase_mask(x, box, mode)
     assert noise.any()
@@ -214,7 +209,7 @@ def test_composite_kernel_code_special_values(dtype, channels_last):
     fill = torch.tensor([float("nan"), float("inf"), -float("inf")])
     for out_dtype, normalize in [(dtype, False), (torch.float16, True), (torch.float32, True)]:
         mean, std = (torch.tensor([1e-3, -2.0, 100.0]), torch.tensor([1e-4, 3.0, 0.5])) if normalize else (None, None)
-        expected = torch.ops.recipe_kernels.composite_batch(x, box, lam, partner, mode, fill, mean, std, None,
+        expected = torch.ops.recipe_kernels.composite_batch(x, box, lam, partner, mode, fill, mean, std, None, None,
                                                             out_dtype, False, "torch")
         for sentinel in sentinels(out_dtype):
             out = composite_host(x, box, lam, partner, mode, fill, mean, std, None, out_dtype, False, sentinel)
@@ -237,6 +232,6 @@ def test_cutmix_swap_kernel_code_equals_torch_backend(dtype, channels_last, n, i
     torch.ops.recipe_kernels.cutmix_swap_(expected, box, "torch")
     out = x.clone()
     channels_last_walk = not out.is_contiguous()  # as cutmix_swap_op decides
-    _backend._C.cutmix_swap_host(out.data_ptr(), box.data_ptr(), n, c, h, w, channels_last_walk,
-                                 MIXING_DTYPE_CODES[dtype])
+    _backend._C.cutmix_swap_host(x=out.data_ptr(), box=box.data_ptr(), n=n, c=c, h=h, w=w,
+                                 channels_last=channels_last_walk, dtype=MIXING_DTYPE_CODES[dtype])
     assert_same_bits(out, expected)

@@ -94,7 +94,7 @@ def test_lambda_is_beta_distributed_ks(alpha):
 def test_gamma_draws_ks(shape):
     # The gamma sampler alone (Marsaglia-Tsang, boosted below 1), against Gamma(shape)'s CDF.
     seed = torch.tensor([int(shape * 1000) + 7])
-    words, _ = mixing._philox_words(seed, KS_DRAWS, mixing.GAMMA_ATTEMPTS)
+    words = mixing._philox_words(seed, KS_DRAWS, mixing.GAMMA_ATTEMPTS)
     g = mixing._log_gamma(torch.full((KS_DRAWS,), shape, dtype=torch.float64), words).exp()
     fallback = lambda v: torch.special.gammainc(torch.tensor(shape, dtype=torch.float64), v)  # noqa: E731
     distribution = scipy.stats.gamma(shape) if scipy is not None else None
@@ -153,7 +153,7 @@ def test_cutmix_follows_the_transcribed_rules():
         log_g0 = transcribed_log_gamma(alpha, per_call[1:1 + attempts])
         log_g1 = transcribed_log_gamma(alpha, per_call[1 + attempts:1 + 2 * attempts])
         lam = torch.tensor(1 / (1 + math.exp(log_g1 - log_g0)), dtype=torch.float32)
-        side = torch.sqrt(1 - lam)  # fp32, as documented
+        side = torch.tensor(math.sqrt(float(1 - lam)), dtype=torch.float32)  # fp32 correctly rounded, as documented
         half_h = int(math.floor(float(side * height * 0.5)))
         half_w = int(math.floor(float(side * width * 0.5)))
         cy, cx = (word_y * height) >> 32, (word_x * width) >> 32
@@ -207,3 +207,41 @@ def test_random_erasing_follows_torchvisions_rule_including_empty_boxes(backend)
             empty += h * w == 0
         assert torch.equal(out[i], expected), i
     assert empty > 0  # the case the rule is about occurred
+
+
+# ----------------------------------------------------------------------------- one sampling kernel, every backend
+
+
+def test_exact_elementary_functions_are_accurate():
+    # The float64 series that every backend evaluates in the same order, against libm (a few ulps).
+    x = torch.cat([torch.rand(20_000, dtype=torch.float64) * 30, torch.tensor([2.0**-32, 0.5, 1.0, 2.0**60])])
+    torch.testing.assert_close(mixing._log_exact(x), x.log(), rtol=4e-16, atol=4e-16)
+    e = torch.linspace(-120.0, 120.0, 20_001, dtype=torch.float64)
+    torch.testing.assert_close(mixing._exp_exact(e), e.exp(), rtol=4e-16, atol=0.0)
+    u = torch.randint(0, 1 << 32, (20_000,), dtype=torch.int64).double() / 2**32
+    torch.testing.assert_close(mixing._cos_two_pi_exact(u), torch.cos(2 * math.pi * u), rtol=0.0, atol=2e-15)
+
+
+@pytest.mark.parametrize("rule", [
+    dict(cutmix_alpha=1.0, mixup_alpha=0.2, switch_prob=0.5, prob=0.8, correct_lam=True),
+    dict(cutmix_alpha=4.0, mixup_alpha=0.0, switch_prob=1.0, prob=1.0, correct_lam=False),
+    dict(cutmix_alpha=0.0, mixup_alpha=0.05, switch_prob=0.0, prob=1.0, correct_lam=True),
+])
+def test_mixing_sampler_is_bit_identical_across_backends(rule):
+    # 1500 draws: tiny lambdas (sqrt(1 - lam) at the fp32 rounding edge), every mode, odd image sides.
+    seed = torch.tensor([123456789123], device=DEVICE)
+    expected = mixing._sample_mixing(seed, 1500, 224, 97, backend="torch", **rule)
+    for backend in ("triton",) + (("cuda",) if DEVICE.type == "cuda" else ()):
+        actual = mixing._sample_mixing(seed, 1500, 224, 97, backend=backend, **rule)
+        for a, e in zip(actual, expected):
+            assert a.dtype == e.dtype and torch.equal(a, e), backend
+
+
+@pytest.mark.parametrize("p, scale, ratio", [(0.5, (0.02, 0.33), (0.3, 3.3)), (0.9, (0.01, 0.5), (0.05, 20.0))])
+def test_erasing_sampler_is_bit_identical_across_backends(p, scale, ratio):
+    seed = torch.tensor([-98765432123], device=DEVICE)
+    expected = mixing._erasing_boxes(seed, 1500, 31, 17, p, scale, ratio, "torch")
+    for backend in ("triton",) + (("cuda",) if DEVICE.type == "cuda" else ()):
+        actual = mixing._erasing_boxes(seed, 1500, 31, 17, p, scale, ratio, backend)
+        for a, e in zip(actual, expected):
+            assert a.dtype == e.dtype and torch.equal(a, e), backend

@@ -740,9 +740,9 @@ case("cutmix_or_mixup", "switch_prob = 2", ValueError, r"switch_prob must be in 
     lambda b: _cmm(b, switch_prob=2.0))
 case("cutmix_or_mixup", "prob given as a tensor", TypeError, "Python float")(
     lambda b: _cmm(b, prob=torch.tensor(0.5)))
-case("cutmix_or_mixup", "mixup_alpha = -1", ValueError, "mixup_alpha must be >= 0")(
+case("cutmix_or_mixup", "mixup_alpha = -1", ValueError, "mixup_alpha must be a finite number >= 0")(
     lambda b: _cmm(b, mixup_alpha=-1.0))
-case("cutmix_or_mixup", "cutmix_alpha = NaN", ValueError, "cutmix_alpha must be >= 0")(
+case("cutmix_or_mixup", "cutmix_alpha = NaN", ValueError, "cutmix_alpha must be a finite number >= 0")(
     lambda b: _cmm(b, cutmix_alpha=math.nan))
 case("cutmix_or_mixup", "mixup_alpha = inf", ValueError, "finite")(lambda b: _cmm(b, mixup_alpha=math.inf))
 case("cutmix_or_mixup", "both alphas 0", ValueError, "both 0")(lambda b: _cmm(b, mixup_alpha=0.0, cutmix_alpha=0.0))
@@ -774,9 +774,9 @@ case("cutmix_or_mixup", "uint8 0/255 to normalized bfloat16", check=lambda r: r.
 case("nn.CutMixUp", "prob = NaN", ValueError, r"prob must be in \[0, 1\]")(lambda b: rk.nn.CutMixUp(prob=math.nan))
 case("nn.CutMixUp", "switch_prob = NaN", ValueError, r"switch_prob must be in \[0, 1\]")(
     lambda b: rk.nn.CutMixUp(switch_prob=math.nan))
-case("nn.CutMixUp", "cutmix_alpha = -0.5", ValueError, "cutmix_alpha must be >= 0")(
+case("nn.CutMixUp", "cutmix_alpha = -0.5", ValueError, "cutmix_alpha must be a finite number >= 0")(
     lambda b: rk.nn.CutMixUp(cutmix_alpha=-0.5))
-case("nn.CutMixUp", "mixup_alpha = NaN", ValueError, "mixup_alpha must be >= 0")(
+case("nn.CutMixUp", "mixup_alpha = NaN", ValueError, "mixup_alpha must be a finite number >= 0")(
     lambda b: rk.nn.CutMixUp(mixup_alpha=math.nan))
 case("nn.CutMixUp", "mixup_alpha given as a string", TypeError, "Python float")(
     lambda b: rk.nn.CutMixUp(mixup_alpha="0.8"))
