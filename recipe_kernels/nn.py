@@ -3,6 +3,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from recipe_kernels import _checks
 from recipe_kernels.dropout import dropout, drop_path
 from recipe_kernels.drop_path_residual import drop_path_residual
 from recipe_kernels.targets import MixedTarget
@@ -232,7 +233,7 @@ class BatchAugment(torch.nn.Module):
         self.size = augment._check_size(size)
         self.scale, self.ratio = augment._check_range("scale", scale, upper=1.0), augment._check_range("ratio", ratio)
         for name, value in (("hflip", hflip), ("prob", prob), ("switch_prob", switch_prob), ("erase_p", erase_p)):
-            mixing._check_probability(value, name)
+            _checks.probability(value, name)
         mixing._check_alpha(mixup_alpha, "mixup_alpha", allow_zero=True)
         mixing._check_alpha(cutmix_alpha, "cutmix_alpha", allow_zero=True)
         mixing._check_partner(partner)
