@@ -1,8 +1,12 @@
 """Exponential moving average (EMA) of model weights: the multi-tensor op, one kernel launch for
 the whole model. ModelEMA (the model plumbing) is in recipe_kernels.model_ema.
 
-Top to bottom: Triton kernels, the chunk table, launchers (Triton and CUDA), torch.library
-registration and the public function `ema_update_`.
+Top to bottom: Triton kernels; the chunk table; the implementations, one per backend (torch,
+Triton, CUDA) for each op, all taking the op's arguments; the ops (_ops.Op: the backend table and
+fakes); the public function `ema_update_`. A call takes three hops to the kernel:
+
+    ema_update_()  ->  ema_update_op (the table picks the backend)  ->  _ema_update_triton  ->  _ema_update_kernel
+                                                                    ->  _ema_update_cuda    ->  _C.ema_update
 
 Formula, identical in every backend and in the oracle (recipe_kernels.reference): torch.lerp's,
 with weight w = 1 - d,
@@ -43,9 +47,10 @@ import torch
 import triton
 import triton.language as tl
 
-from recipe_kernels import _backend, reference
+from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._codes import DTYPE_CODES, RAW_BYTES
-from recipe_kernels._triton_common import cast_to, emulate_bf16_rounding
+from recipe_kernels._ops import Op, launch
+from recipe_kernels._triton_common import round_to
 
 # Elements per table row (bytes for RAW_BYTES rows). Large enough that the table is noise,
 # small enough that a 25M-parameter model still gives every SM many programs.
@@ -118,8 +123,7 @@ def _store(pointers, value, mask, FULL: tl.constexpr):
 
 
 @triton.jit
-def _store_from(address, offsets, mask, value, code, FULL: tl.constexpr, ALIGNED: tl.constexpr,
-                EMULATE_BF16_RTNE: tl.constexpr):
+def _store_from(address, offsets, mask, value, code, FULL: tl.constexpr, ALIGNED: tl.constexpr):
     """Stores `value` (fp32 or fp64) into the dtype with table code `code`: as it is into fp64, else
     rounded to nearest even to fp32 and then to the 16-bit dtype (as torch's casts from fp64 do).
 
@@ -128,10 +132,10 @@ def _store_from(address, offsets, mask, value, code, FULL: tl.constexpr, ALIGNED
     if code == 0:
         _store(_typed_pointer(address, tl.float32, ALIGNED) + offsets, value.to(tl.float32), mask, FULL)
     elif code == 1:
-        rounded = cast_to(value.to(tl.float32), tl.float16, EMULATE_BF16_RTNE)
+        rounded = round_to(value.to(tl.float32), tl.float16)
         _store(_typed_pointer(address, tl.float16, ALIGNED) + offsets, rounded, mask, FULL)
     elif code == 2:
-        rounded_bf16 = cast_to(value.to(tl.float32), tl.bfloat16, EMULATE_BF16_RTNE)
+        rounded_bf16 = round_to(value.to(tl.float32), tl.bfloat16)
         _store(_typed_pointer(address, tl.bfloat16, ALIGNED) + offsets, rounded_bf16, mask, FULL)
     else:
         _store(_typed_pointer(address, tl.float64, ALIGNED) + offsets, value.to(tl.float64), mask, FULL)
@@ -139,19 +143,19 @@ def _store_from(address, offsets, mask, value, code, FULL: tl.constexpr, ALIGNED
 
 @triton.jit
 def _blend_block(ema_address, param_address, offsets, mask, ema_code, param_code, decay, from_ema, coeff,
-                 MATH: tl.constexpr, FULL: tl.constexpr, ALIGNED: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+                 MATH: tl.constexpr, FULL: tl.constexpr, ALIGNED: tl.constexpr):
     """e <- lerp(e, p, 1 - d) on one block as base + coeff*(p - e), base e or p (see _blend_chunk);
     d == 0 stores p exactly."""
     param = _load_as(param_address, offsets, mask, param_code, MATH, FULL, ALIGNED)
     ema = _load_as(ema_address, offsets, mask, ema_code, MATH, FULL, ALIGNED)
     blended = tl.where(from_ema, ema, param) + coeff * (param - ema)
     blended = tl.where(decay == 0.0, param, blended)
-    _store_from(ema_address, offsets, mask, blended, ema_code, FULL, ALIGNED, EMULATE_BF16_RTNE)
+    _store_from(ema_address, offsets, mask, blended, ema_code, FULL, ALIGNED)
 
 
 @triton.jit
 def _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay, MATH: tl.constexpr,
-                 CHUNK: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+                 CHUNK: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
     """e <- lerp(e, p, 1 - d) over one chunk of `count` elements, in MATH (fp32 or fp64). A decay
     that is 1 in MATH skips the chunk, reading nothing."""
     decay = decay.to(MATH)
@@ -167,16 +171,16 @@ def _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay,
             offsets = start + block
             if start + BLOCK <= count:
                 _blend_block(ema_address, param_address, offsets, None, ema_code, param_code, decay, from_ema,
-                             coeff, MATH, True, ALIGNED, EMULATE_BF16_RTNE)
+                             coeff, MATH, True, ALIGNED)
             elif start < count:
                 _blend_block(ema_address, param_address, offsets, offsets < count, ema_code, param_code, decay,
-                             from_ema, coeff, MATH, False, ALIGNED, EMULATE_BF16_RTNE)
+                             from_ema, coeff, MATH, False, ALIGNED)
 
 
 @triton.jit
 def _ema_update_kernel(table_ptr, decays_ptr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
                        FLOAT64: tl.constexpr, RAW_BYTES: tl.constexpr, PARAM_CODE_SHIFT: tl.constexpr,
-                       DECAY_SLOT_SHIFT: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
+                       DECAY_SLOT_SHIFT: tl.constexpr):
     """e <- lerp(e, p, 1 - d) over the chunk of table row `program_id` (the module's formula), in
     fp64 when either side is fp64, else in fp32.
 
@@ -206,10 +210,10 @@ def _ema_update_kernel(table_ptr, decays_ptr, CHUNK: tl.constexpr, BLOCK: tl.con
                     tl.store(ema_address.to(tl.pointer_type(tl.int8)) + offsets, raw, mask=offsets < count)
     elif (ema_code == FLOAT64) | (param_code == FLOAT64):
         _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay, tl.float64, CHUNK, BLOCK,
-                     ALIGNED, EMULATE_BF16_RTNE)
+                     ALIGNED)
     else:
         _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay, tl.float32, CHUNK, BLOCK,
-                     ALIGNED, EMULATE_BF16_RTNE)
+                     ALIGNED)
 
 
 @triton.jit
@@ -266,26 +270,16 @@ def _layout(tensors):
             tuple(map(_stride, tensors)))
 
 
-class TableMemo:
-    """The last layout and cached value of one caller with fixed pair lists (a ModelEMA's pairs):
-    compared, instead of hashed and looked up."""
-
-    def __init__(self):
-        self.cache, self.slots, self.layout, self.value = None, None, None, None
-
-
-def _cached(cache, ema, params, slots, make, memo=None):
+def _cached(cache, ema, params, slots, make):
     """cache[key], made by make() on a miss (bounded, least recently used first out), where the
     key holds the device, the decay slots and the _layout of every tensor on both sides.
 
     The layout is read on every call, so a tensor changed behind the caller (`.data = ...`,
     model.half(), a view of another dtype, shape or strides at the same address) is seen before
     any launch. The device is the first tensor's: under CUDA's unified addressing an address names
-    its device. memo (a TableMemo) short-cuts the lookup for a caller that repeats its pairs.
+    its device.
     """
     layout = _layout([*ema, *params])
-    if memo is not None and memo.cache is cache and memo.layout == layout and memo.slots == slots:
-        return memo.value
     key = (ema[0].device, tuple(slots), *layout)
     value = cache.get(key)
     if value is None:
@@ -294,8 +288,6 @@ def _cached(cache, ema, params, slots, make, memo=None):
             cache.popitem(last=False)
     else:
         cache.move_to_end(key)
-    if memo is not None:
-        memo.cache, memo.slots, memo.layout, memo.value = cache, list(slots), layout, value
     return value
 
 
@@ -387,13 +379,12 @@ def _check_table_pairs(ema, params):
     _check_no_overlap(ema, params)
 
 
-def chunk_table(ema, params, slots, memo=None):
+def chunk_table(ema, params, slots):
     """The cached device table for the pairs: (table, aligned), found as _cached says.
 
-    Built on a miss (checked, then one host-to-device copy). memo: a TableMemo of a caller with
-    fixed pair lists.
+    Built on a miss (checked, then one host-to-device copy).
     """
-    entry = _cached(_TABLES, ema, params, slots, lambda: _device_table(ema, params, slots), memo)
+    entry = _cached(_TABLES, ema, params, slots, lambda: _device_table(ema, params, slots))
     if entry[0].is_cuda and torch.cuda.is_current_stream_capturing():
         _PINNED_TABLES[id(entry[0])] = entry
     return entry
@@ -409,35 +400,21 @@ def _device_table(ema, params, slots):
     return table.to(ema[0].device), aligned
 
 
-# ----------------------------------------------------------------------------- launchers
+# ----------------------------------------------------------------------------- implementations
 
 
-def _ema_update_triton(ema, params, decays, slots, memo=None):
-    table, aligned = chunk_table(ema, params, slots, memo)
-    if table.shape[0] == 0:
+def _ema_update_torch(ema: List[torch.Tensor], params: List[torch.Tensor], decays: torch.Tensor,
+                      slots: List[int]) -> None:
+    """ema[i] <- lerp(ema[i], params[i], 1 - d) with d = decays[slots[i]]: the reference, one pair at
+    a time (the CPU path and the oracle of the kernels).
+
+    Expects what ema_update_ checks: equal sizes per pair, one device, e and p laid out alike in
+    memory (same strides, dense); integer pairs are copied unless d == 1. Checks the pairs as a
+    table build does (the same input is refused by every backend), once per layout."""
+    _check_decays(decays, 1)
+    if not ema:
         return
-    with _backend.device_guard(table.device):
-        _ema_update_kernel[(table.shape[0],)](
-            table, decays, CHUNK=CHUNK, BLOCK=BLOCK, ALIGNED=aligned, FLOAT64=FLOAT64, RAW_BYTES=RAW_BYTES,
-            PARAM_CODE_SHIFT=PARAM_CODE_SHIFT, DECAY_SLOT_SHIFT=DECAY_SLOT_SHIFT,
-            EMULATE_BF16_RTNE=emulate_bf16_rounding(), num_warps=NUM_WARPS,
-            enable_fp_fusion=False)  # no FMA contraction: bit-equal to the other backends
-
-
-def _ema_update_cuda(ema, params, decays, slots, memo=None):
-    table, _ = chunk_table(ema, params, slots, memo)
-    if table.shape[0] == 0:
-        return
-    _backend._C.ema_update(table.data_ptr(), table.shape[0], decays.data_ptr(), CHUNK, CUDA_THREADS,
-                           _backend.cuda_stream(table.device))
-
-
-def _ema_update_torch(ema, params, decays, slots, memo=None):
-    """The reference in fp32, one pair at a time (the CPU path and the oracle of the kernels).
-
-    Checks the pairs as a table build does (the same input is refused by every backend), once per
-    layout, as the tables are cached."""
-    _cached(_CHECKED_PAIRS, ema, params, slots, lambda: _check_table_pairs(ema, params) or True, memo)
+    _cached(_CHECKED_PAIRS, ema, params, slots, lambda: _check_table_pairs(ema, params) or True)
     for e, p, slot in zip(ema, params, slots):
         if e.numel() == 0:
             continue
@@ -449,9 +426,47 @@ def _ema_update_torch(ema, params, decays, slots, memo=None):
             e.copy_(torch.where(decay == 1.0, e, p))
 
 
-def _schedule_torch(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
-                    update_after_step, update_every):
-    """The schedule with torch ops on the device, in fp64, no host sync."""
+def _ema_update_triton(ema, params, decays, slots):
+    """As _ema_update_torch, in one launch over the chunk table."""
+    _check_decays(decays, 1)
+    table, aligned = chunk_table(ema, params, slots) if ema else (None, True)
+    if table is None or table.shape[0] == 0:
+        return
+    launch(_ema_update_kernel, (table.shape[0],), table, decays, num_warps=NUM_WARPS, CHUNK=CHUNK, BLOCK=BLOCK,
+           ALIGNED=aligned, FLOAT64=FLOAT64, RAW_BYTES=RAW_BYTES, PARAM_CODE_SHIFT=PARAM_CODE_SHIFT,
+           DECAY_SLOT_SHIFT=DECAY_SLOT_SHIFT)
+
+
+def _ema_update_cuda(ema, params, decays, slots):
+    """As _ema_update_triton, with csrc/ema.cu's kernel."""
+    _check_decays(decays, 1)
+    table, _ = chunk_table(ema, params, slots) if ema else (None, True)
+    if table is None or table.shape[0] == 0:
+        return
+    _backend._C.ema_update(table=table.data_ptr(), num_chunks=table.shape[0], decays=decays.data_ptr(), chunk=CHUNK,
+                           threads=CUDA_THREADS, stream=_backend.cuda_stream(table.device))
+
+
+def _check_decays(decays, least):
+    """The kernels read (and the schedule writes) the decays as fp64 through a raw pointer."""
+    if decays.dtype != torch.float64 or decays.numel() < least:
+        raise ValueError(f"decays must be a float64 tensor of at least {least} elements, got {decays.dtype} "
+                         f"of shape {tuple(decays.shape)}")
+
+
+def _check_schedule(decays, update_after_step, update_every):
+    _check_decays(decays, 2)
+    if update_every < 1 or update_after_step < 0:  # t % 0 on the device: undefined, not an error
+        raise ValueError(f"update_every must be >= 1 and update_after_step >= 0, got {update_every} and "
+                         f"{update_after_step}")
+
+
+def _ema_schedule_torch(num_updates: torch.Tensor, decays: torch.Tensor, decay: float, warmup: bool,
+                        warmup_gamma: float, warmup_power: float, min_decay: float, update_after_step: int,
+                        update_every: int) -> None:
+    """num_updates += 1; decays <- [average decay, copy decay] for that update (ModelEMA's schedule),
+    with torch ops on the device, in fp64, no host sync."""
+    _check_schedule(decays, update_after_step, update_every)
     num_updates.add_(1)
     t = num_updates.to(torch.float64)
     average = torch.full_like(t, decay)
@@ -464,50 +479,30 @@ def _schedule_torch(num_updates, decays, decay, warmup, warmup_gamma, warmup_pow
     decays.copy_(torch.stack([torch.where(skipped, 1.0, average), skipped.to(torch.float64)]))
 
 
-# ----------------------------------------------------------------------------- registration
+def _ema_schedule_triton(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
+                         update_after_step, update_every):
+    """As _ema_schedule_torch, in one one-program launch."""
+    _check_schedule(decays, update_after_step, update_every)
+    launch(_ema_schedule_kernel, (1,), num_updates, decays, decay, warmup_gamma, warmup_power, min_decay,
+           update_after_step, update_every, num_warps=1, WARMUP=warmup)
 
 
-def _ema_update(ema, params, decays, slots, backend, memo=None):
-    """ema[i] <- lerp(ema[i], params[i], 1 - d) with d = decays[slots[i]], one launch for all pairs.
-
-    Expects what ema_update_ checks: equal sizes per pair, one device, e and p laid out alike
-    in memory (same strides, dense). Integer pairs are copied unless d == 1.
-    """
-    _check_decays(decays, 1)
-    if not ema:
-        return
-    if backend == "torch":
-        _ema_update_torch(ema, params, decays, slots, memo)
-    elif backend == "triton":
-        _ema_update_triton(ema, params, decays, slots, memo)
-    else:
-        _ema_update_cuda(ema, params, decays, slots, memo)
+def _ema_schedule_cuda(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
+                       update_after_step, update_every):
+    """As _ema_schedule_triton, with csrc/ema.cu's kernel."""
+    _check_schedule(decays, update_after_step, update_every)
+    _backend._C.ema_schedule(num_updates=num_updates.data_ptr(), decays=decays.data_ptr(), decay=decay, warmup=warmup,
+                             warmup_gamma=warmup_gamma, warmup_power=warmup_power, min_decay=min_decay,
+                             update_after_step=update_after_step, update_every=update_every,
+                             stream=_backend.cuda_stream(num_updates.device))
 
 
-def _check_decays(decays, least):
-    """The kernels read (and the schedule writes) the decays as fp64 through a raw pointer."""
-    if decays.dtype != torch.float64 or decays.numel() < least:
-        raise ValueError(f"decays must be a float64 tensor of at least {least} elements, got {decays.dtype} "
-                         f"of shape {tuple(decays.shape)}")
+# ----------------------------------------------------------------------------- ops
 
-
-@torch.library.custom_op("recipe_kernels::ema_update_", mutates_args=("ema",))
-def ema_update_op(ema: List[torch.Tensor], params: List[torch.Tensor], decays: torch.Tensor,
-                  slots: List[int], backend: str) -> None:
-    """The registered form of _ema_update: what torch.compile traces and CUDA-graph trees see."""
-    _ema_update(ema, params, decays, slots, backend)
-
-
-def _dispatch_ema_update(ema, params, decays, slots, backend):
-    """Eager calls skip the dispatcher, whose per-tensor bookkeeping for a list argument (alias
-    checks and the like) costs about 2.5 us per tensor, over 2 ms for a 1,000-tensor model; the
-    version counters it would bump are bumped here in one C++ loop (about 65 us for 1,000
-    tensors), so autograd still sees the in-place write. Traced calls go through the registered op."""
-    if torch.compiler.is_compiling():
-        ema_update_op(ema, params, decays, slots, backend)
-    else:
-        _ema_update(ema, params, decays, slots, backend)
-        torch.autograd.graph.increment_version(ema)
+# e <- lerp(e, p, 1 - decays[slot]) over every pair, in place. Eager calls bump the EMA tensors'
+# version counters in one C++ loop, as the dispatcher would.
+ema_update_op = Op("ema_update_", torch=_ema_update_torch, triton=_ema_update_triton, cuda=_ema_update_cuda,
+                   mutates_args=("ema",))
 
 
 @ema_update_op.register_fake
@@ -515,33 +510,8 @@ def _(ema, params, decays, slots, backend):
     return None
 
 
-def _ema_schedule(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step,
-                  update_every, backend):
-    """num_updates += 1; decays <- [average decay, copy decay] for that update (ModelEMA's schedule)."""
-    _check_decays(decays, 2)
-    if update_every < 1 or update_after_step < 0:  # t % 0 on the device: undefined, not an error
-        raise ValueError(f"update_every must be >= 1 and update_after_step >= 0, got {update_every} and "
-                         f"{update_after_step}")
-    if backend == "torch":
-        _schedule_torch(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
-                        update_after_step, update_every)
-    elif backend == "triton":
-        with _backend.device_guard(num_updates.device):
-            _ema_schedule_kernel[(1,)](num_updates, decays, decay, warmup_gamma, warmup_power, min_decay,
-                                       update_after_step, update_every, WARMUP=warmup)
-    else:
-        _backend._C.ema_schedule(num_updates.data_ptr(), decays.data_ptr(), decay, warmup, warmup_gamma,
-                                 warmup_power, min_decay, update_after_step, update_every,
-                                 _backend.cuda_stream(num_updates.device))
-
-
-@torch.library.custom_op("recipe_kernels::ema_schedule_", mutates_args=("num_updates", "decays"))
-def ema_schedule_op(num_updates: torch.Tensor, decays: torch.Tensor, decay: float, warmup: bool,
-                    warmup_gamma: float, warmup_power: float, min_decay: float, update_after_step: int,
-                    update_every: int, backend: str) -> None:
-    """The registered form of _ema_schedule."""
-    _ema_schedule(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step,
-                  update_every, backend)
+ema_schedule_op = Op("ema_schedule_", torch=_ema_schedule_torch, triton=_ema_schedule_triton,
+                     cuda=_ema_schedule_cuda, mutates_args=("num_updates", "decays"))
 
 
 @ema_schedule_op.register_fake
@@ -568,14 +538,6 @@ def _decay_tensor(decay, device):
             _DECAY_TENSORS.clear()
         tensor = _DECAY_TENSORS[key] = torch.full((1,), decay, dtype=torch.float64, device=device)
     return tensor
-
-
-def _check_decay(decay, name="decay", kinds="a Python float or a 0-d tensor"):
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)):
-        raise TypeError(f"{name} must be {kinds}, got {type(decay).__name__}")
-    if not 0.0 <= decay <= 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be in [0, 1], got {decay}")
-    return float(decay)
 
 
 def _local(tensor):
@@ -630,8 +592,7 @@ def _check_pairs(ema_tensors, model_tensors):
     device = None
     for index, (e, p) in enumerate(zip(ema_tensors, model_tensors)):
         for name, tensor in (("ema_tensors", e), ("model_tensors", p)):
-            if not isinstance(tensor, torch.Tensor):
-                raise TypeError(f"{name}[{index}] must be a torch.Tensor, got {type(tensor).__name__}")
+            _checks.tensor(tensor, f"{name}[{index}]")
             if tensor.dtype not in EMA_DTYPE_CODES:
                 raise ValueError(f"{name}[{index}] has dtype {tensor.dtype}; the EMA needs floating tensors "
                                  "(float32, float16, bfloat16 or float64)")
@@ -678,7 +639,7 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], model_tensors: Sequence[tor
             raise ValueError(f"decay is on {decay.device} but the tensors are on {device}")
         decays = decay.detach().reshape(1).to(torch.float64)
     else:
-        decay = _check_decay(decay)
+        decay = _checks.probability(decay, "decay")
         if 0.999 <= decay < 1.0 and any(e.dtype in (torch.bfloat16, torch.float16) for e in ema):
             _warn_low_precision_ema(decay)
         if not ema:
@@ -687,7 +648,7 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], model_tensors: Sequence[tor
     if not ema:
         return
     backend = _backend.resolve("ema", device, backend)
-    _dispatch_ema_update(ema, params, decays, [AVERAGE_SLOT] * len(ema), backend)
+    ema_update_op(ema, params, decays, [AVERAGE_SLOT] * len(ema), backend)
 
 
 def _warn_low_precision_ema(decay):

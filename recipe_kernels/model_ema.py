@@ -10,10 +10,9 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from recipe_kernels import _backend
-from recipe_kernels.ema import (AVERAGE_SLOT, COPY_SLOT, EMA_DTYPE_CODES, TableMemo, _check_decay, _check_pairs,
-                                _dense_layout, _ema_schedule, _ema_update, _is_dtensor, _local,
-                                _warn_low_precision_ema, ema_schedule_op, ema_update_op)
+from recipe_kernels import _backend, _checks
+from recipe_kernels.ema import (AVERAGE_SLOT, COPY_SLOT, EMA_DTYPE_CODES, _check_pairs, _dense_layout, _is_dtensor,
+                                _local, _warn_low_precision_ema, ema_schedule_op, ema_update_op)
 
 BUFFER_MODES = ("average", "copy", "ignore")
 NUM_UPDATES_KEY = "_ema_num_updates"
@@ -123,7 +122,6 @@ class _Pairs:
     def __init__(self, ema_module, model, buffer_mode):
         self.model = model
         self.generation = _REGISTRATIONS[0]
-        self.table_memo = TableMemo()
         ema_params, model_params = dict(ema_module.named_parameters()), dict(model.named_parameters())
         if ema_params.keys() != model_params.keys():
             raise ValueError("the model's parameters do not match the EMA's: "
@@ -213,8 +211,8 @@ class ModelEMA:
                  warmup_gamma: float = 1.0, warmup_power: float = 2 / 3, min_decay: float = 0.0,
                  update_after_step: int = 0, update_every: int = 1, ema_dtype: Optional[torch.dtype] = None,
                  buffers: str = "average", backend: Optional[str] = None):
-        self.decay = _check_decay(decay, kinds="a Python float")
-        self.min_decay = _check_decay(min_decay, "min_decay", "a Python float")
+        self.decay = _checks.probability(decay, "decay")
+        self.min_decay = _checks.probability(min_decay, "min_decay")
         for name, value in (("warmup_gamma", warmup_gamma), ("warmup_power", warmup_power)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
@@ -266,15 +264,9 @@ class ModelEMA:
     def update(self, model: torch.nn.Module) -> None:
         """One update from `model`'s current weights: two launches, no host sync."""
         pairs, (ema, params) = self._pairs_for(_unwrap(model))
-        schedule = (self.num_updates, self._decays, self.decay, self.warmup, self.warmup_gamma, self.warmup_power,
-                    self.min_decay, self.update_after_step, self.update_every, self.backend)
-        if torch.compiler.is_compiling():
-            ema_schedule_op(*schedule)
-            ema_update_op(ema, params, self._decays, pairs.slots, self.backend)
-        else:  # eager: straight to the launchers (see _dispatch_ema_update)
-            _ema_schedule(*schedule)
-            _ema_update(ema, params, self._decays, pairs.slots, self.backend, memo=pairs.table_memo)
-            torch.autograd.graph.increment_version(ema)
+        ema_schedule_op(self.num_updates, self._decays, self.decay, self.warmup, self.warmup_gamma, self.warmup_power,
+                        self.min_decay, self.update_after_step, self.update_every, self.backend)
+        ema_update_op(ema, params, self._decays, pairs.slots, self.backend)
 
     def state_dict(self) -> Dict[str, Any]:
         """The averaged weights keyed as in model.state_dict() (DTensors stay DTensors), plus the counter."""

@@ -57,7 +57,7 @@ def run_kernel_code(ema, params, decays, slots, threads=CUDA_THREADS):
 
 
 def run_torch_backend(ema, params, decays, slots):
-    ema_module._ema_update(ema, params, decays, slots, "torch")
+    ema_module.ema_update_op(ema, params, decays, slots, "torch")
 
 
 def assert_same_bits(actual, expected):
@@ -273,7 +273,7 @@ def test_schedule_kernel_code_equals_torch_backend(schedule, start):
     torch_updates, torch_decays = torch.tensor(start), fp64_decays(-1.0, -1.0)
     for t in range(start + 1, start + 301):
         schedule_host(host_updates, host_decays, schedule)
-        ema_module._ema_schedule(torch_updates, torch_decays, schedule.decay, schedule.warmup, schedule.warmup_gamma,
+        ema_module.ema_schedule_op(torch_updates, torch_decays, schedule.decay, schedule.warmup, schedule.warmup_gamma,
                                  schedule.warmup_power, schedule.min_decay, schedule.update_after_step,
                                  schedule.update_every, "torch")
         assert host_updates.item() == t
