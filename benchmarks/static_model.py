@@ -243,7 +243,7 @@ def run(quick=False, only=None):
             continue
         with StandInDriver() as driver:
             case.run()
-        kernels = [figures(launch) for launch in driver.launches if launch.name != "_ema_schedule_kernel"]
+        kernels = [figures(launch) for launch in driver.launches]
         for gpu in GPUS:
             prediction = predict(case, kernels, gpu)
             for kernel in kernels:

@@ -46,6 +46,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 import triton
 import triton.language as tl
+from torch._C._dynamo.guards import TensorGuards
 
 from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._codes import DTYPE_CODES, RAW_BYTES
@@ -178,17 +179,40 @@ def _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay,
 
 
 @triton.jit
-def _ema_update_kernel(table_ptr, decays_ptr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
-                       FLOAT64: tl.constexpr, RAW_BYTES: tl.constexpr, PARAM_CODE_SHIFT: tl.constexpr,
-                       DECAY_SLOT_SHIFT: tl.constexpr):
+def _scheduled_decays(t, decay, warmup_gamma, warmup_power, min_decay, update_after_step, update_every,
+                      WARMUP: tl.constexpr):
+    """ModelEMA's (average, copy) decays of update t, in fp64 with the warmup term rounded to fp32
+    (see reference.ema_decays)."""
+    # The float arguments as fp64 tensors: the interpreter would take Python floats for fp32.
+    average = tl.full([], decay, tl.float64)
+    if WARMUP:
+        steps_after = (t - update_after_step).to(tl.float64)
+        warm = 1.0 - tl.exp(-warmup_power * tl.log(1.0 + steps_after / warmup_gamma))
+        warm = warm.to(tl.float32).to(tl.float64)  # exp and log differ in the last fp64 bit across backends
+        average = tl.minimum(average, tl.maximum(tl.full([], min_decay, tl.float64), warm))
+    average = tl.where(t <= update_after_step, 0.0, average)
+    skipped = (t % update_every) != 0
+    return tl.where(skipped, 1.0, average), tl.where(skipped, 1.0, 0.0).to(tl.float64)
+
+
+@triton.jit
+def _ema_update_kernel(table_ptr, decays_ptr, num_updates_ptr, programs_done_ptr, decay: tl.float64,
+                       warmup_gamma: tl.float64, warmup_power: tl.float64, min_decay: tl.float64,
+                       update_after_step: tl.int64, update_every: tl.int64, CHUNK: tl.constexpr,
+                       BLOCK: tl.constexpr, ALIGNED: tl.constexpr, FLOAT64: tl.constexpr, RAW_BYTES: tl.constexpr,
+                       PARAM_CODE_SHIFT: tl.constexpr, DECAY_SLOT_SHIFT: tl.constexpr, SCHEDULE: tl.constexpr,
+                       WARMUP: tl.constexpr):
     """e <- lerp(e, p, 1 - d) over the chunk of table row `program_id` (the module's formula), in
     fp64 when either side is fp64, else in fp32.
 
     Inputs: table (rows of 4 int64: e address, p address, count, codes = e code | p code << 4 |
-    decay slot << 8), decays (fp64, indexed by the slot). Bytes: reads p and e and writes e once
-    each (count * (2 * size(e) + size(p))), plus 32 table bytes and an 8-byte decay per program.
-    A decay of exactly 1 (in the math's precision) skips the chunk without touching memory.
-    RAW_BYTES rows copy count bytes from p to e unless their decay is 1.
+    decay slot << 8); decays (fp64, indexed by the slot). With SCHEDULE (ModelEMA.update) the
+    decays come from the schedule at t = num_updates + 1 instead, and the last program to finish
+    (counted in programs_done, which it resets to 0) stores t in num_updates and the decays it used
+    in decays[0:2]; the scalar arguments are the schedule's. Bytes: reads p and e and writes e once
+    each (count * (2 * size(e) + size(p))), plus 32 table bytes and 8 decay or counter bytes per
+    program. A decay of exactly 1 (in the math's precision) skips the chunk without touching
+    memory. RAW_BYTES rows copy count bytes from p to e unless their decay is 1.
     """
     # 1. The row: where, how many, which dtypes, which decay. One scalar load each.
     row = table_ptr + tl.program_id(0).to(tl.int64) * 4
@@ -198,10 +222,17 @@ def _ema_update_kernel(table_ptr, decays_ptr, CHUNK: tl.constexpr, BLOCK: tl.con
     codes = tl.load(row + 3)
     ema_code = codes & ((1 << PARAM_CODE_SHIFT) - 1)
     param_code = (codes >> PARAM_CODE_SHIFT) & ((1 << PARAM_CODE_SHIFT) - 1)
-    decay = tl.load(decays_ptr + (codes >> DECAY_SLOT_SHIFT))
+    slot = codes >> DECAY_SLOT_SHIFT
+    if SCHEDULE:
+        t = tl.load(num_updates_ptr) + 1
+        average, copy_decay = _scheduled_decays(t, decay, warmup_gamma, warmup_power, min_decay, update_after_step,
+                                                update_every, WARMUP)
+        row_decay = tl.where(slot == 0, average, copy_decay)
+    else:
+        row_decay = tl.load(decays_ptr + slot)
     # 2. Integer buffers: copied unless skipped. Floating pairs: the blend in their math's precision.
     if ema_code == RAW_BYTES:
-        if decay != 1.0:
+        if row_decay != 1.0:
             block = tl.arange(0, BLOCK)
             for start in tl.static_range(0, CHUNK, BLOCK):
                 if start < count:
@@ -209,39 +240,19 @@ def _ema_update_kernel(table_ptr, decays_ptr, CHUNK: tl.constexpr, BLOCK: tl.con
                     raw = tl.load(param_address.to(tl.pointer_type(tl.int8)) + offsets, mask=offsets < count)
                     tl.store(ema_address.to(tl.pointer_type(tl.int8)) + offsets, raw, mask=offsets < count)
     elif (ema_code == FLOAT64) | (param_code == FLOAT64):
-        _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay, tl.float64, CHUNK, BLOCK,
+        _blend_chunk(ema_address, param_address, count, ema_code, param_code, row_decay, tl.float64, CHUNK, BLOCK,
                      ALIGNED)
     else:
-        _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay, tl.float32, CHUNK, BLOCK,
+        _blend_chunk(ema_address, param_address, count, ema_code, param_code, row_decay, tl.float32, CHUNK, BLOCK,
                      ALIGNED)
-
-
-@triton.jit
-def _ema_schedule_kernel(num_updates_ptr, decays_ptr, decay: tl.float64, warmup_gamma: tl.float64,
-                         warmup_power: tl.float64, min_decay: tl.float64, update_after_step: tl.int64,
-                         update_every: tl.int64, WARMUP: tl.constexpr):
-    """One program: t = ++num_updates, then decays = [d(t), copy decay(t)] (see reference.ema_decays).
-
-    Inputs: num_updates (one int64, incremented in place), decays (two fp64, written). The
-    schedule is computed in fp64, its warmup term rounded to fp32. 24 bytes.
-    """
-    # The float arguments as fp64 tensors: the interpreter would take Python floats for fp32.
-    decay = tl.full([], decay, tl.float64)
-    min_decay = tl.full([], min_decay, tl.float64)
-    t = tl.load(num_updates_ptr) + 1
-    tl.store(num_updates_ptr, t)
-    average = decay
-    if WARMUP:
-        steps_after = (t - update_after_step).to(tl.float64)
-        warm = 1.0 - tl.exp(-warmup_power * tl.log(1.0 + steps_after / warmup_gamma))
-        warm = warm.to(tl.float32).to(tl.float64)  # exp and log differ in the last fp64 bit across backends
-        average = tl.minimum(average, tl.maximum(min_decay, warm))
-    average = tl.where(t <= update_after_step, 0.0, average)
-    skipped = (t % update_every) != 0
-    average = tl.where(skipped, 1.0, average)
-    copy_decay = tl.where(skipped, 1.0, 0.0)
-    tl.store(decays_ptr, average)
-    tl.store(decays_ptr + 1, copy_decay.to(tl.float64))
+    # 3. The schedule's counter: every program has read it (the barrier), so the last one may advance it.
+    if SCHEDULE:
+        tl.debug_barrier()
+        if tl.atomic_add(programs_done_ptr, 1) == tl.num_programs(0) - 1:
+            tl.store(num_updates_ptr, t)
+            tl.store(programs_done_ptr, 0)
+            tl.store(decays_ptr, average)
+            tl.store(decays_ptr + 1, copy_decay)
 
 
 # ----------------------------------------------------------------------------- the chunk table
@@ -270,15 +281,75 @@ def _layout(tensors):
             tuple(map(_stride, tensors)))
 
 
+class _ListsMemo:
+    """What the tensors of one caller's pair lists were when last checked, and the values
+    (tables, checks) found for them then: a caller that passes the same list objects again (a
+    ModelEMA, a training loop) is answered without hashing its layout.
+
+    The tensors are compared anew on every call, each in C++: type, device, dtype, shape and
+    strides through torch's TensorGuards (what torch.compile's guards check), then the addresses.
+    So a tensor replaced in the list or changed behind it (`.data = ...`, a view of another dtype
+    at the same address) is seen; only the list objects' identity is trusted, and only as a lookup
+    key. No reference to a tensor is kept.
+    """
+
+    def __init__(self, tensors, slots):
+        self.count, self.slots, self.addresses = len(tensors), list(slots), tuple(map(_data_ptr, tensors))
+        self.guard = _tensor_guards(tensors)
+        self.values = {}
+        # Set by ema_update_ between its own check and the op's, which then need not check again.
+        self.just_checked = False
+
+    def matches(self, tensors, slots):
+        return (len(tensors) == self.count and slots == self.slots and self.guard.check(*tensors)
+                and tuple(map(_data_ptr, tensors)) == self.addresses)
+
+
+def _tensor_guards(tensors):
+    sizes, strides = [list(t.shape) for t in tensors], [list(t.stride()) for t in tensors]
+    return TensorGuards(*tensors, dynamic_dims_sizes=sizes, dynamic_dims_strides=strides)
+
+
+# (id of the ema list, id of the params list) -> _ListsMemo, least recently made first out.
+_MEMOS = collections.OrderedDict()
+_MEMOS_MAX = 16
+
+
+def _unchanged_memo(ema, params, slots):
+    """The memo of these list objects if their tensors and slots are as it remembers them, else None."""
+    memo = _MEMOS.get((id(ema), id(params)))
+    if memo is None:
+        return None
+    if memo.just_checked:
+        memo.just_checked = False
+        return memo
+    return memo if memo.matches([*ema, *params], slots) else None
+
+
+def _remember(ema, params, slots):
+    """A new, empty memo of these list objects as they are now."""
+    key = (id(ema), id(params))
+    memo = _MEMOS[key] = _ListsMemo([*ema, *params], slots)
+    _MEMOS.move_to_end(key)
+    while len(_MEMOS) > _MEMOS_MAX:
+        _MEMOS.popitem(last=False)
+    return memo
+
+
 def _cached(cache, ema, params, slots, make):
     """cache[key], made by make() on a miss (bounded, least recently used first out), where the
-    key holds the device, the decay slots and the _layout of every tensor on both sides.
+    key holds the device, the decay slots and the _layout of every tensor on both sides; for list
+    objects seen before, found through their _ListsMemo.
 
-    The layout is read on every call, so a tensor changed behind the caller (`.data = ...`,
-    model.half(), a view of another dtype, shape or strides at the same address) is seen before
-    any launch. The device is the first tensor's: under CUDA's unified addressing an address names
-    its device.
+    Either way every tensor is read on every call, so a tensor changed behind the caller
+    (`.data = ...`, model.half(), a view of another dtype, shape or strides at the same address)
+    is seen before any launch. The device is the first tensor's: under CUDA's unified addressing
+    an address names its device.
     """
+    memo = _unchanged_memo(ema, params, slots) or _remember(ema, params, slots)
+    value = memo.values.get(id(cache))
+    if value is not None:
+        return value
     layout = _layout([*ema, *params])
     key = (ema[0].device, tuple(slots), *layout)
     value = cache.get(key)
@@ -288,6 +359,7 @@ def _cached(cache, ema, params, slots, make):
             cache.popitem(last=False)
     else:
         cache.move_to_end(key)
+    memo.values[id(cache)] = value
     return value
 
 
@@ -426,15 +498,19 @@ def _ema_update_torch(ema: List[torch.Tensor], params: List[torch.Tensor], decay
             e.copy_(torch.where(decay == 1.0, e, p))
 
 
+# What the schedule's arguments are in a launch without one (ema_update_): never read.
+_NO_SCHEDULE = (0.0, 1.0, 1.0, 0.0, 0, 1)
+
+
 def _ema_update_triton(ema, params, decays, slots):
     """As _ema_update_torch, in one launch over the chunk table."""
     _check_decays(decays, 1)
     table, aligned = chunk_table(ema, params, slots) if ema else (None, True)
     if table is None or table.shape[0] == 0:
         return
-    launch(_ema_update_kernel, (table.shape[0],), table, decays, num_warps=NUM_WARPS, CHUNK=CHUNK, BLOCK=BLOCK,
-           ALIGNED=aligned, FLOAT64=FLOAT64, RAW_BYTES=RAW_BYTES, PARAM_CODE_SHIFT=PARAM_CODE_SHIFT,
-           DECAY_SLOT_SHIFT=DECAY_SLOT_SHIFT)
+    launch(_ema_update_kernel, (table.shape[0],), table, decays, table, table, *_NO_SCHEDULE, num_warps=NUM_WARPS,
+           CHUNK=CHUNK, BLOCK=BLOCK, ALIGNED=aligned, FLOAT64=FLOAT64, RAW_BYTES=RAW_BYTES,
+           PARAM_CODE_SHIFT=PARAM_CODE_SHIFT, DECAY_SLOT_SHIFT=DECAY_SLOT_SHIFT, SCHEDULE=False, WARMUP=False)
 
 
 def _ema_update_cuda(ema, params, decays, slots):
@@ -454,19 +530,26 @@ def _check_decays(decays, least):
                          f"of shape {tuple(decays.shape)}")
 
 
-def _check_schedule(decays, update_after_step, update_every):
+def _check_schedule(num_updates, programs_done, decays, update_after_step, update_every):
+    """What the scheduled kernels read and write through raw pointers, and a schedule they can count."""
     _check_decays(decays, 2)
+    if num_updates.dtype != torch.int64 or num_updates.numel() != 1 or programs_done.dtype != torch.int32 or \
+            programs_done.numel() != 1:
+        raise ValueError(f"num_updates must be one int64 and programs_done one int32, got {num_updates.dtype} "
+                         f"{tuple(num_updates.shape)} and {programs_done.dtype} {tuple(programs_done.shape)}")
     if update_every < 1 or update_after_step < 0:  # t % 0 on the device: undefined, not an error
         raise ValueError(f"update_every must be >= 1 and update_after_step >= 0, got {update_every} and "
                          f"{update_after_step}")
 
 
-def _ema_schedule_torch(num_updates: torch.Tensor, decays: torch.Tensor, decay: float, warmup: bool,
-                        warmup_gamma: float, warmup_power: float, min_decay: float, update_after_step: int,
-                        update_every: int) -> None:
-    """num_updates += 1; decays <- [average decay, copy decay] for that update (ModelEMA's schedule),
-    with torch ops on the device, in fp64, no host sync."""
-    _check_schedule(decays, update_after_step, update_every)
+def _ema_scheduled_update_torch(ema: List[torch.Tensor], params: List[torch.Tensor], slots: List[int],
+                                num_updates: torch.Tensor, programs_done: torch.Tensor, decays: torch.Tensor,
+                                decay: float, warmup: bool, warmup_gamma: float, warmup_power: float,
+                                min_decay: float, update_after_step: int, update_every: int) -> None:
+    """ModelEMA's update: t = num_updates + 1; decays <- [average decay, copy decay] of update t (the
+    schedule, in fp64 on the device, no host sync); then _ema_update_torch with them; num_updates <- t.
+    programs_done is the kernels' count of finished programs (0 between calls; untouched here)."""
+    _check_schedule(num_updates, programs_done, decays, update_after_step, update_every)
     num_updates.add_(1)
     t = num_updates.to(torch.float64)
     average = torch.full_like(t, decay)
@@ -477,24 +560,49 @@ def _ema_schedule_torch(num_updates: torch.Tensor, decays: torch.Tensor, decay: 
     average = torch.where(t <= update_after_step, 0.0, average)
     skipped = torch.remainder(num_updates, update_every) != 0
     decays.copy_(torch.stack([torch.where(skipped, 1.0, average), skipped.to(torch.float64)]))
+    _ema_update_torch(ema, params, decays, slots)
 
 
-def _ema_schedule_triton(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
-                         update_after_step, update_every):
-    """As _ema_schedule_torch, in one one-program launch."""
-    _check_schedule(decays, update_after_step, update_every)
-    launch(_ema_schedule_kernel, (1,), num_updates, decays, decay, warmup_gamma, warmup_power, min_decay,
-           update_after_step, update_every, num_warps=1, WARMUP=warmup)
+def _scheduled_table(ema, params, slots, *schedule):
+    """The table of a scheduled update, or None when it has no rows: then the torch implementation
+    advances the counter and decays (nothing to average, nothing to launch for)."""
+    num_updates, programs_done, decays, update_after_step, update_every = *schedule[:3], *schedule[-2:]
+    _check_schedule(num_updates, programs_done, decays, update_after_step, update_every)
+    table = chunk_table(ema, params, slots) if ema else None
+    if table is None or table[0].shape[0] == 0:
+        _ema_scheduled_update_torch(ema, params, slots, *schedule)
+        return None
+    return table
 
 
-def _ema_schedule_cuda(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
-                       update_after_step, update_every):
-    """As _ema_schedule_triton, with csrc/ema.cu's kernel."""
-    _check_schedule(decays, update_after_step, update_every)
-    _backend._C.ema_schedule(num_updates=num_updates.data_ptr(), decays=decays.data_ptr(), decay=decay, warmup=warmup,
-                             warmup_gamma=warmup_gamma, warmup_power=warmup_power, min_decay=min_decay,
-                             update_after_step=update_after_step, update_every=update_every,
-                             stream=_backend.cuda_stream(num_updates.device))
+def _ema_scheduled_update_triton(ema, params, slots, num_updates, programs_done, decays, decay, warmup,
+                                 warmup_gamma, warmup_power, min_decay, update_after_step, update_every):
+    """As _ema_scheduled_update_torch, in one launch: the schedule runs in every program."""
+    entry = _scheduled_table(ema, params, slots, num_updates, programs_done, decays, decay, warmup, warmup_gamma,
+                             warmup_power, min_decay, update_after_step, update_every)
+    if entry is None:
+        return
+    table, aligned = entry
+    launch(_ema_update_kernel, (table.shape[0],), table, decays, num_updates, programs_done, decay, warmup_gamma,
+           warmup_power, min_decay, update_after_step, update_every, num_warps=NUM_WARPS, CHUNK=CHUNK, BLOCK=BLOCK,
+           ALIGNED=aligned, FLOAT64=FLOAT64, RAW_BYTES=RAW_BYTES, PARAM_CODE_SHIFT=PARAM_CODE_SHIFT,
+           DECAY_SLOT_SHIFT=DECAY_SLOT_SHIFT, SCHEDULE=True, WARMUP=warmup)
+
+
+def _ema_scheduled_update_cuda(ema, params, slots, num_updates, programs_done, decays, decay, warmup,
+                               warmup_gamma, warmup_power, min_decay, update_after_step, update_every):
+    """As _ema_scheduled_update_triton, with csrc/ema.cu's kernel."""
+    entry = _scheduled_table(ema, params, slots, num_updates, programs_done, decays, decay, warmup, warmup_gamma,
+                             warmup_power, min_decay, update_after_step, update_every)
+    if entry is None:
+        return
+    table, _ = entry
+    _backend._C.ema_scheduled_update(
+        table=table.data_ptr(), num_chunks=table.shape[0], num_updates=num_updates.data_ptr(),
+        programs_done=programs_done.data_ptr(), decays=decays.data_ptr(), decay=decay, warmup=warmup,
+        warmup_gamma=warmup_gamma, warmup_power=warmup_power, min_decay=min_decay,
+        update_after_step=update_after_step, update_every=update_every, chunk=CHUNK, threads=CUDA_THREADS,
+        stream=_backend.cuda_stream(table.device))
 
 
 # ----------------------------------------------------------------------------- ops
@@ -510,13 +618,15 @@ def _(ema, params, decays, slots, backend):
     return None
 
 
-ema_schedule_op = Op("ema_schedule_", torch=_ema_schedule_torch, triton=_ema_schedule_triton,
-                     cuda=_ema_schedule_cuda, mutates_args=("num_updates", "decays"))
+# ModelEMA.update in one launch: the schedule of update num_updates + 1, the update, the counter.
+ema_scheduled_update_op = Op("ema_scheduled_update_", torch=_ema_scheduled_update_torch,
+                             triton=_ema_scheduled_update_triton, cuda=_ema_scheduled_update_cuda,
+                             mutates_args=("ema", "num_updates", "programs_done", "decays"))
 
 
-@ema_schedule_op.register_fake
-def _(num_updates, decays, decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step,
-      update_every, backend):
+@ema_scheduled_update_op.register_fake
+def _(ema, params, slots, num_updates, programs_done, decays, decay, warmup, warmup_gamma, warmup_power, min_decay,
+      update_after_step, update_every, backend):
     return None
 
 
@@ -581,7 +691,7 @@ def _pairs_are_plain(ema, params):
 def _check_pairs(ema_tensors, model_tensors):
     """Validated (ema, params) lists of local tensors, laid out alike; raises on bad input."""
     if not torch.compiler.is_compiling() and _pairs_are_plain(ema_tensors, model_tensors):  # dynamo: loop below
-        return list(ema_tensors), list(model_tensors), ema_tensors[0].device
+        return ema_tensors, model_tensors, ema_tensors[0].device
     for name, tensors in (("ema_tensors", ema_tensors), ("model_tensors", model_tensors)):
         if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
             raise TypeError(f"{name} must be a list or tuple of tensors, got {type(tensors).__name__}")
@@ -617,6 +727,38 @@ def _check_pairs(ema_tensors, model_tensors):
     return ema, params, device
 
 
+# [AVERAGE_SLOT] * n, one list per n: the same object on every call, as a memo compares it.
+_AVERAGE_SLOTS = {}
+# The key of ema_update_'s own check of its lists in their memo (the caches' keys are ints).
+_CHECKED_INPUTS = "checked inputs"
+
+
+def _checked_pairs(ema_tensors, model_tensors):
+    """(ema, params, device, has a 16-bit EMA, slots, memo): the checked pairs. For list objects
+    seen before whose tensors are unchanged, the lists themselves with their memo (see _ListsMemo),
+    without another check; the memo is None where the pairs are not the lists themselves."""
+    plain_lists = type(ema_tensors) in (list, tuple) and type(model_tensors) in (list, tuple) and \
+        not torch.compiler.is_compiling()
+    slots = _AVERAGE_SLOTS.get(len(ema_tensors)) if plain_lists else None
+    if slots is None:
+        slots = [AVERAGE_SLOT] * (len(ema_tensors) if plain_lists else 0)
+        if plain_lists and len(_AVERAGE_SLOTS) < 64:
+            _AVERAGE_SLOTS[len(ema_tensors)] = slots
+    memo = _unchanged_memo(ema_tensors, model_tensors, slots) if plain_lists else None
+    checked = memo.values.get(_CHECKED_INPUTS) if memo is not None else None
+    if checked is not None:
+        return (ema_tensors, model_tensors, *checked, slots, memo)
+    ema, params, device = _check_pairs(ema_tensors, model_tensors)
+    checked = device, any(e.dtype in (torch.bfloat16, torch.float16) for e in ema)
+    if len(slots) != len(ema):
+        slots = [AVERAGE_SLOT] * len(ema)
+    memo = None
+    if plain_lists and ema is ema_tensors and params is model_tensors and ema:
+        memo = _remember(ema, params, slots)
+        memo.values[_CHECKED_INPUTS] = checked
+    return (ema, params, *checked, slots, memo)
+
+
 @torch.no_grad()
 def ema_update_(ema_tensors: Sequence[torch.Tensor], model_tensors: Sequence[torch.Tensor],
                 decay: Union[float, torch.Tensor], *, backend: Optional[str] = None) -> None:
@@ -628,9 +770,10 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], model_tensors: Sequence[tor
     side). decay is a Python float in [0, 1] (made a device tensor once per value) or a 0-d
     floating tensor on the tensors' device, which is used as is: its range is not checked, because
     that would sync the host. decay 1 leaves e exactly as it was, decay 0 stores p exactly.
-    DTensors update their local shards.
+    DTensors update their local shards. Passing the same list objects on every call saves most of
+    the host's work (their tensors are still compared on every call; see _ListsMemo).
     """
-    ema, params, device = _check_pairs(ema_tensors, model_tensors)
+    ema, params, device, low_precision, slots, memo = _checked_pairs(ema_tensors, model_tensors)
     if isinstance(decay, torch.Tensor):
         if decay.numel() != 1 or not decay.is_floating_point():
             raise ValueError(f"a decay tensor must be a 0-d floating tensor, got shape {tuple(decay.shape)} "
@@ -640,7 +783,7 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], model_tensors: Sequence[tor
         decays = decay.detach().reshape(1).to(torch.float64)
     else:
         decay = _checks.probability(decay, "decay")
-        if 0.999 <= decay < 1.0 and any(e.dtype in (torch.bfloat16, torch.float16) for e in ema):
+        if 0.999 <= decay < 1.0 and low_precision:
             _warn_low_precision_ema(decay)
         if not ema:
             return
@@ -648,7 +791,13 @@ def ema_update_(ema_tensors: Sequence[torch.Tensor], model_tensors: Sequence[tor
     if not ema:
         return
     backend = _backend.resolve("ema", device, backend)
-    ema_update_op(ema, params, decays, [AVERAGE_SLOT] * len(ema), backend)
+    if memo is not None:
+        memo.just_checked = True  # the op's own lookup need not compare the tensors again
+    try:
+        ema_update_op(ema, params, decays, slots, backend)
+    finally:
+        if memo is not None:
+            memo.just_checked = False
 
 
 def _warn_low_precision_ema(decay):

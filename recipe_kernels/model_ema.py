@@ -12,7 +12,7 @@ import torch
 
 from recipe_kernels import _backend, _checks
 from recipe_kernels.ema import (AVERAGE_SLOT, COPY_SLOT, EMA_DTYPE_CODES, _check_pairs, _dense_layout, _is_dtensor,
-                                _local, _warn_low_precision_ema, ema_schedule_op, ema_update_op)
+                                _local, _warn_low_precision_ema, ema_scheduled_update_op)
 
 BUFFER_MODES = ("average", "copy", "ignore")
 NUM_UPDATES_KEY = "_ema_num_updates"
@@ -116,7 +116,9 @@ class _Pairs:
 
     It keeps where each tensor lives (its module's _parameters or _buffers dict and its name), not
     the tensor: tensors() reads them anew on every update, so a tensor replaced in its module
-    (model.to() makes new buffers) is followed without any hook on Module._apply.
+    (model.to() makes new buffers) is followed without any hook on Module._apply. It refills the
+    same two lists every time, so the op finds its table through their memo (recipe_kernels.ema's
+    _ListsMemo), which compares every tensor's layout, never trusting the lists' contents.
     """
 
     def __init__(self, ema_module, model, buffer_mode):
@@ -160,6 +162,7 @@ class _Pairs:
         self.has_dtensors = any(_is_dtensor(t) for t in ema_tensors + model_tensors)
         self._check(ema_tensors, model_tensors)
         self._where = (ema_dicts, ema_keys, model_dicts, model_keys)
+        self._ema, self._params = [], []
 
     def _check(self, ema_tensors, model_tensors):
         floating = [i for i, e in enumerate(ema_tensors) if e.dtype in EMA_DTYPE_CODES]
@@ -177,13 +180,15 @@ class _Pairs:
         """The (ema, model) tensors the kernel sees, read from their modules now (local shards of
         DTensors, detached); None when one is gone from its module (del without a registration)."""
         ema_dicts, ema_keys, model_dicts, model_keys = self._where
-        try:
-            ema, params = list(map(getitem, ema_dicts, ema_keys)), list(map(getitem, model_dicts, model_keys))
+        try:  # each list is refilled only once all its tensors are found
+            self._ema[:] = map(getitem, ema_dicts, ema_keys)
+            self._params[:] = map(getitem, model_dicts, model_keys)
         except KeyError:
             return None
         if self.has_dtensors:
-            return [_local(e).detach() for e in ema], [_local(p).detach() for p in params]
-        return ema, params
+            self._ema[:] = [_local(e).detach() for e in self._ema]
+            self._params[:] = [_local(p).detach() for p in self._params]
+        return self._ema, self._params
 
 
 class ModelEMA:
@@ -201,8 +206,8 @@ class ModelEMA:
     buffers: "average" averages floating buffers like parameters and copies integer ones (timm's
     default), "copy" copies them all, "ignore" leaves them alone. Non-persistent buffers (left out
     of state_dict()) are always left alone, as in timm: .module keeps the values it was made with.
-    Parameters and buffers go in one kernel; the schedule is a second, one-program kernel (the
-    "torch" backend runs torch ops).
+    The schedule, the parameters and the buffers go in one kernel launch (the "torch" backend runs
+    torch ops).
     Under DistributedDataParallel pass the model or its .module (each rank averages its replica);
     with DTensor/FSDP2 parameters each rank averages its local shards, without communication.
     """
@@ -240,7 +245,8 @@ class ModelEMA:
         device = _local(first).device if first is not None else torch.device("cpu")
         self.backend = _backend.resolve("ema", device, backend)
         self.num_updates = torch.zeros((), dtype=torch.int64, device=device)
-        self._decays = torch.zeros(2, dtype=torch.float64, device=device)  # [average, copy]
+        self._decays = torch.zeros(2, dtype=torch.float64, device=device)  # [average, copy] of the last update
+        self._programs_done = torch.zeros((), dtype=torch.int32, device=device)  # the kernels' count, 0 between updates
         low_precision = (torch.bfloat16, torch.float16)
         if 0.999 <= self.decay < 1.0 and any(p.dtype in low_precision for p in self.module.parameters()):
             _warn_low_precision_ema(self.decay)
@@ -262,11 +268,11 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        """One update from `model`'s current weights: two launches, no host sync."""
+        """One update from `model`'s current weights: one launch, no host sync."""
         pairs, (ema, params) = self._pairs_for(_unwrap(model))
-        ema_schedule_op(self.num_updates, self._decays, self.decay, self.warmup, self.warmup_gamma, self.warmup_power,
-                        self.min_decay, self.update_after_step, self.update_every, self.backend)
-        ema_update_op(ema, params, self._decays, pairs.slots, self.backend)
+        ema_scheduled_update_op(ema, params, pairs.slots, self.num_updates, self._programs_done, self._decays,
+                                self.decay, self.warmup, self.warmup_gamma, self.warmup_power, self.min_decay,
+                                self.update_after_step, self.update_every, self.backend)
 
     def state_dict(self) -> Dict[str, Any]:
         """The averaged weights keyed as in model.state_dict() (DTensors stay DTensors), plus the counter."""
