@@ -2,7 +2,7 @@
 // with the decays from a tensor (ema_update) or from ModelEMA's schedule (ema_scheduled_update,
 // which also advances its counter). The Python side (recipe_kernels/ema.py) builds the chunk
 // table: one row of four int64 per chunk of at most `chunk` elements,
-//   [e address, p address, element count, codes = e code | p code << 4 | decay slot << 8],
+//   [e address, p address, element count, codes = e code | p code << 4 | decay slot << 8 | aligned << 12],
 // with the dtype codes of codes.h (kFloat32 ... kFloat64, and kRawBytes for rows copied byte for
 // byte). The math is fp64 for pairs with an fp64 side, else fp32; the decays are fp64.
 //
@@ -57,6 +57,9 @@ RK_HOST_DEVICE E from_math(M v) {
 
 constexpr int kParamCodeShift = 4;
 constexpr int kDecaySlotShift = 8;
+// The code fields' width. Bit 12 (both addresses 16-byte aligned) is the Triton kernel's; this one
+// checks alignment itself.
+constexpr int64_t kCodeMask = (1 << kParamCodeShift) - 1;
 
 struct EmaChunk {
   int64_t ema_address;
@@ -168,8 +171,8 @@ RK_HOST_DEVICE void blend_chunk_for_param(int param_code, E* ema, int64_t param_
 // Bytes: reads p and e and writes e once each, plus the 32 table bytes. A decay of exactly 1 (in the
 // pair's math type) skips the chunk, reading nothing.
 RK_HOST_DEVICE void ema_update_row(const EmaChunk& row, double d, int64_t thread, int64_t threads) {
-  const int ema_code = static_cast<int>(row.codes & ((1 << kParamCodeShift) - 1));
-  const int param_code = static_cast<int>((row.codes >> kParamCodeShift) & ((1 << kParamCodeShift) - 1));
+  const int ema_code = static_cast<int>(row.codes & kCodeMask);
+  const int param_code = static_cast<int>((row.codes >> kParamCodeShift) & kCodeMask);
   switch (ema_code) {
     case kFloat32:
       blend_chunk_for_param(param_code, reinterpret_cast<float*>(row.ema_address), row.param_address, row.count, d,
@@ -198,7 +201,9 @@ RK_HOST_DEVICE void ema_update_row(const EmaChunk& row, double d, int64_t thread
   }
 }
 
-RK_HOST_DEVICE int decay_slot(const EmaChunk& row) { return static_cast<int>(row.codes >> kDecaySlotShift); }
+RK_HOST_DEVICE int decay_slot(const EmaChunk& row) {
+  return static_cast<int>((row.codes >> kDecaySlotShift) & kCodeMask);
+}
 
 // ema_update: the decay of each row is decays[its slot] (fp64). 8 more bytes per block.
 RK_HOST_DEVICE void ema_update_thread(const EmaChunk* __restrict__ table, const double* __restrict__ decays,

@@ -5,8 +5,8 @@ Top to bottom: Triton kernels; the chunk table; the implementations, one per bac
 Triton, CUDA) for each op, all taking the op's arguments; the ops (_ops.Op: the backend table and
 fakes); the public function `ema_update_`. A call takes three hops to the kernel:
 
-    ema_update_()  ->  ema_update_op (the table picks the backend)  ->  _ema_update_triton  ->  _ema_update_kernel
-                                                                    ->  _ema_update_cuda    ->  _C.ema_update
+    ema_update_()  ->  ema_update_op (its table picks the backend)  ->  _ema_update_with
+                   ->  _launch_triton  ->  _ema_update_kernel,  or  _launch_cuda  ->  _C.ema_update
 
 Formula, identical in every backend and in the oracle (recipe_kernels.reference): torch.lerp's,
 with weight w = 1 - d,
@@ -28,7 +28,9 @@ The decays travel as fp64 device tensors.
 Multi-tensor apply: every (e, p) pair is cut into chunks of CHUNK elements, and one row of an
 int64 table per chunk holds [e address, p address, element count, codes]; the kernel runs one
 program (Triton) or block (CUDA) per row. Mixed dtypes travel as dtype codes in the row, so a
-single launch covers any mix of fp32, fp16, bf16 and fp64 on either side. The table is cached
+single launch covers any mix of fp32, fp16, bf16 and fp64 on either side. The Triton kernel is
+compiled for the kinds of pairs (e dtype, p dtype) its table holds, so the usual table of one
+kind runs straight-line code, and vectorizes each row whose addresses are 16-byte aligned. The table is cached
 under the address, dtype, shape and strides of every tensor on both sides, read on every call,
 so it is never stale: a re-allocated tensor, a model cast to another dtype or a view of another
 dtype or layout at the same address gets a table of its own (or a ValueError when the pair no
@@ -39,9 +41,10 @@ model with an fp32 EMA. The table adds 32 bytes per chunk (under 0.02% for fp32)
 """
 import bisect
 import collections
+import functools
 import operator
 import warnings
-from typing import List, Optional, Sequence, Union
+from typing import List, NamedTuple, Optional, Sequence, Union
 
 import torch
 import triton
@@ -56,9 +59,12 @@ from recipe_kernels._triton_common import round_to
 # Elements per table row (bytes for RAW_BYTES rows). Large enough that the table is noise,
 # small enough that a 25M-parameter model still gives every SM many programs.
 CHUNK = 16384
-# Elements per loop step of a Triton program: 8 warps x 32 threads x 16 elements.
-BLOCK = 4096
+# Elements per loop step of a Triton program: 8 warps x 32 threads x 8 elements (few registers, many
+# programs resident, each thread with 16-byte accesses in flight).
+BLOCK = 2048
 NUM_WARPS = 8
+# Bytes per thread per access: one 128-bit load or store.
+ACCESS_BYTES = 16
 # CUDA threads per block (each moves 4 elements per step, vectorized when aligned).
 CUDA_THREADS = 256
 
@@ -66,9 +72,19 @@ CUDA_THREADS = 256
 # copied byte for byte (integer buffers of ModelEMA; e and p then share a dtype).
 FLOAT64 = DTYPE_CODES[torch.float64]
 EMA_DTYPE_CODES = _backend.CUDA_DTYPE_CODES_WITH_FLOAT64
-# Bits of the codes column: e's code, p's code, then the index of the row's decay in `decays`.
+# Bits of the codes column: e's dtype code, p's, the index of the row's decay in `decays`, and
+# whether both of the row's addresses are 16-byte aligned (then its blocks move as vectors).
 PARAM_CODE_SHIFT = 4
 DECAY_SLOT_SHIFT = 8
+ROW_ALIGNED_SHIFT = 12
+CODE_MASK = (1 << PARAM_CODE_SHIFT) - 1
+# The kinds of rows a table holds, as the bits of the kernel's KINDS constexpr (see kind_bit):
+# the kernel compiles code for those kinds only.
+FLOATING_CODES = 4  # the floating dtype codes are 0 .. 3
+RAW_KIND_BIT = FLOATING_CODES * FLOATING_CODES
+assert sorted(EMA_DTYPE_CODES.values()) == list(range(FLOATING_CODES))
+# The kernel's ALIGNMENT constexpr: every row aligned, none, or a mix (then each row's flag decides).
+ROWS_UNALIGNED, ROWS_ALIGNED, ROWS_MIXED = 0, 1, 2
 
 # Decay slots of ModelEMA's two-element decay tensor.
 AVERAGE_SLOT = 0  # parameters and averaged buffers: the schedule's decay
@@ -77,88 +93,107 @@ COPY_SLOT = 1  # copied buffers: 0 on an update step, 1 on a skipped one
 
 # ----------------------------------------------------------------------------- Triton kernels
 
+# The table's codes as kernel constants.
+_FLOAT64 = tl.constexpr(FLOAT64)
+_CODE_MASK = tl.constexpr(CODE_MASK)
+_KIND_MASK = tl.constexpr((1 << 2 * PARAM_CODE_SHIFT) - 1)  # e's and p's codes: a row's kind
+_DECAY_SLOT_SHIFT = tl.constexpr(DECAY_SLOT_SHIFT)
+_ROW_ALIGNED_SHIFT = tl.constexpr(ROW_ALIGNED_SHIFT)
+_RAW_BYTES = tl.constexpr(RAW_BYTES)
+_AVERAGE_SLOT = tl.constexpr(AVERAGE_SLOT)
+_FLOATING_CODES = tl.constexpr(FLOATING_CODES)
+_ROWS_ALIGNED = tl.constexpr(ROWS_ALIGNED)
+_ROWS_UNALIGNED = tl.constexpr(ROWS_UNALIGNED)
+
+_TRITON_TYPES = {DTYPE_CODES[torch.float32]: tl.float32, DTYPE_CODES[torch.float16]: tl.float16,
+                 DTYPE_CODES[torch.bfloat16]: tl.bfloat16, FLOAT64: tl.float64}
+
+
+@triton.constexpr_function
+def _element_type(code):
+    """The Triton type of the floating dtype code `code`."""
+    return _TRITON_TYPES[code]
+
+
+@triton.constexpr_function
+def _math_type(ema_code, param_code):
+    """The precision of a pair's arithmetic: fp64 when either side is fp64, else fp32."""
+    return tl.float64 if FLOAT64 in (ema_code, param_code) else tl.float32
+
+
+@triton.constexpr_function
+def kind_bit(ema_code, param_code):
+    """The bit of the kernel's KINDS constexpr that stands for rows of these dtype codes (the table
+    builder calls it too)."""
+    return RAW_KIND_BIT if ema_code == RAW_BYTES else ema_code * FLOATING_CODES + param_code
+
+
+@triton.constexpr_function
+def _holds(kinds, ema_code, param_code):
+    """Whether a table of these KINDS has rows of this pair of dtype codes."""
+    return bool(kinds >> kind_bit(ema_code, param_code) & 1)
+
+
+@triton.constexpr_function
+def _one_kind(kinds):
+    """Whether a table of these KINDS has rows of one kind only (then no row's codes are read)."""
+    return kinds & (kinds - 1) == 0
+
+
+@triton.constexpr_function
+def _row_kind(ema_code, param_code):
+    """The kind field of a row's codes (its e and p dtype codes)."""
+    return ema_code | param_code << PARAM_CODE_SHIFT
+
+
+@triton.constexpr_function
+def _vector(ema_code, param_code):
+    """Elements per thread per access: 16 bytes of the wider dtype of the pair."""
+    return ACCESS_BYTES * 8 // max(_TRITON_TYPES[ema_code].primitive_bitwidth,
+                                   _TRITON_TYPES[param_code].primitive_bitwidth)
+
 
 @triton.jit
-def _typed_pointer(address, dtype: tl.constexpr, ALIGNED: tl.constexpr):
-    """A byte address as a pointer to dtype; ALIGNED (checked on the host) says it is 16-byte
-    aligned, which lets whole blocks load and store as vectors."""
-    pointer = address.to(tl.pointer_type(dtype))
+def _typed_pointer(address, CODE: tl.constexpr, ALIGNED: tl.constexpr):
+    """A byte address as a pointer to the elements of dtype code CODE; ALIGNED (from the row's
+    flag) says it is 16-byte aligned, which lets whole blocks load and store as vectors."""
+    pointer = address.to(tl.pointer_type(_element_type(CODE)))
     if ALIGNED:
         pointer = tl.multiple_of(pointer, 16)
     return pointer
 
 
 @triton.jit
-def _load(pointers, mask, MATH: tl.constexpr, FULL: tl.constexpr):
-    if FULL:
-        value = tl.load(pointers)
-    else:
-        value = tl.load(pointers, mask=mask, other=0.0)
-    return value.to(MATH)
-
-
-@triton.jit
-def _load_as(address, offsets, mask, code, MATH: tl.constexpr, FULL: tl.constexpr, ALIGNED: tl.constexpr):
-    """The elements at byte address `address` + offsets of the dtype with table code `code`, in MATH
-    (fp32 or fp64, exact either way for the dtypes that reach it).
-
-    Only MATH values leave the branches: pointers of different element types cannot.
-    """
-    if code == 0:
-        value = _load(_typed_pointer(address, tl.float32, ALIGNED) + offsets, mask, MATH, FULL)
-    elif code == 1:
-        value = _load(_typed_pointer(address, tl.float16, ALIGNED) + offsets, mask, MATH, FULL)
-    elif code == 2:
-        value = _load(_typed_pointer(address, tl.bfloat16, ALIGNED) + offsets, mask, MATH, FULL)
-    else:
-        value = _load(_typed_pointer(address, tl.float64, ALIGNED) + offsets, mask, MATH, FULL)
-    return value
-
-
-@triton.jit
-def _store(pointers, value, mask, FULL: tl.constexpr):
-    if FULL:
-        tl.store(pointers, value)
-    else:
-        tl.store(pointers, value, mask=mask)
-
-
-@triton.jit
-def _store_from(address, offsets, mask, value, code, FULL: tl.constexpr, ALIGNED: tl.constexpr):
-    """Stores `value` (fp32 or fp64) into the dtype with table code `code`: as it is into fp64, else
-    rounded to nearest even to fp32 and then to the 16-bit dtype (as torch's casts from fp64 do).
-
-    Each branch stores itself: pointers of different element types cannot leave an if.
-    """
-    if code == 0:
-        _store(_typed_pointer(address, tl.float32, ALIGNED) + offsets, value.to(tl.float32), mask, FULL)
-    elif code == 1:
-        rounded = round_to(value.to(tl.float32), tl.float16)
-        _store(_typed_pointer(address, tl.float16, ALIGNED) + offsets, rounded, mask, FULL)
-    elif code == 2:
-        rounded_bf16 = round_to(value.to(tl.float32), tl.bfloat16)
-        _store(_typed_pointer(address, tl.bfloat16, ALIGNED) + offsets, rounded_bf16, mask, FULL)
-    else:
-        _store(_typed_pointer(address, tl.float64, ALIGNED) + offsets, value.to(tl.float64), mask, FULL)
-
-
-@triton.jit
-def _blend_block(ema_address, param_address, offsets, mask, ema_code, param_code, decay, from_ema, coeff,
-                 MATH: tl.constexpr, FULL: tl.constexpr, ALIGNED: tl.constexpr):
+def _blend_block(ema_pointer, param_pointer, offsets, mask, decay, from_ema, coeff, E_CODE: tl.constexpr,
+                 MATH: tl.constexpr, FULL: tl.constexpr):
     """e <- lerp(e, p, 1 - d) on one block as base + coeff*(p - e), base e or p (see _blend_chunk);
-    d == 0 stores p exactly."""
-    param = _load_as(param_address, offsets, mask, param_code, MATH, FULL, ALIGNED)
-    ema = _load_as(ema_address, offsets, mask, ema_code, MATH, FULL, ALIGNED)
+    d == 0 stores p exactly. The result is stored as it is into fp64, else rounded to nearest even
+    to fp32 and then to e's dtype (as torch's casts from fp64 do)."""
+    if FULL:
+        param = tl.load(param_pointer + offsets).to(MATH)
+        ema = tl.load(ema_pointer + offsets).to(MATH)
+    else:
+        param = tl.load(param_pointer + offsets, mask=mask, other=0.0).to(MATH)
+        ema = tl.load(ema_pointer + offsets, mask=mask, other=0.0).to(MATH)
     blended = tl.where(from_ema, ema, param) + coeff * (param - ema)
     blended = tl.where(decay == 0.0, param, blended)
-    _store_from(ema_address, offsets, mask, blended, ema_code, FULL, ALIGNED)
+    if E_CODE == _FLOAT64:
+        result = blended.to(tl.float64)
+    else:
+        result = round_to(blended.to(tl.float32), _element_type(E_CODE))
+    if FULL:
+        tl.store(ema_pointer + offsets, result)
+    else:
+        tl.store(ema_pointer + offsets, result, mask=mask)
 
 
 @triton.jit
-def _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay, MATH: tl.constexpr,
+def _blend_chunk(ema_address, param_address, count, decay, E_CODE: tl.constexpr, P_CODE: tl.constexpr,
                  CHUNK: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
-    """e <- lerp(e, p, 1 - d) over one chunk of `count` elements, in MATH (fp32 or fp64). A decay
-    that is 1 in MATH skips the chunk, reading nothing."""
+    """e <- lerp(e, p, 1 - d) over one chunk of `count` elements, e and p of the dtype codes
+    E_CODE and P_CODE, in fp64 when either is fp64, else in fp32. A decay that is 1 in that
+    precision skips the chunk, reading nothing."""
+    MATH: tl.constexpr = _math_type(E_CODE, P_CODE)
     decay = decay.to(MATH)
     if decay != 1.0:
         # torch.lerp's weight w = 1 - d and its two forms, as base + coeff*(p - e):
@@ -166,16 +201,49 @@ def _blend_chunk(ema_address, param_address, count, ema_code, param_code, decay,
         weight = 1.0 - decay
         from_ema = tl.abs(weight) < 0.5
         coeff = tl.where(from_ema, weight, weight - 1.0)
-        block = tl.arange(0, BLOCK)
-        # Whole blocks unmasked (vector loads), then the tail masked; blocks past count do nothing.
+        ema_pointer = _typed_pointer(ema_address, E_CODE, ALIGNED)
+        param_pointer = _typed_pointer(param_address, P_CODE, ALIGNED)
+        # Each thread takes VECTOR consecutive elements at a time, 16 bytes of the wider dtype: e and
+        # p then share one layout, so the result goes from registers straight to memory.
+        VECTOR: tl.constexpr = _vector(E_CODE, P_CODE)
+        block = tl.arange(0, BLOCK // VECTOR)[:, None] * VECTOR + tl.arange(0, VECTOR)[None, :]
+        # Whole blocks unmasked (vector accesses), then the tail masked; blocks past count do nothing.
         for start in tl.static_range(0, CHUNK, BLOCK):
             offsets = start + block
             if start + BLOCK <= count:
-                _blend_block(ema_address, param_address, offsets, None, ema_code, param_code, decay, from_ema,
-                             coeff, MATH, True, ALIGNED)
+                _blend_block(ema_pointer, param_pointer, offsets, None, decay, from_ema, coeff, E_CODE, MATH, True)
             elif start < count:
-                _blend_block(ema_address, param_address, offsets, offsets < count, ema_code, param_code, decay,
-                             from_ema, coeff, MATH, False, ALIGNED)
+                _blend_block(ema_pointer, param_pointer, offsets, offsets < count, decay, from_ema, coeff, E_CODE,
+                             MATH, False)
+
+
+@triton.jit
+def _copy_chunk(ema_address, param_address, count, decay, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """count bytes from p to e unless decay is 1 (an integer buffer, copied or skipped)."""
+    if decay != 1.0:
+        block = tl.arange(0, BLOCK)
+        for start in tl.static_range(0, CHUNK, BLOCK):
+            if start < count:
+                offsets = start + block
+                raw = tl.load(param_address.to(tl.pointer_type(tl.int8)) + offsets, mask=offsets < count)
+                tl.store(ema_address.to(tl.pointer_type(tl.int8)) + offsets, raw, mask=offsets < count)
+
+
+@triton.jit
+def _update_row(ema_address, param_address, count, kind, aligned, decay, E_CODE: tl.constexpr,
+                P_CODE: tl.constexpr, ONE_KIND: tl.constexpr, ALIGNMENT: tl.constexpr, CHUNK: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """The row's chunk if its kind (e code | p code << 4) is this one; with ONE_KIND it is. The
+    alignment flag is read only in tables that mix aligned and unaligned rows."""
+    if ONE_KIND or kind == _row_kind(E_CODE, P_CODE):
+        if ALIGNMENT == _ROWS_ALIGNED:
+            _blend_chunk(ema_address, param_address, count, decay, E_CODE, P_CODE, CHUNK, BLOCK, True)
+        elif ALIGNMENT == _ROWS_UNALIGNED:
+            _blend_chunk(ema_address, param_address, count, decay, E_CODE, P_CODE, CHUNK, BLOCK, False)
+        elif aligned != 0:
+            _blend_chunk(ema_address, param_address, count, decay, E_CODE, P_CODE, CHUNK, BLOCK, True)
+        else:
+            _blend_chunk(ema_address, param_address, count, decay, E_CODE, P_CODE, CHUNK, BLOCK, False)
 
 
 @triton.jit
@@ -199,20 +267,23 @@ def _scheduled_decays(t, decay, warmup_gamma, warmup_power, min_decay, update_af
 def _ema_update_kernel(table_ptr, decays_ptr, num_updates_ptr, programs_done_ptr, decay: tl.float64,
                        warmup_gamma: tl.float64, warmup_power: tl.float64, min_decay: tl.float64,
                        update_after_step: tl.int64, update_every: tl.int64, CHUNK: tl.constexpr,
-                       BLOCK: tl.constexpr, ALIGNED: tl.constexpr, FLOAT64: tl.constexpr, RAW_BYTES: tl.constexpr,
-                       PARAM_CODE_SHIFT: tl.constexpr, DECAY_SLOT_SHIFT: tl.constexpr, SCHEDULE: tl.constexpr,
+                       BLOCK: tl.constexpr, KINDS: tl.constexpr, ALIGNMENT: tl.constexpr, SCHEDULE: tl.constexpr,
                        WARMUP: tl.constexpr):
     """e <- lerp(e, p, 1 - d) over the chunk of table row `program_id` (the module's formula), in
     fp64 when either side is fp64, else in fp32.
 
-    Inputs: table (rows of 4 int64: e address, p address, count, codes = e code | p code << 4 |
-    decay slot << 8); decays (fp64, indexed by the slot). With SCHEDULE (ModelEMA.update) the
+    Inputs: table (rows of 4 int64: e address, p address, count, codes: see the constants at the
+    top of the module); decays (fp64, indexed by the decay slot). KINDS says which (e dtype, p
+    dtype) pairs the table holds (bits: see kind_bit), so only their code is compiled, and a
+    table of one kind never branches on a row's codes; ALIGNMENT whether every row, none, or
+    some are 16-byte aligned (then each row's flag decides). With SCHEDULE (ModelEMA.update) the
     decays come from the schedule at t = num_updates + 1 instead, and the last program to finish
     (counted in programs_done, which it resets to 0) stores t in num_updates and the decays it used
-    in decays[0:2]; the scalar arguments are the schedule's. Bytes: reads p and e and writes e once
-    each (count * (2 * size(e) + size(p))), plus 32 table bytes and 8 decay or counter bytes per
-    program. A decay of exactly 1 (in the math's precision) skips the chunk without touching
-    memory. RAW_BYTES rows copy count bytes from p to e unless their decay is 1.
+    in decays[0:2]; the scalar arguments are the schedule's.
+    Bytes: reads p and e and writes e once each (count * (2 * size(e) + size(p))), plus 32 table
+    bytes and 8 decay or counter bytes per program. A decay of exactly 1 (in the math's precision)
+    skips the chunk without touching memory. Byte-copy rows copy count bytes from p to e unless
+    their decay is 1.
     """
     # 1. The row: where, how many, which dtypes, which decay. One scalar load each.
     row = table_ptr + tl.program_id(0).to(tl.int64) * 4
@@ -220,31 +291,26 @@ def _ema_update_kernel(table_ptr, decays_ptr, num_updates_ptr, programs_done_ptr
     param_address = tl.load(row + 1)
     count = tl.load(row + 2)
     codes = tl.load(row + 3)
-    ema_code = codes & ((1 << PARAM_CODE_SHIFT) - 1)
-    param_code = (codes >> PARAM_CODE_SHIFT) & ((1 << PARAM_CODE_SHIFT) - 1)
-    slot = codes >> DECAY_SLOT_SHIFT
+    slot = (codes >> _DECAY_SLOT_SHIFT) & _CODE_MASK
     if SCHEDULE:
         t = tl.load(num_updates_ptr) + 1
         average, copy_decay = _scheduled_decays(t, decay, warmup_gamma, warmup_power, min_decay, update_after_step,
                                                 update_every, WARMUP)
-        row_decay = tl.where(slot == 0, average, copy_decay)
+        row_decay = tl.where(slot == _AVERAGE_SLOT, average, copy_decay)
     else:
         row_decay = tl.load(decays_ptr + slot)
-    # 2. Integer buffers: copied unless skipped. Floating pairs: the blend in their math's precision.
-    if ema_code == RAW_BYTES:
-        if row_decay != 1.0:
-            block = tl.arange(0, BLOCK)
-            for start in tl.static_range(0, CHUNK, BLOCK):
-                if start < count:
-                    offsets = start + block
-                    raw = tl.load(param_address.to(tl.pointer_type(tl.int8)) + offsets, mask=offsets < count)
-                    tl.store(ema_address.to(tl.pointer_type(tl.int8)) + offsets, raw, mask=offsets < count)
-    elif (ema_code == FLOAT64) | (param_code == FLOAT64):
-        _blend_chunk(ema_address, param_address, count, ema_code, param_code, row_decay, tl.float64, CHUNK, BLOCK,
-                     ALIGNED)
-    else:
-        _blend_chunk(ema_address, param_address, count, ema_code, param_code, row_decay, tl.float32, CHUNK, BLOCK,
-                     ALIGNED)
+    # 2. The chunk, by the code compiled for its kind: byte copies, or the blend in the pair's precision.
+    kind = codes & _KIND_MASK
+    aligned = (codes >> _ROW_ALIGNED_SHIFT) & 1
+    ONE_KIND: tl.constexpr = _one_kind(KINDS)
+    if _holds(KINDS, _RAW_BYTES, _RAW_BYTES):
+        if ONE_KIND or kind == _row_kind(_RAW_BYTES, _RAW_BYTES):
+            _copy_chunk(ema_address, param_address, count, row_decay, CHUNK, BLOCK)
+    for e_code in tl.static_range(_FLOATING_CODES):
+        for p_code in tl.static_range(_FLOATING_CODES):
+            if _holds(KINDS, e_code, p_code):
+                _update_row(ema_address, param_address, count, kind, aligned, row_decay, e_code, p_code, ONE_KIND,
+                            ALIGNMENT, CHUNK, BLOCK)
     # 3. The schedule's counter: every program has read it (the barrier), so the last one may advance it.
     if SCHEDULE:
         tl.debug_barrier()
@@ -363,16 +429,21 @@ def _cached(cache, ema, params, slots, make):
     return value
 
 
-def _row_code(ema, param, slot):
+def _dtype_codes(ema, param):
+    """(e code, p code) of a pair: its floating dtype codes, or RAW_BYTES twice for a byte copy."""
     if ema.dtype in EMA_DTYPE_CODES:
-        code = EMA_DTYPE_CODES[ema.dtype] | EMA_DTYPE_CODES[param.dtype] << PARAM_CODE_SHIFT
-    else:
-        code = RAW_BYTES | RAW_BYTES << PARAM_CODE_SHIFT
-    return code | slot << DECAY_SLOT_SHIFT
+        return EMA_DTYPE_CODES[ema.dtype], EMA_DTYPE_CODES[param.dtype]
+    return RAW_BYTES, RAW_BYTES
 
 
-def build_chunk_table(ema, params, slots):
-    """The (chunks, 4) int64 table of the pairs, on CPU, and whether every address is 16-byte aligned.
+class ChunkTable(NamedTuple):
+    rows: torch.Tensor  # (chunks, 4) int64
+    kinds: int  # the KINDS constexpr: a bit per kind of row present (kind_bit)
+    alignment: int  # the ALIGNMENT constexpr: ROWS_ALIGNED, ROWS_UNALIGNED or ROWS_MIXED
+
+
+def build_chunk_table(ema, params, slots) -> ChunkTable:
+    """The table of the pairs, on CPU, with the kinds of its rows and their alignment.
 
     A pair of n elements gives ceil(n / CHUNK) rows; RAW_BYTES pairs are counted in bytes.
     Runs only when the cached table misses, so it re-checks here what the kernel trusts the table
@@ -386,15 +457,27 @@ def build_chunk_table(ema, params, slots):
     param_sizes = torch.tensor([1 if r else p.element_size() for p, r in zip(params, raw)], dtype=torch.int64)
     ema_bases = torch.tensor([e.data_ptr() for e in ema], dtype=torch.int64)
     param_bases = torch.tensor([p.data_ptr() for p in params], dtype=torch.int64)
-    codes = torch.tensor([_row_code(e, p, s) for e, p, s in zip(ema, params, slots)], dtype=torch.int64)
+    dtype_codes = [_dtype_codes(e, p) for e, p in zip(ema, params)]
+    # Chunk starts are multiples of CHUNK * size bytes away from the base: aligned rows are aligned pairs.
+    aligned = ((ema_bases % 16 == 0) & (param_bases % 16 == 0)).tolist()
+    codes = torch.tensor([e_code | p_code << PARAM_CODE_SHIFT | slot << DECAY_SLOT_SHIFT
+                          | row_aligned << ROW_ALIGNED_SHIFT
+                          for (e_code, p_code), slot, row_aligned in zip(dtype_codes, slots, aligned)],
+                         dtype=torch.int64)
     chunks = (counts + CHUNK - 1) // CHUNK
     pair = torch.repeat_interleave(torch.arange(len(ema)), chunks)
     first_chunk = torch.cumsum(chunks, 0) - chunks
     start = (torch.arange(pair.numel()) - first_chunk[pair]) * CHUNK
     table = torch.stack([ema_bases[pair] + start * ema_sizes[pair], param_bases[pair] + start * param_sizes[pair],
                          torch.minimum(counts[pair] - start, torch.tensor(CHUNK)), codes[pair]], dim=1)
-    aligned = bool(((ema_bases % 16 == 0) & (param_bases % 16 == 0)).all())
-    return table.contiguous(), aligned
+    present = [index for index, n in enumerate(chunks.tolist()) if n]
+    kinds = 0
+    for index in present:
+        kinds |= 1 << kind_bit(*dtype_codes[index])
+    blended_aligned = {aligned[index] for index in present if not raw[index]}
+    alignment = ROWS_MIXED if len(blended_aligned) > 1 else ROWS_UNALIGNED if blended_aligned == {False} else \
+        ROWS_ALIGNED
+    return ChunkTable(table.contiguous(), kinds, alignment)
 
 
 def _span(tensor):
@@ -452,24 +535,25 @@ def _check_table_pairs(ema, params):
 
 
 def chunk_table(ema, params, slots):
-    """The cached device table for the pairs: (table, aligned), found as _cached says.
+    """The cached device ChunkTable of the pairs, found as _cached says.
 
     Built on a miss (checked, then one host-to-device copy).
     """
-    entry = _cached(_TABLES, ema, params, slots, lambda: _device_table(ema, params, slots))
-    if entry[0].is_cuda and torch.cuda.is_current_stream_capturing():
-        _PINNED_TABLES[id(entry[0])] = entry
-    return entry
+    table = _cached(_TABLES, ema, params, slots, lambda: _device_table(ema, params, slots))
+    if table.rows.is_cuda and torch.cuda.is_current_stream_capturing():
+        _PINNED_TABLES[id(table.rows)] = table
+    return table
 
 
 def _device_table(ema, params, slots):
-    table, aligned = build_chunk_table(ema, params, slots)
+    table = build_chunk_table(ema, params, slots)
+    rows = table.rows
     if ema[0].is_cuda:  # from pinned memory, asynchronously: not even the first update syncs
-        host = table.pin_memory()
-        table = host.to(ema[0].device, non_blocking=True)
+        host = rows.pin_memory()
+        rows = host.to(ema[0].device, non_blocking=True)
         if torch.cuda.is_current_stream_capturing():  # a captured copy reads host on every replay
             _PINNED_TABLES[id(host)] = host
-    return table.to(ema[0].device), aligned
+    return table._replace(rows=rows.to(ema[0].device))
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -502,25 +586,25 @@ def _ema_update_torch(ema: List[torch.Tensor], params: List[torch.Tensor], decay
 _NO_SCHEDULE = (0.0, 1.0, 1.0, 0.0, 0, 1)
 
 
-def _ema_update_triton(ema, params, decays, slots):
-    """As _ema_update_torch, in one launch over the chunk table."""
+def _ema_update_with(launch_table, ema, params, decays, slots):
+    """As _ema_update_torch, in one launch_table(table, decays) over the pairs' ChunkTable."""
     _check_decays(decays, 1)
-    table, aligned = chunk_table(ema, params, slots) if ema else (None, True)
-    if table is None or table.shape[0] == 0:
-        return
-    launch(_ema_update_kernel, (table.shape[0],), table, decays, table, table, *_NO_SCHEDULE, num_warps=NUM_WARPS,
-           CHUNK=CHUNK, BLOCK=BLOCK, ALIGNED=aligned, FLOAT64=FLOAT64, RAW_BYTES=RAW_BYTES,
-           PARAM_CODE_SHIFT=PARAM_CODE_SHIFT, DECAY_SLOT_SHIFT=DECAY_SLOT_SHIFT, SCHEDULE=False, WARMUP=False)
+    table = chunk_table(ema, params, slots) if ema else None
+    if table is not None and table.rows.shape[0]:
+        launch_table(table, decays)
 
 
-def _ema_update_cuda(ema, params, decays, slots):
-    """As _ema_update_triton, with csrc/ema.cu's kernel."""
-    _check_decays(decays, 1)
-    table, _ = chunk_table(ema, params, slots) if ema else (None, True)
-    if table is None or table.shape[0] == 0:
-        return
-    _backend._C.ema_update(table=table.data_ptr(), num_chunks=table.shape[0], decays=decays.data_ptr(), chunk=CHUNK,
-                           threads=CUDA_THREADS, stream=_backend.cuda_stream(table.device))
+def _launch_triton(table, decays):
+    """The Triton kernel, decays by slot from `decays`."""
+    rows = table.rows
+    launch(_ema_update_kernel, (rows.shape[0],), rows, decays, rows, rows, *_NO_SCHEDULE, num_warps=NUM_WARPS,
+           CHUNK=CHUNK, BLOCK=BLOCK, KINDS=table.kinds, ALIGNMENT=table.alignment, SCHEDULE=False, WARMUP=False)
+
+
+def _launch_cuda(table, decays):
+    """csrc/ema.cu's kernel."""
+    _backend._C.ema_update(table=table.rows.data_ptr(), num_chunks=table.rows.shape[0], decays=decays.data_ptr(),
+                           chunk=CHUNK, threads=CUDA_THREADS, stream=_backend.cuda_stream(table.rows.device))
 
 
 def _check_decays(decays, least):
@@ -563,54 +647,43 @@ def _ema_scheduled_update_torch(ema: List[torch.Tensor], params: List[torch.Tens
     _ema_update_torch(ema, params, decays, slots)
 
 
-def _scheduled_table(ema, params, slots, *schedule):
-    """The table of a scheduled update, or None when it has no rows: then the torch implementation
-    advances the counter and decays (nothing to average, nothing to launch for)."""
-    num_updates, programs_done, decays, update_after_step, update_every = *schedule[:3], *schedule[-2:]
+def _ema_scheduled_update_with(launch_table, ema, params, slots, num_updates, programs_done, decays, decay,
+                               warmup, warmup_gamma, warmup_power, min_decay, update_after_step, update_every):
+    """As _ema_scheduled_update_torch, in one launch_table(table, num_updates, programs_done, decays,
+    schedule) over the pairs' ChunkTable. With no rows there is nothing to average, and
+    the torch implementation advances the counter and decays."""
     _check_schedule(num_updates, programs_done, decays, update_after_step, update_every)
+    schedule = (decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step, update_every)
     table = chunk_table(ema, params, slots) if ema else None
-    if table is None or table[0].shape[0] == 0:
-        _ema_scheduled_update_torch(ema, params, slots, *schedule)
-        return None
-    return table
+    if table is None or table.rows.shape[0] == 0:
+        _ema_scheduled_update_torch(ema, params, slots, num_updates, programs_done, decays, *schedule)
+    else:
+        launch_table(table, num_updates, programs_done, decays, schedule)
 
 
-def _ema_scheduled_update_triton(ema, params, slots, num_updates, programs_done, decays, decay, warmup,
-                                 warmup_gamma, warmup_power, min_decay, update_after_step, update_every):
-    """As _ema_scheduled_update_torch, in one launch: the schedule runs in every program."""
-    entry = _scheduled_table(ema, params, slots, num_updates, programs_done, decays, decay, warmup, warmup_gamma,
-                             warmup_power, min_decay, update_after_step, update_every)
-    if entry is None:
-        return
-    table, aligned = entry
-    launch(_ema_update_kernel, (table.shape[0],), table, decays, num_updates, programs_done, decay, warmup_gamma,
-           warmup_power, min_decay, update_after_step, update_every, num_warps=NUM_WARPS, CHUNK=CHUNK, BLOCK=BLOCK,
-           ALIGNED=aligned, FLOAT64=FLOAT64, RAW_BYTES=RAW_BYTES, PARAM_CODE_SHIFT=PARAM_CODE_SHIFT,
-           DECAY_SLOT_SHIFT=DECAY_SLOT_SHIFT, SCHEDULE=True, WARMUP=warmup)
+def _launch_scheduled_triton(table, num_updates, programs_done, decays, schedule):
+    """The Triton kernel, the schedule in every program."""
+    decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step, update_every = schedule
+    launch(_ema_update_kernel, (table.rows.shape[0],), table.rows, decays, num_updates, programs_done, decay,
+           warmup_gamma, warmup_power, min_decay, update_after_step, update_every, num_warps=NUM_WARPS, CHUNK=CHUNK,
+           BLOCK=BLOCK, KINDS=table.kinds, ALIGNMENT=table.alignment, SCHEDULE=True, WARMUP=warmup)
 
 
-def _ema_scheduled_update_cuda(ema, params, slots, num_updates, programs_done, decays, decay, warmup,
-                               warmup_gamma, warmup_power, min_decay, update_after_step, update_every):
-    """As _ema_scheduled_update_triton, with csrc/ema.cu's kernel."""
-    entry = _scheduled_table(ema, params, slots, num_updates, programs_done, decays, decay, warmup, warmup_gamma,
-                             warmup_power, min_decay, update_after_step, update_every)
-    if entry is None:
-        return
-    table, _ = entry
+def _launch_scheduled_cuda(table, num_updates, programs_done, decays, schedule):
+    """csrc/ema.cu's scheduled kernel."""
+    names = ("decay", "warmup", "warmup_gamma", "warmup_power", "min_decay", "update_after_step", "update_every")
     _backend._C.ema_scheduled_update(
-        table=table.data_ptr(), num_chunks=table.shape[0], num_updates=num_updates.data_ptr(),
-        programs_done=programs_done.data_ptr(), decays=decays.data_ptr(), decay=decay, warmup=warmup,
-        warmup_gamma=warmup_gamma, warmup_power=warmup_power, min_decay=min_decay,
-        update_after_step=update_after_step, update_every=update_every, chunk=CHUNK, threads=CUDA_THREADS,
-        stream=_backend.cuda_stream(table.device))
+        table=table.rows.data_ptr(), num_chunks=table.rows.shape[0], num_updates=num_updates.data_ptr(),
+        programs_done=programs_done.data_ptr(), decays=decays.data_ptr(), **dict(zip(names, schedule)), chunk=CHUNK,
+        threads=CUDA_THREADS, stream=_backend.cuda_stream(table.rows.device))
 
 
 # ----------------------------------------------------------------------------- ops
 
 # e <- lerp(e, p, 1 - decays[slot]) over every pair, in place. Eager calls bump the EMA tensors'
 # version counters in one C++ loop, as the dispatcher would.
-ema_update_op = Op("ema_update_", torch=_ema_update_torch, triton=_ema_update_triton, cuda=_ema_update_cuda,
-                   mutates_args=("ema",))
+ema_update_op = Op("ema_update_", torch=_ema_update_torch, triton=functools.partial(_ema_update_with, _launch_triton),
+                   cuda=functools.partial(_ema_update_with, _launch_cuda), mutates_args=("ema",))
 
 
 @ema_update_op.register_fake
@@ -620,7 +693,8 @@ def _(ema, params, decays, slots, backend):
 
 # ModelEMA.update in one launch: the schedule of update num_updates + 1, the update, the counter.
 ema_scheduled_update_op = Op("ema_scheduled_update_", torch=_ema_scheduled_update_torch,
-                             triton=_ema_scheduled_update_triton, cuda=_ema_scheduled_update_cuda,
+                             triton=functools.partial(_ema_scheduled_update_with, _launch_scheduled_triton),
+                             cuda=functools.partial(_ema_scheduled_update_with, _launch_scheduled_cuda),
                              mutates_args=("ema", "num_updates", "programs_done", "decays"))
 
 

@@ -52,7 +52,7 @@ def fp64_decays(*values):
 
 def run_kernel_code(ema, params, decays, slots, threads=CUDA_THREADS):
     """ema_update's CUDA code over the table that the cuda backend would launch for these pairs."""
-    table, _ = build_chunk_table(ema, params, slots)
+    table = build_chunk_table(ema, params, slots).rows
     _backend._C.ema_update_host(table.data_ptr(), table.shape[0], decays.data_ptr(), CHUNK, threads)
 
 
@@ -169,7 +169,7 @@ def test_hundreds_of_tensors_in_one_table():
         ema.append(make(n, ema_dtype, generator, int(index % 3 == 0), specials=index % 5 == 0))
         params.append(make(n, param_dtype, generator, int(index % 4 == 0), specials=index % 5 == 0))
         slots.append(slot)
-    table, _ = build_chunk_table(ema, params, slots)
+    table = build_chunk_table(ema, params, slots).rows
     assert table.shape[0] > 400  # some pairs span several chunks
     check_against_torch_backend(ema, params, fp64_decays(0.9, 0.0), slots)
 
@@ -192,7 +192,7 @@ def test_pair_of_a_tensor_with_itself_and_layouts():
 
 def test_launch_checks_match_the_gpu_launcher():
     e, p = torch.zeros(4), torch.ones(4)
-    table, _ = build_chunk_table([e], [p], [AVERAGE_SLOT])
+    table = build_chunk_table([e], [p], [AVERAGE_SLOT]).rows
     decays = fp64_decays(0.5)
     _backend._C.ema_update_host(table.data_ptr(), 0, decays.data_ptr(), CHUNK, CUDA_THREADS)  # nothing to do
     assert torch.equal(e, torch.zeros(4))
@@ -242,7 +242,7 @@ def test_model_ema_steps_equal_torch_backend(buffers, ema_dtype):
 def run_scheduled_kernel_code(ema, params, slots, num_updates, decays, schedule, threads=CUDA_THREADS):
     """ema_scheduled_update's CUDA code over the pairs' table (or, with no pairs, one empty row, so
     that the schedule still runs): every block, the last one advancing num_updates."""
-    table, _ = build_chunk_table(ema, params, slots) if ema else (torch.zeros(1, 4, dtype=torch.int64), True)
+    table = build_chunk_table(ema, params, slots).rows if ema else torch.zeros(1, 4, dtype=torch.int64)
     programs_done = torch.zeros((), dtype=torch.int32)
     _backend._C.ema_scheduled_update_host(
         table=table.data_ptr(), num_chunks=table.shape[0], num_updates=num_updates.data_ptr(),
