@@ -88,11 +88,11 @@ def ours(backend):
     """The path ModelEMA.update takes: pairs checked once, the table found by its addresses."""
     from recipe_kernels import ema as ema_module
     decays = torch.full((1,), DECAY, device="cuda", dtype=torch.float64)  # a device scalar, as the kernels read it
-    memos = {}
+    slots = {}
 
     def update(ema, params):
-        memo = memos.setdefault(id(ema), ema_module.TableMemo())
-        ema_module._ema_update(ema, params, decays, [ema_module.AVERAGE_SLOT] * len(ema), backend, memo=memo)
+        ema_module.ema_update_op(ema, params, decays, slots.setdefault(len(ema), [ema_module.AVERAGE_SLOT] * len(ema)),
+                                 backend)
     return update
 
 

@@ -292,8 +292,7 @@ def run(quick=False, only=None):
             continue
         with StandInDriver() as driver:
             case.run()
-        kernels = [figures(launch, (case.trip_counts or {}).get(launch.name)) for launch in driver.launches
-                   if launch.name != "_ema_schedule_kernel"]
+        kernels = [figures(launch, (case.trip_counts or {}).get(launch.name)) for launch in driver.launches]
         for gpu in GPUS:
             prediction = predict(case, kernels, gpu)
             for kernel in kernels:

@@ -69,15 +69,18 @@ void cutmix_swap_host(uintptr_t x, uintptr_t box, int64_t n, int64_t c, int64_t 
                       int dtype);
 // csrc/ema.cu (declarations)
 void ema_update(uintptr_t table, int64_t num_chunks, uintptr_t decays, int64_t chunk, int threads, uintptr_t stream);
-void ema_schedule(uintptr_t num_updates, uintptr_t decays, double decay, bool warmup, double warmup_gamma,
-                  double warmup_power, double min_decay, int64_t update_after_step, int64_t update_every,
-                  uintptr_t stream);
+void ema_scheduled_update(uintptr_t table, int64_t num_chunks, uintptr_t num_updates, uintptr_t programs_done,
+                          uintptr_t decays, double decay, bool warmup, double warmup_gamma, double warmup_power,
+                          double min_decay, int64_t update_after_step, int64_t update_every, int64_t chunk, int threads,
+                          uintptr_t stream);
 void ema_blend_host(const float* ema, const float* param, float* out, int64_t n, float decay);
 void ema_decays_host(int64_t t, double decay, bool warmup, double warmup_gamma, double warmup_power,
                      double min_decay, int64_t update_after_step, int64_t update_every, double* out);
 void ema_update_host(uintptr_t table, int64_t num_chunks, uintptr_t decays, int64_t chunk, int threads);
-void ema_schedule_host(uintptr_t num_updates, uintptr_t decays, double decay, bool warmup, double warmup_gamma,
-                       double warmup_power, double min_decay, int64_t update_after_step, int64_t update_every);
+void ema_scheduled_update_host(uintptr_t table, int64_t num_chunks, uintptr_t num_updates, uintptr_t programs_done,
+                               uintptr_t decays, double decay, bool warmup, double warmup_gamma, double warmup_power,
+                               double min_decay, int64_t update_after_step, int64_t update_every, int64_t chunk,
+                               int threads);
 // csrc/augment.cu (declarations)
 void resized_crop(uintptr_t table, uintptr_t crop, uintptr_t flip, uintptr_t mean, uintptr_t std_dev, uintptr_t out,
                   int64_t n, int64_t c, int64_t out_height, int64_t out_width, bool channels_last, bool antialias,
@@ -232,9 +235,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("ema_update", &recipe_kernels::ema_update, "e <- lerp(e, p, 1 - d) over every row of a chunk table",
         py::arg("table"), py::arg("num_chunks"), py::arg("decays"), py::arg("chunk"), py::arg("threads"),
         py::arg("stream"));
-  m.def("ema_schedule", &recipe_kernels::ema_schedule, "num_updates += 1; decays = ModelEMA's decays for it",
-        py::arg("num_updates"), py::arg("decays"), py::arg("decay"), py::arg("warmup"), py::arg("warmup_gamma"),
-        py::arg("warmup_power"), py::arg("min_decay"), py::arg("update_after_step"), py::arg("update_every"),
+  m.def("ema_scheduled_update", &recipe_kernels::ema_scheduled_update,
+        "ModelEMA's update in one launch: the decays of t = num_updates + 1, the update, num_updates = t",
+        py::arg("table"), py::arg("num_chunks"), py::arg("num_updates"), py::arg("programs_done"), py::arg("decays"),
+        py::arg("decay"), py::arg("warmup"), py::arg("warmup_gamma"), py::arg("warmup_power"), py::arg("min_decay"),
+        py::arg("update_after_step"), py::arg("update_every"), py::arg("chunk"), py::arg("threads"),
         py::arg("stream"));
   m.def(
       "ema_blend_host",
@@ -261,9 +266,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("ema_update_host", &recipe_kernels::ema_update_host,
         "ema_update's CUDA code run on the CPU over every block and thread of its grid (CPU addresses)",
         py::arg("table"), py::arg("num_chunks"), py::arg("decays"), py::arg("chunk"), py::arg("threads"));
-  m.def("ema_schedule_host", &recipe_kernels::ema_schedule_host, "ema_schedule's CUDA code run on the CPU",
-        py::arg("num_updates"), py::arg("decays"), py::arg("decay"), py::arg("warmup"), py::arg("warmup_gamma"),
-        py::arg("warmup_power"), py::arg("min_decay"), py::arg("update_after_step"), py::arg("update_every"));
+  m.def("ema_scheduled_update_host", &recipe_kernels::ema_scheduled_update_host,
+        "ema_scheduled_update's CUDA code run on the CPU over every block and thread of its grid (CPU addresses)",
+        py::arg("table"), py::arg("num_chunks"), py::arg("num_updates"), py::arg("programs_done"), py::arg("decays"),
+        py::arg("decay"), py::arg("warmup"), py::arg("warmup_gamma"), py::arg("warmup_power"), py::arg("min_decay"),
+        py::arg("update_after_step"), py::arg("update_every"), py::arg("chunk"), py::arg("threads"));
   // augment (bindings)
   m.def("resized_crop", &recipe_kernels::resized_crop,
         "per sample: crop, resize (bilinear, antialias), flip, normalise, cast; one launch", py::arg("table"),

@@ -1,9 +1,10 @@
 // Multi-tensor EMA of model weights: e <- lerp(e, p, 1 - d) for every tensor pair in one launch,
-// and ModelEMA's one-thread decay schedule. The Python side (recipe_kernels/ema.py) builds the
-// chunk table: one row of four int64 per chunk of at most `chunk` elements,
-//   [e address, p address, element count, codes = e code | p code << 4 | decay slot << 8],
-// with dtype codes 0 fp32, 1 fp16, 2 bf16, 3 fp64, and 4 for rows copied byte for byte. The math is
-// fp64 for pairs with an fp64 side, else fp32; the decays are fp64.
+// with the decays from a tensor (ema_update) or from ModelEMA's schedule (ema_scheduled_update,
+// which also advances its counter). The Python side (recipe_kernels/ema.py) builds the chunk
+// table: one row of four int64 per chunk of at most `chunk` elements,
+//   [e address, p address, element count, codes = e code | p code << 4 | decay slot << 8 | aligned << 12],
+// with the dtype codes of codes.h (kFloat32 ... kFloat64, and kRawBytes for rows copied byte for
+// byte). The math is fp64 for pairs with an fp64 side, else fp32; the decays are fp64.
 //
 // As in dropout.cu, each kernel's body is a __host__ __device__ function of (block, thread, grid):
 // the __global__ kernel calls it once per GPU thread, and the *_host entry points call it for
@@ -56,6 +57,9 @@ RK_HOST_DEVICE E from_math(M v) {
 
 constexpr int kParamCodeShift = 4;
 constexpr int kDecaySlotShift = 8;
+// The code fields' width. Bit 12 (both addresses 16-byte aligned) is the Triton kernel's; this one
+// checks alignment itself.
+constexpr int64_t kCodeMask = (1 << kParamCodeShift) - 1;
 
 struct EmaChunk {
   int64_t ema_address;
@@ -163,16 +167,12 @@ RK_HOST_DEVICE void blend_chunk_for_param(int param_code, E* ema, int64_t param_
   }
 }
 
-// e <- lerp(e, p, 1 - d) over the chunk of table row `block`, with d = decays[slot of the row], for
-// thread `thread` of a block of `threads`. Inputs: table (EmaChunk rows), decays (fp64). Bytes:
-// reads p and e and writes e once each, plus 32 table bytes and 8 decay bytes per block. A decay
-// of exactly 1 (in the pair's math type) skips the chunk, reading nothing.
-RK_HOST_DEVICE void ema_update_thread(const EmaChunk* __restrict__ table, const double* __restrict__ decays,
-                                      int64_t block, int64_t thread, int64_t threads) {
-  const EmaChunk row = table[block];
-  const int ema_code = static_cast<int>(row.codes & ((1 << kParamCodeShift) - 1));
-  const int param_code = static_cast<int>((row.codes >> kParamCodeShift) & ((1 << kParamCodeShift) - 1));
-  const double d = decays[row.codes >> kDecaySlotShift];
+// e <- lerp(e, p, 1 - d) over the chunk of one table row, for thread `thread` of a block of `threads`.
+// Bytes: reads p and e and writes e once each, plus the 32 table bytes. A decay of exactly 1 (in the
+// pair's math type) skips the chunk, reading nothing.
+RK_HOST_DEVICE void ema_update_row(const EmaChunk& row, double d, int64_t thread, int64_t threads) {
+  const int ema_code = static_cast<int>(row.codes & kCodeMask);
+  const int param_code = static_cast<int>((row.codes >> kParamCodeShift) & kCodeMask);
   switch (ema_code) {
     case kFloat32:
       blend_chunk_for_param(param_code, reinterpret_cast<float*>(row.ema_address), row.param_address, row.count, d,
@@ -201,21 +201,62 @@ RK_HOST_DEVICE void ema_update_thread(const EmaChunk* __restrict__ table, const 
   }
 }
 
-// The one thread of the schedule: t = ++num_updates; decays = ema_decays(t). 24 bytes.
-RK_HOST_DEVICE void ema_schedule_thread(int64_t* num_updates, double* decays, const EmaSchedule& schedule) {
-  const int64_t t = *num_updates + 1;
-  *num_updates = t;
-  const EmaDecays result = ema_decays(t, schedule);
-  decays[0] = result.average;
-  decays[1] = result.copy;
+RK_HOST_DEVICE int decay_slot(const EmaChunk& row) {
+  return static_cast<int>((row.codes >> kDecaySlotShift) & kCodeMask);
+}
+
+// ema_update: the decay of each row is decays[its slot] (fp64). 8 more bytes per block.
+RK_HOST_DEVICE void ema_update_thread(const EmaChunk* __restrict__ table, const double* __restrict__ decays,
+                                      int64_t block, int64_t thread, int64_t threads) {
+  const EmaChunk row = table[block];
+  ema_update_row(row, decays[decay_slot(row)], thread, threads);
+}
+
+// ema_scheduled_update: the row's decay is the schedule's average decay (slot kAverageSlot: parameters
+// and averaged buffers) or its copy decay (copied buffers).
+constexpr int kAverageSlot = 0;
+
+RK_HOST_DEVICE void ema_scheduled_update_thread(const EmaChunk* __restrict__ table, const EmaDecays& decays,
+                                                int64_t block, int64_t thread, int64_t threads) {
+  const EmaChunk row = table[block];
+  ema_update_row(row, decay_slot(row) == kAverageSlot ? decays.average : decays.copy, thread, threads);
+}
+
+// A block's count in programs_done: atomic on the GPU; the emulation runs one block at a time.
+RK_HOST_DEVICE unsigned int count_finished_block(unsigned int* programs_done) {
+#ifdef __CUDA_ARCH__
+  __threadfence();  // this block's reads of num_updates come before the last block's write
+  return atomicAdd(programs_done, 1u);
+#else
+  return (*programs_done)++;
+#endif
+}
+
+// Thread 0 of each block, once the block is done: the last block to finish stores t and the decays
+// it used, and resets the count for the next launch. 28 bytes.
+RK_HOST_DEVICE void finish_scheduled_block(int64_t* num_updates, unsigned int* programs_done, double* decays,
+                                           int64_t t, const EmaDecays& used, int64_t num_blocks) {
+  if (count_finished_block(programs_done) == num_blocks - 1) {
+    *num_updates = t;
+    *programs_done = 0;
+    decays[0] = used.average;
+    decays[1] = used.copy;
+  }
 }
 
 __global__ void ema_update_kernel(const EmaChunk* __restrict__ table, const double* __restrict__ decays) {
   ema_update_thread(table, decays, blockIdx.x, threadIdx.x, blockDim.x);
 }
 
-__global__ void ema_schedule_kernel(int64_t* num_updates, double* decays, EmaSchedule schedule) {
-  ema_schedule_thread(num_updates, decays, schedule);
+// Every block computes the schedule of t = num_updates + 1 (a few fp64 operations); the last one
+// to finish advances num_updates.
+__global__ void ema_scheduled_update_kernel(const EmaChunk* __restrict__ table, int64_t* num_updates,
+                                            unsigned int* programs_done, double* decays, EmaSchedule schedule) {
+  const int64_t t = *num_updates + 1;
+  const EmaDecays used = ema_decays(t, schedule);
+  ema_scheduled_update_thread(table, used, blockIdx.x, threadIdx.x, blockDim.x);
+  __syncthreads();  // every thread of the block has read num_updates
+  if (threadIdx.x == 0) finish_scheduled_block(num_updates, programs_done, decays, t, used, gridDim.x);
 }
 
 // What the GPU launch and its emulation both refuse.
@@ -236,13 +277,18 @@ void ema_update(uintptr_t table, int64_t num_chunks, uintptr_t decays, int64_t c
   check_launch("ema_update");
 }
 
-void ema_schedule(uintptr_t num_updates, uintptr_t decays, double decay, bool warmup, double warmup_gamma,
-                  double warmup_power, double min_decay, int64_t update_after_step, int64_t update_every,
-                  uintptr_t stream) {
+void ema_scheduled_update(uintptr_t table, int64_t num_chunks, uintptr_t num_updates, uintptr_t programs_done,
+                          uintptr_t decays, double decay, bool warmup, double warmup_gamma, double warmup_power,
+                          double min_decay, int64_t update_after_step, int64_t update_every, int64_t chunk, int threads,
+                          uintptr_t stream) {
+  if (num_chunks <= 0) return;
+  check_update_grid(num_chunks, chunk, threads);
   const EmaSchedule schedule{decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step, update_every};
-  ema_schedule_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
-      reinterpret_cast<int64_t*>(num_updates), reinterpret_cast<double*>(decays), schedule);
-  check_launch("ema_schedule");
+  ema_scheduled_update_kernel<<<static_cast<unsigned>(num_chunks), threads, 0,
+                                reinterpret_cast<cudaStream_t>(stream)>>>(
+      reinterpret_cast<const EmaChunk*>(table), reinterpret_cast<int64_t*>(num_updates),
+      reinterpret_cast<unsigned int*>(programs_done), reinterpret_cast<double*>(decays), schedule);
+  check_launch("ema_scheduled_update");
 }
 
 // ----------------------------------------------------------------------------- CPU emulation of the same code
@@ -259,10 +305,23 @@ void ema_update_host(uintptr_t table, int64_t num_chunks, uintptr_t decays, int6
   }
 }
 
-void ema_schedule_host(uintptr_t num_updates, uintptr_t decays, double decay, bool warmup, double warmup_gamma,
-                       double warmup_power, double min_decay, int64_t update_after_step, int64_t update_every) {
+void ema_scheduled_update_host(uintptr_t table, int64_t num_chunks, uintptr_t num_updates, uintptr_t programs_done,
+                               uintptr_t decays, double decay, bool warmup, double warmup_gamma, double warmup_power,
+                               double min_decay, int64_t update_after_step, int64_t update_every, int64_t chunk,
+                               int threads) {
+  if (num_chunks <= 0) return;
+  check_update_grid(num_chunks, chunk, threads);
   const EmaSchedule schedule{decay, warmup, warmup_gamma, warmup_power, min_decay, update_after_step, update_every};
-  ema_schedule_thread(reinterpret_cast<int64_t*>(num_updates), reinterpret_cast<double*>(decays), schedule);
+  auto* counter = reinterpret_cast<int64_t*>(num_updates);
+  for (int64_t block = 0; block < num_chunks; ++block) {
+    const int64_t t = *counter + 1;
+    const EmaDecays used = ema_decays(t, schedule);
+    for (int64_t thread = 0; thread < threads; ++thread) {
+      ema_scheduled_update_thread(reinterpret_cast<const EmaChunk*>(table), used, block, thread, threads);
+    }
+    finish_scheduled_block(counter, reinterpret_cast<unsigned int*>(programs_done), reinterpret_cast<double*>(decays),
+                           t, used, num_chunks);
+  }
 }
 
 void ema_blend_host(const float* ema, const float* param, float* out, int64_t n, float decay) {

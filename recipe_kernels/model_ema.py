@@ -10,10 +10,9 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from recipe_kernels import _backend
-from recipe_kernels.ema import (AVERAGE_SLOT, COPY_SLOT, EMA_DTYPE_CODES, TableMemo, _check_decay, _check_pairs,
-                                _dense_layout, _ema_schedule, _ema_update, _is_dtensor, _local,
-                                _warn_low_precision_ema, ema_schedule_op, ema_update_op)
+from recipe_kernels import _backend, _checks
+from recipe_kernels.ema import (AVERAGE_SLOT, COPY_SLOT, EMA_DTYPE_CODES, _check_pairs, _dense_layout, _is_dtensor,
+                                _local, _warn_low_precision_ema, ema_scheduled_update_op)
 
 BUFFER_MODES = ("average", "copy", "ignore")
 NUM_UPDATES_KEY = "_ema_num_updates"
@@ -117,13 +116,14 @@ class _Pairs:
 
     It keeps where each tensor lives (its module's _parameters or _buffers dict and its name), not
     the tensor: tensors() reads them anew on every update, so a tensor replaced in its module
-    (model.to() makes new buffers) is followed without any hook on Module._apply.
+    (model.to() makes new buffers) is followed without any hook on Module._apply. It refills the
+    same two lists every time, so the op finds its table through their memo (recipe_kernels.ema's
+    _ListsMemo), which compares every tensor's layout, never trusting the lists' contents.
     """
 
     def __init__(self, ema_module, model, buffer_mode):
         self.model = model
         self.generation = _REGISTRATIONS[0]
-        self.table_memo = TableMemo()
         ema_params, model_params = dict(ema_module.named_parameters()), dict(model.named_parameters())
         if ema_params.keys() != model_params.keys():
             raise ValueError("the model's parameters do not match the EMA's: "
@@ -162,6 +162,7 @@ class _Pairs:
         self.has_dtensors = any(_is_dtensor(t) for t in ema_tensors + model_tensors)
         self._check(ema_tensors, model_tensors)
         self._where = (ema_dicts, ema_keys, model_dicts, model_keys)
+        self._ema, self._params = [], []
 
     def _check(self, ema_tensors, model_tensors):
         floating = [i for i, e in enumerate(ema_tensors) if e.dtype in EMA_DTYPE_CODES]
@@ -179,13 +180,15 @@ class _Pairs:
         """The (ema, model) tensors the kernel sees, read from their modules now (local shards of
         DTensors, detached); None when one is gone from its module (del without a registration)."""
         ema_dicts, ema_keys, model_dicts, model_keys = self._where
-        try:
-            ema, params = list(map(getitem, ema_dicts, ema_keys)), list(map(getitem, model_dicts, model_keys))
+        try:  # each list is refilled only once all its tensors are found
+            self._ema[:] = map(getitem, ema_dicts, ema_keys)
+            self._params[:] = map(getitem, model_dicts, model_keys)
         except KeyError:
             return None
         if self.has_dtensors:
-            return [_local(e).detach() for e in ema], [_local(p).detach() for p in params]
-        return ema, params
+            self._ema[:] = [_local(e).detach() for e in self._ema]
+            self._params[:] = [_local(p).detach() for p in self._params]
+        return self._ema, self._params
 
 
 class ModelEMA:
@@ -203,8 +206,8 @@ class ModelEMA:
     buffers: "average" averages floating buffers like parameters and copies integer ones (timm's
     default), "copy" copies them all, "ignore" leaves them alone. Non-persistent buffers (left out
     of state_dict()) are always left alone, as in timm: .module keeps the values it was made with.
-    Parameters and buffers go in one kernel; the schedule is a second, one-program kernel (the
-    "torch" backend runs torch ops).
+    The schedule, the parameters and the buffers go in one kernel launch (the "torch" backend runs
+    torch ops).
     Under DistributedDataParallel pass the model or its .module (each rank averages its replica);
     with DTensor/FSDP2 parameters each rank averages its local shards, without communication.
     """
@@ -213,8 +216,8 @@ class ModelEMA:
                  warmup_gamma: float = 1.0, warmup_power: float = 2 / 3, min_decay: float = 0.0,
                  update_after_step: int = 0, update_every: int = 1, ema_dtype: Optional[torch.dtype] = None,
                  buffers: str = "average", backend: Optional[str] = None):
-        self.decay = _check_decay(decay, kinds="a Python float")
-        self.min_decay = _check_decay(min_decay, "min_decay", "a Python float")
+        self.decay = _checks.probability(decay, "decay")
+        self.min_decay = _checks.probability(min_decay, "min_decay")
         for name, value in (("warmup_gamma", warmup_gamma), ("warmup_power", warmup_power)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
@@ -242,7 +245,8 @@ class ModelEMA:
         device = _local(first).device if first is not None else torch.device("cpu")
         self.backend = _backend.resolve("ema", device, backend)
         self.num_updates = torch.zeros((), dtype=torch.int64, device=device)
-        self._decays = torch.zeros(2, dtype=torch.float64, device=device)  # [average, copy]
+        self._decays = torch.zeros(2, dtype=torch.float64, device=device)  # [average, copy] of the last update
+        self._programs_done = torch.zeros((), dtype=torch.int32, device=device)  # the kernels' count, 0 between updates
         low_precision = (torch.bfloat16, torch.float16)
         if 0.999 <= self.decay < 1.0 and any(p.dtype in low_precision for p in self.module.parameters()):
             _warn_low_precision_ema(self.decay)
@@ -264,17 +268,11 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        """One update from `model`'s current weights: two launches, no host sync."""
+        """One update from `model`'s current weights: one launch, no host sync."""
         pairs, (ema, params) = self._pairs_for(_unwrap(model))
-        schedule = (self.num_updates, self._decays, self.decay, self.warmup, self.warmup_gamma, self.warmup_power,
-                    self.min_decay, self.update_after_step, self.update_every, self.backend)
-        if torch.compiler.is_compiling():
-            ema_schedule_op(*schedule)
-            ema_update_op(ema, params, self._decays, pairs.slots, self.backend)
-        else:  # eager: straight to the launchers (see _dispatch_ema_update)
-            _ema_schedule(*schedule)
-            _ema_update(ema, params, self._decays, pairs.slots, self.backend, memo=pairs.table_memo)
-            torch.autograd.graph.increment_version(ema)
+        ema_scheduled_update_op(ema, params, pairs.slots, self.num_updates, self._programs_done, self._decays,
+                                self.decay, self.warmup, self.warmup_gamma, self.warmup_power, self.min_decay,
+                                self.update_after_step, self.update_every, self.backend)
 
     def state_dict(self) -> Dict[str, Any]:
         """The averaged weights keyed as in model.state_dict() (DTensors stay DTensors), plus the counter."""

@@ -52,12 +52,12 @@ def fp64_decays(*values):
 
 def run_kernel_code(ema, params, decays, slots, threads=CUDA_THREADS):
     """ema_update's CUDA code over the table that the cuda backend would launch for these pairs."""
-    table, _ = build_chunk_table(ema, params, slots)
+    table = build_chunk_table(ema, params, slots).rows
     _backend._C.ema_update_host(table.data_ptr(), table.shape[0], decays.data_ptr(), CHUNK, threads)
 
 
 def run_torch_backend(ema, params, decays, slots):
-    ema_module._ema_update(ema, params, decays, slots, "torch")
+    ema_module.ema_update_op(ema, params, decays, slots, "torch")
 
 
 def assert_same_bits(actual, expected):
@@ -169,7 +169,7 @@ def test_hundreds_of_tensors_in_one_table():
         ema.append(make(n, ema_dtype, generator, int(index % 3 == 0), specials=index % 5 == 0))
         params.append(make(n, param_dtype, generator, int(index % 4 == 0), specials=index % 5 == 0))
         slots.append(slot)
-    table, _ = build_chunk_table(ema, params, slots)
+    table = build_chunk_table(ema, params, slots).rows
     assert table.shape[0] > 400  # some pairs span several chunks
     check_against_torch_backend(ema, params, fp64_decays(0.9, 0.0), slots)
 
@@ -192,7 +192,7 @@ def test_pair_of_a_tensor_with_itself_and_layouts():
 
 def test_launch_checks_match_the_gpu_launcher():
     e, p = torch.zeros(4), torch.ones(4)
-    table, _ = build_chunk_table([e], [p], [AVERAGE_SLOT])
+    table = build_chunk_table([e], [p], [AVERAGE_SLOT]).rows
     decays = fp64_decays(0.5)
     _backend._C.ema_update_host(table.data_ptr(), 0, decays.data_ptr(), CHUNK, CUDA_THREADS)  # nothing to do
     assert torch.equal(e, torch.zeros(4))
@@ -215,7 +215,7 @@ class Net(torch.nn.Module):
 @pytest.mark.parametrize("buffers", ["average", "copy"])
 @pytest.mark.parametrize("ema_dtype", [None, torch.float64])
 def test_model_ema_steps_equal_torch_backend(buffers, ema_dtype):
-    # The schedule kernel and the update kernel together, on ModelEMA's own pairs, slots and tables
+    # The scheduled update kernel (schedule, update, counter), on ModelEMA's own pairs, slots and tables
     # (an fp64 EMA of a bf16 model has fp64 math).
     torch.manual_seed(0)
     model = Net().to(torch.bfloat16)
@@ -228,8 +228,7 @@ def test_model_ema_steps_equal_torch_backend(buffers, ema_dtype):
                 tensor.add_(torch.randn_like(tensor) if tensor.is_floating_point() else 1)
         expected.update(model)
         pairs, (ema, params) = emulated._pairs_for(model)
-        schedule_host(emulated.num_updates, emulated._decays, emulated)
-        run_kernel_code(ema, params, emulated._decays, pairs.slots)
+        run_scheduled_kernel_code(ema, params, pairs.slots, emulated.num_updates, emulated._decays, emulated)
         assert emulated.num_updates.item() == expected.num_updates.item()
         assert_same_bits(emulated._decays, expected._decays)
         wanted = expected.module.state_dict()
@@ -237,13 +236,21 @@ def test_model_ema_steps_equal_torch_backend(buffers, ema_dtype):
             assert_same_bits(got, wanted[name])
 
 
-# ----------------------------------------------------------------------------- ema_schedule
+# ----------------------------------------------------------------------------- the schedule in ema_scheduled_update
 
 
-def schedule_host(num_updates, decays, schedule):
-    _backend._C.ema_schedule_host(num_updates.data_ptr(), decays.data_ptr(), schedule.decay, schedule.warmup,
-                                  schedule.warmup_gamma, schedule.warmup_power, schedule.min_decay,
-                                  schedule.update_after_step, schedule.update_every)
+def run_scheduled_kernel_code(ema, params, slots, num_updates, decays, schedule, threads=CUDA_THREADS):
+    """ema_scheduled_update's CUDA code over the pairs' table (or, with no pairs, one empty row, so
+    that the schedule still runs): every block, the last one advancing num_updates."""
+    table = build_chunk_table(ema, params, slots).rows if ema else torch.zeros(1, 4, dtype=torch.int64)
+    programs_done = torch.zeros((), dtype=torch.int32)
+    _backend._C.ema_scheduled_update_host(
+        table=table.data_ptr(), num_chunks=table.shape[0], num_updates=num_updates.data_ptr(),
+        programs_done=programs_done.data_ptr(), decays=decays.data_ptr(), decay=schedule.decay,
+        warmup=schedule.warmup, warmup_gamma=schedule.warmup_gamma, warmup_power=schedule.warmup_power,
+        min_decay=schedule.min_decay, update_after_step=schedule.update_after_step,
+        update_every=schedule.update_every, chunk=CHUNK, threads=threads)
+    assert programs_done.item() == 0
 
 
 class Schedule:
@@ -272,10 +279,11 @@ def test_schedule_kernel_code_equals_torch_backend(schedule, start):
     host_updates, host_decays = torch.tensor(start), fp64_decays(-1.0, -1.0)
     torch_updates, torch_decays = torch.tensor(start), fp64_decays(-1.0, -1.0)
     for t in range(start + 1, start + 301):
-        schedule_host(host_updates, host_decays, schedule)
-        ema_module._ema_schedule(torch_updates, torch_decays, schedule.decay, schedule.warmup, schedule.warmup_gamma,
-                                 schedule.warmup_power, schedule.min_decay, schedule.update_after_step,
-                                 schedule.update_every, "torch")
+        run_scheduled_kernel_code([], [], [], host_updates, host_decays, schedule)
+        ema_module.ema_scheduled_update_op([], [], [], torch_updates, torch.zeros((), dtype=torch.int32), torch_decays,
+                                           schedule.decay, schedule.warmup, schedule.warmup_gamma,
+                                           schedule.warmup_power, schedule.min_decay, schedule.update_after_step,
+                                           schedule.update_every, "torch")
         assert host_updates.item() == t
         assert_same_bits(host_decays, torch_decays)
         assert host_decays.tolist() == pytest.approx(schedule.reference(t), rel=1e-12, abs=0), t

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import recipe_kernels as rk
 from recipe_kernels import _backend, reference
-from recipe_kernels.ema import CHUNK, ema_schedule_op
+from recipe_kernels.ema import CHUNK, ema_scheduled_update_op
 from recipe_kernels.model_ema import NUM_UPDATES_KEY
 
 from conftest import BACKENDS, DEVICE
@@ -223,9 +223,9 @@ def test_cuda_schedule_host_code_equals_torch_backend(schedule, t):
     # csrc/ema.cu's ema_decays against the torch backend's schedule (both fp64).
     num_updates = torch.tensor(t - 1, dtype=torch.int64)
     decays = torch.zeros(2, dtype=torch.float64)
-    ema_schedule_op(num_updates, decays, schedule["decay"], schedule["warmup"], schedule["warmup_gamma"],
-                    schedule["warmup_power"], schedule["min_decay"], schedule["update_after_step"],
-                    schedule["update_every"], "torch")
+    ema_scheduled_update_op([], [], [], num_updates, torch.zeros((), dtype=torch.int32), decays, schedule["decay"],
+                            schedule["warmup"], schedule["warmup_gamma"], schedule["warmup_power"],
+                            schedule["min_decay"], schedule["update_after_step"], schedule["update_every"], "torch")
     host = _backend._C.ema_decays_host(t, schedule["decay"], schedule["warmup"], schedule["warmup_gamma"],
                                        schedule["warmup_power"], schedule["min_decay"], schedule["update_after_step"],
                                        schedule["update_every"])
