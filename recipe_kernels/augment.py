@@ -37,8 +37,9 @@ from recipe_kernels._triton_common import cdiv, round_to
 
 # The dtypes an image may have, and an output.
 IMAGE_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
-# Output pixels per Triton program: a [BLOCK_Y, BLOCK_X] tile of every channel of one sample.
-BLOCK_Y = 8
+# Output pixels per Triton program: a [BLOCK_Y, BLOCK_X] tile of every channel of one sample (32 elements a thread:
+# the setup of a program, its windows and table reads, spreads over more pixels; the static model's best of 8-64 rows).
+BLOCK_Y = 32
 BLOCK_X = 32
 NUM_WARPS = 4
 # Columns of the image table, one int64 row per sample: element address, height, width, and the
@@ -92,19 +93,20 @@ def _window_total(centre, first, count, inverse_scale, max_count):
 
 @triton.jit
 def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, out_cols, out_height, out_width,
-                  PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr):
+                  PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr, INDEX_DTYPE: tl.constexpr):
     """The resized crop of `sample` at channels `channels` ([CB, 1, 1]), output rows `out_rows`
     ([1, BY, 1]) and columns `out_cols` ([1, 1, BX], before any flip), fp32: the sum over row taps
     of row weight * (the sum over column taps of column weight * pixel), pixels outside the image
     reading 0. Taps beyond a window, and channels, rows or columns outside the output, are masked
-    off (no load). The weights are shared by the channels."""
+    off (no load). The weights are shared by the channels; offsets inside an image are INDEX_DTYPE
+    (int32 when every image's span fits)."""
     entry = table_ptr + sample * 6
     image = tl.load(entry).to(tl.pointer_type(PIXEL_DTYPE))
-    image_height = tl.load(entry + 1)
-    image_width = tl.load(entry + 2)
-    channel_stride = tl.load(entry + 3)
-    row_stride = tl.load(entry + 4)
-    col_stride = tl.load(entry + 5)
+    image_height = tl.load(entry + 1).to(INDEX_DTYPE)
+    image_width = tl.load(entry + 2).to(INDEX_DTYPE)
+    channel_stride = tl.load(entry + 3).to(INDEX_DTYPE)
+    row_stride = tl.load(entry + 4).to(INDEX_DTYPE)
+    col_stride = tl.load(entry + 5).to(INDEX_DTYPE)
     top = tl.load(box_ptr + sample * 4)
     left = tl.load(box_ptr + sample * 4 + 1)
     box_height = tl.load(box_ptr + sample * 4 + 2)
@@ -113,20 +115,26 @@ def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, 
     centre_x, first_x, count_x, inverse_x, taps_x = _filter_window(out_cols, box_width, out_width, ANTIALIAS)
     total_y = _window_total(centre_y, first_y, count_y, inverse_y, taps_y)
     total_x = _window_total(centre_x, first_x, count_x, inverse_x, taps_x)
-    planes = image + channels.to(tl.int64) * channel_stride
-    wanted = (channels < num_channels) & (out_rows < out_height) & (out_cols < out_width)
+    plane_offsets = channels.to(INDEX_DTYPE) * channel_stride
+    wanted_planes = channels < num_channels
+    wanted_rows = out_rows < out_height
+    wanted_cols = out_cols < out_width
+    first_row = top + first_y
+    first_col = left + first_x
     value = tl.zeros([channels.shape[0], out_rows.shape[1], out_cols.shape[2]], dtype=tl.float32)
     for tap_y in range(0, taps_y):
         weight_y = tl.math.div_rn(_tap_weight(tap_y, centre_y, first_y, count_y, inverse_y), total_y)
-        row = top + first_y + tap_y
-        row_ok = (tap_y < count_y) & (row >= 0) & (row < image_height)
+        row = first_row + tap_y
+        row_ok = wanted_rows & (tap_y < count_y) & (row >= 0) & (row < image_height)
+        row_offsets = plane_offsets + row.to(INDEX_DTYPE) * row_stride
+        row_mask = wanted_planes & row_ok
         row_value = tl.zeros([channels.shape[0], out_rows.shape[1], out_cols.shape[2]], dtype=tl.float32)
         for tap_x in range(0, taps_x):
             weight_x = tl.math.div_rn(_tap_weight(tap_x, centre_x, first_x, count_x, inverse_x), total_x)
-            col = left + first_x + tap_x
-            col_ok = (tap_x < count_x) & (col >= 0) & (col < image_width)
-            pixel = tl.load(planes + row.to(tl.int64) * row_stride + col.to(tl.int64) * col_stride,
-                            mask=wanted & row_ok & col_ok, other=0)
+            col = first_col + tap_x
+            col_ok = wanted_cols & (tap_x < count_x) & (col >= 0) & (col < image_width)
+            pixel = tl.load(image + (row_offsets + col.to(INDEX_DTYPE) * col_stride), mask=row_mask & col_ok,
+                            other=0)
             row_value += pixel.to(tl.float32) * weight_x
         value += row_value * weight_y
     return value
@@ -147,10 +155,11 @@ def _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM: tl.conste
 
 
 @triton.jit
-def _tile(row_blocks, col_blocks, CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+def _tile(row_blocks, col_blocks, CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+          INDEX_DTYPE: tl.constexpr):
     """The program's (sample, row block, column block) and its channels [CB, 1, 1], output rows [1, BY, 1] and
     output columns [1, 1, BX]; column blocks vary fastest."""
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0).to(INDEX_DTYPE)
     col_block = pid % col_blocks
     rest = pid // col_blocks
     row_block = rest % row_blocks
@@ -174,7 +183,8 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
                          num_channels, out_height, out_width, row_blocks, col_blocks,
                          out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                          ANTIALIAS: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_NORM: tl.constexpr,
-                         CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+                         CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+                         INDEX_DTYPE: tl.constexpr):
     """out[n, c, y, x] = the resized crop of image n (flipped: at column w-1-x), normalised, rounded.
 
     Inputs: table (N, 6) int64 (element address, H, W, channel/row/column strides of each image,
@@ -188,18 +198,18 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     taps is the tile's largest window per axis, about 2 * support + 1 (support = max(box/out, 1) with
     antialias, 1 without): 4 per element upscaling or without antialias, 16 at a 1.5x downscale, 25 at 2x.
     The weights (a divide each) are computed per tap for a row or a column of the tile and shared
-    by its channels: a 3 x 8 x 32 tile spends 8 + 32 weights per tap pair on 768 elements.
+    by its channels: a 3 x 32 x 32 tile spends 32 + 32 weights per tap pair on 3072 elements.
     Bytes per output element: the crop's source pixels come from DRAM about once (neighbouring
     taps and tiles hit in L1/L2; box_h * box_w / (h * w) source pixels per output pixel, each of
     the image's size), and the output is written once.
     """
     sample, row_block, col_block, channels, out_rows, out_cols = _tile(row_blocks, col_blocks, CHANNEL_BLOCK, BLOCK_Y,
-                                                                       BLOCK_X)
+                                                                       BLOCK_X, INDEX_DTYPE)
     resize_cols = out_cols
     if HAS_FLIP:
         resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
     value = _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, resize_cols, out_height,
-                          out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
+                          out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE)
     in_channels = channels < num_channels
     value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
     _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
@@ -218,7 +228,8 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
                           num_samples, num_channels, out_height, out_width, row_blocks, col_blocks,
                           out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                           ANTIALIAS: tl.constexpr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr,
-                          CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+                          CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+                         INDEX_DTYPE: tl.constexpr):
     """Crop, resize and flip, then MixUp/CutMix with the partner's crop, erase, normalise and cast, in one pass.
 
     Per sample n with partner m: own = the resized crop of n (as _resized_crop_kernel: crop (N, 4)
@@ -232,11 +243,11 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     partner's source pixels for those tiles.
     """
     sample, row_block, col_block, channels, out_rows, out_cols = _tile(row_blocks, col_blocks, CHANNEL_BLOCK, BLOCK_Y,
-                                                                       BLOCK_X)
+                                                                       BLOCK_X, INDEX_DTYPE)
     # 1. The sample's own crop.
     value = _resized_tile(table_ptr, crop_ptr, sample, channels, num_channels, out_rows,
                           _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width,
-                          pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
+                          pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE)
     # 2. MixUp / CutMix with the partner's crop, read only where some pixel of the tile takes it.
     mode = tl.load(mode_ptr + sample)
     x0 = tl.load(mix_box_ptr + sample * 4)
@@ -250,7 +261,7 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
         partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
         other = _resized_tile(table_ptr, crop_ptr, partner, channels, num_channels, out_rows,
                               _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width,
-                              pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
+                              pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE)
         lam = tl.load(lam_ptr + sample)
         inside = (out_rows >= y0) & (out_rows < y1) & (out_cols >= x0) & (out_cols < x1)
         mixed = lam * value + (1.0 - lam) * other
@@ -333,6 +344,12 @@ def _launch_geometry(images, height, width):
     return n, channels, cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X), image_table(images)
 
 
+def _index_dtype(images, out):
+    """int32 when every offset a program forms fits: inside any image (the pixels its strides span) and in `out`."""
+    spans = [sum((size - 1) * abs(stride) for size, stride in zip(image.shape, image.stride())) for image in images]
+    return tl.int32 if max(spans + [out.numel()]) < 1 << 31 else tl.int64
+
+
 def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last):
     out = _new_output(images, height, width, out_dtype, channels_last)
     if out.numel() == 0:
@@ -342,7 +359,8 @@ def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialia
            table, images[0], boxes, flip.view(torch.uint8) if flip is not None else boxes,
            mean if mean is not None else table, std if std is not None else table, out, channels, height, width, row_blocks, col_blocks, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
-           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X)
+           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
+           INDEX_DTYPE=_index_dtype(images, out))
     return out
 
 
@@ -420,7 +438,8 @@ def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase
                torch.uint8), fill, mean if mean is not None else fill, std if std is not None else fill, out,
            n, channels, height, width, row_blocks, col_blocks, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_ERASE=erase is not None, HAS_NORM=mean is not None,
-           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X)
+           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
+           INDEX_DTYPE=_index_dtype(images, out))
     return out
 
 
