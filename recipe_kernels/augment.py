@@ -42,6 +42,10 @@ IMAGE_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 BLOCK_Y = 32
 BLOCK_X = 32
 NUM_WARPS = 4
+# Column taps unrolled with their weights computed once per tile (the rest loop, recomputing theirs per row tap):
+# bilinear windows have 2 taps (3 at most); antialiased ones about 2 * scale + 1.
+BILINEAR_STATIC_TAPS = 2
+ANTIALIAS_STATIC_TAPS = 3
 # Columns of the image table, one int64 row per sample: element address, height, width, and the
 # strides (in elements) of channel, row and column.
 TABLE_COLUMNS = 6
@@ -92,8 +96,27 @@ def _window_total(centre, first, count, inverse_scale, max_count):
 
 
 @triton.jit
+def _column_tap(tap, centre_x, first_x, count_x, inverse_x, total_x, first_col, wanted_cols, image_width):
+    """Column tap `tap` of the tile's columns: its normalised weight, and where its pixel is read (in the output
+    and the window, inside the image)."""
+    weight = tl.math.div_rn(_tap_weight(tap, centre_x, first_x, count_x, inverse_x), total_x)
+    col = first_col + tap
+    return weight, wanted_cols & (tap < count_x) & (col >= 0) & (col < image_width)
+
+
+@triton.jit
+def _pixel_float(pixel):
+    """A loaded pixel as fp32. A byte goes through the float 2^23 + byte less 2^23 (exact; an OR and an add, fewer
+    instructions than the conversion)."""
+    if pixel.dtype == tl.uint8:
+        return (pixel.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    return pixel.to(tl.float32)
+
+
+@triton.jit
 def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, out_cols, out_height, out_width,
-                  PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr, INDEX_DTYPE: tl.constexpr):
+                  PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr, INDEX_DTYPE: tl.constexpr,
+                  STATIC_TAPS_X: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr):
     """The resized crop of `sample` at channels `channels` ([CB, 1, 1]), output rows `out_rows`
     ([1, BY, 1]) and columns `out_cols` ([1, 1, BX], before any flip), fp32: the sum over row taps
     of row weight * (the sum over column taps of column weight * pixel), pixels outside the image
@@ -121,21 +144,35 @@ def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, 
     wanted_cols = out_cols < out_width
     first_row = top + first_y
     first_col = left + first_x
+    # A unit column stride makes tap k's address the first tap's plus k: an immediate offset of the load.
+    col_step = 1 if UNIT_COL_STRIDE else col_stride
+    first_col_offsets = first_col.to(INDEX_DTYPE) * col_step
+    # The first STATIC_TAPS_X column taps' weights and masks, computed once and shared by every row tap.
+    weight_0, col_ok_0 = _column_tap(0, centre_x, first_x, count_x, inverse_x, total_x, first_col, wanted_cols,
+                                     image_width)
+    if STATIC_TAPS_X > 1:
+        weight_1, col_ok_1 = _column_tap(1, centre_x, first_x, count_x, inverse_x, total_x, first_col, wanted_cols,
+                                         image_width)
+    if STATIC_TAPS_X > 2:
+        weight_2, col_ok_2 = _column_tap(2, centre_x, first_x, count_x, inverse_x, total_x, first_col, wanted_cols,
+                                         image_width)
     value = tl.zeros([channels.shape[0], out_rows.shape[1], out_cols.shape[2]], dtype=tl.float32)
     for tap_y in range(0, taps_y):
         weight_y = tl.math.div_rn(_tap_weight(tap_y, centre_y, first_y, count_y, inverse_y), total_y)
         row = first_row + tap_y
-        row_ok = wanted_rows & (tap_y < count_y) & (row >= 0) & (row < image_height)
-        row_offsets = plane_offsets + row.to(INDEX_DTYPE) * row_stride
-        row_mask = wanted_planes & row_ok
-        row_value = tl.zeros([channels.shape[0], out_rows.shape[1], out_cols.shape[2]], dtype=tl.float32)
-        for tap_x in range(0, taps_x):
-            weight_x = tl.math.div_rn(_tap_weight(tap_x, centre_x, first_x, count_x, inverse_x), total_x)
-            col = first_col + tap_x
-            col_ok = wanted_cols & (tap_x < count_x) & (col >= 0) & (col < image_width)
-            pixel = tl.load(image + (row_offsets + col.to(INDEX_DTYPE) * col_stride), mask=row_mask & col_ok,
-                            other=0)
-            row_value += pixel.to(tl.float32) * weight_x
+        row_mask = wanted_planes & wanted_rows & (tap_y < count_y) & (row >= 0) & (row < image_height)
+        pixels = image + (plane_offsets + row.to(INDEX_DTYPE) * row_stride + first_col_offsets)
+        # The column taps in order (row_value starts at the first product, not 0 + it: the two differ at most in
+        # the sign of a zero, which value's first addition to +0 erases).
+        row_value = _pixel_float(tl.load(pixels, mask=row_mask & col_ok_0, other=0)) * weight_0
+        if STATIC_TAPS_X > 1:
+            row_value += _pixel_float(tl.load(pixels + col_step, mask=row_mask & col_ok_1, other=0)) * weight_1
+        if STATIC_TAPS_X > 2:
+            row_value += _pixel_float(tl.load(pixels + 2 * col_step, mask=row_mask & col_ok_2, other=0)) * weight_2
+        for tap_x in range(STATIC_TAPS_X, taps_x):
+            weight_x, col_ok = _column_tap(tap_x, centre_x, first_x, count_x, inverse_x, total_x, first_col,
+                                           wanted_cols, image_width)
+            row_value += _pixel_float(tl.load(pixels + tap_x * col_step, mask=row_mask & col_ok, other=0)) * weight_x
         value += row_value * weight_y
     return value
 
@@ -171,11 +208,15 @@ def _tile(row_blocks, col_blocks, CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.const
 
 
 @triton.jit
-def _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
-                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride):
+def _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height,
+                out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride):
     offsets = sample * out_sample_stride + channels * out_channel_stride + out_rows * out_row_stride + \
         out_cols * out_col_stride
-    tl.store(out_ptr + offsets, value, mask=in_channels & (out_rows < out_height) & (out_cols < out_width))
+    # A tile inside the output stores under the channel mask alone, constant along a row: 16-byte stores.
+    if ((row_block + 1) * out_rows.shape[1] <= out_height) & ((col_block + 1) * out_cols.shape[2] <= out_width):
+        tl.store(out_ptr + offsets, value, mask=in_channels)
+    else:
+        tl.store(out_ptr + offsets, value, mask=in_channels & (out_rows < out_height) & (out_cols < out_width))
 
 
 @triton.jit(do_not_specialize=["out_height", "out_width", "row_blocks", "col_blocks"])
@@ -184,7 +225,8 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
                          out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                          ANTIALIAS: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_NORM: tl.constexpr,
                          CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
-                         INDEX_DTYPE: tl.constexpr):
+                         INDEX_DTYPE: tl.constexpr, STATIC_TAPS_X: tl.constexpr,
+                         UNIT_COL_STRIDE: tl.constexpr):
     """out[n, c, y, x] = the resized crop of image n (flipped: at column w-1-x), normalised, rounded.
 
     Inputs: table (N, 6) int64 (element address, H, W, channel/row/column strides of each image,
@@ -209,10 +251,11 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     if HAS_FLIP:
         resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
     value = _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, resize_cols, out_height,
-                          out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE)
+                          out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
+                          STATIC_TAPS_X, UNIT_COL_STRIDE)
     in_channels = channels < num_channels
     value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
-    _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
+    _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height, out_width,
                 out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
 
 
@@ -229,7 +272,8 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
                           out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                           ANTIALIAS: tl.constexpr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr,
                           CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
-                         INDEX_DTYPE: tl.constexpr):
+                         INDEX_DTYPE: tl.constexpr, STATIC_TAPS_X: tl.constexpr,
+                         UNIT_COL_STRIDE: tl.constexpr):
     """Crop, resize and flip, then MixUp/CutMix with the partner's crop, erase, normalise and cast, in one pass.
 
     Per sample n with partner m: own = the resized crop of n (as _resized_crop_kernel: crop (N, 4)
@@ -247,7 +291,8 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     # 1. The sample's own crop.
     value = _resized_tile(table_ptr, crop_ptr, sample, channels, num_channels, out_rows,
                           _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width,
-                          pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE)
+                          pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
+                          STATIC_TAPS_X, UNIT_COL_STRIDE)
     # 2. MixUp / CutMix with the partner's crop, read only where some pixel of the tile takes it.
     mode = tl.load(mode_ptr + sample)
     x0 = tl.load(mix_box_ptr + sample * 4)
@@ -261,7 +306,8 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
         partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
         other = _resized_tile(table_ptr, crop_ptr, partner, channels, num_channels, out_rows,
                               _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width,
-                              pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE)
+                              pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
+                          STATIC_TAPS_X, UNIT_COL_STRIDE)
         lam = tl.load(lam_ptr + sample)
         inside = (out_rows >= y0) & (out_rows < y1) & (out_cols >= x0) & (out_cols < x1)
         mixed = lam * value + (1.0 - lam) * other
@@ -276,7 +322,7 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
         fill = tl.load(fill_ptr + channels, mask=in_channels, other=0.0)
         value = tl.where(erased & inside_erase, fill, value)
     value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
-    _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
+    _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height, out_width,
                 out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
 
 
@@ -344,10 +390,14 @@ def _launch_geometry(images, height, width):
     return n, channels, cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X), image_table(images)
 
 
-def _index_dtype(images, out):
-    """int32 when every offset a program forms fits: inside any image (the pixels its strides span) and in `out`."""
+def _layout_constexprs(images, out, antialias):
+    """The kernels' constexprs that follow the images and output: INDEX_DTYPE, int32 when every offset a program
+    forms fits (inside any image, the pixels its strides span, and in `out`); UNIT_COL_STRIDE, whether every
+    image's columns are adjacent; STATIC_TAPS_X, the column taps unrolled ahead of the loop over the rest."""
     spans = [sum((size - 1) * abs(stride) for size, stride in zip(image.shape, image.stride())) for image in images]
-    return tl.int32 if max(spans + [out.numel()]) < 1 << 31 else tl.int64
+    return dict(INDEX_DTYPE=tl.int32 if max(spans + [out.numel()]) < 1 << 31 else tl.int64,
+                UNIT_COL_STRIDE=all(image.stride(-1) == 1 for image in images),
+                STATIC_TAPS_X=ANTIALIAS_STATIC_TAPS if antialias else BILINEAR_STATIC_TAPS)
 
 
 def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last):
@@ -360,7 +410,7 @@ def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialia
            mean if mean is not None else table, std if std is not None else table, out, channels, height, width, row_blocks, col_blocks, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
            CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
-           INDEX_DTYPE=_index_dtype(images, out))
+           **_layout_constexprs(images, out, antialias))
     return out
 
 
@@ -439,7 +489,7 @@ def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase
            n, channels, height, width, row_blocks, col_blocks, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_ERASE=erase is not None, HAS_NORM=mean is not None,
            CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
-           INDEX_DTYPE=_index_dtype(images, out))
+           **_layout_constexprs(images, out, antialias))
     return out
 
 
