@@ -96,12 +96,18 @@ def _window_total(centre, first, count, inverse_scale, max_count):
 
 
 @triton.jit
-def _column_tap(tap, centre_x, first_x, count_x, inverse_x, total_x, first_col, wanted_cols, image_width):
-    """Column tap `tap` of the tile's columns: its normalised weight, and where its pixel is read (in the output
-    and the window, inside the image)."""
+def _column_tap(tap, centre_x, first_x, count_x, inverse_x, total_x, first_col, wanted_cols, image_width, col_step,
+                CLAMPED_READS: tl.constexpr):
+    """Column tap `tap` of the tile's columns: its normalised weight, where its pixel is read (in the output and the
+    window, inside the image), and its offset in a row. With CLAMPED_READS, the offset of the column clamped into
+    the image and the weight 0 where it is not read."""
     weight = tl.math.div_rn(_tap_weight(tap, centre_x, first_x, count_x, inverse_x), total_x)
     col = first_col + tap
-    return weight, wanted_cols & (tap < count_x) & (col >= 0) & (col < image_width)
+    col_ok = wanted_cols & (tap < count_x) & (col >= 0) & (col < image_width)
+    if CLAMPED_READS:
+        weight = tl.where(col_ok, weight, 0.0)
+        col = tl.minimum(tl.maximum(col, 0), image_width - 1)
+    return weight, col_ok, col.to(image_width.dtype) * col_step
 
 
 @triton.jit
@@ -116,7 +122,7 @@ def _pixel_float(pixel):
 @triton.jit
 def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, out_cols, out_height, out_width,
                   PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr, INDEX_DTYPE: tl.constexpr,
-                  STATIC_TAPS_X: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr):
+                  STATIC_TAPS_X: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
     """The resized crop of `sample` at channels `channels` ([CB, 1, 1]), output rows `out_rows`
     ([1, BY, 1]) and columns `out_cols` ([1, 1, BX], before any flip), fp32: the sum over row taps
     of row weight * (the sum over column taps of column weight * pixel), pixels outside the image
@@ -138,41 +144,63 @@ def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, 
     centre_x, first_x, count_x, inverse_x, taps_x = _filter_window(out_cols, box_width, out_width, ANTIALIAS)
     total_y = _window_total(centre_y, first_y, count_y, inverse_y, taps_y)
     total_x = _window_total(centre_x, first_x, count_x, inverse_x, taps_x)
-    plane_offsets = channels.to(INDEX_DTYPE) * channel_stride
-    wanted_planes = channels < num_channels
     wanted_rows = out_rows < out_height
     wanted_cols = out_cols < out_width
     first_row = top + first_y
     first_col = left + first_x
     # A unit column stride makes tap k's address the first tap's plus k: an immediate offset of the load.
     col_step = 1 if UNIT_COL_STRIDE else col_stride
+    if CLAMPED_READS:
+        # Every read lands inside the image (channel, row and column clamped), and a tap outside it weighs 0
+        # instead: a finite pixel * +0 is the +0 a masked read would add. No masks in the loops.
+        plane_offsets = tl.minimum(channels, num_channels - 1).to(INDEX_DTYPE) * channel_stride
+    else:
+        plane_offsets = channels.to(INDEX_DTYPE) * channel_stride
+    wanted_planes = channels < num_channels
     first_col_offsets = first_col.to(INDEX_DTYPE) * col_step
-    # The first STATIC_TAPS_X column taps' weights and masks, computed once and shared by every row tap.
-    weight_0, col_ok_0 = _column_tap(0, centre_x, first_x, count_x, inverse_x, total_x, first_col, wanted_cols,
-                                     image_width)
+    # The first STATIC_TAPS_X column taps' weights, masks and offsets, computed once and shared by every row tap.
+    weight_0, col_ok_0, col_offsets_0 = _column_tap(0, centre_x, first_x, count_x, inverse_x, total_x, first_col,
+                                                    wanted_cols, image_width, col_step, CLAMPED_READS)
     if STATIC_TAPS_X > 1:
-        weight_1, col_ok_1 = _column_tap(1, centre_x, first_x, count_x, inverse_x, total_x, first_col, wanted_cols,
-                                         image_width)
+        weight_1, col_ok_1, col_offsets_1 = _column_tap(1, centre_x, first_x, count_x, inverse_x, total_x, first_col,
+                                                        wanted_cols, image_width, col_step, CLAMPED_READS)
     if STATIC_TAPS_X > 2:
-        weight_2, col_ok_2 = _column_tap(2, centre_x, first_x, count_x, inverse_x, total_x, first_col, wanted_cols,
-                                         image_width)
+        weight_2, col_ok_2, col_offsets_2 = _column_tap(2, centre_x, first_x, count_x, inverse_x, total_x, first_col,
+                                                        wanted_cols, image_width, col_step, CLAMPED_READS)
     value = tl.zeros([channels.shape[0], out_rows.shape[1], out_cols.shape[2]], dtype=tl.float32)
     for tap_y in range(0, taps_y):
         weight_y = tl.math.div_rn(_tap_weight(tap_y, centre_y, first_y, count_y, inverse_y), total_y)
         row = first_row + tap_y
-        row_mask = wanted_planes & wanted_rows & (tap_y < count_y) & (row >= 0) & (row < image_height)
-        pixels = image + (plane_offsets + row.to(INDEX_DTYPE) * row_stride + first_col_offsets)
-        # The column taps in order (row_value starts at the first product, not 0 + it: the two differ at most in
-        # the sign of a zero, which value's first addition to +0 erases).
-        row_value = _pixel_float(tl.load(pixels, mask=row_mask & col_ok_0, other=0)) * weight_0
-        if STATIC_TAPS_X > 1:
-            row_value += _pixel_float(tl.load(pixels + col_step, mask=row_mask & col_ok_1, other=0)) * weight_1
-        if STATIC_TAPS_X > 2:
-            row_value += _pixel_float(tl.load(pixels + 2 * col_step, mask=row_mask & col_ok_2, other=0)) * weight_2
+        row_ok = wanted_rows & (tap_y < count_y) & (row >= 0) & (row < image_height)
+        if CLAMPED_READS:
+            weight_y = tl.where(row_ok, weight_y, 0.0)
+            rows = image + (plane_offsets + tl.minimum(tl.maximum(row, 0), image_height - 1).to(INDEX_DTYPE)
+                            * row_stride)
+            row_value = _pixel_float(tl.load(rows + col_offsets_0)) * weight_0
+            if STATIC_TAPS_X > 1:
+                row_value += _pixel_float(tl.load(rows + col_offsets_1)) * weight_1
+            if STATIC_TAPS_X > 2:
+                row_value += _pixel_float(tl.load(rows + col_offsets_2)) * weight_2
+        else:
+            row_mask = wanted_planes & row_ok
+            rows = image + (plane_offsets + row.to(INDEX_DTYPE) * row_stride)
+            pixels = rows + first_col_offsets
+            # The column taps in order (row_value starts at the first product, not 0 + it: the two differ at most
+            # in the sign of a zero, which value's first addition to +0 erases).
+            row_value = _pixel_float(tl.load(pixels, mask=row_mask & col_ok_0, other=0)) * weight_0
+            if STATIC_TAPS_X > 1:
+                row_value += _pixel_float(tl.load(pixels + col_step, mask=row_mask & col_ok_1, other=0)) * weight_1
+            if STATIC_TAPS_X > 2:
+                row_value += _pixel_float(tl.load(pixels + 2 * col_step, mask=row_mask & col_ok_2, other=0)) * \
+                    weight_2
         for tap_x in range(STATIC_TAPS_X, taps_x):
-            weight_x, col_ok = _column_tap(tap_x, centre_x, first_x, count_x, inverse_x, total_x, first_col,
-                                           wanted_cols, image_width)
-            row_value += _pixel_float(tl.load(pixels + tap_x * col_step, mask=row_mask & col_ok, other=0)) * weight_x
+            weight_x, col_ok, col_offsets = _column_tap(tap_x, centre_x, first_x, count_x, inverse_x, total_x,
+                                                        first_col, wanted_cols, image_width, col_step, CLAMPED_READS)
+            if CLAMPED_READS:
+                pixel = tl.load(rows + col_offsets)
+            else:
+                pixel = tl.load(rows + col_offsets, mask=row_mask & col_ok, other=0)
+            row_value += _pixel_float(pixel) * weight_x
         value += row_value * weight_y
     return value
 
@@ -226,7 +254,7 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
                          ANTIALIAS: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_NORM: tl.constexpr,
                          CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
                          INDEX_DTYPE: tl.constexpr, STATIC_TAPS_X: tl.constexpr,
-                         UNIT_COL_STRIDE: tl.constexpr):
+                         UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
     """out[n, c, y, x] = the resized crop of image n (flipped: at column w-1-x), normalised, rounded.
 
     Inputs: table (N, 6) int64 (element address, H, W, channel/row/column strides of each image,
@@ -252,7 +280,7 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
         resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
     value = _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, resize_cols, out_height,
                           out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
-                          STATIC_TAPS_X, UNIT_COL_STRIDE)
+                          STATIC_TAPS_X, UNIT_COL_STRIDE, CLAMPED_READS)
     in_channels = channels < num_channels
     value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
     _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height, out_width,
@@ -273,7 +301,7 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
                           ANTIALIAS: tl.constexpr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr,
                           CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
                          INDEX_DTYPE: tl.constexpr, STATIC_TAPS_X: tl.constexpr,
-                         UNIT_COL_STRIDE: tl.constexpr):
+                         UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
     """Crop, resize and flip, then MixUp/CutMix with the partner's crop, erase, normalise and cast, in one pass.
 
     Per sample n with partner m: own = the resized crop of n (as _resized_crop_kernel: crop (N, 4)
@@ -292,7 +320,7 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     value = _resized_tile(table_ptr, crop_ptr, sample, channels, num_channels, out_rows,
                           _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width,
                           pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
-                          STATIC_TAPS_X, UNIT_COL_STRIDE)
+                          STATIC_TAPS_X, UNIT_COL_STRIDE, CLAMPED_READS)
     # 2. MixUp / CutMix with the partner's crop, read only where some pixel of the tile takes it.
     mode = tl.load(mode_ptr + sample)
     x0 = tl.load(mix_box_ptr + sample * 4)
@@ -307,7 +335,7 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
         other = _resized_tile(table_ptr, crop_ptr, partner, channels, num_channels, out_rows,
                               _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width,
                               pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
-                          STATIC_TAPS_X, UNIT_COL_STRIDE)
+                          STATIC_TAPS_X, UNIT_COL_STRIDE, CLAMPED_READS)
         lam = tl.load(lam_ptr + sample)
         inside = (out_rows >= y0) & (out_rows < y1) & (out_cols >= x0) & (out_cols < x1)
         mixed = lam * value + (1.0 - lam) * other
@@ -393,11 +421,13 @@ def _launch_geometry(images, height, width):
 def _layout_constexprs(images, out, antialias):
     """The kernels' constexprs that follow the images and output: INDEX_DTYPE, int32 when every offset a program
     forms fits (inside any image, the pixels its strides span, and in `out`); UNIT_COL_STRIDE, whether every
-    image's columns are adjacent; STATIC_TAPS_X, the column taps unrolled ahead of the loop over the rest."""
+    image's columns are adjacent; STATIC_TAPS_X, the column taps unrolled ahead of the loop over the rest;
+    CLAMPED_READS, reads clamped into the image rather than masked (finite pixels: bytes; no empty image)."""
     spans = [sum((size - 1) * abs(stride) for size, stride in zip(image.shape, image.stride())) for image in images]
     return dict(INDEX_DTYPE=tl.int32 if max(spans + [out.numel()]) < 1 << 31 else tl.int64,
                 UNIT_COL_STRIDE=all(image.stride(-1) == 1 for image in images),
-                STATIC_TAPS_X=ANTIALIAS_STATIC_TAPS if antialias else BILINEAR_STATIC_TAPS)
+                STATIC_TAPS_X=ANTIALIAS_STATIC_TAPS if antialias else BILINEAR_STATIC_TAPS,
+                CLAMPED_READS=images[0].dtype == torch.uint8 and all(image.numel() > 0 for image in images))
 
 
 def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last):
