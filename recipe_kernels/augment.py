@@ -43,9 +43,8 @@ BLOCK_Y = 32
 BLOCK_X = 32
 NUM_WARPS = 4
 # Column taps unrolled with their weights computed once per tile (the rest loop, recomputing theirs per row tap):
-# bilinear windows have 2 taps (3 at most); antialiased ones about 2 * scale + 1.
-BILINEAR_STATIC_TAPS = 2
-ANTIALIAS_STATIC_TAPS = 3
+# bilinear windows have 2 taps (3 at most), antialiased ones about 2 * scale + 1 (2 unrolled beat 3 in the model).
+STATIC_COLUMN_TAPS = tl.constexpr(2)
 # Columns of the image table, one int64 row per sample: element address, height, width, and the
 # strides (in elements) of channel, row and column.
 TABLE_COLUMNS = 6
@@ -122,7 +121,7 @@ def _pixel_float(pixel):
 @triton.jit
 def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, out_cols, out_height, out_width,
                   PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr, INDEX_DTYPE: tl.constexpr,
-                  STATIC_TAPS_X: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
+                  UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
     """The resized crop of `sample` at channels `channels` ([CB, 1, 1]), output rows `out_rows`
     ([1, BY, 1]) and columns `out_cols` ([1, 1, BX], before any flip), fp32: the sum over row taps
     of row weight * (the sum over column taps of column weight * pixel), pixels outside the image
@@ -158,15 +157,11 @@ def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, 
         plane_offsets = channels.to(INDEX_DTYPE) * channel_stride
     wanted_planes = channels < num_channels
     first_col_offsets = first_col.to(INDEX_DTYPE) * col_step
-    # The first STATIC_TAPS_X column taps' weights, masks and offsets, computed once and shared by every row tap.
+    # The first two column taps' weights, masks and offsets, computed once and shared by every row tap.
     weight_0, col_ok_0, col_offsets_0 = _column_tap(0, centre_x, first_x, count_x, inverse_x, total_x, first_col,
                                                     wanted_cols, image_width, col_step, CLAMPED_READS)
-    if STATIC_TAPS_X > 1:
-        weight_1, col_ok_1, col_offsets_1 = _column_tap(1, centre_x, first_x, count_x, inverse_x, total_x, first_col,
-                                                        wanted_cols, image_width, col_step, CLAMPED_READS)
-    if STATIC_TAPS_X > 2:
-        weight_2, col_ok_2, col_offsets_2 = _column_tap(2, centre_x, first_x, count_x, inverse_x, total_x, first_col,
-                                                        wanted_cols, image_width, col_step, CLAMPED_READS)
+    weight_1, col_ok_1, col_offsets_1 = _column_tap(1, centre_x, first_x, count_x, inverse_x, total_x, first_col,
+                                                    wanted_cols, image_width, col_step, CLAMPED_READS)
     value = tl.zeros([channels.shape[0], out_rows.shape[1], out_cols.shape[2]], dtype=tl.float32)
     for tap_y in range(0, taps_y):
         weight_y = tl.math.div_rn(_tap_weight(tap_y, centre_y, first_y, count_y, inverse_y), total_y)
@@ -177,10 +172,7 @@ def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, 
             rows = image + (plane_offsets + tl.minimum(tl.maximum(row, 0), image_height - 1).to(INDEX_DTYPE)
                             * row_stride)
             row_value = _pixel_float(tl.load(rows + col_offsets_0)) * weight_0
-            if STATIC_TAPS_X > 1:
-                row_value += _pixel_float(tl.load(rows + col_offsets_1)) * weight_1
-            if STATIC_TAPS_X > 2:
-                row_value += _pixel_float(tl.load(rows + col_offsets_2)) * weight_2
+            row_value += _pixel_float(tl.load(rows + col_offsets_1)) * weight_1
         else:
             row_mask = wanted_planes & row_ok
             rows = image + (plane_offsets + row.to(INDEX_DTYPE) * row_stride)
@@ -188,12 +180,8 @@ def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, 
             # The column taps in order (row_value starts at the first product, not 0 + it: the two differ at most
             # in the sign of a zero, which value's first addition to +0 erases).
             row_value = _pixel_float(tl.load(pixels, mask=row_mask & col_ok_0, other=0)) * weight_0
-            if STATIC_TAPS_X > 1:
-                row_value += _pixel_float(tl.load(pixels + col_step, mask=row_mask & col_ok_1, other=0)) * weight_1
-            if STATIC_TAPS_X > 2:
-                row_value += _pixel_float(tl.load(pixels + 2 * col_step, mask=row_mask & col_ok_2, other=0)) * \
-                    weight_2
-        for tap_x in range(STATIC_TAPS_X, taps_x):
+            row_value += _pixel_float(tl.load(pixels + col_step, mask=row_mask & col_ok_1, other=0)) * weight_1
+        for tap_x in range(STATIC_COLUMN_TAPS, taps_x):
             weight_x, col_ok, col_offsets = _column_tap(tap_x, centre_x, first_x, count_x, inverse_x, total_x,
                                                         first_col, wanted_cols, image_width, col_step, CLAMPED_READS)
             if CLAMPED_READS:
@@ -253,8 +241,8 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
                          out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                          ANTIALIAS: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_NORM: tl.constexpr,
                          CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
-                         INDEX_DTYPE: tl.constexpr, STATIC_TAPS_X: tl.constexpr,
-                         UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
+                         INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr,
+                         CLAMPED_READS: tl.constexpr):
     """out[n, c, y, x] = the resized crop of image n (flipped: at column w-1-x), normalised, rounded.
 
     Inputs: table (N, 6) int64 (element address, H, W, channel/row/column strides of each image,
@@ -280,7 +268,7 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
         resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
     value = _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, resize_cols, out_height,
                           out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
-                          STATIC_TAPS_X, UNIT_COL_STRIDE, CLAMPED_READS)
+                          UNIT_COL_STRIDE, CLAMPED_READS)
     in_channels = channels < num_channels
     value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
     _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height, out_width,
@@ -300,8 +288,8 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
                           out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                           ANTIALIAS: tl.constexpr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr,
                           CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
-                         INDEX_DTYPE: tl.constexpr, STATIC_TAPS_X: tl.constexpr,
-                         UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
+                         INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr,
+                         CLAMPED_READS: tl.constexpr):
     """Crop, resize and flip, then MixUp/CutMix with the partner's crop, erase, normalise and cast, in one pass.
 
     Per sample n with partner m: own = the resized crop of n (as _resized_crop_kernel: crop (N, 4)
@@ -320,7 +308,7 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     value = _resized_tile(table_ptr, crop_ptr, sample, channels, num_channels, out_rows,
                           _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width,
                           pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
-                          STATIC_TAPS_X, UNIT_COL_STRIDE, CLAMPED_READS)
+                          UNIT_COL_STRIDE, CLAMPED_READS)
     # 2. MixUp / CutMix with the partner's crop, read only where some pixel of the tile takes it.
     mode = tl.load(mode_ptr + sample)
     x0 = tl.load(mix_box_ptr + sample * 4)
@@ -335,7 +323,7 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
         other = _resized_tile(table_ptr, crop_ptr, partner, channels, num_channels, out_rows,
                               _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width,
                               pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
-                          STATIC_TAPS_X, UNIT_COL_STRIDE, CLAMPED_READS)
+                          UNIT_COL_STRIDE, CLAMPED_READS)
         lam = tl.load(lam_ptr + sample)
         inside = (out_rows >= y0) & (out_rows < y1) & (out_cols >= x0) & (out_cols < x1)
         mixed = lam * value + (1.0 - lam) * other
@@ -418,15 +406,13 @@ def _launch_geometry(images, height, width):
     return n, channels, cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X), image_table(images)
 
 
-def _layout_constexprs(images, out, antialias):
+def _layout_constexprs(images, out):
     """The kernels' constexprs that follow the images and output: INDEX_DTYPE, int32 when every offset a program
     forms fits (inside any image, the pixels its strides span, and in `out`); UNIT_COL_STRIDE, whether every
-    image's columns are adjacent; STATIC_TAPS_X, the column taps unrolled ahead of the loop over the rest;
-    CLAMPED_READS, reads clamped into the image rather than masked (finite pixels: bytes; no empty image)."""
+    image's columns are adjacent; CLAMPED_READS, reads clamped into the image rather than masked (finite pixels: bytes; no empty image)."""
     spans = [sum((size - 1) * abs(stride) for size, stride in zip(image.shape, image.stride())) for image in images]
     return dict(INDEX_DTYPE=tl.int32 if max(spans + [out.numel()]) < 1 << 31 else tl.int64,
                 UNIT_COL_STRIDE=all(image.stride(-1) == 1 for image in images),
-                STATIC_TAPS_X=ANTIALIAS_STATIC_TAPS if antialias else BILINEAR_STATIC_TAPS,
                 CLAMPED_READS=images[0].dtype == torch.uint8 and all(image.numel() > 0 for image in images))
 
 
@@ -440,7 +426,7 @@ def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialia
            mean if mean is not None else table, std if std is not None else table, out, channels, height, width, row_blocks, col_blocks, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
            CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
-           **_layout_constexprs(images, out, antialias))
+           **_layout_constexprs(images, out))
     return out
 
 
@@ -519,7 +505,7 @@ def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase
            n, channels, height, width, row_blocks, col_blocks, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_ERASE=erase is not None, HAS_NORM=mean is not None,
            CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
-           **_layout_constexprs(images, out, antialias))
+           **_layout_constexprs(images, out))
     return out
 
 
