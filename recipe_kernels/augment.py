@@ -256,7 +256,10 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     taps is the tile's largest window per axis, about 2 * support + 1 (support = max(box/out, 1) with
     antialias, 1 without): 4 per element upscaling or without antialias, 16 at a 1.5x downscale, 25 at 2x.
     The weights (a divide each) are computed per tap for a row or a column of the tile and shared
-    by its channels: a 3 x 32 x 32 tile spends 32 + 32 weights per tap pair on 3072 elements.
+    by its channels; the first two column taps' weights once per tile (shared by every row tap).
+    Per tap and element: a byte load (clamped into the image, no mask, for byte images; masked for
+    float ones), its conversion, a multiply and an add; offsets are int32 where INDEX_DTYPE allows.
+    A tile inside the output is stored in 16-byte stores.
     Bytes per output element: the crop's source pixels come from DRAM about once (neighbouring
     taps and tiles hit in L1/L2; box_h * box_w / (h * w) source pixels per output pixel, each of
     the image's size), and the output is written once.
@@ -271,8 +274,8 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
                           UNIT_COL_STRIDE, CLAMPED_READS)
     in_channels = channels < num_channels
     value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
-    _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height, out_width,
-                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
+    _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height,
+                out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
 
 
 @triton.jit
@@ -338,8 +341,8 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
         fill = tl.load(fill_ptr + channels, mask=in_channels, other=0.0)
         value = tl.where(erased & inside_erase, fill, value)
     value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
-    _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height, out_width,
-                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
+    _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height,
+                out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
 
 
 # ----------------------------------------------------------------------------- the image table
@@ -409,8 +412,10 @@ def _launch_geometry(images, height, width):
 def _layout_constexprs(images, out):
     """The kernels' constexprs that follow the images and output: INDEX_DTYPE, int32 when every offset a program
     forms fits (inside any image, the pixels its strides span, and in `out`); UNIT_COL_STRIDE, whether every
-    image's columns are adjacent; CLAMPED_READS, reads clamped into the image rather than masked (finite pixels: bytes; no empty image)."""
-    spans = [sum((size - 1) * abs(stride) for size, stride in zip(image.shape, image.stride())) for image in images]
+    image's columns are adjacent; CLAMPED_READS, reads clamped into the image rather than masked (for finite
+    pixels, bytes, and no empty image)."""
+    spans = [sum((size - 1) * abs(stride) for size, stride in zip(image.shape[-3:], image.stride()[-3:]))
+             for image in images]  # per sample: the table holds each sample's own address
     return dict(INDEX_DTYPE=tl.int32 if max(spans + [out.numel()]) < 1 << 31 else tl.int64,
                 UNIT_COL_STRIDE=all(image.stride(-1) == 1 for image in images),
                 CLAMPED_READS=images[0].dtype == torch.uint8 and all(image.numel() > 0 for image in images))
