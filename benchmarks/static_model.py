@@ -226,9 +226,11 @@ def _augment_cases(quick):
                             out_dtype=torch.bfloat16, backend="triton")
         taps_y = _tile_taps(height, size, antialias, augment.BLOCK_Y)
         taps_x = _tile_taps(width, size, antialias, augment.BLOCK_X)
-        ty, tx, txy = float(taps_y.mean()), float(taps_x.mean()), float((taps_y * taps_x).mean())
-        # The SASS loops: each window total as an unrolled-by-4 loop and its remainder, then taps_y around taps_x.
-        trips = [ty / 4, ty % 4, tx / 4, tx % 4, ty, txy / ty]
+        tail_x = (taps_x - augment.STATIC_COLUMN_TAPS.value).clamp(min=0)
+        ty, tx, ty_tail = float(taps_y.mean()), float(taps_x.mean()), float((taps_y * tail_x).mean())
+        # The SASS loops: each window total as an unrolled-by-4 loop and its remainder, then taps_y around the
+        # column taps past the unrolled ones.
+        trips = [ty / 4, ty % 4, tx / 4, tx % 4, ty, ty_tail / ty]
         result.append(Case(f"resized_crop uint8->bf16 norm {'antialias' if antialias else 'bilinear'} "
                            f"{n}x3x480x480->224", crop, elements, minimal,
                            trip_counts={"_resized_crop_kernel": trips}))

@@ -37,10 +37,14 @@ from recipe_kernels._triton_common import cdiv, round_to
 
 # The dtypes an image may have, and an output.
 IMAGE_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
-# Output pixels per Triton program: a [BLOCK_Y, BLOCK_X] tile of every channel of one sample.
-BLOCK_Y = 8
+# Output pixels per Triton program: a [BLOCK_Y, BLOCK_X] tile of every channel of one sample (32 elements a thread:
+# the setup of a program, its windows and table reads, spreads over more pixels; the static model's best of 8-64 rows).
+BLOCK_Y = 32
 BLOCK_X = 32
 NUM_WARPS = 4
+# Column taps unrolled with their weights computed once per tile (the rest loop, recomputing theirs per row tap):
+# bilinear windows have 2 taps (3 at most), antialiased ones about 2 * scale + 1 (2 unrolled beat 3 in the model).
+STATIC_COLUMN_TAPS = tl.constexpr(2)
 # Columns of the image table, one int64 row per sample: element address, height, width, and the
 # strides (in elements) of channel, row and column.
 TABLE_COLUMNS = 6
@@ -91,20 +95,46 @@ def _window_total(centre, first, count, inverse_scale, max_count):
 
 
 @triton.jit
+def _column_tap(tap, centre_x, first_x, count_x, inverse_x, total_x, first_col, wanted_cols, image_width, col_step,
+                CLAMPED_READS: tl.constexpr):
+    """Column tap `tap` of the tile's columns: its normalised weight, where its pixel is read (in the output and the
+    window, inside the image), and its offset in a row. With CLAMPED_READS, the offset of the column clamped into
+    the image and the weight 0 where it is not read."""
+    weight = tl.math.div_rn(_tap_weight(tap, centre_x, first_x, count_x, inverse_x), total_x)
+    col = first_col + tap
+    col_ok = wanted_cols & (tap < count_x) & (col >= 0) & (col < image_width)
+    if CLAMPED_READS:
+        weight = tl.where(col_ok, weight, 0.0)
+        col = tl.minimum(tl.maximum(col, 0), image_width - 1)
+    return weight, col_ok, col.to(image_width.dtype) * col_step
+
+
+@triton.jit
+def _pixel_float(pixel):
+    """A loaded pixel as fp32. A byte goes through the float 2^23 + byte less 2^23 (exact; an OR and an add, fewer
+    instructions than the conversion)."""
+    if pixel.dtype == tl.uint8:
+        return (pixel.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    return pixel.to(tl.float32)
+
+
+@triton.jit
 def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, out_cols, out_height, out_width,
-                  PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr):
+                  PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr, INDEX_DTYPE: tl.constexpr,
+                  UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
     """The resized crop of `sample` at channels `channels` ([CB, 1, 1]), output rows `out_rows`
     ([1, BY, 1]) and columns `out_cols` ([1, 1, BX], before any flip), fp32: the sum over row taps
     of row weight * (the sum over column taps of column weight * pixel), pixels outside the image
     reading 0. Taps beyond a window, and channels, rows or columns outside the output, are masked
-    off (no load). The weights are shared by the channels."""
+    off (no load). The weights are shared by the channels; offsets inside an image are INDEX_DTYPE
+    (int32 when every image's span fits)."""
     entry = table_ptr + sample * 6
     image = tl.load(entry).to(tl.pointer_type(PIXEL_DTYPE))
-    image_height = tl.load(entry + 1)
-    image_width = tl.load(entry + 2)
-    channel_stride = tl.load(entry + 3)
-    row_stride = tl.load(entry + 4)
-    col_stride = tl.load(entry + 5)
+    image_height = tl.load(entry + 1).to(INDEX_DTYPE)
+    image_width = tl.load(entry + 2).to(INDEX_DTYPE)
+    channel_stride = tl.load(entry + 3).to(INDEX_DTYPE)
+    row_stride = tl.load(entry + 4).to(INDEX_DTYPE)
+    col_stride = tl.load(entry + 5).to(INDEX_DTYPE)
     top = tl.load(box_ptr + sample * 4)
     left = tl.load(box_ptr + sample * 4 + 1)
     box_height = tl.load(box_ptr + sample * 4 + 2)
@@ -113,21 +143,52 @@ def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, 
     centre_x, first_x, count_x, inverse_x, taps_x = _filter_window(out_cols, box_width, out_width, ANTIALIAS)
     total_y = _window_total(centre_y, first_y, count_y, inverse_y, taps_y)
     total_x = _window_total(centre_x, first_x, count_x, inverse_x, taps_x)
-    planes = image + channels.to(tl.int64) * channel_stride
-    wanted = (channels < num_channels) & (out_rows < out_height) & (out_cols < out_width)
+    wanted_rows = out_rows < out_height
+    wanted_cols = out_cols < out_width
+    first_row = top + first_y
+    first_col = left + first_x
+    # A unit column stride makes tap k's address the first tap's plus k: an immediate offset of the load.
+    col_step = 1 if UNIT_COL_STRIDE else col_stride
+    if CLAMPED_READS:
+        # Every read lands inside the image (channel, row and column clamped), and a tap outside it weighs 0
+        # instead: a finite pixel * +0 is the +0 a masked read would add. No masks in the loops.
+        plane_offsets = tl.minimum(channels, num_channels - 1).to(INDEX_DTYPE) * channel_stride
+    else:
+        plane_offsets = channels.to(INDEX_DTYPE) * channel_stride
+    wanted_planes = channels < num_channels
+    first_col_offsets = first_col.to(INDEX_DTYPE) * col_step
+    # The first two column taps' weights, masks and offsets, computed once and shared by every row tap.
+    weight_0, col_ok_0, col_offsets_0 = _column_tap(0, centre_x, first_x, count_x, inverse_x, total_x, first_col,
+                                                    wanted_cols, image_width, col_step, CLAMPED_READS)
+    weight_1, col_ok_1, col_offsets_1 = _column_tap(1, centre_x, first_x, count_x, inverse_x, total_x, first_col,
+                                                    wanted_cols, image_width, col_step, CLAMPED_READS)
     value = tl.zeros([channels.shape[0], out_rows.shape[1], out_cols.shape[2]], dtype=tl.float32)
     for tap_y in range(0, taps_y):
         weight_y = tl.math.div_rn(_tap_weight(tap_y, centre_y, first_y, count_y, inverse_y), total_y)
-        row = top + first_y + tap_y
-        row_ok = (tap_y < count_y) & (row >= 0) & (row < image_height)
-        row_value = tl.zeros([channels.shape[0], out_rows.shape[1], out_cols.shape[2]], dtype=tl.float32)
-        for tap_x in range(0, taps_x):
-            weight_x = tl.math.div_rn(_tap_weight(tap_x, centre_x, first_x, count_x, inverse_x), total_x)
-            col = left + first_x + tap_x
-            col_ok = (tap_x < count_x) & (col >= 0) & (col < image_width)
-            pixel = tl.load(planes + row.to(tl.int64) * row_stride + col.to(tl.int64) * col_stride,
-                            mask=wanted & row_ok & col_ok, other=0)
-            row_value += pixel.to(tl.float32) * weight_x
+        row = first_row + tap_y
+        row_ok = wanted_rows & (tap_y < count_y) & (row >= 0) & (row < image_height)
+        if CLAMPED_READS:
+            weight_y = tl.where(row_ok, weight_y, 0.0)
+            rows = image + (plane_offsets + tl.minimum(tl.maximum(row, 0), image_height - 1).to(INDEX_DTYPE)
+                            * row_stride)
+            row_value = _pixel_float(tl.load(rows + col_offsets_0)) * weight_0
+            row_value += _pixel_float(tl.load(rows + col_offsets_1)) * weight_1
+        else:
+            row_mask = wanted_planes & row_ok
+            rows = image + (plane_offsets + row.to(INDEX_DTYPE) * row_stride)
+            pixels = rows + first_col_offsets
+            # The column taps in order (row_value starts at the first product, not 0 + it: the two differ at most
+            # in the sign of a zero, which value's first addition to +0 erases).
+            row_value = _pixel_float(tl.load(pixels, mask=row_mask & col_ok_0, other=0)) * weight_0
+            row_value += _pixel_float(tl.load(pixels + col_step, mask=row_mask & col_ok_1, other=0)) * weight_1
+        for tap_x in range(STATIC_COLUMN_TAPS, taps_x):
+            weight_x, col_ok, col_offsets = _column_tap(tap_x, centre_x, first_x, count_x, inverse_x, total_x,
+                                                        first_col, wanted_cols, image_width, col_step, CLAMPED_READS)
+            if CLAMPED_READS:
+                pixel = tl.load(rows + col_offsets)
+            else:
+                pixel = tl.load(rows + col_offsets, mask=row_mask & col_ok, other=0)
+            row_value += _pixel_float(pixel) * weight_x
         value += row_value * weight_y
     return value
 
@@ -147,10 +208,11 @@ def _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM: tl.conste
 
 
 @triton.jit
-def _tile(row_blocks, col_blocks, CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+def _tile(row_blocks, col_blocks, CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+          INDEX_DTYPE: tl.constexpr):
     """The program's (sample, row block, column block) and its channels [CB, 1, 1], output rows [1, BY, 1] and
     output columns [1, 1, BX]; column blocks vary fastest."""
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0).to(INDEX_DTYPE)
     col_block = pid % col_blocks
     rest = pid // col_blocks
     row_block = rest % row_blocks
@@ -162,11 +224,15 @@ def _tile(row_blocks, col_blocks, CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.const
 
 
 @triton.jit
-def _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
-                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride):
+def _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height,
+                out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride):
     offsets = sample * out_sample_stride + channels * out_channel_stride + out_rows * out_row_stride + \
         out_cols * out_col_stride
-    tl.store(out_ptr + offsets, value, mask=in_channels & (out_rows < out_height) & (out_cols < out_width))
+    # A tile inside the output stores under the channel mask alone, constant along a row: 16-byte stores.
+    if ((row_block + 1) * out_rows.shape[1] <= out_height) & ((col_block + 1) * out_cols.shape[2] <= out_width):
+        tl.store(out_ptr + offsets, value, mask=in_channels)
+    else:
+        tl.store(out_ptr + offsets, value, mask=in_channels & (out_rows < out_height) & (out_cols < out_width))
 
 
 @triton.jit(do_not_specialize=["out_height", "out_width", "row_blocks", "col_blocks"])
@@ -174,7 +240,9 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
                          num_channels, out_height, out_width, row_blocks, col_blocks,
                          out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                          ANTIALIAS: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_NORM: tl.constexpr,
-                         CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+                         CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+                         INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr,
+                         CLAMPED_READS: tl.constexpr):
     """out[n, c, y, x] = the resized crop of image n (flipped: at column w-1-x), normalised, rounded.
 
     Inputs: table (N, 6) int64 (element address, H, W, channel/row/column strides of each image,
@@ -188,22 +256,26 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     taps is the tile's largest window per axis, about 2 * support + 1 (support = max(box/out, 1) with
     antialias, 1 without): 4 per element upscaling or without antialias, 16 at a 1.5x downscale, 25 at 2x.
     The weights (a divide each) are computed per tap for a row or a column of the tile and shared
-    by its channels: a 3 x 8 x 32 tile spends 8 + 32 weights per tap pair on 768 elements.
+    by its channels; the first two column taps' weights once per tile (shared by every row tap).
+    Per tap and element: a byte load (clamped into the image, no mask, for byte images; masked for
+    float ones), its conversion, a multiply and an add; offsets are int32 where INDEX_DTYPE allows.
+    A tile inside the output is stored in 16-byte stores.
     Bytes per output element: the crop's source pixels come from DRAM about once (neighbouring
     taps and tiles hit in L1/L2; box_h * box_w / (h * w) source pixels per output pixel, each of
     the image's size), and the output is written once.
     """
     sample, row_block, col_block, channels, out_rows, out_cols = _tile(row_blocks, col_blocks, CHANNEL_BLOCK, BLOCK_Y,
-                                                                       BLOCK_X)
+                                                                       BLOCK_X, INDEX_DTYPE)
     resize_cols = out_cols
     if HAS_FLIP:
         resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
     value = _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, resize_cols, out_height,
-                          out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
+                          out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
+                          UNIT_COL_STRIDE, CLAMPED_READS)
     in_channels = channels < num_channels
     value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
-    _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
-                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
+    _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height,
+                out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
 
 
 @triton.jit
@@ -218,7 +290,9 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
                           num_samples, num_channels, out_height, out_width, row_blocks, col_blocks,
                           out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                           ANTIALIAS: tl.constexpr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr,
-                          CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+                          CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+                         INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr,
+                         CLAMPED_READS: tl.constexpr):
     """Crop, resize and flip, then MixUp/CutMix with the partner's crop, erase, normalise and cast, in one pass.
 
     Per sample n with partner m: own = the resized crop of n (as _resized_crop_kernel: crop (N, 4)
@@ -232,11 +306,12 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     partner's source pixels for those tiles.
     """
     sample, row_block, col_block, channels, out_rows, out_cols = _tile(row_blocks, col_blocks, CHANNEL_BLOCK, BLOCK_Y,
-                                                                       BLOCK_X)
+                                                                       BLOCK_X, INDEX_DTYPE)
     # 1. The sample's own crop.
     value = _resized_tile(table_ptr, crop_ptr, sample, channels, num_channels, out_rows,
                           _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width,
-                          pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
+                          pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
+                          UNIT_COL_STRIDE, CLAMPED_READS)
     # 2. MixUp / CutMix with the partner's crop, read only where some pixel of the tile takes it.
     mode = tl.load(mode_ptr + sample)
     x0 = tl.load(mix_box_ptr + sample * 4)
@@ -250,7 +325,8 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
         partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
         other = _resized_tile(table_ptr, crop_ptr, partner, channels, num_channels, out_rows,
                               _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width,
-                              pixel_ref_ptr.dtype.element_ty, ANTIALIAS)
+                              pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
+                          UNIT_COL_STRIDE, CLAMPED_READS)
         lam = tl.load(lam_ptr + sample)
         inside = (out_rows >= y0) & (out_rows < y1) & (out_cols >= x0) & (out_cols < x1)
         mixed = lam * value + (1.0 - lam) * other
@@ -265,8 +341,8 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
         fill = tl.load(fill_ptr + channels, mask=in_channels, other=0.0)
         value = tl.where(erased & inside_erase, fill, value)
     value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
-    _store_tile(out_ptr, value, sample, channels, in_channels, out_rows, out_cols, out_height, out_width,
-                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
+    _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height,
+                out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
 
 
 # ----------------------------------------------------------------------------- the image table
@@ -333,6 +409,18 @@ def _launch_geometry(images, height, width):
     return n, channels, cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X), image_table(images)
 
 
+def _layout_constexprs(images, out):
+    """The kernels' constexprs that follow the images and output: INDEX_DTYPE, int32 when every offset a program
+    forms fits (inside any image, the pixels its strides span, and in `out`); UNIT_COL_STRIDE, whether every
+    image's columns are adjacent; CLAMPED_READS, reads clamped into the image rather than masked (for finite
+    pixels, bytes, and no empty image)."""
+    spans = [sum((size - 1) * abs(stride) for size, stride in zip(image.shape[-3:], image.stride()[-3:]))
+             for image in images]  # per sample: the table holds each sample's own address
+    return dict(INDEX_DTYPE=tl.int32 if max(spans + [out.numel()]) < 1 << 31 else tl.int64,
+                UNIT_COL_STRIDE=all(image.stride(-1) == 1 for image in images),
+                CLAMPED_READS=images[0].dtype == torch.uint8 and all(image.numel() > 0 for image in images))
+
+
 def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last):
     out = _new_output(images, height, width, out_dtype, channels_last)
     if out.numel() == 0:
@@ -342,7 +430,8 @@ def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialia
            table, images[0], boxes, flip.view(torch.uint8) if flip is not None else boxes,
            mean if mean is not None else table, std if std is not None else table, out, channels, height, width, row_blocks, col_blocks, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
-           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X)
+           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
+           **_layout_constexprs(images, out))
     return out
 
 
@@ -420,7 +509,8 @@ def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase
                torch.uint8), fill, mean if mean is not None else fill, std if std is not None else fill, out,
            n, channels, height, width, row_blocks, col_blocks, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_ERASE=erase is not None, HAS_NORM=mean is not None,
-           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X)
+           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
+           **_layout_constexprs(images, out))
     return out
 
 

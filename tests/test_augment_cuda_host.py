@@ -101,6 +101,25 @@ def test_resized_crop_kernel_code_equals_the_triton_kernel_bit_for_bit(dtype, ou
     assert torch.equal(got, expected)
 
 
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the triton backend")
+@pytest.mark.parametrize("dtype, out_dtype, normalise", [(torch.uint8, torch.bfloat16, True),
+                                                         (torch.float32, torch.float32, False)])
+@pytest.mark.parametrize("antialias", [True, False])
+def test_triton_equals_the_kernel_code_bit_for_bit_on_strided_images_and_whole_tiles(dtype, out_dtype, normalise,
+                                                                                     antialias):
+    # channels_last images (column stride 3: no immediate tap offsets; bytes read clamped, floats masked) and a
+    # 40 x 36 output: one whole Triton tile (16-byte stores) and three partial ones.
+    images = sample_images(dtype).cpu().contiguous(memory_format=torch.channels_last)
+    boxes = torch.tensor(BOXES)
+    flip = torch.tensor(FLIP)
+    norm = dict(mean=MEAN, std=STD) if normalise else {}
+    size = (40, 36)
+    expected = rk.resized_crop(images, boxes, size, flip=flip, antialias=antialias, out_dtype=out_dtype,
+                               backend="triton", **norm)
+    got = resized_crop_host(images, boxes, size, flip=flip, out_dtype=out_dtype, antialias=antialias, **norm)
+    assert torch.equal(got, expected)
+
+
 def batch_augment_host(images, size, params, mean, std, out_dtype, antialias, channels_last=False):
     batch = augment._check_images(images)
     mean, std, out_dtype = augment._normalization(batch, mean, std, out_dtype)
