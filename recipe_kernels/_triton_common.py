@@ -10,23 +10,8 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def emulate_bf16_rounding() -> bool:
-    """The value of the EMULATE_BF16_RTNE constexpr: True under TRITON_INTERPRET=1.
-
-    Triton 3.6's interpreter truncates fp32 -> bf16 casts where the GPU rounds to
-    nearest even; the emulation makes interpreted kernels round like the GPU.
-    """
-    return _backend.triton_interpreting()
-
-
-@triton.jit
-def cast_to(value, dtype: tl.constexpr, EMULATE_BF16_RTNE: tl.constexpr):
-    """round_to under the signature the families not yet on the op layer still pass
-    (EMULATE_BF16_RTNE always equals INTERPRETER_ROUNDS_BF16)."""
-    return round_to(value, dtype)
-
-
-# Decided at import: True when Triton's interpreter runs the kernels (it truncates fp32 -> bf16).
+# Decided at import: True when Triton's interpreter runs the kernels. Its fp32 -> bf16 casts
+# truncate (3.6 and 3.7.1) where the GPU rounds to nearest even; round_to rounds like the GPU.
 INTERPRETER_ROUNDS_BF16 = tl.constexpr(_backend.triton_interpreting())
 
 
