@@ -139,8 +139,11 @@ RK_HOST_DEVICE void store_vector(V* destination, const V& value) {
   } else if constexpr (sizeof(V) == 8) {
     *reinterpret_cast<uint2*>(destination) = *reinterpret_cast<const uint2*>(&value);
   } else {
+#pragma unroll
     for (size_t piece = 0; piece < sizeof(V) / 16; ++piece) {
-      reinterpret_cast<uint4*>(destination)[piece] = reinterpret_cast<const uint4*>(&value)[piece];
+      Vec16<uint32_t> bits;
+      memcpy(&bits, reinterpret_cast<const char*>(&value) + 16 * piece, sizeof bits);
+      store_vec16(reinterpret_cast<uint32_t*>(destination) + 4 * piece, bits);
     }
   }
 }
@@ -211,6 +214,7 @@ RK_HOST_DEVICE void composite_thread(const TIn* __restrict__ x, TOut* __restrict
       }
       Vector<TOut, kN> result;
       int64_t pixel = first_pixel, channel = g.channels_last ? first % g.channels : plane;
+#pragma unroll  // a runtime index would put own, other and result in local memory
       for (int k = 0; k < kN; ++k) {  // 3. Per element, as in the path below.
         const bool inside = row_in_box && pixel >= x0 && pixel < x1;
         const int64_t logical = ((sample * g.channels + channel) * g.height + row) * g.width + pixel;
