@@ -61,9 +61,9 @@ def test_the_sdist_ships_every_source_the_cuda_build_and_the_tests_need(sdist):
         names = {name.removeprefix(NAME_VERSION + "/") for name in archive.getnames()}
     needed = (["LICENSE", "README.md", "CHANGELOG.md", "requirements.txt", "pyproject.toml", "setup.py",
                "recipe_kernels/py.typed"]
-              + source_files(("csrc", (".cu", ".cuh", ".cpp")), ("recipe_kernels", ".py"), ("tests", ".py"),
+              + source_files(("csrc", (".cu", ".cuh", ".h", ".cpp")), ("recipe_kernels", ".py"), ("tests", ".py"),
                              ("benchmarks", ".py"), ("docs", ".md")))
-    assert "csrc/common.cuh" in needed and "tests/conftest.py" in needed
+    assert "csrc/common.cuh" in needed and "csrc/codes.h" in needed and "tests/conftest.py" in needed
     assert sorted(set(needed) - names) == []
     assert [name for name in names if name.endswith((".so", ".o", ".pyc"))] == []
 
