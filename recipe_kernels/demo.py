@@ -352,8 +352,8 @@ warm-up + cosine LR, Nesterov SGD, per-sample crop + CutMix/MixUp, label-smoothe
 """
 
 EPILOG = """\
-An epoch takes under a second on the CPU with the default torch backend (30 epochs: about 20 s on
-two cores). --backend triton on the CPU runs the Triton kernels in Triton's interpreter (set
+An epoch takes one to two seconds on the CPU with the default torch backend (30 epochs: about 50 s
+on two cores). --backend triton on the CPU runs the Triton kernels in Triton's interpreter (set
 TRITON_INTERPRET=1 first): about 85 s an epoch, so add --epochs 1.
 The last line printed is `test accuracy: model=0.XXXX ema=0.XXXX`.
 """
