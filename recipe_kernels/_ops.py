@@ -168,6 +168,8 @@ def launch(kernel, grid, *args, num_warps, **constexprs):
             key.append(arg.dtype)
             key.append(arg.data_ptr() % 16 == 0)
         else:
+            if device is None and isinstance(arg, torch.Tensor):  # a tensor subclass
+                device = arg.device
             key.append(_specialisation(arg))
     if device is None:
         raise ValueError("a Triton launch needs at least one tensor argument")
