@@ -136,16 +136,39 @@ class Op:
 _COMPILED = {}  # (kernel, warps, constexprs, specialisation[, device]) -> (CompiledKernel, constexpr order or None)
 
 
+_INT32_RANGE = range(-(1 << 31), 1 << 31)
+_INT64_RANGE = range(-(1 << 63), 1 << 63)
+
+
 def _specialisation(value):
-    """What Triton specialises a runtime argument on (see triton.runtime.jit: specialize_impl)."""
+    """What Triton specialises a runtime argument on (triton._C.libtriton.native_specialize_impl):
+    an int's value 1, divisibility by 16 and type (i32, i64 or u64), a tensor's dtype and 16-byte
+    alignment. A float is always fp32; anything else (None, a bool) keys on its value."""
     kind = type(value)
     if kind is int:
-        return (value == 1, value % 16 == 0, -(1 << 31) <= value < (1 << 31))
-    if kind in _PLAIN_TENSORS:
-        return (value.dtype, value.data_ptr() % 16 == 0)
+        return value == 1 or (value % 16 == 0, value in _INT32_RANGE, value in _INT64_RANGE)
+    if kind in _PLAIN_TENSORS or isinstance(value, torch.Tensor):
+        return value.dtype, value.data_ptr() % 16 == 0
     if kind is float:
         return None
-    return (kind, value)
+    return kind, value
+
+
+def _launch_key(kernel, num_warps, constexprs, args):
+    """(the first tensor's device, the key of the compiled kernel a launch with these arguments needs).
+    id(kernel): hashing a JITFunction hashes its source."""
+    device = None
+    key = [id(kernel), num_warps, tuple(constexprs.items())]
+    for arg in args:
+        if type(arg) in _PLAIN_TENSORS:  # the common case, inline
+            if device is None:
+                device = arg.device
+            key.append((arg.dtype, arg.data_ptr() % 16 == 0))
+        else:
+            if device is None and isinstance(arg, torch.Tensor):  # a tensor subclass
+                device = arg.device
+            key.append(_specialisation(arg))
+    return device, key
 
 
 def _launch_hooks_set() -> bool:
@@ -157,20 +180,7 @@ def _launch_hooks_set() -> bool:
 def launch(kernel, grid, *args, num_warps, **constexprs):
     """kernel[grid](*args, **constexprs) on the current stream of the tensors' device, without
     FMA contraction; on the eager path through a cached compiled kernel."""
-    # One pass over the arguments: the first tensor's device, and what Triton specialises on.
-    # id(kernel): hashing a JITFunction hashes its source.
-    device = None
-    key = [id(kernel), num_warps, tuple(constexprs.items())]
-    for arg in args:
-        if type(arg) in _PLAIN_TENSORS:
-            if device is None:
-                device = arg.device
-            key.append(arg.dtype)
-            key.append(arg.data_ptr() % 16 == 0)
-        else:
-            if device is None and isinstance(arg, torch.Tensor):  # a tensor subclass
-                device = arg.device
-            key.append(_specialisation(arg))
+    device, key = _launch_key(kernel, num_warps, constexprs, args)
     if device is None:
         raise ValueError("a Triton launch needs at least one tensor argument")
     grid = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)

@@ -147,3 +147,42 @@ def test_in_place_op_bumps_the_version_on_the_eager_path():
     assert fill_op(x, 3.0, "torch") is None
     assert torch.equal(x, torch.full((4,), 3.0)) and x._version > version
     torch.library.opcheck(fill_op.custom_op, (torch.zeros(4), 3.0, "torch"))
+
+
+# ----------------------------------------------------------------------------- the launch cache's key
+
+
+def _triton_specialisations(values):
+    """Triton's own specialisation of each value as a kernel argument, for an sm_90 target."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    return [native_specialize_impl(backend, value, False, True, True) for value in values]
+
+
+def test_launch_key_tells_apart_every_pair_of_arguments_triton_compiles_apart():
+    """A cached launch reuses the compiled kernel of an equal key, so two arguments that Triton
+    compiles differently must never share a key (else a kernel compiled for 16-byte alignment,
+    i32, or the constant 1 would run on arguments that break that assumption)."""
+    storage = torch.zeros(64, dtype=torch.float32)
+    values = [0, 1, 2, 16, 17, -16, 2**31 - 16, 2**31 - 1, 2**31, -2**31, -2**31 - 16, 2**63 - 16, 2**63,
+              2**64 - 16, True, False, None, 0.5, 1.0,
+              storage, storage[1:], storage[4:], storage.to(torch.bfloat16), storage.to(torch.bfloat16)[8:],
+              storage.to(torch.int64), storage.to(torch.uint8)[1:], torch.nn.Parameter(storage)]
+    triton_keys = _triton_specialisations(values)
+    our_keys = [tuple(_ops._launch_key(test_launch_key_tells_apart_every_pair_of_arguments_triton_compiles_apart, 4,
+                                       {}, [value])[1]) for value in values]
+    for i in range(len(values)):
+        for j in range(len(values)):
+            if triton_keys[i] != triton_keys[j]:
+                assert our_keys[i] != our_keys[j], (values[i], values[j], triton_keys[i], triton_keys[j])
+
+
+def test_launch_key_separates_constexprs_and_warps():
+    x = torch.zeros(4)
+    base = _ops._launch_key(len, 4, {"BLOCK": 8}, [x])[1]
+    assert _ops._launch_key(len, 8, {"BLOCK": 8}, [x])[1] != base
+    assert _ops._launch_key(len, 4, {"BLOCK": 16}, [x])[1] != base
+    assert _ops._launch_key(len, 4, {"OTHER": 8}, [x])[1] != base
+    assert _ops._launch_key(len, 4, {"BLOCK": 8}, [x])[1] == base
