@@ -437,10 +437,10 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_split_finish_kernel(Cr
 }
 
 // grad *= factor in place for thread `thread` of `threads`; factor is one fp32 or one per row
-// ((N, C, inner_size) gradient: row n * inner_size + k for element (n, c, k)). A factor of exactly 1
-// reads and writes nothing. Each thread moves kVector<T> consecutive elements per step, as one
-// 16-byte vector when `vectorized` (grad 16-byte aligned) and the step is whole. Bytes otherwise:
-// one read and one write of the gradient.
+// ((N, C, inner_size) gradient: row n * inner_size + k for element (n, c, k)). Each thread moves
+// kVector<T> consecutive elements per step, as one 16-byte vector when `vectorized` (grad 16-byte
+// aligned) and the step is whole. A scalar factor of exactly 1 reads and writes nothing, and so does
+// a step whose per-row factors all are 1. Bytes otherwise: one read and one write of the gradient.
 template <typename T>
 RK_HOST_DEVICE void scale_gradient_thread(T* __restrict__ grad, const float* __restrict__ factor, int64_t n,
                                           int64_t num_classes, int64_t inner_size, bool per_row, bool vectorized,
