@@ -47,6 +47,8 @@ void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintpt
                        int grad_output_kind, bool grad_of_target, int kind, int dtype, uintptr_t stream);
 void cross_entropy_scale_grad(uintptr_t grad, uintptr_t factor, int64_t n, int64_t num_classes, int64_t inner_size,
                               bool per_row, int64_t max_blocks, int dtype, uintptr_t stream);
+void cross_entropy_scale_grad_host(uintptr_t grad, uintptr_t factor, int64_t n, int64_t num_classes,
+                                   int64_t inner_size, bool per_row, int64_t max_blocks, int dtype);
 void cross_entropy_host(const float* x, const int64_t* target, const int64_t* target_b, const float* lam,
                         const float* weight, const float* q, int64_t rows, int64_t num_classes, int64_t ignore_index,
                         float label_smoothing, float z_loss, int kind, int64_t chunk, bool of_target, float* loss,
@@ -184,6 +186,10 @@ PYBIND11_MODULE(_C, m) {
         "grad *= factor in place (scalar or per row), skipping factors of exactly 1", py::arg("grad"),
         py::arg("factor"), py::arg("n"), py::arg("num_classes"), py::arg("inner_size"), py::arg("per_row"),
         py::arg("max_blocks"), py::arg("dtype"), py::arg("stream"));
+  m.def("cross_entropy_scale_grad_host", &recipe_kernels::cross_entropy_scale_grad_host,
+        "cross_entropy_scale_grad's CUDA code run on the CPU over every thread of its grid (CPU pointers)",
+        py::arg("grad"), py::arg("factor"), py::arg("n"), py::arg("num_classes"), py::arg("inner_size"),
+        py::arg("per_row"), py::arg("max_blocks"), py::arg("dtype"));
   // The CUDA kernels' per-row arithmetic on the CPU (fp32 (rows, C) logits), for tests without a GPU.
   // Empty arrays stand for absent inputs; returns (loss (rows,), gradient (rows, C)) for grad_scale 1,
   // with respect to the logits or (of_target) to the probability target.

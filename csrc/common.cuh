@@ -30,6 +30,39 @@ RK_HOST_DEVICE __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <>
 RK_HOST_DEVICE __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// fp64 values rounded to fp32 (an fp64 result on its way to a 32- or 16-bit tensor, or fp32 math).
+RK_HOST_DEVICE float to_float(double v) {
+#ifdef __CUDA_ARCH__
+  return static_cast<float>(v);
+#else
+  // GCC 12's -O3 SLP vectorizer dropped the rounding of (double)(float)v for two lanes of a
+  // vector of doubles; a volatile keeps the emulation honest.
+  const volatile float rounded = static_cast<float>(v);
+  return rounded;
+#endif
+}
+
+// An element's value in the math type Math (float or double): exact, except a float64 element in
+// fp32 math, which rounds.
+template <typename Math, typename T>
+RK_HOST_DEVICE Math to_math(T v) {
+  if constexpr (std::is_same_v<T, double> && std::is_same_v<Math, double>) {
+    return v;
+  } else {
+    return static_cast<Math>(to_float(v));
+  }
+}
+
+// A Math value rounded to T; fp64 math reaches the 16-bit types through fp32, as torch's casts do.
+template <typename T, typename Math>
+RK_HOST_DEVICE T from_math(Math v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return static_cast<double>(v);
+  } else {
+    return from_float<T>(to_float(v));
+  }
+}
+
 // a * b and a + b rounded once in T (float or double), never contracted into an FMA (bit-equal to
 // the other backends).
 template <typename T>
@@ -51,12 +84,6 @@ RK_HOST_DEVICE T add_rn(T a, T b) {
 #endif
 }
 
-// Four consecutive elements moved as one aligned vector (16 bytes for fp32, 8 for 16-bit types).
-template <typename T>
-struct alignas(4 * sizeof(T)) Vec4 {
-  T v[4];
-};
-
 // Sixteen bytes of T, moved as one vector.
 template <typename T>
 struct alignas(16) Vec16 {
@@ -77,8 +104,47 @@ RK_HOST_DEVICE void store_vec16(T* target, const Vec16<T>& vector) {
 #endif
 }
 
-inline bool aligned_for_vec4(uintptr_t pointer, size_t element_size) {
-  return pointer % (4 * element_size) == 0;
+// kCount consecutive elements of T at `source` as Math: 16-byte vector loads when `vectorized` (all
+// kCount there, `source` 16-byte aligned), else the first `count` one by one and zeros past them.
+template <int kCount, typename Math, typename T>
+RK_HOST_DEVICE void load_vectors(const T* __restrict__ source, bool vectorized, int64_t count,
+                                 Math (&values)[kCount]) {
+  constexpr int kPerVector = 16 / sizeof(T);
+  static_assert(kCount % kPerVector == 0, "whole 16-byte vectors");
+  if (vectorized) {
+#pragma unroll
+    for (int first = 0; first < kCount; first += kPerVector) {
+      const Vec16<T> vector = *reinterpret_cast<const Vec16<T>*>(source + first);
+#pragma unroll
+      for (int j = 0; j < kPerVector; ++j) values[first + j] = to_math<Math>(vector.v[j]);
+    }
+  } else {  // unrolled with a guard, not a loop to count: a runtime index would put values in local memory
+#pragma unroll
+    for (int j = 0; j < kCount; ++j) values[j] = j < count ? to_math<Math>(source[j]) : Math{0};
+  }
+}
+
+// Stores values rounded once to T at `target`: 16-byte vector stores when `vectorized` (as
+// load_vectors), else the first `count` one by one.
+template <int kCount, typename Math, typename T>
+RK_HOST_DEVICE void store_vectors(T* __restrict__ target, bool vectorized, int64_t count,
+                                  const Math (&values)[kCount]) {
+  constexpr int kPerVector = 16 / sizeof(T);
+  static_assert(kCount % kPerVector == 0, "whole 16-byte vectors");
+  if (vectorized) {
+#pragma unroll
+    for (int first = 0; first < kCount; first += kPerVector) {
+      Vec16<T> vector;
+#pragma unroll
+      for (int j = 0; j < kPerVector; ++j) vector.v[j] = from_math<T>(values[first + j]);
+      store_vec16(target + first, vector);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kCount; ++j) {
+      if (j < count) target[j] = from_math<T>(values[j]);
+    }
+  }
 }
 
 // Calls fn(T{}) with T the C++ type of `dtype`.

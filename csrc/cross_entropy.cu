@@ -258,15 +258,10 @@ __global__ void __launch_bounds__(kDenominatorThreads) index_denominator_kernel(
 template <typename T>
 constexpr int kVector = 16 / sizeof(T);
 
-template <typename T>
-struct alignas(16) ClassVector {
-  T v[kVector<T>];
-};
-
 // Whether the classes from `p` on can move as 16-byte vectors: unit class stride, 16-byte aligned.
 template <typename T>
 __host__ __device__ inline bool vector_ready(const T* p, int64_t inner_size) {
-  return inner_size == 1 && reinterpret_cast<uintptr_t>(p) % sizeof(ClassVector<T>) == 0;
+  return inner_size == 1 && reinterpret_cast<uintptr_t>(p) % sizeof(Vec16<T>) == 0;
 }
 
 // The classes [start, vector_end) that a row sweep moves as 16-byte vectors (the rest one by one):
@@ -293,9 +288,9 @@ __host__ __device__ RowStats thread_statistics(const T* x, const float* weight, 
   for (int64_t base = start + int64_t{thread} * kVec; base < vectors_end; base += int64_t{kThreads} * kVec) {
     float xs[kVec], ws[kVec], qs[kVec];
     bool present[kVec];
-    const ClassVector<T> xv = *reinterpret_cast<const ClassVector<T>*>(x + row_offset + base);
-    ClassVector<T> qv{};
-    if (probabilities) qv = *reinterpret_cast<const ClassVector<T>*>(q + row_offset + base);
+    const Vec16<T> xv = *reinterpret_cast<const Vec16<T>*>(x + row_offset + base);
+    Vec16<T> qv{};
+    if (probabilities) qv = *reinterpret_cast<const Vec16<T>*>(q + row_offset + base);
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       present[j] = true;
@@ -350,15 +345,15 @@ __device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row, int
   const int64_t vectors_end = vector_end<T>(x, kKind == kProbabilityTarget ? q : nullptr, grad, row_offset,
                                             a.inner_size, start, end);
   for (int64_t base = start + int64_t{threadIdx.x} * kVec; base < vectors_end; base += int64_t{kThreads} * kVec) {
-    const ClassVector<T> xv = *reinterpret_cast<const ClassVector<T>*>(x + row_offset + base);
-    ClassVector<T> qv{};
-    if (kKind == kProbabilityTarget) qv = *reinterpret_cast<const ClassVector<T>*>(q + row_offset + base);
-    ClassVector<T> out;
+    const Vec16<T> xv = *reinterpret_cast<const Vec16<T>*>(x + row_offset + base);
+    Vec16<T> qv{};
+    if (kKind == kProbabilityTarget) qv = *reinterpret_cast<const Vec16<T>*>(q + row_offset + base);
+    Vec16<T> out;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       out.v[j] = element(base + j, to_float(xv.v[j]), kKind == kProbabilityTarget ? to_float(qv.v[j]) : 0.f);
     }
-    *reinterpret_cast<ClassVector<T>*>(grad + row_offset + base) = out;  // after the reads: grad may be x
+    store_vec16(grad + row_offset + base, out);  // after the reads: grad may be x
   }
   for (int64_t c = vectors_end + threadIdx.x; c < end; c += kThreads) {
     const int64_t offset = row_offset + c * a.inner_size;
@@ -441,18 +436,64 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_split_finish_kernel(Cr
   }
 }
 
-// grad *= factor in place; factor is one fp32 or one per row. Where it is exactly 1 nothing is read or
-// written. Bytes otherwise: one read and one write of the gradient.
+// grad *= factor in place for thread `thread` of `threads`; factor is one fp32 or one per row
+// ((N, C, inner_size) gradient: row n * inner_size + k for element (n, c, k)). Each thread moves
+// kVector<T> consecutive elements per step, as one 16-byte vector when `vectorized` (grad 16-byte
+// aligned) and the step is whole. A scalar factor of exactly 1 reads and writes nothing, and so does
+// a step whose per-row factors all are 1. Bytes otherwise: one read and one write of the gradient.
 template <typename T>
-__global__ void scale_gradient_kernel(T* grad, const float* factor, int64_t n, int64_t num_classes,
-                                      int64_t inner_size, bool per_row) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+RK_HOST_DEVICE void scale_gradient_thread(T* __restrict__ grad, const float* __restrict__ factor, int64_t n,
+                                          int64_t num_classes, int64_t inner_size, bool per_row, bool vectorized,
+                                          int64_t thread, int64_t threads) {
   const float scalar = per_row ? 1.f : *factor;
   if (!per_row && scalar == 1.f) return;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float f = per_row ? factor[(i / (num_classes * inner_size)) * inner_size + i % inner_size] : scalar;
-    if (f != 1.f) grad[i] = from_float<T>(to_float(grad[i]) * f);
+  constexpr int kVec = kVector<T>;
+  for (int64_t first = thread * kVec; first < n; first += threads * kVec) {
+    float factors[kVec];
+    // The first element's (n, c, k), then stepped element by element: two divisions per step, not per element.
+    const int64_t sample = first / (num_classes * inner_size);
+    int64_t c = first / inner_size % num_classes, k = first % inner_size;
+    int64_t factor_index = sample * inner_size + k;
+    bool scales = false;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      factors[j] = per_row ? (first + j < n ? factor[factor_index] : 1.f) : scalar;
+      scales = scales || factors[j] != 1.f;
+      if (++k == inner_size) {
+        k = 0;
+        factor_index -= inner_size - 1;
+        if (++c == num_classes) {
+          c = 0;
+          factor_index += inner_size;
+        }
+      } else {
+        ++factor_index;
+      }
+    }
+    if (!scales) continue;
+    const bool whole = vectorized && first + kVec <= n;
+    float values[kVec];
+    load_vectors(grad + first, whole, n - first, values);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) values[j] = mul_rn(values[j], factors[j]);  // times 1 stores the value back
+    store_vectors(grad + first, whole, n - first, values);
   }
+}
+
+template <typename T>
+__global__ void scale_gradient_kernel(T* grad, const float* factor, int64_t n, int64_t num_classes,
+                                      int64_t inner_size, bool per_row, bool vectorized) {
+  scale_gradient_thread(grad, factor, n, num_classes, inner_size, per_row, vectorized,
+                        static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+                        static_cast<int64_t>(gridDim.x) * blockDim.x);
+}
+
+constexpr int kScaleThreads = 256;
+
+// Grid-stride over at most max_blocks blocks (4 per SM): with a factor of 1 each reads one float and exits.
+int64_t scale_blocks(int64_t n, int64_t max_blocks) {
+  if (max_blocks < 1) throw std::invalid_argument("recipe_kernels._C.cross_entropy_scale_grad: max_blocks < 1");
+  return std::min<int64_t>(ceil_div(n, kScaleThreads * 4), max_blocks);
 }
 
 }  // namespace
@@ -509,16 +550,28 @@ void cross_entropy_fwd(uintptr_t x, uintptr_t target, uintptr_t target_b, uintpt
 void cross_entropy_scale_grad(uintptr_t grad, uintptr_t factor, int64_t n, int64_t num_classes, int64_t inner_size,
                               bool per_row, int64_t max_blocks, int dtype, uintptr_t stream) {
   if (n <= 0) return;
-  if (max_blocks < 1) throw std::invalid_argument("recipe_kernels._C.cross_entropy_scale_grad: max_blocks < 1");
-  constexpr int kScaleThreads = 256;
-  // Grid-stride over at most max_blocks blocks (4 per SM): with a factor of 1 each reads one float and exits.
-  const int64_t blocks = std::min<int64_t>(ceil_div(n, kScaleThreads * 4), max_blocks);
+  const int64_t blocks = scale_blocks(n, max_blocks);
   dispatch_float_dtype(dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
     const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
     scale_gradient_kernel<T><<<static_cast<unsigned>(blocks), kScaleThreads, 0, cuda_stream>>>(
-        reinterpret_cast<T*>(grad), reinterpret_cast<const float*>(factor), n, num_classes, inner_size, per_row);
+        reinterpret_cast<T*>(grad), reinterpret_cast<const float*>(factor), n, num_classes, inner_size, per_row,
+        grad % 16 == 0);
     check_launch("cross_entropy_scale_grad");
+  });
+}
+
+// cross_entropy_scale_grad's CUDA code run on the CPU over every thread of its grid (CPU pointers).
+void cross_entropy_scale_grad_host(uintptr_t grad, uintptr_t factor, int64_t n, int64_t num_classes,
+                                   int64_t inner_size, bool per_row, int64_t max_blocks, int dtype) {
+  if (n <= 0) return;
+  const int64_t threads = scale_blocks(n, max_blocks) * kScaleThreads;
+  dispatch_float_dtype(dtype, [&](auto type_tag) {
+    using T = decltype(type_tag);
+    for (int64_t thread = 0; thread < threads; ++thread) {
+      scale_gradient_thread(reinterpret_cast<T*>(grad), reinterpret_cast<const float*>(factor), n, num_classes,
+                            inner_size, per_row, grad % 16 == 0, thread, threads);
+    }
   });
 }
 

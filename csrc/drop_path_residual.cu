@@ -16,41 +16,6 @@ constexpr int kElementsPerThread = 8;  // 16 bytes of a 2-byte type, two 16-byte
 constexpr int64_t kElementsPerBlock = int64_t{kThreads} * kElementsPerThread;
 constexpr int64_t kMaxKeyBlocks = int64_t{1} << 30;  // more samples loop (grid stride)
 
-template <typename T>
-RK_HOST_DEVICE void load_eight(const T* __restrict__ source, bool vectorized, int count, float (&value)[8]) {
-  if (vectorized) {
-    constexpr int kPerVector = 16 / sizeof(T);
-#pragma unroll
-    for (int first = 0; first < kElementsPerThread; first += kPerVector) {
-      const Vec16<T> vector = *reinterpret_cast<const Vec16<T>*>(source + first);
-#pragma unroll
-      for (int j = 0; j < kPerVector; ++j) value[first + j] = to_float(vector.v[j]);
-    }
-  } else {  // unrolled with a guard, not a loop to count: a runtime index would put value in local memory
-#pragma unroll
-    for (int j = 0; j < kElementsPerThread; ++j) value[j] = j < count ? to_float(source[j]) : 0.0f;
-  }
-}
-
-template <typename T>
-RK_HOST_DEVICE void store_eight(T* __restrict__ target, bool vectorized, int count, const float (&value)[8]) {
-  if (vectorized) {
-    constexpr int kPerVector = 16 / sizeof(T);
-#pragma unroll
-    for (int first = 0; first < kElementsPerThread; first += kPerVector) {
-      Vec16<T> vector;
-#pragma unroll
-      for (int j = 0; j < kPerVector; ++j) vector.v[j] = from_float<T>(value[first + j]);
-      store_vec16(target + first, vector);
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < kElementsPerThread; ++j) {
-      if (j < count) target[j] = from_float<T>(value[j]);
-    }
-  }
-}
-
 // keys[n] = (word(n) - 2^31) * 2^32 + n for the four samples of Philox group `group`, word(n) being
 // word n & 3 of philox4x32(seed, n >> 2): sorting the keys sorts the (word, index) pairs.
 RK_HOST_DEVICE void subset_keys_thread(uint64_t seed, int64_t* __restrict__ keys, int64_t num_samples,
@@ -80,10 +45,10 @@ RK_HOST_DEVICE void combine_rows_thread(const TA* __restrict__ a, const TB* __re
   const int count = row_size - begin < kElementsPerThread ? static_cast<int>(row_size - begin) : kElementsPerThread;
   const bool whole = vectorized && count == kElementsPerThread;
   const int64_t source = index[row];
-  float own[8] = {}, value[8] = {};
-  if (kHasA) load_eight(a + row * row_size + begin, whole, count, own);
+  float own[kElementsPerThread] = {}, value[kElementsPerThread] = {};
+  if (kHasA) load_vectors(a + row * row_size + begin, whole, count, own);
   if (source >= 0) {
-    load_eight(b + source * row_size + begin, whole, count, value);
+    load_vectors(b + source * row_size + begin, whole, count, value);
 #pragma unroll
     for (int j = 0; j < kElementsPerThread; ++j) {
       value[j] = mul_rn(value[j], scale);
@@ -93,7 +58,7 @@ RK_HOST_DEVICE void combine_rows_thread(const TA* __restrict__ a, const TB* __re
 #pragma unroll
     for (int j = 0; j < kElementsPerThread; ++j) value[j] = own[j];  // the row of a, converted
   }
-  store_eight(out + row * row_size + begin, whole, count, value);
+  store_vectors(out + row * row_size + begin, whole, count, value);
 }
 
 __global__ void subset_keys_kernel(const int64_t* seed, int64_t* keys, int64_t num_samples) {

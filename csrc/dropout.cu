@@ -41,26 +41,6 @@ RK_HOST_DEVICE void visit_element_type(int dtype, Fn&& fn) {
   }
 }
 
-// An element's value in Math (exact, except a float64 element in fp32 math, which rounds).
-template <typename Math, typename T>
-RK_HOST_DEVICE Math to_math(T v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return static_cast<Math>(v);
-  } else {
-    return static_cast<Math>(to_float(v));
-  }
-}
-
-// A Math value rounded to T; fp64 math reaches the 16-bit types through fp32, as torch's casts do.
-template <typename T, typename Math>
-RK_HOST_DEVICE T from_math(Math v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return static_cast<double>(v);
-  } else {
-    return from_float<T>(static_cast<float>(v));
-  }
-}
-
 // Element i as Math.
 template <typename Math>
 RK_HOST_DEVICE Math load_element(TypedData data, int64_t i) {
@@ -78,19 +58,7 @@ template <typename Math>
 RK_HOST_DEVICE void load_step(TypedData data, int64_t first, int64_t n, bool whole_step, Math (&values)[kStep]) {
   visit_element_type(data.dtype, [&](auto tag) {
     using T = decltype(tag);
-    const T* pointer = reinterpret_cast<const T*>(data.address) + first;
-    if (whole_step) {
-      constexpr int kPerVector = 16 / sizeof(T);
-#pragma unroll
-      for (int vector = 0; vector < kStep; vector += kPerVector) {
-        const Vec16<T> loaded = *reinterpret_cast<const Vec16<T>*>(pointer + vector);
-#pragma unroll
-        for (int j = 0; j < kPerVector; ++j) values[vector + j] = to_math<Math>(loaded.v[j]);
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < kStep; ++j) values[j] = first + j < n ? to_math<Math>(pointer[j]) : Math{0};
-    }
+    load_vectors(reinterpret_cast<const T*>(data.address) + first, whole_step, n - first, values);
   });
 }
 
@@ -99,22 +67,7 @@ template <typename Math>
 RK_HOST_DEVICE void store_step(TypedData data, int64_t first, int64_t n, bool whole_step, const Math (&values)[kStep]) {
   visit_element_type(data.dtype, [&](auto tag) {
     using T = decltype(tag);
-    T* pointer = reinterpret_cast<T*>(data.address) + first;
-    if (whole_step) {
-      constexpr int kPerVector = 16 / sizeof(T);
-#pragma unroll
-      for (int vector = 0; vector < kStep; vector += kPerVector) {
-        Vec16<T> stored;
-#pragma unroll
-        for (int j = 0; j < kPerVector; ++j) stored.v[j] = from_math<T>(values[vector + j]);
-        store_vec16(pointer + vector, stored);
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < kStep; ++j) {
-        if (first + j < n) pointer[j] = from_math<T>(values[j]);
-      }
-    }
+    store_vectors(reinterpret_cast<T*>(data.address) + first, whole_step, n - first, values);
   });
 }
 

@@ -17,43 +17,9 @@
 
 namespace recipe_kernels {
 
-// fp64 values rounded to fp32 (an fp64 pair's result on its way to a 32- or 16-bit EMA, or a decay
-// for fp32 math).
-RK_HOST_DEVICE float to_float(double v) {
-#ifdef __CUDA_ARCH__
-  return static_cast<float>(v);
-#else
-  // GCC 12's -O3 SLP vectorizer dropped the rounding of (double)(float)v for two lanes of a
-  // Vec4<double>; a volatile keeps the emulation honest.
-  const volatile float rounded = static_cast<float>(v);
-  return rounded;
-#endif
-}
-
 // The math type of a pair: double when either side is fp64, else float (as the other backends).
 template <typename E, typename P>
 using EmaMath = std::conditional_t<std::is_same_v<E, double> || std::is_same_v<P, double>, double, float>;
-
-// A stored value in the math type M (exact: fp64 values only meet M = double).
-template <typename M, typename T>
-RK_HOST_DEVICE M to_math(T v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return v;
-  } else {
-    return static_cast<M>(to_float(v));
-  }
-}
-
-// A result in the math type M stored as E: fp64 as it is, others rounded to fp32 and then to E
-// (as torch's casts from fp64 do).
-template <typename E, typename M>
-RK_HOST_DEVICE E from_math(M v) {
-  if constexpr (std::is_same_v<E, double>) {
-    return static_cast<double>(v);
-  } else {
-    return from_float<E>(to_float(v));
-  }
-}
 
 constexpr int kParamCodeShift = 4;
 constexpr int kDecaySlotShift = 8;
@@ -126,10 +92,22 @@ __host__ __device__ inline EmaDecays ema_decays(int64_t t, const EmaSchedule& s)
 
 namespace {
 
+// `pointer`, of global memory: the GPU code reads and writes it with global, not generic, accesses.
+// Table addresses need this said at each access: the compiler loses it across a loop's pointer arithmetic.
+template <typename T>
+RK_HOST_DEVICE T* assume_global(T* pointer) {
+#ifdef __CUDA_ARCH__
+  __builtin_assume(__isGlobal(pointer));
+#endif
+  return pointer;
+}
+
+constexpr int kStep = 8;  // elements a thread moves per step: whole 16-byte vectors of every dtype
+
 // One chunk of one pair, for thread `thread` of a block of `threads`: count elements of E at ema
 // and of P at param, in their math type with d = decay rounded to it; a d of exactly 1 there
-// skips the chunk, reading nothing. Each thread moves four consecutive elements per step, as one
-// vector when both addresses allow it.
+// skips the chunk, reading nothing. Each thread moves eight consecutive elements per step, as
+// 16-byte vectors when both addresses are 16-byte aligned, else (and in the chunk's tail) one by one.
 template <typename E, typename P>
 RK_HOST_DEVICE void blend_chunk(E* __restrict__ ema, const P* __restrict__ param, int64_t count, double decay,
                                 int64_t thread, int64_t threads) {
@@ -137,20 +115,16 @@ RK_HOST_DEVICE void blend_chunk(E* __restrict__ ema, const P* __restrict__ param
   const M d = from_math<M>(decay);  // fp32 math rounds the decay to fp32 once
   if (d == M(1)) return;
   const EmaLerp<M> lerp = ema_lerp(d);
-  const bool vectorized = reinterpret_cast<uintptr_t>(ema) % sizeof(Vec4<E>) == 0 &&
-                          reinterpret_cast<uintptr_t>(param) % sizeof(Vec4<P>) == 0;
-  for (int64_t first = thread * 4; first < count; first += threads * 4) {
-    if (vectorized && first + 4 <= count) {
-      const Vec4<P> p = *reinterpret_cast<const Vec4<P>*>(param + first);
-      Vec4<E> e = *reinterpret_cast<const Vec4<E>*>(ema + first);
+  const bool aligned = reinterpret_cast<uintptr_t>(ema) % 16 == 0 && reinterpret_cast<uintptr_t>(param) % 16 == 0;
+  for (int64_t first = thread * kStep; first < count; first += threads * kStep) {
+    const bool whole = aligned && first + kStep <= count;
+    E* const ema_step = assume_global(ema + first);
+    M e[kStep], p[kStep];
+    load_vectors(assume_global(param + first), whole, count - first, p);
+    load_vectors(ema_step, whole, count - first, e);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) e.v[j] = from_math<E>(ema_blend(to_math<M>(e.v[j]), to_math<M>(p.v[j]), d, lerp));
-      *reinterpret_cast<Vec4<E>*>(ema + first) = e;
-    } else {
-      for (int64_t i = first; i < first + 4 && i < count; ++i) {
-        ema[i] = from_math<E>(ema_blend(to_math<M>(ema[i]), to_math<M>(param[i]), d, lerp));
-      }
-    }
+    for (int j = 0; j < kStep; ++j) e[j] = ema_blend(e[j], p[j], d, lerp);
+    store_vectors(ema_step, whole, count - first, e);
   }
 }
 
@@ -194,7 +168,7 @@ RK_HOST_DEVICE void ema_update_row(const EmaChunk& row, double d, int64_t thread
       if (d == 1.0) break;
       auto* ema = reinterpret_cast<unsigned char*>(row.ema_address);
       const auto* param = reinterpret_cast<const unsigned char*>(row.param_address);
-      for (int64_t i = thread; i < row.count; i += threads) ema[i] = param[i];
+      for (int64_t i = thread; i < row.count; i += threads) *assume_global(ema + i) = *assume_global(param + i);
       break;
     }
     default: break;  // no other codes are written by recipe_kernels/ema.py

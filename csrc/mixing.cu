@@ -28,15 +28,38 @@ RK_HOST_DEVICE float round_half_up_uint8(float value) {
   return fminf(fmaxf(floorf(value + 0.5f), 0.0f), 255.0f);
 }
 
+// cosf(angle) for 0 <= angle < 105615 (the Box-Muller angle lies in [0, 2 pi)): the steps of the CUDA
+// math library's cosf (Triton's too) without its Payne-Hanek reduction of huge arguments, whose scratch
+// array costs local memory: angle less q pi/2 in three FMAs (Cody-Waite), then the polynomial of sin or
+// cos by q's parity, negated in the upper quadrants. On the GPU it equals cosf bit for bit; the host
+// runs the same steps (fmaf and rintf are exact there too). Within 1.5 ulp of cos over every angle
+// the noise takes; glibc's cosf differs from it by an ulp for about a fifth of them.
+RK_HOST_DEVICE float cos_small_angle(float angle) {
+  const float quadrant = rintf(mul_rn(angle, 0x1.45f306p-1f));  // angle * 2/pi, to nearest even
+  float r = fmaf(quadrant, -0x1.921fb4p+0f, angle);            // angle - quadrant * pi/2 ...
+  r = fmaf(quadrant, -0x1.4442d0p-24f, r);
+  r = fmaf(quadrant, -0x1.84698ap-48f, r);                     // ... in [-pi/4, pi/4]
+  const int shifted = static_cast<int>(quadrant) + 1;          // cos(a) = sin(a + pi/2)
+  const bool sine = (shifted & 1) == 0;
+  const float r2 = mul_rn(r, r);
+  float poly = sine ? -0x1.9a82a6p-13f : fmaf(0x1.9758p-16f, r2, -0x1.6c0fdap-10f);
+  poly = fmaf(poly, r2, sine ? 0x1.110bc8p-7f : 0x1.555576p-5f);
+  poly = fmaf(poly, r2, sine ? -0x1.55555p-3f : -0x1.fffffep-2f);
+  const float base = sine ? r : 1.0f;
+  float result = fmaf(poly, fmaf(r2, base, 0.0f), base);  // r + r^3 poly, or 1 + r^2 poly
+  if (shifted & 2) result = fmaf(result, -1.0f, 0.0f);    // as cosf negates: -0 becomes +0
+  return result;
+}
+
 // Standard normal noise of the element with logical NCHW index `index`: Box-Muller on words 0 and 1
 // of Philox(seed, index). Same steps as recipe_kernels.reference.erase_noise; logf and cosf are the
-// only steps that may differ from other math libraries (by an ulp).
+// only steps that may differ from other math libraries (by an ulp or two).
 RK_HOST_DEVICE float erase_noise(uint64_t seed, uint64_t index) {
   const PhiloxWords words = philox4x32(seed, index);
   const float two_pow_minus_24 = 5.9604644775390625e-08f;
   const float u1 = static_cast<float>((words.word[0] >> 8) + 1) * two_pow_minus_24;  // (0, 1]
   const float u2 = static_cast<float>(words.word[1] >> 8) * two_pow_minus_24;        // [0, 1)
-  return sqrtf(-2.0f * logf(u1)) * cosf(u2 * 6.2831855f);
+  return sqrtf(-2.0f * logf(u1)) * cos_small_angle(u2 * 6.2831855f);
 }
 
 constexpr int kThreads = 256;
@@ -102,13 +125,19 @@ Geometry make_geometry(int64_t n, int64_t c, int64_t h, int64_t w, bool channels
 
 constexpr int64_t kVectorBytes = 16;
 
-// x's elements per 16-byte vector when the vector path applies: the row length is a multiple of it and
-// x and out start aligned to a vector of their types; else 1.
+// The elements a thread moves at once on the vector path: 16 bytes of the narrower of x and out, so
+// that both move in whole 16-byte vectors.
+constexpr int64_t vector_elements(size_t in_size, size_t out_size) {
+  return kVectorBytes / static_cast<int64_t>(in_size < out_size ? in_size : out_size);
+}
+
+// vector_elements when the vector path applies: the row length is a multiple of it and x and out
+// start 16-byte aligned; else 1.
 int64_t vector_elements_for(uintptr_t x, uintptr_t out, int64_t c, int64_t w, bool channels_last, size_t in_size,
                             size_t out_size) {
-  const int64_t elements = kVectorBytes / static_cast<int64_t>(in_size);
+  const int64_t elements = vector_elements(in_size, out_size);
   const int64_t row_len = channels_last ? w * c : w;
-  const bool aligned = x % kVectorBytes == 0 && out % (elements * out_size) == 0;
+  const bool aligned = x % kVectorBytes == 0 && out % kVectorBytes == 0;
   return (row_len % elements == 0 && aligned) ? elements : 1;
 }
 
@@ -123,28 +152,33 @@ RK_HOST_DEVICE void block_coordinates(const Geometry& g, bool visit_flip_pairs, 
   sample = visit_flip_pairs ? ((slot % 2 == 0) ? slot / 2 : g.num_samples - 1 - slot / 2) : slot;
 }
 
-// N consecutive elements moved as one aligned vector (16 bytes of x; N elements of out, up to 64 bytes).
+// N consecutive elements, whole 16-byte vectors of them, moved as such.
 template <typename T, int N>
-struct alignas(sizeof(T) * N) Vector {
+struct alignas(16) Vector {
+  static_assert(sizeof(T) * N % 16 == 0, "whole 16-byte vectors");
   T v[N];
 };
 
-// Stores a Vector in 16-byte pieces (or one 8- or 4-byte piece): a struct copy of 16-bit elements would
-// be split into 4-byte stores.
+// Loads a Vector as 16-byte pieces.
+template <typename V>
+RK_HOST_DEVICE V load_vector(const V* source) {
+  V value;
+#pragma unroll
+  for (size_t piece = 0; piece < sizeof(V) / 16; ++piece) {
+    const Vec16<uint32_t> bits = reinterpret_cast<const Vec16<uint32_t>*>(source)[piece];
+    memcpy(reinterpret_cast<char*>(&value) + 16 * piece, &bits, sizeof bits);
+  }
+  return value;
+}
+
+// Stores a Vector as 16-byte pieces: a struct copy of 16-bit elements would be split into 4-byte stores.
 template <typename V>
 RK_HOST_DEVICE void store_vector(V* destination, const V& value) {
-  static_assert(sizeof(V) % 16 == 0 || sizeof(V) == 8 || sizeof(V) == 4, "4, 8 or whole 16-byte pieces");
-  if constexpr (sizeof(V) == 4) {
-    *reinterpret_cast<uint32_t*>(destination) = *reinterpret_cast<const uint32_t*>(&value);
-  } else if constexpr (sizeof(V) == 8) {
-    *reinterpret_cast<uint2*>(destination) = *reinterpret_cast<const uint2*>(&value);
-  } else {
 #pragma unroll
-    for (size_t piece = 0; piece < sizeof(V) / 16; ++piece) {
-      Vec16<uint32_t> bits;
-      memcpy(&bits, reinterpret_cast<const char*>(&value) + 16 * piece, sizeof bits);
-      store_vec16(reinterpret_cast<uint32_t*>(destination) + 4 * piece, bits);
-    }
+  for (size_t piece = 0; piece < sizeof(V) / 16; ++piece) {
+    Vec16<uint32_t> bits;
+    memcpy(&bits, reinterpret_cast<const char*>(&value) + 16 * piece, sizeof bits);
+    store_vec16(reinterpret_cast<uint32_t*>(destination) + 4 * piece, bits);
   }
 }
 
@@ -193,10 +227,10 @@ RK_HOST_DEVICE void composite_thread(const TIn* __restrict__ x, TOut* __restrict
   const int64_t row_end = (row_block + 1) * g.rows_per_block < g.height ? (row_block + 1) * g.rows_per_block
                                                                          : g.height;
   if (g.vector_elements > 1) {
-    // 2. The vector path: the block's rows as one list of 16-byte vectors of x, vector t, t + kThreads, ...
-    // to thread t; each vector loads only the sources its elements take (CutMix: one, except a vector
-    // straddling the box's edge).
-    constexpr int kN = static_cast<int>(kVectorBytes / sizeof(TIn));
+    // 2. The vector path: the block's rows as one list of vectors (16 bytes of the narrower of x and out),
+    // vector t, t + kThreads, ... to thread t; each vector loads only the sources its elements take
+    // (CutMix: one, except a vector straddling the box's edge).
+    constexpr int kN = static_cast<int>(vector_elements(sizeof(TIn), sizeof(TOut)));
     const int64_t vectors_per_row = g.row_stride / kN;
     const int64_t row_begin = row_block * g.rows_per_block;
     for (int64_t index = thread; index < (row_end - row_begin) * vectors_per_row; index += kThreads) {
@@ -208,9 +242,9 @@ RK_HOST_DEVICE void composite_thread(const TIn* __restrict__ x, TOut* __restrict
       const bool any_inside = row_in_box && last_pixel >= x0 && first_pixel < x1;
       const int64_t offset = sample * g.sample_stride + plane * g.plane_stride + row * g.row_stride + first;
       Vector<TIn, kN> own, other;
-      if (!(cuts && all_inside)) own = *reinterpret_cast<const Vector<TIn, kN>*>(x + offset);
+      if (!(cuts && all_inside)) own = load_vector(reinterpret_cast<const Vector<TIn, kN>*>(x + offset));
       if (mode == kMixUp || (mode == kCutMix && any_inside)) {
-        other = *reinterpret_cast<const Vector<TIn, kN>*>(x + offset + partner_shift);
+        other = load_vector(reinterpret_cast<const Vector<TIn, kN>*>(x + offset + partner_shift));
       }
       Vector<TOut, kN> result;
       int64_t pixel = first_pixel, channel = g.channels_last ? first % g.channels : plane;
@@ -263,22 +297,42 @@ RK_HOST_DEVICE void cutmix_swap_thread(T* __restrict__ x, const int32_t* __restr
                                        int64_t block, int64_t thread) {
   int64_t first, plane, row_block;
   block_coordinates(g, false, block, first, plane, row_block);
+  constexpr int64_t kSwapVector = kVectorBytes / sizeof(T);  // elements per 16-byte vector
   const int64_t second = g.num_samples - 1 - first;
   const int64_t x0 = box[first * 4], y0 = box[first * 4 + 1], x1 = box[first * 4 + 2], y1 = box[first * 4 + 3];
   const int64_t row_begin = row_block * g.rows_per_block;
   const int64_t row_end = row_begin + g.rows_per_block < g.height ? row_begin + g.rows_per_block : g.height;
+  // The box's span of a row, clipped to the image: a box partly outside selects only what is inside.
+  const int64_t begin = (x0 > 0 ? x0 : 0) * g.channels_per_pixel;
+  const int64_t end = (x1 < g.width ? x1 : g.width) * g.channels_per_pixel;
+  if (begin >= end) return;
   for (int64_t row = row_begin > y0 ? row_begin : y0; row < row_end && row < y1; ++row) {
     const int64_t local = plane * g.plane_stride + row * g.row_stride;
-    // The box's span of the row, clipped to the image: a box partly outside selects only what is inside.
-    const int64_t begin = (x0 > 0 ? x0 : 0) * g.channels_per_pixel;
-    const int64_t end = (x1 < g.width ? x1 : g.width) * g.channels_per_pixel;
-    for (int64_t j = begin + thread; j < end; j += kThreads) {  // the launch's blockDim.x
-      T* a = x + first * g.sample_stride + local + j;
-      T* b = x + second * g.sample_stride + local + j;
-      const T saved = *a;
-      *a = *b;
-      *b = saved;
+    T* const a = x + first * g.sample_stride + local;
+    T* const b = x + second * g.sample_stride + local;
+    // 16-byte vectors from the span's first 16-byte boundary in a, when b's elements share a's alignment;
+    // the elements before and after them one at a time.
+    int64_t vectors_begin = end;
+    if ((reinterpret_cast<uintptr_t>(a) - reinterpret_cast<uintptr_t>(b)) % kVectorBytes == 0) {
+      const int64_t misaligned = static_cast<int64_t>(reinterpret_cast<uintptr_t>(a + begin) % kVectorBytes) / sizeof(T);
+      vectors_begin = misaligned == 0 ? begin : begin + (kSwapVector - misaligned);
+      if (vectors_begin > end) vectors_begin = end;
     }
+    const int64_t vectors_end = vectors_begin + (end - vectors_begin) / kSwapVector * kSwapVector;
+    for (int64_t j = vectors_begin + thread * kSwapVector; j < vectors_end; j += kThreads * kSwapVector) {
+      const Vec16<T> saved = *reinterpret_cast<const Vec16<T>*>(a + j);
+      store_vec16(a + j, *reinterpret_cast<const Vec16<T>*>(b + j));
+      store_vec16(b + j, saved);
+    }
+    auto swap_one_by_one = [&](int64_t from, int64_t to) {
+      for (int64_t j = from + thread; j < to; j += kThreads) {  // the launch's blockDim.x
+        const T saved = a[j];
+        a[j] = b[j];
+        b[j] = saved;
+      }
+    };
+    swap_one_by_one(begin, vectors_begin);
+    swap_one_by_one(vectors_end, end);
   }
 }
 
@@ -316,6 +370,45 @@ int64_t checked_blocks(const Geometry& g, int64_t samples, const char* name) {
   return blocks;
 }
 
+// composite_batch's pointers, typed.
+template <typename TIn, typename TOut>
+struct CompositePointers {
+  const TIn* x;
+  TOut* out;
+  const int32_t* box;
+  const float* lam;
+  const int32_t* partner;
+  const int32_t* mode;
+  const float* fill;
+  const float* mean;
+  const float* std_dev;
+  const int64_t* seed;
+};
+
+// For composite_batch and its host emulation: calls fn(CompositePointers<TIn, TOut>, geometry, blocks)
+// with the C++ types of the dtype codes and the launch's geometry (the vector path where x and out allow it).
+template <typename Fn>
+void with_composite_launch(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t lam, uintptr_t partner,
+                           uintptr_t mode, uintptr_t fill, uintptr_t mean, uintptr_t std_dev, uintptr_t seed,
+                           int64_t n, int64_t c, int64_t h, int64_t w, bool channels_last, int in_dtype,
+                           int out_dtype, const char* name, Fn&& fn) {
+  dispatch_mixing_dtype(in_dtype, [&](auto in_tag) {
+    dispatch_mixing_dtype(out_dtype, [&](auto out_tag) {
+      using TIn = decltype(in_tag);
+      using TOut = decltype(out_tag);
+      const Geometry g = make_geometry(n, c, h, w, channels_last,
+                                       vector_elements_for(x, out, c, w, channels_last, sizeof(TIn), sizeof(TOut)));
+      const CompositePointers<TIn, TOut> p{
+          reinterpret_cast<const TIn*>(x), reinterpret_cast<TOut*>(out), reinterpret_cast<const int32_t*>(box),
+          reinterpret_cast<const float*>(lam), reinterpret_cast<const int32_t*>(partner),
+          reinterpret_cast<const int32_t*>(mode), reinterpret_cast<const float*>(fill),
+          reinterpret_cast<const float*>(mean), reinterpret_cast<const float*>(std_dev),
+          reinterpret_cast<const int64_t*>(seed)};
+      fn(p, g, checked_blocks(g, n, name));
+    });
+  });
+}
+
 }  // namespace
 
 void composite_batch(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t lam, uintptr_t partner, uintptr_t mode,
@@ -323,22 +416,11 @@ void composite_batch(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t lam, u
                      int64_t h, int64_t w, bool channels_last, bool visit_flip_pairs, int in_dtype, int out_dtype,
                      uintptr_t stream) {
   if (n <= 0 || c <= 0 || h <= 0 || w <= 0) return;
-  dispatch_mixing_dtype(in_dtype, [&](auto in_tag) {
-    using TIn = decltype(in_tag);
-    dispatch_mixing_dtype(out_dtype, [&](auto out_tag) {
-      using TOut = decltype(out_tag);
-      const Geometry g = make_geometry(n, c, h, w, channels_last,
-                                       vector_elements_for(x, out, c, w, channels_last, sizeof(TIn), sizeof(TOut)));
-      const int64_t blocks = checked_blocks(g, n, "composite_batch");
-      const auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
-      composite_kernel<TIn, TOut><<<static_cast<unsigned>(blocks), kThreads, 0, cuda_stream>>>(
-          reinterpret_cast<const TIn*>(x), reinterpret_cast<TOut*>(out), reinterpret_cast<const int32_t*>(box),
-          reinterpret_cast<const float*>(lam), reinterpret_cast<const int32_t*>(partner),
-          reinterpret_cast<const int32_t*>(mode), reinterpret_cast<const float*>(fill),
-          reinterpret_cast<const float*>(mean), reinterpret_cast<const float*>(std_dev),
-          reinterpret_cast<const int64_t*>(seed), g, visit_flip_pairs);
-      check_launch("composite_batch");
-    });
+  with_composite_launch(x, out, box, lam, partner, mode, fill, mean, std_dev, seed, n, c, h, w, channels_last,
+                        in_dtype, out_dtype, "composite_batch", [&](auto p, const Geometry& g, int64_t blocks) {
+    composite_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+        p.x, p.out, p.box, p.lam, p.partner, p.mode, p.fill, p.mean, p.std_dev, p.seed, g, visit_flip_pairs);
+    check_launch("composite_batch");
   });
 }
 
@@ -364,24 +446,14 @@ void composite_batch_host(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t l
                           int64_t h, int64_t w, bool channels_last, bool visit_flip_pairs, int in_dtype,
                           int out_dtype) {
   if (n <= 0 || c <= 0 || h <= 0 || w <= 0) return;
-  dispatch_mixing_dtype(in_dtype, [&](auto in_tag) {
-    using TIn = decltype(in_tag);
-    dispatch_mixing_dtype(out_dtype, [&](auto out_tag) {
-      using TOut = decltype(out_tag);
-      const Geometry g = make_geometry(n, c, h, w, channels_last,
-                                       vector_elements_for(x, out, c, w, channels_last, sizeof(TIn), sizeof(TOut)));
-      const int64_t blocks = checked_blocks(g, n, "composite_batch_host");
-      for (int64_t block = 0; block < blocks; ++block) {
-        for (int64_t thread = 0; thread < kThreads; ++thread) {
-          composite_thread<TIn, TOut>(
-              reinterpret_cast<const TIn*>(x), reinterpret_cast<TOut*>(out), reinterpret_cast<const int32_t*>(box),
-              reinterpret_cast<const float*>(lam), reinterpret_cast<const int32_t*>(partner),
-              reinterpret_cast<const int32_t*>(mode), reinterpret_cast<const float*>(fill),
-              reinterpret_cast<const float*>(mean), reinterpret_cast<const float*>(std_dev),
-              reinterpret_cast<const int64_t*>(seed), g, visit_flip_pairs, block, thread);
-        }
+  with_composite_launch(x, out, box, lam, partner, mode, fill, mean, std_dev, seed, n, c, h, w, channels_last,
+                        in_dtype, out_dtype, "composite_batch_host", [&](auto p, const Geometry& g, int64_t blocks) {
+    for (int64_t block = 0; block < blocks; ++block) {
+      for (int64_t thread = 0; thread < kThreads; ++thread) {
+        composite_thread(p.x, p.out, p.box, p.lam, p.partner, p.mode, p.fill, p.mean, p.std_dev, p.seed, g,
+                         visit_flip_pairs, block, thread);
       }
-    });
+    }
   });
 }
 

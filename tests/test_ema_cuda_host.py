@@ -104,12 +104,13 @@ def test_every_dtype_pair_and_size_equals_torch_backend(ema_dtype, param_dtype, 
         check_against_torch_backend(ema, params, fp64_decays(decay), [AVERAGE_SLOT] * len(ema))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 def test_half_aligned_addresses_take_the_scalar_path(dtype):
-    # Offsets 2 (fp32: 8 of 16 bytes) and 2 (fp64: 16 of 32 bytes) are aligned for some vectors, not Vec4's.
+    # An offset of 8 bytes is aligned for 8-byte vectors, not for the kernel's 16-byte ones.
+    offset = 8 // dtype.itemsize
     generator = torch.Generator().manual_seed(5)
-    ema = [make(n, dtype, generator, 2) for n in (5, 129, CHUNK + 3)]
-    params = [make(n, dtype, generator, 2) for n in (5, 129, CHUNK + 3)]
+    ema = [make(n, dtype, generator, offset) for n in (5, 129, CHUNK + 3)]
+    params = [make(n, dtype, generator, offset) for n in (5, 129, CHUNK + 3)]
     check_against_torch_backend(ema, params, fp64_decays(0.7), [AVERAGE_SLOT] * 3)
 
 
