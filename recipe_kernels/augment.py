@@ -37,11 +37,17 @@ from recipe_kernels._triton_common import cdiv, round_to
 
 # The dtypes an image may have, and an output.
 IMAGE_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
-# Output pixels per Triton program: a [BLOCK_Y, BLOCK_X] tile of every channel of one sample (32 elements a thread:
-# the setup of a program, its windows and table reads, spreads over more pixels; the static model's best of 8-64 rows).
+# Output pixels per Triton program: a [BLOCK_Y, BLOCK_X] tile of up to MAX_CHANNEL_GROUP channels of one sample (the
+# setup of a program, its windows and table reads, spreads over more pixels; the static model's best of 8-64 rows).
 BLOCK_Y = 32
 BLOCK_X = 32
 NUM_WARPS = 4
+# Channels a program computes together (each its own accumulators, sharing weights and offsets): every channel of
+# an RGB or grey image; more channels run in groups of this many (the last group's missing channels are skipped).
+MAX_CHANNEL_GROUP = 4
+# Taps per axis without antialias: a support of 1 holds at most two taps of nonzero weight (a third, which fp32
+# rounding of the window's end can add, weighs 0), so the loops over taps unroll.
+BILINEAR_TAPS = tl.constexpr(2)
 # Column taps unrolled with their weights computed once per tile (the rest loop, recomputing theirs per row tap):
 # bilinear windows have 2 taps (3 at most), antialiased ones about 2 * scale + 1 (2 unrolled beat 3 in the model).
 STATIC_COLUMN_TAPS = tl.constexpr(2)
@@ -60,8 +66,9 @@ def _filter_window(out_index, box_length, out_length, ANTIALIAS: tl.constexpr):
     centre = scale * (i + 0.5). The taps are crop pixels first .. first + count - 1, weight
     triangle((j - centre + 0.5) * inverse_scale); the support is max(scale, 1) with antialias,
     else 1 (plain bilinear). Returns (centre, first, count, inverse_scale, max_count), where
-    max_count (a scalar) is the largest count in the tile, the trip count of the loops over taps
-    (a tap past an index's own count weighs 0 and adds an exact 0: any bound >= count gives the same bits).
+    max_count, the trip count of the loops over taps, is the tile's largest count with antialias
+    and BILINEAR_TAPS without (a constant: the loops unroll). A tap past an index's own count
+    weighs 0 and adds an exact 0: any bound >= every nonzero weight's tap gives the same bits.
     """
     # div_rn: Triton's `/` is an approximate divide on the GPU (div.full.f32) but exact in the interpreter.
     scale = tl.math.div_rn(box_length.to(tl.float32), out_length.to(tl.float32))
@@ -74,7 +81,10 @@ def _filter_window(out_index, box_length, out_length, ANTIALIAS: tl.constexpr):
     centre = scale * (out_index.to(tl.float32) + 0.5)
     first = tl.maximum((centre - support + 0.5).to(tl.int32), 0)
     count = tl.minimum((centre + support + 0.5).to(tl.int32), box_length) - first
-    max_count = tl.max(count)
+    if ANTIALIAS:
+        max_count = tl.max(count)
+    else:
+        max_count = BILINEAR_TAPS
     return centre, first, count, inverse_scale, max_count
 
 
@@ -95,14 +105,16 @@ def _window_total(centre, first, count, inverse_scale, max_count):
 
 
 @triton.jit
-def _column_tap(tap, centre_x, first_x, count_x, inverse_x, total_x, first_col, wanted_cols, image_width, col_step,
-                CLAMPED_READS: tl.constexpr):
-    """Column tap `tap` of the tile's columns: its normalised weight, where its pixel is read (in the output and the
-    window, inside the image), and its offset in a row. With CLAMPED_READS, the offset of the column clamped into
-    the image and the weight 0 where it is not read."""
+def _column_tap(slot, start_col, first_col, centre_x, first_x, count_x, inverse_x, total_x, wanted_cols,
+                image_width, col_step, CLAMPED_READS: tl.constexpr):
+    """The pixel of column start_col + slot of the tile's columns: its normalised weight (the weight of its tap,
+    column - first_col, in the window), whether it is read (in the output, the window and the image), and its
+    offset in a row. With CLAMPED_READS, the offset of the column clamped into the image and the weight 0 where
+    it is not read."""
+    col = start_col + slot
+    tap = col - first_col
     weight = tl.math.div_rn(_tap_weight(tap, centre_x, first_x, count_x, inverse_x), total_x)
-    col = first_col + tap
-    col_ok = wanted_cols & (tap < count_x) & (col >= 0) & (col < image_width)
+    col_ok = wanted_cols & (tap >= 0) & (tap < count_x) & (col >= 0) & (col < image_width)
     if CLAMPED_READS:
         weight = tl.where(col_ok, weight, 0.0)
         col = tl.minimum(tl.maximum(col, 0), image_width - 1)
@@ -119,15 +131,20 @@ def _pixel_float(pixel):
 
 
 @triton.jit
-def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, out_cols, out_height, out_width,
-                  PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr, INDEX_DTYPE: tl.constexpr,
-                  UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
-    """The resized crop of `sample` at channels `channels` ([CB, 1, 1]), output rows `out_rows`
-    ([1, BY, 1]) and columns `out_cols` ([1, 1, BX], before any flip), fp32: the sum over row taps
-    of row weight * (the sum over column taps of column weight * pixel), pixels outside the image
-    reading 0. Taps beyond a window, and channels, rows or columns outside the output, are masked
-    off (no load). The weights are shared by the channels; offsets inside an image are INDEX_DTYPE
-    (int32 when every image's span fits)."""
+def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_rows, out_cols, out_height, out_width,
+                  CHANNEL_GROUP: tl.constexpr, PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr,
+                  INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
+    """The resized crop of `sample` at channels first_channel .. + CHANNEL_GROUP - 1, output rows `out_rows`
+    ([BY, 1]) and columns `out_cols` ([1, BX], before any flip): a tuple of CHANNEL_GROUP [BY, BX] fp32 tiles,
+    each the sum over row taps of row weight * (the sum over column taps of column weight * pixel), pixels
+    outside the image reading 0. The weights, window and offsets are computed once for the group's channels;
+    offsets inside an image are INDEX_DTYPE (int32 when every image's span fits).
+
+    Byte images (CLAMPED_READS) read every pixel clamped into the image, a pixel outside it weighing 0, and the
+    first two column taps of a row from one address: columns start_col and start_col + 1, start_col = first_col
+    clamped into [0, W - 2], each weighing as its own tap of the window (0 when it is not one). A shifted pair only
+    reorders zeros among nonnegative terms, so the sums keep the tap order's bits. Float images keep masked reads
+    at first_col (an inf times 0 would not be 0)."""
     entry = table_ptr + sample * 6
     image = tl.load(entry).to(tl.pointer_type(PIXEL_DTYPE))
     image_height = tl.load(entry + 1).to(INDEX_DTYPE)
@@ -147,60 +164,72 @@ def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, 
     wanted_cols = out_cols < out_width
     first_row = top + first_y
     first_col = left + first_x
-    # A unit column stride makes tap k's address the first tap's plus k: an immediate offset of the load.
-    col_step = 1 if UNIT_COL_STRIDE else col_stride
     if CLAMPED_READS:
-        # Every read lands inside the image (channel, row and column clamped), and a tap outside it weighs 0
-        # instead: a finite pixel * +0 is the +0 a masked read would add. No masks in the loops.
-        plane_offsets = tl.minimum(channels, num_channels - 1).to(INDEX_DTYPE) * channel_stride
+        start_col = tl.minimum(tl.maximum(first_col, 0), image_width - 2)
     else:
-        plane_offsets = channels.to(INDEX_DTYPE) * channel_stride
-    wanted_planes = channels < num_channels
-    first_col_offsets = first_col.to(INDEX_DTYPE) * col_step
-    # The first two column taps' weights, masks and offsets, computed once and shared by every row tap.
-    weight_0, col_ok_0, col_offsets_0 = _column_tap(0, centre_x, first_x, count_x, inverse_x, total_x, first_col,
-                                                    wanted_cols, image_width, col_step, CLAMPED_READS)
-    weight_1, col_ok_1, col_offsets_1 = _column_tap(1, centre_x, first_x, count_x, inverse_x, total_x, first_col,
-                                                    wanted_cols, image_width, col_step, CLAMPED_READS)
-    value = tl.zeros([channels.shape[0], out_rows.shape[1], out_cols.shape[2]], dtype=tl.float32)
+        start_col = first_col
+    # A unit column stride makes the next column's address this one's plus 1: an immediate offset of the load.
+    col_step = 1 if UNIT_COL_STRIDE else col_stride
+    # The first two column taps' weights, masks and offsets, computed once and shared by every row tap and channel.
+    weight_0, col_ok_0, col_offsets = _column_tap(0, start_col, first_col, centre_x, first_x, count_x, inverse_x,
+                                                  total_x, wanted_cols, image_width, col_step, CLAMPED_READS)
+    weight_1, col_ok_1, _ = _column_tap(1, start_col, first_col, centre_x, first_x, count_x, inverse_x, total_x,
+                                        wanted_cols, image_width, col_step, CLAMPED_READS)
+    planes = ()
+    values = ()
+    for k in tl.static_range(CHANNEL_GROUP):
+        channel = first_channel + k
+        if CLAMPED_READS:
+            channel = tl.minimum(channel, num_channels - 1)
+        planes = planes + (image + channel.to(INDEX_DTYPE) * channel_stride,)
+        values = values + (tl.zeros([out_rows.shape[0], out_cols.shape[1]], dtype=tl.float32),)
     for tap_y in range(0, taps_y):
         weight_y = tl.math.div_rn(_tap_weight(tap_y, centre_y, first_y, count_y, inverse_y), total_y)
         row = first_row + tap_y
         row_ok = wanted_rows & (tap_y < count_y) & (row >= 0) & (row < image_height)
         if CLAMPED_READS:
             weight_y = tl.where(row_ok, weight_y, 0.0)
-            rows = image + (plane_offsets + tl.minimum(tl.maximum(row, 0), image_height - 1).to(INDEX_DTYPE)
-                            * row_stride)
-            row_value = _pixel_float(tl.load(rows + col_offsets_0)) * weight_0
-            row_value += _pixel_float(tl.load(rows + col_offsets_1)) * weight_1
-        else:
-            row_mask = wanted_planes & row_ok
-            rows = image + (plane_offsets + row.to(INDEX_DTYPE) * row_stride)
-            pixels = rows + first_col_offsets
-            # The column taps in order (row_value starts at the first product, not 0 + it: the two differ at most
-            # in the sign of a zero, which value's first addition to +0 erases).
-            row_value = _pixel_float(tl.load(pixels, mask=row_mask & col_ok_0, other=0)) * weight_0
-            row_value += _pixel_float(tl.load(pixels + col_step, mask=row_mask & col_ok_1, other=0)) * weight_1
-        for tap_x in range(STATIC_COLUMN_TAPS, taps_x):
-            weight_x, col_ok, col_offsets = _column_tap(tap_x, centre_x, first_x, count_x, inverse_x, total_x,
-                                                        first_col, wanted_cols, image_width, col_step, CLAMPED_READS)
+            row = tl.minimum(tl.maximum(row, 0), image_height - 1)
+        row_offsets = row.to(INDEX_DTYPE) * row_stride
+        # The first two column taps (row_value starts at the first product, not 0 + it: the two differ at most in
+        # the sign of a zero, which value's first addition to +0 erases).
+        row_values = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            pixels = (planes[k] + row_offsets) + col_offsets
             if CLAMPED_READS:
-                pixel = tl.load(rows + col_offsets)
+                row_value = _pixel_float(tl.load(pixels)) * weight_0
+                row_value += _pixel_float(tl.load(pixels + col_step)) * weight_1
             else:
-                pixel = tl.load(rows + col_offsets, mask=row_mask & col_ok, other=0)
-            row_value += _pixel_float(pixel) * weight_x
-        value += row_value * weight_y
-    return value
+                row_mask = row_ok & (first_channel + k < num_channels)
+                row_value = _pixel_float(tl.load(pixels, mask=row_mask & col_ok_0, other=0)) * weight_0
+                row_value += _pixel_float(tl.load(pixels + col_step, mask=row_mask & col_ok_1, other=0)) * weight_1
+            row_values = row_values + (row_value,)
+        for slot in range(STATIC_COLUMN_TAPS, taps_x):
+            weight_x, col_ok, tap_offsets = _column_tap(slot, start_col, first_col, centre_x, first_x, count_x,
+                                                        inverse_x, total_x, wanted_cols, image_width, col_step,
+                                                        CLAMPED_READS)
+            summed = ()
+            for k in tl.static_range(CHANNEL_GROUP):
+                pixels = (planes[k] + row_offsets) + tap_offsets
+                if CLAMPED_READS:
+                    pixel = tl.load(pixels)
+                else:
+                    pixel = tl.load(pixels, mask=row_ok & (first_channel + k < num_channels) & col_ok, other=0)
+                summed = summed + (row_values[k] + _pixel_float(pixel) * weight_x,)
+            row_values = summed
+        summed = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            summed = summed + (values[k] + row_values[k] * weight_y,)
+        values = summed
+    return values
 
 
 @triton.jit
-def _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, OUT_DTYPE: tl.constexpr):
-    """fp32 value normalised ((v - mean) / std, correctly rounded) when HAS_NORM, then rounded to OUT_DTYPE
-    (uint8: half up, saturating)."""
+def _finish(value, channel, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """fp32 value of channel `channel` normalised ((v - mean) / std, correctly rounded) when HAS_NORM, then rounded
+    to OUT_DTYPE (uint8: half up, saturating)."""
     if HAS_NORM:
-        mean = tl.load(mean_ptr + channels, mask=in_channels, other=0.0)
-        std = tl.load(std_ptr + channels, mask=in_channels, other=1.0)
-        value = tl.math.div_rn(value - mean, std)
+        value = tl.math.div_rn(value - tl.load(mean_ptr + channel), tl.load(std_ptr + channel))
     if OUT_DTYPE == tl.uint8:
         rounded = tl.floor(value + 0.5)
         return tl.minimum(tl.where(rounded > 0.0, rounded, 0.0), 255.0).to(tl.uint8)
@@ -208,39 +237,53 @@ def _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM: tl.conste
 
 
 @triton.jit
-def _tile(row_blocks, col_blocks, CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
-          INDEX_DTYPE: tl.constexpr):
-    """The program's (sample, row block, column block) and its channels [CB, 1, 1], output rows [1, BY, 1] and
-    output columns [1, 1, BX]; column blocks vary fastest."""
+def _tile(channel_groups, row_blocks, col_blocks, CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr,
+          BLOCK_X: tl.constexpr, INDEX_DTYPE: tl.constexpr):
+    """The program's (sample, first channel, row block, column block), output rows [BY, 1] and output columns
+    [1, BX]; column blocks vary fastest, then row blocks, then channel groups."""
     pid = tl.program_id(0).to(INDEX_DTYPE)
     col_block = pid % col_blocks
     rest = pid // col_blocks
     row_block = rest % row_blocks
-    sample = rest // row_blocks
-    channels = tl.arange(0, CHANNEL_BLOCK)[:, None, None]
-    out_rows = row_block * BLOCK_Y + tl.arange(0, BLOCK_Y)[None, :, None]
-    out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[None, None, :]
-    return sample, row_block, col_block, channels, out_rows, out_cols
+    rest = rest // row_blocks
+    first_channel = (rest % channel_groups) * CHANNEL_GROUP
+    sample = rest // channel_groups
+    out_rows = row_block * BLOCK_Y + tl.arange(0, BLOCK_Y)[:, None]
+    out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[None, :]
+    return sample, first_channel, row_block, col_block, out_rows, out_cols
 
 
 @triton.jit
-def _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height,
+def _store_tile(out_ptr, value, sample, row_block, col_block, channel, out_rows, out_cols, out_height,
                 out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride):
-    offsets = sample * out_sample_stride + channels * out_channel_stride + out_rows * out_row_stride + \
+    offsets = sample * out_sample_stride + channel * out_channel_stride + out_rows * out_row_stride + \
         out_cols * out_col_stride
-    # A tile inside the output stores under the channel mask alone, constant along a row: 16-byte stores.
-    if ((row_block + 1) * out_rows.shape[1] <= out_height) & ((col_block + 1) * out_cols.shape[2] <= out_width):
-        tl.store(out_ptr + offsets, value, mask=in_channels)
+    # A tile inside the output stores with no mask: 16-byte stores.
+    if ((row_block + 1) * out_rows.shape[0] <= out_height) & ((col_block + 1) * out_cols.shape[1] <= out_width):
+        tl.store(out_ptr + offsets, value)
     else:
-        tl.store(out_ptr + offsets, value, mask=in_channels & (out_rows < out_height) & (out_cols < out_width))
+        tl.store(out_ptr + offsets, value, mask=(out_rows < out_height) & (out_cols < out_width))
+
+
+@triton.jit
+def _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
+                      out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
+                      mean_ptr, std_ptr, HAS_NORM: tl.constexpr, CHANNEL_GROUP: tl.constexpr):
+    """Each channel of the group that exists: _finish, then _store_tile."""
+    for k in tl.static_range(CHANNEL_GROUP):
+        channel = first_channel + k
+        if channel < num_channels:
+            value = _finish(values[k], channel, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
+            _store_tile(out_ptr, value, sample, row_block, col_block, channel, out_rows, out_cols, out_height,
+                        out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
 
 
 @triton.jit(do_not_specialize=["out_height", "out_width", "row_blocks", "col_blocks"])
 def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, std_ptr, out_ptr,
-                         num_channels, out_height, out_width, row_blocks, col_blocks,
+                         num_channels, out_height, out_width, channel_groups, row_blocks, col_blocks,
                          out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                          ANTIALIAS: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_NORM: tl.constexpr,
-                         CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+                         CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
                          INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr,
                          CLAMPED_READS: tl.constexpr):
     """out[n, c, y, x] = the resized crop of image n (flipped: at column w-1-x), normalised, rounded.
@@ -249,33 +292,33 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     any layout); pixel_ref (any image: its dtype types the table's addresses); box (N, 4) int32
     (top, left, height, width); flip (N,) uint8 when HAS_FLIP; mean, std (C,) fp32 when HAS_NORM.
     out (N, C, h, w) with the given strides (contiguous or channels_last). A program is a
-    [CHANNEL_BLOCK, BLOCK_Y, BLOCK_X] tile of one sample: every channel of BLOCK_Y x BLOCK_X
-    output pixels, which share their filter weights.
+    BLOCK_Y x BLOCK_X tile of CHANNEL_GROUP channels of one sample (every channel, for up to
+    MAX_CHANNEL_GROUP): the channels share the tile's filter weights and offsets, and no lane idles.
 
     One pass with bounded loops: per output element, taps_y x taps_x loads and multiply-adds, where
     taps is the tile's largest window per axis, about 2 * support + 1 (support = max(box/out, 1) with
-    antialias, 1 without): 4 per element upscaling or without antialias, 16 at a 1.5x downscale, 25 at 2x.
-    The weights (a divide each) are computed per tap for a row or a column of the tile and shared
-    by its channels; the first two column taps' weights once per tile (shared by every row tap).
-    Per tap and element: a byte load (clamped into the image, no mask, for byte images; masked for
-    float ones), its conversion, a multiply and an add; offsets are int32 where INDEX_DTYPE allows.
-    A tile inside the output is stored in 16-byte stores.
-    Bytes per output element: the crop's source pixels come from DRAM about once (neighbouring
-    taps and tiles hit in L1/L2; box_h * box_w / (h * w) source pixels per output pixel, each of
-    the image's size), and the output is written once.
+    antialias), and 2 without antialias (the loops unroll). The weights (a divide each) are computed per
+    tap for a row or a column of the tile and shared by its channels; the first two column taps' once
+    per tile (shared by every row tap). Per tap and element: a byte load (clamped into the image, no
+    mask, for byte images; masked for float ones), its conversion, a multiply and an add, and a 64-bit
+    address add per pair of column taps; offsets are int32 where INDEX_DTYPE allows. A tile inside the
+    output is stored in 16-byte stores (contiguous output).
+    Bytes: the crop's source pixels come from DRAM about once (neighbouring taps and tiles hit in
+    L1/L2: box_h * box_w / (h * w) source pixels per output pixel, each of the image's size), and the
+    output is written once.
     """
-    sample, row_block, col_block, channels, out_rows, out_cols = _tile(row_blocks, col_blocks, CHANNEL_BLOCK, BLOCK_Y,
-                                                                       BLOCK_X, INDEX_DTYPE)
+    sample, first_channel, row_block, col_block, out_rows, out_cols = _tile(channel_groups, row_blocks, col_blocks,
+                                                                            CHANNEL_GROUP, BLOCK_Y, BLOCK_X,
+                                                                            INDEX_DTYPE)
     resize_cols = out_cols
     if HAS_FLIP:
         resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
-    value = _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, resize_cols, out_height,
-                          out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
-                          UNIT_COL_STRIDE, CLAMPED_READS)
-    in_channels = channels < num_channels
-    value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
-    _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height,
-                out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
+    values = _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_rows, resize_cols, out_height,
+                           out_width, CHANNEL_GROUP, pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
+                           UNIT_COL_STRIDE, CLAMPED_READS)
+    _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
+                      out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
+                      mean_ptr, std_ptr, HAS_NORM, CHANNEL_GROUP)
 
 
 @triton.jit
@@ -287,12 +330,12 @@ def _flipped(flip_ptr, sample, out_cols, out_width):
 @triton.jit(do_not_specialize=["out_height", "out_width", "row_blocks", "col_blocks"])
 def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_ptr, lam_ptr, partner_ptr, mode_ptr,
                           erase_box_ptr, erase_ptr, fill_ptr, mean_ptr, std_ptr, out_ptr,
-                          num_samples, num_channels, out_height, out_width, row_blocks, col_blocks,
+                          num_samples, num_channels, out_height, out_width, channel_groups, row_blocks, col_blocks,
                           out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                           ANTIALIAS: tl.constexpr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr,
-                          CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
-                         INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr,
-                         CLAMPED_READS: tl.constexpr):
+                          CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+                          INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr,
+                          CLAMPED_READS: tl.constexpr):
     """Crop, resize and flip, then MixUp/CutMix with the partner's crop, erase, normalise and cast, in one pass.
 
     Per sample n with partner m: own = the resized crop of n (as _resized_crop_kernel: crop (N, 4)
@@ -305,13 +348,13 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     need it (MixUp, or a CutMix box touching the tile): bytes as _resized_crop_kernel's, plus the
     partner's source pixels for those tiles.
     """
-    sample, row_block, col_block, channels, out_rows, out_cols = _tile(row_blocks, col_blocks, CHANNEL_BLOCK, BLOCK_Y,
-                                                                       BLOCK_X, INDEX_DTYPE)
+    sample, first_channel, row_block, col_block, out_rows, out_cols = _tile(channel_groups, row_blocks, col_blocks,
+                                                                            CHANNEL_GROUP, BLOCK_Y, BLOCK_X,
+                                                                            INDEX_DTYPE)
     # 1. The sample's own crop.
-    value = _resized_tile(table_ptr, crop_ptr, sample, channels, num_channels, out_rows,
-                          _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width,
-                          pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
-                          UNIT_COL_STRIDE, CLAMPED_READS)
+    values = _resized_tile(table_ptr, crop_ptr, sample, first_channel, num_channels, out_rows,
+                           _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width, CHANNEL_GROUP,
+                           pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE, UNIT_COL_STRIDE, CLAMPED_READS)
     # 2. MixUp / CutMix with the partner's crop, read only where some pixel of the tile takes it.
     mode = tl.load(mode_ptr + sample)
     x0 = tl.load(mix_box_ptr + sample * 4)
@@ -323,26 +366,30 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     touches = (y0 < tile_y0 + BLOCK_Y) & (y1 > tile_y0) & (x0 < tile_x0 + BLOCK_X) & (x1 > tile_x0)
     if (mode == 1) | ((mode == 2) & touches):
         partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
-        other = _resized_tile(table_ptr, crop_ptr, partner, channels, num_channels, out_rows,
-                              _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width,
-                              pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
-                          UNIT_COL_STRIDE, CLAMPED_READS)
+        others = _resized_tile(table_ptr, crop_ptr, partner, first_channel, num_channels, out_rows,
+                               _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width, CHANNEL_GROUP,
+                               pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE, UNIT_COL_STRIDE, CLAMPED_READS)
         lam = tl.load(lam_ptr + sample)
         inside = (out_rows >= y0) & (out_rows < y1) & (out_cols >= x0) & (out_cols < x1)
-        mixed = lam * value + (1.0 - lam) * other
-        value = tl.where(mode == 1, mixed, tl.where(inside, other, value))
-    # 3. Erasing, normalisation, the one rounding.
-    in_channels = channels < num_channels
+        mixed_values = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            mixed = lam * values[k] + (1.0 - lam) * others[k]
+            mixed_values = mixed_values + (tl.where(mode == 1, mixed, tl.where(inside, others[k], values[k])),)
+        values = mixed_values
+    # 3. Erasing, then normalisation and the one rounding.
     if HAS_ERASE:
         erased = tl.load(erase_ptr + sample) != 0
         inside_erase = (out_rows >= tl.load(erase_box_ptr + sample * 4 + 1)) & \
             (out_rows < tl.load(erase_box_ptr + sample * 4 + 3)) & \
             (out_cols >= tl.load(erase_box_ptr + sample * 4)) & (out_cols < tl.load(erase_box_ptr + sample * 4 + 2))
-        fill = tl.load(fill_ptr + channels, mask=in_channels, other=0.0)
-        value = tl.where(erased & inside_erase, fill, value)
-    value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
-    _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height,
-                out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
+        erased_values = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            fill = tl.load(fill_ptr + tl.minimum(first_channel + k, num_channels - 1))
+            erased_values = erased_values + (tl.where(erased & inside_erase, fill, values[k]),)
+        values = erased_values
+    _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
+                      out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
+                      mean_ptr, std_ptr, HAS_NORM, CHANNEL_GROUP)
 
 
 # ----------------------------------------------------------------------------- the image table
@@ -404,33 +451,37 @@ def _resized_crop_torch(images: List[torch.Tensor], boxes: torch.Tensor, flip: O
 
 
 def _launch_geometry(images, height, width):
-    """(N, C, row blocks, column blocks, image table) of a launch over (height, width) outputs."""
+    """(N, C, channel group, channel groups, row blocks, column blocks, image table) of a launch over (height, width)
+    outputs; a program computes a tile of one channel group."""
     _, n, channels = _as_batch(images)
-    return n, channels, cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X), image_table(images)
+    group = min(channels, MAX_CHANNEL_GROUP)
+    return n, channels, group, cdiv(channels, group), cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X), image_table(images)
 
 
 def _layout_constexprs(images, out):
     """The kernels' constexprs that follow the images and output: INDEX_DTYPE, int32 when every offset a program
     forms fits (inside any image, the pixels its strides span, and in `out`); UNIT_COL_STRIDE, whether every
     image's columns are adjacent; CLAMPED_READS, reads clamped into the image rather than masked (for finite
-    pixels, bytes, and no empty image)."""
+    pixels, bytes, and every image at least 2 pixels wide: the first two column taps read one pair of columns)."""
     spans = [sum((size - 1) * abs(stride) for size, stride in zip(image.shape[-3:], image.stride()[-3:]))
              for image in images]  # per sample: the table holds each sample's own address
     return dict(INDEX_DTYPE=tl.int32 if max(spans + [out.numel()]) < 1 << 31 else tl.int64,
                 UNIT_COL_STRIDE=all(image.stride(-1) == 1 for image in images),
-                CLAMPED_READS=images[0].dtype == torch.uint8 and all(image.numel() > 0 for image in images))
+                CLAMPED_READS=images[0].dtype == torch.uint8 and all(image.numel() > 0 and image.shape[-1] >= 2
+                                                                   for image in images))
 
 
 def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last):
     out = _new_output(images, height, width, out_dtype, channels_last)
     if out.numel() == 0:
         return out
-    n, channels, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
-    launch(_resized_crop_kernel, (n * row_blocks * col_blocks,),
+    n, channels, group, groups, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
+    launch(_resized_crop_kernel, (n * groups * row_blocks * col_blocks,),
            table, images[0], boxes, flip.view(torch.uint8) if flip is not None else boxes,
-           mean if mean is not None else table, std if std is not None else table, out, channels, height, width, row_blocks, col_blocks, *out.stride(),
+           mean if mean is not None else table, std if std is not None else table, out, channels, height, width,
+           groups, row_blocks, col_blocks, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
-           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
+           CHANNEL_GROUP=group, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
            **_layout_constexprs(images, out))
     return out
 
@@ -502,14 +553,14 @@ def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase
     out = _new_output(images, height, width, out_dtype, channels_last)
     if out.numel() == 0:
         return out
-    n, channels, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
-    launch(_batch_augment_kernel, (n * row_blocks * col_blocks,),
+    n, channels, group, groups, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
+    launch(_batch_augment_kernel, (n * groups * row_blocks * col_blocks,),
            table, images[0], crop, flip.view(torch.uint8), mix_box, lam, partner, mode,
            erase_box if erase is not None else mix_box, erase.view(torch.uint8) if erase is not None else flip.view(
                torch.uint8), fill, mean if mean is not None else fill, std if std is not None else fill, out,
-           n, channels, height, width, row_blocks, col_blocks, *out.stride(),
+           n, channels, height, width, groups, row_blocks, col_blocks, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_ERASE=erase is not None, HAS_NORM=mean is not None,
-           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
+           CHANNEL_GROUP=group, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
            **_layout_constexprs(images, out))
     return out
 
