@@ -134,11 +134,16 @@ RK_HOST_DEVICE void resized_pixel(const Source& src, int64_t row, int64_t col, i
   }
 }
 
-// Triton's _finish: (v - mean) / std when normalising, then the one rounding to TOut (uint8: half up, saturating,
-// NaN to 0).
+// Triton's _finish: when normalising, (v - mean) * (1 / std) with the reciprocal correctly rounded (resized_crop,
+// reciprocal_std) or (v - mean) / std (batch_augment: composite_batch's); then the one rounding to TOut (uint8: half
+// up, saturating, NaN to 0).
 template <typename TOut>
-RK_HOST_DEVICE TOut finish(float value, const float* mean, const float* std_dev, int64_t channel) {
-  if (mean != nullptr) value = div_rn(sub_rn(value, mean[channel]), std_dev[channel]);
+RK_HOST_DEVICE TOut finish(float value, const float* mean, const float* std_dev, int64_t channel,
+                           bool reciprocal_std) {
+  if (mean != nullptr) {
+    value = reciprocal_std ? mul_rn(sub_rn(value, mean[channel]), div_rn(1.0f, std_dev[channel]))
+                           : div_rn(sub_rn(value, mean[channel]), std_dev[channel]);
+  }
   if constexpr (std::is_same_v<TOut, uint8_t>) {
     const float rounded = floorf(add_rn(value, 0.5f));
     return static_cast<uint8_t>(fminf(rounded > 0.0f ? rounded : 0.0f, 255.0f));
@@ -168,6 +173,7 @@ struct Geometry {
   int64_t blocks_per_sample;  // ceil(pixels / kThreads)
   bool channels_last, antialias;
   bool vector_stores;         // out's base address and sample size allow 16-byte stores
+  bool reciprocal_std;        // normalise by the reciprocal of std (resized_crop) or by std (batch_augment)
 };
 
 RK_HOST_DEVICE bool inside(const int32_t* box, int64_t row, int64_t col) {
@@ -229,7 +235,7 @@ RK_HOST_DEVICE void compute_thread(const int64_t* __restrict__ table, const int3
       const int64_t channel = channel0 + c;
       if (channel < g.channels) {
         staged[staged_index(g, thread, channel)] =
-            finish<TOut>(erased ? mixing.fill[channel] : value[c], mean, std_dev, channel);
+            finish<TOut>(erased ? mixing.fill[channel] : value[c], mean, std_dev, channel, g.reciprocal_std);
       }
     }
   }
@@ -319,7 +325,7 @@ Geometry make_geometry(uintptr_t out, int64_t n, int64_t c, int64_t h, int64_t w
                                 std::to_string(kMaxChannels) + " channels, got " + std::to_string(c));
   }
   const int64_t per_chunk = kStoreBytes / static_cast<int64_t>(element_size);
-  Geometry g{n, c, h, w, h * w, ceil_div(h * w, kThreads), channels_last, antialias, false};
+  Geometry g{n, c, h, w, h * w, ceil_div(h * w, kThreads), channels_last, antialias, false, false};
   // Runs start at multiples of kThreads pixels into a channel plane (contiguous) or a sample (channels_last).
   g.vector_stores = out % kStoreBytes == 0 && (h * w) % per_chunk == 0;
   if (g.num_samples * g.blocks_per_sample > INT32_MAX) {
@@ -335,7 +341,8 @@ void run_augment(uintptr_t table, uintptr_t crop, uintptr_t flip, const Mixing& 
   dispatch_dtypes(in_dtype, out_dtype, [&](auto in_tag, auto out_tag) {
     using TIn = decltype(in_tag);
     using TOut = decltype(out_tag);
-    const Geometry g = make_geometry(out, n, c, h, w, channels_last, antialias, sizeof(TOut), name);
+    Geometry g = make_geometry(out, n, c, h, w, channels_last, antialias, sizeof(TOut), name);
+    g.reciprocal_std = mixing.mode == nullptr;  // resized_crop alone
     const int64_t blocks = g.num_samples * g.blocks_per_sample;
     const size_t staging_bytes = kThreads * c * sizeof(TOut);
     const auto* table_ptr = reinterpret_cast<const int64_t*>(table);

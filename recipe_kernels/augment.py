@@ -45,6 +45,8 @@ NUM_WARPS = 4
 # Channels a program computes together (each its own accumulators, sharing weights and offsets): every channel of
 # an RGB or grey image; more channels run in groups of this many (the last group's missing channels are skipped).
 MAX_CHANNEL_GROUP = 4
+# The grid's second and third axes are the tile rows and columns, at most 65535 each.
+MAX_OUTPUT_SIDE = 65535 * min(BLOCK_Y, BLOCK_X)
 # Taps per axis without antialias: a support of 1 holds at most two taps of nonzero weight (a third, which fp32
 # rounding of the window's end can add, weighs 0), so the loops over taps unroll.
 BILINEAR_TAPS = tl.constexpr(2)
@@ -183,7 +185,7 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
             channel = tl.minimum(channel, num_channels - 1)
         planes = planes + (image + channel.to(INDEX_DTYPE) * channel_stride,)
         values = values + (tl.zeros([out_rows.shape[0], out_cols.shape[1]], dtype=tl.float32),)
-    for tap_y in range(0, taps_y):
+    for tap_y in tl.range(0, taps_y, loop_unroll_factor=1 if ANTIALIAS else BILINEAR_TAPS):
         weight_y = tl.math.div_rn(_tap_weight(tap_y, centre_y, first_y, count_y, inverse_y), total_y)
         row = first_row + tap_y
         row_ok = wanted_rows & (tap_y < count_y) & (row >= 0) & (row < image_height)
@@ -225,11 +227,18 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
 
 
 @triton.jit
-def _finish(value, channel, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, OUT_DTYPE: tl.constexpr):
-    """fp32 value of channel `channel` normalised ((v - mean) / std, correctly rounded) when HAS_NORM, then rounded
-    to OUT_DTYPE (uint8: half up, saturating)."""
+def _finish(value, channel, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, RECIPROCAL_STD: tl.constexpr,
+            OUT_DTYPE: tl.constexpr):
+    """fp32 value of channel `channel` normalised when HAS_NORM, then rounded to OUT_DTYPE (uint8: half up,
+    saturating). The normalisation is (v - mean) * (1 / std), the reciprocal correctly rounded once per program,
+    with RECIPROCAL_STD (resized_crop: within an ulp or two of the quotient), else (v - mean) / std correctly
+    rounded (batch_augment: composite_batch's, bit for bit)."""
     if HAS_NORM:
-        value = tl.math.div_rn(value - tl.load(mean_ptr + channel), tl.load(std_ptr + channel))
+        std = tl.load(std_ptr + channel)
+        if RECIPROCAL_STD:
+            value = (value - tl.load(mean_ptr + channel)) * tl.math.div_rn(std * 0.0 + 1.0, std)
+        else:
+            value = tl.math.div_rn(value - tl.load(mean_ptr + channel), std)
     if OUT_DTYPE == tl.uint8:
         rounded = tl.floor(value + 0.5)
         return tl.minimum(tl.where(rounded > 0.0, rounded, 0.0), 255.0).to(tl.uint8)
@@ -237,17 +246,16 @@ def _finish(value, channel, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, OUT_DTYPE
 
 
 @triton.jit
-def _tile(channel_groups, row_blocks, col_blocks, CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr,
-          BLOCK_X: tl.constexpr, INDEX_DTYPE: tl.constexpr):
+def _tile(channel_groups, CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+          INDEX_DTYPE: tl.constexpr):
     """The program's (sample, first channel, row block, column block), output rows [BY, 1] and output columns
-    [1, BX]; column blocks vary fastest, then row blocks, then channel groups."""
-    pid = tl.program_id(0).to(INDEX_DTYPE)
-    col_block = pid % col_blocks
-    rest = pid // col_blocks
-    row_block = rest % row_blocks
-    rest = rest // row_blocks
-    first_channel = (rest % channel_groups) * CHANNEL_GROUP
-    sample = rest // channel_groups
+    [1, BX]. The grid is (samples x channel groups, row blocks, column blocks): no divisions but by the channel
+    groups, a constant 1 for up to MAX_CHANNEL_GROUP channels."""
+    group = tl.program_id(0).to(INDEX_DTYPE)
+    row_block = tl.program_id(1).to(INDEX_DTYPE)
+    col_block = tl.program_id(2).to(INDEX_DTYPE)
+    first_channel = (group % channel_groups) * CHANNEL_GROUP
+    sample = group // channel_groups
     out_rows = row_block * BLOCK_Y + tl.arange(0, BLOCK_Y)[:, None]
     out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[None, :]
     return sample, first_channel, row_block, col_block, out_rows, out_cols
@@ -268,19 +276,21 @@ def _store_tile(out_ptr, value, sample, row_block, col_block, channel, out_rows,
 @triton.jit
 def _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
                       out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
-                      mean_ptr, std_ptr, HAS_NORM: tl.constexpr, CHANNEL_GROUP: tl.constexpr):
+                      mean_ptr, std_ptr, HAS_NORM: tl.constexpr, RECIPROCAL_STD: tl.constexpr,
+                      CHANNEL_GROUP: tl.constexpr):
     """Each channel of the group that exists: _finish, then _store_tile."""
     for k in tl.static_range(CHANNEL_GROUP):
         channel = first_channel + k
         if channel < num_channels:
-            value = _finish(values[k], channel, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
+            value = _finish(values[k], channel, mean_ptr, std_ptr, HAS_NORM, RECIPROCAL_STD,
+                            out_ptr.dtype.element_ty)
             _store_tile(out_ptr, value, sample, row_block, col_block, channel, out_rows, out_cols, out_height,
                         out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
 
 
-@triton.jit(do_not_specialize=["out_height", "out_width", "row_blocks", "col_blocks"])
+@triton.jit(do_not_specialize=["out_height", "out_width"])
 def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, std_ptr, out_ptr,
-                         num_channels, out_height, out_width, channel_groups, row_blocks, col_blocks,
+                         num_channels, out_height, out_width, channel_groups,
                          out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                          ANTIALIAS: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_NORM: tl.constexpr,
                          CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
@@ -307,9 +317,8 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     L1/L2: box_h * box_w / (h * w) source pixels per output pixel, each of the image's size), and the
     output is written once.
     """
-    sample, first_channel, row_block, col_block, out_rows, out_cols = _tile(channel_groups, row_blocks, col_blocks,
-                                                                            CHANNEL_GROUP, BLOCK_Y, BLOCK_X,
-                                                                            INDEX_DTYPE)
+    sample, first_channel, row_block, col_block, out_rows, out_cols = _tile(channel_groups, CHANNEL_GROUP, BLOCK_Y,
+                                                                            BLOCK_X, INDEX_DTYPE)
     resize_cols = out_cols
     if HAS_FLIP:
         resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
@@ -318,7 +327,7 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
                            UNIT_COL_STRIDE, CLAMPED_READS)
     _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
                       out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
-                      mean_ptr, std_ptr, HAS_NORM, CHANNEL_GROUP)
+                      mean_ptr, std_ptr, HAS_NORM, True, CHANNEL_GROUP)
 
 
 @triton.jit
@@ -327,10 +336,10 @@ def _flipped(flip_ptr, sample, out_cols, out_width):
     return tl.where(tl.load(flip_ptr + sample) != 0, out_width - 1 - out_cols, out_cols)
 
 
-@triton.jit(do_not_specialize=["out_height", "out_width", "row_blocks", "col_blocks"])
+@triton.jit(do_not_specialize=["out_height", "out_width"])
 def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_ptr, lam_ptr, partner_ptr, mode_ptr,
                           erase_box_ptr, erase_ptr, fill_ptr, mean_ptr, std_ptr, out_ptr,
-                          num_samples, num_channels, out_height, out_width, channel_groups, row_blocks, col_blocks,
+                          num_samples, num_channels, out_height, out_width, channel_groups,
                           out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                           ANTIALIAS: tl.constexpr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr,
                           CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
@@ -348,9 +357,8 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     need it (MixUp, or a CutMix box touching the tile): bytes as _resized_crop_kernel's, plus the
     partner's source pixels for those tiles.
     """
-    sample, first_channel, row_block, col_block, out_rows, out_cols = _tile(channel_groups, row_blocks, col_blocks,
-                                                                            CHANNEL_GROUP, BLOCK_Y, BLOCK_X,
-                                                                            INDEX_DTYPE)
+    sample, first_channel, row_block, col_block, out_rows, out_cols = _tile(channel_groups, CHANNEL_GROUP, BLOCK_Y,
+                                                                            BLOCK_X, INDEX_DTYPE)
     # 1. The sample's own crop.
     values = _resized_tile(table_ptr, crop_ptr, sample, first_channel, num_channels, out_rows,
                            _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width, CHANNEL_GROUP,
@@ -389,7 +397,7 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
         values = erased_values
     _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
                       out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
-                      mean_ptr, std_ptr, HAS_NORM, CHANNEL_GROUP)
+                      mean_ptr, std_ptr, HAS_NORM, False, CHANNEL_GROUP)
 
 
 # ----------------------------------------------------------------------------- the image table
@@ -476,10 +484,10 @@ def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialia
     if out.numel() == 0:
         return out
     n, channels, group, groups, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
-    launch(_resized_crop_kernel, (n * groups * row_blocks * col_blocks,),
+    launch(_resized_crop_kernel, (n * groups, row_blocks, col_blocks),
            table, images[0], boxes, flip.view(torch.uint8) if flip is not None else boxes,
            mean if mean is not None else table, std if std is not None else table, out, channels, height, width,
-           groups, row_blocks, col_blocks, *out.stride(),
+           groups, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
            CHANNEL_GROUP=group, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
            **_layout_constexprs(images, out))
@@ -554,11 +562,11 @@ def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase
     if out.numel() == 0:
         return out
     n, channels, group, groups, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
-    launch(_batch_augment_kernel, (n * groups * row_blocks * col_blocks,),
+    launch(_batch_augment_kernel, (n * groups, row_blocks, col_blocks),
            table, images[0], crop, flip.view(torch.uint8), mix_box, lam, partner, mode,
            erase_box if erase is not None else mix_box, erase.view(torch.uint8) if erase is not None else flip.view(
                torch.uint8), fill, mean if mean is not None else fill, std if std is not None else fill, out,
-           n, channels, height, width, groups, row_blocks, col_blocks, *out.stride(),
+           n, channels, height, width, groups, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_ERASE=erase is not None, HAS_NORM=mean is not None,
            CHANNEL_GROUP=group, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
            **_layout_constexprs(images, out))
@@ -704,6 +712,8 @@ def _check_size(size):
         raise ValueError(f"size must be an int or a pair of ints (h, w), got {size!r}")
     if height <= 0 or width <= 0:
         raise ValueError(f"size must be positive, got {size!r}")
+    if max(height, width) > MAX_OUTPUT_SIDE:
+        raise ValueError(f"size must be at most {MAX_OUTPUT_SIDE} per side, got {size!r}")
     return int(height), int(width)
 
 
