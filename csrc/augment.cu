@@ -56,11 +56,12 @@ RK_HOST_DEVICE AxisFilter axis_filter(int box_length, int out_length, bool antia
   return f;
 }
 
-// The taps of one output index: crop pixels first .. first + count - 1 around centre = scale * (i + 0.5), and the
-// sum of their triangle weights (each index normalises by its own; 1 when it is 0). The loops run over the count
-// alone: the Triton kernel's extra taps (up to the tile's largest count) weigh 0 and add exact zeros.
+// The taps of one output index: crop pixels first .. first + count - 1 around centre = scale * (i + 0.5), and 1 /
+// the sum of their triangle weights, correctly rounded (1 when the sum is 0): a tap's normalised weight is its weight
+// times it. The loops run over the count alone: the Triton kernel's extra taps (up to the tile's largest count)
+// weigh 0 and add exact zeros.
 struct Window {
-  float centre, total;
+  float centre, inverse_total;
   int first, count;
 };
 
@@ -79,7 +80,7 @@ RK_HOST_DEVICE Window window(const AxisFilter& f, int64_t index) {
   w.count = (end < f.box_length ? end : f.box_length) - w.first;
   float total = 0.0f;
   for (int tap = 0; tap < w.count; ++tap) total = add_rn(total, tap_weight(f, w, tap));
-  w.total = total != 0.0f ? total : 1.0f;
+  w.inverse_total = div_rn(1.0f, total != 0.0f ? total : 1.0f);
   return w;
 }
 
@@ -111,14 +112,14 @@ RK_HOST_DEVICE void resized_pixel(const Source& src, int64_t row, int64_t col, i
 #pragma unroll
   for (int c = 0; c < kGroup; ++c) value[c] = 0.0f;
   for (int tap_y = 0; tap_y < wy.count; ++tap_y) {
-    const float weight_y = div_rn(tap_weight(src.rows, wy, tap_y), wy.total);
+    const float weight_y = mul_rn(tap_weight(src.rows, wy, tap_y), wy.inverse_total);
     const int64_t y = static_cast<int64_t>(src.top) + wy.first + tap_y;
     const bool row_ok = y >= 0 && y < src.height;
     float row_value[kGroup];
 #pragma unroll
     for (int c = 0; c < kGroup; ++c) row_value[c] = 0.0f;
     for (int tap_x = 0; tap_x < wx.count; ++tap_x) {
-      const float weight_x = div_rn(tap_weight(src.cols, wx, tap_x), wx.total);
+      const float weight_x = mul_rn(tap_weight(src.cols, wx, tap_x), wx.inverse_total);
       const int64_t x = static_cast<int64_t>(src.left) + wx.first + tap_x;
       const bool ok = row_ok && x >= 0 && x < src.width;
       const TIn* pixel = image + y * src.row_stride + x * src.col_stride;

@@ -98,16 +98,17 @@ def _tap_weight(tap, centre, first, count, inverse_scale):
 
 
 @triton.jit
-def _window_total(centre, first, count, inverse_scale, max_count):
-    """The sum of a window's weights (each output index normalises by its own)."""
+def _inverse_window_total(centre, first, count, inverse_scale, max_count):
+    """1 / the sum of a window's weights, correctly rounded (1 for a sum of 0): each output index's normalised
+    weights are its taps' weights times it (one divide per index, not per tap)."""
     total = centre * 0.0
     for tap in range(0, max_count):
         total += _tap_weight(tap, centre, first, count, inverse_scale)
-    return tl.where(total != 0.0, total, 1.0)
+    return tl.math.div_rn(total * 0.0 + 1.0, tl.where(total != 0.0, total, 1.0))
 
 
 @triton.jit
-def _column_tap(slot, start_col, first_col, centre_x, first_x, count_x, inverse_x, total_x, wanted_cols,
+def _column_tap(slot, start_col, first_col, centre_x, first_x, count_x, inverse_x, inverse_total_x, wanted_cols,
                 image_width, col_step, CLAMPED_READS: tl.constexpr):
     """The pixel of column start_col + slot of the tile's columns: its normalised weight (the weight of its tap,
     column - first_col, in the window), whether it is read (in the output, the window and the image), and its
@@ -115,7 +116,7 @@ def _column_tap(slot, start_col, first_col, centre_x, first_x, count_x, inverse_
     it is not read."""
     col = start_col + slot
     tap = col - first_col
-    weight = tl.math.div_rn(_tap_weight(tap, centre_x, first_x, count_x, inverse_x), total_x)
+    weight = _tap_weight(tap, centre_x, first_x, count_x, inverse_x) * inverse_total_x
     col_ok = wanted_cols & (tap >= 0) & (tap < count_x) & (col >= 0) & (col < image_width)
     if CLAMPED_READS:
         weight = tl.where(col_ok, weight, 0.0)
@@ -160,8 +161,8 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
     box_width = tl.load(box_ptr + sample * 4 + 3)
     centre_y, first_y, count_y, inverse_y, taps_y = _filter_window(out_rows, box_height, out_height, ANTIALIAS)
     centre_x, first_x, count_x, inverse_x, taps_x = _filter_window(out_cols, box_width, out_width, ANTIALIAS)
-    total_y = _window_total(centre_y, first_y, count_y, inverse_y, taps_y)
-    total_x = _window_total(centre_x, first_x, count_x, inverse_x, taps_x)
+    inverse_total_y = _inverse_window_total(centre_y, first_y, count_y, inverse_y, taps_y)
+    inverse_total_x = _inverse_window_total(centre_x, first_x, count_x, inverse_x, taps_x)
     wanted_rows = out_rows < out_height
     wanted_cols = out_cols < out_width
     first_row = top + first_y
@@ -174,30 +175,33 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
     col_step = 1 if UNIT_COL_STRIDE else col_stride
     # The first two column taps' weights, masks and offsets, computed once and shared by every row tap and channel.
     weight_0, col_ok_0, col_offsets = _column_tap(0, start_col, first_col, centre_x, first_x, count_x, inverse_x,
-                                                  total_x, wanted_cols, image_width, col_step, CLAMPED_READS)
-    weight_1, col_ok_1, _ = _column_tap(1, start_col, first_col, centre_x, first_x, count_x, inverse_x, total_x,
-                                        wanted_cols, image_width, col_step, CLAMPED_READS)
-    planes = ()
+                                                  inverse_total_x, wanted_cols, image_width, col_step, CLAMPED_READS)
+    weight_1, col_ok_1, _ = _column_tap(1, start_col, first_col, centre_x, first_x, count_x, inverse_x,
+                                        inverse_total_x, wanted_cols, image_width, col_step, CLAMPED_READS)
+    # Each channel's plane as an offset of the columns ([1, BX]: per column, not per element).
+    plane_offsets = ()
+    channel_col_offsets = ()
     values = ()
     for k in tl.static_range(CHANNEL_GROUP):
         channel = first_channel + k
         if CLAMPED_READS:
             channel = tl.minimum(channel, num_channels - 1)
-        planes = planes + (image + channel.to(INDEX_DTYPE) * channel_stride,)
+        plane_offsets = plane_offsets + (channel.to(INDEX_DTYPE) * channel_stride,)
+        channel_col_offsets = channel_col_offsets + (plane_offsets[k] + col_offsets,)
         values = values + (tl.zeros([out_rows.shape[0], out_cols.shape[1]], dtype=tl.float32),)
     for tap_y in tl.range(0, taps_y, loop_unroll_factor=1 if ANTIALIAS else BILINEAR_TAPS):
-        weight_y = tl.math.div_rn(_tap_weight(tap_y, centre_y, first_y, count_y, inverse_y), total_y)
+        weight_y = _tap_weight(tap_y, centre_y, first_y, count_y, inverse_y) * inverse_total_y
         row = first_row + tap_y
         row_ok = wanted_rows & (tap_y < count_y) & (row >= 0) & (row < image_height)
         if CLAMPED_READS:
             weight_y = tl.where(row_ok, weight_y, 0.0)
             row = tl.minimum(tl.maximum(row, 0), image_height - 1)
-        row_offsets = row.to(INDEX_DTYPE) * row_stride
+        rows = image + row.to(INDEX_DTYPE) * row_stride
         # The first two column taps (row_value starts at the first product, not 0 + it: the two differ at most in
         # the sign of a zero, which value's first addition to +0 erases).
         row_values = ()
         for k in tl.static_range(CHANNEL_GROUP):
-            pixels = (planes[k] + row_offsets) + col_offsets
+            pixels = rows + channel_col_offsets[k]
             if CLAMPED_READS:
                 row_value = _pixel_float(tl.load(pixels)) * weight_0
                 row_value += _pixel_float(tl.load(pixels + col_step)) * weight_1
@@ -208,11 +212,11 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
             row_values = row_values + (row_value,)
         for slot in range(STATIC_COLUMN_TAPS, taps_x):
             weight_x, col_ok, tap_offsets = _column_tap(slot, start_col, first_col, centre_x, first_x, count_x,
-                                                        inverse_x, total_x, wanted_cols, image_width, col_step,
-                                                        CLAMPED_READS)
+                                                        inverse_x, inverse_total_x, wanted_cols, image_width,
+                                                        col_step, CLAMPED_READS)
             summed = ()
             for k in tl.static_range(CHANNEL_GROUP):
-                pixels = (planes[k] + row_offsets) + tap_offsets
+                pixels = rows + (plane_offsets[k] + tap_offsets)
                 if CLAMPED_READS:
                     pixel = tl.load(pixels)
                 else:
