@@ -41,7 +41,7 @@ IMAGE_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 # setup of a program, its windows and table reads, spreads over more pixels; the static model's best of 8-64 rows).
 BLOCK_Y = 32
 BLOCK_X = 32
-NUM_WARPS = 4
+NUM_WARPS = 2
 # Channels a program computes together (each its own accumulators, sharing weights and offsets): every channel of
 # an RGB or grey image; more channels run in groups of this many (the last group's missing channels are skipped).
 MAX_CHANNEL_GROUP = 4
