@@ -8,7 +8,8 @@ Top to bottom: Triton kernels; the image table; the implementations, one per bac
 
 Per sample n, the output is torchvision.transforms.v2.functional.resized_crop(images[n], top,
 left, height, width, (h, w), antialias) with bilinear interpolation (align_corners=False), then a
-horizontal flip where flip[n], then optionally (v - mean[c]) / std[c]. The crop reads zeros
+horizontal flip where flip[n], then optionally (v - mean[c]) / std[c] (the kernels multiply by 1 / std[c],
+correctly rounded: within an ulp or two of the quotient). The crop reads zeros
 outside its image, as torchvision's crop pads. Antialiasing (when the crop is larger than the
 output) is torchvision's (torch's _upsample_bilinear2d_aa): a triangle filter whose support
 grows with the scale factor, applied separably, rows of taps first, with weights normalised
@@ -311,9 +312,10 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
 
     One pass with bounded loops: per output element, taps_y x taps_x loads and multiply-adds, where
     taps is the tile's largest window per axis, about 2 * support + 1 (support = max(box/out, 1) with
-    antialias), and 2 without antialias (the loops unroll). The weights (a divide each) are computed per
-    tap for a row or a column of the tile and shared by its channels; the first two column taps' once
-    per tile (shared by every row tap). Per tap and element: a byte load (clamped into the image, no
+    antialias), and 2 without antialias (the loops unroll). The weights (a tap's weight times 1 / its
+    window's total: one divide per output row or column) are computed per tap for a row or a column of
+    the tile and shared by its channels; the first two column taps' once per tile (shared by every row
+    tap). Per tap and element: a byte load (clamped into the image, no
     mask, for byte images; masked for float ones), its conversion, a multiply and an add, and a 64-bit
     address add per pair of column taps; offsets are int32 where INDEX_DTYPE allows. A tile inside the
     output is stored in 16-byte stores (contiguous output).
@@ -801,7 +803,8 @@ def resized_crop(images: Images, boxes: torch.Tensor, size: Union[int, Tuple[int
     (zeros are read there); a box of height or width 0 gives zeros. size: an int (a square) or
     (h, w). Per sample, the result is torchvision.transforms.v2.functional.resized_crop(image,
     top, left, height, width, [h, w], antialias=antialias) (bilinear), then horizontal_flip where
-    flip[n]. With mean/std: (v - mean[c]) / std[c], written as out_dtype (float32 by default when
+    flip[n]. With mean/std: (v - mean[c]) / std[c] (the kernels: (v - mean[c]) * (1 / std[c]), the reciprocal
+    correctly rounded), written as out_dtype (float32 by default when
     normalising, else the images' dtype). The output is contiguous or channels_last
     (memory_format). No gradient. No host sync (a list input copies its small address table).
     """
