@@ -228,7 +228,7 @@ def _augment_cases(quick):
                             out_dtype=torch.bfloat16, backend="triton")
         taps_y = _tile_taps(height, size, antialias, augment.BLOCK_Y)
         taps_x = _tile_taps(width, size, antialias, augment.BLOCK_X)
-        tail_x = (taps_x - augment.STATIC_COLUMN_TAPS.value).clamp(min=0)
+        tail_x = (taps_x - augment.ANTIALIAS_COLUMN_SLOTS.value).clamp(min=0)
         ty, tx, ty_tail = float(taps_y.mean()), float(taps_x.mean()), float((taps_y * tail_x).mean())
         # The SASS loops with antialias: each window total as an unrolled-by-4 loop and its remainder, then taps_y
         # around the column taps past the unrolled ones. Bilinear taps are unrolled: no loops.

@@ -51,9 +51,9 @@ MAX_OUTPUT_SIDE = 65535 * min(BLOCK_Y, BLOCK_X)
 # Taps per axis without antialias: a support of 1 holds at most two taps of nonzero weight (a third, which fp32
 # rounding of the window's end can add, weighs 0), so the loops over taps unroll.
 BILINEAR_TAPS = tl.constexpr(2)
-# Column taps unrolled with their weights computed once per tile (the rest loop, recomputing theirs per row tap):
-# bilinear windows have 2 taps (3 at most), antialiased ones about 2 * scale + 1 (2 unrolled beat 3 in the model).
-STATIC_COLUMN_TAPS = tl.constexpr(2)
+# Column taps unrolled with their weights computed once per tile with antialias (the rest loop, recomputing theirs
+# per row tap): antialiased windows have about 2 * scale + 1 taps (3 beat 2, 4 and 5 in the static model).
+ANTIALIAS_COLUMN_SLOTS = tl.constexpr(3)
 # Columns of the image table, one int64 row per sample: element address, height, width, and the
 # strides (in elements) of channel, row and column.
 TABLE_COLUMNS = 6
@@ -126,6 +126,18 @@ def _column_tap(slot, start_col, first_col, centre_x, first_x, count_x, inverse_
 
 
 @triton.jit
+def _slot_product(pixels, slot: tl.constexpr, col_step, slot_weights, slot_ok, row_mask,
+                  CLAMPED_READS: tl.constexpr):
+    """The pixel of column slot `slot` (at pixels + slot * col_step) times its weight: read clamped (CLAMPED_READS)
+    or under the row's and the slot's masks."""
+    if CLAMPED_READS:
+        pixel = tl.load(pixels + slot * col_step)
+    else:
+        pixel = tl.load(pixels + slot * col_step, mask=row_mask & slot_ok[slot], other=0)
+    return _pixel_float(pixel) * slot_weights[slot]
+
+
+@triton.jit
 def _pixel_float(pixel):
     """A loaded pixel as fp32. A byte goes through the float 2^23 + byte less 2^23 (exact; an OR and an add, fewer
     instructions than the conversion)."""
@@ -168,17 +180,27 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
     wanted_cols = out_cols < out_width
     first_row = top + first_y
     first_col = left + first_x
+    if ANTIALIAS:
+        COLUMN_SLOTS: tl.constexpr = ANTIALIAS_COLUMN_SLOTS
+    else:
+        COLUMN_SLOTS: tl.constexpr = BILINEAR_TAPS
     if CLAMPED_READS:
-        start_col = tl.minimum(tl.maximum(first_col, 0), image_width - 2)
+        start_col = tl.minimum(tl.maximum(first_col, 0), image_width - COLUMN_SLOTS)
     else:
         start_col = first_col
     # A unit column stride makes the next column's address this one's plus 1: an immediate offset of the load.
     col_step = 1 if UNIT_COL_STRIDE else col_stride
-    # The first two column taps' weights, masks and offsets, computed once and shared by every row tap and channel.
-    weight_0, col_ok_0, col_offsets = _column_tap(0, start_col, first_col, centre_x, first_x, count_x, inverse_x,
-                                                  inverse_total_x, wanted_cols, image_width, col_step, CLAMPED_READS)
-    weight_1, col_ok_1, _ = _column_tap(1, start_col, first_col, centre_x, first_x, count_x, inverse_x,
-                                        inverse_total_x, wanted_cols, image_width, col_step, CLAMPED_READS)
+    # The first COLUMN_SLOTS columns' weights and masks, computed once and shared by every row tap and channel; their
+    # pixels lie at one address plus slot * col_step.
+    slot_weights = ()
+    slot_ok = ()
+    for first_slot in tl.static_range(COLUMN_SLOTS):
+        weight, col_ok, offsets = _column_tap(first_slot, start_col, first_col, centre_x, first_x, count_x, inverse_x,
+                                              inverse_total_x, wanted_cols, image_width, col_step, CLAMPED_READS)
+        slot_weights = slot_weights + (weight,)
+        slot_ok = slot_ok + (col_ok,)
+        if first_slot == 0:
+            col_offsets = offsets
     # Each channel's plane as an offset of the columns ([1, BX]: per column, not per element).
     plane_offsets = ()
     channel_col_offsets = ()
@@ -198,20 +220,18 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
             weight_y = tl.where(row_ok, weight_y, 0.0)
             row = tl.minimum(tl.maximum(row, 0), image_height - 1)
         rows = image + row.to(INDEX_DTYPE) * row_stride
-        # The first two column taps (row_value starts at the first product, not 0 + it: the two differ at most in
-        # the sign of a zero, which value's first addition to +0 erases).
+        # The first COLUMN_SLOTS columns (row_value starts at the first product, not 0 + it: the two differ at most
+        # in the sign of a zero, which value's first addition to +0 erases).
         row_values = ()
         for k in tl.static_range(CHANNEL_GROUP):
             pixels = rows + channel_col_offsets[k]
-            if CLAMPED_READS:
-                row_value = _pixel_float(tl.load(pixels)) * weight_0
-                row_value += _pixel_float(tl.load(pixels + col_step)) * weight_1
-            else:
-                row_mask = row_ok & (first_channel + k < num_channels)
-                row_value = _pixel_float(tl.load(pixels, mask=row_mask & col_ok_0, other=0)) * weight_0
-                row_value += _pixel_float(tl.load(pixels + col_step, mask=row_mask & col_ok_1, other=0)) * weight_1
+            row_mask = row_ok & (first_channel + k < num_channels)
+            row_value = _slot_product(pixels, 0, col_step, slot_weights, slot_ok, row_mask, CLAMPED_READS)
+            for first_slot in tl.static_range(1, COLUMN_SLOTS):
+                row_value += _slot_product(pixels, first_slot, col_step, slot_weights, slot_ok, row_mask,
+                                           CLAMPED_READS)
             row_values = row_values + (row_value,)
-        for slot in range(STATIC_COLUMN_TAPS, taps_x):
+        for slot in range(COLUMN_SLOTS, taps_x):
             weight_x, col_ok, tap_offsets = _column_tap(slot, start_col, first_col, centre_x, first_x, count_x,
                                                         inverse_x, inverse_total_x, wanted_cols, image_width,
                                                         col_step, CLAMPED_READS)
@@ -472,16 +492,17 @@ def _launch_geometry(images, height, width):
     return n, channels, group, cdiv(channels, group), cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X), image_table(images)
 
 
-def _layout_constexprs(images, out):
+def _layout_constexprs(images, out, antialias):
     """The kernels' constexprs that follow the images and output: INDEX_DTYPE, int32 when every offset a program
     forms fits (inside any image, the pixels its strides span, and in `out`); UNIT_COL_STRIDE, whether every
     image's columns are adjacent; CLAMPED_READS, reads clamped into the image rather than masked (for finite
-    pixels, bytes, and every image at least 2 pixels wide: the first two column taps read one pair of columns)."""
+    pixels, bytes, and every image at least as wide as the column slots a row reads from one address)."""
+    slots = (ANTIALIAS_COLUMN_SLOTS if antialias else BILINEAR_TAPS).value
     spans = [sum((size - 1) * abs(stride) for size, stride in zip(image.shape[-3:], image.stride()[-3:]))
              for image in images]  # per sample: the table holds each sample's own address
     return dict(INDEX_DTYPE=tl.int32 if max(spans + [out.numel()]) < 1 << 31 else tl.int64,
                 UNIT_COL_STRIDE=all(image.stride(-1) == 1 for image in images),
-                CLAMPED_READS=images[0].dtype == torch.uint8 and all(image.numel() > 0 and image.shape[-1] >= 2
+                CLAMPED_READS=images[0].dtype == torch.uint8 and all(image.numel() > 0 and image.shape[-1] >= slots
                                                                    for image in images))
 
 
@@ -496,7 +517,7 @@ def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialia
            groups, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
            CHANNEL_GROUP=group, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
-           **_layout_constexprs(images, out))
+           **_layout_constexprs(images, out, antialias))
     return out
 
 
@@ -575,7 +596,7 @@ def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase
            n, channels, height, width, groups, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_ERASE=erase is not None, HAS_NORM=mean is not None,
            CHANNEL_GROUP=group, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
-           **_layout_constexprs(images, out))
+           **_layout_constexprs(images, out, antialias))
     return out
 
 
