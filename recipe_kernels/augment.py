@@ -156,9 +156,11 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
     outside the image reading 0. The weights, window and offsets are computed once for the group's channels;
     offsets inside an image are INDEX_DTYPE (int32 when every image's span fits).
 
-    Byte images (CLAMPED_READS) read every pixel clamped into the image, a pixel outside it weighing 0, and the
-    first two column taps of a row from one address: columns start_col and start_col + 1, start_col = first_col
-    clamped into [0, W - 2], each weighing as its own tap of the window (0 when it is not one). A shifted pair only
+    The first COLUMN_SLOTS columns of a row (BILINEAR_TAPS, or ANTIALIAS_COLUMN_SLOTS with antialias) are read from
+    one address, their weights computed once per tile; columns past them (antialias) loop, recomputing theirs per
+    row tap. Byte images (CLAMPED_READS) read every pixel clamped into the image, a pixel outside it weighing 0,
+    those columns at start_col .. start_col + COLUMN_SLOTS - 1, start_col = first_col clamped into
+    [0, W - COLUMN_SLOTS], each weighing as its own tap of the window (0 when it is not one). A shifted run only
     reorders zeros among nonnegative terms, so the sums keep the tap order's bits. Float images keep masked reads
     at first_col (an inf times 0 would not be 0)."""
     entry = table_ptr + sample * 6
@@ -334,10 +336,10 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     taps is the tile's largest window per axis, about 2 * support + 1 (support = max(box/out, 1) with
     antialias), and 2 without antialias (the loops unroll). The weights (a tap's weight times 1 / its
     window's total: one divide per output row or column) are computed per tap for a row or a column of
-    the tile and shared by its channels; the first two column taps' once per tile (shared by every row
-    tap). Per tap and element: a byte load (clamped into the image, no
-    mask, for byte images; masked for float ones), its conversion, a multiply and an add, and a 64-bit
-    address add per pair of column taps; offsets are int32 where INDEX_DTYPE allows. A tile inside the
+    the tile and shared by its channels; the first column taps' (2, or 3 with antialias) once per tile
+    (shared by every row tap). Per tap and element: a byte load (clamped into the image, no mask, for
+    byte images; masked for float ones), its conversion, a multiply and an add, and per row tap a 64-bit
+    address for those first column taps (the next ones at immediate offsets); offsets are int32 where INDEX_DTYPE allows. A tile inside the
     output is stored in 16-byte stores (contiguous output).
     Bytes: the crop's source pixels come from DRAM about once (neighbouring taps and tiles hit in
     L1/L2: box_h * box_w / (h * w) source pixels per output pixel, each of the image's size), and the
