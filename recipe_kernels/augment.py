@@ -18,8 +18,10 @@ formula with a support of one pixel. Every backend interpolates in fp32 and roun
 output dtype (uint8: half up, saturating); a uint8 image is never rounded to uint8 before it is
 normalised.
 
-The output size (h, w) is a runtime argument of the kernel (not specialised on), so training at
-a new size (progressive resizing) does not compile anything new. Nothing here has a gradient
+The output size (h, w) is a runtime argument of the kernel: Triton specialises only on the width
+being 1 or a multiple of 16 (as it does on the output's strides; a multiple of 16 lets every tile
+store 16-byte vectors under its mask), so training at a new size (progressive resizing between
+multiples of 16) does not compile anything new. Nothing here has a gradient
 (augmentation of input data); an image that requires grad is refused.
 """
 import math
@@ -293,7 +295,8 @@ def _store_tile(out_ptr, value, sample, row_block, col_block, channel, out_rows,
                 out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride):
     offsets = sample * out_sample_stride + channel * out_channel_stride + out_rows * out_row_stride + \
         out_cols * out_col_stride
-    # A tile inside the output stores with no mask: 16-byte stores.
+    # A tile inside the output stores with no mask: 16-byte stores (as edge tiles do when the width, which Triton
+    # specialises on, is a multiple of 16: the column mask is then constant over 16 columns).
     if ((row_block + 1) * out_rows.shape[0] <= out_height) & ((col_block + 1) * out_cols.shape[1] <= out_width):
         tl.store(out_ptr + offsets, value)
     else:
@@ -315,7 +318,7 @@ def _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_
                         out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
 
 
-@triton.jit(do_not_specialize=["out_height", "out_width"])
+@triton.jit(do_not_specialize=["out_height"])
 def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, std_ptr, out_ptr,
                          num_channels, out_height, out_width, channel_groups,
                          out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
@@ -364,7 +367,7 @@ def _flipped(flip_ptr, sample, out_cols, out_width):
     return tl.where(tl.load(flip_ptr + sample) != 0, out_width - 1 - out_cols, out_cols)
 
 
-@triton.jit(do_not_specialize=["out_height", "out_width"])
+@triton.jit(do_not_specialize=["out_height"])
 def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_ptr, lam_ptr, partner_ptr, mode_ptr,
                           erase_box_ptr, erase_ptr, fill_ptr, mean_ptr, std_ptr, out_ptr,
                           num_samples, num_channels, out_height, out_width, channel_groups,
