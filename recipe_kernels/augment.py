@@ -40,8 +40,9 @@ from recipe_kernels._triton_common import cdiv, round_to
 
 # The dtypes an image may have, and an output.
 IMAGE_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
-# Output pixels per Triton program: a [BLOCK_Y, BLOCK_X] tile of up to MAX_CHANNEL_GROUP channels of one sample (the
-# setup of a program, its windows and table reads, spreads over more pixels; the static model's best of 8-64 rows).
+# Output pixels per Triton program: a [BLOCK_Y, BLOCK_X] tile of up to MAX_CHANNEL_GROUP channels of one sample, in
+# NUM_WARPS warps: a thread holds 2 rows x 8 columns (the 16-byte store layout), so a column's weights serve 2 x 3
+# elements of an RGB tile. The static model's best of 16-64 rows and 1-8 warps (1 warp spills).
 BLOCK_Y = 32
 BLOCK_X = 32
 NUM_WARPS = 2
