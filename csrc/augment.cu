@@ -192,7 +192,8 @@ RK_HOST_DEVICE int64_t staged_index(const Geometry& g, int64_t thread, int64_t c
 // Inputs: table (N, 6) int64 (the images' element addresses, sizes and strides, any layout), crop (N, 4) int32
 // (top, left, height, width), flip (N,) uint8 or null, mean and std (C,) fp32 or null.
 // Per output element: count_y x count_x loads and multiply-adds (count about 2 * support + 1 per axis, support =
-// max(box / out, 1) with antialias, else 1: 2 x 2 for bilinear); the weights (a divide each) are shared by the kGroup channels. The
+// max(box / out, 1) with antialias, else 1: 2 x 2 for bilinear); the weights (a tap's weight times 1 / its window's
+// total) are shared by the kGroup channels. The
 // partner's crop is interpolated only for pixels that take it (MixUp, or inside the CutMix box).
 template <typename TIn, typename TOut, int kGroup>
 RK_HOST_DEVICE void compute_thread(const int64_t* __restrict__ table, const int32_t* __restrict__ crop,

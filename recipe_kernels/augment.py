@@ -343,8 +343,8 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     the tile and shared by its channels; the first column taps' (2, or 3 with antialias) once per tile
     (shared by every row tap). Per tap and element: a byte load (clamped into the image, no mask, for
     byte images; masked for float ones), its conversion, a multiply and an add, and per row tap a 64-bit
-    address for those first column taps (the next ones at immediate offsets); offsets are int32 where INDEX_DTYPE allows. A tile inside the
-    output is stored in 16-byte stores (contiguous output).
+    address for those first column taps (the next ones at immediate offsets); offsets are int32 where
+    INDEX_DTYPE allows. A tile inside the output is stored in 16-byte stores (contiguous output).
     Bytes: the crop's source pixels come from DRAM about once (neighbouring taps and tiles hit in
     L1/L2: box_h * box_w / (h * w) source pixels per output pixel, each of the image's size), and the
     output is written once.
