@@ -56,11 +56,12 @@ RK_HOST_DEVICE AxisFilter axis_filter(int box_length, int out_length, bool antia
   return f;
 }
 
-// The taps of one output index: crop pixels first .. first + count - 1 around centre = scale * (i + 0.5), and the
-// sum of their triangle weights (each index normalises by its own; 1 when it is 0). The loops run over the count
-// alone: the Triton kernel's extra taps (up to the tile's largest count) weigh 0 and add exact zeros.
+// The taps of one output index: crop pixels first .. first + count - 1 around centre = scale * (i + 0.5), and 1 /
+// the sum of their triangle weights, correctly rounded (1 when the sum is 0): a tap's normalised weight is its weight
+// times it. The loops run over the count alone: the Triton kernel's extra taps (up to the tile's largest count)
+// weigh 0 and add exact zeros.
 struct Window {
-  float centre, total;
+  float centre, inverse_total;
   int first, count;
 };
 
@@ -79,7 +80,7 @@ RK_HOST_DEVICE Window window(const AxisFilter& f, int64_t index) {
   w.count = (end < f.box_length ? end : f.box_length) - w.first;
   float total = 0.0f;
   for (int tap = 0; tap < w.count; ++tap) total = add_rn(total, tap_weight(f, w, tap));
-  w.total = total != 0.0f ? total : 1.0f;
+  w.inverse_total = div_rn(1.0f, total != 0.0f ? total : 1.0f);
   return w;
 }
 
@@ -111,14 +112,14 @@ RK_HOST_DEVICE void resized_pixel(const Source& src, int64_t row, int64_t col, i
 #pragma unroll
   for (int c = 0; c < kGroup; ++c) value[c] = 0.0f;
   for (int tap_y = 0; tap_y < wy.count; ++tap_y) {
-    const float weight_y = div_rn(tap_weight(src.rows, wy, tap_y), wy.total);
+    const float weight_y = mul_rn(tap_weight(src.rows, wy, tap_y), wy.inverse_total);
     const int64_t y = static_cast<int64_t>(src.top) + wy.first + tap_y;
     const bool row_ok = y >= 0 && y < src.height;
     float row_value[kGroup];
 #pragma unroll
     for (int c = 0; c < kGroup; ++c) row_value[c] = 0.0f;
     for (int tap_x = 0; tap_x < wx.count; ++tap_x) {
-      const float weight_x = div_rn(tap_weight(src.cols, wx, tap_x), wx.total);
+      const float weight_x = mul_rn(tap_weight(src.cols, wx, tap_x), wx.inverse_total);
       const int64_t x = static_cast<int64_t>(src.left) + wx.first + tap_x;
       const bool ok = row_ok && x >= 0 && x < src.width;
       const TIn* pixel = image + y * src.row_stride + x * src.col_stride;
@@ -134,11 +135,16 @@ RK_HOST_DEVICE void resized_pixel(const Source& src, int64_t row, int64_t col, i
   }
 }
 
-// Triton's _finish: (v - mean) / std when normalising, then the one rounding to TOut (uint8: half up, saturating,
-// NaN to 0).
+// Triton's _finish: when normalising, (v - mean) * (1 / std) with the reciprocal correctly rounded (resized_crop,
+// reciprocal_std) or (v - mean) / std (batch_augment: composite_batch's); then the one rounding to TOut (uint8: half
+// up, saturating, NaN to 0).
 template <typename TOut>
-RK_HOST_DEVICE TOut finish(float value, const float* mean, const float* std_dev, int64_t channel) {
-  if (mean != nullptr) value = div_rn(sub_rn(value, mean[channel]), std_dev[channel]);
+RK_HOST_DEVICE TOut finish(float value, const float* mean, const float* std_dev, int64_t channel,
+                           bool reciprocal_std) {
+  if (mean != nullptr) {
+    value = reciprocal_std ? mul_rn(sub_rn(value, mean[channel]), div_rn(1.0f, std_dev[channel]))
+                           : div_rn(sub_rn(value, mean[channel]), std_dev[channel]);
+  }
   if constexpr (std::is_same_v<TOut, uint8_t>) {
     const float rounded = floorf(add_rn(value, 0.5f));
     return static_cast<uint8_t>(fminf(rounded > 0.0f ? rounded : 0.0f, 255.0f));
@@ -168,6 +174,7 @@ struct Geometry {
   int64_t blocks_per_sample;  // ceil(pixels / kThreads)
   bool channels_last, antialias;
   bool vector_stores;         // out's base address and sample size allow 16-byte stores
+  bool reciprocal_std;        // normalise by the reciprocal of std (resized_crop) or by std (batch_augment)
 };
 
 RK_HOST_DEVICE bool inside(const int32_t* box, int64_t row, int64_t col) {
@@ -185,7 +192,8 @@ RK_HOST_DEVICE int64_t staged_index(const Geometry& g, int64_t thread, int64_t c
 // Inputs: table (N, 6) int64 (the images' element addresses, sizes and strides, any layout), crop (N, 4) int32
 // (top, left, height, width), flip (N,) uint8 or null, mean and std (C,) fp32 or null.
 // Per output element: count_y x count_x loads and multiply-adds (count about 2 * support + 1 per axis, support =
-// max(box / out, 1) with antialias, else 1: 2 x 2 for bilinear); the weights (a divide each) are shared by the kGroup channels. The
+// max(box / out, 1) with antialias, else 1: 2 x 2 for bilinear); the weights (a tap's weight times 1 / its window's
+// total) are shared by the kGroup channels. The
 // partner's crop is interpolated only for pixels that take it (MixUp, or inside the CutMix box).
 template <typename TIn, typename TOut, int kGroup>
 RK_HOST_DEVICE void compute_thread(const int64_t* __restrict__ table, const int32_t* __restrict__ crop,
@@ -229,7 +237,7 @@ RK_HOST_DEVICE void compute_thread(const int64_t* __restrict__ table, const int3
       const int64_t channel = channel0 + c;
       if (channel < g.channels) {
         staged[staged_index(g, thread, channel)] =
-            finish<TOut>(erased ? mixing.fill[channel] : value[c], mean, std_dev, channel);
+            finish<TOut>(erased ? mixing.fill[channel] : value[c], mean, std_dev, channel, g.reciprocal_std);
       }
     }
   }
@@ -319,7 +327,7 @@ Geometry make_geometry(uintptr_t out, int64_t n, int64_t c, int64_t h, int64_t w
                                 std::to_string(kMaxChannels) + " channels, got " + std::to_string(c));
   }
   const int64_t per_chunk = kStoreBytes / static_cast<int64_t>(element_size);
-  Geometry g{n, c, h, w, h * w, ceil_div(h * w, kThreads), channels_last, antialias, false};
+  Geometry g{n, c, h, w, h * w, ceil_div(h * w, kThreads), channels_last, antialias, false, false};
   // Runs start at multiples of kThreads pixels into a channel plane (contiguous) or a sample (channels_last).
   g.vector_stores = out % kStoreBytes == 0 && (h * w) % per_chunk == 0;
   if (g.num_samples * g.blocks_per_sample > INT32_MAX) {
@@ -335,7 +343,8 @@ void run_augment(uintptr_t table, uintptr_t crop, uintptr_t flip, const Mixing& 
   dispatch_dtypes(in_dtype, out_dtype, [&](auto in_tag, auto out_tag) {
     using TIn = decltype(in_tag);
     using TOut = decltype(out_tag);
-    const Geometry g = make_geometry(out, n, c, h, w, channels_last, antialias, sizeof(TOut), name);
+    Geometry g = make_geometry(out, n, c, h, w, channels_last, antialias, sizeof(TOut), name);
+    g.reciprocal_std = mixing.mode == nullptr;  // resized_crop alone
     const int64_t blocks = g.num_samples * g.blocks_per_sample;
     const size_t staging_bytes = kThreads * c * sizeof(TOut);
     const auto* table_ptr = reinterpret_cast<const int64_t*>(table);

@@ -8,7 +8,8 @@ Top to bottom: Triton kernels; the image table; the implementations, one per bac
 
 Per sample n, the output is torchvision.transforms.v2.functional.resized_crop(images[n], top,
 left, height, width, (h, w), antialias) with bilinear interpolation (align_corners=False), then a
-horizontal flip where flip[n], then optionally (v - mean[c]) / std[c]. The crop reads zeros
+horizontal flip where flip[n], then optionally (v - mean[c]) / std[c] (the kernels multiply by 1 / std[c],
+correctly rounded: within an ulp or two of the quotient). The crop reads zeros
 outside its image, as torchvision's crop pads. Antialiasing (when the crop is larger than the
 output) is torchvision's (torch's _upsample_bilinear2d_aa): a triangle filter whose support
 grows with the scale factor, applied separably, rows of taps first, with weights normalised
@@ -17,8 +18,10 @@ formula with a support of one pixel. Every backend interpolates in fp32 and roun
 output dtype (uint8: half up, saturating); a uint8 image is never rounded to uint8 before it is
 normalised.
 
-The output size (h, w) is a runtime argument of the kernel (not specialised on), so training at
-a new size (progressive resizing) does not compile anything new. Nothing here has a gradient
+The output size (h, w) is a runtime argument of the kernel: Triton specialises only on the width
+being 1 or a multiple of 16 (as it does on the output's strides; a multiple of 16 lets every tile
+store 16-byte vectors under its mask), so training at a new size (progressive resizing between
+multiples of 16) does not compile anything new. Nothing here has a gradient
 (augmentation of input data); an image that requires grad is refused.
 """
 import math
@@ -37,14 +40,23 @@ from recipe_kernels._triton_common import cdiv, round_to
 
 # The dtypes an image may have, and an output.
 IMAGE_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
-# Output pixels per Triton program: a [BLOCK_Y, BLOCK_X] tile of every channel of one sample (32 elements a thread:
-# the setup of a program, its windows and table reads, spreads over more pixels; the static model's best of 8-64 rows).
+# Output pixels per Triton program: a [BLOCK_Y, BLOCK_X] tile of up to MAX_CHANNEL_GROUP channels of one sample, in
+# NUM_WARPS warps: a thread holds 2 rows x 8 columns (the 16-byte store layout), so a column's weights serve 2 x 3
+# elements of an RGB tile. The static model's best of 16-64 rows and 1-8 warps (1 warp spills).
 BLOCK_Y = 32
 BLOCK_X = 32
-NUM_WARPS = 4
-# Column taps unrolled with their weights computed once per tile (the rest loop, recomputing theirs per row tap):
-# bilinear windows have 2 taps (3 at most), antialiased ones about 2 * scale + 1 (2 unrolled beat 3 in the model).
-STATIC_COLUMN_TAPS = tl.constexpr(2)
+NUM_WARPS = 2
+# Channels a program computes together (each its own accumulators, sharing weights and offsets): every channel of
+# an RGB or grey image; more channels run in groups of this many (the last group's missing channels are skipped).
+MAX_CHANNEL_GROUP = 4
+# The grid's second and third axes are the tile rows and columns, at most 65535 each.
+MAX_OUTPUT_SIDE = 65535 * min(BLOCK_Y, BLOCK_X)
+# Taps per axis without antialias: a support of 1 holds at most two taps of nonzero weight (a third, which fp32
+# rounding of the window's end can add, weighs 0), so the loops over taps unroll.
+BILINEAR_TAPS = tl.constexpr(2)
+# Column taps unrolled with their weights computed once per tile with antialias (the rest loop, recomputing theirs
+# per row tap): antialiased windows have about 2 * scale + 1 taps (3 beat 2, 4 and 5 in the static model).
+ANTIALIAS_COLUMN_SLOTS = tl.constexpr(3)
 # Columns of the image table, one int64 row per sample: element address, height, width, and the
 # strides (in elements) of channel, row and column.
 TABLE_COLUMNS = 6
@@ -60,8 +72,9 @@ def _filter_window(out_index, box_length, out_length, ANTIALIAS: tl.constexpr):
     centre = scale * (i + 0.5). The taps are crop pixels first .. first + count - 1, weight
     triangle((j - centre + 0.5) * inverse_scale); the support is max(scale, 1) with antialias,
     else 1 (plain bilinear). Returns (centre, first, count, inverse_scale, max_count), where
-    max_count (a scalar) is the largest count in the tile, the trip count of the loops over taps
-    (a tap past an index's own count weighs 0 and adds an exact 0: any bound >= count gives the same bits).
+    max_count, the trip count of the loops over taps, is the tile's largest count with antialias
+    and BILINEAR_TAPS without (a constant: the loops unroll). A tap past an index's own count
+    weighs 0 and adds an exact 0: any bound >= every nonzero weight's tap gives the same bits.
     """
     # div_rn: Triton's `/` is an approximate divide on the GPU (div.full.f32) but exact in the interpreter.
     scale = tl.math.div_rn(box_length.to(tl.float32), out_length.to(tl.float32))
@@ -74,7 +87,10 @@ def _filter_window(out_index, box_length, out_length, ANTIALIAS: tl.constexpr):
     centre = scale * (out_index.to(tl.float32) + 0.5)
     first = tl.maximum((centre - support + 0.5).to(tl.int32), 0)
     count = tl.minimum((centre + support + 0.5).to(tl.int32), box_length) - first
-    max_count = tl.max(count)
+    if ANTIALIAS:
+        max_count = tl.max(count)
+    else:
+        max_count = BILINEAR_TAPS
     return centre, first, count, inverse_scale, max_count
 
 
@@ -86,27 +102,42 @@ def _tap_weight(tap, centre, first, count, inverse_scale):
 
 
 @triton.jit
-def _window_total(centre, first, count, inverse_scale, max_count):
-    """The sum of a window's weights (each output index normalises by its own)."""
+def _inverse_window_total(centre, first, count, inverse_scale, max_count):
+    """1 / the sum of a window's weights, correctly rounded (1 for a sum of 0): each output index's normalised
+    weights are its taps' weights times it (one divide per index, not per tap)."""
     total = centre * 0.0
     for tap in range(0, max_count):
         total += _tap_weight(tap, centre, first, count, inverse_scale)
-    return tl.where(total != 0.0, total, 1.0)
+    return tl.math.div_rn(total * 0.0 + 1.0, tl.where(total != 0.0, total, 1.0))
 
 
 @triton.jit
-def _column_tap(tap, centre_x, first_x, count_x, inverse_x, total_x, first_col, wanted_cols, image_width, col_step,
-                CLAMPED_READS: tl.constexpr):
-    """Column tap `tap` of the tile's columns: its normalised weight, where its pixel is read (in the output and the
-    window, inside the image), and its offset in a row. With CLAMPED_READS, the offset of the column clamped into
-    the image and the weight 0 where it is not read."""
-    weight = tl.math.div_rn(_tap_weight(tap, centre_x, first_x, count_x, inverse_x), total_x)
-    col = first_col + tap
-    col_ok = wanted_cols & (tap < count_x) & (col >= 0) & (col < image_width)
+def _column_tap(slot, start_col, first_col, centre_x, first_x, count_x, inverse_x, inverse_total_x, wanted_cols,
+                image_width, col_step, CLAMPED_READS: tl.constexpr):
+    """The pixel of column start_col + slot of the tile's columns: its normalised weight (the weight of its tap,
+    column - first_col, in the window), whether it is read (in the output, the window and the image), and its
+    offset in a row. With CLAMPED_READS, the offset of the column clamped into the image and the weight 0 where
+    it is not read."""
+    col = start_col + slot
+    tap = col - first_col
+    weight = _tap_weight(tap, centre_x, first_x, count_x, inverse_x) * inverse_total_x
+    col_ok = wanted_cols & (tap >= 0) & (tap < count_x) & (col >= 0) & (col < image_width)
     if CLAMPED_READS:
         weight = tl.where(col_ok, weight, 0.0)
         col = tl.minimum(tl.maximum(col, 0), image_width - 1)
     return weight, col_ok, col.to(image_width.dtype) * col_step
+
+
+@triton.jit
+def _slot_product(pixels, slot: tl.constexpr, col_step, slot_weights, slot_ok, row_mask,
+                  CLAMPED_READS: tl.constexpr):
+    """The pixel of column slot `slot` (at pixels + slot * col_step) times its weight: read clamped (CLAMPED_READS)
+    or under the row's and the slot's masks."""
+    if CLAMPED_READS:
+        pixel = tl.load(pixels + slot * col_step)
+    else:
+        pixel = tl.load(pixels + slot * col_step, mask=row_mask & slot_ok[slot], other=0)
+    return _pixel_float(pixel) * slot_weights[slot]
 
 
 @triton.jit
@@ -119,15 +150,22 @@ def _pixel_float(pixel):
 
 
 @triton.jit
-def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, out_cols, out_height, out_width,
-                  PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr, INDEX_DTYPE: tl.constexpr,
-                  UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
-    """The resized crop of `sample` at channels `channels` ([CB, 1, 1]), output rows `out_rows`
-    ([1, BY, 1]) and columns `out_cols` ([1, 1, BX], before any flip), fp32: the sum over row taps
-    of row weight * (the sum over column taps of column weight * pixel), pixels outside the image
-    reading 0. Taps beyond a window, and channels, rows or columns outside the output, are masked
-    off (no load). The weights are shared by the channels; offsets inside an image are INDEX_DTYPE
-    (int32 when every image's span fits)."""
+def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_rows, out_cols, out_height, out_width,
+                  CHANNEL_GROUP: tl.constexpr, PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr,
+                  INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
+    """The resized crop of `sample` at channels first_channel .. + CHANNEL_GROUP - 1, output rows `out_rows`
+    ([BY, 1]) and columns `out_cols` ([1, BX], before any flip): a tuple of CHANNEL_GROUP [BY, BX] fp32 tiles,
+    each the sum over row taps of row weight * (the sum over column taps of column weight * pixel), pixels
+    outside the image reading 0. The weights, window and offsets are computed once for the group's channels;
+    offsets inside an image are INDEX_DTYPE (int32 when every image's span fits).
+
+    The first COLUMN_SLOTS columns of a row (BILINEAR_TAPS, or ANTIALIAS_COLUMN_SLOTS with antialias) are read from
+    one address, their weights computed once per tile; columns past them (antialias) loop, recomputing theirs per
+    row tap. Byte images (CLAMPED_READS) read every pixel clamped into the image, a pixel outside it weighing 0,
+    those columns at start_col .. start_col + COLUMN_SLOTS - 1, start_col = first_col clamped into
+    [0, W - COLUMN_SLOTS], each weighing as its own tap of the window (0 when it is not one). A shifted run only
+    reorders zeros among nonnegative terms, so the sums keep the tap order's bits. Float images keep masked reads
+    at first_col (an inf times 0 would not be 0)."""
     entry = table_ptr + sample * 6
     image = tl.load(entry).to(tl.pointer_type(PIXEL_DTYPE))
     image_height = tl.load(entry + 1).to(INDEX_DTYPE)
@@ -141,66 +179,96 @@ def _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, 
     box_width = tl.load(box_ptr + sample * 4 + 3)
     centre_y, first_y, count_y, inverse_y, taps_y = _filter_window(out_rows, box_height, out_height, ANTIALIAS)
     centre_x, first_x, count_x, inverse_x, taps_x = _filter_window(out_cols, box_width, out_width, ANTIALIAS)
-    total_y = _window_total(centre_y, first_y, count_y, inverse_y, taps_y)
-    total_x = _window_total(centre_x, first_x, count_x, inverse_x, taps_x)
+    inverse_total_y = _inverse_window_total(centre_y, first_y, count_y, inverse_y, taps_y)
+    inverse_total_x = _inverse_window_total(centre_x, first_x, count_x, inverse_x, taps_x)
     wanted_rows = out_rows < out_height
     wanted_cols = out_cols < out_width
     first_row = top + first_y
     first_col = left + first_x
-    # A unit column stride makes tap k's address the first tap's plus k: an immediate offset of the load.
-    col_step = 1 if UNIT_COL_STRIDE else col_stride
-    if CLAMPED_READS:
-        # Every read lands inside the image (channel, row and column clamped), and a tap outside it weighs 0
-        # instead: a finite pixel * +0 is the +0 a masked read would add. No masks in the loops.
-        plane_offsets = tl.minimum(channels, num_channels - 1).to(INDEX_DTYPE) * channel_stride
+    if ANTIALIAS:
+        COLUMN_SLOTS: tl.constexpr = ANTIALIAS_COLUMN_SLOTS
     else:
-        plane_offsets = channels.to(INDEX_DTYPE) * channel_stride
-    wanted_planes = channels < num_channels
-    first_col_offsets = first_col.to(INDEX_DTYPE) * col_step
-    # The first two column taps' weights, masks and offsets, computed once and shared by every row tap.
-    weight_0, col_ok_0, col_offsets_0 = _column_tap(0, centre_x, first_x, count_x, inverse_x, total_x, first_col,
-                                                    wanted_cols, image_width, col_step, CLAMPED_READS)
-    weight_1, col_ok_1, col_offsets_1 = _column_tap(1, centre_x, first_x, count_x, inverse_x, total_x, first_col,
-                                                    wanted_cols, image_width, col_step, CLAMPED_READS)
-    value = tl.zeros([channels.shape[0], out_rows.shape[1], out_cols.shape[2]], dtype=tl.float32)
-    for tap_y in range(0, taps_y):
-        weight_y = tl.math.div_rn(_tap_weight(tap_y, centre_y, first_y, count_y, inverse_y), total_y)
+        COLUMN_SLOTS: tl.constexpr = BILINEAR_TAPS
+    if CLAMPED_READS:
+        start_col = tl.minimum(tl.maximum(first_col, 0), image_width - COLUMN_SLOTS)
+    else:
+        start_col = first_col
+    # A unit column stride makes the next column's address this one's plus 1: an immediate offset of the load.
+    col_step = 1 if UNIT_COL_STRIDE else col_stride
+    # The first COLUMN_SLOTS columns' weights and masks, computed once and shared by every row tap and channel; their
+    # pixels lie at one address plus slot * col_step.
+    slot_weights = ()
+    slot_ok = ()
+    for first_slot in tl.static_range(COLUMN_SLOTS):
+        weight, col_ok, offsets = _column_tap(first_slot, start_col, first_col, centre_x, first_x, count_x, inverse_x,
+                                              inverse_total_x, wanted_cols, image_width, col_step, CLAMPED_READS)
+        slot_weights = slot_weights + (weight,)
+        slot_ok = slot_ok + (col_ok,)
+        if first_slot == 0:
+            col_offsets = offsets
+    # Each channel's plane as an offset of the columns ([1, BX]: per column, not per element).
+    plane_offsets = ()
+    channel_col_offsets = ()
+    values = ()
+    for k in tl.static_range(CHANNEL_GROUP):
+        channel = first_channel + k
+        if CLAMPED_READS:
+            channel = tl.minimum(channel, num_channels - 1)
+        plane_offsets = plane_offsets + (channel.to(INDEX_DTYPE) * channel_stride,)
+        channel_col_offsets = channel_col_offsets + (plane_offsets[k] + col_offsets,)
+        values = values + (tl.zeros([out_rows.shape[0], out_cols.shape[1]], dtype=tl.float32),)
+    for tap_y in tl.range(0, taps_y, loop_unroll_factor=1 if ANTIALIAS else BILINEAR_TAPS):
+        weight_y = _tap_weight(tap_y, centre_y, first_y, count_y, inverse_y) * inverse_total_y
         row = first_row + tap_y
         row_ok = wanted_rows & (tap_y < count_y) & (row >= 0) & (row < image_height)
         if CLAMPED_READS:
             weight_y = tl.where(row_ok, weight_y, 0.0)
-            rows = image + (plane_offsets + tl.minimum(tl.maximum(row, 0), image_height - 1).to(INDEX_DTYPE)
-                            * row_stride)
-            row_value = _pixel_float(tl.load(rows + col_offsets_0)) * weight_0
-            row_value += _pixel_float(tl.load(rows + col_offsets_1)) * weight_1
-        else:
-            row_mask = wanted_planes & row_ok
-            rows = image + (plane_offsets + row.to(INDEX_DTYPE) * row_stride)
-            pixels = rows + first_col_offsets
-            # The column taps in order (row_value starts at the first product, not 0 + it: the two differ at most
-            # in the sign of a zero, which value's first addition to +0 erases).
-            row_value = _pixel_float(tl.load(pixels, mask=row_mask & col_ok_0, other=0)) * weight_0
-            row_value += _pixel_float(tl.load(pixels + col_step, mask=row_mask & col_ok_1, other=0)) * weight_1
-        for tap_x in range(STATIC_COLUMN_TAPS, taps_x):
-            weight_x, col_ok, col_offsets = _column_tap(tap_x, centre_x, first_x, count_x, inverse_x, total_x,
-                                                        first_col, wanted_cols, image_width, col_step, CLAMPED_READS)
-            if CLAMPED_READS:
-                pixel = tl.load(rows + col_offsets)
-            else:
-                pixel = tl.load(rows + col_offsets, mask=row_mask & col_ok, other=0)
-            row_value += _pixel_float(pixel) * weight_x
-        value += row_value * weight_y
-    return value
+            row = tl.minimum(tl.maximum(row, 0), image_height - 1)
+        rows = image + row.to(INDEX_DTYPE) * row_stride
+        # The first COLUMN_SLOTS columns (row_value starts at the first product, not 0 + it: the two differ at most
+        # in the sign of a zero, which value's first addition to +0 erases).
+        row_values = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            pixels = rows + channel_col_offsets[k]
+            row_mask = row_ok & (first_channel + k < num_channels)
+            row_value = _slot_product(pixels, 0, col_step, slot_weights, slot_ok, row_mask, CLAMPED_READS)
+            for first_slot in tl.static_range(1, COLUMN_SLOTS):
+                row_value += _slot_product(pixels, first_slot, col_step, slot_weights, slot_ok, row_mask,
+                                           CLAMPED_READS)
+            row_values = row_values + (row_value,)
+        for slot in range(COLUMN_SLOTS, taps_x):
+            weight_x, col_ok, tap_offsets = _column_tap(slot, start_col, first_col, centre_x, first_x, count_x,
+                                                        inverse_x, inverse_total_x, wanted_cols, image_width,
+                                                        col_step, CLAMPED_READS)
+            summed = ()
+            for k in tl.static_range(CHANNEL_GROUP):
+                pixels = rows + (plane_offsets[k] + tap_offsets)
+                if CLAMPED_READS:
+                    pixel = tl.load(pixels)
+                else:
+                    pixel = tl.load(pixels, mask=row_ok & (first_channel + k < num_channels) & col_ok, other=0)
+                summed = summed + (row_values[k] + _pixel_float(pixel) * weight_x,)
+            row_values = summed
+        summed = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            summed = summed + (values[k] + row_values[k] * weight_y,)
+        values = summed
+    return values
 
 
 @triton.jit
-def _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, OUT_DTYPE: tl.constexpr):
-    """fp32 value normalised ((v - mean) / std, correctly rounded) when HAS_NORM, then rounded to OUT_DTYPE
-    (uint8: half up, saturating)."""
+def _finish(value, channel, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, RECIPROCAL_STD: tl.constexpr,
+            OUT_DTYPE: tl.constexpr):
+    """fp32 value of channel `channel` normalised when HAS_NORM, then rounded to OUT_DTYPE (uint8: half up,
+    saturating). The normalisation is (v - mean) * (1 / std), the reciprocal correctly rounded once per program,
+    with RECIPROCAL_STD (resized_crop: within an ulp or two of the quotient), else (v - mean) / std correctly
+    rounded (batch_augment: composite_batch's, bit for bit)."""
     if HAS_NORM:
-        mean = tl.load(mean_ptr + channels, mask=in_channels, other=0.0)
-        std = tl.load(std_ptr + channels, mask=in_channels, other=1.0)
-        value = tl.math.div_rn(value - mean, std)
+        std = tl.load(std_ptr + channel)
+        if RECIPROCAL_STD:
+            value = (value - tl.load(mean_ptr + channel)) * tl.math.div_rn(std * 0.0 + 1.0, std)
+        else:
+            value = tl.math.div_rn(value - tl.load(mean_ptr + channel), std)
     if OUT_DTYPE == tl.uint8:
         rounded = tl.floor(value + 0.5)
         return tl.minimum(tl.where(rounded > 0.0, rounded, 0.0), 255.0).to(tl.uint8)
@@ -208,39 +276,55 @@ def _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM: tl.conste
 
 
 @triton.jit
-def _tile(row_blocks, col_blocks, CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+def _tile(channel_groups, CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
           INDEX_DTYPE: tl.constexpr):
-    """The program's (sample, row block, column block) and its channels [CB, 1, 1], output rows [1, BY, 1] and
-    output columns [1, 1, BX]; column blocks vary fastest."""
-    pid = tl.program_id(0).to(INDEX_DTYPE)
-    col_block = pid % col_blocks
-    rest = pid // col_blocks
-    row_block = rest % row_blocks
-    sample = rest // row_blocks
-    channels = tl.arange(0, CHANNEL_BLOCK)[:, None, None]
-    out_rows = row_block * BLOCK_Y + tl.arange(0, BLOCK_Y)[None, :, None]
-    out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[None, None, :]
-    return sample, row_block, col_block, channels, out_rows, out_cols
+    """The program's (sample, first channel, row block, column block), output rows [BY, 1] and output columns
+    [1, BX]. The grid is (samples x channel groups, row blocks, column blocks): no divisions but by the channel
+    groups, a constant 1 for up to MAX_CHANNEL_GROUP channels."""
+    group = tl.program_id(0).to(INDEX_DTYPE)
+    row_block = tl.program_id(1).to(INDEX_DTYPE)
+    col_block = tl.program_id(2).to(INDEX_DTYPE)
+    first_channel = (group % channel_groups) * CHANNEL_GROUP
+    sample = group // channel_groups
+    out_rows = row_block * BLOCK_Y + tl.arange(0, BLOCK_Y)[:, None]
+    out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[None, :]
+    return sample, first_channel, row_block, col_block, out_rows, out_cols
 
 
 @triton.jit
-def _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height,
+def _store_tile(out_ptr, value, sample, row_block, col_block, channel, out_rows, out_cols, out_height,
                 out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride):
-    offsets = sample * out_sample_stride + channels * out_channel_stride + out_rows * out_row_stride + \
+    offsets = sample * out_sample_stride + channel * out_channel_stride + out_rows * out_row_stride + \
         out_cols * out_col_stride
-    # A tile inside the output stores under the channel mask alone, constant along a row: 16-byte stores.
-    if ((row_block + 1) * out_rows.shape[1] <= out_height) & ((col_block + 1) * out_cols.shape[2] <= out_width):
-        tl.store(out_ptr + offsets, value, mask=in_channels)
+    # A tile inside the output stores with no mask: 16-byte stores (as edge tiles do when the width, which Triton
+    # specialises on, is a multiple of 16: the column mask is then constant over 16 columns).
+    if ((row_block + 1) * out_rows.shape[0] <= out_height) & ((col_block + 1) * out_cols.shape[1] <= out_width):
+        tl.store(out_ptr + offsets, value)
     else:
-        tl.store(out_ptr + offsets, value, mask=in_channels & (out_rows < out_height) & (out_cols < out_width))
+        tl.store(out_ptr + offsets, value, mask=(out_rows < out_height) & (out_cols < out_width))
 
 
-@triton.jit(do_not_specialize=["out_height", "out_width", "row_blocks", "col_blocks"])
+@triton.jit
+def _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
+                      out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
+                      mean_ptr, std_ptr, HAS_NORM: tl.constexpr, RECIPROCAL_STD: tl.constexpr,
+                      CHANNEL_GROUP: tl.constexpr):
+    """Each channel of the group that exists: _finish, then _store_tile."""
+    for k in tl.static_range(CHANNEL_GROUP):
+        channel = first_channel + k
+        if channel < num_channels:
+            value = _finish(values[k], channel, mean_ptr, std_ptr, HAS_NORM, RECIPROCAL_STD,
+                            out_ptr.dtype.element_ty)
+            _store_tile(out_ptr, value, sample, row_block, col_block, channel, out_rows, out_cols, out_height,
+                        out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
+
+
+@triton.jit(do_not_specialize=["out_height"])
 def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, std_ptr, out_ptr,
-                         num_channels, out_height, out_width, row_blocks, col_blocks,
+                         num_channels, out_height, out_width, channel_groups,
                          out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                          ANTIALIAS: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_NORM: tl.constexpr,
-                         CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+                         CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
                          INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr,
                          CLAMPED_READS: tl.constexpr):
     """out[n, c, y, x] = the resized crop of image n (flipped: at column w-1-x), normalised, rounded.
@@ -249,33 +333,33 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     any layout); pixel_ref (any image: its dtype types the table's addresses); box (N, 4) int32
     (top, left, height, width); flip (N,) uint8 when HAS_FLIP; mean, std (C,) fp32 when HAS_NORM.
     out (N, C, h, w) with the given strides (contiguous or channels_last). A program is a
-    [CHANNEL_BLOCK, BLOCK_Y, BLOCK_X] tile of one sample: every channel of BLOCK_Y x BLOCK_X
-    output pixels, which share their filter weights.
+    BLOCK_Y x BLOCK_X tile of CHANNEL_GROUP channels of one sample (every channel, for up to
+    MAX_CHANNEL_GROUP): the channels share the tile's filter weights and offsets, and no lane idles.
 
     One pass with bounded loops: per output element, taps_y x taps_x loads and multiply-adds, where
     taps is the tile's largest window per axis, about 2 * support + 1 (support = max(box/out, 1) with
-    antialias, 1 without): 4 per element upscaling or without antialias, 16 at a 1.5x downscale, 25 at 2x.
-    The weights (a divide each) are computed per tap for a row or a column of the tile and shared
-    by its channels; the first two column taps' weights once per tile (shared by every row tap).
-    Per tap and element: a byte load (clamped into the image, no mask, for byte images; masked for
-    float ones), its conversion, a multiply and an add; offsets are int32 where INDEX_DTYPE allows.
-    A tile inside the output is stored in 16-byte stores.
-    Bytes per output element: the crop's source pixels come from DRAM about once (neighbouring
-    taps and tiles hit in L1/L2; box_h * box_w / (h * w) source pixels per output pixel, each of
-    the image's size), and the output is written once.
+    antialias), and 2 without antialias (the loops unroll). The weights (a tap's weight times 1 / its
+    window's total: one divide per output row or column) are computed per tap for a row or a column of
+    the tile and shared by its channels; the first column taps' (2, or 3 with antialias) once per tile
+    (shared by every row tap). Per tap and element: a byte load (clamped into the image, no mask, for
+    byte images; masked for float ones), its conversion, a multiply and an add, and per row tap a 64-bit
+    address for those first column taps (the next ones at immediate offsets); offsets are int32 where
+    INDEX_DTYPE allows. A tile inside the output is stored in 16-byte stores (contiguous output).
+    Bytes: the crop's source pixels come from DRAM about once (neighbouring taps and tiles hit in
+    L1/L2: box_h * box_w / (h * w) source pixels per output pixel, each of the image's size), and the
+    output is written once.
     """
-    sample, row_block, col_block, channels, out_rows, out_cols = _tile(row_blocks, col_blocks, CHANNEL_BLOCK, BLOCK_Y,
-                                                                       BLOCK_X, INDEX_DTYPE)
+    sample, first_channel, row_block, col_block, out_rows, out_cols = _tile(channel_groups, CHANNEL_GROUP, BLOCK_Y,
+                                                                            BLOCK_X, INDEX_DTYPE)
     resize_cols = out_cols
     if HAS_FLIP:
         resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
-    value = _resized_tile(table_ptr, box_ptr, sample, channels, num_channels, out_rows, resize_cols, out_height,
-                          out_width, pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
-                          UNIT_COL_STRIDE, CLAMPED_READS)
-    in_channels = channels < num_channels
-    value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
-    _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height,
-                out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
+    values = _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_rows, resize_cols, out_height,
+                           out_width, CHANNEL_GROUP, pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
+                           UNIT_COL_STRIDE, CLAMPED_READS)
+    _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
+                      out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
+                      mean_ptr, std_ptr, HAS_NORM, True, CHANNEL_GROUP)
 
 
 @triton.jit
@@ -284,15 +368,15 @@ def _flipped(flip_ptr, sample, out_cols, out_width):
     return tl.where(tl.load(flip_ptr + sample) != 0, out_width - 1 - out_cols, out_cols)
 
 
-@triton.jit(do_not_specialize=["out_height", "out_width", "row_blocks", "col_blocks"])
+@triton.jit(do_not_specialize=["out_height"])
 def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_ptr, lam_ptr, partner_ptr, mode_ptr,
                           erase_box_ptr, erase_ptr, fill_ptr, mean_ptr, std_ptr, out_ptr,
-                          num_samples, num_channels, out_height, out_width, row_blocks, col_blocks,
+                          num_samples, num_channels, out_height, out_width, channel_groups,
                           out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                           ANTIALIAS: tl.constexpr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr,
-                          CHANNEL_BLOCK: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
-                         INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr,
-                         CLAMPED_READS: tl.constexpr):
+                          CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+                          INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr,
+                          CLAMPED_READS: tl.constexpr):
     """Crop, resize and flip, then MixUp/CutMix with the partner's crop, erase, normalise and cast, in one pass.
 
     Per sample n with partner m: own = the resized crop of n (as _resized_crop_kernel: crop (N, 4)
@@ -305,13 +389,12 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     need it (MixUp, or a CutMix box touching the tile): bytes as _resized_crop_kernel's, plus the
     partner's source pixels for those tiles.
     """
-    sample, row_block, col_block, channels, out_rows, out_cols = _tile(row_blocks, col_blocks, CHANNEL_BLOCK, BLOCK_Y,
-                                                                       BLOCK_X, INDEX_DTYPE)
+    sample, first_channel, row_block, col_block, out_rows, out_cols = _tile(channel_groups, CHANNEL_GROUP, BLOCK_Y,
+                                                                            BLOCK_X, INDEX_DTYPE)
     # 1. The sample's own crop.
-    value = _resized_tile(table_ptr, crop_ptr, sample, channels, num_channels, out_rows,
-                          _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width,
-                          pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
-                          UNIT_COL_STRIDE, CLAMPED_READS)
+    values = _resized_tile(table_ptr, crop_ptr, sample, first_channel, num_channels, out_rows,
+                           _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width, CHANNEL_GROUP,
+                           pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE, UNIT_COL_STRIDE, CLAMPED_READS)
     # 2. MixUp / CutMix with the partner's crop, read only where some pixel of the tile takes it.
     mode = tl.load(mode_ptr + sample)
     x0 = tl.load(mix_box_ptr + sample * 4)
@@ -323,26 +406,30 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     touches = (y0 < tile_y0 + BLOCK_Y) & (y1 > tile_y0) & (x0 < tile_x0 + BLOCK_X) & (x1 > tile_x0)
     if (mode == 1) | ((mode == 2) & touches):
         partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
-        other = _resized_tile(table_ptr, crop_ptr, partner, channels, num_channels, out_rows,
-                              _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width,
-                              pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
-                          UNIT_COL_STRIDE, CLAMPED_READS)
+        others = _resized_tile(table_ptr, crop_ptr, partner, first_channel, num_channels, out_rows,
+                               _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width, CHANNEL_GROUP,
+                               pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE, UNIT_COL_STRIDE, CLAMPED_READS)
         lam = tl.load(lam_ptr + sample)
         inside = (out_rows >= y0) & (out_rows < y1) & (out_cols >= x0) & (out_cols < x1)
-        mixed = lam * value + (1.0 - lam) * other
-        value = tl.where(mode == 1, mixed, tl.where(inside, other, value))
-    # 3. Erasing, normalisation, the one rounding.
-    in_channels = channels < num_channels
+        mixed_values = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            mixed = lam * values[k] + (1.0 - lam) * others[k]
+            mixed_values = mixed_values + (tl.where(mode == 1, mixed, tl.where(inside, others[k], values[k])),)
+        values = mixed_values
+    # 3. Erasing, then normalisation and the one rounding.
     if HAS_ERASE:
         erased = tl.load(erase_ptr + sample) != 0
         inside_erase = (out_rows >= tl.load(erase_box_ptr + sample * 4 + 1)) & \
             (out_rows < tl.load(erase_box_ptr + sample * 4 + 3)) & \
             (out_cols >= tl.load(erase_box_ptr + sample * 4)) & (out_cols < tl.load(erase_box_ptr + sample * 4 + 2))
-        fill = tl.load(fill_ptr + channels, mask=in_channels, other=0.0)
-        value = tl.where(erased & inside_erase, fill, value)
-    value = _finish(value, channels, in_channels, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
-    _store_tile(out_ptr, value, sample, row_block, col_block, channels, in_channels, out_rows, out_cols, out_height,
-                out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
+        erased_values = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            fill = tl.load(fill_ptr + tl.minimum(first_channel + k, num_channels - 1))
+            erased_values = erased_values + (tl.where(erased & inside_erase, fill, values[k]),)
+        values = erased_values
+    _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
+                      out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
+                      mean_ptr, std_ptr, HAS_NORM, False, CHANNEL_GROUP)
 
 
 # ----------------------------------------------------------------------------- the image table
@@ -404,34 +491,39 @@ def _resized_crop_torch(images: List[torch.Tensor], boxes: torch.Tensor, flip: O
 
 
 def _launch_geometry(images, height, width):
-    """(N, C, row blocks, column blocks, image table) of a launch over (height, width) outputs."""
+    """(N, C, channel group, channel groups, row blocks, column blocks, image table) of a launch over (height, width)
+    outputs; a program computes a tile of one channel group."""
     _, n, channels = _as_batch(images)
-    return n, channels, cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X), image_table(images)
+    group = min(channels, MAX_CHANNEL_GROUP)
+    return n, channels, group, cdiv(channels, group), cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X), image_table(images)
 
 
-def _layout_constexprs(images, out):
+def _layout_constexprs(images, out, antialias):
     """The kernels' constexprs that follow the images and output: INDEX_DTYPE, int32 when every offset a program
     forms fits (inside any image, the pixels its strides span, and in `out`); UNIT_COL_STRIDE, whether every
     image's columns are adjacent; CLAMPED_READS, reads clamped into the image rather than masked (for finite
-    pixels, bytes, and no empty image)."""
+    pixels, bytes, and every image at least as wide as the column slots a row reads from one address)."""
+    slots = (ANTIALIAS_COLUMN_SLOTS if antialias else BILINEAR_TAPS).value
     spans = [sum((size - 1) * abs(stride) for size, stride in zip(image.shape[-3:], image.stride()[-3:]))
              for image in images]  # per sample: the table holds each sample's own address
     return dict(INDEX_DTYPE=tl.int32 if max(spans + [out.numel()]) < 1 << 31 else tl.int64,
                 UNIT_COL_STRIDE=all(image.stride(-1) == 1 for image in images),
-                CLAMPED_READS=images[0].dtype == torch.uint8 and all(image.numel() > 0 for image in images))
+                CLAMPED_READS=images[0].dtype == torch.uint8 and all(image.numel() > 0 and image.shape[-1] >= slots
+                                                                   for image in images))
 
 
 def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last):
     out = _new_output(images, height, width, out_dtype, channels_last)
     if out.numel() == 0:
         return out
-    n, channels, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
-    launch(_resized_crop_kernel, (n * row_blocks * col_blocks,),
+    n, channels, group, groups, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
+    launch(_resized_crop_kernel, (n * groups, row_blocks, col_blocks),
            table, images[0], boxes, flip.view(torch.uint8) if flip is not None else boxes,
-           mean if mean is not None else table, std if std is not None else table, out, channels, height, width, row_blocks, col_blocks, *out.stride(),
+           mean if mean is not None else table, std if std is not None else table, out, channels, height, width,
+           groups, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
-           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
-           **_layout_constexprs(images, out))
+           CHANNEL_GROUP=group, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
+           **_layout_constexprs(images, out, antialias))
     return out
 
 
@@ -502,15 +594,15 @@ def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase
     out = _new_output(images, height, width, out_dtype, channels_last)
     if out.numel() == 0:
         return out
-    n, channels, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
-    launch(_batch_augment_kernel, (n * row_blocks * col_blocks,),
+    n, channels, group, groups, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
+    launch(_batch_augment_kernel, (n * groups, row_blocks, col_blocks),
            table, images[0], crop, flip.view(torch.uint8), mix_box, lam, partner, mode,
            erase_box if erase is not None else mix_box, erase.view(torch.uint8) if erase is not None else flip.view(
                torch.uint8), fill, mean if mean is not None else fill, std if std is not None else fill, out,
-           n, channels, height, width, row_blocks, col_blocks, *out.stride(),
+           n, channels, height, width, groups, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_ERASE=erase is not None, HAS_NORM=mean is not None,
-           CHANNEL_BLOCK=triton.next_power_of_2(channels), BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
-           **_layout_constexprs(images, out))
+           CHANNEL_GROUP=group, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
+           **_layout_constexprs(images, out, antialias))
     return out
 
 
@@ -653,6 +745,8 @@ def _check_size(size):
         raise ValueError(f"size must be an int or a pair of ints (h, w), got {size!r}")
     if height <= 0 or width <= 0:
         raise ValueError(f"size must be positive, got {size!r}")
+    if max(height, width) > MAX_OUTPUT_SIDE:
+        raise ValueError(f"size must be at most {MAX_OUTPUT_SIDE} per side, got {size!r}")
     return int(height), int(width)
 
 
@@ -736,7 +830,8 @@ def resized_crop(images: Images, boxes: torch.Tensor, size: Union[int, Tuple[int
     (zeros are read there); a box of height or width 0 gives zeros. size: an int (a square) or
     (h, w). Per sample, the result is torchvision.transforms.v2.functional.resized_crop(image,
     top, left, height, width, [h, w], antialias=antialias) (bilinear), then horizontal_flip where
-    flip[n]. With mean/std: (v - mean[c]) / std[c], written as out_dtype (float32 by default when
+    flip[n]. With mean/std: (v - mean[c]) / std[c] (the kernels: (v - mean[c]) * (1 / std[c]), the reciprocal
+    correctly rounded), written as out_dtype (float32 by default when
     normalising, else the images' dtype). The output is contiguous or channels_last
     (memory_format). No gradient. No host sync (a list input copies its small address table).
     """

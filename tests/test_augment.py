@@ -93,6 +93,39 @@ def test_normalised_bf16_output_rounds_the_normalised_fp32_value_once(backend):
     torch.testing.assert_close(got.float(), fp32.to(torch.bfloat16).float(), rtol=0, atol=2 ** -6)
 
 
+def test_kernels_normalise_by_the_correctly_rounded_reciprocal_of_std(backend):
+    # The kernels multiply v - mean by 1 / std rounded once (a multiply per element, not a divide): within an ulp
+    # or two of the quotient the torch backend (the oracle) computes, and exactly that product.
+    if backend == "torch":
+        pytest.skip("the torch backend divides (the oracle)")
+    images = sample_images(torch.uint8)
+    boxes = torch.tensor(BOXES, device=DEVICE)
+    flip = torch.tensor(FLIP, device=DEVICE)
+    got = rk.resized_crop(images, boxes, SIZE, flip=flip, mean=MEAN, std=STD, out_dtype=torch.float32,
+                          backend=backend)
+    plain = rk.resized_crop(images, boxes, SIZE, flip=flip, out_dtype=torch.float32, backend=backend)
+    mean = torch.tensor(MEAN, device=DEVICE).reshape(1, 3, 1, 1)
+    std = torch.tensor(STD, device=DEVICE).reshape(1, 3, 1, 1)
+    assert torch.equal(got, (plain - mean) * (1.0 / std))
+    torch.testing.assert_close(got, (plain - mean) / std, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("channels", [1, 5])
+def test_one_and_five_channels_and_a_one_pixel_wide_image(backend, channels):
+    # 5 channels run as a group of 4 and a group of 1 (its missing channels skipped); a byte image one pixel wide
+    # cannot read its first two column taps as one pair of columns, so the kernels read it through masks.
+    generator = torch.Generator().manual_seed(channels)
+    images = [torch.randint(0, 256, (channels, 9, width), generator=generator, dtype=torch.uint8).to(DEVICE)
+              for width in (11, 1)]
+    boxes = torch.tensor([[-1, 2, 8, 8], [1, 0, 6, 1]], device=DEVICE)
+    flip = torch.tensor([True, False], device=DEVICE)
+    for antialias in (True, False):
+        got = rk.resized_crop(images, boxes, (5, 3), flip=flip, antialias=antialias, out_dtype=torch.float32,
+                              backend=backend)
+        expected = torchvision_resized_crop([image.float() for image in images], boxes, (5, 3), flip, antialias)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * 255)
+
+
 def test_a_box_of_the_output_size_inside_the_image_is_copied_exactly(backend):
     images = sample_images(torch.float32, n=2)
     boxes = torch.tensor([[1, 2, 7, 9], [13, 15, 7, 9]], device=DEVICE)
@@ -225,6 +258,7 @@ def test_bad_input_raises_value_errors_naming_the_problem():
         (lambda: rk.resized_crop(images, boxes, 0), "size must be positive"),
         (lambda: rk.resized_crop(images, boxes, (4, -1)), "size must be positive"),
         (lambda: rk.resized_crop(images, boxes, (4, 2.5)), "size must be an int or a pair"),
+        (lambda: rk.resized_crop(images, boxes, (4, augment.MAX_OUTPUT_SIDE + 1)), "size must be at most"),
         (lambda: rk.resized_crop(images, boxes, 4, flip=torch.ones(2, device=DEVICE)), "flip must be None or"),
         (lambda: rk.resized_crop(images.double(), boxes, 4), "images must be uint8, float32"),
         (lambda: rk.resized_crop(images[0], boxes, 4), "images must be a 4-D"),
