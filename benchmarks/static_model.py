@@ -119,7 +119,12 @@ def figures(launch, trip_counts=None) -> KernelFigures:
     known = True
     try:
         trips = trips_of(_constexprs(launch.kernel)) if trips_of else [1] * len(loop_spans)
+        # A hook may also say where the program ends: {"trips": [...], "ends_at": address of the EXIT taken}.
+        ends_at = trips.get("ends_at") if isinstance(trips, dict) else None
+        trips = trips["trips"] if isinstance(trips, dict) else trips
         counts = sass.executions(instructions, trips)
+        if ends_at is not None:
+            counts = [c if i.address <= ends_at else 0 for i, c in zip(instructions, counts)]
         known = trips_of is not None or not loop_spans
     except (ValueError, KeyError):
         counts, known = [1] * len(instructions), False
@@ -216,11 +221,11 @@ def _ce_loops(rows):
     loop over rows (the outermost one of _cross_entropy_fwd_kernel: rows / programs), sweep 1's blocks
     (loads marked evict_last: all blocks but the held last one), sweep 2's blocks read again (loads
     marked evict_first: all but the held one, all in the split finish kernel), a loop that only stores
-    (the zeros of ignored rows: none here) and the backward scaling's grid-stride loop (none: the
-    benchmark's grad_output is 1, so it loads the factor and skips it)."""
+    (the zeros of ignored rows: none here); the backward scaling ends at its first EXIT (the benchmark's
+    grad_output is 1: each program loads the factor and ends)."""
     def trips(k, launch, instructions, spans):
-        if launch.name == "_scale_gradient_kernel":
-            return [0] * len(spans)
+        if launch.name == "_scale_gradient_kernel":  # grad_output = 1: the first EXIT, right after the factor
+            return {"trips": [0] * len(spans), "ends_at": next(i.address for i in instructions if i.opcode == "EXIT")}
         if launch.name == "_index_denominator_kernel":  # rows_per_program / BLOCK
             return [math.ceil(math.ceil(rows / launch.grid[0]) / k["BLOCK"])] * len(spans)
         result = []
@@ -244,7 +249,8 @@ def _ce_loops(rows):
     return trips
 
 
-CE_KERNELS = ("_cross_entropy_fwd_kernel", "_cross_entropy_split_finish_kernel", "_scale_gradient_kernel",
+CE_KERNELS = ("_cross_entropy_fwd_kernel", "_cross_entropy_split_merge_kernel", "_cross_entropy_split_finish_kernel",
+              "_scale_gradient_kernel",
               "_index_denominator_kernel")
 
 

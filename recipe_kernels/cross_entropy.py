@@ -85,12 +85,17 @@ LONG_ROW_UNROLL = 1  # blocks per loop iteration: 64 KiB of bf16 loads in flight
 L2_RESIDENT_FRACTION = 2 / 3
 DEFAULT_L2_BYTES = 50 << 20  # H100 and H200; devices that say otherwise are asked (_l2_bytes)
 SPLIT_CHUNK = 2048
+# A split row's chunks are blocks of up to SPLIT_BLOCK classes over SPLIT_WARPS warps (32 per thread: the
+# per-program work of merging lanes and statistics spread over more classes; 4 KiB of bf16 loads in flight).
+SPLIT_BLOCK = 2048
+SPLIT_WARPS = 2
 SPLIT_PROGRAMS_PER_SM = 4
 # Per (row, split) partial statistics: max, sum exp(x - max), sum w (x - max), sum w, sum w q,
 # sum w q (x - max), x[y_a], x[y_b].
 PARTIAL_FIELDS = 8
 SCALE_BLOCK = 2048
 SCALE_PROGRAMS_PER_SM = 4  # the backward scaling's grid-stride programs (CUDA: blocks) per SM
+SCALE_MIN_BLOCKS = 8
 # The `mean` denominator of index targets (_index_denominator_kernel): rows per block, and rows per
 # program before a second program is added, up to MAX_DENOMINATOR_PARTIALS programs (partial sums
 # that every main program adds up again, so few).
@@ -160,6 +165,14 @@ def _row_coefficients(target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample
             a_a = tl.where(in_range_a & in_range_b, lam * one_minus_eps * w_a, float("nan"))
             a_b = (1.0 - lam) * one_minus_eps * w_b
     return a_a, a_b, beta, y_a, y_b, active
+
+
+@triton.jit
+def _target_logits(x_ptr, row_offset, class_stride, num_classes, y_a, y_b, ACC: tl.constexpr):
+    """(x[y_a], x[y_b]) of a row in ACC, 0 where there is no such class."""
+    x_a = tl.load(x_ptr + row_offset + y_a * class_stride, mask=(y_a >= 0) & (y_a < num_classes), other=0.0).to(ACC)
+    x_b = tl.load(x_ptr + row_offset + y_b * class_stride, mask=(y_b >= 0) & (y_b < num_classes), other=0.0).to(ACC)
+    return x_a, x_b
 
 
 @triton.jit
@@ -348,7 +361,10 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
     sum_wq = tl.zeros([], ACC)
     sum_wqs = tl.zeros([], ACC)
     if HAS_SMOOTHING:
-        sum_w = tl.sum(lane_w, 0)
+        if HAS_WEIGHT:
+            sum_w = tl.sum(lane_w, 0)
+        else:
+            sum_w = n.to(ACC)  # the lanes count the chunk's classes
         sum_s = (tl.sum(tl.fma(lane_w, lane_rise, lane_t), 0) - sum_w * base_error) / LOG2E
     if IS_PROB:
         sum_wq = tl.sum(lane_wq, 0)
@@ -448,19 +464,38 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
 
 
 @triton.jit
-def _fix_target_gradient(grad_ptr, weight_ptr, first, class_stride, start, n, y, x_y, a_y, y_other, a_other, shift,
-                         log_sum, k, b, c, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr):
-    """Rewrites the gradient of target class y (when in this chunk) with its target term: minus a_y, and
-    minus a_other too when the other target is the same class. One store per row instead of a compare
-    per element; the caller's barrier orders it after the chunk's stores."""
-    in_chunk = (y >= start) & (y < start + n)
+def _target_class_gradient(weight_ptr, num_classes, y, x_y, a_y, y_other, a_other, shift, log_sum, k, b, c,
+                           HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr):
+    """The gradient of target class y with its target term: _gradient_values minus a_y, and minus a_other
+    too when the other target is the same class."""
     if HAS_WEIGHT and HAS_SMOOTHING:
-        w = tl.load(weight_ptr + y, mask=in_chunk, other=0.0)
+        w = tl.load(weight_ptr + y, mask=(y >= 0) & (y < num_classes), other=0.0)
     else:
         w = 1.0
     grad = _gradient_values(_log2_probability(x_y, shift, log_sum), w, 0.0, k, b, c, False, False, HAS_SMOOTHING)
-    grad -= tl.where(y_other == y, a_other, 0.0) + a_y
-    tl.store(grad_ptr + first + (y - start) * class_stride, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk)
+    return grad - (tl.where(y_other == y, a_other, 0.0) + a_y)
+
+
+@triton.jit
+def _gradient_parameters(mean_scale, grad_output_ptr, weight_ptr, row, num_classes, row_max, log_sum, factor,
+                         a_a, a_b, y_a, y_b, x_a, x_b, beta, label_smoothing, TARGET_KIND: tl.constexpr,
+                         GRAD_OUTPUT: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+                         ACC: tl.constexpr):
+    """What sweep 2 of a row needs: (shift, k, b, c, grad_a, grad_b) with k = K grad_scale,
+    b = beta grad_scale, c = (1 - e) grad_scale, and the gradients of the target classes y_a and y_b
+    (MixedTarget), written once each after the sweep (_write_row_gradient)."""
+    grad_scale = _row_grad_scale(mean_scale, grad_output_ptr, row, GRAD_OUTPUT, ACC)
+    shift = tl.where(row_max == -float("inf"), 0.0, row_max)
+    k = factor * grad_scale
+    b = beta * grad_scale
+    c = (1.0 - label_smoothing) * grad_scale
+    grad_a = _target_class_gradient(weight_ptr, num_classes, y_a, x_a, a_a * grad_scale, y_b, a_b * grad_scale, shift,
+                                    log_sum, k, b, c, HAS_WEIGHT, HAS_SMOOTHING)
+    grad_b = tl.zeros([], ACC)
+    if TARGET_KIND != INDEX_TARGET and TARGET_KIND != PROBABILITY_TARGET:
+        grad_b = _target_class_gradient(weight_ptr, num_classes, y_b, x_b, a_b * grad_scale, y_a, a_a * grad_scale,
+                                        shift, log_sum, k, b, c, HAS_WEIGHT, HAS_SMOOTHING)
+    return shift, k, b, c, grad_a, grad_b
 
 
 @triton.jit
@@ -483,19 +518,36 @@ def _mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND: tl
 
 
 @triton.jit
-def _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows, TARGET_KIND: tl.constexpr,
-                    MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, PARTIALS_BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """The factor of this row's gradient: 1 / the `mean` denominator (MEAN) times grad_output
+def _row_grad_scale(mean_scale, grad_output_ptr, row, GRAD_OUTPUT: tl.constexpr, ACC: tl.constexpr):
+    """The factor of this row's gradient: mean_scale (1 / the `mean` denominator, or 1) times grad_output
     (GRAD_OUTPUT: NO_GRAD_OUTPUT, one value, or one per row)."""
-    scale = tl.full([], 1.0, ACC)
-    if MEAN:
-        scale = _reciprocal(_mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND,
-                                              PARTIALS_BLOCK, ACC), ACC)
+    scale = mean_scale
     if GRAD_OUTPUT == SCALAR_GRAD_OUTPUT:
         scale = scale * tl.load(grad_output_ptr).to(ACC)
     elif GRAD_OUTPUT == PER_ROW_GRAD_OUTPUT:
         scale = scale * tl.load(grad_output_ptr + row).to(ACC)
     return scale
+
+
+@triton.jit
+def _mean_scale(denominator, MEAN: tl.constexpr, ACC: tl.constexpr):
+    """1 / the `mean` denominator with MEAN, else 1."""
+    if MEAN:
+        return _reciprocal(denominator, ACC)
+    return tl.full([], 1.0, ACC)
+
+
+@triton.jit
+def _counted_weight(target_ptr, weight_ptr, first, end, num_classes, ignore_index, BLOCK: tl.constexpr,
+                    HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """[BLOCK] partial sums of w[y] (1 without weights) over the counted rows (y not ignore_index, in [0, C))
+    among rows [first, first + BLOCK) below end."""
+    index = first + tl.arange(0, BLOCK)
+    y = tl.load(target_ptr + index, mask=index < end, other=0)
+    counted = (index < end) & (y != ignore_index) & (y >= 0) & (y < num_classes)
+    if HAS_WEIGHT:
+        return tl.load(weight_ptr + y, mask=counted, other=0.0)
+    return counted.to(ACC)
 
 
 @triton.jit
@@ -507,13 +559,8 @@ def _index_denominator_kernel(target_ptr, weight_ptr, partial_ptr, rows, num_cla
     first = tl.program_id(0).to(tl.int64) * rows_per_program
     total = tl.zeros([BLOCK], ACC)
     for offset in range(0, rows_per_program, BLOCK):
-        index = first + offset + tl.arange(0, BLOCK)
-        y = tl.load(target_ptr + index, mask=index < rows, other=0)
-        counted = (index < rows) & (y != ignore_index) & (y >= 0) & (y < num_classes)
-        if HAS_WEIGHT:
-            total += tl.load(weight_ptr + y, mask=counted, other=0.0)
-        else:
-            total += counted.to(ACC)
+        total += _counted_weight(target_ptr, weight_ptr, first + offset, rows, num_classes, ignore_index, BLOCK,
+                                 HAS_WEIGHT, ACC)
     tl.store(partial_ptr + tl.program_id(0), tl.sum(total, 0))
 
 
@@ -557,26 +604,18 @@ def _cross_entropy_fwd_kernel(
     label_smoothing = tl.full([], label_smoothing, ACC)
     z_loss = tl.full([], z_loss, ACC)
     IS_PROB: tl.constexpr = TARGET_KIND == PROBABILITY_TARGET
-    if MEAN and TARGET_KIND == INDEX_TARGET:
-        if (tl.program_id(0) == 0) & (split == 0):  # the denominator's total, for the host's mean of the losses
-            tl.store(denominator_ptr + num_partials,
-                     _mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND, PARTIALS_BLOCK, ACC))
+    denominator = _mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND, PARTIALS_BLOCK, ACC)
+    if MEAN and TARGET_KIND == INDEX_TARGET and not SPLIT:
+        if tl.program_id(0) == 0:  # the denominator's total, for the host's mean of the losses
+            tl.store(denominator_ptr + num_partials, denominator)
+    mean_scale = _mean_scale(denominator, MEAN, ACC)
     start = split * chunk_size
     n = tl.minimum(chunk_size, num_classes - start).to(tl.int32)  # classes in the chunk (< 2^31)
     for program_row in tl.range(tl.program_id(0), rows, tl.num_programs(0)):
         row = program_row + tl.zeros([], tl.int64)  # int64 offsets (the interpreter's loop yields Python ints)
         sample, row_offset = _row_position(row, num_classes, inner_size)
         first = row_offset + start * inner_size
-        # 1. What the target asks of this row.
-        a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
-            target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
-            label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
-        # The target logits are read before any gradient overwrites them (inplace_backward).
-        x_a = tl.load(x_ptr + row_offset + y_a * inner_size, mask=(y_a >= 0) & (y_a < num_classes),
-                      other=0.0).to(ACC)
-        x_b = tl.load(x_ptr + row_offset + y_b * inner_size, mask=(y_b >= 0) & (y_b < num_classes),
-                      other=0.0).to(ACC)
-        # 2. Sweep 1: statistics of the row (or chunk).
+        # 1. Sweep 1: statistics of the row (or chunk).
         row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, t_held, held_offset = _chunk_statistics(
             x_ptr, target_ptr, weight_ptr, first, inner_size, start, n, BLOCK, BLOCKS_PER_CHUNK, UNROLL, SPLIT,
             LANE_ALIGNED,
@@ -590,9 +629,13 @@ def _cross_entropy_fwd_kernel(
             tl.store(fields + 3, sum_w)
             tl.store(fields + 4, sum_wq)
             tl.store(fields + 5, sum_wqs)
-            tl.store(fields + 6, x_a)
-            tl.store(fields + 7, x_b)
         else:
+            # 2. What the target asks of this row.
+            a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
+                target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
+                label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
+            # The target logits: read before any gradient overwrites them (inplace_backward).
+            x_a, x_b = _target_logits(x_ptr, row_offset, inner_size, num_classes, y_a, y_b, ACC)
             if not HAS_WEIGHT:
                 sum_w = tl.zeros([], ACC) + num_classes
             log_sum = tl.log(sum_exp)
@@ -603,49 +646,53 @@ def _cross_entropy_fwd_kernel(
             if WRITE_LSE:
                 tl.store(lse_ptr + row, row_max + log_sum)
             if WRITE_GRAD:
-                _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, denominator_ptr, grad_output_ptr, row,
-                                    first, inner_size, start, n, t_held, held_offset, row_max, log_sum, factor, a_a, a_b, y_a,
-                                    y_b, x_a, x_b, beta, active, label_smoothing, num_partials, total_rows,
-                                    TARGET_KIND, MEAN, GRAD_OUTPUT, PARTIALS_BLOCK, BLOCK, BLOCKS_PER_CHUNK,
-                                    UNROLL, True, False, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
+                shift, k, b, c, grad_a, grad_b = _gradient_parameters(
+                    mean_scale, grad_output_ptr, weight_ptr, row, num_classes, row_max, log_sum, factor, a_a, a_b,
+                    y_a, y_b, x_a, x_b, beta, label_smoothing, TARGET_KIND, GRAD_OUTPUT, HAS_WEIGHT, HAS_SMOOTHING,
+                    ACC)
+                _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, first, inner_size, start, n, t_held,
+                                    held_offset, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b,
+                                    TARGET_KIND, BLOCK, BLOCKS_PER_CHUNK, UNROLL, True, False, LANE_ALIGNED,
+                                    HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
 
 
 @triton.jit
-def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, denominator_ptr, grad_output_ptr, row, first,
-                        class_stride, start, n, t_held, held_offset, row_max, log_sum, factor, a_a, a_b, y_a, y_b, x_a, x_b,
-                        beta, active, label_smoothing, num_partials, total_rows, TARGET_KIND: tl.constexpr,
-                        MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
+def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held, held_offset, shift,
+                        log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b, TARGET_KIND: tl.constexpr,
                         BLOCK: tl.constexpr, BLOCKS: tl.constexpr, UNROLL: tl.constexpr, HELD: tl.constexpr,
-                        MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr,
-                        UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
-    """Sweep 2 of a chunk (_write_chunk_gradient, zeros for an inactive row, whatever its logits hold),
-    then the target classes' terms fixed up once each (_fix_target_gradient)."""
+                        MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                        HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+                        ACC: tl.constexpr):
+    """Sweep 2 of a chunk (_write_chunk_gradient; zeros for an inactive row, whatever its logits hold), then
+    the target classes' gradients (_gradient_parameters) stored over theirs when in this chunk: one store
+    per target instead of a compare per element."""
     IS_PROB: tl.constexpr = TARGET_KIND == PROBABILITY_TARGET
-    grad_scale = _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows, TARGET_KIND, MEAN,
-                                 GRAD_OUTPUT, PARTIALS_BLOCK, ACC)
-    shift = tl.where(row_max == -float("inf"), 0.0, row_max)
-    k = factor * grad_scale
-    b = beta * grad_scale
-    c = (1.0 - label_smoothing) * grad_scale
     if active:
         _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held,
-                              held_offset, shift, log_sum, k, b, c, False, BLOCK, BLOCKS, UNROLL, HELD, MASKED_LOOP, LANE_ALIGNED, IS_PROB, HAS_WEIGHT,
-                              HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
+                              held_offset, shift, log_sum, k, b, c, False, BLOCK, BLOCKS, UNROLL, HELD, MASKED_LOOP,
+                              LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
     else:
         _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held,
-                              held_offset, shift, log_sum, k, b, c, True, BLOCK, BLOCKS, UNROLL, HELD, MASKED_LOOP, LANE_ALIGNED, IS_PROB, HAS_WEIGHT,
-                              HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
+                              held_offset, shift, log_sum, k, b, c, True, BLOCK, BLOCKS, UNROLL, HELD, MASKED_LOOP,
+                              LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
     if TARGET_KIND != PROBABILITY_TARGET and not OF_TARGET:
-        tl.debug_barrier()  # the chunk's stores before the fix-ups that overwrite two of them
-        _fix_target_gradient(grad_ptr, weight_ptr, first, class_stride, start, n, y_a, x_a, a_a * grad_scale, y_b,
-                             a_b * grad_scale, shift, log_sum, k, b, c, HAS_WEIGHT, HAS_SMOOTHING)
+        tl.debug_barrier()  # the chunk's stores before the two that overwrite target classes
+        in_chunk = active & (y_a >= start) & (y_a < start + n)
+        tl.store(grad_ptr + first + (y_a - start) * class_stride, round_to(grad_a, grad_ptr.dtype.element_ty),
+                 mask=in_chunk)
         if TARGET_KIND != INDEX_TARGET:
-            _fix_target_gradient(grad_ptr, weight_ptr, first, class_stride, start, n, y_b, x_b, a_b * grad_scale,
-                                 y_a, a_a * grad_scale, shift, log_sum, k, b, c, HAS_WEIGHT, HAS_SMOOTHING)
+            in_chunk = active & (y_b >= start) & (y_b < start + n)
+            tl.store(grad_ptr + first + (y_b - start) * class_stride, round_to(grad_b, grad_ptr.dtype.element_ty),
+                     mask=in_chunk)
+
+
+# The per-row results of _cross_entropy_split_merge_kernel, over split 0's partial fields (it alone reads
+# them): shift, log_sum, k, b, c, active, and the gradients of the two target classes.
+MERGED_FIELDS = 8
 
 
 @triton.jit
-def _cross_entropy_split_finish_kernel(
+def _cross_entropy_split_merge_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
         grad_ptr,
         partial_ptr, rows, num_classes, inner_size, chunk_size, num_partials, total_rows, num_splits, ignore_index,
@@ -655,24 +702,31 @@ def _cross_entropy_split_finish_kernel(
         BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
         SPLITS_BLOCK: tl.constexpr, UNROLL: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr,
         ACC: tl.constexpr):
-    """Second kernel of a split row, grid (rows, splits): merge the row's partial statistics,
-    write its loss (split 0) and the gradient of this program's chunk.
+    """Second kernel of a split row, grid (rows,): merge the row's partial statistics, write its loss
+    (and lse), and for the gradient what every program of _cross_entropy_split_finish_kernel needs
+    (_gradient_parameters) over split 0's fields: the merge runs once per row, not once per chunk.
 
-    Inputs: as _cross_entropy_fwd_kernel, plus partial (rows, splits, PARTIAL_FIELDS) in ACC.
-    Bytes: reads the partials (32 * splits per program) and, for the gradient, the chunk of
-    logits again: rows are split only when they are few (rows * C * itemsize is then a few
-    MB), so this re-read hits L2. Writes the chunk's gradient once.
+    Inputs: as _cross_entropy_fwd_kernel, plus partial (rows, splits, PARTIAL_FIELDS) in ACC; PARTIALS_BLOCK
+    covers every row (the `mean` denominator). Bytes: the partials (32 * splits per row), 12 per row of
+    target and loss, the targets again for the denominator (cached).
     """
     row = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
     sample, row_offset = _row_position(row, num_classes, inner_size)
     label_smoothing = tl.full([], label_smoothing, ACC)
     z_loss = tl.full([], z_loss, ACC)
+    # The `mean` denominator of index targets from all the rows' targets (split rows are few), not from
+    # partial sums: no prologue kernel before a split launch.
+    denominator = tl.zeros([], ACC) + total_rows
+    if MEAN and TARGET_KIND == INDEX_TARGET:
+        denominator = tl.sum(_counted_weight(target_ptr, weight_ptr, 0, rows, num_classes, ignore_index,
+                                             PARTIALS_BLOCK, HAS_WEIGHT, ACC), 0)
+        if row == 0:  # the total, for the host's mean of the losses
+            tl.store(denominator_ptr + num_partials, denominator)
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
         label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
-    # 1. Merge: max over chunks, sums of exp rescaled to it, shifted sums rebased onto it, plain sums
-    # of the rest.
+    x_a, x_b = _target_logits(x_ptr, row_offset, inner_size, num_classes, y_a, y_b, ACC)
+    # Max over chunks, sums of exp rescaled to it, shifted sums rebased onto it, plain sums of the rest.
     splits = tl.arange(0, SPLITS_BLOCK)
     in_use = splits < num_splits
     fields = partial_ptr + (row * num_splits + splits) * 8
@@ -689,27 +743,73 @@ def _cross_entropy_split_finish_kernel(
     else:
         sum_w = tl.zeros([], ACC) + num_classes
     sum_wq = tl.sum(chunk_wq, 0)
-    first_fields = partial_ptr + row * num_splits * 8  # split 0 read the target logits
-    x_a = tl.load(first_fields + 6)
-    x_b = tl.load(first_fields + 7)
     log_sum = tl.log(sum_exp)
     loss, factor = _row_loss_and_factor(log_sum, sum_s, sum_w, sum_wq, sum_wqs, x_a, x_b, row_max, a_a, a_b,
                                         beta, active, label_smoothing, z_loss, TARGET_KIND == PROBABILITY_TARGET,
                                         HAS_Z_LOSS)
-    if split == 0:
-        tl.store(loss_ptr + row, loss)
-        if WRITE_LSE:
-            tl.store(lse_ptr + row, row_max + log_sum)
-    # 2. The gradient of this program's chunk, read again (from L2).
+    tl.store(loss_ptr + row, loss)
+    if WRITE_LSE:
+        tl.store(lse_ptr + row, row_max + log_sum)
     if WRITE_GRAD:
-        start = split * chunk_size
-        n = tl.minimum(chunk_size, num_classes - start).to(tl.int32)
-        _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, denominator_ptr, grad_output_ptr, row,
-                            row_offset + start * inner_size, inner_size, start, n, row_max, row_max, row_max, log_sum,
-                            factor,
-                            a_a, a_b, y_a, y_b, x_a, x_b, beta, active, label_smoothing, num_partials, total_rows,
-                            TARGET_KIND, MEAN, GRAD_OUTPUT, PARTIALS_BLOCK, BLOCK, BLOCKS_PER_CHUNK, UNROLL, False,
-                            True, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
+        shift, k, b, c, grad_a, grad_b = _gradient_parameters(
+            _mean_scale(denominator, MEAN, ACC), grad_output_ptr, weight_ptr, row, num_classes, row_max, log_sum,
+            factor, a_a, a_b, y_a, y_b, x_a, x_b, beta, label_smoothing, TARGET_KIND, GRAD_OUTPUT, HAS_WEIGHT,
+            HAS_SMOOTHING, ACC)
+        tl.debug_barrier()  # every thread has read the partials before they are overwritten
+        merged = partial_ptr + row * num_splits * 8
+        tl.store(merged + 0, shift)
+        tl.store(merged + 1, log_sum)
+        tl.store(merged + 2, k)
+        tl.store(merged + 3, b)
+        tl.store(merged + 4, c)
+        tl.store(merged + 5, active.to(ACC))
+        tl.store(merged + 6, grad_a)
+        tl.store(merged + 7, grad_b)
+
+
+@triton.jit
+def _cross_entropy_split_finish_kernel(
+        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
+        grad_ptr,
+        partial_ptr, rows, num_classes, inner_size, chunk_size, num_partials, total_rows, num_splits, ignore_index,
+        label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+        HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
+        MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
+        BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
+        SPLITS_BLOCK: tl.constexpr, UNROLL: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+        ACC: tl.constexpr):
+    """Third kernel of a split row, grid (rows, splits): the gradient of this program's chunk, from the
+    row's merged fields (_cross_entropy_split_merge_kernel).
+
+    Bytes: the 32 merged bytes of the row, and the chunk of logits read again: rows are split only when
+    they are few (rows * C * itemsize is then a few MB), so this re-read hits L2. Writes the chunk's
+    gradient once.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    sample, row_offset = _row_position(row, num_classes, inner_size)
+    merged = partial_ptr + row * num_splits * 8
+    shift = tl.load(merged + 0)
+    log_sum = tl.load(merged + 1)
+    k = tl.load(merged + 2)
+    b = tl.load(merged + 3)
+    c = tl.load(merged + 4)
+    active = tl.load(merged + 5) != 0.0
+    grad_a = tl.load(merged + 6)
+    grad_b = tl.load(merged + 7)
+    no_class = tl.full([], -1, tl.int64)
+    y_a = no_class
+    y_b = no_class
+    if TARGET_KIND != PROBABILITY_TARGET:
+        y_a = tl.load(target_ptr + row)
+        if TARGET_KIND != INDEX_TARGET:
+            y_b = tl.load(target_b_ptr + row)
+    start = split * chunk_size
+    n = tl.minimum(chunk_size, num_classes - start).to(tl.int32)
+    _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset + start * inner_size, inner_size, start, n,
+                        shift, shift, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b, TARGET_KIND, BLOCK,
+                        BLOCKS_PER_CHUNK, UNROLL, False, True, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET,
+                        UNIT_STRIDE, ACC)
 
 
 @triton.jit
@@ -754,12 +854,12 @@ def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_
 
 def split_count(rows, num_classes, device):
     """How many programs share one row: 1 unless rows are too few to fill the GPU (SPLIT_PROGRAMS_PER_SM
-    programs per SM) and C is long; then chunks of whole blocks, at least SPLIT_CHUNK classes, enough
-    of them for that many programs."""
+    programs per SM) and C is long; then chunks of whole SPLIT_BLOCKs, at least SPLIT_CHUNK classes,
+    enough of them for that many programs."""
     wanted = cdiv(SPLIT_PROGRAMS_PER_SM * _backend.sm_count(device), max(rows, 1))
     if num_classes < 2 * SPLIT_CHUNK or wanted <= 1:
         return 1
-    chunk = max(SPLIT_CHUNK, num_classes // wanted // MAX_BLOCK * MAX_BLOCK)
+    chunk = max(SPLIT_CHUNK, num_classes // wanted // SPLIT_BLOCK * SPLIT_BLOCK)
     return cdiv(num_classes, chunk)
 
 
@@ -771,12 +871,15 @@ def _power_of_two_at_least(n):
 def _block_and_warps(num_classes, splits):
     """(BLOCK, num_warps): a row of up to ROW_IN_REGISTERS classes (unsplit) is one block, held in
     registers between the two sweeps, ROW_ELEMENTS_PER_THREAD per thread; longer unsplit rows loop over
-    LONG_ROW_BLOCK classes with LONG_ROW_WARPS warps; split chunks over MAX_BLOCK classes with 4 warps."""
+    LONG_ROW_BLOCK classes with LONG_ROW_WARPS warps; split chunks over SPLIT_BLOCK classes (fewer for a
+    short row split on request) with SPLIT_WARPS warps."""
     whole_row = _power_of_two_at_least(num_classes)
     if splits == 1 and MAX_BLOCK < whole_row <= ROW_IN_REGISTERS:
         return whole_row, max(4, whole_row // (32 * ROW_ELEMENTS_PER_THREAD))
     if splits == 1 and whole_row > ROW_IN_REGISTERS:
         return LONG_ROW_BLOCK, LONG_ROW_WARPS
+    if splits > 1:
+        return max(16, min(SPLIT_BLOCK, _power_of_two_at_least(cdiv(num_classes, splits)))), SPLIT_WARPS
     return max(16, min(MAX_BLOCK, whole_row)), 4
 
 
@@ -827,14 +930,15 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
         # The kernel rounds it to fp32 itself; rounded here too, HAS_SMOOTHING agrees (say for 1e-100).
         label_smoothing = struct.unpack("f", struct.pack("f", label_smoothing))[0]
         z_loss = struct.unpack("f", struct.pack("f", z_loss))[0]
+    chunk = cdiv(cdiv(num_classes, splits), block) * block
+    splits = cdiv(num_classes, chunk)
     num_partials = 0
     if denominator is not None:
         num_partials, rows_per_program, denominator_block = _denominator_partials(rows)
+    if denominator is not None and splits == 1:  # split rows: _cross_entropy_split_merge_kernel sums the targets
         launch(_index_denominator_kernel, (num_partials,), target, weight if weight is not None else denominator,
                denominator, rows, num_classes, ignore_index, rows_per_program, num_warps=4, BLOCK=denominator_block,
                HAS_WEIGHT=weight is not None, ACC=acc)
-    chunk = cdiv(cdiv(num_classes, splits), block) * block
-    splits = cdiv(num_classes, chunk)
     partial = torch.empty((rows, splits, PARTIAL_FIELDS), dtype=math_dtype, device=x.device) if splits > 1 else loss
     args = (x, target, target_b if target_b is not None else target, lam if lam is not None else loss,
             weight if weight is not None else loss, denominator if denominator is not None else loss,
@@ -854,8 +958,13 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
            num_warps=num_warps,
            **flags, SPLIT=splits > 1, **sizes)
     if splits > 1:
-        launch(_cross_entropy_split_finish_kernel, (rows, splits), *args, splits, ignore_index, label_smoothing, z_loss,
-               num_warps=num_warps, **flags, **sizes, SPLITS_BLOCK=max(2, _power_of_two_at_least(splits)))
+        splits_block = max(2, _power_of_two_at_least(splits))
+        merge_sizes = dict(sizes, PARTIALS_BLOCK=max(2, _power_of_two_at_least(rows)))  # the denominator's rows
+        launch(_cross_entropy_split_merge_kernel, (rows,), *args, splits, ignore_index, label_smoothing, z_loss,
+               num_warps=num_warps, **flags, **merge_sizes, SPLITS_BLOCK=splits_block)
+        if grad is not None:
+            launch(_cross_entropy_split_finish_kernel, (rows, splits), *args, splits, ignore_index, label_smoothing,
+                   z_loss, num_warps=num_warps, **flags, **sizes, SPLITS_BLOCK=splits_block)
 
 
 def _pointer(tensor):
@@ -1068,7 +1177,11 @@ def _scale_grad_triton(grad, grad_output):
     num_classes = grad.shape[1]
     factor = grad_output.to(_math_dtype(grad))
     factor = factor if factor.is_contiguous() else factor.contiguous()
-    programs = min(cdiv(grad.numel(), SCALE_BLOCK), SCALE_PROGRAMS_PER_SM * _backend.sm_count(grad.device))
+    # Up to SCALE_PROGRAMS_PER_SM per SM, but one per SM at least before each has SCALE_MIN_BLOCKS blocks:
+    # a small gradient is not spread over programs that each do little besides starting.
+    sm_count = _backend.sm_count(grad.device)
+    programs = min(cdiv(grad.numel(), SCALE_BLOCK), SCALE_PROGRAMS_PER_SM * sm_count,
+                   max(sm_count, cdiv(grad.numel(), SCALE_BLOCK * SCALE_MIN_BLOCKS)))
     launch(_scale_gradient_kernel, (programs,), grad, factor, grad.numel(), num_classes,
            grad.numel() // (grad.shape[0] * num_classes), cdiv(grad.numel(), programs * SCALE_BLOCK), num_warps=8,
            PER_ROW=grad_output.dim() > 0, BLOCK=SCALE_BLOCK)
