@@ -17,8 +17,17 @@ which are constexprs: KERNEL_LOOPS says which). From these, per case and GPU:
 - predicted time = the largest of the three, which names the bound, and % of copy =
   memory time / predicted time.
 
-It is a model: it ignores divergence, bank conflicts, tail effects and cache behaviour
-beyond the residency rules written in the cases. Real GPU runs remain the truth
+Residency rule (cross-entropy): sweep 2 reads a row's blocks again (all but the last one, which
+stays in registers; a split row's whole chunks). Those reads come from L2, not DRAM, only while the
+rows in flight (the resident programs of the main kernel, or every row of a split launch) times the
+bytes each reads again fit in L2_RESIDENT_FRACTION (two thirds) of L2; otherwise every byte read
+again counts as DRAM traffic. Each kernel's share of the case's DRAM bytes, for Little's law, is the
+share of the loads it executes. A trip-count hook may say where a program ends (the backward
+scaling's EXIT when grad_output = 1).
+
+It is a model: it ignores divergence, bank conflicts, tail effects, launch gaps between dependent
+kernels and cache behaviour beyond the residency rule above. It counts loads in a loop body as in
+flight together, whatever order ptxas gives them. Real GPU runs remain the truth
 (benchmarks/results/results.csv); where they disagree, the model is what changes.
 """
 import argparse
@@ -93,6 +102,7 @@ class KernelFigures:
     known_trip_counts: bool
     constexprs: dict = dataclasses.field(default_factory=dict)
     executed_load_bytes: float = 0.0  # whole launch, for each kernel's share of the case's DRAM bytes
+    persistent: bool = False  # programs loop over the work (grid-stride or persistent grid)
 
     def resident_ctas_per_sm(self) -> int:
         threads = self.warps * 32
@@ -121,13 +131,14 @@ def figures(launch, trip_counts=None) -> KernelFigures:
         trips = trips_of(_constexprs(launch.kernel)) if trips_of else [1] * len(loop_spans)
         # A hook may also say where the program ends: {"trips": [...], "ends_at": address of the EXIT taken}.
         ends_at = trips.get("ends_at") if isinstance(trips, dict) else None
+        persistent = bool(trips.get("persistent")) if isinstance(trips, dict) else False
         trips = trips["trips"] if isinstance(trips, dict) else trips
         counts = sass.executions(instructions, trips)
         if ends_at is not None:
             counts = [c if i.address <= ends_at else 0 for i, c in zip(instructions, counts)]
         known = trips_of is not None or not loop_spans
     except (ValueError, KeyError):
-        counts, known = [1] * len(instructions), False
+        counts, known, persistent = [1] * len(instructions), False, False
     per_thread = sum(counts)
 
     def executed(prefix):
@@ -147,7 +158,7 @@ def figures(launch, trip_counts=None) -> KernelFigures:
         warp_instructions=per_thread * launch.num_warps * launch.ctas,
         barriers=executed("BAR") * launch.num_warps, shuffles=executed("SHFL") * launch.num_warps,
         mufu=executed("MUFU") * launch.num_warps, bytes_in_flight_per_cta=load_bytes * threads,
-        known_trip_counts=known, constexprs=_constexprs(launch.kernel),
+        known_trip_counts=known, constexprs=_constexprs(launch.kernel), persistent=persistent,
         executed_load_bytes=threads * launch.ctas * sum(sass.global_access_bits(i) // 8 * c
                                                         for i, c in zip(instructions, counts)
                                                         if i.opcode.startswith("LDG")))
@@ -225,7 +236,8 @@ def _ce_loops(rows):
     grad_output is 1: each program loads the factor and ends)."""
     def trips(k, launch, instructions, spans):
         if launch.name == "_scale_gradient_kernel":  # grad_output = 1: the first EXIT, right after the factor
-            return {"trips": [0] * len(spans), "ends_at": next(i.address for i in instructions if i.opcode == "EXIT")}
+            return {"trips": [0] * len(spans), "ends_at": next(i.address for i in instructions if i.opcode == "EXIT"),
+                    "persistent": True}
         if launch.name == "_index_denominator_kernel":  # rows_per_program / BLOCK
             return [math.ceil(math.ceil(rows / launch.grid[0]) / k["BLOCK"])] * len(spans)
         result = []
@@ -245,7 +257,7 @@ def _ce_loops(rows):
                 result.append(0)
             else:
                 raise ValueError(f"a loop of {launch.name} that the model does not know")
-        return result
+        return {"trips": result, "persistent": launch.name == "_cross_entropy_fwd_kernel" and launch.grid[0] < rows}
     return trips
 
 
@@ -380,6 +392,9 @@ def run(quick=False, only=None):
                              "shuffles_per_kelement": 1000 * kernel.shuffles * kernel.ctas / case.elements,
                              "mufu_per_element": kernel.mufu * 32 * kernel.ctas / case.elements / kernel.warps,
                              "resident_ctas_per_sm": kernel.resident_ctas_per_sm(),
+                             "persistent": kernel.persistent,
+                             "load_share": kernel.executed_load_bytes / max(1.0, sum(k.executed_load_bytes
+                                                                                    for k in kernels)),
                              "known_trip_counts": kernel.known_trip_counts})
     return rows
 

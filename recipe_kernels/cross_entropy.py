@@ -686,11 +686,6 @@ def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride,
                      mask=in_chunk)
 
 
-# The per-row results of _cross_entropy_split_merge_kernel, over split 0's partial fields (it alone reads
-# them): shift, log_sum, k, b, c, active, and the gradients of the two target classes.
-MERGED_FIELDS = 8
-
-
 @triton.jit
 def _cross_entropy_split_merge_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
@@ -705,6 +700,9 @@ def _cross_entropy_split_merge_kernel(
     """Second kernel of a split row, grid (rows,): merge the row's partial statistics, write its loss
     (and lse), and for the gradient what every program of _cross_entropy_split_finish_kernel needs
     (_gradient_parameters) over split 0's fields: the merge runs once per row, not once per chunk.
+
+    The merged fields, over split 0's PARTIAL_FIELDS (only this program reads them): shift, log_sum, k, b,
+    c, active, and the gradients of the two target classes.
 
     Inputs: as _cross_entropy_fwd_kernel, plus partial (rows, splits, PARTIAL_FIELDS) in ACC; PARTIALS_BLOCK
     covers every row (the `mean` denominator). Bytes: the partials (32 * splits per row), 12 per row of
