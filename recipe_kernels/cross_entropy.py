@@ -81,7 +81,6 @@ ROW_ELEMENTS_PER_THREAD = 64
 LONG_ROW_BLOCK = 16384
 LONG_ROW_WARPS = 16
 LONG_ROW_PROGRAMS_PER_SM = 1
-LONG_ROW_UNROLL = 1  # blocks per loop iteration: 64 KiB of bf16 loads in flight per program
 L2_RESIDENT_FRACTION = 2 / 3
 DEFAULT_L2_BYTES = 50 << 20  # H100 and H200; devices that say otherwise are asked (_l2_bytes)
 SPLIT_CHUNK = 2048
@@ -301,7 +300,7 @@ def _fold_block(x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lan
 
 @triton.jit
 def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
-                      BLOCK: tl.constexpr, BLOCKS: tl.constexpr, UNROLL: tl.constexpr, MASKED_LOOP: tl.constexpr,
+                      BLOCK: tl.constexpr, BLOCKS: tl.constexpr, MASKED_LOOP: tl.constexpr,
                       LANE_ALIGNED: tl.constexpr, IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                       HAS_SMOOTHING: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Sweep 1 over the n classes of a chunk (its first class at offset `first`, class `start` of the row):
@@ -321,9 +320,8 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
     lane_wq = tl.zeros([LANES], ACC)
     lane_wqt = tl.zeros([LANES], ACC)
     lane_first = tl.arange(0, LANES) * LANE_GROUP
-    # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary). UNROLL
-    # blocks per iteration, so that their loads are in flight together.
-    for block in tl.range(0, BLOCKS - 1, loop_unroll_factor=UNROLL):
+    # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
+    for block in range(BLOCKS - 1):
         classes, offsets = _block_classes(block, class_stride, BLOCK, UNIT_STRIDE)
         in_chunk, lane_in_chunk = _block_mask(classes, block, n, BLOCK, LANE_ALIGNED)
         if MASKED_LOOP:
@@ -419,7 +417,7 @@ def _log2_probability(x, shift, log_sum):
 @triton.jit
 def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held, held_offset,
                           shift, log_sum, k, b, c, ZEROS: tl.constexpr, BLOCK: tl.constexpr, BLOCKS: tl.constexpr,
-                          UNROLL: tl.constexpr, HELD: tl.constexpr, MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr,
+                          HELD: tl.constexpr, MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr,
                           IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
                           OF_TARGET: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Sweep 2 over the n classes of a chunk: _gradient_values rounded once (ZEROS: zeros, read nothing).
@@ -440,7 +438,7 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
         tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
                  eviction_policy="evict_first")
     LOOPED: tl.constexpr = BLOCKS - 1 if HELD else BLOCKS
-    for newest in tl.range(0, LOOPED, loop_unroll_factor=UNROLL):
+    for newest in range(LOOPED):
         block = LOOPED - 1 - newest
         classes, offsets = _block_classes(block, class_stride, BLOCK, UNIT_STRIDE)
         in_chunk, _ = _block_mask(classes, block, n, BLOCK, LANE_ALIGNED)
@@ -573,7 +571,7 @@ def _cross_entropy_fwd_kernel(
         HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
         MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
         SPLIT: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
-        UNROLL: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
+        LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Cross-entropy of rows (or, when SPLIT, of one chunk of a row), grid (programs, splits): program p
     takes rows p, p + programs, ... (one row each when programs = rows; a persistent grid of about one
     program per SM for rows too long to hold, so that the rows in flight stay within L2).
@@ -617,7 +615,7 @@ def _cross_entropy_fwd_kernel(
         first = row_offset + start * inner_size
         # 1. Sweep 1: statistics of the row (or chunk).
         row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, t_held, held_offset = _chunk_statistics(
-            x_ptr, target_ptr, weight_ptr, first, inner_size, start, n, BLOCK, BLOCKS_PER_CHUNK, UNROLL, SPLIT,
+            x_ptr, target_ptr, weight_ptr, first, inner_size, start, n, BLOCK, BLOCKS_PER_CHUNK, SPLIT,
             LANE_ALIGNED,
             IS_PROB,
             HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, ACC)
@@ -652,14 +650,14 @@ def _cross_entropy_fwd_kernel(
                     ACC)
                 _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, first, inner_size, start, n, t_held,
                                     held_offset, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b,
-                                    TARGET_KIND, BLOCK, BLOCKS_PER_CHUNK, UNROLL, True, False, LANE_ALIGNED,
+                                    TARGET_KIND, BLOCK, BLOCKS_PER_CHUNK, True, False, LANE_ALIGNED,
                                     HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
 
 
 @triton.jit
 def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held, held_offset, shift,
                         log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b, TARGET_KIND: tl.constexpr,
-                        BLOCK: tl.constexpr, BLOCKS: tl.constexpr, UNROLL: tl.constexpr, HELD: tl.constexpr,
+                        BLOCK: tl.constexpr, BLOCKS: tl.constexpr, HELD: tl.constexpr,
                         MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                         HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr, UNIT_STRIDE: tl.constexpr,
                         ACC: tl.constexpr):
@@ -669,11 +667,11 @@ def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride,
     IS_PROB: tl.constexpr = TARGET_KIND == PROBABILITY_TARGET
     if active:
         _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held,
-                              held_offset, shift, log_sum, k, b, c, False, BLOCK, BLOCKS, UNROLL, HELD, MASKED_LOOP,
+                              held_offset, shift, log_sum, k, b, c, False, BLOCK, BLOCKS, HELD, MASKED_LOOP,
                               LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
     else:
         _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held,
-                              held_offset, shift, log_sum, k, b, c, True, BLOCK, BLOCKS, UNROLL, HELD, MASKED_LOOP,
+                              held_offset, shift, log_sum, k, b, c, True, BLOCK, BLOCKS, HELD, MASKED_LOOP,
                               LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
     if TARGET_KIND != PROBABILITY_TARGET and not OF_TARGET:
         tl.debug_barrier()  # the chunk's stores before the two that overwrite target classes
@@ -695,7 +693,7 @@ def _cross_entropy_split_merge_kernel(
         HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
         MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
         BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
-        SPLITS_BLOCK: tl.constexpr, UNROLL: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+        SPLITS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr,
         ACC: tl.constexpr):
     """Second kernel of a split row, grid (rows,): merge the row's partial statistics, write its loss
     (and lse), and for the gradient what every program of _cross_entropy_split_finish_kernel needs
@@ -774,7 +772,7 @@ def _cross_entropy_split_finish_kernel(
         HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
         MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
         BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
-        SPLITS_BLOCK: tl.constexpr, UNROLL: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+        SPLITS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr,
         ACC: tl.constexpr):
     """Third kernel of a split row, grid (rows, splits): the gradient of this program's chunk, from the
     row's merged fields (_cross_entropy_split_merge_kernel).
@@ -806,7 +804,7 @@ def _cross_entropy_split_finish_kernel(
     n = tl.minimum(chunk_size, num_classes - start).to(tl.int32)
     _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset + start * inner_size, inner_size, start, n,
                         shift, shift, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b, TARGET_KIND, BLOCK,
-                        BLOCKS_PER_CHUNK, UNROLL, False, True, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET,
+                        BLOCKS_PER_CHUNK, False, True, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET,
                         UNIT_STRIDE, ACC)
 
 
@@ -948,7 +946,6 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
                  OF_TARGET=of_target)
     sizes = dict(BLOCK=block, BLOCKS_PER_CHUNK=chunk // block,
                  PARTIALS_BLOCK=max(2, _power_of_two_at_least(num_partials)),
-                 UNROLL=LONG_ROW_UNROLL if block == LONG_ROW_BLOCK else 1,
                  LANE_ALIGNED=num_classes % LANE_GROUP.value == 0, UNIT_STRIDE=inner_size == 1, ACC=acc)
     launch(_cross_entropy_fwd_kernel, (row_programs(rows, num_classes, splits, x.element_size(), x.device), splits),
            *args,
