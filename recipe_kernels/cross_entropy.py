@@ -56,9 +56,6 @@ PROBABILITY_TARGET = tl.constexpr(int(TargetKind.PROBABILITY))
 # Consecutive classes each lane folds at once (16 bytes of bf16): one running max per lane group.
 LANE_GROUP = tl.constexpr(8)
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(v) = exp2(v log2(e)): one FMUL and one MUFU.EX2
-# Triton's interpreter computes tl.fma as a product rounded, then a sum rounded; _exact_fma emulates the
-# GPU's single rounding there (decided at import).
-INTERPRETER_FMA_ROUNDS_TWICE = tl.constexpr(_backend.triton_interpreting())
 # GRAD_OUTPUT of the kernels: what multiplies the gradient besides the mean's 1 / denominator.
 NO_GRAD_OUTPUT, SCALAR_GRAD_OUTPUT, PER_ROW_GRAD_OUTPUT = (tl.constexpr(code) for code in range(3))
 REDUCTIONS = ("none", "mean", "sum")
@@ -241,19 +238,9 @@ def _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MA
 
 
 @triton.jit
-def _exact_fma(x, y, z):
-    """x y + z rounded once (fp32: the product of two floats is exact in fp64, and so is the sum here)."""
-    if INTERPRETER_FMA_ROUNDS_TWICE and x.dtype == tl.float32:
-        return (x.to(tl.float64) * y + z.to(tl.float64)).to(tl.float32)
-    return tl.fma(x, tl.full([], y, x.dtype), z)  # y in x's precision (tl.fma takes a Python float as fp32)
-
-
-@triton.jit
-def _lane_base(lane_max):
-    """(shift, base) of lanes: shift = max (0 for a lane of -inf only), base = shift log2(e) rounded: the
-    log2-domain origin of the lane's sums."""
-    shift = tl.where(lane_max == -float("inf"), 0.0, lane_max)
-    return shift, shift * LOG2E
+def _lane_shift(lane_max):
+    """The max of lanes, 0 for a lane of -inf only (nothing to shift by)."""
+    return tl.where(lane_max == -float("inf"), 0.0, lane_max)
 
 
 @triton.jit
@@ -263,21 +250,19 @@ def _fold_block(x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lan
     """Folds one block of logits x ([LANES, LANE_GROUP] in ACC, -inf outside the chunk) into each lane's
     running statistics (online softmax: one rescale per lane and block, one FMA and one exp per element).
 
-    Per element t = x log2(e) - base, one FMA whose only rounding is its result's: the product is exact
-    inside it, and base (the lane's max times log2(e), rounded) is the same for the whole lane, so its
-    rounding error is one constant that _merge_lanes takes out exactly. Each lane keeps its max, sum 2^t,
-    sum w t, sum w (`count`, the lane's classes in the chunk, without weights), sum w q and sum w q t,
-    all relative to its current base: rebased by base_old - base_new when the max rises. No lane talks
-    to another. Also returns t ([LANES, LANE_GROUP]) and the lanes' base.
+    Per element t = (x - max) log2(e): the subtraction is exact near the max, so no rounding at the scale
+    of the logits enters (a product x log2(e) would carry one of up to half its ulp, which overflows
+    exp2 for logits past 1e9). Each lane keeps its max, sum 2^t, sum w t, sum w (`count`, the lane's
+    classes in the chunk, without weights), sum w q and sum w q t, all relative to its current max:
+    rebased by (max_old - max_new) log2(e) when the max rises. No lane talks to another. Also returns
+    t ([LANES, LANE_GROUP]) and the lanes' shift.
     """
     new_max = tl.maximum(lane_max, tl.max(x, 1))
-    _, old_base = _lane_base(lane_max)
-    _, base = _lane_base(new_max)
-    t = _exact_fma(x, LOG2E, -base[:, None])
-    # Exact: both bases round a max times log2(e), the same way. A lane of -inf only so far has nothing
-    # to move (and exp2 of its rise could overflow to inf * 0 = NaN).
+    shift = _lane_shift(new_max)
+    t = (x - shift[:, None]) * LOG2E
+    # A lane of -inf only so far has nothing to move (and exp2 of its rise could overflow to inf * 0).
     unseen = lane_max == -float("inf")
-    rise = tl.where(unseen, 0.0, old_base - base)
+    rise = tl.where(unseen, 0.0, (lane_max - shift) * LOG2E)
     lane_exp = lane_exp * tl.math.exp2(tl.where(unseen, -float("inf"), rise)) + tl.sum(tl.math.exp2(t), 1)
     if HAS_SMOOTHING or IS_PROB:
         counted = t
@@ -295,7 +280,7 @@ def _fold_block(x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lan
             wq = w * q
             lane_wqt = tl.fma(lane_wq, rise, lane_wqt) + _lane_sum(wq * counted, lane_in_chunk, LANE_MASKED)
             lane_wq += tl.sum(wq, 1)
-    return new_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, t, base
+    return new_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, t, shift
 
 
 @triton.jit
@@ -342,18 +327,15 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
     count = tl.minimum(tl.maximum(n - (BLOCKS - 1) * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
     w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_last", IS_PROB,
                         HAS_WEIGHT, HAS_SMOOTHING, ACC)
-    lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, t_held, held_base = _fold_block(
+    lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, t_held, held_shift = _fold_block(
         x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk, True,
         LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
-    # The one merge: every lane's sums moved onto the chunk's base, then from base to m log2(e) exactly:
-    # base_error = m log2(e) - base, the rounding of the base (one FMA gives it exactly).
+    # The one merge: every lane's sums moved onto the chunk's max.
     row_max = tl.max(lane_max, 0)
-    shift, row_base = _lane_base(row_max)
-    base_error = _exact_fma(shift, LOG2E, -row_base)
-    _, lane_base = _lane_base(lane_max)
+    shift = _lane_shift(row_max)
     unseen = lane_max == -float("inf")
-    lane_rise = tl.where(unseen, 0.0, lane_base - row_base)
-    sum_exp = tl.sum(lane_exp * tl.math.exp2(tl.where(unseen, -float("inf"), lane_rise - base_error)), 0)
+    lane_rise = tl.where(unseen, 0.0, (lane_max - shift) * LOG2E)
+    sum_exp = tl.sum(lane_exp * tl.math.exp2(tl.where(unseen, -float("inf"), lane_rise)), 0)
     sum_s = tl.zeros([], ACC)
     sum_w = tl.zeros([], ACC)
     sum_wq = tl.zeros([], ACC)
@@ -363,11 +345,11 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
             sum_w = tl.sum(lane_w, 0)
         else:
             sum_w = n.to(ACC)  # the lanes count the chunk's classes
-        sum_s = (tl.sum(tl.fma(lane_w, lane_rise, lane_t), 0) - sum_w * base_error) / LOG2E
+        sum_s = tl.sum(tl.fma(lane_w, lane_rise, lane_t), 0) / LOG2E
     if IS_PROB:
         sum_wq = tl.sum(lane_wq, 0)
-        sum_wqs = (tl.sum(tl.fma(lane_wq, lane_rise, lane_wqt), 0) - sum_wq * base_error) / LOG2E
-    return row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, t_held, held_base - row_base - base_error
+        sum_wqs = tl.sum(tl.fma(lane_wq, lane_rise, lane_wqt), 0) / LOG2E
+    return row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, t_held, (held_shift - shift) * LOG2E
 
 
 @triton.jit
@@ -411,7 +393,7 @@ def _gradient_values(log2_p, w, q, k, b, c, OF_TARGET: tl.constexpr, IS_PROB: tl
 @triton.jit
 def _log2_probability(x, shift, log_sum):
     """log2 p of logits x (ACC): x - shift is exact near the max, as in sweep 1."""
-    return _exact_fma(x - shift, LOG2E, -log_sum * LOG2E)
+    return tl.fma(x - shift, tl.full([], LOG2E, x.dtype), -log_sum * LOG2E)  # log2(e) in x's precision
 
 
 @triton.jit
