@@ -404,9 +404,9 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
                           OF_TARGET: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Sweep 2 over the n classes of a chunk: _gradient_values rounded once (ZEROS: zeros, read nothing).
     Newest first: the last block from t_held (HELD: sweep 1 left it in registers; log2 p = t_held +
-    held_offset - log2 of the sum, per lane), then the others in the reverse order of sweep 1, so that the most recently read, the
-    likeliest still in L2, come first. They are read and written with evict_first: nothing here is
-    read again."""
+    held_offset - log2 of the sum, per lane), then the others in the reverse order of sweep 1, so that
+    the most recently read, the likeliest still in L2, come first. They are read and written with
+    evict_first: nothing here is read again."""
     if HELD:
         classes, offsets = _block_classes(BLOCKS - 1, class_stride, BLOCK, UNIT_STRIDE)
         in_chunk, _ = _block_mask(classes, BLOCKS - 1, n, BLOCK, LANE_ALIGNED)
