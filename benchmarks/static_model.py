@@ -17,12 +17,22 @@ which are constexprs: KERNEL_LOOPS says which). From these, per case and GPU:
 - predicted time = the largest of the three, which names the bound, and % of copy =
   memory time / predicted time.
 
-It is a model: it ignores divergence, bank conflicts, tail effects and cache behaviour
-beyond the residency rules written in the cases. Real GPU runs remain the truth
+Residency rule (cross-entropy): sweep 2 reads a row's blocks again (all but the last one, which
+stays in registers; a split row's whole chunks). Those reads come from L2, not DRAM, only while the
+rows in flight (the resident programs of the main kernel, or every row of a split launch) times the
+bytes each reads again fit in L2_RESIDENT_FRACTION (two thirds) of L2; otherwise every byte read
+again counts as DRAM traffic. Each kernel's share of the case's DRAM bytes, for Little's law, is the
+share of the loads it executes. A trip-count hook may say where a program ends (the backward
+scaling's EXIT when grad_output = 1).
+
+It is a model: it ignores divergence, bank conflicts, tail effects, launch gaps between dependent
+kernels and cache behaviour beyond the residency rule above. It counts loads in a loop body as in
+flight together, whatever order ptxas gives them. Real GPU runs remain the truth
 (benchmarks/results/results.csv); where they disagree, the model is what changes.
 """
 import argparse
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -64,11 +74,13 @@ REGISTER_ALLOCATION_UNIT = 256  # registers are allocated per warp in units of 2
 
 # Trip counts of each kernel's loops, outermost first, from its constexprs (and launch arguments).
 KERNEL_LOOPS = {
-    "_cross_entropy_fwd_kernel": lambda k: [k["BLOCKS_PER_CHUNK"]] * (2 if k["WRITE_GRAD"] and not k["SPLIT"]
-                                                                      else 1),
-    "_cross_entropy_split_finish_kernel": lambda k: [k["BLOCKS_PER_CHUNK"]] if k["WRITE_GRAD"] else [],
     "_dropout_bias_backward_kernel": lambda k: [k["ROWS_PER_PROGRAM"] // k["ROWS_IN_FLIGHT"]],
 }
+# What fits in L2 between a row's two sweeps: cross-entropy's sweep 2 reads a row's blocks again from L2
+# only while the rows in flight (programs x the bytes sweep 2 reads again) take at most this share of it
+# (the kernels' own bound, recipe_kernels.cross_entropy.L2_RESIDENT_FRACTION). The rest is left to the
+# lines marked evict_first (what sweep 2 reads again, the gradient it writes).
+L2_RESIDENT_FRACTION = importlib.import_module("recipe_kernels.cross_entropy").L2_RESIDENT_FRACTION
 
 
 @dataclasses.dataclass
@@ -88,6 +100,9 @@ class KernelFigures:
     mufu: float
     bytes_in_flight_per_cta: int
     known_trip_counts: bool
+    constexprs: dict = dataclasses.field(default_factory=dict)
+    executed_load_bytes: float = 0.0  # whole launch, for each kernel's share of the case's DRAM bytes
+    persistent: bool = False  # programs loop over the work (grid-stride or persistent grid)
 
     def resident_ctas_per_sm(self) -> int:
         threads = self.warps * 32
@@ -106,15 +121,24 @@ def _constexprs(kernel):
 def figures(launch, trip_counts=None) -> KernelFigures:
     """trip_counts: the loops' trip counts when launch arguments, not constexprs, set them (Case.trip_counts)."""
     instructions = sass.disassemble(launch.kernel.asm["cubin"])
-    trips_of = (lambda k: trip_counts) if trip_counts is not None else KERNEL_LOOPS.get(launch.name)
     loop_spans = sass.loops(instructions)
+    if callable(trip_counts):  # from the code itself: trip_counts(constexprs, launch, instructions, spans)
+        trips_of = lambda k: trip_counts(k, launch, instructions, loop_spans)  # noqa: E731
+    else:
+        trips_of = (lambda k: trip_counts) if trip_counts is not None else KERNEL_LOOPS.get(launch.name)
     known = True
     try:
         trips = trips_of(_constexprs(launch.kernel)) if trips_of else [1] * len(loop_spans)
+        # A hook may also say where the program ends: {"trips": [...], "ends_at": address of the EXIT taken}.
+        ends_at = trips.get("ends_at") if isinstance(trips, dict) else None
+        persistent = bool(trips.get("persistent")) if isinstance(trips, dict) else False
+        trips = trips["trips"] if isinstance(trips, dict) else trips
         counts = sass.executions(instructions, trips)
+        if ends_at is not None:
+            counts = [c if i.address <= ends_at else 0 for i, c in zip(instructions, counts)]
         known = trips_of is not None or not loop_spans
     except (ValueError, KeyError):
-        counts, known = [1] * len(instructions), False
+        counts, known, persistent = [1] * len(instructions), False, False
     per_thread = sum(counts)
 
     def executed(prefix):
@@ -134,7 +158,10 @@ def figures(launch, trip_counts=None) -> KernelFigures:
         warp_instructions=per_thread * launch.num_warps * launch.ctas,
         barriers=executed("BAR") * launch.num_warps, shuffles=executed("SHFL") * launch.num_warps,
         mufu=executed("MUFU") * launch.num_warps, bytes_in_flight_per_cta=load_bytes * threads,
-        known_trip_counts=known)
+        known_trip_counts=known, constexprs=_constexprs(launch.kernel), persistent=persistent,
+        executed_load_bytes=threads * launch.ctas * sum(sass.global_access_bits(i) // 8 * c
+                                                        for i, c in zip(instructions, counts)
+                                                        if i.opcode.startswith("LDG")))
 
 
 @dataclasses.dataclass
@@ -160,8 +187,8 @@ def predict(case, kernels, gpu):
         resident = min(kernel.resident_ctas_per_sm(), math.ceil(kernel.ctas / gpu.sm_count))
         in_flight = resident * kernel.bytes_in_flight_per_cta * sms
         if in_flight:
-            share = kernel.bytes_in_flight_per_cta * kernel.ctas / max(1, sum(k.bytes_in_flight_per_cta * k.ctas
-                                                                            for k in kernels))
+            # Each kernel waits on its share of the DRAM bytes: the share of the loads it executes.
+            share = kernel.executed_load_bytes / max(1.0, sum(k.executed_load_bytes for k in kernels))
             latency_s += dram * share * gpu.dram_latency_s / in_flight
     times = {"memory": memory_s, "issue": issue_s, "latency": latency_s}
     bound = max(times, key=times.get)
@@ -182,13 +209,61 @@ def _bf16(*shape, requires_grad=False):
 
 
 def _ce_dram_bytes(rows, classes, itemsize):
-    """Sweep 2 re-reads from DRAM when the rows resident at once do not fit in L2."""
+    """DRAM bytes of cross-entropy fwd+bwd: one read of the logits, one write of the gradient, 12 bytes per
+    row (target, loss), and sweep 2's reads again of what sweep 1 did not leave in registers (a row of
+    one block keeps it all; a longer row its last block; a split row nothing) from DRAM unless they fit in
+    L2_RESIDENT_FRACTION of L2: the rows in flight at once (resident programs, or every row of a split
+    launch: its finish kernel starts after the last partial) times those bytes per row."""
     def dram(kernels, gpu):
         main = next(k for k in kernels if k.name == "_cross_entropy_fwd_kernel")  # not the denominator prologue
-        resident_rows = min(rows, main.resident_ctas_per_sm() * gpu.sm_count)
-        reread = resident_rows * classes * itemsize > gpu.l2_bytes // 2
-        return rows * classes * itemsize * (3 if reread else 2) + rows * 12
+        held = min(classes, main.constexprs["BLOCK"])
+        reread_per_row = (classes - held) * itemsize
+        if main.constexprs["SPLIT"]:
+            reread_per_row, in_flight = classes * itemsize, rows
+        else:
+            in_flight = min(main.ctas, main.resident_ctas_per_sm() * gpu.sm_count)
+        from_l2 = in_flight * reread_per_row <= L2_RESIDENT_FRACTION * gpu.l2_bytes
+        return rows * classes * itemsize * 2 + (0 if from_l2 else rows * reread_per_row) + rows * 12
     return dram
+
+
+def _ce_loops(rows):
+    """Trip counts of the cross-entropy kernels' loops, each loop known by what it does: the persistent
+    loop over rows (the outermost one of _cross_entropy_fwd_kernel: rows / programs), sweep 1's blocks
+    (loads marked evict_last: all blocks but the held last one), sweep 2's blocks read again (loads
+    marked evict_first: all but the held one, all in the split finish kernel), a loop that only stores
+    (the zeros of ignored rows: none here); the backward scaling ends at its first EXIT (the benchmark's
+    grad_output is 1: each program loads the factor and ends)."""
+    def trips(k, launch, instructions, spans):
+        if launch.name == "_scale_gradient_kernel":  # grad_output = 1: the first EXIT, right after the factor
+            return {"trips": [0] * len(spans), "ends_at": next(i.address for i in instructions if i.opcode == "EXIT"),
+                    "persistent": True}
+        if launch.name == "_index_denominator_kernel":  # rows_per_program / BLOCK
+            return [math.ceil(math.ceil(rows / launch.grid[0]) / k["BLOCK"])] * len(spans)
+        result = []
+        for number, (start, end) in enumerate(spans):
+            own = [i for i in instructions if start <= i.address <= end
+                   and not any(s <= i.address <= e for s, e in spans if (s, e) != (start, end) and start <= s
+                               and e <= end)]
+            loads = [i.opcode for i in own if i.opcode.startswith("LDG")]
+            if number == 0 and launch.name == "_cross_entropy_fwd_kernel":
+                result.append(math.ceil(rows / launch.grid[0]))
+            elif any(".EL" in opcode for opcode in loads):
+                result.append(k["BLOCKS_PER_CHUNK"] - 1)
+            elif any(".EF" in opcode for opcode in loads):
+                result.append(k["BLOCKS_PER_CHUNK"] - (0 if launch.name == "_cross_entropy_split_finish_kernel"
+                                                       else 1))
+            elif not loads:
+                result.append(0)
+            else:
+                raise ValueError(f"a loop of {launch.name} that the model does not know")
+        return {"trips": result, "persistent": launch.name == "_cross_entropy_fwd_kernel" and launch.grid[0] < rows}
+    return trips
+
+
+CE_KERNELS = ("_cross_entropy_fwd_kernel", "_cross_entropy_split_merge_kernel", "_cross_entropy_split_finish_kernel",
+              "_scale_gradient_kernel",
+              "_index_denominator_kernel")
 
 
 def _tile_taps(box_lengths, out_length, antialias, block):
@@ -262,7 +337,17 @@ def cases(quick=False):
             x = _bf16(ce_rows, classes, requires_grad=True)
             rk.cross_entropy(x, torch.randint(0, classes, (ce_rows,)), label_smoothing=0.1, backend="triton").backward()
         result.append(Case(f"cross_entropy fwd+bwd bf16 {ce_rows}x{classes}", ce, ce_rows * classes,
-                           4 * ce_rows * classes, _ce_dram_bytes(ce_rows, classes, 2)))
+                           4 * ce_rows * classes, _ce_dram_bytes(ce_rows, classes, 2),
+                           {name: _ce_loops(ce_rows) for name in CE_KERNELS}))
+        if (ce_rows, classes) == (8192, 32000):
+            def ce_mixed(ce_rows=ce_rows, classes=classes):
+                x = _bf16(ce_rows, classes, requires_grad=True)
+                target = rk.MixedTarget(torch.randint(0, classes, (ce_rows,)), torch.randint(0, classes, (ce_rows,)),
+                                        torch.rand(ce_rows))
+                rk.cross_entropy(x, target, label_smoothing=0.1, backend="triton").backward()
+            result.append(Case(f"cross_entropy fwd+bwd bf16 {ce_rows}x{classes} mixed targets", ce_mixed,
+                               ce_rows * classes, 4 * ce_rows * classes, _ce_dram_bytes(ce_rows, classes, 2),
+                               {name: _ce_loops(ce_rows) for name in CE_KERNELS}))
 
     images = (256, 3, 224, 224)
     pixels = math.prod(images)
@@ -309,6 +394,9 @@ def run(quick=False, only=None):
                              "shuffles_per_kelement": 1000 * kernel.shuffles * kernel.ctas / case.elements,
                              "mufu_per_element": kernel.mufu * 32 * kernel.ctas / case.elements / kernel.warps,
                              "resident_ctas_per_sm": kernel.resident_ctas_per_sm(),
+                             "persistent": kernel.persistent,
+                             "load_share": kernel.executed_load_bytes / max(1.0, sum(k.executed_load_bytes
+                                                                                    for k in kernels)),
                              "known_trip_counts": kernel.known_trip_counts})
     return rows
 

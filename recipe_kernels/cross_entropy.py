@@ -53,8 +53,9 @@ from recipe_kernels.targets import MixedTarget
 INDEX, MIXED, PROBABILITIES = TargetKind.INDEX, TargetKind.MIXED, TargetKind.PROBABILITY
 INDEX_TARGET = tl.constexpr(int(TargetKind.INDEX))
 PROBABILITY_TARGET = tl.constexpr(int(TargetKind.PROBABILITY))
-# Consecutive classes each lane of a multi-block sweep folds at once (16 bytes of bf16).
+# Consecutive classes each lane folds at once (16 bytes of bf16): one running max per lane group.
 LANE_GROUP = tl.constexpr(8)
+LOG2E = tl.constexpr(1.4426950408889634)  # exp(v) = exp2(v log2(e)): one FMUL and one MUFU.EX2
 # GRAD_OUTPUT of the kernels: what multiplies the gradient besides the mean's 1 / denominator.
 NO_GRAD_OUTPUT, SCALAR_GRAD_OUTPUT, PER_ROW_GRAD_OUTPUT = (tl.constexpr(code) for code in range(3))
 REDUCTIONS = ("none", "mean", "sum")
@@ -68,13 +69,29 @@ MAX_BLOCK = 1024
 # sweep 2 reads nothing again, so DRAM sees one read and one write at any residency.
 ROW_IN_REGISTERS = 32768
 ROW_ELEMENTS_PER_THREAD = 64
+# A longer unsplit row is swept in blocks of LONG_ROW_BLOCK classes by LONG_ROW_WARPS warps (32 per thread:
+# 32 KiB of bf16 loads in flight per program), its last block held in registers, by a persistent grid of
+# LONG_ROW_PROGRAMS_PER_SM programs per SM, each looping over rows: the rows in flight, whose other blocks
+# sweep 2 reads again, are then programs x row bytes (132 x 224 KiB = 29 MiB at C = 131072 in bf16), not
+# every row the GPU could hold at once. Fewer programs when that would pass L2_RESIDENT_FRACTION of L2
+# (C = 262144 in bf16: 71 programs of 480 KiB), so that sweep 2 still reads from L2.
+LONG_ROW_BLOCK = 16384
+LONG_ROW_WARPS = 16
+LONG_ROW_PROGRAMS_PER_SM = 1
+L2_RESIDENT_FRACTION = 2 / 3
+DEFAULT_L2_BYTES = 50 << 20  # H100 and H200; devices that say otherwise are asked (_l2_bytes)
 SPLIT_CHUNK = 2048
+# A split row's chunks are blocks of up to SPLIT_BLOCK classes over SPLIT_WARPS warps (32 per thread: the
+# per-program work of merging lanes and statistics spread over more classes; 4 KiB of bf16 loads in flight).
+SPLIT_BLOCK = 2048
+SPLIT_WARPS = 2
 SPLIT_PROGRAMS_PER_SM = 4
 # Per (row, split) partial statistics: max, sum exp(x - max), sum w (x - max), sum w, sum w q,
 # sum w q (x - max), x[y_a], x[y_b].
 PARTIAL_FIELDS = 8
 SCALE_BLOCK = 2048
 SCALE_PROGRAMS_PER_SM = 4  # the backward scaling's grid-stride programs (CUDA: blocks) per SM
+SCALE_MIN_BLOCKS = 8
 # The `mean` denominator of index targets (_index_denominator_kernel): rows per block, and rows per
 # program before a second program is added, up to MAX_DENOMINATOR_PARTIALS programs (partial sums
 # that every main program adds up again, so few).
@@ -97,13 +114,11 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @triton.jit
-def _program_row(num_classes, inner_size):
-    """(row, split, sample, row_offset) of this program, grid (rows, splits): row r is position
-    r % inner_size of sample r // inner_size, whose classes start at row_offset, inner_size apart."""
-    row = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
+def _row_position(row, num_classes, inner_size):
+    """(sample, row_offset) of row r (int64): position r % inner_size of sample r // inner_size, whose
+    classes start at row_offset, inner_size apart."""
     sample = row // inner_size
-    return row, split, sample, sample * num_classes * inner_size + row % inner_size
+    return sample, sample * num_classes * inner_size + row % inner_size
 
 
 @triton.jit
@@ -149,6 +164,14 @@ def _row_coefficients(target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample
 
 
 @triton.jit
+def _target_logits(x_ptr, row_offset, class_stride, num_classes, y_a, y_b, ACC: tl.constexpr):
+    """(x[y_a], x[y_b]) of a row in ACC, 0 where there is no such class."""
+    x_a = tl.load(x_ptr + row_offset + y_a * class_stride, mask=(y_a >= 0) & (y_a < num_classes), other=0.0).to(ACC)
+    x_b = tl.load(x_ptr + row_offset + y_b * class_stride, mask=(y_b >= 0) & (y_b < num_classes), other=0.0).to(ACC)
+    return x_a, x_b
+
+
+@triton.jit
 def _rebase(sum_shifted, old_max, new_shift, sum_weights):
     """A sum of w (x - old_max) moved onto new_shift: + (old_max - new_shift) * sum of w. Nothing
     was seen (old_max = -inf, an empty sum) or only -inf (the sum is -inf already): unchanged."""
@@ -156,11 +179,13 @@ def _rebase(sum_shifted, old_max, new_shift, sum_weights):
 
 
 @triton.jit
-def _class_offsets(block, class_stride, BLOCK: tl.constexpr, UNIT_STRIDE: tl.constexpr):
-    """(classes relative to the chunk's start, their offsets from its first class) of one block. In
-    int32 for unit class strides (the chunk then has < 2^31 classes): half the registers of int64,
+def _block_classes(block, class_stride, BLOCK: tl.constexpr, UNIT_STRIDE: tl.constexpr):
+    """(classes relative to the chunk's start, their offsets from its first class) of one block, as
+    [BLOCK // LANE_GROUP, LANE_GROUP]: a lane's LANE_GROUP consecutive classes (one 16-byte load in bf16).
+    In int32 for unit class strides (the chunk then has < 2^31 classes): half the registers of int64,
     which lets a whole row stay in registers."""
-    classes = block * BLOCK + tl.arange(0, BLOCK)
+    LANES: tl.constexpr = BLOCK // LANE_GROUP
+    classes = block * BLOCK + tl.arange(0, LANES)[:, None] * LANE_GROUP + tl.arange(0, LANE_GROUP)[None, :]
     if UNIT_STRIDE:
         offsets = classes
     else:
@@ -169,108 +194,162 @@ def _class_offsets(block, class_stride, BLOCK: tl.constexpr, UNIT_STRIDE: tl.con
 
 
 @triton.jit
-def _chunk_statistics(x_ptr, q_ptr, weight_ptr, row_offset, class_stride, start, end,
-                      BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
-                      HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, UNIT_STRIDE: tl.constexpr,
-                      ACC: tl.constexpr):
-    """One sweep over classes [start, end) of a row: max m and sum of exp(x - m), plus the sums
-    smoothing and probability targets need, all relative to m: sum w (x - m), sum w, sum w q,
-    sum w q (x - m) (in ACC).
-
-    Each lane keeps its own running statistics (online softmax, one exp per element), and the
-    lanes are merged once at the end: one block reduction per row, not one per block of classes.
-    A chunk of one block (BLOCKS_PER_CHUNK == 1) is reduced directly and its logits come back
-    too (in their own dtype, half the registers of bf16 in fp32), for sweep 2 to use without
-    reading them again (otherwise a placeholder does).
-    """
-    first = row_offset + start * class_stride
-    if BLOCKS_PER_CHUNK == 1:
-        classes, offsets = _class_offsets(0, class_stride, BLOCK, UNIT_STRIDE)
-        in_row = classes < end - start
-        x_held = tl.load(x_ptr + first + offsets, mask=in_row, other=-float("inf"))
-        x = x_held.to(ACC)
-        row_max = tl.max(x, 0)
-        shift = tl.where(row_max == -float("inf"), 0.0, row_max)
-        sum_exp = tl.sum(tl.exp(x - shift), 0)
-        sum_wx = tl.zeros([], ACC)
-        sum_w = tl.zeros([], ACC)
-        sum_wq = tl.zeros([], ACC)
-        sum_wqx = tl.zeros([], ACC)
-        if HAS_SMOOTHING or IS_PROB:
-            shifted = tl.where(in_row, x - shift, 0.0)
-            if HAS_WEIGHT:
-                w = tl.load(weight_ptr + start + classes, mask=in_row, other=0.0)
-            else:
-                w = tl.where(in_row, 1.0, 0.0)
-            if HAS_SMOOTHING:
-                sum_wx = tl.sum(w * shifted, 0)
-                sum_w = tl.sum(w, 0)
-            if IS_PROB:
-                wq = w * tl.load(q_ptr + first + offsets, mask=in_row, other=0.0).to(ACC)
-                sum_wqx = tl.sum(wq * shifted, 0)
-                sum_wq = tl.sum(wq, 0)
+def _block_mask(classes, block, n, BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr):
+    """(in_chunk, lane_in_chunk): which classes of a block lie in the chunk's n, and which lanes. With
+    LANE_ALIGNED (n a multiple of LANE_GROUP) a lane is all in or all out: one predicate per lane
+    ([LANES, 1], broadcast), not a compare per element."""
+    lane_in_chunk = block * BLOCK + tl.arange(0, BLOCK // LANE_GROUP) * LANE_GROUP < n
+    if LANE_ALIGNED:
+        in_chunk = lane_in_chunk[:, None]
     else:
-        row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx, x_held = _lane_statistics(
-            x_ptr, q_ptr, weight_ptr, first, class_stride, start, end, BLOCK, BLOCKS_PER_CHUNK, IS_PROB,
-            HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, ACC)
-    return row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx, x_held
+        in_chunk = classes < n
+    return in_chunk, lane_in_chunk
 
 
 @triton.jit
-def _lane_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, end,
-                     BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
-                     HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, UNIT_STRIDE: tl.constexpr,
-                     ACC: tl.constexpr):
-    """_chunk_statistics over several blocks (first: the offset of the chunk's first class). Each
-    block is LANE_GROUP consecutive classes per lane (one 16-byte load in bf16); each lane folds
-    its group into its own running statistics (one rescale per group, one exp per element), and
-    the lanes are merged once at the end."""
+def _lane_sum(values, lane_in_chunk, LANE_MASKED: tl.constexpr):
+    """Sum over each lane's classes; 0 for lanes outside the chunk when LANE_MASKED (their values may be
+    -inf or NaN: x = -inf there)."""
+    total = tl.sum(values, 1)
+    if LANE_MASKED:
+        total = tl.where(lane_in_chunk, total, 0.0)
+    return total
+
+
+@triton.jit
+def _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED: tl.constexpr,
+                 POLICY: tl.constexpr, IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                 HAS_SMOOTHING: tl.constexpr, ACC: tl.constexpr):
+    """(w, q) of one block: the class weights (1.0 without weights) and the probability target (0.0 unless
+    IS_PROB), in ACC; masked to the chunk (0 outside) when MASKED."""
+    w = 1.0
+    q = 0.0
+    if HAS_WEIGHT and (HAS_SMOOTHING or IS_PROB):
+        if MASKED:
+            w = tl.load(weight_ptr + start + classes, mask=in_chunk, other=0.0)
+        else:
+            w = tl.load(weight_ptr + start + classes)
+    if IS_PROB:
+        if MASKED:
+            q = tl.load(q_ptr + first + offsets, mask=in_chunk, other=0.0, eviction_policy=POLICY).to(ACC)
+        else:
+            q = tl.load(q_ptr + first + offsets, eviction_policy=POLICY).to(ACC)
+    return w, q
+
+
+@triton.jit
+def _lane_shift(lane_max):
+    """The max of lanes, 0 for a lane of -inf only (nothing to shift by)."""
+    return tl.where(lane_max == -float("inf"), 0.0, lane_max)
+
+
+@triton.jit
+def _fold_block(x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk,
+                MASKED: tl.constexpr, LANE_ALIGNED: tl.constexpr, IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                HAS_SMOOTHING: tl.constexpr):
+    """Folds one block of logits x ([LANES, LANE_GROUP] in ACC, -inf outside the chunk) into each lane's
+    running statistics (online softmax: one rescale per lane and block, one FMA and one exp per element).
+
+    Per element t = (x - max) log2(e): the subtraction is exact near the max, so no rounding at the scale
+    of the logits enters (a product x log2(e) would carry one of up to half its ulp, which overflows
+    exp2 for logits past 1e9). Each lane keeps its max, sum 2^t, sum w t, sum w (`count`, the lane's
+    classes in the chunk, without weights), sum w q and sum w q t, all relative to its current max:
+    rebased by (max_old - max_new) log2(e) when the max rises. No lane talks to another. Also returns
+    t ([LANES, LANE_GROUP]) and the lanes' shift.
+    """
+    new_max = tl.maximum(lane_max, tl.max(x, 1))
+    shift = _lane_shift(new_max)
+    t = (x - shift[:, None]) * LOG2E
+    # A lane of -inf only so far has nothing to move (and exp2 of its rise could overflow to inf * 0).
+    unseen = lane_max == -float("inf")
+    rise = tl.where(unseen, 0.0, (lane_max - shift) * LOG2E)
+    lane_exp = lane_exp * tl.math.exp2(tl.where(unseen, -float("inf"), rise)) + tl.sum(tl.math.exp2(t), 1)
+    if HAS_SMOOTHING or IS_PROB:
+        counted = t
+        if MASKED and not LANE_ALIGNED:
+            counted = tl.where(in_chunk, t, 0.0)
+        LANE_MASKED: tl.constexpr = MASKED and LANE_ALIGNED
+        if HAS_SMOOTHING:
+            if HAS_WEIGHT:
+                lane_t = tl.fma(lane_w, rise, lane_t) + _lane_sum(w * counted, lane_in_chunk, LANE_MASKED)
+                lane_w += tl.sum(w, 1)
+            else:
+                lane_t = tl.fma(lane_w, rise, lane_t) + _lane_sum(counted, lane_in_chunk, LANE_MASKED)
+                lane_w += count
+        if IS_PROB:
+            wq = w * q
+            lane_wqt = tl.fma(lane_wq, rise, lane_wqt) + _lane_sum(wq * counted, lane_in_chunk, LANE_MASKED)
+            lane_wq += tl.sum(wq, 1)
+    return new_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, t, shift
+
+
+@triton.jit
+def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
+                      BLOCK: tl.constexpr, BLOCKS: tl.constexpr, MASKED_LOOP: tl.constexpr,
+                      LANE_ALIGNED: tl.constexpr, IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                      HAS_SMOOTHING: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
+    """Sweep 1 over the n classes of a chunk (its first class at offset `first`, class `start` of the row):
+    (max m, sum exp(x - m), sum w (x - m), sum w, sum w q, sum w q (x - m), t_held, held_offset).
+
+    Each lane keeps its own running statistics (_fold_block) and the lanes are merged once at the
+    end: one block reduction per chunk. Blocks 0 .. BLOCKS - 2 are read with evict_last (sweep 2
+    reads them again, newest first: L2 should keep them), full unless MASKED_LOOP; the last block
+    (masked) stays in registers as t_held, with log2(exp(x - m)) = t_held + held_offset (per lane),
+    for sweep 2 to use without reading or converting it again.
+    """
     LANES: tl.constexpr = BLOCK // LANE_GROUP
     lane_max = tl.full([LANES], -float("inf"), ACC)
     lane_exp = tl.zeros([LANES], ACC)
-    lane_wx = tl.zeros([LANES], ACC)
+    lane_t = tl.zeros([LANES], ACC)
     lane_w = tl.zeros([LANES], ACC)
     lane_wq = tl.zeros([LANES], ACC)
-    lane_wqx = tl.zeros([LANES], ACC)
-    in_block = tl.arange(0, LANES)[:, None] * LANE_GROUP + tl.arange(0, LANE_GROUP)[None, :]
+    lane_wqt = tl.zeros([LANES], ACC)
+    lane_first = tl.arange(0, LANES) * LANE_GROUP
     # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
-    for block in range(BLOCKS_PER_CHUNK):
-        classes = block * BLOCK + in_block
-        if UNIT_STRIDE:
-            offsets = classes
+    for block in range(BLOCKS - 1):
+        classes, offsets = _block_classes(block, class_stride, BLOCK, UNIT_STRIDE)
+        in_chunk, lane_in_chunk = _block_mask(classes, block, n, BLOCK, LANE_ALIGNED)
+        if MASKED_LOOP:
+            x = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"),
+                        eviction_policy="evict_last").to(ACC)
+            count = tl.minimum(tl.maximum(n - block * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
         else:
-            offsets = classes.to(tl.int64) * class_stride
-        in_row = classes < end - start
-        x = tl.load(x_ptr + first + offsets, mask=in_row, other=-float("inf")).to(ACC)
-        new_max = tl.maximum(lane_max, tl.max(x, 1))
-        # A lane that is -inf so far keeps a zero sum instead of exp(-inf - -inf) = NaN.
-        shift = tl.where(new_max == -float("inf"), 0.0, new_max)
-        lane_exp = lane_exp * tl.exp(lane_max - shift) + tl.sum(tl.exp(x - shift[:, None]), 1)
-        if HAS_SMOOTHING or IS_PROB:
-            # Shifted sums follow their lane's max: rebased when it rises, then x - max added.
-            shifted = tl.where(in_row, x - shift[:, None], 0.0)
-            if HAS_WEIGHT:
-                w = tl.load(weight_ptr + start + classes, mask=in_row, other=0.0)
-            else:
-                w = tl.where(in_row, 1.0, 0.0)
-            if HAS_SMOOTHING:
-                lane_wx = _rebase(lane_wx, lane_max, shift, lane_w) + tl.sum(w * shifted, 1)
-                lane_w += tl.sum(w, 1)
-            if IS_PROB:
-                wq = w * tl.load(q_ptr + first + offsets, mask=in_row, other=0.0).to(ACC)
-                lane_wqx = _rebase(lane_wqx, lane_max, shift, lane_wq) + tl.sum(wq * shifted, 1)
-                lane_wq += tl.sum(wq, 1)
-        lane_max = new_max
-    # The one merge: every lane's sums moved onto the row's max.
+            x = tl.load(x_ptr + first + offsets, eviction_policy="evict_last").to(ACC)
+            count = 1.0 * LANE_GROUP
+        w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED_LOOP, "evict_last",
+                            IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
+        lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, _, _ = _fold_block(
+            x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk,
+            MASKED_LOOP, LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
+    classes, offsets = _block_classes(BLOCKS - 1, class_stride, BLOCK, UNIT_STRIDE)
+    in_chunk, lane_in_chunk = _block_mask(classes, BLOCKS - 1, n, BLOCK, LANE_ALIGNED)
+    x = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf")).to(ACC)
+    count = tl.minimum(tl.maximum(n - (BLOCKS - 1) * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
+    w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_last", IS_PROB,
+                        HAS_WEIGHT, HAS_SMOOTHING, ACC)
+    lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, t_held, held_shift = _fold_block(
+        x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk, True,
+        LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
+    # The one merge: every lane's sums moved onto the chunk's max.
     row_max = tl.max(lane_max, 0)
-    shift = tl.where(row_max == -float("inf"), 0.0, row_max)
-    sum_exp = tl.sum(lane_exp * tl.exp(lane_max - shift), 0)
-    sum_wx = tl.sum(_rebase(lane_wx, lane_max, shift, lane_w), 0)
-    sum_w = tl.sum(lane_w, 0)
-    sum_wqx = tl.sum(_rebase(lane_wqx, lane_max, shift, lane_wq), 0)
-    sum_wq = tl.sum(lane_wq, 0)
-    # No held logits: a placeholder of the same type.
-    return row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx, tl.zeros([BLOCK], x_ptr.dtype.element_ty)
+    shift = _lane_shift(row_max)
+    unseen = lane_max == -float("inf")
+    lane_rise = tl.where(unseen, 0.0, (lane_max - shift) * LOG2E)
+    sum_exp = tl.sum(lane_exp * tl.math.exp2(tl.where(unseen, -float("inf"), lane_rise)), 0)
+    sum_s = tl.zeros([], ACC)
+    sum_w = tl.zeros([], ACC)
+    sum_wq = tl.zeros([], ACC)
+    sum_wqs = tl.zeros([], ACC)
+    if HAS_SMOOTHING:
+        if HAS_WEIGHT:
+            sum_w = tl.sum(lane_w, 0)
+        else:
+            sum_w = n.to(ACC)  # the lanes count the chunk's classes
+        sum_s = tl.sum(tl.fma(lane_w, lane_rise, lane_t), 0) / LOG2E
+    if IS_PROB:
+        sum_wq = tl.sum(lane_wq, 0)
+        sum_wqs = tl.sum(tl.fma(lane_wq, lane_rise, lane_wqt), 0) / LOG2E
+    return row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, t_held, (held_shift - shift) * LOG2E
 
 
 @triton.jit
@@ -293,46 +372,110 @@ def _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_
 
 
 @triton.jit
-def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, row_offset, class_stride, start, end,
-                          row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing, grad_scale,
-                          x_held, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, IS_PROB: tl.constexpr,
-                          HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr,
-                          X_HELD: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
-    """grad_c = grad_scale (p_c K - a_a [c == y_a] - a_b [c == y_b] - beta w_c - (1-e) w_c q_c)
-    over classes [start, end), all in ACC and rounded once; zero for an inactive row. With
-    OF_TARGET (probability targets) the gradient with respect to q instead:
-    grad_scale (-(1-e) w_c log p_c). X_HELD: the chunk is one block whose logits sweep 1 left in
-    x_held (in x's dtype), so nothing is read again."""
-    first = row_offset + start * class_stride
-    target_a = y_a - start  # the target classes relative to the chunk (negative: none)
-    target_b = y_b - start
-    # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
-    for block in range(BLOCKS_PER_CHUNK):
-        classes, offsets = _class_offsets(block, class_stride, BLOCK, UNIT_STRIDE)
-        in_row = classes < end - start
-        offsets = first + offsets
-        if X_HELD:
-            x = x_held.to(ACC)
+def _gradient_values(log2_p, w, q, k, b, c, OF_TARGET: tl.constexpr, IS_PROB: tl.constexpr,
+                     HAS_SMOOTHING: tl.constexpr):
+    """The gradient at log2 p (ACC) without the target classes' terms: p k - b w - c w q, with
+    k = K grad_scale, b = beta grad_scale, c = (1 - e) grad_scale. With OF_TARGET the probability
+    target's: -c w log p."""
+    if OF_TARGET:
+        return -c * w * (log2_p / LOG2E)
+    p = tl.math.exp2(log2_p)
+    # Explicit FMAs: launch() compiles without contraction.
+    if HAS_SMOOTHING:
+        grad = tl.fma(p, k, -b * w)
+    else:
+        grad = p * k
+    if IS_PROB:
+        grad -= c * w * q
+    return grad
+
+
+@triton.jit
+def _log2_probability(x, shift, log_sum):
+    """log2 p of logits x (ACC): x - shift is exact near the max, as in sweep 1."""
+    return tl.fma(x - shift, tl.full([], LOG2E, x.dtype), -log_sum * LOG2E)  # log2(e) in x's precision
+
+
+@triton.jit
+def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held, held_offset,
+                          shift, log_sum, k, b, c, ZEROS: tl.constexpr, BLOCK: tl.constexpr, BLOCKS: tl.constexpr,
+                          HELD: tl.constexpr, MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr,
+                          IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+                          OF_TARGET: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
+    """Sweep 2 over the n classes of a chunk: _gradient_values rounded once (ZEROS: zeros, read nothing).
+    Newest first: the last block from t_held (HELD: sweep 1 left it in registers; log2 p = t_held +
+    held_offset - log2 of the sum, per lane), then the others in the reverse order of sweep 1, so that
+    the most recently read, the likeliest still in L2, come first. They are read and written with
+    evict_first: nothing here is read again."""
+    if HELD:
+        classes, offsets = _block_classes(BLOCKS - 1, class_stride, BLOCK, UNIT_STRIDE)
+        in_chunk, _ = _block_mask(classes, BLOCKS - 1, n, BLOCK, LANE_ALIGNED)
+        if ZEROS:
+            grad = tl.zeros(classes.shape, ACC)
         else:
-            x = tl.load(x_ptr + offsets, mask=in_row, other=0.0).to(ACC)
-        log_p = (x - row_max) - log_sum
-        if HAS_SMOOTHING or IS_PROB:
-            if HAS_WEIGHT:
-                w = tl.load(weight_ptr + start + classes, mask=in_row, other=0.0)
+            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_first",
+                                IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
+            lane_offset = held_offset - log_sum * LOG2E
+            grad = _gradient_values(t_held + lane_offset[:, None], w, q, k, b, c, OF_TARGET, IS_PROB, HAS_SMOOTHING)
+        tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
+                 eviction_policy="evict_first")
+    LOOPED: tl.constexpr = BLOCKS - 1 if HELD else BLOCKS
+    for newest in range(LOOPED):
+        block = LOOPED - 1 - newest
+        classes, offsets = _block_classes(block, class_stride, BLOCK, UNIT_STRIDE)
+        in_chunk, _ = _block_mask(classes, block, n, BLOCK, LANE_ALIGNED)
+        if ZEROS:
+            grad = tl.zeros(classes.shape, ACC)
+        else:
+            if MASKED_LOOP:
+                x = tl.load(x_ptr + first + offsets, mask=in_chunk, other=0.0, eviction_policy="evict_first")
             else:
-                w = 1.0
-        if OF_TARGET:
-            grad = -(1.0 - label_smoothing) * w * log_p
+                x = tl.load(x_ptr + first + offsets, eviction_policy="evict_first")
+            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED_LOOP,
+                                "evict_first", IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
+            grad = _gradient_values(_log2_probability(x.to(ACC), shift, log_sum), w, q, k, b, c, OF_TARGET,
+                                    IS_PROB, HAS_SMOOTHING)
+        if MASKED_LOOP:
+            tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
+                     eviction_policy="evict_first")
         else:
-            grad = tl.exp(log_p) * factor
-            grad -= tl.where(classes == target_a, a_a, 0.0) + tl.where(classes == target_b, a_b, 0.0)
-            if HAS_SMOOTHING:
-                grad -= beta * w
-            if IS_PROB:
-                q = tl.load(q_ptr + offsets, mask=in_row, other=0.0).to(ACC)
-                grad -= (1.0 - label_smoothing) * w * q
-        grad = tl.where(active, grad * grad_scale, 0.0)
-        tl.store(grad_ptr + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_row)
+            tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty),
+                     eviction_policy="evict_first")
+
+
+@triton.jit
+def _target_class_gradient(weight_ptr, num_classes, y, x_y, a_y, y_other, a_other, shift, log_sum, k, b, c,
+                           HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr):
+    """The gradient of target class y with its target term: _gradient_values minus a_y, and minus a_other
+    too when the other target is the same class."""
+    if HAS_WEIGHT and HAS_SMOOTHING:
+        w = tl.load(weight_ptr + y, mask=(y >= 0) & (y < num_classes), other=0.0)
+    else:
+        w = 1.0
+    grad = _gradient_values(_log2_probability(x_y, shift, log_sum), w, 0.0, k, b, c, False, False, HAS_SMOOTHING)
+    return grad - (tl.where(y_other == y, a_other, 0.0) + a_y)
+
+
+@triton.jit
+def _gradient_parameters(mean_scale, grad_output_ptr, weight_ptr, row, num_classes, row_max, log_sum, factor,
+                         a_a, a_b, y_a, y_b, x_a, x_b, beta, label_smoothing, TARGET_KIND: tl.constexpr,
+                         GRAD_OUTPUT: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+                         ACC: tl.constexpr):
+    """What sweep 2 of a row needs: (shift, k, b, c, grad_a, grad_b) with k = K grad_scale,
+    b = beta grad_scale, c = (1 - e) grad_scale, and the gradients of the target classes y_a and y_b
+    (MixedTarget), written once each after the sweep (_write_row_gradient)."""
+    grad_scale = _row_grad_scale(mean_scale, grad_output_ptr, row, GRAD_OUTPUT, ACC)
+    shift = tl.where(row_max == -float("inf"), 0.0, row_max)
+    k = factor * grad_scale
+    b = beta * grad_scale
+    c = (1.0 - label_smoothing) * grad_scale
+    grad_a = _target_class_gradient(weight_ptr, num_classes, y_a, x_a, a_a * grad_scale, y_b, a_b * grad_scale, shift,
+                                    log_sum, k, b, c, HAS_WEIGHT, HAS_SMOOTHING)
+    grad_b = tl.zeros([], ACC)
+    if TARGET_KIND != INDEX_TARGET and TARGET_KIND != PROBABILITY_TARGET:
+        grad_b = _target_class_gradient(weight_ptr, num_classes, y_b, x_b, a_b * grad_scale, y_a, a_a * grad_scale,
+                                        shift, log_sum, k, b, c, HAS_WEIGHT, HAS_SMOOTHING)
+    return shift, k, b, c, grad_a, grad_b
 
 
 @triton.jit
@@ -355,19 +498,36 @@ def _mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND: tl
 
 
 @triton.jit
-def _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows, TARGET_KIND: tl.constexpr,
-                    MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, PARTIALS_BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """The factor of this row's gradient: 1 / the `mean` denominator (MEAN) times grad_output
+def _row_grad_scale(mean_scale, grad_output_ptr, row, GRAD_OUTPUT: tl.constexpr, ACC: tl.constexpr):
+    """The factor of this row's gradient: mean_scale (1 / the `mean` denominator, or 1) times grad_output
     (GRAD_OUTPUT: NO_GRAD_OUTPUT, one value, or one per row)."""
-    scale = tl.full([], 1.0, ACC)
-    if MEAN:
-        scale = _reciprocal(_mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND,
-                                              PARTIALS_BLOCK, ACC), ACC)
+    scale = mean_scale
     if GRAD_OUTPUT == SCALAR_GRAD_OUTPUT:
         scale = scale * tl.load(grad_output_ptr).to(ACC)
     elif GRAD_OUTPUT == PER_ROW_GRAD_OUTPUT:
         scale = scale * tl.load(grad_output_ptr + row).to(ACC)
     return scale
+
+
+@triton.jit
+def _mean_scale(denominator, MEAN: tl.constexpr, ACC: tl.constexpr):
+    """1 / the `mean` denominator with MEAN, else 1."""
+    if MEAN:
+        return _reciprocal(denominator, ACC)
+    return tl.full([], 1.0, ACC)
+
+
+@triton.jit
+def _counted_weight(target_ptr, weight_ptr, first, end, num_classes, ignore_index, BLOCK: tl.constexpr,
+                    HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """[BLOCK] partial sums of w[y] (1 without weights) over the counted rows (y not ignore_index, in [0, C))
+    among rows [first, first + BLOCK) below end."""
+    index = first + tl.arange(0, BLOCK)
+    y = tl.load(target_ptr + index, mask=index < end, other=0)
+    counted = (index < end) & (y != ignore_index) & (y >= 0) & (y < num_classes)
+    if HAS_WEIGHT:
+        return tl.load(weight_ptr + y, mask=counted, other=0.0)
+    return counted.to(ACC)
 
 
 @triton.jit
@@ -379,13 +539,8 @@ def _index_denominator_kernel(target_ptr, weight_ptr, partial_ptr, rows, num_cla
     first = tl.program_id(0).to(tl.int64) * rows_per_program
     total = tl.zeros([BLOCK], ACC)
     for offset in range(0, rows_per_program, BLOCK):
-        index = first + offset + tl.arange(0, BLOCK)
-        y = tl.load(target_ptr + index, mask=index < rows, other=0)
-        counted = (index < rows) & (y != ignore_index) & (y >= 0) & (y < num_classes)
-        if HAS_WEIGHT:
-            total += tl.load(weight_ptr + y, mask=counted, other=0.0)
-        else:
-            total += counted.to(ACC)
+        total += _counted_weight(target_ptr, weight_ptr, first + offset, rows, num_classes, ignore_index, BLOCK,
+                                 HAS_WEIGHT, ACC)
     tl.store(partial_ptr + tl.program_id(0), tl.sum(total, 0))
 
 
@@ -393,12 +548,15 @@ def _index_denominator_kernel(target_ptr, weight_ptr, partial_ptr, rows, num_cla
 def _cross_entropy_fwd_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
         grad_ptr,
-        partial_ptr, num_classes, inner_size, chunk_size, num_partials, total_rows, ignore_index,
+        partial_ptr, rows, num_classes, inner_size, chunk_size, num_partials, total_rows, ignore_index,
         label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-        HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
+        HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
+        MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
         SPLIT: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
-        UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
-    """Cross-entropy of one row (or of one chunk of it when SPLIT), grid (rows, splits).
+        LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
+    """Cross-entropy of rows (or, when SPLIT, of one chunk of a row), grid (programs, splits): program p
+    takes rows p, p + programs, ... (one row each when programs = rows; a persistent grid of about one
+    program per SM for rows too long to hold, so that the rows in flight stay within L2).
 
     Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
     apart), the target (int64 (rows,) indices, two of them and lam (N,) for MixedTarget, or
@@ -412,96 +570,141 @@ def _cross_entropy_fwd_kernel(
     are in ACC: fp64 for fp64 logits, else fp32 (label_smoothing arrives as an fp64 and is
     rounded to ACC).
 
-    Without SPLIT, one program per row: sweep 1 reads the row once for the statistics,
-    sweep 2 reads it again to write the gradient. While a program works on one row the row
-    (at most C * itemsize bytes, e.g. 64 KiB at C = 32000 in bf16) is still in L1/L2 for
-    sweep 2, so DRAM sees about one read of the logits and one write of the gradient:
-    N * C * itemsize each way, plus 8 bytes of target and 4 of loss per row (probability
-    targets add one read of q per sweep). The minimum is that read and that write; rows too
-    long to stay in L2 while every resident program holds one (roughly C * itemsize * resident
-    programs > L2 size, e.g. a few hundred thousand fp32 classes on an H100) re-read from
-    DRAM in sweep 2: up to 2 reads + 1 write. Without WRITE_GRAD, sweep 2 is skipped.
+    Without SPLIT, sweep 1 reads the row for its statistics and sweep 2 writes its gradient. A row
+    of one block (BLOCKS_PER_CHUNK == 1, up to ROW_IN_REGISTERS classes) stays in registers: DRAM
+    sees one read of the logits and one write of the gradient, N * C * itemsize each way, plus 8
+    bytes of target and 4 of loss per row (probability targets add one read of q per sweep). A
+    longer row keeps its last block in registers and reads the others again in sweep 2, newest
+    first; they come from L2 while the rows in flight (programs x row bytes) fit in it, else from
+    DRAM (up to 2 reads + 1 write). Without WRITE_GRAD, sweep 2 is skipped.
     With SPLIT, programs write PARTIAL_FIELDS partial statistics of their chunk and
     _cross_entropy_split_finish_kernel merges them and writes loss and gradient.
     """
-    row, split, sample, row_offset = _program_row(num_classes, inner_size)
+    split = tl.program_id(1).to(tl.int64)
     label_smoothing = tl.full([], label_smoothing, ACC)
     z_loss = tl.full([], z_loss, ACC)
-    if MEAN and TARGET_KIND == INDEX_TARGET:
-        if (row == 0) & (split == 0):  # the denominator's total, for the host's mean of the losses
-            tl.store(denominator_ptr + num_partials,
-                     _mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND, PARTIALS_BLOCK, ACC))
-    # 1. What the target asks of this row.
-    a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
-        target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
-        label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
-    # The target logits are read before any gradient overwrites them (inplace_backward).
-    x_a = tl.load(x_ptr + row_offset + y_a * inner_size, mask=(y_a >= 0) & (y_a < num_classes),
-                  other=0.0).to(ACC)
-    x_b = tl.load(x_ptr + row_offset + y_b * inner_size, mask=(y_b >= 0) & (y_b < num_classes),
-                  other=0.0).to(ACC)
+    IS_PROB: tl.constexpr = TARGET_KIND == PROBABILITY_TARGET
+    denominator = _mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND, PARTIALS_BLOCK, ACC)
+    if MEAN and TARGET_KIND == INDEX_TARGET and not SPLIT:
+        if tl.program_id(0) == 0:  # the denominator's total, for the host's mean of the losses
+            tl.store(denominator_ptr + num_partials, denominator)
+    mean_scale = _mean_scale(denominator, MEAN, ACC)
     start = split * chunk_size
-    end = tl.minimum(start + chunk_size, num_classes)
-    # 2. Sweep 1: statistics of the row (or chunk).
-    row_max, sum_exp, sum_wx, sum_w, sum_wq, sum_wqx, x_held = _chunk_statistics(
-        x_ptr, target_ptr, weight_ptr, row_offset, inner_size, start, end,
-        BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, ACC)
-    if SPLIT:
-        fields = partial_ptr + (row * tl.num_programs(1) + split) * 8
-        tl.store(fields + 0, row_max)
-        tl.store(fields + 1, sum_exp)
-        tl.store(fields + 2, sum_wx)
-        tl.store(fields + 3, sum_w)
-        tl.store(fields + 4, sum_wq)
-        tl.store(fields + 5, sum_wqx)
-        tl.store(fields + 6, x_a)
-        tl.store(fields + 7, x_b)
-    else:
-        if not HAS_WEIGHT:
-            sum_w = tl.zeros([], ACC) + num_classes
-        log_sum = tl.log(sum_exp)
-        # 3. Loss of the row, then sweep 2: its gradient.
-        loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
-                                            beta, active, label_smoothing, z_loss, TARGET_KIND == PROBABILITY_TARGET,
-                                            HAS_Z_LOSS)
-        tl.store(loss_ptr + row, loss)
-        if WRITE_LSE:
-            tl.store(lse_ptr + row, row_max + log_sum)
-        if WRITE_GRAD:
-            grad_scale = _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows,
-                                         TARGET_KIND, MEAN, GRAD_OUTPUT, PARTIALS_BLOCK, ACC)
-            # A row of one block is still in registers (x_held): sweep 2 reads nothing again.
-            _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
-                                  row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                                  grad_scale, x_held, BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == PROBABILITY_TARGET,
-                                  HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, BLOCKS_PER_CHUNK == 1, UNIT_STRIDE, ACC)
+    n = tl.minimum(chunk_size, num_classes - start).to(tl.int32)  # classes in the chunk (< 2^31)
+    for program_row in tl.range(tl.program_id(0), rows, tl.num_programs(0)):
+        row = program_row + tl.zeros([], tl.int64)  # int64 offsets (the interpreter's loop yields Python ints)
+        sample, row_offset = _row_position(row, num_classes, inner_size)
+        first = row_offset + start * inner_size
+        # 1. Sweep 1: statistics of the row (or chunk).
+        row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, t_held, held_offset = _chunk_statistics(
+            x_ptr, target_ptr, weight_ptr, first, inner_size, start, n, BLOCK, BLOCKS_PER_CHUNK, SPLIT,
+            LANE_ALIGNED,
+            IS_PROB,
+            HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, ACC)
+        if SPLIT:
+            fields = partial_ptr + (row * tl.num_programs(1) + split) * 8
+            tl.store(fields + 0, row_max)
+            tl.store(fields + 1, sum_exp)
+            tl.store(fields + 2, sum_s)
+            tl.store(fields + 3, sum_w)
+            tl.store(fields + 4, sum_wq)
+            tl.store(fields + 5, sum_wqs)
+        else:
+            # 2. What the target asks of this row.
+            a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
+                target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
+                label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
+            # The target logits: read before any gradient overwrites them (inplace_backward).
+            x_a, x_b = _target_logits(x_ptr, row_offset, inner_size, num_classes, y_a, y_b, ACC)
+            if not HAS_WEIGHT:
+                sum_w = tl.zeros([], ACC) + num_classes
+            log_sum = tl.log(sum_exp)
+            # 3. Loss of the row, then sweep 2: its gradient.
+            loss, factor = _row_loss_and_factor(log_sum, sum_s, sum_w, sum_wq, sum_wqs, x_a, x_b, row_max, a_a, a_b,
+                                                beta, active, label_smoothing, z_loss, IS_PROB, HAS_Z_LOSS)
+            tl.store(loss_ptr + row, loss)
+            if WRITE_LSE:
+                tl.store(lse_ptr + row, row_max + log_sum)
+            if WRITE_GRAD:
+                shift, k, b, c, grad_a, grad_b = _gradient_parameters(
+                    mean_scale, grad_output_ptr, weight_ptr, row, num_classes, row_max, log_sum, factor, a_a, a_b,
+                    y_a, y_b, x_a, x_b, beta, label_smoothing, TARGET_KIND, GRAD_OUTPUT, HAS_WEIGHT, HAS_SMOOTHING,
+                    ACC)
+                _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, first, inner_size, start, n, t_held,
+                                    held_offset, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b,
+                                    TARGET_KIND, BLOCK, BLOCKS_PER_CHUNK, True, False, LANE_ALIGNED,
+                                    HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
 
 
 @triton.jit
-def _cross_entropy_split_finish_kernel(
+def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held, held_offset, shift,
+                        log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b, TARGET_KIND: tl.constexpr,
+                        BLOCK: tl.constexpr, BLOCKS: tl.constexpr, HELD: tl.constexpr,
+                        MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                        HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+                        ACC: tl.constexpr):
+    """Sweep 2 of a chunk (_write_chunk_gradient; zeros for an inactive row, whatever its logits hold), then
+    the target classes' gradients (_gradient_parameters) stored over theirs when in this chunk: one store
+    per target instead of a compare per element."""
+    IS_PROB: tl.constexpr = TARGET_KIND == PROBABILITY_TARGET
+    if active:
+        _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held,
+                              held_offset, shift, log_sum, k, b, c, False, BLOCK, BLOCKS, HELD, MASKED_LOOP,
+                              LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
+    else:
+        _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held,
+                              held_offset, shift, log_sum, k, b, c, True, BLOCK, BLOCKS, HELD, MASKED_LOOP,
+                              LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
+    if TARGET_KIND != PROBABILITY_TARGET and not OF_TARGET:
+        tl.debug_barrier()  # the chunk's stores before the two that overwrite target classes
+        in_chunk = active & (y_a >= start) & (y_a < start + n)
+        tl.store(grad_ptr + first + (y_a - start) * class_stride, round_to(grad_a, grad_ptr.dtype.element_ty),
+                 mask=in_chunk)
+        if TARGET_KIND != INDEX_TARGET:
+            in_chunk = active & (y_b >= start) & (y_b < start + n)
+            tl.store(grad_ptr + first + (y_b - start) * class_stride, round_to(grad_b, grad_ptr.dtype.element_ty),
+                     mask=in_chunk)
+
+
+@triton.jit
+def _cross_entropy_split_merge_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
         grad_ptr,
-        partial_ptr, num_classes, inner_size, chunk_size, num_partials, total_rows, num_splits, ignore_index,
+        partial_ptr, rows, num_classes, inner_size, chunk_size, num_partials, total_rows, num_splits, ignore_index,
         label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-        HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
+        HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
+        MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
         BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
-        SPLITS_BLOCK: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
-    """Second kernel of a split row, grid (rows, splits): merge the row's partial statistics,
-    write its loss (split 0) and the gradient of this program's chunk.
+        SPLITS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+        ACC: tl.constexpr):
+    """Second kernel of a split row, grid (rows,): merge the row's partial statistics, write its loss
+    (and lse), and for the gradient what every program of _cross_entropy_split_finish_kernel needs
+    (_gradient_parameters) over split 0's fields: the merge runs once per row, not once per chunk.
 
-    Inputs: as _cross_entropy_fwd_kernel, plus partial (rows, splits, PARTIAL_FIELDS) in ACC.
-    Bytes: reads the partials (32 * splits per program) and, for the gradient, the chunk of
-    logits again: rows are split only when they are few (rows * C * itemsize is then a few
-    MB), so this re-read mostly hits L2. Writes the chunk's gradient once.
+    The merged fields, over split 0's PARTIAL_FIELDS (only this program reads them): shift, log_sum, k, b,
+    c, active, and the gradients of the two target classes.
+
+    Inputs: as _cross_entropy_fwd_kernel, plus partial (rows, splits, PARTIAL_FIELDS) in ACC; PARTIALS_BLOCK
+    covers every row (the `mean` denominator). Bytes: the partials (32 * splits per row), 12 per row of
+    target and loss, the targets again for the denominator (cached).
     """
-    row, split, sample, row_offset = _program_row(num_classes, inner_size)
+    row = tl.program_id(0).to(tl.int64)
+    sample, row_offset = _row_position(row, num_classes, inner_size)
     label_smoothing = tl.full([], label_smoothing, ACC)
     z_loss = tl.full([], z_loss, ACC)
+    # The `mean` denominator of index targets from all the rows' targets (split rows are few), not from
+    # partial sums: no prologue kernel before a split launch.
+    denominator = tl.zeros([], ACC) + total_rows
+    if MEAN and TARGET_KIND == INDEX_TARGET:
+        denominator = tl.sum(_counted_weight(target_ptr, weight_ptr, 0, rows, num_classes, ignore_index,
+                                             PARTIALS_BLOCK, HAS_WEIGHT, ACC), 0)
+        if row == 0:  # the total, for the host's mean of the losses
+            tl.store(denominator_ptr + num_partials, denominator)
     a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
         target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
         label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
-    # 1. Merge: max over chunks, sums of exp rescaled to it, shifted sums rebased onto it, plain sums
-    # of the rest.
+    x_a, x_b = _target_logits(x_ptr, row_offset, inner_size, num_classes, y_a, y_b, ACC)
+    # Max over chunks, sums of exp rescaled to it, shifted sums rebased onto it, plain sums of the rest.
     splits = tl.arange(0, SPLITS_BLOCK)
     in_use = splits < num_splits
     fields = partial_ptr + (row * num_splits + splits) * 8
@@ -511,34 +714,80 @@ def _cross_entropy_split_finish_kernel(
     sum_exp = tl.sum(tl.load(fields + 1, mask=in_use, other=0.0) * tl.exp(chunk_max - shift), 0)
     chunk_w = tl.load(fields + 3, mask=in_use, other=0.0)
     chunk_wq = tl.load(fields + 4, mask=in_use, other=0.0)
-    sum_wx = tl.sum(_rebase(tl.load(fields + 2, mask=in_use, other=0.0), chunk_max, shift, chunk_w), 0)
-    sum_wqx = tl.sum(_rebase(tl.load(fields + 5, mask=in_use, other=0.0), chunk_max, shift, chunk_wq), 0)
+    sum_s = tl.sum(_rebase(tl.load(fields + 2, mask=in_use, other=0.0), chunk_max, shift, chunk_w), 0)
+    sum_wqs = tl.sum(_rebase(tl.load(fields + 5, mask=in_use, other=0.0), chunk_max, shift, chunk_wq), 0)
     if HAS_WEIGHT:
         sum_w = tl.sum(chunk_w, 0)
     else:
         sum_w = tl.zeros([], ACC) + num_classes
     sum_wq = tl.sum(chunk_wq, 0)
-    first = partial_ptr + row * num_splits * 8  # split 0 read the target logits
-    x_a = tl.load(first + 6)
-    x_b = tl.load(first + 7)
     log_sum = tl.log(sum_exp)
-    loss, factor = _row_loss_and_factor(log_sum, sum_wx, sum_w, sum_wq, sum_wqx, x_a, x_b, row_max, a_a, a_b,
+    loss, factor = _row_loss_and_factor(log_sum, sum_s, sum_w, sum_wq, sum_wqs, x_a, x_b, row_max, a_a, a_b,
                                         beta, active, label_smoothing, z_loss, TARGET_KIND == PROBABILITY_TARGET,
                                         HAS_Z_LOSS)
-    if split == 0:
-        tl.store(loss_ptr + row, loss)
-        if WRITE_LSE:
-            tl.store(lse_ptr + row, row_max + log_sum)
-    # 2. The gradient of this program's chunk.
+    tl.store(loss_ptr + row, loss)
+    if WRITE_LSE:
+        tl.store(lse_ptr + row, row_max + log_sum)
     if WRITE_GRAD:
-        start = split * chunk_size
-        end = tl.minimum(start + chunk_size, num_classes)
-        grad_scale = _row_grad_scale(denominator_ptr, grad_output_ptr, row, num_partials, total_rows, TARGET_KIND,
-                                     MEAN, GRAD_OUTPUT, PARTIALS_BLOCK, ACC)
-        _write_chunk_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset, inner_size, start, end,
-                              row_max, log_sum, factor, a_a, a_b, y_a, y_b, beta, active, label_smoothing,
-                              grad_scale, grad_scale, BLOCK, BLOCKS_PER_CHUNK, TARGET_KIND == PROBABILITY_TARGET,
-                              HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, False, UNIT_STRIDE, ACC)
+        shift, k, b, c, grad_a, grad_b = _gradient_parameters(
+            _mean_scale(denominator, MEAN, ACC), grad_output_ptr, weight_ptr, row, num_classes, row_max, log_sum,
+            factor, a_a, a_b, y_a, y_b, x_a, x_b, beta, label_smoothing, TARGET_KIND, GRAD_OUTPUT, HAS_WEIGHT,
+            HAS_SMOOTHING, ACC)
+        tl.debug_barrier()  # every thread has read the partials before they are overwritten
+        merged = partial_ptr + row * num_splits * 8
+        tl.store(merged + 0, shift)
+        tl.store(merged + 1, log_sum)
+        tl.store(merged + 2, k)
+        tl.store(merged + 3, b)
+        tl.store(merged + 4, c)
+        tl.store(merged + 5, active.to(ACC))
+        tl.store(merged + 6, grad_a)
+        tl.store(merged + 7, grad_b)
+
+
+@triton.jit
+def _cross_entropy_split_finish_kernel(
+        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
+        grad_ptr,
+        partial_ptr, rows, num_classes, inner_size, chunk_size, num_partials, total_rows, num_splits, ignore_index,
+        label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+        HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
+        MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
+        BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
+        SPLITS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+        ACC: tl.constexpr):
+    """Third kernel of a split row, grid (rows, splits): the gradient of this program's chunk, from the
+    row's merged fields (_cross_entropy_split_merge_kernel).
+
+    Bytes: the 32 merged bytes of the row, and the chunk of logits read again: rows are split only when
+    they are few (rows * C * itemsize is then a few MB), so this re-read hits L2. Writes the chunk's
+    gradient once.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    sample, row_offset = _row_position(row, num_classes, inner_size)
+    merged = partial_ptr + row * num_splits * 8
+    shift = tl.load(merged + 0)
+    log_sum = tl.load(merged + 1)
+    k = tl.load(merged + 2)
+    b = tl.load(merged + 3)
+    c = tl.load(merged + 4)
+    active = tl.load(merged + 5) != 0.0
+    grad_a = tl.load(merged + 6)
+    grad_b = tl.load(merged + 7)
+    no_class = tl.full([], -1, tl.int64)
+    y_a = no_class
+    y_b = no_class
+    if TARGET_KIND != PROBABILITY_TARGET:
+        y_a = tl.load(target_ptr + row)
+        if TARGET_KIND != INDEX_TARGET:
+            y_b = tl.load(target_b_ptr + row)
+    start = split * chunk_size
+    n = tl.minimum(chunk_size, num_classes - start).to(tl.int32)
+    _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset + start * inner_size, inner_size, start, n,
+                        shift, shift, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b, TARGET_KIND, BLOCK,
+                        BLOCKS_PER_CHUNK, False, True, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET,
+                        UNIT_STRIDE, ACC)
 
 
 @triton.jit
@@ -583,12 +832,12 @@ def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_
 
 def split_count(rows, num_classes, device):
     """How many programs share one row: 1 unless rows are too few to fill the GPU (SPLIT_PROGRAMS_PER_SM
-    programs per SM) and C is long; then chunks of whole blocks, at least SPLIT_CHUNK classes, enough
-    of them for that many programs."""
+    programs per SM) and C is long; then chunks of whole SPLIT_BLOCKs, at least SPLIT_CHUNK classes,
+    enough of them for that many programs."""
     wanted = cdiv(SPLIT_PROGRAMS_PER_SM * _backend.sm_count(device), max(rows, 1))
     if num_classes < 2 * SPLIT_CHUNK or wanted <= 1:
         return 1
-    chunk = max(SPLIT_CHUNK, num_classes // wanted // MAX_BLOCK * MAX_BLOCK)
+    chunk = max(SPLIT_CHUNK, num_classes // wanted // SPLIT_BLOCK * SPLIT_BLOCK)
     return cdiv(num_classes, chunk)
 
 
@@ -599,12 +848,37 @@ def _power_of_two_at_least(n):
 
 def _block_and_warps(num_classes, splits):
     """(BLOCK, num_warps): a row of up to ROW_IN_REGISTERS classes (unsplit) is one block, held in
-    registers between the two sweeps, ROW_ELEMENTS_PER_THREAD per thread; longer rows loop over
-    MAX_BLOCK classes with 4 warps."""
+    registers between the two sweeps, ROW_ELEMENTS_PER_THREAD per thread; longer unsplit rows loop over
+    LONG_ROW_BLOCK classes with LONG_ROW_WARPS warps; split chunks over SPLIT_BLOCK classes (fewer for a
+    short row split on request) with SPLIT_WARPS warps."""
     whole_row = _power_of_two_at_least(num_classes)
     if splits == 1 and MAX_BLOCK < whole_row <= ROW_IN_REGISTERS:
         return whole_row, max(4, whole_row // (32 * ROW_ELEMENTS_PER_THREAD))
+    if splits == 1 and whole_row > ROW_IN_REGISTERS:
+        return LONG_ROW_BLOCK, LONG_ROW_WARPS
+    if splits > 1:
+        return max(16, min(SPLIT_BLOCK, _power_of_two_at_least(cdiv(num_classes, splits)))), SPLIT_WARPS
     return max(16, min(MAX_BLOCK, whole_row)), 4
+
+
+@functools.lru_cache(maxsize=None)
+def _l2_bytes(device: torch.device) -> int:
+    """The L2 cache of a CUDA device (DEFAULT_L2_BYTES elsewhere: the interpreter, the static model)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).L2_cache_size
+    return DEFAULT_L2_BYTES
+
+
+def row_programs(rows: int, num_classes: int, splits: int, itemsize: int, device: torch.device) -> int:
+    """Programs along the rows of _cross_entropy_fwd_kernel: one per row, except for unsplit rows longer
+    than ROW_IN_REGISTERS: a persistent grid of LONG_ROW_PROGRAMS_PER_SM per SM, each looping over rows,
+    and no more programs than keep what sweep 2 reads again (all blocks but the held last one) within
+    L2_RESIDENT_FRACTION of L2."""
+    if splits == 1 and num_classes > ROW_IN_REGISTERS:
+        reread = (num_classes - LONG_ROW_BLOCK) * itemsize
+        resident = max(1, int(L2_RESIDENT_FRACTION * _l2_bytes(device)) // reread)
+        return min(rows, LONG_ROW_PROGRAMS_PER_SM * _backend.sm_count(device), resident)
+    return rows
 
 
 def _denominator_partials(rows):
@@ -634,31 +908,40 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
         # The kernel rounds it to fp32 itself; rounded here too, HAS_SMOOTHING agrees (say for 1e-100).
         label_smoothing = struct.unpack("f", struct.pack("f", label_smoothing))[0]
         z_loss = struct.unpack("f", struct.pack("f", z_loss))[0]
+    chunk = cdiv(cdiv(num_classes, splits), block) * block
+    splits = cdiv(num_classes, chunk)
     num_partials = 0
     if denominator is not None:
         num_partials, rows_per_program, denominator_block = _denominator_partials(rows)
+    if denominator is not None and splits == 1:  # split rows: _cross_entropy_split_merge_kernel sums the targets
         launch(_index_denominator_kernel, (num_partials,), target, weight if weight is not None else denominator,
                denominator, rows, num_classes, ignore_index, rows_per_program, num_warps=4, BLOCK=denominator_block,
                HAS_WEIGHT=weight is not None, ACC=acc)
-    chunk = cdiv(cdiv(num_classes, splits), block) * block
-    splits = cdiv(num_classes, chunk)
     partial = torch.empty((rows, splits, PARTIAL_FIELDS), dtype=math_dtype, device=x.device) if splits > 1 else loss
     args = (x, target, target_b if target_b is not None else target, lam if lam is not None else loss,
             weight if weight is not None else loss, denominator if denominator is not None else loss,
             grad_output if grad_output is not None else loss, loss, lse if lse is not None else loss,
             grad if grad is not None else x, partial,
-            num_classes, inner_size, chunk, num_partials, rows)
+            rows, num_classes, inner_size, chunk, num_partials, rows)
     flags = dict(TARGET_KIND=int(target_kind), HAS_WEIGHT=weight is not None, HAS_SMOOTHING=label_smoothing > 0.0,
                  HAS_Z_LOSS=z_loss > 0.0, WRITE_LSE=lse is not None, WRITE_GRAD=grad is not None, MEAN=mean, GRAD_OUTPUT=_grad_output_kind(grad_output),
                  OF_TARGET=of_target)
     sizes = dict(BLOCK=block, BLOCKS_PER_CHUNK=chunk // block,
-                 PARTIALS_BLOCK=max(2, _power_of_two_at_least(num_partials)), UNIT_STRIDE=inner_size == 1, ACC=acc)
-    launch(_cross_entropy_fwd_kernel, (rows, splits), *args, ignore_index, label_smoothing, z_loss,
+                 PARTIALS_BLOCK=max(2, _power_of_two_at_least(num_partials)),
+                 LANE_ALIGNED=num_classes % LANE_GROUP.value == 0, UNIT_STRIDE=inner_size == 1, ACC=acc)
+    launch(_cross_entropy_fwd_kernel, (row_programs(rows, num_classes, splits, x.element_size(), x.device), splits),
+           *args,
+           ignore_index, label_smoothing, z_loss,
            num_warps=num_warps,
            **flags, SPLIT=splits > 1, **sizes)
     if splits > 1:
-        launch(_cross_entropy_split_finish_kernel, (rows, splits), *args, splits, ignore_index, label_smoothing, z_loss,
-               num_warps=num_warps, **flags, **sizes, SPLITS_BLOCK=max(2, _power_of_two_at_least(splits)))
+        splits_block = max(2, _power_of_two_at_least(splits))
+        merge_sizes = dict(sizes, PARTIALS_BLOCK=max(2, _power_of_two_at_least(rows)))  # the denominator's rows
+        launch(_cross_entropy_split_merge_kernel, (rows,), *args, splits, ignore_index, label_smoothing, z_loss,
+               num_warps=num_warps, **flags, **merge_sizes, SPLITS_BLOCK=splits_block)
+        if grad is not None:
+            launch(_cross_entropy_split_finish_kernel, (rows, splits), *args, splits, ignore_index, label_smoothing,
+                   z_loss, num_warps=num_warps, **flags, **sizes, SPLITS_BLOCK=splits_block)
 
 
 def _pointer(tensor):
@@ -871,7 +1154,11 @@ def _scale_grad_triton(grad, grad_output):
     num_classes = grad.shape[1]
     factor = grad_output.to(_math_dtype(grad))
     factor = factor if factor.is_contiguous() else factor.contiguous()
-    programs = min(cdiv(grad.numel(), SCALE_BLOCK), SCALE_PROGRAMS_PER_SM * _backend.sm_count(grad.device))
+    # Up to SCALE_PROGRAMS_PER_SM per SM, but one per SM at least before each has SCALE_MIN_BLOCKS blocks:
+    # a small gradient is not spread over programs that each do little besides starting.
+    sm_count = _backend.sm_count(grad.device)
+    programs = min(cdiv(grad.numel(), SCALE_BLOCK), SCALE_PROGRAMS_PER_SM * sm_count,
+                   max(sm_count, cdiv(grad.numel(), SCALE_BLOCK * SCALE_MIN_BLOCKS)))
     launch(_scale_gradient_kernel, (programs,), grad, factor, grad.numel(), num_classes,
            grad.numel() // (grad.shape[0] * num_classes), cdiv(grad.numel(), programs * SCALE_BLOCK), num_warps=8,
            PER_ROW=grad_output.dim() > 0, BLOCK=SCALE_BLOCK)

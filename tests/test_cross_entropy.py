@@ -1344,3 +1344,66 @@ def test_few_long_rows_fill_four_programs_per_sm(monkeypatch):
     chunk = -(-chunk // MAX_BLOCK) * MAX_BLOCK  # as the launcher rounds it
     assert 8 * -(-262144 // chunk) >= 4 * 132
     assert split_count(8192, 32000, torch.device("cpu")) == 1
+
+
+# ----------------------------------------------------------------------------- long rows, tiny
+# The paths for long rows, forced at tiny sizes through the module's thresholds.
+
+
+@pytest.fixture
+def long_rows(monkeypatch):
+    """Rows over 64 classes take the long-row path: blocks of 32 classes over one warp, 2 SMs."""
+    ce = importlib.import_module("recipe_kernels.cross_entropy")
+    monkeypatch.setattr(ce, "ROW_IN_REGISTERS", 64)
+    monkeypatch.setattr(ce, "LONG_ROW_BLOCK", 32)
+    monkeypatch.setattr(ce, "LONG_ROW_WARPS", 1)
+    monkeypatch.setattr(_backend, "sm_count", lambda device: 2)
+    return ce
+
+
+@pytest.mark.parametrize("num_classes", [150, 160], ids=["ragged", "lane-aligned"])
+def test_long_rows_on_a_persistent_grid(long_rows, num_classes):
+    # 7 rows on 2 programs, each looping over rows: sweep 1 keeps the last block in registers, sweep 2
+    # reads the others back newest first; an ignored row holding NaN and inf gets zeros.
+    assert long_rows.row_programs(7, num_classes, 1, 4, DEVICE) == 2
+    logits, target, weight = sample_inputs((7, num_classes), ignored=(3,), weighted=True)
+    logits[3, :5] = float("nan")
+    logits[3, 5] = float("inf")
+    for options in (dict(weight=weight, label_smoothing=0.1), dict(reduction="sum"), dict(label_smoothing=0.2)):
+        loss, grad = our_loss_and_grad(logits, target, backend="triton", **options)
+        expected_loss, expected_grad = torch_loss_and_grad(logits, target, **options)
+        expected_grad[3] = 0.0  # ours is exactly 0 on an ignored row whatever its logits (torch's is NaN)
+        torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
+        torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
+        assert torch.equal(grad[3], torch.zeros_like(grad[3]))
+
+
+def test_long_rows_bounded_by_l2(long_rows, monkeypatch):
+    # When the rows in flight would pass L2_RESIDENT_FRACTION of L2, fewer programs than SMs: here one,
+    # looping over every row; mixed targets, some rows with y_a == y_b (both terms on one class).
+    monkeypatch.setattr(long_rows, "_l2_bytes", lambda device: 1000)
+    assert long_rows.row_programs(6, 150, 1, 4, DEVICE) == 1
+    logits, y_a, _ = sample_inputs((6, 150), seed=1)
+    y_b = torch.randint(0, 150, (6,), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    y_b[::2] = y_a[::2]
+    target = rk.MixedTarget(y_a, y_b, torch.rand(6, generator=torch.Generator().manual_seed(3)).to(DEVICE))
+    loss, grad = our_loss_and_grad(logits, target, label_smoothing=0.1, backend="triton")
+    expected_loss, expected_grad = torch_loss_and_grad(logits, target.dense(150, 0.1, dtype=torch.float64))
+    torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("backend", ["triton"])
+def test_split_rows_with_one_target_class_twice(backend):
+    # Split rows: the merge kernel computes the target classes' gradients, the chunk holding each
+    # stores it; y_a == y_b puts both terms on one class.
+    logits, y_a, _ = sample_inputs((3, 5000), seed=4)
+    y_b = y_a.clone()
+    y_b[1] = (y_a[1] + 2500) % 5000  # in another chunk
+    target = rk.MixedTarget(y_a, y_b, torch.tensor([0.3, 0.6, 1.0], device=DEVICE))
+    grad = torch.empty_like(logits)
+    loss = cross_entropy_with_grad_op(logits, grad, target.y_a, target.y_b, target.per_sample_lam(), None, -100,
+                                      "mean", 0.1, 0.0, None, 3, None, backend)
+    expected_loss, expected_grad = torch_loss_and_grad(logits, target.dense(5000, 0.1, dtype=torch.float64))
+    torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
+    torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
