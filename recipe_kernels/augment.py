@@ -36,7 +36,7 @@ from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._codes import DTYPE_CODES
 from recipe_kernels._ops import Op, launch
 from recipe_kernels._philox import draw_seed, philox4x32
-from recipe_kernels._triton_common import cdiv, round_to
+from recipe_kernels._triton_common import cdiv, fma, round_to
 
 # The dtypes an image may have, and an output.
 IMAGE_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
@@ -57,6 +57,8 @@ BILINEAR_TAPS = tl.constexpr(2)
 # Column taps unrolled with their weights computed once per tile with antialias (the rest loop, recomputing theirs
 # per row tap): antialiased windows have about 2 * scale + 1 taps (3 beat 2, 4 and 5 in the static model).
 ANTIALIAS_COLUMN_SLOTS = tl.constexpr(3)
+# A byte b read as the float bits of 0x4B000000 | b is 2^23 + b exactly.
+BYTE_BIAS = tl.constexpr(8388608.0)
 # Columns of the image table, one int64 row per sample: element address, height, width, and the
 # strides (in elements) of channel, row and column.
 TABLE_COLUMNS = 6
@@ -129,24 +131,36 @@ def _column_tap(slot, start_col, first_col, centre_x, first_x, count_x, inverse_
 
 
 @triton.jit
-def _slot_product(pixels, slot: tl.constexpr, col_step, slot_weights, slot_ok, row_mask,
-                  CLAMPED_READS: tl.constexpr):
-    """The pixel of column slot `slot` (at pixels + slot * col_step) times its weight: read clamped (CLAMPED_READS)
-    or under the row's and the slot's masks."""
+def _slot_pixel(pixels, slot: tl.constexpr, col_step, slot_ok, row_mask, CLAMPED_READS: tl.constexpr):
+    """The pixel of column slot `slot` (at pixels + slot * col_step): read clamped (CLAMPED_READS) or under the
+    row's and the slot's masks."""
     if CLAMPED_READS:
-        pixel = tl.load(pixels + slot * col_step)
-    else:
-        pixel = tl.load(pixels + slot * col_step, mask=row_mask & slot_ok[slot], other=0)
-    return _pixel_float(pixel) * slot_weights[slot]
+        return tl.load(pixels + slot * col_step)
+    return tl.load(pixels + slot * col_step, mask=row_mask & slot_ok[slot], other=0)
+
+
+@triton.jit
+def _biased_byte(pixel):
+    """A byte pixel as the float 2^23 + byte (exact: an OR, fewer instructions than a conversion)."""
+    return (pixel.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def _pixel_float(pixel):
-    """A loaded pixel as fp32. A byte goes through the float 2^23 + byte less 2^23 (exact; an OR and an add, fewer
-    instructions than the conversion)."""
+    """A loaded pixel as fp32. A byte goes through the float 2^23 + byte less 2^23 (exact)."""
     if pixel.dtype == tl.uint8:
-        return (pixel.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        return _biased_byte(pixel) - BYTE_BIAS
     return pixel.to(tl.float32)
+
+
+@triton.jit
+def _first_product(pixel, weight, biased_weight):
+    """pixel * weight rounded once. A byte: fma(2^23 + byte, weight, -2^23 * weight), the same bits (the exact
+    value is byte * weight; biased_weight = -2^23 * weight is exact) in one FMA instead of a subtract and a
+    multiply."""
+    if pixel.dtype == tl.uint8:
+        return fma(_biased_byte(pixel), weight, biased_weight)
+    return pixel.to(tl.float32) * weight
 
 
 @triton.jit
@@ -202,20 +216,22 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
     for first_slot in tl.static_range(COLUMN_SLOTS):
         weight, col_ok, offsets = _column_tap(first_slot, start_col, first_col, centre_x, first_x, count_x, inverse_x,
                                               inverse_total_x, wanted_cols, image_width, col_step, CLAMPED_READS)
+        if first_slot == 0:
+            biased_weight = weight * -BYTE_BIAS
         slot_weights = slot_weights + (weight,)
         slot_ok = slot_ok + (col_ok,)
         if first_slot == 0:
             col_offsets = offsets
-    # Each channel's plane as an offset of the columns ([1, BX]: per column, not per element).
+    # A row's address per channel plane ([BY, 1]), plus the column's offset widened once per column ([1, BX]): a
+    # 64-bit add per pixel address (a 32-bit offset would be sign-extended per address).
+    wide_col_offsets = col_offsets.to(tl.int64)
     plane_offsets = ()
-    channel_col_offsets = ()
     values = ()
     for k in tl.static_range(CHANNEL_GROUP):
         channel = first_channel + k
         if CLAMPED_READS:
             channel = tl.minimum(channel, num_channels - 1)
         plane_offsets = plane_offsets + (channel.to(INDEX_DTYPE) * channel_stride,)
-        channel_col_offsets = channel_col_offsets + (plane_offsets[k] + col_offsets,)
         values = values + (tl.zeros([out_rows.shape[0], out_cols.shape[1]], dtype=tl.float32),)
     for tap_y in tl.range(0, taps_y, loop_unroll_factor=1 if ANTIALIAS else BILINEAR_TAPS):
         weight_y = _tap_weight(tap_y, centre_y, first_y, count_y, inverse_y) * inverse_total_y
@@ -229,12 +245,13 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
         # in the sign of a zero, which value's first addition to +0 erases).
         row_values = ()
         for k in tl.static_range(CHANNEL_GROUP):
-            pixels = rows + channel_col_offsets[k]
+            pixels = (rows + plane_offsets[k]) + wide_col_offsets
             row_mask = row_ok & (first_channel + k < num_channels)
-            row_value = _slot_product(pixels, 0, col_step, slot_weights, slot_ok, row_mask, CLAMPED_READS)
+            row_value = _first_product(_slot_pixel(pixels, 0, col_step, slot_ok, row_mask, CLAMPED_READS),
+                                       slot_weights[0], biased_weight)
             for first_slot in tl.static_range(1, COLUMN_SLOTS):
-                row_value += _slot_product(pixels, first_slot, col_step, slot_weights, slot_ok, row_mask,
-                                           CLAMPED_READS)
+                pixel = _slot_pixel(pixels, first_slot, col_step, slot_ok, row_mask, CLAMPED_READS)
+                row_value = fma(_pixel_float(pixel), slot_weights[first_slot], row_value)
             row_values = row_values + (row_value,)
         for slot in range(COLUMN_SLOTS, taps_x):
             weight_x, col_ok, tap_offsets = _column_tap(slot, start_col, first_col, centre_x, first_x, count_x,
@@ -247,11 +264,11 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
                     pixel = tl.load(pixels)
                 else:
                     pixel = tl.load(pixels, mask=row_ok & (first_channel + k < num_channels) & col_ok, other=0)
-                summed = summed + (row_values[k] + _pixel_float(pixel) * weight_x,)
+                summed = summed + (fma(_pixel_float(pixel), weight_x, row_values[k]),)
             row_values = summed
         summed = ()
         for k in tl.static_range(CHANNEL_GROUP):
-            summed = summed + (values[k] + row_values[k] * weight_y,)
+            summed = summed + (fma(row_values[k], weight_y, values[k]),)
         values = summed
     return values
 
@@ -266,7 +283,8 @@ def _finish(value, channel, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, RECIPROCA
     if HAS_NORM:
         std = tl.load(std_ptr + channel)
         if RECIPROCAL_STD:
-            value = (value - tl.load(mean_ptr + channel)) * tl.math.div_rn(std * 0.0 + 1.0, std)
+            inverse_std = tl.math.div_rn(std * 0.0 + 1.0, std)
+            value = fma(value, inverse_std, -tl.load(mean_ptr + channel) * inverse_std)
         else:
             value = tl.math.div_rn(value - tl.load(mean_ptr + channel), std)
     if OUT_DTYPE == tl.uint8:

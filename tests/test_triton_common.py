@@ -1,24 +1,19 @@
 """The Triton helpers of recipe_kernels._triton_common that emulate GPU rounding in the interpreter.
 
 fma must give a * b + c rounded once to the nearest fp32 (ties to even), as the GPU's FFMA and C's fmaf do; the
-oracle is exact rational arithmetic (fractions.Fraction) rounded to fp32 here, over random triples and the cases
+oracle is exact rational arithmetic (tests/exact_rounding.py), over random triples and the cases
 where rounding twice goes wrong: a product just off an fp32 midpoint, an exact midpoint decided by a far smaller
 addend, cancellation, subnormal results, overflow, infinities, NaNs and signed zeros.
 """
-import math
-from fractions import Fraction
-
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from conftest import DEVICE
+from exact_rounding import exact_fma
 from recipe_kernels._triton_common import fma
 
-FLOAT32_MAX = Fraction(float(np.finfo(np.float32).max))
-# |x| at or past the midpoint between the largest fp32 and 2^128 rounds to infinity.
-OVERFLOW = FLOAT32_MAX + Fraction(2) ** 103
 BLOCK = 1024
 
 
@@ -36,29 +31,6 @@ def triton_fma(a, b, c):
     out = torch.empty_like(a)
     _fma_kernel[(triton.cdiv(a.numel(), BLOCK),)](a, b, c, out, a.numel(), BLOCK=BLOCK)
     return out
-
-
-def round_to_float32(exact: Fraction) -> np.float32:
-    """The fp32 nearest to `exact`, ties to the even significand; infinity past the overflow midpoint."""
-    if abs(exact) >= OVERFLOW:
-        return np.float32(math.copysign(math.inf, exact))
-    guess = np.float32(float(exact))  # within an ulp (double rounding); the neighbours decide
-    if np.isinf(guess):
-        guess = np.float32(math.copysign(float(FLOAT32_MAX), exact))
-    candidates = [c for c in (np.nextafter(guess, np.float32(-np.inf)), guess, np.nextafter(guess, np.float32(np.inf)))
-                  if np.isfinite(c)]
-    return min(candidates, key=lambda c: (abs(Fraction(float(c)) - exact), int(c.view(np.uint32)) & 1))
-
-
-def exact_fma(a: np.float32, b: np.float32, c: np.float32) -> np.float32:
-    if not (np.isfinite(a) and np.isfinite(b) and np.isfinite(c)):
-        with np.errstate(invalid="ignore", over="ignore"):
-            return np.float32(np.float64(a) * np.float64(b) + np.float64(c))  # inf/NaN rules, exact enough
-    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
-    if exact == 0:  # the sign of an exact zero: -0 only when the product and c are both -0 (or both negative)
-        product_negative = (np.signbit(a) != np.signbit(b))
-        return np.float32(-0.0) if product_negative and np.signbit(c) else np.float32(0.0)
-    return round_to_float32(exact)
 
 
 def check(a, b, c):
