@@ -8,8 +8,9 @@ Top to bottom: Triton kernels; the image table; the implementations, one per bac
 
 Per sample n, the output is torchvision.transforms.v2.functional.resized_crop(images[n], top,
 left, height, width, (h, w), antialias) with bilinear interpolation (align_corners=False), then a
-horizontal flip where flip[n], then optionally (v - mean[c]) / std[c] (the kernels multiply by 1 / std[c],
-correctly rounded: within an ulp or two of the quotient). The crop reads zeros
+horizontal flip where flip[n], then optionally (v - mean[c]) / std[c] (the kernels: fma(v, 1 / std[c],
+-mean[c] / std[c]), the reciprocal and the shift rounded once: within an ulp or two of the quotient, or of the
+shift near v = mean[c]). The crop reads zeros
 outside its image, as torchvision's crop pads. Antialiasing (when the crop is larger than the
 output) is torchvision's (torch's _upsample_bilinear2d_aa): a triangle filter whose support
 grows with the scale factor, applied separably, rows of taps first, with weights normalised
@@ -156,8 +157,8 @@ def _pixel_float(pixel):
 @triton.jit
 def _next_pixel_float(pixel, ANTIALIAS: tl.constexpr):
     """A pixel past a row's first as fp32. Bilinear converts a byte in one instruction (I2F, on the conversion pipe:
-    16 a clock per SM, room for the 2 a bilinear element takes at an H200's copy speed); antialias, whose windows
-    take 2 a row tap, keeps _pixel_float's OR and add on the FP32 pipes."""
+    16 per clock per SM, room for the 2 per element bilinear takes at an H200's copy speed); antialias, with 2 per
+    row tap, keeps _pixel_float's OR and add on the FP32 pipes."""
     if ANTIALIAS:
         return _pixel_float(pixel)
     return pixel.to(tl.float32)
@@ -287,9 +288,9 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
 def _finish(value, channel, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, RECIPROCAL_STD: tl.constexpr,
             OUT_DTYPE: tl.constexpr):
     """fp32 value of channel `channel` normalised when HAS_NORM, then rounded to OUT_DTYPE (uint8: half up,
-    saturating). The normalisation is (v - mean) * (1 / std), the reciprocal correctly rounded once per program,
-    with RECIPROCAL_STD (resized_crop: within an ulp or two of the quotient), else (v - mean) / std correctly
-    rounded (batch_augment: composite_batch's, bit for bit)."""
+    saturating). The normalisation is fma(v, 1 / std, -mean * (1 / std)), the reciprocal and the shift rounded once
+    per program, with RECIPROCAL_STD (resized_crop: within an ulp or two of the quotient, or of the shift near
+    v = mean), else (v - mean) / std correctly rounded (batch_augment: composite_batch's, bit for bit)."""
     if HAS_NORM:
         std = tl.load(std_ptr + channel)
         if RECIPROCAL_STD:
@@ -370,8 +371,9 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     window's total: one divide per output row or column) are computed per tap for a row or a column of
     the tile and shared by its channels; the first column taps' (2, or 3 with antialias) once per tile
     (shared by every row tap). Per tap and element: a byte load (clamped into the image, no mask, for
-    byte images; masked for float ones), its conversion, a multiply and an add, and per row tap a 64-bit
-    address for those first column taps (the next ones at immediate offsets); offsets are int32 where
+    byte images; masked for float ones), its conversion and one FMA (a byte's first column tap: one FMA on
+    the float 2^23 + byte, no conversion), and per row tap a 64-bit address for those first column taps (the
+    next ones at immediate offsets); offsets are int32 where
     INDEX_DTYPE allows. A tile inside the output is stored in 16-byte stores (contiguous output).
     Bytes: the crop's source pixels come from DRAM about once (neighbouring taps and tiles hit in
     L1/L2: box_h * box_w / (h * w) source pixels per output pixel, each of the image's size), and the
@@ -858,8 +860,8 @@ def resized_crop(images: Images, boxes: torch.Tensor, size: Union[int, Tuple[int
     (zeros are read there); a box of height or width 0 gives zeros. size: an int (a square) or
     (h, w). Per sample, the result is torchvision.transforms.v2.functional.resized_crop(image,
     top, left, height, width, [h, w], antialias=antialias) (bilinear), then horizontal_flip where
-    flip[n]. With mean/std: (v - mean[c]) / std[c] (the kernels: (v - mean[c]) * (1 / std[c]), the reciprocal
-    correctly rounded), written as out_dtype (float32 by default when
+    flip[n]. With mean/std: (v - mean[c]) / std[c] (the kernels: fma(v, 1 / std[c], -mean[c] / std[c]), the
+    reciprocal and the shift rounded once), written as out_dtype (float32 by default when
     normalising, else the images' dtype). The output is contiguous or channels_last
     (memory_format). No gradient. No host sync (a list input copies its small address table).
     """
