@@ -4,8 +4,9 @@
 // composites.
 //
 // The arithmetic is the Triton kernels' (_resized_tile, _finish and _batch_augment_kernel in augment.py) step
-// for step, each fp32 operation rounded once (mul_rn/add_rn/div_rn, never contracted into an FMA), so the two
-// backends agree bit for bit.
+// for step, each fp32 operation rounded once (mul_rn/add_rn/div_rn, never contracted into an FMA; the multiply-adds
+// the Triton kernels write as fma are fmaf here, one rounding on the device and in the host's C library alike), so
+// the two backends agree bit for bit.
 //
 // As in mixing.cu, the kernel's body is a __host__ __device__ function of (block, thread): the __global__ kernel
 // calls it once per GPU thread, and the *_host entry points call it for every thread of the same grid on CPU
@@ -102,7 +103,8 @@ RK_HOST_DEVICE Source source(const int64_t* table, const int32_t* boxes, int64_t
 
 // The resized crop of `src` at output row `row` and resize column `col` (flip already applied), channels
 // channel0 .. channel0 + kGroup - 1 (those < channels): value[g] in fp32, the Triton kernel's sums in its order
-// (over row taps of weight * (the sum over column taps of weight * pixel)), pixels outside the image reading 0.
+// (over row taps of weight * (the sum over column taps of weight * pixel)), each term added by one fmaf, pixels
+// outside the image reading 0.
 template <typename TIn, int kGroup>
 RK_HOST_DEVICE void resized_pixel(const Source& src, int64_t row, int64_t col, int64_t channel0, int64_t channels,
                                   float (&value)[kGroup]) {
@@ -127,23 +129,27 @@ RK_HOST_DEVICE void resized_pixel(const Source& src, int64_t row, int64_t col, i
       for (int c = 0; c < kGroup; ++c) {
         const int64_t channel = channel0 + c;
         const float v = ok && channel < channels ? pixel_value(pixel + channel * src.channel_stride) : 0.0f;
-        row_value[c] = add_rn(row_value[c], mul_rn(v, weight_x));
+        row_value[c] = fmaf(v, weight_x, row_value[c]);
       }
     }
 #pragma unroll
-    for (int c = 0; c < kGroup; ++c) value[c] = add_rn(value[c], mul_rn(row_value[c], weight_y));
+    for (int c = 0; c < kGroup; ++c) value[c] = fmaf(row_value[c], weight_y, value[c]);
   }
 }
 
-// Triton's _finish: when normalising, (v - mean) * (1 / std) with the reciprocal correctly rounded (resized_crop,
-// reciprocal_std) or (v - mean) / std (batch_augment: composite_batch's); then the one rounding to TOut (uint8: half
-// up, saturating, NaN to 0).
+// Triton's _finish: when normalising, fma(v, 1 / std, -mean * (1 / std)) with the reciprocal correctly rounded
+// (resized_crop, reciprocal_std) or (v - mean) / std (batch_augment: composite_batch's); then the one rounding to
+// TOut (uint8: half up, saturating, NaN to 0).
 template <typename TOut>
 RK_HOST_DEVICE TOut finish(float value, const float* mean, const float* std_dev, int64_t channel,
                            bool reciprocal_std) {
   if (mean != nullptr) {
-    value = reciprocal_std ? mul_rn(sub_rn(value, mean[channel]), div_rn(1.0f, std_dev[channel]))
-                           : div_rn(sub_rn(value, mean[channel]), std_dev[channel]);
+    if (reciprocal_std) {
+      const float inverse_std = div_rn(1.0f, std_dev[channel]);
+      value = fmaf(value, inverse_std, mul_rn(-mean[channel], inverse_std));
+    } else {
+      value = div_rn(sub_rn(value, mean[channel]), std_dev[channel]);
+    }
   }
   if constexpr (std::is_same_v<TOut, uint8_t>) {
     const float rounded = floorf(add_rn(value, 0.5f));

@@ -24,3 +24,31 @@ def round_to(value, dtype: tl.constexpr):
         rounded = tl.where(value != value, 0x7FC0, rounded)  # keep NaN a NaN
         return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return value.to(dtype)
+
+
+# Decided at import: True when Triton's interpreter runs the kernels. Its tl.fma rounds the product and then the
+# sum (two roundings, numpy); the GPU's FFMA rounds once. fma computes a * b + c rounded once on both.
+INTERPRETER_FMA_ROUNDS_TWICE = tl.constexpr(_backend.triton_interpreting())
+
+
+@triton.jit
+def fma(a, b, c):
+    """fp32 a * b + c rounded once to nearest even (FFMA), on the GPU and in the interpreter alike.
+
+    The interpreter's path: a * b is exact in fp64 (24 + 24 significant bits); the fp64 sum is rounded to odd
+    (TwoSum's error term says whether it was inexact; an inexact sum with an even last bit steps one ulp toward
+    the exact value), and an fp64 rounded to odd, with 53 >= 24 + 2 bits, rounds to fp32 as the exact value does.
+    """
+    if INTERPRETER_FMA_ROUNDS_TWICE:
+        product = a.to(tl.float64) * b.to(tl.float64)
+        addend = c.to(tl.float64)
+        total = product + addend
+        addend_part = total - product  # TwoSum: total + error == product + addend exactly
+        error = (product - (total - addend_part)) + (addend - addend_part)
+        bits = total.to(tl.int64, bitcast=True)
+        # Only a finite inexact total with an even last bit moves: away from zero when the error has its sign.
+        inexact = (error != 0.0) & (total - total == 0.0) & ((bits & 1) == 0)
+        step = tl.where((error > 0.0) == (total > 0.0), 1, -1)
+        odd = tl.where(inexact, bits + step, bits).to(tl.float64, bitcast=True)
+        return odd.to(tl.float32)
+    return tl.fma(a, b, c)

@@ -8,8 +8,9 @@ Top to bottom: Triton kernels; the image table; the implementations, one per bac
 
 Per sample n, the output is torchvision.transforms.v2.functional.resized_crop(images[n], top,
 left, height, width, (h, w), antialias) with bilinear interpolation (align_corners=False), then a
-horizontal flip where flip[n], then optionally (v - mean[c]) / std[c] (the kernels multiply by 1 / std[c],
-correctly rounded: within an ulp or two of the quotient). The crop reads zeros
+horizontal flip where flip[n], then optionally (v - mean[c]) / std[c] (the kernels: fma(v, 1 / std[c],
+-mean[c] / std[c]), the reciprocal and the shift rounded once: within an ulp or two of the quotient, or of the
+shift near v = mean[c]). The crop reads zeros
 outside its image, as torchvision's crop pads. Antialiasing (when the crop is larger than the
 output) is torchvision's (torch's _upsample_bilinear2d_aa): a triangle filter whose support
 grows with the scale factor, applied separably, rows of taps first, with weights normalised
@@ -36,7 +37,7 @@ from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._codes import DTYPE_CODES
 from recipe_kernels._ops import Op, launch
 from recipe_kernels._philox import draw_seed, philox4x32
-from recipe_kernels._triton_common import cdiv, round_to
+from recipe_kernels._triton_common import cdiv, fma, round_to
 
 # The dtypes an image may have, and an output.
 IMAGE_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
@@ -57,6 +58,8 @@ BILINEAR_TAPS = tl.constexpr(2)
 # Column taps unrolled with their weights computed once per tile with antialias (the rest loop, recomputing theirs
 # per row tap): antialiased windows have about 2 * scale + 1 taps (3 beat 2, 4 and 5 in the static model).
 ANTIALIAS_COLUMN_SLOTS = tl.constexpr(3)
+# A byte b read as the float bits of 0x4B000000 | b is 2^23 + b exactly.
+BYTE_BIAS = tl.constexpr(8388608.0)
 # Columns of the image table, one int64 row per sample: element address, height, width, and the
 # strides (in elements) of channel, row and column.
 TABLE_COLUMNS = 6
@@ -81,9 +84,9 @@ def _filter_window(out_index, box_length, out_length, ANTIALIAS: tl.constexpr):
     if ANTIALIAS:
         support = tl.maximum(scale, 1.0)
         inverse_scale = tl.where(scale >= 1.0, tl.math.div_rn(support * 0.0 + 1.0, scale), 1.0)
-    else:
-        support = scale * 0.0 + 1.0
-        inverse_scale = support
+    else:  # constants, so that the multiplies by inverse_scale fold away (x * 1.0 is x)
+        support = 1.0
+        inverse_scale = 1.0
     centre = scale * (out_index.to(tl.float32) + 0.5)
     first = tl.maximum((centre - support + 0.5).to(tl.int32), 0)
     count = tl.minimum((centre + support + 0.5).to(tl.int32), box_length) - first
@@ -105,10 +108,10 @@ def _tap_weight(tap, centre, first, count, inverse_scale):
 def _inverse_window_total(centre, first, count, inverse_scale, max_count):
     """1 / the sum of a window's weights, correctly rounded (1 for a sum of 0): each output index's normalised
     weights are its taps' weights times it (one divide per index, not per tap)."""
-    total = centre * 0.0
+    total = tl.zeros(centre.shape, tl.float32)
     for tap in range(0, max_count):
         total += _tap_weight(tap, centre, first, count, inverse_scale)
-    return tl.math.div_rn(total * 0.0 + 1.0, tl.where(total != 0.0, total, 1.0))
+    return tl.math.div_rn(tl.full(total.shape, 1.0, tl.float32), tl.where(total != 0.0, total, 1.0))
 
 
 @triton.jit
@@ -129,24 +132,46 @@ def _column_tap(slot, start_col, first_col, centre_x, first_x, count_x, inverse_
 
 
 @triton.jit
-def _slot_product(pixels, slot: tl.constexpr, col_step, slot_weights, slot_ok, row_mask,
-                  CLAMPED_READS: tl.constexpr):
-    """The pixel of column slot `slot` (at pixels + slot * col_step) times its weight: read clamped (CLAMPED_READS)
-    or under the row's and the slot's masks."""
+def _slot_pixel(pixels, slot: tl.constexpr, col_step, slot_ok, row_mask, CLAMPED_READS: tl.constexpr):
+    """The pixel of column slot `slot` (at pixels + slot * col_step): read clamped (CLAMPED_READS) or under the
+    row's and the slot's masks."""
     if CLAMPED_READS:
-        pixel = tl.load(pixels + slot * col_step)
-    else:
-        pixel = tl.load(pixels + slot * col_step, mask=row_mask & slot_ok[slot], other=0)
-    return _pixel_float(pixel) * slot_weights[slot]
+        return tl.load(pixels + slot * col_step)
+    return tl.load(pixels + slot * col_step, mask=row_mask & slot_ok[slot], other=0)
+
+
+@triton.jit
+def _biased_byte(pixel):
+    """A byte pixel as the float 2^23 + byte (exact: an OR, fewer instructions than a conversion)."""
+    return (pixel.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def _pixel_float(pixel):
-    """A loaded pixel as fp32. A byte goes through the float 2^23 + byte less 2^23 (exact; an OR and an add, fewer
-    instructions than the conversion)."""
+    """A loaded pixel as fp32. A byte goes through the float 2^23 + byte less 2^23 (exact)."""
     if pixel.dtype == tl.uint8:
-        return (pixel.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        return _biased_byte(pixel) - BYTE_BIAS
     return pixel.to(tl.float32)
+
+
+@triton.jit
+def _next_pixel_float(pixel, ANTIALIAS: tl.constexpr):
+    """A pixel past a row's first as fp32. Bilinear converts a byte in one instruction (I2F, on the conversion pipe:
+    16 per clock per SM, room for the 2 per element bilinear takes at an H200's copy speed); antialias, with 2 per
+    row tap, keeps _pixel_float's OR and add on the FP32 pipes."""
+    if ANTIALIAS:
+        return _pixel_float(pixel)
+    return pixel.to(tl.float32)
+
+
+@triton.jit
+def _first_product(pixel, weight, biased_weight):
+    """pixel * weight rounded once. A byte: fma(2^23 + byte, weight, -2^23 * weight), the same bits (the exact
+    value is byte * weight; biased_weight = -2^23 * weight is exact) in one FMA instead of a subtract and a
+    multiply."""
+    if pixel.dtype == tl.uint8:
+        return fma(_biased_byte(pixel), weight, biased_weight)
+    return pixel.to(tl.float32) * weight
 
 
 @triton.jit
@@ -202,20 +227,22 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
     for first_slot in tl.static_range(COLUMN_SLOTS):
         weight, col_ok, offsets = _column_tap(first_slot, start_col, first_col, centre_x, first_x, count_x, inverse_x,
                                               inverse_total_x, wanted_cols, image_width, col_step, CLAMPED_READS)
+        if first_slot == 0:
+            biased_weight = weight * -BYTE_BIAS
         slot_weights = slot_weights + (weight,)
         slot_ok = slot_ok + (col_ok,)
         if first_slot == 0:
             col_offsets = offsets
-    # Each channel's plane as an offset of the columns ([1, BX]: per column, not per element).
+    # A row's address per channel plane ([BY, 1]), plus the column's offset widened once per column ([1, BX]): a
+    # 64-bit add per pixel address (a 32-bit offset would be sign-extended per address).
+    wide_col_offsets = col_offsets.to(tl.int64)
     plane_offsets = ()
-    channel_col_offsets = ()
     values = ()
     for k in tl.static_range(CHANNEL_GROUP):
         channel = first_channel + k
         if CLAMPED_READS:
             channel = tl.minimum(channel, num_channels - 1)
         plane_offsets = plane_offsets + (channel.to(INDEX_DTYPE) * channel_stride,)
-        channel_col_offsets = channel_col_offsets + (plane_offsets[k] + col_offsets,)
         values = values + (tl.zeros([out_rows.shape[0], out_cols.shape[1]], dtype=tl.float32),)
     for tap_y in tl.range(0, taps_y, loop_unroll_factor=1 if ANTIALIAS else BILINEAR_TAPS):
         weight_y = _tap_weight(tap_y, centre_y, first_y, count_y, inverse_y) * inverse_total_y
@@ -229,12 +256,13 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
         # in the sign of a zero, which value's first addition to +0 erases).
         row_values = ()
         for k in tl.static_range(CHANNEL_GROUP):
-            pixels = rows + channel_col_offsets[k]
+            pixels = (rows + plane_offsets[k]) + wide_col_offsets
             row_mask = row_ok & (first_channel + k < num_channels)
-            row_value = _slot_product(pixels, 0, col_step, slot_weights, slot_ok, row_mask, CLAMPED_READS)
+            row_value = _first_product(_slot_pixel(pixels, 0, col_step, slot_ok, row_mask, CLAMPED_READS),
+                                       slot_weights[0], biased_weight)
             for first_slot in tl.static_range(1, COLUMN_SLOTS):
-                row_value += _slot_product(pixels, first_slot, col_step, slot_weights, slot_ok, row_mask,
-                                           CLAMPED_READS)
+                pixel = _slot_pixel(pixels, first_slot, col_step, slot_ok, row_mask, CLAMPED_READS)
+                row_value = fma(_next_pixel_float(pixel, ANTIALIAS), slot_weights[first_slot], row_value)
             row_values = row_values + (row_value,)
         for slot in range(COLUMN_SLOTS, taps_x):
             weight_x, col_ok, tap_offsets = _column_tap(slot, start_col, first_col, centre_x, first_x, count_x,
@@ -247,11 +275,11 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
                     pixel = tl.load(pixels)
                 else:
                     pixel = tl.load(pixels, mask=row_ok & (first_channel + k < num_channels) & col_ok, other=0)
-                summed = summed + (row_values[k] + _pixel_float(pixel) * weight_x,)
+                summed = summed + (fma(_pixel_float(pixel), weight_x, row_values[k]),)
             row_values = summed
         summed = ()
         for k in tl.static_range(CHANNEL_GROUP):
-            summed = summed + (values[k] + row_values[k] * weight_y,)
+            summed = summed + (fma(row_values[k], weight_y, values[k]),)
         values = summed
     return values
 
@@ -260,13 +288,14 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
 def _finish(value, channel, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, RECIPROCAL_STD: tl.constexpr,
             OUT_DTYPE: tl.constexpr):
     """fp32 value of channel `channel` normalised when HAS_NORM, then rounded to OUT_DTYPE (uint8: half up,
-    saturating). The normalisation is (v - mean) * (1 / std), the reciprocal correctly rounded once per program,
-    with RECIPROCAL_STD (resized_crop: within an ulp or two of the quotient), else (v - mean) / std correctly
-    rounded (batch_augment: composite_batch's, bit for bit)."""
+    saturating). The normalisation is fma(v, 1 / std, -mean * (1 / std)), the reciprocal and the shift rounded once
+    per program, with RECIPROCAL_STD (resized_crop: within an ulp or two of the quotient, or of the shift near
+    v = mean), else (v - mean) / std correctly rounded (batch_augment: composite_batch's, bit for bit)."""
     if HAS_NORM:
         std = tl.load(std_ptr + channel)
         if RECIPROCAL_STD:
-            value = (value - tl.load(mean_ptr + channel)) * tl.math.div_rn(std * 0.0 + 1.0, std)
+            inverse_std = tl.math.div_rn(tl.full(std.shape, 1.0, tl.float32), std)
+            value = fma(value, inverse_std, -tl.load(mean_ptr + channel) * inverse_std)
         else:
             value = tl.math.div_rn(value - tl.load(mean_ptr + channel), std)
     if OUT_DTYPE == tl.uint8:
@@ -342,8 +371,9 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     window's total: one divide per output row or column) are computed per tap for a row or a column of
     the tile and shared by its channels; the first column taps' (2, or 3 with antialias) once per tile
     (shared by every row tap). Per tap and element: a byte load (clamped into the image, no mask, for
-    byte images; masked for float ones), its conversion, a multiply and an add, and per row tap a 64-bit
-    address for those first column taps (the next ones at immediate offsets); offsets are int32 where
+    byte images; masked for float ones), its conversion and one FMA (a byte's first column tap: one FMA on
+    the float 2^23 + byte, no conversion), and per row tap a 64-bit address for those first column taps (the
+    next ones at immediate offsets); offsets are int32 where
     INDEX_DTYPE allows. A tile inside the output is stored in 16-byte stores (contiguous output).
     Bytes: the crop's source pixels come from DRAM about once (neighbouring taps and tiles hit in
     L1/L2: box_h * box_w / (h * w) source pixels per output pixel, each of the image's size), and the
@@ -830,8 +860,8 @@ def resized_crop(images: Images, boxes: torch.Tensor, size: Union[int, Tuple[int
     (zeros are read there); a box of height or width 0 gives zeros. size: an int (a square) or
     (h, w). Per sample, the result is torchvision.transforms.v2.functional.resized_crop(image,
     top, left, height, width, [h, w], antialias=antialias) (bilinear), then horizontal_flip where
-    flip[n]. With mean/std: (v - mean[c]) / std[c] (the kernels: (v - mean[c]) * (1 / std[c]), the reciprocal
-    correctly rounded), written as out_dtype (float32 by default when
+    flip[n]. With mean/std: (v - mean[c]) / std[c] (the kernels: fma(v, 1 / std[c], -mean[c] / std[c]), the
+    reciprocal and the shift rounded once), written as out_dtype (float32 by default when
     normalising, else the images' dtype). The output is contiguous or channels_last
     (memory_format). No gradient. No host sync (a list input copies its small address table).
     """

@@ -7,12 +7,14 @@ a small box upscaled).
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import recipe_kernels as rk
 from recipe_kernels import augment
 from conftest import BACKENDS, DEVICE
+from exact_rounding import exact_fma
 import torchvision_oracle
 
 F = torchvision_oracle.v2_functional()
@@ -94,8 +96,9 @@ def test_normalised_bf16_output_rounds_the_normalised_fp32_value_once(backend):
 
 
 def test_kernels_normalise_by_the_correctly_rounded_reciprocal_of_std(backend):
-    # The kernels multiply v - mean by 1 / std rounded once (a multiply per element, not a divide): within an ulp
-    # or two of the quotient the torch backend (the oracle) computes, and exactly that product.
+    # The kernels compute fma(v, 1 / std, -mean * (1 / std)), the reciprocal and the shift rounded once (one FMA per
+    # element, not a subtract and a divide): within an ulp or two of the quotient the torch backend (the oracle)
+    # computes, and exactly that fma.
     if backend == "torch":
         pytest.skip("the torch backend divides (the oracle)")
     images = sample_images(torch.uint8)
@@ -106,8 +109,12 @@ def test_kernels_normalise_by_the_correctly_rounded_reciprocal_of_std(backend):
     plain = rk.resized_crop(images, boxes, SIZE, flip=flip, out_dtype=torch.float32, backend=backend)
     mean = torch.tensor(MEAN, device=DEVICE).reshape(1, 3, 1, 1)
     std = torch.tensor(STD, device=DEVICE).reshape(1, 3, 1, 1)
-    assert torch.equal(got, (plain - mean) * (1.0 / std))
-    torch.testing.assert_close(got, (plain - mean) / std, rtol=1e-6, atol=0)
+    inverse_std = (1.0 / std).expand_as(plain)
+    shift = (-mean * (1.0 / std)).expand_as(plain)
+    expected = [exact_fma(*terms) for terms in zip(*(t.flatten().cpu().numpy() for t in (plain, inverse_std, shift)))]
+    assert torch.equal(got.cpu(), torch.tensor(np.array(expected)).reshape(got.shape))
+    # near v = mean the difference cancels: within an ulp or two of the shift (about 2 here), not of the result
+    torch.testing.assert_close(got, (plain - mean) / std, rtol=1e-6, atol=5e-7)
 
 
 @pytest.mark.parametrize("channels", [1, 5])
