@@ -4,9 +4,10 @@
 
 Every call runs the triton backend under the stand-in driver (benchmarks/standin_driver.py):
 the whole host path runs (checks, seed, sampling, the op layer, Triton's launcher path) and
-each kernel is compiled for sm_90 once, then its launch is a recorded no-op. Times are medians
-of many calls in microseconds and in u, where u is one torch.add of two 1-element CPU tensors
-timed in the same run (so the table reads the same on a slower or busier machine). Launches
+each kernel is compiled for sm_90 once, then its launch is a recorded no-op. Times are the low
+decile of many calls, in microseconds and in u, where u is one torch.add of two 1-element CPU
+tensors timed alternately with each call (so the table reads about the same on a slower or busier
+machine; two runs on a quiet machine still differ by up to a third). Launches
 per call come from the stand-in's records, torch ops per call from torch's profiler (aten ops
 that reached the dispatcher, the launches' own tensors included).
 
@@ -103,6 +104,54 @@ def calls():
     ]
 
 
+def floors():
+    """(name, fn): what any eager call of these ops costs at least, for the goals' scale. The three
+    torch calls every eager dropout makes (its seed, its output, the launch of its compiled kernel
+    with the arguments rk.dropout passed); torch's own autograd over a two-leaf add; and an
+    autograd.Function that does nothing, over dropout_add's three leaves."""
+    from recipe_kernels import _ops
+    dropout_module = sys.modules["recipe_kernels.dropout"]  # the package's `dropout` is the function
+    x = torch.randn(64, 64, dtype=torch.bfloat16)
+    launches = []
+    real_launch = dropout_module.launch
+    dropout_module.launch = lambda kernel, grid, *args, **kwargs: launches.append((kernel, grid, args, kwargs)) or \
+        real_launch(kernel, grid, *args, **kwargs)
+    try:
+        rk.dropout(x, 0.1, backend="triton")
+        rk.dropout(x, 0.1, backend="triton")  # the second call takes the cached path
+    finally:
+        dropout_module.launch = real_launch
+    kernel, grid, args, kwargs = launches[-1]
+    num_warps = kwargs.pop("num_warps")
+    compiled, order = _ops._COMPILED[tuple(_ops._launch_key(kernel, num_warps, kwargs, args)[1])]
+    constexprs = list(kwargs.values()) if order is None else [kwargs[name] for name in order]
+    grid = (*grid, 1, 1)[:3]
+
+    def dropout_torch_calls():
+        torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64)
+        torch.empty_like(x)
+        compiled.run(*grid, 0, compiled.function, compiled.packed_metadata, None, None, None, *args, *constexprs)
+
+    leaves = [torch.randn(64, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)]
+    bias = torch.randn(64, dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.ones(64, 64, dtype=torch.bfloat16)
+
+    class Nothing(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b, c):
+            return torch.empty_like(a)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, g, g[0]
+
+    return [
+        ("floor: dropout's seed + output + compiled launch", dropout_torch_calls),
+        ("floor: torch (a + b).backward(g), (64, 64) bf16", lambda: (leaves[0] + leaves[1]).backward(grad)),
+        ("floor: no-op autograd.Function, 3 leaves, fwd+bwd", lambda: Nothing.apply(*leaves, bias).backward(grad)),
+    ]
+
+
 def torch_ops_per_call(fn):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         fn()
@@ -120,7 +169,7 @@ def torch_ops_per_call(fn):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=300, help="timed calls per op (median)")
+    parser.add_argument("--repeat", type=int, default=300, help="timed calls per op")
     parser.add_argument("--only", nargs="*", help="only the calls whose name contains one of these words")
     parser.add_argument("--out", default=None, help="also append the rows to DIR/host.csv")
     args = parser.parse_args()
@@ -129,7 +178,7 @@ def main():
     with StandInDriver() as driver:
         print("u: one torch.add of two 1-element CPU tensors, timed alternately with each call")
         print(f"{'call':<55} {'us':>8} {'u':>6} {'goal':>6} {'launches':>9} {'torch ops':>10}")
-        for name, goal, fn in calls():
+        for name, goal, fn in calls() + [(name, None, fn) for name, fn in floors()]:
             if args.only and not any(word in name for word in args.only):
                 continue
             fn()  # compile
@@ -140,7 +189,7 @@ def main():
             ops = torch_ops_per_call(fn)
             rows.append(dict(call=name, us=us, u=us / unit, goal_u=goal, launches=launches, torch_ops=ops,
                              torch=torch.__version__, triton=triton.__version__))
-            print(f"{name:<55} {us:8.1f} {us / unit:6.1f} {goal:6d} {launches:9d} {ops:10d}")
+            print(f"{name:<55} {us:8.1f} {us / unit:6.1f} {goal or '-':>6} {launches:9d} {ops:10d}")
     append_rows("host.csv", COLUMNS, rows, args.out)
 
 
