@@ -46,7 +46,7 @@ import triton.language as tl
 from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._codes import TargetKind
 from recipe_kernels._ops import Op, launch
-from recipe_kernels._triton_common import cdiv, round_to
+from recipe_kernels._triton_common import bf16_to_fp32, cdiv, round_to
 from recipe_kernels.targets import MixedTarget
 
 # Target kinds: TARGET_KIND of the kernels (compared with these constexprs), `kind` of the CUDA launcher.
@@ -171,6 +171,14 @@ def _target_logits(x_ptr, row_offset, class_stride, num_classes, y_a, y_b, ACC: 
     x_a = tl.load(x_ptr + row_offset + y_a * class_stride, mask=(y_a >= 0) & (y_a < num_classes), other=0.0).to(ACC)
     x_b = tl.load(x_ptr + row_offset + y_b * class_stride, mask=(y_b >= 0) & (y_b < num_classes), other=0.0).to(ACC)
     return x_a, x_b
+
+
+@triton.jit
+def _widen(x, ACC: tl.constexpr):
+    """Logits x in ACC: bf16 to fp32 at one instruction per element (bf16_to_fp32)."""
+    if x.dtype == tl.bfloat16 and ACC == tl.float32:
+        return bf16_to_fp32(x)
+    return x.to(ACC)
 
 
 @triton.jit
@@ -333,7 +341,7 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
         # keeps a running max, nothing is rescaled.
         classes, offsets = _block_classes(0, class_stride, BLOCK, UNIT_STRIDE)
         in_chunk, lane_in_chunk = _block_mask(classes, 0, n, BLOCK, LANE_ALIGNED)
-        x = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf")).to(ACC)
+        x = _widen(tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf")), ACC)
         w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_last",
                             IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
         row_max = tl.max(tl.max(x, 1), 0)
@@ -358,11 +366,11 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
             classes, offsets = _block_classes(block, class_stride, BLOCK, UNIT_STRIDE)
             in_chunk, lane_in_chunk = _block_mask(classes, block, n, BLOCK, LANE_ALIGNED)
             if MASKED_LOOP:
-                x = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"),
-                            eviction_policy="evict_last").to(ACC)
+                x = _widen(tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"),
+                                   eviction_policy="evict_last"), ACC)
                 count = tl.minimum(tl.maximum(n - block * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
             else:
-                x = tl.load(x_ptr + first + offsets, eviction_policy="evict_last").to(ACC)
+                x = _widen(tl.load(x_ptr + first + offsets, eviction_policy="evict_last"), ACC)
                 count = 1.0 * LANE_GROUP
             w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED_LOOP,
                                 "evict_last", IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
@@ -371,7 +379,7 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
                 MASKED_LOOP, LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
         classes, offsets = _block_classes(BLOCKS - 1, class_stride, BLOCK, UNIT_STRIDE)
         in_chunk, lane_in_chunk = _block_mask(classes, BLOCKS - 1, n, BLOCK, LANE_ALIGNED)
-        x = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf")).to(ACC)
+        x = _widen(tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf")), ACC)
         count = tl.minimum(tl.maximum(n - (BLOCKS - 1) * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
         w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_last",
                             IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
@@ -496,7 +504,7 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
                 x = tl.load(x_ptr + first + offsets, eviction_policy="evict_first")
             w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED_LOOP,
                                 "evict_first", IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
-            grad = _gradient_values(_log2_probability(x.to(ACC), shift, log_sum), w, q, k, b, c, OF_TARGET,
+            grad = _gradient_values(_log2_probability(_widen(x, ACC), shift, log_sum), w, q, k, b, c, OF_TARGET,
                                     IS_PROB, HAS_SMOOTHING)
         if MASKED_LOOP:
             tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
