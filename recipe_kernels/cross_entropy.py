@@ -83,10 +83,11 @@ DEFAULT_L2_BYTES = 50 << 20  # H100 and H200; devices that say otherwise are ask
 SPLIT_CHUNK = 2048
 # Threads an SM holds at most (sm_80, sm_90): bounds the persistent grid of rows held in registers.
 RESIDENT_THREADS_PER_SM = 2048
-# A split row's chunks are blocks of up to SPLIT_BLOCK classes over SPLIT_WARPS warps (32 per thread: the
-# per-program work of merging lanes and statistics spread over more classes; 4 KiB of bf16 loads in flight).
+# A split row's chunks are blocks of up to SPLIT_BLOCK classes over SPLIT_WARPS warps (64 per thread: each
+# program's fixed work, its partial statistics or merged fields, spread over more classes, and reductions
+# within one warp, no barrier; 4 KiB of bf16 loads in flight per program, about 8 programs per SM).
 SPLIT_BLOCK = 2048
-SPLIT_WARPS = 2
+SPLIT_WARPS = 1
 SPLIT_PROGRAMS_PER_SM = 4
 # Per (row, split) partial statistics: max, sum exp(x - max), sum w (x - max), sum w, sum w q,
 # sum w q (x - max), x[y_a], x[y_b].
