@@ -342,10 +342,12 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
         # keeps a running max, nothing is rescaled.
         classes, offsets = _block_classes(0, class_stride, BLOCK, UNIT_STRIDE)
         in_chunk, lane_in_chunk = _block_mask(classes, 0, n, BLOCK, LANE_ALIGNED)
-        x = _widen(tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf")), ACC)
+        x_loaded = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"))
+        x = _widen(x_loaded, ACC)
         w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_last",
                             IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
-        row_max = tl.max(tl.max(x, 1), 0)
+        # The max in the loaded dtype is exact: bf16 pairs take one packed max for two classes.
+        row_max = tl.max(tl.max(x_loaded, 1), 0).to(ACC)
         shift = _lane_shift(row_max)
         t_held = (x - shift) * LOG2E
         exp_held = tl.math.exp2(t_held)
@@ -627,8 +629,9 @@ def _cross_entropy_fwd_kernel(
         SPLIT: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
         LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Cross-entropy of rows (or, when SPLIT, of one chunk of a row), grid (programs, splits): program p
-    takes rows p, p + programs, ... (one row each when programs = rows; a persistent grid of about one
-    program per SM for rows too long to hold, so that the rows in flight stay within L2).
+    takes rows p, p + programs, ... (row_programs: about one program per SM for rows too long to hold,
+    so that the rows in flight stay within L2; as many as the SMs' threads could hold otherwise, so
+    that the prologue is paid once per program; one row each when SPLIT).
 
     Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
     apart), the target (int64 (rows,) indices, two of them and lam (N,) for MixedTarget, or
