@@ -52,3 +52,17 @@ def fma(a, b, c):
         odd = tl.where(inexact, bits + step, bits).to(tl.float64, bitcast=True)
         return odd.to(tl.float32)
     return tl.fma(a, b, c)
+
+
+# Decided at import: True when Triton's interpreter runs the kernels (it cannot run inline PTX).
+INTERPRETER_HAS_NO_PTX = tl.constexpr(_backend.triton_interpreting())
+
+
+@triton.jit
+def bf16_to_fp32(x):
+    """bf16 `x` widened to fp32 (exact), one instruction per element on the GPU: of each 32-bit pair, the low
+    half shifted up and the high half masked in place (cvt.f32.bf16 costs the high half a PRMT and a shift)."""
+    if INTERPRETER_HAS_NO_PTX:
+        return x.to(tl.float32)
+    return tl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }", "=r,=r,r", [x],
+                                     dtype=tl.float32, is_pure=True, pack=2)

@@ -46,7 +46,7 @@ import triton.language as tl
 from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._codes import TargetKind
 from recipe_kernels._ops import Op, launch
-from recipe_kernels._triton_common import cdiv, round_to
+from recipe_kernels._triton_common import bf16_to_fp32, cdiv, round_to
 from recipe_kernels.targets import MixedTarget
 
 # Target kinds: TARGET_KIND of the kernels (compared with these constexprs), `kind` of the CUDA launcher.
@@ -81,10 +81,13 @@ LONG_ROW_PROGRAMS_PER_SM = 1
 L2_RESIDENT_FRACTION = 2 / 3
 DEFAULT_L2_BYTES = 50 << 20  # H100 and H200; devices that say otherwise are asked (_l2_bytes)
 SPLIT_CHUNK = 2048
-# A split row's chunks are blocks of up to SPLIT_BLOCK classes over SPLIT_WARPS warps (32 per thread: the
-# per-program work of merging lanes and statistics spread over more classes; 4 KiB of bf16 loads in flight).
+# Threads an SM holds at most (sm_80, sm_90): bounds the persistent grid of rows held in registers.
+RESIDENT_THREADS_PER_SM = 2048
+# A split row's chunks are blocks of up to SPLIT_BLOCK classes over SPLIT_WARPS warps (64 per thread: each
+# program's fixed work, its partial statistics or merged fields, spread over more classes, and reductions
+# within one warp, no barrier; 4 KiB of bf16 loads in flight per program, about 8 programs per SM).
 SPLIT_BLOCK = 2048
-SPLIT_WARPS = 2
+SPLIT_WARPS = 1
 SPLIT_PROGRAMS_PER_SM = 4
 # Per (row, split) partial statistics: max, sum exp(x - max), sum w (x - max), sum w, sum w q,
 # sum w q (x - max), x[y_a], x[y_b].
@@ -172,6 +175,14 @@ def _target_logits(x_ptr, row_offset, class_stride, num_classes, y_a, y_b, ACC: 
 
 
 @triton.jit
+def _widen(x, ACC: tl.constexpr):
+    """Logits x in ACC: bf16 to fp32 at one instruction per element (bf16_to_fp32)."""
+    if x.dtype == tl.bfloat16 and ACC == tl.float32:
+        return bf16_to_fp32(x)
+    return x.to(ACC)
+
+
+@triton.jit
 def _rebase(sum_shifted, old_max, new_shift, sum_weights):
     """A sum of w (x - old_max) moved onto new_shift: + (old_max - new_shift) * sum of w. Nothing
     was seen (old_max = -inf, an empty sum) or only -inf (the sum is -inf already): unchanged."""
@@ -255,7 +266,7 @@ def _fold_block(x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lan
     exp2 for logits past 1e9). Each lane keeps its max, sum 2^t, sum w t, sum w (`count`, the lane's
     classes in the chunk, without weights), sum w q and sum w q t, all relative to its current max:
     rebased by (max_old - max_new) log2(e) when the max rises. No lane talks to another. Also returns
-    t ([LANES, LANE_GROUP]) and the lanes' shift.
+    t and 2^t ([LANES, LANE_GROUP]) and the lanes' shift.
     """
     new_max = tl.maximum(lane_max, tl.max(x, 1))
     shift = _lane_shift(new_max)
@@ -263,79 +274,130 @@ def _fold_block(x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lan
     # A lane of -inf only so far has nothing to move (and exp2 of its rise could overflow to inf * 0).
     unseen = lane_max == -float("inf")
     rise = tl.where(unseen, 0.0, (lane_max - shift) * LOG2E)
-    lane_exp = lane_exp * tl.math.exp2(tl.where(unseen, -float("inf"), rise)) + tl.sum(tl.math.exp2(t), 1)
+    exp_t = tl.math.exp2(t)
+    lane_exp = lane_exp * tl.math.exp2(tl.where(unseen, -float("inf"), rise)) + tl.sum(exp_t, 1)
     if HAS_SMOOTHING or IS_PROB:
-        counted = t
-        if MASKED and not LANE_ALIGNED:
-            counted = tl.where(in_chunk, t, 0.0)
-        LANE_MASKED: tl.constexpr = MASKED and LANE_ALIGNED
+        block_t, block_w, block_wq, block_wqt = _weighted_lane_sums(t, w, q, in_chunk, lane_in_chunk, MASKED,
+                                                                    LANE_ALIGNED, IS_PROB, HAS_WEIGHT,
+                                                                    HAS_SMOOTHING)
         if HAS_SMOOTHING:
+            lane_t = tl.fma(lane_w, rise, lane_t) + block_t
             if HAS_WEIGHT:
-                lane_t = tl.fma(lane_w, rise, lane_t) + _lane_sum(w * counted, lane_in_chunk, LANE_MASKED)
-                lane_w += tl.sum(w, 1)
+                lane_w += block_w
             else:
-                lane_t = tl.fma(lane_w, rise, lane_t) + _lane_sum(counted, lane_in_chunk, LANE_MASKED)
                 lane_w += count
         if IS_PROB:
-            wq = w * q
-            lane_wqt = tl.fma(lane_wq, rise, lane_wqt) + _lane_sum(wq * counted, lane_in_chunk, LANE_MASKED)
-            lane_wq += tl.sum(wq, 1)
-    return new_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, t, shift
+            lane_wqt = tl.fma(lane_wq, rise, lane_wqt) + block_wqt
+            lane_wq += block_wq
+    return new_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, t, exp_t, shift
+
+
+@triton.jit
+def _weighted_lane_sums(t, w, q, in_chunk, lane_in_chunk, MASKED: tl.constexpr, LANE_ALIGNED: tl.constexpr,
+                        IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr):
+    """Per lane of one block: (sum w t, sum w, sum w q, sum w q t) over the classes in the chunk (t is -inf
+    outside it); only what HAS_SMOOTHING and IS_PROB ask for (zeros otherwise)."""
+    counted = t
+    if MASKED and not LANE_ALIGNED:
+        counted = tl.where(in_chunk, t, 0.0)
+    LANE_MASKED: tl.constexpr = MASKED and LANE_ALIGNED
+    sum_t = tl.zeros(lane_in_chunk.shape, t.dtype)
+    sum_w = tl.zeros(lane_in_chunk.shape, t.dtype)
+    sum_wq = tl.zeros(lane_in_chunk.shape, t.dtype)
+    sum_wqt = tl.zeros(lane_in_chunk.shape, t.dtype)
+    if HAS_SMOOTHING:
+        if HAS_WEIGHT:
+            sum_t = _lane_sum(w * counted, lane_in_chunk, LANE_MASKED)
+            sum_w = tl.sum(w, 1)
+        else:
+            sum_t = _lane_sum(counted, lane_in_chunk, LANE_MASKED)
+    if IS_PROB:
+        wq = w * q
+        sum_wqt = _lane_sum(wq * counted, lane_in_chunk, LANE_MASKED)
+        sum_wq = tl.sum(wq, 1)
+    return sum_t, sum_w, sum_wq, sum_wqt
 
 
 @triton.jit
 def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
                       BLOCK: tl.constexpr, BLOCKS: tl.constexpr, MASKED_LOOP: tl.constexpr,
                       LANE_ALIGNED: tl.constexpr, IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                      HAS_SMOOTHING: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
+                      HAS_SMOOTHING: tl.constexpr, UNIT_STRIDE: tl.constexpr, HOLD_LOG2: tl.constexpr,
+                      ACC: tl.constexpr):
     """Sweep 1 over the n classes of a chunk (its first class at offset `first`, class `start` of the row):
-    (max m, sum exp(x - m), sum w (x - m), sum w, sum w q, sum w q (x - m), t_held, held_offset).
+    (max m, sum exp(x - m), sum w (x - m), sum w, sum w q, sum w q (x - m), held, held_offset).
 
-    Each lane keeps its own running statistics (_fold_block) and the lanes are merged once at the
-    end: one block reduction per chunk. Blocks 0 .. BLOCKS - 2 are read with evict_last (sweep 2
-    reads them again, newest first: L2 should keep them), full unless MASKED_LOOP; the last block
-    (masked) stays in registers as t_held, with log2(exp(x - m)) = t_held + held_offset (per lane),
-    for sweep 2 to use without reading or converting it again.
+    A chunk of one block takes its max first, then sums against it. A longer one: each lane keeps its
+    own running statistics (_fold_block) and the lanes are merged once at the end: one block reduction
+    per chunk. Blocks 0 .. BLOCKS - 2 are read with evict_last (sweep 2 reads them again, newest first:
+    L2 should keep them), full unless MASKED_LOOP. The last block (masked) stays in registers as `held`
+    for sweep 2 to use without reading or converting it again: t with log2(exp(x - m)) = t + held_offset
+    (per lane) when HOLD_LOG2, else 2^t, with exp(x - m) = 2^t 2^held_offset (held_offset -inf for a
+    lane of -inf only).
     """
     LANES: tl.constexpr = BLOCK // LANE_GROUP
-    lane_max = tl.full([LANES], -float("inf"), ACC)
-    lane_exp = tl.zeros([LANES], ACC)
-    lane_t = tl.zeros([LANES], ACC)
-    lane_w = tl.zeros([LANES], ACC)
-    lane_wq = tl.zeros([LANES], ACC)
-    lane_wqt = tl.zeros([LANES], ACC)
     lane_first = tl.arange(0, LANES) * LANE_GROUP
-    # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
-    for block in range(BLOCKS - 1):
-        classes, offsets = _block_classes(block, class_stride, BLOCK, UNIT_STRIDE)
-        in_chunk, lane_in_chunk = _block_mask(classes, block, n, BLOCK, LANE_ALIGNED)
-        if MASKED_LOOP:
-            x = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"),
-                        eviction_policy="evict_last").to(ACC)
-            count = tl.minimum(tl.maximum(n - block * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
-        else:
-            x = tl.load(x_ptr + first + offsets, eviction_policy="evict_last").to(ACC)
-            count = 1.0 * LANE_GROUP
-        w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED_LOOP, "evict_last",
+    if BLOCKS == 1:
+        # The chunk is one block: its max first (one block reduction), then every t against it; no lane
+        # keeps a running max, nothing is rescaled.
+        classes, offsets = _block_classes(0, class_stride, BLOCK, UNIT_STRIDE)
+        in_chunk, lane_in_chunk = _block_mask(classes, 0, n, BLOCK, LANE_ALIGNED)
+        x_loaded = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"))
+        x = _widen(x_loaded, ACC)
+        w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_last",
                             IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
-        lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, _, _ = _fold_block(
-            x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk,
-            MASKED_LOOP, LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
-    classes, offsets = _block_classes(BLOCKS - 1, class_stride, BLOCK, UNIT_STRIDE)
-    in_chunk, lane_in_chunk = _block_mask(classes, BLOCKS - 1, n, BLOCK, LANE_ALIGNED)
-    x = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf")).to(ACC)
-    count = tl.minimum(tl.maximum(n - (BLOCKS - 1) * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
-    w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_last", IS_PROB,
-                        HAS_WEIGHT, HAS_SMOOTHING, ACC)
-    lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, t_held, held_shift = _fold_block(
-        x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk, True,
-        LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
-    # The one merge: every lane's sums moved onto the chunk's max.
-    row_max = tl.max(lane_max, 0)
-    shift = _lane_shift(row_max)
-    unseen = lane_max == -float("inf")
-    lane_rise = tl.where(unseen, 0.0, (lane_max - shift) * LOG2E)
-    sum_exp = tl.sum(lane_exp * tl.math.exp2(tl.where(unseen, -float("inf"), lane_rise)), 0)
+        # The max in the loaded dtype is exact: bf16 pairs take one packed max for two classes.
+        row_max = tl.max(tl.max(x_loaded, 1), 0).to(ACC)
+        shift = _lane_shift(row_max)
+        t_held = (x - shift) * LOG2E
+        exp_held = tl.math.exp2(t_held)
+        sum_exp = tl.sum(tl.sum(exp_held, 1), 0)
+        lane_t, lane_w, lane_wq, lane_wqt = _weighted_lane_sums(t_held, w, q, in_chunk, lane_in_chunk, True,
+                                                                LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
+        sum_t = tl.sum(lane_t, 0)
+        sum_wqt = tl.sum(lane_wqt, 0)
+        held_offset = tl.zeros([LANES], ACC)
+    else:
+        lane_max = tl.full([LANES], -float("inf"), ACC)
+        lane_exp = tl.zeros([LANES], ACC)
+        lane_t = tl.zeros([LANES], ACC)
+        lane_w = tl.zeros([LANES], ACC)
+        lane_wq = tl.zeros([LANES], ACC)
+        lane_wqt = tl.zeros([LANES], ACC)
+        # A constexpr trip count: the classes of one chunk are fixed per C (one compile per vocabulary).
+        for block in range(BLOCKS - 1):
+            classes, offsets = _block_classes(block, class_stride, BLOCK, UNIT_STRIDE)
+            in_chunk, lane_in_chunk = _block_mask(classes, block, n, BLOCK, LANE_ALIGNED)
+            if MASKED_LOOP:
+                x = _widen(tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"),
+                                   eviction_policy="evict_last"), ACC)
+                count = tl.minimum(tl.maximum(n - block * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
+            else:
+                x = _widen(tl.load(x_ptr + first + offsets, eviction_policy="evict_last"), ACC)
+                count = 1.0 * LANE_GROUP
+            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED_LOOP,
+                                "evict_last", IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
+            lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, _, _, _ = _fold_block(
+                x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk,
+                MASKED_LOOP, LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
+        classes, offsets = _block_classes(BLOCKS - 1, class_stride, BLOCK, UNIT_STRIDE)
+        in_chunk, lane_in_chunk = _block_mask(classes, BLOCKS - 1, n, BLOCK, LANE_ALIGNED)
+        x = _widen(tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf")), ACC)
+        count = tl.minimum(tl.maximum(n - (BLOCKS - 1) * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
+        w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_last",
+                            IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
+        lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, t_held, exp_held, _ = _fold_block(
+            x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk, True,
+            LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
+        # The one merge: every lane's sums moved onto the chunk's max.
+        row_max = tl.max(lane_max, 0)
+        shift = _lane_shift(row_max)
+        unseen = lane_max == -float("inf")
+        lane_rise = tl.where(unseen, 0.0, (lane_max - shift) * LOG2E)
+        held_offset = tl.where(unseen, -float("inf"), lane_rise)  # a lane of -inf only holds 2^t = 0
+        sum_exp = tl.sum(lane_exp * tl.math.exp2(held_offset), 0)
+        sum_t = tl.sum(tl.fma(lane_w, lane_rise, lane_t), 0)
+        sum_wqt = tl.sum(tl.fma(lane_wq, lane_rise, lane_wqt), 0)
     sum_s = tl.zeros([], ACC)
     sum_w = tl.zeros([], ACC)
     sum_wq = tl.zeros([], ACC)
@@ -345,11 +407,13 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
             sum_w = tl.sum(lane_w, 0)
         else:
             sum_w = n.to(ACC)  # the lanes count the chunk's classes
-        sum_s = tl.sum(tl.fma(lane_w, lane_rise, lane_t), 0) / LOG2E
+        sum_s = sum_t / LOG2E
     if IS_PROB:
         sum_wq = tl.sum(lane_wq, 0)
-        sum_wqs = tl.sum(tl.fma(lane_wq, lane_rise, lane_wqt), 0) / LOG2E
-    return row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, t_held, (held_shift - shift) * LOG2E
+        sum_wqs = sum_wqt / LOG2E
+    if HOLD_LOG2:
+        return row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, t_held, held_offset
+    return row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, exp_held, held_offset
 
 
 @triton.jit
@@ -379,7 +443,12 @@ def _gradient_values(log2_p, w, q, k, b, c, OF_TARGET: tl.constexpr, IS_PROB: tl
     target's: -c w log p."""
     if OF_TARGET:
         return -c * w * (log2_p / LOG2E)
-    p = tl.math.exp2(log2_p)
+    return _gradient_of_probability(tl.math.exp2(log2_p), w, q, k, b, c, IS_PROB, HAS_SMOOTHING)
+
+
+@triton.jit
+def _gradient_of_probability(p, w, q, k, b, c, IS_PROB: tl.constexpr, HAS_SMOOTHING: tl.constexpr):
+    """_gradient_values from p itself: p k - b w - c w q."""
     # Explicit FMAs: launch() compiles without contraction.
     if HAS_SMOOTHING:
         grad = tl.fma(p, k, -b * w)
@@ -397,14 +466,14 @@ def _log2_probability(x, shift, log_sum):
 
 
 @triton.jit
-def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held, held_offset,
+def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held, held_offset,
                           shift, log_sum, k, b, c, ZEROS: tl.constexpr, BLOCK: tl.constexpr, BLOCKS: tl.constexpr,
                           HELD: tl.constexpr, MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr,
                           IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
                           OF_TARGET: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Sweep 2 over the n classes of a chunk: _gradient_values rounded once (ZEROS: zeros, read nothing).
-    Newest first: the last block from t_held (HELD: sweep 1 left it in registers; log2 p = t_held +
-    held_offset - log2 of the sum, per lane), then the others in the reverse order of sweep 1, so that
+    Newest first: the last block from `held` (HELD: sweep 1 left it in registers, _chunk_statistics
+    says how), then the others in the reverse order of sweep 1, so that
     the most recently read, the likeliest still in L2, come first. They are read and written with
     evict_first: nothing here is read again."""
     if HELD:
@@ -416,7 +485,12 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
             w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_first",
                                 IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
             lane_offset = held_offset - log_sum * LOG2E
-            grad = _gradient_values(t_held + lane_offset[:, None], w, q, k, b, c, OF_TARGET, IS_PROB, HAS_SMOOTHING)
+            if OF_TARGET:  # held is t
+                grad = _gradient_values(held + lane_offset[:, None], w, q, k, b, c, OF_TARGET, IS_PROB,
+                                        HAS_SMOOTHING)
+            else:  # held is 2^t: p = 2^t times the lane's 2^(held_offset - log2 of the sum), one FMA each
+                lane_k = tl.broadcast_to((tl.math.exp2(lane_offset) * k)[:, None], held.shape)
+                grad = _gradient_of_probability(held, w, q, lane_k, b, c, IS_PROB, HAS_SMOOTHING)
         tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
                  eviction_policy="evict_first")
     LOOPED: tl.constexpr = BLOCKS - 1 if HELD else BLOCKS
@@ -433,7 +507,7 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
                 x = tl.load(x_ptr + first + offsets, eviction_policy="evict_first")
             w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED_LOOP,
                                 "evict_first", IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
-            grad = _gradient_values(_log2_probability(x.to(ACC), shift, log_sum), w, q, k, b, c, OF_TARGET,
+            grad = _gradient_values(_log2_probability(_widen(x, ACC), shift, log_sum), w, q, k, b, c, OF_TARGET,
                                     IS_PROB, HAS_SMOOTHING)
         if MASKED_LOOP:
             tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
@@ -555,8 +629,9 @@ def _cross_entropy_fwd_kernel(
         SPLIT: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
         LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Cross-entropy of rows (or, when SPLIT, of one chunk of a row), grid (programs, splits): program p
-    takes rows p, p + programs, ... (one row each when programs = rows; a persistent grid of about one
-    program per SM for rows too long to hold, so that the rows in flight stay within L2).
+    takes rows p, p + programs, ... (row_programs: about one program per SM for rows too long to hold,
+    so that the rows in flight stay within L2; as many as the SMs' threads could hold otherwise, so
+    that the prologue is paid once per program; one row each when SPLIT).
 
     Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
     apart), the target (int64 (rows,) indices, two of them and lam (N,) for MixedTarget, or
@@ -596,11 +671,9 @@ def _cross_entropy_fwd_kernel(
         sample, row_offset = _row_position(row, num_classes, inner_size)
         first = row_offset + start * inner_size
         # 1. Sweep 1: statistics of the row (or chunk).
-        row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, t_held, held_offset = _chunk_statistics(
+        row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, held, held_offset = _chunk_statistics(
             x_ptr, target_ptr, weight_ptr, first, inner_size, start, n, BLOCK, BLOCKS_PER_CHUNK, SPLIT,
-            LANE_ALIGNED,
-            IS_PROB,
-            HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, ACC)
+            LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, OF_TARGET, ACC)
         if SPLIT:
             fields = partial_ptr + (row * tl.num_programs(1) + split) * 8
             tl.store(fields + 0, row_max)
@@ -630,14 +703,14 @@ def _cross_entropy_fwd_kernel(
                     mean_scale, grad_output_ptr, weight_ptr, row, num_classes, row_max, log_sum, factor, a_a, a_b,
                     y_a, y_b, x_a, x_b, beta, label_smoothing, TARGET_KIND, GRAD_OUTPUT, HAS_WEIGHT, HAS_SMOOTHING,
                     ACC)
-                _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, first, inner_size, start, n, t_held,
+                _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, first, inner_size, start, n, held,
                                     held_offset, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b,
                                     TARGET_KIND, BLOCK, BLOCKS_PER_CHUNK, True, False, LANE_ALIGNED,
                                     HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
 
 
 @triton.jit
-def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held, held_offset, shift,
+def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held, held_offset, shift,
                         log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b, TARGET_KIND: tl.constexpr,
                         BLOCK: tl.constexpr, BLOCKS: tl.constexpr, HELD: tl.constexpr,
                         MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr, HAS_WEIGHT: tl.constexpr,
@@ -648,11 +721,11 @@ def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride,
     per target instead of a compare per element."""
     IS_PROB: tl.constexpr = TARGET_KIND == PROBABILITY_TARGET
     if active:
-        _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held,
+        _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held,
                               held_offset, shift, log_sum, k, b, c, False, BLOCK, BLOCKS, HELD, MASKED_LOOP,
                               LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
     else:
-        _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, t_held,
+        _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held,
                               held_offset, shift, log_sum, k, b, c, True, BLOCK, BLOCKS, HELD, MASKED_LOOP,
                               LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
     if TARGET_KIND != PROBABILITY_TARGET and not OF_TARGET:
@@ -870,14 +943,19 @@ def _l2_bytes(device: torch.device) -> int:
 
 
 def row_programs(rows: int, num_classes: int, splits: int, itemsize: int, device: torch.device) -> int:
-    """Programs along the rows of _cross_entropy_fwd_kernel: one per row, except for unsplit rows longer
-    than ROW_IN_REGISTERS: a persistent grid of LONG_ROW_PROGRAMS_PER_SM per SM, each looping over rows,
-    and no more programs than keep what sweep 2 reads again (all blocks but the held last one) within
-    L2_RESIDENT_FRACTION of L2."""
+    """Programs along the rows of _cross_entropy_fwd_kernel, each looping over rows (a persistent grid):
+    for unsplit rows longer than ROW_IN_REGISTERS, LONG_ROW_PROGRAMS_PER_SM per SM and no more than keep
+    what sweep 2 reads again (all blocks but the held last one) within L2_RESIDENT_FRACTION of L2; for
+    other unsplit rows, as many per SM as its threads could hold (RESIDENT_THREADS_PER_SM), so that each
+    program's prologue (the `mean` denominator and its reciprocal) is paid once per program, not per row;
+    split rows: one program per row."""
     if splits == 1 and num_classes > ROW_IN_REGISTERS:
         reread = (num_classes - LONG_ROW_BLOCK) * itemsize
         resident = max(1, int(L2_RESIDENT_FRACTION * _l2_bytes(device)) // reread)
         return min(rows, LONG_ROW_PROGRAMS_PER_SM * _backend.sm_count(device), resident)
+    if splits == 1:
+        _, num_warps = _block_and_warps(num_classes, splits)
+        return min(rows, RESIDENT_THREADS_PER_SM // (32 * num_warps) * _backend.sm_count(device))
     return rows
 
 

@@ -99,8 +99,9 @@ def test_cuda_kernels_move_16_bytes_per_access(cuda_rows):
 
 # ----------------------------------------------------------------------------- cross-entropy: issue 11's targets
 # Every cross-entropy case at >= 85% (H100) and >= 80% (H200) of copy bandwidth in the model, and at most
-# 4.2 DRAM bytes per element at 8192 x 32000 and 8192 x 131072. The issue-share budget above (<= 70%) is
-# not met yet (the README's static-model table shows by how much): these cases are not in BUDGETED.
+# 4.2 DRAM bytes per element at 8192 x 32000 and 8192 x 131072. The cases are not in BUDGETED (their
+# bookkeeping kernels, the `mean` denominator and the backward scaling, are single-program or store 32 bits;
+# one shape misses the issue share): the tests below hold each budget for the kernels it is about.
 CE_CASES = "cross_entropy fwd+bwd"
 CE_MIN_PCT_OF_COPY = {"H100": 85.0, "H200": 80.0}
 CE_MAX_DRAM_BYTES_PER_ELEMENT = {"8192x32000": 4.2, "8192x131072": 4.2}
@@ -109,6 +110,10 @@ CE_MAX_DRAM_BYTES_PER_ELEMENT = {"8192x32000": 4.2, "8192x131072": 4.2}
 # fall short of Little's law.
 CE_EXCEPTIONS = {("4096x262144", "H200", "pct_copy"): "latency-bound: 71 programs x 32 KiB in flight",
                  ("4096x262144", "_cross_entropy_fwd_kernel", "grid"): "persistent grid bounded by L2, 71 < 132"}
+# The issue-share budget (MAX_ISSUE_SHARE at H200 copy bandwidth), held by every shape but this one (named
+# with its reason; the test also says when it no longer needs the exception).
+CE_ISSUE_SHARE_EXCEPTIONS = {"4096x262144": "71 programs (the L2 residency bound above) issue all the work: "
+                                            "about 1.16 of the copy time"}
 # A kernel that moves under this share of its case's loads does per-row bookkeeping (the `mean` denominator,
 # the split merge): the grid and store-width budgets are about the kernels that stream the logits.
 BOOKKEEPING_LOAD_SHARE = 0.01
@@ -157,3 +162,13 @@ def test_cross_entropy_streaming_kernels_move_128_bits_and_fill_the_gpu(ce_rows)
         assert row["widest_load_bits"] == 128, row
         if (_shape(row), row["kernel"], "grid") not in CE_EXCEPTIONS:
             assert row["ctas"] >= MIN_CTAS_PER_SM * 132 or (row["persistent"] and row["ctas"] >= 132), row
+
+
+def test_cross_entropy_issue_share_leaves_room_at_h200_copy_bandwidth(ce_rows):
+    for row in ce_rows:
+        if row["gpu"] != "H200":
+            continue
+        if _shape(row) in CE_ISSUE_SHARE_EXCEPTIONS:
+            assert row["issue_share"] > MAX_ISSUE_SHARE, f"{_shape(row)} meets the budget now: drop its exception"
+        else:
+            assert row["issue_share"] <= MAX_ISSUE_SHARE, row
