@@ -10,25 +10,22 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-# Decided at import: True when Triton's interpreter runs the kernels. Its fp32 -> bf16 casts
-# truncate (3.6 and 3.7.1) where the GPU rounds to nearest even; round_to rounds like the GPU.
-INTERPRETER_ROUNDS_BF16 = tl.constexpr(_backend.triton_interpreting())
+# Decided at import: True when Triton's interpreter runs the kernels. Where it differs from the GPU, the
+# helpers below take another path that gives the GPU's bits: its fp32 -> bf16 casts truncate (3.6 and
+# 3.7.1; the GPU rounds to nearest even), its tl.fma rounds twice (numpy's product, then the sum), and it
+# cannot run inline PTX.
+INTERPRETING = tl.constexpr(_backend.triton_interpreting())
 
 
 @triton.jit
 def round_to(value, dtype: tl.constexpr):
     """fp32 `value` rounded to nearest even in `dtype`, on the GPU and in the interpreter alike."""
-    if INTERPRETER_ROUNDS_BF16 and dtype == tl.bfloat16:
+    if INTERPRETING and dtype == tl.bfloat16:
         bits = value.to(tl.uint32, bitcast=True)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
         rounded = tl.where(value != value, 0x7FC0, rounded)  # keep NaN a NaN
         return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return value.to(dtype)
-
-
-# Decided at import: True when Triton's interpreter runs the kernels. Its tl.fma rounds the product and then the
-# sum (two roundings, numpy); the GPU's FFMA rounds once. fma computes a * b + c rounded once on both.
-INTERPRETER_FMA_ROUNDS_TWICE = tl.constexpr(_backend.triton_interpreting())
 
 
 @triton.jit
@@ -39,7 +36,7 @@ def fma(a, b, c):
     (TwoSum's error term says whether it was inexact; an inexact sum with an even last bit steps one ulp toward
     the exact value), and an fp64 rounded to odd, with 53 >= 24 + 2 bits, rounds to fp32 as the exact value does.
     """
-    if INTERPRETER_FMA_ROUNDS_TWICE:
+    if INTERPRETING:
         product = a.to(tl.float64) * b.to(tl.float64)
         addend = c.to(tl.float64)
         total = product + addend
@@ -54,15 +51,11 @@ def fma(a, b, c):
     return tl.fma(a, b, c)
 
 
-# Decided at import: True when Triton's interpreter runs the kernels (it cannot run inline PTX).
-INTERPRETER_HAS_NO_PTX = tl.constexpr(_backend.triton_interpreting())
-
-
 @triton.jit
 def bf16_to_fp32(x):
     """bf16 `x` widened to fp32 (exact), one instruction per element on the GPU: of each 32-bit pair, the low
     half shifted up and the high half masked in place (cvt.f32.bf16 costs the high half a PRMT and a shift)."""
-    if INTERPRETER_HAS_NO_PTX:
+    if INTERPRETING:
         return x.to(tl.float32)
     return tl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }", "=r,=r,r", [x],
                                      dtype=tl.float32, is_pure=True, pack=2)
