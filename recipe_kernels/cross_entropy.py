@@ -63,7 +63,7 @@ REDUCTIONS = ("none", "mean", "sum")
 # chunks of at least SPLIT_CHUNK classes when there are too few rows to fill the GPU.
 # 1024 classes over 4 warps: 8 per thread (16-byte loads in bf16), 72 registers for the
 # heaviest variant on sm_90 (ptxas, no spills), so several programs share an SM; 4096 per
-# program took 244 registers. Untuned: no GPU has run these kernels yet.
+# program took 244 registers.
 MAX_BLOCK = 1024
 # An unsplit row of up to this many classes is one block held in registers (this many per thread):
 # sweep 2 reads nothing again, so DRAM sees one read and one write at any residency.
