@@ -62,7 +62,7 @@ ANTIALIAS_COLUMN_SLOTS = tl.constexpr(3)
 BYTE_BIAS = tl.constexpr(8388608.0)
 # Columns of the image table, one int64 row per sample: element address, height, width, and the
 # strides (in elements) of channel, row and column.
-TABLE_COLUMNS = 6
+TABLE_COLUMNS = tl.constexpr(6)
 
 # ----------------------------------------------------------------------------- Triton kernels
 
@@ -191,7 +191,7 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
     [0, W - COLUMN_SLOTS], each weighing as its own tap of the window (0 when it is not one). A shifted run only
     reorders zeros among nonnegative terms, so the sums keep the tap order's bits. Float images keep masked reads
     at first_col (an inf times 0 would not be 0)."""
-    entry = table_ptr + sample * 6
+    entry = table_ptr + sample * TABLE_COLUMNS
     image = tl.load(entry).to(tl.pointer_type(PIXEL_DTYPE))
     image_height = tl.load(entry + 1).to(INDEX_DTYPE)
     image_width = tl.load(entry + 2).to(INDEX_DTYPE)

@@ -46,7 +46,7 @@ from recipe_kernels.targets import MixedTarget
 MIXING_DTYPE_CODES = {**_backend.CUDA_DTYPE_CODES, torch.uint8: DTYPE_CODES[torch.uint8]}
 # What x and out_dtype may be: the CUDA codes plus float64 (fp64 math; torch and Triton backends).
 IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.float64)
-TWO_PI_F32 = 6.2831855  # 2*pi rounded to fp32: the same constant in every backend
+TWO_PI_F32 = tl.constexpr(6.2831855)  # 2*pi rounded to fp32: the same constant in every backend
 
 # About 2048 elements per Triton program: a [ROWS, BLOCK_J] tile of image rows.
 TILE_ELEMENTS = 2048
@@ -150,7 +150,7 @@ def _erase_noise(seed, logical_index, PHILOX_ROUNDS: tl.constexpr):
     w0, w1, _, _ = tl.randint4x(seed, logical_index, PHILOX_ROUNDS)
     u1 = ((w0 >> 8).to(tl.int32) + 1).to(tl.float32) * 5.9604644775390625e-08  # (0, 1], 2^-24 steps
     u2 = (w1 >> 8).to(tl.int32).to(tl.float32) * 5.9604644775390625e-08        # [0, 1)
-    return tl.sqrt_rn(-2.0 * tl.log(u1)) * tl.cos(u2 * 6.2831855)
+    return tl.sqrt_rn(-2.0 * tl.log(u1)) * tl.cos(u2 * TWO_PI_F32)
 
 
 @triton.jit
