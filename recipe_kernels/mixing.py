@@ -38,7 +38,7 @@ from recipe_kernels import _backend, _checks, _ops, reference
 from recipe_kernels._codes import DTYPE_CODES, MixMode
 from recipe_kernels._ops import Op, launch
 from recipe_kernels._philox import PHILOX_ROUNDS, draw_seed, philox4x32
-from recipe_kernels._triton_common import cdiv, round_to
+from recipe_kernels._triton_common import INTERPRETING, cdiv, fma, round_to
 from recipe_kernels.targets import MixedTarget
 
 
@@ -70,6 +70,17 @@ _CUTMIX = tl.constexpr(int(MixMode.CUTMIX))
 _ERASE = tl.constexpr(int(MixMode.ERASE))
 UINT8_LEVELS = tl.constexpr(256)
 UINT8_MAX = tl.constexpr(255.0)
+BYTE_MASK = tl.constexpr(0xFF)
+# The uint8 table path multiplies a byte b by a weight w with one FFMA: b in the low mantissa bits of 2^23 is
+# the fp32 2^23 + b, and fma(w, 2^23 + b, -w * 2^23) rounds w * b once, as w * b does, while w * 2^23 is
+# finite: |w| < HUGE_WEIGHT. A MixUp lam past it (infinite too) takes scale and shift that give the same levels
+# (_byte_product_terms).
+MAGIC = tl.constexpr(8388608.0)  # 2^23
+MAGIC_BITS = tl.constexpr(0x4B000000)  # its bits
+HUGE_WEIGHT = tl.constexpr(2.0 ** 100)
+FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
+EMULATION_SCALE = tl.constexpr(2.0 ** 104)
+EMULATION_TOP = tl.constexpr(2.0 ** 127)
 
 # Sampling constants, one definition for the kernels (module-level constexprs) and the torch
 # implementation (which reads .value). Float64 bit layout and the series of the exact elementary
@@ -154,13 +165,13 @@ def _erase_noise(seed, logical_index, PHILOX_ROUNDS: tl.constexpr):
 
 
 @triton.jit
-def _chunk_columns(j, x0, x1, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, CHUNK: tl.constexpr):
-    """Per column j: (its whole CHUNK of the row lies in the box's columns, some of its CHUNK does).
+def _chunk_columns(chunk_first, x0, x1, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr,
+                   CHUNK: tl.constexpr):
+    """Of the CHUNK columns of a row from chunk_first on: (all lie in the box's columns, some do).
 
-    Both are constant over each chunk (a function of j // CHUNK), unlike the per-element test; and
-    them with the row's test to get the element's chunk test.
+    Both are constant over each chunk, unlike the per-element test; and them with the row's test to get
+    the element's chunk test.
     """
-    chunk_first = (j // CHUNK) * CHUNK
     chunk_last = chunk_first + (CHUNK - 1)
     if CHANNELS_LAST:
         chunk_first = chunk_first // PIXEL_STRIDE
@@ -181,6 +192,189 @@ def _normalize_and_store(value, out_ptr, offsets, in_bounds, mean_ptr, std_ptr, 
         else:
             value = tl.math.div_rn(centred, std)  # fp32 `/` is approximate on the GPU
     tl.store(out_ptr + offsets, _cast_output(value, out_ptr.dtype.element_ty), mask=in_bounds)
+
+
+@triton.jit
+def _level_index(level):
+    """The floor of `level` (the MixUp sum plus 0.5, fp32) saturated to [0, 255], NaN giving 0, as an integer: _round_to_input's
+    uint8 rounding of the sum. On the GPU one saturating conversion (cvt.rzi.sat truncates toward zero and clamps
+    to the u8 range, NaN to 0: the same integer); the interpreter clamps first."""
+    if INTERPRETING:
+        # where, not maximum: NaN > 0 is false, so NaN becomes 0
+        return tl.minimum(tl.where(level > 0.0, level, 0.0), UINT8_MAX + 0.5).to(tl.int32)
+    return tl.inline_asm_elementwise("cvt.rzi.sat.u8.f32 $0, $1;", "=r,r", [level], dtype=tl.uint32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
+def _byte_columns(word, k: tl.constexpr, x0, x1, plane, fill_ptr, table_ptr, CHANNELS_LAST: tl.constexpr,
+                  PIXEL_STRIDE: tl.constexpr):
+    """Of byte k of each 4-byte word of a uint8 row (its column is 4 * word + k): (0xFF in its place in the
+    word where its pixel lies in the box's columns, else 0; its channel's fill level in its place; its
+    channel's row of the normalization table)."""
+    j = word * 4 + k
+    if CHANNELS_LAST:
+        pixel = j // PIXEL_STRIDE  # PIXEL_STRIDE == C: a division by a constant
+        channel = j % PIXEL_STRIDE
+    else:
+        pixel = j
+        channel = plane
+    in_box = tl.where((pixel >= x0) & (pixel < x1), BYTE_MASK << (8 * k), 0)
+    fill = _round_to_input(tl.load(fill_ptr + channel), tl.uint8).to(tl.uint32) << (8 * k)
+    return in_box, fill, table_ptr + channel * UINT8_LEVELS
+
+
+@triton.jit
+def _byte_product_terms(lam, is_mixup):
+    """(own_scale, own_shift, other_scale, other_shift) of the uint8 table path: fma(scale, 2^23 + b, shift) for
+    each byte b of the two sources gives products whose sum, rounded half up, is the reference's level of
+    own_weight * own + other_weight * other ((lam, 1 - lam) for MixUp, else (1, 0)).
+
+    While |lam| < HUGE_WEIGHT (or lam is NaN) they are the weights' own products, exactly: scale w, shift
+    -w * 2^23. Past it (inf too), 1 - lam rounds to -lam and the level is 255 where sign(lam) * (own - other)
+    > 0 and |lam| * min(own, other) does not overflow, else 0 (an overflowed product is infinite, and so is the
+    sum, or NaN). With t = the first byte whose product with |lam| overflows, scale sign * 2^104 and shift
+    sign * (2^127 - 2^104 * t) give sign * (2^128 + 2^104 * (b - t)): infinite from b = t on, exact below
+    (multiples of 2^104), so the sum has the reference's sign, or is NaN where both overflow."""
+    own_weight = tl.where(is_mixup, lam, 1.0)
+    other_weight = tl.where(is_mixup, 1.0 - lam, 0.0)
+    magnitude = tl.abs(lam)
+    # t counts the bytes from `first` on whose product stays finite: `first` is within 3 below t (the
+    # estimate is within 1 of the quotient where it matters, t <= 256), and RN(|lam| * b) is monotone in b.
+    first = tl.minimum(tl.maximum(tl.floor(FLOAT32_MAX / magnitude) - 1.0, 0.0), 256.0)
+    overflow_byte = (first + (magnitude * first <= FLOAT32_MAX).to(tl.float32)
+                     + (magnitude * (first + 1.0) <= FLOAT32_MAX).to(tl.float32)
+                     + (magnitude * (first + 2.0) <= FLOAT32_MAX).to(tl.float32))
+    overflow_byte = tl.minimum(overflow_byte, 256.0)
+    sign = tl.where(lam > 0.0, 1.0, -1.0)
+    huge = is_mixup & (magnitude >= HUGE_WEIGHT)  # false for NaN, which the exact terms carry to level 0
+    huge_scale = sign * EMULATION_SCALE
+    huge_shift = sign * (EMULATION_TOP - EMULATION_SCALE * overflow_byte)
+    return (tl.where(huge, huge_scale, own_weight), tl.where(huge, huge_shift, -(own_weight * MAGIC)),
+            tl.where(huge, -huge_scale, other_weight), tl.where(huge, -huge_shift, -(other_weight * MAGIC)))
+
+
+@triton.jit
+def _byte_plus_magic(word, k: tl.constexpr):
+    """2^23 + byte k of each word, as fp32 (exact: the byte fills the low mantissa bits of 2^23). On the GPU one
+    byte permute (prmt) of 2^23's bits (bytes 0-3) and the word (bytes 4-7): result bytes (4 + k, 0, 1, 3). 2^23
+    comes first so that it sits in a register and the selector is the instruction's immediate."""
+    if INTERPRETING:
+        bits = ((word >> (8 * k)) & BYTE_MASK) | MAGIC_BITS
+    else:
+        bits = tl.inline_asm_elementwise(f"prmt.b32 $0, $1, $2, {0x3104 + k};", "=r,r,r",
+                                         [tl.full(word.shape, MAGIC_BITS, tl.uint32), word], dtype=tl.uint32,
+                                         is_pure=True, pack=1)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _normalized_byte(taken, other, k: tl.constexpr, own_scale, own_shift, other_scale, other_shift, table_row):
+    """The table's output for byte k of the words `taken` and `other`: the level own_weight * taken +
+    other_weight * other in fp32 (the uint8 compositing dtype), rounded half up (_round_to_input), its
+    products formed as _byte_product_terms says."""
+    own_product = fma(own_scale, _byte_plus_magic(taken, k), own_shift)
+    other_product = fma(other_scale, _byte_plus_magic(other, k), other_shift)
+    level = (own_product + other_product) + 0.5
+    # every lane's level indexes the table, masked-off ones too (their loads gave levels)
+    return _load_entry(table_row, _level_index(level))
+
+
+@triton.jit
+def _load_entry(row, index):
+    """row[index] for an index in [0, 256): on the GPU the address is one wide multiply-add of the 32-bit index
+    (mad.wide.u32; ptxas makes `row + index` two instructions, for a sign-extended 64-bit add)."""
+    if INTERPRETING:
+        return tl.load(row + index)
+    entry_bytes: tl.constexpr = row.dtype.element_ty.primitive_bitwidth // 8
+    address = tl.inline_asm_elementwise(f"mad.wide.u32 $0, $1, {entry_bytes}, $2;", "=l,r,l",
+                                        [index, row.to(tl.int64, bitcast=True)], dtype=tl.int64, is_pure=True,
+                                        pack=1)
+    return tl.load(address.to(row.dtype, bitcast=True))
+
+
+@triton.jit
+def _store_vector_halves(out_ptr, value, plane_base, rows, column_block, row_len, height,
+                         ROWS: tl.constexpr, BLOCK_J: tl.constexpr, EXACT_TILES: tl.constexpr):
+    """Stores a [ROWS, BLOCK_J] tile of 2-byte values computed from a uint8 tile, whose threads hold 16 consecutive
+    elements (one 16-byte load): as its two halves of 8 (one 16-byte store each), so that the values stay in the
+    threads that computed them (one [ROWS, BLOCK_J] store would hold 8 per thread and exchange them first)."""
+    halves = tl.permute(tl.reshape(value, (ROWS, BLOCK_J // 16, 2, 8)), (0, 1, 3, 2))
+    first, second = tl.split(halves)
+    j = column_block * BLOCK_J + (tl.arange(0, BLOCK_J // 16) * 16)[None, :, None] + tl.arange(0, 8)[None, None, :]
+    rows = rows[:, :, None]
+    offsets = plane_base + (rows * row_len + j).to(tl.int64)
+    if EXACT_TILES:
+        tl.store(out_ptr + offsets, first)
+        tl.store(out_ptr + offsets + 8, second)
+    else:
+        tl.store(out_ptr + offsets, first, mask=(rows < height) & (j < row_len))
+        tl.store(out_ptr + offsets + 8, second, mask=(rows < height) & (j + 8 < row_len))
+
+
+@triton.jit
+def _composite_table_tiles(x_ptr, out_ptr, table_ptr, fill_ptr, sample, plane, row_group, column_block, plane_base,
+                           partner_shift, height, row_len, lam, x0, y0, x1, y1, is_mixup, is_cutmix, is_erase,
+                           CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, ROWS: tl.constexpr,
+                           BLOCK_J: tl.constexpr, ROW_STEPS: tl.constexpr, EXACT_TILES: tl.constexpr,
+                           CHUNK: tl.constexpr):
+    """Steps 2-5 of _composite_kernel for a uint8 x normalized through the table (HAS_TABLE), one path for every
+    mode. x is read as 4-byte words (the row length is a multiple of CHUNK): the level is own_share * taken +
+    other_share * other rounded half up, where the shares are (lam, 1 - lam) for MixUp, else (1, 0), and
+    `taken` is x[n], or inside a CutMix or erased box `other` (the partner's pixel, or an erased sample's fill:
+    what its `other` load gives). Exact for these integers, so every mode gives the reference's level. The
+    bytes that `taken` takes from `other` are chosen four at a time, by a mask of the box's bytes of each word."""
+    words_ptr = x_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)
+    WORDS: tl.constexpr = BLOCK_J // 4
+    own_scale, own_shift, other_scale, other_shift = _byte_product_terms(lam, is_mixup)
+    cuts = is_cutmix | is_erase
+
+    # 2. The tiles' words, and what depends on them alone.
+    word = column_block.to(tl.int32) * WORDS + tl.arange(0, WORDS)[None, :]
+    in_box0, fill0, table_row0 = _byte_columns(word, 0, x0, x1, plane, fill_ptr, table_ptr, CHANNELS_LAST,
+                                               PIXEL_STRIDE)
+    in_box1, fill1, table_row1 = _byte_columns(word, 1, x0, x1, plane, fill_ptr, table_ptr, CHANNELS_LAST,
+                                               PIXEL_STRIDE)
+    in_box2, fill2, table_row2 = _byte_columns(word, 2, x0, x1, plane, fill_ptr, table_ptr, CHANNELS_LAST,
+                                               PIXEL_STRIDE)
+    in_box3, fill3, table_row3 = _byte_columns(word, 3, x0, x1, plane, fill_ptr, table_ptr, CHANNELS_LAST,
+                                               PIXEL_STRIDE)
+    box_bytes = in_box0 | in_box1 | in_box2 | in_box3
+    fill_word = fill0 | fill1 | fill2 | fill3
+    chunk_columns_inside, chunk_columns_touch = _chunk_columns((word // (CHUNK // 4)) * CHUNK, x0, x1, CHANNELS_LAST,
+                                                               PIXEL_STRIDE, CHUNK)
+    row_words = row_len // 4
+    plane_base_words = plane_base // 4
+    partner_shift_words = partner_shift // 4
+    for step in tl.static_range(ROW_STEPS):
+        # 3. The rows of this tile.
+        rows = (row_group.to(tl.int32) * ROW_STEPS + step) * ROWS + tl.arange(0, ROWS)[:, None]
+        if EXACT_TILES:
+            in_bounds = tl.full((ROWS, WORDS), 1, tl.int1)
+        else:
+            in_bounds = (rows < height) & (word < row_words)
+        row_in_box = (rows >= y0) & (rows < y1)
+        offsets = plane_base_words + (rows * row_words + word).to(tl.int64)
+        # 4. One source per CHUNK-byte piece (both where a piece straddles the box, or for MixUp).
+        own = tl.load(words_ptr + offsets, mask=in_bounds & ~(cuts & row_in_box & chunk_columns_inside), other=0)
+        other = tl.load(words_ptr + offsets + partner_shift_words,
+                        mask=in_bounds & (is_mixup | (is_cutmix & row_in_box & chunk_columns_touch)),
+                        other=fill_word)
+        taken_bytes = tl.where(cuts & row_in_box, box_bytes, 0)
+        taken = own ^ ((own ^ other) & taken_bytes)  # other's bytes where taken_bytes has them, own's elsewhere
+        # 5. The normalized output of each byte's level, back in column order, stored.
+        normalized0 = _normalized_byte(taken, other, 0, own_scale, own_shift, other_scale, other_shift,
+                                             table_row0)
+        normalized1 = _normalized_byte(taken, other, 1, own_scale, own_shift, other_scale, other_shift,
+                                             table_row1)
+        normalized2 = _normalized_byte(taken, other, 2, own_scale, own_shift, other_scale, other_shift,
+                                             table_row2)
+        normalized3 = _normalized_byte(taken, other, 3, own_scale, own_shift, other_scale, other_shift,
+                                             table_row3)
+        normalized = tl.reshape(tl.join(tl.join(normalized0, normalized2), tl.join(normalized1, normalized3)),
+                                (ROWS, BLOCK_J))
+        _store_vector_halves(out_ptr, normalized, plane_base, rows, column_block.to(tl.int32), row_len, height,
+                             ROWS, BLOCK_J, EXACT_TILES)
 
 
 @triton.jit
@@ -233,11 +427,16 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     is_mixup = mode == _MIXUP
     is_cutmix = mode == _CUTMIX
     is_erase = mode == _ERASE
-    own_share = tl.where(is_mixup, lam, 1.0)  # x[n]'s weight outside a box (the uint8 table path)
-    other_share = tl.where(is_mixup, 1.0 - lam, 0.0)
     math_dtype = lam_ptr.dtype.element_ty  # fp32, or fp64 for fp64 x
     in_dtype = x_ptr.dtype.element_ty
     partner_shift = (partner - sample) * sample_stride
+
+    plane_base = sample * sample_stride + plane * plane_stride
+    if HAS_TABLE:
+        _composite_table_tiles(x_ptr, out_ptr, table_ptr, fill_ptr, sample, plane, row_group, column_block,
+                               plane_base, partner_shift, height, row_len, lam, x0, y0, x1, y1, is_mixup, is_cutmix,
+                               is_erase, CHANNELS_LAST, PIXEL_STRIDE, ROWS, BLOCK_J, ROW_STEPS, EXACT_TILES, CHUNK)
+        return
 
     # 2. The tiles' columns, and what depends on them alone: j along the row; pixel and channel from j.
     # Coordinates within a plane are int32 (32-bit compares), offsets int64.
@@ -249,13 +448,8 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
         pixel = j
         channel = plane  # one channel per program: per-channel values are scalar loads
     column_in_box = (pixel >= x0) & (pixel < x1)
-    chunk_columns_inside, chunk_columns_touch = _chunk_columns(j, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
-    if HAS_TABLE:  # the weights of the uint8 path in the box's rows, per column; its fill as a uint8 level
-        cuts = is_cutmix | is_erase
-        own_weight_in_box_rows = tl.where(cuts & column_in_box, 0.0, own_share)
-        other_weight_in_box_rows = tl.where(cuts & column_in_box, 1.0, other_share)
-        fill_level = _round_to_input(tl.load(fill_ptr + channel).to(math_dtype), in_dtype).to(tl.uint8)
-    plane_base = sample * sample_stride + plane * plane_stride
+    chunk_columns_inside, chunk_columns_touch = _chunk_columns((j // CHUNK) * CHUNK, x0, x1, CHANNELS_LAST,
+                                                               PIXEL_STRIDE, CHUNK)
     for step in tl.static_range(ROW_STEPS):
         # 3. The rows of this tile.
         rows = (row_group.to(tl.int32) * ROW_STEPS + step) * ROWS + tl.arange(0, ROWS)[:, None]
@@ -266,25 +460,7 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
         row_in_box = (rows >= y0) & (rows < y1)
         inside = row_in_box & column_in_box
         offsets = plane_base + (rows * row_len + j).to(tl.int64)
-        if HAS_TABLE:
-            # 4-5 for a uint8 x, one path for every mode: the level is own_weight * own + other_weight * other,
-            # rounded half up; the weights are (lam, 1 - lam) for MixUp, else (1, 0), or (0, 1) inside a CutMix
-            # or erased box (exact for these integers), and an erased sample's `other` is its fill. The
-            # normalized output of the level comes from the table.
-            chunk_inside = row_in_box & chunk_columns_inside
-            chunk_touches = row_in_box & chunk_columns_touch
-            own = tl.load(x_ptr + offsets, mask=in_bounds & ~(cuts & chunk_inside), other=0)
-            other = tl.load(x_ptr + offsets + partner_shift,
-                            mask=in_bounds & (is_mixup | (is_cutmix & chunk_touches)), other=fill_level)
-            own_weight = tl.where(row_in_box, own_weight_in_box_rows, own_share)
-            other_weight = tl.where(row_in_box, other_weight_in_box_rows, other_share)
-            # _round_to_input's half-up rounding and saturation, clamped before the floor (the same level);
-            # the conversion to int32 truncates, which is the floor of a value >= 0.
-            level = own_weight * own.to(math_dtype) + other_weight * other.to(math_dtype) + 0.5
-            level = tl.minimum(tl.where(level > 0.0, level, 0.0), UINT8_MAX + 0.5).to(tl.int32)
-            normalized = tl.load(table_ptr + (channel * UINT8_LEVELS + level), mask=in_bounds)
-            tl.store(out_ptr + offsets, normalized, mask=in_bounds)
-        elif is_mixup:
+        if is_mixup:
             # 4a. MixUp: both sources, lam * own + (1 - lam) * other in the math dtype, rounded to x's dtype.
             # (names apart from 4b's: Triton merges the names both branches assign, which must then agree in type)
             own_value = tl.load(x_ptr + offsets, mask=in_bounds, other=0).to(math_dtype)
@@ -332,7 +508,7 @@ def _cutmix_swap_kernel(x_ptr, box_ptr, num_samples, height, sample_stride, plan
     j = col_block * BLOCK_J + tl.arange(0, BLOCK_J)[None, :]
     pixel = j // PIXEL_STRIDE if CHANNELS_LAST else j
     inside = (rows >= y0) & (rows < y1) & (pixel >= x0) & (pixel < x1)
-    _, chunk_columns_touch = _chunk_columns(j, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
+    _, chunk_columns_touch = _chunk_columns((j // CHUNK) * CHUNK, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
     chunk_touches = (rows >= y0) & (rows < y1) & chunk_columns_touch
     touched = (rows < height) & (j < row_len) & chunk_touches
     local = plane * plane_stride + rows * row_stride + j
@@ -661,6 +837,10 @@ def _composite_triton(x, box, lam, partner, mode, fill, mean, std, table, noise_
     n, c, h, w = x.shape
     grid, num_warps, rows, block_j, steps, exact, chunk = _composite_launch_config(n, c, h, w, channels_last,
                                                                                      x.element_size())
+    # The table path reads x as 4-byte words, CHUNK bytes at a time; other uint8 rows normalize per element (the
+    # same values: the table holds the reference's (level - mean) / std).
+    has_table = (table is not None and x.dtype == torch.uint8 and (w * c if channels_last else w) % CHUNK == 0
+                 and x.data_ptr() % 4 == 0)
     # no FMA contraction (launch): MixUp equals the other backends bit for bit
     launch(_composite_kernel, grid,
            x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
@@ -668,7 +848,7 @@ def _composite_triton(x, box, lam, partner, mode, fill, mean, std, table, noise_
            noise_seed if noise_seed is not None else box,
            n, c, h, w, num_warps=num_warps, CHANNELS_LAST=channels_last,
            PIXEL_STRIDE=c if channels_last else 1, HAS_NORM=mean is not None,
-           HAS_TABLE=table is not None and x.dtype == torch.uint8, RANDOM_FILL=noise_seed is not None,
+           HAS_TABLE=has_table, RANDOM_FILL=noise_seed is not None,
            VISIT_FLIP_PAIRS=visit_flip_pairs, ROWS=rows, BLOCK_J=block_j, ROW_STEPS=steps, EXACT_TILES=exact,
            CHUNK=chunk, PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
