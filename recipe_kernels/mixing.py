@@ -238,16 +238,19 @@ def _byte_product_terms(lam, is_mixup):
     (multiples of 2^104), so the sum has the reference's sign, or is NaN where both overflow."""
     own_weight = tl.where(is_mixup, lam, 1.0)
     other_weight = tl.where(is_mixup, 1.0 - lam, 0.0)
-    magnitude = tl.abs(lam)
+    # |lam|, kept from 0 where it is not huge (only the huge case uses what follows)
+    magnitude = tl.maximum(tl.abs(lam), HUGE_WEIGHT)
     # t counts the bytes from `first` on whose product stays finite: `first` is within 3 below t (the
     # estimate is within 1 of the quotient where it matters, t <= 256), and RN(|lam| * b) is monotone in b.
-    first = tl.minimum(tl.maximum(tl.floor(FLOAT32_MAX / magnitude) - 1.0, 0.0), 256.0)
+    # (a tensor numerator: the interpreter cannot divide a float constant by a tensor)
+    quotient = tl.full(magnitude.shape, FLOAT32_MAX, tl.float32) / magnitude
+    first = tl.minimum(tl.maximum(tl.floor(quotient) - 1.0, 0.0), 256.0)
     overflow_byte = (first + (magnitude * first <= FLOAT32_MAX).to(tl.float32)
                      + (magnitude * (first + 1.0) <= FLOAT32_MAX).to(tl.float32)
                      + (magnitude * (first + 2.0) <= FLOAT32_MAX).to(tl.float32))
     overflow_byte = tl.minimum(overflow_byte, 256.0)
     sign = tl.where(lam > 0.0, 1.0, -1.0)
-    huge = is_mixup & (magnitude >= HUGE_WEIGHT)  # false for NaN, which the exact terms carry to level 0
+    huge = is_mixup & (tl.abs(lam) >= HUGE_WEIGHT)  # false for NaN, which the exact terms carry to level 0
     huge_scale = sign * EMULATION_SCALE
     huge_shift = sign * (EMULATION_TOP - EMULATION_SCALE * overflow_byte)
     return (tl.where(huge, huge_scale, own_weight), tl.where(huge, huge_shift, -(own_weight * MAGIC)),

@@ -3,6 +3,8 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import recipe_kernels as rk
 from recipe_kernels import _backend, mixing, reference
@@ -277,6 +279,51 @@ def test_uint8_normalization_lookup_equals_the_division(channels_last):
         outputs = [rk.composite_batch(x, box, lam, partner, mode, fill=(300.0, -3.0, 7.5), mean=MEAN, std=STD,
                                       out_dtype=out_dtype, backend=backend) for backend in ("torch", "triton")]
         assert torch.equal(outputs[0], outputs[1]), out_dtype
+
+
+@triton.jit
+def _table_levels_kernel(own_ptr, other_ptr, lam_ptr, levels_ptr, identity_ptr, IS_MIXUP: tl.constexpr,
+                         WORDS: tl.constexpr):
+    # The uint8 table path's arithmetic on WORDS words of 4 bytes each: its level of every byte pair, looked up in
+    # an identity table (entry v is v).
+    word = tl.arange(0, WORDS)
+    own = tl.load(own_ptr + word).to(tl.uint32, bitcast=True)
+    other = tl.load(other_ptr + word).to(tl.uint32, bitcast=True)
+    own_scale, own_shift, other_scale, other_shift = mixing._byte_product_terms(tl.load(lam_ptr), IS_MIXUP)
+    for k in tl.static_range(4):
+        level = mixing._normalized_byte(own, other, k, own_scale, own_shift, other_scale, other_shift, identity_ptr)
+        tl.store(levels_ptr + word * 4 + k, level)
+
+
+def _reference_levels(own, other, lam):
+    """The reference's uint8 level of lam * own + (1 - lam) * other, one fp32 rounding per operation, rounded half
+    up and saturated (NaN gives 0)."""
+    lam = torch.tensor(lam, dtype=torch.float32, device=own.device)
+    value = (lam * own.float() + (1.0 - lam) * other.float()) + 0.5
+    return torch.nan_to_num(torch.floor(value), nan=0.0).clamp(0, 255)
+
+
+def test_uint8_table_levels_equal_the_reference_for_every_byte_pair_and_weight():
+    # One FFMA per product (the byte in the mantissa of 2^23), and past |lam| = 2^100 scale and shift that give the
+    # reference's levels, overflow included: every pair of bytes, weights across the range of fp32.
+    own = torch.arange(256, device=DEVICE).repeat_interleave(256).to(torch.uint8)
+    other = torch.arange(256, device=DEVICE).repeat(256).to(torch.uint8)
+    overflow = 2.0 ** 128 - 2.0 ** 103  # the least |lam * b| that rounds to inf
+    lams = [0.3, 0.37, 0.0, 1.0, -0.0, 1.5, -0.5, 3.0, -7.25, 1e-30, 2.0 ** -140, 1e20, -1e30, 2.0 ** 99,
+            2.0 ** 100, -(2.0 ** 100), 2.0 ** 104, 2.0 ** 105, 1e33, 2.0 ** 120, 1e38, -1e38, 3.4028234663852886e38,
+            -3.4028234663852886e38, math.inf, -math.inf, math.nan]
+    for byte in (1, 2, 3, 100, 254, 255, 256):  # either side of the lam whose product with `byte` first overflows
+        at = torch.tensor(overflow / byte, dtype=torch.float32)
+        lams += [float(torch.nextafter(at, torch.tensor(0.0))), float(at), float(torch.nextafter(at, at * 2))]
+    identity = torch.arange(256, dtype=torch.float32, device=DEVICE)
+    for lam in lams:
+        for is_mixup in (True, False):
+            levels = torch.empty(own.numel(), dtype=torch.float32, device=DEVICE)
+            _table_levels_kernel[(1,)](own.view(torch.int32), other.view(torch.int32),
+                                       torch.tensor([lam], dtype=torch.float32, device=DEVICE), levels, identity,
+                                       IS_MIXUP=is_mixup, WORDS=own.numel() // 4)
+            expected = _reference_levels(own, other, lam) if is_mixup else own.float()
+            assert torch.equal(levels, expected), (lam, is_mixup, (levels != expected).sum())
 
 
 # ----------------------------------------------------------------------------- agreement and determinism
