@@ -453,6 +453,7 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     column_in_box = (pixel >= x0) & (pixel < x1)
     chunk_columns_inside, chunk_columns_touch = _chunk_columns((j // CHUNK) * CHUNK, x0, x1, CHANNELS_LAST,
                                                                PIXEL_STRIDE, CHUNK)
+    cuts = is_cutmix | is_erase
     for step in tl.static_range(ROW_STEPS):
         # 3. The rows of this tile.
         rows = (row_group.to(tl.int32) * ROW_STEPS + step) * ROWS + tl.arange(0, ROWS)[:, None]
@@ -463,28 +464,25 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
         row_in_box = (rows >= y0) & (rows < y1)
         inside = row_in_box & column_in_box
         offsets = plane_base + (rows * row_len + j).to(tl.int64)
-        if is_mixup:
-            # 4a. MixUp: both sources, lam * own + (1 - lam) * other in the math dtype, rounded to x's dtype.
-            # (names apart from 4b's: Triton merges the names both branches assign, which must then agree in type)
-            own_value = tl.load(x_ptr + offsets, mask=in_bounds, other=0).to(math_dtype)
-            partner_value = tl.load(x_ptr + offsets + partner_shift, mask=in_bounds, other=0).to(math_dtype)
-            mixed = _round_to_input(lam * own_value + (1.0 - lam) * partner_value, in_dtype)
-            _normalize_and_store(mixed, out_ptr, offsets, in_bounds, mean_ptr, std_ptr, channel, HAS_NORM)
+        # 4. One source per CHUNK-element piece (both where a piece straddles the box, or for MixUp), and one
+        # path for every mode: MixUp's weighted sum is formed for every sample and taken for MixUp samples.
+        chunk_inside = row_in_box & chunk_columns_inside
+        chunk_touches = row_in_box & chunk_columns_touch
+        own = tl.load(x_ptr + offsets, mask=in_bounds & ~(cuts & chunk_inside), other=0)
+        other = tl.load(x_ptr + offsets + partner_shift, mask=in_bounds & (is_mixup | (is_cutmix & chunk_touches)),
+                        other=0)
+        # lam * own + (1 - lam) * other in the math dtype, rounded to x's dtype (exactly representable there)
+        mixed = _round_to_input(lam * own.to(math_dtype) + (1.0 - lam) * other.to(math_dtype), in_dtype)
+        if RANDOM_FILL:
+            logical_index = ((sample * channels + channel) * height + rows) * width + pixel
+            fill = _erase_noise(tl.load(seed_ptr), logical_index, PHILOX_ROUNDS)
         else:
-            # 4b. Keep, CutMix, erase: one source per CHUNK-element piece (both where a piece straddles the box).
-            chunk_inside = row_in_box & chunk_columns_inside
-            chunk_touches = row_in_box & chunk_columns_touch
-            own = tl.load(x_ptr + offsets, mask=in_bounds & ~((is_cutmix | is_erase) & chunk_inside), other=0)
-            other = tl.load(x_ptr + offsets + partner_shift, mask=in_bounds & is_cutmix & chunk_touches, other=0)
-            if RANDOM_FILL:
-                logical_index = ((sample * channels + channel) * height + rows) * width + pixel
-                fill = _erase_noise(tl.load(seed_ptr), logical_index, PHILOX_ROUNDS)
-            else:
-                fill = tl.load(fill_ptr + channel)
-            fill = _round_to_input(fill.to(math_dtype), in_dtype)  # what x's dtype would store
-            value = tl.where(is_cutmix & inside, other, own).to(math_dtype)
-            value = tl.where(is_erase & inside, fill, value)
-            _normalize_and_store(value, out_ptr, offsets, in_bounds, mean_ptr, std_ptr, channel, HAS_NORM)
+            fill = tl.load(fill_ptr + channel)
+        fill = _round_to_input(fill.to(math_dtype), in_dtype)  # what x's dtype would store
+        value = tl.where(is_cutmix & inside, other, own)
+        value = tl.where(is_erase & inside, fill.to(in_dtype), value)
+        value = tl.where(is_mixup, mixed.to(in_dtype), value)
+        _normalize_and_store(value.to(math_dtype), out_ptr, offsets, in_bounds, mean_ptr, std_ptr, channel, HAS_NORM)
 
 
 @triton.jit
