@@ -75,6 +75,8 @@ REGISTER_ALLOCATION_UNIT = 256  # registers are allocated per warp in units of 2
 # Trip counts of each kernel's loops, outermost first, from its constexprs (and launch arguments).
 KERNEL_LOOPS = {
     "_dropout_bias_backward_kernel": lambda k: [k["ROWS_PER_PROGRAM"] // k["ROWS_IN_FLIGHT"]],
+    # planes, then column blocks, per program (a loop of one trip is no loop)
+    "_composite_kernel": lambda k: [trips for trips in (k["PLANE_STEPS"], k["COLUMN_STEPS"]) if trips > 1],
 }
 # What fits in L2 between a row's two sweeps: cross-entropy's sweep 2 reads a row's blocks again from L2
 # only while the rows in flight (programs x the bytes sweep 2 reads again) take at most this share of it

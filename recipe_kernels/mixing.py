@@ -58,6 +58,12 @@ VECTOR_BYTES = 16  # each thread loads 16-byte vectors
 # Vectors per thread and per tile: the per-tile work (coordinates, parameters, row tests) is shared by more elements.
 VECTORS_PER_THREAD = 2
 MAX_ROW_STEPS = 8
+# Planes (NCHW) and column blocks per program, at most: the sample's work (its parameters, the uint8 path's
+# product terms, the grid coordinates) is shared by that many more tiles.
+MAX_PLANE_STEPS = 4
+MAX_COLUMN_STEPS = 8
+MIN_PROGRAMS_PER_SM = 4  # grouping stops where the grid would fall below this many programs per SM
+MAX_GRID_SAMPLES = 65535  # CUDA's limit on gridDim.z: a launch takes the samples this many at a time
 NUM_WARPS = 4
 MAX_WARPS = 8
 # Load masks that depend on the box are decided per CHUNK consecutive elements of a row, so
@@ -207,21 +213,22 @@ def _level_index(level):
 
 
 @triton.jit
-def _byte_columns(word, k: tl.constexpr, x0, x1, plane, fill_ptr, table_ptr, CHANNELS_LAST: tl.constexpr,
-                  PIXEL_STRIDE: tl.constexpr):
-    """Of byte k of each 4-byte word of a uint8 row (its column is 4 * word + k): (0xFF in its place in the
-    word where its pixel lies in the box's columns, else 0; its channel's fill level in its place; its
-    channel's row of the normalization table)."""
+def _byte_in_box(word, k: tl.constexpr, x0, x1, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr):
+    """Of byte k of each 4-byte word of a uint8 row (its column is 4 * word + k): 0xFF in its place in the word
+    where its pixel lies in the box's columns, else 0."""
     j = word * 4 + k
-    if CHANNELS_LAST:
-        pixel = j // PIXEL_STRIDE  # PIXEL_STRIDE == C: a division by a constant
-        channel = j % PIXEL_STRIDE
-    else:
-        pixel = j
-        channel = plane
-    in_box = tl.where((pixel >= x0) & (pixel < x1), BYTE_MASK << (8 * k), 0)
+    pixel = j // PIXEL_STRIDE if CHANNELS_LAST else j  # PIXEL_STRIDE == C: a division by a constant
+    return tl.where((pixel >= x0) & (pixel < x1), BYTE_MASK << (8 * k), 0)
+
+
+@triton.jit
+def _byte_channel(word, k: tl.constexpr, plane, fill_ptr, table_ptr, CHANNELS_LAST: tl.constexpr,
+                  PIXEL_STRIDE: tl.constexpr):
+    """Of byte k of each 4-byte word of a uint8 row: (its channel's fill level in its place in the word, its
+    channel's row of the normalization table)."""
+    channel = (word * 4 + k) % PIXEL_STRIDE if CHANNELS_LAST else plane
     fill = _round_to_input(tl.load(fill_ptr + channel), tl.uint8).to(tl.uint32) << (8 * k)
-    return in_box, fill, table_ptr + channel * UINT8_LEVELS
+    return fill, table_ptr + channel * UINT8_LEVELS
 
 
 @triton.jit
@@ -316,34 +323,44 @@ def _store_vector_halves(out_ptr, value, plane_base, rows, column_block, row_len
 
 
 @triton.jit
-def _composite_table_tiles(x_ptr, out_ptr, table_ptr, fill_ptr, sample, plane, row_group, column_block, plane_base,
-                           partner_shift, height, row_len, lam, x0, y0, x1, y1, is_mixup, is_cutmix, is_erase,
+def _table_channels(pattern_block, plane, fill_ptr, table_ptr, CHANNELS_LAST: tl.constexpr,
+                    PIXEL_STRIDE: tl.constexpr, BLOCK_J: tl.constexpr):
+    """The uint8 table path's work per channel, for column blocks whose bytes have the channels of column block
+    `pattern_block` (channels_last: every block COLUMN_STRIDE apart; NCHW: the plane's channel): its fill as a
+    word of uint8 levels, and the table row of each byte of the word."""
+    WORDS: tl.constexpr = BLOCK_J // 4
+    word = pattern_block * WORDS + tl.arange(0, WORDS)[None, :]
+    fill0, table_row0 = _byte_channel(word, 0, plane, fill_ptr, table_ptr, CHANNELS_LAST, PIXEL_STRIDE)
+    fill1, table_row1 = _byte_channel(word, 1, plane, fill_ptr, table_ptr, CHANNELS_LAST, PIXEL_STRIDE)
+    fill2, table_row2 = _byte_channel(word, 2, plane, fill_ptr, table_ptr, CHANNELS_LAST, PIXEL_STRIDE)
+    fill3, table_row3 = _byte_channel(word, 3, plane, fill_ptr, table_ptr, CHANNELS_LAST, PIXEL_STRIDE)
+    return fill0 | fill1 | fill2 | fill3, table_row0, table_row1, table_row2, table_row3
+
+
+@triton.jit
+def _composite_table_tiles(x_ptr, out_ptr, row_group, column_block, plane_base, partner_shift, height, row_len, x0,
+                           y0, x1, y1, is_mixup, is_cutmix, is_erase, own_scale, own_shift, other_scale,
+                           other_shift, fill_word, table_row0, table_row1, table_row2, table_row3,
                            CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, ROWS: tl.constexpr,
                            BLOCK_J: tl.constexpr, ROW_STEPS: tl.constexpr, EXACT_TILES: tl.constexpr,
                            CHUNK: tl.constexpr):
     """Steps 2-5 of _composite_kernel for a uint8 x normalized through the table (HAS_TABLE), one path for every
-    mode. x is read as 4-byte words (the row length is a multiple of CHUNK): the level is own_share * taken +
-    other_share * other rounded half up, where the shares are (lam, 1 - lam) for MixUp, else (1, 0), and
+    mode. x is read as 4-byte words (the row length is a multiple of CHUNK): the level is own_weight * taken +
+    other_weight * other rounded half up, where the weights are (lam, 1 - lam) for MixUp, else (1, 0), and
     `taken` is x[n], or inside a CutMix or erased box `other` (the partner's pixel, or an erased sample's fill:
     what its `other` load gives). Exact for these integers, so every mode gives the reference's level. The
-    bytes that `taken` takes from `other` are chosen four at a time, by a mask of the box's bytes of each word."""
+    bytes that `taken` takes from `other` are chosen four at a time, by a mask of the box's bytes of each word.
+    fill_word and the table rows: _table_channels for this column block."""
     words_ptr = x_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)
     WORDS: tl.constexpr = BLOCK_J // 4
-    own_scale, own_shift, other_scale, other_shift = _byte_product_terms(lam, is_mixup)
     cuts = is_cutmix | is_erase
 
     # 2. The tiles' words, and what depends on them alone.
     word = column_block.to(tl.int32) * WORDS + tl.arange(0, WORDS)[None, :]
-    in_box0, fill0, table_row0 = _byte_columns(word, 0, x0, x1, plane, fill_ptr, table_ptr, CHANNELS_LAST,
-                                               PIXEL_STRIDE)
-    in_box1, fill1, table_row1 = _byte_columns(word, 1, x0, x1, plane, fill_ptr, table_ptr, CHANNELS_LAST,
-                                               PIXEL_STRIDE)
-    in_box2, fill2, table_row2 = _byte_columns(word, 2, x0, x1, plane, fill_ptr, table_ptr, CHANNELS_LAST,
-                                               PIXEL_STRIDE)
-    in_box3, fill3, table_row3 = _byte_columns(word, 3, x0, x1, plane, fill_ptr, table_ptr, CHANNELS_LAST,
-                                               PIXEL_STRIDE)
-    box_bytes = in_box0 | in_box1 | in_box2 | in_box3
-    fill_word = fill0 | fill1 | fill2 | fill3
+    box_bytes = (_byte_in_box(word, 0, x0, x1, CHANNELS_LAST, PIXEL_STRIDE)
+                 | _byte_in_box(word, 1, x0, x1, CHANNELS_LAST, PIXEL_STRIDE)
+                 | _byte_in_box(word, 2, x0, x1, CHANNELS_LAST, PIXEL_STRIDE)
+                 | _byte_in_box(word, 3, x0, x1, CHANNELS_LAST, PIXEL_STRIDE))
     chunk_columns_inside, chunk_columns_touch = _chunk_columns((word // (CHUNK // 4)) * CHUNK, x0, x1, CHANNELS_LAST,
                                                                PIXEL_STRIDE, CHUNK)
     row_words = row_len // 4
@@ -381,66 +398,15 @@ def _composite_table_tiles(x_ptr, out_ptr, table_ptr, fill_ptr, sample, plane, r
 
 
 @triton.jit
-def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, fill_ptr, mean_ptr, std_ptr,
-                      table_ptr, seed_ptr, num_samples, channels, height, width,
-                      CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, HAS_NORM: tl.constexpr,
-                      HAS_TABLE: tl.constexpr, RANDOM_FILL: tl.constexpr, VISIT_FLIP_PAIRS: tl.constexpr,
-                      ROWS: tl.constexpr, BLOCK_J: tl.constexpr, ROW_STEPS: tl.constexpr,
-                      EXACT_TILES: tl.constexpr, CHUNK: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
-    """out[n] = KEEP / MIXUP / CUTMIX / ERASE of x[n] with x[partner[n]], then optionally normalized.
-
-    Inputs: x (N, C, H, W) contiguous or channels_last; box (N, 4) int32 (x0, y0, x1, y1);
-    lam (N,) and fill (C,) in the compositing dtype (fp32, or fp64 for fp64 x); partner (N,)
-    int32; mode (N,) int32; mean, std (C,) in the normalization dtype (fp32, or fp64 when x or
-    out is fp64) when HAS_NORM; seed (one int64) when RANDOM_FILL. out has x's layout, any dtype.
-    With HAS_TABLE (uint8 x, normalized), table (C, 256) in out's dtype holds the normalized output
-    of every channel and level (_normalization_table): the composited level is looked up, so the
-    division runs once per value, not per element.
-    A program is ROW_STEPS [ROWS, BLOCK_J] tiles one below the other in one (sample, plane), which
-    share the work that depends on columns alone: a row is W elements of one channel (contiguous)
-    or W*C interleaved elements (channels_last).
-    EXACT_TILES: the tiles divide the image, so no lane is masked off. Other than for the table, each
-    program branches once on its sample's mode: only MixUp samples read two sources and do MixUp's
-    arithmetic (with the table, one weighted sum serves every mode, exactly).
-    Bytes: each output element's source is read once (MixUp: both sources), out written once;
-    CutMix also reads both sources of the CHUNK-element pieces that straddle a box edge.
-    """
-    # 1. Which tiles, and the sample's parameters (a few scalar loads per program). Geometry as _geometry.
-    sample_stride = channels.to(tl.int64) * height * width
-    if CHANNELS_LAST:
-        row_len = width * channels
-        plane_stride = 0
-        planes = 1
-    else:
-        row_len = width
-        plane_stride = height.to(tl.int64) * width
-        planes = channels
-    row_groups = tl.cdiv(height, ROWS * ROW_STEPS)
-    column_blocks = tl.cdiv(row_len, BLOCK_J)
-    pid = tl.program_id(0).to(tl.int64)
-    sample, plane, row_group, column_block = _tile_coordinates(pid, num_samples, planes, row_groups, column_blocks,
-                                                               VISIT_FLIP_PAIRS)
-    mode = tl.load(mode_ptr + sample)
-    partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
-    lam = tl.load(lam_ptr + sample)
-    x0 = tl.load(box_ptr + sample * 4)
-    y0 = tl.load(box_ptr + sample * 4 + 1)
-    x1 = tl.load(box_ptr + sample * 4 + 2)
-    y1 = tl.load(box_ptr + sample * 4 + 3)
-    is_mixup = mode == _MIXUP
-    is_cutmix = mode == _CUTMIX
-    is_erase = mode == _ERASE
-    math_dtype = lam_ptr.dtype.element_ty  # fp32, or fp64 for fp64 x
+def _composite_tiles(x_ptr, out_ptr, fill_ptr, mean_ptr, std_ptr, seed_ptr, sample, plane, row_group, column_block,
+                     plane_base, partner_shift, channels, height, width, row_len, lam, x0, y0, x1, y1, is_mixup,
+                     is_cutmix, is_erase, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr,
+                     HAS_NORM: tl.constexpr, RANDOM_FILL: tl.constexpr, ROWS: tl.constexpr, BLOCK_J: tl.constexpr,
+                     ROW_STEPS: tl.constexpr, EXACT_TILES: tl.constexpr, CHUNK: tl.constexpr,
+                     PHILOX_ROUNDS: tl.constexpr):
+    """Steps 2-5 of _composite_kernel for ROW_STEPS tiles of one plane and column block, any dtypes."""
+    math_dtype = lam.dtype  # fp32, or fp64 for fp64 x
     in_dtype = x_ptr.dtype.element_ty
-    partner_shift = (partner - sample) * sample_stride
-
-    plane_base = sample * sample_stride + plane * plane_stride
-    if HAS_TABLE:
-        _composite_table_tiles(x_ptr, out_ptr, table_ptr, fill_ptr, sample, plane, row_group, column_block,
-                               plane_base, partner_shift, height, row_len, lam, x0, y0, x1, y1, is_mixup, is_cutmix,
-                               is_erase, CHANNELS_LAST, PIXEL_STRIDE, ROWS, BLOCK_J, ROW_STEPS, EXACT_TILES, CHUNK)
-        return
-
     # 2. The tiles' columns, and what depends on them alone: j along the row; pixel and channel from j.
     # Coordinates within a plane are int32 (32-bit compares), offsets int64.
     j = column_block.to(tl.int32) * BLOCK_J + tl.arange(0, BLOCK_J)[None, :]
@@ -483,6 +449,91 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
         value = tl.where(is_erase & inside, fill.to(in_dtype), value)
         value = tl.where(is_mixup, mixed.to(in_dtype), value)
         _normalize_and_store(value.to(math_dtype), out_ptr, offsets, in_bounds, mean_ptr, std_ptr, channel, HAS_NORM)
+
+
+@triton.jit
+def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, fill_ptr, mean_ptr, std_ptr,
+                      table_ptr, seed_ptr, num_samples, channels, height, width, first_slot,
+                      CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, HAS_NORM: tl.constexpr,
+                      HAS_TABLE: tl.constexpr, RANDOM_FILL: tl.constexpr, VISIT_FLIP_PAIRS: tl.constexpr,
+                      ROWS: tl.constexpr, BLOCK_J: tl.constexpr, ROW_STEPS: tl.constexpr,
+                      COLUMN_STEPS: tl.constexpr, COLUMN_STRIDE: tl.constexpr, PLANE_STEPS: tl.constexpr,
+                      EXACT_TILES: tl.constexpr,
+                      CHUNK: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
+    """out[n] = KEEP / MIXUP / CUTMIX / ERASE of x[n] with x[partner[n]], then optionally normalized.
+
+    Inputs: x (N, C, H, W) contiguous or channels_last; box (N, 4) int32 (x0, y0, x1, y1);
+    lam (N,) and fill (C,) in the compositing dtype (fp32, or fp64 for fp64 x); partner (N,)
+    int32; mode (N,) int32; mean, std (C,) in the normalization dtype (fp32, or fp64 when x or
+    out is fp64) when HAS_NORM; seed (one int64) when RANDOM_FILL. out has x's layout, any dtype.
+    With HAS_TABLE (uint8 x, normalized), table (C, 256) in out's dtype holds the normalized output
+    of every channel and level (_normalization_table): the composited level is looked up, so the
+    division runs once per value, not per element.
+    A program is ROW_STEPS [ROWS, BLOCK_J] tiles one below the other in one (sample, plane), which
+    share the work that depends on columns alone: a row is W elements of one channel (contiguous)
+    or W*C interleaved elements (channels_last).
+    EXACT_TILES: the tiles divide the image, so no lane is masked off. Other than for the table, each
+    program branches once on its sample's mode: only MixUp samples read two sources and do MixUp's
+    arithmetic (with the table, one weighted sum serves every mode, exactly).
+    Bytes: each output element's source is read once (MixUp: both sources), out written once;
+    CutMix also reads both sources of the CHUNK-element pieces that straddle a box edge.
+    """
+    # 1. Which tiles, and the sample's parameters (a few scalar loads per program). Geometry as _geometry.
+    sample_stride = channels.to(tl.int64) * height * width
+    if CHANNELS_LAST:
+        row_len = width * channels
+        plane_stride = 0
+    else:
+        row_len = width
+        plane_stride = height.to(tl.int64) * width
+    # The grid: (row group x column group, plane group, sample slot); column groups vary fastest.
+    column_groups = tl.cdiv(row_len, BLOCK_J * COLUMN_STEPS)
+    tile = tl.program_id(0)
+    row_group = tile // column_groups
+    column_group = tile % column_groups
+    plane_group = tl.program_id(1)
+    slot = first_slot + tl.program_id(2).to(tl.int64)
+    if VISIT_FLIP_PAIRS:  # 0, N-1, 1, N-2, ...: a sample and its flip partner are read by neighbouring programs
+        half = slot // 2
+        sample = tl.where(slot % 2 == 0, half, num_samples - 1 - half)
+    else:
+        sample = slot
+    mode = tl.load(mode_ptr + sample)
+    partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
+    lam = tl.load(lam_ptr + sample)
+    x0 = tl.load(box_ptr + sample * 4)
+    y0 = tl.load(box_ptr + sample * 4 + 1)
+    x1 = tl.load(box_ptr + sample * 4 + 2)
+    y1 = tl.load(box_ptr + sample * 4 + 3)
+    is_mixup = mode == _MIXUP
+    is_cutmix = mode == _CUTMIX
+    is_erase = mode == _ERASE
+    partner_shift = (partner - sample) * sample_stride
+    if HAS_TABLE:
+        own_scale, own_shift, other_scale, other_shift = _byte_product_terms(lam, is_mixup)
+    # 2-5. PLANE_STEPS planes x COLUMN_STEPS column blocks x ROW_STEPS tiles: the sample's work above is shared.
+    # A program's column blocks are COLUMN_STRIDE apart (channels_last: so that their bytes have the same channels).
+    pattern_block = column_group % COLUMN_STRIDE
+    first_block = pattern_block + (column_group // COLUMN_STRIDE) * (COLUMN_STEPS * COLUMN_STRIDE)
+    for plane_step in range(PLANE_STEPS):
+        plane = plane_group * PLANE_STEPS + plane_step
+        plane_base = sample * sample_stride + plane * plane_stride
+        if HAS_TABLE:
+            fill_word, table_row0, table_row1, table_row2, table_row3 = _table_channels(
+                pattern_block, plane, fill_ptr, table_ptr, CHANNELS_LAST, PIXEL_STRIDE, BLOCK_J)
+        for column_step in range(COLUMN_STEPS):
+            column_block = first_block + column_step * COLUMN_STRIDE
+            if HAS_TABLE:
+                _composite_table_tiles(x_ptr, out_ptr, row_group, column_block, plane_base, partner_shift, height,
+                                       row_len, x0, y0, x1, y1, is_mixup, is_cutmix, is_erase, own_scale, own_shift,
+                                       other_scale, other_shift, fill_word, table_row0, table_row1, table_row2,
+                                       table_row3, CHANNELS_LAST, PIXEL_STRIDE, ROWS, BLOCK_J, ROW_STEPS,
+                                       EXACT_TILES, CHUNK)
+            else:
+                _composite_tiles(x_ptr, out_ptr, fill_ptr, mean_ptr, std_ptr, seed_ptr, sample, plane, row_group,
+                                 column_block, plane_base, partner_shift, channels, height, width, row_len, lam, x0,
+                                 y0, x1, y1, is_mixup, is_cutmix, is_erase, CHANNELS_LAST, PIXEL_STRIDE, HAS_NORM,
+                                 RANDOM_FILL, ROWS, BLOCK_J, ROW_STEPS, EXACT_TILES, CHUNK, PHILOX_ROUNDS)
 
 
 @triton.jit
@@ -759,10 +810,11 @@ def _tiling(row_len, height):
     return rows, block_j
 
 
-def _row_steps(row_blocks):
-    """Tiles per program down a plane: the largest divisor of row_blocks up to MAX_ROW_STEPS (the per-program
-    work, the sample's parameters and everything that depends on columns alone, is shared by that many)."""
-    return max(steps for steps in range(1, MAX_ROW_STEPS + 1) if row_blocks % steps == 0)
+def _largest_divisor(value, limit, *limits):
+    """The largest divisor of value (> 0) up to every limit (1 at least): how many tiles, planes or column blocks
+    a program takes."""
+    limit = max(1, min((limit, *limits)))
+    return max(steps for steps in range(1, limit + 1) if value % steps == 0)
 
 
 def _warps(tile_elements, element_size):
@@ -819,15 +871,28 @@ def _composite_torch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, part
 
 
 @functools.lru_cache(maxsize=256)
-def _composite_launch_config(n, c, h, w, channels_last, element_size):
-    """(grid, num_warps, ROWS, BLOCK_J, ROW_STEPS, EXACT_TILES, CHUNK) of _composite_kernel for a shape (a pure
-    function of its arguments, kept per shape: the eager call's host time)."""
+def _composite_launch_config(n, c, h, w, channels_last, element_size, table_path, sm_count):
+    """(grid, num_warps, ROWS, BLOCK_J, ROW_STEPS, COLUMN_STEPS, PLANE_STEPS, EXACT_TILES, CHUNK) of
+    _composite_kernel for a shape (a pure function of its arguments, kept per shape: the eager call's host time).
+    The grid is (row groups x column groups, plane groups, samples); launches take at most MAX_GRID_SAMPLES."""
     row_len, planes = (w * c, 1) if channels_last else (w, c)
     rows, block_j = _tiling(row_len, h)
     exact = h % rows == 0 and row_len % block_j == 0
-    steps = _row_steps(h // rows) if exact else 1
-    grid = (n * planes * cdiv(h, rows * steps) * cdiv(row_len, block_j),)
-    return grid, _warps(rows * block_j, element_size), rows, block_j, steps, exact, min(CHUNK, block_j)
+    row_steps = _largest_divisor(h // rows, MAX_ROW_STEPS) if exact else 1
+    column_blocks = cdiv(row_len, block_j)
+    # channels_last: a block's bytes have the channels of the block column_stride before it
+    column_stride = c // math.gcd(c, block_j) if channels_last else 1
+    if not table_path or column_blocks % column_stride:
+        column_stride = 1
+    # Planes, then column blocks, grouped while the grid keeps MIN_PROGRAMS_PER_SM programs per SM.
+    programs = n * planes * cdiv(h, rows * row_steps) * column_blocks
+    least = MIN_PROGRAMS_PER_SM * sm_count
+    plane_steps = _largest_divisor(planes, MAX_PLANE_STEPS if table_path else 1, programs // least)
+    column_steps = _largest_divisor(column_blocks // column_stride, MAX_COLUMN_STEPS if table_path else 1,
+                                    programs // (least * plane_steps))
+    grid = (cdiv(h, rows * row_steps) * (column_blocks // column_steps), planes // plane_steps, n)
+    return (grid, _warps(rows * block_j, element_size), rows, block_j, row_steps, column_steps, column_stride,
+            plane_steps, exact, min(CHUNK, block_j))
 
 
 def _composite_triton(x, box, lam, partner, mode, fill, mean, std, table, noise_seed, out_dtype, visit_flip_pairs):
@@ -836,22 +901,26 @@ def _composite_triton(x, box, lam, partner, mode, fill, mean, std, table, noise_
     if x.numel() == 0:
         return out
     n, c, h, w = x.shape
-    grid, num_warps, rows, block_j, steps, exact, chunk = _composite_launch_config(n, c, h, w, channels_last,
-                                                                                     x.element_size())
     # The table path reads x as 4-byte words, CHUNK bytes at a time; other uint8 rows normalize per element (the
     # same values: the table holds the reference's (level - mean) / std).
     has_table = (table is not None and x.dtype == torch.uint8 and (w * c if channels_last else w) % CHUNK == 0
                  and x.data_ptr() % 4 == 0)
-    # no FMA contraction (launch): MixUp equals the other backends bit for bit
-    launch(_composite_kernel, grid,
-           x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
-           std if std is not None else fill, table if table is not None else fill,
-           noise_seed if noise_seed is not None else box,
-           n, c, h, w, num_warps=num_warps, CHANNELS_LAST=channels_last,
-           PIXEL_STRIDE=c if channels_last else 1, HAS_NORM=mean is not None,
-           HAS_TABLE=has_table, RANDOM_FILL=noise_seed is not None,
-           VISIT_FLIP_PAIRS=visit_flip_pairs, ROWS=rows, BLOCK_J=block_j, ROW_STEPS=steps, EXACT_TILES=exact,
-           CHUNK=chunk, PHILOX_ROUNDS=PHILOX_ROUNDS)
+    (grid, num_warps, rows, block_j, row_steps, column_steps, column_stride, plane_steps, exact,
+     chunk) = _composite_launch_config(n, c, h, w, channels_last, x.element_size(), has_table,
+                                       _backend.sm_count(x.device))
+    for first in range(0, n, MAX_GRID_SAMPLES):
+        # no FMA contraction (launch): MixUp equals the other backends bit for bit
+        launch(_composite_kernel, (grid[0], grid[1], min(MAX_GRID_SAMPLES, n - first)),
+               x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
+               std if std is not None else fill, table if table is not None else fill,
+               noise_seed if noise_seed is not None else box,
+               n, c, h, w, first, num_warps=num_warps, CHANNELS_LAST=channels_last,
+               PIXEL_STRIDE=c if channels_last else 1, HAS_NORM=mean is not None,
+               HAS_TABLE=has_table, RANDOM_FILL=noise_seed is not None,
+               VISIT_FLIP_PAIRS=visit_flip_pairs, ROWS=rows, BLOCK_J=block_j, ROW_STEPS=row_steps,
+               COLUMN_STEPS=column_steps, COLUMN_STRIDE=column_stride, PLANE_STEPS=plane_steps,
+               EXACT_TILES=exact, CHUNK=chunk,
+               PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
 
 

@@ -326,6 +326,40 @@ def test_uint8_table_levels_equal_the_reference_for_every_byte_pair_and_weight()
             assert torch.equal(levels, expected), (lam, is_mixup, (levels != expected).sum())
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("flip_pairs_hint", [False, True])
+def test_uint8_table_path_groups_planes_columns_and_samples(monkeypatch, channels_last, flip_pairs_hint):
+    # 16 x 3 x 32 x 48: enough programs (16 per SM at the interpreter's 4 SMs) for a program to take all 3 planes
+    # and 3 column blocks (NCHW), or 3 column blocks 3 apart, whose bytes have the same channels (channels_last);
+    # launches of 5 samples at a time. Boxes cut 16-byte chunks; MixUp weights across fp32's range.
+    monkeypatch.setattr(mixing, "MAX_GRID_SAMPLES", 5)
+    n, h, w = 16, 32, 48
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=generator).to(DEVICE)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    mode = torch.tensor([MixMode.CUTMIX, MixMode.MIXUP, MixMode.ERASE, MixMode.KEEP] * 4, dtype=torch.int32)
+    box = torch.tensor([[5, 3, 37, 29], [0, 0, 48, 32], [17, 1, 18, 31], [-4, -4, 60, 60]] * 4, dtype=torch.int32)
+    lam = torch.tensor([0.3, 0.37, 1.0, 0.5, 0.7, math.nan, 0.1, 0.0, 0.2, -2.5, 0.4, 0.6, 0.8, 1e38, 0.9, 2.0 ** 110])
+    partner = torch.arange(n - 1, -1, -1, dtype=torch.int32)
+    outputs = [rk.composite_batch(x, *(t.to(DEVICE) for t in (box, lam, partner, mode)), fill=(300.0, -3.0, 7.5),
+                                  mean=MEAN, std=STD, out_dtype=torch.bfloat16, flip_pairs_hint=flip_pairs_hint,
+                                  backend=backend) for backend in ("torch", "triton")]
+    assert torch.equal(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("case", ["row not a multiple of 16 bytes", "x not 4-byte aligned"])
+def test_uint8_normalization_without_the_table_path_equals_the_reference(case):
+    # The table path reads 4-byte words; rows of other lengths, or an x at an odd address, normalize per element.
+    shape = (4, 3, 8, 20) if case.startswith("row") else (4, 3, 16, 16)
+    storage = torch.randint(0, 256, (math.prod(shape) + 1,), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    x = (storage[:-1] if case.startswith("row") else storage[1:]).view(shape).to(DEVICE)
+    box, lam, partner, mode = all_modes_params()
+    outputs = [rk.composite_batch(x, box, lam, partner, mode, mean=MEAN, std=STD, out_dtype=torch.bfloat16,
+                                  backend=backend) for backend in ("torch", "triton")]
+    assert torch.equal(outputs[0], outputs[1])
+
+
 # ----------------------------------------------------------------------------- agreement and determinism
 
 
