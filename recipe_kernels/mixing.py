@@ -117,24 +117,24 @@ _KEEP = tl.constexpr(int(MixMode.KEEP))
 
 
 @triton.jit
-def _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks, VISIT_FLIP_PAIRS: tl.constexpr):
-    """(sample, plane, row block, column block) of a program; column blocks vary fastest.
-
-    With VISIT_FLIP_PAIRS the samples are visited 0, N-1, 1, N-2, ... so that a sample and
-    its flip partner are read by neighbouring programs and the partner's read hits L2.
-    """
+def _tile_coordinates(pid, planes, row_blocks, col_blocks):
+    """(sample, plane, row block, column block) of a program; column blocks vary fastest."""
     col_block = pid % col_blocks
     rest = pid // col_blocks
     row_block = rest % row_blocks
     rest = rest // row_blocks
-    plane = rest % planes
-    slot = rest // planes
+    return rest // planes, rest % planes, row_block, col_block
+
+
+@triton.jit
+def _sample_of_slot(slot, num_samples, VISIT_FLIP_PAIRS: tl.constexpr):
+    """The sample that grid slot `slot` composites. With VISIT_FLIP_PAIRS the samples are visited 0, N-1, 1,
+    N-2, ... so that a sample and its flip partner are read by neighbouring programs and the partner's read
+    hits L2."""
     if VISIT_FLIP_PAIRS:
         half = slot // 2
-        sample = tl.where(slot % 2 == 0, half, num_samples - 1 - half)
-    else:
-        sample = slot
-    return sample, plane, row_block, col_block
+        return tl.where(slot % 2 == 0, half, num_samples - 1 - half)
+    return slot
 
 
 @triton.jit
@@ -458,23 +458,25 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
                       HAS_TABLE: tl.constexpr, RANDOM_FILL: tl.constexpr, VISIT_FLIP_PAIRS: tl.constexpr,
                       ROWS: tl.constexpr, BLOCK_J: tl.constexpr, ROW_STEPS: tl.constexpr,
                       COLUMN_STEPS: tl.constexpr, COLUMN_STRIDE: tl.constexpr, PLANE_STEPS: tl.constexpr,
-                      EXACT_TILES: tl.constexpr,
-                      CHUNK: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
+                      EXACT_TILES: tl.constexpr, CHUNK: tl.constexpr, PHILOX_ROUNDS: tl.constexpr):
     """out[n] = KEEP / MIXUP / CUTMIX / ERASE of x[n] with x[partner[n]], then optionally normalized.
 
     Inputs: x (N, C, H, W) contiguous or channels_last; box (N, 4) int32 (x0, y0, x1, y1);
     lam (N,) and fill (C,) in the compositing dtype (fp32, or fp64 for fp64 x); partner (N,)
     int32; mode (N,) int32; mean, std (C,) in the normalization dtype (fp32, or fp64 when x or
     out is fp64) when HAS_NORM; seed (one int64) when RANDOM_FILL. out has x's layout, any dtype.
-    With HAS_TABLE (uint8 x, normalized), table (C, 256) in out's dtype holds the normalized output
-    of every channel and level (_normalization_table): the composited level is looked up, so the
-    division runs once per value, not per element.
-    A program is ROW_STEPS [ROWS, BLOCK_J] tiles one below the other in one (sample, plane), which
-    share the work that depends on columns alone: a row is W elements of one channel (contiguous)
-    or W*C interleaved elements (channels_last).
-    EXACT_TILES: the tiles divide the image, so no lane is masked off. Other than for the table, each
-    program branches once on its sample's mode: only MixUp samples read two sources and do MixUp's
-    arithmetic (with the table, one weighted sum serves every mode, exactly).
+    With HAS_TABLE (uint8 x, normalized, rows of a multiple of CHUNK bytes, x 4-byte aligned), table
+    (C, 256) in out's dtype holds the normalized output of every channel and level
+    (_normalization_table): the composited level is looked up, so the division runs once per value,
+    not per element (_composite_table_tiles).
+    The grid is (row groups x column groups, plane groups, sample slots from first_slot). A program
+    takes PLANE_STEPS planes x COLUMN_STEPS column blocks (COLUMN_STRIDE apart) x ROW_STEPS
+    [ROWS, BLOCK_J] tiles one below the other, which share the sample's work and, down a column,
+    the work that depends on columns alone: a row is W elements of one channel (contiguous) or W*C
+    interleaved elements (channels_last).
+    EXACT_TILES: the tiles divide the image, so no lane is masked off. Every mode runs one path (no
+    branch on the mode): MixUp's arithmetic is formed for every sample and taken for MixUp's (with the
+    table, one weighted sum serves every mode, exactly).
     Bytes: each output element's source is read once (MixUp: both sources), out written once;
     CutMix also reads both sources of the CHUNK-element pieces that straddle a box edge.
     """
@@ -492,12 +494,7 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     row_group = tile // column_groups
     column_group = tile % column_groups
     plane_group = tl.program_id(1)
-    slot = first_slot + tl.program_id(2).to(tl.int64)
-    if VISIT_FLIP_PAIRS:  # 0, N-1, 1, N-2, ...: a sample and its flip partner are read by neighbouring programs
-        half = slot // 2
-        sample = tl.where(slot % 2 == 0, half, num_samples - 1 - half)
-    else:
-        sample = slot
+    sample = _sample_of_slot(first_slot + tl.program_id(2).to(tl.int64), num_samples, VISIT_FLIP_PAIRS)
     mode = tl.load(mode_ptr + sample)
     partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
     lam = tl.load(lam_ptr + sample)
@@ -550,7 +547,7 @@ def _cutmix_swap_kernel(x_ptr, box_ptr, num_samples, height, sample_stride, plan
     the box mask off all their loads and stores.
     """
     pid = tl.program_id(0).to(tl.int64)
-    first, plane, row_block, col_block = _tile_coordinates(pid, num_samples, planes, row_blocks, col_blocks, False)
+    first, plane, row_block, col_block = _tile_coordinates(pid, planes, row_blocks, col_blocks)
     second = num_samples - 1 - first
     x0 = tl.load(box_ptr + first * 4)
     y0 = tl.load(box_ptr + first * 4 + 1)
@@ -872,9 +869,11 @@ def _composite_torch(x: torch.Tensor, box: torch.Tensor, lam: torch.Tensor, part
 
 @functools.lru_cache(maxsize=256)
 def _composite_launch_config(n, c, h, w, channels_last, element_size, table_path, sm_count):
-    """(grid, num_warps, ROWS, BLOCK_J, ROW_STEPS, COLUMN_STEPS, PLANE_STEPS, EXACT_TILES, CHUNK) of
-    _composite_kernel for a shape (a pure function of its arguments, kept per shape: the eager call's host time).
-    The grid is (row groups x column groups, plane groups, samples); launches take at most MAX_GRID_SAMPLES."""
+    """(grid, num_warps, ROWS, BLOCK_J, ROW_STEPS, COLUMN_STEPS, COLUMN_STRIDE, PLANE_STEPS, EXACT_TILES, CHUNK)
+    of _composite_kernel for a shape (a pure function of its arguments, kept per shape: the eager call's host
+    time). The grid is (row groups x column groups, plane groups, samples); launches take at most
+    MAX_GRID_SAMPLES. Only the uint8 table path (table_path) groups planes and column blocks: the generic path's
+    per-element box tests, the same for every plane, would be kept in registers across such a loop."""
     row_len, planes = (w * c, 1) if channels_last else (w, c)
     rows, block_j = _tiling(row_len, h)
     exact = h % rows == 0 and row_len % block_j == 0
