@@ -171,18 +171,28 @@ def _erase_noise(seed, logical_index, PHILOX_ROUNDS: tl.constexpr):
 
 
 @triton.jit
-def _chunk_columns(chunk_first, x0, x1, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr,
-                   CHUNK: tl.constexpr):
-    """Of the CHUNK columns of a row from chunk_first on: (all lie in the box's columns, some do).
+def _column_bounds(x0, x1, width, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr):
+    """The box's columns [x0, x1) as row elements [first, last): element j of a row (channels_last: of pixel
+    j // C) lies in them iff first <= j < last, with no division per element. channels_last clamps x0 and x1 to
+    [0, W] first: the same test for pixels in [0, W), and no int32 overflow."""
+    if CHANNELS_LAST:
+        first = tl.minimum(tl.maximum(x0, 0), width) * PIXEL_STRIDE
+        last = tl.minimum(tl.maximum(x1, 0), width) * PIXEL_STRIDE
+        return first, last
+    return x0, x1
+
+
+@triton.jit
+def _chunk_columns(chunk_first, column_first, column_last, CHUNK: tl.constexpr):
+    """Of the CHUNK elements of a row from chunk_first on: (all lie in the box's columns, some do), with the
+    box's columns as row elements (_column_bounds).
 
     Both are constant over each chunk, unlike the per-element test; and them with the row's test to get
     the element's chunk test.
     """
     chunk_last = chunk_first + (CHUNK - 1)
-    if CHANNELS_LAST:
-        chunk_first = chunk_first // PIXEL_STRIDE
-        chunk_last = chunk_last // PIXEL_STRIDE
-    return (chunk_first >= x0) & (chunk_last < x1), (chunk_last >= x0) & (chunk_first < x1)
+    return ((chunk_first >= column_first) & (chunk_last < column_last),
+            (chunk_last >= column_first) & (chunk_first < column_last))
 
 
 @triton.jit
@@ -213,12 +223,11 @@ def _level_index(level):
 
 
 @triton.jit
-def _byte_in_box(word, k: tl.constexpr, x0, x1, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr):
+def _byte_in_box(word, k: tl.constexpr, column_first, column_last):
     """Of byte k of each 4-byte word of a uint8 row (its column is 4 * word + k): 0xFF in its place in the word
-    where its pixel lies in the box's columns, else 0."""
+    where it lies in the box's columns (_column_bounds), else 0."""
     j = word * 4 + k
-    pixel = j // PIXEL_STRIDE if CHANNELS_LAST else j  # PIXEL_STRIDE == C: a division by a constant
-    return tl.where((pixel >= x0) & (pixel < x1), BYTE_MASK << (8 * k), 0)
+    return tl.where((j >= column_first) & (j < column_last), BYTE_MASK << (8 * k), 0)
 
 
 @triton.jit
@@ -338,8 +347,8 @@ def _table_channels(pattern_block, plane, fill_ptr, table_ptr, CHANNELS_LAST: tl
 
 
 @triton.jit
-def _composite_table_tiles(x_ptr, out_ptr, row_group, column_block, plane_base, partner_shift, height, row_len, x0,
-                           y0, x1, y1, is_mixup, is_cutmix, is_erase, own_scale, own_shift, other_scale,
+def _composite_table_tiles(x_ptr, out_ptr, row_group, column_block, plane_base, partner_shift, height, row_len,
+                           column_first, column_last, y0, y1, is_mixup, is_cutmix, is_erase, own_scale, own_shift, other_scale,
                            other_shift, fill_word, table_row0, table_row1, table_row2, table_row3,
                            CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, ROWS: tl.constexpr,
                            BLOCK_J: tl.constexpr, ROW_STEPS: tl.constexpr, EXACT_TILES: tl.constexpr,
@@ -357,12 +366,10 @@ def _composite_table_tiles(x_ptr, out_ptr, row_group, column_block, plane_base, 
 
     # 2. The tiles' words, and what depends on them alone.
     word = column_block.to(tl.int32) * WORDS + tl.arange(0, WORDS)[None, :]
-    box_bytes = (_byte_in_box(word, 0, x0, x1, CHANNELS_LAST, PIXEL_STRIDE)
-                 | _byte_in_box(word, 1, x0, x1, CHANNELS_LAST, PIXEL_STRIDE)
-                 | _byte_in_box(word, 2, x0, x1, CHANNELS_LAST, PIXEL_STRIDE)
-                 | _byte_in_box(word, 3, x0, x1, CHANNELS_LAST, PIXEL_STRIDE))
-    chunk_columns_inside, chunk_columns_touch = _chunk_columns((word // (CHUNK // 4)) * CHUNK, x0, x1, CHANNELS_LAST,
-                                                               PIXEL_STRIDE, CHUNK)
+    box_bytes = (_byte_in_box(word, 0, column_first, column_last) | _byte_in_box(word, 1, column_first, column_last)
+                 | _byte_in_box(word, 2, column_first, column_last) | _byte_in_box(word, 3, column_first, column_last))
+    chunk_columns_inside, chunk_columns_touch = _chunk_columns((word // (CHUNK // 4)) * CHUNK, column_first,
+                                                               column_last, CHUNK)
     row_words = row_len // 4
     plane_base_words = plane_base // 4
     partner_shift_words = partner_shift // 4
@@ -399,7 +406,8 @@ def _composite_table_tiles(x_ptr, out_ptr, row_group, column_block, plane_base, 
 
 @triton.jit
 def _composite_tiles(x_ptr, out_ptr, fill_ptr, mean_ptr, std_ptr, seed_ptr, sample, plane, row_group, column_block,
-                     plane_base, partner_shift, channels, height, width, row_len, lam, x0, y0, x1, y1, is_mixup,
+                     plane_base, partner_shift, channels, height, width, row_len, lam, column_first, column_last,
+                     y0, y1, is_mixup,
                      is_cutmix, is_erase, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr,
                      HAS_NORM: tl.constexpr, RANDOM_FILL: tl.constexpr, ROWS: tl.constexpr, BLOCK_J: tl.constexpr,
                      ROW_STEPS: tl.constexpr, EXACT_TILES: tl.constexpr, CHUNK: tl.constexpr,
@@ -416,9 +424,8 @@ def _composite_tiles(x_ptr, out_ptr, fill_ptr, mean_ptr, std_ptr, seed_ptr, samp
     else:
         pixel = j
         channel = plane  # one channel per program: per-channel values are scalar loads
-    column_in_box = (pixel >= x0) & (pixel < x1)
-    chunk_columns_inside, chunk_columns_touch = _chunk_columns((j // CHUNK) * CHUNK, x0, x1, CHANNELS_LAST,
-                                                               PIXEL_STRIDE, CHUNK)
+    column_in_box = (j >= column_first) & (j < column_last)
+    chunk_columns_inside, chunk_columns_touch = _chunk_columns((j // CHUNK) * CHUNK, column_first, column_last, CHUNK)
     cuts = is_cutmix | is_erase
     for step in tl.static_range(ROW_STEPS):
         # 3. The rows of this tile.
@@ -506,6 +513,7 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     is_cutmix = mode == _CUTMIX
     is_erase = mode == _ERASE
     partner_shift = (partner - sample) * sample_stride
+    column_first, column_last = _column_bounds(x0, x1, width, CHANNELS_LAST, PIXEL_STRIDE)
     if HAS_TABLE:
         own_scale, own_shift, other_scale, other_shift = _byte_product_terms(lam, is_mixup)
     # 2-5. PLANE_STEPS planes x COLUMN_STEPS column blocks x ROW_STEPS tiles: the sample's work above is shared.
@@ -522,14 +530,15 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
             column_block = first_block + column_step * COLUMN_STRIDE
             if HAS_TABLE:
                 _composite_table_tiles(x_ptr, out_ptr, row_group, column_block, plane_base, partner_shift, height,
-                                       row_len, x0, y0, x1, y1, is_mixup, is_cutmix, is_erase, own_scale, own_shift,
+                                       row_len, column_first, column_last, y0, y1, is_mixup, is_cutmix, is_erase,
+                                       own_scale, own_shift,
                                        other_scale, other_shift, fill_word, table_row0, table_row1, table_row2,
                                        table_row3, CHANNELS_LAST, PIXEL_STRIDE, ROWS, BLOCK_J, ROW_STEPS,
                                        EXACT_TILES, CHUNK)
             else:
                 _composite_tiles(x_ptr, out_ptr, fill_ptr, mean_ptr, std_ptr, seed_ptr, sample, plane, row_group,
-                                 column_block, plane_base, partner_shift, channels, height, width, row_len, lam, x0,
-                                 y0, x1, y1, is_mixup, is_cutmix, is_erase, CHANNELS_LAST, PIXEL_STRIDE, HAS_NORM,
+                                 column_block, plane_base, partner_shift, channels, height, width, row_len, lam,
+                                 column_first, column_last, y0, y1, is_mixup, is_cutmix, is_erase, CHANNELS_LAST, PIXEL_STRIDE, HAS_NORM,
                                  RANDOM_FILL, ROWS, BLOCK_J, ROW_STEPS, EXACT_TILES, CHUNK, PHILOX_ROUNDS)
 
 
@@ -555,9 +564,9 @@ def _cutmix_swap_kernel(x_ptr, box_ptr, num_samples, height, sample_stride, plan
     y1 = tl.load(box_ptr + first * 4 + 3)
     rows = row_block * ROWS + tl.arange(0, ROWS)[:, None]
     j = col_block * BLOCK_J + tl.arange(0, BLOCK_J)[None, :]
-    pixel = j // PIXEL_STRIDE if CHANNELS_LAST else j
-    inside = (rows >= y0) & (rows < y1) & (pixel >= x0) & (pixel < x1)
-    _, chunk_columns_touch = _chunk_columns((j // CHUNK) * CHUNK, x0, x1, CHANNELS_LAST, PIXEL_STRIDE, CHUNK)
+    column_first, column_last = _column_bounds(x0, x1, row_len // PIXEL_STRIDE, CHANNELS_LAST, PIXEL_STRIDE)
+    inside = (rows >= y0) & (rows < y1) & (j >= column_first) & (j < column_last)
+    _, chunk_columns_touch = _chunk_columns((j // CHUNK) * CHUNK, column_first, column_last, CHUNK)
     chunk_touches = (rows >= y0) & (rows < y1) & chunk_columns_touch
     touched = (rows < height) & (j < row_len) & chunk_touches
     local = plane * plane_stride + rows * row_stride + j
