@@ -1347,25 +1347,28 @@ def test_few_long_rows_fill_four_programs_per_sm(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- long rows, tiny
-# The paths for long rows, forced at tiny sizes through the module's thresholds.
+# The split kernel's queue for long rows, forced at tiny sizes through the module's thresholds.
 
 
 @pytest.fixture
 def long_rows(monkeypatch):
-    """Rows over 64 classes take the long-row path: blocks of 32 classes over one warp, 2 SMs."""
+    """Rows over 64 classes are split: chunks of 32 classes (one block) over one warp, 2 SMs."""
     ce = importlib.import_module("recipe_kernels.cross_entropy")
     monkeypatch.setattr(ce, "ROW_IN_REGISTERS", 64)
-    monkeypatch.setattr(ce, "LONG_ROW_BLOCK", 32)
-    monkeypatch.setattr(ce, "LONG_ROW_WARPS", 1)
+    monkeypatch.setattr(ce, "SPLIT_BLOCK", 32)
+    monkeypatch.setattr(ce, "SPLIT_CHUNK", 32)
     monkeypatch.setattr(_backend, "sm_count", lambda device: 2)
     return ce
 
 
 @pytest.mark.parametrize("num_classes", [150, 160], ids=["ragged", "lane-aligned"])
-def test_long_rows_on_a_persistent_grid(long_rows, num_classes):
-    # 7 rows on 2 programs, each looping over rows: sweep 1 keeps the last block in registers, sweep 2
-    # reads the others back newest first; an ignored row holding NaN and inf gets zeros.
-    assert long_rows.row_programs(7, num_classes, 1, 4, DEVICE) == 2
+def test_long_rows_through_the_split_queue(long_rows, num_classes):
+    # 7 rows of 5 chunks: sweep 1 of each chunk, the last to arrive merges the row, sweep 2 of row r after
+    # sweep 1 of row r + lag; an ignored row holding NaN and inf gets zeros.
+    splits = long_rows.split_count(7, num_classes, DEVICE)
+    assert splits == 5 and long_rows._block_and_warps(num_classes, splits) == (32, 1)
+    programs = long_rows.split_programs(7 * splits, 1, 32 * 4, DEVICE)
+    assert programs == 32 and long_rows.split_lag(programs, splits) == 7  # every sweep 2 after every sweep 1
     logits, target, weight = sample_inputs((7, num_classes), ignored=(3,), weighted=True)
     logits[3, :5] = float("nan")
     logits[3, 5] = float("inf")
@@ -1379,10 +1382,12 @@ def test_long_rows_on_a_persistent_grid(long_rows, num_classes):
 
 
 def test_long_rows_bounded_by_l2(long_rows, monkeypatch):
-    # When the rows in flight would pass L2_RESIDENT_FRACTION of L2, fewer programs than SMs: here one,
-    # looping over every row; mixed targets, some rows with y_a == y_b (both terms on one class).
+    # When what is read between a chunk's two sweeps would pass L2_RESIDENT_FRACTION of L2, fewer programs:
+    # here two, so a lag of one row (sweep 2 of row r handed out right after sweep 1 of row r + 1); mixed
+    # targets, some rows with y_a == y_b (both terms on one class).
     monkeypatch.setattr(long_rows, "_l2_bytes", lambda device: 1000)
-    assert long_rows.row_programs(6, 150, 1, 4, DEVICE) == 1
+    assert long_rows.split_programs(6 * 5, 1, 32 * 4, DEVICE) == 2
+    assert long_rows.split_lag(2, 5) == 1
     logits, y_a, _ = sample_inputs((6, 150), seed=1)
     y_b = torch.randint(0, 150, (6,), generator=torch.Generator().manual_seed(2)).to(DEVICE)
     y_b[::2] = y_a[::2]
