@@ -17,11 +17,10 @@ which are constexprs: KERNEL_LOOPS says which). From these, per case and GPU:
 - predicted time = the largest of the three, which names the bound, and % of copy =
   memory time / predicted time.
 
-Residency rule (cross-entropy): sweep 2 reads a row's blocks again (all but the last one, which
-stays in registers; a split row's whole chunks). Those reads come from L2, not DRAM, only while the
-rows in flight (the resident programs of the main kernel, or every row of a split launch) times the
-bytes each reads again fit in L2_RESIDENT_FRACTION (two thirds) of L2; otherwise every byte read
-again counts as DRAM traffic. Each kernel's share of the case's DRAM bytes, for Little's law, is the
+Residency rule (cross-entropy): a row held in registers reads nothing again; the split kernel's
+sweep 2 reads every chunk again, from L2, not DRAM, only while what moves through L2 between a
+chunk's two sweeps (2 x split_lag rows) fits in L2_RESIDENT_FRACTION (two thirds) of it; otherwise
+every byte read again counts as DRAM traffic. Each kernel's share of the case's DRAM bytes, for Little's law, is the
 share of the loads it executes. A trip-count hook may say where a program ends (the backward
 scaling's EXIT when grad_output = 1).
 
@@ -76,10 +75,10 @@ REGISTER_ALLOCATION_UNIT = 256  # registers are allocated per warp in units of 2
 KERNEL_LOOPS = {
     "_dropout_bias_backward_kernel": lambda k: [k["ROWS_PER_PROGRAM"] // k["ROWS_IN_FLIGHT"]],
 }
-# What fits in L2 between a row's two sweeps: cross-entropy's sweep 2 reads a row's blocks again from L2
-# only while the rows in flight (programs x the bytes sweep 2 reads again) take at most this share of it
-# (the kernels' own bound, recipe_kernels.cross_entropy.L2_RESIDENT_FRACTION). The rest is left to the
-# lines marked evict_first (what sweep 2 reads again, the gradient it writes).
+# What fits in L2 between a chunk's two sweeps: cross-entropy's split kernel reads a chunk again from L2 only
+# while what moves through L2 in between takes at most this share of it (the kernel's own bound,
+# recipe_kernels.cross_entropy.L2_RESIDENT_FRACTION). The rest is left to the lines marked evict_first
+# (what sweep 2 reads again, the gradient it writes).
 CROSS_ENTROPY = importlib.import_module("recipe_kernels.cross_entropy")
 L2_RESIDENT_FRACTION = CROSS_ENTROPY.L2_RESIDENT_FRACTION
 
@@ -235,9 +234,9 @@ def _ce_dram_bytes(rows, classes, itemsize):
 def _ce_loops(rows, classes, itemsize):
     """Trip counts of the cross-entropy kernels' loops, each loop known by what it does. The persistent loops
     over rows (_cross_entropy_fwd_kernel: rows / programs), the split kernel's count of the `mean`
-    denominator's targets before its items (rows / PARTIALS_BLOCK), its loop over the queue's items (the split kernel's
-    outermost loop, holding sweep 1, the merge and sweep 2: one trip per chunk and program counts one item
-    of each sweep, and the merge once per chunk, not per row, an overcount); the split kernel's wait for a
+    denominator's targets before its items (rows / PARTIALS_BLOCK), its loops over the queue's grabs and the items
+    of a grab (ITEMS_PER_GRAB), holding sweep 1, the merge and sweep 2: one item trip per chunk and program
+    counts one item of each sweep, and the merge once per chunk, not per row, an overcount); the split kernel's wait for a
     merged row (a loop of acquire loads only: none, the lag makes it rare); a chunk's blocks (loads marked
     evict_last: all but the last block; evict_first: every block); a loop that only stores (the zeros of
     ignored rows: none here). In flight in the split kernel: one block of one sweep. The backward scaling ends at its first EXIT (the benchmark's grad_output is 1:
@@ -254,15 +253,18 @@ def _ce_loops(rows, classes, itemsize):
                    and not any(s <= i.address <= e for s, e in spans if (s, e) != (start, end) and start <= s
                                and e <= end)]
             loads = [i.opcode for i in own if i.opcode.startswith("LDG")]
-            items = launch.name == "_cross_entropy_split_kernel" and any(i.opcode.startswith("REDG") for i in own)
+            items = launch.name == "_cross_entropy_split_kernel" and any(
+                i.opcode.startswith("REDG") and start <= i.address <= end for i in instructions)
             if number == 0 and launch.name == "_cross_entropy_fwd_kernel":
                 result.append(math.ceil(rows / launch.grid[0]))
             elif launch.name == "_cross_entropy_split_kernel" and start < min(s for s, _ in spans if s != start) \
                     and not items:  # the prologue's count of the targets, before the items
                 result.append(math.ceil(rows / k["PARTIALS_BLOCK"]))
-            elif items:
+            elif items and any(s < start and end < e for s, e in spans):  # the items of one grab
+                result.append(CROSS_ENTROPY.ITEMS_PER_GRAB.value)
+            elif items:  # the grabs
                 chunk = k["BLOCK"] * k["BLOCKS_PER_CHUNK"]
-                result.append(rows * math.ceil(classes / chunk) / launch.grid[0])
+                result.append(rows * math.ceil(classes / chunk) / launch.grid[0] / CROSS_ENTROPY.ITEMS_PER_GRAB.value)
             elif loads and all(".STRONG" in opcode for opcode in loads):
                 result.append(0)
             elif any(".EL" in opcode for opcode in loads):

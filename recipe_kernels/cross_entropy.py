@@ -68,15 +68,17 @@ MAX_BLOCK = 1024
 # (_cross_entropy_fwd_kernel): sweep 2 reads nothing again, so DRAM sees one read and one write.
 ROW_IN_REGISTERS = 32768
 ROW_ELEMENTS_PER_THREAD = 64
-# Longer rows, and rows split because they are too few to fill the GPU, go to _cross_entropy_split_kernel in
-# chunks: blocks of up to SPLIT_BLOCK classes, ROW_ELEMENTS_PER_THREAD per thread (8192 on 4 warps), at least
-# SPLIT_CHUNK classes a chunk, enough chunks for SPLIT_PROGRAMS_PER_SM per SM where rows are few.
-SPLIT_BLOCK = 8192
-SPLIT_CHUNK = 2048
+# Longer rows, and rows of at least two chunks too few for SPLIT_PROGRAMS_PER_SM programs per SM, go to
+# _cross_entropy_split_kernel in chunks of SPLIT_BLOCK classes on SPLIT_WARPS warps: 128 classes per thread
+# amortise each item's fixed work (the queue, the reductions, the partials) and one warp reduces without
+# barriers. ptxas: at most 213 registers over every dtype and target kind, no spills (4 warps at 16384
+# classes spilled).
+SPLIT_BLOCK = 4096
+SPLIT_WARPS = 1
 SPLIT_PROGRAMS_PER_SM = 4
-# Threads of the split kernel's persistent grid per SM: about 128 registers each (64 logits per thread)
-# fill the register file at 512.
-SPLIT_THREADS_PER_SM = 512
+# Threads of the split kernel's persistent grid per SM: at up to 255 registers each, 256 threads fill the
+# register file.
+SPLIT_THREADS_PER_SM = 256
 # Threads an SM holds at most (sm_80, sm_90): bounds the persistent grid of rows held in registers.
 RESIDENT_THREADS_PER_SM = 2048
 # Sweep 2 of a split row reads its chunks again: from L2 while what the GPU reads between the two sweeps
@@ -87,6 +89,9 @@ DEFAULT_L2_BYTES = 50 << 20  # H100 and H200; devices that say otherwise are ask
 # sum exp(x - max), sum w (x - max), sum w, sum w q, sum w q (x - max)); over split 0's, once merged, the
 # eight values sweep 2 of the row needs (_merge_row).
 PARTIAL_FIELDS = tl.constexpr(8)
+# Items of the split kernel's queue a program takes with one atomic: the queue's one counter sees a fraction
+# of the items, and a program waits for its next grab once per that many items.
+ITEMS_PER_GRAB = tl.constexpr(4)
 SCALE_BLOCK = 2048
 SCALE_PROGRAMS_PER_SM = 4  # the backward scaling's grid-stride programs (CUDA: blocks) per SM
 SCALE_MIN_BLOCKS = 8
@@ -315,7 +320,7 @@ def _weighted_lane_sums(t, w, q, in_chunk, lane_in_chunk, MASKED: tl.constexpr, 
 
 @triton.jit
 def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
-                      BLOCK: tl.constexpr, BLOCKS: tl.constexpr, MASKED_LOOP: tl.constexpr,
+                      BLOCK: tl.constexpr, BLOCKS: tl.constexpr, MASKED: tl.constexpr,
                       LANE_ALIGNED: tl.constexpr, IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                       HAS_SMOOTHING: tl.constexpr, UNIT_STRIDE: tl.constexpr, HOLD_LOG2: tl.constexpr,
                       LAST_POLICY: tl.constexpr, ACC: tl.constexpr):
@@ -325,7 +330,7 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
     A chunk of one block takes its max first, then sums against it. A longer one: each lane keeps its
     own running statistics (_fold_block) and the lanes are merged once at the end: one block reduction
     per chunk. Blocks 0 .. BLOCKS - 2 are read with evict_last (sweep 2 reads them again, newest first:
-    L2 should keep them), full unless MASKED_LOOP. The last block (masked) stays in registers as `held`
+    L2 should keep them); blocks are masked to the chunk when MASKED (n may end inside one). The last block stays in registers as `held`
     for sweep 2 to use without reading or converting it again: t with log2(exp(x - m)) = t + held_offset
     (per lane) when HOLD_LOG2, else 2^t, with exp(x - m) = 2^t 2^held_offset (held_offset -inf for a
     lane of -inf only). LAST_POLICY is the last block's eviction policy: "evict_last" where sweep 2
@@ -338,9 +343,13 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
         # keeps a running max, nothing is rescaled.
         classes, offsets = _block_classes(0, class_stride, BLOCK, UNIT_STRIDE)
         in_chunk, lane_in_chunk = _block_mask(classes, 0, n, BLOCK, LANE_ALIGNED)
-        x_loaded = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"), eviction_policy=LAST_POLICY)
+        if MASKED:
+            x_loaded = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"),
+                               eviction_policy=LAST_POLICY)
+        else:
+            x_loaded = tl.load(x_ptr + first + offsets, eviction_policy=LAST_POLICY)
         x = _widen(x_loaded, ACC)
-        w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_last",
+        w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED, "evict_last",
                             IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
         # The max in the loaded dtype is exact: bf16 pairs take one packed max for two classes.
         row_max = tl.max(tl.max(x_loaded, 1), 0).to(ACC)
@@ -348,7 +357,7 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
         t_held = (x - shift) * LOG2E
         exp_held = tl.math.exp2(t_held)
         sum_exp = tl.sum(tl.sum(exp_held, 1), 0)
-        lane_t, lane_w, lane_wq, lane_wqt = _weighted_lane_sums(t_held, w, q, in_chunk, lane_in_chunk, True,
+        lane_t, lane_w, lane_wq, lane_wqt = _weighted_lane_sums(t_held, w, q, in_chunk, lane_in_chunk, MASKED,
                                                                 LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
         sum_t = tl.sum(lane_t, 0)
         sum_wqt = tl.sum(lane_wqt, 0)
@@ -364,27 +373,31 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
         for block in range(BLOCKS - 1):
             classes, offsets = _block_classes(block, class_stride, BLOCK, UNIT_STRIDE)
             in_chunk, lane_in_chunk = _block_mask(classes, block, n, BLOCK, LANE_ALIGNED)
-            if MASKED_LOOP:
+            if MASKED:
                 x = _widen(tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"),
                                    eviction_policy="evict_last"), ACC)
                 count = tl.minimum(tl.maximum(n - block * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
             else:
                 x = _widen(tl.load(x_ptr + first + offsets, eviction_policy="evict_last"), ACC)
                 count = 1.0 * LANE_GROUP
-            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED_LOOP,
+            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED,
                                 "evict_last", IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
             lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, _, _, _ = _fold_block(
                 x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk,
-                MASKED_LOOP, LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
+                MASKED, LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
         classes, offsets = _block_classes(BLOCKS - 1, class_stride, BLOCK, UNIT_STRIDE)
         in_chunk, lane_in_chunk = _block_mask(classes, BLOCKS - 1, n, BLOCK, LANE_ALIGNED)
-        x = _widen(tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"), eviction_policy=LAST_POLICY),
-                   ACC)
-        count = tl.minimum(tl.maximum(n - (BLOCKS - 1) * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
-        w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_last",
+        if MASKED:
+            x = _widen(tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"),
+                               eviction_policy=LAST_POLICY), ACC)
+            count = tl.minimum(tl.maximum(n - (BLOCKS - 1) * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
+        else:
+            x = _widen(tl.load(x_ptr + first + offsets, eviction_policy=LAST_POLICY), ACC)
+            count = 1.0 * LANE_GROUP
+        w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED, "evict_last",
                             IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
         lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, t_held, exp_held, _ = _fold_block(
-            x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk, True,
+            x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk, MASKED,
             LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
         # The one merge: every lane's sums moved onto the chunk's max.
         row_max = tl.max(lane_max, 0)
@@ -465,7 +478,7 @@ def _log2_probability(x, shift, log_sum):
 @triton.jit
 def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held, held_offset,
                           shift, log_sum, k, b, c, ZEROS: tl.constexpr, BLOCK: tl.constexpr, BLOCKS: tl.constexpr,
-                          HELD: tl.constexpr, MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr,
+                          HELD: tl.constexpr, MASKED: tl.constexpr, LANE_ALIGNED: tl.constexpr,
                           IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
                           OF_TARGET: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Sweep 2 over the n classes of a chunk: _gradient_values rounded once (ZEROS: zeros, read nothing).
@@ -479,7 +492,7 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
         if ZEROS:
             grad = tl.zeros(classes.shape, ACC)
         else:
-            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_first",
+            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED, "evict_first",
                                 IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
             lane_offset = held_offset - log_sum * LOG2E
             if OF_TARGET:  # held is t
@@ -488,8 +501,12 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
             else:  # held is 2^t: p = 2^t times the lane's 2^(held_offset - log2 of the sum), one FMA each
                 lane_k = tl.broadcast_to((tl.math.exp2(lane_offset) * k)[:, None], held.shape)
                 grad = _gradient_of_probability(held, w, q, lane_k, b, c, IS_PROB, HAS_SMOOTHING)
-        tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
-                 eviction_policy="evict_first")
+        if MASKED:
+            tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
+                     eviction_policy="evict_first")
+        else:
+            tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty),
+                     eviction_policy="evict_first")
     LOOPED: tl.constexpr = BLOCKS - 1 if HELD else BLOCKS
     for newest in range(LOOPED):
         block = LOOPED - 1 - newest
@@ -498,15 +515,15 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
         if ZEROS:
             grad = tl.zeros(classes.shape, ACC)
         else:
-            if MASKED_LOOP:
+            if MASKED:
                 x = tl.load(x_ptr + first + offsets, mask=in_chunk, other=0.0, eviction_policy="evict_first")
             else:
                 x = tl.load(x_ptr + first + offsets, eviction_policy="evict_first")
-            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED_LOOP,
+            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED,
                                 "evict_first", IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
             grad = _gradient_values(_log2_probability(_widen(x, ACC), shift, log_sum), w, q, k, b, c, OF_TARGET,
                                     IS_PROB, HAS_SMOOTHING)
-        if MASKED_LOOP:
+        if MASKED:
             tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
                      eviction_policy="evict_first")
         else:
@@ -675,7 +692,8 @@ def _cross_entropy_fwd_kernel(
         label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
         HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
         MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr, BLOCK: tl.constexpr,
-        PARTIALS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
+        PARTIALS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, EVEN: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+        ACC: tl.constexpr):
     """Cross-entropy of rows of up to ROW_IN_REGISTERS classes, each one block held in registers between its
     two sweeps; a persistent grid: program p takes rows p, p + programs, ... (row_programs: as many as the
     SMs' threads could hold, so that the prologue is paid once per program).
@@ -705,7 +723,7 @@ def _cross_entropy_fwd_kernel(
         _, first = _row_position(row, num_classes, inner_size)
         # 1. Sweep 1: statistics of the row.
         row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, held, held_offset = _chunk_statistics(
-            x_ptr, target_ptr, weight_ptr, first, inner_size, 0, num_classes, BLOCK, 1, False, LANE_ALIGNED,
+            x_ptr, target_ptr, weight_ptr, first, inner_size, 0, num_classes, BLOCK, 1, not EVEN, LANE_ALIGNED,
             IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, OF_TARGET, "", ACC)
         # 2. Its loss, then sweep 2: its gradient.
         shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b = _row_result(
@@ -715,7 +733,7 @@ def _cross_entropy_fwd_kernel(
         if WRITE_GRAD:
             _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, first, inner_size, 0, num_classes, held,
                                 held_offset, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b,
-                                TARGET_KIND, BLOCK, 1, True, False, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING,
+                                TARGET_KIND, BLOCK, 1, True, not EVEN, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING,
                                 OF_TARGET, UNIT_STRIDE, ACC)
 
 
@@ -723,7 +741,7 @@ def _cross_entropy_fwd_kernel(
 def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held, held_offset, shift,
                         log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b, TARGET_KIND: tl.constexpr,
                         BLOCK: tl.constexpr, BLOCKS: tl.constexpr, HELD: tl.constexpr,
-                        MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                        MASKED: tl.constexpr, LANE_ALIGNED: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                         HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr, UNIT_STRIDE: tl.constexpr,
                         ACC: tl.constexpr):
     """Sweep 2 of a chunk (_write_chunk_gradient; zeros for an inactive row, whatever its logits hold), then
@@ -732,11 +750,11 @@ def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride,
     IS_PROB: tl.constexpr = TARGET_KIND == PROBABILITY_TARGET
     if active:
         _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held,
-                              held_offset, shift, log_sum, k, b, c, False, BLOCK, BLOCKS, HELD, MASKED_LOOP,
+                              held_offset, shift, log_sum, k, b, c, False, BLOCK, BLOCKS, HELD, MASKED,
                               LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
     else:
         _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held,
-                              held_offset, shift, log_sum, k, b, c, True, BLOCK, BLOCKS, HELD, MASKED_LOOP,
+                              held_offset, shift, log_sum, k, b, c, True, BLOCK, BLOCKS, HELD, MASKED,
                               LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
     if TARGET_KIND != PROBABILITY_TARGET and not OF_TARGET:
         tl.debug_barrier()  # the chunk's stores before the two that overwrite target classes
@@ -799,8 +817,8 @@ def _cross_entropy_split_kernel(
         TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
         HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
         MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr, BLOCK: tl.constexpr,
-        PARTIALS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr,
-        BLOCKS_PER_CHUNK: tl.constexpr, SPLITS_BLOCK: tl.constexpr):
+        PARTIALS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, EVEN: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+        ACC: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, SPLITS_BLOCK: tl.constexpr):
     """Cross-entropy of rows cut into num_splits chunks of chunk_size classes (the last one shorter): rows
     too long to hold in registers, or too few to fill the GPU. One persistent grid works through a queue of
     items, each one chunk of one row:
@@ -808,11 +826,12 @@ def _cross_entropy_split_kernel(
         PARTIAL_FIELDS); the row's last chunk to arrive merges them (_merge_row: the loss, and what sweep 2
         needs);
       sweep 2 of a chunk (WRITE_GRAD): its gradient, once the row is merged; the chunk comes again from L2.
-    queue (int64, zeros): [0] hands out the items in order, [1 + row] counts the row's chunks done (splits
-    + 1 once merged). Items run in steps: step s holds sweep 1 of row s, then sweep 2 of row s - lag.
-    Deadlock-free at any residency: a program waits only in sweep 2, for sweep-1 items handed out before its
-    own, which wait on nothing and are held by running programs. With lag >= programs / splits the wait is
-    rare, and between a chunk's two sweeps the GPU reads about lag rows plus the chunks in flight, which stay
+    queue (int32, zeros): [0] hands out the items in order, ITEMS_PER_GRAB at a time (one atomic per grab),
+    [1 + row] counts the row's chunks done (splits + 1 once merged). Items run in steps: step s holds sweep 1
+    of row s, then sweep 2 of row s - lag. Deadlock-free at any residency: a program works through its grab
+    in order and waits only in sweep 2, for sweep-1 items of lower index, held by running programs that are
+    either working on them or waiting, in turn, on items of still lower index. With lag >= programs / splits
+    the wait is rare, and between a chunk's two sweeps the GPU reads about lag rows plus the chunks in flight, which stay
     in L2 (split_lag). The result does not depend on which program takes which item.
 
     Inputs and outputs as _cross_entropy_fwd_kernel. Bytes: one read of the logits from DRAM and one write
@@ -824,24 +843,25 @@ def _cross_entropy_split_kernel(
     SWEEPS: tl.constexpr = 2 if WRITE_GRAD else 1
     items_per_step = SWEEPS * num_splits
     items = (rows + (SWEEPS - 1) * lag) * items_per_step
-    item = tl.atomic_add(queue_ptr, 1)
-    while item < items:
-        step = item // items_per_step
-        split = item % items_per_step
-        if split < num_splits:
-            if step < rows:
-                _split_statistics(
-                    x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_output_ptr, loss_ptr, lse_ptr,
-                    partial_ptr, queue_ptr, step, split, num_classes, inner_size, chunk_size, num_splits,
-                    ignore_index, label_smoothing, z_loss, mean_scale, TARGET_KIND, HAS_WEIGHT, HAS_SMOOTHING,
-                    HAS_Z_LOSS, WRITE_LSE, WRITE_GRAD, GRAD_OUTPUT, OF_TARGET, BLOCK, BLOCKS_PER_CHUNK,
-                    SPLITS_BLOCK, LANE_ALIGNED, UNIT_STRIDE, ACC)
-        elif step >= lag:
-            _split_gradient(x_ptr, target_ptr, target_b_ptr, weight_ptr, grad_ptr, partial_ptr, queue_ptr,
-                            step - lag, split - num_splits, num_classes, inner_size, chunk_size, num_splits,
-                            TARGET_KIND, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, BLOCK, BLOCKS_PER_CHUNK, LANE_ALIGNED,
-                            UNIT_STRIDE, ACC)
-        item = tl.atomic_add(queue_ptr, 1)
+    grabbed = tl.atomic_add(queue_ptr, ITEMS_PER_GRAB)
+    while grabbed < items:
+        for item in range(grabbed, tl.minimum(grabbed + ITEMS_PER_GRAB, items)):
+            step = item // items_per_step
+            split = item % items_per_step
+            if split < num_splits:
+                if step < rows:
+                    _split_statistics(
+                        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_output_ptr, loss_ptr, lse_ptr,
+                        partial_ptr, queue_ptr, step, split, num_classes, inner_size, chunk_size, num_splits,
+                        ignore_index, label_smoothing, z_loss, mean_scale, TARGET_KIND, HAS_WEIGHT, HAS_SMOOTHING,
+                        HAS_Z_LOSS, WRITE_LSE, WRITE_GRAD, GRAD_OUTPUT, OF_TARGET, BLOCK, BLOCKS_PER_CHUNK,
+                        SPLITS_BLOCK, LANE_ALIGNED, EVEN, UNIT_STRIDE, ACC)
+            elif step >= lag:
+                _split_gradient(x_ptr, target_ptr, target_b_ptr, weight_ptr, grad_ptr, partial_ptr, queue_ptr,
+                                step - lag, split - num_splits, num_classes, inner_size, chunk_size, num_splits,
+                                TARGET_KIND, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, BLOCK, BLOCKS_PER_CHUNK,
+                                LANE_ALIGNED, EVEN, UNIT_STRIDE, ACC)
+        grabbed = tl.atomic_add(queue_ptr, ITEMS_PER_GRAB)
 
 
 @triton.jit
@@ -851,8 +871,8 @@ def _split_statistics(x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad
                       HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr,
                       WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, GRAD_OUTPUT: tl.constexpr,
                       OF_TARGET: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr,
-                      SPLITS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr,
-                      ACC: tl.constexpr):
+                      SPLITS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, EVEN: tl.constexpr,
+                      UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Sweep 1 of one chunk of a split row: its partial statistics, read with evict_last (sweep 2 reads them
     again); then the chunk's arrival is counted, and the row's last chunk merges the row."""
     _, row_offset = _row_position(row, num_classes, inner_size)
@@ -860,7 +880,7 @@ def _split_statistics(x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad
     n = tl.minimum(chunk_size, num_classes - start).to(tl.int32)  # classes in the chunk (< 2^31)
     row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, _, _ = _chunk_statistics(
         x_ptr, target_ptr, weight_ptr, row_offset + start * inner_size, inner_size, start, n, BLOCK,
-        BLOCKS_PER_CHUNK, True, LANE_ALIGNED, TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING,
+        BLOCKS_PER_CHUNK, not EVEN, LANE_ALIGNED, TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING,
         UNIT_STRIDE, False, "evict_last", ACC)
     fields = partial_ptr + (row * num_splits + split) * PARTIAL_FIELDS
     tl.store(fields + 0, row_max)
@@ -885,7 +905,7 @@ def _split_gradient(x_ptr, target_ptr, target_b_ptr, weight_ptr, grad_ptr, parti
                     num_classes, inner_size, chunk_size, num_splits, TARGET_KIND: tl.constexpr,
                     HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr,
                     BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, LANE_ALIGNED: tl.constexpr,
-                    UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
+                    EVEN: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Sweep 2 of one chunk of a split row, once the row is merged (its count past num_splits): the gradient
     from the merged fields (_merge_row), the chunk's logits read again (from L2) and written once."""
     done = queue_ptr + 1 + row
@@ -913,7 +933,7 @@ def _split_gradient(x_ptr, target_ptr, target_b_ptr, weight_ptr, grad_ptr, parti
     n = tl.minimum(chunk_size, num_classes - start).to(tl.int32)
     _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset + start * inner_size, inner_size, start,
                         n, shift, shift, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b, TARGET_KIND,
-                        BLOCK, BLOCKS_PER_CHUNK, False, True, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET,
+                        BLOCK, BLOCKS_PER_CHUNK, False, not EVEN, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET,
                         UNIT_STRIDE, ACC)
 
 
@@ -957,15 +977,15 @@ def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_
 # (_cross_entropy_triton, _cross_entropy_cuda).
 
 
-def split_count(rows, num_classes, device):
-    """How many chunks each row is cut into: 1 for rows of up to ROW_IN_REGISTERS classes, unless they are
-    too few to fill the GPU (SPLIT_PROGRAMS_PER_SM programs per SM) and C is long; longer rows always.
-    Chunks of SPLIT_BLOCK classes, or as many as the GPU needs, whole multiples of SPLIT_CHUNK."""
-    wanted = cdiv(SPLIT_PROGRAMS_PER_SM * _backend.sm_count(device), max(rows, 1))
-    if num_classes <= ROW_IN_REGISTERS and (num_classes < 2 * SPLIT_CHUNK or wanted <= 1):
-        return 1
-    chunk = min(SPLIT_BLOCK, max(SPLIT_CHUNK, num_classes // wanted // SPLIT_CHUNK * SPLIT_CHUNK))
-    return cdiv(num_classes, chunk)
+def split_count(rows, num_classes, device, long_rows=True):
+    """How many chunks of SPLIT_BLOCK classes each row is cut into: 1 for rows of up to ROW_IN_REGISTERS
+    classes unless they are too few for SPLIT_PROGRAMS_PER_SM programs per SM and C spans two chunks;
+    longer rows always, unless not long_rows (the CUDA kernels sweep a long row in one block, and merge
+    split rows in separate kernels, after every chunk's sweep 1: for rows too few to fill the GPU only)."""
+    few_rows = rows < SPLIT_PROGRAMS_PER_SM * _backend.sm_count(device)
+    if (num_classes > ROW_IN_REGISTERS and long_rows) or (few_rows and num_classes >= 2 * SPLIT_BLOCK):
+        return cdiv(num_classes, SPLIT_BLOCK)
+    return 1
 
 
 def uses_split_kernel(num_classes, splits):
@@ -980,11 +1000,9 @@ def _power_of_two_at_least(n):
 
 def _block_and_warps(num_classes, splits):
     """(BLOCK, num_warps): a row held in registers is one block, ROW_ELEMENTS_PER_THREAD per thread
-    (at least 4 warps); a split row's chunks are blocks of up to SPLIT_BLOCK classes, as many per thread
-    (fewer warps for smaller blocks: one warp from 2048 classes down)."""
+    (at least 4 warps); a split row's chunks are blocks of up to SPLIT_BLOCK classes on SPLIT_WARPS."""
     if uses_split_kernel(num_classes, splits):
-        block = max(16, min(SPLIT_BLOCK, _power_of_two_at_least(cdiv(num_classes, splits))))
-        return block, max(1, block // (32 * ROW_ELEMENTS_PER_THREAD))
+        return max(16, min(SPLIT_BLOCK, _power_of_two_at_least(cdiv(num_classes, splits)))), SPLIT_WARPS
     whole_row = _power_of_two_at_least(num_classes)
     if whole_row > MAX_BLOCK:
         return whole_row, max(4, whole_row // (32 * ROW_ELEMENTS_PER_THREAD))
@@ -1072,15 +1090,17 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
                       LANE_ALIGNED=num_classes % LANE_GROUP.value == 0, UNIT_STRIDE=inner_size == 1, ACC=acc)
     if not split_kernel:
         launch(_cross_entropy_fwd_kernel, (row_programs(rows, num_warps, x.device),), *args, num_warps=num_warps,
-               **constexprs)
+               **constexprs, EVEN=num_classes == block)
         return
     chunk = cdiv(cdiv(num_classes, splits), block) * block
     splits = cdiv(num_classes, chunk)
     partial = torch.empty((rows, splits, PARTIAL_FIELDS.value), dtype=math_dtype, device=x.device)
-    queue = torch.zeros(rows + 1, dtype=torch.int64, device=x.device)
     programs = split_programs(rows * splits, num_warps, chunk * x.element_size(), x.device)
-    launch(_cross_entropy_split_kernel, (programs,), *args, partial, queue, chunk, splits,
-           split_lag(programs, splits), num_warps=num_warps, **constexprs, BLOCKS_PER_CHUNK=chunk // block,
+    lag = split_lag(programs, splits)
+    if (rows + lag) * 2 * splits >= 1 << 31:  # the queue's items are counted in int32
+        raise ValueError(f"cross_entropy: {rows} rows of {splits} chunks are too many items for the split kernel")
+    queue = torch.zeros(rows + 1, dtype=torch.int32, device=x.device)
+    launch(_cross_entropy_split_kernel, (programs,), *args, partial, queue, chunk, splits, lag, num_warps=num_warps, **constexprs, EVEN=num_classes % chunk == 0, BLOCKS_PER_CHUNK=chunk // block,
            SPLITS_BLOCK=max(2, _power_of_two_at_least(splits)))
 
 
@@ -1182,7 +1202,7 @@ def _forward_kernels(launcher, logits, target, target_b, lam, weight, ignore_ind
         denominator = torch.empty(_denominator_partials(rows)[0] + 1, dtype=math_dtype, device=logits.device)
     if rows > 0:
         if splits <= 0:
-            splits = split_count(rows, logits.shape[1], logits.device)
+            splits = split_count(rows, logits.shape[1], logits.device, launcher is _cross_entropy_triton)
         if grad_output is not None:
             grad_output = grad_output.to(math_dtype)
             grad_output = grad_output if grad_output.is_contiguous() else grad_output.contiguous()

@@ -108,9 +108,9 @@ def test_wide_rows_split_over_programs(backend, reduction):
 
 def test_wide_rows_split_with_spatial_dims(backend):
     # (1, C, 2): two rows whose classes are 2 apart, each split over programs.
-    from recipe_kernels.cross_entropy import SPLIT_CHUNK
-    logits, target, weight = sample_inputs((1, 2 * SPLIT_CHUNK + 5, 2), dtype=torch.bfloat16, weighted=True)
-    assert split_count(2, 2 * SPLIT_CHUNK + 5, DEVICE) > 1
+    from recipe_kernels.cross_entropy import SPLIT_BLOCK
+    logits, target, weight = sample_inputs((1, 2 * SPLIT_BLOCK + 5, 2), dtype=torch.bfloat16, weighted=True)
+    assert split_count(2, 2 * SPLIT_BLOCK + 5, DEVICE) > 1
     assert_matches_torch(logits, target, backend, "sum", weight=weight, label_smoothing=0.1)
 
 
@@ -1336,13 +1336,15 @@ def test_backward_scaling_is_a_bounded_grid_stride(backend, monkeypatch):
         assert launches and all(grid[0] <= 4 * _backend.sm_count(grad.device) for grid in launches)
 
 
-def test_few_long_rows_fill_four_programs_per_sm(monkeypatch):
-    # 8 rows of 262144 classes: the split path gives at least 4 x SM programs (132 SMs: 528).
+def test_few_long_rows_cover_every_sm(monkeypatch):
+    # 8 rows of 262144 classes: chunks of one block, as many as 4 programs per SM need, on a persistent grid
+    # covering every SM (132 SMs: 64 chunks a row, 512 programs of one item each).
     monkeypatch.setattr(_backend, "sm_count", lambda device: 132)
+    ce = importlib.import_module("recipe_kernels.cross_entropy")
     splits = split_count(8, 262144, torch.device("cpu"))
-    chunk = -(-262144 // splits)
-    chunk = -(-chunk // MAX_BLOCK) * MAX_BLOCK  # as the launcher rounds it
-    assert 8 * -(-262144 // chunk) >= 4 * 132
+    block, num_warps = ce._block_and_warps(262144, splits)
+    assert splits == 262144 // ce.SPLIT_BLOCK and block == ce.SPLIT_BLOCK
+    assert ce.split_programs(8 * splits, num_warps, 2 * block, torch.device("cpu")) == 8 * splits >= 132
     assert split_count(8192, 32000, torch.device("cpu")) == 1
 
 
@@ -1356,7 +1358,6 @@ def long_rows(monkeypatch):
     ce = importlib.import_module("recipe_kernels.cross_entropy")
     monkeypatch.setattr(ce, "ROW_IN_REGISTERS", 64)
     monkeypatch.setattr(ce, "SPLIT_BLOCK", 32)
-    monkeypatch.setattr(ce, "SPLIT_CHUNK", 32)
     monkeypatch.setattr(_backend, "sm_count", lambda device: 2)
     return ce
 
@@ -1368,7 +1369,7 @@ def test_long_rows_through_the_split_queue(long_rows, num_classes):
     splits = long_rows.split_count(7, num_classes, DEVICE)
     assert splits == 5 and long_rows._block_and_warps(num_classes, splits) == (32, 1)
     programs = long_rows.split_programs(7 * splits, 1, 32 * 4, DEVICE)
-    assert programs == 32 and long_rows.split_lag(programs, splits) == 7  # every sweep 2 after every sweep 1
+    assert programs == 16 and long_rows.split_lag(programs, splits) == 4  # sweeps of rows r and r + 4 interleave
     logits, target, weight = sample_inputs((7, num_classes), ignored=(3,), weighted=True)
     logits[3, :5] = float("nan")
     logits[3, 5] = float("inf")
@@ -1400,8 +1401,8 @@ def test_long_rows_bounded_by_l2(long_rows, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["triton"])
 def test_split_rows_with_one_target_class_twice(backend):
-    # Split rows: the merge kernel computes the target classes' gradients, the chunk holding each
-    # stores it; y_a == y_b puts both terms on one class.
+    # Split rows: the row's merge (by its last chunk to arrive) computes the target classes' gradients, the
+    # chunk holding each stores it; y_a == y_b puts both terms on one class.
     logits, y_a, _ = sample_inputs((3, 5000), seed=4)
     y_b = y_a.clone()
     y_b[1] = (y_a[1] + 2500) % 5000  # in another chunk
