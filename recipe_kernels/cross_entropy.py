@@ -1097,7 +1097,7 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
     partial = torch.empty((rows, splits, PARTIAL_FIELDS.value), dtype=math_dtype, device=x.device)
     programs = split_programs(rows * splits, num_warps, chunk * x.element_size(), x.device)
     lag = split_lag(programs, splits)
-    if (rows + lag) * 2 * splits >= 1 << 31:  # the queue's items are counted in int32
+    if (rows + lag) * 2 * splits + ITEMS_PER_GRAB.value * programs >= 1 << 31:  # the queue counts in int32
         raise ValueError(f"cross_entropy: {rows} rows of {splits} chunks are too many items for the split kernel")
     queue = torch.zeros(rows + 1, dtype=torch.int32, device=x.device)
     launch(_cross_entropy_split_kernel, (programs,), *args, partial, queue, chunk, splits, lag, num_warps=num_warps, **constexprs, EVEN=num_classes % chunk == 0, BLOCKS_PER_CHUNK=chunk // block,
