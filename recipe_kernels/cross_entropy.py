@@ -476,6 +476,16 @@ def _log2_probability(x, shift, log_sum):
 
 
 @triton.jit
+def _store_gradient(pointers, grad, in_chunk, MASKED: tl.constexpr):
+    """One block of the gradient, rounded once to its dtype, marked evict_first (never read again here);
+    masked to the chunk when MASKED."""
+    if MASKED:
+        tl.store(pointers, round_to(grad, pointers.dtype.element_ty), mask=in_chunk, eviction_policy="evict_first")
+    else:
+        tl.store(pointers, round_to(grad, pointers.dtype.element_ty), eviction_policy="evict_first")
+
+
+@triton.jit
 def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held, held_offset,
                           shift, log_sum, k, b, c, ZEROS: tl.constexpr, BLOCK: tl.constexpr, BLOCKS: tl.constexpr,
                           HELD: tl.constexpr, MASKED: tl.constexpr, LANE_ALIGNED: tl.constexpr,
@@ -501,12 +511,7 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
             else:  # held is 2^t: p = 2^t times the lane's 2^(held_offset - log2 of the sum), one FMA each
                 lane_k = tl.broadcast_to((tl.math.exp2(lane_offset) * k)[:, None], held.shape)
                 grad = _gradient_of_probability(held, w, q, lane_k, b, c, IS_PROB, HAS_SMOOTHING)
-        if MASKED:
-            tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
-                     eviction_policy="evict_first")
-        else:
-            tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty),
-                     eviction_policy="evict_first")
+        _store_gradient(grad_ptr + first + offsets, grad, in_chunk, MASKED)
     LOOPED: tl.constexpr = BLOCKS - 1 if HELD else BLOCKS
     for newest in range(LOOPED):
         block = LOOPED - 1 - newest
@@ -523,12 +528,7 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
                                 "evict_first", IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
             grad = _gradient_values(_log2_probability(_widen(x, ACC), shift, log_sum), w, q, k, b, c, OF_TARGET,
                                     IS_PROB, HAS_SMOOTHING)
-        if MASKED:
-            tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
-                     eviction_policy="evict_first")
-        else:
-            tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty),
-                     eviction_policy="evict_first")
+        _store_gradient(grad_ptr + first + offsets, grad, in_chunk, MASKED)
 
 
 @triton.jit
