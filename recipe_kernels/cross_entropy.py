@@ -841,27 +841,41 @@ def _cross_entropy_split_kernel(
         target_ptr, weight_ptr, denominator_ptr, num_partials, total_rows, num_classes, ignore_index, label_smoothing,
         z_loss, TARGET_KIND, MEAN, HAS_WEIGHT, True, PARTIALS_BLOCK, ACC)
     SWEEPS: tl.constexpr = 2 if WRITE_GRAD else 1
-    items_per_step = SWEEPS * num_splits
-    items = (rows + (SWEEPS - 1) * lag) * items_per_step
+    items = (rows + (SWEEPS - 1) * lag) * SWEEPS * num_splits
     grabbed = tl.atomic_add(queue_ptr, ITEMS_PER_GRAB)
     while grabbed < items:
         for item in range(grabbed, tl.minimum(grabbed + ITEMS_PER_GRAB, items)):
-            step = item // items_per_step
-            split = item % items_per_step
-            if split < num_splits:
-                if step < rows:
-                    _split_statistics(
-                        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_output_ptr, loss_ptr, lse_ptr,
-                        partial_ptr, queue_ptr, step, split, num_classes, inner_size, chunk_size, num_splits,
-                        ignore_index, label_smoothing, z_loss, mean_scale, TARGET_KIND, HAS_WEIGHT, HAS_SMOOTHING,
-                        HAS_Z_LOSS, WRITE_LSE, WRITE_GRAD, GRAD_OUTPUT, OF_TARGET, BLOCK, BLOCKS_PER_CHUNK,
-                        SPLITS_BLOCK, LANE_ALIGNED, EVEN, UNIT_STRIDE, ACC)
-            elif step >= lag:
+            sweep, row, split = _queue_item(item, rows, num_splits, lag, SWEEPS)
+            if sweep == 1:
+                _split_statistics(
+                    x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_output_ptr, loss_ptr, lse_ptr,
+                    partial_ptr, queue_ptr, row, split, num_classes, inner_size, chunk_size, num_splits,
+                    ignore_index, label_smoothing, z_loss, mean_scale, TARGET_KIND, HAS_WEIGHT, HAS_SMOOTHING,
+                    HAS_Z_LOSS, WRITE_LSE, WRITE_GRAD, GRAD_OUTPUT, OF_TARGET, BLOCK, BLOCKS_PER_CHUNK,
+                    SPLITS_BLOCK, LANE_ALIGNED, EVEN, UNIT_STRIDE, ACC)
+            elif sweep == 2:
                 _split_gradient(x_ptr, target_ptr, target_b_ptr, weight_ptr, grad_ptr, partial_ptr, queue_ptr,
-                                step - lag, split - num_splits, num_classes, inner_size, chunk_size, num_splits,
-                                TARGET_KIND, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, BLOCK, BLOCKS_PER_CHUNK,
-                                LANE_ALIGNED, EVEN, UNIT_STRIDE, ACC)
+                                row, split, num_classes, inner_size, chunk_size, num_splits, TARGET_KIND,
+                                HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, BLOCK, BLOCKS_PER_CHUNK, LANE_ALIGNED, EVEN,
+                                UNIT_STRIDE, ACC)
         grabbed = tl.atomic_add(queue_ptr, ITEMS_PER_GRAB)
+
+
+@triton.jit
+def _queue_item(item, rows, num_splits, lag, SWEEPS: tl.constexpr):
+    """(sweep, row, split) of the split kernel's queue item `item`: items run in steps of SWEEPS * num_splits,
+    step s holding sweep 1 of row s's chunks, then (SWEEPS == 2) sweep 2 of row s - lag's. Sweep 0: an item
+    with no row (the first lag steps' sweep 2, the last lag steps' sweep 1)."""
+    step = item // (SWEEPS * num_splits)
+    split = item % (SWEEPS * num_splits)
+    if split < num_splits:
+        sweep = tl.where(step < rows, 1, 0)
+        row = step
+    else:
+        sweep = tl.where(step >= lag, 2, 0)
+        row = step - lag
+        split -= num_splits
+    return sweep, row, split
 
 
 @triton.jit

@@ -7,10 +7,12 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 import recipe_kernels as rk
 from recipe_kernels import _backend, reference
-from recipe_kernels.cross_entropy import (MAX_BLOCK, cross_entropy_inplace_op, cross_entropy_op,
+from recipe_kernels.cross_entropy import (MAX_BLOCK, _queue_item, cross_entropy_inplace_op, cross_entropy_op,
                                           cross_entropy_target_grad_op, cross_entropy_with_grad_op, scale_grad_op,
                                           split_count)
 
@@ -1397,6 +1399,72 @@ def test_long_rows_bounded_by_l2(long_rows, monkeypatch):
     expected_loss, expected_grad = torch_loss_and_grad(logits, target.dense(150, 0.1, dtype=torch.float64))
     torch.testing.assert_close(loss.double(), expected_loss, **LOSS_TOLERANCE)
     torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
+
+
+@triton.jit
+def _decode_queue(out_ptr, items, rows, num_splits, lag, SWEEPS: tl.constexpr):
+    for item in range(0, items):
+        sweep, row, split = _queue_item(item, rows, num_splits, lag, SWEEPS)
+        tl.store(out_ptr + 3 * item, sweep)
+        tl.store(out_ptr + 3 * item + 1, row)
+        tl.store(out_ptr + 3 * item + 2, split)
+
+
+def _decoded_queue(rows, splits, lag, sweeps):
+    """The split kernel's items in queue order, as (sweep, row, split), decoded by its own _queue_item."""
+    items = (rows + (sweeps - 1) * lag) * sweeps * splits
+    out = torch.empty(items * 3, dtype=torch.int32, device=DEVICE)
+    _decode_queue[(1,)](out, items, rows, splits, lag, SWEEPS=sweeps)
+    return [tuple(entry) for entry in out.view(-1, 3).tolist()]
+
+
+def _run_schedule(queue, programs, splits, generator):
+    """Runs the queue's protocol with `programs` programs interleaved at random: each takes ITEMS_PER_GRAB items at
+    a time and works through them in order; a sweep-2 item waits until its row's sweep-1 items are all done.
+    Returns whether every item completed (False: a deadlock)."""
+    from recipe_kernels.cross_entropy import ITEMS_PER_GRAB
+    next_item, done_chunks, held = 0, {}, {p: [] for p in range(programs)}
+    while True:
+        runnable = []
+        for program, items in held.items():
+            if not items:
+                if next_item < len(queue):
+                    runnable.append(program)
+                continue
+            sweep, row, _ = queue[items[0]]
+            if sweep != 2 or done_chunks.get(row, 0) == splits:
+                runnable.append(program)
+        if not runnable:
+            return next_item >= len(queue) and not any(held.values())
+        program = runnable[int(torch.randint(len(runnable), (), generator=generator))]
+        if not held[program]:
+            held[program] = list(range(next_item, min(next_item + ITEMS_PER_GRAB.value, len(queue))))
+            next_item += ITEMS_PER_GRAB.value
+            continue
+        sweep, row, _ = queue[held[program].pop(0)]
+        if sweep == 1:
+            done_chunks[row] = done_chunks.get(row, 0) + 1
+
+
+@pytest.mark.parametrize("rows, splits, lag, sweeps", [(5, 3, 1, 2), (7, 5, 4, 2), (4, 2, 9, 2), (6, 3, 2, 1)])
+def test_split_queue_order_cannot_deadlock(rows, splits, lag, sweeps):
+    # The split kernel's own decode: every chunk of every row once per sweep; sweep 2 of a row after all of its
+    # sweep-1 items and lag rows of sweep 1 later; any interleaving of programs then finishes.
+    queue = _decoded_queue(rows, splits, lag, sweeps)
+    work = [entry for entry in queue if entry[0] != 0]
+    expected = {(sweep, row, split) for sweep in range(1, sweeps + 1) for row in range(rows) for split in range(splits)}
+    assert sorted(work) == sorted(expected)
+    position = {entry: index for index, entry in enumerate(queue) if entry[0] != 0}
+    for row, split in itertools.product(range(rows), range(splits)):
+        if sweeps == 2:
+            assert position[(2, row, split)] > max(position[(1, row, other)] for other in range(splits))
+            later_rows = {r for (sweep, r, _), index in position.items()
+                          if sweep == 1 and position[(1, row, split)] < index < position[(2, row, split)]}
+            assert len(later_rows) <= lag + 1
+    generator = torch.Generator().manual_seed(rows * 100 + lag)
+    for programs in (1, 2, 3, 7):
+        for _ in range(20):
+            assert _run_schedule(queue, programs, splits, generator)
 
 
 @pytest.mark.parametrize("backend", ["triton"])
