@@ -17,11 +17,10 @@ which are constexprs: KERNEL_LOOPS says which). From these, per case and GPU:
 - predicted time = the largest of the three, which names the bound, and % of copy =
   memory time / predicted time.
 
-Residency rule (cross-entropy): sweep 2 reads a row's blocks again (all but the last one, which
-stays in registers; a split row's whole chunks). Those reads come from L2, not DRAM, only while the
-rows in flight (the resident programs of the main kernel, or every row of a split launch) times the
-bytes each reads again fit in L2_RESIDENT_FRACTION (two thirds) of L2; otherwise every byte read
-again counts as DRAM traffic. Each kernel's share of the case's DRAM bytes, for Little's law, is the
+Residency rule (cross-entropy): a row held in registers reads nothing again; the split kernel's
+sweep 2 reads every chunk again, from L2, not DRAM, only while what moves through L2 between a
+chunk's two sweeps (2 x split_lag rows) fits in L2_RESIDENT_FRACTION (two thirds) of it; otherwise
+every byte read again counts as DRAM traffic. Each kernel's share of the case's DRAM bytes, for Little's law, is the
 share of the loads it executes. A trip-count hook may say where a program ends (the backward
 scaling's EXIT when grad_output = 1).
 
@@ -78,11 +77,12 @@ KERNEL_LOOPS = {
     # planes, then column blocks, per program (a loop of one trip is no loop)
     "_composite_kernel": lambda k: [trips for trips in (k["PLANE_STEPS"], k["COLUMN_STEPS"]) if trips > 1],
 }
-# What fits in L2 between a row's two sweeps: cross-entropy's sweep 2 reads a row's blocks again from L2
-# only while the rows in flight (programs x the bytes sweep 2 reads again) take at most this share of it
-# (the kernels' own bound, recipe_kernels.cross_entropy.L2_RESIDENT_FRACTION). The rest is left to the
-# lines marked evict_first (what sweep 2 reads again, the gradient it writes).
-L2_RESIDENT_FRACTION = importlib.import_module("recipe_kernels.cross_entropy").L2_RESIDENT_FRACTION
+# What fits in L2 between a chunk's two sweeps: cross-entropy's split kernel reads a chunk again from L2 only
+# while what moves through L2 in between takes at most this share of it (the kernel's own bound,
+# recipe_kernels.cross_entropy.L2_RESIDENT_FRACTION). The rest is left to the lines marked evict_first
+# (what sweep 2 reads again, the gradient it writes).
+CROSS_ENTROPY = importlib.import_module("recipe_kernels.cross_entropy")
+L2_RESIDENT_FRACTION = CROSS_ENTROPY.L2_RESIDENT_FRACTION
 
 
 @dataclasses.dataclass
@@ -131,16 +131,20 @@ def figures(launch, trip_counts=None) -> KernelFigures:
     known = True
     try:
         trips = trips_of(_constexprs(launch.kernel)) if trips_of else [1] * len(loop_spans)
-        # A hook may also say where the program ends: {"trips": [...], "ends_at": address of the EXIT taken}.
-        ends_at = trips.get("ends_at") if isinstance(trips, dict) else None
-        persistent = bool(trips.get("persistent")) if isinstance(trips, dict) else False
-        trips = trips["trips"] if isinstance(trips, dict) else trips
+        # A hook may also say where the program ends ("ends_at": the address of the EXIT taken), which
+        # instructions run only a share of their loop's trips ("shares": [(first, last address, share)]) and
+        # the load bytes a thread has in flight at once ("in_flight_bytes").
+        hook = trips if isinstance(trips, dict) else {}
+        ends_at, persistent = hook.get("ends_at"), bool(hook.get("persistent"))
+        trips = hook.get("trips", trips)
         counts = sass.executions(instructions, trips)
         if ends_at is not None:
             counts = [c if i.address <= ends_at else 0 for i, c in zip(instructions, counts)]
+        for first, last, share in hook.get("shares", []):
+            counts = [c * share if first <= i.address <= last else c for i, c in zip(instructions, counts)]
         known = trips_of is not None or not loop_spans
     except (ValueError, KeyError):
-        counts, known, persistent = [1] * len(instructions), False, False
+        counts, known, persistent, hook = [1] * len(instructions), False, False, {}
     per_thread = sum(counts)
 
     def executed(prefix):
@@ -148,8 +152,9 @@ def figures(launch, trip_counts=None) -> KernelFigures:
 
     innermost = loop_spans[-1] if loop_spans else None
     threads = launch.num_warps * 32
-    load_bytes = sum(sass.global_access_bits(i) // 8 for i in instructions
-                     if i.opcode.startswith("LDG") and (innermost is None or innermost[0] <= i.address <= innermost[1]))
+    load_bytes = hook.get("in_flight_bytes") or sum(
+        sass.global_access_bits(i) // 8 for i in instructions
+        if i.opcode.startswith("LDG") and (innermost is None or innermost[0] <= i.address <= innermost[1]))
     return KernelFigures(
         name=launch.name, ctas=launch.ctas, warps=launch.num_warps, registers=launch.kernel.n_regs,
         spills=launch.kernel.n_spills, shared=launch.kernel.metadata.shared,
@@ -212,30 +217,32 @@ def _bf16(*shape, requires_grad=False):
 
 def _ce_dram_bytes(rows, classes, itemsize):
     """DRAM bytes of cross-entropy fwd+bwd: one read of the logits, one write of the gradient, 12 bytes per
-    row (target, loss), and sweep 2's reads again of what sweep 1 did not leave in registers (a row of
-    one block keeps it all; a longer row its last block; a split row nothing) from DRAM unless they fit in
-    L2_RESIDENT_FRACTION of L2: the rows in flight at once (resident programs, or every row of a split
-    launch: its finish kernel starts after the last partial) times those bytes per row."""
+    row (target, loss). A row held in registers (_cross_entropy_fwd_kernel) reads nothing again. The split
+    kernel's sweep 2 reads every chunk again: from L2 while what moves through it between a chunk's two
+    sweeps (2 x split_lag rows: read by sweep 1, and gradient written) fits in L2_RESIDENT_FRACTION of L2,
+    else from DRAM."""
     def dram(kernels, gpu):
-        main = next(k for k in kernels if k.name == "_cross_entropy_fwd_kernel")  # not the denominator prologue
-        held = min(classes, main.constexprs["BLOCK"])
-        reread_per_row = (classes - held) * itemsize
-        if main.constexprs["SPLIT"]:
-            reread_per_row, in_flight = classes * itemsize, rows
-        else:
-            in_flight = min(main.ctas, main.resident_ctas_per_sm() * gpu.sm_count)
-        from_l2 = in_flight * reread_per_row <= L2_RESIDENT_FRACTION * gpu.l2_bytes
-        return rows * classes * itemsize * 2 + (0 if from_l2 else rows * reread_per_row) + rows * 12
+        minimal = rows * classes * itemsize * 2 + rows * 12
+        split = next((k for k in kernels if k.name == "_cross_entropy_split_kernel"), None)
+        if split is None:
+            return minimal
+        chunk = split.constexprs["BLOCK"] * split.constexprs["BLOCKS_PER_CHUNK"]
+        lag = CROSS_ENTROPY.split_lag(split.ctas, math.ceil(classes / chunk))
+        from_l2 = 2 * lag * classes * itemsize <= L2_RESIDENT_FRACTION * gpu.l2_bytes
+        return minimal + (0 if from_l2 else rows * classes * itemsize)
     return dram
 
 
-def _ce_loops(rows):
-    """Trip counts of the cross-entropy kernels' loops, each loop known by what it does: the persistent
-    loop over rows (the outermost one of _cross_entropy_fwd_kernel: rows / programs), sweep 1's blocks
-    (loads marked evict_last: all blocks but the held last one), sweep 2's blocks read again (loads
-    marked evict_first: all but the held one, all in the split finish kernel), a loop that only stores
-    (the zeros of ignored rows: none here); the backward scaling ends at its first EXIT (the benchmark's
-    grad_output is 1: each program loads the factor and ends)."""
+def _ce_loops(rows, classes, itemsize):
+    """Trip counts of the cross-entropy kernels' loops, each loop known by what it does. The persistent loops
+    over rows (_cross_entropy_fwd_kernel: rows / programs), the split kernel's count of the `mean`
+    denominator's targets before its items (rows / PARTIALS_BLOCK), its loops over the queue's grabs and the items
+    of a grab (ITEMS_PER_GRAB), holding sweep 1, the merge and sweep 2: one item trip per chunk and program
+    counts one item of each sweep, and the merge once per chunk, not per row, an overcount); the split kernel's wait for a
+    merged row (a loop of acquire loads only: none, the lag makes it rare); a chunk's blocks (loads marked
+    evict_last: all but the last block; evict_first: every block); a loop that only stores (the zeros of
+    ignored rows: none here). In flight in the split kernel: one block of one sweep. The backward scaling ends at its first EXIT (the benchmark's grad_output is 1:
+    each program loads the factor and ends)."""
     def trips(k, launch, instructions, spans):
         if launch.name == "_scale_gradient_kernel":  # grad_output = 1: the first EXIT, right after the factor
             return {"trips": [0] * len(spans), "ends_at": next(i.address for i in instructions if i.opcode == "EXIT"),
@@ -248,23 +255,40 @@ def _ce_loops(rows):
                    and not any(s <= i.address <= e for s, e in spans if (s, e) != (start, end) and start <= s
                                and e <= end)]
             loads = [i.opcode for i in own if i.opcode.startswith("LDG")]
+            items = launch.name == "_cross_entropy_split_kernel" and any(
+                i.opcode.startswith("REDG") and start <= i.address <= end for i in instructions)
             if number == 0 and launch.name == "_cross_entropy_fwd_kernel":
                 result.append(math.ceil(rows / launch.grid[0]))
+            elif launch.name == "_cross_entropy_split_kernel" and start < min(s for s, _ in spans if s != start) \
+                    and not items:  # the prologue's count of the targets, before the items
+                result.append(math.ceil(rows / k["PARTIALS_BLOCK"]))
+            elif items and any(s < start and end < e for s, e in spans):  # the items of one grab
+                result.append(CROSS_ENTROPY.ITEMS_PER_GRAB.value)
+            elif items:  # the grabs
+                chunk = k["BLOCK"] * k["BLOCKS_PER_CHUNK"]
+                result.append(rows * math.ceil(classes / chunk) / launch.grid[0] / CROSS_ENTROPY.ITEMS_PER_GRAB.value)
+            elif loads and all(".STRONG" in opcode for opcode in loads):
+                result.append(0)
             elif any(".EL" in opcode for opcode in loads):
                 result.append(k["BLOCKS_PER_CHUNK"] - 1)
             elif any(".EF" in opcode for opcode in loads):
-                result.append(k["BLOCKS_PER_CHUNK"] - (0 if launch.name == "_cross_entropy_split_finish_kernel"
-                                                       else 1))
+                result.append(k["BLOCKS_PER_CHUNK"])
             elif not loads:
                 result.append(0)
             else:
                 raise ValueError(f"a loop of {launch.name} that the model does not know")
-        return {"trips": result, "persistent": launch.name == "_cross_entropy_fwd_kernel" and launch.grid[0] < rows}
+        if launch.name != "_cross_entropy_split_kernel":
+            return {"trips": result, "persistent": launch.grid[0] < rows}
+        # The merge, once per row, not per chunk: from the arrival (the atomic add before the release) to the
+        # release (the one reduction, an add whose result is unused).
+        release = next(i.address for i in instructions if i.opcode.startswith("REDG.E.ADD"))
+        arrival = max(i.address for i in instructions if i.opcode.startswith("ATOMG.E.ADD") and i.address < release)
+        return {"trips": result, "persistent": True, "in_flight_bytes": k["BLOCK"] * itemsize // (32 * launch.num_warps),
+                "shares": [(arrival + 1, release, k["BLOCK"] * k["BLOCKS_PER_CHUNK"] / classes)]}
     return trips
 
 
-CE_KERNELS = ("_cross_entropy_fwd_kernel", "_cross_entropy_split_merge_kernel", "_cross_entropy_split_finish_kernel",
-              "_scale_gradient_kernel",
+CE_KERNELS = ("_cross_entropy_fwd_kernel", "_cross_entropy_split_kernel", "_scale_gradient_kernel",
               "_index_denominator_kernel")
 
 
@@ -340,7 +364,7 @@ def cases(quick=False):
             rk.cross_entropy(x, torch.randint(0, classes, (ce_rows,)), label_smoothing=0.1, backend="triton").backward()
         result.append(Case(f"cross_entropy fwd+bwd bf16 {ce_rows}x{classes}", ce, ce_rows * classes,
                            4 * ce_rows * classes, _ce_dram_bytes(ce_rows, classes, 2),
-                           {name: _ce_loops(ce_rows) for name in CE_KERNELS}))
+                           {name: _ce_loops(ce_rows, classes, 2) for name in CE_KERNELS}))
         if (ce_rows, classes) == (8192, 32000):
             def ce_mixed(ce_rows=ce_rows, classes=classes):
                 x = _bf16(ce_rows, classes, requires_grad=True)
@@ -349,7 +373,7 @@ def cases(quick=False):
                 rk.cross_entropy(x, target, label_smoothing=0.1, backend="triton").backward()
             result.append(Case(f"cross_entropy fwd+bwd bf16 {ce_rows}x{classes} mixed targets", ce_mixed,
                                ce_rows * classes, 4 * ce_rows * classes, _ce_dram_bytes(ce_rows, classes, 2),
-                               {name: _ce_loops(ce_rows) for name in CE_KERNELS}))
+                               {name: _ce_loops(ce_rows, classes, 2) for name in CE_KERNELS}))
 
     images = (256, 3, 224, 224)
     pixels = math.prod(images)

@@ -30,7 +30,7 @@ from recipe_kernels import _backend
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 # Argument types a schema takes that no tensor subclass or mode can hide behind.
 _PLAIN_SCALARS = (int, float, str, bool, torch.dtype)
-_PLAIN_LIST_SCALARS = (int, float)
+_PLAIN_LIST_SCALARS = frozenset((int, float))
 # Decided once: TRITON_INTERPRET must be set before triton is imported anyway.
 INTERPRETING = _backend.triton_interpreting()
 
@@ -38,9 +38,11 @@ INTERPRETING = _backend.triton_interpreting()
 _NOT_EAGER, _EAGER, _EAGER_WITH_GRAPH = 0, 1, 2
 
 
-def eager_mode(args) -> int:
+def eager_mode(args, autograd=True) -> int:
     """_EAGER when a call may skip the dispatcher (not traced, no torch mode, only plain tensors),
-    _EAGER_WITH_GRAPH when it also needs an autograd graph, _NOT_EAGER otherwise."""
+    _EAGER_WITH_GRAPH when it also needs an autograd graph (only asked when `autograd`: the op has
+    one), _NOT_EAGER otherwise. A list of tensors (EMA's thousand) is checked for subclasses in one
+    C call (torch's has_torch_function, false for Tensor and Parameter alone)."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
             torch._C._is_torch_function_mode_enabled():
         return _NOT_EAGER
@@ -50,11 +52,12 @@ def eager_mode(args) -> int:
         if kind in _PLAIN_TENSORS:
             requires_grad = requires_grad or arg.requires_grad
         elif kind is list or kind is tuple:
-            for item in arg:
-                if type(item) in _PLAIN_TENSORS:
-                    requires_grad = requires_grad or item.requires_grad
-                elif type(item) not in _PLAIN_LIST_SCALARS:
+            if arg and isinstance(arg[0], torch.Tensor):
+                if torch._C._has_torch_function(arg):
                     return _NOT_EAGER
+                requires_grad = requires_grad or (autograd and any(item.requires_grad for item in arg))
+            elif not _PLAIN_LIST_SCALARS.issuperset(map(type, arg)):  # in C: EMA's slots are a thousand ints
+                return _NOT_EAGER
         elif arg is not None and kind not in _PLAIN_SCALARS:
             return _NOT_EAGER
     return _EAGER_WITH_GRAPH if requires_grad and torch.is_grad_enabled() else _EAGER
@@ -62,7 +65,7 @@ def eager_mode(args) -> int:
 
 def is_eager(args) -> bool:
     """True when a call may skip the dispatcher: not traced, no torch mode, only plain tensors."""
-    return eager_mode(args) != _NOT_EAGER
+    return eager_mode(args, autograd=False) != _NOT_EAGER
 
 
 class Op:
@@ -117,7 +120,7 @@ class Op:
         self._function = EagerFunction
 
     def __call__(self, *args):
-        mode = eager_mode(args)
+        mode = eager_mode(args, self._function is not None)
         if mode == _NOT_EAGER:
             return self.custom_op(*args)
         if mode == _EAGER_WITH_GRAPH and self._function is not None:

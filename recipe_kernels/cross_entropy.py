@@ -59,39 +59,39 @@ LOG2E = tl.constexpr(1.4426950408889634)  # exp(v) = exp2(v log2(e)): one FMUL a
 # GRAD_OUTPUT of the kernels: what multiplies the gradient besides the mean's 1 / denominator.
 NO_GRAD_OUTPUT, SCALAR_GRAD_OUTPUT, PER_ROW_GRAD_OUTPUT = (tl.constexpr(code) for code in range(3))
 REDUCTIONS = ("none", "mean", "sum")
-# Classes per Triton block (a row longer than this loops); rows split over programs in
-# chunks of at least SPLIT_CHUNK classes when there are too few rows to fill the GPU.
+# Classes per Triton block of a short row (up to this many: one block of up to 4 warps).
 # 1024 classes over 4 warps: 8 per thread (16-byte loads in bf16), 72 registers for the
 # heaviest variant on sm_90 (ptxas, no spills), so several programs share an SM; 4096 per
 # program took 244 registers.
 MAX_BLOCK = 1024
-# An unsplit row of up to this many classes is one block held in registers (this many per thread):
-# sweep 2 reads nothing again, so DRAM sees one read and one write at any residency.
+# A row of up to this many classes is one block held in registers (this many per thread) by one program
+# (_cross_entropy_fwd_kernel): sweep 2 reads nothing again, so DRAM sees one read and one write.
 ROW_IN_REGISTERS = 32768
 ROW_ELEMENTS_PER_THREAD = 64
-# A longer unsplit row is swept in blocks of LONG_ROW_BLOCK classes by LONG_ROW_WARPS warps (32 per thread:
-# 32 KiB of bf16 loads in flight per program), its last block held in registers, by a persistent grid of
-# LONG_ROW_PROGRAMS_PER_SM programs per SM, each looping over rows: the rows in flight, whose other blocks
-# sweep 2 reads again, are then programs x row bytes (132 x 224 KiB = 29 MiB at C = 131072 in bf16), not
-# every row the GPU could hold at once. Fewer programs when that would pass L2_RESIDENT_FRACTION of L2
-# (C = 262144 in bf16: 71 programs of 480 KiB), so that sweep 2 still reads from L2.
-LONG_ROW_BLOCK = 16384
-LONG_ROW_WARPS = 16
-LONG_ROW_PROGRAMS_PER_SM = 1
-L2_RESIDENT_FRACTION = 2 / 3
-DEFAULT_L2_BYTES = 50 << 20  # H100 and H200; devices that say otherwise are asked (_l2_bytes)
-SPLIT_CHUNK = 2048
-# Threads an SM holds at most (sm_80, sm_90): bounds the persistent grid of rows held in registers.
-RESIDENT_THREADS_PER_SM = 2048
-# A split row's chunks are blocks of up to SPLIT_BLOCK classes over SPLIT_WARPS warps (64 per thread: each
-# program's fixed work, its partial statistics or merged fields, spread over more classes, and reductions
-# within one warp, no barrier; 4 KiB of bf16 loads in flight per program, about 8 programs per SM).
-SPLIT_BLOCK = 2048
+# Longer rows, and rows of at least two chunks too few for SPLIT_PROGRAMS_PER_SM programs per SM, go to
+# _cross_entropy_split_kernel in chunks of SPLIT_BLOCK classes on SPLIT_WARPS warps: 128 classes per thread
+# amortise each item's fixed work (the queue, the reductions, the partials) and one warp reduces without
+# barriers. ptxas: at most 213 registers over every dtype and target kind, no spills (4 warps at 16384
+# classes spilled).
+SPLIT_BLOCK = 4096
 SPLIT_WARPS = 1
 SPLIT_PROGRAMS_PER_SM = 4
-# Per (row, split) partial statistics: max, sum exp(x - max), sum w (x - max), sum w, sum w q,
-# sum w q (x - max), x[y_a], x[y_b].
-PARTIAL_FIELDS = 8
+# Threads of the split kernel's persistent grid per SM: at up to 255 registers each, 256 threads fill the
+# register file.
+SPLIT_THREADS_PER_SM = 256
+# Threads an SM holds at most (sm_80, sm_90): bounds the persistent grid of rows held in registers.
+RESIDENT_THREADS_PER_SM = 2048
+# Sweep 2 of a split row reads its chunks again: from L2 while what the GPU reads between the two sweeps
+# (the rows of split_lag, plus the chunks in flight) fits in this share of L2.
+L2_RESIDENT_FRACTION = 2 / 3
+DEFAULT_L2_BYTES = 50 << 20  # H100 and H200; devices that say otherwise are asked (_l2_bytes)
+# Fields per (row, split) of the split kernel's workspace: six partial statistics of the chunk (max,
+# sum exp(x - max), sum w (x - max), sum w, sum w q, sum w q (x - max)); over split 0's, once merged, the
+# eight values sweep 2 of the row needs (_merge_row).
+PARTIAL_FIELDS = tl.constexpr(8)
+# Items of the split kernel's queue a program takes with one atomic: the queue's one counter sees a fraction
+# of the items, and a program waits for its next grab once per that many items.
+ITEMS_PER_GRAB = tl.constexpr(4)
 SCALE_BLOCK = 2048
 SCALE_PROGRAMS_PER_SM = 4  # the backward scaling's grid-stride programs (CUDA: blocks) per SM
 SCALE_MIN_BLOCKS = 8
@@ -320,20 +320,21 @@ def _weighted_lane_sums(t, w, q, in_chunk, lane_in_chunk, MASKED: tl.constexpr, 
 
 @triton.jit
 def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
-                      BLOCK: tl.constexpr, BLOCKS: tl.constexpr, MASKED_LOOP: tl.constexpr,
+                      BLOCK: tl.constexpr, BLOCKS: tl.constexpr, MASKED: tl.constexpr,
                       LANE_ALIGNED: tl.constexpr, IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                       HAS_SMOOTHING: tl.constexpr, UNIT_STRIDE: tl.constexpr, HOLD_LOG2: tl.constexpr,
-                      ACC: tl.constexpr):
+                      LAST_POLICY: tl.constexpr, ACC: tl.constexpr):
     """Sweep 1 over the n classes of a chunk (its first class at offset `first`, class `start` of the row):
     (max m, sum exp(x - m), sum w (x - m), sum w, sum w q, sum w q (x - m), held, held_offset).
 
     A chunk of one block takes its max first, then sums against it. A longer one: each lane keeps its
     own running statistics (_fold_block) and the lanes are merged once at the end: one block reduction
     per chunk. Blocks 0 .. BLOCKS - 2 are read with evict_last (sweep 2 reads them again, newest first:
-    L2 should keep them), full unless MASKED_LOOP. The last block (masked) stays in registers as `held`
+    L2 should keep them); blocks are masked to the chunk when MASKED (n may end inside one). The last block stays in registers as `held`
     for sweep 2 to use without reading or converting it again: t with log2(exp(x - m)) = t + held_offset
     (per lane) when HOLD_LOG2, else 2^t, with exp(x - m) = 2^t 2^held_offset (held_offset -inf for a
-    lane of -inf only).
+    lane of -inf only). LAST_POLICY is the last block's eviction policy: "evict_last" where sweep 2
+    reads it again instead.
     """
     LANES: tl.constexpr = BLOCK // LANE_GROUP
     lane_first = tl.arange(0, LANES) * LANE_GROUP
@@ -342,9 +343,13 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
         # keeps a running max, nothing is rescaled.
         classes, offsets = _block_classes(0, class_stride, BLOCK, UNIT_STRIDE)
         in_chunk, lane_in_chunk = _block_mask(classes, 0, n, BLOCK, LANE_ALIGNED)
-        x_loaded = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"))
+        if MASKED:
+            x_loaded = tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"),
+                               eviction_policy=LAST_POLICY)
+        else:
+            x_loaded = tl.load(x_ptr + first + offsets, eviction_policy=LAST_POLICY)
         x = _widen(x_loaded, ACC)
-        w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_last",
+        w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED, "evict_last",
                             IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
         # The max in the loaded dtype is exact: bf16 pairs take one packed max for two classes.
         row_max = tl.max(tl.max(x_loaded, 1), 0).to(ACC)
@@ -352,7 +357,7 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
         t_held = (x - shift) * LOG2E
         exp_held = tl.math.exp2(t_held)
         sum_exp = tl.sum(tl.sum(exp_held, 1), 0)
-        lane_t, lane_w, lane_wq, lane_wqt = _weighted_lane_sums(t_held, w, q, in_chunk, lane_in_chunk, True,
+        lane_t, lane_w, lane_wq, lane_wqt = _weighted_lane_sums(t_held, w, q, in_chunk, lane_in_chunk, MASKED,
                                                                 LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
         sum_t = tl.sum(lane_t, 0)
         sum_wqt = tl.sum(lane_wqt, 0)
@@ -368,26 +373,31 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
         for block in range(BLOCKS - 1):
             classes, offsets = _block_classes(block, class_stride, BLOCK, UNIT_STRIDE)
             in_chunk, lane_in_chunk = _block_mask(classes, block, n, BLOCK, LANE_ALIGNED)
-            if MASKED_LOOP:
+            if MASKED:
                 x = _widen(tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"),
                                    eviction_policy="evict_last"), ACC)
                 count = tl.minimum(tl.maximum(n - block * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
             else:
                 x = _widen(tl.load(x_ptr + first + offsets, eviction_policy="evict_last"), ACC)
                 count = 1.0 * LANE_GROUP
-            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED_LOOP,
+            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED,
                                 "evict_last", IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
             lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, _, _, _ = _fold_block(
                 x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk,
-                MASKED_LOOP, LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
+                MASKED, LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
         classes, offsets = _block_classes(BLOCKS - 1, class_stride, BLOCK, UNIT_STRIDE)
         in_chunk, lane_in_chunk = _block_mask(classes, BLOCKS - 1, n, BLOCK, LANE_ALIGNED)
-        x = _widen(tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf")), ACC)
-        count = tl.minimum(tl.maximum(n - (BLOCKS - 1) * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
-        w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_last",
+        if MASKED:
+            x = _widen(tl.load(x_ptr + first + offsets, mask=in_chunk, other=-float("inf"),
+                               eviction_policy=LAST_POLICY), ACC)
+            count = tl.minimum(tl.maximum(n - (BLOCKS - 1) * BLOCK - lane_first, 0), LANE_GROUP).to(ACC)
+        else:
+            x = _widen(tl.load(x_ptr + first + offsets, eviction_policy=LAST_POLICY), ACC)
+            count = 1.0 * LANE_GROUP
+        w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED, "evict_last",
                             IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
         lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, t_held, exp_held, _ = _fold_block(
-            x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk, True,
+            x, w, q, count, lane_max, lane_exp, lane_t, lane_w, lane_wq, lane_wqt, in_chunk, lane_in_chunk, MASKED,
             LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING)
         # The one merge: every lane's sums moved onto the chunk's max.
         row_max = tl.max(lane_max, 0)
@@ -466,9 +476,19 @@ def _log2_probability(x, shift, log_sum):
 
 
 @triton.jit
+def _store_gradient(pointers, grad, in_chunk, MASKED: tl.constexpr):
+    """One block of the gradient, rounded once to its dtype, marked evict_first (never read again here);
+    masked to the chunk when MASKED."""
+    if MASKED:
+        tl.store(pointers, round_to(grad, pointers.dtype.element_ty), mask=in_chunk, eviction_policy="evict_first")
+    else:
+        tl.store(pointers, round_to(grad, pointers.dtype.element_ty), eviction_policy="evict_first")
+
+
+@triton.jit
 def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held, held_offset,
                           shift, log_sum, k, b, c, ZEROS: tl.constexpr, BLOCK: tl.constexpr, BLOCKS: tl.constexpr,
-                          HELD: tl.constexpr, MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr,
+                          HELD: tl.constexpr, MASKED: tl.constexpr, LANE_ALIGNED: tl.constexpr,
                           IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
                           OF_TARGET: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     """Sweep 2 over the n classes of a chunk: _gradient_values rounded once (ZEROS: zeros, read nothing).
@@ -482,7 +502,7 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
         if ZEROS:
             grad = tl.zeros(classes.shape, ACC)
         else:
-            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, True, "evict_first",
+            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED, "evict_first",
                                 IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
             lane_offset = held_offset - log_sum * LOG2E
             if OF_TARGET:  # held is t
@@ -491,8 +511,7 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
             else:  # held is 2^t: p = 2^t times the lane's 2^(held_offset - log2 of the sum), one FMA each
                 lane_k = tl.broadcast_to((tl.math.exp2(lane_offset) * k)[:, None], held.shape)
                 grad = _gradient_of_probability(held, w, q, lane_k, b, c, IS_PROB, HAS_SMOOTHING)
-        tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
-                 eviction_policy="evict_first")
+        _store_gradient(grad_ptr + first + offsets, grad, in_chunk, MASKED)
     LOOPED: tl.constexpr = BLOCKS - 1 if HELD else BLOCKS
     for newest in range(LOOPED):
         block = LOOPED - 1 - newest
@@ -501,20 +520,15 @@ def _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_strid
         if ZEROS:
             grad = tl.zeros(classes.shape, ACC)
         else:
-            if MASKED_LOOP:
+            if MASKED:
                 x = tl.load(x_ptr + first + offsets, mask=in_chunk, other=0.0, eviction_policy="evict_first")
             else:
                 x = tl.load(x_ptr + first + offsets, eviction_policy="evict_first")
-            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED_LOOP,
+            w, q = _class_terms(q_ptr, weight_ptr, first, start, classes, offsets, in_chunk, MASKED,
                                 "evict_first", IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, ACC)
             grad = _gradient_values(_log2_probability(_widen(x, ACC), shift, log_sum), w, q, k, b, c, OF_TARGET,
                                     IS_PROB, HAS_SMOOTHING)
-        if MASKED_LOOP:
-            tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty), mask=in_chunk,
-                     eviction_policy="evict_first")
-        else:
-            tl.store(grad_ptr + first + offsets, round_to(grad, grad_ptr.dtype.element_ty),
-                     eviction_policy="evict_first")
+        _store_gradient(grad_ptr + first + offsets, grad, in_chunk, MASKED)
 
 
 @triton.jit
@@ -619,101 +633,115 @@ def _index_denominator_kernel(target_ptr, weight_ptr, partial_ptr, rows, num_cla
 
 
 @triton.jit
+def _row_result(x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_output_ptr, loss_ptr, lse_ptr, row,
+                num_classes, inner_size, ignore_index, label_smoothing, z_loss, mean_scale, row_max, sum_exp, sum_s,
+                sum_w, sum_wq, sum_wqs, TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr,
+                GRAD_OUTPUT: tl.constexpr, ACC: tl.constexpr):
+    """From a row's statistics (_chunk_statistics over the whole row, or merged): stores its loss (and lse)
+    and returns what its sweep 2 needs, (shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b)
+    (_gradient_parameters). The target logits are read here, before any gradient overwrites them
+    (inplace_backward)."""
+    sample, row_offset = _row_position(row, num_classes, inner_size)
+    a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
+        target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index, label_smoothing,
+        TARGET_KIND, HAS_WEIGHT, ACC)
+    x_a, x_b = _target_logits(x_ptr, row_offset, inner_size, num_classes, y_a, y_b, ACC)
+    if not HAS_WEIGHT:
+        sum_w = tl.zeros([], ACC) + num_classes
+    log_sum = tl.log(sum_exp)
+    loss, factor = _row_loss_and_factor(log_sum, sum_s, sum_w, sum_wq, sum_wqs, x_a, x_b, row_max, a_a, a_b, beta,
+                                        active, label_smoothing, z_loss, TARGET_KIND == PROBABILITY_TARGET,
+                                        HAS_Z_LOSS)
+    tl.store(loss_ptr + row, loss)
+    if WRITE_LSE:
+        tl.store(lse_ptr + row, row_max + log_sum)
+    shift, k, b, c, grad_a, grad_b = _gradient_parameters(
+        mean_scale, grad_output_ptr, weight_ptr, row, num_classes, row_max, log_sum, factor, a_a, a_b, y_a, y_b,
+        x_a, x_b, beta, label_smoothing, TARGET_KIND, GRAD_OUTPUT, HAS_WEIGHT, HAS_SMOOTHING, ACC)
+    return shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b
+
+
+@triton.jit
+def _prologue(target_ptr, weight_ptr, denominator_ptr, num_partials, total_rows, num_classes, ignore_index,
+              label_smoothing, z_loss, TARGET_KIND: tl.constexpr, MEAN: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+              COUNT_TARGETS: tl.constexpr, PARTIALS_BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """(label_smoothing, z_loss, mean_scale) in ACC, once per program: mean_scale is 1 / the `mean`
+    denominator (or 1); program 0 stores the denominator's total after the partials, for the host's mean.
+    The denominator of index targets sums the num_partials partials of _index_denominator_kernel, or
+    with COUNT_TARGETS every row's target itself, PARTIALS_BLOCK rows at a time (no kernel before this one:
+    a few loads per thread and program, cached)."""
+    if COUNT_TARGETS and MEAN and TARGET_KIND == INDEX_TARGET:
+        total = tl.zeros([PARTIALS_BLOCK], ACC)
+        for first in range(0, total_rows, PARTIALS_BLOCK):
+            total += _counted_weight(target_ptr, weight_ptr, first, total_rows, num_classes, ignore_index,
+                                     PARTIALS_BLOCK, HAS_WEIGHT, ACC)
+        denominator = tl.sum(total, 0)
+    else:
+        denominator = _mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND, PARTIALS_BLOCK, ACC)
+    if MEAN and TARGET_KIND == INDEX_TARGET:
+        if tl.program_id(0) == 0:
+            tl.store(denominator_ptr + num_partials, denominator)
+    return tl.full([], label_smoothing, ACC), tl.full([], z_loss, ACC), _mean_scale(denominator, MEAN, ACC)
+
+
+@triton.jit
 def _cross_entropy_fwd_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
-        grad_ptr,
-        partial_ptr, rows, num_classes, inner_size, chunk_size, num_partials, total_rows, ignore_index,
+        grad_ptr, rows, num_classes, inner_size, num_partials, total_rows, ignore_index,
         label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
         HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
-        MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
-        SPLIT: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
-        LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
-    """Cross-entropy of rows (or, when SPLIT, of one chunk of a row), grid (programs, splits): program p
-    takes rows p, p + programs, ... (row_programs: about one program per SM for rows too long to hold,
-    so that the rows in flight stay within L2; as many as the SMs' threads could hold otherwise, so
-    that the prologue is paid once per program; one row each when SPLIT).
+        MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr, BLOCK: tl.constexpr,
+        PARTIALS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, EVEN: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+        ACC: tl.constexpr):
+    """Cross-entropy of rows of up to ROW_IN_REGISTERS classes, each one block held in registers between its
+    two sweeps; a persistent grid: program p takes rows p, p + programs, ... (row_programs: as many as the
+    SMs' threads could hold, so that the prologue is paid once per program).
 
     Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
     apart), the target (int64 (rows,) indices, two of them and lam (N,) for MixedTarget, or
     probabilities of x's layout), class weights ((C,), optional), the partial sums of the `mean`
     denominator (index targets with MEAN; num_partials of them, from _index_denominator_kernel;
-    program (0, 0) stores their total after them, for the host's mean), grad_output (one value or
+    program 0 stores their total after them, for the host's mean), grad_output (one value or
     one per row, as GRAD_OUTPUT says; the gradient's factor is grad_output / the mean denominator).
     Outputs: loss ((rows,)) and, when WRITE_GRAD, grad in x's layout (may be x itself: each
-    block is read before it is overwritten): the gradient with respect to the logits, or with
-    OF_TARGET to the probability target. The math, lam, weights, grad scale, loss and partials
-    are in ACC: fp64 for fp64 logits, else fp32 (label_smoothing arrives as an fp64 and is
-    rounded to ACC).
+    row is read before it is overwritten): the gradient with respect to the logits, or with
+    OF_TARGET to the probability target. The math, lam, weights, grad scale and loss are in ACC: fp64
+    for fp64 logits, else fp32 (label_smoothing arrives as an fp64 and is rounded to ACC).
 
-    Without SPLIT, sweep 1 reads the row for its statistics and sweep 2 writes its gradient. A row
-    of one block (BLOCKS_PER_CHUNK == 1, up to ROW_IN_REGISTERS classes) stays in registers: DRAM
-    sees one read of the logits and one write of the gradient, N * C * itemsize each way, plus 8
-    bytes of target and 4 of loss per row (probability targets add one read of q per sweep). A
-    longer row keeps its last block in registers and reads the others again in sweep 2, newest
-    first; they come from L2 while the rows in flight (programs x row bytes) fit in it, else from
-    DRAM (up to 2 reads + 1 write). Without WRITE_GRAD, sweep 2 is skipped.
-    With SPLIT, programs write PARTIAL_FIELDS partial statistics of their chunk and
-    _cross_entropy_split_finish_kernel merges them and writes loss and gradient.
+    Sweep 1 reads the row for its statistics, sweep 2 writes its gradient from the registers. Bytes: one
+    read of the logits and one write of the gradient, N * C * itemsize each way, plus 8 bytes of target
+    and 4 of loss per row (probability targets add one read of q per sweep). Without WRITE_GRAD, sweep 2
+    is skipped.
     """
-    split = tl.program_id(1).to(tl.int64)
-    label_smoothing = tl.full([], label_smoothing, ACC)
-    z_loss = tl.full([], z_loss, ACC)
+    label_smoothing, z_loss, mean_scale = _prologue(
+        target_ptr, weight_ptr, denominator_ptr, num_partials, total_rows, num_classes, ignore_index, label_smoothing,
+        z_loss, TARGET_KIND, MEAN, HAS_WEIGHT, False, PARTIALS_BLOCK, ACC)
     IS_PROB: tl.constexpr = TARGET_KIND == PROBABILITY_TARGET
-    denominator = _mean_denominator(denominator_ptr, num_partials, total_rows, TARGET_KIND, PARTIALS_BLOCK, ACC)
-    if MEAN and TARGET_KIND == INDEX_TARGET and not SPLIT:
-        if tl.program_id(0) == 0:  # the denominator's total, for the host's mean of the losses
-            tl.store(denominator_ptr + num_partials, denominator)
-    mean_scale = _mean_scale(denominator, MEAN, ACC)
-    start = split * chunk_size
-    n = tl.minimum(chunk_size, num_classes - start).to(tl.int32)  # classes in the chunk (< 2^31)
     for program_row in tl.range(tl.program_id(0), rows, tl.num_programs(0)):
         row = program_row + tl.zeros([], tl.int64)  # int64 offsets (the interpreter's loop yields Python ints)
-        sample, row_offset = _row_position(row, num_classes, inner_size)
-        first = row_offset + start * inner_size
-        # 1. Sweep 1: statistics of the row (or chunk).
+        _, first = _row_position(row, num_classes, inner_size)
+        # 1. Sweep 1: statistics of the row.
         row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, held, held_offset = _chunk_statistics(
-            x_ptr, target_ptr, weight_ptr, first, inner_size, start, n, BLOCK, BLOCKS_PER_CHUNK, SPLIT,
-            LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, OF_TARGET, ACC)
-        if SPLIT:
-            fields = partial_ptr + (row * tl.num_programs(1) + split) * 8
-            tl.store(fields + 0, row_max)
-            tl.store(fields + 1, sum_exp)
-            tl.store(fields + 2, sum_s)
-            tl.store(fields + 3, sum_w)
-            tl.store(fields + 4, sum_wq)
-            tl.store(fields + 5, sum_wqs)
-        else:
-            # 2. What the target asks of this row.
-            a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
-                target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
-                label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
-            # The target logits: read before any gradient overwrites them (inplace_backward).
-            x_a, x_b = _target_logits(x_ptr, row_offset, inner_size, num_classes, y_a, y_b, ACC)
-            if not HAS_WEIGHT:
-                sum_w = tl.zeros([], ACC) + num_classes
-            log_sum = tl.log(sum_exp)
-            # 3. Loss of the row, then sweep 2: its gradient.
-            loss, factor = _row_loss_and_factor(log_sum, sum_s, sum_w, sum_wq, sum_wqs, x_a, x_b, row_max, a_a, a_b,
-                                                beta, active, label_smoothing, z_loss, IS_PROB, HAS_Z_LOSS)
-            tl.store(loss_ptr + row, loss)
-            if WRITE_LSE:
-                tl.store(lse_ptr + row, row_max + log_sum)
-            if WRITE_GRAD:
-                shift, k, b, c, grad_a, grad_b = _gradient_parameters(
-                    mean_scale, grad_output_ptr, weight_ptr, row, num_classes, row_max, log_sum, factor, a_a, a_b,
-                    y_a, y_b, x_a, x_b, beta, label_smoothing, TARGET_KIND, GRAD_OUTPUT, HAS_WEIGHT, HAS_SMOOTHING,
-                    ACC)
-                _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, first, inner_size, start, n, held,
-                                    held_offset, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b,
-                                    TARGET_KIND, BLOCK, BLOCKS_PER_CHUNK, True, False, LANE_ALIGNED,
-                                    HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
+            x_ptr, target_ptr, weight_ptr, first, inner_size, 0, num_classes, BLOCK, 1, not EVEN, LANE_ALIGNED,
+            IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, UNIT_STRIDE, OF_TARGET, "", ACC)
+        # 2. Its loss, then sweep 2: its gradient.
+        shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b = _row_result(
+            x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_output_ptr, loss_ptr, lse_ptr, row,
+            num_classes, inner_size, ignore_index, label_smoothing, z_loss, mean_scale, row_max, sum_exp, sum_s,
+            sum_w, sum_wq, sum_wqs, TARGET_KIND, HAS_WEIGHT, HAS_SMOOTHING, HAS_Z_LOSS, WRITE_LSE, GRAD_OUTPUT, ACC)
+        if WRITE_GRAD:
+            _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, first, inner_size, 0, num_classes, held,
+                                held_offset, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b,
+                                TARGET_KIND, BLOCK, 1, True, not EVEN, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING,
+                                OF_TARGET, UNIT_STRIDE, ACC)
 
 
 @triton.jit
 def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held, held_offset, shift,
                         log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b, TARGET_KIND: tl.constexpr,
                         BLOCK: tl.constexpr, BLOCKS: tl.constexpr, HELD: tl.constexpr,
-                        MASKED_LOOP: tl.constexpr, LANE_ALIGNED: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                        MASKED: tl.constexpr, LANE_ALIGNED: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                         HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr, UNIT_STRIDE: tl.constexpr,
                         ACC: tl.constexpr):
     """Sweep 2 of a chunk (_write_chunk_gradient; zeros for an inactive row, whatever its logits hold), then
@@ -722,11 +750,11 @@ def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride,
     IS_PROB: tl.constexpr = TARGET_KIND == PROBABILITY_TARGET
     if active:
         _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held,
-                              held_offset, shift, log_sum, k, b, c, False, BLOCK, BLOCKS, HELD, MASKED_LOOP,
+                              held_offset, shift, log_sum, k, b, c, False, BLOCK, BLOCKS, HELD, MASKED,
                               LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
     else:
         _write_chunk_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride, start, n, held,
-                              held_offset, shift, log_sum, k, b, c, True, BLOCK, BLOCKS, HELD, MASKED_LOOP,
+                              held_offset, shift, log_sum, k, b, c, True, BLOCK, BLOCKS, HELD, MASKED,
                               LANE_ALIGNED, IS_PROB, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, UNIT_STRIDE, ACC)
     if TARGET_KIND != PROBABILITY_TARGET and not OF_TARGET:
         tl.debug_barrier()  # the chunk's stores before the two that overwrite target classes
@@ -740,74 +768,37 @@ def _write_row_gradient(x_ptr, q_ptr, weight_ptr, grad_ptr, first, class_stride,
 
 
 @triton.jit
-def _cross_entropy_split_merge_kernel(
-        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
-        grad_ptr,
-        partial_ptr, rows, num_classes, inner_size, chunk_size, num_partials, total_rows, num_splits, ignore_index,
-        label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-        HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
-        MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
-        BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
-        SPLITS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr,
-        ACC: tl.constexpr):
-    """Second kernel of a split row, grid (rows,): merge the row's partial statistics, write its loss
-    (and lse), and for the gradient what every program of _cross_entropy_split_finish_kernel needs
-    (_gradient_parameters) over split 0's fields: the merge runs once per row, not once per chunk.
-
-    The merged fields, over split 0's PARTIAL_FIELDS (only this program reads them): shift, log_sum, k, b,
-    c, active, and the gradients of the two target classes.
-
-    Inputs: as _cross_entropy_fwd_kernel, plus partial (rows, splits, PARTIAL_FIELDS) in ACC; PARTIALS_BLOCK
-    covers every row (the `mean` denominator). Bytes: the partials (32 * splits per row), 12 per row of
-    target and loss, the targets again for the denominator (cached).
-    """
-    row = tl.program_id(0).to(tl.int64)
-    sample, row_offset = _row_position(row, num_classes, inner_size)
-    label_smoothing = tl.full([], label_smoothing, ACC)
-    z_loss = tl.full([], z_loss, ACC)
-    # The `mean` denominator of index targets from all the rows' targets (split rows are few), not from
-    # partial sums: no prologue kernel before a split launch.
-    denominator = tl.zeros([], ACC) + total_rows
-    if MEAN and TARGET_KIND == INDEX_TARGET:
-        denominator = tl.sum(_counted_weight(target_ptr, weight_ptr, 0, rows, num_classes, ignore_index,
-                                             PARTIALS_BLOCK, HAS_WEIGHT, ACC), 0)
-        if row == 0:  # the total, for the host's mean of the losses
-            tl.store(denominator_ptr + num_partials, denominator)
-    a_a, a_b, beta, y_a, y_b, active = _row_coefficients(
-        target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes, ignore_index,
-        label_smoothing, TARGET_KIND, HAS_WEIGHT, ACC)
-    x_a, x_b = _target_logits(x_ptr, row_offset, inner_size, num_classes, y_a, y_b, ACC)
-    # Max over chunks, sums of exp rescaled to it, shifted sums rebased onto it, plain sums of the rest.
+def _merge_row(x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_output_ptr, loss_ptr, lse_ptr,
+               partial_ptr, row, num_classes, inner_size, num_splits, ignore_index, label_smoothing, z_loss,
+               mean_scale, TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+               HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
+               GRAD_OUTPUT: tl.constexpr, SPLITS_BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """A split row's statistics from its chunks' partials: max over chunks, sums of exp rescaled to it,
+    shifted sums rebased onto it, plain sums of the rest. Stores the row's loss (_row_result) and, for
+    sweep 2, over split 0's fields: shift, log_sum, k, b, c, active and the target classes' gradients.
+    The partials come from other programs: read through L2 (.cg), never from a stale L1 line."""
     splits = tl.arange(0, SPLITS_BLOCK)
     in_use = splits < num_splits
-    fields = partial_ptr + (row * num_splits + splits) * 8
-    chunk_max = tl.load(fields + 0, mask=in_use, other=-float("inf"))
+    fields = partial_ptr + (row * num_splits + splits) * PARTIAL_FIELDS
+    chunk_max = tl.load(fields + 0, mask=in_use, other=-float("inf"), cache_modifier=".cg")
     row_max = tl.max(chunk_max, 0)
     shift = tl.where(row_max == -float("inf"), 0.0, row_max)
-    sum_exp = tl.sum(tl.load(fields + 1, mask=in_use, other=0.0) * tl.exp(chunk_max - shift), 0)
-    chunk_w = tl.load(fields + 3, mask=in_use, other=0.0)
-    chunk_wq = tl.load(fields + 4, mask=in_use, other=0.0)
-    sum_s = tl.sum(_rebase(tl.load(fields + 2, mask=in_use, other=0.0), chunk_max, shift, chunk_w), 0)
-    sum_wqs = tl.sum(_rebase(tl.load(fields + 5, mask=in_use, other=0.0), chunk_max, shift, chunk_wq), 0)
-    if HAS_WEIGHT:
-        sum_w = tl.sum(chunk_w, 0)
-    else:
-        sum_w = tl.zeros([], ACC) + num_classes
-    sum_wq = tl.sum(chunk_wq, 0)
-    log_sum = tl.log(sum_exp)
-    loss, factor = _row_loss_and_factor(log_sum, sum_s, sum_w, sum_wq, sum_wqs, x_a, x_b, row_max, a_a, a_b,
-                                        beta, active, label_smoothing, z_loss, TARGET_KIND == PROBABILITY_TARGET,
-                                        HAS_Z_LOSS)
-    tl.store(loss_ptr + row, loss)
-    if WRITE_LSE:
-        tl.store(lse_ptr + row, row_max + log_sum)
+    sum_exp = tl.sum(tl.load(fields + 1, mask=in_use, other=0.0, cache_modifier=".cg") * tl.exp(chunk_max - shift),
+                     0)
+    chunk_w = tl.load(fields + 3, mask=in_use, other=0.0, cache_modifier=".cg")
+    chunk_wq = tl.load(fields + 4, mask=in_use, other=0.0, cache_modifier=".cg")
+    sum_s = tl.sum(_rebase(tl.load(fields + 2, mask=in_use, other=0.0, cache_modifier=".cg"), chunk_max, shift,
+                           chunk_w), 0)
+    sum_wqs = tl.sum(_rebase(tl.load(fields + 5, mask=in_use, other=0.0, cache_modifier=".cg"), chunk_max, shift,
+                             chunk_wq), 0)
+    shift, log_sum, k, b, c, active, _, grad_a, _, grad_b = _row_result(
+        x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_output_ptr, loss_ptr, lse_ptr, row, num_classes,
+        inner_size, ignore_index, label_smoothing, z_loss, mean_scale, row_max, sum_exp, sum_s, tl.sum(chunk_w, 0),
+        tl.sum(chunk_wq, 0), sum_wqs, TARGET_KIND, HAS_WEIGHT, HAS_SMOOTHING, HAS_Z_LOSS, WRITE_LSE, GRAD_OUTPUT,
+        ACC)
     if WRITE_GRAD:
-        shift, k, b, c, grad_a, grad_b = _gradient_parameters(
-            _mean_scale(denominator, MEAN, ACC), grad_output_ptr, weight_ptr, row, num_classes, row_max, log_sum,
-            factor, a_a, a_b, y_a, y_b, x_a, x_b, beta, label_smoothing, TARGET_KIND, GRAD_OUTPUT, HAS_WEIGHT,
-            HAS_SMOOTHING, ACC)
         tl.debug_barrier()  # every thread has read the partials before they are overwritten
-        merged = partial_ptr + row * num_splits * 8
+        merged = partial_ptr + row * num_splits * PARTIAL_FIELDS
         tl.store(merged + 0, shift)
         tl.store(merged + 1, log_sum)
         tl.store(merged + 2, k)
@@ -819,35 +810,132 @@ def _cross_entropy_split_merge_kernel(
 
 
 @triton.jit
-def _cross_entropy_split_finish_kernel(
+def _cross_entropy_split_kernel(
         x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, denominator_ptr, grad_output_ptr, loss_ptr, lse_ptr,
-        grad_ptr,
-        partial_ptr, rows, num_classes, inner_size, chunk_size, num_partials, total_rows, num_splits, ignore_index,
-        label_smoothing: "fp64", z_loss: "fp64", TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+        grad_ptr, rows, num_classes, inner_size, num_partials, total_rows, ignore_index,
+        label_smoothing: "fp64", z_loss: "fp64", partial_ptr, queue_ptr, chunk_size, num_splits, lag,
+        TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr,
         HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr,
-        MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr,
-        BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, PARTIALS_BLOCK: tl.constexpr,
-        SPLITS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, UNIT_STRIDE: tl.constexpr,
-        ACC: tl.constexpr):
-    """Third kernel of a split row, grid (rows, splits): the gradient of this program's chunk, from the
-    row's merged fields (_cross_entropy_split_merge_kernel).
+        MEAN: tl.constexpr, GRAD_OUTPUT: tl.constexpr, OF_TARGET: tl.constexpr, BLOCK: tl.constexpr,
+        PARTIALS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, EVEN: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+        ACC: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, SPLITS_BLOCK: tl.constexpr):
+    """Cross-entropy of rows cut into num_splits chunks of chunk_size classes (the last one shorter): rows
+    too long to hold in registers, or too few to fill the GPU. One persistent grid works through a queue of
+    items, each one chunk of one row:
+      sweep 1 of a chunk: its partial statistics (_chunk_statistics), stored in partial (rows, splits,
+        PARTIAL_FIELDS); the row's last chunk to arrive merges them (_merge_row: the loss, and what sweep 2
+        needs);
+      sweep 2 of a chunk (WRITE_GRAD): its gradient, once the row is merged; the chunk comes again from L2.
+    queue (int32, zeros): [0] hands out the items in order, ITEMS_PER_GRAB at a time (one atomic per grab),
+    [1 + row] counts the row's chunks done (splits + 1 once merged). Items run in steps: step s holds sweep 1
+    of row s, then sweep 2 of row s - lag. Deadlock-free at any residency: a program works through its grab
+    in order and waits only in sweep 2, for sweep-1 items of lower index, held by running programs that are
+    either working on them or waiting, in turn, on items of still lower index. With lag >= programs / splits
+    the wait is rare, and between a chunk's two sweeps the GPU reads about lag rows plus the chunks in flight, which stay
+    in L2 (split_lag). The result does not depend on which program takes which item.
 
-    Bytes: the 32 merged bytes of the row, and the chunk of logits read again: rows are split only when
-    they are few (rows * C * itemsize is then a few MB), so this re-read hits L2. Writes the chunk's
-    gradient once.
+    Inputs and outputs as _cross_entropy_fwd_kernel. Bytes: one read of the logits from DRAM and one write
+    of the gradient (sweep 2's reads come from L2), the partials (32 bytes per chunk), 12 per row.
     """
-    row = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
-    sample, row_offset = _row_position(row, num_classes, inner_size)
-    merged = partial_ptr + row * num_splits * 8
-    shift = tl.load(merged + 0)
-    log_sum = tl.load(merged + 1)
-    k = tl.load(merged + 2)
-    b = tl.load(merged + 3)
-    c = tl.load(merged + 4)
-    active = tl.load(merged + 5) != 0.0
-    grad_a = tl.load(merged + 6)
-    grad_b = tl.load(merged + 7)
+    label_smoothing, z_loss, mean_scale = _prologue(
+        target_ptr, weight_ptr, denominator_ptr, num_partials, total_rows, num_classes, ignore_index, label_smoothing,
+        z_loss, TARGET_KIND, MEAN, HAS_WEIGHT, True, PARTIALS_BLOCK, ACC)
+    SWEEPS: tl.constexpr = 2 if WRITE_GRAD else 1
+    items = (rows + (SWEEPS - 1) * lag) * SWEEPS * num_splits
+    grabbed = tl.atomic_add(queue_ptr, ITEMS_PER_GRAB)
+    while grabbed < items:
+        for item in range(grabbed, tl.minimum(grabbed + ITEMS_PER_GRAB, items)):
+            sweep, row, split = _queue_item(item, rows, num_splits, lag, SWEEPS)
+            if sweep == 1:
+                _split_statistics(
+                    x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_output_ptr, loss_ptr, lse_ptr,
+                    partial_ptr, queue_ptr, row, split, num_classes, inner_size, chunk_size, num_splits,
+                    ignore_index, label_smoothing, z_loss, mean_scale, TARGET_KIND, HAS_WEIGHT, HAS_SMOOTHING,
+                    HAS_Z_LOSS, WRITE_LSE, WRITE_GRAD, GRAD_OUTPUT, OF_TARGET, BLOCK, BLOCKS_PER_CHUNK,
+                    SPLITS_BLOCK, LANE_ALIGNED, EVEN, UNIT_STRIDE, ACC)
+            elif sweep == 2:
+                _split_gradient(x_ptr, target_ptr, target_b_ptr, weight_ptr, grad_ptr, partial_ptr, queue_ptr,
+                                row, split, num_classes, inner_size, chunk_size, num_splits, TARGET_KIND,
+                                HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET, BLOCK, BLOCKS_PER_CHUNK, LANE_ALIGNED, EVEN,
+                                UNIT_STRIDE, ACC)
+        grabbed = tl.atomic_add(queue_ptr, ITEMS_PER_GRAB)
+
+
+@triton.jit
+def _queue_item(item, rows, num_splits, lag, SWEEPS: tl.constexpr):
+    """(sweep, row, split) of the split kernel's queue item `item`: items run in steps of SWEEPS * num_splits,
+    step s holding sweep 1 of row s's chunks, then (SWEEPS == 2) sweep 2 of row s - lag's. Sweep 0: an item
+    with no row (the first lag steps' sweep 2, the last lag steps' sweep 1)."""
+    step = item // (SWEEPS * num_splits)
+    split = item % (SWEEPS * num_splits)
+    if split < num_splits:
+        sweep = tl.where(step < rows, 1, 0)
+        row = step
+    else:
+        sweep = tl.where(step >= lag, 2, 0)
+        row = step - lag
+        split -= num_splits
+    return sweep, row, split
+
+
+@triton.jit
+def _split_statistics(x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_output_ptr, loss_ptr, lse_ptr,
+                      partial_ptr, queue_ptr, row, split, num_classes, inner_size, chunk_size, num_splits,
+                      ignore_index, label_smoothing, z_loss, mean_scale, TARGET_KIND: tl.constexpr,
+                      HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr,
+                      WRITE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, GRAD_OUTPUT: tl.constexpr,
+                      OF_TARGET: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr,
+                      SPLITS_BLOCK: tl.constexpr, LANE_ALIGNED: tl.constexpr, EVEN: tl.constexpr,
+                      UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
+    """Sweep 1 of one chunk of a split row: its partial statistics, read with evict_last (sweep 2 reads them
+    again); then the chunk's arrival is counted, and the row's last chunk merges the row."""
+    _, row_offset = _row_position(row, num_classes, inner_size)
+    start = split * chunk_size
+    n = tl.minimum(chunk_size, num_classes - start).to(tl.int32)  # classes in the chunk (< 2^31)
+    row_max, sum_exp, sum_s, sum_w, sum_wq, sum_wqs, _, _ = _chunk_statistics(
+        x_ptr, target_ptr, weight_ptr, row_offset + start * inner_size, inner_size, start, n, BLOCK,
+        BLOCKS_PER_CHUNK, not EVEN, LANE_ALIGNED, TARGET_KIND == PROBABILITY_TARGET, HAS_WEIGHT, HAS_SMOOTHING,
+        UNIT_STRIDE, False, "evict_last", ACC)
+    fields = partial_ptr + (row * num_splits + split) * PARTIAL_FIELDS
+    tl.store(fields + 0, row_max)
+    tl.store(fields + 1, sum_exp)
+    tl.store(fields + 2, sum_s)
+    tl.store(fields + 3, sum_w)
+    tl.store(fields + 4, sum_wq)
+    tl.store(fields + 5, sum_wqs)
+    tl.debug_barrier()  # the fields are stored before the arrival that publishes them
+    done = queue_ptr + 1 + row
+    if tl.atomic_add(done, 1, sem="acq_rel") == num_splits - 1:  # the row's last chunk: the others' are visible
+        _merge_row(x_ptr, target_ptr, target_b_ptr, lam_ptr, weight_ptr, grad_output_ptr, loss_ptr, lse_ptr,
+                   partial_ptr, row, num_classes, inner_size, num_splits, ignore_index, label_smoothing, z_loss,
+                   mean_scale, TARGET_KIND, HAS_WEIGHT, HAS_SMOOTHING, HAS_Z_LOSS, WRITE_LSE, WRITE_GRAD,
+                   GRAD_OUTPUT, SPLITS_BLOCK, ACC)
+        tl.debug_barrier()  # the merged fields are stored before the release below
+        tl.atomic_add(done, 1, sem="release")
+
+
+@triton.jit
+def _split_gradient(x_ptr, target_ptr, target_b_ptr, weight_ptr, grad_ptr, partial_ptr, queue_ptr, row, split,
+                    num_classes, inner_size, chunk_size, num_splits, TARGET_KIND: tl.constexpr,
+                    HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, OF_TARGET: tl.constexpr,
+                    BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, LANE_ALIGNED: tl.constexpr,
+                    EVEN: tl.constexpr, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
+    """Sweep 2 of one chunk of a split row, once the row is merged (its count past num_splits): the gradient
+    from the merged fields (_merge_row), the chunk's logits read again (from L2) and written once."""
+    done = queue_ptr + 1 + row
+    count = tl.atomic_add(done, 0, sem="acquire")
+    while count <= num_splits:
+        count = tl.atomic_add(done, 0, sem="acquire")
+    _, row_offset = _row_position(row, num_classes, inner_size)
+    merged = partial_ptr + row * num_splits * PARTIAL_FIELDS
+    shift = tl.load(merged + 0, cache_modifier=".cg")
+    log_sum = tl.load(merged + 1, cache_modifier=".cg")
+    k = tl.load(merged + 2, cache_modifier=".cg")
+    b = tl.load(merged + 3, cache_modifier=".cg")
+    c = tl.load(merged + 4, cache_modifier=".cg")
+    active = tl.load(merged + 5, cache_modifier=".cg") != 0.0
+    grad_a = tl.load(merged + 6, cache_modifier=".cg")
+    grad_b = tl.load(merged + 7, cache_modifier=".cg")
     no_class = tl.full([], -1, tl.int64)
     y_a = no_class
     y_b = no_class
@@ -857,9 +945,9 @@ def _cross_entropy_split_finish_kernel(
             y_b = tl.load(target_b_ptr + row)
     start = split * chunk_size
     n = tl.minimum(chunk_size, num_classes - start).to(tl.int32)
-    _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset + start * inner_size, inner_size, start, n,
-                        shift, shift, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b, TARGET_KIND, BLOCK,
-                        BLOCKS_PER_CHUNK, False, True, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET,
+    _write_row_gradient(x_ptr, target_ptr, weight_ptr, grad_ptr, row_offset + start * inner_size, inner_size, start,
+                        n, shift, shift, shift, log_sum, k, b, c, active, y_a, grad_a, y_b, grad_b, TARGET_KIND,
+                        BLOCK, BLOCKS_PER_CHUNK, False, not EVEN, LANE_ALIGNED, HAS_WEIGHT, HAS_SMOOTHING, OF_TARGET,
                         UNIT_STRIDE, ACC)
 
 
@@ -903,15 +991,20 @@ def _scale_gradient_kernel(grad_ptr, factor_ptr, n_elements, num_classes, inner_
 # (_cross_entropy_triton, _cross_entropy_cuda).
 
 
-def split_count(rows, num_classes, device):
-    """How many programs share one row: 1 unless rows are too few to fill the GPU (SPLIT_PROGRAMS_PER_SM
-    programs per SM) and C is long; then chunks of whole SPLIT_BLOCKs, at least SPLIT_CHUNK classes,
-    enough of them for that many programs."""
-    wanted = cdiv(SPLIT_PROGRAMS_PER_SM * _backend.sm_count(device), max(rows, 1))
-    if num_classes < 2 * SPLIT_CHUNK or wanted <= 1:
-        return 1
-    chunk = max(SPLIT_CHUNK, num_classes // wanted // SPLIT_BLOCK * SPLIT_BLOCK)
-    return cdiv(num_classes, chunk)
+def split_count(rows, num_classes, device, long_rows=True):
+    """How many chunks of SPLIT_BLOCK classes each row is cut into: 1 for rows of up to ROW_IN_REGISTERS
+    classes unless they are too few for SPLIT_PROGRAMS_PER_SM programs per SM and C spans two chunks;
+    longer rows always, unless not long_rows (the CUDA kernels sweep a long row in one block, and merge
+    split rows in separate kernels, after every chunk's sweep 1: for rows too few to fill the GPU only)."""
+    few_rows = rows < SPLIT_PROGRAMS_PER_SM * _backend.sm_count(device)
+    if (num_classes > ROW_IN_REGISTERS and long_rows) or (few_rows and num_classes >= 2 * SPLIT_BLOCK):
+        return cdiv(num_classes, SPLIT_BLOCK)
+    return 1
+
+
+def uses_split_kernel(num_classes, splits):
+    """Whether rows go to _cross_entropy_split_kernel (else one block each in _cross_entropy_fwd_kernel)."""
+    return splits > 1 or num_classes > ROW_IN_REGISTERS
 
 
 def _power_of_two_at_least(n):
@@ -920,18 +1013,14 @@ def _power_of_two_at_least(n):
 
 
 def _block_and_warps(num_classes, splits):
-    """(BLOCK, num_warps): a row of up to ROW_IN_REGISTERS classes (unsplit) is one block, held in
-    registers between the two sweeps, ROW_ELEMENTS_PER_THREAD per thread; longer unsplit rows loop over
-    LONG_ROW_BLOCK classes with LONG_ROW_WARPS warps; split chunks over SPLIT_BLOCK classes (fewer for a
-    short row split on request) with SPLIT_WARPS warps."""
-    whole_row = _power_of_two_at_least(num_classes)
-    if splits == 1 and MAX_BLOCK < whole_row <= ROW_IN_REGISTERS:
-        return whole_row, max(4, whole_row // (32 * ROW_ELEMENTS_PER_THREAD))
-    if splits == 1 and whole_row > ROW_IN_REGISTERS:
-        return LONG_ROW_BLOCK, LONG_ROW_WARPS
-    if splits > 1:
+    """(BLOCK, num_warps): a row held in registers is one block, ROW_ELEMENTS_PER_THREAD per thread
+    (at least 4 warps); a split row's chunks are blocks of up to SPLIT_BLOCK classes on SPLIT_WARPS."""
+    if uses_split_kernel(num_classes, splits):
         return max(16, min(SPLIT_BLOCK, _power_of_two_at_least(cdiv(num_classes, splits)))), SPLIT_WARPS
-    return max(16, min(MAX_BLOCK, whole_row)), 4
+    whole_row = _power_of_two_at_least(num_classes)
+    if whole_row > MAX_BLOCK:
+        return whole_row, max(4, whole_row // (32 * ROW_ELEMENTS_PER_THREAD))
+    return max(16, whole_row), 4
 
 
 @functools.lru_cache(maxsize=None)
@@ -942,21 +1031,27 @@ def _l2_bytes(device: torch.device) -> int:
     return DEFAULT_L2_BYTES
 
 
-def row_programs(rows: int, num_classes: int, splits: int, itemsize: int, device: torch.device) -> int:
-    """Programs along the rows of _cross_entropy_fwd_kernel, each looping over rows (a persistent grid):
-    for unsplit rows longer than ROW_IN_REGISTERS, LONG_ROW_PROGRAMS_PER_SM per SM and no more than keep
-    what sweep 2 reads again (all blocks but the held last one) within L2_RESIDENT_FRACTION of L2; for
-    other unsplit rows, as many per SM as its threads could hold (RESIDENT_THREADS_PER_SM), so that each
-    program's prologue (the `mean` denominator and its reciprocal) is paid once per program, not per row;
-    split rows: one program per row."""
-    if splits == 1 and num_classes > ROW_IN_REGISTERS:
-        reread = (num_classes - LONG_ROW_BLOCK) * itemsize
-        resident = max(1, int(L2_RESIDENT_FRACTION * _l2_bytes(device)) // reread)
-        return min(rows, LONG_ROW_PROGRAMS_PER_SM * _backend.sm_count(device), resident)
-    if splits == 1:
-        _, num_warps = _block_and_warps(num_classes, splits)
-        return min(rows, RESIDENT_THREADS_PER_SM // (32 * num_warps) * _backend.sm_count(device))
-    return rows
+def row_programs(rows: int, num_warps: int, device: torch.device) -> int:
+    """Programs of _cross_entropy_fwd_kernel, each looping over rows (a persistent grid): as many per SM as
+    its threads could hold (RESIDENT_THREADS_PER_SM), so that each program's prologue (the `mean`
+    denominator and its reciprocal) is paid once per program, not per row."""
+    return min(rows, RESIDENT_THREADS_PER_SM // (32 * num_warps) * _backend.sm_count(device))
+
+
+def split_programs(items: int, num_warps: int, chunk_bytes: int, device: torch.device) -> int:
+    """Programs of _cross_entropy_split_kernel's persistent grid: SPLIT_THREADS_PER_SM per SM, no more
+    than the sweep-1 items, and few enough that what the GPU reads between a chunk's two sweeps (about
+    2 x programs chunks, split_lag) fits in L2_RESIDENT_FRACTION of L2."""
+    resident = int(L2_RESIDENT_FRACTION * _l2_bytes(device)) // (2 * chunk_bytes)
+    return max(1, min(items, SPLIT_THREADS_PER_SM // (32 * num_warps) * _backend.sm_count(device), resident))
+
+
+def split_lag(programs: int, splits: int) -> int:
+    """Rows between sweep 1 of a row and its sweep 2 in the split kernel's queue: enough that the programs
+    in flight (one item each) have finished the row's sweep 1 when its sweep 2 is handed out, so that
+    sweep 2 rarely waits. Between a chunk's two sweeps the GPU then moves about 2 x lag rows through L2
+    (lag rows read by sweep 1, lag rows of gradient written)."""
+    return cdiv(programs, splits)
 
 
 def _denominator_partials(rows):
@@ -986,40 +1081,41 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
         # The kernel rounds it to fp32 itself; rounded here too, HAS_SMOOTHING agrees (say for 1e-100).
         label_smoothing = struct.unpack("f", struct.pack("f", label_smoothing))[0]
         z_loss = struct.unpack("f", struct.pack("f", z_loss))[0]
-    chunk = cdiv(cdiv(num_classes, splits), block) * block
-    splits = cdiv(num_classes, chunk)
-    num_partials = 0
+    split_kernel = uses_split_kernel(num_classes, splits)
+    num_partials, partials_block = 0, 2
     if denominator is not None:
         num_partials, rows_per_program, denominator_block = _denominator_partials(rows)
-    if denominator is not None and splits == 1:  # split rows: _cross_entropy_split_merge_kernel sums the targets
+        partials_block = max(2, _power_of_two_at_least(num_partials))
+    if denominator is not None and split_kernel:  # which counts the targets itself
+        partials_block = denominator_block
+    elif denominator is not None:
         launch(_index_denominator_kernel, (num_partials,), target, weight if weight is not None else denominator,
                denominator, rows, num_classes, ignore_index, rows_per_program, num_warps=4, BLOCK=denominator_block,
                HAS_WEIGHT=weight is not None, ACC=acc)
-    partial = torch.empty((rows, splits, PARTIAL_FIELDS), dtype=math_dtype, device=x.device) if splits > 1 else loss
     args = (x, target, target_b if target_b is not None else target, lam if lam is not None else loss,
             weight if weight is not None else loss, denominator if denominator is not None else loss,
             grad_output if grad_output is not None else loss, loss, lse if lse is not None else loss,
-            grad if grad is not None else x, partial,
-            rows, num_classes, inner_size, chunk, num_partials, rows)
-    flags = dict(TARGET_KIND=int(target_kind), HAS_WEIGHT=weight is not None, HAS_SMOOTHING=label_smoothing > 0.0,
-                 HAS_Z_LOSS=z_loss > 0.0, WRITE_LSE=lse is not None, WRITE_GRAD=grad is not None, MEAN=mean, GRAD_OUTPUT=_grad_output_kind(grad_output),
-                 OF_TARGET=of_target)
-    sizes = dict(BLOCK=block, BLOCKS_PER_CHUNK=chunk // block,
-                 PARTIALS_BLOCK=max(2, _power_of_two_at_least(num_partials)),
-                 LANE_ALIGNED=num_classes % LANE_GROUP.value == 0, UNIT_STRIDE=inner_size == 1, ACC=acc)
-    launch(_cross_entropy_fwd_kernel, (row_programs(rows, num_classes, splits, x.element_size(), x.device), splits),
-           *args,
-           ignore_index, label_smoothing, z_loss,
-           num_warps=num_warps,
-           **flags, SPLIT=splits > 1, **sizes)
-    if splits > 1:
-        splits_block = max(2, _power_of_two_at_least(splits))
-        merge_sizes = dict(sizes, PARTIALS_BLOCK=max(2, _power_of_two_at_least(rows)))  # the denominator's rows
-        launch(_cross_entropy_split_merge_kernel, (rows,), *args, splits, ignore_index, label_smoothing, z_loss,
-               num_warps=num_warps, **flags, **merge_sizes, SPLITS_BLOCK=splits_block)
-        if grad is not None:
-            launch(_cross_entropy_split_finish_kernel, (rows, splits), *args, splits, ignore_index, label_smoothing,
-                   z_loss, num_warps=num_warps, **flags, **sizes, SPLITS_BLOCK=splits_block)
+            grad if grad is not None else x, rows, num_classes, inner_size, num_partials, rows, ignore_index,
+            label_smoothing, z_loss)
+    constexprs = dict(TARGET_KIND=int(target_kind), HAS_WEIGHT=weight is not None,
+                      HAS_SMOOTHING=label_smoothing > 0.0, HAS_Z_LOSS=z_loss > 0.0, WRITE_LSE=lse is not None,
+                      WRITE_GRAD=grad is not None, MEAN=mean, GRAD_OUTPUT=_grad_output_kind(grad_output),
+                      OF_TARGET=of_target, BLOCK=block, PARTIALS_BLOCK=partials_block,
+                      LANE_ALIGNED=num_classes % LANE_GROUP.value == 0, UNIT_STRIDE=inner_size == 1, ACC=acc)
+    if not split_kernel:
+        launch(_cross_entropy_fwd_kernel, (row_programs(rows, num_warps, x.device),), *args, num_warps=num_warps,
+               **constexprs, EVEN=num_classes == block)
+        return
+    chunk = cdiv(cdiv(num_classes, splits), block) * block
+    splits = cdiv(num_classes, chunk)
+    partial = torch.empty((rows, splits, PARTIAL_FIELDS.value), dtype=math_dtype, device=x.device)
+    programs = split_programs(rows * splits, num_warps, chunk * x.element_size(), x.device)
+    lag = split_lag(programs, splits)
+    if (rows + lag) * 2 * splits + ITEMS_PER_GRAB.value * programs >= 1 << 31:  # the queue counts in int32
+        raise ValueError(f"cross_entropy: {rows} rows of {splits} chunks are too many items for the split kernel")
+    queue = torch.zeros(rows + 1, dtype=torch.int32, device=x.device)
+    launch(_cross_entropy_split_kernel, (programs,), *args, partial, queue, chunk, splits, lag, num_warps=num_warps, **constexprs, EVEN=num_classes % chunk == 0, BLOCKS_PER_CHUNK=chunk // block,
+           SPLITS_BLOCK=max(2, _power_of_two_at_least(splits)))
 
 
 def _pointer(tensor):
@@ -1030,7 +1126,7 @@ def _cross_entropy_cuda(x, target, target_b, lam, weight, loss, lse, grad, denom
                         label_smoothing, z_loss, mean, target_kind, splits, of_target):
     num_classes = x.shape[1]
     rows = loss.numel()
-    partial = torch.empty((rows, splits, PARTIAL_FIELDS), dtype=torch.float32, device=x.device) if splits > 1 else None
+    partial = torch.empty((rows, splits, PARTIAL_FIELDS.value), dtype=torch.float32, device=x.device) if splits > 1 else None
     num_partials, rows_per_partial, _ = _denominator_partials(rows) if denominator is not None else (0, 0, 0)
     if target_kind == PROBABILITIES:
         target = target.to(x.dtype)  # the CUDA kernels read probabilities in the logits' dtype
@@ -1120,7 +1216,7 @@ def _forward_kernels(launcher, logits, target, target_b, lam, weight, ignore_ind
         denominator = torch.empty(_denominator_partials(rows)[0] + 1, dtype=math_dtype, device=logits.device)
     if rows > 0:
         if splits <= 0:
-            splits = split_count(rows, logits.shape[1], logits.device)
+            splits = split_count(rows, logits.shape[1], logits.device, launcher is _cross_entropy_triton)
         if grad_output is not None:
             grad_output = grad_output.to(math_dtype)
             grad_output = grad_output if grad_output.is_contiguous() else grad_output.contiguous()

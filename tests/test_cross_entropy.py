@@ -7,10 +7,12 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 import recipe_kernels as rk
 from recipe_kernels import _backend, reference
-from recipe_kernels.cross_entropy import (MAX_BLOCK, cross_entropy_inplace_op, cross_entropy_op,
+from recipe_kernels.cross_entropy import (MAX_BLOCK, _queue_item, cross_entropy_inplace_op, cross_entropy_op,
                                           cross_entropy_target_grad_op, cross_entropy_with_grad_op, scale_grad_op,
                                           split_count)
 
@@ -108,9 +110,9 @@ def test_wide_rows_split_over_programs(backend, reduction):
 
 def test_wide_rows_split_with_spatial_dims(backend):
     # (1, C, 2): two rows whose classes are 2 apart, each split over programs.
-    from recipe_kernels.cross_entropy import SPLIT_CHUNK
-    logits, target, weight = sample_inputs((1, 2 * SPLIT_CHUNK + 5, 2), dtype=torch.bfloat16, weighted=True)
-    assert split_count(2, 2 * SPLIT_CHUNK + 5, DEVICE) > 1
+    from recipe_kernels.cross_entropy import SPLIT_BLOCK
+    logits, target, weight = sample_inputs((1, 2 * SPLIT_BLOCK + 5, 2), dtype=torch.bfloat16, weighted=True)
+    assert split_count(2, 2 * SPLIT_BLOCK + 5, DEVICE) > 1
     assert_matches_torch(logits, target, backend, "sum", weight=weight, label_smoothing=0.1)
 
 
@@ -1336,36 +1338,40 @@ def test_backward_scaling_is_a_bounded_grid_stride(backend, monkeypatch):
         assert launches and all(grid[0] <= 4 * _backend.sm_count(grad.device) for grid in launches)
 
 
-def test_few_long_rows_fill_four_programs_per_sm(monkeypatch):
-    # 8 rows of 262144 classes: the split path gives at least 4 x SM programs (132 SMs: 528).
+def test_few_long_rows_cover_every_sm(monkeypatch):
+    # 8 rows of 262144 classes: chunks of one block, as many as 4 programs per SM need, on a persistent grid
+    # covering every SM (132 SMs: 64 chunks a row, 512 programs of one item each).
     monkeypatch.setattr(_backend, "sm_count", lambda device: 132)
+    ce = importlib.import_module("recipe_kernels.cross_entropy")
     splits = split_count(8, 262144, torch.device("cpu"))
-    chunk = -(-262144 // splits)
-    chunk = -(-chunk // MAX_BLOCK) * MAX_BLOCK  # as the launcher rounds it
-    assert 8 * -(-262144 // chunk) >= 4 * 132
+    block, num_warps = ce._block_and_warps(262144, splits)
+    assert splits == 262144 // ce.SPLIT_BLOCK and block == ce.SPLIT_BLOCK
+    assert ce.split_programs(8 * splits, num_warps, 2 * block, torch.device("cpu")) == 8 * splits >= 132
     assert split_count(8192, 32000, torch.device("cpu")) == 1
 
 
 # ----------------------------------------------------------------------------- long rows, tiny
-# The paths for long rows, forced at tiny sizes through the module's thresholds.
+# The split kernel's queue for long rows, forced at tiny sizes through the module's thresholds.
 
 
 @pytest.fixture
 def long_rows(monkeypatch):
-    """Rows over 64 classes take the long-row path: blocks of 32 classes over one warp, 2 SMs."""
+    """Rows over 64 classes are split: chunks of 32 classes (one block) over one warp, 2 SMs."""
     ce = importlib.import_module("recipe_kernels.cross_entropy")
     monkeypatch.setattr(ce, "ROW_IN_REGISTERS", 64)
-    monkeypatch.setattr(ce, "LONG_ROW_BLOCK", 32)
-    monkeypatch.setattr(ce, "LONG_ROW_WARPS", 1)
+    monkeypatch.setattr(ce, "SPLIT_BLOCK", 32)
     monkeypatch.setattr(_backend, "sm_count", lambda device: 2)
     return ce
 
 
 @pytest.mark.parametrize("num_classes", [150, 160], ids=["ragged", "lane-aligned"])
-def test_long_rows_on_a_persistent_grid(long_rows, num_classes):
-    # 7 rows on 2 programs, each looping over rows: sweep 1 keeps the last block in registers, sweep 2
-    # reads the others back newest first; an ignored row holding NaN and inf gets zeros.
-    assert long_rows.row_programs(7, num_classes, 1, 4, DEVICE) == 2
+def test_long_rows_through_the_split_queue(long_rows, num_classes):
+    # 7 rows of 5 chunks: sweep 1 of each chunk, the last to arrive merges the row, sweep 2 of row r after
+    # sweep 1 of row r + lag; an ignored row holding NaN and inf gets zeros.
+    splits = long_rows.split_count(7, num_classes, DEVICE)
+    assert splits == 5 and long_rows._block_and_warps(num_classes, splits) == (32, 1)
+    programs = long_rows.split_programs(7 * splits, 1, 32 * 4, DEVICE)
+    assert programs == 16 and long_rows.split_lag(programs, splits) == 4  # sweeps of rows r and r + 4 interleave
     logits, target, weight = sample_inputs((7, num_classes), ignored=(3,), weighted=True)
     logits[3, :5] = float("nan")
     logits[3, 5] = float("inf")
@@ -1379,10 +1385,12 @@ def test_long_rows_on_a_persistent_grid(long_rows, num_classes):
 
 
 def test_long_rows_bounded_by_l2(long_rows, monkeypatch):
-    # When the rows in flight would pass L2_RESIDENT_FRACTION of L2, fewer programs than SMs: here one,
-    # looping over every row; mixed targets, some rows with y_a == y_b (both terms on one class).
+    # When what is read between a chunk's two sweeps would pass L2_RESIDENT_FRACTION of L2, fewer programs:
+    # here two, so a lag of one row (sweep 2 of row r handed out right after sweep 1 of row r + 1); mixed
+    # targets, some rows with y_a == y_b (both terms on one class).
     monkeypatch.setattr(long_rows, "_l2_bytes", lambda device: 1000)
-    assert long_rows.row_programs(6, 150, 1, 4, DEVICE) == 1
+    assert long_rows.split_programs(6 * 5, 1, 32 * 4, DEVICE) == 2
+    assert long_rows.split_lag(2, 5) == 1
     logits, y_a, _ = sample_inputs((6, 150), seed=1)
     y_b = torch.randint(0, 150, (6,), generator=torch.Generator().manual_seed(2)).to(DEVICE)
     y_b[::2] = y_a[::2]
@@ -1393,10 +1401,76 @@ def test_long_rows_bounded_by_l2(long_rows, monkeypatch):
     torch.testing.assert_close(grad.double(), expected_grad, **GRAD_TOLERANCE[torch.float32])
 
 
+@triton.jit
+def _decode_queue(out_ptr, items, rows, num_splits, lag, SWEEPS: tl.constexpr):
+    for item in range(0, items):
+        sweep, row, split = _queue_item(item, rows, num_splits, lag, SWEEPS)
+        tl.store(out_ptr + 3 * item, sweep)
+        tl.store(out_ptr + 3 * item + 1, row)
+        tl.store(out_ptr + 3 * item + 2, split)
+
+
+def _decoded_queue(rows, splits, lag, sweeps):
+    """The split kernel's items in queue order, as (sweep, row, split), decoded by its own _queue_item."""
+    items = (rows + (sweeps - 1) * lag) * sweeps * splits
+    out = torch.empty(items * 3, dtype=torch.int32, device=DEVICE)
+    _decode_queue[(1,)](out, items, rows, splits, lag, SWEEPS=sweeps)
+    return [tuple(entry) for entry in out.view(-1, 3).tolist()]
+
+
+def _run_schedule(queue, programs, splits, generator):
+    """Runs the queue's protocol with `programs` programs interleaved at random: each takes ITEMS_PER_GRAB items at
+    a time and works through them in order; a sweep-2 item waits until its row's sweep-1 items are all done.
+    Returns whether every item completed (False: a deadlock)."""
+    from recipe_kernels.cross_entropy import ITEMS_PER_GRAB
+    next_item, done_chunks, held = 0, {}, {p: [] for p in range(programs)}
+    while True:
+        runnable = []
+        for program, items in held.items():
+            if not items:
+                if next_item < len(queue):
+                    runnable.append(program)
+                continue
+            sweep, row, _ = queue[items[0]]
+            if sweep != 2 or done_chunks.get(row, 0) == splits:
+                runnable.append(program)
+        if not runnable:
+            return next_item >= len(queue) and not any(held.values())
+        program = runnable[int(torch.randint(len(runnable), (), generator=generator))]
+        if not held[program]:
+            held[program] = list(range(next_item, min(next_item + ITEMS_PER_GRAB.value, len(queue))))
+            next_item += ITEMS_PER_GRAB.value
+            continue
+        sweep, row, _ = queue[held[program].pop(0)]
+        if sweep == 1:
+            done_chunks[row] = done_chunks.get(row, 0) + 1
+
+
+@pytest.mark.parametrize("rows, splits, lag, sweeps", [(5, 3, 1, 2), (7, 5, 4, 2), (4, 2, 9, 2), (6, 3, 2, 1)])
+def test_split_queue_order_cannot_deadlock(rows, splits, lag, sweeps):
+    # The split kernel's own decode: every chunk of every row once per sweep; sweep 2 of a row after all of its
+    # sweep-1 items and lag rows of sweep 1 later; any interleaving of programs then finishes.
+    queue = _decoded_queue(rows, splits, lag, sweeps)
+    work = [entry for entry in queue if entry[0] != 0]
+    expected = {(sweep, row, split) for sweep in range(1, sweeps + 1) for row in range(rows) for split in range(splits)}
+    assert sorted(work) == sorted(expected)
+    position = {entry: index for index, entry in enumerate(queue) if entry[0] != 0}
+    for row, split in itertools.product(range(rows), range(splits)):
+        if sweeps == 2:
+            assert position[(2, row, split)] > max(position[(1, row, other)] for other in range(splits))
+            later_rows = {r for (sweep, r, _), index in position.items()
+                          if sweep == 1 and position[(1, row, split)] < index < position[(2, row, split)]}
+            assert len(later_rows) <= lag + 1
+    generator = torch.Generator().manual_seed(rows * 100 + lag)
+    for programs in (1, 2, 3, 7):
+        for _ in range(20):
+            assert _run_schedule(queue, programs, splits, generator)
+
+
 @pytest.mark.parametrize("backend", ["triton"])
 def test_split_rows_with_one_target_class_twice(backend):
-    # Split rows: the merge kernel computes the target classes' gradients, the chunk holding each
-    # stores it; y_a == y_b puts both terms on one class.
+    # Split rows: the row's merge (by its last chunk to arrive) computes the target classes' gradients, the
+    # chunk holding each stores it; y_a == y_b puts both terms on one class.
     logits, y_a, _ = sample_inputs((3, 5000), seed=4)
     y_b = y_a.clone()
     y_b[1] = (y_a[1] + 2500) % 5000  # in another chunk

@@ -59,6 +59,10 @@ def test_eager_call_runs_the_chosen_implementation_without_the_dispatcher():
     assert CALLS == ["other"]
     CALLS.clear()
     assert _ops.is_eager((x, 2.0, "torch")) and not _ops.is_eager((torch.nn.Parameter(x).as_subclass(type("T", (torch.Tensor,), {})),))
+    subclassed = x.as_subclass(type("T", (torch.Tensor,), {}))
+    assert _ops.is_eager(([x, torch.nn.Parameter(x)], [1, 2.0]))
+    assert not _ops.is_eager(([x, subclassed],)) and not _ops.is_eager(([x, x], (subclassed,)))
+    assert not _ops.is_eager(([1, torch.SymInt],))
     torch.testing.assert_close(scale_op(x, 3.0, "torch"), 3 * x)
     assert CALLS == ["torch"]
 
