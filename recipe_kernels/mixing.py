@@ -211,10 +211,24 @@ def _normalize_and_store(value, out_ptr, offsets, in_bounds, mean_ptr, std_ptr, 
 
 
 @triton.jit
+def _tile_rows(row_group, step, columns, row_len, height, y0, y1, ROWS: tl.constexpr, ROW_STEPS: tl.constexpr,
+               EXACT_TILES: tl.constexpr):
+    """Of tile `step` of a program's row group, with its columns (a [1, width] tensor of a row's elements or
+    words, row_len of them): (its rows as a [ROWS, 1] tensor, which of its lanes lie in the image, which rows
+    lie in the box's rows)."""
+    rows = (row_group.to(tl.int32) * ROW_STEPS + step) * ROWS + tl.arange(0, ROWS)[:, None]
+    if EXACT_TILES:
+        in_bounds = tl.full((ROWS, columns.shape[1]), 1, tl.int1)
+    else:
+        in_bounds = (rows < height) & (columns < row_len)
+    return rows, in_bounds, (rows >= y0) & (rows < y1)
+
+
+@triton.jit
 def _level_index(level):
-    """The floor of `level` (the MixUp sum plus 0.5, fp32) saturated to [0, 255], NaN giving 0, as an integer: _round_to_input's
-    uint8 rounding of the sum. On the GPU one saturating conversion (cvt.rzi.sat truncates toward zero and clamps
-    to the u8 range, NaN to 0: the same integer); the interpreter clamps first."""
+    """The floor of `level` (the MixUp sum plus 0.5, fp32) saturated to [0, 255], NaN giving 0, as an integer:
+    _round_to_input's uint8 rounding of the sum. On the GPU one saturating conversion (cvt.rzi.sat truncates
+    toward zero and clamps to the u8 range, NaN to 0: the same integer); the interpreter clamps first."""
     if INTERPRETING:
         # where, not maximum: NaN > 0 is false, so NaN becomes 0
         return tl.minimum(tl.where(level > 0.0, level, 0.0), UINT8_MAX + 0.5).to(tl.int32)
@@ -296,28 +310,16 @@ def _normalized_byte(taken, other, k: tl.constexpr, own_scale, own_shift, other_
     other_product = fma(other_scale, _byte_plus_magic(other, k), other_shift)
     level = (own_product + other_product) + 0.5
     # every lane's level indexes the table, masked-off ones too (their loads gave levels)
-    return _load_entry(table_row, _level_index(level))
-
-
-@triton.jit
-def _load_entry(row, index):
-    """row[index] for an index in [0, 256): on the GPU the address is one wide multiply-add of the 32-bit index
-    (mad.wide.u32; ptxas makes `row + index` two instructions, for a sign-extended 64-bit add)."""
-    if INTERPRETING:
-        return tl.load(row + index)
-    entry_bytes: tl.constexpr = row.dtype.element_ty.primitive_bitwidth // 8
-    address = tl.inline_asm_elementwise(f"mad.wide.u32 $0, $1, {entry_bytes}, $2;", "=l,r,l",
-                                        [index, row.to(tl.int64, bitcast=True)], dtype=tl.int64, is_pure=True,
-                                        pack=1)
-    return tl.load(address.to(row.dtype, bitcast=True))
+    return tl.load(table_row + _level_index(level))
 
 
 @triton.jit
 def _store_vector_halves(out_ptr, value, plane_base, rows, column_block, row_len, height,
                          ROWS: tl.constexpr, BLOCK_J: tl.constexpr, EXACT_TILES: tl.constexpr):
-    """Stores a [ROWS, BLOCK_J] tile of 2-byte values computed from a uint8 tile, whose threads hold 16 consecutive
-    elements (one 16-byte load): as its two halves of 8 (one 16-byte store each), so that the values stay in the
-    threads that computed them (one [ROWS, BLOCK_J] store would hold 8 per thread and exchange them first)."""
+    """Stores a [ROWS, BLOCK_J] tile of 2-byte values computed from a uint8 tile, whose threads hold 16
+    consecutive elements (one 16-byte load): as its two halves of 8 (one 16-byte store each), so that the values
+    stay in the threads that computed them (one [ROWS, BLOCK_J] store would hold 8 per thread and exchange them
+    first: shuffles)."""
     halves = tl.permute(tl.reshape(value, (ROWS, BLOCK_J // 16, 2, 8)), (0, 1, 3, 2))
     first, second = tl.split(halves)
     j = column_block * BLOCK_J + (tl.arange(0, BLOCK_J // 16) * 16)[None, :, None] + tl.arange(0, 8)[None, None, :]
@@ -348,8 +350,8 @@ def _table_channels(pattern_block, plane, fill_ptr, table_ptr, CHANNELS_LAST: tl
 
 @triton.jit
 def _composite_table_tiles(x_ptr, out_ptr, row_group, column_block, plane_base, partner_shift, height, row_len,
-                           column_first, column_last, y0, y1, is_mixup, is_cutmix, is_erase, own_scale, own_shift, other_scale,
-                           other_shift, fill_word, table_row0, table_row1, table_row2, table_row3,
+                           column_first, column_last, y0, y1, is_mixup, is_cutmix, is_erase, own_scale, own_shift,
+                           other_scale, other_shift, fill_word, table_row0, table_row1, table_row2, table_row3,
                            CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, ROWS: tl.constexpr,
                            BLOCK_J: tl.constexpr, ROW_STEPS: tl.constexpr, EXACT_TILES: tl.constexpr,
                            CHUNK: tl.constexpr):
@@ -375,12 +377,8 @@ def _composite_table_tiles(x_ptr, out_ptr, row_group, column_block, plane_base, 
     partner_shift_words = partner_shift // 4
     for step in tl.static_range(ROW_STEPS):
         # 3. The rows of this tile.
-        rows = (row_group.to(tl.int32) * ROW_STEPS + step) * ROWS + tl.arange(0, ROWS)[:, None]
-        if EXACT_TILES:
-            in_bounds = tl.full((ROWS, WORDS), 1, tl.int1)
-        else:
-            in_bounds = (rows < height) & (word < row_words)
-        row_in_box = (rows >= y0) & (rows < y1)
+        rows, in_bounds, row_in_box = _tile_rows(row_group, step, word, row_words, height, y0, y1, ROWS, ROW_STEPS,
+                                                 EXACT_TILES)
         offsets = plane_base_words + (rows * row_words + word).to(tl.int64)
         # 4. One source per CHUNK-byte piece (both where a piece straddles the box, or for MixUp).
         own = tl.load(words_ptr + offsets, mask=in_bounds & ~(cuts & row_in_box & chunk_columns_inside), other=0)
@@ -391,13 +389,13 @@ def _composite_table_tiles(x_ptr, out_ptr, row_group, column_block, plane_base, 
         taken = own ^ ((own ^ other) & taken_bytes)  # other's bytes where taken_bytes has them, own's elsewhere
         # 5. The normalized output of each byte's level, back in column order, stored.
         normalized0 = _normalized_byte(taken, other, 0, own_scale, own_shift, other_scale, other_shift,
-                                             table_row0)
+                                       table_row0)
         normalized1 = _normalized_byte(taken, other, 1, own_scale, own_shift, other_scale, other_shift,
-                                             table_row1)
+                                       table_row1)
         normalized2 = _normalized_byte(taken, other, 2, own_scale, own_shift, other_scale, other_shift,
-                                             table_row2)
+                                       table_row2)
         normalized3 = _normalized_byte(taken, other, 3, own_scale, own_shift, other_scale, other_shift,
-                                             table_row3)
+                                       table_row3)
         normalized = tl.reshape(tl.join(tl.join(normalized0, normalized2), tl.join(normalized1, normalized3)),
                                 (ROWS, BLOCK_J))
         _store_vector_halves(out_ptr, normalized, plane_base, rows, column_block.to(tl.int32), row_len, height,
@@ -407,8 +405,7 @@ def _composite_table_tiles(x_ptr, out_ptr, row_group, column_block, plane_base, 
 @triton.jit
 def _composite_tiles(x_ptr, out_ptr, fill_ptr, mean_ptr, std_ptr, seed_ptr, sample, plane, row_group, column_block,
                      plane_base, partner_shift, channels, height, width, row_len, lam, column_first, column_last,
-                     y0, y1, is_mixup,
-                     is_cutmix, is_erase, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr,
+                     y0, y1, is_mixup, is_cutmix, is_erase, CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr,
                      HAS_NORM: tl.constexpr, RANDOM_FILL: tl.constexpr, ROWS: tl.constexpr, BLOCK_J: tl.constexpr,
                      ROW_STEPS: tl.constexpr, EXACT_TILES: tl.constexpr, CHUNK: tl.constexpr,
                      PHILOX_ROUNDS: tl.constexpr):
@@ -429,12 +426,8 @@ def _composite_tiles(x_ptr, out_ptr, fill_ptr, mean_ptr, std_ptr, seed_ptr, samp
     cuts = is_cutmix | is_erase
     for step in tl.static_range(ROW_STEPS):
         # 3. The rows of this tile.
-        rows = (row_group.to(tl.int32) * ROW_STEPS + step) * ROWS + tl.arange(0, ROWS)[:, None]
-        if EXACT_TILES:
-            in_bounds = tl.full((ROWS, BLOCK_J), 1, tl.int1)
-        else:
-            in_bounds = (rows < height) & (j < row_len)
-        row_in_box = (rows >= y0) & (rows < y1)
+        rows, in_bounds, row_in_box = _tile_rows(row_group, step, j, row_len, height, y0, y1, ROWS, ROW_STEPS,
+                                                 EXACT_TILES)
         inside = row_in_box & column_in_box
         offsets = plane_base + (rows * row_len + j).to(tl.int64)
         # 4. One source per CHUNK-element piece (both where a piece straddles the box, or for MixUp), and one
@@ -538,8 +531,9 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
             else:
                 _composite_tiles(x_ptr, out_ptr, fill_ptr, mean_ptr, std_ptr, seed_ptr, sample, plane, row_group,
                                  column_block, plane_base, partner_shift, channels, height, width, row_len, lam,
-                                 column_first, column_last, y0, y1, is_mixup, is_cutmix, is_erase, CHANNELS_LAST, PIXEL_STRIDE, HAS_NORM,
-                                 RANDOM_FILL, ROWS, BLOCK_J, ROW_STEPS, EXACT_TILES, CHUNK, PHILOX_ROUNDS)
+                                 column_first, column_last, y0, y1, is_mixup, is_cutmix, is_erase, CHANNELS_LAST,
+                                 PIXEL_STRIDE, HAS_NORM, RANDOM_FILL, ROWS, BLOCK_J, ROW_STEPS, EXACT_TILES, CHUNK,
+                                 PHILOX_ROUNDS)
 
 
 @triton.jit

@@ -352,7 +352,8 @@ def test_uint8_table_path_groups_planes_columns_and_samples(monkeypatch, channel
 def test_uint8_normalization_without_the_table_path_equals_the_reference(case):
     # The table path reads 4-byte words; rows of other lengths, or an x at an odd address, normalize per element.
     shape = (4, 3, 8, 20) if case.startswith("row") else (4, 3, 16, 16)
-    storage = torch.randint(0, 256, (math.prod(shape) + 1,), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    storage = torch.randint(0, 256, (math.prod(shape) + 1,), dtype=torch.uint8, generator=generator)
     x = (storage[:-1] if case.startswith("row") else storage[1:]).view(shape).to(DEVICE)
     box, lam, partner, mode = all_modes_params()
     outputs = [rk.composite_batch(x, box, lam, partner, mode, mean=MEAN, std=STD, out_dtype=torch.bfloat16,
