@@ -63,7 +63,9 @@ MAX_ROW_STEPS = 8
 MAX_PLANE_STEPS = 4
 MAX_COLUMN_STEPS = 8
 MIN_PROGRAMS_PER_SM = 4  # grouping stops where the grid would fall below this many programs per SM
-MAX_GRID_SAMPLES = 65535  # CUDA's limit on gridDim.z: a launch takes the samples this many at a time
+# CUDA's limits on gridDim.y and gridDim.z: a launch takes the plane groups and the samples this many at a time
+MAX_GRID_PLANE_GROUPS = 65535
+MAX_GRID_SAMPLES = 65535
 NUM_WARPS = 4
 MAX_WARPS = 8
 # Load masks that depend on the box are decided per CHUNK consecutive elements of a row, so
@@ -453,7 +455,7 @@ def _composite_tiles(x_ptr, out_ptr, fill_ptr, mean_ptr, std_ptr, seed_ptr, samp
 
 @triton.jit
 def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, fill_ptr, mean_ptr, std_ptr,
-                      table_ptr, seed_ptr, num_samples, channels, height, width, first_slot,
+                      table_ptr, seed_ptr, num_samples, channels, height, width, first_plane_group, first_slot,
                       CHANNELS_LAST: tl.constexpr, PIXEL_STRIDE: tl.constexpr, HAS_NORM: tl.constexpr,
                       HAS_TABLE: tl.constexpr, RANDOM_FILL: tl.constexpr, VISIT_FLIP_PAIRS: tl.constexpr,
                       ROWS: tl.constexpr, BLOCK_J: tl.constexpr, ROW_STEPS: tl.constexpr,
@@ -469,7 +471,8 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     (C, 256) in out's dtype holds the normalized output of every channel and level
     (_normalization_table): the composited level is looked up, so the division runs once per value,
     not per element (_composite_table_tiles).
-    The grid is (row groups x column groups, plane groups, sample slots from first_slot). A program
+    The grid is (row groups x column groups, plane groups from first_plane_group, sample slots from
+    first_slot). A program
     takes PLANE_STEPS planes x COLUMN_STEPS column blocks (COLUMN_STRIDE apart) x ROW_STEPS
     [ROWS, BLOCK_J] tiles one below the other, which share the sample's work and, down a column,
     the work that depends on columns alone: a row is W elements of one channel (contiguous) or W*C
@@ -493,7 +496,7 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     tile = tl.program_id(0)
     row_group = tile // column_groups
     column_group = tile % column_groups
-    plane_group = tl.program_id(1)
+    plane_group = first_plane_group + tl.program_id(1)
     sample = _sample_of_slot(first_slot + tl.program_id(2).to(tl.int64), num_samples, VISIT_FLIP_PAIRS)
     mode = tl.load(mode_ptr + sample)
     partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
@@ -875,7 +878,7 @@ def _composite_launch_config(n, c, h, w, channels_last, element_size, table_path
     """(grid, num_warps, ROWS, BLOCK_J, ROW_STEPS, COLUMN_STEPS, COLUMN_STRIDE, PLANE_STEPS, EXACT_TILES, CHUNK)
     of _composite_kernel for a shape (a pure function of its arguments, kept per shape: the eager call's host
     time). The grid is (row groups x column groups, plane groups, samples); launches take at most
-    MAX_GRID_SAMPLES. Only the uint8 table path (table_path) groups planes and column blocks: the generic path's
+    MAX_GRID_PLANE_GROUPS and MAX_GRID_SAMPLES. Only the uint8 table path (table_path) groups planes and column blocks: the generic path's
     per-element box tests, the same for every plane, would be kept in registers across such a loop."""
     row_len, planes = (w * c, 1) if channels_last else (w, c)
     rows, block_j = _tiling(row_len, h)
@@ -910,19 +913,20 @@ def _composite_triton(x, box, lam, partner, mode, fill, mean, std, table, noise_
     (grid, num_warps, rows, block_j, row_steps, column_steps, column_stride, plane_steps, exact,
      chunk) = _composite_launch_config(n, c, h, w, channels_last, x.element_size(), has_table,
                                        _backend.sm_count(x.device))
-    for first in range(0, n, MAX_GRID_SAMPLES):
-        # no FMA contraction (launch): MixUp equals the other backends bit for bit
-        launch(_composite_kernel, (grid[0], grid[1], min(MAX_GRID_SAMPLES, n - first)),
-               x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
-               std if std is not None else fill, table if table is not None else fill,
-               noise_seed if noise_seed is not None else box,
-               n, c, h, w, first, num_warps=num_warps, CHANNELS_LAST=channels_last,
-               PIXEL_STRIDE=c if channels_last else 1, HAS_NORM=mean is not None,
-               HAS_TABLE=has_table, RANDOM_FILL=noise_seed is not None,
-               VISIT_FLIP_PAIRS=visit_flip_pairs, ROWS=rows, BLOCK_J=block_j, ROW_STEPS=row_steps,
-               COLUMN_STEPS=column_steps, COLUMN_STRIDE=column_stride, PLANE_STEPS=plane_steps,
-               EXACT_TILES=exact, CHUNK=chunk,
-               PHILOX_ROUNDS=PHILOX_ROUNDS)
+    for first_plane_group in range(0, grid[1], MAX_GRID_PLANE_GROUPS):
+        for first_slot in range(0, n, MAX_GRID_SAMPLES):
+            # no FMA contraction (launch): MixUp equals the other backends bit for bit
+            launch(_composite_kernel, (grid[0], min(MAX_GRID_PLANE_GROUPS, grid[1] - first_plane_group),
+                                       min(MAX_GRID_SAMPLES, n - first_slot)),
+                   x, out, box, lam, partner, mode, fill, mean if mean is not None else fill,
+                   std if std is not None else fill, table if table is not None else fill,
+                   noise_seed if noise_seed is not None else box,
+                   n, c, h, w, first_plane_group, first_slot, num_warps=num_warps, CHANNELS_LAST=channels_last,
+                   PIXEL_STRIDE=c if channels_last else 1, HAS_NORM=mean is not None,
+                   HAS_TABLE=has_table, RANDOM_FILL=noise_seed is not None,
+                   VISIT_FLIP_PAIRS=visit_flip_pairs, ROWS=rows, BLOCK_J=block_j, ROW_STEPS=row_steps,
+                   COLUMN_STEPS=column_steps, COLUMN_STRIDE=column_stride, PLANE_STEPS=plane_steps,
+                   EXACT_TILES=exact, CHUNK=chunk, PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
 
 

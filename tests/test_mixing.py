@@ -354,6 +354,22 @@ def test_uint8_table_path_groups_planes_columns_and_samples(monkeypatch, channel
     assert torch.equal(outputs[0], outputs[1])
 
 
+def test_composite_grid_takes_plane_groups_and_samples_in_several_launches(monkeypatch, backend):
+    # CUDA's grid limits (65535 plane groups, 65535 samples per launch) made small: 3 planes and 4 samples over
+    # 2 x 2 launches, floating and uint8 (normalized) x, both layouts.
+    monkeypatch.setattr(mixing, "MAX_GRID_PLANE_GROUPS", 2)
+    monkeypatch.setattr(mixing, "MAX_GRID_SAMPLES", 3)
+    box, lam, partner, mode = all_modes_params()
+    for dtype in (torch.float32, torch.uint8):
+        for channels_last in (False, True):
+            x, _ = sample_inputs(dtype=dtype, channels_last=channels_last)
+            kwargs = dict(mean=MEAN, std=STD, out_dtype=torch.bfloat16) if dtype == torch.uint8 else {}
+            out = rk.composite_batch(x, box, lam, partner, mode, fill=(1.0, 2.0, 3.0), backend=backend, **kwargs)
+            expected = rk.composite_batch(x, box, lam, partner, mode, fill=(1.0, 2.0, 3.0), backend="torch",
+                                          **kwargs)
+            assert torch.equal(out, expected), (dtype, channels_last)
+
+
 @pytest.mark.parametrize("case", ["row not a multiple of 16 bytes", "x not 4-byte aligned"])
 def test_uint8_normalization_without_the_table_path_equals_the_reference(case):
     # The table path reads 4-byte words; rows of other lengths, or an x at an odd address, normalize per element.
