@@ -330,8 +330,9 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
     A chunk of one block takes its max first, then sums against it. A longer one: each lane keeps its
     own running statistics (_fold_block) and the lanes are merged once at the end: one block reduction
     per chunk. Blocks 0 .. BLOCKS - 2 are read with evict_last (sweep 2 reads them again, newest first:
-    L2 should keep them); blocks are masked to the chunk when MASKED (n may end inside one). The last block stays in registers as `held`
-    for sweep 2 to use without reading or converting it again: t with log2(exp(x - m)) = t + held_offset
+    L2 should keep them); every block is masked to the chunk when MASKED (n may end inside one). The last
+    block stays in registers as `held` for sweep 2 to use without reading or converting it again (the
+    fwd kernel's rows of one block): t with log2(exp(x - m)) = t + held_offset
     (per lane) when HOLD_LOG2, else 2^t, with exp(x - m) = 2^t 2^held_offset (held_offset -inf for a
     lane of -inf only). LAST_POLICY is the last block's eviction policy: "evict_last" where sweep 2
     reads it again instead.
@@ -696,7 +697,8 @@ def _cross_entropy_fwd_kernel(
         ACC: tl.constexpr):
     """Cross-entropy of rows of up to ROW_IN_REGISTERS classes, each one block held in registers between its
     two sweeps; a persistent grid: program p takes rows p, p + programs, ... (row_programs: as many as the
-    SMs' threads could hold, so that the prologue is paid once per program).
+    SMs' threads could hold, so that the prologue is paid once per program). EVEN: C is the block's size,
+    so nothing is masked.
 
     Inputs: logits x as (N, C, inner_size) (row r = n * inner_size + i; classes inner_size
     apart), the target (int64 (rows,) indices, two of them and lam (N,) for MixedTarget, or
@@ -834,7 +836,8 @@ def _cross_entropy_split_kernel(
     the wait is rare, and between a chunk's two sweeps the GPU reads about lag rows plus the chunks in flight, which stay
     in L2 (split_lag). The result does not depend on which program takes which item.
 
-    Inputs and outputs as _cross_entropy_fwd_kernel. Bytes: one read of the logits from DRAM and one write
+    EVEN: C is a multiple of the chunk, so nothing is masked. Inputs and outputs as _cross_entropy_fwd_kernel;
+    the `mean` denominator of index targets is counted by every program from the targets (_prologue). Bytes: one read of the logits from DRAM and one write
     of the gradient (sweep 2's reads come from L2), the partials (32 bytes per chunk), 12 per row.
     """
     label_smoothing, z_loss, mean_scale = _prologue(
