@@ -20,8 +20,8 @@ which are constexprs: KERNEL_LOOPS says which). From these, per case and GPU:
 Residency rule (cross-entropy): a row held in registers reads nothing again; the split kernel's
 sweep 2 reads every chunk again, from L2, not DRAM, only while what moves through L2 between a
 chunk's two sweeps (2 x split_lag rows) fits in L2_RESIDENT_FRACTION (two thirds) of it; otherwise
-every byte read again counts as DRAM traffic. Each kernel's share of the case's DRAM bytes, for Little's law, is the
-share of the loads it executes. A trip-count hook may say where a program ends (the backward
+every byte read again counts as DRAM traffic. Each kernel's share of the case's DRAM bytes, for Little's
+law, is the share of the loads it executes. A trip-count hook may say where a program ends (the backward
 scaling's EXIT when grad_output = 1).
 
 It is a model: it ignores divergence, bank conflicts, tail effects, launch gaps between dependent
@@ -234,15 +234,17 @@ def _ce_dram_bytes(rows, classes, itemsize):
 
 
 def _ce_loops(rows, classes, itemsize):
-    """Trip counts of the cross-entropy kernels' loops, each loop known by what it does. The persistent loops
-    over rows (_cross_entropy_fwd_kernel: rows / programs), the split kernel's count of the `mean`
-    denominator's targets before its items (rows / PARTIALS_BLOCK), its loops over the queue's grabs and the items
-    of a grab (ITEMS_PER_GRAB), holding sweep 1, the merge and sweep 2: one item trip per chunk and program
-    counts one item of each sweep, and the merge once per chunk, not per row, an overcount); the split kernel's wait for a
-    merged row (a loop of acquire loads only: none, the lag makes it rare); a chunk's blocks (loads marked
-    evict_last: all but the last block; evict_first: every block); a loop that only stores (the zeros of
-    ignored rows: none here). In flight in the split kernel: one block of one sweep. The backward scaling ends at its first EXIT (the benchmark's grad_output is 1:
-    each program loads the factor and ends)."""
+    """Trip counts of the cross-entropy kernels' loops, each loop known by what it does:
+    - _cross_entropy_fwd_kernel's persistent loop over rows: rows / programs;
+    - the split kernel's count of the `mean` denominator's targets, before its items: rows / PARTIALS_BLOCK;
+      its loops over the queue's grabs and over the items of a grab (ITEMS_PER_GRAB), holding sweep 1, the
+      merge and sweep 2: one item trip per chunk and program counts one item of each sweep, the merge counted
+      once per row (a share of the trips); its wait for a merged row (a loop of acquire loads only): none,
+      the lag makes it rare; in flight, one block of one sweep;
+    - a chunk's blocks: loads marked evict_last, all but the last block; evict_first, every block;
+    - a loop that only stores (the zeros of ignored rows): none here.
+    The backward scaling ends at its first EXIT (the benchmark's grad_output is 1: each program loads the
+    factor and ends)."""
     def trips(k, launch, instructions, spans):
         if launch.name == "_scale_gradient_kernel":  # grad_output = 1: the first EXIT, right after the factor
             return {"trips": [0] * len(spans), "ends_at": next(i.address for i in instructions if i.opcode == "EXIT"),
@@ -283,7 +285,8 @@ def _ce_loops(rows, classes, itemsize):
         # release (the one reduction, an add whose result is unused).
         release = next(i.address for i in instructions if i.opcode.startswith("REDG.E.ADD"))
         arrival = max(i.address for i in instructions if i.opcode.startswith("ATOMG.E.ADD") and i.address < release)
-        return {"trips": result, "persistent": True, "in_flight_bytes": k["BLOCK"] * itemsize // (32 * launch.num_warps),
+        return {"trips": result, "persistent": True,
+                "in_flight_bytes": k["BLOCK"] * itemsize // (32 * launch.num_warps),
                 "shares": [(arrival + 1, release, k["BLOCK"] * k["BLOCKS_PER_CHUNK"] / classes)]}
     return trips
 

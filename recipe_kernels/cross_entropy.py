@@ -833,12 +833,13 @@ def _cross_entropy_split_kernel(
     of row s, then sweep 2 of row s - lag. Deadlock-free at any residency: a program works through its grab
     in order and waits only in sweep 2, for sweep-1 items of lower index, held by running programs that are
     either working on them or waiting, in turn, on items of still lower index. With lag >= programs / splits
-    the wait is rare, and between a chunk's two sweeps the GPU reads about lag rows plus the chunks in flight, which stay
-    in L2 (split_lag). The result does not depend on which program takes which item.
+    the wait is rare, and between a chunk's two sweeps about 2 x lag rows move through L2, which keeps the
+    chunk (split_lag). The result does not depend on which program takes which item.
 
     EVEN: C is a multiple of the chunk, so nothing is masked. Inputs and outputs as _cross_entropy_fwd_kernel;
-    the `mean` denominator of index targets is counted by every program from the targets (_prologue). Bytes: one read of the logits from DRAM and one write
-    of the gradient (sweep 2's reads come from L2), the partials (32 bytes per chunk), 12 per row.
+    the `mean` denominator of index targets is counted by every program from the targets (_prologue).
+    Bytes: one read of the logits from DRAM and one write of the gradient (sweep 2's reads come from L2), the
+    partials (32 bytes per chunk), 12 per row.
     """
     label_smoothing, z_loss, mean_scale = _prologue(
         target_ptr, weight_ptr, denominator_ptr, num_partials, total_rows, num_classes, ignore_index, label_smoothing,
@@ -1117,7 +1118,8 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
     if (rows + lag) * 2 * splits + ITEMS_PER_GRAB.value * programs >= 1 << 31:  # the queue counts in int32
         raise ValueError(f"cross_entropy: {rows} rows of {splits} chunks are too many items for the split kernel")
     queue = torch.zeros(rows + 1, dtype=torch.int32, device=x.device)
-    launch(_cross_entropy_split_kernel, (programs,), *args, partial, queue, chunk, splits, lag, num_warps=num_warps, **constexprs, EVEN=num_classes % chunk == 0, BLOCKS_PER_CHUNK=chunk // block,
+    launch(_cross_entropy_split_kernel, (programs,), *args, partial, queue, chunk, splits, lag, num_warps=num_warps,
+           **constexprs, EVEN=num_classes % chunk == 0, BLOCKS_PER_CHUNK=chunk // block,
            SPLITS_BLOCK=max(2, _power_of_two_at_least(splits)))
 
 
@@ -1129,7 +1131,9 @@ def _cross_entropy_cuda(x, target, target_b, lam, weight, loss, lse, grad, denom
                         label_smoothing, z_loss, mean, target_kind, splits, of_target):
     num_classes = x.shape[1]
     rows = loss.numel()
-    partial = torch.empty((rows, splits, PARTIAL_FIELDS.value), dtype=torch.float32, device=x.device) if splits > 1 else None
+    partial = None
+    if splits > 1:
+        partial = torch.empty((rows, splits, PARTIAL_FIELDS.value), dtype=torch.float32, device=x.device)
     num_partials, rows_per_partial, _ = _denominator_partials(rows) if denominator is not None else (0, 0, 0)
     if target_kind == PROBABILITIES:
         target = target.to(x.dtype)  # the CUDA kernels read probabilities in the logits' dtype
