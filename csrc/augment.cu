@@ -286,21 +286,11 @@ __global__ void __launch_bounds__(kThreads) augment_kernel(const int64_t* __rest
   store_thread<TOut>(staged, out, g, blockIdx.x, threadIdx.x);
 }
 
-// Calls fn(T{}) with T the C++ type of an image dtype code (the float codes plus uint8).
-template <typename Fn>
-void dispatch_image_dtype(int dtype, Fn&& fn) {
-  if (dtype == kUInt8) {
-    fn(uint8_t{});
-  } else {
-    dispatch_float_dtype(dtype, fn);
-  }
-}
-
 // Calls fn(TIn{}, TOut{}) for the pairs the public functions produce: a floating output from any image, uint8
 // only from uint8.
 template <typename Fn>
 void dispatch_dtypes(int in_dtype, int out_dtype, Fn&& fn) {
-  dispatch_image_dtype(in_dtype, [&](auto in_tag) {
+  dispatch_byte_or_float_dtype(in_dtype, [&](auto in_tag) {
     if (out_dtype == kUInt8) {
       if constexpr (std::is_same_v<decltype(in_tag), uint8_t>) {
         fn(in_tag, uint8_t{});

@@ -158,6 +158,16 @@ void dispatch_float_dtype(int dtype, Fn&& fn) {
   }
 }
 
+// Calls fn(T{}) with T the C++ type of `dtype`: a float code as dispatch_float_dtype, or uint8 (images).
+template <typename Fn>
+void dispatch_byte_or_float_dtype(int dtype, Fn&& fn) {
+  if (dtype == kUInt8) {
+    fn(uint8_t{});
+  } else {
+    dispatch_float_dtype(dtype, fn);
+  }
+}
+
 // Raises the launch's error (no GPU, no driver, bad configuration) as a Python RuntimeError.
 inline void check_launch(const char* kernel) {
   const cudaError_t error = cudaGetLastError();

@@ -352,16 +352,6 @@ __global__ void cutmix_swap_kernel(T* __restrict__ x, const int32_t* __restrict_
   cutmix_swap_thread<T>(x, box, g, blockIdx.x, threadIdx.x);
 }
 
-// Calls fn(T{}) with T the C++ type of a mixing dtype code (the float codes plus uint8).
-template <typename Fn>
-void dispatch_mixing_dtype(int dtype, Fn&& fn) {
-  if (dtype == kUInt8) {
-    fn(uint8_t{});
-  } else {
-    dispatch_float_dtype(dtype, fn);
-  }
-}
-
 int64_t checked_blocks(const Geometry& g, int64_t samples, const char* name) {
   const int64_t blocks = samples * g.planes * g.row_blocks;
   if (blocks > INT32_MAX) {
@@ -392,8 +382,8 @@ void with_composite_launch(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t 
                            uintptr_t mode, uintptr_t fill, uintptr_t mean, uintptr_t std_dev, uintptr_t seed,
                            int64_t n, int64_t c, int64_t h, int64_t w, bool channels_last, int in_dtype,
                            int out_dtype, const char* name, Fn&& fn) {
-  dispatch_mixing_dtype(in_dtype, [&](auto in_tag) {
-    dispatch_mixing_dtype(out_dtype, [&](auto out_tag) {
+  dispatch_byte_or_float_dtype(in_dtype, [&](auto in_tag) {
+    dispatch_byte_or_float_dtype(out_dtype, [&](auto out_tag) {
       using TIn = decltype(in_tag);
       using TOut = decltype(out_tag);
       const Geometry g = make_geometry(n, c, h, w, channels_last,
@@ -429,7 +419,7 @@ void cutmix_swap(uintptr_t x, uintptr_t box, int64_t n, int64_t c, int64_t h, in
   if (n < 2 || c <= 0 || h <= 0 || w <= 0) return;
   const Geometry g = make_geometry(n, c, h, w, channels_last);
   const int64_t blocks = checked_blocks(g, n / 2, "cutmix_swap");
-  dispatch_mixing_dtype(dtype, [&](auto tag) {
+  dispatch_byte_or_float_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     cutmix_swap_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
         reinterpret_cast<T*>(x), reinterpret_cast<const int32_t*>(box), g);
@@ -462,7 +452,7 @@ void cutmix_swap_host(uintptr_t x, uintptr_t box, int64_t n, int64_t c, int64_t 
   if (n < 2 || c <= 0 || h <= 0 || w <= 0) return;
   const Geometry g = make_geometry(n, c, h, w, channels_last);
   const int64_t blocks = checked_blocks(g, n / 2, "cutmix_swap_host");
-  dispatch_mixing_dtype(dtype, [&](auto tag) {
+  dispatch_byte_or_float_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     for (int64_t block = 0; block < blocks; ++block) {
       for (int64_t thread = 0; thread < kThreads; ++thread) {

@@ -143,34 +143,26 @@ _INT32_RANGE = range(-(1 << 31), 1 << 31)
 _INT64_RANGE = range(-(1 << 63), 1 << 63)
 
 
-def _specialisation(value):
-    """What Triton specialises a runtime argument on (triton._C.libtriton.native_specialize_impl):
-    an int's value 1, divisibility by 16 and type (i32, i64 or u64), a tensor's dtype and 16-byte
-    alignment. A float is always fp32; anything else (None, a bool) keys on its value."""
-    kind = type(value)
-    if kind is int:
-        return value == 1 or (value % 16 == 0, value in _INT32_RANGE, value in _INT64_RANGE)
-    if kind in _PLAIN_TENSORS or isinstance(value, torch.Tensor):
-        return value.dtype, value.data_ptr() % 16 == 0
-    if kind is float:
-        return None
-    return kind, value
-
-
 def _launch_key(kernel, num_warps, constexprs, args):
     """(the first tensor's device, the key of the compiled kernel a launch with these arguments needs).
+
+    Each argument keys on what Triton specialises it on (triton._C.libtriton.native_specialize_impl):
+    a tensor's dtype and 16-byte alignment; an int's value 1, divisibility by 16 and type (i32, i64 or
+    u64); nothing of a float (always fp32); anything else (None, a bool) its type and value.
     id(kernel): hashing a JITFunction hashes its source."""
     device = None
-    key = [id(kernel), num_warps, tuple(constexprs.items())]
+    key = [id(kernel), num_warps, *constexprs.items()]
+    append = key.append
     for arg in args:
-        if type(arg) in _PLAIN_TENSORS:  # the common case, inline
+        kind = type(arg)
+        if isinstance(arg, torch.Tensor):
             if device is None:
                 device = arg.device
-            key.append((arg.dtype, arg.data_ptr() % 16 == 0))
+            append((arg.dtype, arg.data_ptr() & 15 == 0))
+        elif kind is int:
+            append(arg == 1 or (arg & 15 == 0, arg in _INT32_RANGE, arg in _INT64_RANGE))
         else:
-            if device is None and isinstance(arg, torch.Tensor):  # a tensor subclass
-                device = arg.device
-            key.append(_specialisation(arg))
+            append(None if kind is float else (kind, arg))
     return device, key
 
 
@@ -186,24 +178,24 @@ def launch(kernel, grid, *args, num_warps, **constexprs):
     device, key = _launch_key(kernel, num_warps, constexprs, args)
     if device is None:
         raise ValueError("a Triton launch needs at least one tensor argument")
-    grid = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+    grid = (*grid, 1, 1)
     if INTERPRETING or torch.compiler.is_compiling() or _launch_hooks_set():
         with _backend.device_guard(device):
-            kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
+            kernel[grid[:3]](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
         return
-    on_gpu = device.type == "cuda"
-    if on_gpu:
-        key.append(device.index)
+    index = device.index
+    if index is not None:  # a GPU: its compiled kernels are loaded per device
+        key.append(index)
     key = tuple(key)
     entry = _COMPILED.get(key)
-    if entry is None or (on_gpu and device.index != triton_driver.active.get_current_device()):
+    if entry is None or (index is not None and index != triton_driver.active.get_current_device()):
         with _backend.device_guard(device):  # Triton compiles for, and launches on, the current device
-            compiled = kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
+            compiled = kernel[grid[:3]](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
         if entry is None:
             order = kernel.arg_names[len(args):]
             _COMPILED[key] = compiled, (None if list(constexprs) == order else order)
         return
     compiled, order = entry
-    stream = triton_driver.active.get_current_stream(device.index if on_gpu else 0)
-    compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
+    compiled.run(grid[0], grid[1], grid[2], triton_driver.active.get_current_stream(index or 0), compiled.function,
+                 compiled.packed_metadata, None, None, None,
                  *args, *(constexprs.values() if order is None else [constexprs[name] for name in order]))

@@ -125,6 +125,19 @@ def _row_position(row, num_classes, inner_size):
 
 
 @triton.jit
+def _target_class(target_ptr, row, weight_ptr, num_classes, HAS_WEIGHT: tl.constexpr):
+    """(y, in_range, w) of a row's class index y: whether it lies in [0, C), and its class weight (1 without
+    weights; masked off the load, so 0, out of range)."""
+    y = tl.load(target_ptr + row)
+    in_range = (y >= 0) & (y < num_classes)
+    if HAS_WEIGHT:
+        w = tl.load(weight_ptr + y, mask=in_range, other=0.0)
+    else:
+        w = 1.0
+    return y, in_range, w
+
+
+@triton.jit
 def _row_coefficients(target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample, num_classes,
                       ignore_index, label_smoothing,
                       TARGET_KIND: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
@@ -142,24 +155,14 @@ def _row_coefficients(target_ptr, target_b_ptr, lam_ptr, weight_ptr, row, sample
     y_b = no_class
     active = no_class == -1
     if TARGET_KIND != PROBABILITY_TARGET:  # probabilities have no per-row class
-        y_a = tl.load(target_ptr + row)
-        in_range_a = (y_a >= 0) & (y_a < num_classes)
-        if HAS_WEIGHT:
-            w_a = tl.load(weight_ptr + y_a, mask=in_range_a, other=0.0)
-        else:
-            w_a = 1.0
+        y_a, in_range_a, w_a = _target_class(target_ptr, row, weight_ptr, num_classes, HAS_WEIGHT)
         if TARGET_KIND == INDEX_TARGET:
             active = y_a != ignore_index
             a_a = tl.where(active, tl.where(in_range_a, one_minus_eps * w_a, float("nan")), 0.0)
             beta = tl.where(active, beta, 0.0)
             y_a = tl.where(active, y_a, no_class)
         else:  # MixedTarget
-            y_b = tl.load(target_b_ptr + row)
-            in_range_b = (y_b >= 0) & (y_b < num_classes)
-            if HAS_WEIGHT:
-                w_b = tl.load(weight_ptr + y_b, mask=in_range_b, other=0.0)
-            else:
-                w_b = 1.0
+            y_b, in_range_b, w_b = _target_class(target_b_ptr, row, weight_ptr, num_classes, HAS_WEIGHT)
             lam = tl.load(lam_ptr + sample)
             a_a = tl.where(in_range_a & in_range_b, lam * one_minus_eps * w_a, float("nan"))
             a_b = (1.0 - lam) * one_minus_eps * w_b
