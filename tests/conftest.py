@@ -15,6 +15,10 @@ import torch  # noqa: E402
 
 from recipe_kernels import _backend  # noqa: E402
 
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from interpreter_helpers import patch_helpers_once_per_launch  # noqa: E402
+    patch_helpers_once_per_launch()
+
 DEVICE = torch.device("cuda" if os.environ.get("RECIPE_KERNELS_TEST_DEVICE") == "cuda" else "cpu")
 BACKENDS = ["torch", "triton"] + (["cuda"] if DEVICE.type == "cuda" else [])
 if DEVICE.type == "cuda" and _backend._C is None:
