@@ -175,22 +175,9 @@ def _first_product(pixel, weight, biased_weight):
 
 
 @triton.jit
-def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_rows, out_cols, out_height, out_width,
-                  CHANNEL_GROUP: tl.constexpr, PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr,
-                  INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
-    """The resized crop of `sample` at channels first_channel .. + CHANNEL_GROUP - 1, output rows `out_rows`
-    ([BY, 1]) and columns `out_cols` ([1, BX], before any flip): a tuple of CHANNEL_GROUP [BY, BX] fp32 tiles,
-    each the sum over row taps of row weight * (the sum over column taps of column weight * pixel), pixels
-    outside the image reading 0. The weights, window and offsets are computed once for the group's channels;
-    offsets inside an image are INDEX_DTYPE (int32 when every image's span fits).
-
-    The first COLUMN_SLOTS columns of a row (BILINEAR_TAPS, or ANTIALIAS_COLUMN_SLOTS with antialias) are read from
-    one address, their weights computed once per tile; columns past them (antialias) loop, recomputing theirs per
-    row tap. Byte images (CLAMPED_READS) read every pixel clamped into the image, a pixel outside it weighing 0,
-    those columns at start_col .. start_col + COLUMN_SLOTS - 1, start_col = first_col clamped into
-    [0, W - COLUMN_SLOTS], each weighing as its own tap of the window (0 when it is not one). A shifted run only
-    reorders zeros among nonnegative terms, so the sums keep the tap order's bits. Float images keep masked reads
-    at first_col (an inf times 0 would not be 0)."""
+def _sample_crop(table_ptr, box_ptr, sample, PIXEL_DTYPE: tl.constexpr, INDEX_DTYPE: tl.constexpr):
+    """`sample`'s image (a pointer to its first element), height, width, channel/row/column strides (INDEX_DTYPE) and
+    crop box (top, left, height, width)."""
     entry = table_ptr + sample * TABLE_COLUMNS
     image = tl.load(entry).to(tl.pointer_type(PIXEL_DTYPE))
     image_height = tl.load(entry + 1).to(INDEX_DTYPE)
@@ -202,13 +189,21 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
     left = tl.load(box_ptr + sample * 4 + 1)
     box_height = tl.load(box_ptr + sample * 4 + 2)
     box_width = tl.load(box_ptr + sample * 4 + 3)
-    centre_y, first_y, count_y, inverse_y, taps_y = _filter_window(out_rows, box_height, out_height, ANTIALIAS)
+    return image, image_height, image_width, channel_stride, row_stride, col_stride, top, left, box_height, box_width
+
+
+@triton.jit
+def _column_taps(out_cols, left, box_width, out_width, image_width, col_stride, ANTIALIAS: tl.constexpr,
+                 UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
+    """The column half of the filter for output columns `out_cols` (before any flip), shared by every row and channel:
+    a tuple (columns, slot_weights, slot_ok, biased_weight, wide_col_offsets, taps_x). `columns` bundles what a
+    column tap past the first COLUMN_SLOTS needs (_column_tap's arguments); the first COLUMN_SLOTS columns' normalised
+    weights and read masks are the tuples slot_weights and slot_ok, their pixels at one offset (wide_col_offsets,
+    int64) plus slot * col_step; biased_weight is -2^23 times slot 0's weight (_first_product); taps_x the trip
+    count of a row's column taps (_filter_window's max_count)."""
     centre_x, first_x, count_x, inverse_x, taps_x = _filter_window(out_cols, box_width, out_width, ANTIALIAS)
-    inverse_total_y = _inverse_window_total(centre_y, first_y, count_y, inverse_y, taps_y)
     inverse_total_x = _inverse_window_total(centre_x, first_x, count_x, inverse_x, taps_x)
-    wanted_rows = out_rows < out_height
     wanted_cols = out_cols < out_width
-    first_row = top + first_y
     first_col = left + first_x
     if ANTIALIAS:
         COLUMN_SLOTS: tl.constexpr = ANTIALIAS_COLUMN_SLOTS
@@ -233,16 +228,92 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
         slot_ok = slot_ok + (col_ok,)
         if first_slot == 0:
             col_offsets = offsets
-    # A row's address per channel plane ([BY, 1]), plus the column's offset widened once per column ([1, BX]): a
-    # 64-bit add per pixel address (a 32-bit offset would be sign-extended per address).
-    wide_col_offsets = col_offsets.to(tl.int64)
+    # A row's address per channel plane, plus the column's offset widened once per column: a 64-bit add per pixel
+    # address (a 32-bit offset would be sign-extended per address).
+    columns = (start_col, first_col, centre_x, first_x, count_x, inverse_x, inverse_total_x, wanted_cols, col_step)
+    return columns, slot_weights, slot_ok, biased_weight, col_offsets.to(tl.int64), taps_x
+
+
+@triton.jit
+def _plane_offsets(first_channel, num_channels, channel_stride, CHANNEL_GROUP: tl.constexpr,
+                   INDEX_DTYPE: tl.constexpr, CLAMPED_READS: tl.constexpr):
+    """The offsets of the group's channel planes (a tuple; clamped to the last channel with CLAMPED_READS)."""
     plane_offsets = ()
-    values = ()
     for k in tl.static_range(CHANNEL_GROUP):
         channel = first_channel + k
         if CLAMPED_READS:
             channel = tl.minimum(channel, num_channels - 1)
         plane_offsets = plane_offsets + (channel.to(INDEX_DTYPE) * channel_stride,)
+    return plane_offsets
+
+
+@triton.jit
+def _row_sums(rows, row_ok, first_channel, num_channels, plane_offsets, columns, slot_weights, slot_ok, biased_weight,
+              wide_col_offsets, taps_x, image_width, CHANNEL_GROUP: tl.constexpr, ANTIALIAS: tl.constexpr,
+              CLAMPED_READS: tl.constexpr):
+    """One source row's horizontal sums (the column taps' chain of FMAs, in tap order) for each channel of the group:
+    a tuple of CHANNEL_GROUP tensors shaped like row_ok & the columns. `rows` is the row's address in the image;
+    row_ok whether it is read (masked reads; CLAMPED_READS reads every pixel, the row clamped into the image)."""
+    start_col, first_col, centre_x, first_x, count_x, inverse_x, inverse_total_x, wanted_cols, col_step = columns
+    COLUMN_SLOTS: tl.constexpr = len(slot_weights)
+    # The first COLUMN_SLOTS columns (row_value starts at the first product, not 0 + it: the two differ at most in the
+    # sign of a zero, which value's first addition to +0 erases).
+    row_values = ()
+    for k in tl.static_range(CHANNEL_GROUP):
+        pixels = (rows + plane_offsets[k]) + wide_col_offsets
+        row_mask = row_ok & (first_channel + k < num_channels)
+        row_value = _first_product(_slot_pixel(pixels, 0, col_step, slot_ok, row_mask, CLAMPED_READS),
+                                   slot_weights[0], biased_weight)
+        for first_slot in tl.static_range(1, COLUMN_SLOTS):
+            pixel = _slot_pixel(pixels, first_slot, col_step, slot_ok, row_mask, CLAMPED_READS)
+            row_value = fma(_next_pixel_float(pixel, ANTIALIAS), slot_weights[first_slot], row_value)
+        row_values = row_values + (row_value,)
+    for slot in range(COLUMN_SLOTS, taps_x):
+        weight_x, col_ok, tap_offsets = _column_tap(slot, start_col, first_col, centre_x, first_x, count_x,
+                                                    inverse_x, inverse_total_x, wanted_cols, image_width,
+                                                    col_step, CLAMPED_READS)
+        summed = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            pixels = rows + (plane_offsets[k] + tap_offsets)
+            if CLAMPED_READS:
+                pixel = tl.load(pixels)
+            else:
+                pixel = tl.load(pixels, mask=row_ok & (first_channel + k < num_channels) & col_ok, other=0)
+            summed = summed + (fma(_pixel_float(pixel), weight_x, row_values[k]),)
+        row_values = summed
+    return row_values
+
+
+@triton.jit
+def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_rows, out_cols, out_height, out_width,
+                  CHANNEL_GROUP: tl.constexpr, PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr,
+                  INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
+    """The resized crop of `sample` at channels first_channel .. + CHANNEL_GROUP - 1, output rows `out_rows`
+    ([BY, 1]) and columns `out_cols` ([1, BX], before any flip): a tuple of CHANNEL_GROUP [BY, BX] fp32 tiles,
+    each the sum over row taps of row weight * (the sum over column taps of column weight * pixel), pixels
+    outside the image reading 0. The weights, window and offsets are computed once for the group's channels;
+    offsets inside an image are INDEX_DTYPE (int32 when every image's span fits). One pass: a row tap's horizontal
+    sums are computed per output row.
+
+    The first COLUMN_SLOTS columns of a row (BILINEAR_TAPS, or ANTIALIAS_COLUMN_SLOTS with antialias) are read from
+    one address, their weights computed once per tile; columns past them (antialias) loop, recomputing theirs per
+    row tap. Byte images (CLAMPED_READS) read every pixel clamped into the image, a pixel outside it weighing 0,
+    those columns at start_col .. start_col + COLUMN_SLOTS - 1, start_col = first_col clamped into
+    [0, W - COLUMN_SLOTS], each weighing as its own tap of the window (0 when it is not one). A shifted run only
+    reorders zeros among nonnegative terms, so the sums keep the tap order's bits. Float images keep masked reads
+    at first_col (an inf times 0 would not be 0)."""
+    image, image_height, image_width, channel_stride, row_stride, col_stride, top, left, box_height, box_width = \
+        _sample_crop(table_ptr, box_ptr, sample, PIXEL_DTYPE, INDEX_DTYPE)
+    centre_y, first_y, count_y, inverse_y, taps_y = _filter_window(out_rows, box_height, out_height, ANTIALIAS)
+    inverse_total_y = _inverse_window_total(centre_y, first_y, count_y, inverse_y, taps_y)
+    columns, slot_weights, slot_ok, biased_weight, wide_col_offsets, taps_x = _column_taps(
+        out_cols, left, box_width, out_width, image_width, col_stride, ANTIALIAS, UNIT_COL_STRIDE, CLAMPED_READS)
+    wanted_rows = out_rows < out_height
+    first_row = top + first_y
+    plane_offsets = _plane_offsets(first_channel, num_channels, channel_stride, CHANNEL_GROUP, INDEX_DTYPE,
+                                   CLAMPED_READS)
+    values = ()
+    for k in tl.static_range(CHANNEL_GROUP):
         values = values + (tl.zeros([out_rows.shape[0], out_cols.shape[1]], dtype=tl.float32),)
     for tap_y in tl.range(0, taps_y, loop_unroll_factor=1 if ANTIALIAS else BILINEAR_TAPS):
         weight_y = _tap_weight(tap_y, centre_y, first_y, count_y, inverse_y) * inverse_total_y
@@ -251,32 +322,9 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
         if CLAMPED_READS:
             weight_y = tl.where(row_ok, weight_y, 0.0)
             row = tl.minimum(tl.maximum(row, 0), image_height - 1)
-        rows = image + row.to(INDEX_DTYPE) * row_stride
-        # The first COLUMN_SLOTS columns (row_value starts at the first product, not 0 + it: the two differ at most
-        # in the sign of a zero, which value's first addition to +0 erases).
-        row_values = ()
-        for k in tl.static_range(CHANNEL_GROUP):
-            pixels = (rows + plane_offsets[k]) + wide_col_offsets
-            row_mask = row_ok & (first_channel + k < num_channels)
-            row_value = _first_product(_slot_pixel(pixels, 0, col_step, slot_ok, row_mask, CLAMPED_READS),
-                                       slot_weights[0], biased_weight)
-            for first_slot in tl.static_range(1, COLUMN_SLOTS):
-                pixel = _slot_pixel(pixels, first_slot, col_step, slot_ok, row_mask, CLAMPED_READS)
-                row_value = fma(_next_pixel_float(pixel, ANTIALIAS), slot_weights[first_slot], row_value)
-            row_values = row_values + (row_value,)
-        for slot in range(COLUMN_SLOTS, taps_x):
-            weight_x, col_ok, tap_offsets = _column_tap(slot, start_col, first_col, centre_x, first_x, count_x,
-                                                        inverse_x, inverse_total_x, wanted_cols, image_width,
-                                                        col_step, CLAMPED_READS)
-            summed = ()
-            for k in tl.static_range(CHANNEL_GROUP):
-                pixels = rows + (plane_offsets[k] + tap_offsets)
-                if CLAMPED_READS:
-                    pixel = tl.load(pixels)
-                else:
-                    pixel = tl.load(pixels, mask=row_ok & (first_channel + k < num_channels) & col_ok, other=0)
-                summed = summed + (fma(_pixel_float(pixel), weight_x, row_values[k]),)
-            row_values = summed
+        row_values = _row_sums(image + row.to(INDEX_DTYPE) * row_stride, row_ok, first_channel, num_channels,
+                               plane_offsets, columns, slot_weights, slot_ok, biased_weight, wide_col_offsets, taps_x,
+                               image_width, CHANNEL_GROUP, ANTIALIAS, CLAMPED_READS)
         summed = ()
         for k in tl.static_range(CHANNEL_GROUP):
             summed = summed + (fma(row_values[k], weight_y, values[k]),)
