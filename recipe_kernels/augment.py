@@ -63,11 +63,13 @@ BYTE_BIAS = tl.constexpr(8388608.0)
 # The antialias resized_crop (_resized_crop_strip_kernel): a program is STRIP_X output columns (a thread 8 of them,
 # the 16-byte store layout) in STRIP_WARPS warps, walking down a segment of output rows with the horizontal sums of
 # the last WINDOW source rows in registers (a row window of up to WINDOW taps: downscales up to about 2.5). Enough
-# segments per strip for MIN_STRIP_PROGRAMS programs (several per SM), at most STRIP_X rows each.
+# segments per strip for about STRIP_PROGRAMS_PER_SM programs per SM, each of at most STRIP_X rows and, where there
+# are rows enough, at least MIN_SEGMENT_ROWS (a segment first fills its window: WINDOW source rows' sums).
 STRIP_X = 256
 STRIP_WARPS = 1
 WINDOW = 5
-MIN_STRIP_PROGRAMS = 1024
+STRIP_PROGRAMS_PER_SM = 6
+MIN_SEGMENT_ROWS = 4 * WINDOW
 # Column taps per source row whose weights and offsets a strip program computes once (past ANTIALIAS_COLUMN_SLOTS,
 # each summed where the strip's windows reach it); a strip with wider windows runs the single pass.
 STRIP_COLUMN_SLOTS = 5
@@ -750,6 +752,12 @@ def _layout_constexprs(images, out, slots):
                                                                    for image in images))
 
 
+def _strip_segments(strips, height, device):
+    """Segments of `height` output rows per strip for _resized_crop_strip_kernel, over `strips` strips in all."""
+    wanted = cdiv(STRIP_PROGRAMS_PER_SM * _backend.sm_count(device), strips)
+    return max(min(wanted, cdiv(height, MIN_SEGMENT_ROWS)), cdiv(height, STRIP_X))
+
+
 def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last):
     out = _new_output(images, height, width, out_dtype, channels_last)
     if out.numel() == 0:
@@ -757,8 +765,7 @@ def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialia
     n, channels, group, groups, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
     if antialias:
         strips = cdiv(width, STRIP_X)
-        segments = min(max(cdiv(MIN_STRIP_PROGRAMS, n * groups * strips), cdiv(height, STRIP_X)), height)
-        segment_rows = cdiv(height, segments)
+        segment_rows = cdiv(height, _strip_segments(n * groups * strips, height, out.device))
         launch(_resized_crop_strip_kernel, (n * groups, cdiv(height, segment_rows), strips),
                table, images[0], boxes, flip.view(torch.uint8) if flip is not None else boxes,
                mean if mean is not None else table, std if std is not None else table, out, channels, height, width,

@@ -188,10 +188,10 @@ def test_antialias_strip_kernel_and_its_fallback_equal_the_kernel_code_bit_for_b
     # _resized_crop_strip_kernel walks each program's output rows with WINDOW source rows' horizontal sums in
     # registers. 5 channels (a group of 4 and one of 1), channels_last images, a 9 x 7 output (odd), flips. Boxes:
     # past the top and right edges with 5 taps per axis (the window full: the fast path), past the bottom and left
-    # with 6 row taps (the single-pass fallback), 6 column taps (fallback), a 3 x 2 box upscaled. MIN_STRIP_PROGRAMS
-    # makes three segments of 3 rows per program (each warms up its window, then walks). Two launches: the
-    # interpreter runs this kernel slowly.
-    monkeypatch.setattr(augment, "MIN_STRIP_PROGRAMS", 24)
+    # with 6 row taps (the single-pass fallback), 6 column taps (fallback), a 3 x 2 box upscaled. Three segments of 3
+    # rows (each fills its window, then walks). Two launches: the interpreter runs this kernel slowly.
+    monkeypatch.setattr(augment, "MIN_SEGMENT_ROWS", 3)
+    monkeypatch.setattr(augment, "STRIP_PROGRAMS_PER_SM", 100)
     generator = torch.Generator().manual_seed(3)
     boxes = torch.tensor([[-2, 12, 22, 17], [3, -3, 23, 10], [5, 4, 12, 18], [20, 22, 3, 2]])
     flip = torch.tensor([True, False, True, False])
