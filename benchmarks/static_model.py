@@ -308,6 +308,87 @@ def _tile_taps(box_lengths, out_length, antialias, block):
     return padded.reshape(len(box_lengths), -1, block).amax(-1).double().mean(-1)
 
 
+def _filter_windows(box_lengths, out_length, antialias):
+    """Per sample and output index, (first, count) of its window, in augment._filter_window's fp32 arithmetic."""
+    box = box_lengths.to(torch.float32)[:, None]
+    scale = box / out_length
+    support = torch.clamp(scale, min=1.0) if antialias else torch.ones_like(scale)
+    centre = scale * (torch.arange(out_length, dtype=torch.float32) + 0.5)
+    first = torch.clamp((centre - support + 0.5).to(torch.int32), min=0)
+    count = torch.minimum((centre + support + 0.5).to(torch.int32), box_lengths[:, None].to(torch.int32)) - first
+    return first, count
+
+
+def _strip_loops(box_heights, box_widths, box_lefts, image_width, out_height, out_width):
+    """Trip counts and branch shares of augment._resized_crop_strip_kernel (one strip per sample: out_width <=
+    STRIP_X), from the workload's windows, in SASS order:
+    - the column window totals (_inverse_window_total over the strip's taps_x);
+    - per program the output rows of its segment, holding: a row window's total (a loop unrolled by 4 and its
+      remainder, count // 4 and count % 4 trips), and the advance loop (the source rows computed, WINDOW at a
+      segment's start and then first(i) - first(i - 1) per output row, per output row of the segment); in the advance
+      loop the column slots past ANTIALIAS_COLUMN_SLOTS, run where the strip's slot_reach reaches them (nested
+      branches: a share each, the inner one given the outer); after it the vertical taps, slot s where s < count(i)
+      (nested branches likewise);
+    - the single-pass fallback's loops (rows, their window totals, the row taps, the column taps past the first
+      slots): no trips, as no program of the workload falls back (the hook refuses a workload where one does)."""
+    from recipe_kernels import augment
+    first_y, count_y = _filter_windows(box_heights, out_height, True)
+    first_x, count_x = _filter_windows(box_widths, out_width, True)
+    window, slots = augment.WINDOW, augment.STRIP_COLUMN_SLOTS
+    taps_x = count_x.amax(1)  # one strip per sample
+    first_col = box_lefts[:, None] + first_x
+    start_col = first_col.clamp(min=0, max=image_width - slots)
+    reach = ((first_col + count_x).clamp(max=image_width) - start_col).amax(1)
+    n = len(box_heights)
+
+    def trips(k, launch, instructions, spans):
+        segments, segment_rows = launch.grid[1], math.ceil(out_height / launch.grid[1])
+        assert launch.grid[2] == 1 and out_height % segment_rows == 0, "the hook counts whole segments of one strip"
+        by_segment = count_y.reshape(n, segments, segment_rows)
+        if (by_segment.amax(-1) > window).any() or (reach > slots).any():
+            raise ValueError("a program of the workload runs the single-pass fallback")
+        firsts = first_y.reshape(n, segments, segment_rows)
+        advances = (window + firsts[..., -1] - firsts[..., 0]).double()  # per program
+        # per program weight: every program runs segment_rows rows
+        row_trips = [float((count_y // 4).double().mean()), float((count_y % 4).double().mean())]
+        advance_trips = float(advances.mean()) / segment_rows
+        if len(spans) != 11:
+            raise ValueError(f"_resized_crop_strip_kernel: 11 loops expected, {len(spans)} found")
+        column_totals, rows, *_ = spans
+        result = [float(taps_x.double().mean()), segment_rows, *row_trips, advance_trips] + [0] * 6
+        advance = spans[4]
+        shares = []
+        per_advance = advances.sum(1)  # per sample
+        # the advance loop's nested branches over column slots ANTIALIAS_COLUMN_SLOTS .. slots - 1
+        inner = [i for i in instructions if advance[0] <= i.address <= advance[1]]
+        branches = [i for i in inner if i.opcode == "BRA" and i.text.startswith("@")
+                    and int(i.text.split("0x")[-1], 16) <= advance[1]
+                    and int(i.text.split("0x")[-1], 16) > i.address]
+        runs = [float((per_advance * (reach > slot)).sum() / per_advance.sum())
+                for slot in range(augment.ANTIALIAS_COLUMN_SLOTS.value - 1, slots)]
+        if len(branches) != slots - augment.ANTIALIAS_COLUMN_SLOTS.value:
+            raise ValueError("the advance loop's column-slot branches are not where the hook expects them")
+        for number, branch in enumerate(branches):
+            shares.append((branch.address + 1, int(branch.text.split("0x")[-1], 16) - 1,
+                           runs[number + 1] / max(runs[number], 1e-30)))
+        # the vertical taps after the advance loop: nested branches skipping to one end
+        after = [i for i in instructions if advance[1] < i.address <= rows[1] and i.opcode == "BRA"
+                 and i.text.startswith("@")]
+        targets = [int(i.text.split("0x")[-1], 16) for i in after]
+        end = max(set(targets), key=targets.count)
+        vertical = [i for i, target in zip(after, targets) if target == end]
+        if len(vertical) != window:
+            raise ValueError("the vertical taps' branches are not where the hook expects them")
+        runs = [1.0] + [float((count_y > slot).double().mean()) for slot in range(window)]
+        for slot, branch in enumerate(vertical):
+            shares.append((branch.address + 1, end - 1, runs[slot + 1] / max(runs[slot], 1e-30)))
+        # In flight per thread: the advance loop's loads outside its branches (one byte each).
+        in_flight = sum(1 for i in inner if i.opcode.startswith("LDG") and not any(
+            first <= i.address <= last for first, last, _ in shares))
+        return {"trips": result, "shares": shares, "in_flight_bytes": in_flight}
+    return trips
+
+
 def _augment_cases(quick):
     """Issue 14's workload: 256 uint8 3 x 480 x 480 images -> 224 x 224 normalised bf16, flipped, random crops
     (RandomResizedCrop's defaults), antialias off and on. Bytes, as the issue counts them (the bytes the kernel
@@ -339,7 +420,9 @@ def _augment_cases(quick):
         trips = [ty / 4, ty % 4, tx / 4, tx % 4, ty, ty_tail / ty] if antialias else []
         result.append(Case(f"resized_crop uint8->bf16 norm {'antialias' if antialias else 'bilinear'} "
                            f"{n}x3x480x480->224", crop, elements, minimal,
-                           trip_counts={"_resized_crop_kernel": trips}))
+                           trip_counts={"_resized_crop_kernel": trips,
+                                        "_resized_crop_strip_kernel": _strip_loops(height, width, left, side,
+                                                                                   size, size)}))
     return result
 
 

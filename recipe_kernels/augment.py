@@ -60,6 +60,19 @@ BILINEAR_TAPS = tl.constexpr(2)
 ANTIALIAS_COLUMN_SLOTS = tl.constexpr(3)
 # A byte b read as the float bits of 0x4B000000 | b is 2^23 + b exactly.
 BYTE_BIAS = tl.constexpr(8388608.0)
+# The antialias resized_crop (_resized_crop_strip_kernel): a program is STRIP_X output columns (a thread 8 of them,
+# the 16-byte store layout) in STRIP_WARPS warps, walking down a segment of output rows with the horizontal sums of
+# the last WINDOW source rows in registers (a row window of up to WINDOW taps: downscales up to about 2.5). Enough
+# segments per strip for about STRIP_PROGRAMS_PER_SM programs per SM, each of at most STRIP_X rows and, where there
+# are rows enough, at least MIN_SEGMENT_ROWS (a segment first fills its window: WINDOW source rows' sums).
+STRIP_X = 256
+STRIP_WARPS = 1
+WINDOW = 5
+STRIP_PROGRAMS_PER_SM = 6
+MIN_SEGMENT_ROWS = 4 * WINDOW
+# Column taps per source row whose weights and offsets a strip program computes once (past ANTIALIAS_COLUMN_SLOTS,
+# each summed where the strip's windows reach it); a strip with wider windows runs the single pass.
+STRIP_COLUMN_SLOTS = 5
 # Columns of the image table, one int64 row per sample: element address, height, width, and the
 # strides (in elements) of channel, row and column.
 TABLE_COLUMNS = tl.constexpr(6)
@@ -175,22 +188,9 @@ def _first_product(pixel, weight, biased_weight):
 
 
 @triton.jit
-def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_rows, out_cols, out_height, out_width,
-                  CHANNEL_GROUP: tl.constexpr, PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr,
-                  INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
-    """The resized crop of `sample` at channels first_channel .. + CHANNEL_GROUP - 1, output rows `out_rows`
-    ([BY, 1]) and columns `out_cols` ([1, BX], before any flip): a tuple of CHANNEL_GROUP [BY, BX] fp32 tiles,
-    each the sum over row taps of row weight * (the sum over column taps of column weight * pixel), pixels
-    outside the image reading 0. The weights, window and offsets are computed once for the group's channels;
-    offsets inside an image are INDEX_DTYPE (int32 when every image's span fits).
-
-    The first COLUMN_SLOTS columns of a row (BILINEAR_TAPS, or ANTIALIAS_COLUMN_SLOTS with antialias) are read from
-    one address, their weights computed once per tile; columns past them (antialias) loop, recomputing theirs per
-    row tap. Byte images (CLAMPED_READS) read every pixel clamped into the image, a pixel outside it weighing 0,
-    those columns at start_col .. start_col + COLUMN_SLOTS - 1, start_col = first_col clamped into
-    [0, W - COLUMN_SLOTS], each weighing as its own tap of the window (0 when it is not one). A shifted run only
-    reorders zeros among nonnegative terms, so the sums keep the tap order's bits. Float images keep masked reads
-    at first_col (an inf times 0 would not be 0)."""
+def _sample_crop(table_ptr, box_ptr, sample, PIXEL_DTYPE: tl.constexpr, INDEX_DTYPE: tl.constexpr):
+    """`sample`'s image (a pointer to its first element), height, width, channel/row/column strides (INDEX_DTYPE) and
+    crop box (top, left, height, width)."""
     entry = table_ptr + sample * TABLE_COLUMNS
     image = tl.load(entry).to(tl.pointer_type(PIXEL_DTYPE))
     image_height = tl.load(entry + 1).to(INDEX_DTYPE)
@@ -202,18 +202,23 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
     left = tl.load(box_ptr + sample * 4 + 1)
     box_height = tl.load(box_ptr + sample * 4 + 2)
     box_width = tl.load(box_ptr + sample * 4 + 3)
-    centre_y, first_y, count_y, inverse_y, taps_y = _filter_window(out_rows, box_height, out_height, ANTIALIAS)
+    return image, image_height, image_width, channel_stride, row_stride, col_stride, top, left, box_height, box_width
+
+
+@triton.jit
+def _column_taps(out_cols, left, box_width, out_width, image_width, col_stride, ANTIALIAS: tl.constexpr,
+                 COLUMN_SLOTS: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
+    """The column half of the filter for output columns `out_cols` (before any flip), shared by every row and channel:
+    a tuple (columns, slot_weights, slot_ok, biased_weight, wide_col_offsets, taps_x). `columns` bundles what a
+    column tap past the first COLUMN_SLOTS needs (_column_tap's arguments); the first COLUMN_SLOTS columns' normalised
+    weights and read masks are the tuples slot_weights and slot_ok, their pixels at one offset (wide_col_offsets,
+    INDEX_DTYPE) plus slot * col_step; biased_weight is -2^23 times slot 0's weight (_first_product); taps_x the trip
+    count of a row's column taps (_filter_window's max_count). Byte images (CLAMPED_READS, at least COLUMN_SLOTS
+    pixels wide) read the slots from first_col clamped into [0, W - COLUMN_SLOTS]."""
     centre_x, first_x, count_x, inverse_x, taps_x = _filter_window(out_cols, box_width, out_width, ANTIALIAS)
-    inverse_total_y = _inverse_window_total(centre_y, first_y, count_y, inverse_y, taps_y)
     inverse_total_x = _inverse_window_total(centre_x, first_x, count_x, inverse_x, taps_x)
-    wanted_rows = out_rows < out_height
     wanted_cols = out_cols < out_width
-    first_row = top + first_y
     first_col = left + first_x
-    if ANTIALIAS:
-        COLUMN_SLOTS: tl.constexpr = ANTIALIAS_COLUMN_SLOTS
-    else:
-        COLUMN_SLOTS: tl.constexpr = BILINEAR_TAPS
     if CLAMPED_READS:
         start_col = tl.minimum(tl.maximum(first_col, 0), image_width - COLUMN_SLOTS)
     else:
@@ -233,16 +238,109 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
         slot_ok = slot_ok + (col_ok,)
         if first_slot == 0:
             col_offsets = offsets
-    # A row's address per channel plane ([BY, 1]), plus the column's offset widened once per column ([1, BX]): a
-    # 64-bit add per pixel address (a 32-bit offset would be sign-extended per address).
-    wide_col_offsets = col_offsets.to(tl.int64)
+    columns = (start_col, first_col, centre_x, first_x, count_x, inverse_x, inverse_total_x, wanted_cols, col_step)
+    return columns, slot_weights, slot_ok, biased_weight, col_offsets, taps_x
+
+
+@triton.jit
+def _plane_offsets(first_channel, num_channels, channel_stride, CHANNEL_GROUP: tl.constexpr,
+                   INDEX_DTYPE: tl.constexpr, CLAMPED_READS: tl.constexpr):
+    """The offsets of the group's channel planes (a tuple; clamped to the last channel with CLAMPED_READS)."""
     plane_offsets = ()
-    values = ()
     for k in tl.static_range(CHANNEL_GROUP):
         channel = first_channel + k
         if CLAMPED_READS:
             channel = tl.minimum(channel, num_channels - 1)
         plane_offsets = plane_offsets + (channel.to(INDEX_DTYPE) * channel_stride,)
+    return plane_offsets
+
+
+@triton.jit
+def _row_sums(rows, row_ok, first_channel, num_channels, plane_offsets, columns, slot_weights, slot_ok, biased_weight,
+              wide_col_offsets, taps_x, image_width, CHANNEL_GROUP: tl.constexpr, ANTIALIAS: tl.constexpr,
+              ALWAYS_SLOTS: tl.constexpr, TAP_LOOP: tl.constexpr, CLAMPED_READS: tl.constexpr):
+    """One source row's horizontal sums (the column taps' chain of FMAs, in tap order) for each channel of the group:
+    a tuple of CHANNEL_GROUP tensors shaped like row_ok & the columns. `rows` is the row's address in the image;
+    row_ok whether it is read (masked reads; CLAMPED_READS reads every pixel, the row clamped into the image). The
+    first ALWAYS_SLOTS column slots are always summed, the next ones of slot_weights where taps_x reaches them; with
+    TAP_LOOP, the taps past slot_weights' loop, their weights recomputed."""
+    start_col, first_col, centre_x, first_x, count_x, inverse_x, inverse_total_x, wanted_cols, col_step = columns
+    COLUMN_SLOTS: tl.constexpr = len(slot_weights)
+    # The first COLUMN_SLOTS columns (row_value starts at the first product, not 0 + it: the two differ at most in the
+    # sign of a zero, which value's first addition to +0 erases).
+    row_values = ()
+    for k in tl.static_range(CHANNEL_GROUP):
+        pixels = (rows + plane_offsets[k]) + wide_col_offsets
+        row_mask = row_ok & (first_channel + k < num_channels)
+        row_value = _first_product(_slot_pixel(pixels, 0, col_step, slot_ok, row_mask, CLAMPED_READS),
+                                   slot_weights[0], biased_weight)
+        for first_slot in tl.static_range(1, ALWAYS_SLOTS):
+            pixel = _slot_pixel(pixels, first_slot, col_step, slot_ok, row_mask, CLAMPED_READS)
+            row_value = fma(_next_pixel_float(pixel, ANTIALIAS), slot_weights[first_slot], row_value)
+        row_values = row_values + (row_value,)
+    for slot in tl.static_range(ALWAYS_SLOTS, COLUMN_SLOTS):
+        if slot < taps_x:
+            summed = ()
+            for k in tl.static_range(CHANNEL_GROUP):
+                pixels = (rows + plane_offsets[k]) + wide_col_offsets
+                pixel = _slot_pixel(pixels, slot, col_step, slot_ok, row_ok & (first_channel + k < num_channels),
+                                    CLAMPED_READS)
+                summed = summed + (fma(_pixel_float(pixel), slot_weights[slot], row_values[k]),)
+            row_values = summed
+    for slot in range(COLUMN_SLOTS, taps_x if TAP_LOOP else COLUMN_SLOTS):
+        weight_x, col_ok, tap_offsets = _column_tap(slot, start_col, first_col, centre_x, first_x, count_x,
+                                                    inverse_x, inverse_total_x, wanted_cols, image_width,
+                                                    col_step, CLAMPED_READS)
+        summed = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            pixels = rows + (plane_offsets[k] + tap_offsets)
+            if CLAMPED_READS:
+                pixel = tl.load(pixels)
+            else:
+                pixel = tl.load(pixels, mask=row_ok & (first_channel + k < num_channels) & col_ok, other=0)
+            summed = summed + (fma(_pixel_float(pixel), weight_x, row_values[k]),)
+        row_values = summed
+    return row_values
+
+
+@triton.jit
+def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_rows, out_cols, out_height, out_width,
+                  CHANNEL_GROUP: tl.constexpr, PIXEL_DTYPE: tl.constexpr, ANTIALIAS: tl.constexpr,
+                  INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr, CLAMPED_READS: tl.constexpr):
+    """The resized crop of `sample` at channels first_channel .. + CHANNEL_GROUP - 1, output rows `out_rows`
+    ([BY, 1]) and columns `out_cols` ([1, BX], before any flip): a tuple of CHANNEL_GROUP [BY, BX] fp32 tiles,
+    each the sum over row taps of row weight * (the sum over column taps of column weight * pixel), pixels
+    outside the image reading 0. The weights, window and offsets are computed once for the group's channels;
+    offsets inside an image are INDEX_DTYPE (int32 when every image's span fits). One pass: a row tap's horizontal
+    sums are computed per output row.
+
+    The first COLUMN_SLOTS columns of a row (BILINEAR_TAPS, or ANTIALIAS_COLUMN_SLOTS with antialias) are read from
+    one address, their weights computed once per tile; columns past them (antialias) loop, recomputing theirs per
+    row tap. Byte images (CLAMPED_READS) read every pixel clamped into the image, a pixel outside it weighing 0,
+    those columns at start_col .. start_col + COLUMN_SLOTS - 1, start_col = first_col clamped into
+    [0, W - COLUMN_SLOTS], each weighing as its own tap of the window (0 when it is not one). A shifted run only
+    reorders zeros among nonnegative terms, so the sums keep the tap order's bits. Float images keep masked reads
+    at first_col (an inf times 0 would not be 0)."""
+    image, image_height, image_width, channel_stride, row_stride, col_stride, top, left, box_height, box_width = \
+        _sample_crop(table_ptr, box_ptr, sample, PIXEL_DTYPE, INDEX_DTYPE)
+    centre_y, first_y, count_y, inverse_y, taps_y = _filter_window(out_rows, box_height, out_height, ANTIALIAS)
+    inverse_total_y = _inverse_window_total(centre_y, first_y, count_y, inverse_y, taps_y)
+    if ANTIALIAS:
+        COLUMN_SLOTS: tl.constexpr = ANTIALIAS_COLUMN_SLOTS
+    else:
+        COLUMN_SLOTS: tl.constexpr = BILINEAR_TAPS
+    columns, slot_weights, slot_ok, biased_weight, col_offsets, taps_x = _column_taps(
+        out_cols, left, box_width, out_width, image_width, col_stride, ANTIALIAS, COLUMN_SLOTS, UNIT_COL_STRIDE,
+        CLAMPED_READS)
+    # A row's address per channel plane, plus the column's offset widened once per column: a 64-bit add per pixel
+    # address (a 32-bit offset would be sign-extended per address).
+    wide_col_offsets = col_offsets.to(tl.int64)
+    wanted_rows = out_rows < out_height
+    first_row = top + first_y
+    plane_offsets = _plane_offsets(first_channel, num_channels, channel_stride, CHANNEL_GROUP, INDEX_DTYPE,
+                                   CLAMPED_READS)
+    values = ()
+    for k in tl.static_range(CHANNEL_GROUP):
         values = values + (tl.zeros([out_rows.shape[0], out_cols.shape[1]], dtype=tl.float32),)
     for tap_y in tl.range(0, taps_y, loop_unroll_factor=1 if ANTIALIAS else BILINEAR_TAPS):
         weight_y = _tap_weight(tap_y, centre_y, first_y, count_y, inverse_y) * inverse_total_y
@@ -251,32 +349,9 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
         if CLAMPED_READS:
             weight_y = tl.where(row_ok, weight_y, 0.0)
             row = tl.minimum(tl.maximum(row, 0), image_height - 1)
-        rows = image + row.to(INDEX_DTYPE) * row_stride
-        # The first COLUMN_SLOTS columns (row_value starts at the first product, not 0 + it: the two differ at most
-        # in the sign of a zero, which value's first addition to +0 erases).
-        row_values = ()
-        for k in tl.static_range(CHANNEL_GROUP):
-            pixels = (rows + plane_offsets[k]) + wide_col_offsets
-            row_mask = row_ok & (first_channel + k < num_channels)
-            row_value = _first_product(_slot_pixel(pixels, 0, col_step, slot_ok, row_mask, CLAMPED_READS),
-                                       slot_weights[0], biased_weight)
-            for first_slot in tl.static_range(1, COLUMN_SLOTS):
-                pixel = _slot_pixel(pixels, first_slot, col_step, slot_ok, row_mask, CLAMPED_READS)
-                row_value = fma(_next_pixel_float(pixel, ANTIALIAS), slot_weights[first_slot], row_value)
-            row_values = row_values + (row_value,)
-        for slot in range(COLUMN_SLOTS, taps_x):
-            weight_x, col_ok, tap_offsets = _column_tap(slot, start_col, first_col, centre_x, first_x, count_x,
-                                                        inverse_x, inverse_total_x, wanted_cols, image_width,
-                                                        col_step, CLAMPED_READS)
-            summed = ()
-            for k in tl.static_range(CHANNEL_GROUP):
-                pixels = rows + (plane_offsets[k] + tap_offsets)
-                if CLAMPED_READS:
-                    pixel = tl.load(pixels)
-                else:
-                    pixel = tl.load(pixels, mask=row_ok & (first_channel + k < num_channels) & col_ok, other=0)
-                summed = summed + (fma(_pixel_float(pixel), weight_x, row_values[k]),)
-            row_values = summed
+        row_values = _row_sums(image + row.to(INDEX_DTYPE) * row_stride, row_ok, first_channel, num_channels,
+                               plane_offsets, columns, slot_weights, slot_ok, biased_weight, wide_col_offsets, taps_x,
+                               image_width, CHANNEL_GROUP, ANTIALIAS, COLUMN_SLOTS, ANTIALIAS, CLAMPED_READS)
         summed = ()
         for k in tl.static_range(CHANNEL_GROUP):
             summed = summed + (fma(row_values[k], weight_y, values[k]),)
@@ -298,10 +373,31 @@ def _finish(value, channel, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, RECIPROCA
             value = fma(value, inverse_std, -tl.load(mean_ptr + channel) * inverse_std)
         else:
             value = tl.math.div_rn(value - tl.load(mean_ptr + channel), std)
+    return _rounded(value, OUT_DTYPE)
+
+
+@triton.jit
+def _rounded(value, OUT_DTYPE: tl.constexpr):
+    """fp32 value rounded once to OUT_DTYPE (uint8: half up, saturating)."""
     if OUT_DTYPE == tl.uint8:
         rounded = tl.floor(value + 0.5)
         return tl.minimum(tl.where(rounded > 0.0, rounded, 0.0), 255.0).to(tl.uint8)
     return round_to(value, OUT_DTYPE)
+
+
+@triton.jit
+def _reciprocal_norms(first_channel, num_channels, mean_ptr, std_ptr, CHANNEL_GROUP: tl.constexpr):
+    """Per channel of the group (clamped to the last), _finish's RECIPROCAL_STD factors: (1 / std, -mean / std)
+    tuples, each rounded once."""
+    inverse_stds = ()
+    shifts = ()
+    for k in tl.static_range(CHANNEL_GROUP):
+        channel = tl.minimum(first_channel + k, num_channels - 1)
+        std = tl.load(std_ptr + channel)
+        inverse_std = tl.math.div_rn(tl.full(std.shape, 1.0, tl.float32), std)
+        inverse_stds = inverse_stds + (inverse_std,)
+        shifts = shifts + (-tl.load(mean_ptr + channel) * inverse_std,)
+    return inverse_stds, shifts
 
 
 @triton.jit
@@ -390,6 +486,116 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
     _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
                       out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
                       mean_ptr, std_ptr, HAS_NORM, True, CHANNEL_GROUP)
+
+
+@triton.jit(do_not_specialize=["out_height", "segment_rows"])
+def _resized_crop_strip_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, std_ptr, out_ptr,
+                               num_channels, out_height, out_width, channel_groups, segment_rows,
+                               out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
+                               ANTIALIAS: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_NORM: tl.constexpr,
+                               CHANNEL_GROUP: tl.constexpr, STRIP_X: tl.constexpr, WINDOW: tl.constexpr,
+                               STRIP_COLUMN_SLOTS: tl.constexpr,
+                               INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr,
+                               CLAMPED_READS: tl.constexpr):
+    """_resized_crop_kernel's output (the same bits) in two passes: each source row's horizontal sums once per program.
+
+    A program is STRIP_X output columns of one sample and channel group, walking down a segment of segment_rows
+    output rows (the grid: samples x channel groups, segments, strips). The column taps' weights and offsets are
+    computed once per program. It keeps the horizontal sums (_row_sums) of the last WINDOW source rows in registers,
+    rows first_row(i) .. first_row(i) + WINDOW - 1 for output row i: it advances one source row at a time (each
+    row's sums computed once) and then sums output row i's row taps over the window's slots, in tap order, skipping
+    the taps past its count (they add exact zeros in the single pass). Inputs, outputs and bytes as
+    _resized_crop_kernel's; per output element, box_h / h source rows' column taps (and WINDOW's start in each
+    segment) instead of taps_y of them. A segment with a row window of more than WINDOW taps (a downscale past about
+    (WINDOW - 1) / 2) runs the single pass (_resized_tile) one output row at a time.
+    """
+    group = tl.program_id(0).to(INDEX_DTYPE)
+    segment = tl.program_id(1).to(INDEX_DTYPE)
+    strip = tl.program_id(2).to(INDEX_DTYPE)
+    first_channel = (group % channel_groups) * CHANNEL_GROUP
+    sample = group // channel_groups
+    out_cols = strip * STRIP_X + tl.arange(0, STRIP_X)[None, :]
+    resize_cols = out_cols
+    if HAS_FLIP:
+        resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
+    first_out_row = segment * segment_rows
+    end_row = tl.minimum(first_out_row + segment_rows, out_height)
+    image, image_height, image_width, channel_stride, row_stride, col_stride, top, left, box_height, box_width = \
+        _sample_crop(table_ptr, box_ptr, sample, pixel_ref_ptr.dtype.element_ty, INDEX_DTYPE)
+    # The segment's largest row window (segment_rows <= STRIP_X).
+    segment_out_rows = first_out_row + tl.arange(0, STRIP_X)[None, :]
+    _, _, segment_counts, _, _ = _filter_window(segment_out_rows, box_height, out_height, ANTIALIAS)
+    columns, slot_weights, slot_ok, biased_weight, col_offsets, taps_x = _column_taps(
+        resize_cols, left, box_width, out_width, image_width, col_stride, ANTIALIAS, STRIP_COLUMN_SLOTS,
+        UNIT_COL_STRIDE, CLAMPED_READS)
+    wide_col_offsets = col_offsets.to(tl.int64)
+    # The column slots holding a tap of some window inside the image (the slots start at first_col clamped into
+    # [0, W - STRIP_COLUMN_SLOTS] for byte images, so near the right edge a window's taps lie past its first slots).
+    start_col, first_col, _, _, count_x, _, _, wanted_cols, _ = columns
+    slot_reach = tl.max(tl.where(wanted_cols, tl.minimum(first_col + count_x, image_width) - start_col, 0))
+    if (tl.max(tl.where(segment_out_rows < end_row, segment_counts, 0)) <= WINDOW) & \
+            (slot_reach <= STRIP_COLUMN_SLOTS):
+        if HAS_NORM:
+            inverse_stds, shifts = _reciprocal_norms(first_channel, num_channels, mean_ptr, std_ptr, CHANNEL_GROUP)
+        plane_offsets = _plane_offsets(first_channel, num_channels, channel_stride, CHANNEL_GROUP, INDEX_DTYPE,
+                                       CLAMPED_READS)
+        zeros = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            zeros = zeros + (tl.zeros([1, STRIP_X], dtype=tl.float32),)
+        window = ()
+        for slot in tl.static_range(WINDOW):
+            window = window + (zeros,)
+        newest = top - 1  # the source row in the window's last slot: none yet (first_row(i) >= top)
+        for out_row in range(first_out_row, end_row):
+            out_rows = out_row + tl.zeros([1, 1], dtype=INDEX_DTYPE)
+            centre_y, first_y, count_y, inverse_y, taps_y = _filter_window(out_rows, box_height, out_height,
+                                                                           ANTIALIAS)
+            inverse_total_y = _inverse_window_total(centre_y, first_y, count_y, inverse_y, taps_y)
+            last = top + tl.max(first_y) + WINDOW - 1
+            newest = tl.maximum(newest, last - WINDOW)
+            while newest < last:
+                newest += 1
+                row_ok = (newest >= 0) & (newest < image_height)
+                row = newest
+                if CLAMPED_READS:
+                    row = tl.minimum(tl.maximum(row, 0), image_height - 1)
+                row_values = _row_sums(image + row.to(INDEX_DTYPE) * row_stride, row_ok, first_channel,
+                                       num_channels, plane_offsets, columns, slot_weights, slot_ok, biased_weight,
+                                       wide_col_offsets, slot_reach, image_width, CHANNEL_GROUP, ANTIALIAS,
+                                       ANTIALIAS_COLUMN_SLOTS, False, CLAMPED_READS)
+                shifted = ()
+                for slot in tl.static_range(1, WINDOW):
+                    shifted = shifted + (window[slot],)
+                window = shifted + (row_values,)
+            values = zeros
+            for slot in tl.static_range(WINDOW):
+                if slot < taps_y:
+                    weight_y = _tap_weight(slot, centre_y, first_y, count_y, inverse_y) * inverse_total_y
+                    if CLAMPED_READS:
+                        row = top + first_y + slot
+                        weight_y = tl.where((row >= 0) & (row < image_height), weight_y, 0.0)
+                    summed = ()
+                    for k in tl.static_range(CHANNEL_GROUP):
+                        summed = summed + (fma(window[slot][k], weight_y, values[k]),)
+                    values = summed
+            for k in tl.static_range(CHANNEL_GROUP):
+                channel = first_channel + k
+                if channel < num_channels:
+                    value = values[k]
+                    if HAS_NORM:
+                        value = fma(value, inverse_stds[k], shifts[k])
+                    _store_tile(out_ptr, _rounded(value, out_ptr.dtype.element_ty), sample, out_row, strip, channel,
+                                out_rows, out_cols, out_height, out_width, out_sample_stride, out_channel_stride,
+                                out_row_stride, out_col_stride)
+    else:
+        for out_row in range(first_out_row, end_row):
+            out_rows = out_row + tl.zeros([1, 1], dtype=INDEX_DTYPE)
+            values = _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_rows, resize_cols,
+                                   out_height, out_width, CHANNEL_GROUP, pixel_ref_ptr.dtype.element_ty, ANTIALIAS,
+                                   INDEX_DTYPE, UNIT_COL_STRIDE, CLAMPED_READS)
+            _finish_and_store(out_ptr, values, sample, first_channel, num_channels, out_row, strip, out_rows,
+                              out_cols, out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride,
+                              out_col_stride, mean_ptr, std_ptr, HAS_NORM, True, CHANNEL_GROUP)
 
 
 @triton.jit
@@ -528,12 +734,16 @@ def _launch_geometry(images, height, width):
     return n, channels, group, cdiv(channels, group), cdiv(height, BLOCK_Y), cdiv(width, BLOCK_X), image_table(images)
 
 
-def _layout_constexprs(images, out, antialias):
+def _column_slots(antialias):
+    """The column slots the single-pass kernels read from one address."""
+    return (ANTIALIAS_COLUMN_SLOTS if antialias else BILINEAR_TAPS).value
+
+
+def _layout_constexprs(images, out, slots):
     """The kernels' constexprs that follow the images and output: INDEX_DTYPE, int32 when every offset a program
     forms fits (inside any image, the pixels its strides span, and in `out`); UNIT_COL_STRIDE, whether every
     image's columns are adjacent; CLAMPED_READS, reads clamped into the image rather than masked (for finite
-    pixels, bytes, and every image at least as wide as the column slots a row reads from one address)."""
-    slots = (ANTIALIAS_COLUMN_SLOTS if antialias else BILINEAR_TAPS).value
+    pixels, bytes, and every image at least as wide as the `slots` column slots a row reads from one address)."""
     spans = [sum((size - 1) * abs(stride) for size, stride in zip(image.shape[-3:], image.stride()[-3:]))
              for image in images]  # per sample: the table holds each sample's own address
     return dict(INDEX_DTYPE=tl.int32 if max(spans + [out.numel()]) < 1 << 31 else tl.int64,
@@ -542,18 +752,35 @@ def _layout_constexprs(images, out, antialias):
                                                                    for image in images))
 
 
+def _strip_segments(strips, height, device):
+    """Segments of `height` output rows per strip for _resized_crop_strip_kernel, over `strips` strips in all."""
+    wanted = cdiv(STRIP_PROGRAMS_PER_SM * _backend.sm_count(device), strips)
+    return max(min(wanted, cdiv(height, MIN_SEGMENT_ROWS)), cdiv(height, STRIP_X))
+
+
 def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialias, out_dtype, channels_last):
     out = _new_output(images, height, width, out_dtype, channels_last)
     if out.numel() == 0:
         return out
     n, channels, group, groups, row_blocks, col_blocks, table = _launch_geometry(images, height, width)
+    if antialias:
+        strips = cdiv(width, STRIP_X)
+        segment_rows = cdiv(height, _strip_segments(n * groups * strips, height, out.device))
+        launch(_resized_crop_strip_kernel, (n * groups, cdiv(height, segment_rows), strips),
+               table, images[0], boxes, flip.view(torch.uint8) if flip is not None else boxes,
+               mean if mean is not None else table, std if std is not None else table, out, channels, height, width,
+               groups, segment_rows, *out.stride(),
+               num_warps=STRIP_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
+               CHANNEL_GROUP=group, STRIP_X=STRIP_X, WINDOW=WINDOW, STRIP_COLUMN_SLOTS=STRIP_COLUMN_SLOTS,
+               **_layout_constexprs(images, out, STRIP_COLUMN_SLOTS))
+        return out
     launch(_resized_crop_kernel, (n * groups, row_blocks, col_blocks),
            table, images[0], boxes, flip.view(torch.uint8) if flip is not None else boxes,
            mean if mean is not None else table, std if std is not None else table, out, channels, height, width,
            groups, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
            CHANNEL_GROUP=group, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
-           **_layout_constexprs(images, out, antialias))
+           **_layout_constexprs(images, out, _column_slots(antialias)))
     return out
 
 
@@ -632,7 +859,7 @@ def _batch_augment_triton(images, crop, flip, mix_box, lam, partner, mode, erase
            n, channels, height, width, groups, *out.stride(),
            num_warps=NUM_WARPS, ANTIALIAS=antialias, HAS_ERASE=erase is not None, HAS_NORM=mean is not None,
            CHANNEL_GROUP=group, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
-           **_layout_constexprs(images, out, antialias))
+           **_layout_constexprs(images, out, _column_slots(antialias)))
     return out
 
 

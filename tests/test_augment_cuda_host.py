@@ -181,3 +181,33 @@ def test_full_size_workload_geometry_in_one_sample():
         expected = rk.resized_crop(images, boxes, 56, mean=MEAN, std=STD, out_dtype=torch.bfloat16, backend="torch",
                                    memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         assert_close_to_torch(got, expected)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the triton backend")
+def test_antialias_strip_kernel_and_its_fallback_equal_the_kernel_code_bit_for_bit(monkeypatch):
+    # _resized_crop_strip_kernel walks each program's output rows with WINDOW source rows' horizontal sums in
+    # registers. 5 channels (a group of 4 and one of 1), channels_last images, a 9 x 7 output (odd), flips. Boxes:
+    # past the top and right edges with 5 taps per axis (the window full: the fast path), past the bottom and left
+    # with 6 row taps (the single-pass fallback), 6 column taps (fallback), a 3 x 2 box upscaled. Three segments of 3
+    # rows (each fills its window, then walks). Two launches: the interpreter runs this kernel slowly.
+    monkeypatch.setattr(augment, "MIN_SEGMENT_ROWS", 3)
+    monkeypatch.setattr(augment, "STRIP_PROGRAMS_PER_SM", 100)
+    generator = torch.Generator().manual_seed(3)
+    boxes = torch.tensor([[-2, 12, 22, 17], [3, -3, 23, 10], [5, 4, 12, 18], [20, 22, 3, 2]])
+    flip = torch.tensor([True, False, True, False])
+    size = (9, 7)
+    floats = torch.rand((4, 5, 24, 26), generator=generator)
+    # Non-finite pixels inside some windows (the outputs reading them are inf or NaN on both) and outside all.
+    floats[0, 0, 10, 16], floats[2, 3, 14, 15], floats[1, 1, 0, 0] = float("inf"), float("nan"), -float("inf")
+    for images, out_dtype, norm, channels_last in (
+            (floats, torch.float32, {}, False),
+            ((floats * 255).nan_to_num(7).clamp(0, 255).to(torch.uint8), torch.bfloat16,
+             dict(mean=MEAN + (1.0, 2.0), std=STD + (3.0, 4.0)), True)):
+        images = images.contiguous(memory_format=torch.channels_last)
+        expected = resized_crop_host(images, boxes, size, flip=flip, out_dtype=out_dtype,
+                                     channels_last=channels_last, **norm)
+        got = rk.resized_crop(images, boxes, size, flip=flip, out_dtype=out_dtype, backend="triton",
+                              memory_format=torch.channels_last if channels_last else torch.contiguous_format, **norm)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+        if out_dtype == torch.float32:
+            assert got.isnan().any() and got.isinf().any() and got.isfinite().any()
