@@ -295,19 +295,6 @@ CE_KERNELS = ("_cross_entropy_fwd_kernel", "_cross_entropy_split_kernel", "_scal
               "_index_denominator_kernel")
 
 
-def _tile_taps(box_lengths, out_length, antialias, block):
-    """Per sample, the mean over tiles of `block` output indices of the largest window count (the Triton
-    kernel's tap-loop trip count, augment._filter_window), in its fp32 arithmetic."""
-    box = box_lengths.to(torch.float32)[:, None]
-    scale = box / out_length
-    support = torch.clamp(scale, min=1.0) if antialias else torch.ones_like(scale)
-    centre = scale * (torch.arange(out_length, dtype=torch.float32) + 0.5)
-    first = torch.clamp((centre - support + 0.5).to(torch.int32), min=0)
-    count = torch.minimum((centre + support + 0.5).to(torch.int32), box_lengths[:, None].to(torch.int32)) - first
-    padded = torch.nn.functional.pad(count, (0, -out_length % block))
-    return padded.reshape(len(box_lengths), -1, block).amax(-1).double().mean(-1)
-
-
 def _filter_windows(box_lengths, out_length, antialias):
     """Per sample and output index, (first, count) of its window, in augment._filter_window's fp32 arithmetic."""
     box = box_lengths.to(torch.float32)[:, None]
@@ -317,6 +304,14 @@ def _filter_windows(box_lengths, out_length, antialias):
     first = torch.clamp((centre - support + 0.5).to(torch.int32), min=0)
     count = torch.minimum((centre + support + 0.5).to(torch.int32), box_lengths[:, None].to(torch.int32)) - first
     return first, count
+
+
+def _tile_taps(box_lengths, out_length, antialias, block):
+    """Per sample, the mean over tiles of `block` output indices of the largest window count (the Triton
+    kernel's tap-loop trip count, augment._filter_window), in its fp32 arithmetic."""
+    _, count = _filter_windows(box_lengths, out_length, antialias)
+    padded = torch.nn.functional.pad(count, (0, -out_length % block))
+    return padded.reshape(len(box_lengths), -1, block).amax(-1).double().mean(-1)
 
 
 def _strip_loops(box_heights, box_widths, box_lefts, image_width, out_height, out_width):
