@@ -211,3 +211,18 @@ def test_antialias_strip_kernel_and_its_fallback_equal_the_kernel_code_bit_for_b
         torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
         if out_dtype == torch.float32:
             assert got.isnan().any() and got.isinf().any() and got.isfinite().any()
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the triton backend")
+def test_antialias_strip_kernel_over_two_strips_equals_the_kernel_code_bit_for_bit():
+    # An output wider than a strip (STRIP_X + 4 columns: two strips, the second 4 wide), 2 rows, 3 channels. Sample 0
+    # flipped (each strip's columns read the other's source columns), downscaled 1.5x on both axes (the fast path);
+    # sample 1 downscaled 3x on rows (the single-pass fallback) and upscaled 2x on columns from a box past the left
+    # edge.
+    width = augment.STRIP_X + 4
+    images = torch.randint(0, 256, (2, 3, 6, 2 * width), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    boxes = torch.tensor([[1, 3, 3, 3 * width // 2], [0, -5, 6, width // 2]])
+    flip = torch.tensor([True, False])
+    expected = resized_crop_host(images, boxes, (2, width), flip=flip, sentinel=7)
+    got = rk.resized_crop(images, boxes, (2, width), flip=flip, backend="triton")
+    assert torch.equal(got, expected)
