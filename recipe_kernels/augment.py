@@ -367,12 +367,11 @@ def _finish(value, channel, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, RECIPROCA
     per program, with RECIPROCAL_STD (resized_crop: within an ulp or two of the quotient, or of the shift near
     v = mean), else (v - mean) / std correctly rounded (batch_augment: composite_batch's, bit for bit)."""
     if HAS_NORM:
-        std = tl.load(std_ptr + channel)
         if RECIPROCAL_STD:
-            inverse_std = tl.math.div_rn(tl.full(std.shape, 1.0, tl.float32), std)
-            value = fma(value, inverse_std, -tl.load(mean_ptr + channel) * inverse_std)
+            inverse_std, shift = _reciprocal_norm(channel, mean_ptr, std_ptr)
+            value = fma(value, inverse_std, shift)
         else:
-            value = tl.math.div_rn(value - tl.load(mean_ptr + channel), std)
+            value = tl.math.div_rn(value - tl.load(mean_ptr + channel), tl.load(std_ptr + channel))
     return _rounded(value, OUT_DTYPE)
 
 
@@ -392,12 +391,17 @@ def _reciprocal_norms(first_channel, num_channels, mean_ptr, std_ptr, CHANNEL_GR
     inverse_stds = ()
     shifts = ()
     for k in tl.static_range(CHANNEL_GROUP):
-        channel = tl.minimum(first_channel + k, num_channels - 1)
-        std = tl.load(std_ptr + channel)
-        inverse_std = tl.math.div_rn(tl.full(std.shape, 1.0, tl.float32), std)
+        inverse_std, shift = _reciprocal_norm(tl.minimum(first_channel + k, num_channels - 1), mean_ptr, std_ptr)
         inverse_stds = inverse_stds + (inverse_std,)
-        shifts = shifts + (-tl.load(mean_ptr + channel) * inverse_std,)
+        shifts = shifts + (shift,)
     return inverse_stds, shifts
+
+
+@triton.jit
+def _reciprocal_norm(channel, mean_ptr, std_ptr):
+    """(1 / std, -mean * (1 / std)) of `channel`, each rounded once: the factors of fma(v, 1 / std, -mean / std)."""
+    inverse_std = tl.math.div_rn(tl.full([], 1.0, tl.float32), tl.load(std_ptr + channel))
+    return inverse_std, -tl.load(mean_ptr + channel) * inverse_std
 
 
 @triton.jit
@@ -492,7 +496,7 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
 def _resized_crop_strip_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, std_ptr, out_ptr,
                                num_channels, out_height, out_width, channel_groups, segment_rows,
                                out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
-                               ANTIALIAS: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_NORM: tl.constexpr,
+                               HAS_FLIP: tl.constexpr, HAS_NORM: tl.constexpr,
                                CHANNEL_GROUP: tl.constexpr, STRIP_X: tl.constexpr, WINDOW: tl.constexpr,
                                STRIP_COLUMN_SLOTS: tl.constexpr,
                                INDEX_DTYPE: tl.constexpr, UNIT_COL_STRIDE: tl.constexpr,
@@ -509,6 +513,7 @@ def _resized_crop_strip_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean
     segment) instead of taps_y of them. A segment with a row window of more than WINDOW taps (a downscale past about
     (WINDOW - 1) / 2) runs the single pass (_resized_tile) one output row at a time.
     """
+    ANTIALIAS: tl.constexpr = True  # resized_crop takes this kernel only with antialias
     group = tl.program_id(0).to(INDEX_DTYPE)
     segment = tl.program_id(1).to(INDEX_DTYPE)
     strip = tl.program_id(2).to(INDEX_DTYPE)
@@ -770,7 +775,7 @@ def _resized_crop_triton(images, boxes, flip, mean, std, height, width, antialia
                table, images[0], boxes, flip.view(torch.uint8) if flip is not None else boxes,
                mean if mean is not None else table, std if std is not None else table, out, channels, height, width,
                groups, segment_rows, *out.stride(),
-               num_warps=STRIP_WARPS, ANTIALIAS=antialias, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
+               num_warps=STRIP_WARPS, HAS_FLIP=flip is not None, HAS_NORM=mean is not None,
                CHANNEL_GROUP=group, STRIP_X=STRIP_X, WINDOW=WINDOW, STRIP_COLUMN_SLOTS=STRIP_COLUMN_SLOTS,
                **_layout_constexprs(images, out, STRIP_COLUMN_SLOTS))
         return out
