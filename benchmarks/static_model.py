@@ -307,11 +307,11 @@ def _filter_windows(box_lengths, out_length, antialias):
 
 
 def _tile_taps(box_lengths, out_length, antialias, block):
-    """Per sample, the mean over tiles of `block` output indices of the largest window count (the Triton
-    kernel's tap-loop trip count, augment._filter_window), in its fp32 arithmetic."""
+    """(samples, tiles): per tile of `block` output indices, the largest window count (the Triton kernel's
+    tap-loop trip count, augment._filter_window), in its fp32 arithmetic."""
     _, count = _filter_windows(box_lengths, out_length, antialias)
     padded = torch.nn.functional.pad(count, (0, -out_length % block))
-    return padded.reshape(len(box_lengths), -1, block).amax(-1).double().mean(-1)
+    return padded.reshape(len(box_lengths), -1, block).amax(-1)
 
 
 def _strip_loops(box_heights, box_widths, box_lefts, image_width, out_height, out_width):
@@ -384,40 +384,147 @@ def _strip_loops(box_heights, box_widths, box_lefts, image_width, out_height, ou
     return trips
 
 
-def _augment_cases(quick):
-    """Issue 14's workload: 256 uint8 3 x 480 x 480 images -> 224 x 224 normalised bf16, flipped, random crops
-    (RandomResizedCrop's defaults), antialias off and on. Bytes, as the issue counts them (the bytes the kernel
-    must touch): each crop's source pixels inside its image read once (C bytes a pixel), plus the output written
-    once (2 bytes an element); about 4.2 bytes per output element at these boxes. Re-reads of a tile's halo and
-    the source pixels a downscale skips are not counted."""
-    from recipe_kernels import augment
+def _augment_workload(quick):
+    """Issue 14's workload: n uint8 3 x 480 x 480 images -> 224 x 224 normalised bf16, ImageNet's mean and std
+    (in byte units). Returns (n, channels, side, size, mean, std, elements, source_bytes), source_bytes(boxes)
+    being (n,) the bytes of each crop's source pixels inside its image (C bytes a pixel)."""
     n, channels, side, size = (32 if quick else 256), 3, 480, 224
     mean, std = (0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+    def source_bytes(boxes):
+        top, left, height, width = boxes.unbind(-1)
+        inside = (torch.minimum(top + height, torch.tensor(side)) - top.clamp(min=0)).clamp(min=0) * \
+            (torch.minimum(left + width, torch.tensor(side)) - left.clamp(min=0)).clamp(min=0)
+        return channels * inside.double()
+    return n, channels, side, size, mean, std, n * channels * size * size, source_bytes
+
+
+def _tile_loop_trips(box_heights, box_widths, out_height, out_width, weights=None):
+    """The trip counts of augment._resized_tile's loops with antialias, in SASS order (each window total as a
+    loop unrolled by 4 and its remainder, rows then columns; then the row taps around the column taps past
+    ANTIALIAS_COLUMN_SLOTS), as means over (sample, tile) weighted by `weights` (n, row blocks, column blocks),
+    or over every tile."""
+    from recipe_kernels import augment
+    taps_y = _tile_taps(box_heights, out_height, True, augment.BLOCK_Y)[:, :, None]
+    taps_x = _tile_taps(box_widths, out_width, True, augment.BLOCK_X)[:, None, :]
+    tail_x = (taps_x - augment.ANTIALIAS_COLUMN_SLOTS.value).clamp(min=0)
+    weights = torch.ones(taps_y.shape[0], taps_y.shape[1], taps_x.shape[2], dtype=torch.float64) \
+        if weights is None else weights.double()
+    mean = lambda value: float((value * weights).sum() / weights.sum().clamp(min=1e-30))  # noqa: E731
+    ty, tx, ty_tail = mean(taps_y), mean(taps_x), mean(taps_y * tail_x)
+    return [ty / 4, ty % 4, tx / 4, tx % 4, ty, ty_tail / ty]
+
+
+def _augment_cases(quick):
+    """resized_crop over the workload (_augment_workload), flipped, random crops (RandomResizedCrop's defaults),
+    antialias off and on. Bytes, as the issue counts them (the bytes the kernel must touch): each crop's source
+    pixels inside its image read once, plus the output written once (2 bytes an element); about 4.2 bytes per
+    output element at these boxes. Re-reads of a tile's halo and the source pixels a downscale skips are not
+    counted."""
+    from recipe_kernels import augment
+    n, channels, side, size, mean, std, elements, source_bytes = _augment_workload(quick)
     sizes = torch.tensor([[side, side]]).expand(n, 2)
     boxes, flip = augment.sample_crops(torch.tensor([14]), sizes, (0.08, 1.0), (3 / 4, 4 / 3), 0.5)
     top, left, height, width = boxes.unbind(-1)
-    inside = (torch.minimum(top + height, torch.tensor(side)) - top.clamp(min=0)).clamp(min=0) * \
-        (torch.minimum(left + width, torch.tensor(side)) - left.clamp(min=0)).clamp(min=0)
-    elements = n * channels * size * size
-    minimal = int(channels * inside.sum()) + 2 * elements
+    minimal = int(source_bytes(boxes).sum()) + 2 * elements
     result = []
     for antialias in (False, True):
         def crop(antialias=antialias):
             images = torch.empty((n, channels, side, side), dtype=torch.uint8)
             rk.resized_crop(images, boxes, size, flip=flip, antialias=antialias, mean=mean, std=std,
                             out_dtype=torch.bfloat16, backend="triton")
-        taps_y = _tile_taps(height, size, antialias, augment.BLOCK_Y)
-        taps_x = _tile_taps(width, size, antialias, augment.BLOCK_X)
-        tail_x = (taps_x - augment.ANTIALIAS_COLUMN_SLOTS.value).clamp(min=0)
-        ty, tx, ty_tail = float(taps_y.mean()), float(taps_x.mean()), float((taps_y * tail_x).mean())
-        # The SASS loops with antialias: each window total as an unrolled-by-4 loop and its remainder, then taps_y
-        # around the column taps past the unrolled ones. Bilinear taps are unrolled: no loops.
-        trips = [ty / 4, ty % 4, tx / 4, tx % 4, ty, ty_tail / ty] if antialias else []
+        # Bilinear taps are unrolled: no loops.
+        trips = _tile_loop_trips(height, width, size, size) if antialias else []
         result.append(Case(f"resized_crop uint8->bf16 norm {'antialias' if antialias else 'bilinear'} "
                            f"{n}x3x480x480->224", crop, elements, minimal,
                            trip_counts={"_resized_crop_kernel": trips,
                                         "_resized_crop_strip_kernel": _strip_loops(height, width, left, side,
                                                                                    size, size)}))
+    return result
+
+
+BATCH_AUGMENT_SEED = 14
+
+
+def _batch_augment_regions(instructions):
+    """(skip exit, (first, last) of the partner's crop, pair exit) in _batch_augment_kernel's SASS: the program
+    of the higher of two mutual partners exits first; the partner's crop is the conditional forward branch that
+    skips the most global loads (its pixel gathers); the program of an unpaired sample exits after its own
+    output, before the paired partner's (later exits skip the stores of absent channels)."""
+    exits = [i.address for i in instructions if i.opcode == "EXIT" and i.text.startswith("@")]
+    branches = []
+    for branch in instructions:
+        if branch.opcode == "BRA" and branch.text.startswith("@"):
+            target = int(branch.text.split("0x")[-1], 16)
+            if target > branch.address:
+                loads = sum(1 for i in instructions if branch.address < i.address < target and i.opcode.startswith("LDG"))
+                branches.append((loads, branch.address + 1, target - 1))
+    _, first, last = max(branches)
+    after = [address for address in exits if address > last]
+    if not exits or not exits[0] < first or not after:
+        raise ValueError("_batch_augment_kernel's exits and partner branch are not where the hook expects them")
+    return exits[0], (first, last), after[0]
+
+
+def _batch_augment_cases(quick):
+    """nn.BatchAugment's compositing launch (augment._batch_augment_kernel) over the workload
+    (_augment_workload), its defaults (MixUp 0.8 / CutMix 1.0 per sample, switch 0.5, flip partners), antialias
+    off and on. The modes, boxes and crops are those the launch's seed draws (the torch backend's sampling, bit
+    for bit the kernel's). Minimal bytes as resized_crop's: each crop's source pixels once, plus the output.
+    Programs, per tile: the higher of two mutual partners exits at once; the lower interpolates both crops and
+    writes both outputs; any other sample interpolates its partner's crop again where the tile takes it (MixUp,
+    or a CutMix box touching the tile), which adds that share of the partner's source bytes to the DRAM bytes."""
+    from recipe_kernels import augment, mixing
+    from recipe_kernels._philox import draw_seed
+    n, channels, side, size, mean, std, elements, source_bytes = _augment_workload(quick)
+    seed = draw_seed(torch.device("cpu"), torch.Generator().manual_seed(BATCH_AUGMENT_SEED))
+    crop, _ = augment.sample_crops(seed, torch.tensor([[side, side]]).expand(n, 2), (0.08, 1.0), (3 / 4, 4 / 3), 0.5)
+    _, box, mode = mixing._sample_mixing(seed + 1, n, size, size, cutmix_alpha=1.0, mixup_alpha=0.8, switch_prob=0.5,
+                                         prob=1.0, correct_lam=True, backend="torch")
+    partner = mixing._partner_index(n, "flip", torch.device("cpu")).long()
+    samples = torch.arange(n)
+    paired = (partner[partner] == samples) & (partner != samples)
+    working = ~(paired & (partner < samples))
+    tiles_y, tiles_x = math.ceil(size / augment.BLOCK_Y), math.ceil(size / augment.BLOCK_X)
+    tile_y0 = (torch.arange(tiles_y) * augment.BLOCK_Y)[None, :, None]
+    tile_x0 = (torch.arange(tiles_x) * augment.BLOCK_X)[None, None, :]
+    x0, y0, x1, y1 = (box[:, k, None, None] for k in range(4))
+    touches = (y0 < tile_y0 + augment.BLOCK_Y) & (y1 > tile_y0) & (x0 < tile_x0 + augment.BLOCK_X) & (x1 > tile_x0)
+    mode = mode[:, None, None]
+    takes = (mode == mixing.MixMode.MIXUP) | ((mode == mixing.MixMode.CUTMIX) & touches)
+    interpolates_partner = (paired[:, None, None] | takes) & working[:, None, None]
+    working_tiles = working[:, None, None].expand_as(takes)
+    work_share = float(working.double().mean())
+    partner_share = float(interpolates_partner.double().sum() / working_tiles.double().sum())
+    pair_share = float((paired & working).double().sum() / working.double().sum())
+    own_bytes = source_bytes(crop)
+    minimal = int(own_bytes.sum()) + 2 * elements
+    again = (takes & ~paired[:, None, None]).double().mean((1, 2))  # unpaired samples read the partner again
+    dram = minimal + int((own_bytes[partner] * again).sum())
+    heights, widths = crop[:, 2], crop[:, 3]
+    result = []
+    for antialias in (False, True):
+        def augment_batch(antialias=antialias):
+            images = torch.empty((n, channels, side, side), dtype=torch.uint8)
+            augment.batch_augment(images, torch.zeros(n, dtype=torch.int64), size, mean=mean, std=std,
+                                  out_dtype=torch.bfloat16, antialias=antialias,
+                                  generator=torch.Generator().manual_seed(BATCH_AUGMENT_SEED), backend="triton")
+
+        def trips(k, launch, instructions, spans, antialias=antialias):
+            skip_exit, (first, last), pair_exit = _batch_augment_regions(instructions)
+            own = _tile_loop_trips(heights, widths, size, size, working_tiles) if antialias else []
+            partner_trips = _tile_loop_trips(heights[partner], widths[partner], size, size,
+                                             interpolates_partner) if antialias else []
+            if sum(first <= start <= last for start, _ in spans) != len(partner_trips) or \
+                    len(spans) != len(own) + len(partner_trips):
+                raise ValueError("_batch_augment_kernel's loops are not where the hook expects them")
+            end = instructions[-1].address
+            return {"trips": own + partner_trips,
+                    "shares": [(skip_exit + 1, end, work_share), (first, last, partner_share),
+                               (pair_exit + 1, end, pair_share)]}
+        result.append(Case(f"batch_augment uint8->bf16 norm {'antialias' if antialias else 'bilinear'} "
+                           f"{n}x3x480x480->224", augment_batch, elements, minimal, lambda kernels, gpu: dram,
+                           trip_counts={"_batch_augment_kernel": trips}))
     return result
 
 
@@ -470,6 +577,7 @@ def cases(quick=False):
                        pixels, 4 * pixels))
 
     result += _augment_cases(quick)
+    result += _batch_augment_cases(quick)
 
     params = 86_000_000 if not quick else 8_000_000
 

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from recipe_kernels import _backend, _checks, reference
-from recipe_kernels._codes import DTYPE_CODES
+from recipe_kernels._codes import DTYPE_CODES, MixMode
 from recipe_kernels._ops import Op, launch
 from recipe_kernels._philox import draw_seed, philox4x32
 from recipe_kernels._triton_common import cdiv, fma, round_to
@@ -76,6 +76,9 @@ STRIP_COLUMN_SLOTS = 5
 # Columns of the image table, one int64 row per sample: element address, height, width, and the
 # strides (in elements) of channel, row and column.
 TABLE_COLUMNS = tl.constexpr(6)
+# batch_augment's mixing modes (composite_batch's codes).
+_MIXUP = tl.constexpr(int(MixMode.MIXUP))
+_CUTMIX = tl.constexpr(int(MixMode.CUTMIX))
 
 # ----------------------------------------------------------------------------- Triton kernels
 
@@ -609,6 +612,52 @@ def _flipped(flip_ptr, sample, out_cols, out_width):
     return tl.where(tl.load(flip_ptr + sample) != 0, out_width - 1 - out_cols, out_cols)
 
 
+@triton.jit
+def _takes_partner(mode, mix_box_ptr, sample, row_block, col_block, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+    """Whether some pixel of the tile takes the partner's crop: MixUp, or a CutMix box that touches the tile."""
+    x0 = tl.load(mix_box_ptr + sample * 4)
+    y0 = tl.load(mix_box_ptr + sample * 4 + 1)
+    x1 = tl.load(mix_box_ptr + sample * 4 + 2)
+    y1 = tl.load(mix_box_ptr + sample * 4 + 3)
+    tile_y0 = row_block * BLOCK_Y
+    tile_x0 = col_block * BLOCK_X
+    touches = (y0 < tile_y0 + BLOCK_Y) & (y1 > tile_y0) & (x0 < tile_x0 + BLOCK_X) & (x1 > tile_x0)
+    return (mode == _MIXUP) | ((mode == _CUTMIX) & touches)
+
+
+@triton.jit
+def _composite_and_store(out_ptr, values, others, sample, first_channel, num_channels, row_block, col_block, out_rows,
+                         out_cols, out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride,
+                         out_col_stride, mode_ptr, mix_box_ptr, lam_ptr, erase_box_ptr, erase_ptr, fill_ptr, mean_ptr,
+                         std_ptr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr, CHANNEL_GROUP: tl.constexpr):
+    """Sample `sample`'s output tile from its own crop `values` and its partner's `others` (tuples of CHANNEL_GROUP
+    fp32 tiles; `others` is read only where the mode takes it): MixUp or CutMix, erasing, normalisation and the one
+    rounding, as composite_batch computes them."""
+    mode = tl.load(mode_ptr + sample)
+    lam = tl.load(lam_ptr + sample)
+    inside = (out_rows >= tl.load(mix_box_ptr + sample * 4 + 1)) & (out_rows < tl.load(mix_box_ptr + sample * 4 + 3)) & \
+        (out_cols >= tl.load(mix_box_ptr + sample * 4)) & (out_cols < tl.load(mix_box_ptr + sample * 4 + 2))
+    mixed_values = ()
+    for k in tl.static_range(CHANNEL_GROUP):
+        mixed = lam * values[k] + (1.0 - lam) * others[k]
+        mixed_values = mixed_values + (tl.where(mode == _MIXUP, mixed,
+                                                tl.where((mode == _CUTMIX) & inside, others[k], values[k])),)
+    values = mixed_values
+    if HAS_ERASE:
+        erased = tl.load(erase_ptr + sample) != 0
+        inside_erase = (out_rows >= tl.load(erase_box_ptr + sample * 4 + 1)) & \
+            (out_rows < tl.load(erase_box_ptr + sample * 4 + 3)) & \
+            (out_cols >= tl.load(erase_box_ptr + sample * 4)) & (out_cols < tl.load(erase_box_ptr + sample * 4 + 2))
+        erased_values = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            fill = tl.load(fill_ptr + tl.minimum(first_channel + k, num_channels - 1))
+            erased_values = erased_values + (tl.where(erased & inside_erase, fill, values[k]),)
+        values = erased_values
+    _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
+                      out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
+                      mean_ptr, std_ptr, HAS_NORM, False, CHANNEL_GROUP)
+
+
 @triton.jit(do_not_specialize=["out_height"])
 def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_ptr, lam_ptr, partner_ptr, mode_ptr,
                           erase_box_ptr, erase_ptr, fill_ptr, mean_ptr, std_ptr, out_ptr,
@@ -626,51 +675,40 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     MIXUP lam * own + (1 - lam) * other, CUTMIX other inside the box, else own; with HAS_ERASE,
     fill[c] inside erase_box where erase[n] (uint8). Normalised with mean/std (C,) fp32 when
     HAS_NORM, rounded once to out's dtype. All in fp32: the value composite_batch computes on
-    resized_crop's fp32 output, bit for bit. The partner's crop is interpolated only by tiles that
-    need it (MixUp, or a CutMix box touching the tile): bytes as _resized_crop_kernel's, plus the
-    partner's source pixels for those tiles.
+    resized_crop's fp32 output, bit for bit.
+
+    Two samples that are each other's partners (partner="flip", timm's pairing) are composited by the lower one's
+    programs, which interpolate each crop once and write both outputs; the higher one's programs return at once.
+    Bytes then: each crop's source pixels once (plus a tile's halo), each output once. A sample whose partner does
+    not pair back (partner="roll") interpolates the partner's crop again in the tiles that take it (MixUp, or a
+    tile a CutMix box touches).
     """
     sample, first_channel, row_block, col_block, out_rows, out_cols = _tile(channel_groups, CHANNEL_GROUP, BLOCK_Y,
                                                                             BLOCK_X, INDEX_DTYPE)
-    # 1. The sample's own crop.
-    values = _resized_tile(table_ptr, crop_ptr, sample, first_channel, num_channels, out_rows,
-                           _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width, CHANNEL_GROUP,
-                           pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE, UNIT_COL_STRIDE, CLAMPED_READS)
-    # 2. MixUp / CutMix with the partner's crop, read only where some pixel of the tile takes it.
-    mode = tl.load(mode_ptr + sample)
-    x0 = tl.load(mix_box_ptr + sample * 4)
-    y0 = tl.load(mix_box_ptr + sample * 4 + 1)
-    x1 = tl.load(mix_box_ptr + sample * 4 + 2)
-    y1 = tl.load(mix_box_ptr + sample * 4 + 3)
-    tile_y0 = row_block * BLOCK_Y
-    tile_x0 = col_block * BLOCK_X
-    touches = (y0 < tile_y0 + BLOCK_Y) & (y1 > tile_y0) & (x0 < tile_x0 + BLOCK_X) & (x1 > tile_x0)
-    if (mode == 1) | ((mode == 2) & touches):
-        partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(tl.int64), 0), num_samples - 1)
-        others = _resized_tile(table_ptr, crop_ptr, partner, first_channel, num_channels, out_rows,
-                               _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width, CHANNEL_GROUP,
+    partner = tl.minimum(tl.maximum(tl.load(partner_ptr + sample).to(INDEX_DTYPE), 0), num_samples - 1)
+    partners_partner = tl.minimum(tl.maximum(tl.load(partner_ptr + partner).to(INDEX_DTYPE), 0), num_samples - 1)
+    paired = (partners_partner == sample) & (partner != sample)
+    if (partner > sample) | (not paired):  # else the partner's programs write this sample
+        values = _resized_tile(table_ptr, crop_ptr, sample, first_channel, num_channels, out_rows,
+                               _flipped(flip_ptr, sample, out_cols, out_width), out_height, out_width, CHANNEL_GROUP,
                                pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE, UNIT_COL_STRIDE, CLAMPED_READS)
-        lam = tl.load(lam_ptr + sample)
-        inside = (out_rows >= y0) & (out_rows < y1) & (out_cols >= x0) & (out_cols < x1)
-        mixed_values = ()
-        for k in tl.static_range(CHANNEL_GROUP):
-            mixed = lam * values[k] + (1.0 - lam) * others[k]
-            mixed_values = mixed_values + (tl.where(mode == 1, mixed, tl.where(inside, others[k], values[k])),)
-        values = mixed_values
-    # 3. Erasing, then normalisation and the one rounding.
-    if HAS_ERASE:
-        erased = tl.load(erase_ptr + sample) != 0
-        inside_erase = (out_rows >= tl.load(erase_box_ptr + sample * 4 + 1)) & \
-            (out_rows < tl.load(erase_box_ptr + sample * 4 + 3)) & \
-            (out_cols >= tl.load(erase_box_ptr + sample * 4)) & (out_cols < tl.load(erase_box_ptr + sample * 4 + 2))
-        erased_values = ()
-        for k in tl.static_range(CHANNEL_GROUP):
-            fill = tl.load(fill_ptr + tl.minimum(first_channel + k, num_channels - 1))
-            erased_values = erased_values + (tl.where(erased & inside_erase, fill, values[k]),)
-        values = erased_values
-    _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
-                      out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
-                      mean_ptr, std_ptr, HAS_NORM, False, CHANNEL_GROUP)
+        if paired | _takes_partner(tl.load(mode_ptr + sample), mix_box_ptr, sample, row_block, col_block, BLOCK_Y,
+                                   BLOCK_X):
+            others = _resized_tile(table_ptr, crop_ptr, partner, first_channel, num_channels, out_rows,
+                                   _flipped(flip_ptr, partner, out_cols, out_width), out_height, out_width,
+                                   CHANNEL_GROUP, pixel_ref_ptr.dtype.element_ty, ANTIALIAS, INDEX_DTYPE,
+                                   UNIT_COL_STRIDE, CLAMPED_READS)
+        else:
+            others = values
+        _composite_and_store(out_ptr, values, others, sample, first_channel, num_channels, row_block, col_block,
+                             out_rows, out_cols, out_height, out_width, out_sample_stride, out_channel_stride,
+                             out_row_stride, out_col_stride, mode_ptr, mix_box_ptr, lam_ptr, erase_box_ptr, erase_ptr,
+                             fill_ptr, mean_ptr, std_ptr, HAS_ERASE, HAS_NORM, CHANNEL_GROUP)
+        if paired:
+            _composite_and_store(out_ptr, others, values, partner, first_channel, num_channels, row_block, col_block,
+                                 out_rows, out_cols, out_height, out_width, out_sample_stride, out_channel_stride,
+                                 out_row_stride, out_col_stride, mode_ptr, mix_box_ptr, lam_ptr, erase_box_ptr,
+                                 erase_ptr, fill_ptr, mean_ptr, std_ptr, HAS_ERASE, HAS_NORM, CHANNEL_GROUP)
 
 
 # ----------------------------------------------------------------------------- the image table

@@ -318,6 +318,27 @@ def test_batch_augment_equals_its_composition_bit_for_bit(backend):
     assert torch.equal(mixed_target.lam, params["lam"])
 
 
+@pytest.mark.parametrize("partner", [[1, 0, 2, 4, 5, 3], [5, 0, 9, 1, 3, 2]])
+def test_batch_augment_equals_its_composition_for_any_partners(backend, partner):
+    """Mutual partners (one program writes both: 0 and 1), a sample its own partner (2), a cycle (3 -> 4 -> 5),
+    and an index past the batch (clamped to the last sample, as composite_batch does)."""
+    images = [sample_images(torch.uint8, 1, 9 + i % 3, 11 - i % 2, i)[0] for i in range(6)]
+    size = (5, 6)
+    torch.manual_seed(3)
+    _, _, params = rk.augment.batch_augment(images, torch.arange(6, device=DEVICE), size, scale=(0.3, 1.0),
+                                            erase_p=0.5, mean=MEAN, std=STD, out_dtype=torch.bfloat16,
+                                            return_params=True, backend="torch")
+    params["partner"] = torch.tensor(partner, dtype=torch.int32, device=DEVICE)
+    params["mode"] = torch.tensor([rk.MixMode.MIXUP, rk.MixMode.CUTMIX] * 3, dtype=torch.int32, device=DEVICE)
+    params["mix_box"] = torch.tensor([[1, 1, 4, 3]] * 6, dtype=torch.int32, device=DEVICE)
+    x = augment.batch_augment_op(augment._check_images(images), params["crop"].to(torch.int32), params["flip"],
+                                 params["mix_box"], params["lam"], params["partner"], params["mode"],
+                                 params["erase_box"], params["erase"], params["fill"],
+                                 torch.tensor(MEAN, device=DEVICE), torch.tensor(STD, device=DEVICE), *size, True,
+                                 torch.bfloat16, False, backend)
+    assert torch.equal(x, composed(images, size, params, MEAN, STD, torch.bfloat16, backend))
+
+
 def test_batch_augment_module_eval_is_the_centre_crop_normalised_with_the_target_unchanged():
     images = sample_images(torch.uint8, n=2)
     target = torch.tensor([0, 5], device=DEVICE)
