@@ -23,6 +23,7 @@ constexpr int kThreads = 256;
 constexpr int kStoreBytes = 16;
 // The block stages its kThreads pixels' channels in shared memory: at most 48 KiB (the default limit) in fp32.
 constexpr int64_t kMaxChannels = 48;
+constexpr int64_t kMaxStagingBytes = kThreads * kMaxChannels * 4;
 // The image table's columns (augment.TABLE_COLUMNS): element address, height, width, channel/row/column strides.
 constexpr int kTableColumns = 6;
 
@@ -181,10 +182,47 @@ struct Geometry {
   bool channels_last, antialias;
   bool vector_stores;         // out's base address and sample size allow 16-byte stores
   bool reciprocal_std;        // normalise by the reciprocal of std (resized_crop) or by std (batch_augment)
+  bool pair_partners;         // a block of one of two mutual partners writes both (see paired_block)
 };
 
 RK_HOST_DEVICE bool inside(const int32_t* box, int64_t row, int64_t col) {
   return row >= box[1] && row < box[3] && col >= box[0] && col < box[2];
+}
+
+RK_HOST_DEVICE int64_t partner_of(const Mixing& mixing, int64_t sample, int64_t num_samples) {
+  const int64_t partner = mixing.partner[sample];
+  return partner < 0 ? 0 : (partner >= num_samples ? num_samples - 1 : partner);
+}
+
+// Two samples that are each other's partners (partner="flip") are composited by the lower one's blocks, which
+// interpolate each crop once and write both outputs. Returns the block of the partner's output that this block
+// also writes, kUnpaired, or kWrittenByPartner (the block does nothing).
+constexpr int64_t kUnpaired = -1, kWrittenByPartner = -2;
+RK_HOST_DEVICE int64_t paired_block(const Mixing& mixing, const Geometry& g, int64_t block) {
+  if (!g.pair_partners) return kUnpaired;
+  const int64_t sample = block / g.blocks_per_sample;
+  const int64_t partner = partner_of(mixing, sample, g.num_samples);
+  if (partner == sample || partner_of(mixing, partner, g.num_samples) != sample) return kUnpaired;
+  return partner < sample ? kWrittenByPartner : partner * g.blocks_per_sample + block % g.blocks_per_sample;
+}
+
+// MixUp or CutMix of one channel's own value with the partner's, for a pixel that takes the partner's crop.
+RK_HOST_DEVICE float mixed(float value, float other, int mode, float lam) {
+  return mode == kMixUp ? add_rn(mul_rn(lam, value), mul_rn(sub_rn(1.0f, lam), other)) : other;
+}
+
+// What composite_batch does to one pixel of `sample`: whether it takes the partner's crop, and whether it is erased.
+struct PixelMix {
+  int mode;
+  bool takes_partner, erased;
+};
+
+RK_HOST_DEVICE PixelMix pixel_mix(const Mixing& mixing, int64_t sample, int64_t row, int64_t col) {
+  PixelMix m{mixing.mode != nullptr ? mixing.mode[sample] : static_cast<int>(kKeep), false, false};
+  const bool in_mix_box = mixing.mode != nullptr && inside(mixing.mix_box + sample * 4, row, col);
+  m.takes_partner = m.mode == kMixUp || (m.mode == kCutMix && in_mix_box);
+  m.erased = mixing.erase != nullptr && mixing.erase[sample] != 0 && inside(mixing.erase_box + sample * 4, row, col);
+  return m;
 }
 
 // Where channel c of the block's thread `thread` waits in the staging buffer: laid out as the output's run.
@@ -192,20 +230,42 @@ RK_HOST_DEVICE int64_t staged_index(const Geometry& g, int64_t thread, int64_t c
   return g.channels_last ? thread * g.channels + channel : channel * kThreads + thread;
 }
 
+// One output pixel's channels channel0 .. + kGroup - 1 (those that exist) from its own crop's values and its
+// partner's (read where the pixel takes them): MixUp/CutMix, erasing, normalisation, the one rounding, into staged.
+template <typename TOut, int kGroup>
+RK_HOST_DEVICE void stage_pixel(const float (&value)[kGroup], const float (&other_value)[kGroup], const Mixing& mixing,
+                                const PixelMix& mix, int64_t sample, const float* mean, const float* std_dev,
+                                TOut* staged, const Geometry& g, int64_t thread, int64_t channel0) {
+#pragma unroll
+  for (int c = 0; c < kGroup; ++c) {
+    const int64_t channel = channel0 + c;
+    if (channel < g.channels) {
+      const float mixed_value = mix.takes_partner ? mixed(value[c], other_value[c], mix.mode, mixing.lam[sample])
+                                                  : value[c];
+      staged[staged_index(g, thread, channel)] = finish<TOut>(mix.erased ? mixing.fill[channel] : mixed_value, mean,
+                                                              std_dev, channel, g.reciprocal_std);
+    }
+  }
+}
+
 // Step 1 of a block, one thread's share: the thread's output pixel, every channel, into `staged` (the block's
 // shared memory). out[n, c, y, x] = the resized crop of image n (at column w-1-x where flip[n]); with mixing, then
 // MixUp/CutMix with the partner's crop and erasing, as Triton's _batch_augment_kernel; normalised, rounded once.
+// With partner_staged (the block writes its paired partner's output too, paired_block) the partner's pixel goes
+// there, from the same two crops.
 // Inputs: table (N, 6) int64 (the images' element addresses, sizes and strides, any layout), crop (N, 4) int32
 // (top, left, height, width), flip (N,) uint8 or null, mean and std (C,) fp32 or null.
 // Per output element: count_y x count_x loads and multiply-adds (count about 2 * support + 1 per axis, support =
 // max(box / out, 1) with antialias, else 1: 2 x 2 for bilinear); the weights (a tap's weight times 1 / its window's
-// total) are shared by the kGroup channels. The
-// partner's crop is interpolated only for pixels that take it (MixUp, or inside the CutMix box).
-template <typename TIn, typename TOut, int kGroup>
+// total) are shared by the kGroup channels. The partner's crop is interpolated only for pixels that take it
+// (MixUp, or inside the CutMix box), or that its paired output needs. kMixing: batch_augment (else resized_crop
+// alone, whose code then holds none of this).
+template <typename TIn, typename TOut, int kGroup, bool kMixing>
 RK_HOST_DEVICE void compute_thread(const int64_t* __restrict__ table, const int32_t* __restrict__ crop,
                                    const uint8_t* __restrict__ flip, const Mixing& mixing,
                                    const float* __restrict__ mean, const float* __restrict__ std_dev,
-                                   TOut* __restrict__ staged, const Geometry& g, int64_t block, int64_t thread) {
+                                   TOut* __restrict__ staged, TOut* __restrict__ partner_staged, const Geometry& g,
+                                   int64_t block, int64_t thread) {
   const int64_t sample = block / g.blocks_per_sample;
   const int64_t pixel = (block % g.blocks_per_sample) * kThreads + thread;
   if (pixel >= g.pixels) return;
@@ -214,37 +274,25 @@ RK_HOST_DEVICE void compute_thread(const int64_t* __restrict__ table, const int3
   // 1. The sample's crop, and whether this pixel takes the partner's (MixUp, or inside the CutMix box).
   const Source own = source<TIn>(table, crop, sample, out_h, out_w, g.antialias);
   const int64_t own_col = flip != nullptr && flip[sample] != 0 ? g.out_width - 1 - col : col;
-  const int mode = mixing.mode != nullptr ? mixing.mode[sample] : static_cast<int>(kKeep);
-  const bool in_mix_box = mixing.mode != nullptr && inside(mixing.mix_box + sample * 4, row, col);
-  const bool takes_partner = mode == kMixUp || (mode == kCutMix && in_mix_box);
-  const bool erased = mixing.erase != nullptr && mixing.erase[sample] != 0 &&
-                      inside(mixing.erase_box + sample * 4, row, col);
+  const bool paired = kMixing && partner_staged != nullptr;
+  const PixelMix own_mix = kMixing ? pixel_mix(mixing, sample, row, col) : PixelMix{kKeep, false, false};
+  const bool needs_partner = own_mix.takes_partner || paired;
+  const int64_t partner = needs_partner ? partner_of(mixing, sample, g.num_samples) : sample;
+  const PixelMix partner_mix = paired ? pixel_mix(mixing, partner, row, col) : PixelMix{};
   for (int64_t channel0 = 0; channel0 < g.channels; channel0 += kGroup) {
-    float value[kGroup];
+    float value[kGroup], other_value[kGroup];
     resized_pixel<TIn, kGroup>(own, row, own_col, channel0, g.channels, value);
     // 2. MixUp / CutMix with the partner's crop.
-    if (takes_partner) {
-      int64_t partner = mixing.partner[sample];
-      partner = partner < 0 ? 0 : (partner >= g.num_samples ? g.num_samples - 1 : partner);
+    if (needs_partner) {
       const Source other = source<TIn>(table, crop, partner, out_h, out_w, g.antialias);
       const int64_t other_col = flip != nullptr && flip[partner] != 0 ? g.out_width - 1 - col : col;
-      float other_value[kGroup];
       resized_pixel<TIn, kGroup>(other, row, other_col, channel0, g.channels, other_value);
-      const float lam = mixing.lam[sample];
-#pragma unroll
-      for (int c = 0; c < kGroup; ++c) {
-        value[c] = mode == kMixUp ? add_rn(mul_rn(lam, value[c]), mul_rn(sub_rn(1.0f, lam), other_value[c]))
-                                  : other_value[c];
-      }
     }
     // 3. Erasing, normalisation, the one rounding.
-#pragma unroll
-    for (int c = 0; c < kGroup; ++c) {
-      const int64_t channel = channel0 + c;
-      if (channel < g.channels) {
-        staged[staged_index(g, thread, channel)] =
-            finish<TOut>(erased ? mixing.fill[channel] : value[c], mean, std_dev, channel, g.reciprocal_std);
-      }
+    stage_pixel<TOut, kGroup>(value, other_value, mixing, own_mix, sample, mean, std_dev, staged, g, thread, channel0);
+    if (paired) {
+      stage_pixel<TOut, kGroup>(other_value, value, mixing, partner_mix, partner, mean, std_dev, partner_staged, g,
+                                thread, channel0);
     }
   }
 }
@@ -271,19 +319,24 @@ RK_HOST_DEVICE void store_thread(const TOut* __restrict__ staged, TOut* __restri
   }
 }
 
-extern __shared__ uint4 augment_staging[];  // kThreads * C output elements, 16-byte aligned
+extern __shared__ uint4 augment_staging[];  // kThreads * C output elements (twice that when pairing), 16-byte aligned
 
-template <typename TIn, typename TOut, int kGroup>
+template <typename TIn, typename TOut, int kGroup, bool kMixing>
 __global__ void __launch_bounds__(kThreads) augment_kernel(const int64_t* __restrict__ table,
                                                           const int32_t* __restrict__ crop,
                                                           const uint8_t* __restrict__ flip, Mixing mixing,
                                                           const float* __restrict__ mean,
                                                           const float* __restrict__ std_dev, TOut* __restrict__ out,
                                                           Geometry g) {
+  const int64_t partner_block = kMixing ? paired_block(mixing, g, blockIdx.x) : kUnpaired;
+  if (partner_block == kWrittenByPartner) return;  // the whole block: no barrier is left waiting
   TOut* staged = reinterpret_cast<TOut*>(augment_staging);
-  compute_thread<TIn, TOut, kGroup>(table, crop, flip, mixing, mean, std_dev, staged, g, blockIdx.x, threadIdx.x);
+  TOut* partner_staged = partner_block == kUnpaired ? nullptr : staged + kThreads * g.channels;
+  compute_thread<TIn, TOut, kGroup, kMixing>(table, crop, flip, mixing, mean, std_dev, staged, partner_staged, g, blockIdx.x,
+                                    threadIdx.x);
   __syncthreads();
   store_thread<TOut>(staged, out, g, blockIdx.x, threadIdx.x);
+  if (partner_staged != nullptr) store_thread<TOut>(partner_staged, out, g, partner_block, threadIdx.x);
 }
 
 // Calls fn(TIn{}, TOut{}) for the pairs the public functions produce: a floating output from any image, uint8
@@ -316,6 +369,22 @@ void dispatch_channel_group(int64_t channels, Fn&& fn) {
   }
 }
 
+// dispatch_channel_group, and fn's second argument std::bool_constant<mixing>: batch_augment's kernels (floating
+// outputs only) apart from resized_crop's.
+template <typename TOut, typename Fn>
+void dispatch_channel_group_and_mixing(int64_t channels, bool mixing, Fn&& fn) {
+  dispatch_channel_group(channels, [&](auto group) {
+    if constexpr (std::is_same_v<TOut, uint8_t>) {
+      if (mixing) throw std::invalid_argument("recipe_kernels._C.batch_augment: the output must be floating");
+      fn(group, std::false_type{});
+    } else if (mixing) {
+      fn(group, std::true_type{});
+    } else {
+      fn(group, std::false_type{});
+    }
+  });
+}
+
 Geometry make_geometry(uintptr_t out, int64_t n, int64_t c, int64_t h, int64_t w, bool channels_last,
                        bool antialias, size_t element_size, const char* name) {
   if (c > kMaxChannels) {
@@ -323,7 +392,7 @@ Geometry make_geometry(uintptr_t out, int64_t n, int64_t c, int64_t h, int64_t w
                                 std::to_string(kMaxChannels) + " channels, got " + std::to_string(c));
   }
   const int64_t per_chunk = kStoreBytes / static_cast<int64_t>(element_size);
-  Geometry g{n, c, h, w, h * w, ceil_div(h * w, kThreads), channels_last, antialias, false, false};
+  Geometry g{n, c, h, w, h * w, ceil_div(h * w, kThreads), channels_last, antialias, false, false, false};
   // Runs start at multiples of kThreads pixels into a channel plane (contiguous) or a sample (channels_last).
   g.vector_stores = out % kStoreBytes == 0 && (h * w) % per_chunk == 0;
   if (g.num_samples * g.blocks_per_sample > INT32_MAX) {
@@ -342,28 +411,38 @@ void run_augment(uintptr_t table, uintptr_t crop, uintptr_t flip, const Mixing& 
     Geometry g = make_geometry(out, n, c, h, w, channels_last, antialias, sizeof(TOut), name);
     g.reciprocal_std = mixing.mode == nullptr;  // resized_crop alone
     const int64_t blocks = g.num_samples * g.blocks_per_sample;
-    const size_t staging_bytes = kThreads * c * sizeof(TOut);
+    const int64_t output_staging_bytes = kThreads * c * static_cast<int64_t>(sizeof(TOut));
+    // Pairs composite together where two outputs' staging fits the default limit (every image of up to 24 channels).
+    g.pair_partners = mixing.mode != nullptr && 2 * output_staging_bytes <= kMaxStagingBytes;
+    const size_t staging_bytes = static_cast<size_t>(output_staging_bytes) * (g.pair_partners ? 2 : 1);
     const auto* table_ptr = reinterpret_cast<const int64_t*>(table);
     const auto* crop_ptr = reinterpret_cast<const int32_t*>(crop);
     const auto* flip_ptr = reinterpret_cast<const uint8_t*>(flip);
     const auto* mean_ptr = reinterpret_cast<const float*>(mean);
     const auto* std_ptr = reinterpret_cast<const float*>(std_dev);
     auto* out_ptr = reinterpret_cast<TOut*>(out);
-    dispatch_channel_group(c, [&](auto group) {
+    dispatch_channel_group_and_mixing<TOut>(c, mixing.mode != nullptr, [&](auto group, auto with_mixing) {
       constexpr int kGroup = decltype(group)::value;
+      constexpr bool kMixing = decltype(with_mixing)::value;
       if (host) {  // each block's two steps in turn, every thread of a step before the next (the barrier)
         std::vector<uint4> staging(ceil_div(static_cast<int64_t>(staging_bytes), sizeof(uint4)));
         TOut* staged = reinterpret_cast<TOut*>(staging.data());
         for (int64_t block = 0; block < blocks; ++block) {
+          const int64_t partner_block = paired_block(mixing, g, block);
+          if (partner_block == kWrittenByPartner) continue;
+          TOut* partner_staged = partner_block == kUnpaired ? nullptr : staged + kThreads * c;
           for (int64_t thread = 0; thread < kThreads; ++thread) {
-            compute_thread<TIn, TOut, kGroup>(table_ptr, crop_ptr, flip_ptr, mixing, mean_ptr, std_ptr, staged, g,
-                                              block, thread);
+            compute_thread<TIn, TOut, kGroup, kMixing>(table_ptr, crop_ptr, flip_ptr, mixing, mean_ptr, std_ptr, staged,
+                                              partner_staged, g, block, thread);
           }
-          for (int64_t thread = 0; thread < kThreads; ++thread) store_thread<TOut>(staged, out_ptr, g, block, thread);
+          for (int64_t thread = 0; thread < kThreads; ++thread) {
+            store_thread<TOut>(staged, out_ptr, g, block, thread);
+            if (partner_staged != nullptr) store_thread<TOut>(partner_staged, out_ptr, g, partner_block, thread);
+          }
         }
       } else {
-        augment_kernel<TIn, TOut, kGroup><<<static_cast<unsigned>(blocks), kThreads, staging_bytes,
-                                            reinterpret_cast<cudaStream_t>(stream)>>>(
+        augment_kernel<TIn, TOut, kGroup, kMixing><<<static_cast<unsigned>(blocks), kThreads, staging_bytes,
+                                                     reinterpret_cast<cudaStream_t>(stream)>>>(
             table_ptr, crop_ptr, flip_ptr, mixing, mean_ptr, std_ptr, out_ptr, g);
         check_launch(name);
       }

@@ -133,6 +133,19 @@ def batch_augment_host(images, size, params, mean, std, out_dtype, antialias, ch
     return out
 
 
+def composed_on_host_crops(images, size, params, mean, std, out_dtype, antialias):
+    """The composition batch_augment fuses, its crops from this same kernel code (fp32): MixUp/CutMix, then
+    erase + normalise + cast (torch)."""
+    crop = resized_crop_host(images, params["crop"], size, flip=params["flip"], out_dtype=torch.float32,
+                             antialias=antialias)
+    n = len(images)
+    mixed = rk.composite_batch(crop, params["mix_box"], params["lam"], params["partner"], params["mode"],
+                               backend="torch")
+    erase_mode = torch.where(params["erase"], int(rk.MixMode.ERASE), int(rk.MixMode.KEEP))
+    return rk.composite_batch(mixed, params["erase_box"], torch.ones(n), torch.arange(n), erase_mode,
+                              fill=params["fill"], mean=mean, std=std, out_dtype=out_dtype, backend="torch")
+
+
 @pytest.mark.parametrize("antialias, channels_last", [(True, False), (False, True)])
 def test_batch_augment_kernel_code_equals_its_composition_and_the_triton_kernel(antialias, channels_last):
     images = [sample_images(torch.uint8, 1, 10 + i, 12 - i, i)[0].cpu() for i in range(4)]
@@ -146,22 +159,31 @@ def test_batch_augment_kernel_code_equals_its_composition_and_the_triton_kernel(
     modes = set(params["mode"].tolist())
     assert {int(rk.MixMode.MIXUP), int(rk.MixMode.CUTMIX)} <= modes and params["erase"].any()  # every path runs
     got = batch_augment_host(images, size, params, MEAN, STD, torch.bfloat16, antialias, channels_last)
-    # The composition, its crop from this same kernel code: MixUp/CutMix, then erase + normalise + cast (torch).
-    crop = resized_crop_host(images, params["crop"], size, flip=params["flip"], out_dtype=torch.float32,
-                             antialias=antialias)
-    n = len(images)
-    mixed = rk.composite_batch(crop, params["mix_box"], params["lam"], params["partner"], params["mode"],
-                               backend="torch")
-    erase_mode = torch.where(params["erase"], int(rk.MixMode.ERASE), int(rk.MixMode.KEEP))
-    composed = rk.composite_batch(mixed, params["erase_box"], torch.ones(n), torch.arange(n), erase_mode,
-                                  fill=params["fill"], mean=MEAN, std=STD, out_dtype=torch.bfloat16, backend="torch")
-    assert torch.equal(got, composed)
+    assert torch.equal(got, composed_on_host_crops(images, size, params, MEAN, STD, torch.bfloat16, antialias))
     if "triton" in BACKENDS:
         expected = augment.batch_augment_op(
             augment._check_images(images), params["crop"].to(torch.int32), params["flip"], params["mix_box"],
             params["lam"], params["partner"], params["mode"], params["erase_box"], params["erase"], params["fill"],
             torch.tensor(MEAN), torch.tensor(STD), *size, antialias, torch.bfloat16, channels_last, "triton")
         assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("channels", [3, 30])  # 30 uint8 -> fp32 channels: two outputs' staging past the limit
+@pytest.mark.parametrize("partner", [[1, 0, 2, 4, 5, 3], [5, 0, 9, 1, 3, 2]])
+def test_batch_augment_kernel_code_equals_its_composition_for_any_partners(partner, channels):
+    """Mutual partners (one block writes both, where their staging fits), a sample its own partner, a cycle, and
+    an index past the batch (clamped), against the composition."""
+    images = [torch.randint(0, 256, (channels, 9 + i % 3, 11 - i % 2), dtype=torch.uint8) for i in range(6)]
+    size = (9, 7)  # 63 pixels: one block a sample
+    mean, std = torch.linspace(10.0, 200.0, channels).tolist(), torch.linspace(20.0, 70.0, channels).tolist()
+    torch.manual_seed(3)
+    _, _, params = rk.augment.batch_augment(images, torch.arange(6), size, scale=(0.3, 1.0), erase_p=0.5,
+                                            mean=mean, std=std, return_params=True, backend="torch")
+    params["partner"] = torch.tensor(partner, dtype=torch.int32)
+    params["mode"] = torch.tensor([rk.MixMode.MIXUP, rk.MixMode.CUTMIX] * 3, dtype=torch.int32)
+    params["mix_box"] = torch.tensor([[1, 1, 4, 3]] * 6, dtype=torch.int32)
+    got = batch_augment_host(images, size, params, mean, std, torch.float32, True)
+    assert torch.equal(got, composed_on_host_crops(images, size, params, mean, std, torch.float32, True))
 
 
 def test_too_many_channels_is_a_value_error_naming_the_limit():
