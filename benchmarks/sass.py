@@ -81,6 +81,45 @@ def executions(instructions, trip_counts) -> list:
     return counts
 
 
+def _register(operand) -> str:
+    return operand.strip().lstrip("!")
+
+
+def division_slow_paths(instructions) -> set:
+    """Addresses of the code a correctly rounded division runs only off its fast path: ptxas guards each fast
+    path with FCHK (inputs or quotient out of the range where it is exact: denormals, infinities, NaN, extreme
+    exponents) and branches around a call of the slow-path subroutine. Returns the bodies of those branches (a
+    predicated forward branch on FCHK's predicate over a few instructions holding a CALL) and the subroutines
+    only they call (CALL target to its RET)."""
+    slow, guarded_targets, other_targets = set(), set(), set()
+    predicate_from_fchk = {}
+    for index, instruction in enumerate(instructions):
+        words = instruction.text.replace(",", " ").split()
+        if instruction.opcode.startswith("FCHK"):
+            predicate_from_fchk[words[1]] = True
+            continue
+        if instruction.opcode == "BRA" and words[0].startswith("@") and predicate_from_fchk.get(_register(words[0][1:])):
+            target = int(words[-1], 16)
+            body = [i for i in instructions[index + 1:] if i.address < target]
+            if target > instruction.address and len(body) <= 8 and any(i.opcode.startswith("CALL") for i in body):
+                slow.update(i.address for i in body)
+                guarded_targets.update(int(i.text.split()[-1], 16) for i in body if i.opcode.startswith("CALL"))
+                continue
+        if instruction.opcode.startswith("CALL") and instruction.address not in slow:
+            other_targets.add(int(words[-1], 16))
+        # Any other write of a predicate ends FCHK's claim on it.
+        for operand in words[1:3]:
+            if operand.startswith("P") and operand[1:].isdigit():
+                predicate_from_fchk.pop(operand, None)
+    for target in guarded_targets - other_targets:
+        for instruction in instructions:
+            if instruction.address >= target:
+                slow.add(instruction.address)
+                if instruction.opcode.startswith("RET"):
+                    break
+    return slow
+
+
 def global_access_bits(instruction) -> int:
     """Width in bits of a global load or store (LDG/STG), 0 for anything else."""
     opcode = instruction.opcode

@@ -25,7 +25,9 @@ law, is the share of the loads it executes. A trip-count hook may say where a pr
 scaling's EXIT when grad_output = 1).
 
 It is a model: it ignores divergence, bank conflicts, tail effects, launch gaps between dependent
-kernels and cache behaviour beyond the residency rule above. It counts loads in a loop body as in
+kernels and cache behaviour beyond the residency rule above. A correctly rounded division's slow path
+(ptxas's FCHK-guarded call, for denormal, infinite or extreme operands) counts as never taken
+(sass.division_slow_paths). It counts loads in a loop body as in
 flight together, whatever order ptxas gives them. Real GPU runs remain the truth
 (benchmarks/results/results.csv); where they disagree, the model is what changes.
 """
@@ -142,6 +144,8 @@ def figures(launch, trip_counts=None) -> KernelFigures:
             counts = [c if i.address <= ends_at else 0 for i, c in zip(instructions, counts)]
         for first, last, share in hook.get("shares", []):
             counts = [c * share if first <= i.address <= last else c for i, c in zip(instructions, counts)]
+        slow = sass.division_slow_paths(instructions)  # never taken for the cases' operands
+        counts = [0 if i.address in slow else c for i, c in zip(instructions, counts)]
         known = trips_of is not None or not loop_spans
     except (ValueError, KeyError):
         counts, known, persistent, hook = [1] * len(instructions), False, False, {}

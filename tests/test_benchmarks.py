@@ -31,3 +31,33 @@ def test_summary_lists_every_row_under_its_op(tmp_path):
     assert text.count("| 8192x8192 | bfloat16 | fwd |") == 2
     written = run_all.plot(rows, str(tmp_path))
     assert sorted(os.path.basename(p) for p in written) == ["dropout_bandwidth.png", "dropout_speedup.png"]
+
+
+# A division's fast path guarded by FCHK, its slow-path call, a call that FCHK does not guard (P0 rewritten
+# by ISETP), and the two subroutines.
+DIVISION_LISTING = """
+        /*0000*/                   MUFU.RCP R17, R136 ;
+        /*0010*/                   FCHK P0, R6, R136 ;
+        /*0020*/                   FFMA R14, -R136, R17, 1 ;
+        /*0030*/              @!P0 BRA 0x80 ;
+        /*0040*/                   MOV R17, R6 ;
+        /*0050*/                   MOV R18, 0x70 ;
+        /*0060*/                   CALL.REL.NOINC 0xd0 ;
+        /*0070*/                   MOV R138, R14 ;
+        /*0080*/                   ISETP.GE.AND P0, PT, R1, R2, PT ;
+        /*0090*/               @P0 BRA 0xc0 ;
+        /*00a0*/                   CALL.REL.NOINC 0x100 ;
+        /*00b0*/                   MOV R1, R2 ;
+        /*00c0*/                   EXIT ;
+        /*00d0*/                   SHF.R.U32.HI R201, RZ, 0x17, R115 ;
+        /*00e0*/                   RET.REL.NODEC R114 0x0 ;
+        /*00f0*/                   MOV R3, R4 ;
+        /*0100*/                   FADD R1, R1, R2 ;
+        /*0110*/                   RET.REL.NODEC R114 0x0 ;
+"""
+
+
+def test_division_slow_paths_are_the_fchk_guarded_calls_and_their_subroutines():
+    import sass
+    slow = sass.division_slow_paths(sass.parse(DIVISION_LISTING))
+    assert slow == {0x40, 0x50, 0x60, 0x70, 0xd0, 0xe0}
