@@ -181,16 +181,17 @@ def _launch_key(kernel, num_warps, constexprs, args):
     """(the first tensor's device index, -1 for the CPU; the key of the compiled kernel a launch with
     these arguments needs).
 
-    The key holds the kernel's id, the warps, the arguments' types, the device index and what Triton
-    specialises each argument on (_specialiser), then the constexprs' names and their values (compared
-    by equality, as Triton's own cache compares them). The types fix how many items the arguments
-    take, so each item's place tells what it is."""
+    The key holds the kernel's id, the warps, the specialiser of the arguments' types (held for good,
+    so its id stands for them), the device index and what Triton specialises each argument on
+    (_specialiser), then the constexprs' names and their values (compared by equality, as Triton's
+    own cache compares them)."""
     kinds = tuple(map(type, args))
     specialise = _SPECIALISERS.get(kinds)
     if specialise is None:
         specialise = _SPECIALISERS[kinds] = _specialiser(kinds)
     specialisation = specialise(*args)
-    return specialisation[0], (id(kernel), num_warps, kinds, *specialisation, *constexprs, *constexprs.values())
+    return specialisation[0], (id(kernel), num_warps, specialise, specialisation, tuple(constexprs),
+                               tuple(constexprs.values()))
 
 
 def _launch_hooks_set() -> bool:
