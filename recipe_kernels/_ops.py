@@ -149,6 +149,7 @@ _COMPILED = {}
 
 
 _INT32_MIN, _INT64_MIN = -(1 << 31), -(1 << 63)
+_NO_TENSOR = "a Triton launch needs at least one tensor argument"
 _SPECIALISERS = {}  # the argument types of a launch -> their specialiser (_specialiser)
 
 
@@ -203,7 +204,6 @@ def _launch_hooks_set() -> bool:
 
 
 _GRID_PADDING = {1: (1, 1), 2: (1,), 3: ()}  # a grid of one or two dimensions, made three
-_NO_TENSOR = "a Triton launch needs at least one tensor argument"
 
 
 def _launch_through_triton(kernel, grid, args, num_warps, constexprs):
