@@ -123,14 +123,14 @@ def floors():
         dropout_module.launch = real_launch
     kernel, grid, args, kwargs = launches[-1]
     num_warps = kwargs.pop("num_warps")
-    compiled, order = _ops._COMPILED[tuple(_ops._launch_key(kernel, num_warps, kwargs, args)[1])]
+    run, function, packed_metadata, order, _ = _ops._COMPILED[_ops._launch_key(kernel, num_warps, kwargs, args)[1]]
     constexprs = list(kwargs.values()) if order is None else [kwargs[name] for name in order]
     grid = (*grid, 1, 1)[:3]
 
     def dropout_torch_calls():
         torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64)
         torch.empty_like(x)
-        compiled.run(*grid, 0, compiled.function, compiled.packed_metadata, None, None, None, *args, *constexprs)
+        run(*grid, 0, function, packed_metadata, None, None, None, *args, *constexprs)
 
     leaves = [torch.randn(64, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)]
     bias = torch.randn(64, dtype=torch.bfloat16, requires_grad=True)

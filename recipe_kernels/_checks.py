@@ -13,7 +13,7 @@ def _dtype_names(dtypes):
 
 def probability(value, name: str) -> float:
     """A Python number in [0, 1] (NaN and bools refused), returned as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
     if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -37,8 +37,8 @@ def tensor(value, name: str) -> torch.Tensor:
 
 def floating(value, name: str, dtypes=FLOATING_DTYPES) -> torch.Tensor:
     """A tensor of one of `dtypes`."""
-    tensor(value, name)
-    if value.dtype not in dtypes:
+    if not isinstance(value, torch.Tensor) or value.dtype not in dtypes:
+        tensor(value, name)
         raise TypeError(f"{name} must be {_dtype_names(dtypes)}, got {value.dtype}")
     return value
 

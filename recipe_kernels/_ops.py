@@ -20,6 +20,7 @@ same way). On the eager path it keeps the compiled kernel per specialisation and
 directly, skipping Triton's argument binder.
 """
 import inspect
+import itertools
 
 import torch
 from triton import knobs
@@ -30,7 +31,9 @@ from recipe_kernels import _backend
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 # Argument types a schema takes that no tensor subclass or mode can hide behind.
 _PLAIN_SCALARS = (int, float, str, bool, torch.dtype)
+_PLAIN_ARGUMENTS = frozenset((*_PLAIN_TENSORS, *_PLAIN_SCALARS, type(None)))
 _PLAIN_LIST_SCALARS = frozenset((int, float))
+_REQUIRES_GRAD, _FALSE = itertools.repeat("requires_grad"), itertools.repeat(False)  # getattr's, for map
 # Decided once: TRITON_INTERPRET must be set before triton is imported anyway.
 INTERPRETING = _backend.triton_interpreting()
 
@@ -40,26 +43,30 @@ _NOT_EAGER, _EAGER, _EAGER_WITH_GRAPH = 0, 1, 2
 
 def eager_mode(args, autograd=True) -> int:
     """_EAGER when a call may skip the dispatcher (not traced, no torch mode, only plain tensors),
-    _EAGER_WITH_GRAPH when it also needs an autograd graph (only asked when `autograd`: the op has
-    one), _NOT_EAGER otherwise. A list of tensors (EMA's thousand) is checked for subclasses in one
-    C call (torch's has_torch_function, false for Tensor and Parameter alone)."""
+    _EAGER_WITH_GRAPH when it also needs an autograd graph, _NOT_EAGER otherwise. Arguments of plain
+    types only (the common case) are checked in C, over map; a list of tensors (EMA's thousand) is
+    checked for subclasses in one C call (torch's has_torch_function, false for Tensor and Parameter
+    alone), and for requires_grad only when `autograd` (the op has a backward)."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
             torch._C._is_torch_function_mode_enabled():
         return _NOT_EAGER
-    requires_grad = False
-    for arg in args:
-        kind = type(arg)
-        if kind in _PLAIN_TENSORS:
-            requires_grad = requires_grad or arg.requires_grad
-        elif kind is list or kind is tuple:
-            if arg and isinstance(arg[0], torch.Tensor):
-                if torch._C._has_torch_function(arg):
+    if _PLAIN_ARGUMENTS.issuperset(map(type, args)):
+        requires_grad = any(map(getattr, args, _REQUIRES_GRAD, _FALSE))
+    else:
+        requires_grad = False
+        for arg in args:
+            kind = type(arg)
+            if kind in _PLAIN_TENSORS:
+                requires_grad = requires_grad or arg.requires_grad
+            elif kind is list or kind is tuple:
+                if arg and isinstance(arg[0], torch.Tensor):
+                    if torch._C._has_torch_function(arg):
+                        return _NOT_EAGER
+                    requires_grad = requires_grad or (autograd and any(item.requires_grad for item in arg))
+                elif not _PLAIN_LIST_SCALARS.issuperset(map(type, arg)):  # in C: EMA's slots are a thousand ints
                     return _NOT_EAGER
-                requires_grad = requires_grad or (autograd and any(item.requires_grad for item in arg))
-            elif not _PLAIN_LIST_SCALARS.issuperset(map(type, arg)):  # in C: EMA's slots are a thousand ints
+            elif arg is not None and kind not in _PLAIN_SCALARS:
                 return _NOT_EAGER
-        elif arg is not None and kind not in _PLAIN_SCALARS:
-            return _NOT_EAGER
     return _EAGER_WITH_GRAPH if requires_grad and torch.is_grad_enabled() else _EAGER
 
 
@@ -136,66 +143,96 @@ class Op:
 
 # ----------------------------------------------------------------------------- Triton launches
 
-_COMPILED = {}  # (kernel, warps, constexprs, specialisation[, device]) -> (CompiledKernel, constexpr order or None)
+# key -> (the compiled kernel's launcher, function, packed metadata; the constexprs' order, None when
+# the call's; the kernel, held so that its id in the key is never reused by another kernel)
+_COMPILED = {}
 
 
-_INT32_RANGE = range(-(1 << 31), 1 << 31)
-_INT64_RANGE = range(-(1 << 63), 1 << 63)
+_INT32_MIN, _INT64_MIN = -(1 << 31), -(1 << 63)
+_NO_TENSOR = "a Triton launch needs at least one tensor argument"
+_SPECIALISERS = {}  # the argument types of a launch -> their specialiser (_specialiser)
+
+
+def _specialiser(kinds):
+    """For arguments of these types, a function of them that returns (the first tensor's device
+    index, -1 for the CPU; then what Triton specialises each argument on
+    (triton._C.libtriton.native_specialize_impl)): a tensor's dtype and 16-byte alignment; an int's
+    value 1, divisibility by 16 and type (i32, i64 or u64); nothing of a float (always fp32) or None;
+    anything else (a bool) its value. Written out once per tuple of types, as Triton's own binder
+    is, so that a launch dispatches on no argument's type."""
+    names = [f"arg{index}" for index in range(len(kinds))]
+    device, items = None, []
+    for name, kind in zip(names, kinds):
+        if issubclass(kind, torch.Tensor):
+            device = device or f"{name}.get_device()"
+            items += [f"{name}.dtype", f"not {name}.data_ptr() & 15"]
+        elif kind is int:
+            items.append(f"{name} == 1 or (not {name} & 15, {_INT32_MIN} <= {name} < {-_INT32_MIN}, "
+                         f"{_INT64_MIN} <= {name} < {-_INT64_MIN})")
+        elif kind is not float and kind is not type(None):
+            items.append(name)
+    if device is None:
+        raise ValueError(_NO_TENSOR)
+    namespace = {}
+    exec(f"def specialise({', '.join(names)}):\n    return ({', '.join([device, *items])},)\n", namespace)
+    return namespace["specialise"]
 
 
 def _launch_key(kernel, num_warps, constexprs, args):
-    """(the first tensor's device, the key of the compiled kernel a launch with these arguments needs).
+    """(the first tensor's device index, -1 for the CPU; the key of the compiled kernel a launch with
+    these arguments needs).
 
-    Each argument keys on what Triton specialises it on (triton._C.libtriton.native_specialize_impl):
-    a tensor's dtype and 16-byte alignment; an int's value 1, divisibility by 16 and type (i32, i64 or
-    u64); nothing of a float (always fp32); anything else (None, a bool) its type and value.
-    id(kernel): hashing a JITFunction hashes its source."""
-    device = None
-    key = [id(kernel), num_warps, *constexprs.items()]
-    append = key.append
-    for arg in args:
-        kind = type(arg)
-        if isinstance(arg, torch.Tensor):
-            if device is None:
-                device = arg.device
-            append((arg.dtype, arg.data_ptr() & 15 == 0))
-        elif kind is int:
-            append(arg == 1 or (arg & 15 == 0, arg in _INT32_RANGE, arg in _INT64_RANGE))
-        else:
-            append(None if kind is float else (kind, arg))
-    return device, key
+    The key holds the kernel's id, the warps, the specialiser of the arguments' types (held for good,
+    so its id stands for them), the device index and what Triton specialises each argument on
+    (_specialiser), then the constexprs' names and their values (compared by equality, as Triton's
+    own cache compares them)."""
+    kinds = tuple(map(type, args))
+    specialise = _SPECIALISERS.get(kinds)
+    if specialise is None:
+        specialise = _SPECIALISERS[kinds] = _specialiser(kinds)
+    specialisation = specialise(*args)
+    return specialisation[0], (id(kernel), num_warps, specialise, specialisation, tuple(constexprs),
+                               tuple(constexprs.values()))
 
 
 def _launch_hooks_set() -> bool:
     """Whether a profiler (proton, say) hooks launches: then Triton's own path runs them."""
-    enter, exit = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
-    return (enter is not None and getattr(enter, "calls", True)) or (exit is not None and getattr(exit, "calls", True))
+    runtime = knobs.runtime
+    enter, exit = runtime.launch_enter_hook, runtime.launch_exit_hook
+    # A HookChain is set when it holds calls; a plain hook (or None) when it is there.
+    return bool(getattr(enter, "calls", enter) or getattr(exit, "calls", exit))
+
+
+_GRID_PADDING = {1: (1, 1), 2: (1,), 3: ()}  # a grid of one or two dimensions, made three
+
+
+def _launch_through_triton(kernel, grid, args, num_warps, constexprs):
+    """kernel[grid](*args, ...) through Triton's own path, on the first tensor's device; returns the
+    compiled kernel."""
+    device = next((arg.device for arg in args if isinstance(arg, torch.Tensor)), None)
+    if device is None:
+        raise ValueError(_NO_TENSOR)
+    with _backend.device_guard(device):  # Triton compiles for, and launches on, the current device
+        return kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
 
 
 def launch(kernel, grid, *args, num_warps, **constexprs):
     """kernel[grid](*args, **constexprs) on the current stream of the tensors' device, without
     FMA contraction; on the eager path through a cached compiled kernel."""
-    device, key = _launch_key(kernel, num_warps, constexprs, args)
-    if device is None:
-        raise ValueError("a Triton launch needs at least one tensor argument")
-    grid = (*grid, 1, 1)
     if INTERPRETING or torch.compiler.is_compiling() or _launch_hooks_set():
-        with _backend.device_guard(device):
-            kernel[grid[:3]](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
+        _launch_through_triton(kernel, grid, args, num_warps, constexprs)
         return
-    index = device.index
-    if index is not None:  # a GPU: its compiled kernels are loaded per device
-        key.append(index)
-    key = tuple(key)
+    device, key = _launch_key(kernel, num_warps, constexprs, args)
     entry = _COMPILED.get(key)
-    if entry is None or (index is not None and index != triton_driver.active.get_current_device()):
-        with _backend.device_guard(device):  # Triton compiles for, and launches on, the current device
-            compiled = kernel[grid[:3]](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
+    active_driver = triton_driver.active
+    if entry is None or (device >= 0 and device != active_driver.get_current_device()):
+        compiled = _launch_through_triton(kernel, grid, args, num_warps, constexprs)
         if entry is None:
             order = kernel.arg_names[len(args):]
-            _COMPILED[key] = compiled, (None if list(constexprs) == order else order)
+            _COMPILED[key] = (compiled.run, compiled.function, compiled.packed_metadata,
+                              None if list(constexprs) == order else order, kernel)
         return
-    compiled, order = entry
-    compiled.run(grid[0], grid[1], grid[2], triton_driver.active.get_current_stream(index or 0), compiled.function,
-                 compiled.packed_metadata, None, None, None,
-                 *args, *(constexprs.values() if order is None else [constexprs[name] for name in order]))
+    run, function, packed_metadata, order, _ = entry
+    run(*grid, *_GRID_PADDING[len(grid)], active_driver.get_current_stream(max(device, 0)), function,
+        packed_metadata, None, None, None,
+        *args, *(constexprs.values() if order is None else [constexprs[name] for name in order]))

@@ -9,6 +9,7 @@ integer comparison, identical on every backend, whose keep probability is within
 2^-25 of 1 - p. The seed is drawn per call on the tensor's device (draw_seed), so a
 captured CUDA graph draws a fresh one on every replay.
 """
+import functools
 import struct
 
 import torch
@@ -27,6 +28,7 @@ def drop_threshold(p: float) -> int:
     return int(round(p * (1 << KEEP_BITS)))
 
 
+@functools.lru_cache(maxsize=256)  # a run uses a few p values; the bit arithmetic costs more than a cache hit
 def keep_from_bits(p: float) -> int:
     """drop_threshold(p) << (32 - KEEP_BITS) as the bits of an int32: a word, read unsigned, is kept
     iff it is >= this, the same decision as (word >> 8) >= drop_threshold(p) without the shift.

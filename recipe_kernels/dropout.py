@@ -20,6 +20,7 @@ Each input is read in its own dtype; the math runs in fp32, or in fp64 when any 
 float64, and the result is rounded once.
 """
 import functools
+import itertools
 import struct
 from typing import Optional
 
@@ -231,13 +232,14 @@ def _dropout_bias_backward_kernel(grad_ptr, seed_ptr, grad_x_ptr, partial_ptr, r
 # raw pointers over them (autograd hands expanded, stride-0 gradients).
 
 
+_DTYPE = itertools.repeat("dtype")  # getattr's, for map
+
+
 def _math_dtype(*operands):
     """float64 when any operand (a tensor or a dtype; None for an absent one) is float64, so that
     float64 ops keep their precision; float32 otherwise."""
-    for operand in operands:
-        if (operand.dtype if isinstance(operand, torch.Tensor) else operand) is torch.float64:
-            return torch.float64
-    return torch.float32
+    dtypes = map(getattr, operands, _DTYPE, operands)  # a tensor's dtype; a dtype (or None) itself
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 _TRITON_MATH_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
@@ -298,15 +300,16 @@ def _dropout_torch(x: torch.Tensor, residual: Optional[torch.Tensor], bias: Opti
 def _dropout_triton(x, residual, bias, seed, p, out_dtype, out=None):
     """As _dropout_torch; `out` (contiguous), when given, is written instead of a new tensor."""
     x, residual, bias, out = _kernel_operands(x, residual, bias, out_dtype, out)
-    if x.numel() > 0:
+    numel = x.numel()
+    if numel > 0:
         bias_numel = bias.numel() if bias is not None else 1
         math_dtype = _math_dtype(x, residual, bias, out)
-        launch(_dropout_kernel, (cdiv(x.numel(), BLOCK),),
+        launch(_dropout_kernel, (cdiv(numel, BLOCK),),
                x, residual if residual is not None else x, bias if bias is not None else x, seed, out,
-               x.numel(), bias_numel, 1.0 / bias_numel, keep_from_bits(p), _scale_bits(p, math_dtype),
+               numel, bias_numel, 1.0 / bias_numel, keep_from_bits(p), _scale_bits(p, math_dtype),
                num_warps=NUM_WARPS, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
                BIAS_MULTIPLE_OF_8=bias_numel % 8 == 0, WIDE_BIAS=bias_numel >= WIDE_BIAS_NUMEL,
-               MATH_DTYPE=_TRITON_MATH_DTYPES[math_dtype], INDEX_DTYPE=_index_dtype(x.numel()), BLOCK=BLOCK,
+               MATH_DTYPE=_TRITON_MATH_DTYPES[math_dtype], INDEX_DTYPE=_index_dtype(numel), BLOCK=BLOCK,
                PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
 
@@ -615,8 +618,9 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: boo
     p = _checks.probability(p, "p")
     if not training or p == 0.0:
         return x
-    backend = _backend.resolve("dropout", x.device, backend)
-    seed = draw_seed(x.device, generator)
+    device = x.device
+    backend = _backend.resolve("dropout", device, backend)
+    seed = draw_seed(device, generator)
     if inplace:
         if not (x.requires_grad and torch.is_grad_enabled()):  # nothing to record
             dropout_inplace_op(x, seed, p, backend)

@@ -175,8 +175,9 @@ def test_launch_key_tells_apart_every_pair_of_arguments_triton_compiles_apart():
               storage, storage[1:], storage[4:], storage.to(torch.bfloat16), storage.to(torch.bfloat16)[8:],
               storage.to(torch.int64), storage.to(torch.uint8)[1:], torch.nn.Parameter(storage)]
     triton_keys = _triton_specialisations(values)
-    our_keys = [tuple(_ops._launch_key(test_launch_key_tells_apart_every_pair_of_arguments_triton_compiles_apart, 4,
-                                       {}, [value])[1]) for value in values]
+    # Each value beside a tensor: a launch needs one (its device).
+    our_keys = [_ops._launch_key(test_launch_key_tells_apart_every_pair_of_arguments_triton_compiles_apart, 4,
+                                 {}, [storage, value])[1] for value in values]
     for i in range(len(values)):
         for j in range(len(values)):
             if triton_keys[i] != triton_keys[j]:
@@ -190,3 +191,75 @@ def test_launch_key_separates_constexprs_and_warps():
     assert _ops._launch_key(len, 4, {"BLOCK": 16}, [x])[1] != base
     assert _ops._launch_key(len, 4, {"OTHER": 8}, [x])[1] != base
     assert _ops._launch_key(len, 4, {"BLOCK": 8}, [x])[1] == base
+
+
+def test_launch_key_places_tell_constexprs_apart_from_arguments():
+    """Keys of one kernel with the same items in other places: a constexpr's value equal to another's
+    name, or a constexpr passed as an argument instead."""
+    x = torch.zeros(4)
+    keys = [_ops._launch_key(len, 4, {"A": "B", "B": 1}, [x])[1], _ops._launch_key(len, 4, {"B": "A", "A": 1}, [x])[1],
+            _ops._launch_key(len, 4, {"A": "B"}, [x, 1])[1], _ops._launch_key(len, 4, {"A": "B"}, [x, None])[1],
+            _ops._launch_key(len, 4, {"A": "B"}, [x, x])[1], _ops._launch_key(len, 4, {"A": "B"}, [None, x])[1]]
+    assert len(set(keys)) == len(keys)
+
+
+# Under the stand-in driver (TRITON_INTERPRET unset, so in a subprocess): each public call's launch,
+# on the cached path, runs the compiled kernel Triton's own path picks for the same call, with the
+# same grid and arguments. The calls differ in what Triton specialises: dtype, 16-byte alignment,
+# an int's divisibility, constexprs; each runs after the others have filled the cache.
+_CACHED_LAUNCH_SCRIPT = r"""
+import sys
+import torch
+import recipe_kernels as rk
+from recipe_kernels import _ops
+from standin_driver import StandInDriver, _Launcher
+from triton import knobs
+
+runs = []  # (launcher: one per compiled kernel, packed metadata, grid, arguments) of each run
+record = _Launcher.__call__
+def recording(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata, enter, exit, *args):
+    runs.append((self, packed_metadata, (grid_x, grid_y, grid_z), args))
+    return record(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata, enter, exit, *args)
+_Launcher.__call__ = recording
+
+def launch_twice(kernel, grid, *args, **kwargs):
+    _ops.launch(kernel, grid, *args, **kwargs)  # the cached path, once the kernel is compiled
+    cached = runs[-1]
+    knobs.runtime.launch_enter_hook.add(print)  # with a hook set, launch takes Triton's own path
+    try:
+        _ops.launch(kernel, grid, *args, **kwargs)
+    finally:
+        knobs.runtime.launch_enter_hook.remove(print)
+    own = runs[-1]
+    assert cached[:3] == own[:3] and len(cached[3]) == len(own[3]), (cached, own)
+    assert all(a is b if isinstance(a, torch.Tensor) else a == b for a, b in zip(cached[3], own[3])), (cached, own)
+
+dropout_module = sys.modules["recipe_kernels.dropout"]
+dropout_module.launch = launch_twice
+storage = torch.randn(4 * 4096 + 16, dtype=torch.bfloat16)
+calls = [lambda: rk.dropout(storage[:4096].view(64, 64), 0.1, backend="triton"),
+         lambda: rk.dropout(storage[1:4097], 0.1, backend="triton"),  # 2 bytes off 16-byte alignment
+         lambda: rk.dropout(storage[:4000].float(), 0.1, backend="triton"),  # fp32, n not a multiple of 16
+         lambda: rk.dropout_add(storage[:4096].view(64, 64), storage[4096:8192].view(64, 64), 0.1,
+                                bias=storage[8192:8256], backend="triton"),
+         lambda: rk.dropout(storage[:4096].double(), 0.1, backend="triton")]
+with StandInDriver():
+    for call in calls * 2:  # the second round finds every other call's kernel in the cache too
+        call()
+assert len({run[0] for run in runs}) == len(calls), "one compiled kernel per call's specialisation"
+print("ok")
+"""
+
+
+def test_cached_launches_run_the_kernel_and_arguments_triton_picks():
+    import os
+    import subprocess
+    import sys
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(root, "benchmarks"), root])
+    result = subprocess.run([sys.executable, "-c", _CACHED_LAUNCH_SCRIPT], capture_output=True, text=True, env=env,
+                            timeout=600, cwd=root)
+    if result.returncode != 0 and "ptxas" in result.stderr:
+        pytest.skip(f"Triton cannot compile for sm_90 here: {result.stderr.splitlines()[-1]}")
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
