@@ -6,6 +6,7 @@ product of their trip counts. Trip counts are not in the code: the caller suppli
 outermost loop first, from the launch's arguments (benchmarks/static_model.py).
 """
 import dataclasses
+import itertools
 import re
 import subprocess
 import tempfile
@@ -92,15 +93,16 @@ def division_slow_paths(instructions) -> set:
     predicated forward branch on FCHK's predicate over a few instructions holding a CALL) and the subroutines
     only they call (CALL target to its RET)."""
     slow, guarded_targets, other_targets = set(), set(), set()
-    predicate_from_fchk = {}
+    fchk_predicates = set()  # predicates FCHK set and nothing has written since
     for index, instruction in enumerate(instructions):
         words = instruction.text.replace(",", " ").split()
         if instruction.opcode.startswith("FCHK"):
-            predicate_from_fchk[words[1]] = True
+            fchk_predicates.add(words[1])
             continue
-        if instruction.opcode == "BRA" and words[0].startswith("@") and predicate_from_fchk.get(_register(words[0][1:])):
+        guarded = words[0].startswith("@") and _register(words[0][1:]) in fchk_predicates
+        if instruction.opcode == "BRA" and guarded:
             target = int(words[-1], 16)
-            body = [i for i in instructions[index + 1:] if i.address < target]
+            body = list(itertools.takewhile(lambda i: i.address < target, instructions[index + 1:]))
             if target > instruction.address and len(body) <= 8 and any(i.opcode.startswith("CALL") for i in body):
                 slow.update(i.address for i in body)
                 guarded_targets.update(int(i.text.split()[-1], 16) for i in body if i.opcode.startswith("CALL"))
@@ -110,7 +112,7 @@ def division_slow_paths(instructions) -> set:
         # Any other write of a predicate ends FCHK's claim on it.
         for operand in words[1:3]:
             if operand.startswith("P") and operand[1:].isdigit():
-                predicate_from_fchk.pop(operand, None)
+                fchk_predicates.discard(operand)
     for target in guarded_targets - other_targets:
         for instruction in instructions:
             if instruction.address >= target:

@@ -461,7 +461,8 @@ def _batch_augment_regions(instructions):
         if branch.opcode == "BRA" and branch.text.startswith("@"):
             target = int(branch.text.split("0x")[-1], 16)
             if target > branch.address:
-                loads = sum(1 for i in instructions if branch.address < i.address < target and i.opcode.startswith("LDG"))
+                loads = sum(1 for i in instructions
+                            if branch.address < i.address < target and i.opcode.startswith("LDG"))
                 branches.append((loads, branch.address + 1, target - 1))
     _, first, last = max(branches)
     after = [address for address in exits if address > last]

@@ -23,7 +23,7 @@ constexpr int kThreads = 256;
 constexpr int kStoreBytes = 16;
 // The block stages its kThreads pixels' channels in shared memory: at most 48 KiB (the default limit) in fp32.
 constexpr int64_t kMaxChannels = 48;
-constexpr int64_t kMaxStagingBytes = kThreads * kMaxChannels * 4;
+constexpr int64_t kMaxStagingBytes = kThreads * kMaxChannels * static_cast<int64_t>(sizeof(float));
 // The image table's columns (augment.TABLE_COLUMNS): element address, height, width, channel/row/column strides.
 constexpr int kTableColumns = 6;
 
@@ -332,8 +332,8 @@ __global__ void __launch_bounds__(kThreads) augment_kernel(const int64_t* __rest
   if (partner_block == kWrittenByPartner) return;  // the whole block: no barrier is left waiting
   TOut* staged = reinterpret_cast<TOut*>(augment_staging);
   TOut* partner_staged = partner_block == kUnpaired ? nullptr : staged + kThreads * g.channels;
-  compute_thread<TIn, TOut, kGroup, kMixing>(table, crop, flip, mixing, mean, std_dev, staged, partner_staged, g, blockIdx.x,
-                                    threadIdx.x);
+  compute_thread<TIn, TOut, kGroup, kMixing>(table, crop, flip, mixing, mean, std_dev, staged, partner_staged, g,
+                                             blockIdx.x, threadIdx.x);
   __syncthreads();
   store_thread<TOut>(staged, out, g, blockIdx.x, threadIdx.x);
   if (partner_staged != nullptr) store_thread<TOut>(partner_staged, out, g, partner_block, threadIdx.x);

@@ -635,7 +635,8 @@ def _composite_and_store(out_ptr, values, others, sample, first_channel, num_cha
     rounding, as composite_batch computes them."""
     mode = tl.load(mode_ptr + sample)
     lam = tl.load(lam_ptr + sample)
-    inside = (out_rows >= tl.load(mix_box_ptr + sample * 4 + 1)) & (out_rows < tl.load(mix_box_ptr + sample * 4 + 3)) & \
+    inside = (out_rows >= tl.load(mix_box_ptr + sample * 4 + 1)) & \
+        (out_rows < tl.load(mix_box_ptr + sample * 4 + 3)) & \
         (out_cols >= tl.load(mix_box_ptr + sample * 4)) & (out_cols < tl.load(mix_box_ptr + sample * 4 + 2))
     mixed_values = ()
     for k in tl.static_range(CHANNEL_GROUP):
