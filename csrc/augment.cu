@@ -138,19 +138,13 @@ RK_HOST_DEVICE void resized_pixel(const Source& src, int64_t row, int64_t col, i
   }
 }
 
-// Triton's _finish: when normalising, fma(v, 1 / std, -mean * (1 / std)) with the reciprocal correctly rounded
-// (resized_crop, reciprocal_std) or (v - mean) / std (batch_augment: composite_batch's); then the one rounding to
-// TOut (uint8: half up, saturating, NaN to 0).
+// Triton's _finish: when normalising, fma(v, 1 / std, -mean * (1 / std)) with the reciprocal correctly rounded;
+// then the one rounding to TOut (uint8: half up, saturating, NaN to 0).
 template <typename TOut>
-RK_HOST_DEVICE TOut finish(float value, const float* mean, const float* std_dev, int64_t channel,
-                           bool reciprocal_std) {
+RK_HOST_DEVICE TOut finish(float value, const float* mean, const float* std_dev, int64_t channel) {
   if (mean != nullptr) {
-    if (reciprocal_std) {
-      const float inverse_std = div_rn(1.0f, std_dev[channel]);
-      value = fmaf(value, inverse_std, mul_rn(-mean[channel], inverse_std));
-    } else {
-      value = div_rn(sub_rn(value, mean[channel]), std_dev[channel]);
-    }
+    const float inverse_std = div_rn(1.0f, std_dev[channel]);
+    value = fmaf(value, inverse_std, mul_rn(-mean[channel], inverse_std));
   }
   if constexpr (std::is_same_v<TOut, uint8_t>) {
     const float rounded = floorf(add_rn(value, 0.5f));
@@ -181,7 +175,6 @@ struct Geometry {
   int64_t blocks_per_sample;  // ceil(pixels / kThreads)
   bool channels_last, antialias;
   bool vector_stores;         // out's base address and sample size allow 16-byte stores
-  bool reciprocal_std;        // normalise by the reciprocal of std (resized_crop) or by std (batch_augment)
   bool pair_partners;         // a block of one of two mutual partners writes both (see paired_block)
 };
 
@@ -243,7 +236,7 @@ RK_HOST_DEVICE void stage_pixel(const float (&value)[kGroup], const float (&othe
       const float mixed_value = mix.takes_partner ? mixed(value[c], other_value[c], mix.mode, mixing.lam[sample])
                                                   : value[c];
       staged[staged_index(g, thread, channel)] = finish<TOut>(mix.erased ? mixing.fill[channel] : mixed_value, mean,
-                                                              std_dev, channel, g.reciprocal_std);
+                                                              std_dev, channel);
     }
   }
 }
@@ -392,7 +385,7 @@ Geometry make_geometry(uintptr_t out, int64_t n, int64_t c, int64_t h, int64_t w
                                 std::to_string(kMaxChannels) + " channels, got " + std::to_string(c));
   }
   const int64_t per_chunk = kStoreBytes / static_cast<int64_t>(element_size);
-  Geometry g{n, c, h, w, h * w, ceil_div(h * w, kThreads), channels_last, antialias, false, false, false};
+  Geometry g{n, c, h, w, h * w, ceil_div(h * w, kThreads), channels_last, antialias, false, false};
   // Runs start at multiples of kThreads pixels into a channel plane (contiguous) or a sample (channels_last).
   g.vector_stores = out % kStoreBytes == 0 && (h * w) % per_chunk == 0;
   if (g.num_samples * g.blocks_per_sample > INT32_MAX) {
@@ -409,7 +402,6 @@ void run_augment(uintptr_t table, uintptr_t crop, uintptr_t flip, const Mixing& 
     using TIn = decltype(in_tag);
     using TOut = decltype(out_tag);
     Geometry g = make_geometry(out, n, c, h, w, channels_last, antialias, sizeof(TOut), name);
-    g.reciprocal_std = mixing.mode == nullptr;  // resized_crop alone
     const int64_t blocks = g.num_samples * g.blocks_per_sample;
     const int64_t output_staging_bytes = kThreads * c * static_cast<int64_t>(sizeof(TOut));
     // Pairs composite together where two outputs' staging fits the default limit (every image of up to 24 channels).

@@ -363,18 +363,13 @@ def _resized_tile(table_ptr, box_ptr, sample, first_channel, num_channels, out_r
 
 
 @triton.jit
-def _finish(value, channel, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, RECIPROCAL_STD: tl.constexpr,
-            OUT_DTYPE: tl.constexpr):
+def _finish(value, channel, mean_ptr, std_ptr, HAS_NORM: tl.constexpr, OUT_DTYPE: tl.constexpr):
     """fp32 value of channel `channel` normalised when HAS_NORM, then rounded to OUT_DTYPE (uint8: half up,
     saturating). The normalisation is fma(v, 1 / std, -mean * (1 / std)), the reciprocal and the shift rounded once
-    per program, with RECIPROCAL_STD (resized_crop: within an ulp or two of the quotient, or of the shift near
-    v = mean), else (v - mean) / std correctly rounded (batch_augment: composite_batch's, bit for bit)."""
+    per program: within an ulp or two of the quotient (v - mean) / std, or of the shift near v = mean."""
     if HAS_NORM:
-        if RECIPROCAL_STD:
-            inverse_std, shift = _reciprocal_norm(channel, mean_ptr, std_ptr)
-            value = fma(value, inverse_std, shift)
-        else:
-            value = tl.math.div_rn(value - tl.load(mean_ptr + channel), tl.load(std_ptr + channel))
+        inverse_std, shift = _reciprocal_norm(channel, mean_ptr, std_ptr)
+        value = fma(value, inverse_std, shift)
     return _rounded(value, OUT_DTYPE)
 
 
@@ -389,7 +384,7 @@ def _rounded(value, OUT_DTYPE: tl.constexpr):
 
 @triton.jit
 def _reciprocal_norms(first_channel, num_channels, mean_ptr, std_ptr, CHANNEL_GROUP: tl.constexpr):
-    """Per channel of the group (clamped to the last), _finish's RECIPROCAL_STD factors: (1 / std, -mean / std)
+    """Per channel of the group (clamped to the last), _finish's factors: (1 / std, -mean / std)
     tuples, each rounded once."""
     inverse_stds = ()
     shifts = ()
@@ -439,14 +434,12 @@ def _store_tile(out_ptr, value, sample, row_block, col_block, channel, out_rows,
 @triton.jit
 def _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
                       out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
-                      mean_ptr, std_ptr, HAS_NORM: tl.constexpr, RECIPROCAL_STD: tl.constexpr,
-                      CHANNEL_GROUP: tl.constexpr):
+                      mean_ptr, std_ptr, HAS_NORM: tl.constexpr, CHANNEL_GROUP: tl.constexpr):
     """Each channel of the group that exists: _finish, then _store_tile."""
     for k in tl.static_range(CHANNEL_GROUP):
         channel = first_channel + k
         if channel < num_channels:
-            value = _finish(values[k], channel, mean_ptr, std_ptr, HAS_NORM, RECIPROCAL_STD,
-                            out_ptr.dtype.element_ty)
+            value = _finish(values[k], channel, mean_ptr, std_ptr, HAS_NORM, out_ptr.dtype.element_ty)
             _store_tile(out_ptr, value, sample, row_block, col_block, channel, out_rows, out_cols, out_height,
                         out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride)
 
@@ -492,7 +485,7 @@ def _resized_crop_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean_ptr, 
                            UNIT_COL_STRIDE, CLAMPED_READS)
     _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
                       out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
-                      mean_ptr, std_ptr, HAS_NORM, True, CHANNEL_GROUP)
+                      mean_ptr, std_ptr, HAS_NORM, CHANNEL_GROUP)
 
 
 @triton.jit(do_not_specialize=["out_height", "segment_rows"])
@@ -603,7 +596,7 @@ def _resized_crop_strip_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean
                                    INDEX_DTYPE, UNIT_COL_STRIDE, CLAMPED_READS)
             _finish_and_store(out_ptr, values, sample, first_channel, num_channels, out_row, strip, out_rows,
                               out_cols, out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride,
-                              out_col_stride, mean_ptr, std_ptr, HAS_NORM, True, CHANNEL_GROUP)
+                              out_col_stride, mean_ptr, std_ptr, HAS_NORM, CHANNEL_GROUP)
 
 
 @triton.jit
@@ -631,8 +624,8 @@ def _composite_and_store(out_ptr, values, others, sample, first_channel, num_cha
                          out_col_stride, mode_ptr, mix_box_ptr, lam_ptr, erase_box_ptr, erase_ptr, fill_ptr, mean_ptr,
                          std_ptr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr, CHANNEL_GROUP: tl.constexpr):
     """Sample `sample`'s output tile from its own crop `values` and its partner's `others` (tuples of CHANNEL_GROUP
-    fp32 tiles; `others` is read only where the mode takes it): MixUp or CutMix, erasing, normalisation and the one
-    rounding, as composite_batch computes them."""
+    fp32 tiles; `others` is read only where the mode takes it): MixUp or CutMix and erasing as composite_batch
+    computes them, then _finish's normalisation and the one rounding."""
     mode = tl.load(mode_ptr + sample)
     lam = tl.load(lam_ptr + sample)
     inside = (out_rows >= tl.load(mix_box_ptr + sample * 4 + 1)) & \
@@ -656,7 +649,7 @@ def _composite_and_store(out_ptr, values, others, sample, first_channel, num_cha
         values = erased_values
     _finish_and_store(out_ptr, values, sample, first_channel, num_channels, row_block, col_block, out_rows, out_cols,
                       out_height, out_width, out_sample_stride, out_channel_stride, out_row_stride, out_col_stride,
-                      mean_ptr, std_ptr, HAS_NORM, False, CHANNEL_GROUP)
+                      mean_ptr, std_ptr, HAS_NORM, CHANNEL_GROUP)
 
 
 @triton.jit(do_not_specialize=["out_height"])
@@ -674,9 +667,9 @@ def _batch_augment_kernel(table_ptr, pixel_ref_ptr, crop_ptr, flip_ptr, mix_box_
     int32, flip (N,) uint8), other = m's. Then, as mixing's composite (MixMode codes in mode (N,)
     int32; mix_box (N, 4) int32 (x0, y0, x1, y1) in output pixels; lam (N,) fp32):
     MIXUP lam * own + (1 - lam) * other, CUTMIX other inside the box, else own; with HAS_ERASE,
-    fill[c] inside erase_box where erase[n] (uint8). Normalised with mean/std (C,) fp32 when
-    HAS_NORM, rounded once to out's dtype. All in fp32: the value composite_batch computes on
-    resized_crop's fp32 output, bit for bit.
+    fill[c] inside erase_box where erase[n] (uint8): in fp32, the value composite_batch computes on
+    resized_crop's fp32 output, bit for bit. Then normalised with mean/std (C,) fp32 when HAS_NORM, as
+    resized_crop's kernel normalises (_finish), and rounded once to out's dtype.
 
     Two samples that are each other's partners (partner="flip", timm's pairing) are composited by the lower one's
     programs, which interpolate each crop once and write both outputs; the higher one's programs return at once.
@@ -872,8 +865,9 @@ def _batch_augment_torch(images: List[torch.Tensor], crop: torch.Tensor, flip: t
                          erase_box: Optional[torch.Tensor], erase: Optional[torch.Tensor], fill: torch.Tensor,
                          mean: Optional[torch.Tensor], std: Optional[torch.Tensor], height: int, width: int,
                          antialias: bool, out_dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
-    """The composition the fused kernel equals: resized_crop to fp32, composite_batch (mix), then
-    composite_batch (erase where erase[n], normalise, cast). Crop/flip as resized_crop's; mix_box,
+    """The composition the fused kernel computes: resized_crop to fp32, composite_batch (mix), then
+    composite_batch (erase where erase[n], normalise, cast; the kernels normalise as resized_crop's kernel
+    does, within an ulp or two of this quotient before the rounding). Crop/flip as resized_crop's; mix_box,
     lam, partner, mode as composite_batch's; erase_box (N, 4) int32 (x0, y0, x1, y1) and erase
     (N,) bool, or None; fill (C,) fp32."""
     from recipe_kernels.mixing import MixMode, composite_batch
@@ -1212,10 +1206,11 @@ def batch_augment(images: Images, target: torch.Tensor, size: Union[int, Tuple[i
     rule), then MixUp with m's crop or CutMix (m's crop inside n's box) as cutmix_or_mixup draws
     them (mixing._sample_mixing, lam corrected to the kept area), then, with probability erase_p,
     erase_value inside a RandomErasing box (scale (0.02, 0.33), ratio (0.3, 3.3)), then (v - mean) / std,
-    written as out_dtype (float32 by default; a floating dtype). The result equals
+    written as out_dtype (float32 by default; a floating dtype). Before the normalisation, the value equals
     composite_batch(composite_batch(resized_crop(..., out_dtype=float32), mixing parameters),
-    erasing parameters, mean, std, out_dtype) with the same parameters, bit for bit (everything
-    in fp32, one rounding). return_params=True also returns those parameters as a dict.
+    erasing parameters) with the same parameters, bit for bit (everything in fp32); the normalisation is
+    resized_crop's (the kernels: fma(v, 1 / std[c], -mean[c] / std[c]); the torch backend divides), then one
+    rounding. return_params=True also returns those parameters as a dict.
     """
     from recipe_kernels import mixing
     from recipe_kernels.targets import MixedTarget

@@ -15,7 +15,7 @@ import torch
 import recipe_kernels as rk
 from recipe_kernels import _backend, augment
 from conftest import BACKENDS
-from test_augment import BOXES, FLIP, HEIGHT, MEAN, STD, WIDTH, sample_images
+from test_augment import BOXES, FLIP, HEIGHT, MEAN, STD, WIDTH, erased, normalised_as_the_kernels, sample_images
 
 pytestmark = pytest.mark.skipif(_backend._C is None, reason=f"CUDA extension not built: {_backend.CUDA_EXTENSION_ERROR}")
 
@@ -134,16 +134,13 @@ def batch_augment_host(images, size, params, mean, std, out_dtype, antialias, ch
 
 
 def composed_on_host_crops(images, size, params, mean, std, out_dtype, antialias):
-    """The composition batch_augment fuses, its crops from this same kernel code (fp32): MixUp/CutMix, then
-    erase + normalise + cast (torch)."""
+    """The composition batch_augment fuses, its crops from this same kernel code (fp32): MixUp/CutMix and erasing
+    (torch), then the kernels' normalisation and the cast."""
     crop = resized_crop_host(images, params["crop"], size, flip=params["flip"], out_dtype=torch.float32,
                              antialias=antialias)
-    n = len(images)
     mixed = rk.composite_batch(crop, params["mix_box"], params["lam"], params["partner"], params["mode"],
                                backend="torch")
-    erase_mode = torch.where(params["erase"], int(rk.MixMode.ERASE), int(rk.MixMode.KEEP))
-    return rk.composite_batch(mixed, params["erase_box"], torch.ones(n), torch.arange(n), erase_mode,
-                              fill=params["fill"], mean=mean, std=std, out_dtype=out_dtype, backend="torch")
+    return normalised_as_the_kernels(erased(mixed, params, "torch"), mean, std).to(out_dtype)
 
 
 @pytest.mark.parametrize("antialias, channels_last", [(True, False), (False, True)])
