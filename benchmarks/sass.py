@@ -122,6 +122,29 @@ def division_slow_paths(instructions) -> set:
     return slow
 
 
+_BRANCHES = ("BRA", "EXIT", "RET", "CALL", "BRX", "JMP")
+
+
+def basic_blocks(instructions) -> list:
+    """The straight runs of code, as lists of instructions in address order: a run starts at the first
+    instruction, at a branch's target and after a branch, EXIT, call or return, so that control enters it only
+    at its first instruction and every instruction of it runs as often as that one."""
+    leaders = {instructions[0].address} if instructions else set()
+    for index, instruction in enumerate(instructions):
+        if instruction.opcode.startswith(_BRANCHES):
+            target = re.search(r"0x([0-9a-f]+)\s*$", instruction.text)
+            if target and not instruction.opcode.startswith(("EXIT", "RET")):
+                leaders.add(int(target.group(1), 16))
+            if index + 1 < len(instructions):
+                leaders.add(instructions[index + 1].address)
+    blocks = []
+    for instruction in instructions:
+        if instruction.address in leaders or not blocks:
+            blocks.append([])
+        blocks[-1].append(instruction)
+    return blocks
+
+
 def global_access_bits(instruction) -> int:
     """Width in bits of a global load or store (LDG/STG), 0 for anything else."""
     opcode = instruction.opcode

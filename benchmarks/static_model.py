@@ -450,11 +450,19 @@ def _augment_cases(quick):
 BATCH_AUGMENT_SEED = 14
 
 
+# A mode's body in _composite_and_store holds a multiply (MixUp) or a select (CutMix, or a kept sample) per value of
+# the tile, at least this many; no other straight run of the kernel holds as many of either.
+MODE_BODY_MIN_VALUES = 16
+
+
 def _batch_augment_regions(instructions):
-    """(skip exit, (first, last) of the partner's crop, pair exit) in _batch_augment_kernel's SASS: the program
-    of the higher of two mutual partners exits first; the partner's crop is the conditional forward branch that
-    skips the most global loads (its pixel gathers); the program of an unpaired sample exits after its own
-    output, before the paired partner's (later exits skip the stores of absent channels)."""
+    """(skip exit, (first, last) of the partner's crop, pair exit, mode bodies) in _batch_augment_kernel's SASS: the
+    program of the higher of two mutual partners exits first; the partner's crop is the conditional forward branch
+    that skips the most global loads (its pixel gathers); the program of an unpaired sample exits after its own
+    output, before the paired partner's (later exits skip the stores of absent channels). Mode bodies maps
+    (output, mode), output "own" or "partner" (before or after the pair exit), mode MIXUP or CUTMIX, to the
+    (first, last) of the straight run that composites it: MixUp's with a multiply per value, the selects (CutMix,
+    or any other mode) with a select."""
     exits = [i.address for i in instructions if i.opcode == "EXIT" and i.text.startswith("@")]
     branches = []
     for branch in instructions:
@@ -468,7 +476,19 @@ def _batch_augment_regions(instructions):
     after = [address for address in exits if address > last]
     if not exits or not exits[0] < first or not after:
         raise ValueError("_batch_augment_kernel's exits and partner branch are not where the hook expects them")
-    return exits[0], (first, last), after[0]
+    pair_exit = after[0]
+    bodies = {}
+    for block in sass.basic_blocks(instructions):
+        opcodes = [i.opcode.split(".")[0] for i in block]
+        for mode, opcode in ((rk.MixMode.MIXUP, "FMUL"), (rk.MixMode.CUTMIX, "FSEL")):
+            if opcodes.count(opcode) >= MODE_BODY_MIN_VALUES:
+                key = ("own" if block[0].address < pair_exit else "partner", mode)
+                if key in bodies:
+                    raise ValueError(f"_batch_augment_kernel has two bodies for {key}")
+                bodies[key] = (block[0].address, block[-1].address)
+    if len(bodies) != 4:
+        raise ValueError(f"_batch_augment_kernel's mode bodies are not where the hook expects them: {sorted(bodies)}")
+    return exits[0], (first, last), pair_exit, bodies
 
 
 def _batch_augment_cases(quick):
@@ -502,6 +522,12 @@ def _batch_augment_cases(quick):
     work_share = float(working.double().mean())
     partner_share = float(interpolates_partner.double().sum() / working_tiles.double().sum())
     pair_share = float((paired & working).double().sum() / working.double().sum())
+    # Each output's composite runs MixUp's body or else CutMix's selects: shares of the working programs' own
+    # samples, and of the partners they write.
+    blends = (mode == mixing.MixMode.MIXUP).flatten()
+    runs = {mixing.MixMode.MIXUP: blends, mixing.MixMode.CUTMIX: ~blends}
+    mode_share = {"own": {m: float(run[working].double().mean()) for m, run in runs.items()},
+                  "partner": {m: float(run[partner[paired & working]].double().mean()) for m, run in runs.items()}}
     own_bytes = source_bytes(crop)
     minimal = int(own_bytes.sum()) + 2 * elements
     again = (takes & ~paired[:, None, None]).double().mean((1, 2))  # unpaired samples read the partner again
@@ -516,7 +542,7 @@ def _batch_augment_cases(quick):
                                   generator=torch.Generator().manual_seed(BATCH_AUGMENT_SEED), backend="triton")
 
         def trips(k, launch, instructions, spans, antialias=antialias):
-            skip_exit, (first, last), pair_exit = _batch_augment_regions(instructions)
+            skip_exit, (first, last), pair_exit, bodies = _batch_augment_regions(instructions)
             own = _tile_loop_trips(heights, widths, size, size, working_tiles) if antialias else []
             partner_trips = _tile_loop_trips(heights[partner], widths[partner], size, size,
                                              interpolates_partner) if antialias else []
@@ -526,7 +552,8 @@ def _batch_augment_cases(quick):
             end = instructions[-1].address
             return {"trips": own + partner_trips,
                     "shares": [(skip_exit + 1, end, work_share), (first, last, partner_share),
-                               (pair_exit + 1, end, pair_share)]}
+                               (pair_exit + 1, end, pair_share),
+                               *((*bodies[output, mode], mode_share[output][mode]) for output, mode in bodies)]}
         result.append(Case(f"batch_augment uint8->bf16 norm {'antialias' if antialias else 'bilinear'} "
                            f"{n}x3x480x480->224", augment_batch, elements, minimal, lambda kernels, gpu: dram,
                            trip_counts={"_batch_augment_kernel": trips}))

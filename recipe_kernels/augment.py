@@ -625,18 +625,23 @@ def _composite_and_store(out_ptr, values, others, sample, first_channel, num_cha
                          std_ptr, HAS_ERASE: tl.constexpr, HAS_NORM: tl.constexpr, CHANNEL_GROUP: tl.constexpr):
     """Sample `sample`'s output tile from its own crop `values` and its partner's `others` (tuples of CHANNEL_GROUP
     fp32 tiles; `others` is read only where the mode takes it): MixUp or CutMix and erasing as composite_batch
-    computes them, then _finish's normalisation and the one rounding."""
+    computes them, then _finish's normalisation and the one rounding. The mode is the sample's: the program runs
+    MixUp's blend or else the selects (benchmarks/static_model.py counts each by the modes a seed draws)."""
     mode = tl.load(mode_ptr + sample)
-    lam = tl.load(lam_ptr + sample)
-    inside = (out_rows >= tl.load(mix_box_ptr + sample * 4 + 1)) & \
-        (out_rows < tl.load(mix_box_ptr + sample * 4 + 3)) & \
-        (out_cols >= tl.load(mix_box_ptr + sample * 4)) & (out_cols < tl.load(mix_box_ptr + sample * 4 + 2))
-    mixed_values = ()
-    for k in tl.static_range(CHANNEL_GROUP):
-        mixed = lam * values[k] + (1.0 - lam) * others[k]
-        mixed_values = mixed_values + (tl.where(mode == _MIXUP, mixed,
-                                                tl.where((mode == _CUTMIX) & inside, others[k], values[k])),)
-    values = mixed_values
+    if mode == _MIXUP:
+        lam = tl.load(lam_ptr + sample)
+        mixed_values = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            mixed_values = mixed_values + (lam * values[k] + (1.0 - lam) * others[k],)
+        values = mixed_values
+    else:  # CutMix, or the sample kept: selects either way (a pass-through would cost the join more moves)
+        inside = (mode == _CUTMIX) & (out_rows >= tl.load(mix_box_ptr + sample * 4 + 1)) & \
+            (out_rows < tl.load(mix_box_ptr + sample * 4 + 3)) & \
+            (out_cols >= tl.load(mix_box_ptr + sample * 4)) & (out_cols < tl.load(mix_box_ptr + sample * 4 + 2))
+        mixed_values = ()
+        for k in tl.static_range(CHANNEL_GROUP):
+            mixed_values = mixed_values + (tl.where(inside, others[k], values[k]),)
+        values = mixed_values
     if HAS_ERASE:
         erased = tl.load(erase_ptr + sample) != 0
         inside_erase = (out_rows >= tl.load(erase_box_ptr + sample * 4 + 1)) & \

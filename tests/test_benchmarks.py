@@ -61,3 +61,11 @@ def test_division_slow_paths_are_the_fchk_guarded_calls_and_their_subroutines():
     import sass
     slow = sass.division_slow_paths(sass.parse(DIVISION_LISTING))
     assert slow == {0x40, 0x50, 0x60, 0x70, 0xd0, 0xe0}
+
+
+def test_basic_blocks_start_at_branch_targets_and_after_branches_exits_calls_and_returns():
+    import sass
+    blocks = sass.basic_blocks(sass.parse(DIVISION_LISTING))
+    assert [[i.address for i in block] for block in blocks] == [
+        [0x00, 0x10, 0x20, 0x30], [0x40, 0x50, 0x60], [0x70], [0x80, 0x90], [0xa0], [0xb0], [0xc0], [0xd0, 0xe0],
+        [0xf0], [0x100, 0x110]]
