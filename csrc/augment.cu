@@ -138,14 +138,22 @@ RK_HOST_DEVICE void resized_pixel(const Source& src, int64_t row, int64_t col, i
   }
 }
 
-// Triton's _finish: when normalising, fma(v, 1 / std, -mean * (1 / std)) with the reciprocal correctly rounded;
-// then the one rounding to TOut (uint8: half up, saturating, NaN to 0).
+// A channel's normalisation, fma(v, 1 / std, -mean * (1 / std)): the reciprocal and the shift, each rounded once,
+// computed once per block (Triton's _reciprocal_norm, once per program).
+struct NormFactors {
+  float inverse_std, shift;
+};
+
+RK_HOST_DEVICE NormFactors norm_factors(const float* mean, const float* std_dev, int64_t channel) {
+  const float inverse_std = div_rn(1.0f, std_dev[channel]);
+  return NormFactors{inverse_std, mul_rn(-mean[channel], inverse_std)};
+}
+
+// Triton's _finish: when normalising (norm not null), fma(v, 1 / std, -mean * (1 / std)); then the one rounding to
+// TOut (uint8: half up, saturating, NaN to 0).
 template <typename TOut>
-RK_HOST_DEVICE TOut finish(float value, const float* mean, const float* std_dev, int64_t channel) {
-  if (mean != nullptr) {
-    const float inverse_std = div_rn(1.0f, std_dev[channel]);
-    value = fmaf(value, inverse_std, mul_rn(-mean[channel], inverse_std));
-  }
+RK_HOST_DEVICE TOut finish(float value, const NormFactors* norm, int64_t channel) {
+  if (norm != nullptr) value = fmaf(value, norm[channel].inverse_std, norm[channel].shift);
   if constexpr (std::is_same_v<TOut, uint8_t>) {
     const float rounded = floorf(add_rn(value, 0.5f));
     return static_cast<uint8_t>(fminf(rounded > 0.0f ? rounded : 0.0f, 255.0f));
@@ -227,7 +235,7 @@ RK_HOST_DEVICE int64_t staged_index(const Geometry& g, int64_t thread, int64_t c
 // partner's (read where the pixel takes them): MixUp/CutMix, erasing, normalisation, the one rounding, into staged.
 template <typename TOut, int kGroup>
 RK_HOST_DEVICE void stage_pixel(const float (&value)[kGroup], const float (&other_value)[kGroup], const Mixing& mixing,
-                                const PixelMix& mix, int64_t sample, const float* mean, const float* std_dev,
+                                const PixelMix& mix, int64_t sample, const NormFactors* norm,
                                 TOut* staged, const Geometry& g, int64_t thread, int64_t channel0) {
 #pragma unroll
   for (int c = 0; c < kGroup; ++c) {
@@ -235,8 +243,8 @@ RK_HOST_DEVICE void stage_pixel(const float (&value)[kGroup], const float (&othe
     if (channel < g.channels) {
       const float mixed_value = mix.takes_partner ? mixed(value[c], other_value[c], mix.mode, mixing.lam[sample])
                                                   : value[c];
-      staged[staged_index(g, thread, channel)] = finish<TOut>(mix.erased ? mixing.fill[channel] : mixed_value, mean,
-                                                              std_dev, channel);
+      staged[staged_index(g, thread, channel)] = finish<TOut>(mix.erased ? mixing.fill[channel] : mixed_value, norm,
+                                                              channel);
     }
   }
 }
@@ -247,7 +255,7 @@ RK_HOST_DEVICE void stage_pixel(const float (&value)[kGroup], const float (&othe
 // With partner_staged (the block writes its paired partner's output too, paired_block) the partner's pixel goes
 // there, from the same two crops.
 // Inputs: table (N, 6) int64 (the images' element addresses, sizes and strides, any layout), crop (N, 4) int32
-// (top, left, height, width), flip (N,) uint8 or null, mean and std (C,) fp32 or null.
+// (top, left, height, width), flip (N,) uint8 or null, norm (C,) the channels' normalisation (norm_factors) or null.
 // Per output element: count_y x count_x loads and multiply-adds (count about 2 * support + 1 per axis, support =
 // max(box / out, 1) with antialias, else 1: 2 x 2 for bilinear); the weights (a tap's weight times 1 / its window's
 // total) are shared by the kGroup channels. The partner's crop is interpolated only for pixels that take it
@@ -256,7 +264,7 @@ RK_HOST_DEVICE void stage_pixel(const float (&value)[kGroup], const float (&othe
 template <typename TIn, typename TOut, int kGroup, bool kMixing>
 RK_HOST_DEVICE void compute_thread(const int64_t* __restrict__ table, const int32_t* __restrict__ crop,
                                    const uint8_t* __restrict__ flip, const Mixing& mixing,
-                                   const float* __restrict__ mean, const float* __restrict__ std_dev,
+                                   const NormFactors* __restrict__ norm,
                                    TOut* __restrict__ staged, TOut* __restrict__ partner_staged, const Geometry& g,
                                    int64_t block, int64_t thread) {
   const int64_t sample = block / g.blocks_per_sample;
@@ -282,9 +290,9 @@ RK_HOST_DEVICE void compute_thread(const int64_t* __restrict__ table, const int3
       resized_pixel<TIn, kGroup>(other, row, other_col, channel0, g.channels, other_value);
     }
     // 3. Erasing, normalisation, the one rounding.
-    stage_pixel<TOut, kGroup>(value, other_value, mixing, own_mix, sample, mean, std_dev, staged, g, thread, channel0);
+    stage_pixel<TOut, kGroup>(value, other_value, mixing, own_mix, sample, norm, staged, g, thread, channel0);
     if (paired) {
-      stage_pixel<TOut, kGroup>(other_value, value, mixing, partner_mix, partner, mean, std_dev, partner_staged, g,
+      stage_pixel<TOut, kGroup>(other_value, value, mixing, partner_mix, partner, norm, partner_staged, g,
                                 thread, channel0);
     }
   }
@@ -325,8 +333,15 @@ __global__ void __launch_bounds__(kThreads) augment_kernel(const int64_t* __rest
   if (partner_block == kWrittenByPartner) return;  // the whole block: no barrier is left waiting
   TOut* staged = reinterpret_cast<TOut*>(augment_staging);
   TOut* partner_staged = partner_block == kUnpaired ? nullptr : staged + kThreads * g.channels;
-  compute_thread<TIn, TOut, kGroup, kMixing>(table, crop, flip, mixing, mean, std_dev, staged, partner_staged, g,
-                                             blockIdx.x, threadIdx.x);
+  __shared__ NormFactors norm[kMaxChannels];
+  if (mean != nullptr) {
+    for (int64_t channel = threadIdx.x; channel < g.channels; channel += kThreads) {
+      norm[channel] = norm_factors(mean, std_dev, channel);
+    }
+    __syncthreads();
+  }
+  compute_thread<TIn, TOut, kGroup, kMixing>(table, crop, flip, mixing, mean != nullptr ? norm : nullptr, staged,
+                                             partner_staged, g, blockIdx.x, threadIdx.x);
   __syncthreads();
   store_thread<TOut>(staged, out, g, blockIdx.x, threadIdx.x);
   if (partner_staged != nullptr) store_thread<TOut>(partner_staged, out, g, partner_block, threadIdx.x);
@@ -417,6 +432,10 @@ void run_augment(uintptr_t table, uintptr_t crop, uintptr_t flip, const Mixing& 
       constexpr int kGroup = decltype(group)::value;
       constexpr bool kMixing = decltype(with_mixing)::value;
       if (host) {  // each block's two steps in turn, every thread of a step before the next (the barrier)
+        std::vector<NormFactors> norm;
+        for (int64_t channel = 0; mean_ptr != nullptr && channel < c; ++channel) {
+          norm.push_back(norm_factors(mean_ptr, std_ptr, channel));
+        }
         std::vector<uint4> staging(ceil_div(static_cast<int64_t>(staging_bytes), sizeof(uint4)));
         TOut* staged = reinterpret_cast<TOut*>(staging.data());
         for (int64_t block = 0; block < blocks; ++block) {
@@ -424,8 +443,9 @@ void run_augment(uintptr_t table, uintptr_t crop, uintptr_t flip, const Mixing& 
           if (partner_block == kWrittenByPartner) continue;
           TOut* partner_staged = partner_block == kUnpaired ? nullptr : staged + kThreads * c;
           for (int64_t thread = 0; thread < kThreads; ++thread) {
-            compute_thread<TIn, TOut, kGroup, kMixing>(table_ptr, crop_ptr, flip_ptr, mixing, mean_ptr, std_ptr, staged,
-                                              partner_staged, g, block, thread);
+            compute_thread<TIn, TOut, kGroup, kMixing>(table_ptr, crop_ptr, flip_ptr, mixing,
+                                                       norm.empty() ? nullptr : norm.data(), staged, partner_staged, g,
+                                                       block, thread);
           }
           for (int64_t thread = 0; thread < kThreads; ++thread) {
             store_thread<TOut>(staged, out_ptr, g, block, thread);
