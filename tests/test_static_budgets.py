@@ -17,9 +17,10 @@ import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 # The cases whose kernels are held to every budget; the README's static-model table shows the others. Not the
-# resized_crop and batch_augment cases: their issue share at H200 copy bandwidth, 1.1 to 3.8, is past
-# MAX_ISSUE_SHARE (and their pixel loads are byte gathers, 8 bits wide by nature). cutmix_or_mixup's sampling
-# kernel (24 bytes written per sample) is bookkeeping, under BOOKKEEPING_LOAD_SHARE.
+# resized_crop and batch_augment cases: their issue share at H200 copy bandwidth, 1.1 to 3.3, is past
+# MAX_ISSUE_SHARE (and their pixel loads are byte gathers, 8 bits wide by nature; the bilinear ones are held to issue
+# 14's target below). cutmix_or_mixup's sampling kernel (24 bytes written per sample) is bookkeeping, under
+# BOOKKEEPING_LOAD_SHARE.
 BUDGETED = ["dropout fwd", "dropout_add+bias fwd+bwd", "drop_path_add fwd", "cross_entropy fwd+bwd", "ModelEMA.update",
             "cutmix_or_mixup"]
 MAX_ISSUE_SHARE = 0.70
