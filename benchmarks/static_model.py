@@ -498,7 +498,8 @@ def _batch_augment_cases(quick):
     for bit the kernel's). Minimal bytes as resized_crop's: each crop's source pixels once, plus the output.
     Programs, per tile: the higher of two mutual partners exits at once; the lower interpolates both crops and
     writes both outputs; any other sample interpolates its partner's crop again where the tile takes it (MixUp,
-    or a CutMix box touching the tile), which adds that share of the partner's source bytes to the DRAM bytes."""
+    or a CutMix box touching the tile), which adds that share of the partner's source bytes to the DRAM bytes.
+    Each output runs one composite body, MixUp's blend or the selects, by its sample's mode."""
     from recipe_kernels import augment, mixing
     from recipe_kernels._philox import draw_seed
     n, channels, side, size, mean, std, elements, source_bytes = _augment_workload(quick)
