@@ -123,8 +123,8 @@ def floors():
         dropout_module.launch = real_launch
     kernel, grid, args, kwargs = launches[-1]
     num_warps = kwargs.pop("num_warps")
-    run, function, packed_metadata, order, _ = _ops._COMPILED[_ops._launch_key(kernel, num_warps, kwargs, args)[1]]
-    constexprs = list(kwargs.values()) if order is None else [kwargs[name] for name in order]
+    run, function, packed_metadata, constexprs, _ = _ops._COMPILED[_ops._launch_key(kernel, num_warps, kwargs,
+                                                                                     args)[1]]
     grid = (*grid, 1, 1)[:3]
 
     def dropout_torch_calls():
@@ -182,9 +182,9 @@ def main():
             if args.only and not any(word in name for word in args.only):
                 continue
             fn()  # compile
-            before = len(driver.launches)
+            before = len(driver.records)
             fn()
-            launches = len(driver.launches) - before
+            launches = len(driver.records) - before
             us, unit = low_us_and_unit(fn, args.repeat)
             ops = torch_ops_per_call(fn)
             rows.append(dict(call=name, us=us, u=us / unit, goal_u=goal, launches=launches, torch_ops=ops,

@@ -90,7 +90,8 @@ class _Launcher:
 
     def __call__(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata,
                  enter_hook, exit_hook, *args):
-        triton_driver.active._record(self, (grid_x, grid_y, grid_z))
+        # The least a record can cost: bench_host times the op's host path, not the stand-in's.
+        triton_driver.active.records.append((self, grid_x, grid_y, grid_z))
 
 
 class StandInDriver(DriverBase):
@@ -102,7 +103,7 @@ class StandInDriver(DriverBase):
             raise RuntimeError("the stand-in driver compiles real GPU code: unset TRITON_INTERPRET")
         self.capability, self.sm_count = capability, sm_count
         self.utils = _Utils(sm_count)
-        self.launches: list[Launch] = []
+        self.records = []  # (launcher, grid x, y, z) per launch, in order; see launches
         self.launcher_cls = _Launcher
 
     # Triton's driver interface ------------------------------------------------------------
@@ -137,12 +138,11 @@ class StandInDriver(DriverBase):
     def get_benchmarker(self):
         raise RuntimeError("the stand-in driver runs nothing, so it cannot time kernels")
 
-    # Recording ----------------------------------------------------------------------------
-    def _record(self, launcher, grid):
-        # Not the arguments: holding the outputs of thousands of calls would make the allocator,
-        # and so bench_host's timings, slower than a real run's.
-        kernel = _KERNELS.get(id(launcher.metadata))
-        self.launches.append(Launch(launcher.name, grid, launcher.metadata.num_warps, kernel))
+    @property
+    def launches(self) -> list:
+        """Every launch so far, in order, as a Launch."""
+        return [Launch(launcher.name, tuple(grid), launcher.metadata.num_warps, _KERNELS.get(id(launcher.metadata)))
+                for launcher, *grid in self.records]
 
     def __enter__(self):
         self._previous_why_unavailable = _backend.why_unavailable

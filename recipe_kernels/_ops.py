@@ -23,6 +23,7 @@ import inspect
 import itertools
 
 import torch
+import triton.language as tl
 from triton import knobs
 from triton.runtime import driver as triton_driver
 
@@ -143,8 +144,8 @@ class Op:
 
 # ----------------------------------------------------------------------------- Triton launches
 
-# key -> (the compiled kernel's launcher, function, packed metadata; the constexprs' order, None when
-# the call's; the kernel, held so that its id in the key is never reused by another kernel)
+# key -> (the compiled kernel's launcher, function, packed metadata; the constexprs as Triton took them,
+# in the kernel's order; the kernel, held so that its id in the key is never reused by another kernel)
 _COMPILED = {}
 
 
@@ -184,15 +185,14 @@ def _launch_key(kernel, num_warps, constexprs, args):
 
     The key holds the kernel's id, the warps, the specialiser of the arguments' types (held for good,
     so its id stands for them), the device index and what Triton specialises each argument on
-    (_specialiser), then the constexprs' names and their values (compared by equality, as Triton's
-    own cache compares them)."""
+    (_specialiser), then each constexpr's name and value (compared by equality, as Triton's own
+    cache compares them)."""
     kinds = tuple(map(type, args))
     specialise = _SPECIALISERS.get(kinds)
     if specialise is None:
         specialise = _SPECIALISERS[kinds] = _specialiser(kinds)
     specialisation = specialise(*args)
-    return specialisation[0], (id(kernel), num_warps, specialise, specialisation, tuple(constexprs),
-                               tuple(constexprs.values()))
+    return specialisation[0], (id(kernel), num_warps, specialise, specialisation, *constexprs.items())
 
 
 def _launch_hooks_set() -> bool:
@@ -204,6 +204,14 @@ def _launch_hooks_set() -> bool:
 
 
 _GRID_PADDING = {1: (1, 1), 2: (1,), 3: ()}  # a grid of one or two dimensions, made three
+# A dtype constexpr is passed as a torch dtype, which launch keys hash and compare in C (a Triton
+# dtype's __hash__ and __eq__ are Python), and handed to Triton as its own.
+_TRITON_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
+                  torch.bfloat16: tl.bfloat16, torch.int32: tl.int32, torch.int64: tl.int64, torch.uint8: tl.uint8}
+
+
+def _triton_constexprs(constexprs):
+    return {name: _TRITON_DTYPES[value] if type(value) is torch.dtype else value for name, value in constexprs.items()}
 
 
 def _launch_through_triton(kernel, grid, args, num_warps, constexprs):
@@ -213,12 +221,13 @@ def _launch_through_triton(kernel, grid, args, num_warps, constexprs):
     if device is None:
         raise ValueError(_NO_TENSOR)
     with _backend.device_guard(device):  # Triton compiles for, and launches on, the current device
-        return kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False, **constexprs)
+        return kernel[grid](*args, num_warps=num_warps, enable_fp_fusion=False, **_triton_constexprs(constexprs))
 
 
 def launch(kernel, grid, *args, num_warps, **constexprs):
     """kernel[grid](*args, **constexprs) on the current stream of the tensors' device, without
-    FMA contraction; on the eager path through a cached compiled kernel."""
+    FMA contraction; on the eager path through a cached compiled kernel. A dtype constexpr is a
+    torch dtype; the kernel sees Triton's."""
     if INTERPRETING or torch.compiler.is_compiling() or _launch_hooks_set():
         _launch_through_triton(kernel, grid, args, num_warps, constexprs)
         return
@@ -228,11 +237,10 @@ def launch(kernel, grid, *args, num_warps, **constexprs):
     if entry is None or (device >= 0 and device != active_driver.get_current_device()):
         compiled = _launch_through_triton(kernel, grid, args, num_warps, constexprs)
         if entry is None:
-            order = kernel.arg_names[len(args):]
+            triton_constexprs = _triton_constexprs(constexprs)
             _COMPILED[key] = (compiled.run, compiled.function, compiled.packed_metadata,
-                              None if list(constexprs) == order else order, kernel)
+                              [triton_constexprs[name] for name in kernel.arg_names[len(args):]], kernel)
         return
-    run, function, packed_metadata, order, _ = entry
+    run, function, packed_metadata, triton_constexprs, _ = entry
     run(*grid, *_GRID_PADDING[len(grid)], active_driver.get_current_stream(max(device, 0)), function,
-        packed_metadata, None, None, None,
-        *args, *(constexprs.values() if order is None else [constexprs[name] for name in order]))
+        packed_metadata, None, None, None, *args, *triton_constexprs)

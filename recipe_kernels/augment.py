@@ -788,7 +788,7 @@ def _layout_constexprs(images, out, slots):
     pixels, bytes, and every image at least as wide as the `slots` column slots a row reads from one address)."""
     spans = [sum((size - 1) * abs(stride) for size, stride in zip(image.shape[-3:], image.stride()[-3:]))
              for image in images]  # per sample: the table holds each sample's own address
-    return dict(INDEX_DTYPE=tl.int32 if max(spans + [out.numel()]) < 1 << 31 else tl.int64,
+    return dict(INDEX_DTYPE=torch.int32 if max(spans + [out.numel()]) < 1 << 31 else torch.int64,
                 UNIT_COL_STRIDE=all(image.stride(-1) == 1 for image in images),
                 CLAMPED_READS=images[0].dtype == torch.uint8 and all(image.numel() > 0 and image.shape[-1] >= slots
                                                                    for image in images))

@@ -1083,7 +1083,6 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
     inner_size = x.numel() // (x.shape[0] * num_classes)
     block, num_warps = _block_and_warps(num_classes, splits)
     math_dtype = loss.dtype
-    acc = tl.float64 if math_dtype == torch.float64 else tl.float32
     if math_dtype == torch.float32:
         # The kernel rounds it to fp32 itself; rounded here too, HAS_SMOOTHING agrees (say for 1e-100).
         label_smoothing = struct.unpack("f", struct.pack("f", label_smoothing))[0]
@@ -1098,7 +1097,7 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
     elif denominator is not None:
         launch(_index_denominator_kernel, (num_partials,), target, weight if weight is not None else denominator,
                denominator, rows, num_classes, ignore_index, rows_per_program, num_warps=4, BLOCK=denominator_block,
-               HAS_WEIGHT=weight is not None, ACC=acc)
+               HAS_WEIGHT=weight is not None, ACC=math_dtype)
     args = (x, target, target_b if target_b is not None else target, lam if lam is not None else loss,
             weight if weight is not None else loss, denominator if denominator is not None else loss,
             grad_output if grad_output is not None else loss, loss, lse if lse is not None else loss,
@@ -1108,7 +1107,7 @@ def _cross_entropy_triton(x, target, target_b, lam, weight, loss, lse, grad, den
                       HAS_SMOOTHING=label_smoothing > 0.0, HAS_Z_LOSS=z_loss > 0.0, WRITE_LSE=lse is not None,
                       WRITE_GRAD=grad is not None, MEAN=mean, GRAD_OUTPUT=_grad_output_kind(grad_output),
                       OF_TARGET=of_target, BLOCK=block, PARTIALS_BLOCK=partials_block,
-                      LANE_ALIGNED=num_classes % LANE_GROUP.value == 0, UNIT_STRIDE=inner_size == 1, ACC=acc)
+                      LANE_ALIGNED=num_classes % LANE_GROUP.value == 0, UNIT_STRIDE=inner_size == 1, ACC=math_dtype)
     if not split_kernel:
         launch(_cross_entropy_fwd_kernel, (row_programs(rows, num_warps, x.device),), *args, num_warps=num_warps,
                **constexprs, EVEN=num_classes == block)

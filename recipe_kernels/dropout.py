@@ -20,7 +20,6 @@ Each input is read in its own dtype; the math runs in fp32, or in fp64 when any 
 float64, and the result is rounded once.
 """
 import functools
-import itertools
 import struct
 from typing import Optional
 
@@ -232,22 +231,18 @@ def _dropout_bias_backward_kernel(grad_ptr, seed_ptr, grad_x_ptr, partial_ptr, r
 # raw pointers over them (autograd hands expanded, stride-0 gradients).
 
 
-_DTYPE = itertools.repeat("dtype")  # getattr's, for map
-
-
 def _math_dtype(*operands):
     """float64 when any operand (a tensor or a dtype; None for an absent one) is float64, so that
     float64 ops keep their precision; float32 otherwise."""
-    dtypes = map(getattr, operands, _DTYPE, operands)  # a tensor's dtype; a dtype (or None) itself
-    return torch.float64 if torch.float64 in dtypes else torch.float32
-
-
-_TRITON_MATH_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+    for operand in operands:
+        if operand is not None and (operand if type(operand) is torch.dtype else operand.dtype) is torch.float64:
+            return torch.float64
+    return torch.float32
 
 
 def _index_dtype(numel):
     """The kernels' index type for numel elements: int32 while every index a program forms fits."""
-    return tl.int32 if numel + BLOCK < 1 << 31 else tl.int64
+    return torch.int32 if numel + BLOCK < 1 << 31 else torch.int64
 
 
 @functools.lru_cache(maxsize=256)  # a run uses a few p values; packing costs more than a cache hit
@@ -270,7 +265,7 @@ def _kernel_operands(x, residual, bias, out_dtype, out=None):
     """(x, residual, bias, out) for a kernel: the inputs contiguous, and `out`, or a new contiguous
     tensor of x's shape in out_dtype."""
     x, residual, bias = x.contiguous(), _contiguous(residual), _contiguous(bias)
-    return x, residual, bias, (_new_like(x, out_dtype) if out is None else out)
+    return x, residual, bias, (torch.empty_like(x, dtype=out_dtype) if out is None else out)  # x is contiguous
 
 
 def _typed(name, tensor):
@@ -305,11 +300,10 @@ def _dropout_triton(x, residual, bias, seed, p, out_dtype, out=None):
         bias_numel = bias.numel() if bias is not None else 1
         math_dtype = _math_dtype(x, residual, bias, out)
         launch(_dropout_kernel, (cdiv(numel, BLOCK),),
-               x, residual if residual is not None else x, bias if bias is not None else x, seed, out,
-               numel, bias_numel, 1.0 / bias_numel, keep_from_bits(p), _scale_bits(p, math_dtype),
+               x, residual, bias, seed, out, numel, bias_numel, 1.0 / bias_numel, keep_from_bits(p), _scale_bits(p, math_dtype),
                num_warps=NUM_WARPS, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
                BIAS_MULTIPLE_OF_8=bias_numel % 8 == 0, WIDE_BIAS=bias_numel >= WIDE_BIAS_NUMEL,
-               MATH_DTYPE=_TRITON_MATH_DTYPES[math_dtype], INDEX_DTYPE=_index_dtype(numel), BLOCK=BLOCK,
+               MATH_DTYPE=math_dtype, INDEX_DTYPE=_index_dtype(numel), BLOCK=BLOCK,
                PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
 
@@ -369,7 +363,7 @@ def _drop_path_triton(x, residual, seed, p, out_dtype):
         launch(_drop_path_kernel, (x.shape[0] * blocks_per_row,),
                x, residual if residual is not None else x, seed, out, row_size, blocks_per_row,
                drop_threshold(p), _scale_bits(p, math_dtype), num_warps=NUM_WARPS,
-               HAS_RESIDUAL=residual is not None, MATH_DTYPE=_TRITON_MATH_DTYPES[math_dtype],
+               HAS_RESIDUAL=residual is not None, MATH_DTYPE=math_dtype,
                BLOCK=DROP_PATH_BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
 
@@ -446,7 +440,7 @@ def _dropout_bias_backward_triton(grad, seed, p, bias_numel, grad_x_dtype):
     launch(_dropout_bias_backward_kernel, (partial.shape[0], cdiv(bias_numel, BIAS_BACKWARD_COLUMNS)),
            grad, seed, grad_x, partial, grad.numel() // bias_numel, bias_numel, keep_from_bits(p),
            _scale_bits(p, partial.dtype), num_warps=BIAS_BACKWARD_NUM_WARPS,
-           MATH_DTYPE=_TRITON_MATH_DTYPES[partial.dtype], ROWS_PER_PROGRAM=rows_per_block,
+           MATH_DTYPE=partial.dtype, ROWS_PER_PROGRAM=rows_per_block,
            ROWS_IN_FLIGHT=min(BIAS_BACKWARD_ROWS_IN_FLIGHT, rows_per_block), BLOCK_COLUMNS=BIAS_BACKWARD_COLUMNS,
            INDEX_DTYPE=_index_dtype(partial.shape[0] * rows_per_block * bias_numel), PHILOX_ROUNDS=PHILOX_ROUNDS)
     return grad_x, partial.sum(0)

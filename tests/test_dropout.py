@@ -5,7 +5,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import triton.language as tl
 
 import recipe_kernels as rk
 from recipe_kernels import _backend, reference
@@ -718,6 +717,6 @@ def test_64_bit_indices_match_32_bit(monkeypatch, with_bias):
         return out, dropout_module._dropout_bias_backward_triton(grad, seed, 0.3, 1000, torch.float32)
 
     out32, (grad_x32, grad_bias32) = run()
-    monkeypatch.setattr(dropout_module, "_index_dtype", lambda numel: tl.int64)
+    monkeypatch.setattr(dropout_module, "_index_dtype", lambda numel: torch.int64)
     out64, (grad_x64, grad_bias64) = run()
     assert torch.equal(out32, out64) and torch.equal(grad_x32, grad_x64) and torch.equal(grad_bias32, grad_bias64)
