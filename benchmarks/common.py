@@ -116,7 +116,7 @@ class Recorder:
 def append_rows(file_name, columns, rows, out_dir=None):
     """Appends rows to benchmarks/results/<file_name> and, with out_dir, to out_dir/<file_name>."""
     paths = [os.path.join(os.path.dirname(RESULTS_CSV), file_name)]
-    if out_dir:
+    if out_dir and os.path.realpath(out_dir) != os.path.realpath(os.path.dirname(RESULTS_CSV)):  # once, not twice
         paths.append(os.path.join(out_dir, file_name))
     for path in paths:
         os.makedirs(os.path.dirname(path), exist_ok=True)
