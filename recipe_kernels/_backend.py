@@ -96,10 +96,26 @@ def why_unavailable(backend: str, device: torch.device):
     return f"unknown backend {backend!r}; choose one of {BACKENDS}"
 
 
+BACKEND_VARIABLE = "RECIPE_KERNELS_BACKEND"
+# os.environ.get of an unset variable costs about 1 µs (it raises and catches a KeyError), as much as
+# the rest of a small op's checks. os.environ's own dict, which os.environ[...] = ... and del keep
+# current, answers in a dict lookup; where an os.environ lacks it, the plain get.
+_ENVIRON_DATA = getattr(os.environ, "_data", None)
+_BACKEND_KEY = os.environ.encodekey(BACKEND_VARIABLE) if _ENVIRON_DATA is not None else None
+
+
+def _backend_from_environment():
+    """$RECIPE_KERNELS_BACKEND as it is now, None when unset or empty."""
+    if _ENVIRON_DATA is None:
+        return os.environ.get(BACKEND_VARIABLE) or None
+    value = _ENVIRON_DATA.get(_BACKEND_KEY)
+    return None if value is None else os.environ.decodevalue(value) or None
+
+
 def resolve(op: str, device: torch.device, backend=None) -> str:
     """The backend that runs `op` on `device`, or a RuntimeError saying why it cannot."""
     if backend is None:
-        backend = os.environ.get("RECIPE_KERNELS_BACKEND") or None
+        backend = _backend_from_environment()
     if backend is None:
         backend = CUDA_DEFAULTS[op] if device.type == "cuda" else "torch"
     if backend not in BACKENDS:

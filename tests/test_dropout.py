@@ -587,6 +587,19 @@ def test_environment_variable_chooses_the_backend(monkeypatch):
     assert _backend.resolve("dropout", torch.device("cuda")) == _backend.CUDA_DEFAULTS["dropout"]
     monkeypatch.setenv("RECIPE_KERNELS_BACKEND", "triton")
     assert _backend.resolve("dropout", torch.device("cpu")) == "triton"
+    # Read anew on every call (from os.environ's own dict): a change, an empty value, a deletion.
+    monkeypatch.setenv("RECIPE_KERNELS_BACKEND", "torch")
+    assert _backend.resolve("dropout", torch.device("cuda")) == "torch"
+    monkeypatch.setenv("RECIPE_KERNELS_BACKEND", "")
+    assert _backend.resolve("dropout", torch.device("cuda")) == _backend.CUDA_DEFAULTS["dropout"]
+    monkeypatch.setenv("RECIPE_KERNELS_BACKEND", "no-such-backend")
+    with pytest.raises(ValueError, match="no-such-backend"):
+        _backend.resolve("dropout", torch.device("cpu"))
+    monkeypatch.delenv("RECIPE_KERNELS_BACKEND")
+    assert _backend.resolve("dropout", torch.device("cpu")) == "torch"
+    monkeypatch.setattr(_backend, "_ENVIRON_DATA", None)  # an os.environ without its own dict: the plain get
+    monkeypatch.setenv("RECIPE_KERNELS_BACKEND", "triton")
+    assert _backend.resolve("dropout", torch.device("cpu")) == "triton"
 
 
 # ----------------------------------------------------------------------------- registration
