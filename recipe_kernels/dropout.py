@@ -299,12 +299,12 @@ def _dropout_triton(x, residual, bias, seed, p, out_dtype, out=None):
     if numel > 0:
         bias_numel = bias.numel() if bias is not None else 1
         math_dtype = _math_dtype(x, residual, bias, out)
-        launch(_dropout_kernel, (cdiv(numel, BLOCK),),
-               x, residual, bias, seed, out, numel, bias_numel, 1.0 / bias_numel, keep_from_bits(p), _scale_bits(p, math_dtype),
-               num_warps=NUM_WARPS, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-               BIAS_MULTIPLE_OF_8=bias_numel % 8 == 0, WIDE_BIAS=bias_numel >= WIDE_BIAS_NUMEL,
-               MATH_DTYPE=math_dtype, INDEX_DTYPE=_index_dtype(numel), BLOCK=BLOCK,
-               PHILOX_ROUNDS=PHILOX_ROUNDS)
+        launch(_dropout_kernel, (cdiv(numel, BLOCK),),  # an absent residual or bias is None: a constexpr to Triton
+               x, residual, bias, seed, out, numel, bias_numel, 1.0 / bias_numel, keep_from_bits(p),
+               _scale_bits(p, math_dtype), num_warps=NUM_WARPS, HAS_RESIDUAL=residual is not None,
+               HAS_BIAS=bias is not None, BIAS_MULTIPLE_OF_8=bias_numel % 8 == 0,
+               WIDE_BIAS=bias_numel >= WIDE_BIAS_NUMEL, MATH_DTYPE=math_dtype, INDEX_DTYPE=_index_dtype(numel),
+               BLOCK=BLOCK, PHILOX_ROUNDS=PHILOX_ROUNDS)
     return out
 
 
