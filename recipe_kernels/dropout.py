@@ -265,7 +265,7 @@ def _kernel_operands(x, residual, bias, out_dtype, out=None):
     """(x, residual, bias, out) for a kernel: the inputs contiguous, and `out`, or a new contiguous
     tensor of x's shape in out_dtype."""
     x, residual, bias = x.contiguous(), _contiguous(residual), _contiguous(bias)
-    return x, residual, bias, (torch.empty_like(x, dtype=out_dtype) if out is None else out)  # x is contiguous
+    return x, residual, bias, (_new_like(x, out_dtype) if out is None else out)
 
 
 def _typed(name, tensor):
