@@ -104,33 +104,49 @@ def calls():
     ]
 
 
-def floors():
-    """(name, fn): what any eager call of these ops costs at least, for the goals' scale. The three
-    torch calls every eager dropout makes (its seed, its output, the launch of its compiled kernel
-    with the arguments rk.dropout passed); torch's own autograd over a two-leaf add; and an
-    autograd.Function that does nothing, over dropout_add's three leaves."""
+def _cached_launches(call):
+    """The launches of call() as (run, grid of three, the call's argument list up to the kernel's
+    arguments, then the kernel's arguments and constexprs), each through the compiled kernel
+    rk's eager path keeps (call runs twice: the second takes the cached path)."""
     from recipe_kernels import _ops
     dropout_module = sys.modules["recipe_kernels.dropout"]  # the package's `dropout` is the function
-    x = torch.randn(64, 64, dtype=torch.bfloat16)
     launches = []
     real_launch = dropout_module.launch
     dropout_module.launch = lambda kernel, grid, *args, **kwargs: launches.append((kernel, grid, args, kwargs)) or \
         real_launch(kernel, grid, *args, **kwargs)
     try:
-        rk.dropout(x, 0.1, backend="triton")
-        rk.dropout(x, 0.1, backend="triton")  # the second call takes the cached path
+        call()
+        launches.clear()
+        call()
     finally:
         dropout_module.launch = real_launch
-    kernel, grid, args, kwargs = launches[-1]
-    num_warps = kwargs.pop("num_warps")
-    run, function, packed_metadata, constexprs, _ = _ops._COMPILED[_ops._launch_key(kernel, num_warps, kwargs,
-                                                                                     args)[1]]
-    grid = (*grid, 1, 1)[:3]
+    cached = []
+    for kernel, grid, args, kwargs in launches:
+        num_warps = kwargs.pop("num_warps")
+        run, function, packed_metadata, constexprs, _ = _ops._COMPILED[_ops._launch_key(kernel, num_warps, kwargs,
+                                                                                         args)[1]]
+        cached.append((run, (*grid, 1, 1)[:3], (0, function, packed_metadata, None, None, None), args, constexprs))
+    return cached
+
+
+def floors():
+    """(name, fn): what any eager call of these ops costs at least, for the goals' scale.
+    - The three torch calls every eager dropout makes: its seed, its output, the launch of its
+      compiled kernel with the arguments rk.dropout passed.
+    - torch's own autograd over a two-leaf add.
+    - An autograd.Function that does nothing, over dropout_add's three leaves.
+    - dropout_add with nothing but its torch work: a Function (through the op layer's apply) whose
+      forward draws the seed, makes the output and launches the compiled forward kernel, and whose
+      backward makes grad_x and the partial sums, launches the compiled backward kernel and reduces the
+      partial sums to the bias's gradient. No checks, no backend, no launch key: the goals' mechanism."""
+    from recipe_kernels import _ops
+    x = torch.randn(64, 64, dtype=torch.bfloat16)
+    [(run, grid, launcher, args, constexprs)] = _cached_launches(lambda: rk.dropout(x, 0.1, backend="triton"))
 
     def dropout_torch_calls():
         torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64)
         torch.empty_like(x)
-        run(*grid, 0, function, packed_metadata, None, None, None, *args, *constexprs)
+        run(*grid, *launcher, *args, *constexprs)
 
     leaves = [torch.randn(64, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)]
     bias = torch.randn(64, dtype=torch.bfloat16, requires_grad=True)
@@ -145,10 +161,36 @@ def floors():
         def backward(ctx, g):
             return g, g, g[0]
 
+    forward, backward = _cached_launches(
+        lambda: rk.dropout_add(leaves[0], leaves[1], 0.1, bias=bias, backend="triton").backward(grad))
+    (run_forward, grid_forward, launcher_forward, (_, _, _, _, _, *forward_args), forward_constexprs) = forward
+    (run_backward, grid_backward, launcher_backward, (_, _, _, partial, *backward_args), backward_constexprs) = backward
+
+    class DropoutAddTorchWork(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, residual, bias):
+            seed = torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64)
+            out = torch.empty_like(x)
+            run_forward(*grid_forward, *launcher_forward, x, residual, bias, seed, out, *forward_args,
+                        *forward_constexprs)
+            ctx.save_for_backward(seed)
+            return out
+
+        @staticmethod
+        def backward(ctx, g):
+            (seed,) = ctx.saved_tensors
+            grad_x = torch.empty_like(g)
+            partial_sums = torch.empty(partial.shape, dtype=partial.dtype)
+            run_backward(*grid_backward, *launcher_backward, g, seed, grad_x, partial_sums, *backward_args,
+                         *backward_constexprs)
+            return grad_x, g, partial_sums.sum(0).to(bias.dtype)
+
     return [
         ("floor: dropout's seed + output + compiled launch", dropout_torch_calls),
         ("floor: torch (a + b).backward(g), (64, 64) bf16", lambda: (leaves[0] + leaves[1]).backward(grad)),
         ("floor: no-op autograd.Function, 3 leaves, fwd+bwd", lambda: Nothing.apply(*leaves, bias).backward(grad)),
+        ("floor: dropout_add's torch work and launches, fwd+bwd",
+         lambda: _ops.apply_function(DropoutAddTorchWork, *leaves, bias).backward(grad)),
     ]
 
 

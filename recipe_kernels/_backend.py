@@ -135,11 +135,19 @@ def device_guard(device: torch.device):
 INTERPRETER_SM_COUNT = 4
 
 
+_SM_COUNTS = {}  # CUDA device index -> its SMs: the hardware's, so never stale
+
+
 def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of `device`'s GPU, for grid sizing."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return INTERPRETER_SM_COUNT
+    """Streaming multiprocessors of `device`'s GPU, for grid sizing (torch's properties call costs
+    microseconds, and the ops ask on every call)."""
+    if device.type != "cuda":
+        return INTERPRETER_SM_COUNT
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    count = _SM_COUNTS.get(index)
+    if count is None:
+        count = _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return count
 
 
 def cuda_stream(device: torch.device) -> int:

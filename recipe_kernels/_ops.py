@@ -40,16 +40,18 @@ INTERPRETING = _backend.triton_interpreting()
 
 
 _NOT_EAGER, _EAGER, _EAGER_WITH_GRAPH = 0, 1, 2
+_C_FUNCTION_APPLY = torch._C._FunctionBase.__dict__["apply"]  # what autograd.Function.apply calls
 
 
 def eager_mode(args, autograd=True) -> int:
-    """_EAGER when a call may skip the dispatcher (not traced, no torch mode, only plain tensors),
+    """_EAGER when a call may skip the dispatcher (not traced, no torch mode or functorch transform,
+    only plain tensors),
     _EAGER_WITH_GRAPH when it also needs an autograd graph, _NOT_EAGER otherwise. Arguments of plain
     types only (the common case) are checked in C, over map; a list of tensors (EMA's thousand) is
     checked for subclasses in one C call (torch's has_torch_function, false for Tensor and Parameter
     alone), and for requires_grad only when `autograd` (the op has a backward)."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
-            torch._C._is_torch_function_mode_enabled():
+            torch._C._is_torch_function_mode_enabled() or torch._C._are_functorch_transforms_active():
         return _NOT_EAGER
     if _PLAIN_ARGUMENTS.issuperset(map(type, args)):
         requires_grad = any(map(getattr, args, _REQUIRES_GRAD, _FALSE))
@@ -69,6 +71,15 @@ def eager_mode(args, autograd=True) -> int:
             elif arg is not None and kind not in _PLAIN_SCALARS:
                 return _NOT_EAGER
     return _EAGER_WITH_GRAPH if requires_grad and torch.is_grad_enabled() else _EAGER
+
+
+def apply_function(function, *args):
+    """function.apply(*args) for an autograd.Function. Function.apply's Python checks (about 1.5 µs)
+    serve functorch transforms; without one active, the C apply under it builds the same graph node.
+    Dynamo traces Function.apply itself."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return function.apply(*args)
+    return _C_FUNCTION_APPLY.__get__(None, function)(*args)
 
 
 def is_eager(args) -> bool:
@@ -111,28 +122,25 @@ class Op:
         self.custom_op.register_autograd(backward, setup_context=setup_context)
         implementations, mutated = self.implementations, self._mutated
 
-        class EagerFunction(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, *args):
-                output = implementations[args[-1]](*args[:-1])
-                setup_context(ctx, args, output)
-                if mutated:
-                    ctx.mark_dirty(*(args[index] for index in mutated))
-                return output
+        def forward(ctx, *args):
+            output = implementations[args[-1]](*args[:-1])
+            setup_context(ctx, args, output)
+            if mutated:
+                ctx.mark_dirty(*(args[index] for index in mutated))
+            return output
 
-            @staticmethod
-            def backward(ctx, *grads):
-                return backward(ctx, *grads)
-
-        EagerFunction.__name__ = f"{self.name.split('::')[1].title().replace('_', '')}Function"
-        self._function = EagerFunction
+        # Named at creation: autograd names the graph node's class (e.g. DropoutFunctionBackward) after it.
+        name = f"{self.name.split('::')[1].title().replace('_', '')}Function"
+        function = type(name, (torch.autograd.Function,),
+                        {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+        self._function = function
 
     def __call__(self, *args):
         mode = eager_mode(args, self._function is not None)
         if mode == _NOT_EAGER:
             return self.custom_op(*args)
         if mode == _EAGER_WITH_GRAPH and self._function is not None:
-            return self._function.apply(*args)
+            return apply_function(self._function, *args)
         output = self.implementations[args[-1]](*args[:-1])
         if self._mutated:  # what the dispatcher would do for a declared in-place write
             torch.autograd.graph.increment_version([args[index] for index in self._mutated

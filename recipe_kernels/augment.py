@@ -1254,7 +1254,7 @@ def batch_augment(images: Images, target: torch.Tensor, size: Union[int, Tuple[i
     x = batch_augment_op(batch, crop.to(torch.int32), flip, mix_box, lam, partner_index, mode, erase_box, erase, fill,
                          mean, std, height, width, bool(antialias), out_dtype, False, backend)
     y_b = target.flip(0) if partner == "flip" else target.roll(1, 0)
-    mixed_target = MixedTarget(target, y_b, lam)
+    mixed_target = MixedTarget.of_checked(target, y_b, lam)
     if not return_params:
         return x, mixed_target
     params = dict(crop=crop, flip=flip, mix_box=mix_box, lam=lam, partner=partner_index, mode=mode,

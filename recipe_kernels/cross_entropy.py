@@ -45,7 +45,7 @@ import triton.language as tl
 
 from recipe_kernels import _backend, _checks, reference
 from recipe_kernels._codes import TargetKind
-from recipe_kernels._ops import Op, launch
+from recipe_kernels._ops import Op, apply_function, launch
 from recipe_kernels._triton_common import bf16_to_fp32, cdiv, round_to
 from recipe_kernels.targets import MixedTarget
 
@@ -1771,10 +1771,10 @@ def _loss_through_autograd(logits, y_a, y_b, lam, weight, ignore_index, reductio
         # writes over them after that, keeps them in place.
         writable = _may_receive_gradient(logits)
         if writable and logits.dtype in GRADIENT_IN_BACKWARD_DTYPES:  # the forward leaves them be
-            return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, *options, backend, True)
+            return apply_function(CrossEntropyFunction, logits, y_a, y_b, lam, weight, *options, backend, True)
         if writable and not target_needs_grad:
             if logits._base is not None:
-                return CrossEntropyInplaceViewFunction.apply(logits, y_a, y_b, lam, weight, *options, backend)
-            loss, _ = CrossEntropyInplaceFunction.apply(logits, y_a, y_b, lam, weight, *options, backend)
+                return apply_function(CrossEntropyInplaceViewFunction, logits, y_a, y_b, lam, weight, *options, backend)
+            loss, _ = apply_function(CrossEntropyInplaceFunction, logits, y_a, y_b, lam, weight, *options, backend)
             return loss
-    return CrossEntropyFunction.apply(logits, y_a, y_b, lam, weight, *options, backend, False)
+    return apply_function(CrossEntropyFunction, logits, y_a, y_b, lam, weight, *options, backend, False)

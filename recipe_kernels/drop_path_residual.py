@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from recipe_kernels import _backend, _checks, reference
-from recipe_kernels._ops import Op, launch
+from recipe_kernels._ops import Op, apply_function, launch
 from recipe_kernels._philox import PHILOX_ROUNDS, draw_seed
 from recipe_kernels._triton_common import cdiv, round_to
 from recipe_kernels.dropout import _philox_words_x4
@@ -329,7 +329,7 @@ def drop_path_residual(x: torch.Tensor, branch: Callable[[torch.Tensor], torch.T
     num_samples = x.shape[0]
     backend = _backend.resolve("drop_path_residual", x.device, backend)
     rows, slot = subset_op(draw_seed(x.device, generator), num_samples, subset_size(num_samples, p), backend)
-    xs, x_through = GatherSubsetFunction.apply(x, rows, slot, backend)
+    xs, x_through = apply_function(GatherSubsetFunction, x, rows, slot, backend)
     y = branch(xs)
     _check_branch_output(xs, y)
     return residual_add_op(x_through, y, rows, slot, True, torch.promote_types(x.dtype, y.dtype), backend)

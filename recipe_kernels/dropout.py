@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from recipe_kernels import _backend, _checks, reference
-from recipe_kernels._ops import Op, launch
+from recipe_kernels._ops import Op, apply_function, launch
 from recipe_kernels._philox import PHILOX_ROUNDS, KEEP_BITS, draw_seed, drop_threshold, keep_from_bits, keep_scale
 from recipe_kernels._triton_common import cdiv, round_to
 
@@ -386,6 +386,7 @@ def _drop_path_cuda(x, residual, seed, p, out_dtype):
 # --- dropout_bias_backward: grad_x = grad * keep / (1 - p) and its sums over bias-sized rows
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of two ints, on every backward
 def _bias_backward_row_blocks(rows, columns):
     """(row blocks, rows per block) for the bias backward: about BIAS_BACKWARD_PROGRAMS programs in
     all, at most MAX_GRID_Y row blocks.
@@ -622,7 +623,7 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: boo
         if x.is_leaf:
             raise RuntimeError("rk.dropout(inplace=True): a leaf Variable that requires grad is being used in an "
                                "in-place operation (torch refuses it too); use inplace=False or a non-leaf x")
-        return DropoutInplaceFunction.apply(x, seed, p, backend)
+        return apply_function(DropoutInplaceFunction, x, seed, p, backend)
     return dropout_op(x, None, None, seed, p, x.dtype, backend)
 
 

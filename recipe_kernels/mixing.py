@@ -1605,7 +1605,7 @@ def cutmix(x: torch.Tensor, target: torch.Tensor, *, alpha: float = 1.0, per_sam
                                     cutmix_alpha=alpha, mixup_alpha=0.0, switch_prob=1.0, prob=1.0,
                                     correct_lam=correct_lam, backend=backend)
     out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, table, out_dtype, inplace, backend)
-    return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
+    return out, MixedTarget.of_checked(target, y_b, lam if per_sample else lam.reshape(()))
 
 
 def mixup(x: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.2, per_sample: bool = False,
@@ -1632,7 +1632,7 @@ def mixup(x: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.2, per_samp
                                     cutmix_alpha=0.0, mixup_alpha=alpha, switch_prob=0.0, prob=1.0,
                                     correct_lam=False, backend=backend)
     out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, table, out_dtype, False, backend)
-    return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
+    return out, MixedTarget.of_checked(target, y_b, lam if per_sample else lam.reshape(()))
 
 
 def cutmix_or_mixup(x: torch.Tensor, target: torch.Tensor, *, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
@@ -1673,7 +1673,7 @@ def cutmix_or_mixup(x: torch.Tensor, target: torch.Tensor, *, mixup_alpha: float
                                         cutmix_alpha=cutmix_alpha, mixup_alpha=mixup_alpha,
                                         switch_prob=switch_prob, prob=prob, correct_lam=correct_lam, backend=backend)
     out, y_b = _mix(x, target, lam, box, mode, partner, mean, std, table, out_dtype, False, backend)
-    return out, MixedTarget(target, y_b, lam if per_sample else lam.reshape(()))
+    return out, MixedTarget.of_checked(target, y_b, lam if per_sample else lam.reshape(()))
 
 
 def random_erasing(x: torch.Tensor, *, p: float = 0.5, scale: Tuple[float, float] = (0.02, 0.33),

@@ -82,6 +82,7 @@ def test_cutmix_pastes_one_rectangle_and_lam_is_the_kept_area(backend, per_sampl
     assert isinstance(mixed, MixedTarget) and out.dtype == x.dtype and out.shape == x.shape
     assert torch.equal(mixed.y_a, target) and torch.equal(mixed.y_b, target[index])
     assert mixed.lam.shape == ((n,) if per_sample else ())
+    MixedTarget(mixed.y_a, mixed.y_b, mixed.lam)  # built unchecked (of_checked): the checks pass on its parts
     lam = mixed.per_sample_lam()
     boxes = []
     for i in range(n):

@@ -67,6 +67,27 @@ def test_eager_call_runs_the_chosen_implementation_without_the_dispatcher():
     assert CALLS == ["torch"]
 
 
+def test_functorch_transforms_take_the_registered_op():
+    """Under torch.func the tensors are functorch wrappers of plain type: a direct call would run the
+    implementation on them, and the eager autograd.Function skips Function.apply's functorch check."""
+    x = torch.randn(4)
+    assert _ops.is_eager((x, 2.0, "torch"))
+    seen = []
+    torch.func.vmap(lambda row: seen.append(_ops.is_eager((row, 2.0, "torch"))) or row)(x.reshape(2, 2))
+    torch.func.grad(lambda t: seen.append(_ops.eager_mode((t, 2.0, "torch"))) or t.sum())(x)
+    assert seen == [False, _ops._NOT_EAGER]
+    with pytest.raises(RuntimeError, match="setup_context"):  # torch's own refusal, not a wrong gradient
+        torch.func.grad(lambda t: scale_op(t, 2.0, "torch").sum())(x)
+
+
+def test_eager_graph_node_is_the_functions():
+    x = torch.randn(3, requires_grad=True)
+    y = scale_op(x, 2.0, "torch")
+    assert type(y.grad_fn).__name__ == "TestScaleFunctionBackward"
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 2.0))
+
+
 @pytest.mark.parametrize("path", ["eager", "registered"])
 def test_gradients_and_second_derivatives_match_between_paths(path):
     x = torch.randn(5, dtype=torch.float64, requires_grad=True)
