@@ -143,10 +143,14 @@ class Op:
             return apply_function(self._function, *args)
         output = self.implementations[args[-1]](*args[:-1])
         if self._mutated:  # what the dispatcher would do for a declared in-place write
-            torch.autograd.graph.increment_version([args[index] for index in self._mutated
-                                                     if isinstance(args[index], torch.Tensor)] +
-                                                    [t for index in self._mutated if isinstance(args[index], list)
-                                                     for t in args[index]])
+            written = []
+            for index in self._mutated:
+                arg = args[index]
+                if type(arg) is list:
+                    written += arg
+                elif arg is not None:
+                    written.append(arg)
+            torch.autograd.graph.increment_version(written)
         return output
 
 

@@ -1061,6 +1061,7 @@ def split_lag(programs: int, splits: int) -> int:
     return cdiv(programs, splits)
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of rows, asked twice a call
 def _denominator_partials(rows):
     """(programs, rows per program, block) of _index_denominator_kernel: one program per
     DENOMINATOR_ROWS rows, at most MAX_DENOMINATOR_PARTIALS (each main program sums them all)."""
@@ -1335,7 +1336,8 @@ def _scale_grad_triton(grad, grad_output):
     if grad.numel() == 0:
         return
     num_classes = grad.shape[1]
-    factor = grad_output.to(_math_dtype(grad))
+    math_dtype = _math_dtype(grad)
+    factor = grad_output if grad_output.dtype == math_dtype else grad_output.to(math_dtype)
     factor = factor if factor.is_contiguous() else factor.contiguous()
     # Up to SCALE_PROGRAMS_PER_SM per SM, but one per SM at least before each has SCALE_MIN_BLOCKS blocks:
     # a small gradient is not spread over programs that each do little besides starting.
@@ -1637,7 +1639,7 @@ def _check_target(logits, target):
         raise TypeError(f"class-index target must be an integer tensor, got {target.dtype}")
     if tuple(target.shape) != _row_shape(logits):
         raise _index_shape_error(logits, target)
-    return target.to(torch.int64), None, None
+    return target if target.dtype == torch.int64 else target.to(torch.int64), None, None
 
 
 def _may_receive_gradient(logits):

@@ -486,6 +486,14 @@ def _dropout_setup_context(ctx, inputs, output):
     ctx.bias_dtype = None if bias is None else bias.dtype
 
 
+def _residual_gradient(ctx, grad):
+    """The incoming gradient in the residual's dtype (None without a residual); grad itself when it
+    has that dtype, as Tensor.to would return it, but without its 0.8 µs."""
+    if ctx.residual_dtype is None:
+        return None
+    return grad if grad.dtype == ctx.residual_dtype else grad.to(ctx.residual_dtype)
+
+
 def _dropout_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
     # d/dx of (x + bias) * keep * scale is the same mask and scale: regenerate it from the seed.
@@ -496,9 +504,10 @@ def _dropout_backward(ctx, grad):
     else:
         grad_x, grad_bias = dropout_bias_backward_op(grad, seed, ctx.p, ctx.bias_shape.numel(), ctx.x_dtype,
                                                      ctx.backend)
-        grad_bias = grad_bias.to(ctx.bias_dtype).reshape(ctx.bias_shape)
-    grad_residual = None if ctx.residual_dtype is None else grad.to(ctx.residual_dtype)
-    return grad_x, grad_residual, grad_bias, None, None, None, None
+        grad_bias = grad_bias.to(ctx.bias_dtype)
+        if grad_bias.shape != ctx.bias_shape:  # a reshape to its own shape still costs about 2 µs
+            grad_bias = grad_bias.reshape(ctx.bias_shape)
+    return grad_x, _residual_gradient(ctx, grad), grad_bias, None, None, None, None
 
 
 dropout_op.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
@@ -582,8 +591,7 @@ def _drop_path_setup_context(ctx, inputs, output):
 def _drop_path_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
     grad_x = drop_path_op(grad, None, seed, ctx.p, ctx.x_dtype, ctx.backend)
-    grad_residual = None if ctx.residual_dtype is None else grad.to(ctx.residual_dtype)
-    return grad_x, grad_residual, None, None, None, None
+    return grad_x, _residual_gradient(ctx, grad), None, None, None, None
 
 
 drop_path_op.register_autograd(_drop_path_backward, setup_context=_drop_path_setup_context)
