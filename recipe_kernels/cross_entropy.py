@@ -1549,6 +1549,17 @@ class CrossEntropyFunction(torch.autograd.Function):
         return _backward(ctx, grad_loss) + (None,) * 10  # the other inputs get none
 
 
+def _loss_writing_over_logits(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
+                              z_loss, lse, backend):
+    """The in-place Functions' forward: the loss, with the gradient written over the logits, saved for backward."""
+    loss = cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing,
+                                    z_loss, lse, 0, None, backend)
+    ctx.save_for_backward(logits)
+    ctx.backend = backend
+    ctx.gradient_written = ctx.overwrote_logits = True
+    return loss
+
+
 class CrossEntropyInplaceFunction(torch.autograd.Function):
     """inplace_backward=True: the logits' storage receives the gradient in the forward.
 
@@ -1560,12 +1571,9 @@ class CrossEntropyInplaceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
                 backend):
-        loss = cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction,
-                                        label_smoothing, z_loss, lse, 0, None, backend)
+        loss = _loss_writing_over_logits(ctx, logits, target, target_b, lam, weight, ignore_index, reduction,
+                                         label_smoothing, z_loss, lse, backend)
         ctx.mark_dirty(logits)
-        ctx.save_for_backward(logits)
-        ctx.backend = backend
-        ctx.gradient_written = ctx.overwrote_logits = True
         return loss, logits  # autograd wants the dirty tensor among the outputs
 
     @staticmethod
@@ -1585,12 +1593,8 @@ class CrossEntropyInplaceViewFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, target_b, lam, weight, ignore_index, reduction, label_smoothing, z_loss, lse,
                 backend):
-        loss = cross_entropy_inplace_op(logits, target, target_b, lam, weight, ignore_index, reduction,
-                                        label_smoothing, z_loss, lse, 0, None, backend)
-        ctx.save_for_backward(logits)
-        ctx.backend = backend
-        ctx.gradient_written = ctx.overwrote_logits = True
-        return loss
+        return _loss_writing_over_logits(ctx, logits, target, target_b, lam, weight, ignore_index, reduction,
+                                         label_smoothing, z_loss, lse, backend)
 
     @staticmethod
     def backward(ctx, grad_loss):
