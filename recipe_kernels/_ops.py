@@ -45,11 +45,10 @@ _C_FUNCTION_APPLY = torch._C._FunctionBase.__dict__["apply"]  # what autograd.Fu
 
 def eager_mode(args, autograd=True) -> int:
     """_EAGER when a call may skip the dispatcher (not traced, no torch mode or functorch transform,
-    only plain tensors),
-    _EAGER_WITH_GRAPH when it also needs an autograd graph, _NOT_EAGER otherwise. Arguments of plain
-    types only (the common case) are checked in C, over map; a list of tensors (EMA's thousand) is
-    checked for subclasses in one C call (torch's has_torch_function, false for Tensor and Parameter
-    alone), and for requires_grad only when `autograd` (the op has a backward)."""
+    only plain tensors), _EAGER_WITH_GRAPH when it also needs an autograd graph, _NOT_EAGER otherwise.
+    Arguments of plain types only (the common case) are checked in C, over map; a list of tensors
+    (EMA's thousand) is checked for subclasses in one C call (torch's has_torch_function, false for
+    Tensor and Parameter alone), and for requires_grad only when `autograd` (the op has a backward)."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
             torch._C._is_torch_function_mode_enabled() or torch._C._are_functorch_transforms_active():
         return _NOT_EAGER
@@ -83,7 +82,8 @@ def apply_function(function, *args):
 
 
 def is_eager(args) -> bool:
-    """True when a call may skip the dispatcher: not traced, no torch mode, only plain tensors."""
+    """True when a call may skip the dispatcher: not traced, no torch mode or functorch transform, only
+    plain tensors."""
     return eager_mode(args, autograd=False) != _NOT_EAGER
 
 
