@@ -1,18 +1,25 @@
-"""Host time per eager call, on the CPU, with no GPU: what each op costs Python and the dispatcher.
+"""Host time per eager call: what each op costs Python, the dispatcher and the launch.
 
-    python benchmarks/bench_host.py [--repeat N] [--only WORD ...] [--out DIR]
+    python benchmarks/bench_host.py [--repeat N] [--quick] [--only WORD ...] [--device auto|cpu|cuda] [--out DIR]
 
-Every call runs the triton backend under the stand-in driver (benchmarks/standin_driver.py):
-the whole host path runs (checks, seed, sampling, the op layer, Triton's launcher path) and
-each kernel is compiled for sm_90 once, then its launch is a recorded no-op. Times are the low
-decile of many calls, in microseconds and in u, where u is one torch.add of two 1-element CPU
-tensors timed alternately with each call (so the table reads about the same on a slower or busier
-machine; two runs on a quiet machine still differ by up to a third). Launches
-per call come from the stand-in's records, torch ops per call from torch's profiler (aten ops
-that reached the dispatcher, the launches' own tensors included).
+On the CPU (no GPU; --device cpu, or auto without one) every call runs the triton backend under
+the stand-in driver (benchmarks/standin_driver.py): the whole host path runs (checks, seed,
+sampling, the op layer, Triton's launcher path) and each kernel is compiled for sm_90 once, then
+its launch is a recorded no-op. On a GPU (--device cuda, or auto with one) the same calls run on
+CUDA tensors through the real launchers, on the triton backend and, when _C is built, the cuda
+backend: the time is still the host's (the GPU finishes these small kernels long before the host
+makes the next call).
 
-What it does not count: the C launcher of a real driver (a few microseconds per launch with
-Triton's CUDA launcher), CUDA's own launch cost, and anything the GPU does.
+Times are the low decile of many calls, in microseconds and in u, where u is one torch.add of
+two 1-element tensors on the same device, timed alternately with each call (so the table reads
+about the same on a slower or busier machine; two runs on a quiet machine still differ by up to a
+third; u on a GPU is a CUDA torch.add, several times the CPU's). Launches per call come from the
+stand-in's records on the CPU and from the profiler's device events (kernels, memsets, copies) on
+a GPU; torch ops per call from torch's profiler (aten ops that reached the dispatcher, the
+launches' own tensors included). Rows go to benchmarks/results/host.csv (and DIR/host.csv).
+
+What the CPU rows do not count: the C launcher of a real driver (a few microseconds per launch
+with Triton's CUDA launcher), CUDA's own launch cost, and anything the GPU does.
 """
 import argparse
 import os
@@ -30,7 +37,9 @@ import recipe_kernels as rk  # noqa: E402
 from common import append_rows  # noqa: E402
 from standin_driver import StandInDriver  # noqa: E402
 
-COLUMNS = ["call", "us", "u", "goal_u", "launches", "torch_ops", "torch", "triton"]
+COLUMNS = ["call", "device", "backend", "us", "u", "goal_u", "launches", "torch_ops", "torch", "triton"]
+STAND_IN = "cpu, stand-in sm_90"  # the device column of CPU rows
+QUICK_REPEAT = 100  # calls per row with --quick (scripts/gpu_check.sh's budget)
 
 
 UNIT_CALLS = 20  # torch.adds per u sample: one is too short for the clock
@@ -43,10 +52,10 @@ def _elapsed(fn, calls=1):
     return (time.perf_counter() - start) / calls
 
 
-def low_us_and_unit(fn, repeat):
+def low_us_and_unit(fn, repeat, device="cpu"):
     """fn's time and u's, in microseconds, sampled alternately, each its LOW_QUANTILE over the
     samples: on a busy machine both see the same load, and the low end is the least disturbed."""
-    a, b = torch.ones(1), torch.ones(1)
+    a, b = torch.ones(1, device=device), torch.ones(1, device=device)
     unit = lambda: torch.add(a, b)  # noqa: E731
     fn()
     times, units = [], []
@@ -63,51 +72,51 @@ def _low(samples):
     return sorted(samples)[int(LOW_QUANTILE * len(samples))]
 
 
-def calls():
-    """(name, goal in u, fn): the calls of the op-layer issue's table."""
-    x = torch.randn(64, 64, dtype=torch.bfloat16)
+def calls(device="cpu", backend="triton"):
+    """(name, goal in u, fn): the calls of the op-layer issue's table, on `device` through `backend`."""
+    x = torch.randn(64, 64, dtype=torch.bfloat16, device=device)
 
-    leaf = torch.randn(64, 64, dtype=torch.bfloat16, requires_grad=True)
-    residual = torch.randn(64, 64, dtype=torch.bfloat16, requires_grad=True)
-    bias = torch.randn(64, dtype=torch.bfloat16, requires_grad=True)
-    grad = torch.ones(64, 64, dtype=torch.bfloat16)
+    leaf = torch.randn(64, 64, dtype=torch.bfloat16, device=device, requires_grad=True)
+    residual = torch.randn(64, 64, dtype=torch.bfloat16, device=device, requires_grad=True)
+    bias = torch.randn(64, dtype=torch.bfloat16, device=device, requires_grad=True)
+    grad = torch.ones(64, 64, dtype=torch.bfloat16, device=device)
 
     def dropout_add_fwd_bwd():
-        rk.dropout_add(leaf, residual, 0.1, bias=bias, backend="triton").backward(grad)
+        rk.dropout_add(leaf, residual, 0.1, bias=bias, backend=backend).backward(grad)
 
-    logits = torch.randn(64, 1000, requires_grad=True)
-    target = torch.randint(0, 1000, (64,))
+    logits = torch.randn(64, 1000, device=device, requires_grad=True)
+    target = torch.randint(0, 1000, (64,), device=device)
 
     def cross_entropy_fwd_bwd():
-        rk.cross_entropy(logits, target, label_smoothing=0.1, backend="triton").backward()
+        rk.cross_entropy(logits, target, label_smoothing=0.1, backend=backend).backward()
 
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (64,))
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (64,), device=device)
 
     def cutmix_or_mixup():
         rk.cutmix_or_mixup(images, labels, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), out_dtype=torch.bfloat16,
-                           backend="triton")
+                           backend=backend)
 
-    model = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(16)) for _ in range(1000)])
-    averaged = rk.ModelEMA(model, decay=0.999, backend="triton")
+    model = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(16, device=device)) for _ in range(1000)])
+    averaged = rk.ModelEMA(model, decay=0.999, backend=backend)
     ema_tensors = [p.detach().clone() for p in model]
     model_tensors = [p.detach() for p in model]
 
     return [
-        ("dropout fwd, (64, 64) bf16", 8, lambda: rk.dropout(x, 0.1, backend="triton")),
+        ("dropout fwd, (64, 64) bf16", 8, lambda: rk.dropout(x, 0.1, backend=backend)),
         ("dropout_add + bias, fwd+bwd", 30, dropout_add_fwd_bwd),
         ("cross_entropy fwd+bwd, (64, 1000), smoothing 0.1", 30, cross_entropy_fwd_bwd),
         ("cutmix_or_mixup per sample, uint8 -> normalised bf16", 25, cutmix_or_mixup),
         ("ModelEMA.update, 1000 parameters", 15, lambda: averaged.update(model)),
         ("ema_update_, 1000 pairs, lists reused", 40,
-         lambda: rk.ema_update_(ema_tensors, model_tensors, 0.999, backend="triton")),
+         lambda: rk.ema_update_(ema_tensors, model_tensors, 0.999, backend=backend)),
     ]
 
 
 def _cached_launches(call):
-    """The launches of call() as (run, grid of three, the call's argument list up to the kernel's
-    arguments, then the kernel's arguments and constexprs), each through the compiled kernel
-    rk's eager path keeps (call runs twice: the second takes the cached path)."""
+    """dropout's launches in call(), each as (run, grid of three, the launcher's arguments before the
+    kernel's: stream 0, function, metadata, no hooks; the kernel's arguments; its constexprs), from
+    the compiled kernels rk's eager path keeps (call runs twice: the second takes the cached path)."""
     from recipe_kernels import _ops
     dropout_module = sys.modules["recipe_kernels.dropout"]  # the package's `dropout` is the function
     launches = []
@@ -129,7 +138,7 @@ def _cached_launches(call):
     return cached
 
 
-def floors():
+def floors(device="cpu"):
     """(name, fn): what any eager call of these ops costs at least, for the goals' scale.
     - The three torch calls every eager dropout makes: its seed, its output, the launch of its
       compiled kernel with the arguments rk.dropout passed.
@@ -140,17 +149,17 @@ def floors():
       backward makes grad_x and the partial sums, launches the compiled backward kernel and reduces the
       partial sums to the bias's gradient. No checks, no backend, no launch key: the goals' mechanism."""
     from recipe_kernels import _ops
-    x = torch.randn(64, 64, dtype=torch.bfloat16)
+    x = torch.randn(64, 64, dtype=torch.bfloat16, device=device)
     [(run, grid, launcher, args, constexprs)] = _cached_launches(lambda: rk.dropout(x, 0.1, backend="triton"))
 
     def dropout_torch_calls():
-        torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64)
+        torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64, device=device)
         torch.empty_like(x)
         run(*grid, *launcher, *args, *constexprs)
 
-    leaves = [torch.randn(64, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)]
-    bias = torch.randn(64, dtype=torch.bfloat16, requires_grad=True)
-    grad = torch.ones(64, 64, dtype=torch.bfloat16)
+    leaves = [torch.randn(64, 64, dtype=torch.bfloat16, device=device, requires_grad=True) for _ in range(2)]
+    bias = torch.randn(64, dtype=torch.bfloat16, device=device, requires_grad=True)
+    grad = torch.ones(64, 64, dtype=torch.bfloat16, device=device)
 
     class Nothing(torch.autograd.Function):
         @staticmethod
@@ -169,7 +178,7 @@ def floors():
     class DropoutAddTorchWork(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, residual, bias):
-            seed = torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64)
+            seed = torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64, device=device)
             out = torch.empty_like(x)
             run_forward(*grid_forward, *launcher_forward, x, residual, bias, seed, out, *forward_args,
                         *forward_constexprs)
@@ -180,7 +189,7 @@ def floors():
         def backward(ctx, g):
             (seed,) = ctx.saved_tensors
             grad_x = torch.empty_like(g)
-            partial_sums = torch.empty(partial.shape, dtype=partial.dtype)
+            partial_sums = torch.empty(partial.shape, dtype=partial.dtype, device=device)
             run_backward(*grid_backward, *launcher_backward, g, seed, grad_x, partial_sums, *backward_args,
                          *backward_constexprs)
             return grad_x, g, partial_sums.sum(0).to(bias.dtype)
@@ -209,30 +218,69 @@ def torch_ops_per_call(fn):
     return sum(1 for event in profile.events() if outermost_aten(event))
 
 
-def main():
+def device_launches_per_call(fn):
+    """Kernels, memsets and copies one call of fn puts on the GPU, as the profiler sees them."""
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profile:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for event in profile.events() if event.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=300, help="timed calls per op")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_REPEAT} calls per op (run_all.py --quick)")
     parser.add_argument("--only", nargs="*", help="only the calls whose name contains one of these words")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="cpu: the stand-in driver; cuda: the real launchers (auto: cuda when a GPU is visible)")
     parser.add_argument("--out", default=None, help="also append the rows to DIR/host.csv")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeat = QUICK_REPEAT
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def measure(rows, args, device_name, device, backend, count_launches):
+    """Times every selected call (and, on the triton backend, the floors) and adds their rows."""
     import triton
-    rows = []
-    with StandInDriver() as driver:
-        print("u: one torch.add of two 1-element CPU tensors, timed alternately with each call")
-        print(f"{'call':<55} {'us':>8} {'u':>6} {'goal':>6} {'launches':>9} {'torch ops':>10}")
-        for name, goal, fn in calls() + [(name, None, fn) for name, fn in floors()]:
-            if args.only and not any(word in name for word in args.only):
-                continue
-            fn()  # compile
-            before = len(driver.records)
-            fn()
-            launches = len(driver.records) - before
-            us, unit = low_us_and_unit(fn, args.repeat)
-            ops = torch_ops_per_call(fn)
-            rows.append(dict(call=name, us=us, u=us / unit, goal_u=goal, launches=launches, torch_ops=ops,
-                             torch=torch.__version__, triton=triton.__version__))
-            print(f"{name:<55} {us:8.1f} {us / unit:6.1f} {goal or '-':>6} {launches:9d} {ops:10d}")
-    append_rows("host.csv", COLUMNS, rows, args.out)
+    named_calls = calls(device, backend)
+    if backend == "triton":
+        named_calls += [(name, None, fn) for name, fn in floors(device)]
+    for name, goal, fn in named_calls:
+        if args.only and not any(word in name for word in args.only):
+            continue
+        fn()  # compile
+        launches = count_launches(fn)
+        us, unit = low_us_and_unit(fn, args.repeat, device)
+        ops = torch_ops_per_call(fn)
+        rows.append(dict(call=name, device=device_name, backend=backend, us=us, u=us / unit, goal_u=goal,
+                         launches=launches, torch_ops=ops, torch=torch.__version__, triton=triton.__version__))
+        print(f"{name:<55} {backend:>7} {us:8.1f} {us / unit:6.1f} {goal or '-':>6} {launches:9d} {ops:10d}")
+
+
+def main(argv=None):
+    args = parse_arguments(argv)
+    print(f"u: one torch.add of two 1-element tensors on {args.device}, timed alternately with each call")
+    print(f"{'call':<55} {'backend':>7} {'us':>8} {'u':>6} {'goal':>6} {'launches':>9} {'torch ops':>10}")
+    if args.device == "cpu":
+        with StandInDriver() as driver:
+            def recorded_launches(fn):
+                before = len(driver.records)
+                fn()
+                return len(driver.records) - before
+
+            rows = []
+            measure(rows, args, STAND_IN, "cpu", "triton", recorded_launches)
+            append_rows("host.csv", COLUMNS, rows, args.out)
+        return
+    from recipe_kernels import _backend
+    for backend in ["triton"] + (["cuda"] if _backend._C is not None else []):
+        rows = []  # written per backend: run_all.py --quick may stop the script
+        measure(rows, args, torch.cuda.get_device_name(), "cuda", backend, device_launches_per_call)
+        append_rows("host.csv", COLUMNS, rows, args.out)
 
 
 if __name__ == "__main__":

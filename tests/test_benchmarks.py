@@ -69,3 +69,36 @@ def test_basic_blocks_start_at_branch_targets_and_after_branches_exits_calls_and
     assert [[i.address for i in block] for block in blocks] == [
         [0x00, 0x10, 0x20, 0x30], [0x40, 0x50, 0x60], [0x70], [0x80, 0x90], [0xa0], [0xb0], [0xc0], [0xd0, 0xe0],
         [0xf0], [0x100, 0x110]]
+
+
+def test_every_benchmark_takes_the_arguments_run_all_passes(tmp_path):
+    """run_all.py (scripts/gpu_check.sh's benchmarks) runs each bench_*.py with --quick --out DIR; a
+    script whose parser refuses them fails on the GPU machine, where nothing can be fixed. Each
+    script runs in one subprocess up to its argument parsing, then stops."""
+    import subprocess
+    benchmarks = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+    code = f"""
+import argparse, glob, os, runpy, sys
+parse_args = argparse.ArgumentParser.parse_args
+class Parsed(Exception):
+    pass
+def parse_then_stop(self, args=None, namespace=None):
+    parse_args(self, args, namespace)
+    raise Parsed
+argparse.ArgumentParser.parse_args = parse_then_stop
+for script in sorted(glob.glob(os.path.join({benchmarks!r}, "bench_*.py"))):
+    sys.argv = [script, "--quick", "--out", {str(tmp_path)!r}]
+    try:
+        runpy.run_path(script, run_name="__main__")
+        print(os.path.basename(script), "ran past its parser")
+    except Parsed:
+        print(os.path.basename(script), "parsed")
+    except SystemExit as error:
+        print(os.path.basename(script), "exit", error.code)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("bench_")]
+    scripts = sorted(os.path.basename(path) for path in os.listdir(benchmarks)
+                     if path.startswith("bench_") and path.endswith(".py"))
+    assert len(lines) == len(scripts) and "bench_host.py parsed" in lines, result.stdout + result.stderr
+    assert all(line.endswith(" parsed") for line in lines), result.stdout + result.stderr
