@@ -243,9 +243,10 @@ def parse_arguments(argv=None):
     return args
 
 
-def measure(rows, args, device_name, device, backend, count_launches):
-    """Times every selected call (and, on the triton backend, the floors) and adds their rows."""
+def measure(args, device_name, device, backend, count_launches):
+    """The rows of every selected call (and, on the triton backend, the floors), timed."""
     import triton
+    rows = []
     named_calls = calls(device, backend)
     if backend == "triton":
         named_calls += [(name, None, fn) for name, fn in floors(device)]
@@ -259,6 +260,7 @@ def measure(rows, args, device_name, device, backend, count_launches):
         rows.append(dict(call=name, device=device_name, backend=backend, us=us, u=us / unit, goal_u=goal,
                          launches=launches, torch_ops=ops, torch=torch.__version__, triton=triton.__version__))
         print(f"{name:<55} {backend:>7} {us:8.1f} {us / unit:6.1f} {goal or '-':>6} {launches:9d} {ops:10d}")
+    return rows
 
 
 def main(argv=None):
@@ -272,14 +274,12 @@ def main(argv=None):
                 fn()
                 return len(driver.records) - before
 
-            rows = []
-            measure(rows, args, STAND_IN, "cpu", "triton", recorded_launches)
-            append_rows("host.csv", COLUMNS, rows, args.out)
+            append_rows("host.csv", COLUMNS, measure(args, STAND_IN, "cpu", "triton", recorded_launches), args.out)
         return
     from recipe_kernels import _backend
     for backend in ["triton"] + (["cuda"] if _backend._C is not None else []):
-        rows = []  # written per backend: run_all.py --quick may stop the script
-        measure(rows, args, torch.cuda.get_device_name(), "cuda", backend, device_launches_per_call)
+        # Written per backend: run_all.py --quick may stop the script.
+        rows = measure(args, torch.cuda.get_device_name(), "cuda", backend, device_launches_per_call)
         append_rows("host.csv", COLUMNS, rows, args.out)
 
 

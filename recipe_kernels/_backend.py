@@ -150,9 +150,17 @@ def sm_count(device: torch.device) -> int:
     return count
 
 
-def cuda_stream(device: torch.device) -> int:
-    """The raw handle of the current CUDA stream on `device`, for the _C launchers."""
-    return torch.cuda.current_stream(device).cuda_stream
+def launch_cuda(launcher, device: torch.device, **arguments):
+    """launcher(**arguments, stream=...), a _C launcher, on the current stream of `device`, with
+    `device` current: a CUDA launch goes to the current device, and only that device's streams
+    serve it. The stream is torch's raw handle, as Triton's launcher takes it
+    (torch.cuda.current_stream builds a Stream object, microseconds a call)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = torch._C._cuda_getCurrentRawStream(index)
+    if index == torch._C._cuda_getDevice():
+        return launcher(**arguments, stream=stream)
+    with torch.cuda.device(index):
+        return launcher(**arguments, stream=stream)
 
 
 # The floating dtypes most CUDA kernels take, with their codes (recipe_kernels._codes).

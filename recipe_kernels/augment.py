@@ -846,8 +846,8 @@ def _resized_crop_cuda(images, boxes, flip, mean, std, height, width, antialias,
     out = _new_output(images, height, width, out_dtype, channels_last)
     if out.numel() > 0:
         table = image_table(images)
-        _backend._C.resized_crop(**_resized_crop_cuda_arguments(table, images, boxes, flip, mean, std, out, antialias),
-                                 stream=_backend.cuda_stream(out.device))
+        _backend.launch_cuda(_backend._C.resized_crop, out.device,
+                             **_resized_crop_cuda_arguments(table, images, boxes, flip, mean, std, out, antialias))
     return out
 
 
@@ -919,10 +919,9 @@ def _batch_augment_cuda(images, crop, flip, mix_box, lam, partner, mode, erase_b
     out = _new_output(images, height, width, out_dtype, channels_last)
     if out.numel() > 0:
         table = image_table(images)
-        _backend._C.batch_augment(**_batch_augment_cuda_arguments(table, images, crop, flip, mix_box, lam, partner,
-                                                                  mode, erase_box, erase, fill, mean, std, out,
-                                                                  antialias),
-                                  stream=_backend.cuda_stream(out.device))
+        _backend.launch_cuda(_backend._C.batch_augment, out.device,
+                             **_batch_augment_cuda_arguments(table, images, crop, flip, mix_box, lam, partner, mode,
+                                                             erase_box, erase, fill, mean, std, out, antialias))
     return out
 
 

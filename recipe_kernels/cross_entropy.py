@@ -1142,14 +1142,15 @@ def _cross_entropy_cuda(x, target, target_b, lam, weight, loss, lse, grad, denom
         target = target.to(x.dtype)  # the CUDA kernels read probabilities in the logits' dtype
     # ... and write every gradient in it: the target's gradient passes through a buffer of that dtype.
     out = grad if grad is None or grad.dtype == x.dtype else torch.empty_like(grad, dtype=x.dtype)
-    _backend._C.cross_entropy_fwd(
-        x=x.data_ptr(), target=target.data_ptr(), target_b=_pointer(target_b), lam=_pointer(lam),
-        weight=_pointer(weight), denominator=_pointer(denominator), grad_output=_pointer(grad_output),
-        loss=loss.data_ptr(), lse=_pointer(lse), grad=_pointer(out), partial=_pointer(partial), rows=rows,
-        num_classes=num_classes, inner_size=x.numel() // (x.shape[0] * num_classes), splits=splits,
-        num_partials=num_partials, rows_per_partial=rows_per_partial, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, z_loss=z_loss, mean=mean, grad_output_kind=_grad_output_kind(grad_output), grad_of_target=of_target, kind=int(target_kind),
-        dtype=_backend.CUDA_DTYPE_CODES[x.dtype], stream=_backend.cuda_stream(x.device))
+    _backend.launch_cuda(
+        _backend._C.cross_entropy_fwd, x.device, x=x.data_ptr(), target=target.data_ptr(), target_b=_pointer(target_b),
+        lam=_pointer(lam), weight=_pointer(weight), denominator=_pointer(denominator),
+        grad_output=_pointer(grad_output), loss=loss.data_ptr(), lse=_pointer(lse), grad=_pointer(out),
+        partial=_pointer(partial), rows=rows, num_classes=num_classes,
+        inner_size=x.numel() // (x.shape[0] * num_classes), splits=splits, num_partials=num_partials,
+        rows_per_partial=rows_per_partial, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
+        mean=mean, grad_output_kind=_grad_output_kind(grad_output), grad_of_target=of_target, kind=int(target_kind),
+        dtype=_backend.CUDA_DTYPE_CODES[x.dtype])
     if out is not grad:
         grad.copy_(out)
 
@@ -1354,10 +1355,11 @@ def _scale_grad_cuda(grad, grad_output):
         return
     num_classes = grad.shape[1]
     factor = grad_output.to(torch.float32).contiguous()
-    _backend._C.cross_entropy_scale_grad(
-        grad=grad.data_ptr(), factor=factor.data_ptr(), n=grad.numel(), num_classes=num_classes,
-        inner_size=grad.numel() // (grad.shape[0] * num_classes), per_row=grad_output.dim() > 0,
-        max_blocks=SCALE_PROGRAMS_PER_SM * _backend.sm_count(grad.device), dtype=_backend.CUDA_DTYPE_CODES[grad.dtype], stream=_backend.cuda_stream(grad.device))
+    _backend.launch_cuda(
+        _backend._C.cross_entropy_scale_grad, grad.device, grad=grad.data_ptr(), factor=factor.data_ptr(),
+        n=grad.numel(), num_classes=num_classes, inner_size=grad.numel() // (grad.shape[0] * num_classes),
+        per_row=grad_output.dim() > 0, max_blocks=SCALE_PROGRAMS_PER_SM * _backend.sm_count(grad.device),
+        dtype=_backend.CUDA_DTYPE_CODES[grad.dtype])
 
 
 # ----------------------------------------------------------------------------- ops

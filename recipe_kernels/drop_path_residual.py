@@ -141,8 +141,7 @@ def _subset_keys_cuda_arguments(seed, keys):
 
 def _subset_cuda(seed, num_samples, kept):
     keys = _new_keys(seed, num_samples, kept)
-    _backend._C.drop_path_residual_keys(**_subset_keys_cuda_arguments(seed, keys),
-                                        stream=_backend.cuda_stream(keys.device))
+    _backend.launch_cuda(_backend._C.drop_path_residual_keys, keys.device, **_subset_keys_cuda_arguments(seed, keys))
     return reference.subset_from_keys(keys, kept)
 
 
@@ -179,8 +178,8 @@ def _combine_rows_triton(a, b, index, out_dtype, scale):
 def _combine_rows_cuda(a, b, index, out_dtype, scale):
     a, b, index, out = _rows_operands(a, b, index, out_dtype)
     if out.numel() > 0:
-        _backend._C.drop_path_residual_rows(**_combine_rows_cuda_arguments(a, b, index, out, scale),
-                                            stream=_backend.cuda_stream(out.device))
+        _backend.launch_cuda(_backend._C.drop_path_residual_rows, out.device,
+                             **_combine_rows_cuda_arguments(a, b, index, out, scale))
     return out
 
 

@@ -320,8 +320,8 @@ def _dropout_cuda(x, residual, bias, seed, p, out_dtype, out=None):
     """As _dropout_torch; `out` (contiguous), when given, is written instead of a new tensor."""
     x, residual, bias, out = _kernel_operands(x, residual, bias, out_dtype, out)
     if x.numel() > 0:
-        _backend._C.dropout(**_dropout_cuda_arguments(x, residual, bias, seed, out, p),
-                            stream=_backend.cuda_stream(x.device))
+        _backend.launch_cuda(_backend._C.dropout, x.device,
+                             **_dropout_cuda_arguments(x, residual, bias, seed, out, p))
     return out
 
 
@@ -378,8 +378,7 @@ def _drop_path_cuda_arguments(x, residual, seed, out, p):
 def _drop_path_cuda(x, residual, seed, p, out_dtype):
     x, residual, _, out = _kernel_operands(x, residual, None, out_dtype)
     if x.numel() > 0:
-        _backend._C.drop_path(**_drop_path_cuda_arguments(x, residual, seed, out, p),
-                              stream=_backend.cuda_stream(x.device))
+        _backend.launch_cuda(_backend._C.drop_path, x.device, **_drop_path_cuda_arguments(x, residual, seed, out, p))
     return out
 
 
@@ -460,9 +459,8 @@ def _dropout_bias_backward_cuda(grad, seed, p, bias_numel, grad_x_dtype):
     if _fused_bias_backward_unfit(grad, bias_numel):
         return _bias_backward_in_two_passes(_dropout_cuda, grad, seed, p, bias_numel, grad_x_dtype)
     grad, grad_x, partial, rows_per_block = _fused_bias_backward_buffers(grad, bias_numel, grad_x_dtype)
-    _backend._C.dropout_bias_backward(**_dropout_bias_backward_cuda_arguments(grad, seed, grad_x, partial,
-                                                                              rows_per_block, p),
-                                      stream=_backend.cuda_stream(grad.device))
+    _backend.launch_cuda(_backend._C.dropout_bias_backward, grad.device,
+                         **_dropout_bias_backward_cuda_arguments(grad, seed, grad_x, partial, rows_per_block, p))
     return grad_x, partial.sum(0)
 
 

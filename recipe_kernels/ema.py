@@ -622,8 +622,8 @@ def _launch_triton(table, decays):
 
 def _launch_cuda(table, decays):
     """csrc/ema.cu's kernel."""
-    _backend._C.ema_update(table=table.rows.data_ptr(), num_chunks=table.rows.shape[0], decays=decays.data_ptr(),
-                           chunk=CHUNK, threads=CUDA_THREADS, stream=_backend.cuda_stream(table.rows.device))
+    _backend.launch_cuda(_backend._C.ema_update, table.rows.device, table=table.rows.data_ptr(),
+                         num_chunks=table.rows.shape[0], decays=decays.data_ptr(), chunk=CHUNK, threads=CUDA_THREADS)
 
 
 def _check_decays(decays, least):
@@ -691,10 +691,10 @@ def _launch_scheduled_triton(table, num_updates, programs_done, decays, schedule
 def _launch_scheduled_cuda(table, num_updates, programs_done, decays, schedule):
     """csrc/ema.cu's scheduled kernel."""
     names = ("decay", "warmup", "warmup_gamma", "warmup_power", "min_decay", "update_after_step", "update_every")
-    _backend._C.ema_scheduled_update(
-        table=table.rows.data_ptr(), num_chunks=table.rows.shape[0], num_updates=num_updates.data_ptr(),
-        programs_done=programs_done.data_ptr(), decays=decays.data_ptr(), **dict(zip(names, schedule)), chunk=CHUNK,
-        threads=CUDA_THREADS, stream=_backend.cuda_stream(table.rows.device))
+    _backend.launch_cuda(
+        _backend._C.ema_scheduled_update, table.rows.device, table=table.rows.data_ptr(),
+        num_chunks=table.rows.shape[0], num_updates=num_updates.data_ptr(), programs_done=programs_done.data_ptr(),
+        decays=decays.data_ptr(), **dict(zip(names, schedule)), chunk=CHUNK, threads=CUDA_THREADS)
 
 
 # ----------------------------------------------------------------------------- ops

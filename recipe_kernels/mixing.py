@@ -948,9 +948,9 @@ def _composite_cuda(x, box, lam, partner, mode, fill, mean, std, table, noise_se
     out = torch.empty_like(x, dtype=out_dtype)
     if x.numel() == 0:
         return out
-    _backend._C.composite_batch(**_composite_cuda_arguments(x, out, box, lam, partner, mode, fill, mean, std,
-                                                            noise_seed, channels_last, visit_flip_pairs),
-                                stream=_backend.cuda_stream(x.device))
+    _backend.launch_cuda(_backend._C.composite_batch, x.device,
+                         **_composite_cuda_arguments(x, out, box, lam, partner, mode, fill, mean, std, noise_seed,
+                                                     channels_last, visit_flip_pairs))
     return out
 
 
@@ -981,9 +981,8 @@ def _cutmix_swap_cuda(x, box):
     if x.numel() == 0 or x.shape[0] < 2:
         return
     n, c, h, w = x.shape
-    _backend._C.cutmix_swap(x=x.data_ptr(), box=box.data_ptr(), n=n, c=c, h=h, w=w,
-                            channels_last=not x.is_contiguous(), dtype=_cuda_dtype_code(x.dtype),
-                            stream=_backend.cuda_stream(x.device))
+    _backend.launch_cuda(_backend._C.cutmix_swap, x.device, x=x.data_ptr(), box=box.data_ptr(), n=n, c=c, h=h, w=w,
+                         channels_last=not x.is_contiguous(), dtype=_cuda_dtype_code(x.dtype))
 
 
 # ----------------------------------------------------------------------------- ops

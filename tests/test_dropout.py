@@ -582,6 +582,41 @@ def test_unavailable_backend_says_why(monkeypatch):
         rk.dropout(x, 0.5, backend="triton")
 
 
+def test_cuda_launches_go_to_their_tensors_device_and_its_current_stream(monkeypatch):
+    """A CUDA launch goes to the current device: a _C launcher for a tensor on another device runs
+    with that device made current (and restored), on that device's current stream. torch's CUDA
+    calls are faked here (no GPU): the current device, the raw stream per device, torch.cuda.device."""
+    current = [0]
+    guards = []
+
+    class DeviceGuard:  # torch.cuda.device's part: the index is current inside the block
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            guards.append(self.index)
+            self.previous, current[0] = current[0], self.index
+
+        def __exit__(self, *exception):
+            current[0] = self.previous
+
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: current[0], raising=False)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 1000 + index, raising=False)
+    monkeypatch.setattr(torch.cuda, "device", DeviceGuard)
+    launches = []
+
+    def launcher(**arguments):
+        launches.append((arguments, current[0]))
+        return "launched"
+
+    assert _backend.launch_cuda(launcher, torch.device("cuda", 1), n=3) == "launched"
+    assert launches == [(dict(n=3, stream=1001), 1)] and guards == [1] and current[0] == 0
+    launches.clear()
+    current[0] = 1  # already current: no guard
+    _backend.launch_cuda(launcher, torch.device("cuda", 1), n=4)
+    assert launches == [(dict(n=4, stream=1001), 1)] and guards == [1]
+
+
 def test_environment_variable_chooses_the_backend(monkeypatch):
     assert _backend.resolve("dropout", torch.device("cpu")) == "torch"
     assert _backend.resolve("dropout", torch.device("cuda")) == _backend.CUDA_DEFAULTS["dropout"]

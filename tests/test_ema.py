@@ -230,7 +230,7 @@ EVERY_BACKEND = BACKENDS + (["cuda"] if DEVICE.type == "cpu" and _backend._C is 
 def every_backend(request, monkeypatch):
     if request.param == "cuda" and DEVICE.type == "cpu":
         monkeypatch.setattr(_backend, "_C", HostLaunchers(_backend._C))
-        monkeypatch.setattr(_backend, "cuda_stream", lambda device: 0)
+        monkeypatch.setattr(_backend, "launch_cuda", lambda launcher, device, **arguments: launcher(**arguments, stream=0))
         why_unavailable = _backend.why_unavailable
         monkeypatch.setattr(_backend, "why_unavailable",
                             lambda backend, device: None if backend == "cuda" else why_unavailable(backend, device))
