@@ -13,6 +13,9 @@ Providers:
   torchvision/batch                the same transform on the batch (one crop shared by all: for reference)
   kornia                           kornia.augmentation RandomResizedCrop + flip + Normalize, if installed
   torchvision+timm                 torchvision's loop, then timm's Mixup, if timm is installed
+  triton-augment                   TritonFusedAugment: a per-sample bilinear zoom of 0.5-1.5 (an affine scale, no
+                                   antialias, square), a 224 crop, flip and normalise in one kernel, from float
+                                   input in [0, 1] (the uint8 batch converted first, as it requires), if installed
 
 Usage: python benchmarks/bench_augment.py [--quick] [--out DIR]   (needs a GPU; exits 0 with a message without one)
 """
@@ -36,6 +39,15 @@ def make_inputs(kind, n, generator):
     return [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, device="cuda", generator=generator) for h, w in sides]
 
 
+def add_peer(recorder, case, provider, fn, minimal):
+    """A peer's row; a peer that fails (another version's API, say) is skipped with a line, and the
+    rows already taken are kept."""
+    try:
+        recorder.add(case, torch.uint8, "fwd", provider, do_bench_ms(fn), minimal)
+    except Exception as error:  # noqa: BLE001  (any failure of a peer's own code)
+        print(f"skipping peer {provider} on {case}: {type(error).__name__}: {error}")
+
+
 def main():
     args = parse_args(__doc__, "N = 32 instead of 256")
     if not torch.cuda.is_available():
@@ -45,6 +57,8 @@ def main():
     tv = optional_peer("torchvision")
     kornia = optional_peer("kornia")
     timm = optional_peer("timm")
+    os.environ.setdefault("TRITON_AUGMENT_SUPPRESS_FIRST_RUN_MESSAGE", "1")
+    triton_augment = optional_peer("triton_augment")
     n = 32 if args.quick else N
     recorder = Recorder("augment")
     generator = torch.Generator(device="cuda").manual_seed(0)
@@ -82,8 +96,13 @@ def main():
             import kornia.augmentation as K
             pipeline = torch.nn.Sequential(K.RandomResizedCrop((SIZE, SIZE)), K.RandomHorizontalFlip(),
                                            K.Normalize(torch.tensor(MEAN) / 255, torch.tensor(STD) / 255))
-            recorder.add(case, torch.uint8, "fwd", "kornia",
-                         do_bench_ms(lambda: pipeline(images.float() / 255).to(torch.bfloat16)), minimal)
+            add_peer(recorder, case, "kornia", lambda: pipeline(images.float() / 255).to(torch.bfloat16), minimal)
+        if triton_augment is not None and kind == "batch":
+            fused = triton_augment.TritonFusedAugment(
+                crop_size=SIZE, horizontal_flip_p=0.5, scale=(0.5, 1.5),
+                interpolation=triton_augment.InterpolationMode.BILINEAR,
+                mean=tuple(value / 255 for value in MEAN), std=tuple(value / 255 for value in STD))
+            add_peer(recorder, case, "triton-augment", lambda: fused(images.float() / 255).to(torch.bfloat16), minimal)
     recorder.finish(args.out)
     return 0
 
