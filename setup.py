@@ -5,6 +5,7 @@ Environment:
   RECIPE_KERNELS_BUILD_CUDA=0  skip _C (the package then runs on Triton and torch)
   (unset)                      build _C when nvcc is found, else skip it with one line
   RECIPE_KERNELS_CUDA_ARCHS    compute capabilities, default "80;90" (PTX of the last one is added)
+  RECIPE_KERNELS_BUILD_JOBS    nvcc processes at once, default 2 (each can take a few GB of memory)
   CUDA_HOME                    where nvcc lives, else nvcc on PATH
 
 _C uses nvcc and pybind11 only: no torch headers, no libtorch, the CUDA runtime linked
@@ -23,6 +24,10 @@ from setuptools.command.build_ext import build_ext
 
 BUILD_CUDA = os.environ.get("RECIPE_KERNELS_BUILD_CUDA", "")
 CUDA_ARCHS = [a.strip() for a in os.environ.get("RECIPE_KERNELS_CUDA_ARCHS", "80;90").split(";") if a.strip()]
+BUILD_JOBS = os.environ.get("RECIPE_KERNELS_BUILD_JOBS", "2")
+if not BUILD_JOBS.isdigit() or int(BUILD_JOBS) < 1:
+    raise ValueError(f"RECIPE_KERNELS_BUILD_JOBS must be a positive integer, got {BUILD_JOBS!r}")
+BUILD_JOBS = int(BUILD_JOBS)
 SOURCES = sorted(glob.glob("csrc/*.cu")) + ["csrc/bindings.cpp"]  # one .cu per op family
 
 
@@ -34,7 +39,7 @@ def find_nvcc():
 
 
 class NvccBuildExt(build_ext):
-    """Compiles every source with nvcc (two at a time) and links a shared module with nvcc."""
+    """Compiles every source with nvcc (RECIPE_KERNELS_BUILD_JOBS at a time) and links a shared module with nvcc."""
 
     def build_extension(self, ext):
         nvcc = find_nvcc()
@@ -55,7 +60,7 @@ class NvccBuildExt(build_ext):
             self._run([nvcc, "-c", source, "-o", obj] + common + flags + includes)
             return obj
 
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with ThreadPoolExecutor(max_workers=BUILD_JOBS) as pool:
             objects = list(pool.map(compile_one, ext.sources))
         target = self.get_ext_fullpath(ext.name)
         os.makedirs(os.path.dirname(target), exist_ok=True)

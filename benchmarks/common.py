@@ -94,8 +94,13 @@ class Recorder:
         print(f"{op}: {self.context['device']}, copy bandwidth {self.copy_gbps:.0f} GB/s")
 
     def add(self, case, dtype, pass_name, provider, ms, minimal_bytes):
-        self.rows.append(dict(op=self.op, case=case, dtype=str(dtype).replace("torch.", ""), **{"pass": pass_name},
-                              provider=provider, ms_p50=ms, gbps=minimal_bytes / ms / 1e6))
+        row = dict(op=self.op, case=case, dtype=str(dtype).replace("torch.", ""), **{"pass": pass_name},
+                   provider=provider, ms_p50=ms, gbps=minimal_bytes / ms / 1e6)
+        self.rows.append(row)
+        # Printed now as well: a script stopped before finish() (run_all.py --quick's time limit) keeps
+        # its measurements in the log.
+        print(f"measured {case} {row['dtype']} {pass_name} {provider}: {ms:.4f} ms, {row['gbps']:.0f} GB/s",
+              flush=True)
 
     def finish(self, out_dir=None):
         """Fills in % of copy bandwidth and speedup against torch eager, appends rows, returns them."""

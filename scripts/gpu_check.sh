@@ -23,7 +23,7 @@ if compgen -G "wheels/*.whl" > /dev/null; then  # pure-Python peers carried alon
 fi
 
 step "install (sm_90 only)"
-if ! RECIPE_KERNELS_CUDA_ARCHS=90 RECIPE_KERNELS_BUILD_CUDA=1 \
+if ! RECIPE_KERNELS_CUDA_ARCHS=90 RECIPE_KERNELS_BUILD_CUDA=1 RECIPE_KERNELS_BUILD_JOBS=8 \
      pip install --no-build-isolation --no-deps -e . >> "$OUT/install.log" 2>&1; then
   tail -40 "$OUT/install.log"; echo "install failed" | tee -a "$OUT/summary.txt"; exit 1
 fi
