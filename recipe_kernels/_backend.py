@@ -138,12 +138,17 @@ INTERPRETER_SM_COUNT = 4
 _SM_COUNTS = {}  # CUDA device index -> its SMs: the hardware's, so never stale
 
 
+def _cuda_index(device: torch.device) -> int:
+    """The index of a CUDA device; "cuda" without one is the current device."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of `device`'s GPU, for grid sizing (torch's properties call costs
     microseconds, and the ops ask on every call)."""
     if device.type != "cuda":
         return INTERPRETER_SM_COUNT
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _cuda_index(device)
     count = _SM_COUNTS.get(index)
     if count is None:
         count = _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
@@ -155,7 +160,7 @@ def launch_cuda(launcher, device: torch.device, **arguments):
     `device` current: a CUDA launch goes to the current device, and only that device's streams
     serve it. The stream is torch's raw handle, as Triton's launcher takes it
     (torch.cuda.current_stream builds a Stream object, microseconds a call)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _cuda_index(device)
     stream = torch._C._cuda_getCurrentRawStream(index)
     if index == torch._C._cuda_getDevice():
         return launcher(**arguments, stream=stream)

@@ -361,7 +361,7 @@ def _drop_path_triton(x, residual, seed, p, out_dtype):
         blocks_per_row = cdiv(row_size, DROP_PATH_BLOCK)
         math_dtype = _math_dtype(x, residual, out)
         launch(_drop_path_kernel, (x.shape[0] * blocks_per_row,),
-               x, residual if residual is not None else x, seed, out, row_size, blocks_per_row,
+               x, residual, seed, out, row_size, blocks_per_row,  # an absent residual is None, as in dropout
                drop_threshold(p), _scale_bits(p, math_dtype), num_warps=NUM_WARPS,
                HAS_RESIDUAL=residual is not None, MATH_DTYPE=math_dtype,
                BLOCK=DROP_PATH_BLOCK, KEEP_BITS=KEEP_BITS, PHILOX_ROUNDS=PHILOX_ROUNDS)
