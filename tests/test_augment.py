@@ -6,10 +6,12 @@ Sizes are tiny (the Triton interpreter runs about a second per call here): image
 a small box upscaled).
 """
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
+import triton.language as tl
 
 import recipe_kernels as rk
 from recipe_kernels import augment
@@ -157,6 +159,31 @@ def test_backends_agree_and_a_new_output_size_needs_no_new_kernel():
                                    rk.resized_crop(images, boxes, size, backend="torch"), rtol=0, atol=1e-5)
     if DEVICE.type == "cuda":  # one compiled kernel served both sizes (the sizes are not specialised on)
         assert len(augment._resized_crop_kernel.device_caches[DEVICE.index][0]) == 1
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the interpreter reads the constexpr at each call; compiled kernels keep the one they had")
+def test_both_tile_orientations_give_the_same_bits(monkeypatch):
+    """augment.TILE_COLUMNS_FIRST (Triton's version picks it: the GPU machine's 3.6 takes the other one) moves a
+    tile's columns to its other dimension and changes no value: edge tiles, flips, both layouts, antialias on and
+    off, a list of byte images and batch_augment's mixing."""
+    images = sample_images(torch.uint8)
+    boxes = torch.tensor(BOXES, device=DEVICE)
+    flip = torch.tensor(FLIP, device=DEVICE)
+    byte_list = [sample_images(torch.uint8, 1, 10 + i, 12 - i, i)[0] for i in range(4)]
+
+    def outputs():
+        torch.manual_seed(5)
+        return [rk.resized_crop(images, boxes, SIZE, flip=flip, antialias=antialias, mean=MEAN, std=STD,
+                                memory_format=memory_format, backend="triton")
+                for antialias, memory_format in ((False, torch.channels_last), (True, torch.contiguous_format))] + \
+            [rk.augment.batch_augment(byte_list, torch.arange(4, device=DEVICE), (6, 7), scale=(0.3, 1.0),
+                                      erase_p=0.5, mean=MEAN, std=STD, backend="triton")[0]]
+
+    default = outputs()
+    monkeypatch.setattr(augment, "TILE_COLUMNS_FIRST", tl.constexpr(not augment.TILE_COLUMNS_FIRST))
+    for got, expected in zip(outputs(), default):
+        assert torch.equal(got, expected)
 
 
 def test_opcheck():
