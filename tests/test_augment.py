@@ -166,18 +166,20 @@ def test_backends_agree_and_a_new_output_size_needs_no_new_kernel():
 def test_both_tile_orientations_give_the_same_bits(monkeypatch):
     """augment.TILE_COLUMNS_FIRST (Triton's version picks it: the GPU machine's 3.6 takes the other one) moves a
     tile's columns to its other dimension and changes no value: edge tiles, flips, both layouts, antialias on and
-    off, a list of byte images and batch_augment's mixing."""
+    off, a tile inside the output (its unmasked stores), a list of byte images and batch_augment's mixing."""
     images = sample_images(torch.uint8)
     boxes = torch.tensor(BOXES, device=DEVICE)
     flip = torch.tensor(FLIP, device=DEVICE)
     byte_list = [sample_images(torch.uint8, 1, 10 + i, 12 - i, i)[0] for i in range(4)]
+    inner_tile = (augment.BLOCK_Y + 1, augment.BLOCK_X + 3)  # one whole tile, the rest edge tiles
 
     def outputs():
         torch.manual_seed(5)
         return [rk.resized_crop(images, boxes, SIZE, flip=flip, antialias=antialias, mean=MEAN, std=STD,
                                 memory_format=memory_format, backend="triton")
                 for antialias, memory_format in ((False, torch.channels_last), (True, torch.contiguous_format))] + \
-            [rk.augment.batch_augment(byte_list, torch.arange(4, device=DEVICE), (6, 7), scale=(0.3, 1.0),
+            [rk.resized_crop(images[:1], boxes[2:3], inner_tile, flip=flip[:1], backend="triton"),
+             rk.augment.batch_augment(byte_list, torch.arange(4, device=DEVICE), (6, 7), scale=(0.3, 1.0),
                                       erase_p=0.5, mean=MEAN, std=STD, backend="triton")[0]]
 
     default = outputs()
