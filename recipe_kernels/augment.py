@@ -412,8 +412,8 @@ def _reciprocal_norm(channel, mean_ptr, std_ptr):
 def _tile(channel_groups, CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
           INDEX_DTYPE: tl.constexpr):
     """The program's (sample, first channel, row block, column block), output rows [BY, 1] and output columns
-    [1, BX] ([1, BY] and [BX, 1] with TILE_COLUMNS_FIRST). The grid is (samples x channel groups, row blocks, column blocks): no divisions but by the channel
-    groups, a constant 1 for up to MAX_CHANNEL_GROUP channels."""
+    [1, BX] ([1, BY] and [BX, 1] with TILE_COLUMNS_FIRST). The grid is (samples x channel groups, row blocks,
+    column blocks): no divisions but by the channel groups, a constant 1 for up to MAX_CHANNEL_GROUP channels."""
     group = tl.program_id(0).to(INDEX_DTYPE)
     row_block = tl.program_id(1).to(INDEX_DTYPE)
     col_block = tl.program_id(2).to(INDEX_DTYPE)
