@@ -36,14 +36,18 @@ step "tests on the GPU"
 # workers (in the image) share the one GPU. The suite passes under xdist on the CPU (-n 2, 2026-12-02).
 parallel=()
 if python -c "import xdist" 2> /dev/null; then parallel=(-n 8); fi
-RECIPE_KERNELS_TEST_DEVICE=cuda timeout 240 python -m pytest -q -rs "${parallel[@]}" tests > "$OUT/tests.log" 2>&1 \
-  || status=1
-tail -5 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
+# At the limit pytest gets an interrupt (SIGINT), so it stops and still reports what ran: the counts, and every
+# failure, error and skip by name (-rfEs).
+RECIPE_KERNELS_TEST_DEVICE=cuda timeout -s INT -k 20 220 python -m pytest -q -rfEs "${parallel[@]}" tests \
+  > "$OUT/tests.log" 2>&1 || status=1
+grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | head -40 | tee -a "$OUT/summary.txt"
+tail -3 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
 
 if [ "$SANITIZE" = "--sanitize" ]; then
   step "compute-sanitizer memcheck on the cuda-backend tests"
-  RECIPE_KERNELS_TEST_DEVICE=cuda timeout 300 compute-sanitizer --tool memcheck --target-processes all \
-    python -m pytest -q -x -k "cuda and not 2_to_31" tests > "$OUT/sanitizer.log" 2>&1 || status=1
+  RECIPE_KERNELS_TEST_DEVICE=cuda timeout -s INT -k 20 280 compute-sanitizer --tool memcheck \
+    --target-processes all python -m pytest -q -x -k "cuda and not 2_to_31" tests > "$OUT/sanitizer.log" 2>&1 \
+    || status=1
   tail -5 "$OUT/sanitizer.log" | tee -a "$OUT/summary.txt"
 fi
 
