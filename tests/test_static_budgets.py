@@ -35,15 +35,16 @@ def _pinned_triton():
         return next(line.split("==")[1].strip() for line in handle if line.startswith("triton=="))
 
 
-def _model_rows(names, any_triton=False):
-    """static_model.py's rows for the cases whose names start with one of `names` (each present).
-
-    The budgets hold for the code the pinned Triton compiles; another version compiles other code
-    (Triton 3.6, the GPU machine's, spills in the antialias augment kernels), so there they are skipped
-    unless `any_triton` (a fact that must hold under every Triton)."""
+def _skip_unless_pinned_triton():
+    """The budgets hold for the code the pinned Triton compiles; another version compiles other code (Triton 3.6,
+    the GPU machine's, spills in the antialias augment kernels), so there they are skipped."""
     import triton
-    if not any_triton and triton.__version__ != _pinned_triton():
+    if triton.__version__ != _pinned_triton():
         pytest.skip(f"the budgets are for triton=={_pinned_triton()} (requirements.txt); this is {triton.__version__}")
+
+
+def _model_rows(names):
+    """static_model.py's rows for the cases whose names start with one of `names` (each present)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "static_model.py"), "--json",
                              "--only", *names], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
@@ -56,6 +57,7 @@ def _model_rows(names, any_triton=False):
 
 @pytest.fixture(scope="module")
 def rows():
+    _skip_unless_pinned_triton()
     return _model_rows(BUDGETED)
 
 
@@ -96,8 +98,14 @@ BILINEAR_AUGMENT = ["resized_crop uint8->bf16 norm bilinear", "batch_augment uin
 MIN_AUGMENT_PCT_COPY = 80.0
 
 
-def test_bilinear_augmentation_reaches_80_percent_of_copy_in_the_model():
-    for row in _model_rows(BILINEAR_AUGMENT):
+@pytest.fixture(scope="module")
+def bilinear_augment_rows():
+    return _model_rows(BILINEAR_AUGMENT)
+
+
+def test_bilinear_augmentation_reaches_80_percent_of_copy_in_the_model(bilinear_augment_rows):
+    _skip_unless_pinned_triton()
+    for row in bilinear_augment_rows:
         assert row["pct_copy"] >= MIN_AUGMENT_PCT_COPY, row
 
 
@@ -106,10 +114,10 @@ def test_bilinear_augmentation_reaches_80_percent_of_copy_in_the_model():
 MAX_TILE_SHARED_BYTES = 128
 
 
-def test_bilinear_tile_kernels_compute_in_their_store_layout_under_any_triton():
+def test_bilinear_tile_kernels_compute_in_their_store_layout_under_any_triton(bilinear_augment_rows):
     """augment.TILE_COLUMNS_FIRST puts a tile's columns where this Triton lays out the pixel gathers' fast
     dimension. Checked under any Triton (the GPU machine's 3.6 too): no spills and no conversion scratch."""
-    rows = [row for row in _model_rows(BILINEAR_AUGMENT, any_triton=True) if "sample_mixing" not in row["kernel"]]
+    rows = [row for row in bilinear_augment_rows if "sample_mixing" not in row["kernel"]]
     assert {row["kernel"] for row in rows} == {"_resized_crop_kernel", "_batch_augment_kernel"}
     for row in rows:
         assert row["spills"] == 0 and row["shared"] <= MAX_TILE_SHARED_BYTES, row
