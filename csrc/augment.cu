@@ -27,16 +27,6 @@ constexpr int64_t kMaxStagingBytes = kThreads * kMaxChannels * static_cast<int64
 // The image table's columns (augment.TABLE_COLUMNS): element address, height, width, channel/row/column strides.
 constexpr int kTableColumns = 6;
 
-RK_HOST_DEVICE float div_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-
-RK_HOST_DEVICE float sub_rn(float a, float b) { return add_rn(a, -b); }
-
 template <typename T>
 RK_HOST_DEVICE float pixel_value(const T* p) { return to_float(*p); }
 template <>
@@ -209,7 +199,7 @@ RK_HOST_DEVICE int64_t paired_block(const Mixing& mixing, const Geometry& g, int
 
 // MixUp or CutMix of one channel's own value with the partner's, for a pixel that takes the partner's crop.
 RK_HOST_DEVICE float mixed(float value, float other, int mode, float lam) {
-  return mode == kMixUp ? add_rn(mul_rn(lam, value), mul_rn(sub_rn(1.0f, lam), other)) : other;
+  return mode == kMixUp ? mixup_rn(lam, value, other) : other;
 }
 
 // What composite_batch does to one pixel of `sample`: whether it takes the partner's crop, and whether it is erased.

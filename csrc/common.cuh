@@ -83,6 +83,21 @@ RK_HOST_DEVICE T add_rn(T a, T b) {
   return a + b;
 #endif
 }
+template <typename T>
+RK_HOST_DEVICE T sub_rn(T a, T b) { return add_rn(a, -b); }  // negation is exact
+RK_HOST_DEVICE float div_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+// MixUp's blend lam * own + (1 - lam) * other, each step rounded once in this order: every backend's
+// (composite_batch's and batch_augment's kernels, and the torch reference).
+RK_HOST_DEVICE float mixup_rn(float lam, float own, float other) {
+  return add_rn(mul_rn(lam, own), mul_rn(sub_rn(1.0f, lam), other));
+}
 
 // Sixteen bytes of T, moved as one vector.
 template <typename T>

@@ -16,8 +16,7 @@ namespace {  // everything but the entry points declared in bindings.cpp is loca
 // The composited value of one element before rounding: own = x[n], other = x[partner], fill = the
 // erase value; `inside` says whether the element lies in the sample's box.
 RK_HOST_DEVICE float composite_value(int mode, bool inside, float own, float other, float lam, float fill) {
-  // mul_rn / add_rn (common.cuh): rounded once each, never contracted into an FMA, as in the other backends.
-  if (mode == kMixUp) return add_rn(mul_rn(lam, own), mul_rn(add_rn(1.0f, -lam), other));
+  if (mode == kMixUp) return mixup_rn(lam, own, other);
   if (inside && mode == kCutMix) return other;
   if (inside && mode == kErase) return fill;
   return own;
@@ -84,11 +83,7 @@ RK_HOST_DEVICE float round_to_input<uint8_t>(float v) { return round_half_up_uin
 
 // (value - mean) / std correctly rounded, as torch computes it; the host's IEEE a - b and a / b are the same.
 RK_HOST_DEVICE float normalize_rn(float value, float mean, float std_dev) {
-#ifdef __CUDA_ARCH__
-  return __fdiv_rn(__fsub_rn(value, mean), std_dev);
-#else
-  return (value - mean) / std_dev;
-#endif
+  return div_rn(sub_rn(value, mean), std_dev);
 }
 
 struct Geometry {
