@@ -419,13 +419,29 @@ def _tile(channel_groups, CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr, BL
     col_block = tl.program_id(2).to(INDEX_DTYPE)
     first_channel = (group % channel_groups) * CHANNEL_GROUP
     sample = group // channel_groups
-    if TILE_COLUMNS_FIRST:
-        out_rows = row_block * BLOCK_Y + tl.arange(0, BLOCK_Y)[None, :]
-        out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[:, None]
-    else:
-        out_rows = row_block * BLOCK_Y + tl.arange(0, BLOCK_Y)[:, None]
-        out_cols = col_block * BLOCK_X + tl.arange(0, BLOCK_X)[None, :]
+    out_rows = _along_rows(row_block * BLOCK_Y + tl.arange(0, BLOCK_Y))
+    out_cols = _along_columns(col_block * BLOCK_X + tl.arange(0, BLOCK_X))
     return sample, first_channel, row_block, col_block, out_rows, out_cols
+
+
+@triton.jit
+def _along_columns(indices):
+    """A vector laid along a tile's column dimension: [1, n], or [n, 1] with TILE_COLUMNS_FIRST."""
+    if TILE_COLUMNS_FIRST:
+        laid = indices[:, None]
+    else:
+        laid = indices[None, :]
+    return laid
+
+
+@triton.jit
+def _along_rows(indices):
+    """A vector laid along a tile's row dimension: [n, 1], or [1, n] with TILE_COLUMNS_FIRST."""
+    if TILE_COLUMNS_FIRST:
+        laid = indices[None, :]
+    else:
+        laid = indices[:, None]
+    return laid
 
 
 @triton.jit
@@ -525,7 +541,7 @@ def _resized_crop_strip_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean
     strip = tl.program_id(2).to(INDEX_DTYPE)
     first_channel = (group % channel_groups) * CHANNEL_GROUP
     sample = group // channel_groups
-    out_cols = strip * STRIP_X + tl.arange(0, STRIP_X)[None, :]
+    out_cols = _along_columns(strip * STRIP_X + tl.arange(0, STRIP_X))
     resize_cols = out_cols
     if HAS_FLIP:
         resize_cols = _flipped(flip_ptr, sample, out_cols, out_width)
@@ -534,7 +550,7 @@ def _resized_crop_strip_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean
     image, image_height, image_width, channel_stride, row_stride, col_stride, top, left, box_height, box_width = \
         _sample_crop(table_ptr, box_ptr, sample, pixel_ref_ptr.dtype.element_ty, INDEX_DTYPE)
     # The segment's largest row window (segment_rows <= STRIP_X).
-    segment_out_rows = first_out_row + tl.arange(0, STRIP_X)[None, :]
+    segment_out_rows = _along_columns(first_out_row + tl.arange(0, STRIP_X))  # laid as the columns: one layout
     _, _, segment_counts, _, _ = _filter_window(segment_out_rows, box_height, out_height, ANTIALIAS)
     columns, slot_weights, slot_ok, biased_weight, col_offsets, taps_x = _column_taps(
         resize_cols, left, box_width, out_width, image_width, col_stride, ANTIALIAS, STRIP_COLUMN_SLOTS,
@@ -552,7 +568,7 @@ def _resized_crop_strip_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean
                                        CLAMPED_READS)
         zeros = ()
         for k in tl.static_range(CHANNEL_GROUP):
-            zeros = zeros + (tl.zeros([1, STRIP_X], dtype=tl.float32),)
+            zeros = zeros + (tl.zeros(out_cols.shape, dtype=tl.float32),)
         window = ()
         for slot in tl.static_range(WINDOW):
             window = window + (zeros,)

@@ -96,31 +96,38 @@ def test_grids_fill_the_gpu(rows):
 # or the selects, by the modes its seed draws (static_model._batch_augment_regions finds them, or the run fails).
 BILINEAR_AUGMENT = ["resized_crop uint8->bf16 norm bilinear", "batch_augment uint8->bf16 norm bilinear"]
 MIN_AUGMENT_PCT_COPY = 80.0
+AUGMENT_CASES = BILINEAR_AUGMENT + ["resized_crop uint8->bf16 norm antialias"]
 
 
 @pytest.fixture(scope="module")
-def bilinear_augment_rows():
-    return _model_rows(BILINEAR_AUGMENT)
+def augment_rows():
+    return _model_rows(AUGMENT_CASES)
 
 
-def test_bilinear_augmentation_reaches_80_percent_of_copy_in_the_model(bilinear_augment_rows):
+def test_bilinear_augmentation_reaches_80_percent_of_copy_in_the_model(augment_rows):
     _skip_unless_pinned_triton()
-    for row in bilinear_augment_rows:
-        assert row["pct_copy"] >= MIN_AUGMENT_PCT_COPY, row
+    for row in augment_rows:
+        if row["case"].startswith(tuple(BILINEAR_AUGMENT)):
+            assert row["pct_copy"] >= MIN_AUGMENT_PCT_COPY, row
 
 
-# What a tile kernel that computes in its store layout needs of shared memory (its window reductions' scratch); one
-# that computed in the pixel gathers' layout converted every value through 1 KiB more before its store.
-MAX_TILE_SHARED_BYTES = 128
+# (bytes spilled, bytes of shared memory) at most, for the augment kernels computing in their stores' layout: the
+# tile kernels spill nothing and use shared memory only for their window reductions; the antialias strip kernel
+# spills its 32 bytes of loop-invariant scalars and converts its column weights once. In the pixel gathers' layout
+# (the orientation Triton 3.6 gave them before TILE_COLUMNS_FIRST) every value went through shared memory before
+# its store: the tile kernels spilled 16-80 bytes and took 1 KiB, the strip kernel spilled 56.
+STORE_LAYOUT_LIMITS = {"_resized_crop_kernel": (0, 128), "_batch_augment_kernel": (0, 128),
+                       "_resized_crop_strip_kernel": (32, 1024)}
 
 
-def test_bilinear_tile_kernels_compute_in_their_store_layout_under_any_triton(bilinear_augment_rows):
-    """augment.TILE_COLUMNS_FIRST puts a tile's columns where this Triton lays out the pixel gathers' fast
-    dimension. Checked under any Triton (the GPU machine's 3.6 too): no spills and no conversion scratch."""
-    rows = [row for row in bilinear_augment_rows if "sample_mixing" not in row["kernel"]]
-    assert {row["kernel"] for row in rows} == {"_resized_crop_kernel", "_batch_augment_kernel"}
+def test_augment_kernels_compute_in_their_store_layout_under_any_triton(augment_rows):
+    """augment.TILE_COLUMNS_FIRST puts a program's columns where this Triton lays out the pixel gathers' fast
+    dimension. Checked under any Triton (the GPU machine's 3.6 too), not only the pinned one."""
+    rows = [row for row in augment_rows if row["kernel"] != "_sample_mixing_kernel"]
+    assert {row["kernel"] for row in rows} == set(STORE_LAYOUT_LIMITS)
     for row in rows:
-        assert row["spills"] == 0 and row["shared"] <= MAX_TILE_SHARED_BYTES, row
+        max_spills, max_shared = STORE_LAYOUT_LIMITS[row["kernel"]]
+        assert row["spills"] <= max_spills and row["shared"] <= max_shared, row
 
 
 # ----------------------------------------------------------------------------- the CUDA kernels (_C)
