@@ -102,7 +102,8 @@ def _filter_window(out_index, box_length, out_length, ANTIALIAS: tl.constexpr):
     weighs 0 and adds an exact 0: any bound >= every nonzero weight's tap gives the same bits.
     """
     # div_rn: Triton's `/` is an approximate divide on the GPU (div.full.f32) but exact in the interpreter.
-    scale = tl.math.div_rn(box_length.to(tl.float32), out_length.to(tl.float32))
+    # tl.cast: Triton passes an output width of 1 as an int, not a tensor.
+    scale = tl.math.div_rn(box_length.to(tl.float32), tl.cast(out_length, tl.float32))
     if ANTIALIAS:
         support = tl.maximum(scale, 1.0)
         inverse_scale = tl.where(scale >= 1.0, tl.math.div_rn(support * 0.0 + 1.0, scale), 1.0)

@@ -420,7 +420,7 @@ def _chunk_statistics(x_ptr, q_ptr, weight_ptr, first, class_stride, start, n,
         if HAS_WEIGHT:
             sum_w = tl.sum(lane_w, 0)
         else:
-            sum_w = n.to(ACC)  # the lanes count the chunk's classes
+            sum_w = tl.cast(n, ACC)  # the lanes count the chunk's classes (n may be a constant 1: tl.cast)
         sum_s = sum_t / LOG2E
     if IS_PROB:
         sum_wq = tl.sum(lane_wq, 0)
@@ -574,8 +574,10 @@ def _gradient_parameters(mean_scale, grad_output_ptr, weight_ptr, row, num_class
 def _reciprocal(value, ACC: tl.constexpr):
     """1 / value rounded to nearest, as torch divides (Triton's fp32 `/` is approximate on the GPU)."""
     if ACC == tl.float64:
-        return 1.0 / value
-    return tl.math.div_rn(tl.full([], 1.0, ACC), value)
+        reciprocal = 1.0 / value
+    else:  # not an early return: Triton compiles the code after one too (div_rn takes fp32 only)
+        reciprocal = tl.math.div_rn(tl.full([], 1.0, ACC), value)
+    return reciprocal
 
 
 @triton.jit

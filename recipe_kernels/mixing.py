@@ -484,13 +484,13 @@ def _composite_kernel(x_ptr, out_ptr, box_ptr, lam_ptr, partner_ptr, mode_ptr, f
     CutMix also reads both sources of the CHUNK-element pieces that straddle a box edge.
     """
     # 1. Which tiles, and the sample's parameters (a few scalar loads per program). Geometry as _geometry.
-    sample_stride = channels.to(tl.int64) * height * width
+    sample_stride = tl.cast(channels, tl.int64) * height * width  # tl.cast: Triton passes a size of 1 as an int
     if CHANNELS_LAST:
         row_len = width * channels
         plane_stride = 0
     else:
         row_len = width
-        plane_stride = height.to(tl.int64) * width
+        plane_stride = tl.cast(height, tl.int64) * width
     # The grid: (row group x column group, plane group, sample slot); column groups vary fastest.
     column_groups = tl.cdiv(row_len, BLOCK_J * COLUMN_STEPS)
     tile = tl.program_id(0)
@@ -696,8 +696,8 @@ def _sample_mixing_kernel(seed_ptr, lam_ptr, box_ptr, mode_ptr, draws, height, w
     lam = (1.0 / (1.0 + _exp64(difference))).to(tl.float32)
 
     # timm's box: centre uniform over the pixels, half sides floor(side * sqrt(1 - lam) / 2) in fp32.
-    height = height.to(tl.int64)
-    width = width.to(tl.int64)
+    height = tl.cast(height, tl.int64)  # tl.cast: Triton passes a size of 1 as an int
+    width = tl.cast(width, tl.int64)
     centre_y = (centre_y_word.to(tl.int64) * height) >> 32
     centre_x = (centre_x_word.to(tl.int64) * width) >> 32
     side = tl.sqrt((1.0 - lam).to(tl.float64)).to(tl.float32)  # = fp32 sqrt correctly rounded
@@ -747,8 +747,8 @@ def _sample_erasing_kernel(seed_ptr, box_ptr, mode_ptr, noise_key_ptr, samples, 
     scale_high = _float64_from_bits(scale_high_bits)
     log_low = _float64_from_bits(log_ratio_low_bits)
     log_high = _float64_from_bits(log_ratio_high_bits)
-    height = height.to(tl.int64)
-    width = width.to(tl.int64)
+    height = tl.cast(height, tl.int64)  # tl.cast: Triton passes a size of 1 as an int
+    width = tl.cast(width, tl.int64)
     image_area = (height * width).to(tl.float64)
     found = sample < 0  # all False
     top = tl.zeros_like(sample)
