@@ -59,6 +59,8 @@ def _dropout_cases():
         "drop_path_add float64, one sample": lambda: rk.drop_path_add(_leaf(1, 3, dtype=torch.float64),
                                                                       _leaf(1, 3, dtype=torch.float64), 0.5,
                                                                       backend=BACKEND).sum().backward(),
+        "drop_path float16, one sample": lambda: rk.drop_path(_leaf(1, 1, 2, dtype=torch.float16), 0.5,
+                                                              backend=BACKEND).sum().backward(),
         "drop_path_residual, one sample": lambda: drop_path_residual(1),
     }
 
@@ -88,6 +90,11 @@ def _cross_entropy_cases():
         "one row, bf16": lambda: loss(*index(1, 9, torch.bfloat16), label_smoothing=0.1),
         "float16, gradient written in backward": lambda: loss(*index(3, 8, torch.float16)),
         "split kernel (long rows), float64": lambda: loss(*index(1, 70000, torch.float64), label_smoothing=0.1),
+        "float64, ignored rows, lse returned": lambda: rk.cross_entropy(
+            _leaf(3, 4, dtype=torch.float64), torch.tensor([0, -100, 3]), return_lse=True, backend=BACKEND)[0]
+        .backward(),
+        "one class, gradient over the logits (inplace_backward)": lambda: loss(
+            _leaf(2, 1) * 1.0, torch.zeros(2, dtype=torch.int64), inplace_backward=True, label_smoothing=0.2),
     }
 
 
@@ -105,6 +112,12 @@ def _mixing_cases():
         _images(2, 1, 4, 4).contiguous(memory_format=torch.channels_last), torch.arange(2), backend=BACKEND)
     cases["mixup float64, one sample"] = lambda: rk.mixup(_images(1, 3, 2, 2, torch.float64), torch.arange(1),
                                                           backend=BACKEND)
+    cases["random_erasing with noise, grey, one pixel high"] = lambda: rk.random_erasing(
+        _images(2, 1, 1, 5, torch.float32), p=1.0, value="random", backend=BACKEND)
+    cases["composite_batch, every mode, grey, normalised"] = lambda: rk.composite_batch(
+        _images(4, 1, 3, 3), torch.tensor([[0, 0, 2, 2]] * 4, dtype=torch.int32), torch.full((4,), 0.5),
+        torch.tensor([3, 2, 1, 0], dtype=torch.int32), torch.arange(4, dtype=torch.int32), fill=7.0, mean=0.5,
+        std=0.25, out_dtype=torch.float32, backend=BACKEND)
     return cases
 
 
@@ -126,6 +139,9 @@ def _augment_cases():
             backend=BACKEND),
         "batch_augment, one sample": lambda: rk.augment.batch_augment(_images(1, 3, 6, 6), torch.arange(1), 4,
                                                                       backend=BACKEND),
+        "batch_augment, rolled partners, bilinear, width 1": lambda: rk.augment.batch_augment(
+            _images(3, 3, 6, 6), torch.arange(3), (4, 1), antialias=False, partner="roll", erase_p=0.5,
+            backend=BACKEND),
     }
 
 
