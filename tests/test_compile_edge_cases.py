@@ -1,7 +1,8 @@
 """Every op's Triton kernels compile for sm_90 at the edge cases the interpreter cannot judge
 (scripts/compile_edge_cases.py, in a process without TRITON_INTERPRET): integer arguments equal to 1,
 which Triton passes as constants (a grey image, an image or output one pixel wide, one class), and
-float64, whose code must not reach fp32-only calls. Before it, 26 of its cases failed to compile."""
+float64, whose code must not reach fp32-only calls. Before the fixes it came with, 26 of its first 43 cases
+failed to compile."""
 import os
 import subprocess
 import sys
