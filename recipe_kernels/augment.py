@@ -47,11 +47,11 @@ IMAGE_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 BLOCK_Y = 32
 BLOCK_X = 32
 NUM_WARPS = 2
-# Which dimension of a tile holds its columns. Triton lays out a gather whose addresses have no known contiguity
-# (the pixel reads) with dimension 0 fastest before 3.7 and the last one fastest since, and the stores run along
-# the columns: with the columns on the gathers' fast dimension, the tile's values are computed in the 16-byte
-# store layout. On the other one, every value is converted through shared memory before its store (Triton 3.6:
-# 94 SASS per element for batch_augment instead of 36, in the static model).
+# Which dimension of a tile (and of a strip) holds its columns. Triton lays out a gather whose addresses have no
+# known contiguity (the pixel reads) with dimension 0 fastest before 3.7 and the last one fastest since, and the
+# stores run along the columns: with the columns on the gathers' fast dimension, the values are computed in the
+# 16-byte store layout. On the other one, every value is converted through shared memory before its store
+# (Triton 3.6: 94 SASS per element for batch_augment instead of 36, in the static model).
 TILE_COLUMNS_FIRST = tl.constexpr(tuple(map(int, triton.__version__.split(".")[:2])) < (3, 7))
 # Channels a program computes together (each its own accumulators, sharing weights and offsets): every channel of
 # an RGB or grey image; more channels run in groups of this many (the last group's missing channels are skipped).
