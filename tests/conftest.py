@@ -3,11 +3,17 @@
 By default the tests run on the CPU with TRITON_INTERPRET=1 (set here, before triton is
 imported), so the real Triton kernels run through the interpreter. With
 RECIPE_KERNELS_TEST_DEVICE=cuda (scripts/gpu_check.sh) they run on the GPU over all
-three backends.
+three backends. With RECIPE_KERNELS_TEST_DEVICE=standin (scripts/compile_suite.sh) every Triton
+kernel they launch is compiled for sm_90 under the stand-in driver and not run: only the compile
+errors among the failures mean anything.
 """
 import os
+import sys
 
-if os.environ.get("RECIPE_KERNELS_TEST_DEVICE", "cpu") != "cuda":
+TEST_DEVICE = os.environ.get("RECIPE_KERNELS_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "standin":
+    os.environ.pop("TRITON_INTERPRET", None)
+elif TEST_DEVICE != "cuda":
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
@@ -19,7 +25,11 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     from interpreter_helpers import patch_helpers_once_per_launch  # noqa: E402
     patch_helpers_once_per_launch()
 
-DEVICE = torch.device("cuda" if os.environ.get("RECIPE_KERNELS_TEST_DEVICE") == "cuda" else "cpu")
+if TEST_DEVICE == "standin":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+    from standin_driver import StandInDriver  # noqa: E402
+    StandInDriver(capability=90, sm_count=132).__enter__()  # for the whole session
+DEVICE = torch.device("cuda" if TEST_DEVICE == "cuda" else "cpu")
 BACKENDS = ["torch", "triton"] + (["cuda"] if DEVICE.type == "cuda" else [])
 if DEVICE.type == "cuda" and _backend._C is None:
     raise RuntimeError(f"GPU tests need the CUDA extension: {_backend.CUDA_EXTENSION_ERROR}")
