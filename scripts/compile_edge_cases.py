@@ -167,7 +167,7 @@ def cases():
 
 def main():
     failed = 0
-    with StandInDriver(capability=90, sm_count=132) as driver:
+    with StandInDriver() as driver:  # sm_90, an H100's or H200's 132 SMs
         for name, fn in cases().items():
             before = len(driver.launches)
             try:

@@ -28,7 +28,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 if TEST_DEVICE == "standin":
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
     from standin_driver import StandInDriver  # noqa: E402
-    StandInDriver(capability=90, sm_count=132).__enter__()  # for the whole session
+    StandInDriver().__enter__()  # sm_90, 132 SMs, for the whole session
 DEVICE = torch.device("cuda" if TEST_DEVICE == "cuda" else "cpu")
 BACKENDS = ["torch", "triton"] + (["cuda"] if DEVICE.type == "cuda" else [])
 if DEVICE.type == "cuda" and _backend._C is None:
