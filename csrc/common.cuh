@@ -63,35 +63,24 @@ RK_HOST_DEVICE T from_math(Math v) {
   }
 }
 
-// a * b and a + b rounded once in T (float or double), never contracted into an FMA (bit-equal to
-// the other backends).
-template <typename T>
-RK_HOST_DEVICE T mul_rn(T a, T b) {
+// a * b, a + b and a - b rounded once in float or double, and a / b in float, never contracted into an FMA
+// (bit-equal to the other backends): the rounding intrinsics on the device, the plain operators on the host
+// (ISO C++ does not contract them).
 #ifdef __CUDA_ARCH__
-  if constexpr (std::is_same_v<T, double>) return __dmul_rn(a, b);
-  else return __fmul_rn(a, b);
+__device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ inline float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ inline double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ inline float div_rn(float a, float b) { return __fdiv_rn(a, b); }
 #else
-  return a * b;
-#endif
-}
 template <typename T>
-RK_HOST_DEVICE T add_rn(T a, T b) {
-#ifdef __CUDA_ARCH__
-  if constexpr (std::is_same_v<T, double>) return __dadd_rn(a, b);
-  else return __fadd_rn(a, b);
-#else
-  return a + b;
+T mul_rn(T a, T b) { return a * b; }
+template <typename T>
+T add_rn(T a, T b) { return a + b; }
+inline float div_rn(float a, float b) { return a / b; }
 #endif
-}
 template <typename T>
 RK_HOST_DEVICE T sub_rn(T a, T b) { return add_rn(a, -b); }  // negation is exact
-RK_HOST_DEVICE float div_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
 
 // MixUp's blend lam * own + (1 - lam) * other, each step rounded once in this order: every backend's
 // (composite_batch's and batch_augment's kernels, and the torch reference).

@@ -17,21 +17,14 @@ namespace recipe_kernels {
 // max, sum exp(x - max), sum w (x - max), sum w, sum w q, sum w q (x - max), x[y_a], x[y_b]
 constexpr int kPartialFields = 8;
 
-__host__ __device__ inline float exp_approx(float x) {
+// exp and log: the fast approximations on the device, the standard library's on the host.
 #ifdef __CUDA_ARCH__
-  return __expf(x);
+__device__ inline float exp_approx(float x) { return __expf(x); }
+__device__ inline float log_approx(float x) { return __logf(x); }
 #else
-  return std::exp(x);
+inline float exp_approx(float x) { return std::exp(x); }
+inline float log_approx(float x) { return std::log(x); }
 #endif
-}
-
-__host__ __device__ inline float log_approx(float x) {
-#ifdef __CUDA_ARCH__
-  return __logf(x);
-#else
-  return std::log(x);
-#endif
-}
 
 // Running statistics of (part of) a row, mergeable in any order. The weighted sums of x are kept
 // relative to `max` (the shifted domain): they never round at the scale of the largest logit.
@@ -362,6 +355,22 @@ __device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row, int
   }
 }
 
+// A block of the (rows, splits) grid: its row and split, the offset of the row's first logit, the split's chunk of
+// classes [start, end), and the row's target coefficients.
+struct BlockRow {
+  int64_t row, split, row_offset, start, end;
+  RowCoefficients k;
+};
+template <int kKind>
+__device__ BlockRow block_row(const CrossEntropyArgs& a) {
+  const int64_t row = blockIdx.x, split = blockIdx.y, sample = row / a.inner_size;
+  const int64_t start = split * a.chunk_size;
+  return BlockRow{row, split, sample * a.num_classes * a.inner_size + row % a.inner_size, start,
+                  start + a.chunk_size < a.num_classes ? start + a.chunk_size : a.num_classes,
+                  row_coefficients(kKind, a.target, a.target_b, a.lam, a.weight, row, sample, a.num_classes,
+                                   a.ignore_index, a.label_smoothing)};
+}
+
 // Cross-entropy of one row, or of one chunk of it when num_splits > 1; grid (rows, splits).
 // Inputs: logits as (N, C, inner_size), targets (int64 (rows,) indices; two of them and lam (N,) for
 // MixedTarget; or probabilities in the logits' dtype and layout), weight (fp32 (C,), optional),
@@ -372,22 +381,15 @@ __device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row, int
 // per row. Split rows write 32 B of partials per block instead and leave the rest to the finisher.
 template <typename T, int kKind>
 __global__ void __launch_bounds__(kThreads) cross_entropy_fwd_kernel(CrossEntropyArgs a) {
-  const int64_t row = blockIdx.x;
-  const int64_t split = blockIdx.y;
-  const int64_t sample = row / a.inner_size;
-  const int64_t row_offset = sample * a.num_classes * a.inner_size + row % a.inner_size;
+  const auto [row, split, row_offset, start, end, k] = block_row<kKind>(a);
   const T* x = static_cast<const T*>(a.x);
   if (kKind == kIndexTarget && a.mean && row == 0 && split == 0 && threadIdx.x == 0) {
     a.denominator[a.num_partials] = mean_denominator(a, kKind);  // the total, for the host's mean of the losses
   }
-  const RowCoefficients k = row_coefficients(kKind, a.target, a.target_b, a.lam, a.weight, row, sample,
-                                             a.num_classes, a.ignore_index, a.label_smoothing);
   // The target logits are read before any gradient overwrites them.
   const bool has_a = k.y_a >= 0 && k.y_a < a.num_classes, has_b = k.y_b >= 0 && k.y_b < a.num_classes;
   const float x_a = has_a ? to_float(x[row_offset + k.y_a * a.inner_size]) : 0.f;
   const float x_b = has_b ? to_float(x[row_offset + k.y_b * a.inner_size]) : 0.f;
-  const int64_t start = split * a.chunk_size;
-  const int64_t end = start + a.chunk_size < a.num_classes ? start + a.chunk_size : a.num_classes;
   RowStats stats = chunk_statistics<T, kKind>(a, row_offset, start, end);
   if (a.num_splits > 1) {
     if (threadIdx.x == 0) {
@@ -411,12 +413,7 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_fwd_kernel(CrossEntrop
 // split only when few, so mostly from L2) and the gradient written once.
 template <typename T, int kKind>
 __global__ void __launch_bounds__(kThreads) cross_entropy_split_finish_kernel(CrossEntropyArgs a) {
-  const int64_t row = blockIdx.x;
-  const int64_t split = blockIdx.y;
-  const int64_t sample = row / a.inner_size;
-  const int64_t row_offset = sample * a.num_classes * a.inner_size + row % a.inner_size;
-  const RowCoefficients k = row_coefficients(kKind, a.target, a.target_b, a.lam, a.weight, row, sample,
-                                             a.num_classes, a.ignore_index, a.label_smoothing);
+  const auto [row, split, row_offset, start, end, k] = block_row<kKind>(a);
   const float* partial = a.partial + row * a.num_splits * kPartialFields;
   RowStats stats = empty_stats();
   for (int64_t s = 0; s < a.num_splits; ++s) {  // a few dozen at most: every thread merges them itself
@@ -429,11 +426,7 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_split_finish_kernel(Cr
   row_loss_and_factor(stats, k, partial[6], partial[7], a.label_smoothing, a.z_loss, log_sum, &loss, &factor);
   if (split == 0 && threadIdx.x == 0) a.loss[row] = loss;
   if (split == 0 && threadIdx.x == 0 && a.lse != nullptr) a.lse[row] = stats.max + log_sum;
-  if (a.grad != nullptr) {
-    const int64_t start = split * a.chunk_size;
-    const int64_t end = start + a.chunk_size < a.num_classes ? start + a.chunk_size : a.num_classes;
-    write_chunk_gradient<T, kKind>(a, row, row_offset, start, end, stats.max, log_sum, factor, k);
-  }
+  if (a.grad != nullptr) write_chunk_gradient<T, kKind>(a, row, row_offset, start, end, stats.max, log_sum, factor, k);
 }
 
 // grad *= factor in place for thread `thread` of `threads`; factor is one fp32 or one per row

@@ -360,13 +360,8 @@ template <typename TIn, typename TOut>
 struct CompositePointers {
   const TIn* x;
   TOut* out;
-  const int32_t* box;
-  const float* lam;
-  const int32_t* partner;
-  const int32_t* mode;
-  const float* fill;
-  const float* mean;
-  const float* std_dev;
+  const int32_t *box, *partner, *mode;
+  const float *lam, *fill, *mean, *std_dev;
   const int64_t* seed;
 };
 
@@ -385,8 +380,8 @@ void with_composite_launch(uintptr_t x, uintptr_t out, uintptr_t box, uintptr_t 
                                        vector_elements_for(x, out, c, w, channels_last, sizeof(TIn), sizeof(TOut)));
       const CompositePointers<TIn, TOut> p{
           reinterpret_cast<const TIn*>(x), reinterpret_cast<TOut*>(out), reinterpret_cast<const int32_t*>(box),
-          reinterpret_cast<const float*>(lam), reinterpret_cast<const int32_t*>(partner),
-          reinterpret_cast<const int32_t*>(mode), reinterpret_cast<const float*>(fill),
+          reinterpret_cast<const int32_t*>(partner), reinterpret_cast<const int32_t*>(mode),
+          reinterpret_cast<const float*>(lam), reinterpret_cast<const float*>(fill),
           reinterpret_cast<const float*>(mean), reinterpret_cast<const float*>(std_dev),
           reinterpret_cast<const int64_t*>(seed)};
       fn(p, g, checked_blocks(g, n, name));

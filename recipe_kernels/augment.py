@@ -410,16 +410,21 @@ def _reciprocal_norm(channel, mean_ptr, std_ptr):
 
 
 @triton.jit
+def _program(channel_groups, CHANNEL_GROUP: tl.constexpr, INDEX_DTYPE: tl.constexpr):
+    """The program's (sample, first channel, index on grid axis 1, index on axis 2), grid axis 0 being samples x
+    channel groups."""
+    group = tl.program_id(0).to(INDEX_DTYPE)
+    first_channel = (group % channel_groups) * CHANNEL_GROUP
+    return group // channel_groups, first_channel, tl.program_id(1).to(INDEX_DTYPE), tl.program_id(2).to(INDEX_DTYPE)
+
+
+@triton.jit
 def _tile(channel_groups, CHANNEL_GROUP: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
           INDEX_DTYPE: tl.constexpr):
     """The program's (sample, first channel, row block, column block), output rows [BY, 1] and output columns
     [1, BX] ([1, BY] and [BX, 1] with TILE_COLUMNS_FIRST). The grid is (samples x channel groups, row blocks,
     column blocks): no divisions but by the channel groups, a constant 1 for up to MAX_CHANNEL_GROUP channels."""
-    group = tl.program_id(0).to(INDEX_DTYPE)
-    row_block = tl.program_id(1).to(INDEX_DTYPE)
-    col_block = tl.program_id(2).to(INDEX_DTYPE)
-    first_channel = (group % channel_groups) * CHANNEL_GROUP
-    sample = group // channel_groups
+    sample, first_channel, row_block, col_block = _program(channel_groups, CHANNEL_GROUP, INDEX_DTYPE)
     out_rows = _along_rows(row_block * BLOCK_Y + tl.arange(0, BLOCK_Y))
     out_cols = _along_columns(col_block * BLOCK_X + tl.arange(0, BLOCK_X))
     return sample, first_channel, row_block, col_block, out_rows, out_cols
@@ -537,11 +542,7 @@ def _resized_crop_strip_kernel(table_ptr, pixel_ref_ptr, box_ptr, flip_ptr, mean
     (WINDOW - 1) / 2) runs the single pass (_resized_tile) one output row at a time.
     """
     ANTIALIAS: tl.constexpr = True  # resized_crop takes this kernel only with antialias
-    group = tl.program_id(0).to(INDEX_DTYPE)
-    segment = tl.program_id(1).to(INDEX_DTYPE)
-    strip = tl.program_id(2).to(INDEX_DTYPE)
-    first_channel = (group % channel_groups) * CHANNEL_GROUP
-    sample = group // channel_groups
+    sample, first_channel, segment, strip = _program(channel_groups, CHANNEL_GROUP, INDEX_DTYPE)
     out_cols = _along_columns(strip * STRIP_X + tl.arange(0, STRIP_X))
     resize_cols = out_cols
     if HAS_FLIP:
