@@ -40,6 +40,7 @@ from standin_driver import StandInDriver  # noqa: E402
 COLUMNS = ["call", "device", "backend", "us", "u", "goal_u", "launches", "torch_ops", "torch", "triton"]
 STAND_IN = "cpu, stand-in sm_90"  # the device column of CPU rows
 QUICK_REPEAT = 100  # calls per row with --quick (scripts/gpu_check.sh's budget)
+EMA_PAIRS = 1000  # parameters of the EMA rows' model
 
 
 UNIT_CALLS = 20  # torch.adds per u sample: one is too short for the clock
@@ -97,7 +98,7 @@ def calls(device="cpu", backend="triton"):
         rk.cutmix_or_mixup(images, labels, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), out_dtype=torch.bfloat16,
                            backend=backend)
 
-    model = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(16, device=device)) for _ in range(1000)])
+    model = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(16, device=device)) for _ in range(EMA_PAIRS)])
     averaged = rk.ModelEMA(model, decay=0.999, backend=backend)
     ema_tensors = [p.detach().clone() for p in model]
     model_tensors = [p.detach() for p in model]
@@ -107,8 +108,8 @@ def calls(device="cpu", backend="triton"):
         ("dropout_add + bias, fwd+bwd", 30, dropout_add_fwd_bwd),
         ("cross_entropy fwd+bwd, (64, 1000), smoothing 0.1", 30, cross_entropy_fwd_bwd),
         ("cutmix_or_mixup per sample, uint8 -> normalised bf16", 25, cutmix_or_mixup),
-        ("ModelEMA.update, 1000 parameters", 15, lambda: averaged.update(model)),
-        ("ema_update_, 1000 pairs, lists reused", 40,
+        (f"ModelEMA.update, {EMA_PAIRS} parameters", 15, lambda: averaged.update(model)),
+        (f"ema_update_, {EMA_PAIRS} pairs, lists reused", 40,
          lambda: rk.ema_update_(ema_tensors, model_tensors, 0.999, backend=backend)),
     ]
 
@@ -147,7 +148,9 @@ def floors(device="cpu"):
     - dropout_add with nothing but its torch work: a Function (through the op layer's apply) whose
       forward draws the seed, makes the output and launches the compiled forward kernel, and whose
       backward makes grad_x and the partial sums, launches the compiled backward kernel and reduces the
-      partial sums to the bias's gradient. No checks, no backend, no launch key: the goals' mechanism."""
+      partial sums to the bias's gradient. No checks, no backend, no launch key: the goals' mechanism.
+    - The EMA's check, on every call, that the tensors of 1000 pairs are the ones its table was built
+      for (ema._ListsMemo.matches: type, device, dtype, shape and strides in C++, then the addresses)."""
     from recipe_kernels import _ops
     x = torch.randn(64, 64, dtype=torch.bfloat16, device=device)
     [(run, grid, launcher, args, constexprs)] = _cached_launches(lambda: rk.dropout(x, 0.1, backend="triton"))
@@ -194,12 +197,18 @@ def floors(device="cpu"):
                          *backward_constexprs)
             return grad_x, g, partial_sums.sum(0).to(bias.dtype)
 
+    from recipe_kernels import ema
+    pair_tensors = [torch.randn(16, device=device) for _ in range(2 * EMA_PAIRS)]
+    slots = [ema.AVERAGE_SLOT] * EMA_PAIRS
+    memo = ema._ListsMemo(pair_tensors, slots)
+
     return [
         ("floor: dropout's seed + output + compiled launch", dropout_torch_calls),
         ("floor: torch (a + b).backward(g), (64, 64) bf16", lambda: (leaves[0] + leaves[1]).backward(grad)),
         ("floor: no-op autograd.Function, 3 leaves, fwd+bwd", lambda: Nothing.apply(*leaves, bias).backward(grad)),
         ("floor: dropout_add's torch work and launches, fwd+bwd",
          lambda: _ops.apply_function(DropoutAddTorchWork, *leaves, bias).backward(grad)),
+        (f"floor: the EMA's check that {EMA_PAIRS} pairs are unchanged", lambda: memo.matches(pair_tensors, slots)),
     ]
 
 
