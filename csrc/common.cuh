@@ -64,8 +64,8 @@ RK_HOST_DEVICE T from_math(Math v) {
 }
 
 // a * b, a + b and a - b rounded once in float or double, and a / b in float, never contracted into an FMA
-// (bit-equal to the other backends): the rounding intrinsics on the device, the plain operators on the host
-// (ISO C++ does not contract them).
+// (bit-equal to the other backends): the rounding intrinsics on the device, the plain operators on the host (built
+// with -std=c++17, under which GCC does not contract them).
 #ifdef __CUDA_ARCH__
 __device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
