@@ -149,7 +149,7 @@ def floors(device="cpu"):
       forward draws the seed, makes the output and launches the compiled forward kernel, and whose
       backward makes grad_x and the partial sums, launches the compiled backward kernel and reduces the
       partial sums to the bias's gradient. No checks, no backend, no launch key: the goals' mechanism.
-    - The EMA's check, on every call, that the tensors of 1000 pairs are the ones its table was built
+    - The EMA's check, on every call, that the tensors of EMA_PAIRS pairs are the ones its table was built
       for (ema._ListsMemo.matches: type, device, dtype, shape and strides in C++, then the addresses)."""
     from recipe_kernels import _ops
     x = torch.randn(64, 64, dtype=torch.bfloat16, device=device)
