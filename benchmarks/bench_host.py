@@ -18,6 +18,10 @@ stand-in's records on the CPU and from the profiler's device events (kernels, me
 a GPU; torch ops per call from torch's profiler (aten ops that reached the dispatcher, the
 launches' own tensors included). Rows go to benchmarks/results/host.csv (and DIR/host.csv).
 
+Beside the goals' calls it times floors (what any eager call of these ops costs at least) and torch's
+own eager ops for the same math with their autograd (torch_eager: on the CPU at 8 elements, where
+torch's arithmetic costs next to nothing and its host path is what is left).
+
 What the CPU rows do not count: the C launcher of a real driver (a few microseconds per launch
 with Triton's CUDA launcher), CUDA's own launch cost, and anything the GPU does.
 """
@@ -41,6 +45,7 @@ COLUMNS = ["call", "device", "backend", "us", "u", "goal_u", "launches", "torch_
 STAND_IN = "cpu, stand-in sm_90"  # the device column of CPU rows
 QUICK_REPEAT = 100  # calls per row with --quick (scripts/gpu_check.sh's budget)
 EMA_PAIRS = 1000  # parameters of the EMA rows' model
+NAME_WIDTH = 62  # the printed table's first column
 
 
 UNIT_CALLS = 20  # torch.adds per u sample: one is too short for the clock
@@ -212,6 +217,33 @@ def floors(device="cpu"):
     ]
 
 
+# torch eager's calls run at these sizes: on the CPU few enough elements that its arithmetic costs next
+# to nothing (what is left is its host path); on a GPU the sizes of our calls.
+TORCH_EAGER_SIZES = {"cpu": dict(rows=1, columns=8, classes=8), "cuda": dict(rows=64, columns=64, classes=1000)}
+
+
+def torch_eager(device="cpu"):
+    """(name, fn): torch's own eager ops for the math of the goals' calls, with their autograd (the
+    goals' scale: what a user's unfused code costs the host)."""
+    sizes = TORCH_EAGER_SIZES[device]
+    rows, columns = sizes["rows"], sizes["columns"]
+    x = torch.randn(rows, columns, dtype=torch.bfloat16, device=device)
+    leaf, residual = (torch.randn(rows, columns, dtype=torch.bfloat16, device=device, requires_grad=True)
+                      for _ in range(2))
+    bias = torch.randn(columns, dtype=torch.bfloat16, device=device, requires_grad=True)
+    grad = torch.ones(rows, columns, dtype=torch.bfloat16, device=device)
+    logits = torch.randn(rows, sizes["classes"], device=device, requires_grad=True)
+    target = torch.randint(0, sizes["classes"], (rows,), device=device)
+    shape = f"({rows}, {columns})"
+    return [
+        (f"torch eager: F.dropout fwd, {shape} bf16", lambda: torch.nn.functional.dropout(x, 0.1)),
+        (f"torch eager: residual + F.dropout(x + b) fwd+bwd, {shape} bf16",
+         lambda: (residual + torch.nn.functional.dropout(leaf + bias, 0.1)).backward(grad)),
+        (f"torch eager: F.cross_entropy fwd+bwd, ({rows}, {sizes['classes']}), smoothing 0.1",
+         lambda: torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1).backward()),
+    ]
+
+
 def torch_ops_per_call(fn):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         fn()
@@ -258,29 +290,31 @@ def parse_arguments(argv=None):
 
 
 def measure(args, device_name, device, backend, count_launches):
-    """The rows of every selected call (and, on the triton backend, the floors), timed."""
+    """The rows of every selected call (and, on the triton backend, the floors and torch eager's calls), timed."""
     import triton
     rows = []
-    named_calls = calls(device, backend)
+    named_calls = [(name, goal, fn, backend) for name, goal, fn in calls(device, backend)]
     if backend == "triton":
-        named_calls += [(name, None, fn) for name, fn in floors(device)]
-    for name, goal, fn in named_calls:
+        named_calls += [(name, None, fn, backend) for name, fn in floors(device)]
+        named_calls += [(name, None, fn, "torch") for name, fn in torch_eager(device)]
+    for name, goal, fn, row_backend in named_calls:
         if args.only and not any(word in name for word in args.only):
             continue
         fn()  # compile
         launches = count_launches(fn)
         us, unit = low_us_and_unit(fn, args.repeat, device)
         ops = torch_ops_per_call(fn)
-        rows.append(dict(call=name, device=device_name, backend=backend, us=us, u=us / unit, goal_u=goal,
+        rows.append(dict(call=name, device=device_name, backend=row_backend, us=us, u=us / unit, goal_u=goal,
                          launches=launches, torch_ops=ops, torch=torch.__version__, triton=triton.__version__))
-        print(f"{name:<55} {backend:>7} {us:8.1f} {us / unit:6.1f} {goal or '-':>6} {launches:9d} {ops:10d}")
+        print(f"{name:<{NAME_WIDTH}} {row_backend:>7} {us:8.1f} {us / unit:6.1f} {goal or '-':>6} {launches:9d} "
+              f"{ops:10d}")
     return rows
 
 
 def main(argv=None):
     args = parse_arguments(argv)
     print(f"u: one torch.add of two 1-element tensors on {args.device}, timed alternately with each call")
-    print(f"{'call':<55} {'backend':>7} {'us':>8} {'u':>6} {'goal':>6} {'launches':>9} {'torch ops':>10}")
+    print(f"{'call':<{NAME_WIDTH}} {'backend':>7} {'us':>8} {'u':>6} {'goal':>6} {'launches':>9} {'torch ops':>10}")
     if args.device == "cpu":
         with StandInDriver() as driver:
             def recorded_launches(fn):

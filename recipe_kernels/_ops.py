@@ -167,12 +167,17 @@ _SPECIALISERS = {}  # the argument types of a launch -> their specialiser (_spec
 
 
 def _specialiser(kinds):
-    """For arguments of these types, a function of them that returns (the first tensor's device
-    index, -1 for the CPU; then what Triton specialises each argument on
-    (triton._C.libtriton.native_specialize_impl)): a tensor's dtype and 16-byte alignment; an int's
-    value 1, divisibility by 16 and type (i32, i64 or u64); nothing of a float (always fp32) or None;
-    anything else (a bool) its value. Written out once per tuple of types, as Triton's own binder
-    is, so that a launch dispatches on no argument's type."""
+    """For arguments of these types, a function of (kernel id, warps, constexprs, *arguments) that
+    returns (the first tensor's device index, -1 for the CPU; the launch's key, one flat tuple: a token
+    of these types, the kernel id, the warps, the device index, what Triton specialises each argument
+    on (triton._C.libtriton.native_specialize_impl), then the constexprs' values and names).
+
+    What Triton specialises on: a tensor's dtype and 16-byte alignment; an int's value 1, divisibility
+    by 16 and type (i32, i64 or u64); nothing of a float (always fp32) or None; anything else (a bool)
+    its value. Written out once per tuple of types, as Triton's own binder is, so that a launch
+    dispatches on no argument's type; the token makes keys of other types unequal even where their
+    items coincide (a None before a tensor and a tensor before a None). The constexprs' values, then
+    their names, close the key: equal keys have equal names in equal places."""
     names = [f"arg{index}" for index in range(len(kinds))]
     device, items = None, []
     for name, kind in zip(names, kinds):
@@ -186,25 +191,22 @@ def _specialiser(kinds):
             items.append(name)
     if device is None:
         raise ValueError(_NO_TENSOR)
-    namespace = {}
-    exec(f"def specialise({', '.join(names)}):\n    return ({', '.join([device, *items])},)\n", namespace)
-    return namespace["specialise"]
+    namespace = {"token": object()}
+    exec(f"def launch_key(kernel_id, num_warps, constexprs, {', '.join(names)}):\n"
+         f"    device = {device}\n"
+         f"    return device, (token, kernel_id, num_warps, device, {''.join(item + ', ' for item in items)}"
+         f"*constexprs.values(), *constexprs)\n", namespace)
+    return namespace["launch_key"]
 
 
 def _launch_key(kernel, num_warps, constexprs, args):
     """(the first tensor's device index, -1 for the CPU; the key of the compiled kernel a launch with
-    these arguments needs).
-
-    The key holds the kernel's id, the warps, the specialiser of the arguments' types (held for good,
-    so its id stands for them), the device index and what Triton specialises each argument on
-    (_specialiser), then each constexpr's name and value (compared by equality, as Triton's own
-    cache compares them)."""
+    these arguments needs: see _specialiser. Constexprs compare by equality, as in Triton's own cache.)"""
     kinds = tuple(map(type, args))
-    specialise = _SPECIALISERS.get(kinds)
-    if specialise is None:
-        specialise = _SPECIALISERS[kinds] = _specialiser(kinds)
-    specialisation = specialise(*args)
-    return specialisation[0], (id(kernel), num_warps, specialise, specialisation, *constexprs.items())
+    launch_key = _SPECIALISERS.get(kinds)
+    if launch_key is None:
+        launch_key = _SPECIALISERS[kinds] = _specialiser(kinds)
+    return launch_key(id(kernel), num_warps, constexprs, *args)
 
 
 def _launch_hooks_set() -> bool:
