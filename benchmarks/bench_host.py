@@ -78,6 +78,17 @@ def _low(samples):
     return sorted(samples)[int(LOW_QUANTILE * len(samples))]
 
 
+def training_step(forward, leaves, gradient=None):
+    """A call that clears the leaves' gradients, as optimizer.zero_grad() leaves them, then runs
+    forward().backward(gradient): autograd then hands each leaf its gradient rather than adding it to
+    the last one (arithmetic that a GPU does off the host's clock, and the CPU on it)."""
+    def step():
+        for leaf in leaves:
+            leaf.grad = None
+        forward().backward(gradient)
+    return step
+
+
 def calls(device="cpu", backend="triton"):
     """(name, goal in u, fn): the calls of the op-layer issue's table, on `device` through `backend`."""
     x = torch.randn(64, 64, dtype=torch.bfloat16, device=device)
@@ -87,14 +98,14 @@ def calls(device="cpu", backend="triton"):
     bias = torch.randn(64, dtype=torch.bfloat16, device=device, requires_grad=True)
     grad = torch.ones(64, 64, dtype=torch.bfloat16, device=device)
 
-    def dropout_add_fwd_bwd():
-        rk.dropout_add(leaf, residual, 0.1, bias=bias, backend=backend).backward(grad)
+    dropout_add_fwd_bwd = training_step(lambda: rk.dropout_add(leaf, residual, 0.1, bias=bias, backend=backend),
+                                        (leaf, residual, bias), grad)
 
     logits = torch.randn(64, 1000, device=device, requires_grad=True)
     target = torch.randint(0, 1000, (64,), device=device)
 
-    def cross_entropy_fwd_bwd():
-        rk.cross_entropy(logits, target, label_smoothing=0.1, backend=backend).backward()
+    cross_entropy_fwd_bwd = training_step(lambda: rk.cross_entropy(logits, target, label_smoothing=0.1,
+                                                                   backend=backend), (logits,))
 
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (64,), device=device)
@@ -209,10 +220,12 @@ def floors(device="cpu"):
 
     return [
         ("floor: dropout's seed + output + compiled launch", dropout_torch_calls),
-        ("floor: torch (a + b).backward(g), (64, 64) bf16", lambda: (leaves[0] + leaves[1]).backward(grad)),
-        ("floor: no-op autograd.Function, 3 leaves, fwd+bwd", lambda: Nothing.apply(*leaves, bias).backward(grad)),
+        ("floor: torch (a + b).backward(g), (64, 64) bf16",
+         training_step(lambda: leaves[0] + leaves[1], leaves, grad)),
+        ("floor: no-op autograd.Function, 3 leaves, fwd+bwd",
+         training_step(lambda: Nothing.apply(*leaves, bias), (*leaves, bias), grad)),
         ("floor: dropout_add's torch work and launches, fwd+bwd",
-         lambda: _ops.apply_function(DropoutAddTorchWork, *leaves, bias).backward(grad)),
+         training_step(lambda: _ops.apply_function(DropoutAddTorchWork, *leaves, bias), (*leaves, bias), grad)),
         (f"floor: the EMA's check that {EMA_PAIRS} pairs are unchanged", lambda: memo.matches(pair_tensors, slots)),
     ]
 
@@ -238,9 +251,10 @@ def torch_eager(device="cpu"):
     return [
         (f"torch eager: F.dropout fwd, {shape} bf16", lambda: torch.nn.functional.dropout(x, 0.1)),
         (f"torch eager: residual + F.dropout(x + b) fwd+bwd, {shape} bf16",
-         lambda: (residual + torch.nn.functional.dropout(leaf + bias, 0.1)).backward(grad)),
+         training_step(lambda: residual + torch.nn.functional.dropout(leaf + bias, 0.1), (leaf, residual, bias),
+                       grad)),
         (f"torch eager: F.cross_entropy fwd+bwd, ({rows}, {sizes['classes']}), smoothing 0.1",
-         lambda: torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1).backward()),
+         training_step(lambda: torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1), (logits,))),
     ]
 
 
