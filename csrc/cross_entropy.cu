@@ -355,20 +355,24 @@ __device__ void write_chunk_gradient(const CrossEntropyArgs& a, int64_t row, int
   }
 }
 
-// A block of the (rows, splits) grid: its row and split, the offset of the row's first logit, the split's chunk of
-// classes [start, end), and the row's target coefficients.
+// A block of the (rows, splits) grid: its row and split, the offset of the row's first logit, and the row's target
+// coefficients.
 struct BlockRow {
-  int64_t row, split, row_offset, start, end;
+  int64_t row, split, row_offset;
   RowCoefficients k;
 };
 template <int kKind>
 __device__ BlockRow block_row(const CrossEntropyArgs& a) {
   const int64_t row = blockIdx.x, split = blockIdx.y, sample = row / a.inner_size;
-  const int64_t start = split * a.chunk_size;
-  return BlockRow{row, split, sample * a.num_classes * a.inner_size + row % a.inner_size, start,
-                  start + a.chunk_size < a.num_classes ? start + a.chunk_size : a.num_classes,
+  return BlockRow{row, split, sample * a.num_classes * a.inner_size + row % a.inner_size,
                   row_coefficients(kKind, a.target, a.target_b, a.lam, a.weight, row, sample, a.num_classes,
                                    a.ignore_index, a.label_smoothing)};
+}
+
+// The end of the chunk of classes [start, end) that starts at `start`. Each kernel forms its chunk where it first
+// needs it, so that the two bounds are not live across the code before.
+__device__ inline int64_t chunk_end(const CrossEntropyArgs& a, int64_t start) {
+  return start + a.chunk_size < a.num_classes ? start + a.chunk_size : a.num_classes;
 }
 
 // Cross-entropy of one row, or of one chunk of it when num_splits > 1; grid (rows, splits).
@@ -381,7 +385,7 @@ __device__ BlockRow block_row(const CrossEntropyArgs& a) {
 // per row. Split rows write 32 B of partials per block instead and leave the rest to the finisher.
 template <typename T, int kKind>
 __global__ void __launch_bounds__(kThreads) cross_entropy_fwd_kernel(CrossEntropyArgs a) {
-  const auto [row, split, row_offset, start, end, k] = block_row<kKind>(a);
+  const auto [row, split, row_offset, k] = block_row<kKind>(a);
   const T* x = static_cast<const T*>(a.x);
   if (kKind == kIndexTarget && a.mean && row == 0 && split == 0 && threadIdx.x == 0) {
     a.denominator[a.num_partials] = mean_denominator(a, kKind);  // the total, for the host's mean of the losses
@@ -390,6 +394,7 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_fwd_kernel(CrossEntrop
   const bool has_a = k.y_a >= 0 && k.y_a < a.num_classes, has_b = k.y_b >= 0 && k.y_b < a.num_classes;
   const float x_a = has_a ? to_float(x[row_offset + k.y_a * a.inner_size]) : 0.f;
   const float x_b = has_b ? to_float(x[row_offset + k.y_b * a.inner_size]) : 0.f;
+  const int64_t start = split * a.chunk_size, end = chunk_end(a, start);
   RowStats stats = chunk_statistics<T, kKind>(a, row_offset, start, end);
   if (a.num_splits > 1) {
     if (threadIdx.x == 0) {
@@ -413,7 +418,7 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_fwd_kernel(CrossEntrop
 // split only when few, so mostly from L2) and the gradient written once.
 template <typename T, int kKind>
 __global__ void __launch_bounds__(kThreads) cross_entropy_split_finish_kernel(CrossEntropyArgs a) {
-  const auto [row, split, row_offset, start, end, k] = block_row<kKind>(a);
+  const auto [row, split, row_offset, k] = block_row<kKind>(a);
   const float* partial = a.partial + row * a.num_splits * kPartialFields;
   RowStats stats = empty_stats();
   for (int64_t s = 0; s < a.num_splits; ++s) {  // a few dozen at most: every thread merges them itself
@@ -426,7 +431,10 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_split_finish_kernel(Cr
   row_loss_and_factor(stats, k, partial[6], partial[7], a.label_smoothing, a.z_loss, log_sum, &loss, &factor);
   if (split == 0 && threadIdx.x == 0) a.loss[row] = loss;
   if (split == 0 && threadIdx.x == 0 && a.lse != nullptr) a.lse[row] = stats.max + log_sum;
-  if (a.grad != nullptr) write_chunk_gradient<T, kKind>(a, row, row_offset, start, end, stats.max, log_sum, factor, k);
+  if (a.grad != nullptr) {
+    const int64_t start = split * a.chunk_size;
+    write_chunk_gradient<T, kKind>(a, row, row_offset, start, chunk_end(a, start), stats.max, log_sum, factor, k);
+  }
 }
 
 // grad *= factor in place for thread `thread` of `threads`; factor is one fp32 or one per row
